@@ -1,0 +1,426 @@
+"""The run config: everything a run needs, in one typed object that round-trips through YAML.
+
+The UI edits one, the CLI reads one (``--set section.key=value`` overrides), a backend receives one,
+and ``train(config)`` executes it. Secrets (HF tokens) are never part of it.
+
+>>> cfg = RunConfig()
+>>> cfg = apply_overrides(cfg, ["lora.r=64", "training.learning_rate=1e-4"])
+>>> (cfg.lora.r, cfg.training.learning_rate)
+(64, 0.0001)
+>>> RunConfig.from_yaml(cfg.to_yaml()) == cfg
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """One or more problems in a config; ``problems`` lists each as 'field: what is wrong; the fix'."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = list(problems)
+        self.source = source
+        where = f"{source}: " if source else ""
+        head = f"{where}{len(self.problems)} problem(s) in the config"
+        super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+def doc(text: str, **meta) -> dict:
+    """Field metadata: a one-line help (units, memory effect) shown by the UI and the CLI."""
+    return {"help": text, **meta}
+
+
+@dataclass
+class ModelConfig:
+    id: str = field(
+        default="",
+        metadata=doc("Base model: Hub id, local folder or .gguf file; empty = the embedded SmolLM2-135M-Instruct"),
+    )
+    revision: str | None = field(default=None, metadata=doc("Hub branch, tag or commit of the base model"))
+    gguf_file: str | None = field(default=None, metadata=doc("GGUF file inside the model folder/repo, if any"))
+    trust_remote_code: bool = field(
+        default=False, metadata=doc("Run Python code shipped with the model repo (off: only use repos you trust)")
+    )
+    attn_implementation: str = field(
+        default="sdpa", metadata=doc("Attention kernel: sdpa, eager, flash_attention_2, flash_attention_3")
+    )
+
+
+@dataclass
+class DataConfig:
+    source: str = field(
+        default="", metadata=doc("Data file (CSV/TSV/JSON/JSONL/Parquet) or Hub dataset id; empty = bundled sample")
+    )
+    hub_config: str | None = field(default=None, metadata=doc("Hub dataset configuration (subset) name"))
+    split: str = field(default="train", metadata=doc("Hub dataset split to read"))
+    columns: dict[str, str] = field(
+        default_factory=dict,
+        metadata=doc("Column mapping override, e.g. {instruction: question, output: answer}"),
+    )
+    template: str = field(
+        default="model", metadata=doc("Prompt template: llama2, llama3, chatml, mistral, alpaca, falcon, model")
+    )
+    system_prompt: str = field(default="", metadata=doc("System prompt added to every example that has none"))
+    train_on: str = field(
+        default="assistant", metadata=doc("Which tokens carry the loss: assistant (answers only) or all")
+    )
+    val_fraction: float = field(default=0.0, metadata=doc("Fraction of rows held out for evaluation (0 to 0.5)"))
+    strict: bool = field(default=False, metadata=doc("Stop at the first bad row instead of skipping it"))
+    seed: int = field(default=42, metadata=doc("Seed of the train/validation split"))
+
+
+@dataclass
+class LoraSettings:
+    r: int = field(default=16, metadata=doc("LoRA rank: higher = more capacity, more memory (linear)"))
+    alpha: float = field(default=32, metadata=doc("LoRA scaling numerator: update scale = alpha / r"))
+    dropout: float = field(default=0.05, metadata=doc("Dropout on the LoRA input, 0 to 0.5"))
+    target_modules: list[str] | str = field(
+        default="all-linear",
+        metadata=doc("Layers that get adapters: all-linear or a list such as [q_proj, v_proj]"),
+    )
+    bias: str = field(default="none", metadata=doc("Train biases too: none, all or lora_only"))
+    use_rslora: bool = field(default=False, metadata=doc("Rank-stabilised scaling alpha/sqrt(r)"))
+    use_dora: bool = field(default=False, metadata=doc("Weight-decomposed LoRA (DoRA): slower, sometimes better"))
+
+
+@dataclass
+class QuantizationConfig:
+    load_in: str = field(
+        default="4bit", metadata=doc("Base weights: 4bit (QLoRA, ~0.5 byte/param), 8bit (1 byte) or none (2-4 bytes)")
+    )
+    quant_type: str = field(default="nf4", metadata=doc("4-bit data type: nf4 (QLoRA) or fp4"))
+    double_quant: bool = field(default=True, metadata=doc("Quantize the quantization constants too (~0.4 bit/param)"))
+    compute_dtype: str = field(default="auto", metadata=doc("Matmul dtype: auto, bfloat16, float16 or float32"))
+
+
+@dataclass
+class TrainingConfig:
+    learning_rate: float = field(default=2e-4, metadata=doc("Peak learning rate (LoRA: 1e-4 to 3e-4 is typical)"))
+    epochs: float = field(default=1.0, metadata=doc("Passes over the training data (ignored when max_steps > 0)"))
+    max_steps: int = field(default=0, metadata=doc("Stop after this many optimizer steps; 0 = use epochs"))
+    batch_size: int = field(default=4, metadata=doc("Examples per device step: memory grows linearly"))
+    grad_accum: int = field(default=1, metadata=doc("Steps accumulated per update: effective batch = batch × accum"))
+    max_length: int = field(default=1024, metadata=doc("Tokens per example (longer is truncated): memory grows linearly"))
+    packing: bool = field(default=False, metadata=doc("Pack several examples into one row (fewer pad tokens)"))
+    padding_free: bool = field(default=True, metadata=doc("Concatenate the batch without padding (same result, faster)"))
+    lr_scheduler: str = field(default="cosine", metadata=doc("cosine, linear or constant (after warmup)"))
+    warmup_ratio: float = field(default=0.03, metadata=doc("Fraction of steps spent warming up the learning rate"))
+    weight_decay: float = field(default=0.0, metadata=doc("AdamW weight decay"))
+    max_grad_norm: float = field(default=1.0, metadata=doc("Gradient clipping norm (0 = off)"))
+    optim: str = field(
+        default="auto", metadata=doc("Optimizer: auto, adamw_torch, paged_adamw_32bit, paged_adamw_8bit, adamw_8bit")
+    )
+    gradient_checkpointing: bool = field(
+        default=True, metadata=doc("Recompute activations in backward: much less memory, ~30% slower")
+    )
+    precision: str = field(default="auto", metadata=doc("Training precision: auto, bf16, fp16 or fp32"))
+    seed: int = field(default=42, metadata=doc("Seed of initialisation and data order"))
+    logging_steps: int = field(default=1, metadata=doc("Steps between loss events"))
+    eval_steps: int = field(default=0, metadata=doc("Steps between evaluations; 0 = at the end only"))
+    save_steps: int = field(default=20, metadata=doc("Steps between checkpoints: a crash loses at most this many"))
+    save_total_limit: int = field(default=2, metadata=doc("Checkpoints kept (older ones are deleted)"))
+
+
+@dataclass
+class HubSettings:
+    repo_id: str = field(default="", metadata=doc("Hub repo to push the adapter to, e.g. you/my-adapter"))
+    private: bool = field(default=True, metadata=doc("Create the Hub repo as private"))
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    hub: HubSettings = field(default_factory=HubSettings)
+    name: str = field(default="", metadata=doc("A name for the run (shown in the run list)"))
+
+    # -- YAML ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def save(self, path: str | Path) -> None:
+        from .io import atomic_write_text
+
+        atomic_write_text(Path(path), self.to_yaml())
+
+    @classmethod
+    def from_dict(cls, data: dict | None, source: str | None = None) -> "RunConfig":
+        """Build from a (possibly partial) nested dict; unknown keys and wrong types are all reported."""
+        problems: list[str] = []
+        cfg = _build(cls, data or {}, "", problems)
+        if problems:
+            raise ConfigError(problems, source)
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, text: str, source: str | None = None) -> "RunConfig":
+        return cls.from_dict(_load_yaml(text, source), source)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError([f"cannot read the file ({e.__class__.__name__}: {e}); check the path"], str(path))
+        return cls.from_yaml(text, str(path))
+
+
+def _load_yaml(text: str, source: str | None) -> dict:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        reason = getattr(e, "problem", None) or str(e)
+        raise ConfigError([f"{where}not valid YAML ({reason}); check indentation and quoting"], source)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"the top level must be a mapping of sections, not {type(data).__name__}"], source)
+    return data
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp, name: str, problems: list[str]) -> Any:
+    """Check/convert one leaf value against its annotation (int, float, bool, str, optional, list, dict)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        errors: list[str] = []
+        for a in args:
+            if a is type(None):
+                continue
+            trial: list[str] = []
+            out = _coerce(value, a, name, trial)
+            if not trial:
+                return out
+            errors += trial
+        problems.append(errors[0] if errors else f"{name}: invalid value {value!r}")
+        return None
+    if origin is list:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        problems.append(f"{name}: expected a list of names, got {value!r}")
+        return None
+    if origin is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            return dict(value)
+        problems.append(f"{name}: expected a mapping of names to names, got {value!r}")
+        return None
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        problems.append(f"{name}: expected true or false, got {value!r}")
+        return None
+    if tp is int:
+        if isinstance(value, bool):
+            problems.append(f"{name}: expected a whole number, got {value!r}")
+            return None
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        problems.append(f"{name}: expected a whole number, got {value!r}")
+        return None
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        problems.append(f"{name}: expected a number, got {value!r}")
+        return None
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        problems.append(f"{name}: expected text, got {value!r}")
+        return None
+    problems.append(f"{name}: unsupported type {_type_name(tp)}")
+    return None
+
+
+def _build(cls, data: Any, prefix: str, problems: list[str]):
+    if not isinstance(data, dict):
+        problems.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known: {', '.join(fields)}"
+            problems.append(f"{name}: unknown key{hint}")
+            continue
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value if value is not None else {}, f"{name}.", problems)
+        else:
+            before = len(problems)
+            out = _coerce(value, tp, name, problems)
+            if len(problems) == before:
+                kwargs[key] = out
+    return cls(**kwargs)
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str] | dict[str, Any]) -> RunConfig:
+    """Return a copy with dotted ``section.key=value`` overrides applied (values parsed as YAML scalars).
+
+    All malformed or unknown overrides are reported together.
+    """
+    data = cfg.to_dict()
+    problems: list[str] = []
+    items = overrides.items() if isinstance(overrides, dict) else [_split_override(o, problems) for o in overrides]
+    for key, value in items:
+        if key is None:
+            continue
+        parts = key.split(".")
+        node = data
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node = None
+                break
+            node = node[p]
+        if node is None:
+            problems.append(f"{key}: unknown section '{parts[0]}'; use section.key, e.g. lora.r=64")
+            continue
+        node[parts[-1]] = value
+    if problems:
+        raise ConfigError(problems, "--set")
+    return RunConfig.from_dict(data, "--set")
+
+
+def _split_override(text: str, problems: list[str]) -> tuple[str | None, Any]:
+    if "=" not in text:
+        problems.append(f"{text}: expected key=value, e.g. training.max_steps=100")
+        return None, None
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def field_help(section: str, name: str) -> str:
+    """The one-line help of a config field (for UI hints and CLI --help)."""
+    cls = typing.get_type_hints(RunConfig)[section]
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f.metadata.get("help", "")
+    raise KeyError(f"{section}.{name}")
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+
+CHOICES = {
+    "data.train_on": ("assistant", "all"),
+    "lora.bias": ("none", "all", "lora_only"),
+    "quantization.load_in": ("4bit", "8bit", "none"),
+    "quantization.quant_type": ("nf4", "fp4"),
+    "quantization.compute_dtype": ("auto", "bfloat16", "float16", "float32"),
+    "training.lr_scheduler": ("cosine", "linear", "constant", "constant_with_warmup"),
+    "training.optim": ("auto", "adamw_torch", "paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit", "sgd"),
+    "training.precision": ("auto", "bf16", "fp16", "fp32"),
+    "model.attn_implementation": ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"),
+}
+
+
+def problems(cfg: RunConfig, model_max_length: int | None = None) -> list[str]:
+    """Every problem in the config, each naming the field and the fix. Empty when valid."""
+    from .templates import TEMPLATE_NAMES
+
+    out: list[str] = []
+    t, lo, d = cfg.training, cfg.lora, cfg.data
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            out.append(msg)
+
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        need(value in allowed, f"{key} '{value}' is not one of: {', '.join(allowed)}")
+    need(d.template in TEMPLATE_NAMES, f"data.template '{d.template}' is unknown; choose one of: {', '.join(TEMPLATE_NAMES)}")
+    need(0.0 <= d.val_fraction <= 0.5, f"data.val_fraction must be between 0 and 0.5, got {d.val_fraction}")
+    need(lo.r >= 1, f"lora.r must be >= 1, got {lo.r}; typical values are 8 to 64")
+    need(lo.r <= 1024, f"lora.r {lo.r} is too large; use at most 1024 (typical: 8 to 64)")
+    need(lo.alpha > 0, f"lora.alpha must be > 0, got {lo.alpha}; a common choice is 2 × lora.r")
+    need(0.0 <= lo.dropout < 1.0, f"lora.dropout must be in [0, 1), got {lo.dropout}; typical 0.05")
+    if isinstance(lo.target_modules, list):
+        need(bool(lo.target_modules), "lora.target_modules is empty; use all-linear or names such as [q_proj, v_proj]")
+    else:
+        need(bool(lo.target_modules.strip()), "lora.target_modules is empty; use all-linear")
+    need(t.learning_rate > 0, f"training.learning_rate must be > 0, got {t.learning_rate}; LoRA usually uses 1e-4 to 3e-4")
+    need(t.learning_rate < 1, f"training.learning_rate {t.learning_rate} is far too high; LoRA usually uses 1e-4 to 3e-4")
+    need(t.epochs > 0 or t.max_steps > 0, "training.epochs must be > 0 (or set training.max_steps)")
+    need(t.max_steps >= 0, f"training.max_steps must be >= 0 (0 = use epochs), got {t.max_steps}")
+    need(t.batch_size >= 1, f"training.batch_size must be >= 1, got {t.batch_size}")
+    need(t.grad_accum >= 1, f"training.grad_accum must be >= 1, got {t.grad_accum}")
+    need(t.max_length >= 16, f"training.max_length must be >= 16 tokens, got {t.max_length}")
+    if model_max_length:
+        need(
+            t.max_length <= model_max_length,
+            f"training.max_length {t.max_length} exceeds the model's {model_max_length}; lower it to {model_max_length}",
+        )
+    need(0.0 <= t.warmup_ratio < 1.0, f"training.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
+    need(t.weight_decay >= 0, f"training.weight_decay must be >= 0, got {t.weight_decay}")
+    need(t.max_grad_norm >= 0, f"training.max_grad_norm must be >= 0, got {t.max_grad_norm}")
+    need(t.logging_steps >= 1, f"training.logging_steps must be >= 1, got {t.logging_steps}")
+    need(t.eval_steps >= 0, f"training.eval_steps must be >= 0 (0 = at the end), got {t.eval_steps}")
+    need(t.save_steps >= 1, f"training.save_steps must be >= 1, got {t.save_steps}")
+    need(t.save_total_limit >= 1, f"training.save_total_limit must be >= 1, got {t.save_total_limit}")
+    if cfg.quantization.load_in == "4bit" and t.precision == "fp16" and cfg.quantization.compute_dtype == "bfloat16":
+        out.append("quantization.compute_dtype bfloat16 conflicts with training.precision fp16; use float16 or auto")
+    if cfg.hub.repo_id:
+        parts = cfg.hub.repo_id.split("/")
+        need(
+            len(parts) == 2 and all(parts),
+            f"hub.repo_id '{cfg.hub.repo_id}' must look like user/name",
+        )
+    need("/" not in cfg.name and "\\" not in cfg.name and ".." not in cfg.name,
+         f"name '{cfg.name}' must not contain '/', '\\' or '..'")
+    return out
+
+
+def validate(cfg: RunConfig, model_max_length: int | None = None, source: str | None = None) -> RunConfig:
+    """Raise one ConfigError listing every problem; return the config unchanged when it is valid."""
+    found = problems(cfg, model_max_length)
+    if found:
+        raise ConfigError(found, source)
+    return cfg
