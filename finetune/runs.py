@@ -1,0 +1,167 @@
+"""Run folders: ``runs/<run_id>/{config.yaml, events.jsonl, checkpoints/, adapter/}``.
+
+The folder is the source of truth: listing runs and reading a run's state needs no live process, so a
+reloaded page or a restarted app shows every run as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .events import TERMINAL, read_events
+
+CONFIG_FILE = "config.yaml"
+CHECKPOINTS = "checkpoints"
+ADAPTER = "adapter"
+STOP_FILE = "STOP"
+# A checkpoint is usable only when everything resume needs is on disk (the trainer writes the state last).
+CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class RunError(ValueError):
+    """A run folder that cannot be used; the message names the path and the fix."""
+
+
+def runs_root(root: str | Path | None = None) -> Path:
+    """$FINETUNE_RUNS, else ./runs."""
+    return Path(root or os.environ.get("FINETUNE_RUNS") or "runs")
+
+
+def new_run_id(name: str = "") -> str:
+    """Time-ordered and unguessable: 20261123-101500-my-run-3f9c2a7d1b."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()[:40]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return "-".join(p for p in (stamp, slug, secrets.token_hex(5)) if p)
+
+
+def check_run_id(run_id: str) -> str:
+    """Reject ids that could leave the runs folder (``../../etc``) or are not ours."""
+    if not isinstance(run_id, str) or not _ID_RE.match(run_id) or ".." in run_id:
+        raise RunError(f"'{run_id}' is not a valid run id (letters, digits, '.', '_', '-' only)")
+    return run_id
+
+
+def run_path(run_id: str, root: str | Path | None = None) -> Path:
+    return runs_root(root) / check_run_id(run_id)
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    base = Path(run_dir) / CHECKPOINTS
+    found = []
+    for d in base.glob("checkpoint-*"):
+        step = d.name.rsplit("-", 1)[-1]
+        if step.isdigit() and all((d / f).exists() for f in CHECKPOINT_FILES):
+            found.append((int(step), d))
+    return [d for _, d in sorted(found)]
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    found = checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def request_stop(run_dir: Path) -> None:
+    """Ask a running training to stop at the next step (it checkpoints first)."""
+    (Path(run_dir) / STOP_FILE).touch()
+
+
+def stop_requested(run_dir: Path) -> bool:
+    return (Path(run_dir) / STOP_FILE).exists()
+
+
+def _pid_alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class RunState:
+    run_id: str
+    path: Path
+    status: str  # new | running | paused | interrupted | stopped | finished | failed
+    name: str = ""
+    model: str = ""
+    step: int = 0
+    max_steps: int = 0
+    loss: float | None = None
+    eval_loss: float | None = None
+    tokens_per_s: float | None = None
+    eta_s: float | None = None
+    elapsed_s: float | None = None
+    message: str = ""
+    started: float | None = None
+    has_adapter: bool = False
+    last_checkpoint: str | None = None
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    eval_losses: list[tuple[int, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["path"] = str(self.path)
+        return d
+
+
+def read_run(run_dir: Path) -> RunState:
+    """The state of a run from its folder alone."""
+    run_dir = Path(run_dir)
+    events = read_events(run_dir)
+    state = RunState(run_id=run_dir.name, path=run_dir, status="new")
+    for e in events:
+        kind = e.get("type")
+        if kind == "started":
+            state.started = state.started or e.get("time")
+            state.name = e.get("name", state.name)
+            state.model = e.get("model", state.model)
+            state.max_steps = e.get("max_steps", state.max_steps) or state.max_steps
+            state.status, state.message = "running", ""
+            state._pid = e.get("pid")  # type: ignore[attr-defined]
+        elif kind == "step":
+            state.step = e.get("step", state.step)
+            state.max_steps = e.get("max_steps", state.max_steps) or state.max_steps
+            for key in ("loss", "tokens_per_s", "eta_s", "elapsed_s"):
+                if e.get(key) is not None:
+                    setattr(state, key, e[key])
+            if e.get("loss") is not None:
+                # a resumed run replays steps after its checkpoint: keep the latest value per step
+                state.losses = [p for p in state.losses if p[0] < e["step"]] + [(e["step"], e["loss"])]
+        elif kind == "eval":
+            state.eval_loss = e.get("eval_loss")
+            if e.get("eval_loss") is not None:
+                state.eval_losses = [p for p in state.eval_losses if p[0] < e.get("step", 0)]
+                state.eval_losses.append((e.get("step", 0), e["eval_loss"]))
+        elif kind in TERMINAL or kind == "paused":
+            state.status = kind
+            state.message = e.get("message", "")
+            if kind == "finished":
+                state.step = e.get("step", state.step)
+    if state.status == "running" and not _pid_alive(getattr(state, "_pid", None)):
+        state.status = "interrupted"  # the process is gone without a final event: resumable
+    state.__dict__.pop("_pid", None)
+    state.has_adapter = (run_dir / ADAPTER / "adapter_config.json").exists()
+    ck = last_checkpoint(run_dir)
+    state.last_checkpoint = str(ck) if ck else None
+    return state
+
+
+def list_runs(root: str | Path | None = None) -> list[RunState]:
+    """Every run under the root, newest first."""
+    base = runs_root(root)
+    if not base.is_dir():
+        return []
+    out = [read_run(d) for d in base.iterdir() if d.is_dir() and (d / CONFIG_FILE).exists() and _ID_RE.match(d.name)]
+    return sorted(out, key=lambda s: (s.started or 0, s.run_id), reverse=True)

@@ -1,0 +1,479 @@
+"""``train(config)``: one QLoRA/LoRA run on trl's SFTTrainer, top to bottom (setup, train, save).
+
+The run folder is written as it goes: ``config.yaml`` first, ``events.jsonl`` line by line, checkpoints
+every ``training.save_steps`` (adapter + optimizer + scheduler + RNG + data position), ``adapter/`` at
+the end. Calling ``train`` on an existing run folder resumes from its last checkpoint, so a killed
+process loses at most one save interval, and the resumed run ends with the same adapter as an
+uninterrupted one.
+
+>>> from finetune.config import RunConfig
+>>> cfg = RunConfig()
+>>> cfg.training.max_steps = 30
+>>> result = train(cfg)  # doctest: +SKIP
+>>> result.status, result.adapter_dir  # doctest: +SKIP
+('finished', PosixPath('runs/20261123-101500-3f9c2a7d1b/adapter'))
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from . import runs
+from .config import ConfigError, RunConfig, validate
+from .events import EventLog
+from .io import atomic_write_json, atomic_write_text
+from .models import ModelError
+
+SAMPLE_DATA = Path(__file__).parent / "samples" / "city_year.jsonl"
+TEMPLATE_FILE = "finetune_template.json"
+METRICS_FILE = "metrics.json"
+
+
+class TrainingError(RuntimeError):
+    """A run that could not start or went wrong; the message says what to change."""
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    run_dir: Path
+    status: str  # finished | stopped | paused
+    step: int
+    max_steps: int
+    adapter_dir: Path | None
+    metrics: dict
+
+
+# ---------------------------------------------------------------------------------------------
+# run folder
+
+
+def open_run(config: RunConfig | None, run_dir: str | Path | None = None, root: str | Path | None = None) -> tuple[RunConfig, Path, bool]:
+    """Create a run folder (or reopen one to resume). Returns (config, folder, resuming)."""
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        saved = run_dir / runs.CONFIG_FILE
+        if saved.exists():
+            existing = RunConfig.load(saved)
+            if config is not None and _identity(config) != _identity(existing):
+                raise TrainingError(
+                    f"{run_dir} already holds a run with a different config; resume it without changing the "
+                    "config (only training.max_steps/epochs may grow), or use a new --run-dir"
+                )
+            if config is not None:  # extending a run: more steps or epochs
+                existing.training.max_steps = config.training.max_steps
+                existing.training.epochs = config.training.epochs
+                existing.save(saved)
+            return existing, run_dir, True
+    else:
+        run_dir = runs.runs_root(root) / runs.new_run_id((config or RunConfig()).name)
+    config = config or RunConfig()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise TrainingError(f"cannot write the run folder {run_dir}: {e.strerror or e}; choose a writable --run-dir") from e
+    config.save(run_dir / runs.CONFIG_FILE)
+    return config, run_dir, False
+
+
+def _identity(cfg: RunConfig) -> dict:
+    """The parts of a config that must not change when a run is resumed."""
+    d = cfg.to_dict()
+    d["training"] = {k: v for k, v in d["training"].items() if k not in ("max_steps", "epochs")}
+    d.pop("hub", None)
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# data -> token ids + labels
+
+
+def tokenize_examples(examples, tokenizer, max_length: int) -> dict[str, list]:
+    """Token ids and labels (-100 outside the trained character spans), truncated to ``max_length``.
+
+    The text already contains the template's bos/eos strings, so no special tokens are added.
+    A token is trained on when its characters overlap a trained span.
+    """
+    texts = [ex.text for ex in examples]
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, truncation=False)
+    input_ids, labels, lengths = [], [], []
+    for ex, ids, offsets in zip(examples, enc["input_ids"], enc["offset_mapping"]):
+        spans = ex.spans
+        lab = []
+        j = 0
+        for tid, (a, b) in zip(ids, offsets):
+            while j < len(spans) and spans[j][1] <= a:
+                j += 1
+            trained = j < len(spans) and spans[j][0] < max(b, a + 1) and a < spans[j][1]
+            lab.append(tid if trained else -100)
+        ids, lab = ids[:max_length], lab[:max_length]
+        input_ids.append(ids)
+        labels.append(lab)
+        lengths.append(len(ids))
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def _datasets(config: RunConfig, tokenizer):
+    """Format the configured data with the template and tokenize it: (train, eval or None, summary)."""
+    from datasets import Dataset
+
+    from . import data
+
+    d, t = config.data, config.training
+    source = d.source or str(SAMPLE_DATA)
+    result = data.format_dataset(
+        source,
+        hub_config=d.hub_config,
+        split=d.split,
+        template=d.template,
+        system_prompt=d.system_prompt,
+        columns=d.columns or None,
+        tokenizer=tokenizer,
+        train_on=d.train_on,
+        strict=d.strict,
+        val_fraction=d.val_fraction,
+        seed=d.seed,
+        max_length=t.max_length,
+    )
+    train_tok = tokenize_examples(result.examples, tokenizer, t.max_length)
+    keep = [i for i, lab in enumerate(train_tok["labels"]) if any(x != -100 for x in lab)]
+    if not keep:
+        raise TrainingError(
+            f"{source}: no example has trained-on tokens within training.max_length={t.max_length}; "
+            "raise max_length or shorten the prompts"
+        )
+    train_ds = Dataset.from_dict({k: [v[i] for i in keep] for k, v in train_tok.items()})
+    eval_ds = None
+    if result.val_examples:
+        ev = tokenize_examples(result.val_examples, tokenizer, t.max_length)
+        eval_ds = Dataset.from_dict(ev)
+    summary = {
+        "source": source,
+        "shape": str(result.shape),
+        "rows_in": result.rows_in,
+        "train_examples": len(train_ds),
+        "eval_examples": len(eval_ds) if eval_ds is not None else 0,
+        "skipped": dict(result.skipped),
+        "dropped_no_trained_tokens": len(result.examples) - len(keep),
+        "train_tokens": sum(len(x) for x in train_ds["input_ids"]),
+    }
+    return train_ds, eval_ds, summary
+
+
+# ---------------------------------------------------------------------------------------------
+# device and precision
+
+
+def pick_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def precision_flags(config: RunConfig, device: str) -> dict:
+    """bf16 where the GPU supports it, fp16 on older GPUs, fp32 on CPU (unless set explicitly)."""
+    import torch
+
+    p = config.training.precision
+    if p == "auto":
+        if device == "cuda":
+            p = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            p = "fp32"
+    return {"bf16": p == "bf16", "fp16": p == "fp16"}
+
+
+def _optim(config: RunConfig, device: str) -> str:
+    o = config.training.optim
+    if o != "auto":
+        return o
+    # QLoRA paper: paged optimizers absorb memory spikes on long sequences; on CPU plain AdamW.
+    return "paged_adamw_32bit" if device == "cuda" else "adamw_torch"
+
+
+# ---------------------------------------------------------------------------------------------
+# the callback that writes events and honours stop / chunk limits
+
+
+def _make_callback(log: EventLog, run_dir: Path, should_stop, until_step, time_budget_s, started_at):
+    from transformers import TrainerCallback
+
+    class Events(TrainerCallback):
+        def __init__(self):
+            self.halt_reason: str | None = None
+            self.last_time = time.time()
+            self.last_tokens = 0
+            self.first_step = None
+            self.step_times: list[float] = []
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.first_step = state.global_step
+            self.last_tokens = state.num_input_tokens_seen or 0
+            self.last_time = time.time()
+
+        def on_step_end(self, args, state, control, **kw):
+            now = time.time()
+            self.step_times.append(now - self.last_time)
+            self.last_time = now
+            halt = None
+            if should_stop is not None and should_stop():
+                halt = "stopped"
+            elif runs.stop_requested(run_dir):
+                halt = "stopped"
+            elif until_step is not None and state.global_step >= until_step:
+                halt = "paused"
+            elif time_budget_s is not None:
+                per_step = sum(self.step_times[-5:]) / len(self.step_times[-5:])
+                # leave room for one more step and the checkpoint write
+                if now - started_at + 2 * per_step > time_budget_s:
+                    halt = "paused"
+            if halt and state.global_step < state.max_steps:
+                self.halt_reason = halt
+                control.should_save = True
+                control.should_training_stop = True
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = logs or {}
+            if "loss" not in logs:
+                return
+            now = time.time()
+            elapsed = now - started_at
+            tokens = state.num_input_tokens_seen or 0
+            done = state.global_step - (self.first_step or 0)
+            recent = self.step_times[-10:]
+            per_step = sum(recent) / len(recent) if recent else None
+            tps = (tokens - self.last_tokens) / max(sum(self.step_times[-args.logging_steps:]), 1e-9)
+            self.last_tokens = tokens
+            log.emit(
+                "step",
+                step=state.global_step,
+                max_steps=state.max_steps,
+                epoch=round(state.epoch or 0, 4),
+                loss=logs.get("loss"),
+                lr=logs.get("learning_rate"),
+                grad_norm=logs.get("grad_norm"),
+                tokens_per_s=round(tps, 1),
+                tokens_seen=tokens,
+                elapsed_s=round(elapsed, 2),
+                eta_s=round(per_step * (state.max_steps - state.global_step), 1) if per_step and done else None,
+            )
+
+        def on_evaluate(self, args, state, control, metrics=None, **kw):
+            if metrics and "eval_loss" in metrics:
+                log.emit("eval", step=state.global_step, eval_loss=metrics["eval_loss"])
+
+        def on_save(self, args, state, control, **kw):
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            log.emit("checkpoint", step=state.global_step, path=str(path.relative_to(run_dir)))
+
+    return Events()
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+def train(
+    config: RunConfig | None = None,
+    run_dir: str | Path | None = None,
+    *,
+    runs_root: str | Path | None = None,
+    on_event: Callable[[dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    until_step: int | None = None,
+    time_budget_s: float | None = None,
+) -> RunResult:
+    """Run (or resume) one fine-tuning run and return where its adapter is.
+
+    ``until_step`` / ``time_budget_s`` end the call early at a checkpoint with status ``paused``
+    (chunked training: call again with the same ``run_dir`` to continue). ``should_stop`` or a ``STOP``
+    file in the run folder ends it with a checkpoint and status ``stopped``.
+    """
+    started_at = time.time()
+    config, run_dir, resuming = open_run(config, run_dir, runs_root)
+    log = EventLog(run_dir, on_event)
+    try:
+        return _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_s, started_at)
+    except (ConfigError, ModelError, TrainingError, runs.RunError) as e:
+        log.emit("failed", message=str(e))
+        raise
+    except Exception as e:  # noqa: BLE001 - recorded in the run folder, then re-raised unchanged
+        message = _explain(e, config)
+        log.emit("failed", message=message, error=e.__class__.__name__)
+        if message != str(e):
+            raise TrainingError(message) from e
+        raise
+
+
+def _explain(e: Exception, config: RunConfig) -> str:
+    """Turn a CUDA out-of-memory into the settings to lower; other errors keep their message."""
+    import torch
+
+    if isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower():
+        t = config.training
+        hints = [f"training.batch_size {t.batch_size} -> {max(1, t.batch_size // 2)} (raise grad_accum to keep the effective batch)",
+                 f"training.max_length {t.max_length} -> {max(128, t.max_length // 2)}"]
+        if not t.gradient_checkpointing:
+            hints.append("training.gradient_checkpointing -> true")
+        if config.quantization.load_in != "4bit":
+            hints.append("quantization.load_in -> 4bit")
+        return "out of GPU memory; lower: " + "; ".join(hints) + ". The last checkpoint is kept: resume after changing"
+    return f"{e.__class__.__name__}: {e}"
+
+
+def _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_s, started_at) -> RunResult:
+    import torch
+    import transformers
+    from trl import SFTConfig, SFTTrainer
+
+    from . import models
+
+    # -- setup -----------------------------------------------------------------------------
+    runs.STOP_FILE and (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
+    device = pick_device()
+    resolved = models.resolve(config.model)
+    validate(config, models.model_max_length(resolved.path, resolved.revision), source=str(run_dir / runs.CONFIG_FILE))
+    if config.quantization.load_in != "none" and device == "cpu" and config.quantization.load_in == "8bit":
+        raise TrainingError("8-bit loading needs a CUDA GPU; use quantization.load_in: 4bit or none on CPU")
+    tokenizer = models.load_tokenizer(config.model)
+    train_ds, eval_ds, data_summary = _datasets(config, tokenizer)
+    t = config.training
+    resume_from = runs.last_checkpoint(run_dir) if resuming else None
+    log.emit(
+        "started",
+        name=config.name,
+        model=resolved.name,
+        device=device,
+        pid=os.getpid(),
+        resumed_from=str(resume_from.relative_to(run_dir)) if resume_from else None,
+        data=data_summary,
+        max_steps=_planned_steps(t, len(train_ds)),
+    )
+
+    transformers.set_seed(t.seed)  # LoRA init and dropout are seeded
+    model, _ = models.load_model(config.model, config.quantization, device)
+    sft_args = SFTConfig(
+        output_dir=str(run_dir / runs.CHECKPOINTS),
+        learning_rate=t.learning_rate,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps if t.max_steps > 0 else -1,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        # padding-free without packing: trl wants max_length=None (we truncated already)
+        max_length=None if (t.padding_free and not t.packing) else t.max_length,
+        packing=t.packing,
+        padding_free=t.padding_free,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm if t.max_grad_norm > 0 else None,
+        optim=_optim(config, device),
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        eval_strategy=("steps" if t.eval_steps > 0 else "no") if eval_ds is not None else "no",
+        eval_steps=t.eval_steps if t.eval_steps > 0 else None,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=device == "cpu",
+        include_num_input_tokens_seen="non_padding",
+        dataset_num_proc=None,
+        completion_only_loss=None,
+        **precision_flags(config, device),
+    )
+    callback = _make_callback(log, run_dir, should_stop, until_step, time_budget_s, started_at)
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=models.lora_config(config.lora),
+        callbacks=[callback],
+    )
+
+    # -- train -------------------------------------------------------------------------------
+    out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    step = trainer.state.global_step
+    if callback.halt_reason:
+        log.emit(callback.halt_reason, step=step, max_steps=trainer.state.max_steps,
+                 message="stopped by the user" if callback.halt_reason == "stopped" else "chunk ended at a checkpoint")
+        return RunResult(run_dir.name, run_dir, callback.halt_reason, step, trainer.state.max_steps, None, {})
+
+    # -- save ----------------------------------------------------------------------------------
+    metrics = {"train_loss": out.training_loss, "steps": step, "train_runtime_s": out.metrics.get("train_runtime")}
+    if eval_ds is not None:
+        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+        log.emit("eval", step=step, eval_loss=metrics["eval_loss"])
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    if losses:
+        metrics["first_loss"], metrics["final_loss"] = losses[0], losses[-1]
+    adapter_dir = save_adapter(trainer, tokenizer, config, resolved.name, run_dir, metrics, data_summary, device)
+    log.emit("finished", step=step, adapter=runs.ADAPTER, metrics=metrics)
+    return RunResult(run_dir.name, run_dir, "finished", step, trainer.state.max_steps, adapter_dir, metrics)
+
+
+def _planned_steps(t, n_examples: int) -> int:
+    if t.max_steps > 0:
+        return t.max_steps
+    per_epoch = math.ceil(math.ceil(n_examples / t.batch_size) / t.grad_accum)
+    return max(1, math.ceil(per_epoch * t.epochs))
+
+
+# ---------------------------------------------------------------------------------------------
+# the adapter bundle
+
+
+def template_info(config: RunConfig, tokenizer) -> dict:
+    """What inference needs to format prompts exactly as training did."""
+    from .templates import MODEL_TEMPLATE, TEMPLATES, special_tokens
+
+    name = config.data.template
+    info = {"template": name, "system_prompt": config.data.system_prompt}
+    if name != MODEL_TEMPLATE:
+        tok = special_tokens(name, tokenizer)
+        info.update(bos=tok.bos, eos=tok.eos, stop_strings=list(TEMPLATES[name].stop_strings))
+    return info
+
+
+def save_adapter(trainer, tokenizer, config: RunConfig, base_name: str, run_dir: Path, metrics: dict, data_summary: dict, device: str) -> Path:
+    """Write ``adapter/``: a plain PEFT adapter plus the template, config, metrics and a model card."""
+    from .card import model_card
+
+    out = run_dir / runs.ADAPTER
+    tmp = run_dir / (runs.ADAPTER + ".tmp")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = trainer.model
+    model.peft_config["default"].base_model_name_or_path = base_name
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    atomic_write_json(tmp / TEMPLATE_FILE, template_info(config, tokenizer))
+    atomic_write_text(tmp / "run_config.yaml", config.to_yaml())
+    atomic_write_json(tmp / METRICS_FILE, metrics)
+    losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+    atomic_write_text(tmp / "README.md", model_card(config, base_name, metrics, losses, data_summary, device))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+def read_template_info(adapter_dir: Path) -> dict | None:
+    path = Path(adapter_dir) / TEMPLATE_FILE
+    return json.loads(path.read_text()) if path.exists() else None
