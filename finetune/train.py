@@ -291,18 +291,21 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     until_step: int | None = None,
     time_budget_s: float | None = None,
+    callbacks: list | None = None,
 ) -> RunResult:
     """Run (or resume) one fine-tuning run and return where its adapter is.
 
     ``until_step`` / ``time_budget_s`` end the call early at a checkpoint with status ``paused``
     (chunked training: call again with the same ``run_dir`` to continue). ``should_stop`` or a ``STOP``
-    file in the run folder ends it with a checkpoint and status ``stopped``.
+    file in the run folder ends it with a checkpoint and status ``stopped``. ``callbacks`` are extra
+    transformers TrainerCallbacks.
     """
     started_at = time.time()
     config, run_dir, resuming = open_run(config, run_dir, runs_root)
     log = EventLog(run_dir, on_event)
     try:
-        return _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_s, started_at)
+        return _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_s, started_at,
+                      callbacks or [])
     except (ConfigError, ModelError, TrainingError, runs.RunError) as e:
         log.emit("failed", message=str(e))
         raise
@@ -330,7 +333,7 @@ def _explain(e: Exception, config: RunConfig) -> str:
     return f"{e.__class__.__name__}: {e}"
 
 
-def _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_s, started_at) -> RunResult:
+def _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_s, started_at, extra_callbacks) -> RunResult:
     import torch
     import transformers
     from trl import SFTConfig, SFTTrainer
@@ -338,7 +341,7 @@ def _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_
     from . import models
 
     # -- setup -----------------------------------------------------------------------------
-    runs.STOP_FILE and (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
+    (run_dir / runs.STOP_FILE).unlink(missing_ok=True)  # a stop asked of an earlier attempt
     device = pick_device()
     resolved = models.resolve(config.model)
     validate(config, models.model_max_length(resolved.path, resolved.revision), source=str(run_dir / runs.CONFIG_FILE))
@@ -404,7 +407,7 @@ def _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_
         eval_dataset=eval_ds,
         processing_class=tokenizer,
         peft_config=models.lora_config(config.lora),
-        callbacks=[callback],
+        callbacks=[callback, *extra_callbacks],
     )
 
     # -- train -------------------------------------------------------------------------------

@@ -1,0 +1,79 @@
+"""`python -m finetune generate [--model M] [--adapter RUN_DIR|ADAPTER_DIR|REPO] [--template NAME]
+(--prompt TEXT | --prompts FILE.jsonl) [--max-new-tokens N] [--temperature T] [--out FILE.jsonl]`
+
+A prompts file holds `{"prompt": ...}` or `{"messages": [...]}` rows; each answer is written as
+`{"prompt": ..., "answer": ...}`. With --prompt only the answer is printed. --temperature 0 is greedy.
+The model and template default to those saved with the adapter.
+"""
+
+from __future__ import annotations
+
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("generate", help="answer prompts with a base model and an adapter", description=__doc__)
+    p.add_argument("--model", help="base model (default: the adapter's base, else the embedded default)")
+    p.add_argument("--adapter", help="a run folder, an adapter folder or a Hub repo id")
+    p.add_argument("--template", help="prompt template (default: the adapter's)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="one user message")
+    src.add_argument("--prompts", help="JSONL file of {prompt: ...} or {messages: [...]} rows")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="write answers here as JSONL (default: stdout)")
+    p.set_defaults(func=run)
+
+
+def read_prompts(path: str) -> list:
+    from finetune.cli import UsageError
+
+    rows = []
+    try:
+        lines = open(path, encoding="utf-8").read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: cannot read ({e.__class__.__name__}); check the path and save it as UTF-8")
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise UsageError(f"{path}:{i}: not valid JSON ({e.msg}); one JSON object per line")
+        if isinstance(obj, dict) and isinstance(obj.get("prompt"), str):
+            rows.append(obj["prompt"])
+        elif isinstance(obj, dict) and isinstance(obj.get("messages"), list):
+            rows.append(obj["messages"])
+        else:
+            raise UsageError(f'{path}:{i}: expected {{"prompt": "..."}} or {{"messages": [...]}}')
+    if not rows:
+        raise UsageError(f"{path}: no prompts found")
+    return rows
+
+
+def run(args) -> int:
+    from finetune.cli import UsageError
+    from finetune.inference import generate_batch
+    from finetune.models import ModelError
+    from finetune.templates import TemplateError
+
+    prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
+    try:
+        answers = generate_batch(prompts, adapter=args.adapter, model=args.model, template=args.template,
+                                 max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                 top_p=args.top_p, seed=args.seed)
+    except (ModelError, TemplateError) as e:
+        raise UsageError(str(e)) from e
+    if args.prompt is not None and not args.out:
+        print(answers[0])
+        return 0
+    lines = [json.dumps({"prompt": p, "answer": a}, ensure_ascii=False) for p, a in zip(prompts, answers)]
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        print(f"wrote {len(lines)} answers to {args.out}")
+    else:
+        print("\n".join(lines))
+    return 0

