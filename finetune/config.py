@@ -271,6 +271,16 @@ def _coerce(value: Any, tp, name: str, problems: list[str]) -> Any:
     return None
 
 
+# Names other tools use for our fields: suggested when a config uses them.
+ALIASES = {
+    "rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "target": "target_modules",
+    "lr": "learning_rate", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum", "max_seq_length": "max_length", "max_seq_len": "max_length",
+    "lr_scheduler_type": "lr_scheduler", "model_id": "id", "model_name": "id", "dataset": "source",
+    "bnb_4bit_quant_type": "quant_type", "bnb_4bit_use_double_quant": "double_quant",
+}
+
+
 def _build(cls, data: Any, prefix: str, problems: list[str]):
     if not isinstance(data, dict):
         problems.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
@@ -281,7 +291,7 @@ def _build(cls, data: Any, prefix: str, problems: list[str]):
     for key, value in data.items():
         name = f"{prefix}{key}"
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            close = [ALIASES[key]] if ALIASES.get(key) in fields else difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known: {', '.join(fields)}"
             problems.append(f"{name}: unknown key{hint}")
             continue

@@ -98,5 +98,5 @@ def test_invalid_config_reports_every_problem_at_once(tmp_path):
 def test_malformed_yaml_names_the_line(tmp_path):
     bad = tmp_path / "broken.yaml"
     bad.write_text("lora:\n  r: [1, 2\n")
-    with pytest.raises(ConfigError, match=r"broken.yaml.*line \d+"):
+    with pytest.raises(ConfigError, match=r"(?s)broken.yaml.*line \d+"):
         RunConfig.load(bad)
