@@ -88,7 +88,8 @@ def test_invalid_config_reports_every_problem_at_once(tmp_path):
     with pytest.raises(ConfigError) as err:
         validate(RunConfig.load(bad), model_max_length=512)
     probs = err.value.problems
-    assert len(probs) == 4, probs
+    assert len(probs) == 5, probs
+    assert "training.max_length 1024 exceeds the model's 512; lower it to 512" in probs
     assert any(p.startswith("lora.r must be >= 1") for p in probs)
     assert any(p.startswith("lora.alpha must be > 0") for p in probs)
     assert any(p.startswith("training.learning_rate must be > 0") for p in probs)
