@@ -409,6 +409,9 @@ def _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_
         peft_config=models.lora_config(config.lora),
         callbacks=[callback, *extra_callbacks],
     )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # our events replace its raw dict prints
 
     # -- train -------------------------------------------------------------------------------
     out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

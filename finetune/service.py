@@ -1,0 +1,126 @@
+"""The actions behind the app's API endpoints, scoped to one owner. No Gradio here: the UI passes the
+owner (signed-in user or browser session) and gets plain Python values back.
+
+On a multi-user deployment (a Space) every owner has their own runs folder, named by a hash of the
+owner key, and every run id is resolved inside it: one user can neither list nor read, stop, download
+or push another's runs, whatever they send to the API. On a single-user machine the owner is ignored
+and the app shows every run in the runs folder, CLI runs included.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import runs
+from .backends import get_backend
+from .config import RunConfig, validate
+
+
+class ServiceError(ValueError):
+    """A request the user can fix; the message says how."""
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Where one owner's runs live."""
+
+    root: Path
+    multi_user: bool = False
+
+    def for_owner(self, owner: str | None) -> Path:
+        if not self.multi_user:
+            return self.root
+        if not owner:
+            raise ServiceError("no user or session: sign in or reload the page")
+        digest = hashlib.sha256(owner.encode("utf-8")).hexdigest()[:24]
+        return self.root / "users" / digest
+
+
+def default_workspace() -> Workspace:
+    """Runs in $FINETUNE_RUNS (or ./runs); multi-user on a Space or when FINETUNE_MULTI_USER=1."""
+    multi = os.environ.get("FINETUNE_MULTI_USER", "1" if os.environ.get("SPACE_ID") else "0") == "1"
+    return Workspace(runs.runs_root(), multi)
+
+
+def _run_dir(ws: Workspace, owner: str | None, run_id: str) -> Path:
+    try:
+        path = runs.run_path(run_id, ws.for_owner(owner))
+    except runs.RunError as e:
+        raise ServiceError(str(e)) from e
+    if not (path / runs.CONFIG_FILE).exists():
+        raise ServiceError(f"no run '{run_id}' among your runs; pick one from the run list")
+    return path
+
+
+def parse_config(config_yaml: str) -> RunConfig:
+    cfg = RunConfig.from_yaml(config_yaml or "", source="config")
+    return validate(cfg, source="config")
+
+
+def start_training(ws: Workspace, owner: str | None, config: RunConfig, backend: str = "local") -> str:
+    validate(config, source="config")
+    root = ws.for_owner(owner)
+    root.mkdir(parents=True, exist_ok=True)
+    active = [r for r in runs.list_runs(root) if r.status == "running"]
+    if ws.multi_user and active:
+        raise ServiceError(f"run {active[0].run_id} is still training; stop it or wait for it to finish")
+    return get_backend(backend).start(config, root)
+
+
+def run_status(ws: Workspace, owner: str | None, run_id: str) -> dict:
+    state = runs.read_run(_run_dir(ws, owner, run_id)).to_dict()
+    state.pop("path", None)  # never reveal server paths
+    return state
+
+
+def stop_training(ws: Workspace, owner: str | None, run_id: str) -> dict:
+    path = _run_dir(ws, owner, run_id)
+    runs.request_stop(path)
+    return run_status(ws, owner, run_id)
+
+
+def resume_training(ws: Workspace, owner: str | None, run_id: str) -> str:
+    _run_dir(ws, owner, run_id)
+    return get_backend("local").resume(run_id, ws.for_owner(owner))
+
+
+def list_runs(ws: Workspace, owner: str | None) -> list[dict]:
+    out = []
+    for s in runs.list_runs(ws.for_owner(owner)):
+        d = s.to_dict()
+        for key in ("path", "losses", "eval_losses"):
+            d.pop(key, None)
+        out.append(d)
+    return out
+
+
+def run_events(ws: Workspace, owner: str | None, run_id: str) -> list[dict]:
+    from .events import read_events
+
+    return read_events(_run_dir(ws, owner, run_id))
+
+
+def adapter_path(ws: Workspace, owner: str | None, run_id: str) -> Path:
+    path = _run_dir(ws, owner, run_id) / runs.ADAPTER
+    if not (path / "adapter_config.json").exists():
+        raise ServiceError(f"run '{run_id}' has no adapter yet: it appears when the run finishes")
+    return path
+
+
+def adapter_zip(ws: Workspace, owner: str | None, run_id: str, out_dir: Path) -> Path:
+    """The adapter folder as a zip file to download."""
+    folder = adapter_path(ws, owner, run_id)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{run_id}-adapter.zip"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                z.write(f, f.relative_to(folder))
+    target.write_bytes(buf.getvalue())
+    return target
