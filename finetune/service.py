@@ -62,10 +62,40 @@ def parse_config(config_yaml: str) -> RunConfig:
     return validate(cfg, source="config")
 
 
-def start_training(ws: Workspace, owner: str | None, config: RunConfig, backend: str = "local") -> str:
+UPLOADS = "uploads"
+
+
+def keep_upload(ws: Workspace, owner: str | None, path: str | Path) -> Path:
+    """Copy an uploaded data file into the owner's folder (uploads are temporary; runs must outlive them).
+
+    The stored name is a content hash plus the original suffix: no user-chosen path ever reaches disk.
+    """
+    src = Path(path)
+    if not src.is_file():
+        raise ServiceError(f"the uploaded file {src.name} is gone; upload it again")
+    data = src.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    suffix = "".join(c for c in src.suffix.lower() if c.isalnum() or c == ".")[:10]
+    target = ws.for_owner(owner) / UPLOADS / f"{digest}{suffix}"
+    if not target.exists():
+        from .io import atomic_write_bytes
+
+        atomic_write_bytes(target, data)
+    return target
+
+
+def start_training(ws: Workspace, owner: str | None, config: RunConfig, backend: str = "local",
+                   data_file: str | Path | None = None) -> str:
     validate(config, source="config")
     root = ws.for_owner(owner)
     root.mkdir(parents=True, exist_ok=True)
+    if data_file:
+        config.data.source = str(keep_upload(ws, owner, data_file).resolve())
+    elif config.data.source and Path(config.data.source).exists() and ws.multi_user:
+        # on a shared server a config may not point at files outside the owner's own folder
+        inside = Path(config.data.source).resolve().is_relative_to(root.resolve())
+        if not inside:
+            raise ServiceError("data.source must be an uploaded file or a Hub dataset id")
     active = [r for r in runs.list_runs(root) if r.status == "running"]
     if ws.multi_user and active:
         raise ServiceError(f"run {active[0].run_id} is still training; stop it or wait for it to finish")

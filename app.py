@@ -1,0 +1,28 @@
+"""finetune: fine-tune an open LLM on your data with QLoRA, in the browser.
+
+`python app.py` serves on 127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are respected).
+Importing this module builds nothing and downloads nothing.
+"""
+
+import os
+
+try:  # on a ZeroGPU Space `spaces` must be imported before anything touches CUDA
+    import spaces  # noqa: F401
+except ImportError:
+    pass
+
+
+def build_app():
+    from finetune.ui import build_app as build
+
+    return build()
+
+
+if __name__ == "__main__":
+    from finetune.ui import CSS
+
+    build_app().launch(
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        css=CSS,
+    )

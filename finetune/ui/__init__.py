@@ -1,0 +1,64 @@
+"""The Gradio app: one gr.Blocks of four tabs over the library. The only package that imports gradio."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+
+from ..service import Workspace, default_workspace
+from .common import Api
+from .dataset_tab import create_dataset_tab
+from .hparams_tab import create_hparams_tab, wire_config
+from .playground_tab import create_playground_tab
+from .train_tab import create_train_tab
+
+CSS = """
+.ft-trained { background: #bbf7d0; color: #14532d; border-radius: 3px; padding: 0 1px; }
+.ft-example { border: 1px solid #e5e7eb; border-radius: 8px; padding: 8px 12px; margin: 8px 0; }
+.ft-row { font-size: 0.8em; color: #6b7280; }
+.ft-progress { padding: 8px 0; }
+.ft-msg { color: #b91c1c; margin-top: 4px; }
+"""
+
+INTRO = """# finetune
+Fine-tune an open LLM on your own data with QLoRA, then chat with it and share the adapter.
+**1 · Dataset** → **2 · Hyperparameters** → **3 · Train** → **4 · Playground**."""
+
+
+def build_app(workspace: Workspace | None = None, downloads: str | Path | None = None) -> gr.Blocks:
+    """Build the app (no side effects until launched)."""
+    api = Api(workspace or default_workspace(), Path(downloads or tempfile.mkdtemp(prefix="finetune-downloads-")))
+    components: dict = {}
+    with gr.Blocks(title="finetune") as demo:
+        with gr.Row():
+            gr.Markdown(INTRO)
+            if os.environ.get("SPACE_ID"):  # OAuth exists on Spaces only; locally HF_TOKEN is used
+                gr.LoginButton(scale=0)
+        with gr.Tab("1 · Dataset", id="dataset"):
+            ds = create_dataset_tab(api, components)
+        with gr.Tab("2 · Hyperparameters", id="hparams"):
+            hp = create_hparams_tab(api, components)
+        with gr.Tab("3 · Train", id="train"):
+            tr = create_train_tab(api, hp["config_code"], ds["data_file"])
+        with gr.Tab("4 · Playground", id="playground"):
+            pg = create_playground_tab(api)
+        ds["wire"]()
+
+        def extra_to_config(cfg, hub_id, hub_config, split, columns, data_file):
+            from . import forms
+
+            cfg.data.source = "" if data_file else (hub_id or "").strip()
+            cfg.data.hub_config = hub_config or None
+            cfg.data.split = split or "train"
+            cfg.data.columns = forms.parse_columns(columns)
+            return cfg
+
+        wire_config(api, components, hp, [ds["hub_id"], ds["hub_config"], ds["split"], ds["columns"], ds["data_file"]],
+                    extra_to_config)
+        for fn, outputs in (tr["load"], pg["load"]):
+            demo.load(fn, None, outputs, api_visibility="private")
+    demo.queue(default_concurrency_limit=4)
+    return demo

@@ -1,0 +1,148 @@
+"""Dataset tab: upload a file or name a Hub dataset, map columns, pick the template, see exactly what the
+model will be trained on (trained-on part highlighted), token lengths, row problems, download or push."""
+
+from __future__ import annotations
+
+import html
+
+import gradio as gr
+import pandas as pd
+
+from .. import service
+from ..hub import push_dataset
+from . import forms
+from .common import Api, owner, user_errors
+
+FILE_TYPES = [".csv", ".tsv", ".json", ".jsonl", ".parquet"]
+
+
+def preview_html(examples: list, limit: int = 5) -> str:
+    """Each example's text with the trained-on spans highlighted."""
+    if not examples:
+        return "<div class='ft-preview'>Nothing to show yet: upload a file or name a Hub dataset.</div>"
+    blocks = []
+    for ex in examples[:limit]:
+        text, pos, parts = ex["text"], 0, []
+        for a, b in ex["spans"]:
+            parts.append(html.escape(text[pos:a]))
+            parts.append(f"<mark class='ft-trained'>{html.escape(text[a:b])}</mark>")
+            pos = b
+        parts.append(html.escape(text[pos:]))
+        blocks.append(f"<div class='ft-example'><div class='ft-row'>row {ex['row']}</div>"
+                      f"<pre style='white-space:pre-wrap'>{''.join(parts)}</pre></div>")
+    legend = ("<div class='ft-legend'><mark class='ft-trained'>highlighted</mark> = trained on (carries the loss); "
+              "the rest is context the model reads but is not trained to produce.</div>")
+    return "<div class='ft-preview' id='ft-preview'>" + legend + "".join(blocks) + "</div>"
+
+
+def histogram(lengths: list[int], max_length: int | None):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 2.6))
+    if lengths:
+        ax.hist(lengths, bins=min(40, max(5, len(set(lengths)))), color="#6366f1")
+        if max_length:
+            ax.axvline(max_length, color="#dc2626", linestyle="--", label=f"max_length {max_length}")
+            ax.legend()
+    ax.set_xlabel("tokens per example")
+    ax.set_ylabel("examples")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def create_dataset_tab(api: Api, components: dict):
+    with gr.Row():
+        with gr.Column():
+            data_file = gr.File(label="Upload a dataset", file_types=FILE_TYPES, type="filepath", elem_id="data-file")
+        with gr.Column():
+            hub_id = gr.Textbox(value="", label="…or a Hub dataset id", placeholder="mlabonne/guanaco-llama2-1k",
+                                info="Used when no file is uploaded")
+            with gr.Row():
+                hub_config = gr.Textbox(value="", label="Config (subset)", placeholder="default")
+                split = gr.Textbox(label="Split", value="train")
+    with gr.Row():
+        for f in forms.DATA_FIELDS[:2]:
+            with gr.Column():
+                components[f.key] = forms.make_component(f, forms.get_value(service_default(), f.key))
+    with gr.Row():
+        columns = gr.Textbox(value="", label="Column mapping", placeholder="instruction=question, output=answer",
+                             info="Only when detection picks the wrong columns: field=your_column, comma separated",
+                             elem_id="columns")
+        for f in forms.DATA_FIELDS[2:]:
+            with gr.Column():
+                components[f.key] = forms.make_component(f, forms.get_value(service_default(), f.key))
+    fmt = gr.Button("Format and preview", variant="primary", elem_id="format-btn")
+    summary = gr.Markdown(elem_id="format-summary")
+    preview = gr.HTML(preview_html([]))
+    with gr.Row():
+        hist = gr.Plot(label="Token lengths")
+        problems = gr.Dataframe(headers=["row", "field", "problem", "fix"], label="Row problems",
+                                interactive=False, wrap=True, elem_id="problems")
+    with gr.Row():
+        formatted = gr.File(label="Formatted JSONL (text, prompt, completion, messages)", interactive=False)
+    with gr.Row():
+        ds_repo = gr.Textbox(value="", label="Push the formatted dataset to", placeholder="you/my-dataset", scale=3)
+        ds_private = gr.Checkbox(value=True, label="Private")
+        ds_push = gr.Button("⇪ Push dataset")
+    ds_result = gr.Markdown()
+
+    @user_errors
+    def format_dataset(data_file: str | None = None, hub_id: str = "", hub_config: str = "", split: str = "train",
+                       template: str = "llama2", system_prompt: str = "", columns: str = "", model: str = "",
+                       max_length: int = 1024, train_on: str = "assistant", request: gr.Request = None,
+                       profile: gr.OAuthProfile | None = None):
+        """Format an uploaded file (or a Hub dataset) with a template: summary, preview, token-length
+        histogram, row problems and the formatted JSONL file."""
+        source = data_file or (hub_id or "").strip()
+        if not source:
+            raise gr.Error("upload a file or type a Hub dataset id first")
+        report = service.format_preview(
+            source, template=template, system_prompt=system_prompt or "", columns=forms.parse_columns(columns),
+            model=model or "", max_length=int(max_length or 1024), train_on=train_on or "assistant",
+            hub_config=hub_config or None, split=split or "train",
+            out_dir=api.downloads / "formatted" / _safe(owner(request, profile)),
+        )
+        for w in report["warnings"][:3]:
+            gr.Warning(w)
+        probs = pd.DataFrame(report["problems"], columns=["row", "field", "problem", "fix"])
+        return (report["summary"], preview_html(report["examples"]), histogram(report["lengths"], max_length),
+                probs, report["file"])
+
+    @user_errors
+    def push(file: str | None, repo_id: str, private: bool, oauth: gr.OAuthToken | None = None) -> str:
+        if not file:
+            raise gr.Error("format the dataset first")
+        from pathlib import Path
+
+        return f"Pushed to {push_dataset(Path(file), repo_id, token=oauth.token if oauth else None, private=private)}"
+
+    def wire():
+        """Connect the events once the hyperparameters tab has made the model and max_length widgets."""
+        inputs = [data_file, hub_id, hub_config, split, components["data.template"], components["data.system_prompt"],
+                  columns, components["model.id"], components["training.max_length"], components["data.train_on"]]
+        return (
+            fmt.click(format_dataset, inputs, [summary, preview, hist, problems, formatted], api_name="format_dataset",
+                      concurrency_limit=4),
+            data_file.upload(format_dataset, inputs, [summary, preview, hist, problems, formatted],
+                             api_visibility="private"),
+            ds_push.click(push, [formatted, ds_repo, ds_private], ds_result, api_name="push_dataset"),
+        )
+
+    return {"data_file": data_file, "hub_id": hub_id, "hub_config": hub_config, "split": split, "columns": columns,
+            "wire": wire}
+
+
+def _safe(who: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(who.encode()).hexdigest()[:16]
+
+
+def service_default():
+    from ..presets import DEFAULT_PRESET, load_preset
+
+    return load_preset(DEFAULT_PRESET)

@@ -1,0 +1,134 @@
+"""The single mapping between widget values and the run config.
+
+Every config field the UI edits is listed once in ``FIELDS`` (key, widget kind, label, range). The
+widgets are created from it with the field's one-line help as their hint, and values go back into a
+``RunConfig`` through ``values_to_config``: no defaults repeated, no values read by string id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from ..config import RunConfig, apply_overrides, field_help
+from ..templates import TEMPLATE_NAMES
+
+
+@dataclass(frozen=True)
+class Field:
+    key: str  # section.name in RunConfig
+    kind: str  # text | number | int | slider | checkbox | dropdown | radio
+    label: str
+    choices: tuple = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+
+
+DATA_FIELDS = (
+    Field("data.template", "dropdown", "Prompt template", TEMPLATE_NAMES),
+    Field("data.system_prompt", "text", "System prompt"),
+    Field("data.train_on", "radio", "Train on", ("assistant", "all")),
+    Field("data.val_fraction", "slider", "Validation fraction", minimum=0.0, maximum=0.5, step=0.01),
+)
+
+MODEL_FIELDS = (
+    Field("model.id", "text", "Base model"),
+    Field("model.trust_remote_code", "checkbox", "Trust remote code"),
+)
+
+QUANT_FIELDS = (
+    Field("quantization.load_in", "radio", "Base weights", ("4bit", "8bit", "none")),
+    Field("quantization.quant_type", "dropdown", "4-bit type", ("nf4", "fp4")),
+    Field("quantization.double_quant", "checkbox", "Double quantization"),
+    Field("quantization.compute_dtype", "dropdown", "Compute dtype", ("auto", "bfloat16", "float16", "float32")),
+)
+
+LORA_FIELDS = (
+    Field("lora.r", "slider", "LoRA rank r", minimum=1, maximum=256, step=1),
+    Field("lora.alpha", "number", "LoRA alpha", minimum=0.1),
+    Field("lora.dropout", "slider", "LoRA dropout", minimum=0.0, maximum=0.5, step=0.01),
+    Field("lora.target_modules", "text", "Target modules"),
+)
+
+TRAIN_FIELDS = (
+    Field("training.learning_rate", "number", "Learning rate", minimum=0.0),
+    Field("training.epochs", "number", "Epochs", minimum=0.0),
+    Field("training.max_steps", "int", "Max steps", minimum=0),
+    Field("training.batch_size", "slider", "Batch size", minimum=1, maximum=64, step=1),
+    Field("training.grad_accum", "slider", "Gradient accumulation", minimum=1, maximum=64, step=1),
+    Field("training.max_length", "int", "Max length (tokens)", minimum=16),
+    Field("training.packing", "checkbox", "Packing"),
+    Field("training.padding_free", "checkbox", "Padding-free batches"),
+    Field("training.gradient_checkpointing", "checkbox", "Gradient checkpointing"),
+    Field("training.warmup_ratio", "slider", "Warmup ratio", minimum=0.0, maximum=0.5, step=0.01),
+    Field("training.lr_scheduler", "dropdown", "LR scheduler", ("cosine", "linear", "constant", "constant_with_warmup")),
+    Field("training.optim", "dropdown", "Optimizer", ("auto", "adamw_torch", "paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit")),
+    Field("training.precision", "dropdown", "Precision", ("auto", "bf16", "fp16", "fp32")),
+    Field("training.eval_steps", "int", "Eval every (steps)", minimum=0),
+    Field("training.save_steps", "int", "Checkpoint every (steps)", minimum=1),
+    Field("training.seed", "int", "Seed", minimum=0),
+)
+
+FORM_FIELDS = DATA_FIELDS + MODEL_FIELDS + QUANT_FIELDS + LORA_FIELDS + TRAIN_FIELDS
+
+
+def get_value(cfg: RunConfig, key: str):
+    section, name = key.split(".")
+    value = getattr(getattr(cfg, section), name)
+    if key == "lora.target_modules" and isinstance(value, list):
+        return ", ".join(value)
+    return value
+
+
+def config_to_values(cfg: RunConfig) -> list:
+    return [get_value(cfg, f.key) for f in FORM_FIELDS]
+
+
+def values_to_config(base: RunConfig, values: list) -> RunConfig:
+    """Apply widget values onto ``base`` (fields the form does not show, like data.source, are kept)."""
+    overrides = {}
+    for f, v in zip(FORM_FIELDS, values):
+        if f.key == "lora.target_modules" and isinstance(v, str) and v.strip() != "all-linear":
+            v = [t.strip() for t in v.split(",") if t.strip()]
+        if f.kind == "int" and isinstance(v, float) and v.is_integer():
+            v = int(v)
+        overrides[f.key] = v
+    return apply_overrides(base, overrides)
+
+
+def make_component(f: Field, value):
+    section, name = f.key.split(".")
+    info = field_help(section, name)
+    common = dict(label=f.label, info=info, value=value, elem_id=f.key.replace(".", "-"))
+    if f.kind == "text":
+        return gr.Textbox(**common, lines=1)
+    if f.kind in ("number", "int"):
+        return gr.Number(**common, minimum=f.minimum, maximum=f.maximum, precision=0 if f.kind == "int" else None)
+    if f.kind == "slider":
+        return gr.Slider(**common, minimum=f.minimum, maximum=f.maximum, step=f.step)
+    if f.kind == "checkbox":
+        return gr.Checkbox(**common)
+    if f.kind == "dropdown":
+        return gr.Dropdown(**common, choices=list(f.choices))
+    if f.kind == "radio":
+        return gr.Radio(**common, choices=list(f.choices))
+    raise ValueError(f.kind)
+
+
+def parse_columns(text: str) -> dict[str, str]:
+    """``instruction=question, output=answer`` -> {"instruction": "question", "output": "answer"}."""
+    out: dict[str, str] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise gr.Error(f"column mapping '{part.strip()}' must look like field=column, e.g. output=answer")
+        k, v = part.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def format_columns(mapping: dict[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in (mapping or {}).items())
