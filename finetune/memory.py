@@ -1,0 +1,1247 @@
+"""Will it fit, how long, how much: GPU memory, auto-configuration, time and cost before a run starts.
+
+Arithmetic only: no GPU, no weight download, no torch. The model's architecture comes from a local
+folder's ``config.json`` (or a ``.gguf`` header), the bundled table (:mod:`finetune.model_table`) or,
+when reachable, the ``config.json`` on the Hub.
+
+Units: "GB" in this module and in what it prints is GiB (2**30 bytes), the unit torch and nvidia-smi
+report; a "16 GB" T4 shows 15.0 of them.
+
+The peak of a training step is the sum of
+  weights        base weights at their precision (NF4 / int8 / 16-bit / fp32)
+  lora           adapter weights
+  gradients      one per trainable parameter
+  optimizer      AdamW moments (32-bit: 8 bytes, 8-bit: 2 bytes per trainable parameter)
+  activations    what backward needs: per-layer checkpoints, one recomputed layer, attention scores
+  logits         the vocabulary projection and the loss (fp32 log-softmax unless the loss is chunked)
+  cuda_context   CUDA context and kernel workspaces, outside the allocator
+  fragmentation  memory the caching allocator keeps reserved but cannot reuse
+(see :func:`estimate_training`). ``bench/README-memory.md`` compares the result with published peaks.
+
+API: :func:`estimate` (a RunConfig on a GPU -> :class:`MemoryEstimate`: verdict, breakdown, explanation,
+suggestions), :func:`auto_configure` (-> :class:`AutoPlan`; :func:`apply_plan` writes it into a config),
+:func:`estimate_time` (-> :class:`TimeEstimate`), :func:`estimate_inference` (the playground),
+:data:`GPUS` (the catalog) and :func:`load_model_spec` (the architecture numbers).
+
+>>> est = estimate(model="meta-llama/Llama-3.1-8B-Instruct", gpu="t4", method="qlora", seq_len=1024, batch_size=1)
+>>> est.verdict, est.fits
+('fits', True)
+>>> plan = auto_configure("mistralai/Mistral-7B-v0.1", "t4", seq_len=1024)
+>>> plan.method
+'qlora'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import model_table
+
+if TYPE_CHECKING:  # imported for annotations only: the config module is light, torch is never needed
+    from .config import RunConfig
+
+GiB = 1024**3
+
+# ---------------------------------------------------------------------------------------------
+# GPU catalog
+
+# Training a GPU can "just fit" at 100% of its memory is a lottery: the allocator, a long example or the
+# optimizer's first step adds a little. A setup "fits" up to this share of the usable memory, is "tight"
+# up to 100%, and "does not fit" above. 0.85 leaves room for the estimator's own +-15% error.
+SAFE_FRACTION = 0.85
+
+# CUDA context + cuBLAS/cuDNN workspaces: ~0.3-0.6 GB on recent drivers, outside torch's allocator (it shows
+# in nvidia-smi, not in torch.cuda.memory_reserved).
+CUDA_CONTEXT_GB = 0.5
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """One accelerator the app can run on."""
+
+    name: str
+    label: str
+    nominal_gb: float  # the catalog size ("16 GB")
+    usable_gb: float  # GiB the driver reports as total (nvidia-smi), before the CUDA context
+    tflops: float  # dense bf16/fp16 tensor-core TFLOP/s from the spec sheet (fp32 accumulate)
+    mfu: float  # share of `tflops` a Hugging Face training loop reaches on a 7B model (see THROUGHPUT_ANCHORS)
+    bf16: bool = True  # T4 (Turing) has no bf16: training runs in fp16
+    hf_flavor: str | None = None  # the Hugging Face Jobs flavor with this GPU, if any
+    usd_per_hour: float | None = None  # that flavor's price
+    zerogpu_quota_factor: float | None = None  # ZeroGPU: quota minutes used per GPU minute
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.name == "cpu"
+
+
+def _host_ram_gb() -> float:
+    """Physical memory of this machine (the 'GPU memory' of a CPU run)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
+    except (ValueError, OSError, AttributeError):
+        return 16.0
+
+
+# usable_gb: nvidia-smi "memory.total" (MiB / 1024) of each board. Prices: Hugging Face Jobs, billed per
+# minute: t4-small $0.40/h, a10g-large $1.50/h, a100-large $2.50/h, h200 $5.00/h (shared/STACK.md, Nov 2026);
+# a10g-small $1.00/h, l4x1 $0.80/h, l40sx1 $1.80/h: the same flavors' hourly prices in the Hub's hardware
+# table (https://huggingface.co/docs/hub/en/spaces-gpus, "1x Nvidia L4 ... $0.80", "1x Nvidia L40S ...
+# $1.80", "Nvidia A10G - small ... $1.00"). No Jobs flavor offers an A100-40GB or an H100; rtx-pro-6000 is
+# a flavor but its price was not in the sources checked (None: the estimate says so instead of guessing).
+# ZeroGPU (2026): an RTX Pro 6000 Blackwell; "large" is half a card, "xlarge" the whole card at 2x quota.
+GPUS: dict[str, GpuSpec] = {
+    g.name: g
+    for g in (
+        GpuSpec("t4", "NVIDIA T4", 16, 15.0, 65, 0.25, bf16=False, hf_flavor="t4-small", usd_per_hour=0.40),
+        GpuSpec("l4", "NVIDIA L4", 24, 22.5, 121, 0.25, hf_flavor="l4x1", usd_per_hour=0.80),
+        GpuSpec("a10g", "NVIDIA A10G", 24, 22.5, 125, 0.25, hf_flavor="a10g-small", usd_per_hour=1.00),
+        GpuSpec("l40s", "NVIDIA L40S", 48, 45.0, 362, 0.25, hf_flavor="l40sx1", usd_per_hour=1.80),
+        GpuSpec("a100-40gb", "NVIDIA A100 40GB", 40, 40.0, 312, 0.45),
+        GpuSpec("a100-80gb", "NVIDIA A100 80GB", 80, 80.0, 312, 0.45, hf_flavor="a100-large", usd_per_hour=2.50),
+        GpuSpec("h100", "NVIDIA H100 80GB", 80, 79.6, 989, 0.35),
+        GpuSpec("h200", "NVIDIA H200", 141, 140.4, 989, 0.35, hf_flavor="h200", usd_per_hour=5.00),
+        GpuSpec("rtx-pro-6000", "NVIDIA RTX Pro 6000 Blackwell", 96, 95.6, 500, 0.25, hf_flavor="rtx-pro-6000"),
+        GpuSpec("zerogpu-large", "ZeroGPU large (half an RTX Pro 6000)", 48, 47.8, 250, 0.25, zerogpu_quota_factor=1.0),
+        GpuSpec("zerogpu-xlarge", "ZeroGPU xlarge (an RTX Pro 6000)", 96, 95.6, 500, 0.25, zerogpu_quota_factor=2.0),
+        # CPU: memory is this machine's RAM; 0.2 effective TFLOP/s is an order of magnitude (shared/STACK.md:
+        # SmolLM2-135M on 2 cores, batch 4 of short examples, 1.5-1.9 s/step); measure a few steps instead.
+        GpuSpec("cpu", "this machine's CPU", 0, 0, 0.5, 0.4, bf16=True),
+    )
+}
+
+# ZeroGPU daily quota in GPU minutes (shared/STACK.md): anonymous visitors, free accounts, PRO accounts.
+ZEROGPU_DAILY_QUOTA_MIN = {"anonymous": 2, "free": 5, "pro": 40}
+
+
+class EstimateError(ValueError):
+    """Input the estimator cannot use; the message says what to change."""
+
+
+def get_gpu(name: str) -> GpuSpec:
+    """A catalog entry by name (case-insensitive); ``cpu`` reports this machine's RAM as its memory."""
+    key = (name or "").strip().lower()
+    if key not in GPUS:
+        raise EstimateError(f"unknown GPU '{name}'; choose one of: {', '.join(GPUS)}")
+    gpu = GPUS[key]
+    if gpu.is_cpu:
+        ram = round(_host_ram_gb(), 1)
+        gpu = dataclasses.replace(gpu, nominal_gb=ram, usable_gb=ram)
+    return gpu
+
+
+# ---------------------------------------------------------------------------------------------
+# model architecture
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The numbers of a decoder-only transformer that decide its memory."""
+
+    name: str
+    model_type: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    max_positions: int
+    tie_embeddings: bool
+    gated_mlp: bool = True  # SwiGLU (gate, up, down) vs a 2-matrix GELU MLP (Falcon, GPT-2)
+    parallel_attn: bool = False  # attention and MLP read one norm (Falcon-7B): one norm per layer
+    num_experts: int = 1  # mixture of experts: every expert's weights are resident
+    experts_per_token: int = 1  # ... but each token's activations go through this many
+    source: str = ""  # where the numbers came from: table, a config.json path, the Hub
+
+    @property
+    def q_dim(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def num_params(self) -> int:
+        return count_params(self)
+
+
+@dataclass(frozen=True)
+class Linear:
+    """One linear layer of a decoder block: name as PEFT sees it, shape, copies (experts) and input group."""
+
+    name: str
+    d_in: int
+    d_out: int
+    copies: int = 1  # experts hold `copies` of it; a token runs through `active` of them
+    active: int = 1
+    group: str = ""  # layers reading the same input tensor share a group (q/k/v, gate/up)
+
+
+# model types whose MLP is two matrices with a GELU (no gate)
+_PLAIN_MLP = {"falcon", "gpt2", "gpt_neox", "gptj", "phi", "opt", "bloom", "starcoder2", "mpt", "gpt_bigcode"}
+
+
+def linear_layers(spec: ModelSpec) -> list[Linear]:
+    """The linear layers of one decoder block (what `all-linear` LoRA targets), by PEFT module name."""
+    h, q, kv, i = spec.hidden_size, spec.q_dim, spec.kv_dim, spec.intermediate_size
+    if spec.model_type == "falcon":
+        return [
+            Linear("query_key_value", h, q + 2 * kv, group="attn_in"),
+            Linear("dense", q, h, group="attn_out"),
+            Linear("dense_h_to_4h", h, i, group="mlp_in"),
+            Linear("dense_4h_to_h", i, h, group="mlp_out"),
+        ]
+    attn = [
+        Linear("q_proj", h, q, group="attn_in"),
+        Linear("k_proj", h, kv, group="attn_in"),
+        Linear("v_proj", h, kv, group="attn_in"),
+        Linear("o_proj", q, h, group="attn_out"),
+    ]
+    if spec.num_experts > 1:  # Mixtral naming: router `gate`, experts w1/w3 (in) and w2 (out)
+        e, k = spec.num_experts, spec.experts_per_token
+        return attn + [
+            Linear("gate", h, e, group="mlp_in"),
+            Linear("w1", h, i, copies=e, active=k, group="expert_in"),
+            Linear("w3", h, i, copies=e, active=k, group="expert_in"),
+            Linear("w2", i, h, copies=e, active=k, group="expert_out"),
+        ]
+    if not spec.gated_mlp:
+        return attn + [Linear("fc1", h, i, group="mlp_in"), Linear("fc2", i, h, group="mlp_out")]
+    return attn + [
+        Linear("gate_proj", h, i, group="mlp_in"),
+        Linear("up_proj", h, i, group="mlp_in"),
+        Linear("down_proj", i, h, group="mlp_out"),
+    ]
+
+
+def embedding_params(spec: ModelSpec) -> int:
+    """Input embeddings plus the LM head (once when tied)."""
+    return spec.vocab_size * spec.hidden_size * (1 if spec.tie_embeddings else 2)
+
+
+def count_params(spec: ModelSpec) -> int:
+    per_layer = sum(ln.d_in * ln.d_out * ln.copies for ln in linear_layers(spec))
+    norms = spec.num_layers * 2 * spec.hidden_size + spec.hidden_size
+    return embedding_params(spec) + spec.num_layers * per_layer + norms
+
+
+def spec_from_config(cfg: dict, name: str, source: str) -> ModelSpec:
+    """A ModelSpec from ``config.json`` contents (multimodal configs: their ``text_config``)."""
+    if isinstance(cfg.get("text_config"), dict):
+        cfg = {**cfg["text_config"], "model_type": cfg["text_config"].get("model_type", cfg.get("model_type", ""))}
+
+    def first(*keys, default=None):
+        for k in keys:
+            if cfg.get(k) is not None:
+                return cfg[k]
+        return default
+
+    model_type = str(first("model_type", default="") or "")
+    h = first("hidden_size", "n_embd", "d_model")
+    layers = first("num_hidden_layers", "n_layer", "num_layers")
+    heads = first("num_attention_heads", "n_head", "num_heads")
+    vocab = first("vocab_size")
+    missing = [k for k, v in (("hidden_size", h), ("num_hidden_layers", layers), ("num_attention_heads", heads),
+                              ("vocab_size", vocab)) if not v]
+    if missing:
+        raise EstimateError(f"{source}: config has no {', '.join(missing)}; is it a decoder-only language model?")
+    h, layers, heads, vocab = int(h), int(layers), int(heads), int(vocab)
+    if cfg.get("multi_query") and not cfg.get("new_decoder_architecture"):
+        kv_heads = 1  # Falcon-7B: one key/value head shared by all query heads
+    else:
+        kv_heads = int(first("num_key_value_heads", "num_kv_heads", "n_head_kv", default=heads) or heads)
+    head_dim = int(first("head_dim", default=h // heads) or h // heads)
+    gated = model_type not in _PLAIN_MLP
+    inter = first("intermediate_size", "ffn_hidden_size", "n_inner", "ffn_dim")
+    inter = int(inter) if inter else 4 * h
+    # transformers' own defaults when the key is absent: Llama-family configs default to untied,
+    # GPT-2/Falcon-style configs to tied embeddings
+    tie = first("tie_word_embeddings", default=not gated)
+    return ModelSpec(
+        name=name,
+        model_type=model_type,
+        hidden_size=h,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        intermediate_size=inter,
+        vocab_size=vocab,
+        max_positions=int(first("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", default=2048)),
+        tie_embeddings=bool(tie),
+        gated_mlp=gated,
+        parallel_attn=bool(cfg.get("parallel_attn", False)) and not cfg.get("new_decoder_architecture"),
+        num_experts=int(first("num_local_experts", "num_experts", "n_routed_experts", default=1) or 1),
+        experts_per_token=int(first("num_experts_per_tok", "moe_topk", default=1) or 1),
+        source=source,
+    )
+
+
+def spec_from_gguf(path: Path, name: str | None = None) -> ModelSpec:
+    """A ModelSpec from a GGUF file's header (reads metadata only, not the weights)."""
+    try:
+        import gguf  # heavy-ish (numpy); only for .gguf models
+    except ImportError as e:
+        raise EstimateError(f"{path}: reading a GGUF header needs the `gguf` package ({e}); pip install gguf") from e
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except (OSError, ValueError) as e:
+        raise EstimateError(f"{path}: not a readable GGUF file ({e.__class__.__name__}: {e})") from e
+
+    def value(key, default=None):
+        f = reader.fields.get(key)
+        if f is None:
+            return default
+        try:
+            return f.contents()
+        except (ValueError, IndexError, TypeError):
+            return default
+
+    arch = value("general.architecture", "llama")
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    cfg = {
+        "model_type": arch,
+        "hidden_size": value(f"{arch}.embedding_length"),
+        "num_hidden_layers": value(f"{arch}.block_count"),
+        "num_attention_heads": value(f"{arch}.attention.head_count"),
+        "num_key_value_heads": value(f"{arch}.attention.head_count_kv"),
+        "intermediate_size": value(f"{arch}.feed_forward_length"),
+        "vocab_size": value(f"{arch}.vocab_size") or (len(tokens.data) if tokens is not None else None),
+        "max_position_embeddings": value(f"{arch}.context_length"),
+        "num_local_experts": value(f"{arch}.expert_count"),
+        "num_experts_per_tok": value(f"{arch}.expert_used_count"),
+        # no separate output matrix in the file: the LM head reuses the embeddings
+        "tie_word_embeddings": not any(t.name == "output.weight" for t in reader.tensors),
+    }
+    return spec_from_config(cfg, name or path.name, f"GGUF header of {path}")
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _hub_config(repo_id: str, revision: str | None, allow_download: bool) -> tuple[dict, str] | None:
+    """config.json of a Hub repo: from the local HF cache, else downloaded when allowed. None if neither."""
+    try:
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    except ImportError:
+        return None
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    except ValueError:  # not a valid repo id
+        return None
+    if isinstance(cached, str):
+        return json.loads(Path(cached).read_text(encoding="utf-8")), f"cached config.json of {repo_id}"
+    if not allow_download or _hub_offline():
+        return None
+    try:
+        path = hf_hub_download(repo_id, "config.json", revision=revision, etag_timeout=5)
+    except Exception as e:  # noqa: BLE001 - any network/auth/missing-repo error means "not from the Hub"
+        raise EstimateError(
+            f"{repo_id}: cannot read config.json from the Hub ({e.__class__.__name__}); check the id and your "
+            "network, sign in for gated models, or pass a local folder with a config.json"
+        ) from e
+    return json.loads(Path(path).read_text(encoding="utf-8")), f"config.json of {repo_id} on the Hub"
+
+
+def load_model_spec(model: str | None, revision: str | None = None, *, allow_hub: bool = True) -> ModelSpec:
+    """The architecture of ``model``: a local folder (its config.json), a .gguf file, a Hub id (bundled
+    table, then the HF cache, then the Hub if ``allow_hub`` and online), or empty for the embedded default.
+
+    >>> load_model_spec("tiiuae/falcon-7b").num_kv_heads
+    1
+    """
+    ident = (model or "").strip()
+    if not ident:
+        from .models import EMBEDDED_REPO_ID
+
+        ident = EMBEDDED_REPO_ID
+    path = Path(ident).expanduser()
+    if path.suffix.lower() == ".gguf" and path.is_file():
+        return spec_from_gguf(path)
+    if path.is_dir():
+        cfg_file = path / "config.json"
+        if cfg_file.is_file():
+            try:
+                cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise EstimateError(f"{cfg_file}: not readable JSON ({e.__class__.__name__}); re-save the model") from e
+            return spec_from_config(cfg, ident, str(cfg_file))
+        ggufs = sorted(path.glob("*.gguf"))
+        if ggufs:
+            return spec_from_gguf(ggufs[0], ident)
+        raise EstimateError(f"{path}: no config.json (or .gguf) in this folder; point at a Hugging Face model folder")
+    known = model_table.lookup(ident)
+    if known is not None:
+        return spec_from_config(known, model_table.canonical_id(ident) or ident, "bundled table")
+    if ident.count("/") == 1 and not ident.startswith(("/", ".", "~")):
+        found = _hub_config(ident, revision, allow_hub)
+        if found is not None:
+            return spec_from_config(found[0], ident, found[1])
+        raise EstimateError(
+            f"{ident}: no such local folder, not in the bundled table or the local Hub cache, and the Hub is not "
+            "reachable (offline); pass a local model folder with a config.json"
+        )
+    raise EstimateError(f"{ident}: no such folder or file, and not a Hub id like org/name")
+
+
+# ---------------------------------------------------------------------------------------------
+# what is being trained
+
+METHODS = ("qlora", "lora", "full")
+WEIGHT_FORMATS = ("nf4", "fp4", "int8", "bf16", "fp16", "fp32")
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "paged_adamw_32bit", "adamw_8bit", "paged_adamw_8bit", "sgd")
+ATTENTION = ("sdpa", "flash_attention_2", "flash_attention_3", "flex_attention", "eager")
+LOSSES = ("chunked", "full")
+
+
+@dataclass(frozen=True)
+class TrainSetup:
+    """The settings that decide training memory (a RunConfig reduced to them; see :meth:`from_config`)."""
+
+    method: str = "qlora"  # qlora: 4-bit base + LoRA; lora: 16-bit base + LoRA; full: every weight trains
+    weights: str = "nf4"  # base weight format: nf4/fp4 (4-bit), int8, bf16/fp16, fp32
+    double_quant: bool = True  # 4-bit: quantize the per-block scales too (~0.37 bit/param less)
+    batch_size: int = 4  # examples per micro-batch
+    seq_len: int = 1024  # tokens per example (padded/truncated length: the worst case)
+    grad_accum: int = 1  # micro-batches per optimizer step (no memory cost)
+    lora_r: int = 16
+    lora_targets: tuple[str, ...] | str = "all-linear"
+    lora_dropout: float = 0.05
+    use_dora: bool = False
+    precision: str = "bf16"  # bf16/fp16 mixed precision, or fp32
+    optim: str = "paged_adamw_32bit"
+    gradient_checkpointing: bool = True
+    attn: str = "sdpa"
+    # Software stack. This project trains with trl >= 1.x, whose SFTTrainer scores tokens through a chunked
+    # LM head (the [tokens, vocab] logits never exist); plain transformers' loss materialises them ("full").
+    loss: str = "chunked"
+    # peft.prepare_model_for_kbit_training (called by TRL 0.x for 4/8-bit models) casts every non-quantized
+    # weight to fp32; fp32 norms then promote the whole residual stream and MLP activations to fp32.
+    kbit_upcast: bool = False
+
+    @property
+    def tokens(self) -> int:
+        return self.batch_size * self.seq_len
+
+    @property
+    def quantized(self) -> bool:
+        return self.weights in ("nf4", "fp4", "int8")
+
+    def describe(self) -> str:
+        w = self.weights + ("+dq" if self.weights in ("nf4", "fp4") and self.double_quant else "")
+        parts = [f"{self.method} ({w})"]
+        if self.method != "full":
+            t = self.lora_targets if isinstance(self.lora_targets, str) else ",".join(self.lora_targets)
+            parts.append(f"r={self.lora_r} {t}")
+        parts.append(f"batch {self.batch_size} x {self.seq_len} tokens")
+        if self.grad_accum > 1:
+            parts.append(f"grad_accum {self.grad_accum}")
+        parts.append("grad checkpointing" if self.gradient_checkpointing else "no grad checkpointing")
+        parts += [self.optim, self.attn, self.precision]
+        return ", ".join(parts)
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, gpu: GpuSpec | None = None, **overrides: Any) -> TrainSetup:
+        """The setup a RunConfig describes on ``gpu`` (``auto`` values resolved as train.py resolves them)."""
+        q, t, lo = cfg.quantization, cfg.training, cfg.lora
+        method = {"4bit": "qlora", "8bit": "lora", "none": "lora"}.get(q.load_in, "qlora")
+        weights = {"4bit": q.quant_type, "8bit": "int8"}.get(q.load_in)
+        precision = t.precision
+        if precision == "auto":
+            precision = "fp32" if (gpu and gpu.is_cpu) else ("bf16" if (gpu is None or gpu.bf16) else "fp16")
+        if weights is None:
+            weights = precision if precision in ("bf16", "fp16") else "fp32"
+        optim = t.optim
+        if optim == "auto":  # train._optim: paged AdamW on CUDA, plain AdamW on CPU
+            optim = "adamw_torch" if (gpu and gpu.is_cpu) else "paged_adamw_32bit"
+        targets = lo.target_modules
+        if isinstance(targets, str) and targets != "all-linear":
+            targets = tuple(x.strip() for x in targets.split(",") if x.strip())
+        elif isinstance(targets, list):
+            targets = tuple(targets)
+        base = cls(
+            method=method, weights=weights, double_quant=q.double_quant, batch_size=t.batch_size,
+            seq_len=t.max_length, grad_accum=t.grad_accum, lora_r=lo.r, lora_targets=targets,
+            lora_dropout=lo.dropout, use_dora=lo.use_dora, precision=precision, optim=optim,
+            gradient_checkpointing=t.gradient_checkpointing, attn=cfg.model.attn_implementation,
+        )
+        return base.with_(**overrides)
+
+    def with_(self, **changes: Any) -> TrainSetup:
+        """A copy with changes; changing ``method`` alone also picks its usual weight format."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if "method" in changes and "weights" not in changes:
+            m = changes["method"]
+            if m == "qlora" and not (self.weights in ("nf4", "fp4")):
+                changes["weights"] = "nf4"
+            elif m in ("lora", "full") and self.weights in ("nf4", "fp4", "int8"):
+                changes["weights"] = self.precision if self.precision in ("bf16", "fp16") else "fp32"
+        return check_setup(dataclasses.replace(self, **changes))
+
+
+def check_setup(s: TrainSetup) -> TrainSetup:
+    """Raise EstimateError naming every invalid field; return ``s`` when valid."""
+    problems = []
+    for name, allowed in (("method", METHODS), ("weights", WEIGHT_FORMATS), ("optim", OPTIMIZERS),
+                          ("attn", ATTENTION), ("loss", LOSSES), ("precision", ("bf16", "fp16", "fp32"))):
+        if getattr(s, name) not in allowed:
+            problems.append(f"{name} '{getattr(s, name)}' is not one of: {', '.join(allowed)}")
+    for name in ("batch_size", "seq_len", "grad_accum", "lora_r"):
+        if getattr(s, name) < 1:
+            problems.append(f"{name} must be >= 1, got {getattr(s, name)}")
+    if s.method == "qlora" and s.weights not in ("nf4", "fp4"):
+        problems.append(f"method qlora needs 4-bit weights (nf4 or fp4), got {s.weights}")
+    if s.method == "full" and s.quantized:
+        problems.append(f"method full cannot train {s.weights} weights; use 16-bit weights or a LoRA method")
+    if problems:
+        raise EstimateError("; ".join(problems))
+    return s
+
+
+# ---------------------------------------------------------------------------------------------
+# the components, in bytes
+
+
+def _bytes_per_quantized_param(weights: str, double_quant: bool) -> float:
+    """Bytes per weight of a bitsandbytes-quantized linear layer, scales included."""
+    if weights in ("nf4", "fp4"):
+        # 4 bits + one fp32 absmax per 64-weight block (0.5 bit); double quantization stores that absmax in
+        # 8 bits with one fp32 per 256 blocks: 0.127 bit (QLoRA paper, section 3)
+        return 0.5 + (1 / 64 + 4 / (64 * 256) if double_quant else 4 / 64)
+    if weights == "int8":
+        return 1.0  # LLM.int8: one byte per weight (+ one fp32 scale per output row, negligible)
+    return {"bf16": 2.0, "fp16": 2.0, "fp32": 4.0}[weights]
+
+
+def _compute_bytes(s: TrainSetup) -> int:
+    """Bytes of a matmul input/output: 2 under bf16/fp16 mixed precision, 4 in fp32."""
+    return 4 if s.precision == "fp32" else 2
+
+
+def _stream_bytes(s: TrainSetup) -> int:
+    """Bytes of the residual stream and of the linear layers' outputs (bitsandbytes returns its input dtype)."""
+    return 4 if (s.precision == "fp32" or (s.kbit_upcast and s.quantized)) else _compute_bytes(s)
+
+
+def _adapter_bytes(s: TrainSetup) -> int:
+    """Bytes per LoRA weight: trl >= 1.x casts QLoRA adapters to bf16; PEFT keeps 16-bit-LoRA adapters in
+    fp32 (autocast_adapter_dtype=True), and so did TRL 0.x for every quantized model."""
+    if s.precision == "fp32" or s.kbit_upcast or s.method == "lora":
+        return 4
+    return 2
+
+
+def weight_bytes(spec: ModelSpec, s: TrainSetup) -> float:
+    """Base weights: the decoder's linear layers at ``s.weights``; embeddings, LM head and norms stay 16-bit
+    (bitsandbytes never quantizes them), or fp32 after prepare_model_for_kbit_training."""
+    linear = spec.num_layers * sum(ln.d_in * ln.d_out * ln.copies for ln in linear_layers(spec))
+    other = spec.num_params - linear
+    if s.method == "full":
+        return spec.num_params * _bytes_per_quantized_param(s.weights, False)
+    other_bytes = 4 if (s.weights == "fp32" or (s.kbit_upcast and s.quantized)) else 2
+    return linear * _bytes_per_quantized_param(s.weights, s.double_quant) + other * other_bytes
+
+
+def targeted_layers(spec: ModelSpec, targets: tuple[str, ...] | str) -> list[Linear]:
+    """The linear layers LoRA wraps: every one for ``all-linear``, else those whose name is listed."""
+    layers = linear_layers(spec)
+    if isinstance(targets, str):
+        if targets == "all-linear":
+            return layers
+        targets = (targets,)
+    wanted = {t.split(".")[-1] for t in targets}
+    return [ln for ln in layers if ln.name in wanted]
+
+
+def lora_params(spec: ModelSpec, s: TrainSetup) -> int:
+    """Adapter parameters: r x (d_in + d_out) per wrapped layer (DoRA adds a d_out magnitude vector)."""
+    per_layer = sum((s.lora_r * (ln.d_in + ln.d_out) + (ln.d_out if s.use_dora else 0)) * ln.copies
+                    for ln in targeted_layers(spec, s.lora_targets))
+    return spec.num_layers * per_layer
+
+
+def trainable_params(spec: ModelSpec, s: TrainSetup) -> int:
+    return spec.num_params if s.method == "full" else lora_params(spec, s)
+
+
+def _trainable_bytes(s: TrainSetup) -> int:
+    if s.method == "full":
+        return 4 if s.weights == "fp32" else 2
+    return _adapter_bytes(s)
+
+
+def optimizer_bytes_per_param(optim: str, param_bytes: int) -> float:
+    """AdamW keeps two moments per trainable parameter: torch's in the parameter's dtype, bitsandbytes'
+    32-bit ones in fp32, its 8-bit ones in one byte each (block-wise scales are ~1% more)."""
+    if optim in ("adamw_torch", "adamw_torch_fused"):
+        return 2 * param_bytes
+    if optim == "paged_adamw_32bit":
+        return 8.0
+    if optim in ("adamw_8bit", "paged_adamw_8bit"):
+        return 2.0 * 1.016
+    return 0.0  # sgd without momentum
+
+
+def _norm_count(spec: ModelSpec) -> int:
+    return 1 if spec.parallel_attn else 2
+
+
+def layer_activation_bytes(spec: ModelSpec, s: TrainSetup) -> float:
+    """Bytes per token one decoder layer keeps for backward (what a checkpointed layer recomputes).
+
+    Frozen base layers (LoRA, QLoRA) keep none of their inputs: their input gradient needs only the weight.
+    What stays: each norm's fp32 copy of its input, the attention kernel's q/k/v and output, the MLP's
+    gate/up/activation outputs, and what the trainable parts read (LoRA inputs, or every input in full
+    fine-tuning). Eager attention adds its [heads x seq] probabilities in fp32 and in the compute dtype.
+    """
+    h, q, kv, i = spec.hidden_size, spec.q_dim, spec.kv_dim, spec.intermediate_size
+    c, y = _compute_bytes(s), _stream_bytes(s)
+    k = spec.experts_per_token if spec.num_experts > 1 else 1
+    total = _norm_count(spec) * 4 * h  # RMSNorm/LayerNorm compute in fp32 and keep that copy
+    total += c * (q + 2 * kv) + c * q  # flash/sdpa keep q, k, v and the output (+ a tiny logsumexp)
+    if s.attn == "eager":
+        total += (4 + c) * spec.num_heads * s.seq_len  # softmax in fp32 + its cast for the PV matmul
+    mlp_tensors = 3 if spec.gated_mlp else 1  # gate, up, act(gate) | fc1 output before the GELU
+    total += k * mlp_tensors * y * i
+    if spec.num_experts > 1:
+        total += k * y * h  # tokens gathered per expert
+    # inputs of trainable matmuls, by input group
+    group_dim = {"attn_in": (y, h), "attn_out": (c, q), "mlp_in": (y, h), "mlp_out": (y, i),
+                 "expert_in": (y, h), "expert_out": (y, i)}
+    if s.method == "full":
+        for g, (b, d) in group_dim.items():
+            if any(ln.group == g for ln in linear_layers(spec)):
+                total += b * d * (k if g.startswith("expert") else 1)
+        return total
+    ad = _adapter_bytes(s)
+    per_module_copy = (ad != c and s.precision != "fp32") or s.lora_dropout > 0
+    copy_bytes = c if ad != c else ad  # autocast casts the (fp32) adapter input back to the compute dtype
+    seen: set[str] = set()
+    for ln in targeted_layers(spec, s.lora_targets):
+        b, d = group_dim[ln.group]
+        mult = k if ln.group.startswith("expert") else 1
+        if per_module_copy:
+            total += mult * (copy_bytes + (1 if s.lora_dropout > 0 else 0)) * d  # + dropout's bool mask
+        elif ln.group not in seen:
+            total += mult * b * d  # lora_A keeps the shared input itself
+        seen.add(ln.group)
+        total += mult * ad * s.lora_r  # lora_A's output, kept by lora_B
+    return total
+
+
+def layer_backward_transient_bytes(spec: ModelSpec, s: TrainSetup) -> float:
+    """Bytes per token alive only while one layer runs backward: MLP-width gradients, residual gradients."""
+    k = spec.experts_per_token if spec.num_experts > 1 else 1
+    y = _stream_bytes(s)
+    return 2 * k * y * spec.intermediate_size + 2 * y * spec.hidden_size
+
+
+def activation_bytes(spec: ModelSpec, s: TrainSetup) -> float:
+    """Activations of one micro-batch at their peak (the first layers of backward).
+
+    With gradient checkpointing each layer keeps only its input (the residual stream, per token) and one layer
+    at a time is recomputed; without it every layer keeps everything.
+    """
+    h, tokens = spec.hidden_size, s.tokens
+    per_layer = layer_activation_bytes(spec, s)
+    transient = layer_backward_transient_bytes(spec, s)
+    final_norm = 4 * h + _stream_bytes(s) * h
+    if s.gradient_checkpointing:
+        per_token = spec.num_layers * _stream_bytes(s) * h + per_layer + transient + final_norm
+    else:
+        per_token = spec.num_layers * per_layer + transient + final_norm
+    extra = 0.0
+    if s.use_dora:  # DoRA materialises the dequantized weight of a layer to take its column norms
+        extra = 2 * _compute_bytes(s) * max(ln.d_in * ln.d_out for ln in linear_layers(spec))
+    return per_token * tokens + extra
+
+
+# trl's chunked log-prob kernel (trl/kernels/chunked_logprob.py): tiles of 4096 tokens x 32768 vocab entries
+_LOSS_TOKEN_TILE = 4096
+_LOSS_VOCAB_TILE = 32768
+
+
+def logits_bytes(spec: ModelSpec, s: TrainSetup) -> float:
+    """The LM head and the loss.
+
+    ``full`` (transformers' own loss): the [tokens, vocab] logits in the compute dtype, their fp32 upcast and
+    the fp32 log-softmax saved for backward; backward adds the log-softmax gradient and the fp32 logits
+    gradient. The peak is 12 bytes per vocabulary entry per token: the term that dominates for 128k-152k
+    vocabularies (Llama 3, Qwen 2.5).
+    ``chunked`` (trl >= 1.x SFTTrainer): 4096 x 32768 tiles in the compute dtype, a copy of the hidden states
+    of the scored tokens and their fp32 gradient; a handful of fp32 statistics per token.
+    """
+    v, h, c, tokens = spec.vocab_size, spec.hidden_size, _compute_bytes(s), s.tokens
+    if s.loss == "full":
+        total = 12.0 * v * tokens
+    else:
+        tile = min(tokens, _LOSS_TOKEN_TILE) * min(v, _LOSS_VOCAB_TILE) * c
+        head_cast = min(v, _LOSS_VOCAB_TILE) * h * c if (s.kbit_upcast and s.quantized) else 0
+        total = tile + head_cast + tokens * (2 * c * h + 4 * h + 32)
+        if s.method == "full":
+            total += 4.0 * v * h  # the LM head's gradient is accumulated in fp32 before the cast
+    return total
+
+
+_FRAGMENTATION = 0.10
+
+# One line per breakdown component, for tables and tooltips.
+COMPONENT_HELP = {
+    "weights": "the base model's weights at their precision (embeddings and LM head stay 16-bit under 4-bit)",
+    "lora": "the LoRA adapter weights being trained",
+    "gradients": "one gradient per trainable weight",
+    "optimizer": "AdamW's two moments per trainable weight (8-bit optimizers: a quarter of 32-bit)",
+    "activations": "what backward needs: per-layer checkpoints plus one recomputed layer; grows with batch x length",
+    "logits": "the vocabulary projection and the loss; large for 128k+ vocabularies unless chunked",
+    "cuda_context": "CUDA context and kernel workspaces, outside PyTorch's allocator",
+    "fragmentation": "memory PyTorch's caching allocator holds but cannot reuse (~10% of activations)",
+    "adapter": "LoRA weights loaded next to the base model",
+    "kv_cache": "keys and values of every layer for the whole context",
+}
+
+
+@dataclass
+class MemoryEstimate:
+    """The peak GPU memory of one training step, its breakdown, and what it means on ``gpu``."""
+
+    model: str
+    setup: TrainSetup
+    gpu: GpuSpec
+    breakdown: dict[str, float]  # component -> GB, in the order they are listed in the module docstring
+    peak_gb: float
+    params: int
+    trainable: int
+    verdict: str  # "fits" | "tight" | "does not fit"
+    explanation: str = ""
+    suggestions: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        """True when the step fits in the GPU's memory at all ("tight" included)."""
+        return self.verdict != "does not fit"
+
+    @property
+    def usage(self) -> float:
+        return self.peak_gb / self.gpu.usable_gb if self.gpu.usable_gb else math.inf
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "peak_gb": round(self.peak_gb, 2),
+            "breakdown": {k: round(v, 3) for k, v in self.breakdown.items()},
+            "fits": self.fits,
+            "verdict": self.verdict,
+            "gpu": self.gpu.name,
+            "gpu_gb": self.gpu.nominal_gb,
+            "gpu_usable_gb": self.gpu.usable_gb,
+            "params": self.params,
+            "trainable_params": self.trainable,
+            "setup": dataclasses.asdict(self.setup),
+            "explanation": self.explanation,
+            "suggestions": list(self.suggestions),
+            "notes": list(self.notes),
+        }
+
+
+def breakdown_bytes(spec: ModelSpec, s: TrainSetup, gpu: GpuSpec) -> dict[str, float]:
+    """Each component of the peak, in bytes (sums to the peak).
+
+    The loss's logits and the recomputed layer are counted together although backward frees the first
+    before it needs the second: their blocks differ in size and the caching allocator does not reliably
+    reuse one for the other; taking only the larger under-estimates long-context published peaks by up to
+    19% (bench/README-memory.md).
+    """
+    n_train = trainable_params(spec, s)
+    pbytes = _trainable_bytes(s)
+    acts = activation_bytes(spec, s)
+    logits = logits_bytes(spec, s)
+    parts = {
+        "weights": weight_bytes(spec, s),
+        "lora": 0.0 if s.method == "full" else n_train * pbytes,
+        "gradients": n_train * pbytes,
+        "optimizer": n_train * optimizer_bytes_per_param(s.optim, pbytes),
+        "activations": acts,
+        "logits": logits,
+        "cuda_context": 0.0 if gpu.is_cpu else CUDA_CONTEXT_GB * GiB,
+        # freed activation blocks of varying sizes that the caching allocator cannot hand out again
+        "fragmentation": _FRAGMENTATION * (acts + logits),
+    }
+    return parts
+
+
+def _verdict(peak_gb: float, gpu: GpuSpec) -> str:
+    if peak_gb <= SAFE_FRACTION * gpu.usable_gb:
+        return "fits"
+    if peak_gb <= gpu.usable_gb:
+        return "tight"
+    return "does not fit"
+
+
+def estimate_training(spec: ModelSpec, setup: TrainSetup, gpu: GpuSpec | str, *, advise: bool = True) -> MemoryEstimate:
+    """Peak memory of a training step of ``spec`` under ``setup`` on ``gpu``, with a verdict, a short
+    explanation and (``advise``) the changes that would make it fit."""
+    gpu = get_gpu(gpu) if isinstance(gpu, str) else gpu
+    setup = check_setup(setup)
+    parts = {k: v / GiB for k, v in breakdown_bytes(spec, setup, gpu).items()}
+    peak = sum(parts.values())
+    est = MemoryEstimate(
+        model=spec.name, setup=setup, gpu=gpu, breakdown=parts, peak_gb=peak, params=spec.num_params,
+        trainable=trainable_params(spec, setup), verdict=_verdict(peak, gpu),
+    )
+    est.notes = _notes(spec, setup, gpu)
+    if est.verdict != "fits" and setup.optim.startswith("paged_"):
+        est.notes.append("paged optimizer states can spill to CPU RAM under pressure, so a 'tight' run often survives")
+    est.explanation = _explain(est)
+    if advise and est.verdict != "fits":
+        est.suggestions = suggest(spec, setup, gpu)
+    return est
+
+
+def _notes(spec: ModelSpec, s: TrainSetup, gpu: GpuSpec) -> list[str]:
+    notes = []
+    if s.method != "full" and not targeted_layers(spec, s.lora_targets):
+        names = ", ".join(ln.name for ln in linear_layers(spec))
+        notes.append(f"no layer of {spec.name} matches lora target_modules {s.lora_targets!r}; its layers: {names}")
+    if s.seq_len > spec.max_positions:
+        notes.append(f"seq_len {s.seq_len} exceeds the model's {spec.max_positions} positions")
+    if s.attn == "eager" and s.seq_len >= 2048:
+        notes.append("eager attention keeps [heads x seq x seq] scores: sdpa or flash attention avoids them")
+    if gpu.name == "t4" and s.precision == "bf16":
+        notes.append("T4 has no bf16: training runs in fp16")
+    if spec.num_experts > 1:
+        notes.append(f"mixture of experts: all {spec.num_experts} experts' weights are resident, "
+                     f"activations go through {spec.experts_per_token} per token")
+    return notes
+
+
+def _explain(est: MemoryEstimate) -> str:
+    g = est.gpu
+    top = sorted(((v, k) for k, v in est.breakdown.items()), reverse=True)[:2]
+    biggest = " and ".join(f"{k.replace('_', ' ')} ({v:.1f} GB)" for v, k in top)
+    where = f"{g.name} ({g.usable_gb:.1f} GB usable)"
+    pct = f"{100 * est.usage:.0f}%"
+    if est.verdict == "fits":
+        head = f"Fits: peak {est.peak_gb:.1f} GB is {pct} of {where}."
+    elif est.verdict == "tight":
+        head = (f"Tight: peak {est.peak_gb:.1f} GB is {pct} of {where}; a long example or allocator "
+                f"fragmentation can still run out of memory.")
+    else:
+        head = f"Does not fit: peak {est.peak_gb:.1f} GB is more than the {where}."
+    return f"{head} Largest parts: {biggest}."
+
+
+def suggest(spec: ModelSpec, s: TrainSetup, gpu: GpuSpec, limit: int = 4) -> list[str]:
+    """Single changes that bring the peak under the safe share of ``gpu`` (or lower it most), best first.
+
+    Each suggestion names the config field, the new value and the resulting peak.
+    """
+    cands: list[tuple[str, TrainSetup]] = []
+    if s.batch_size > 1:
+        for b in sorted({max(1, s.batch_size // 2), 1}, reverse=True):
+            accum = max(1, math.ceil(s.batch_size * s.grad_accum / b))
+            cands.append((f"training.batch_size {s.batch_size} -> {b} with training.grad_accum {s.grad_accum} -> "
+                          f"{accum} (same effective batch)", s.with_(batch_size=b, grad_accum=accum)))
+    if not s.gradient_checkpointing:
+        cands.append(("training.gradient_checkpointing -> true (~30% slower, far fewer activations)",
+                      s.with_(gradient_checkpointing=True)))
+    if s.method != "qlora":
+        cands.append(("quantization.load_in -> 4bit (QLoRA: 4-bit base weights)", s.with_(method="qlora")))
+    if s.attn == "eager":
+        cands.append(("model.attn_implementation -> sdpa", s.with_(attn="sdpa")))
+    if s.loss == "full":
+        cands.append(("train with trl's SFTTrainer (chunked loss: no [tokens x vocab] logits)", s.with_(loss="chunked")))
+    if s.method == "full" and s.optim not in ("adamw_8bit", "paged_adamw_8bit"):
+        cands.append(("training.optim -> paged_adamw_8bit (2 bytes of state per parameter)",
+                      s.with_(optim="paged_adamw_8bit")))
+    if s.seq_len > 256:
+        half = max(256, s.seq_len // 2)
+        cands.append((f"training.max_length {s.seq_len} -> {half} (longer examples are truncated)",
+                      s.with_(seq_len=half)))
+    scored = []
+    for text, cand in cands:
+        peak = sum(breakdown_bytes(spec, cand, gpu).values()) / GiB
+        scored.append((_verdict(peak, gpu) != "fits", peak, text))
+    scored.sort()
+    out = [f"{text}: peak {peak:.1f} GB" for _, peak, text in scored[:limit]]
+    if not any(not bad for bad, _, _ in scored):
+        smallest = smallest_gpu(spec, s)
+        out.append(f"or a bigger GPU: {smallest} fits this setup" if smallest
+                   else "no GPU in the catalog fits this setup as it is")
+    return out
+
+
+def smallest_gpu(spec: ModelSpec, s: TrainSetup) -> str | None:
+    """The catalog GPU with the least memory on which ``s`` fits with the safety margin (CPU excluded)."""
+    # by catalog size, then the cheaper (priced) one: an a100-80gb Jobs flavor before an unpriced h100
+    order = sorted((g for g in GPUS.values() if not g.is_cpu),
+                   key=lambda g: (g.nominal_gb, g.usd_per_hour is None, g.usd_per_hour or 0.0))
+    for gpu in order:
+        peak = sum(breakdown_bytes(spec, s, gpu).values()) / GiB
+        if _verdict(peak, gpu) == "fits":
+            return gpu.name
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# inference (the playground)
+
+
+@dataclass
+class InferenceEstimate:
+    """Memory to generate with a model: weights, KV cache for the whole context, one layer's prefill."""
+
+    model: str
+    gpu: GpuSpec
+    weights: str
+    batch_size: int
+    context_tokens: int
+    breakdown: dict[str, float]  # GB
+    peak_gb: float
+    verdict: str
+    explanation: str = ""
+
+    @property
+    def fits(self) -> bool:
+        return self.verdict != "does not fit"
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "gpu": self.gpu.name, "gpu_gb": self.gpu.nominal_gb, "weights": self.weights,
+                "batch_size": self.batch_size, "context_tokens": self.context_tokens,
+                "breakdown": {k: round(v, 3) for k, v in self.breakdown.items()},
+                "peak_gb": round(self.peak_gb, 2), "fits": self.fits, "verdict": self.verdict,
+                "explanation": self.explanation}
+
+
+def kv_cache_bytes(spec: ModelSpec, tokens: int, batch_size: int = 1, dtype_bytes: int = 2) -> float:
+    """Keys and values of every layer for ``tokens`` positions: 2 x layers x kv_heads x head_dim each."""
+    return 2.0 * spec.num_layers * spec.kv_dim * dtype_bytes * tokens * batch_size
+
+
+def estimate_inference(spec: ModelSpec, gpu: GpuSpec | str, *, weights: str = "bf16", double_quant: bool = True,
+                       batch_size: int = 1, context_tokens: int | None = None, lora_r: int = 0,
+                       lora_targets: tuple[str, ...] | str = "all-linear") -> InferenceEstimate:
+    """Peak memory of generating ``context_tokens`` (prompt + answer) per sequence with ``spec``.
+
+    The KV cache grows with the context; the prefill keeps one layer's activations for the whole prompt;
+    generate() projects only the last position through the LM head.
+
+    >>> est = estimate_inference(load_model_spec("meta-llama/Llama-3.1-8B-Instruct"), "t4", weights="nf4", context_tokens=4096)
+    >>> est.verdict
+    'fits'
+    """
+    gpu = get_gpu(gpu) if isinstance(gpu, str) else gpu
+    if weights not in WEIGHT_FORMATS:
+        raise EstimateError(f"weights '{weights}' is not one of: {', '.join(WEIGHT_FORMATS)}")
+    ctx = context_tokens or min(spec.max_positions, 4096)
+    c = 4 if (weights == "fp32" or gpu.is_cpu) else 2
+    s = TrainSetup(method="qlora" if weights in ("nf4", "fp4") else "lora", weights=weights, double_quant=double_quant,
+                   lora_r=max(1, lora_r), lora_targets=lora_targets, precision="fp32" if c == 4 else "bf16")
+    h, i = spec.hidden_size, spec.intermediate_size
+    k = spec.experts_per_token if spec.num_experts > 1 else 1
+    prefill_per_token = c * (spec.q_dim + 2 * spec.kv_dim) + c * spec.q_dim + 3 * k * c * i + 4 * h
+    kv = kv_cache_bytes(spec, ctx, batch_size, c)
+    acts = prefill_per_token * ctx * batch_size + 4 * spec.vocab_size * batch_size
+    # DynamicCache grows by concatenation: one layer's old and new cache briefly coexist
+    grow = kv / spec.num_layers
+    parts = {
+        "weights": weight_bytes(spec, s),
+        "adapter": lora_params(spec, s) * 2 if lora_r > 0 else 0.0,
+        "kv_cache": kv + grow,
+        "activations": acts,
+        "cuda_context": 0.0 if gpu.is_cpu else CUDA_CONTEXT_GB * GiB,
+        "fragmentation": _FRAGMENTATION * (acts + kv),
+    }
+    parts = {k2: v / GiB for k2, v in parts.items()}
+    peak = sum(parts.values())
+    verdict = _verdict(peak, gpu)
+    est = InferenceEstimate(spec.name, gpu, weights, batch_size, ctx, parts, peak, verdict)
+    est.explanation = (f"{verdict.capitalize()}: {peak:.1f} GB of {gpu.usable_gb:.1f} GB on {gpu.name} to chat with "
+                       f"{ctx} tokens of context ({weights} weights {parts['weights']:.1f} GB, "
+                       f"KV cache {parts['kv_cache']:.1f} GB).")
+    return est
+
+
+# ---------------------------------------------------------------------------------------------
+# auto-configuration
+
+
+@dataclass
+class AutoPlan:
+    """Settings chosen for a model on a GPU, the estimate they give, and why."""
+
+    gpu: str
+    method: str
+    weights: str
+    batch_size: int
+    grad_accum: int
+    gradient_checkpointing: bool
+    optim: str
+    seq_len: int
+    fits: bool
+    reason: str
+    estimate: MemoryEstimate | None = None
+    smallest_gpu: str | None = None  # when nothing fits on `gpu`: the smallest catalog GPU that works
+
+    def settings(self) -> dict:
+        return {"method": self.method, "weights": self.weights, "batch": self.batch_size,
+                "grad_accum": self.grad_accum, "gradient_checkpointing": self.gradient_checkpointing,
+                "optim": self.optim, "seq_len": self.seq_len}
+
+    def to_dict(self) -> dict:
+        return {**self.settings(), "gpu": self.gpu, "fits": self.fits, "reason": self.reason,
+                "smallest_gpu": self.smallest_gpu,
+                "peak_gb": round(self.estimate.peak_gb, 2) if self.estimate else None}
+
+
+def default_setup(gpu: GpuSpec) -> TrainSetup:
+    """The config defaults as train.py runs them on ``gpu`` (fp16 on a T4, fp32 and plain AdamW on CPU)."""
+    if gpu.is_cpu:
+        return TrainSetup(precision="fp32", optim="adamw_torch")
+    return TrainSetup(precision="bf16" if gpu.bf16 else "fp16")
+
+
+def _largest_batch(spec: ModelSpec, s: TrainSetup, gpu: GpuSpec, max_batch: int) -> int:
+    """The largest power-of-two micro-batch <= max_batch that fits with the safety margin (0 if none)."""
+    b = 1 << int(math.log2(max(1, max_batch)))
+    while b >= 1:
+        peak = sum(breakdown_bytes(spec, s.with_(batch_size=b), gpu).values()) / GiB
+        if _verdict(peak, gpu) == "fits":
+            return b
+        b //= 2
+    return 0
+
+
+_METHOD_WORDS = {"lora": "16-bit LoRA", "qlora": "QLoRA (4-bit base)", "full": "full fine-tuning"}
+
+
+def auto_configure(model: str | ModelSpec | None, gpu: str | GpuSpec, *, seq_len: int | None = None,
+                   target_batch: int | None = None, base: TrainSetup | None = None,
+                   methods: tuple[str, ...] = ("lora", "qlora"), allow_hub: bool = True) -> AutoPlan:
+    """Choose method, micro-batch, gradient accumulation, checkpointing and optimizer so a run fits ``gpu``.
+
+    Methods are tried in ``methods`` order (16-bit LoRA first: no quantization error and faster, then QLoRA;
+    add "full" to allow full fine-tuning). For a method, the largest micro-batch without gradient checkpointing
+    is taken when it holds at least 4 examples (or the whole target batch), else the largest one with it;
+    gradient accumulation makes up the effective ``target_batch`` (default: base batch x accumulation, 16).
+    When nothing fits, ``smallest_gpu`` names the smallest catalog GPU where the leanest setup does.
+
+    >>> auto_configure("mistralai/Mistral-7B-v0.1", "a100-80gb", seq_len=2048).method
+    'lora'
+    """
+    gpu = get_gpu(gpu) if isinstance(gpu, str) else gpu
+    spec = model if isinstance(model, ModelSpec) else load_model_spec(model, allow_hub=allow_hub)
+    base = base or default_setup(gpu)
+    seq = seq_len or base.seq_len
+    effective = target_batch or (base.batch_size * base.grad_accum if (base.batch_size * base.grad_accum) > 1 else 16)
+    rejected = []
+    for method in methods:
+        optims = ["adamw_torch"] if gpu.is_cpu else ["paged_adamw_32bit"]
+        if method == "full" and not gpu.is_cpu:
+            optims.append("paged_adamw_8bit")
+        for optim in optims:
+            s = base.with_(method=method, optim=optim, seq_len=seq, grad_accum=1)
+            plain = _largest_batch(spec, s.with_(gradient_checkpointing=False), gpu, effective)
+            ckpt = _largest_batch(spec, s.with_(gradient_checkpointing=True), gpu, effective)
+            if plain >= min(4, effective):
+                micro, gc = plain, False
+            elif ckpt:
+                micro, gc = ckpt, True
+            else:
+                continue
+            accum = max(1, math.ceil(effective / micro))
+            chosen = s.with_(batch_size=micro, grad_accum=accum, gradient_checkpointing=gc)
+            est = estimate_training(spec, chosen, gpu, advise=False)
+            why = (f"{_METHOD_WORDS[method]} fits {gpu.name}: micro-batch {micro} x {seq} tokens"
+                   f"{' with' if gc else ' without'} gradient checkpointing, {accum} accumulation step(s) for an "
+                   f"effective batch of {micro * accum}; peak {est.peak_gb:.1f} GB of {gpu.usable_gb:.1f} GB")
+            if rejected:
+                why += " (" + "; ".join(rejected) + ")"
+            return AutoPlan(gpu.name, method, chosen.weights, micro, accum, gc, optim, seq, True, why, est)
+        lean = base.with_(method=method, optim=optims[-1], seq_len=seq, batch_size=1, gradient_checkpointing=True)
+        lean_peak = sum(breakdown_bytes(spec, lean, gpu).values()) / GiB
+        rejected.append(f"{_METHOD_WORDS[method]} needs {lean_peak:.1f} GB even at micro-batch 1")
+    leanest = base.with_(method=methods[-1], seq_len=seq, batch_size=1, gradient_checkpointing=True,
+                         optim="adamw_torch" if gpu.is_cpu else "paged_adamw_32bit")
+    est = estimate_training(spec, leanest, gpu, advise=False)
+    bigger = smallest_gpu(spec, leanest)
+    why = (f"nothing fits {gpu.name} ({SAFE_FRACTION:.0%} of {gpu.usable_gb:.1f} GB) at {seq} tokens: "
+           + "; ".join(rejected)
+           + (f". Smallest GPU where it fits: {bigger}" if bigger else ". No catalog GPU fits it; shorten max_length"))
+    return AutoPlan(gpu.name, leanest.method, leanest.weights, 1, max(1, effective), True, leanest.optim, seq,
+                    False, why, est, bigger)
+
+
+def apply_plan(cfg: RunConfig, plan: AutoPlan) -> RunConfig:
+    """A copy of ``cfg`` with the plan's settings written into its fields."""
+    if plan.method == "full":
+        raise EstimateError("the run config has no full fine-tuning switch; choose a LoRA plan")
+    from .config import apply_overrides
+
+    return apply_overrides(cfg, {
+        "quantization.load_in": "4bit" if plan.method == "qlora" else ("8bit" if plan.weights == "int8" else "none"),
+        "training.batch_size": plan.batch_size,
+        "training.grad_accum": plan.grad_accum,
+        "training.gradient_checkpointing": plan.gradient_checkpointing,
+        "training.optim": plan.optim,
+        "training.max_length": plan.seq_len,
+    })
+
+
+# ---------------------------------------------------------------------------------------------
+# time and cost
+
+# Measured training throughput (tokens/s, one GPU) that calibrates GpuSpec.mfu and the factors below:
+#  - foundation-model-stack/fms-acceleration, scripts/benchmarks/refs/a100_80gb.csv (May 2024; HF SFTTrainer,
+#    fp16, gradient checkpointing, flash-attn, batch 4, Alpaca): Mistral-7B LoRA r16 q/k/v/o 3598 tok/s,
+#    QLoRA (bnb nf4) 2749 tok/s, full fine-tuning 2775 tok/s; Llama-2-70B QLoRA ("accelerated-peft-bnb")
+#    457 tok/s.
+#    https://github.com/foundation-model-stack/fms-acceleration/blob/main/scripts/benchmarks/refs/a100_80gb.csv
+#  - huggingface/peft method_comparison/MetaMathQA/results/lora--llama-3.2-3B-rank32.json (June 2025; L40S,
+#    bf16, LoRA r32 q/v, batch 4, no checkpointing): ~6750 tok/s.
+#    https://github.com/huggingface/peft/blob/main/method_comparison/MetaMathQA/results/lora--llama-3.2-3B-rank32.json
+# A100 reaches ~0.50 of its 312 TFLOP/s on the 7B LoRA row (0.45 used), the L40S 0.24 of 362. H100/H200 have
+# no anchor here: 0.35 assumes Hopper's 3x peak is harder to fill with eager PyTorch kernels.
+THROUGHPUT_ANCHORS = (
+    # (gpu, model, method, gradient checkpointing, batch, seq len (approx.), measured tokens/s, source)
+    ("a100-80gb", "mistralai/Mistral-7B-v0.1", "lora", True, 4, 512, 3598, "fms-acceleration a100_80gb.csv #12"),
+    ("a100-80gb", "mistralai/Mistral-7B-v0.1", "qlora", True, 4, 512, 2749, "fms-acceleration a100_80gb.csv #24"),
+    ("a100-80gb", "mistralai/Mistral-7B-v0.1", "full", True, 4, 512, 2775, "fms-acceleration a100_80gb.csv #0"),
+    ("a100-80gb", "NousResearch/Llama-2-70b-hf", "qlora", True, 4, 512, 457, "fms-acceleration a100_80gb.csv #44"),
+    ("l40s", "meta-llama/Llama-3.2-3B", "lora", False, 4, 256, 6750, "peft MetaMathQA lora--llama-3.2-3B-rank32"),
+)
+# 4-bit layers dequantize before every matmul: 2749 / 3598 tok/s on the anchors above. LLM.int8's mixed
+# matmul is slower still (0.5: an assumption, no anchor).
+_METHOD_SPEED = {"nf4": 0.76, "fp4": 0.76, "int8": 0.5}
+
+
+def flops_per_token(spec: ModelSpec, s: TrainSetup) -> float:
+    """Training FLOPs per token: forward 2 x active matmul weights + causal attention; backward repeats the
+    forward for input gradients (and again for weight gradients in full fine-tuning); checkpointing adds
+    one more forward."""
+    active = spec.num_layers * sum(ln.d_in * ln.d_out * ln.active for ln in linear_layers(spec))
+    active += spec.vocab_size * spec.hidden_size  # LM head
+    forward = 2.0 * active + 2.0 * spec.num_layers * s.seq_len * spec.q_dim
+    passes = (3 if s.method == "full" else 2) + (1 if s.gradient_checkpointing else 0)
+    return passes * forward
+
+
+def tokens_per_second(spec: ModelSpec, s: TrainSetup, gpu: GpuSpec | str) -> float:
+    """Expected training throughput (rough: +-35% on the anchors, more elsewhere).
+
+    Bigger matmuls use a GPU better: the 70B anchor reaches ~1.25x the 7B one's efficiency, hence the
+    (params / 7B) ** 0.1 size factor, clamped to [0.5, 1.3].
+    """
+    gpu = get_gpu(gpu) if isinstance(gpu, str) else gpu
+    size = min(1.3, max(0.5, (spec.num_params / 7e9) ** 0.1))
+    eff = gpu.mfu * size * _METHOD_SPEED.get(s.weights, 1.0)
+    return gpu.tflops * 1e12 * eff / flops_per_token(spec, s)
+
+
+@dataclass
+class TimeEstimate:
+    """How long a run takes on a GPU and what it costs there."""
+
+    gpu: str
+    tokens: int  # training tokens per epoch
+    epochs: float
+    tokens_per_second: float
+    seconds: float
+    usd: float | None  # Hugging Face Jobs cost (None: no priced Jobs flavor for this GPU)
+    flavor: str | None
+    zerogpu_quota_minutes: float | None  # ZeroGPU: quota minutes the run uses
+    zerogpu_days: dict[str, float] | None  # days of daily quota, per account tier
+    note: str = ""
+
+    @property
+    def hours(self) -> float:
+        return self.seconds / 3600
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["hours"] = round(self.hours, 3)
+        d["tokens_per_second"] = round(self.tokens_per_second, 1)
+        d["seconds"] = round(self.seconds, 1)
+        d["usd"] = None if self.usd is None else round(self.usd, 2)
+        return d
+
+
+def estimate_time(spec: ModelSpec, s: TrainSetup, gpu: GpuSpec | str, tokens: int, epochs: float = 1.0) -> TimeEstimate:
+    """Duration = tokens x epochs / throughput; cost from the Jobs flavor's hourly price (billed per minute);
+    ZeroGPU quota minutes (xlarge counts double) and how many days of daily quota they take.
+
+    >>> t = estimate_time(load_model_spec(""), default_setup(get_gpu("t4")), "t4", tokens=1_000_000)
+    >>> t.usd is not None and t.seconds > 0
+    True
+    """
+    gpu = get_gpu(gpu) if isinstance(gpu, str) else gpu
+    if tokens < 0 or epochs <= 0:
+        raise EstimateError(f"tokens must be >= 0 and epochs > 0, got {tokens} and {epochs}")
+    tps = tokens_per_second(spec, s, gpu)
+    seconds = tokens * epochs / tps
+    usd = None
+    if gpu.usd_per_hour is not None:
+        usd = math.ceil(seconds / 60) * gpu.usd_per_hour / 60  # billed per started minute
+    quota = days = None
+    note = "compute time only: model download and loading add minutes"
+    if gpu.zerogpu_quota_factor:
+        quota = seconds / 60 * gpu.zerogpu_quota_factor
+        days = {tier: round(quota / per_day, 2) for tier, per_day in ZEROGPU_DAILY_QUOTA_MIN.items()}
+        note += "; ZeroGPU calls are short: the run is split into checkpointed chunks"
+    elif gpu.hf_flavor and usd is None:
+        note += f"; the {gpu.hf_flavor} Jobs price was not in the sources checked"
+    elif not gpu.hf_flavor and not gpu.is_cpu:
+        note += "; no Hugging Face Jobs flavor has this GPU"
+    return TimeEstimate(gpu.name, tokens, epochs, tps, seconds, usd, gpu.hf_flavor, quota, days, note)
+
+
+# ---------------------------------------------------------------------------------------------
+# entry points for the CLI and the UI
+
+
+def spec_for_config(config: RunConfig | None, model: str | None = None, *, allow_hub: bool = True) -> ModelSpec:
+    """The architecture of the config's base model (``model`` overrides ``model.id``); a local GGUF file named by
+    ``model.gguf_file`` is read from its header, a Hub repo's GGUF by the repo's table entry or config.json."""
+    if model is not None or config is None:
+        return load_model_spec(model, allow_hub=allow_hub)
+    mc = config.model
+    if mc.gguf_file:
+        local = Path(mc.id).expanduser() / mc.gguf_file if mc.id else Path(mc.gguf_file).expanduser()
+        if local.is_file():
+            return spec_from_gguf(local, mc.id or mc.gguf_file)
+    return load_model_spec(mc.id, mc.revision, allow_hub=allow_hub)
+
+
+def setup_for(config: RunConfig | None, gpu: GpuSpec, *, method: str | None = None, batch_size: int | None = None,
+              seq_len: int | None = None) -> TrainSetup:
+    """The TrainSetup of ``config`` (or the defaults) on ``gpu``, with command-line style overrides."""
+    if config is None:
+        from .config import RunConfig
+
+        config = RunConfig()
+    s = TrainSetup.from_config(config, gpu)
+    return s.with_(method=method, batch_size=batch_size, seq_len=seq_len)
+
+
+def estimate(config: RunConfig | None = None, *, model: str | ModelSpec | None = None, gpu: str | GpuSpec = "t4",
+             method: str | None = None, batch_size: int | None = None, seq_len: int | None = None,
+             allow_hub: bool = True) -> MemoryEstimate:
+    """Peak training memory of ``config`` (or the defaults) on ``gpu``: verdict, breakdown, explanation and,
+    unless it fits, what to change. ``model``/``method``/``batch_size``/``seq_len`` override the config.
+
+    The one call behind `python -m finetune estimate` and the hyperparameters tab.
+    """
+    gpu = get_gpu(gpu) if isinstance(gpu, str) else gpu
+    spec = model if isinstance(model, ModelSpec) else spec_for_config(config, model, allow_hub=allow_hub)
+    s = setup_for(config, gpu, method=method, batch_size=batch_size, seq_len=seq_len)
+    return estimate_training(spec, s, gpu)
