@@ -26,7 +26,15 @@ def create_hparams_tab(api: Api, components: dict):
                 for f in fields:
                     with gr.Column(min_width=220):
                         components[f.key] = forms.make_component(f, forms.get_value(default, f.key))
+    with gr.Row():
+        from ..memory import GPUS
+
+        gpu = gr.Dropdown(choices=list(GPUS), value="t4", label="Target GPU", scale=2, elem_id="gpu",
+                          info="Where the run will train: the verdict below says whether it fits")
+        auto = gr.Button("✨ Auto-configure for my GPU", scale=1, elem_id="auto-configure")
     verdict = gr.Markdown(elem_id="fit-verdict")
+    breakdown = gr.Dataframe(headers=["part", "GB"], label="Peak memory breakdown", interactive=False,
+                             elem_id="fit-breakdown")
     with gr.Accordion("Config (YAML)", open=False):
         config_code = gr.Code(default.to_yaml(), language="yaml", label="config.yaml", interactive=False,
                               elem_id="config-yaml")
@@ -35,29 +43,80 @@ def create_hparams_tab(api: Api, components: dict):
             yaml_file = gr.File(label="config.yaml", interactive=False)
             upload = gr.UploadButton("⬆ Load a config YAML", file_types=[".yaml", ".yml"])
     return {"preset": preset, "preset_info": preset_info, "config_code": config_code, "verdict": verdict,
+            "gpu": gpu, "auto": auto, "breakdown": breakdown,
             "download": download, "yaml_file": yaml_file, "upload": upload}
 
 
-def wire_config(api: Api, components: dict, hp: dict, extra_inputs: list, extra_to_config, estimate=None):
-    """Keep the YAML view (and the fit verdict) in sync with every widget; presets and uploads fill the form."""
+VERDICT_ICON = {"fits": "✅", "tight": "⚠️", "does not fit": "❌"}
+
+
+def verdict_markdown(est) -> str:
+    lines = [f"### {VERDICT_ICON.get(est.verdict, '')} {est.verdict.capitalize()} on {est.gpu}: "
+             f"peak {est.peak_gb:.1f} GB of {est.gpu_gb:.0f} GB", est.explanation]
+    lines += [f"- {s}" for s in est.suggestions[:3]]
+    return "\n\n".join(lines[:2]) + ("\n\n" + "\n".join(lines[2:]) if lines[2:] else "")
+
+
+def estimate_view(cfg: RunConfig, gpu: str):
+    """(verdict markdown, breakdown table) for the form's config on a GPU; errors become the verdict."""
+    import pandas as pd
+
+    from ..memory import estimate
+
+    try:
+        est = estimate(cfg, gpu=gpu)
+    except Exception as e:  # noqa: BLE001 - an unknown model is a hint here, not a failure
+        return f"Cannot estimate memory: {e}", pd.DataFrame(columns=["part", "GB"])
+    rows = [{"part": k.replace("_", " "), "GB": round(v, 2)} for k, v in est.breakdown.items()]
+    return verdict_markdown(est), pd.DataFrame(rows, columns=["part", "GB"])
+
+
+def wire_config(api: Api, components: dict, hp: dict, extra_inputs: list, extra_to_config):
+    """Keep the YAML view and the fit verdict in sync with every widget; presets, uploads and the
+    auto-configure button fill the form."""
     keys = [f.key for f in forms.FORM_FIELDS]
     widgets = [components[k] for k in keys]
     n = len(widgets)
 
     def build(*values) -> RunConfig:
-        return extra_to_config(forms.values_to_config(RunConfig(), list(values[:n])), *values[n:])
+        return extra_to_config(forms.values_to_config(RunConfig(), list(values[:n])), *values[n:-1])
 
     def sync(*values):
         try:
             cfg = build(*values)
         except Exception as e:  # noqa: BLE001 - shown next to the form, the YAML keeps its last good value
-            return gr.Code(), f"⚠️ {e}"
-        text = estimate(cfg) if estimate else ""
-        return cfg.to_yaml(), text
+            return gr.Code(), f"⚠️ {e}", gr.Dataframe()
+        return (cfg.to_yaml(), *estimate_view(cfg, values[-1]))
 
-    for w in widgets + list(extra_inputs):
-        w.change(sync, widgets + list(extra_inputs), [hp["config_code"], hp["verdict"]], api_visibility="private",
+    inputs = widgets + list(extra_inputs) + [hp["gpu"]]
+    for w in inputs:
+        w.change(sync, inputs, [hp["config_code"], hp["verdict"], hp["breakdown"]], api_visibility="private",
                  show_progress="hidden", trigger_mode="always_last")
+
+    @user_errors
+    def auto_configure(*values):
+        from ..memory import apply_plan, auto_configure as plan_for
+
+        cfg = build(*values)
+        plan = plan_for(cfg.model.id, values[-1], seq_len=cfg.training.max_length, base=cfg)
+        if not plan.fits:
+            raise gr.Error(plan.reason)
+        gr.Info(plan.reason)
+        return forms.config_to_values(apply_plan(cfg, plan))
+
+    hp["auto"].click(auto_configure, inputs, widgets, api_visibility="private")
+
+    @user_errors
+    def estimate_memory(config_yaml: str, gpu: str = "t4") -> dict:
+        """Peak training memory of a config on a GPU: peak_gb, breakdown (name -> GB), fits, verdict, gpu,
+        gpu_gb, explanation and suggestions."""
+        from ..memory import estimate
+
+        return estimate(RunConfig.from_yaml(config_yaml or "", source="config"), gpu=gpu).to_dict()
+
+    estimate_json = gr.JSON(visible=False)
+    gr.Button(visible=False).click(estimate_memory, [hp["config_code"], hp["gpu"]], estimate_json,
+                                   api_name="estimate_memory")
 
     @user_errors
     def apply_preset(name: str):
