@@ -154,3 +154,43 @@ def adapter_zip(ws: Workspace, owner: str | None, run_id: str, out_dir: Path) ->
                 z.write(f, f.relative_to(folder))
     target.write_bytes(buf.getvalue())
     return target
+
+
+_tokenizers: dict = {}
+
+
+def _tokenizer(model: str):
+    """Tokenizers for token statistics, kept per model name (loading one takes about a second)."""
+    from .models import load_tokenizer
+
+    if model not in _tokenizers:
+        if len(_tokenizers) >= 4:
+            _tokenizers.pop(next(iter(_tokenizers)))
+        _tokenizers[model] = load_tokenizer(model)
+    return _tokenizers[model]
+
+
+def format_preview(source: str, *, template: str, system_prompt: str = "", columns: dict | None = None,
+                   model: str = "", max_length: int = 1024, train_on: str = "assistant",
+                   hub_config: str | None = None, split: str = "train", out_dir: Path, preview_rows: int = 5) -> dict:
+    """Format a dataset for the Dataset tab: summary markdown, preview examples with spans, token lengths,
+    row problems, warnings and the formatted JSONL file."""
+    from . import data
+
+    tok = _tokenizer(model)
+    result = data.format_dataset(source, hub_config=hub_config, split=split, template=template,
+                                 system_prompt=system_prompt, columns=columns or None, tokenizer=tok,
+                                 train_on=train_on, max_length=max_length)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = Path(source).stem if Path(source).exists() else source.replace("/", "__")
+    out = out_dir / f"{name}.{template}.jsonl"
+    data.write_jsonl(result.examples, out)
+    return {
+        "summary": data.summary_markdown(result),
+        "examples": [{"row": ex.row, "text": ex.text, "spans": [list(s) for s in ex.spans]}
+                     for ex in result.examples[:preview_rows]],
+        "lengths": list(result.lengths),
+        "problems": [[p.row, p.field, p.reason, p.fix] for p in result.problems],
+        "warnings": [f"row {p.row}: {p.reason}" for p in result.warnings],
+        "file": str(out),
+    }

@@ -1,0 +1,602 @@
+"""Datasets in, formatted examples out: load a file or Hub dataset, detect its shape, map each row to chat
+messages, render them with a template, and report every bad row with its number and the fix.
+
+>>> result = format_dataset([{"instruction": "Say hi", "output": "Hi!"}], template="llama2")
+>>> result.shape.name, result.examples[0].text
+('alpaca', '<s>[INST] Say hi [/INST] Hi! </s>')
+
+Row numbers are 1-based as the user sees the file: the line number in JSONL, the data row in CSV/TSV
+(the header is not counted), the element index in JSON and Parquet.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .templates import MODEL_TEMPLATE, TemplateError, find_control_strings, render
+
+FILE_TYPES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+CANONICAL = ("instruction", "input", "output", "system", "prompt", "completion", "question", "answer",
+             "messages", "conversations", "text")
+
+
+class DataError(ValueError):
+    """Unusable input: ``<file>[:<row>]: <reason>`` (the reason says how to fix it)."""
+
+    def __init__(self, file: str, row: int | None, reason: str):
+        self.file, self.row, self.reason = file, row, reason
+        super().__init__(f"{file}{f':{row}' if row else ''}: {reason}")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One bad row: what is wrong and how to fix it. ``kind`` is 'error' (row skipped) or 'warning'."""
+
+    row: int | None
+    field: str
+    reason: str
+    fix: str
+    category: str = "bad row"
+    kind: str = "error"
+
+    def __str__(self) -> str:
+        where = f"row {self.row}" if self.row else "file"
+        return f"{where}: {self.field + ': ' if self.field else ''}{self.reason}; {self.fix}"
+
+
+@dataclass
+class Table:
+    """Rows read from a source, with the row numbers the user sees and rows that could not be parsed."""
+
+    name: str
+    columns: list[str]
+    rows: list[dict]
+    row_numbers: list[int]
+    broken: list[Problem] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A detected data shape and which column holds each canonical field."""
+
+    name: str  # alpaca | prompt_completion | question_answer | messages | conversations | transcript | text
+    fields: dict
+
+    def __str__(self) -> str:
+        cols = ", ".join(f"{k}={v}" for k, v in self.fields.items())
+        return f"{self.name} ({cols})"
+
+
+@dataclass
+class Example:
+    text: str
+    prompt: str
+    completion: str
+    messages: list | None
+    spans: list
+    row: int
+
+    def to_json(self) -> dict:
+        return {"text": self.text, "prompt": self.prompt, "completion": self.completion, "messages": self.messages}
+
+
+@dataclass
+class FormatResult:
+    source: str
+    shape: Shape
+    rows_in: int
+    examples: list[Example]
+    val_examples: list[Example]
+    problems: list[Problem]  # rows skipped
+    warnings: list[Problem]  # rows kept, worth a look
+    skipped: Counter
+    lengths: list[int] = field(default_factory=list)  # tokens per example (train + val) when a tokenizer is given
+    max_length: int | None = None
+
+    @property
+    def token_stats(self) -> dict | None:
+        if not self.lengths:
+            return None
+        s = sorted(self.lengths)
+        pick = lambda q: s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))]  # noqa: E731
+        stats = {"min": s[0], "median": pick(0.5), "p95": pick(0.95), "max": s[-1], "total": sum(s)}
+        if self.max_length:
+            stats["over_max_length"] = sum(1 for x in s if x > self.max_length)
+        return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def _decode(raw: bytes, name: str) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(name, line, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                        "re-save the file as UTF-8") from None
+
+
+def _read_delimited(text: str, name: str, delimiter: str) -> Table:
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise DataError(name, line, "contains NUL bytes (a binary file?); export it again as text")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise DataError(name, None, "the file is empty; it needs a header row and at least one data row") from None
+    except csv.Error as e:
+        raise DataError(name, 1, f"cannot read the header ({e})") from None
+    header = [h.strip() for h in header]
+    if not any(header):
+        raise DataError(name, None, "the header row is empty; the first line must name the columns")
+    rows, numbers, broken = [], [], []
+    n = 0
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            n += 1
+            broken.append(Problem(n, "", f"cannot parse the row ({e})", "fix the quoting on this row", "unparsable row"))
+            continue
+        if not values or all(not v.strip() for v in values):
+            continue  # blank lines are not rows
+        n += 1
+        if len(values) != len(header):
+            broken.append(Problem(n, "", f"has {len(values)} fields but the header has {len(header)}",
+                                  "quote cells that contain the delimiter, or fix the row", "wrong field count"))
+            continue
+        rows.append(dict(zip(header, values)))
+        numbers.append(n)
+    return Table(name, header, rows, numbers, broken)
+
+
+def _read_json(text: str, name: str) -> Table:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(name, e.lineno, f"not valid JSON ({e.msg} at column {e.colno}); fix the file, "
+                        "or save one object per line as .jsonl so one bad row does not stop the rest") from None
+    if isinstance(data, dict):
+        lists = {k: v for k, v in data.items() if isinstance(v, list)}
+        if lists and len(lists) == len(data) and len({len(v) for v in lists.values()}) == 1:
+            keys = list(lists)  # an object of columns
+            data = [dict(zip(keys, vals)) for vals in zip(*lists.values())]
+        elif len(lists) == 1 and all(isinstance(x, dict) for x in next(iter(lists.values()))):
+            data = next(iter(lists.values()))  # {"data": [...]} and the like
+        else:
+            raise DataError(name, None, "a JSON object must map column names to equal-length lists; "
+                            "or use an array of objects")
+    if not isinstance(data, list):
+        raise DataError(name, None, f"expected an array of objects, found {type(data).__name__}")
+    rows, numbers, broken, columns = [], [], [], {}
+    for i, obj in enumerate(data, 1):
+        if isinstance(obj, dict):
+            rows.append(obj)
+            numbers.append(i)
+            columns.update(dict.fromkeys(obj))
+        else:
+            broken.append(Problem(i, "", f"is a {type(obj).__name__}, not an object", "make each element an object",
+                                  "not an object"))
+    return Table(name, list(columns), rows, numbers, broken)
+
+
+def _read_jsonl(text: str, name: str) -> Table:
+    rows, numbers, broken, columns = [], [], [], {}
+    loads = json.loads
+    for i, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = loads(line)
+        except ValueError as e:
+            broken.append(Problem(i, "", f"not valid JSON ({getattr(e, 'msg', e)})", "fix or remove the line",
+                                  "broken JSON line"))
+            continue
+        if not isinstance(obj, dict):
+            broken.append(Problem(i, "", f"is a JSON {type(obj).__name__}, not an object",
+                                  'write one object per line, e.g. {"prompt": ..., "completion": ...}', "not an object"))
+            continue
+        rows.append(obj)
+        numbers.append(i)
+        if len(columns) < 64:
+            columns.update(dict.fromkeys(obj))
+    return Table(name, list(columns), rows, numbers, broken)
+
+
+def _read_parquet(path: Path, name: str) -> Table:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds for a damaged file
+        raise DataError(name, None, f"not a readable Parquet file ({e.__class__.__name__}); export it again") from None
+    rows = table.to_pylist()
+    return Table(name, table.column_names, rows, list(range(1, len(rows) + 1)))
+
+
+def _read_hub(dataset_id: str, hub_config: str | None, split: str) -> Table:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(dataset_id, hub_config, split=split)
+    except Exception as e:  # noqa: BLE001 - network, auth, missing split... all become one message
+        reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+        raise DataError(dataset_id, None, f"cannot load the Hub dataset ({reason}); check the id, config and split, "
+                        "and that you are online and signed in for private data") from None
+    rows = ds.to_list()
+    return Table(dataset_id, list(ds.column_names), rows, list(range(1, len(rows) + 1)))
+
+
+def looks_like_hub_id(source: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", source)) and not source.endswith(FILE_TYPES)
+
+
+def load_rows(source: str | Path, *, hub_config: str | None = None, split: str = "train",
+              max_bytes: int | None = None) -> Table:
+    """Read a data file (CSV, TSV, JSON, JSONL, Parquet) or a Hub dataset id into rows."""
+    path = Path(source)
+    name = str(source)
+    if not path.exists():
+        if looks_like_hub_id(name):
+            return _read_hub(name, hub_config, split)
+        raise DataError(name, None, "file not found; check the path (or give a Hub dataset id like user/name)")
+    if path.is_dir():
+        raise DataError(name, None, "is a folder; give a data file")
+    suffix = path.suffix.lower()
+    if suffix not in FILE_TYPES:
+        raise DataError(name, None, f"unsupported file type '{suffix or 'none'}'; use one of {', '.join(FILE_TYPES)}")
+    size = path.stat().st_size
+    if max_bytes is not None and size > max_bytes:
+        raise DataError(name, None, f"is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB limit; "
+                        "split it or use a Hub dataset")
+    if size == 0:
+        raise DataError(name, None, "the file is empty")
+    if suffix == ".parquet":
+        return _read_parquet(path, name)
+    text = _decode(path.read_bytes(), name)
+    if not text.strip():
+        raise DataError(name, None, "the file is empty (only whitespace)")
+    if suffix == ".csv":
+        return _read_delimited(text, name, ",")
+    if suffix == ".tsv":
+        return _read_delimited(text, name, "\t")
+    if suffix == ".jsonl":
+        return _read_jsonl(text, name)
+    if text.lstrip().startswith("{") and "\n{" in text.strip():
+        return _read_jsonl(text, name)  # JSON lines saved as .json
+    return _read_json(text, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# shapes
+
+SHAPES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    # name, required fields, optional fields
+    ("messages", ("messages",), ("system",)),
+    ("conversations", ("conversations",), ("system",)),
+    ("alpaca", ("instruction", "output"), ("input", "system")),
+    ("prompt_completion", ("prompt", "completion"), ("system",)),
+    ("question_answer", ("question", "answer"), ("system",)),
+    ("text", ("text",), ()),
+)
+ALIASES = {"output": ("output", "response"), "conversations": ("conversations", "conversation"),
+           "input": ("input",), "system": ("system", "system_prompt")}
+
+
+def detect_shape(columns: Sequence[str], mapping: dict[str, str] | None = None, rows: Sequence[dict] = (),
+                 name: str = "data") -> Shape:
+    """Which shape the columns have; ``mapping`` (canonical field -> column) overrides detection."""
+    lower = {c.lower(): c for c in columns}
+    mapping = dict(mapping or {})
+    for k, col in mapping.items():
+        if k not in CANONICAL:
+            raise DataError(name, None, f"unknown field '{k}' in the column mapping; fields are {', '.join(CANONICAL)}")
+        if col not in columns:
+            raise DataError(name, None, f"column '{col}' (mapped to {k}) is not in the data; columns: {', '.join(columns)}")
+
+    def find(f: str) -> str | None:
+        if f in mapping:
+            return mapping[f]
+        for alias in ALIASES.get(f, (f,)):
+            if alias in lower:
+                return lower[alias]
+        return None
+
+    candidates = SHAPES
+    if mapping:  # a mapping picks the shape whose required fields it names
+        named = [s for s in SHAPES if any(f in mapping for f in s[1])]
+        candidates = tuple(named) or SHAPES
+    for shape, required, optional in candidates:
+        found = {f: find(f) for f in required}
+        if all(found.values()):
+            fields = {**found, **{f: c for f in optional if (c := find(f))}}
+            if shape == "text" and _is_transcript(rows, fields["text"]):
+                shape = "transcript"
+            return Shape(shape, fields)
+    raise DataError(name, None, f"cannot tell the data's shape from its columns ({', '.join(columns) or 'none'}); "
+                    "expected instruction/output, prompt/completion, question/answer, messages, conversations or "
+                    "text, or map yours, e.g. --columns prompt=<column>,completion=<column>")
+
+
+TRANSCRIPT_RE = re.compile(r"###\s*(Human|Assistant)\s*:", re.I)
+
+
+def _is_transcript(rows: Sequence[dict], column: str) -> bool:
+    sample = [r.get(column) for r in rows[:20] if isinstance(r.get(column), str)]
+    return bool(sample) and sum(bool(TRANSCRIPT_RE.search(s)) for s in sample) >= max(1, len(sample) // 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# rows -> messages
+
+
+class RowError(Exception):
+    def __init__(self, field: str, reason: str, fix: str, category: str):
+        self.field, self.reason, self.fix, self.category = field, reason, fix, category
+
+
+def _text(row: dict, column: str | None, field: str, warnings: list, *, required: bool = True) -> str:
+    value = row.get(column) if column else None
+    if isinstance(value, str):
+        if required and not value.strip():
+            raise RowError(field, f"'{column}' is empty", "fill it in or remove the row", "empty field")
+        return value
+    if value is None:
+        if required:
+            raise RowError(field, f"'{column}' is missing", "add the value or remove the row", "missing field")
+        return ""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        warnings.append((field, f"'{column}' is a number ({value}); used as text", "quote it to silence this"))
+        return str(value)
+    raise RowError(field, f"'{column}' is a {type(value).__name__}, expected text",
+                   "make it a plain string", "not text")
+
+
+ROLE_NAMES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "bot": "assistant",
+              "model": "assistant", "system": "system"}
+
+
+def _content(value) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):  # [{"type": "text", "text": ...}]
+        parts = [p.get("text") for p in value if isinstance(p, dict) and isinstance(p.get("text"), str)]
+        return "".join(parts) if parts else None
+    return None
+
+
+def _turns(value, column: str, role_key: str, content_key: str) -> list[dict]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise RowError(column, f"'{column}' is not a JSON list of messages", "write it as a JSON array",
+                           "not a message list") from None
+    if not isinstance(value, list) or not value:
+        raise RowError(column, f"'{column}' is empty or not a list", f"give a list of {{{role_key}, {content_key}}}",
+                       "not a message list")
+    out = []
+    for i, m in enumerate(value, 1):
+        if not isinstance(m, dict):
+            raise RowError(column, f"message {i} is not an object", f"use {{{role_key}: ..., {content_key}: ...}}",
+                           "not a message list")
+        role = ROLE_NAMES.get(str(m.get(role_key, "")).lower())
+        content = _content(m.get(content_key))
+        if role is None:
+            raise RowError(column, f"message {i} has role '{m.get(role_key)}'",
+                           "use system, user/human or assistant/gpt", "unknown role")
+        if content is None:
+            raise RowError(column, f"message {i} has no text '{content_key}'", "give each message text", "not text")
+        if not content.strip() and role != "system":
+            raise RowError(column, f"message {i} ({role}) is empty", "fill it in or drop the message", "empty field")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def _transcript(text: str) -> list[dict]:
+    parts = TRANSCRIPT_RE.split(text)
+    if parts[0].strip():
+        raise RowError("text", "has text before the first '### Human:'", "remove it or start with '### Human:'",
+                       "bad transcript")
+    msgs = []
+    for speaker, content in zip(parts[1::2], parts[2::2]):
+        msgs.append({"role": "user" if speaker.lower() == "human" else "assistant", "content": content.strip()})
+    if not msgs:
+        raise RowError("text", "has no '### Human:' / '### Assistant:' turns", "use the transcript format",
+                       "bad transcript")
+    return msgs
+
+
+def row_messages(row: dict, shape: Shape, warnings: list) -> list[dict]:
+    f = shape.fields
+    if shape.name == "messages":
+        msgs = _turns(row.get(f["messages"]), f["messages"], "role", "content")
+    elif shape.name == "conversations":
+        msgs = _turns(row.get(f["conversations"]), f["conversations"], "from", "value")
+    elif shape.name == "transcript":
+        msgs = _transcript(_text(row, f["text"], "text", warnings))
+    elif shape.name == "alpaca":
+        user = _text(row, f["instruction"], "instruction", warnings)
+        extra = _text(row, f.get("input"), "input", warnings, required=False)
+        if extra.strip():
+            user = f"{user}\n\n{extra}"
+        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": _text(row, f["output"], "output", warnings)}]
+    else:
+        q, a = {"prompt_completion": ("prompt", "completion"), "question_answer": ("question", "answer")}[shape.name]
+        msgs = [{"role": "user", "content": _text(row, f[q], q, warnings)},
+                {"role": "assistant", "content": _text(row, f[a], a, warnings)}]
+    if "system" in f and msgs[0]["role"] != "system":
+        system = _text(row, f["system"], "system", warnings, required=False)
+        if system.strip():
+            msgs = [{"role": "system", "content": system}] + msgs
+    return msgs
+
+
+# ---------------------------------------------------------------------------------------------
+# formatting
+
+
+def format_dataset(
+    source: str | Path | Sequence[dict],
+    *,
+    template: str = "llama2",
+    system_prompt: str = "",
+    columns: dict[str, str] | None = None,
+    tokenizer=None,
+    train_on: str = "assistant",
+    strict: bool = False,
+    val_fraction: float = 0.0,
+    seed: int = 42,
+    max_length: int | None = None,
+    hub_config: str | None = None,
+    split: str = "train",
+    max_bytes: int | None = None,
+) -> FormatResult:
+    """Load, detect, render. Bad rows are skipped and counted (``strict``: the first raises DataError)."""
+    if isinstance(source, (str, Path)):
+        table = load_rows(source, hub_config=hub_config, split=split, max_bytes=max_bytes)
+    else:
+        rows = list(source)
+        cols = list(dict.fromkeys(k for r in rows[:64] if isinstance(r, dict) for k in r))
+        table = Table("data", cols, rows, list(range(1, len(rows) + 1)))
+    name = table.name
+    rows_in = len(table.rows) + len(table.broken)
+    if rows_in == 0:
+        raise DataError(name, None, "has no data rows")
+    if strict and table.broken:
+        p = table.broken[0]
+        raise DataError(name, p.row, f"{p.reason}; {p.fix}")
+    shape = detect_shape(table.columns, columns, table.rows, name)
+    if template == MODEL_TEMPLATE and tokenizer is None:
+        raise DataError(name, None, "template 'model' needs the model's tokenizer; give --model or pick a template")
+
+    problems: list[Problem] = list(table.broken)
+    warnings: list[Problem] = []
+    examples: list[Example] = []
+    seen: dict = {}
+    system = {"role": "system", "content": system_prompt} if system_prompt else None
+    preformatted = shape.name == "text"
+
+    def reject(number: int, fld: str, reason: str, fix: str, category: str) -> None:
+        if strict:
+            raise DataError(name, number, f"{fld + ': ' if fld else ''}{reason}; {fix}")
+        problems.append(Problem(number, fld, reason, fix, category))
+
+    for row, number in zip(table.rows, table.row_numbers):
+        notes: list = []
+        try:
+            if preformatted:
+                text = _text(row, shape.fields["text"], "text", notes)
+                msgs = None
+                key = text
+            else:
+                msgs = row_messages(row, shape, notes)
+                if system is not None and msgs[0]["role"] != "system":
+                    msgs = [system] + msgs
+                key = tuple((m["role"], m["content"]) for m in msgs)
+        except RowError as e:
+            reject(number, e.field, e.reason, e.fix, e.category)
+            continue
+        if key in seen:
+            reject(number, "", f"duplicates row {seen[key]}", "remove the duplicate", "duplicate")
+            continue
+        seen[key] = number
+        if msgs is not None:
+            found = find_control_strings(msgs)
+            if found:
+                reason = f"content contains template control strings {', '.join(found)} (already formatted, or an injection)"
+                fix = "remove them, or load pre-formatted data as a 'text' column"
+                if strict:
+                    reject(number, "content", reason, fix, "control strings")
+                    continue
+                warnings.append(Problem(number, "content", reason, fix, "control strings", "warning"))
+            try:
+                r = render(msgs, template, tokenizer, train_on=train_on)
+            except TemplateError as e:
+                msg = str(e)
+                category = "ends with user" if "ends with a user" in msg else "roles out of order"
+                reject(number, "messages", msg.split(";")[0], msg.split(";", 1)[1].strip() if ";" in msg else
+                       "fix the roles in this row", category)
+                continue
+            examples.append(Example(r.text, r.prompt, r.completion, msgs, r.spans, number))
+        else:
+            examples.append(Example(text, "", text, None, [(0, len(text))], number))
+        for fld, reason, fix in notes:
+            warnings.append(Problem(number, fld, reason, fix, "number as text", "warning"))
+
+    if not examples:
+        first = problems[0] if problems else None
+        detail = f" (first: {first})" if first else ""
+        raise DataError(name, None, f"no usable rows: {len(problems)} of {rows_in} rejected{detail}")
+
+    val: list[Example] = []
+    if val_fraction > 0:
+        k = max(1, int(round(len(examples) * val_fraction))) if len(examples) > 1 else 0
+        chosen = set(random.Random(seed).sample(range(len(examples)), k))
+        val = [ex for i, ex in enumerate(examples) if i in chosen]
+        examples = [ex for i, ex in enumerate(examples) if i not in chosen]
+
+    result = FormatResult(str(name), shape, rows_in, examples, val, problems, warnings,
+                          Counter(p.category for p in problems), max_length=max_length)
+    if tokenizer is not None:
+        result.lengths = token_lengths([ex.text for ex in examples + val], tokenizer)
+    return result
+
+
+def token_lengths(texts: list[str], tokenizer, batch: int = 2048) -> list[int]:
+    """Tokens per text with the model's tokenizer (batched: the fast tokenizer works in parallel)."""
+    out: list[int] = []
+    for i in range(0, len(texts), batch):
+        enc = tokenizer(texts[i: i + batch], add_special_tokens=False)["input_ids"]
+        out.extend(len(x) for x in enc)
+    return out
+
+
+def write_jsonl(examples: Iterable[Example], path: str | Path) -> int:
+    """One JSON object per example (text, prompt, completion, messages), in input order; one write."""
+    dumps = json.JSONEncoder(ensure_ascii=False).encode
+    lines = [dumps(ex.to_json()) for ex in examples]
+    Path(path).write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
+    return len(lines)
+
+
+def summary_lines(result: FormatResult) -> list[str]:
+    """The one-screen summary shared by the CLI and the app."""
+    n_train, n_val = len(result.examples), len(result.val_examples)
+    lines = [f"source: {result.source}", f"shape: {result.shape}", f"rows in: {result.rows_in}",
+             f"rows written: {n_train + n_val}" + (f" ({n_train} train, {n_val} validation)" if n_val else ""),
+             f"rows skipped: {sum(result.skipped.values())}"]
+    lines += [f"  {count} × {reason}" for reason, count in result.skipped.most_common()]
+    if result.warnings:
+        lines.append(f"warnings: {len(result.warnings)} rows (kept)")
+    for p in (result.problems + result.warnings)[:5]:
+        lines.append(f"  {p}")
+    more = len(result.problems) + len(result.warnings) - 5
+    if more > 0:
+        lines.append(f"  … and {more} more")
+    stats = result.token_stats
+    if stats:
+        line = f"tokens: min {stats['min']}, median {stats['median']}, p95 {stats['p95']}, max {stats['max']}"
+        if "over_max_length" in stats:
+            line += f"; {stats['over_max_length']} over max_length {result.max_length} (truncated in training)"
+        lines.append(line)
+    return lines
+
+
+def summary_markdown(result: FormatResult) -> str:
+    lines = summary_lines(result)
+    return "\n".join(f"- {line.strip()}" if not line.startswith("  ") else f"  - {line.strip()}" for line in lines)
+
