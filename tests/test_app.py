@@ -115,7 +115,7 @@ def test_sessions_do_not_see_each_others_runs(server, tiny_model_dir):
 
 @pytest.mark.parametrize("name,content,expected", [
     ("empty.csv", b"", "empty"),
-    ("notes.txt", b"hello", "txt"),
+    ("notes.txt", b"hello", "file type"),
     ("broken.json", b'[{"instruction": "a", "output": ', "JSON"),
 ])
 def test_bad_uploads_give_a_message_not_a_traceback(server, tmp_path, name, content, expected):
