@@ -182,7 +182,10 @@ def format_preview(source: str, *, template: str, system_prompt: str = "", colum
                                  system_prompt=system_prompt, columns=columns or None, tokenizer=tok,
                                  train_on=train_on, max_length=max_length)
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = Path(source).stem if Path(source).exists() else source.replace("/", "__")
+    is_file = Path(source).exists()
+    if is_file:
+        result.source = Path(source).name  # not the server's upload path
+    name = Path(source).stem if is_file else source.replace("/", "__")
     out = out_dir / f"{name}.{template}.jsonl"
     data.write_jsonl(result.examples, out)
     return {

@@ -51,8 +51,8 @@ VERDICT_ICON = {"fits": "✅", "tight": "⚠️", "does not fit": "❌"}
 
 
 def verdict_markdown(est) -> str:
-    lines = [f"### {VERDICT_ICON.get(est.verdict, '')} {est.verdict.capitalize()} on {est.gpu}: "
-             f"peak {est.peak_gb:.1f} GB of {est.gpu_gb:.0f} GB", est.explanation]
+    lines = [f"### {VERDICT_ICON.get(est.verdict, '')} {est.verdict.capitalize()} on {est.gpu.name}: "
+             f"peak {est.peak_gb:.1f} GB of {est.gpu.nominal_gb:.0f} GB", est.explanation]
     lines += [f"- {s}" for s in est.suggestions[:3]]
     return "\n\n".join(lines[:2]) + ("\n\n" + "\n".join(lines[2:]) if lines[2:] else "")
 

@@ -18,6 +18,7 @@ BACKENDS = [
     ("ZeroGPU (inside a ZeroGPU Space; not available here)", "zerogpu"),
     ("Hugging Face Jobs (rented GPU; not available here)", "hfjobs"),
 ]
+TABLE_COLUMNS = ["run_id", "status", "step", "max_steps", "loss", "model"]
 STATUS_BADGE = {
     "running": "🟢 running", "finished": "✅ finished", "failed": "❌ failed", "stopped": "⏹ stopped",
     "paused": "⏸ paused", "interrupted": "⚠️ interrupted (resumable)", "new": "… starting",
@@ -49,10 +50,15 @@ def progress_html(state: dict) -> str:
     )
 
 
-def loss_frame(state: dict) -> pd.DataFrame:
+def loss_frame(state: dict) -> pd.DataFrame | None:
+    """Train and eval loss by step; None before the first step (an empty frame would fix the plot's
+    column types wrongly and no line would ever show)."""
     rows = [{"step": s, "loss": v, "series": "train"} for s, v in state.get("losses", [])]
     rows += [{"step": s, "loss": v, "series": "eval"} for s, v in state.get("eval_losses", [])]
-    return pd.DataFrame(rows, columns=["step", "loss", "series"])
+    if not rows:
+        return None
+    # explicit dtypes: an empty or object column would make the plot treat steps and losses as categories
+    return pd.DataFrame(rows, columns=["step", "loss", "series"]).astype({"step": "int64", "loss": "float64"})
 
 
 def events_text(events: list[dict], limit: int = 40) -> str:
@@ -76,7 +82,7 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File):
     run_id = gr.Textbox(value="", label="Run", interactive=False, elem_id="run-id")
     progress = gr.HTML(progress_html({}))
     with gr.Row():
-        plot = gr.LinePlot(loss_frame({}), x="step", y="loss", color="series", title="Loss", height=260,
+        plot = gr.LinePlot(None, x="step", y="loss", color="series", title="Loss", height=260,
                            elem_id="loss-plot")
     with gr.Accordion("Event log", open=False):
         log_box = gr.Textbox(lines=10, max_lines=20, label="events.jsonl", interactive=False, elem_id="event-log")
@@ -134,29 +140,31 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File):
         return f"Pushed to {url}"
 
     # -- UI wiring -----------------------------------------------------------------------------
+    def runs_frame(who: str) -> pd.DataFrame:
+        rows = service.list_runs(ws, who)
+        return pd.DataFrame([{k: r.get(k) for k in TABLE_COLUMNS} for r in rows], columns=TABLE_COLUMNS)
+
     def view(rid: str, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        who = owner(request, profile)
         if not rid:
-            return progress_html({}), loss_frame({}), "", gr.Timer(active=False)
+            return progress_html({}), loss_frame({}), "", gr.Timer(active=False), runs_frame(who)
         try:
-            who = owner(request, profile)
             state = service.run_status(ws, who, rid)
             events = service.run_events(ws, who, rid)
         except service.ServiceError as e:
-            return f"<div class='ft-progress'>{e}</div>", loss_frame({}), "", gr.Timer(active=False)
+            return f"<div class='ft-progress'>{e}</div>", loss_frame({}), "", gr.Timer(active=False), runs_frame(who)
         live = state["status"] in ("running", "new")
-        return progress_html(state), loss_frame(state), events_text(events), gr.Timer(active=live)
+        return progress_html(state), loss_frame(state), events_text(events), gr.Timer(active=live), runs_frame(who)
 
     def table(request: gr.Request, profile: gr.OAuthProfile | None = None):
-        rows = service.list_runs(ws, owner(request, profile))
-        df = pd.DataFrame([{k: r.get(k) for k in ("run_id", "status", "step", "max_steps", "loss", "model")} for r in rows],
-                          columns=["run_id", "status", "step", "max_steps", "loss", "model"])
-        return df, gr.Dropdown(choices=[r["run_id"] for r in rows])
+        frame = runs_frame(owner(request, profile))
+        return frame, gr.Dropdown(choices=list(frame["run_id"]))
 
     @user_errors
     def download(rid: str, request: gr.Request, profile: gr.OAuthProfile | None = None):
         return str(service.adapter_zip(ws, owner(request, profile), rid, api.downloads / "adapters"))
 
-    outputs_view = [progress, plot, log_box, timer]
+    outputs_view = [progress, plot, log_box, timer, runs_table]
     start.click(start_training, [config_code, data_file, backend], run_id, api_name="start_training",
                 concurrency_limit=2).then(view, run_id, outputs_view, api_visibility="private").then(
         table, None, [runs_table, runs_pick], api_visibility="private")
