@@ -526,10 +526,9 @@ def format_dataset(
             try:
                 r = render(msgs, template, tokenizer, train_on=train_on)
             except TemplateError as e:
-                msg = str(e)
-                category = "ends with user" if "ends with a user" in msg else "roles out of order"
-                reject(number, "messages", msg.split(";")[0], msg.split(";", 1)[1].strip() if ";" in msg else
-                       "fix the roles in this row", category)
+                reason, _, fix = str(e).partition("; ")  # template errors read "what is wrong; the fix"
+                category = "ends with user" if "ends with a user" in reason else "roles out of order"
+                reject(number, "messages", reason, fix or "fix the roles in this row", category)
                 continue
             examples.append(Example(r.text, r.prompt, r.completion, msgs, r.spans, number))
         else:

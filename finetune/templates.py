@@ -90,7 +90,7 @@ def split_system(messages: Sequence[Message]) -> tuple[str | None, list[Message]
             offset = 2 if system is not None else 1
             raise TemplateError(
                 f"message {i + offset} has role '{m['role']}' but '{expected}' was expected: roles must alternate "
-                "user/assistant after an optional system message (merge consecutive turns of the same role)"
+                "user/assistant after an optional system message; merge consecutive turns of the same role"
             )
     return system, msgs
 
@@ -105,8 +105,8 @@ def _pairs(msgs: list[Message], add_generation_prompt: bool) -> tuple[list[tuple
     else:
         if msgs[-1]["role"] != "assistant":
             raise TemplateError(
-                "the conversation ends with a user message; training needs an assistant answer at the end "
-                "(add the answer or drop the last user turn)"
+                "the conversation ends with a user message, and training needs an assistant answer at the end"
+                "; add the answer or drop the last user turn"
             )
         last = None
     pairs = [(msgs[i]["content"], msgs[i + 1]["content"]) for i in range(0, len(msgs), 2)]
@@ -361,8 +361,8 @@ def _render_model(messages, tokenizer, add_generation_prompt: bool, train_on: st
         raise TemplateError("a generation prompt must end with a user message")
     if not add_generation_prompt and msgs[-1]["role"] != "assistant":
         raise TemplateError(
-            "the conversation ends with a user message; training needs an assistant answer at the end "
-            "(add the answer or drop the last user turn)"
+            "the conversation ends with a user message, and training needs an assistant answer at the end"
+            "; add the answer or drop the last user turn"
         )
 
     def apply(ms, gen):
