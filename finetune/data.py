@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .templates import MODEL_TEMPLATE, TemplateError, find_control_strings, render
+from .templates import (CONTROL_STRINGS, MODEL_TEMPLATE, PLACEHOLDERS, TemplateError, compile_single_turn,
+                        find_control_strings, render, special_tokens)
 
 FILE_TYPES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 CANONICAL = ("instruction", "input", "output", "system", "prompt", "completion", "question", "answer",
@@ -448,6 +449,61 @@ def row_messages(row: dict, shape: Shape, warnings: list) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 # formatting
 
+SINGLE_TURN = {"alpaca": ("instruction", "output"), "prompt_completion": ("prompt", "completion"),
+               "question_answer": ("question", "answer")}
+# A row whose text holds any of these goes through the general path (which reports control strings).
+_SLOW_RE = re.compile("|".join(re.escape(x) for x in (*CONTROL_STRINGS, *PLACEHOLDERS)))
+
+
+def _fast_renderer(shape: Shape, template: str, tokenizer, train_on: str, system_prompt: str):
+    """For single-turn shapes and named templates: a per-row function doing only what a clean row needs
+    (type checks, one regex search per field, string concatenation). It returns None for any row that
+    is not plainly clean, which then takes the general path and gets its problems reported."""
+    if shape.name not in SINGLE_TURN or template == MODEL_TEMPLATE:
+        return None
+    tokens = special_tokens(template, tokenizer)
+    plain = compile_single_turn(template, tokens, False, train_on)
+    with_sys = compile_single_turn(template, tokens, True, train_on)
+    if plain is None or with_sys is None:
+        return None
+    q_col, a_col = (shape.fields[f] for f in SINGLE_TURN[shape.name])
+    in_col, sys_col = shape.fields.get("input"), shape.fields.get("system")
+    slow = _SLOW_RE.search
+    default_system = system_prompt or None
+
+    def fast(row: dict):
+        user, answer = row.get(q_col), row.get(a_col)
+        if type(user) is not str or type(answer) is not str or not user.strip() or not answer.strip():
+            return None
+        if in_col is not None:
+            extra = row.get(in_col)
+            if type(extra) is str:
+                if extra.strip():
+                    user = f"{user}\n\n{extra}"
+            elif extra is not None:
+                return None
+        system = default_system
+        if sys_col is not None:
+            value = row.get(sys_col)
+            if type(value) is str:
+                if value.strip():
+                    system = value
+            elif value is not None:
+                return None
+        if slow(user) or slow(answer) or (system is not None and slow(system)):
+            return None
+        if system is None:
+            prompt, completion, spans = plain(None, user, answer)
+            msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+            return ("user", user, "assistant", answer), msgs, prompt, completion, spans
+        prompt, completion, spans = with_sys(system, user, answer)
+        msgs = [{"role": "system", "content": system}, {"role": "user", "content": user},
+                {"role": "assistant", "content": answer}]
+        return ("system", system, "user", user, "assistant", answer), msgs, prompt, completion, spans
+
+    return fast
+
+
 
 def format_dataset(
     source: str | Path | Sequence[dict],
@@ -489,6 +545,7 @@ def format_dataset(
     seen: dict = {}
     system = {"role": "system", "content": system_prompt} if system_prompt else None
     preformatted = shape.name == "text"
+    fast = _fast_renderer(shape, template, tokenizer, train_on, system_prompt)
 
     def reject(number: int, fld: str, reason: str, fix: str, category: str) -> None:
         if strict:
@@ -496,6 +553,16 @@ def format_dataset(
         problems.append(Problem(number, fld, reason, fix, category))
 
     for row, number in zip(table.rows, table.row_numbers):
+        if fast is not None:
+            hit = fast(row)
+            if hit is not None:
+                key, msgs, prompt, completion, spans = hit
+                if key in seen:
+                    reject(number, "", f"duplicates row {seen[key]}", "remove the duplicate", "duplicate")
+                    continue
+                seen[key] = number
+                examples.append(Example(prompt + completion, prompt, completion, msgs, spans, number))
+                continue
         notes: list = []
         try:
             if preformatted:
@@ -506,7 +573,7 @@ def format_dataset(
                 msgs = row_messages(row, shape, notes)
                 if system is not None and msgs[0]["role"] != "system":
                     msgs = [system] + msgs
-                key = tuple((m["role"], m["content"]) for m in msgs)
+                key = tuple(x for m in msgs for x in (m["role"], m["content"]))
         except RowError as e:
             reject(number, e.field, e.reason, e.fix, e.category)
             continue
@@ -564,10 +631,22 @@ def token_lengths(texts: list[str], tokenizer, batch: int = 2048) -> list[int]:
     return out
 
 
+def example_json(ex: Example, enc=json.encoder.encode_basestring) -> str:
+    """``json.dumps(ex.to_json(), ensure_ascii=False)``, byte for byte, built from C-escaped strings.
+
+    JSON escaping is per character, so the text's encoding is the prompt's and the completion's joined.
+    """
+    p, c = enc(ex.prompt), enc(ex.completion)
+    if ex.messages is None:
+        msgs = "null"
+    else:
+        msgs = "[" + ", ".join(f'{{"role": {enc(m["role"])}, "content": {enc(m["content"])}}}' for m in ex.messages) + "]"
+    return f'{{"text": {p[:-1]}{c[1:]}, "prompt": {p}, "completion": {c}, "messages": {msgs}}}'
+
+
 def write_jsonl(examples: Iterable[Example], path: str | Path) -> int:
     """One JSON object per example (text, prompt, completion, messages), in input order; one write."""
-    dumps = json.JSONEncoder(ensure_ascii=False).encode
-    lines = [dumps(ex.to_json()) for ex in examples]
+    lines = [example_json(ex) for ex in examples]
     Path(path).write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
     return len(lines)
 

@@ -393,6 +393,83 @@ def _render_model(messages, tokenizer, add_generation_prompt: bool, train_on: st
     return _from_segments(segments, train_on)
 
 
+# ---------------------------------------------------------------------------------------------
+# a compiled fast path for single-turn rows (the bulk of instruction datasets)
+
+_SENT = {"system": "\ue000", "user": "\ue001", "assistant": "\ue002"}  # private-use code points
+_PAD = "\t"  # a padding no template writes itself: shows whether a template strips a field
+
+
+def compile_single_turn(template: str, tokens: SpecialTokens, with_system: bool, train_on: str = "assistant"):
+    """A function ``(system, user, answer) -> (prompt, completion, spans)`` equal to ``render`` for one
+    user turn and one answer, built by rendering the template once with placeholder strings.
+
+    Returns None when the template's output cannot be expressed that way (then use ``render``). Callers
+    must send content holding the placeholder code points (U+E000..U+E002) through ``render``.
+    """
+    if template == MODEL_TEMPLATE:
+        return None
+    roles = (["system"] if with_system else []) + ["user", "assistant"]
+
+    def msgs(pad: str) -> list[Message]:
+        return [{"role": r, "content": f"{pad}{_SENT[r]}{pad}"} for r in roles]
+
+    plain = render(msgs(""), template, tokens=tokens, train_on=train_on)
+    padded = render(msgs(_PAD), template, tokens=tokens).text
+    strips = {r: (f"{_PAD}{_SENT[r]}" not in padded, f"{_SENT[r]}{_PAD}" not in padded) for r in roles}
+    prompt_parts = plain.prompt.split(_SENT["system"]) if with_system else [plain.prompt]
+    if any(p.count(_SENT["assistant"]) for p in prompt_parts) or plain.completion.count(_SENT["assistant"]) != 1:
+        return None
+    if with_system and (len(prompt_parts) != 2 or prompt_parts[0].count(_SENT["user"]) + prompt_parts[1].count(_SENT["user"]) != 1):
+        return None
+    if not with_system and plain.prompt.count(_SENT["user"]) != 1:
+        return None
+    all_tokens = train_on == "all"
+    if not all_tokens and plain.spans != [(len(plain.prompt), len(plain.text))]:
+        return None  # the trained part is not exactly the completion
+    c_head, c_tail = plain.completion.split(_SENT["assistant"])
+    user_in_first = with_system and _SENT["user"] in prompt_parts[0]
+    sys_strip, user_strip, ans_strip = (strips.get("system", (False, False)), strips["user"], strips["assistant"])
+
+    def clean(value: str, how: tuple[bool, bool]) -> str:
+        if how[0] and how[1]:
+            return value.strip()
+        if how[0]:
+            return value.lstrip()
+        return value.rstrip() if how[1] else value
+
+    if with_system:
+        a_, b_ = prompt_parts
+        if user_in_first:
+            u_head, u_tail = a_.split(_SENT["user"])
+            parts = (u_head, u_tail, b_)
+
+            def build_prompt(system, user):
+                return f"{parts[0]}{clean(user, user_strip)}{parts[1]}{clean(system, sys_strip)}{parts[2]}"
+        else:
+            u_head, u_tail = b_.split(_SENT["user"])
+            parts = (a_, u_head, u_tail)
+
+            def build_prompt(system, user):
+                return f"{parts[0]}{clean(system, sys_strip)}{parts[1]}{clean(user, user_strip)}{parts[2]}"
+    else:
+        p_head, p_tail = plain.prompt.split(_SENT["user"])
+
+        def build_prompt(system, user):
+            return f"{p_head}{clean(user, user_strip)}{p_tail}"
+
+    def single_turn(system: str | None, user: str, answer: str):
+        prompt = build_prompt(system, user)
+        completion = f"{c_head}{clean(answer, ans_strip)}{c_tail}"
+        n = len(prompt) + len(completion)
+        return prompt, completion, [(0, n)] if all_tokens else [(len(prompt), n)]
+
+    return single_turn
+
+
+PLACEHOLDERS = tuple(_SENT.values())
+
+
 # Markers of every known template: found inside content, the data is usually already formatted (it
 # would be formatted twice) or tries to inject turns. "User:"/"Falcon:" are too common in prose to flag.
 CONTROL_STRINGS: tuple[str, ...] = tuple(
