@@ -12,10 +12,14 @@ Row numbers are 1-based as the user sees the file: the line number in JSONL, the
 from __future__ import annotations
 
 import csv
+import functools
+import gc
 import io
 import json
+import os
 import random
 import re
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,14 +198,42 @@ def _read_json(text: str, name: str) -> Table:
     return Table(name, list(columns), rows, numbers, broken)
 
 
+_scan_json = json.JSONDecoder().scan_once
+
+
+def _parse_line(line: str):
+    """``json.loads(line)``, about twice as fast for the usual line (one value, nothing around it): the C
+    scanner is called directly; anything unusual goes through ``json.loads`` for its exact error."""
+    try:
+        obj, end = _scan_json(line, 0)
+    except StopIteration:
+        return json.loads(line)
+    return obj if end == len(line) or not line[end:].strip(" \t\r\n") else json.loads(line)  # JSON whitespace
+
+
 def _read_jsonl(text: str, name: str) -> Table:
+    lines = text.split("\n")
+    numbers = [i for i, line in enumerate(lines, 1) if line.strip()]  # blank lines are not rows
+    try:  # the usual file, in one pass: every line one object
+        objs = [_parse_line(lines[i - 1]) for i in numbers]
+    except ValueError:
+        objs = None
+    if objs is not None and all(type(o) is dict for o in objs):
+        columns: dict = {}
+        for layout in dict.fromkeys(map(tuple, objs)):  # distinct key lists, in order of appearance
+            columns.update(dict.fromkeys(layout))
+        return Table(name, list(columns), objs, numbers)
+    return _read_jsonl_checked(lines, name)
+
+
+def _read_jsonl_checked(lines: list[str], name: str) -> Table:
+    """Line by line, reporting each broken line and each line that is not an object."""
     rows, numbers, broken, columns = [], [], [], {}
-    loads = json.loads
-    for i, line in enumerate(text.split("\n"), 1):
+    for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            obj = loads(line)
+            obj = _parse_line(line)
         except ValueError as e:
             broken.append(Problem(i, "", f"not valid JSON ({getattr(e, 'msg', e)})", "fix or remove the line",
                                   "broken JSON line"))
@@ -212,8 +244,7 @@ def _read_jsonl(text: str, name: str) -> Table:
             continue
         rows.append(obj)
         numbers.append(i)
-        if len(columns) < 64:
-            columns.update(dict.fromkeys(obj))
+        columns.update(dict.fromkeys(obj))
     return Table(name, list(columns), rows, numbers, broken)
 
 
@@ -505,6 +536,25 @@ def _fast_renderer(shape: Shape, template: str, tokenizer, train_on: str, system
 
 
 
+def _without_gc(fn):
+    """Run ``fn`` with the cyclic garbage collector paused. Formatting builds a few container objects per
+    row (messages, spans, examples) and none of them form cycles, yet each 700 allocations trigger a
+    collection that walks the growing heap: about a quarter of the formatting time on 100,000 rows."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    return wrapper
+
+
+@_without_gc
 def format_dataset(
     source: str | Path | Sequence[dict],
     *,
@@ -644,11 +694,27 @@ def example_json(ex: Example, enc=json.encoder.encode_basestring) -> str:
     return f'{{"text": {p[:-1]}{c[1:]}, "prompt": {p}, "completion": {c}, "messages": {msgs}}}'
 
 
-def write_jsonl(examples: Iterable[Example], path: str | Path) -> int:
-    """One JSON object per example (text, prompt, completion, messages), in input order; one write."""
-    lines = [example_json(ex) for ex in examples]
-    Path(path).write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
-    return len(lines)
+@_without_gc
+def write_jsonl(examples: Iterable[Example], path: str | Path, chunk: int = 2000) -> int:
+    """One JSON object per example (text, prompt, completion, messages), in input order.
+
+    Written in chunks of ``chunk`` lines (one string each: the whole file as one string costs twice its
+    size in memory and runs slower) to a temporary file renamed at the end, so a crash or a full disk
+    never leaves a half-written OUT that looks complete.
+    """
+    path = Path(path)
+    items = examples if isinstance(examples, list) else list(examples)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            for start in range(0, len(items), chunk):
+                f.write("".join([example_json(ex) + "\n" for ex in items[start: start + chunk]]))
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the output is an ordinary data file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return len(items)
 
 
 def summary_lines(result: FormatResult) -> list[str]:

@@ -285,3 +285,56 @@ def test_hub_id_goes_through_datasets(monkeypatch):
     table = load_rows("someone/some-data", hub_config="en", split="test")
     assert calls == {"name": "someone/some-data", "config": "en", "split": "test"}
     assert table.rows == [{"question": "Q", "answer": "A"}]
+
+
+# -- the fast paths give exactly what the plain code gives ---------------------------------------
+
+TRICKY = ["  padded  ", "multi\nline\ttabs", 'quotes " and \\ backslash', "unicode é 東京 🇫🇷", "x", "\u2028 sep"]
+
+
+@pytest.mark.parametrize("template", ["llama2", "llama3", "chatml", "mistral", "alpaca", "falcon"])
+@pytest.mark.parametrize("train_on", ["assistant", "all"])
+def test_single_turn_fast_path_equals_render(tmp_path, template, train_on):
+    from finetune.templates import render
+
+    rows = []
+    for i, (q, a) in enumerate(zip(TRICKY, reversed(TRICKY))):
+        row = {"instruction": f"{q} {i}", "input": TRICKY[(i + 2) % len(TRICKY)] if i % 2 else "", "output": a}
+        if i % 3 == 0:
+            row["system"] = f" sys {i} {q}"
+        rows.append(row)
+    result = format_dataset(jsonl(tmp_path / "d.jsonl", rows), template=template, system_prompt="Default.",
+                            train_on=train_on)
+    assert [ex.row for ex in result.examples] == list(range(1, len(rows) + 1))
+    for ex in result.examples:
+        expected = render(ex.messages, template, train_on=train_on)
+        assert (ex.text, ex.prompt, ex.completion, ex.spans) == (
+            expected.text, expected.prompt, expected.completion, expected.spans)
+    assert result.examples[1].messages[0] == {"role": "system", "content": "Default."}
+    assert result.examples[0].messages[0]["content"] == f" sys 0 {TRICKY[0]}"
+
+
+def test_write_jsonl_matches_json_dumps_byte_for_byte(tmp_path):
+    rows = [{"prompt": p, "completion": c} for p, c in zip(TRICKY, reversed(TRICKY))]
+    result = format_dataset(jsonl(tmp_path / "d.jsonl", rows + [{"prompt": "\x01 ctrl", "completion": "\x7f"}]))
+    text_only = format_dataset([{"text": 'pre "formatted" \n text'}])
+    examples = result.examples + text_only.examples
+    out = tmp_path / "o.jsonl"
+    assert write_jsonl(examples, out, chunk=3) == len(examples)
+    expected = "".join(json.dumps(ex.to_json(), ensure_ascii=False) + "\n" for ex in examples)
+    assert out.read_bytes() == expected.encode("utf-8")
+    assert oct(out.stat().st_mode & 0o777) == oct(0o644)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+
+def test_jsonl_reader_numbers_rows_by_line(tmp_path):
+    p = tmp_path / "d.jsonl"
+    # CRLF endings, blank and whitespace-only lines, a key that first appears late, two objects on one line
+    p.write_bytes(b'{"prompt": "a", "completion": "b"}\r\n\r\n   \n{"prompt": "c", "completion": "d", "system": "s"}\r\n'
+                  b'{"prompt": "e", "completion": "f"} {"prompt": "g", "completion": "h"}\n')
+    table = load_rows(p)
+    assert table.row_numbers == [1, 4] and table.columns == ["prompt", "completion", "system"]
+    assert [b.row for b in table.broken] == [5] and table.broken[0].category == "broken JSON line"
+    result = format_dataset(p, template="chatml")
+    assert result.shape.fields.get("system") == "system"
+    assert result.examples[1].messages[0] == {"role": "system", "content": "s"}
