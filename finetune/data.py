@@ -51,9 +51,10 @@ class Problem:
     fix: str
     category: str = "bad row"
     kind: str = "error"
+    line: int | None = None  # CSV/TSV: the line where the row starts (quoted cells may span lines)
 
     def __str__(self) -> str:
-        where = f"row {self.row}" if self.row else "file"
+        where = (f"row {self.row}" if self.row else "file") + (f" (line {self.line})" if self.line else "")
         return f"{where}: {self.field + ': ' if self.field else ''}{self.reason}; {self.fix}"
 
 
@@ -66,6 +67,7 @@ class Table:
     rows: list[dict]
     row_numbers: list[int]
     broken: list[Problem] = field(default_factory=list)
+    lines: dict[int, int] | None = None  # CSV/TSV: row number -> the line where that row starts
 
 
 @dataclass(frozen=True)
@@ -122,13 +124,24 @@ class FormatResult:
 # loading
 
 
-def _decode(raw: bytes, name: str) -> str:
+def _decode(raw: bytes, name: str, delimiter: str | None = None) -> str:
+    """The text of a UTF-8 file; a wrong encoding names the row (CSV/TSV: the data row, else the line),
+    the line and the byte."""
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
-        raise DataError(name, line, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); "
-                        "re-save the file as UTF-8") from None
+        row = line if delimiter is None else _csv_row_at(raw[: e.start], delimiter)
+        raise DataError(name, row, f"not valid UTF-8 at line {line} (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                        "re-save the file as UTF-8 (in Excel: Save As > CSV UTF-8)") from None
+
+
+def _csv_row_at(prefix: bytes, delimiter: str) -> int | None:
+    """The data row (1-based, header not counted) that is being read at the end of ``prefix``; None while
+    still in the header. The 'x' makes the partly read row count even when it has just begun."""
+    text = prefix.decode("utf-8-sig", errors="replace") + "x"
+    records = sum(1 for r in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) if any(v.strip() for v in r))
+    return records - 1 or None
 
 
 def _read_delimited(text: str, name: str, delimiter: str) -> Table:
@@ -145,27 +158,34 @@ def _read_delimited(text: str, name: str, delimiter: str) -> Table:
     header = [h.strip() for h in header]
     if not any(header):
         raise DataError(name, None, "the header row is empty; the first line must name the columns")
-    rows, numbers, broken = [], [], []
+    rows, numbers, broken, lines = [], [], [], {}
     n = 0
+    end = reader.line_num  # the last line read so far: the next row starts on the line after it
     while True:
+        start = end + 1
         try:
             values = next(reader)
         except StopIteration:
             break
         except csv.Error as e:
             n += 1
-            broken.append(Problem(n, "", f"cannot parse the row ({e})", "fix the quoting on this row", "unparsable row"))
+            end = reader.line_num
+            broken.append(Problem(n, "", f"cannot parse the row ({e})", "fix the quoting on this row", "unparsable row",
+                                  line=start))
             continue
+        end = reader.line_num
         if not values or all(not v.strip() for v in values):
             continue  # blank lines are not rows
         n += 1
+        lines[n] = start
         if len(values) != len(header):
             broken.append(Problem(n, "", f"has {len(values)} fields but the header has {len(header)}",
-                                  "quote cells that contain the delimiter, or fix the row", "wrong field count"))
+                                  "quote cells that contain the delimiter, or fix the row", "wrong field count",
+                                  line=start))
             continue
         rows.append(dict(zip(header, values)))
         numbers.append(n)
-    return Table(name, header, rows, numbers, broken)
+    return Table(name, header, rows, numbers, broken, lines)
 
 
 def _read_json(text: str, name: str) -> Table:
@@ -176,11 +196,13 @@ def _read_json(text: str, name: str) -> Table:
                         "or save one object per line as .jsonl so one bad row does not stop the rest") from None
     if isinstance(data, dict):
         lists = {k: v for k, v in data.items() if isinstance(v, list)}
-        if lists and len(lists) == len(data) and len({len(v) for v in lists.values()}) == 1:
+        wrapped = next(iter(lists.values())) if len(lists) == 1 else None
+        if wrapped and all(isinstance(x, dict) for x in wrapped):
+            # {"data": [{...}, ...]} and the like; no shape reads a column of objects, so this is the rows
+            data = wrapped
+        elif lists and len(lists) == len(data) and len({len(v) for v in lists.values()}) == 1:
             keys = list(lists)  # an object of columns
             data = [dict(zip(keys, vals)) for vals in zip(*lists.values())]
-        elif len(lists) == 1 and all(isinstance(x, dict) for x in next(iter(lists.values()))):
-            data = next(iter(lists.values()))  # {"data": [...]} and the like
         else:
             raise DataError(name, None, "a JSON object must map column names to equal-length lists; "
                             "or use an array of objects")
@@ -298,7 +320,7 @@ def load_rows(source: str | Path, *, hub_config: str | None = None, split: str =
         raise DataError(name, None, "the file is empty")
     if suffix == ".parquet":
         return _read_parquet(path, name)
-    text = _decode(path.read_bytes(), name)
+    text = _decode(path.read_bytes(), name, {".csv": ",", ".tsv": "\t"}.get(suffix))
     if not text.strip():
         raise DataError(name, None, "the file is empty (only whitespace)")
     if suffix == ".csv":
@@ -358,6 +380,9 @@ def detect_shape(columns: Sequence[str], mapping: dict[str, str] | None = None, 
             if shape == "text" and _is_transcript(rows, fields["text"]):
                 shape = "transcript"
             return Shape(shape, fields)
+    if len(columns) == 1 and (sep := next((c for c in ";|\t," if c in columns[0]), None)):
+        raise DataError(name, None, f"found one column named '{columns[0]}': the file looks {sep!r}-separated; "
+                        "save it with commas as .csv, or with tabs as .tsv")
     raise DataError(name, None, f"cannot tell the data's shape from its columns ({', '.join(columns) or 'none'}); "
                     "expected instruction/output, prompt/completion, question/answer, messages, conversations or "
                     "text, or map yours, e.g. --columns prompt=<column>,completion=<column>")
@@ -582,9 +607,6 @@ def format_dataset(
     rows_in = len(table.rows) + len(table.broken)
     if rows_in == 0:
         raise DataError(name, None, "has no data rows")
-    if strict and table.broken:
-        p = table.broken[0]
-        raise DataError(name, p.row, f"{p.reason}; {p.fix}")
     shape = detect_shape(table.columns, columns, table.rows, name)
     if template == MODEL_TEMPLATE and tokenizer is None:
         raise DataError(name, None, "template 'model' needs the model's tokenizer; give --model or pick a template")
@@ -597,12 +619,23 @@ def format_dataset(
     preformatted = shape.name == "text"
     fast = _fast_renderer(shape, template, tokenizer, train_on, system_prompt)
 
-    def reject(number: int, fld: str, reason: str, fix: str, category: str) -> None:
-        if strict:
-            raise DataError(name, number, f"{fld + ': ' if fld else ''}{reason}; {fix}")
-        problems.append(Problem(number, fld, reason, fix, category))
+    line_of = (table.lines or {}).get
 
+    def stop_at(p: Problem) -> DataError:
+        where = f"line {p.line}: " if p.line else ""
+        return DataError(name, p.row, f"{where}{p.field + ': ' if p.field else ''}{p.reason}; {p.fix}")
+
+    def reject(number: int, fld: str, reason: str, fix: str, category: str) -> None:
+        problem = Problem(number, fld, reason, fix, category, line=line_of(number))
+        if strict:
+            raise stop_at(problem)
+        problems.append(problem)
+
+    # strict: an unparsable row stops the run when the rows before it are done, not before them
+    first_broken = min(table.broken, key=lambda p: p.row or 0) if strict and table.broken else None
     for row, number in zip(table.rows, table.row_numbers):
+        if first_broken is not None and number > (first_broken.row or 0):
+            raise stop_at(first_broken)
         if fast is not None:
             hit = fast(row)
             if hit is not None:
@@ -639,7 +672,7 @@ def format_dataset(
                 if strict:
                     reject(number, "content", reason, fix, "control strings")
                     continue
-                warnings.append(Problem(number, "content", reason, fix, "control strings", "warning"))
+                warnings.append(Problem(number, "content", reason, fix, "control strings", "warning", line_of(number)))
             try:
                 r = render(msgs, template, tokenizer, train_on=train_on)
             except TemplateError as e:
@@ -651,7 +684,9 @@ def format_dataset(
         else:
             examples.append(Example(text, "", text, None, [(0, len(text))], number))
         for fld, reason, fix in notes:
-            warnings.append(Problem(number, fld, reason, fix, "number as text", "warning"))
+            warnings.append(Problem(number, fld, reason, fix, "number as text", "warning", line_of(number)))
+    if first_broken is not None:
+        raise stop_at(first_broken)
 
     if not examples:
         first = problems[0] if problems else None
@@ -660,7 +695,8 @@ def format_dataset(
 
     val: list[Example] = []
     if val_fraction > 0:
-        k = max(1, int(round(len(examples) * val_fraction))) if len(examples) > 1 else 0
+        # at least one validation example, and at least one left to train on
+        k = min(len(examples) - 1, max(1, int(round(len(examples) * val_fraction)))) if len(examples) > 1 else 0
         chosen = set(random.Random(seed).sample(range(len(examples)), k))
         val = [ex for i, ex in enumerate(examples) if i in chosen]
         examples = [ex for i, ex in enumerate(examples) if i not in chosen]

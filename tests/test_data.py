@@ -124,7 +124,13 @@ def test_wrong_encoding_names_the_row(tmp_path):
     p.write_bytes("instruction,output\nhi,ok\ncaf\xe9,ok\n".encode("latin-1"))
     with pytest.raises(DataError) as err:
         format_dataset(p)
-    assert str(err.value).startswith(f"{p}:3: not valid UTF-8") and "re-save the file as UTF-8" in str(err.value)
+    # CSV rows are data rows (the header is not one); the line is named too
+    assert str(err.value).startswith(f"{p}:2: not valid UTF-8 at line 3 (byte 0xe9")
+    assert "re-save the file as UTF-8" in str(err.value)
+    j = tmp_path / "latin.jsonl"
+    j.write_bytes('{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9", "completion": "b"}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin\.jsonl:2: not valid UTF-8 at line 2 \(byte 0xe9"):
+        format_dataset(j)
 
 
 def test_broken_json_document_names_the_line(tmp_path):
@@ -338,3 +344,45 @@ def test_jsonl_reader_numbers_rows_by_line(tmp_path):
     result = format_dataset(p, template="chatml")
     assert result.shape.fields.get("system") == "system"
     assert result.examples[1].messages[0] == {"role": "system", "content": "s"}
+
+
+def test_csv_problems_name_the_data_row_and_the_line(tmp_path):
+    p = tmp_path / "q.csv"
+    # row 1 spans lines 2-3 (a quoted line break), then a blank line, row 2 on line 5, row 3 on line 6
+    p.write_text('instruction,output\n"two\nlines",fine\n\nempty answer,\nok,yes\n')
+    result = format_dataset(p)
+    assert [ex.row for ex in result.examples] == [1, 3]
+    [problem] = result.problems
+    assert (problem.row, problem.line, problem.category) == (2, 5, "empty field")
+    assert str(problem).startswith("row 2 (line 5): output:")
+    with pytest.raises(DataError, match=r"q\.csv:2: line 5: output: 'output' is empty"):
+        format_dataset(p, strict=True)
+
+
+def test_strict_reports_the_earliest_bad_row_of_any_kind(tmp_path):
+    p = tmp_path / "s.jsonl"
+    p.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "", "output": "b"}\n{broken\n')
+    with pytest.raises(DataError, match=r"s\.jsonl:2: instruction: 'instruction' is empty"):
+        format_dataset(p, strict=True)
+    p.write_text('{"instruction": "a", "output": "b"}\n{broken\n{"instruction": "", "output": "b"}\n')
+    with pytest.raises(DataError, match=r"s\.jsonl:2: not valid JSON"):
+        format_dataset(p, strict=True)
+    p.write_text('{"instruction": "a", "output": "b"}\n{broken\n')
+    with pytest.raises(DataError, match=r"s\.jsonl:2: not valid JSON"):
+        format_dataset(p, strict=True)
+
+
+def test_json_rows_wrapped_in_one_key_and_separator_hint(tmp_path):
+    w = tmp_path / "w.json"
+    w.write_text(json.dumps({"data": [{"question": "Q", "answer": "A"}, {"question": "Q2", "answer": "A2"}]}))
+    assert [ex.row for ex in format_dataset(w).examples] == [1, 2]
+    semi = tmp_path / "semi.csv"
+    semi.write_text("instruction;output\na;b\n")
+    with pytest.raises(DataError, match=r"looks ';'-separated; save it with commas"):
+        format_dataset(semi)
+
+
+def test_validation_split_always_leaves_training_rows():
+    rows = [{"prompt": "p1", "completion": "c"}, {"prompt": "p2", "completion": "c"}]
+    result = format_dataset(rows, val_fraction=0.9)
+    assert (len(result.examples), len(result.val_examples)) == (1, 1)

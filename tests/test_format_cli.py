@@ -60,7 +60,7 @@ def test_subprocess_with_model_gives_token_stats(tmp_path, smollm2_dir):
 @pytest.mark.parametrize("content,name,expected", [
     (b"", "e.csv", "e.csv: the file is empty"),
     (b"a,b\n1,2\n", "u.csv", "u.csv: cannot tell the data's shape from its columns (a, b)"),
-    ("instruction,output\ncaf\xe9,x\n".encode("latin-1"), "l.csv", "l.csv:2: not valid UTF-8"),
+    ("instruction,output\ncaf\xe9,x\n".encode("latin-1"), "l.csv", "l.csv:1: not valid UTF-8 at line 2"),
     (b'{"instruction": "", "output": "x"}\n', "z.jsonl", "z.jsonl: no usable rows"),
     (b"[1, 2", "b.json", "b.json:1: not valid JSON"),
 ])
