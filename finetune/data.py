@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .templates import (CONTROL_STRINGS, MODEL_TEMPLATE, PLACEHOLDERS, TemplateError, compile_single_turn,
+from .templates import (CONTROL_STRINGS, MODEL_TEMPLATE, TemplateError,
                         find_control_strings, render, special_tokens)
 
 FILE_TYPES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
@@ -507,57 +507,130 @@ def row_messages(row: dict, shape: Shape, warnings: list) -> list[dict]:
 
 SINGLE_TURN = {"alpaca": ("instruction", "output"), "prompt_completion": ("prompt", "completion"),
                "question_answer": ("question", "answer")}
-# A row whose text holds any of these goes through the general path (which reports control strings).
-_SLOW_RE = re.compile("|".join(re.escape(x) for x in (*CONTROL_STRINGS, *PLACEHOLDERS)))
+# Every control string starts with one of these characters: content without them cannot hold one, which
+# spares the regex for nearly every row.
+_CONTROL_FIRST = tuple(sorted({c[0] for c in CONTROL_STRINGS}))
+_CONTROL_RE = re.compile("|".join(re.escape(x) for x in CONTROL_STRINGS))
+_STRIP = {(False, False): None, (True, True): str.strip, (True, False): str.lstrip, (False, True): str.rstrip}
 
 
-def _fast_renderer(shape: Shape, template: str, tokenizer, train_on: str, system_prompt: str):
-    """For single-turn shapes and named templates: a per-row function doing only what a clean row needs
-    (type checks, one regex search per field, string concatenation). It returns None for any row that
-    is not plainly clean, which then takes the general path and gets its problems reported."""
+@dataclass(frozen=True)
+class _SingleTurnPattern:
+    """A template's output for one (system?, user, answer) turn as a format string: what ``render`` does,
+    read off one rendering with marker contents. ``strip`` says which ends of each field the template
+    strips (system, user, answer)."""
+
+    prompt: str  # str.format pattern: {0} user, or {0} system and {1} user
+    head: str  # completion = head + answer + tail
+    tail: str
+    strip: tuple
+    train_all: bool
+
+    def apply(self, systems: list[str] | None, users: list[str], answers: list[str]):
+        """Column-wise: (prompts, completions, spans) for equally long lists of fields."""
+        fields = [users, answers] if systems is None else [systems, users, answers]
+        fields = [col if fn is None else list(map(fn, col)) for col, fn in zip(fields, self.strip)]
+        fmt, head, tail = self.prompt.format, self.head, self.tail
+        prompts = [fmt(*args) for args in zip(*fields[:-1])]
+        completions = [f"{head}{a}{tail}" for a in fields[-1]]
+        if self.train_all:
+            spans = [[(0, len(p) + len(c))] for p, c in zip(prompts, completions)]
+        else:
+            spans = [[(len(p), len(p) + len(c))] for p, c in zip(prompts, completions)]
+        return prompts, completions, spans
+
+
+def _single_turn_pattern(template: str, tokens, with_system: bool, train_on: str) -> _SingleTurnPattern | None:
+    """The pattern of a named template, or None when its output is not plain concatenation of the
+    (stripped) fields, checked by comparing with ``render`` on contents with awkward whitespace."""
+    roles = (["system"] if with_system else []) + ["user", "assistant"]
+    marks = {"system": "\ue000", "user": "\ue001", "assistant": "\ue002"}  # private-use code points
+
+    def probe(contents: dict) -> list[dict]:
+        return [{"role": r, "content": contents[r]} for r in roles]
+
+    try:
+        plain = render(probe(marks), template, tokens=tokens, train_on=train_on)
+        padded = render(probe({r: f"\t{m}\t" for r, m in marks.items()}), template, tokens=tokens).text
+    except TemplateError:
+        return None
+    answer = marks["assistant"]
+    if plain.completion.count(answer) != 1 or any(plain.prompt.count(marks[r]) != 1 for r in roles[:-1]):
+        return None
+    fmt = plain.prompt.replace("{", "{{").replace("}", "}}")
+    for k, role in enumerate(roles[:-1]):
+        fmt = fmt.replace(marks[role], "{%d}" % k)
+    head, tail = plain.completion.split(answer)
+    strip = tuple(_STRIP[(f"\t{marks[r]}" not in padded, f"{marks[r]}\t" not in padded)] for r in roles)
+    pattern = _SingleTurnPattern(fmt, head, tail, strip, train_on == "all")
+    for sample in ({"system": " S {0} ", "user": "\n u {x}\t", "assistant": "\t\n a } \n"},
+                   {"system": "sys", "user": "é", "assistant": "東京  x"}):
+        want = render(probe(sample), template, tokens=tokens, train_on=train_on)
+        args = [[sample[r]] for r in roles]
+        (prompt,), (completion,), (spans,) = pattern.apply(*(args if with_system else [None, *args]))
+        if (prompt, completion, spans) != (want.prompt, want.completion, want.spans) or want.text != prompt + completion:
+            return None
+    return pattern
+
+
+def _single_turn_rows(rows: list[dict], shape: Shape, template: str, tokenizer, train_on: str,
+                      system_prompt: str) -> list[tuple | None] | None:
+    """The fast path for single-turn shapes and named templates, column by column: for each row either
+    ``(key, messages, prompt, completion, spans)`` or None when the row is not plainly clean (a missing,
+    empty or non-text field, control strings): those take the general path and get their problems
+    reported. None for the whole table when the shape or template has no fast path."""
     if shape.name not in SINGLE_TURN or template == MODEL_TEMPLATE:
         return None
     tokens = special_tokens(template, tokenizer)
-    plain = compile_single_turn(template, tokens, False, train_on)
-    with_sys = compile_single_turn(template, tokens, True, train_on)
+    plain = _single_turn_pattern(template, tokens, False, train_on)
+    with_sys = _single_turn_pattern(template, tokens, True, train_on)
     if plain is None or with_sys is None:
         return None
     q_col, a_col = (shape.fields[f] for f in SINGLE_TURN[shape.name])
     in_col, sys_col = shape.fields.get("input"), shape.fields.get("system")
-    slow = _SLOW_RE.search
-    default_system = system_prompt or None
-
-    def fast(row: dict):
-        user, answer = row.get(q_col), row.get(a_col)
-        if type(user) is not str or type(answer) is not str or not user.strip() or not answer.strip():
-            return None
-        if in_col is not None:
-            extra = row.get(in_col)
+    users = [r.get(q_col) for r in rows]
+    answers = [r.get(a_col) for r in rows]
+    ok = [type(u) is str and type(a) is str and u != "" and a != "" and not u.isspace() and not a.isspace()
+          for u, a in zip(users, answers)]
+    if in_col is not None:
+        for i, extra in enumerate([r.get(in_col) for r in rows]):
             if type(extra) is str:
-                if extra.strip():
-                    user = f"{user}\n\n{extra}"
+                if ok[i] and extra and not extra.isspace():
+                    users[i] = f"{users[i]}\n\n{extra}"
             elif extra is not None:
-                return None
-        system = default_system
-        if sys_col is not None:
-            value = row.get(sys_col)
+                ok[i] = False
+    systems = [system_prompt or None] * len(rows)
+    if sys_col is not None:
+        for i, value in enumerate([r.get(sys_col) for r in rows]):
             if type(value) is str:
-                if value.strip():
-                    system = value
+                if value and not value.isspace():
+                    systems[i] = value
             elif value is not None:
-                return None
-        if slow(user) or slow(answer) or (system is not None and slow(system)):
-            return None
-        if system is None:
-            prompt, completion, spans = plain(None, user, answer)
-            msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
-            return ("user", user, "assistant", answer), msgs, prompt, completion, spans
-        prompt, completion, spans = with_sys(system, user, answer)
-        msgs = [{"role": "system", "content": system}, {"role": "user", "content": user},
-                {"role": "assistant", "content": answer}]
-        return ("system", system, "user", user, "assistant", answer), msgs, prompt, completion, spans
-
-    return fast
+                ok[i] = False
+    for column in (users, answers, systems):
+        for i, text in enumerate(column):
+            if ok[i] and text is not None and any(c in text for c in _CONTROL_FIRST) and _CONTROL_RE.search(text):
+                ok[i] = False  # the general path reports it (a warning, or a rejection under strict)
+    out: list[tuple | None] = [None] * len(rows)
+    for with_system, pattern in ((False, plain), (True, with_sys)):
+        idx = [i for i, good in enumerate(ok) if good and (systems[i] is not None) == with_system]
+        if not idx:
+            continue
+        s = [systems[i] for i in idx] if with_system else None
+        u = [users[i] for i in idx]
+        a = [answers[i] for i in idx]
+        prompts, completions, spans = pattern.apply(s, u, a)
+        if with_system:
+            for j, i in enumerate(idx):
+                out[i] = (("system", s[j], "user", u[j], "assistant", a[j]),
+                          [{"role": "system", "content": s[j]}, {"role": "user", "content": u[j]},
+                           {"role": "assistant", "content": a[j]}], prompts[j], completions[j], spans[j])
+        else:
+            for j, i in enumerate(idx):
+                out[i] = (("user", u[j], "assistant", a[j]),
+                          [{"role": "user", "content": u[j]}, {"role": "assistant", "content": a[j]}],
+                          prompts[j], completions[j], spans[j])
+    return out
 
 
 
@@ -617,7 +690,7 @@ def format_dataset(
     seen: dict = {}
     system = {"role": "system", "content": system_prompt} if system_prompt else None
     preformatted = shape.name == "text"
-    fast = _fast_renderer(shape, template, tokenizer, train_on, system_prompt)
+    fast = None if preformatted else _single_turn_rows(table.rows, shape, template, tokenizer, train_on, system_prompt)
 
     line_of = (table.lines or {}).get
 
@@ -633,11 +706,11 @@ def format_dataset(
 
     # strict: an unparsable row stops the run when the rows before it are done, not before them
     first_broken = min(table.broken, key=lambda p: p.row or 0) if strict and table.broken else None
-    for row, number in zip(table.rows, table.row_numbers):
+    for index, (row, number) in enumerate(zip(table.rows, table.row_numbers)):
         if first_broken is not None and number > (first_broken.row or 0):
             raise stop_at(first_broken)
         if fast is not None:
-            hit = fast(row)
+            hit = fast[index]
             if hit is not None:
                 key, msgs, prompt, completion, spans = hit
                 if key in seen:

@@ -301,8 +301,12 @@ TRICKY = ["  padded  ", "multi\nline\ttabs", 'quotes " and \\ backslash', "unico
 @pytest.mark.parametrize("template", ["llama2", "llama3", "chatml", "mistral", "alpaca", "falcon"])
 @pytest.mark.parametrize("train_on", ["assistant", "all"])
 def test_single_turn_fast_path_equals_render(tmp_path, template, train_on):
-    from finetune.templates import render
+    from finetune.data import _single_turn_pattern
+    from finetune.templates import render, special_tokens
 
+    # the fast path exists for this template (else the comparison below would be with itself)
+    tokens = special_tokens(template)
+    assert _single_turn_pattern(template, tokens, False, train_on) and _single_turn_pattern(template, tokens, True, train_on)
     rows = []
     for i, (q, a) in enumerate(zip(TRICKY, reversed(TRICKY))):
         row = {"instruction": f"{q} {i}", "input": TRICKY[(i + 2) % len(TRICKY)] if i % 2 else "", "output": a}
