@@ -608,8 +608,10 @@ def _single_turn_rows(rows: list[dict], shape: Shape, template: str, tokenizer, 
             elif value is not None:
                 ok[i] = False
     for column in (users, answers, systems):
-        for i, text in enumerate(column):
-            if ok[i] and text is not None and any(c in text for c in _CONTROL_FIRST) and _CONTROL_RE.search(text):
+        # one substring test per first character and row (C speed), the regex only where one is found
+        maybe = {i for c in _CONTROL_FIRST for i, text in enumerate(column) if type(text) is str and c in text}
+        for i in maybe:
+            if ok[i] and _CONTROL_RE.search(column[i]):
                 ok[i] = False  # the general path reports it (a warning, or a rejection under strict)
     out: list[tuple | None] = [None] * len(rows)
     for with_system, pattern in ((False, plain), (True, with_sys)):
@@ -790,6 +792,10 @@ def token_lengths(texts: list[str], tokenizer, batch: int = 2048) -> list[int]:
     return out
 
 
+# The start of a message object for the usual roles, escaped once instead of once per message.
+_ROLE_JSON = {role: f'{{"role": "{role}", "content": ' for role in ("system", "user", "assistant")}
+
+
 def example_json(ex: Example, enc=json.encoder.encode_basestring) -> str:
     """``json.dumps(ex.to_json(), ensure_ascii=False)``, byte for byte, built from C-escaped strings.
 
@@ -799,7 +805,8 @@ def example_json(ex: Example, enc=json.encoder.encode_basestring) -> str:
     if ex.messages is None:
         msgs = "null"
     else:
-        msgs = "[" + ", ".join(f'{{"role": {enc(m["role"])}, "content": {enc(m["content"])}}}' for m in ex.messages) + "]"
+        msgs = "[" + ", ".join([(_ROLE_JSON.get(m["role"]) or f'{{"role": {enc(m["role"])}, "content": ')
+                                + enc(m["content"]) + "}" for m in ex.messages]) + "]"
     return f'{{"text": {p[:-1]}{c[1:]}, "prompt": {p}, "completion": {c}, "messages": {msgs}}}'
 
 
