@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("format", "train", "generate", "estimate")
+COMMANDS = ("format", "train", "generate", "estimate", "runs", "status", "stop", "push", "merge", "chat")
 
 
 class UsageError(Exception):

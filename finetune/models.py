@@ -241,7 +241,9 @@ def load_model(cfg: ModelConfig, q: QuantizationConfig, device: str, dtype=None)
     quant = bnb_config(q, device)
     if quant is not None:
         kwargs["quantization_config"] = quant
-        kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
+        # a quantized model cannot be moved after loading: under DDP each process loads onto its own GPU
+        gpu = int(os.environ.get("LOCAL_RANK", "0"))
+        kwargs["device_map"] = {"": gpu} if device == "cuda" else {"": "cpu"}
     try:
         model = AutoModelForCausalLM.from_pretrained(res.path, **kwargs)
     except (OSError, ValueError) as e:

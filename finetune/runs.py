@@ -19,6 +19,9 @@ CONFIG_FILE = "config.yaml"
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
 STOP_FILE = "STOP"
+# A run executing on another machine (Hugging Face Jobs) records its job here; its liveness is the job's,
+# not a local process id (backends.hfjobs.sync writes the job's end into the events).
+JOB_FILE = "job.json"
 # A checkpoint is usable only when everything resume needs is on disk (the trainer writes the state last).
 CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
 
@@ -144,12 +147,15 @@ def read_run(run_dir: Path) -> RunState:
             if e.get("eval_loss") is not None:
                 state.eval_losses = [p for p in state.eval_losses if p[0] < e.get("step", 0)]
                 state.eval_losses.append((e.get("step", 0), e["eval_loss"]))
+        elif kind == "chunk_aborted":  # a GPU call was cut off (ZeroGPU): resumable from the last checkpoint
+            state.status, state.message = "interrupted", e.get("message", "")
         elif kind in TERMINAL or kind == "paused":
             state.status = kind
             state.message = e.get("message", "")
             if kind == "finished":
                 state.step = e.get("step", state.step)
-    if state.status == "running" and not _pid_alive(getattr(state, "_pid", None)):
+    remote = (run_dir / JOB_FILE).exists()
+    if state.status == "running" and not remote and not _pid_alive(getattr(state, "_pid", None)):
         state.status = "interrupted"  # the process is gone without a final event: resumable
     state.__dict__.pop("_pid", None)
     state.has_adapter = (run_dir / ADAPTER / "adapter_config.json").exists()

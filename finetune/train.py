@@ -39,6 +39,23 @@ class TrainingError(RuntimeError):
     """A run that could not start or went wrong; the message says what to change."""
 
 
+def is_main_process() -> bool:
+    """Under ``accelerate launch`` / torchrun every process runs ``train``; only global rank 0 writes the run
+    folder (config, events, adapter), so a 2-GPU run leaves one event per step, not two."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+class _SilentLog:
+    """The event log of a process other than rank 0: events are built (callers read them) but not written."""
+
+    def emit(self, type: str, **fields) -> dict:
+        return {"type": type, "time": round(time.time(), 3), **fields}
+
+
 @dataclass
 class RunResult:
     run_id: str
@@ -66,22 +83,26 @@ def open_run(config: RunConfig | None, run_dir: str | Path | None = None, root: 
                     f"{run_dir} already holds a run with a different config; resume it without changing the "
                     "config (only training.max_steps/epochs may grow), or use a new --run-dir"
                 )
-            if config is not None:  # extending a run: more steps or epochs
+            if config is not None and is_main_process():  # extending a run: more steps or epochs
                 existing.training.max_steps = config.training.max_steps
                 existing.training.epochs = config.training.epochs
                 existing.save(saved)
             return existing, run_dir, True
+    elif world_size() > 1:
+        # each process would draw its own random run id: they must share one folder
+        raise TrainingError("a multi-process run (accelerate launch) needs --run-dir so every process uses the same run folder")
     else:
         run_dir = runs.runs_root(root) / runs.new_run_id((config or RunConfig()).name)
     config = config or RunConfig()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
+        probe = run_dir / f".write-test-{os.getpid()}"  # per process: ranks probe the same folder at once
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
         raise TrainingError(f"cannot write the run folder {run_dir}: {e.strerror or e}; choose a writable --run-dir") from e
-    config.save(run_dir / runs.CONFIG_FILE)
+    if is_main_process():
+        config.save(run_dir / runs.CONFIG_FILE)
     return config, run_dir, False
 
 
@@ -236,6 +257,7 @@ def _make_callback(log: EventLog, run_dir: Path, should_stop, until_step, time_b
                 # leave room for one more step and the checkpoint write
                 if now - started_at + 2 * per_step > time_budget_s:
                     halt = "paused"
+            halt = _rank0_decides(halt)
             if halt and state.global_step < state.max_steps:
                 self.halt_reason = halt
                 control.should_save = True
@@ -278,6 +300,18 @@ def _make_callback(log: EventLog, run_dir: Path, should_stop, until_step, time_b
     return Events()
 
 
+def _rank0_decides(value):
+    """Rank 0's value on every process: a DDP rank that stops alone leaves the others waiting forever in the
+    next all-reduce, and the stop file / time budget can read differently on each rank."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 # ---------------------------------------------------------------------------------------------
 # train
 
@@ -302,7 +336,7 @@ def train(
     """
     started_at = time.time()
     config, run_dir, resuming = open_run(config, run_dir, runs_root)
-    log = EventLog(run_dir, on_event)
+    log = EventLog(run_dir, on_event) if is_main_process() else _SilentLog()
     try:
         return _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_s, started_at,
                       callbacks or [])
@@ -429,7 +463,9 @@ def _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     if losses:
         metrics["first_loss"], metrics["final_loss"] = losses[0], losses[-1]
-    adapter_dir = save_adapter(trainer, tokenizer, config, resolved.name, run_dir, metrics, data_summary, device)
+    adapter_dir = run_dir / runs.ADAPTER
+    if is_main_process():
+        save_adapter(trainer, tokenizer, config, resolved.name, run_dir, metrics, data_summary, device)
     log.emit("finished", step=step, adapter=runs.ADAPTER, metrics=metrics)
     return RunResult(run_dir.name, run_dir, "finished", step, trainer.state.max_steps, adapter_dir, metrics)
 
@@ -437,7 +473,7 @@ def _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_
 def _planned_steps(t, n_examples: int) -> int:
     if t.max_steps > 0:
         return t.max_steps
-    per_epoch = math.ceil(math.ceil(n_examples / t.batch_size) / t.grad_accum)
+    per_epoch = math.ceil(math.ceil(n_examples / (t.batch_size * world_size())) / t.grad_accum)  # DDP splits the data
     return max(1, math.ceil(per_epoch * t.epochs))
 
 
@@ -459,7 +495,7 @@ def template_info(config: RunConfig, tokenizer) -> dict:
 
 def save_adapter(trainer, tokenizer, config: RunConfig, base_name: str, run_dir: Path, metrics: dict, data_summary: dict, device: str) -> Path:
     """Write ``adapter/``: a plain PEFT adapter plus the template, config, metrics and a model card."""
-    from .card import model_card
+    from .card import write_model_card
 
     out = run_dir / runs.ADAPTER
     tmp = run_dir / (runs.ADAPTER + ".tmp")
@@ -473,8 +509,7 @@ def save_adapter(trainer, tokenizer, config: RunConfig, base_name: str, run_dir:
     atomic_write_json(tmp / TEMPLATE_FILE, template_info(config, tokenizer))
     atomic_write_text(tmp / "run_config.yaml", config.to_yaml())
     atomic_write_json(tmp / METRICS_FILE, metrics)
-    losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
-    atomic_write_text(tmp / "README.md", model_card(config, base_name, metrics, losses, data_summary, device))
+    write_model_card(tmp, config, base_name, metrics, trainer.state.log_history, data_summary, device)  # + loss_curve.png
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from .. import runs
@@ -41,12 +42,15 @@ def _launch(run_dir: Path) -> str:
     env["PYTHONUNBUFFERED"] = "1"
     root = Path(__file__).resolve().parent.parent.parent
     log = open(run_dir / LOG_FILE, "ab")
-    subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "finetune", "train", "--run-dir", str(run_dir.resolve()), "--quiet"],
         cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True,  # survives a restart of the app and is not hit by its Ctrl-C
     )
     log.close()
+    # Reap the process when it ends: an unreaped (zombie) child still answers kill(pid, 0), so a crashed run
+    # would read as "running" for as long as the app lives.
+    threading.Thread(target=proc.wait, name=f"reap-{run_dir.name}", daemon=True).start()
     return run_dir.name
 
 

@@ -6,6 +6,9 @@ computed from the measured step time, writes a checkpoint into the run folder be
 app chains calls until the run is done. An aborted call costs only the steps since the last checkpoint:
 the next call resumes from it. Outside a ZeroGPU Space ``spaces.GPU`` returns the function unchanged,
 so the same code runs (and is tested) on any machine.
+
+>>> quota_estimate(max_steps=1000, per_step_s=0.5, setup_s=20)["calls"]  # 440 steps fit one 300 s call
+3
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Callable, Iterator
 from .. import runs
 from ..config import RunConfig
 from ..events import EventLog, read_events
+from ..memory import ZEROGPU_DAILY_QUOTA_MIN
 
 try:
     import spaces
@@ -29,22 +33,51 @@ FIRST_CALL_S = 60  # ZeroGPU's default duration: the first call measures the ste
 MAX_CALL_S = 300  # longer calls wait longer in the ZeroGPU queue
 SETUP_S = 25.0  # model load + data preparation inside each call (re-measured from the events)
 MARGIN = 0.8  # train for 80% of the requested duration: the rest is for the checkpoint and variance
-DAILY_QUOTA_S = {"anonymous": 120, "free": 300, "pro": 2400}
+# seconds of daily quota per account tier (the numbers live in memory.py, with their source)
+DAILY_QUOTA_S = {tier: minutes * 60 for tier, minutes in ZEROGPU_DAILY_QUOTA_MIN.items()}
+# Errors a retry cannot fix (bad config, missing model, bad data, out of memory; train() reports any error
+# inside training as a TrainingError): the run fails at once instead of spending the user's quota on the
+# same error again. What stays retryable is a call cut off from outside: "GPU task aborted", a lost worker.
+PERMANENT_ERRORS = ("ConfigError", "ModelError", "TrainingError", "RunError", "DataError", "TemplateError")
 
 
 @dataclass
 class ChunkPlan:
     duration_s: int  # what the call asks ZeroGPU for
-    until_step: int  # where it stops and checkpoints
+    until_step: int  # where it stops and checkpoints (0: no step limit, the time budget decides)
+
+
+def _calls(run_dir: Path) -> list[list[dict]]:
+    """The step events of each call (a ``started`` event opens a call), in order."""
+    calls: list[list[dict]] = []
+    for e in read_events(run_dir):
+        if e.get("type") == "started":
+            calls.append([e])
+        elif e.get("type") == "step" and calls and e.get("elapsed_s") is not None:
+            calls[-1].append(e)
+    return calls
+
+
+def _resumed_step(started: dict) -> int:
+    """The step a call resumed from: ``checkpoints/checkpoint-40`` -> 40, a fresh start -> 0."""
+    ck = started.get("resumed_from") or ""
+    tail = ck.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
 
 
 def measured_step_s(run_dir: Path) -> float | None:
-    """Median seconds per optimizer step from the events of earlier calls."""
-    steps = [e for e in read_events(run_dir) if e["type"] == "step" and e.get("elapsed_s") is not None]
+    """Median seconds per optimizer step from the events of earlier calls.
+
+    Gaps are taken within one call only (``elapsed_s`` restarts with each call, and the first step of a call
+    includes its setup) and divided by the steps between two events (``logging_steps`` may be > 1).
+    """
     gaps = []
-    for a, b in zip(steps, steps[1:]):
-        if b["step"] == a["step"] + 1 and b["elapsed_s"] > a["elapsed_s"]:
-            gaps.append(b["elapsed_s"] - a["elapsed_s"])
+    for call in _calls(run_dir):
+        steps = call[1:]
+        for a, b in zip(steps, steps[1:]):
+            n = b["step"] - a["step"]
+            if n > 0 and b["elapsed_s"] > a["elapsed_s"]:
+                gaps.append((b["elapsed_s"] - a["elapsed_s"]) / n)
     if not gaps:
         return None
     gaps.sort()
@@ -53,34 +86,57 @@ def measured_step_s(run_dir: Path) -> float | None:
 
 def measured_setup_s(run_dir: Path) -> float:
     """Seconds from a call's start to its first step (model load, data), the largest seen."""
-    events = read_events(run_dir)
-    seen = [e["elapsed_s"] for i, e in enumerate(events) if e["type"] == "step" and i > 0
-            and events[i - 1]["type"] == "started" and e.get("elapsed_s") is not None]
+    per_step = measured_step_s(run_dir) or 0.0
+    seen = []
+    for call in _calls(run_dir):
+        if len(call) > 1:
+            first = call[1]
+            trained = max(1, first["step"] - _resumed_step(call[0]))  # steps inside the first logged one
+            seen.append(max(0.0, first["elapsed_s"] - (trained - 1) * per_step))
     return max(seen) if seen else SETUP_S
 
 
 def plan_chunk(run_dir: Path, step: int, max_steps: int, max_call_s: int = MAX_CALL_S) -> ChunkPlan:
-    """How long the next call asks for and how many steps it trains, from the measured step time."""
+    """How long the next call asks for and how many steps it trains, from the measured step time.
+
+    The steps fit ``max_call_s * MARGIN`` after the setup; the duration asked is what those steps need,
+    divided by MARGIN (the checkpoint write and step-time variance fit in the rest).
+    """
     per_step = measured_step_s(run_dir)
-    if per_step is None:  # first call: train as far as the default duration allows
-        return ChunkPlan(FIRST_CALL_S, max_steps)
+    if per_step is None:  # first call: train as far as the default duration allows, then measure
+        return ChunkPlan(FIRST_CALL_S, max_steps if max_steps > 0 else 0)
     setup = measured_setup_s(run_dir)
     budget = max_call_s * MARGIN - setup
-    n = max(1, min(max_steps - step, int(budget // per_step)))
+    remaining = max_steps - step if max_steps > 0 else 10**9
+    n = max(1, min(remaining, int(budget // per_step)))
     duration = math.ceil((setup + n * per_step) / MARGIN)
     return ChunkPlan(min(max_call_s, max(10, duration)), step + n)
 
 
-def quota_estimate(max_steps: int, per_step_s: float, setup_s: float = SETUP_S, max_call_s: int = MAX_CALL_S) -> dict:
-    """GPU seconds a whole run will take from the daily quota, and how many calls."""
+def quota_estimate(max_steps: int, per_step_s: float, setup_s: float = SETUP_S, max_call_s: int = MAX_CALL_S,
+                   quota_factor: float = 1.0) -> dict:
+    """GPU seconds a whole run will take from the daily quota, and how many calls (shown before it starts).
+
+    ``quota_factor``: quota seconds per GPU second (2 for an ``xlarge`` card, memory.GPUS).
+    """
+    if per_step_s <= 0 or max_steps < 1:
+        raise ValueError(f"need max_steps >= 1 and per_step_s > 0, got {max_steps} and {per_step_s}; "
+                         "measure the step time with a first call")
     per_call = max(1, int((max_call_s * MARGIN - setup_s) // per_step_s))
     calls = math.ceil(max_steps / per_call)
-    gpu_s = calls * setup_s + max_steps * per_step_s
-    return {"calls": calls, "gpu_seconds": round(gpu_s), "share_of_daily_quota": {
-        tier: round(gpu_s / q, 2) for tier, q in DAILY_QUOTA_S.items()}}
+    gpu_s = (calls * setup_s + max_steps * per_step_s) * quota_factor
+    return {"calls": calls, "steps_per_call": min(per_call, max_steps), "gpu_seconds": round(gpu_s),
+            "share_of_daily_quota": {tier: round(gpu_s / q, 2) for tier, q in DAILY_QUOTA_S.items()}}
+
+
+def _permanent(e: BaseException) -> bool:
+    """On ZeroGPU an exception in the worker comes back as ``gr.Error`` whose message is the class name
+    (spaces.zero.wrappers); here it is the exception itself. Both are recognised."""
+    return e.__class__.__name__ in PERMANENT_ERRORS or str(e).strip() in PERMANENT_ERRORS
 
 
 def _duration(run_dir: str, until_step: int, duration_s: int) -> int:
+    """ZeroGPU reads the duration of each call from its arguments (``spaces.GPU(duration=callable)``)."""
     return duration_s
 
 
@@ -96,17 +152,22 @@ def train_chunk(run_dir: str, until_step: int, duration_s: int) -> dict:
     """
     from ..train import train
 
-    result = train(None, run_dir, until_step=until_step, time_budget_s=duration_s * MARGIN)
+    result = train(None, run_dir, until_step=until_step or None, time_budget_s=duration_s * MARGIN)
     return {"status": result.status, "step": result.step, "max_steps": result.max_steps}
 
 
-def run_chunked(config: RunConfig | None, run_dir: Path, *, chunk: Callable[[str, int, int], dict] = None,
+def run_chunked(config: RunConfig | None, run_dir: Path, *, chunk: Callable[[str, int, int], dict] | None = None,
                 max_calls: int = 100, max_aborts: int = 3, max_call_s: int = MAX_CALL_S,
                 steps_per_call: int | None = None) -> Iterator[dict]:
     """Chain GPU calls until the run finishes; yields the run state after every call.
 
-    ``chunk`` is the GPU call (``train_chunk``); an exception from it (an aborted call) is recorded as a
-    ``chunk_aborted`` event and the next call resumes from the last checkpoint.
+    ``chunk`` is the GPU call (``train_chunk``). An exception from it (an aborted call, a crashed worker) is
+    recorded as a ``chunk_aborted`` event and the next call resumes from the last checkpoint, up to
+    ``max_aborts`` in a row; an error a retry cannot fix (PERMANENT_ERRORS) ends the run at once.
+    ``steps_per_call`` caps the steps of each call (tests, or a user who wants short calls).
+
+    >>> for state in run_chunked(cfg, Path("runs/demo")):  # doctest: +SKIP
+    ...     print(state["status"], state["step"], "/", state["max_steps"])
     """
     from ..train import open_run
 
@@ -116,25 +177,38 @@ def run_chunked(config: RunConfig | None, run_dir: Path, *, chunk: Callable[[str
     aborts = 0
     for _ in range(max_calls):
         state = runs.read_run(run_dir)
-        if state.status in ("finished", "stopped", "failed"):
+        if state.status in ("finished", "stopped"):
             yield state.to_dict()
             return
-        max_steps = state.max_steps or config.training.max_steps or 1
+        max_steps = state.max_steps or config.training.max_steps  # 0 until a call has counted the data
         plan = plan_chunk(run_dir, state.step, max_steps, max_call_s)
         if steps_per_call:
-            plan = ChunkPlan(plan.duration_s, min(plan.until_step, state.step + steps_per_call))
+            cap = state.step + steps_per_call
+            plan = ChunkPlan(plan.duration_s, min(plan.until_step, cap) if plan.until_step else cap)
         try:
-            chunk(str(run_dir), plan.until_step, plan.duration_s)
-            aborts = 0
+            result = chunk(str(run_dir), plan.until_step, plan.duration_s)
         except Exception as e:  # noqa: BLE001 - "GPU task aborted" and worker crashes look alike from here
+            message = f"{e.__class__.__name__}: {e}"
+            if _permanent(e):
+                if runs.read_run(run_dir).status != "failed":  # train() records its own errors
+                    log.emit("failed", message=message)
+                yield runs.read_run(run_dir).to_dict()
+                return
             aborts += 1
-            log.emit("chunk_aborted", message=f"{e.__class__.__name__}: {e}", attempt=aborts,
-                     resume_from=str(runs.last_checkpoint(run_dir) or ""))
+            resume_from = runs.last_checkpoint(run_dir)
+            log.emit("chunk_aborted", message=message, attempt=aborts,
+                     resume_from=str(resume_from.relative_to(run_dir)) if resume_from else None)
             if aborts > max_aborts:
-                log.emit("failed", message=f"{aborts} GPU calls in a row were aborted; the last checkpoint is kept")
+                log.emit("failed", message=f"{aborts} GPU calls in a row were aborted ({message}); the last "
+                         "checkpoint is kept: resume the run to continue from it")
                 yield runs.read_run(run_dir).to_dict()
                 return
             time.sleep(0.1)
+        else:
+            aborts = 0
+            if result.get("status") in ("finished", "stopped"):
+                yield runs.read_run(run_dir).to_dict()
+                return
         yield runs.read_run(run_dir).to_dict()
     log.emit("paused", message=f"stopped after {max_calls} GPU calls; resume to continue")
     yield runs.read_run(run_dir).to_dict()

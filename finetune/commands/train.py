@@ -1,12 +1,20 @@
 """`python -m finetune train [CONFIG.yaml] [--model ID_OR_DIR] [--data FILE] [--template NAME]
-[--max-steps N] [--epochs E] [--set key=value ...] [--run-dir DIR]`
+[--max-steps N] [--epochs E] [--set key=value ...] [--run-dir DIR] [--events-json] [--push-to REPO]
+[--backend local|hf-jobs --flavor FLAVOR]`
 
 Flags override the config file, which is optional: with nothing given it trains the embedded default
 model on the bundled sample. An existing --run-dir is resumed from its last checkpoint.
+--backend local (default) trains in this process; `accelerate launch --multi_gpu --num_processes N -m
+finetune train ... --run-dir DIR` trains across N GPUs (DDP). --backend hf-jobs submits the run to a
+Hugging Face Job on --flavor (token from HF_TOKEN, sent as a job secret only) and prints the job id.
+--push-to pushes the adapter of a finished run to a Hub repo (token from HF_TOKEN).
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import os
 import sys
 
 
@@ -22,6 +30,20 @@ def register(sub) -> None:
     p.add_argument("--run-dir", help="the run folder (default: runs/<new id>); an existing one is resumed")
     p.add_argument("--runs-root", help="where new run folders go (default: $FINETUNE_RUNS or ./runs)")
     p.add_argument("--quiet", action="store_true", help="print only the run folder at the end")
+    p.add_argument("--events-json", action="store_true",
+                   help="print every event as one JSON line on stdout (what a job's log is parsed from)")
+    p.add_argument("--push-to", metavar="REPO", help="push the adapter to this Hub repo when the run finishes")
+    p.add_argument("--config-env", metavar="VAR",
+                   help="read the run config as base64 YAML from this environment variable (how a job gets it)")
+    p.add_argument("--backend", default="local", choices=("local", "hf-jobs"),
+                   help="local: train here (default); hf-jobs: submit a Hugging Face Job and print its id")
+    jobs = p.add_argument_group("hf-jobs")
+    jobs.add_argument("--flavor", default="a10g-small", help="Jobs hardware: t4-small, l4x1, a10g-small, a10g-large, "
+                      "l40sx1, a100-large, h200, a10g-largex2 ... (default: a10g-small)")
+    jobs.add_argument("--space", help="Space whose image runs the job (default: $SPACE_ID, this app's Space)")
+    jobs.add_argument("--image", help="Docker image with finetune installed, instead of a Space's image")
+    jobs.add_argument("--timeout", type=int, metavar="MINUTES", help="job time limit (default: from the time estimate)")
+    jobs.add_argument("--tokens", type=int, help="training tokens per epoch, for the time estimate of an epochs-based run")
     p.set_defaults(func=run)
 
 
@@ -39,20 +61,43 @@ def build_config(args):
         if value is not None:
             overrides.append(f"{key}={value}")
     resuming = args.run_dir and (Path(args.run_dir) / "config.yaml").exists()
-    if resuming and not args.config and not overrides:
+    if getattr(args, "config_env", None):
+        cfg = config_from_env(args.config_env)
+    elif resuming and not args.config and not overrides:
         return None
-    cfg = load_preset(args.config or DEFAULT_PRESET)
+    else:
+        cfg = load_preset(args.config or DEFAULT_PRESET)
     return apply_overrides(cfg, overrides) if overrides else cfg
 
 
-class Printer:
-    """A one-line progress bar on a terminal, plain event lines otherwise."""
+def config_from_env(var: str):
+    """A run config sent inline: base64 of its YAML in an environment variable (a job has no config file)."""
+    from finetune.cli import UsageError
+    from finetune.config import RunConfig
 
-    def __init__(self, quiet: bool):
+    encoded = os.environ.get(var)
+    if not encoded:
+        raise UsageError(f"--config-env {var}: the variable is not set; set it to the base64 of a run config YAML")
+    try:
+        text = base64.b64decode(encoded, validate=True).decode("utf-8")
+    except ValueError as e:
+        raise UsageError(f"--config-env {var}: not base64 of UTF-8 text ({e}); encode the YAML with base64") from e
+    return RunConfig.from_yaml(text, source=f"${var}")
+
+
+class Printer:
+    """A one-line progress bar on a terminal, plain event lines otherwise; or JSON lines on stdout."""
+
+    def __init__(self, quiet: bool, events_json: bool = False):
         self.quiet = quiet
+        self.events_json = events_json
         self.tty = sys.stderr.isatty()
 
     def __call__(self, e: dict) -> None:
+        if self.events_json:
+            # one line per event, flushed: a job's log streams it and backends.hfjobs parses it
+            print(json.dumps(e, ensure_ascii=False), flush=True)
+            return
         if self.quiet:
             return
         kind = e["type"]
@@ -75,16 +120,79 @@ def run(args) -> int:
     from finetune.config import ConfigError
     from finetune.models import ModelError
     from finetune.runs import RunError
-    from finetune.train import TrainingError, train
+    from finetune.train import TrainingError, is_main_process, train
 
+    if args.push_to:
+        _check_repo(args.push_to)
+    if args.backend == "hf-jobs":
+        return submit_job(args)
+    printer = Printer(args.quiet, args.events_json)
     try:
         cfg = build_config(args)
-        result = train(cfg, args.run_dir, runs_root=args.runs_root, on_event=Printer(args.quiet))
+        result = train(cfg, args.run_dir, runs_root=args.runs_root, on_event=printer)
     except (ConfigError, ModelError, TrainingError, RunError) as e:
         raise UsageError(str(e).replace("\n", " ")) from e
     except Exception as e:  # data errors and the like carry their own message
         if e.__class__.__name__ in ("DataError", "TemplateError"):
             raise UsageError(str(e)) from e
         raise
+    if not is_main_process():  # accelerate launch: rank 0 reports and pushes
+        return 0
+    if args.push_to and result.status == "finished":
+        push(result, args.push_to, printer)
     print(result.run_dir)
     return 0 if result.status in ("finished", "paused", "stopped") else 1
+
+
+def _check_repo(repo_id: str) -> None:
+    """A bad repo id fails before training, not after an hour of it."""
+    from finetune.cli import UsageError
+    from finetune.hub import HubError, check_repo_id
+
+    try:
+        check_repo_id(repo_id)
+    except HubError as e:
+        raise UsageError(str(e)) from e
+
+
+def push(result, repo_id: str, printer: Printer) -> str:
+    """Push the finished run's adapter (token from HF_TOKEN) and record a ``pushed`` event."""
+    from finetune.cli import UsageError
+    from finetune.config import RunConfig
+    from finetune.events import EventLog
+    from finetune.hub import HubError, push_adapter
+    from finetune.runs import CONFIG_FILE
+
+    log = EventLog(result.run_dir, printer)
+    private = RunConfig.load(result.run_dir / CONFIG_FILE).hub.private
+    try:
+        url = push_adapter(result.adapter_dir, repo_id, private=private)
+    except HubError as e:  # the message never holds the token (hub scrubs it)
+        log.emit("push_failed", repo_id=repo_id, message=str(e))
+        raise UsageError(f"{e}; the adapter is kept in {result.adapter_dir}: push it with the app or hub.push_adapter") from e
+    log.emit("pushed", repo_id=repo_id, url=url)
+    return url
+
+
+def submit_job(args) -> int:
+    """--backend hf-jobs: build the job from the config, submit it, print the job id and where to watch it."""
+    from finetune.backends import hfjobs
+    from finetune.cli import UsageError
+    from finetune.config import ConfigError
+    from finetune.hub import HubError
+
+    if args.run_dir:
+        raise UsageError("--run-dir is for local runs; a job's run folder is created under --runs-root")
+    try:
+        cfg = build_config(args)
+        run_id = hfjobs.start(cfg, args.runs_root, flavor=args.flavor, repo_id=args.push_to, space_id=args.space,
+                              image=args.image, timeout_s=args.timeout * 60 if args.timeout else None,
+                              tokens=args.tokens)
+    except (ConfigError, HubError, hfjobs.JobError) as e:
+        raise UsageError(str(e).replace("\n", " ")) from e
+    job = hfjobs.read_job(run_id, args.runs_root)
+    print(f"submitted job {job['job_id']} on {job['flavor']} (time limit {job['timeout_s'] // 60} min): {job['url']}",
+          file=sys.stderr)
+    print(f"follow it with: python -m finetune status {run_id}", file=sys.stderr)
+    print(job["job_id"])
+    return 0

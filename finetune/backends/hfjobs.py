@@ -1,0 +1,380 @@
+"""Hugging Face Jobs: the same ``python -m finetune train`` on a rented GPU, submitted with huggingface_hub's
+Jobs API, pushing the adapter to the user's Hub repo at the end.
+
+What is sent (see :func:`job_spec`, a plain dict you can print before anything leaves the machine):
+- ``image``: this app's own Space image (``hf.co/spaces/<space>``: the same code and libraries as the app)
+  or a Docker image with finetune installed;
+- ``command``: ``python -m finetune train --config-env FINETUNE_CONFIG_B64 --run-dir ... --events-json
+  --push-to REPO`` (``accelerate launch --multi_gpu --num_processes N -m finetune train ...`` on an N-GPU
+  flavor);
+- ``env``: the run config as base64 YAML (a job has no file from here), nothing secret;
+- ``secrets``: the *name* ``HF_TOKEN`` only. :func:`request` puts the user's token there at submission, the
+  one place it goes: never the command, the env, the logs, the run folder or the events;
+- ``timeout``: the time estimate of :mod:`finetune.memory` times a margin, plus start-up time.
+
+Status and live loss come from the job's log: the train command prints our events as JSON lines
+(:func:`parse_events`). Locally the run has a folder like any other (``config.yaml``, ``job.json``,
+``events.jsonl`` mirrored from the log by :func:`sync`), so the run list shows it after an app restart.
+
+>>> spec = job_spec(RunConfig(), "a10g-small", "me/my-adapter", space_id="me/finetune", timeout_s=3600)  # doctest: +SKIP
+>>> spec["flavor"], spec["secrets"], spec["command"][:4]  # doctest: +SKIP
+('a10g-small', ['HF_TOKEN'], ['python', '-m', 'finetune', 'train'])
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import math
+import os
+import re
+import time
+from pathlib import Path
+
+from .. import memory, runs
+from ..config import RunConfig
+from ..events import EVENTS_FILE, TERMINAL, EventLog, read_events
+from ..io import atomic_write_json, atomic_write_text
+
+TOKEN_SECRET = "HF_TOKEN"  # huggingface_hub and hub.push_adapter read the token from this variable
+CONFIG_ENV = "FINETUNE_CONFIG_B64"
+SPACE_APP_DIR = "/home/user/app"  # where a Gradio Space's image holds the app's code
+JOB_RUNS_DIR = "/tmp/finetune-runs"  # writable in any image; the job's disk is gone when it ends
+DEFAULT_FLAVOR = "a10g-small"
+
+# Jobs flavor -> the GPU in memory.GPUS (for the time estimate); the count comes from the name (x2, x4, x8).
+FLAVOR_GPUS = {
+    "t4-small": "t4", "t4-medium": "t4",
+    "l4x1": "l4", "l4x4": "l4",
+    "a10g-small": "a10g", "a10g-large": "a10g", "a10g-largex2": "a10g", "a10g-largex4": "a10g",
+    "l40sx1": "l40s", "l40sx4": "l40s", "l40sx8": "l40s",
+    "a100-large": "a100-80gb", "a100x4": "a100-80gb", "a100x8": "a100-80gb",
+    "h200": "h200", "h200x2": "h200", "h200x4": "h200", "h200x8": "h200",
+    "rtx-pro-6000": "rtx-pro-6000", "rtx-pro-6000x2": "rtx-pro-6000", "rtx-pro-6000x4": "rtx-pro-6000",
+    "rtx-pro-6000x8": "rtx-pro-6000",
+}
+# Timeout = estimate x TIME_MARGIN + STARTUP_S, at least MIN_TIMEOUT_S. The estimate is +-35% on its anchors
+# (memory.tokens_per_second), hence 1.5x; start-up is the image pull, the model download and its load
+# (a 7B model in 4-bit: 5-10 min). A job is billed per minute it runs, so a generous limit costs nothing
+# unless the job hangs.
+TIME_MARGIN = 1.5
+STARTUP_S = 900
+MIN_TIMEOUT_S = 1800
+DDP_EFFICIENCY = 0.85  # N GPUs train ~0.85 N times as fast as one (gradient all-reduce each step)
+
+# Job stage -> run status when the log has no final event of its own.
+_STAGE_STATUS = {"SCHEDULING": "queued", "RUNNING": "running", "COMPLETED": "finished", "CANCELED": "stopped",
+                 "ERROR": "failed", "DELETED": "failed"}
+_DONE_STAGES = ("COMPLETED", "CANCELED", "ERROR", "DELETED")
+
+
+class JobError(ValueError):
+    """A job that cannot be built or reached; the message says what to change (and never holds the token)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# the job specification (pure)
+
+
+def gpu_count(flavor: str) -> int:
+    """GPUs of a flavor: ``a10g-largex2`` -> 2, ``l4x4`` -> 4, ``l40sx1`` / ``h200`` -> 1."""
+    found = re.search(r"x(\d+)$", flavor)
+    return int(found.group(1)) if found else 1
+
+
+def check_flavor(flavor: str) -> str:
+    if flavor not in FLAVOR_GPUS:
+        raise JobError(f"unknown Jobs flavor '{flavor}'; choose a GPU flavor: {', '.join(FLAVOR_GPUS)}")
+    return flavor
+
+
+def portable_config(config: RunConfig) -> RunConfig:
+    """The config as a job can run it: the embedded default model by its Hub id, and no local paths (the job
+    cannot see this machine's files)."""
+    from ..models import EMBEDDED_REPO_ID
+
+    cfg = copy.deepcopy(config)
+    model = (cfg.model.id or "").strip()
+    if not model:
+        cfg.model.id = EMBEDDED_REPO_ID  # the same model the app embeds, downloaded by the job
+    elif _is_local(model) or cfg.model.gguf_file and Path(cfg.model.gguf_file).exists():
+        raise JobError(f"model.id {model} is a path on this machine, which the job cannot read; upload the model "
+                       "to the Hub and use its id (org/name)")
+    source = (cfg.data.source or "").strip()
+    if source and _is_local(source):
+        raise JobError(f"data.source {source} is a file on this machine, which the job cannot read; push it as a "
+                       "dataset (the Dataset tab's push, or finetune.hub.push_dataset) and use its id")
+    return cfg
+
+
+def _is_local(ident: str) -> bool:
+    return Path(ident).expanduser().exists() or ident.startswith(("/", ".", "~")) or ident.count("/") > 1
+
+
+def estimate_timeout_s(config: RunConfig, flavor: str, tokens: int | None = None) -> int:
+    """The job's time limit from memory.estimate_time on the flavor's GPU(s), with a margin (see TIME_MARGIN).
+
+    ``tokens``: training tokens per epoch (needed when the run counts epochs, not steps). A steps-based run
+    is bounded by every example filling ``max_length``: steps x batch x grad_accum x max_length x GPUs.
+    """
+    gpu = memory.get_gpu(FLAVOR_GPUS[check_flavor(flavor)])
+    n = gpu_count(flavor)
+    t = config.training
+    if t.max_steps > 0:
+        total, epochs = t.max_steps * t.batch_size * t.grad_accum * t.max_length * n, 1.0
+    elif tokens:
+        total, epochs = tokens, t.epochs
+    else:
+        raise JobError("the time limit of an epochs-based run needs its size: pass tokens (training tokens per "
+                       "epoch, printed by `python -m finetune format`), set training.max_steps, or give timeout_s")
+    try:
+        spec = memory.spec_for_config(config)
+        est = memory.estimate_time(spec, memory.setup_for(config, gpu), gpu, total, epochs)
+    except memory.EstimateError as e:
+        raise JobError(f"cannot estimate the run's duration ({e}); give timeout_s (--timeout MINUTES)") from e
+    seconds = est.seconds / (n * DDP_EFFICIENCY) if n > 1 else est.seconds
+    return max(MIN_TIMEOUT_S, math.ceil((seconds * TIME_MARGIN + STARTUP_S) / 60) * 60)
+
+
+def job_command(run_dir: str, flavor: str, repo_id: str | None) -> list[str]:
+    """The train command the job runs: one process per GPU through accelerate on multi-GPU flavors."""
+    n = gpu_count(flavor)
+    launcher = (["accelerate", "launch", "--multi_gpu", "--num_processes", str(n), "-m"] if n > 1
+                else ["python", "-m"])
+    cmd = launcher + ["finetune", "train", "--config-env", CONFIG_ENV, "--run-dir", run_dir, "--events-json"]
+    return cmd + (["--push-to", repo_id] if repo_id else [])
+
+
+def job_spec(config: RunConfig, flavor: str = DEFAULT_FLAVOR, repo_id: str | None = None, *,
+             run_id: str | None = None, space_id: str | None = None, image: str | None = None,
+             timeout_s: int | None = None, tokens: int | None = None, run_root: str = JOB_RUNS_DIR,
+             namespace: str | None = None) -> dict:
+    """What would be sent to the Jobs API (keyword arguments of ``HfApi.run_job``, minus the token).
+
+    ``repo_id``: where the job pushes the adapter (None: no push; the adapter dies with the job's disk).
+    ``space_id`` (default ``$SPACE_ID``) names the Space whose image runs the job; ``image`` replaces it with a
+    Docker image that has finetune importable. ``timeout_s`` overrides the estimate.
+    """
+    from ..config import validate
+    from ..hub import check_repo_id
+
+    check_flavor(flavor)
+    cfg = validate(portable_config(config), source="config")
+    if repo_id:
+        check_repo_id(repo_id)
+    env = {CONFIG_ENV: base64.b64encode(cfg.to_yaml().encode("utf-8")).decode("ascii"),
+           "PYTHONUNBUFFERED": "1",  # events reach the log as they happen
+           "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    space_id = space_id or os.environ.get("SPACE_ID")
+    if image:
+        pass
+    elif space_id:
+        image = f"hf.co/spaces/{space_id}"
+        env["PYTHONPATH"] = SPACE_APP_DIR  # finetune importable whatever the image's working directory
+    else:
+        raise JobError("a job runs this app's code from a Space image: give space_id (your copy of this Space, "
+                       "e.g. you/finetune; --space) or image (a Docker image with finetune installed; --image)")
+    run_id = runs.check_run_id(run_id) if run_id else runs.new_run_id(cfg.name)
+    return {
+        "image": image,
+        "command": job_command(f"{run_root.rstrip('/')}/{run_id}", flavor, repo_id),
+        "env": env,
+        "secrets": [TOKEN_SECRET],  # names only: request() fills in the value
+        "flavor": flavor,
+        "timeout": int(timeout_s) if timeout_s else estimate_timeout_s(cfg, flavor, tokens),
+        "labels": {"finetune-run": run_id},
+        "namespace": namespace,
+    }
+
+
+def request(spec: dict, token: str) -> dict:
+    """The ``run_job`` keyword arguments: the spec with the token as the value of its secret, and as the
+    request's own authentication. Refuses a spec that holds the token anywhere else."""
+    token = _check_token(token)
+    config_yaml = base64.b64decode(spec.get("env", {}).get(CONFIG_ENV, "")).decode("utf-8", errors="replace")
+    if token in json.dumps(spec) or token in config_yaml:  # the config travels base64-encoded
+        raise JobError("the Hugging Face token appears in the job's config or command; remove it (the token "
+                       "travels as a job secret only)")
+    kwargs = {k: v for k, v in spec.items() if k != "secrets"}
+    kwargs["secrets"] = {name: token for name in spec.get("secrets", [])}
+    kwargs["token"] = token
+    return kwargs
+
+
+def _check_token(token: str | None) -> str:
+    from ..hub import HubError, resolve_token
+
+    try:
+        return resolve_token(token)
+    except HubError as e:
+        raise JobError(str(e)) from e
+
+
+def _api(api):
+    if api is not None:
+        return api
+    from huggingface_hub import HfApi
+
+    return HfApi()
+
+
+def _scrub(text: str, token: str) -> str:
+    return text.replace(token, "***") if token else text
+
+
+def submit(spec: dict, token: str | None, api=None) -> dict:
+    """Submit the job; returns ``{job_id, url, namespace, stage}``."""
+    kwargs = request(spec, token)
+    try:
+        info = _api(api).run_job(**kwargs)
+    except Exception as e:  # noqa: BLE001 - auth/quota/network errors become one message without the token
+        raise JobError(_scrub(f"submitting the job failed: {e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}; "
+                              "check the token has the 'jobs' permission and the account has billing set up",
+                              kwargs["token"])) from None
+    owner = getattr(getattr(info, "owner", None), "name", None)
+    return {"job_id": info.id, "url": getattr(info, "url", ""), "namespace": owner or spec.get("namespace"),
+            "stage": _stage(info)}
+
+
+def _stage(info) -> str:
+    """``JobStage.RUNNING`` -> "RUNNING" (a str enum prints its class name in Python 3.11)."""
+    stage = getattr(getattr(info, "status", None), "stage", None) or "SCHEDULING"
+    return str(getattr(stage, "value", stage))
+
+
+# ---------------------------------------------------------------------------------------------
+# status from the log
+
+
+def parse_events(log: str | list[str]) -> list[dict]:
+    """Our events among a job's log lines: the JSON objects with a ``type`` and a ``time`` (other lines, e.g.
+    library warnings, are skipped)."""
+    lines = log.splitlines() if isinstance(log, str) else [x for chunk in log for x in str(chunk).splitlines()]
+    events = []
+    for line in lines:
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and isinstance(obj.get("type"), str) and "time" in obj:
+            events.append(obj)
+    return events
+
+
+def summarize(events: list[dict], stage: str | None = None) -> dict:
+    """Status, step, loss curve and messages of a run from its events and the job's stage."""
+    out = {"status": "queued", "step": 0, "max_steps": 0, "loss": None, "losses": [], "eval_loss": None,
+           "message": "", "pushed_to": None}
+    for e in events:
+        kind = e["type"]
+        if kind == "started":
+            out["status"] = "running"
+            out["max_steps"] = e.get("max_steps") or out["max_steps"]
+        elif kind == "step":
+            out["step"], out["max_steps"] = e.get("step", out["step"]), e.get("max_steps") or out["max_steps"]
+            if e.get("loss") is not None:
+                out["loss"] = e["loss"]
+                out["losses"] = [p for p in out["losses"] if p[0] < e["step"]] + [(e["step"], e["loss"])]
+        elif kind == "eval":
+            out["eval_loss"] = e.get("eval_loss")
+        elif kind in TERMINAL or kind == "paused":
+            out["status"], out["message"] = kind, e.get("message", "")
+        elif kind == "pushed":
+            out["pushed_to"] = e.get("url") or e.get("repo_id")
+        elif kind == "push_failed":
+            out["status"], out["message"] = "failed", e.get("message", "")
+    if stage in _DONE_STAGES and out["status"] not in TERMINAL:
+        out["status"] = _STAGE_STATUS[stage]  # the job ended without a final event (killed, timed out, crashed)
+    elif stage == "SCHEDULING":
+        out["status"] = "queued"
+    return out
+
+
+def status(job_id: str, token: str | None, api=None, namespace: str | None = None) -> dict:
+    """The job's stage plus what its log says: status, step/max_steps, loss, loss curve, events."""
+    token = _check_token(token)
+    api = _api(api)
+    try:
+        info = api.inspect_job(job_id=job_id, namespace=namespace, token=token)
+        lines = list(api.fetch_job_logs(job_id=job_id, namespace=namespace, token=token))
+    except Exception as e:  # noqa: BLE001 - network/auth errors become one message without the token
+        raise JobError(_scrub(f"cannot read job {job_id}: {e.__class__.__name__}: {e}", token)) from None
+    stage = _stage(info)
+    events = parse_events(lines)
+    out = summarize(events, stage)
+    if stage in ("ERROR", "DELETED") and not out["message"]:
+        out["message"] = _scrub(info.status.message or f"the job ended with {stage}", token)
+    return {"job_id": job_id, "stage": stage, **out, "events": events}
+
+
+def cancel(job_id: str, token: str | None, api=None, namespace: str | None = None) -> None:
+    """Cancel the job (billing stops; the adapter is lost unless it was pushed)."""
+    token = _check_token(token)
+    try:
+        _api(api).cancel_job(job_id=job_id, namespace=namespace, token=token)
+    except Exception as e:  # noqa: BLE001
+        raise JobError(_scrub(f"cannot cancel job {job_id}: {e.__class__.__name__}: {e}", token)) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# the run folder of a job (the backend interface: start / sync / stop / logs by run id)
+
+
+def start(config: RunConfig, root: str | Path | None = None, *, token: str | None = None,
+          flavor: str = DEFAULT_FLAVOR, repo_id: str | None = None, space_id: str | None = None,
+          image: str | None = None, timeout_s: int | None = None, tokens: int | None = None, api=None) -> str:
+    """Build the spec, submit it, create the local run folder (config, ``job.json``, a ``submitted`` event);
+    return the run id. The token comes from ``token`` or ``HF_TOKEN`` and is stored nowhere."""
+    spec = job_spec(config, flavor, repo_id, space_id=space_id, image=image, timeout_s=timeout_s, tokens=tokens)
+    run_id = spec["labels"]["finetune-run"]
+    job = submit(spec, token, api)
+    run_dir = runs.run_path(run_id, root)
+    run_dir.mkdir(parents=True, exist_ok=False)
+    portable_config(config).save(run_dir / runs.CONFIG_FILE)  # what the job runs (model by its Hub id)
+    record = {**job, "flavor": flavor, "repo_id": repo_id, "timeout_s": spec["timeout"], "image": spec["image"],
+              "submitted": round(time.time(), 3)}
+    atomic_write_json(run_dir / runs.JOB_FILE, record)
+    EventLog(run_dir).emit("submitted", job_id=job["job_id"], flavor=flavor, url=job["url"], repo_id=repo_id)
+    return run_id
+
+
+def read_job(run_id: str, root: str | Path | None = None) -> dict:
+    path = runs.run_path(run_id, root) / runs.JOB_FILE
+    if not path.exists():
+        raise JobError(f"run '{run_id}' is not a Hugging Face job (no {runs.JOB_FILE}); use the local backend")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def sync(run_id: str, root: str | Path | None = None, *, token: str | None = None, api=None) -> runs.RunState:
+    """Mirror the job's log events into the run folder (so the run list shows them) and return its state."""
+    run_dir = runs.run_path(run_id, root)
+    job = read_job(run_id, root)
+    st = status(job["job_id"], token, api, job.get("namespace"))
+    local = [e for e in read_events(run_dir) if e.get("type") == "submitted"]
+    mirrored = local + st["events"]
+    if st["stage"] in _DONE_STAGES and not any(e["type"] in TERMINAL for e in st["events"]):
+        # the job ended without a final event of its own (cancelled, timed out, crashed): say so
+        kind = "stopped" if st["stage"] == "CANCELED" else "failed"
+        mirrored.append({"type": kind, "time": round(time.time(), 3), "message": st["message"] or st["stage"]})
+    atomic_write_text(run_dir / EVENTS_FILE, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in mirrored))
+    atomic_write_json(run_dir / runs.JOB_FILE, {**job, "stage": st["stage"], "pushed_to": st["pushed_to"]})
+    return runs.read_run(run_dir)
+
+
+def stop(run_id: str, root: str | Path | None = None, *, token: str | None = None, api=None) -> None:
+    job = read_job(run_id, root)
+    cancel(job["job_id"], token, api, job.get("namespace"))
+
+
+def logs(run_id: str, root: str | Path | None = None, *, token: str | None = None, api=None, tail: int = 200) -> str:
+    job = read_job(run_id, root)
+    token = _check_token(token)
+    try:
+        lines = list(_api(api).fetch_job_logs(job_id=job["job_id"], namespace=job.get("namespace"), token=token))
+    except Exception as e:  # noqa: BLE001
+        raise JobError(_scrub(f"cannot read the log of job {job['job_id']}: {e.__class__.__name__}: {e}", token)) from None
+    return _scrub("\n".join(lines[-tail:]), token)
