@@ -15,12 +15,29 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import reprlib
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+
+class ConfigWarning(UserWarning):
+    """A valid config with a risky setting (e.g. trust_remote_code); shown, not refused."""
+
+
+# Values quoted in messages are cut short: a hostile YAML (nested aliases, "billion laughs") must not turn
+# one error message into gigabytes of text.
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxstring, _repr.maxother, _repr.maxlist, _repr.maxdict = 2, 60, 60, 4, 4
+
+
+def _show(value: Any) -> str:
+    return _repr.repr(value)
 
 
 class ConfigError(ValueError):
@@ -216,28 +233,28 @@ def _coerce(value: Any, tp, name: str, problems: list[str]) -> Any:
             if not trial:
                 return out
             errors += trial
-        problems.append(errors[0] if errors else f"{name}: invalid value {value!r}")
+        problems.append(errors[0] if errors else f"{name}: invalid value {_show(value)}")
         return None
     if origin is list:
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return list(value)
-        problems.append(f"{name}: expected a list of names, got {value!r}")
+        problems.append(f"{name}: expected a list of names, got {_show(value)}")
         return None
     if origin is dict:
         if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
             return dict(value)
-        problems.append(f"{name}: expected a mapping of names to names, got {value!r}")
+        problems.append(f"{name}: expected a mapping of names to names, got {_show(value)}")
         return None
     if tp is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
             return value.lower() in ("true", "yes", "on", "1")
-        problems.append(f"{name}: expected true or false, got {value!r}")
+        problems.append(f"{name}: expected true or false, got {_show(value)}")
         return None
     if tp is int:
         if isinstance(value, bool):
-            problems.append(f"{name}: expected a whole number, got {value!r}")
+            problems.append(f"{name}: expected a whole number, got {_show(value)}")
             return None
         if isinstance(value, int):
             return value
@@ -248,7 +265,7 @@ def _coerce(value: Any, tp, name: str, problems: list[str]) -> Any:
                 return int(value.replace("_", ""))
             except ValueError:
                 pass
-        problems.append(f"{name}: expected a whole number, got {value!r}")
+        problems.append(f"{name}: expected a whole number, got {_show(value)}")
         return None
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -258,14 +275,14 @@ def _coerce(value: Any, tp, name: str, problems: list[str]) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        problems.append(f"{name}: expected a number, got {value!r}")
+        problems.append(f"{name}: expected a number, got {_show(value)}")
         return None
     if tp is str:
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-        problems.append(f"{name}: expected text, got {value!r}")
+        problems.append(f"{name}: expected text, got {_show(value)}")
         return None
     problems.append(f"{name}: unsupported type {_type_name(tp)}")
     return None
@@ -283,12 +300,15 @@ ALIASES = {
 
 def _build(cls, data: Any, prefix: str, problems: list[str]):
     if not isinstance(data, dict):
-        problems.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+        problems.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {_show(data)}")
         return cls()
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
+        if not isinstance(key, str):
+            problems.append(f"{prefix}{_show(key)}: a key must be a name, e.g. {prefix or 'training.'}max_steps")
+            continue
         name = f"{prefix}{key}"
         if key not in fields:
             close = [ALIASES[key]] if ALIASES.get(key) in fields else difflib.get_close_matches(str(key), list(fields), n=1)
@@ -378,8 +398,10 @@ def problems(cfg: RunConfig, model_max_length: int | None = None) -> list[str]:
     out: list[str] = []
     t, lo, d = cfg.training, cfg.lora, cfg.data
 
+    nonfinite: set[str] = set()  # reported once as such, not again by the range checks below
+
     def need(cond: bool, msg: str) -> None:
-        if not cond:
+        if not cond and msg.split(" ", 1)[0] not in nonfinite:
             out.append(msg)
 
     for key, allowed in CHOICES.items():
@@ -396,13 +418,28 @@ def problems(cfg: RunConfig, model_max_length: int | None = None) -> list[str]:
         need(bool(lo.target_modules), "lora.target_modules is empty; use all-linear or names such as [q_proj, v_proj]")
     else:
         need(bool(lo.target_modules.strip()), "lora.target_modules is empty; use all-linear")
+    for section in ("data", "lora", "training"):
+        part = getattr(cfg, section)
+        for f in dataclasses.fields(part):
+            value = getattr(part, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                out.append(f"{section}.{f.name} must be a finite number, got {value}")
+                nonfinite.add(f"{section}.{f.name}")
     need(t.learning_rate > 0, f"training.learning_rate must be > 0, got {t.learning_rate}; LoRA usually uses 1e-4 to 3e-4")
     need(t.learning_rate < 1, f"training.learning_rate {t.learning_rate} is far too high; LoRA usually uses 1e-4 to 3e-4")
     need(t.epochs > 0 or t.max_steps > 0, "training.epochs must be > 0 (or set training.max_steps)")
+    need(not t.epochs > MAX_EPOCHS, f"training.epochs {t.epochs} is out of range; use at most {MAX_EPOCHS} (typical: 1 to 3)")
     need(t.max_steps >= 0, f"training.max_steps must be >= 0 (0 = use epochs), got {t.max_steps}")
+    need(t.max_steps <= MAX_STEPS, f"training.max_steps {t.max_steps} is out of range; use at most {MAX_STEPS:,}")
     need(t.batch_size >= 1, f"training.batch_size must be >= 1, got {t.batch_size}")
+    need(t.batch_size <= MAX_BATCH, f"training.batch_size {t.batch_size} is out of range; use at most {MAX_BATCH} "
+         "(raise training.grad_accum for a larger effective batch)")
     need(t.grad_accum >= 1, f"training.grad_accum must be >= 1, got {t.grad_accum}")
+    need(t.grad_accum <= MAX_BATCH, f"training.grad_accum {t.grad_accum} is out of range; use at most {MAX_BATCH}")
     need(t.max_length >= 16, f"training.max_length must be >= 16 tokens, got {t.max_length}")
+    need(t.max_length <= MAX_LENGTH, f"training.max_length {t.max_length} is out of range; use at most {MAX_LENGTH:,} tokens")
+    for key, seed in (("training.seed", t.seed), ("data.seed", d.seed)):
+        need(0 <= seed < 2**32, f"{key} must be between 0 and 4294967295, got {seed}")
     if model_max_length:
         need(
             t.max_length <= model_max_length,
@@ -428,9 +465,30 @@ def problems(cfg: RunConfig, model_max_length: int | None = None) -> list[str]:
     return out
 
 
+# Sanity bounds: beyond them a value is a typo or an attack on a shared machine, not a training plan.
+MAX_EPOCHS = 1000
+MAX_STEPS = 10_000_000
+MAX_BATCH = 4096
+MAX_LENGTH = 1_048_576
+
+
+def config_warnings(cfg: RunConfig) -> list[str]:
+    """Settings that are allowed but risky, each saying what it does and how to turn it off."""
+    out = []
+    if cfg.model.trust_remote_code:
+        out.append("model.trust_remote_code is on: Python code from the model repo will run on this machine with "
+                   "your permissions; turn it off unless you have read and trust that code")
+    return out
+
+
 def validate(cfg: RunConfig, model_max_length: int | None = None, source: str | None = None) -> RunConfig:
-    """Raise one ConfigError listing every problem; return the config unchanged when it is valid."""
+    """Raise one ConfigError listing every problem; return the config unchanged when it is valid.
+
+    Risky but valid settings (``config_warnings``) are issued as ``ConfigWarning``.
+    """
     found = problems(cfg, model_max_length)
     if found:
         raise ConfigError(found, source)
+    for text in config_warnings(cfg):
+        warnings.warn(text, ConfigWarning, stacklevel=2)
     return cfg

@@ -188,12 +188,17 @@ def _read_delimited(text: str, name: str, delimiter: str) -> Table:
     return Table(name, header, rows, numbers, broken, lines)
 
 
+TOO_DEEP = "nested too deeply (hundreds of levels of arrays/objects)"
+
+
 def _read_json(text: str, name: str) -> Table:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(name, e.lineno, f"not valid JSON ({e.msg} at column {e.colno}); fix the file, "
                         "or save one object per line as .jsonl so one bad row does not stop the rest") from None
+    except RecursionError:
+        raise DataError(name, None, f"{TOO_DEEP}; rows must be flat objects of text columns") from None
     if isinstance(data, dict):
         lists = {k: v for k, v in data.items() if isinstance(v, list)}
         wrapped = next(iter(lists.values())) if len(lists) == 1 else None
@@ -238,7 +243,7 @@ def _read_jsonl(text: str, name: str) -> Table:
     numbers = [i for i, line in enumerate(lines, 1) if line.strip()]  # blank lines are not rows
     try:  # the usual file, in one pass: every line one object
         objs = [_parse_line(lines[i - 1]) for i in numbers]
-    except ValueError:
+    except (ValueError, RecursionError):
         objs = None
     if objs is not None and all(type(o) is dict for o in objs):
         columns: dict = {}
@@ -260,6 +265,10 @@ def _read_jsonl_checked(lines: list[str], name: str) -> Table:
             broken.append(Problem(i, "", f"not valid JSON ({getattr(e, 'msg', e)})", "fix or remove the line",
                                   "broken JSON line"))
             continue
+        except RecursionError:
+            broken.append(Problem(i, "", TOO_DEEP, "flatten the line into an object of text columns",
+                                  "broken JSON line"))
+            continue
         if not isinstance(obj, dict):
             broken.append(Problem(i, "", f"is a JSON {type(obj).__name__}, not an object",
                                   'write one object per line, e.g. {"prompt": ..., "completion": ...}', "not an object"))
@@ -270,11 +279,26 @@ def _read_jsonl_checked(lines: list[str], name: str) -> Table:
     return Table(name, list(columns), rows, numbers, broken)
 
 
-def _read_parquet(path: Path, name: str) -> Table:
+def _read_parquet(path: Path, name: str, max_bytes: int | None = None) -> Table:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    # Read in batches and count the decoded bytes: a small file of repeated values can expand a thousandfold
+    # (a compression bomb), so it is stopped as soon as it passes the limit, not after filling the memory.
+    limit = PARQUET_EXPANSION * max_bytes if max_bytes is not None else None
     try:
-        table = pq.read_table(path)
+        pf = pq.ParquetFile(path)
+        batches, decoded = [], 0
+        for batch in pf.iter_batches(batch_size=4096):
+            decoded += batch.nbytes
+            if limit is not None and decoded > limit:
+                raise DataError(name, None, f"expands to over {limit / 1e6:g} MB when decompressed "
+                                f"({PARQUET_EXPANSION}x the {max_bytes / 1e6:g} MB upload limit); split it or use "
+                                f"a Hub dataset, or raise the limit on the server ({MAX_UPLOAD_ENV})")
+            batches.append(batch)
+        table = pa.Table.from_batches(batches, schema=pf.schema_arrow)
+    except DataError:
+        raise
     except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds for a damaged file
         raise DataError(name, None, f"not a readable Parquet file ({e.__class__.__name__}); export it again") from None
     rows = table.to_pylist()
@@ -292,6 +316,22 @@ def _read_hub(dataset_id: str, hub_config: str | None, split: str) -> Table:
                         "and that you are online and signed in for private data") from None
     rows = ds.to_list()
     return Table(dataset_id, list(ds.column_names), rows, list(range(1, len(rows) + 1)))
+
+
+# Uploads on a server are capped (a shared machine's memory and disk); the CLI reads local files uncapped.
+MAX_UPLOAD_ENV = "FINETUNE_MAX_UPLOAD_MB"
+DEFAULT_MAX_UPLOAD_MB = 200
+PARQUET_EXPANSION = 10  # text compresses 3-5x: a Parquet file expanding 10x past the cap is refused
+
+
+def max_upload_bytes() -> int:
+    """The upload limit in bytes: $FINETUNE_MAX_UPLOAD_MB (default 200 MB)."""
+    raw = os.environ.get(MAX_UPLOAD_ENV, "").strip()
+    try:
+        mb = float(raw) if raw else DEFAULT_MAX_UPLOAD_MB
+    except ValueError:
+        mb = DEFAULT_MAX_UPLOAD_MB
+    return int(max(mb, 0.001) * 1e6)
 
 
 def looks_like_hub_id(source: str) -> bool:
@@ -314,12 +354,12 @@ def load_rows(source: str | Path, *, hub_config: str | None = None, split: str =
         raise DataError(name, None, f"unsupported file type '{suffix or 'none'}'; use one of {', '.join(FILE_TYPES)}")
     size = path.stat().st_size
     if max_bytes is not None and size > max_bytes:
-        raise DataError(name, None, f"is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB limit; "
-                        "split it or use a Hub dataset")
+        raise DataError(name, None, f"is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:g} MB upload limit; "
+                        f"split it, use a Hub dataset, or raise the limit on the server ({MAX_UPLOAD_ENV})")
     if size == 0:
         raise DataError(name, None, "the file is empty")
     if suffix == ".parquet":
-        return _read_parquet(path, name)
+        return _read_parquet(path, name, max_bytes)
     text = _decode(path.read_bytes(), name, {".csv": ",", ".tsv": "\t"}.get(suffix))
     if not text.strip():
         raise DataError(name, None, "the file is empty (only whitespace)")
@@ -763,6 +803,15 @@ def format_dataset(
     if first_broken is not None:
         raise stop_at(first_broken)
 
+    for ex in examples:
+        cell = _formula_cell(ex)
+        if cell is not None:
+            warnings.append(Problem(
+                ex.row, "content", f"starts like a spreadsheet formula ({cell[:24]!r}); it stays plain text in the "
+                "JSONL, but a spreadsheet opening a CSV export of it would run it",
+                "remove the leading character, or do not open exports of this data in a spreadsheet",
+                "spreadsheet formula", "warning", line_of(ex.row)))
+
     if not examples:
         first = problems[0] if problems else None
         detail = f" (first: {first})" if first else ""
@@ -781,6 +830,19 @@ def format_dataset(
     if tokenizer is not None:
         result.lengths = token_lengths([ex.text for ex in examples + val], tokenizer)
     return result
+
+
+# What a spreadsheet runs as a formula (CSV injection): '=' anything, or +/-/@ then a function or a DDE call
+# (=cmd|' /C calc'!A0, =HYPERLINK(...), @SUM(...)). A plain '- item' or '+1' is not flagged.
+_FORMULA = re.compile(r"=|[+\-@]\s*[A-Za-z_][\w.]*\s*[(|]")
+
+
+def _formula_cell(ex: Example) -> str | None:
+    cells = [m.get("content") for m in ex.messages] if ex.messages else [ex.text]
+    for c in cells:
+        if isinstance(c, str) and c and c[0] in "=+-@" and _FORMULA.match(c):
+            return c
+    return None
 
 
 def token_lengths(texts: list[str], tokenizer, batch: int = 2048) -> list[int]:

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
+
+# A full disk (or an exhausted quota) while writing: the message says what to free and that nothing is lost.
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(OSError):
+    """No space left while writing a run file; the folder keeps its last complete state."""
+
+
+def _disk_full(e: OSError, path: Path) -> DiskFullError:
+    return DiskFullError(e.errno, f"no space left on the disk while writing {path}; free space (delete old runs "
+                                  "or checkpoints) and resume: the files written before are intact")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -18,11 +31,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.errno in _NO_SPACE:
+            raise _disk_full(e, path) from None
         raise
 
 
@@ -36,11 +51,20 @@ def atomic_write_json(path: Path, obj) -> None:
 
 def append_jsonl(path: Path, obj) -> None:
     """Append one JSON line with a single write (O_APPEND): a crash leaves whole lines or a torn last line,
-    which readers skip."""
+    which readers skip. A torn last line is closed first, so it cannot swallow the line written after it."""
     line = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
+        written = os.write(fd, line)
+        if written != len(line):  # a short write is a full disk that did not say so
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    except OSError as e:
+        if e.errno in _NO_SPACE:
+            raise _disk_full(e, Path(path)) from None
+        raise
     finally:
         os.close(fd)
 

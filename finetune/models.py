@@ -223,6 +223,18 @@ def lora_config(lo: LoraSettings):
     )
 
 
+def _refuse_pickle_only(res: ResolvedModel) -> None:
+    """A local folder with pickle weights only (pytorch_model.bin): loading a pickle can run code, so refuse."""
+    folder = Path(res.path)
+    if not (res.local and folder.is_dir()) or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+    if pickles:
+        raise ModelError(f"{folder} has pickle weights only ({', '.join(pickles[:3])}); weights load from safetensors "
+                         "only, because loading a pickle can run code. Use the model's safetensors version, or convert "
+                         "it once on a machine you trust (from_pretrained(...).save_pretrained(new_folder))")
+
+
 def load_model(cfg: ModelConfig, q: QuantizationConfig, device: str, dtype=None):
     """Load the base model for training or inference, quantized per ``q``, on ``device``."""
     import torch
@@ -238,6 +250,7 @@ def load_model(cfg: ModelConfig, q: QuantizationConfig, device: str, dtype=None)
         attn_implementation=cfg.attn_implementation,
         dtype=dtype or (compute_dtype(q.compute_dtype, device) if device == "cuda" else torch.float32),
     )
+    _refuse_pickle_only(res)
     quant = bnb_config(q, device)
     if quant is not None:
         kwargs["quantization_config"] = quant

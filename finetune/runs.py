@@ -6,6 +6,7 @@ reloaded page or a restarted app shows every run as it is.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -61,9 +62,18 @@ def checkpoints(run_dir: Path) -> list[Path]:
     found = []
     for d in base.glob("checkpoint-*"):
         step = d.name.rsplit("-", 1)[-1]
-        if step.isdigit() and all((d / f).exists() for f in CHECKPOINT_FILES):
+        if step.isdigit() and all((d / f).exists() for f in CHECKPOINT_FILES) and _state_readable(d):
             found.append((int(step), d))
     return [d for _, d in sorted(found)]
+
+
+def _state_readable(checkpoint: Path) -> bool:
+    """A trainer state cut off mid-write (crash, full disk) would fail the resume: skip that checkpoint."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_bytes())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:

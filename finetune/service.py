@@ -70,9 +70,15 @@ def keep_upload(ws: Workspace, owner: str | None, path: str | Path) -> Path:
 
     The stored name is a content hash plus the original suffix: no user-chosen path ever reaches disk.
     """
+    from .data import MAX_UPLOAD_ENV, max_upload_bytes
+
     src = Path(path)
     if not src.is_file():
         raise ServiceError(f"the uploaded file {src.name} is gone; upload it again")
+    size, limit = src.stat().st_size, max_upload_bytes()
+    if size > limit:
+        raise ServiceError(f"{src.name} is {size / 1e6:.1f} MB, over the {limit / 1e6:g} MB upload limit; split it, "
+                           f"use a Hub dataset, or raise the limit on the server ({MAX_UPLOAD_ENV})")
     data = src.read_bytes()
     digest = hashlib.sha256(data).hexdigest()[:16]
     suffix = "".join(c for c in src.suffix.lower() if c.isalnum() or c == ".")[:10]
@@ -170,22 +176,45 @@ def _tokenizer(model: str):
     return _tokenizers[model]
 
 
+def check_hub_dataset_id(text: str) -> str:
+    """A Hub dataset id typed by a user of a shared server: never a path on the server (``../../etc/passwd``)."""
+    from .data import looks_like_hub_id
+
+    text = (text or "").strip()
+    if not looks_like_hub_id(text) or ".." in text or Path(text).exists():
+        raise ServiceError(f"'{text[:80]}' is not a Hub dataset id; type one like user/name, or upload the file")
+    return text
+
+
 def format_preview(source: str, *, template: str, system_prompt: str = "", columns: dict | None = None,
                    model: str = "", max_length: int = 1024, train_on: str = "assistant",
-                   hub_config: str | None = None, split: str = "train", out_dir: Path, preview_rows: int = 5) -> dict:
+                   hub_config: str | None = None, split: str = "train", out_dir: Path, preview_rows: int = 5,
+                   hub_only: bool = False) -> dict:
     """Format a dataset for the Dataset tab: summary markdown, preview examples with spans, token lengths,
-    row problems, warnings and the formatted JSONL file."""
+    row problems, warnings and the formatted JSONL file.
+
+    ``source`` is an uploaded file (capped at the upload limit) or a Hub id; ``hub_only`` refuses anything
+    but a Hub id (text typed on a shared server).
+    """
     from . import data
 
+    if hub_only:
+        source = check_hub_dataset_id(source)
     tok = _tokenizer(model)
-    result = data.format_dataset(source, hub_config=hub_config, split=split, template=template,
-                                 system_prompt=system_prompt, columns=columns or None, tokenizer=tok,
-                                 train_on=train_on, max_length=max_length)
-    out_dir.mkdir(parents=True, exist_ok=True)
     is_file = Path(source).exists()
+    try:
+        result = data.format_dataset(source, hub_config=hub_config, split=split, template=template,
+                                     system_prompt=system_prompt, columns=columns or None, tokenizer=tok,
+                                     train_on=train_on, max_length=max_length, max_bytes=data.max_upload_bytes())
+    except data.DataError as e:
+        if is_file and e.file == str(source):  # name the file, not the server's upload path
+            raise data.DataError(Path(source).name, e.row, e.reason) from None
+        raise
+    out_dir.mkdir(parents=True, exist_ok=True)
     if is_file:
         result.source = Path(source).name  # not the server's upload path
     name = Path(source).stem if is_file else source.replace("/", "__")
+    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in name).lstrip(".")[:80] or "data"
     out = out_dir / f"{name}.{template}.jsonl"
     data.write_jsonl(result.examples, out)
     return {

@@ -32,6 +32,13 @@ def owner(request: gr.Request | None, profile: gr.OAuthProfile | None = None) ->
     return "local"
 
 
+def config_warnings_markdown(cfg) -> str:
+    """Risky settings of a config (e.g. trust_remote_code on) as a visible warning above the fit verdict."""
+    from ..config import config_warnings
+
+    return "".join(f"⚠️ **{w}**\n\n" for w in config_warnings(cfg))
+
+
 def user_errors(fn):
     """Show library errors as a message that says what to change, never a traceback."""
 

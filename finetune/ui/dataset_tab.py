@@ -105,6 +105,7 @@ def create_dataset_tab(api: Api, components: dict):
             model=model or "", max_length=int(max_length or 1024), train_on=train_on or "assistant",
             hub_config=hub_config or None, split=split or "train",
             out_dir=api.downloads / "formatted" / _safe(owner(request, profile)),
+            hub_only=not data_file and api.workspace.multi_user,  # typed text is never a server path
         )
         for w in report["warnings"][:3]:
             gr.Warning(w)

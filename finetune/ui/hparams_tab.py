@@ -7,7 +7,7 @@ import gradio as gr
 from ..config import RunConfig
 from ..presets import DEFAULT_PRESET, load_preset, preset_description, preset_paths
 from . import forms
-from .common import Api, user_errors
+from .common import Api, config_warnings_markdown, user_errors
 
 
 def create_hparams_tab(api: Api, components: dict):
@@ -86,7 +86,8 @@ def wire_config(api: Api, components: dict, hp: dict, extra_inputs: list, extra_
             cfg = build(*values)
         except Exception as e:  # noqa: BLE001 - shown next to the form, the YAML keeps its last good value
             return gr.Code(), f"⚠️ {e}", gr.Dataframe()
-        return (cfg.to_yaml(), *estimate_view(cfg, values[-1]))
+        verdict, table = estimate_view(cfg, values[-1])
+        return cfg.to_yaml(), config_warnings_markdown(cfg) + verdict, table
 
     inputs = widgets + list(extra_inputs) + [hp["gpu"]]
     for w in inputs:
