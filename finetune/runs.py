@@ -106,7 +106,7 @@ def _pid_alive(pid) -> bool:
 class RunState:
     run_id: str
     path: Path
-    status: str  # new | running | paused | interrupted | stopped | finished | failed
+    status: str  # new | queued | running | paused | interrupted | stopped | finished | failed
     name: str = ""
     model: str = ""
     step: int = 0
@@ -122,10 +122,19 @@ class RunState:
     last_checkpoint: str | None = None
     losses: list[tuple[int, float]] = field(default_factory=list)
     eval_losses: list[tuple[int, float]] = field(default_factory=list)
+    queue_position: int | None = None  # queued: 1 = trains next (backends.queue)
+
+    @property
+    def status_text(self) -> str:
+        """The status as people read it: ``queued (position 2)``."""
+        if self.status == "queued" and self.queue_position:
+            return f"queued (position {self.queue_position})"
+        return self.status
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
         d["path"] = str(self.path)
+        d["status_text"] = self.status_text
         return d
 
 
@@ -136,12 +145,16 @@ def read_run(run_dir: Path) -> RunState:
     state = RunState(run_id=run_dir.name, path=run_dir, status="new")
     for e in events:
         kind = e.get("type")
-        if kind == "started":
+        if kind == "queued":  # waiting for a free training slot on this machine (backends.queue)
+            state.status, state.queue_position = "queued", e.get("position")
+            state.message = f"queued (position {e.get('position')}): starts when a run ahead of it ends"
+            state._pid = e.get("pid")  # type: ignore[attr-defined]
+        elif kind == "started":
             state.started = state.started or e.get("time")
             state.name = e.get("name", state.name)
             state.model = e.get("model", state.model)
             state.max_steps = e.get("max_steps", state.max_steps) or state.max_steps
-            state.status, state.message = "running", ""
+            state.status, state.message, state.queue_position = "running", "", None
             state._pid = e.get("pid")  # type: ignore[attr-defined]
         elif kind == "step":
             state.step = e.get("step", state.step)
@@ -160,13 +173,13 @@ def read_run(run_dir: Path) -> RunState:
         elif kind == "chunk_aborted":  # a GPU call was cut off (ZeroGPU): resumable from the last checkpoint
             state.status, state.message = "interrupted", e.get("message", "")
         elif kind in TERMINAL or kind == "paused":
-            state.status = kind
+            state.status, state.queue_position = kind, None
             state.message = e.get("message", "")
             if kind == "finished":
                 state.step = e.get("step", state.step)
     remote = (run_dir / JOB_FILE).exists()
-    if state.status == "running" and not remote and not _pid_alive(getattr(state, "_pid", None)):
-        state.status = "interrupted"  # the process is gone without a final event: resumable
+    if state.status in ("running", "queued") and not remote and not _pid_alive(getattr(state, "_pid", None)):
+        state.status, state.queue_position = "interrupted", None  # the process is gone without a final event: resumable
     state.__dict__.pop("_pid", None)
     state.has_adapter = (run_dir / ADAPTER / "adapter_config.json").exists()
     ck = last_checkpoint(run_dir)

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import runs
-from .backends import get_backend
 from .config import RunConfig, validate
 
 
@@ -90,11 +89,45 @@ def keep_upload(ws: Workspace, owner: str | None, path: str | Path) -> Path:
     return target
 
 
+BACKEND_NAMES = {"local": "local", "": "local", "zerogpu": "zerogpu", "hf-jobs": "hf-jobs", "hfjobs": "hf-jobs"}
+# On a shared server one owner may not fill the training queue: runs waiting per owner beyond this are refused.
+MAX_QUEUED_PER_OWNER = 3
+SYNC_EVERY_S = 5.0  # a Hugging Face job's log is read at most this often per run (each read fetches the log)
+
+
+def backend_name(backend: str | None) -> str:
+    """``local`` | ``zerogpu`` | ``hf-jobs`` (``hfjobs`` is accepted too)."""
+    name = BACKEND_NAMES.get((backend or "").strip().lower())
+    if name is None:
+        raise ServiceError(f"unknown backend '{backend}'; choose local, zerogpu or hf-jobs")
+    return name
+
+
+def queue_dir(ws: Workspace) -> Path:
+    """The machine-wide training queue: one for every owner of the workspace."""
+    from .backends import queue
+
+    return queue.queue_dir(ws.root)
+
+
 def start_training(ws: Workspace, owner: str | None, config: RunConfig, backend: str = "local",
-                   data_file: str | Path | None = None) -> str:
+                   data_file: str | Path | None = None, *, token: str | None = None, flavor: str | None = None,
+                   repo_id: str | None = None, api=None) -> str:
+    """Create a run and start it on ``backend``; returns the run id.
+
+    - ``local``: a training process on this machine, waiting in the machine's queue when all training slots
+      are busy (the run shows ``queued (position N)``);
+    - ``zerogpu``: only the run folder; the caller drives the GPU calls with :func:`train_chunks`;
+    - ``hf-jobs``: a Hugging Face Job on ``flavor`` pushing to ``repo_id``, with ``token`` (or HF_TOKEN) as its
+      secret; the token is stored nowhere.
+    """
+    backend = backend_name(backend)
     validate(config, source="config")
     root = ws.for_owner(owner)
     root.mkdir(parents=True, exist_ok=True)
+    if data_file and backend == "hf-jobs":
+        raise ServiceError("a Hugging Face job cannot read a file uploaded here: push the dataset to the Hub (Dataset "
+                           "tab, push) and give its id instead of the file")
     if data_file:
         config.data.source = str(keep_upload(ws, owner, data_file).resolve())
     elif config.data.source and Path(config.data.source).exists() and ws.multi_user:
@@ -102,27 +135,135 @@ def start_training(ws: Workspace, owner: str | None, config: RunConfig, backend:
         inside = Path(config.data.source).resolve().is_relative_to(root.resolve())
         if not inside:
             raise ServiceError("data.source must be an uploaded file or a Hub dataset id")
-    active = [r for r in runs.list_runs(root) if r.status == "running"]
-    if ws.multi_user and active:
-        raise ServiceError(f"run {active[0].run_id} is still training; stop it or wait for it to finish")
-    return get_backend(backend).start(config, root)
+    if backend == "hf-jobs":
+        from .backends import hfjobs
+        from .hub import HubError
+
+        try:
+            return hfjobs.start(config, root, token=token, flavor=flavor or hfjobs.DEFAULT_FLAVOR,
+                                repo_id=(repo_id or "").strip() or None, api=api)
+        except (hfjobs.JobError, HubError) as e:
+            raise ServiceError(str(e)) from None
+    if backend == "zerogpu":
+        from .backends import zerogpu
+
+        return zerogpu.start(config, root)
+    from .backends import local
+
+    waiting = [r for r in runs.list_runs(root) if r.status == "queued"]
+    if ws.multi_user and len(waiting) >= MAX_QUEUED_PER_OWNER:
+        raise ServiceError(f"you already have {len(waiting)} runs waiting in the queue; stop one or wait for them "
+                           "to start")
+    try:
+        return local.start(config, root, queue_dir=queue_dir(ws))
+    except ValueError as e:  # a bad FINETUNE_MAX_CONCURRENT_RUNS on the server
+        raise ServiceError(str(e)) from None
 
 
-def run_status(ws: Workspace, owner: str | None, run_id: str) -> dict:
-    state = runs.read_run(_run_dir(ws, owner, run_id)).to_dict()
+def is_zerogpu_run(path: Path) -> bool:
+    from .events import read_events
+
+    return any(e.get("type") == "submitted" and e.get("backend") == "zerogpu" for e in read_events(path))
+
+
+def train_chunks(ws: Workspace, owner: str | None, run_id: str, chunk=None, **kw):
+    """Drive a ZeroGPU run: chained GPU calls (``chunk``, default zerogpu.train_chunk) until it ends; yields
+    the run state after each call."""
+    from .backends import zerogpu
+
+    path = _run_dir(ws, owner, run_id)
+    for state in zerogpu.run_chunked(None, path, chunk=chunk, **kw):
+        state.pop("path", None)
+        yield state
+
+
+def _sync_job(path: Path, token: str | None, api) -> str:
+    """Mirror a Hugging Face job's log into its run folder (at most every SYNC_EVERY_S); '' or why it could not."""
+    import time
+
+    from .backends import hfjobs
+    from .events import TERMINAL
+
+    job_file = path / runs.JOB_FILE
+    if runs.read_run(path).status in TERMINAL or time.time() - job_file.stat().st_mtime < SYNC_EVERY_S:
+        return ""
+    try:
+        hfjobs.sync(path.name, path.parent, token=token, api=api)
+    except hfjobs.JobError as e:
+        return f"cannot read the job right now ({e}); showing its last known state"
+    return ""
+
+
+def backend_of(path: Path) -> str:
+    """Where a run trains, from its folder: ``hf-jobs`` (a job file), ``zerogpu`` or ``local``."""
+    if (path / runs.JOB_FILE).exists():
+        return "hf-jobs"
+    return "zerogpu" if is_zerogpu_run(path) else "local"
+
+
+def zerogpu_quota(config: RunConfig, data_file: str | Path | None = None) -> dict:
+    """The ZeroGPU quota a run will use (zerogpu.quota_preview); an epochs-based run counts the rows of its data
+    (the uploaded file, else a local data.source)."""
+    from .backends import zerogpu
+
+    n_examples = None
+    source = data_file or config.data.source or str(Path(__file__).parent / "samples" / "city_year.jsonl")
+    if config.training.max_steps <= 0 and source and Path(source).is_file():
+        from . import data
+
+        table = data.load_rows(source, max_bytes=data.max_upload_bytes())
+        n_examples = max(1, round(len(table.rows) * (1 - config.data.val_fraction)))
+    return zerogpu.quota_preview(config, n_examples)
+
+
+def run_status(ws: Workspace, owner: str | None, run_id: str, *, token: str | None = None, api=None) -> dict:
+    """The run's state from its folder; a Hugging Face job's folder is first synced from the job's log."""
+    path = _run_dir(ws, owner, run_id)
+    note = _sync_job(path, token, api) if (path / runs.JOB_FILE).exists() else ""
+    state = runs.read_run(path).to_dict()
     state.pop("path", None)  # never reveal server paths
+    state["backend"] = backend_of(path)
+    if note:
+        state["message"] = note
     return state
 
 
-def stop_training(ws: Workspace, owner: str | None, run_id: str) -> dict:
+def stop_training(ws: Workspace, owner: str | None, run_id: str, *, token: str | None = None, api=None) -> dict:
+    """Stop a run: a local one checkpoints at its next step (a queued one leaves the queue); a Hugging Face job is
+    cancelled."""
     path = _run_dir(ws, owner, run_id)
-    runs.request_stop(path)
+    if (path / runs.JOB_FILE).exists():
+        from .backends import hfjobs
+
+        try:
+            hfjobs.stop(run_id, path.parent, token=token, api=api)
+            hfjobs.sync(run_id, path.parent, token=token, api=api)
+        except hfjobs.JobError as e:
+            raise ServiceError(str(e)) from None
+    else:
+        from .backends import local
+
+        local.stop(run_id, path.parent)
     return run_status(ws, owner, run_id)
 
 
 def resume_training(ws: Workspace, owner: str | None, run_id: str) -> str:
-    _run_dir(ws, owner, run_id)
-    return get_backend("local").resume(run_id, ws.for_owner(owner))
+    """Continue a local run from its last checkpoint (through the queue). A ZeroGPU run is resumed by driving
+    :func:`train_chunks` again; a Hugging Face job cannot be resumed."""
+    path = _run_dir(ws, owner, run_id)
+    if (path / runs.JOB_FILE).exists():
+        raise ServiceError("a Hugging Face job cannot be resumed; start a new run")
+    if is_zerogpu_run(path):
+        state = runs.read_run(path)
+        if state.status in ("running", "finished"):
+            raise ServiceError(f"run '{run_id}' is {state.status}: nothing to resume")
+        return run_id
+    from .backends import local
+
+    try:
+        return local.resume(run_id, ws.for_owner(owner), queue_dir=queue_dir(ws))
+    except runs.RunError as e:
+        raise ServiceError(str(e)) from None
 
 
 def list_runs(ws: Workspace, owner: str | None) -> list[dict]:
@@ -131,6 +272,7 @@ def list_runs(ws: Workspace, owner: str | None) -> list[dict]:
         d = s.to_dict()
         for key in ("path", "losses", "eval_losses"):
             d.pop(key, None)
+        d["backend"] = backend_of(s.path)
         out.append(d)
     return out
 

@@ -4,14 +4,17 @@ id; the UI and the CLI pick one by name from ``BACKENDS``.
 - ``local``: a process on this machine (``status`` reads the run folder);
 - ``hf-jobs``: a Hugging Face Job on a rented GPU (``sync`` mirrors the job's log into the run folder; the
   user's token is passed as ``token=`` or read from HF_TOKEN);
-- ZeroGPU runs inside the app's own process in chunks: ``backends.zerogpu.run_chunked``.
+- ``zerogpu``: ``start`` creates the run folder; the app then drives chained ``@spaces.GPU`` calls inside its own
+  process with ``zerogpu.run_chunked`` (only on a ZeroGPU Space: ``zerogpu.available()``).
+
+Local runs wait in the machine-wide queue of ``backends.queue`` when every training slot is busy.
 """
 
 from __future__ import annotations
 
-from . import hfjobs, local
+from . import hfjobs, local, zerogpu
 
-BACKENDS = {"local": local, "hf-jobs": hfjobs}
+BACKENDS = {"local": local, "hf-jobs": hfjobs, "zerogpu": zerogpu}
 
 
 def get_backend(name: str):

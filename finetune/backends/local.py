@@ -2,6 +2,11 @@
 
 The web server never trains in its own process, so it stays responsive, a crash cannot take it down,
 stop is reliable, and an app restart finds the run still going or its folder in its last state.
+
+With ``queue_dir`` (the app passes ``<runs root>/.queue``) runs wait in the machine-wide line of
+:mod:`finetune.backends.queue`: at most ``FINETUNE_MAX_CONCURRENT_RUNS`` train at once, a run started meanwhile
+is accepted at once with a ``queued`` event carrying its position, and its process starts training when a
+slot frees. Stopping a queued run takes it out of the line.
 """
 
 from __future__ import annotations
@@ -10,57 +15,103 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from .. import runs
 from ..config import RunConfig
+from ..events import TERMINAL, EventLog
+from . import queue
 
 LOG_FILE = "process.log"
 
 
-def start(config: RunConfig, root: str | Path | None = None, run_id: str | None = None) -> str:
-    """Create the run folder, write the config, launch the training process; return the run id."""
+def start(config: RunConfig, root: str | Path | None = None, run_id: str | None = None,
+          queue_dir: str | Path | None = None) -> str:
+    """Create the run folder, write the config, launch the training process; return the run id.
+
+    ``queue_dir``: wait in that queue for a free training slot (see :mod:`finetune.backends.queue`).
+    """
     run_id = runs.check_run_id(run_id) if run_id else runs.new_run_id(config.name)
     run_dir = runs.run_path(run_id, root)
     run_dir.mkdir(parents=True, exist_ok=False)
     config.save(run_dir / runs.CONFIG_FILE)
-    return _launch(run_dir)
+    return _launch(run_dir, queue_dir)
 
 
-def resume(run_id: str, root: str | Path | None = None) -> str:
+def resume(run_id: str, root: str | Path | None = None, queue_dir: str | Path | None = None) -> str:
     """Continue a paused, stopped or interrupted run from its last checkpoint."""
     run_dir = runs.run_path(run_id, root)
     if not (run_dir / runs.CONFIG_FILE).exists():
         raise runs.RunError(f"no run '{run_id}' here")
-    if status(run_id, root).status == "running":
-        raise runs.RunError(f"run '{run_id}' is already running")
-    return _launch(run_dir)
+    current = status(run_id, root).status
+    if current in ("running", "queued"):
+        raise runs.RunError(f"run '{run_id}' is already {current}")
+    return _launch(run_dir, queue_dir)
 
 
-def _launch(run_dir: Path) -> str:
+def _launch(run_dir: Path, queue_dir: str | Path | None = None) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
     env["PYTHONUNBUFFERED"] = "1"
     root = Path(__file__).resolve().parent.parent.parent
+    cmd = [sys.executable, "-m", "finetune", "train", "--run-dir", str(run_dir.resolve()), "--quiet"]
+    ticket, place = None, 0
+    if queue_dir is not None:
+        # Join the line here, in request order, and hand the locked ticket to the process (an inherited
+        # descriptor keeps the lock: if the process dies, the kernel drops it and the line moves on).
+        queue_dir = Path(queue_dir).resolve()
+        ticket = queue.enqueue(queue_dir, run_dir.name)
+        place = queue.position(queue_dir, ticket)
+        cmd += ["--queue-dir", str(queue_dir), "--queue-ticket", str(ticket.path), "--queue-ticket-fd", str(ticket.fd)]
     log = open(run_dir / LOG_FILE, "ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "finetune", "train", "--run-dir", str(run_dir.resolve()), "--quiet"],
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True,  # survives a restart of the app and is not hit by its Ctrl-C
-    )
-    log.close()
+    try:
+        proc = subprocess.Popen(
+            cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,  # survives a restart of the app and is not hit by its Ctrl-C
+            pass_fds=(ticket.fd,) if ticket else (),
+        )
+    except BaseException:
+        if ticket:
+            queue.close_ticket(ticket)
+        raise
+    finally:
+        log.close()
+    if ticket:
+        queue.release(ticket.fd)  # the process holds the ticket's lock now
+        if place > 0:  # visible at once; the process re-writes it whenever the position changes
+            EventLog(run_dir).emit("queued", position=place, pid=proc.pid)
     # Reap the process when it ends: an unreaped (zombie) child still answers kill(pid, 0), so a crashed run
     # would read as "running" for as long as the app lives.
-    threading.Thread(target=proc.wait, name=f"reap-{run_dir.name}", daemon=True).start()
+    threading.Thread(target=_reap, args=(proc, run_dir), name=f"reap-{run_dir.name}", daemon=True).start()
     return run_dir.name
+
+
+def _reap(proc: subprocess.Popen, run_dir: Path) -> None:
+    """Wait for the process; if it exited with an error before training began (a bad install, a bad argument),
+    record why, so the run does not sit as "new" or "queued" forever."""
+    code = proc.wait()
+    if code <= 0:  # success, or killed by a signal (an interrupted run stays resumable)
+        return
+    state = runs.read_run(run_dir)
+    if state.status in TERMINAL or state.started:
+        return
+    tail = logs(run_dir.name, run_dir.parent, tail=3).strip().replace("\n", " | ")
+    EventLog(run_dir).emit("failed", message=f"the training process exited with code {code} before it started"
+                           + (f": {tail}" if tail else ""))
 
 
 def status(run_id: str, root: str | Path | None = None) -> runs.RunState:
     return runs.read_run(runs.run_path(run_id, root))
 
 
-def stop(run_id: str, root: str | Path | None = None) -> None:
-    """Ask the run to stop at the next step; it writes a checkpoint and a ``stopped`` event."""
-    runs.request_stop(runs.run_path(run_id, root))
+def stop(run_id: str, root: str | Path | None = None, wait_queued_s: float = 5.0) -> None:
+    """Ask the run to stop at the next step; it writes a checkpoint and a ``stopped`` event. A queued run
+    leaves the line (its process checks every half second); this waits up to ``wait_queued_s`` for that."""
+    run_dir = runs.run_path(run_id, root)
+    runs.request_stop(run_dir)
+    deadline = time.time() + wait_queued_s
+    while runs.read_run(run_dir).status == "queued" and time.time() < deadline:
+        time.sleep(0.1)
 
 
 def logs(run_id: str, root: str | Path | None = None, tail: int = 200) -> str:

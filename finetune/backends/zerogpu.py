@@ -14,6 +14,7 @@ so the same code runs (and is tested) on any machine.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,39 @@ DAILY_QUOTA_S = {tier: minutes * 60 for tier, minutes in ZEROGPU_DAILY_QUOTA_MIN
 # inside training as a TrainingError): the run fails at once instead of spending the user's quota on the
 # same error again. What stays retryable is a call cut off from outside: "GPU task aborted", a lost worker.
 PERMANENT_ERRORS = ("ConfigError", "ModelError", "TrainingError", "RunError", "DataError", "TemplateError")
+
+
+def available() -> tuple[bool, str]:
+    """Whether this app runs on a ZeroGPU Space (the platform sets SPACES_ZERO_GPU), and if not, why."""
+    if spaces is None:
+        return False, "the `spaces` package is not installed (it comes with Hugging Face Spaces)"
+    try:
+        on_zero = bool(spaces.config.Config.zero_gpu)
+    except AttributeError:  # an older `spaces`: the platform's variable says it
+        on_zero = os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true")
+    if not on_zero:
+        return False, "this app is not running on a ZeroGPU Space (run it on one, with ZeroGPU hardware, to use it)"
+    return True, ""
+
+
+def start(config: RunConfig, root: str | Path | None = None, run_id: str | None = None) -> str:
+    """Create the run folder of a ZeroGPU run (config and a ``submitted`` event); the app then drives its GPU
+    calls with :func:`run_chunked`. Returns the run id."""
+    run_id = runs.check_run_id(run_id) if run_id else runs.new_run_id(config.name)
+    run_dir = runs.run_path(run_id, root)
+    run_dir.mkdir(parents=True, exist_ok=False)
+    config.save(run_dir / runs.CONFIG_FILE)
+    EventLog(run_dir).emit("submitted", backend="zerogpu")
+    return run_id
+
+
+def status(run_id: str, root: str | Path | None = None) -> runs.RunState:
+    return runs.read_run(runs.run_path(run_id, root))
+
+
+def stop(run_id: str, root: str | Path | None = None) -> None:
+    """The current GPU call checkpoints and ends at its next step; no further call is made."""
+    runs.request_stop(runs.run_path(run_id, root))
 
 
 @dataclass
@@ -129,6 +163,36 @@ def quota_estimate(max_steps: int, per_step_s: float, setup_s: float = SETUP_S, 
             "share_of_daily_quota": {tier: round(gpu_s / q, 2) for tier, q in DAILY_QUOTA_S.items()}}
 
 
+def quota_preview(config: RunConfig, n_examples: int | None = None, gpu: str = "zerogpu-large",
+                  per_step_s: float | None = None) -> dict:
+    """What a run will take from the daily ZeroGPU quota, before it starts.
+
+    The step time is ``per_step_s`` when measured, else memory.tokens_per_second on the ZeroGPU card with every
+    example filling ``max_length`` (an upper bound: short examples train faster). An epochs-based run needs
+    ``n_examples`` to count its steps. Returns quota_estimate's dict plus ``max_steps``, ``per_step_s``,
+    ``quota_factor``, ``daily_quota_s`` and ``upper_bound``.
+    """
+    from .. import memory
+
+    t = config.training
+    if t.max_steps > 0:
+        steps = t.max_steps
+    elif n_examples:
+        per_epoch = math.ceil(n_examples / t.batch_size)
+        steps = max(1, math.ceil(per_epoch * t.epochs / t.grad_accum))
+    else:
+        raise ValueError("the number of steps depends on the data: set training.max_steps or give the data first")
+    card = memory.get_gpu(gpu)
+    if per_step_s is None:
+        spec = memory.spec_for_config(config, allow_hub=False)
+        tps = memory.tokens_per_second(spec, memory.setup_for(config, card), card)
+        per_step_s = t.batch_size * t.grad_accum * t.max_length / tps
+    factor = card.zerogpu_quota_factor or 1.0
+    est = quota_estimate(steps, per_step_s, quota_factor=factor)
+    return {**est, "max_steps": steps, "per_step_s": per_step_s, "quota_factor": factor,
+            "daily_quota_s": dict(DAILY_QUOTA_S), "upper_bound": True}
+
+
 def _permanent(e: BaseException) -> bool:
     """On ZeroGPU an exception in the worker comes back as ``gr.Error`` whose message is the class name
     (spaces.zero.wrappers); here it is the exception itself. Both are recognised."""
@@ -158,13 +222,14 @@ def train_chunk(run_dir: str, until_step: int, duration_s: int) -> dict:
 
 def run_chunked(config: RunConfig | None, run_dir: Path, *, chunk: Callable[[str, int, int], dict] | None = None,
                 max_calls: int = 100, max_aborts: int = 3, max_call_s: int = MAX_CALL_S,
-                steps_per_call: int | None = None) -> Iterator[dict]:
+                steps_per_call: int | None = None, resume: bool = False) -> Iterator[dict]:
     """Chain GPU calls until the run finishes; yields the run state after every call.
 
     ``chunk`` is the GPU call (``train_chunk``). An exception from it (an aborted call, a crashed worker) is
     recorded as a ``chunk_aborted`` event and the next call resumes from the last checkpoint, up to
     ``max_aborts`` in a row; an error a retry cannot fix (PERMANENT_ERRORS) ends the run at once.
-    ``steps_per_call`` caps the steps of each call (tests, or a user who wants short calls).
+    ``steps_per_call`` caps the steps of each call (tests, or a user who wants short calls). ``resume`` continues
+    a run the user stopped (otherwise a stopped run is left as it is).
 
     >>> for state in run_chunked(cfg, Path("runs/demo")):  # doctest: +SKIP
     ...     print(state["status"], state["step"], "/", state["max_steps"])
@@ -177,8 +242,14 @@ def run_chunked(config: RunConfig | None, run_dir: Path, *, chunk: Callable[[str
     aborts = 0
     for _ in range(max_calls):
         state = runs.read_run(run_dir)
-        if state.status in ("finished", "stopped"):
+        if state.status == "finished" or (state.status == "stopped" and not resume):
             yield state.to_dict()
+            return
+        resume = False
+        if runs.stop_requested(run_dir):  # asked between calls: a call would remove the request and train on
+            (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
+            log.emit("stopped", step=state.step, max_steps=state.max_steps, message="stopped by the user")
+            yield runs.read_run(run_dir).to_dict()
             return
         max_steps = state.max_steps or config.training.max_steps  # 0 until a call has counted the data
         plan = plan_chunk(run_dir, state.step, max_steps, max_call_s)

@@ -8,10 +8,14 @@ model on the bundled sample. An existing --run-dir is resumed from its last chec
 finetune train ... --run-dir DIR` trains across N GPUs (DDP). --backend hf-jobs submits the run to a
 Hugging Face Job on --flavor (token from HF_TOKEN, sent as a job secret only) and prints the job id.
 --push-to pushes the adapter of a finished run to a Hub repo (token from HF_TOKEN).
+--queue-dir DIR waits for a free slot in that machine-wide training queue first (at most
+$FINETUNE_MAX_CONCURRENT_RUNS runs train at once; the app passes <runs root>/.queue): the run folder shows
+"queued (position N)" meanwhile, and a STOP file in it takes the run out of the line.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import os
@@ -35,6 +39,10 @@ def register(sub) -> None:
     p.add_argument("--push-to", metavar="REPO", help="push the adapter to this Hub repo when the run finishes")
     p.add_argument("--config-env", metavar="VAR",
                    help="read the run config as base64 YAML from this environment variable (how a job gets it)")
+    p.add_argument("--queue-dir", metavar="DIR",
+                   help="wait for a free slot in this training queue before training (needs --run-dir)")
+    p.add_argument("--queue-ticket", help=argparse.SUPPRESS)  # a place in line taken by the app for this run
+    p.add_argument("--queue-ticket-fd", type=int, help=argparse.SUPPRESS)  # its locked, inherited descriptor
     p.add_argument("--backend", default="local", choices=("local", "hf-jobs"),
                    help="local: train here (default); hf-jobs: submit a Hugging Face Job and print its id")
     jobs = p.add_argument_group("hf-jobs")
@@ -126,6 +134,8 @@ def run(args) -> int:
         _check_repo(args.push_to)
     if args.backend == "hf-jobs":
         return submit_job(args)
+    if args.queue_dir and not wait_in_queue(args):
+        return 0  # stopped while waiting
     printer = Printer(args.quiet, args.events_json)
     try:
         cfg = build_config(args)
@@ -142,6 +152,39 @@ def run(args) -> int:
         push(result, args.push_to, printer)
     print(result.run_dir)
     return 0 if result.status in ("finished", "paused", "stopped") else 1
+
+
+_SLOT: list[int] = []  # the queue slot this process trains in: held (open) until the process ends
+
+
+def wait_in_queue(args) -> bool:
+    """Wait for a training slot (before the heavy imports: a waiting process stays small). False: the run
+    was stopped while it waited, and left the line with a ``stopped`` event."""
+    from pathlib import Path
+
+    from finetune import runs
+    from finetune.backends import queue
+    from finetune.cli import UsageError
+    from finetune.events import EventLog
+
+    if not args.run_dir:
+        raise UsageError("--queue-dir needs --run-dir (the run folder where the queue position is written)")
+    run_dir = Path(args.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        ticket = (queue.adopt(args.queue_ticket, args.queue_ticket_fd) if args.queue_ticket_fd is not None
+                  else queue.enqueue(args.queue_dir, run_dir.name))
+        log = EventLog(run_dir)
+        slot = queue.wait_for_slot(args.queue_dir, ticket, should_stop=lambda: runs.stop_requested(run_dir),
+                                   on_position=lambda n: log.emit("queued", position=n, pid=os.getpid()))
+    except ValueError as e:  # a bad FINETUNE_MAX_CONCURRENT_RUNS
+        raise UsageError(str(e)) from e
+    if slot is None:
+        (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
+        log.emit("stopped", message="removed from the queue before it started")
+        return False
+    _SLOT.append(slot)
+    return True
 
 
 def _check_repo(repo_id: str) -> None:

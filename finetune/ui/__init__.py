@@ -28,8 +28,14 @@ Fine-tune an open LLM on your own data with QLoRA, then chat with it and share t
 **1 · Dataset** → **2 · Hyperparameters** → **3 · Train** → **4 · Playground**."""
 
 
-def build_app(workspace: Workspace | None = None, downloads: str | Path | None = None) -> gr.Blocks:
-    """Build the app (no side effects until launched)."""
+def build_app(workspace: Workspace | None = None, downloads: str | Path | None = None, *,
+              zerogpu: bool | None = None, zerogpu_steps_per_call: int | None = None) -> gr.Blocks:
+    """Build the app (no side effects until launched).
+
+    ``zerogpu``: offer training on ZeroGPU; None detects a ZeroGPU Space (the platform sets SPACES_ZERO_GPU).
+    True offers it anywhere (off a ZeroGPU Space ``spaces.GPU`` runs the calls in this process: for tests).
+    ``zerogpu_steps_per_call`` caps the steps of each ZeroGPU call (default: planned from the step time).
+    """
     api = Api(workspace or default_workspace(), Path(downloads or tempfile.mkdtemp(prefix="finetune-downloads-")))
     components: dict = {}
     with gr.Blocks(title="finetune") as demo:
@@ -42,7 +48,8 @@ def build_app(workspace: Workspace | None = None, downloads: str | Path | None =
         with gr.Tab("2 · Hyperparameters", id="hparams"):
             hp = create_hparams_tab(api, components)
         with gr.Tab("3 · Train", id="train"):
-            tr = create_train_tab(api, hp["config_code"], ds["data_file"])
+            tr = create_train_tab(api, hp["config_code"], ds["data_file"], zerogpu_enabled=zerogpu,
+                                  zerogpu_steps_per_call=zerogpu_steps_per_call)
         with gr.Tab("4 · Playground", id="playground"):
             pg = create_playground_tab(api)
         ds["wire"]()

@@ -1,28 +1,70 @@
-"""Train tab: start and stop runs, live progress and loss curve, the event log, past runs, download, push."""
+"""Train tab: where to train (this machine, ZeroGPU, Hugging Face Jobs), start and stop runs, live progress and
+loss curve, the event log, past runs, download, push."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import gradio as gr
 import pandas as pd
 
-from .. import service
-from ..hub import push_adapter
+from .. import memory, service
+from ..backends import hfjobs, zerogpu
+from ..hub import MOCK_OAUTH_TOKEN, push_adapter
 from ..runs import RunState
 from .common import Api, owner, user_errors
 
-BACKENDS = [
-    ("This machine", "local"),
-    ("ZeroGPU (inside a ZeroGPU Space; not available here)", "zerogpu"),
-    ("Hugging Face Jobs (rented GPU; not available here)", "hfjobs"),
-]
 TABLE_COLUMNS = ["run_id", "status", "step", "max_steps", "loss", "model"]
 STATUS_BADGE = {
     "running": "🟢 running", "finished": "✅ finished", "failed": "❌ failed", "stopped": "⏹ stopped",
-    "paused": "⏸ paused", "interrupted": "⚠️ interrupted (resumable)", "new": "… starting",
+    "paused": "⏸ paused", "interrupted": "⚠️ interrupted (resumable)", "new": "… starting", "queued": "⏳ queued",
 }
+LOCAL_INFO = ("This machine runs the training in its own process; the page can be closed meanwhile. One run trains "
+              "at a time (FINETUNE_MAX_CONCURRENT_RUNS): a run started meanwhile waits in the queue.")
+
+
+def backend_choices(zerogpu_ok: bool, zerogpu_why: str) -> list[tuple[str, str]]:
+    zero = ("ZeroGPU (this Space's shared GPU, in checkpointed calls)" if zerogpu_ok
+            else f"ZeroGPU: not available, {zerogpu_why}")
+    return [("This machine", "local"), (zero, "zerogpu"), ("Hugging Face Jobs (rented GPU, billed per minute)", "hf-jobs")]
+
+
+def flavor_choices() -> list[tuple[str, str]]:
+    """The Jobs flavors of the GPU catalog (memory.GPUS), with their memory and hourly price."""
+    out = []
+    for g in memory.GPUS.values():
+        if g.hf_flavor and g.hf_flavor in hfjobs.FLAVOR_GPUS:
+            price = f"${g.usd_per_hour:.2f}/h" if g.usd_per_hour is not None else "price not listed"
+            out.append((f"{g.hf_flavor} · {g.label} {g.nominal_gb:g} GB · {price}", g.hf_flavor))
+    return out
+
+
+def oauth_token(oauth: gr.OAuthToken | None) -> str | None:
+    """The signed-in user's token; None (then HF_TOKEN) when signed out or for the local mock token, which must
+    never be sent to the Hub."""
+    token = getattr(oauth, "token", None)
+    return None if not token or token == MOCK_OAUTH_TOKEN else token
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+
+def quota_markdown(est: dict) -> str:
+    """What a ZeroGPU run will take from the daily quota (zerogpu.quota_preview), per account tier."""
+    used = est["gpu_seconds"]
+    tiers = " · ".join(f"{tier} {q / 60:g} min ({100 * used / q:.0f}%)" for tier, q in est["daily_quota_s"].items())
+    over = [tier for tier, q in est["daily_quota_s"].items() if used > q]
+    lines = [f"**ZeroGPU quota this run will use: about {_minutes(used)}** of GPU time in {est['calls']} call(s) of up "
+             f"to {est['steps_per_call']} steps ({est['max_steps']} steps, ~{est['per_step_s']:.2f} s/step"
+             + (", every example at max_length: an upper bound" if est.get("upper_bound") else "") + ").",
+             f"Daily ZeroGPU quota: {tiers}."]
+    if over:
+        lines.append(f"More than a day's quota for: {', '.join(over)}. The run stops at its last checkpoint when the "
+                     "quota runs out; resume it when the quota is back, or lower training.max_steps.")
+    return "\n\n".join(lines)
 
 
 def _fmt_seconds(s) -> str:
@@ -30,6 +72,15 @@ def _fmt_seconds(s) -> str:
         return "–"
     s = int(s)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def badge(state: dict) -> str:
+    """``🟢 running``, ``⏳ queued (position 2)``."""
+    status = state["status"]
+    text = STATUS_BADGE.get(status, status)
+    if state.get("status_text") and state["status_text"] != status:
+        text = text.replace(status, state["status_text"])
+    return text
 
 
 def progress_html(state: dict) -> str:
@@ -41,7 +92,7 @@ def progress_html(state: dict) -> str:
     tps = state.get("tokens_per_s")
     msg = f"<div class='ft-msg'>{state['message']}</div>" if state.get("message") else ""
     return (
-        f"<div class='ft-progress' id='ft-progress'><b>{state['run_id']}</b> · {STATUS_BADGE.get(state['status'], state['status'])}"
+        f"<div class='ft-progress' id='ft-progress'><b>{state['run_id']}</b> · {badge(state)}"
         f"<div style='background:#eee;border-radius:6px;height:14px;margin:6px 0'>"
         f"<div style='background:#4f46e5;width:{pct}%;height:14px;border-radius:6px'></div></div>"
         f"step <b>{step}</b> / {total or '?'} · loss <b>{'–' if loss is None else f'{loss:.4f}'}</b>"
@@ -70,11 +121,26 @@ def events_text(events: list[dict], limit: int = 40) -> str:
     return "\n".join(lines)
 
 
-def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File):
+def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zerogpu_enabled: bool | None = None,
+                     zerogpu_steps_per_call: int | None = None):
+    """``zerogpu_enabled``: offer ZeroGPU (default: detected, zerogpu.available()); ``zerogpu_steps_per_call``
+    caps the steps of each GPU call (default: planned from the measured step time)."""
     ws = api.workspace
+    zerogpu_ok, zerogpu_why = zerogpu.available() if zerogpu_enabled is None else (zerogpu_enabled, "switched off")
+    flavors = flavor_choices()
     with gr.Row():
-        backend = gr.Radio(BACKENDS, value="local", label="Where to train",
-                           info="This machine runs the training in its own process; the page can be closed meanwhile.")
+        backend = gr.Radio(backend_choices(zerogpu_ok, zerogpu_why), value="local", label="Where to train",
+                           info=LOCAL_INFO, elem_id="backend")
+    with gr.Group(visible=False) as zerogpu_box:
+        zerogpu_quota = gr.Markdown(elem_id="zerogpu-quota")
+    with gr.Group(visible=False) as jobs_box:
+        with gr.Row():
+            flavor = gr.Dropdown(flavors, value=hfjobs.DEFAULT_FLAVOR, label="GPU flavor (Hugging Face Jobs)",
+                                 info="Billed per minute while the job runs; bigger GPUs train faster.", elem_id="flavor")
+            jobs_repo = gr.Textbox(value="", label="Push the adapter to (Hub repo)", placeholder="you/my-adapter",
+                                   info="The job pushes the adapter here when it finishes (its disk is gone after).",
+                                   elem_id="jobs-repo")
+        jobs_info = gr.Markdown(elem_id="jobs-info")
     with gr.Row():
         start = gr.Button("▶ Start training", variant="primary", elem_id="start-training")
         stop = gr.Button("⏹ Stop", elem_id="stop-training")
@@ -101,30 +167,61 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File):
     runs_table = gr.Dataframe(headers=["run_id", "status", "step", "max_steps", "loss", "model"], interactive=False)
     timer = gr.Timer(2.0, active=False)
 
+    def drive_zerogpu(who: str, rid: str, progress: gr.Progress, resume: bool = False):
+        """Chain the ZeroGPU calls of a run inside this request, reporting progress after each call."""
+        if not zerogpu_ok:
+            raise gr.Error(f"ZeroGPU is not available: {zerogpu_why}; choose 'This machine' or Hugging Face Jobs")
+        for state in service.train_chunks(ws, who, rid, chunk=zerogpu.train_chunk, resume=resume,
+                                          steps_per_call=zerogpu_steps_per_call):
+            total = state.get("max_steps") or None
+            progress((state.get("step") or 0, total), desc=f"ZeroGPU: {state['status']}", unit="steps")
+            yield rid
+
     # -- the API -------------------------------------------------------------------------------
     @user_errors
     def start_training(config_yaml: str, data_file: str | None = None, backend: str = "local",
-                       request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> str:
-        """Start a training run from a config YAML (and an optional uploaded data file); returns the run id."""
-        if backend not in ("local", None, ""):
-            raise gr.Error(f"the '{backend}' backend is not available on this machine; choose 'This machine'")
+                       flavor: str = hfjobs.DEFAULT_FLAVOR, repo_id: str = "", request: gr.Request = None,
+                       profile: gr.OAuthProfile | None = None, oauth: gr.OAuthToken | None = None,
+                       progress: gr.Progress = gr.Progress()):
+        """Start a training run from a config YAML (and an optional uploaded data file); returns the run id.
+
+        backend: "local" (this machine; waits in the queue while another run trains), "zerogpu" (on a ZeroGPU
+        Space: the call lasts until the run ends) or "hf-jobs" (a Hugging Face Job on `flavor`, pushing the
+        adapter to `repo_id`; your sign-in or HF_TOKEN pays for it)."""
+        name = service.backend_name(backend)
+        if name == "zerogpu" and not zerogpu_ok:
+            raise gr.Error(f"ZeroGPU is not available: {zerogpu_why}; choose 'This machine' or Hugging Face Jobs")
         cfg = service.parse_config(config_yaml)
-        return service.start_training(ws, owner(request, profile), cfg, data_file=data_file)
+        who = owner(request, profile)
+        rid = service.start_training(ws, who, cfg, name, data_file=data_file, token=oauth_token(oauth),
+                                     flavor=flavor, repo_id=repo_id)
+        yield rid
+        if name == "zerogpu":
+            yield from drive_zerogpu(who, rid, progress)
 
     @user_errors
-    def run_status(run_id: str, request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> dict:
-        """The state of one of your runs: status, step, max_steps, loss, eval_loss, tokens_per_s, eta_s, losses."""
-        return service.run_status(ws, owner(request, profile), run_id)
+    def run_status(run_id: str, request: gr.Request = None, profile: gr.OAuthProfile | None = None,
+                   oauth: gr.OAuthToken | None = None) -> dict:
+        """The state of one of your runs: status (status_text: "queued (position N)"), step, max_steps, loss,
+        eval_loss, tokens_per_s, eta_s, losses, backend."""
+        return service.run_status(ws, owner(request, profile), run_id, token=oauth_token(oauth))
 
     @user_errors
-    def stop_training(run_id: str, request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> dict:
-        """Ask a run to stop at the next step (it checkpoints first); returns its state."""
-        return service.stop_training(ws, owner(request, profile), run_id)
+    def stop_training(run_id: str, request: gr.Request = None, profile: gr.OAuthProfile | None = None,
+                      oauth: gr.OAuthToken | None = None) -> dict:
+        """Stop a run: it checkpoints at its next step; a queued run leaves the queue; a Hugging Face job is
+        cancelled. Returns its state."""
+        return service.stop_training(ws, owner(request, profile), run_id, token=oauth_token(oauth))
 
     @user_errors
-    def resume_training(run_id: str, request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> str:
+    def resume_training(run_id: str, request: gr.Request = None, profile: gr.OAuthProfile | None = None,
+                        progress: gr.Progress = gr.Progress()):
         """Resume a stopped, paused or interrupted run from its last checkpoint."""
-        return service.resume_training(ws, owner(request, profile), run_id)
+        who = owner(request, profile)
+        rid = service.resume_training(ws, who, run_id)
+        yield rid
+        if service.run_status(ws, who, rid).get("backend") == "zerogpu":
+            yield from drive_zerogpu(who, rid, progress, resume=True)
 
     @user_errors
     def list_runs(request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> list[dict]:
@@ -136,24 +233,28 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File):
              profile: gr.OAuthProfile | None = None, oauth: gr.OAuthToken | None = None) -> str:
         """Push a finished run's adapter (with its model card) to a Hub model repo; returns the URL."""
         folder = service.adapter_path(ws, owner(request, profile), run_id)
-        url = push_adapter(folder, repo_id, token=oauth.token if oauth else None, private=private)
+        url = push_adapter(folder, repo_id, token=oauth_token(oauth), private=private)
         return f"Pushed to {url}"
 
     # -- UI wiring -----------------------------------------------------------------------------
     def runs_frame(who: str) -> pd.DataFrame:
         rows = service.list_runs(ws, who)
+        for r in rows:
+            r["status"] = badge(r)
         return pd.DataFrame([{k: r.get(k) for k in TABLE_COLUMNS} for r in rows], columns=TABLE_COLUMNS)
 
-    def view(rid: str, request: gr.Request, profile: gr.OAuthProfile | None = None):
+    def view(rid: str, request: gr.Request, profile: gr.OAuthProfile | None = None,
+             oauth: gr.OAuthToken | None = None):
         who = owner(request, profile)
         if not rid:
             return progress_html({}), loss_frame({}), "", gr.Timer(active=False), runs_frame(who)
         try:
-            state = service.run_status(ws, who, rid)
+            state = service.run_status(ws, who, rid, token=oauth_token(oauth))
             events = service.run_events(ws, who, rid)
         except service.ServiceError as e:
             return f"<div class='ft-progress'>{e}</div>", loss_frame({}), "", gr.Timer(active=False), runs_frame(who)
-        live = state["status"] in ("running", "new")
+        live = state["status"] in ("running", "new", "queued") or (state["status"] == "paused"
+                                                                    and state.get("backend") == "zerogpu")
         return progress_html(state), loss_frame(state), events_text(events), gr.Timer(active=live), runs_frame(who)
 
     def table(request: gr.Request, profile: gr.OAuthProfile | None = None):
@@ -164,20 +265,56 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File):
     def download(rid: str, request: gr.Request, profile: gr.OAuthProfile | None = None):
         return str(service.adapter_zip(ws, owner(request, profile), rid, api.downloads / "adapters"))
 
+    def backend_panels(name: str, config_yaml: str, data_file: str | None, flavor: str):
+        zero, jobs = name == "zerogpu", name == "hf-jobs"
+        return (gr.Group(visible=zero), quota_text(config_yaml, data_file) if zero else "",
+                gr.Group(visible=jobs), jobs_text(config_yaml, flavor) if jobs else "")
+
+    def quota_text(config_yaml: str, data_file: str | None) -> str:
+        if not zerogpu_ok:
+            return f"ZeroGPU is not available: {zerogpu_why}."
+        try:
+            est = service.zerogpu_quota(service.parse_config(config_yaml), data_file)
+        except (ValueError, memory.EstimateError) as e:
+            return f"The ZeroGPU quota of this run cannot be estimated yet: {e}"
+        return quota_markdown(est)
+
+    def jobs_text(config_yaml: str, flavor: str) -> str:
+        lines = []
+        if not os.environ.get("SPACE_ID"):
+            lines.append("A job runs this app's own Space image: it is available when the app runs on a Space.")
+        try:
+            cfg = service.parse_config(config_yaml)
+            limit = hfjobs.estimate_timeout_s(hfjobs.portable_config(cfg), flavor)
+        except (ValueError, memory.EstimateError) as e:
+            lines.append(f"Time limit and cost: {e}")
+        else:
+            gpu = memory.get_gpu(hfjobs.FLAVOR_GPUS[flavor])
+            cost = (f"at most ${limit / 3600 * gpu.usd_per_hour * hfjobs.gpu_count(flavor):.2f}"
+                    if gpu.usd_per_hour is not None else "price not listed")
+            lines.append(f"Time limit {limit // 60} min (the time estimate x{hfjobs.TIME_MARGIN:g} plus start-up): "
+                         f"{cost}; billed per minute actually used.")
+        lines.append("Paid with your Hugging Face account: sign in (on a Space) or set HF_TOKEN; the token is sent "
+                     "to the job as a secret only.")
+        return "\n\n".join(lines)
+
     outputs_view = [progress, plot, log_box, timer, runs_table]
-    start.click(start_training, [config_code, data_file, backend], run_id, api_name="start_training",
-                concurrency_limit=2).then(view, run_id, outputs_view, api_visibility="private").then(
-        table, None, [runs_table, runs_pick], api_visibility="private")
+    start.click(start_training, [config_code, data_file, backend, flavor, jobs_repo], run_id, api_name="start_training",
+                concurrency_limit=2).then(table, None, [runs_table, runs_pick], api_visibility="private")
+    run_id.change(view, run_id, outputs_view, api_visibility="private")
     stop.click(stop_training, run_id, None, api_name="stop_training").then(view, run_id, outputs_view,
                                                                           api_visibility="private")
-    resume.click(resume_training, run_id, run_id, api_name="resume_training").then(
+    resume.click(resume_training, run_id, run_id, api_name="resume_training", concurrency_limit=2).then(
         view, run_id, outputs_view, api_visibility="private")
     timer.tick(view, run_id, outputs_view, api_visibility="private", show_progress="hidden")
-    runs_pick.change(lambda r: r, runs_pick, run_id, api_visibility="private").then(
-        view, run_id, outputs_view, api_visibility="private")
+    runs_pick.change(lambda r: r, runs_pick, run_id, api_visibility="private")
     refresh.click(table, None, [runs_table, runs_pick], api_visibility="private")
     download_btn.click(download, run_id, adapter_file, api_visibility="private")
     push_btn.click(push, [run_id, repo, private], push_result, api_name="push_adapter")
+    panel_inputs = [backend, config_code, data_file, flavor]
+    panel_outputs = [zerogpu_box, zerogpu_quota, jobs_box, jobs_info]
+    for trigger in (backend.change, config_code.change, data_file.change, flavor.change):
+        trigger(backend_panels, panel_inputs, panel_outputs, api_visibility="private", show_progress="hidden")
     # API-only endpoints (no button of their own)
     status_json = gr.JSON(visible=False)
     gr.Button(visible=False).click(run_status, run_id, status_json, api_name="run_status")

@@ -1,0 +1,138 @@
+"""The machine-wide training queue: a second local run is accepted and waits with its position shown, then
+trains after the first; stopping a queued run takes it out of the line; neither a dead waiter nor a dead
+trainer blocks the queue (flock locks die with their process)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from finetune import runs, service
+from finetune.backends import queue
+from finetune.events import read_events
+from test_app import tiny_yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def one_slot(monkeypatch):
+    monkeypatch.delenv(queue.MAX_ENV, raising=False)
+
+
+def hold(code: str) -> subprocess.Popen:
+    """A process that runs ``code`` (queue calls), prints "ready", then sleeps until killed."""
+    proc = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom finetune.backends import queue\n" + code
+                             + "\nprint('ready', flush=True)\ntime.sleep(600)"],
+                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def kill(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+
+
+def wait_until(predicate, timeout: float = 60, what: str = "condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_positions_and_dead_processes_never_block(tmp_path, monkeypatch):
+    q = tmp_path / ".queue"
+    trainer = hold(f"fd = queue.acquire_slot({str(q)!r})\nassert fd is not None")
+    assert queue.free_slots(q) == 0 and queue.acquire_slot(q) is None
+
+    waiter = hold(f"t = queue.enqueue({str(q)!r}, 'run-a')")  # first in line, in another process
+    mine = queue.enqueue(q, "run-b")
+    assert [p.name.split("-", 1)[1] for p in queue.live_tickets(q)] == ["run-a", "run-b"]
+    assert queue.position(q, mine) == 2
+
+    kill(waiter)  # a dead waiter's ticket is unlocked: it is dropped and the line moves up
+    assert queue.position(q, mine) == 1
+    assert [p.name.split("-", 1)[1] for p in queue.live_tickets(q)] == ["run-b"]
+
+    kill(trainer)  # a dead trainer's slot lock is released by the kernel
+    assert queue.position(q, mine) == 0
+    slot = queue.wait_for_slot(q, mine, poll_s=0.01)
+    assert slot is not None and queue.live_tickets(q) == []  # the ticket is gone once the slot is taken
+    queue.release(slot)
+
+    monkeypatch.setenv(queue.MAX_ENV, "2")
+    a, b = queue.acquire_slot(q), queue.acquire_slot(q)
+    assert a is not None and b is not None and queue.acquire_slot(q) is None
+    queue.release(a)
+    queue.release(b)
+    monkeypatch.setenv(queue.MAX_ENV, "zero")
+    with pytest.raises(ValueError, match="FINETUNE_MAX_CONCURRENT_RUNS"):
+        queue.max_concurrent()
+
+
+def test_stopping_a_queued_run_takes_it_out_of_the_line(tmp_path, tiny_model_dir):
+    """Two runs wait behind a busy slot; stopping the first leaves the second at position 1. The waiting
+    processes never load a model (they wait before the heavy imports), so this takes about a second."""
+    ws = service.Workspace(tmp_path)
+    trainer = hold(f"fd = queue.acquire_slot({str(queue.queue_dir(tmp_path))!r})")
+    cfg = service.parse_config(tiny_yaml(tiny_model_dir, steps=2))
+    first = service.start_training(ws, None, cfg)
+    second = service.start_training(ws, None, service.parse_config(tiny_yaml(tiny_model_dir, steps=2)))
+    states = {s["run_id"]: s for s in service.list_runs(ws, None)}
+    assert states[first]["status_text"] == "queued (position 1)"
+    assert states[second]["status_text"] == "queued (position 2)"
+
+    stopped = service.stop_training(ws, None, first)
+    assert stopped["status"] == "stopped" and "queue" in stopped["message"]
+    wait_until(lambda: service.run_status(ws, None, second)["queue_position"] == 1, 10, "second run at position 1")
+    assert service.run_status(ws, None, second)["status_text"] == "queued (position 1)"
+
+    service.stop_training(ws, None, second)
+    kill(trainer)
+    assert queue.live_tickets(queue.queue_dir(tmp_path)) == []
+    for rid in (first, second):
+        assert not any(e["type"] == "started" for e in read_events(runs.run_path(rid, tmp_path)))
+
+
+def test_killed_waiter_reads_interrupted_and_frees_its_place(tmp_path, tiny_model_dir):
+    ws = service.Workspace(tmp_path)
+    trainer = hold(f"fd = queue.acquire_slot({str(queue.queue_dir(tmp_path))!r})")
+    rid = service.start_training(ws, None, service.parse_config(tiny_yaml(tiny_model_dir, steps=2)))
+    pid = wait_until(lambda: next((e["pid"] for e in read_events(runs.run_path(rid, tmp_path))
+                                   if e["type"] == "queued"), None), 10, "queued event")
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: service.run_status(ws, None, rid)["status"] == "interrupted", 10, "interrupted")
+    assert queue.live_tickets(queue.queue_dir(tmp_path)) == []
+    kill(trainer)
+
+
+def test_second_run_waits_in_the_queue_then_trains_after_the_first(tmp_path, tiny_model_dir):
+    ws = service.Workspace(tmp_path, multi_user=True)
+    first = service.start_training(ws, "alice", service.parse_config(tiny_yaml(tiny_model_dir, steps=2)))
+    second = service.start_training(ws, "bob", service.parse_config(tiny_yaml(tiny_model_dir, steps=2)))
+    state = service.run_status(ws, "bob", second)
+    assert state["status"] == "queued" and state["queue_position"] == 1, state
+    assert state["status_text"] == "queued (position 1)"
+    assert [r["status_text"] for r in service.list_runs(ws, "bob")] == ["queued (position 1)"]
+
+    done = {}
+    for who, rid in (("alice", first), ("bob", second)):
+        done[rid] = wait_until(lambda: (s := service.run_status(ws, who, rid))["status"] in runs.TERMINAL and s,
+                               240, f"run {rid}")
+        assert done[rid]["status"] == "finished" and done[rid]["has_adapter"], done[rid]
+    first_events = read_events(runs.run_path(first, ws.for_owner("alice")))
+    second_events = read_events(runs.run_path(second, ws.for_owner("bob")))
+    first_end = next(e["time"] for e in first_events if e["type"] == "finished")
+    second_start = next(e["time"] for e in second_events if e["type"] == "started")
+    assert second_start >= first_end  # never two trainings at once
+    assert [e["type"] for e in second_events][:1] == ["queued"]
