@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +140,9 @@ def start_training(ws: Workspace, owner: str | None, config: RunConfig, backend:
         from .backends import hfjobs
         from .hub import HubError
 
+        if config.training.max_steps <= 0:
+            raise ServiceError("a Hugging Face job needs its time limit before it starts: set training.max_steps "
+                               "(Hyperparameters tab) so the limit and the cost can be estimated")
         try:
             return hfjobs.start(config, root, token=token, flavor=flavor or hfjobs.DEFAULT_FLAVOR,
                                 repo_id=(repo_id or "").strip() or None, api=api)
@@ -305,17 +309,21 @@ def adapter_zip(ws: Workspace, owner: str | None, run_id: str, out_dir: Path) ->
 
 
 _tokenizers: dict = {}
+# Concurrent requests (the app serves several at once) load a tokenizer once, one at a time: the first use of
+# transformers' lazy imports from several threads at once fails ("cannot import name 'AutoTokenizer'").
+_tokenizers_lock = threading.Lock()
 
 
 def _tokenizer(model: str):
     """Tokenizers for token statistics, kept per model name (loading one takes about a second)."""
     from .models import load_tokenizer
 
-    if model not in _tokenizers:
-        if len(_tokenizers) >= 4:
-            _tokenizers.pop(next(iter(_tokenizers)))
-        _tokenizers[model] = load_tokenizer(model)
-    return _tokenizers[model]
+    with _tokenizers_lock:
+        if model not in _tokenizers:
+            if len(_tokenizers) >= 4:
+                _tokenizers.pop(next(iter(_tokenizers)))
+            _tokenizers[model] = load_tokenizer(model)
+        return _tokenizers[model]
 
 
 def check_hub_dataset_id(text: str) -> str:

@@ -302,7 +302,8 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
     start.click(start_training, [config_code, data_file, backend, flavor, jobs_repo], run_id, api_name="start_training",
                 concurrency_limit=2).then(table, None, [runs_table, runs_pick], api_visibility="private")
     run_id.change(view, run_id, outputs_view, api_visibility="private")
-    stop.click(stop_training, run_id, None, api_name="stop_training").then(view, run_id, outputs_view,
+    status_json = gr.JSON(visible=False)
+    stop.click(stop_training, run_id, status_json, api_name="stop_training").then(view, run_id, outputs_view,
                                                                           api_visibility="private")
     resume.click(resume_training, run_id, run_id, api_name="resume_training", concurrency_limit=2).then(
         view, run_id, outputs_view, api_visibility="private")
@@ -316,7 +317,6 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
     for trigger in (backend.change, config_code.change, data_file.change, flavor.change):
         trigger(backend_panels, panel_inputs, panel_outputs, api_visibility="private", show_progress="hidden")
     # API-only endpoints (no button of their own)
-    status_json = gr.JSON(visible=False)
     gr.Button(visible=False).click(run_status, run_id, status_json, api_name="run_status")
     gr.Button(visible=False).click(list_runs, None, status_json, api_name="list_runs")
     return {"run_id": run_id, "load": (table, [runs_table, runs_pick])}
