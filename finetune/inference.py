@@ -24,6 +24,11 @@ from .models import EMBEDDED_REPO_ID, ModelError
 _CACHE_SIZE = 2
 # What an adapter repo needs for inference (weights, config, tokenizer, template, card); not checkpoints.
 ADAPTER_FILES = ["*.json", "*.safetensors", "*.md", "*.yaml", "*.jinja", "*.model", "*.txt"]
+# Files an adapter must not carry: pickles run code when unpickled (torch.load, joblib), and code files are
+# what a `trust_remote_code` load would import. An adapter that holds any of them is refused as a whole,
+# whether it comes from a folder or a Hub repo: weights load from safetensors only.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
+CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".so", ".dll", ".dylib", ".sh", ".exe")
 _lock = threading.RLock()
 _cache: "OrderedDict[tuple, LoadedModel]" = OrderedDict()
 
@@ -41,24 +46,64 @@ def adapter_dir(path: str | Path, revision: str | None = None) -> Path:
     ``org/name@revision``; downloaded once, then read from the Hugging Face cache, also offline)."""
     p = Path(path)
     if (p / runs.ADAPTER / "adapter_config.json").exists():
-        return p / runs.ADAPTER
+        return check_adapter_files(p / runs.ADAPTER)
     if (p / "adapter_config.json").exists():
-        return p
+        return check_adapter_files(p)
     if p.exists() or str(path).startswith((".", "/", "~")):
         raise ModelError(f"{path} holds no adapter (adapter_config.json); point at a finished run or an adapter folder")
     repo_id, _, at = str(path).partition("@")
-    return _download_adapter(repo_id, revision or at or None)
+    return check_adapter_files(_download_adapter(repo_id, revision or at or None), source=repo_id)
+
+
+def unsafe_file(name: str) -> str | None:
+    """Why a file has no place in an adapter (pickle or code), or None when it is harmless.
+
+    >>> unsafe_file("training_args.bin")
+    'a pickle file (can run code when loaded)'
+    """
+    lower = name.lower()
+    if lower.endswith(PICKLE_SUFFIXES):
+        return "a pickle file (can run code when loaded)"
+    if lower.endswith(CODE_SUFFIXES):
+        return "a code file"
+    return None
+
+
+def _refuse(source: str, names: list[str]) -> None:
+    bad = [(n, unsafe_file(n)) for n in sorted(names)]
+    bad = [(n, why) for n, why in bad if why]
+    if bad:
+        listed = ", ".join(f"{n} ({why})" for n, why in bad)
+        raise ModelError(
+            f"the adapter {source} contains {listed}; finetune loads adapters from safetensors only and runs no "
+            "code from them: use an adapter saved with safe_serialization (adapter_model.safetensors) and remove "
+            "the other files, or ask the repo owner to"
+        )
+
+
+def check_adapter_files(folder: Path, source: str | None = None) -> Path:
+    """Refuse an adapter folder holding pickles or code (named in the message); return the folder."""
+    folder = Path(folder)
+    names = [str(f.relative_to(folder)) for f in folder.rglob("*") if f.is_file() or f.is_symlink()]
+    _refuse(source or str(folder), [n for n in names if not n.startswith(".")])
+    return folder
 
 
 def _download_adapter(repo_id: str, revision: str | None) -> Path:
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import HfApi, constants, snapshot_download
 
     from .hub import describe_error
 
     if repo_id.count("/") != 1:
         raise ModelError(f"'{repo_id}' is neither an adapter folder nor a Hub repo id (org/name)")
     try:
+        if not constants.HF_HUB_OFFLINE:
+            # look at the repo's file list before downloading anything: a repo with pickles or code is refused
+            info = HfApi().model_info(repo_id, revision=revision)
+            _refuse(repo_id, [s.rfilename for s in info.siblings or [] if not s.rfilename.startswith(".")])
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=ADAPTER_FILES))
+    except ModelError:
+        raise
     except Exception as e:  # noqa: BLE001 - network/auth/cache errors of all kinds become one clear message
         raise ModelError(describe_error(e, repo_id, action="load adapter", revision=revision)) from None
 
