@@ -67,6 +67,30 @@ def test_zerogpu_run_trains_in_chained_calls_and_streams_progress(zerogpu_app, t
     assert listed[run_id]["backend"] == "zerogpu"
 
 
+def test_zerogpu_stop_between_calls_ends_the_run_and_resume_continues(tmp_path, tiny_model_dir):
+    from finetune.backends import zerogpu
+
+    cfg = service.parse_config(tiny_yaml(tiny_model_dir, steps=4))
+    run_id = zerogpu.start(cfg, tmp_path)
+    run_dir = runs.run_path(run_id, tmp_path)
+    calls = []
+
+    def chunk(rd, until_step, duration_s):  # a call that trains nothing and ends at a checkpoint
+        from finetune.events import EventLog
+
+        calls.append(until_step)
+        EventLog(Path(rd)).emit("paused", step=0, max_steps=4)
+        return {"status": "paused", "step": 0, "max_steps": 4}
+
+    runs.request_stop(run_dir)
+    states = list(zerogpu.run_chunked(None, run_dir, chunk=chunk))
+    assert calls == [] and states[-1]["status"] == "stopped"
+    assert not runs.stop_requested(run_dir)
+    assert list(zerogpu.run_chunked(None, run_dir, chunk=chunk, max_calls=1)) and calls == []  # stays stopped
+    list(zerogpu.run_chunked(None, run_dir, chunk=chunk, max_calls=2, resume=True))
+    assert len(calls) == 2  # resume=True makes calls again
+
+
 def test_zerogpu_quota_shown_before_start():
     from finetune.ui.train_tab import quota_markdown
 

@@ -96,8 +96,14 @@ def test_stopping_a_queued_run_takes_it_out_of_the_line(tmp_path, tiny_model_dir
     assert stopped["status"] == "stopped" and "queue" in stopped["message"]
     wait_until(lambda: service.run_status(ws, None, second)["queue_position"] == 1, 10, "second run at position 1")
     assert service.run_status(ws, None, second)["status_text"] == "queued (position 1)"
+    cli = [sys.executable, "-m", "finetune"]
+    listing = subprocess.run(cli + ["runs", "--runs-root", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert "queued (position 1)" in listing.stdout, listing.stdout
 
-    service.stop_training(ws, None, second)
+    done = subprocess.run(cli + ["stop", second, "--runs-root", str(tmp_path)], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert done.returncode == 0 and "left the training queue" in done.stdout, done.stdout + done.stderr
+    assert service.run_status(ws, None, second)["status"] == "stopped"
     kill(trainer)
     assert queue.live_tickets(queue.queue_dir(tmp_path)) == []
     for rid in (first, second):

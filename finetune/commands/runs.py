@@ -21,7 +21,7 @@ def rows(states) -> list[list[str]]:
     out = []
     for s in states:
         loss = f"{s.loss:.4f}" if s.loss is not None else "-"
-        out.append([s.run_id, s.status, f"{s.step}/{s.max_steps or '?'}", loss, s.name or ""])
+        out.append([s.run_id, s.status_text, f"{s.step}/{s.max_steps or '?'}", loss, s.name or ""])
     return out
 
 

@@ -30,6 +30,12 @@ def run(args) -> int:
         print(f"cancelled the job of run {run_dir.name}")
         return 0
     state = runs.read_run(run_dir)
+    if state.status == "queued":
+        from finetune.backends import local
+
+        local.stop(run_dir.name, run_dir.parent)
+        print(f"run {run_dir.name} left the training queue before it started")
+        return 0
     if state.status != "running":
         print(f"run {run_dir.name} is {state.status}, not running: nothing to stop")
         return 0
