@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -39,6 +39,8 @@ class LoadedModel:
     tokenizer: object
     base_name: str
     adapters: dict  # adapter name -> folder
+    active: str | None = None  # the adapter the LoRA layers use now
+    lora_layers: list = field(default_factory=list)  # collected once per newly attached adapter (see _switch)
 
 
 def adapter_dir(path: str | Path, revision: str | None = None) -> Path:
@@ -178,8 +180,41 @@ def attach(loaded: LoadedModel, adapter: str | Path) -> str:
                 ) from None
             loaded.model.eval()
             loaded.adapters[name] = folder
-        loaded.model.set_adapter(name)
+            loaded.model.set_adapter(name, inference_mode=True)  # peft's full walk, once per new adapter
+            loaded.lora_layers = _switchable_layers(loaded.model)
+            loaded.active = name
+        elif loaded.active != name:
+            _switch(loaded, name)
     return name
+
+
+def _switchable_layers(model) -> list:
+    """The LoRA layers of a PeftModel, or [] when it also has auxiliary modules (modules_to_save, trainable
+    tokens): those switch through peft's own ``set_adapter``."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    modules = list(model.modules())
+    if any(isinstance(m, AuxiliaryTrainingWrapper) for m in modules):
+        return []
+    return [m for m in modules if isinstance(m, BaseTunerLayer)]
+
+
+def _switch(loaded: LoadedModel, name: str) -> None:
+    """Make an attached adapter the active one, without touching the base weights.
+
+    peft's ``PeftModel.set_adapter`` walks every module of the model and resets ``requires_grad`` on every
+    adapter (~16 ms on the 135M model on CPU); the LoRA layers collected at attach time switch through their
+    own public ``set_adapter`` (~6 ms), frozen (inference only).
+    """
+    if not loaded.lora_layers:
+        loaded.model.set_adapter(name, inference_mode=True)
+    else:
+        for layer in loaded.lora_layers:
+            layer.set_adapter(name, inference_mode=True)
+        loaded.model.active_adapter = name  # what PeftModel.set_adapter records, on the wrapper and the tuner
+        loaded.model.base_model.active_adapter = name
+    loaded.active = name
 
 
 def _evict(loaded: LoadedModel) -> None:

@@ -439,6 +439,38 @@ def test_compare_base_and_trained_adapter_differ_on_the_trained_task(adapter_in_
     assert inference.compare(QUESTION, ADAPTER_ID, max_new_tokens=4, temperature=0) == (base, tuned)
 
 
+def test_switching_adapters_keeps_the_base_and_gives_each_adapters_own_outputs(adapter_in_cache, tmp_path):
+    """Two adapters on one loaded base: every switch gives exactly the outputs of that adapter loaded alone
+    with plain peft, and the base weights are the same tensors throughout."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(3)
+    other = get_peft_model(AutoModelForCausalLM.from_pretrained(BASE_ID),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    other.save_pretrained(tmp_path / "other", safe_serialization=True)
+    ids = torch.tensor([[1, 42, 300, 7]])
+
+    def reference(folder):
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE_ID), str(folder)).eval()
+        with torch.no_grad():
+            return model(input_ids=ids).logits
+
+    want = {ADAPTER_ID: reference(adapter_in_cache), "other": reference(tmp_path / "other")}
+    loaded = inference.load(BASE_ID)
+    weights = {n: p for n, p in loaded.model.named_parameters() if "lora_" not in n}
+    for step in range(4):
+        key = ADAPTER_ID if step % 2 == 0 else "other"
+        inference.attach(loaded, ADAPTER_ID if key == ADAPTER_ID else tmp_path / "other")
+        with torch.no_grad():
+            got = loaded.model(input_ids=ids).logits
+        assert torch.allclose(got, want[key], atol=1e-5), (step, key)
+    assert inference.load(BASE_ID) is loaded
+    after = {n: p for n, p in loaded.model.named_parameters() if "lora_" not in n}
+    assert after.keys() == weights.keys() and all(after[n] is weights[n] for n in weights)
+    assert not any(p.requires_grad for p in after.values())
+
+
 # ---------------------------------------------------------------------------------------------
 # clear messages
 
