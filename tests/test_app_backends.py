@@ -7,6 +7,7 @@ run list, and stop cancels the job. The token appears in no response, event or f
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -43,12 +44,15 @@ def plain_app(tmp_path_factory):
 def test_zerogpu_run_trains_in_chained_calls_and_streams_progress(zerogpu_app, tiny_model_dir):
     url, root = zerogpu_app
     c = client(url)
+    quota = c.predict(tiny_yaml(tiny_model_dir, steps=6), None, api_name="/zerogpu_quota")  # what the tab shows
+    assert quota["max_steps"] == 6 and set(quota["share_of_daily_quota"]) == {"anonymous", "free", "pro"}
     job = c.submit(tiny_yaml(tiny_model_dir, steps=6), None, "zerogpu", api_name="/start_training")
     progress_seen = []
     while not job.done():
         status = job.status()
         if status.progress_data:
             progress_seen.append(status.progress_data[0].index)
+        time.sleep(0.05)
     run_id = job.result()
     outputs = job.outputs()
     assert outputs[0] == run_id and len(outputs) >= 3, outputs  # the id at once, then after each call

@@ -171,11 +171,13 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
         """Chain the ZeroGPU calls of a run inside this request, reporting progress after each call."""
         if not zerogpu_ok:
             raise gr.Error(f"ZeroGPU is not available: {zerogpu_why}; choose 'This machine' or Hugging Face Jobs")
+        progress((0, None), desc="ZeroGPU: first GPU call (measures the step time)", unit="steps")
         for state in service.train_chunks(ws, who, rid, chunk=zerogpu.train_chunk, resume=resume,
                                           steps_per_call=zerogpu_steps_per_call):
-            total = state.get("max_steps") or None
-            progress((state.get("step") or 0, total), desc=f"ZeroGPU: {state['status']}", unit="steps")
             yield rid
+            # after the yield: the progress shown while the next call trains
+            step, total = state.get("step") or 0, state.get("max_steps") or None
+            progress((step, total), desc=f"ZeroGPU: {state['status_text']} at step {step}", unit="steps")
 
     # -- the API -------------------------------------------------------------------------------
     @user_errors
@@ -222,6 +224,12 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
         yield rid
         if service.run_status(ws, who, rid).get("backend") == "zerogpu":
             yield from drive_zerogpu(who, rid, progress, resume=True)
+
+    @user_errors
+    def quota_for_zerogpu(config_yaml: str, data_file: str | None = None) -> dict:
+        """The daily ZeroGPU quota a run would use: calls, steps_per_call, gpu_seconds, share_of_daily_quota
+        (per account tier), per_step_s (an upper bound until measured)."""
+        return service.zerogpu_quota(service.parse_config(config_yaml), data_file)
 
     @user_errors
     def list_runs(request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> list[dict]:
@@ -275,7 +283,7 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
             return f"ZeroGPU is not available: {zerogpu_why}."
         try:
             est = service.zerogpu_quota(service.parse_config(config_yaml), data_file)
-        except (ValueError, memory.EstimateError) as e:
+        except ValueError as e:  # config, data or estimate errors, each with its fix
             return f"The ZeroGPU quota of this run cannot be estimated yet: {e}"
         return quota_markdown(est)
 
@@ -285,8 +293,11 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
             lines.append("A job runs this app's own Space image: it is available when the app runs on a Space.")
         try:
             cfg = service.parse_config(config_yaml)
+            if cfg.training.max_steps <= 0:
+                raise ValueError("set training.max_steps (Hyperparameters tab): a job's time limit is set before it "
+                                 "starts, from the number of steps")
             limit = hfjobs.estimate_timeout_s(hfjobs.portable_config(cfg), flavor)
-        except (ValueError, memory.EstimateError) as e:
+        except ValueError as e:
             lines.append(f"Time limit and cost: {e}")
         else:
             gpu = memory.get_gpu(hfjobs.FLAVOR_GPUS[flavor])
@@ -319,6 +330,7 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
     # API-only endpoints (no button of their own)
     gr.Button(visible=False).click(run_status, run_id, status_json, api_name="run_status")
     gr.Button(visible=False).click(list_runs, None, status_json, api_name="list_runs")
+    gr.Button(visible=False).click(quota_for_zerogpu, [config_code, data_file], status_json, api_name="zerogpu_quota")
     return {"run_id": run_id, "load": (table, [runs_table, runs_pick])}
 
 
