@@ -14,7 +14,7 @@ import pytest
 
 from finetune import runs, service
 from finetune.events import read_events
-from test_app import client, tiny_yaml, wait_finished
+from test_app import client, tiny_yaml
 from test_backends import LOG, TOKEN, FakeJobsApi, job_config
 
 
