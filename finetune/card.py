@@ -163,8 +163,10 @@ def card_metadata(config: RunConfig, base_model: str, license: str | None = None
 
 def model_card(config: RunConfig, base_model: str, metrics: dict, losses: list[tuple[int, float]],
                data_summary: dict, device: str, license: str | None = None, *,
-               eval_losses: list[tuple[int, float]] = (), loss_curve: str | None = None) -> str:
-    """A Hub model card with YAML metadata (``library_name: peft``, ``base_model``) and a plain-peft snippet."""
+               eval_losses: list[tuple[int, float]] = (), loss_curve: str | None = None, tokenizer=None) -> str:
+    """A Hub model card with YAML metadata (``library_name: peft``, ``base_model``) and a plain-peft snippet.
+
+    ``tokenizer`` renders the example prompt when the run used the model's own chat template."""
     from .templates import MODEL_TEMPLATE, render
 
     lo, q, t, d = config.lora, config.quantization, config.training, config.data
@@ -173,11 +175,13 @@ def model_card(config: RunConfig, base_model: str, metrics: dict, losses: list[t
     source = d.source if d.source and "datasets" in meta else (Path(d.source).name if d.source else
                                                                "bundled sample (city/year extraction)")
     example = ""
+    msgs = ([{"role": "system", "content": d.system_prompt}] if d.system_prompt else []) + [
+        {"role": "user", "content": "Your question here"}
+    ]
     if d.template != MODEL_TEMPLATE:
-        msgs = ([{"role": "system", "content": d.system_prompt}] if d.system_prompt else []) + [
-            {"role": "user", "content": "Your question here"}
-        ]
-        example = render(msgs, d.template, add_generation_prompt=True).text
+        example = render(msgs, d.template, tokenizer, add_generation_prompt=True).text
+    elif tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        example = render(msgs, MODEL_TEMPLATE, tokenizer, add_generation_prompt=True).text
     quant = {"4bit": f"4-bit {q.quant_type.upper()}{' + double quantization' if q.double_quant else ''} (QLoRA)",
              "8bit": "8-bit (LLM.int8)", "none": "16/32-bit (plain LoRA)"}[q.load_in]
     loss_values = [v for _, v in losses]
@@ -190,7 +194,8 @@ def model_card(config: RunConfig, base_model: str, metrics: dict, losses: list[t
         "",
         "## Prompt template",
         "",
-        f"Template `{d.template}`; the model was trained on "
+        (f"Template `{d.template}`" if d.template != MODEL_TEMPLATE else "The base model's own chat template") +
+        "; the model was trained on "
         f"{'assistant answers only' if d.train_on == 'assistant' else 'all tokens'}.",
     ]
     if example:
@@ -255,7 +260,12 @@ def write_model_card(folder: Path, config: RunConfig, base_model: str, metrics: 
     if "eval_loss" in metrics and (not eval_losses or eval_losses[-1][0] != metrics.get("steps")):
         eval_losses.append((metrics.get("steps") or 0, metrics["eval_loss"]))  # the final evaluation
     curve = LOSS_CURVE_FILE if plot_loss_curve(losses, eval_losses, folder / LOSS_CURVE_FILE) else None
+    tokenizer = None
+    if (folder / "tokenizer_config.json").exists():  # saved next to the adapter: renders the example prompt
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
     text = model_card(config, base_model, metrics, losses, data_summary, hardware(device), base_license(base_model),
-                      eval_losses=eval_losses, loss_curve=curve)
+                      eval_losses=eval_losses, loss_curve=curve, tokenizer=tokenizer)
     atomic_write_text(folder / "README.md", text)
     return folder / "README.md"

@@ -147,8 +147,15 @@ def push_adapter(adapter_dir: Path, repo_id: str, *, token: str | None = None, p
 
     ``adapter_dir`` may also be the run folder. Returns the repo URL.
     """
+    from .inference import check_adapter_files
+    from .models import ModelError
+
     folder = find_adapter(adapter_dir)
     repo_id = check_repo_id(repo_id)
+    try:  # an adapter our own loader would refuse (pickles, code) is not published either
+        check_adapter_files(folder)
+    except ModelError as e:
+        raise HubError(str(e)) from None
     with tempfile.TemporaryDirectory(prefix="finetune-push-") as tmp:
         staged = Path(tmp) / "adapter"
         _stage_card(folder, staged, repo_id)

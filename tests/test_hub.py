@@ -88,6 +88,7 @@ class FakeHub:
         if method == "POST" and path == "/api/repos/create":
             body = json.loads(raw)
             repo = f"{body['organization']}/{body['name']}"
+            repo = repo if body.get("type", "model") == "model" else f"{body['type']}s/{repo}"
             if repo in self.repos:
                 return 409, {"error": "You already created this model repo"}, {}
             self.repos[repo] = {"private": body.get("visibility") == "private", "branches": {"main": {}}}
@@ -101,10 +102,11 @@ class FakeHub:
             except yaml.YAMLError as e:
                 return 400, {"errors": [{"message": str(e)}]}, {}
             return 200, {"errors": [], "warnings": [] if meta else [{"message": "empty or missing yaml metadata"}]}, {}
-        parts = path.split("/")  # /api/models/{org}/{name}/{action}/{revision...}
-        if len(parts) < 5 or parts[:3] != ["", "api", "models"]:
+        parts = path.split("/")  # /api/{models|datasets}/{org}/{name}/{action}/{revision...}
+        if len(parts) < 5 or parts[:2] != ["", "api"] or parts[2] not in ("models", "datasets"):
             return 404, {"error": f"no route {path}"}, {}
         repo, action, rev = f"{parts[3]}/{parts[4]}", (parts[5:6] or [""])[0], "/".join(parts[6:]) or "main"
+        repo = repo if parts[2] == "models" else f"datasets/{repo}"
         if repo not in self.repos:
             return not_found
         branches = self.repos[repo]["branches"]
@@ -367,6 +369,55 @@ def test_revoked_token_on_push_says_what_to_do(trained, fake_hub, tmp_path):
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [f"error: {text}"]
     assert "Traceback" not in done.stderr and not scan_for_tokens(done.stdout, done.stderr, trained.run_dir)
     assert ADAPTER_ID not in fake_hub.repos  # nothing was created
+
+
+def test_push_merged_model_and_formatted_dataset(trained, fake_hub, tmp_path, monkeypatch):
+    from huggingface_hub import ModelCard, constants
+
+    from finetune import export
+    from finetune.hub import push_dataset, push_merged
+
+    real_merge = export.merge_adapter
+
+    def merge_from_cache(*args, **kw):
+        # transformers downloads from huggingface.co (not the local endpoint): the base comes from the cache
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(constants, "HF_HUB_OFFLINE", True)
+            return real_merge(*args, **kw)
+
+    monkeypatch.setattr(export, "merge_adapter", merge_from_cache)
+    url = push_merged(trained.run_dir, "testorg/secret-word-merged", token=FAKE_TOKEN, dtype="float16")
+    assert url == f"{fake_hub.url}/testorg/secret-word-merged"
+    merged = fake_hub.files("testorg/secret-word-merged")
+    assert {"config.json", "model.safetensors", "README.md", "tokenizer.json"} <= set(merged)
+    assert not any(name.startswith("adapter_") for name in merged)
+    card = ModelCard(merged["README.md"].decode())
+    assert card.data.base_model == BASE_ID and card.data.base_model_relation == "finetune"
+    assert 'from_pretrained("testorg/secret-word-merged")' in card.text
+
+    rows = tmp_path / "formatted.jsonl"
+    rows.write_text(json.dumps({"text": "<|im_start|>user\nQ<|im_end|>", "prompt": "Q", "completion": "A"}) + "\n")
+    url = push_dataset(rows, "testorg/secret-word-data", token=FAKE_TOKEN, private=False)
+    create = json.loads(fake_hub.body("POST", "/api/repos/create"))
+    assert create["type"] == "model"  # the merged model came first
+    creates = [json.loads(r["body"]) for r in fake_hub.requests if r["path"] == "/api/repos/create"]
+    assert creates[-1] == {"name": "secret-word-data", "organization": "testorg", "visibility": "public",
+                           "type": "dataset"}
+    data = fake_hub.files("datasets/testorg/secret-word-data")
+    assert data["data/train.jsonl"] == rows.read_bytes()
+    assert ModelCard(data["README.md"].decode()).data.to_dict()["configs"][0]["data_files"] == "data/train.jsonl"
+    assert not scan_for_tokens(*(v.decode("latin-1") for v in {**merged, **data}.values()))
+
+
+def test_push_refuses_an_adapter_with_pickles(trained, fake_hub, tmp_path):
+    from finetune.hub import HubError, push_adapter
+
+    folder = tmp_path / "adapter"
+    shutil.copytree(trained.adapter_dir, folder)
+    (folder / "training_args.bin").write_bytes(b"\x80\x04K\x01.")
+    with pytest.raises(HubError, match="contains training_args.bin"):
+        push_adapter(folder, ADAPTER_ID, token=FAKE_TOKEN)
+    assert fake_hub.requests == []  # refused before any request
 
 
 def test_push_without_token_or_with_bad_repo_id(trained, monkeypatch):
