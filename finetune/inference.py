@@ -11,6 +11,7 @@ attached to it by name, and the base answer comes from the same weights with the
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -22,6 +23,9 @@ from .config import ModelConfig, QuantizationConfig
 from .models import EMBEDDED_REPO_ID, ModelError
 
 _CACHE_SIZE = 2
+# The cached bases together may use at most this share of the device's memory (GPU memory, or RAM on the
+# CPU); older bases are dropped first. A 7B base in 4-bit is ~4 GB, in bf16 ~14 GB.
+CACHE_MEMORY_SHARE = 0.6
 # What an adapter repo needs for inference (weights, config, tokenizer, template, card); not checkpoints.
 ADAPTER_FILES = ["*.json", "*.safetensors", "*.md", "*.yaml", "*.jinja", "*.model", "*.txt"]
 # Files an adapter must not carry: pickles run code when unpickled (torch.load, joblib), and code files are
@@ -151,9 +155,25 @@ def load(model: str = "", quantization: QuantizationConfig | None = None) -> Loa
         tok = models.load_tokenizer(cfg)
         loaded = LoadedModel(m, tok, resolved.name if model == "" else model, {})
         _cache[key] = loaded
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
+        budget = CACHE_MEMORY_SHARE * device_memory(device)
+        while len(_cache) > 1 and (len(_cache) > _CACHE_SIZE or
+                                   sum(_footprint(v.model) for v in _cache.values()) > budget):
+            _cache.popitem(last=False)  # the least recently used base
         return loaded
+
+
+def device_memory(device: str) -> int:
+    """Bytes of memory on the device the models live on: the GPU's, else the machine's RAM."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_properties(0).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _footprint(model) -> int:
+    """Bytes of a model's weights and buffers (LoRA layers included)."""
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
 
 
 def attach(loaded: LoadedModel, adapter: str | Path) -> str:

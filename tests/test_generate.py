@@ -77,3 +77,29 @@ def test_bad_prompts_file(tmp_path, capsys):
     bad.write_text('{"nope": 1}\n')
     assert main(["generate", "--prompts", str(bad)]) == 2
     assert capsys.readouterr().err.strip() == f'error: {bad}:1: expected {{"prompt": "..."}} or {{"messages": [...]}}'
+
+
+def test_base_cache_is_bounded_by_count_and_memory(tiny_model_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from finetune import inference
+
+    monkeypatch.setattr(inference, "_cache", type(inference._cache)())  # this test's own cache
+    copies = []
+    for i in range(3):
+        copies.append(tmp_path / f"copy{i}")
+        shutil.copytree(tiny_model_dir, copies[-1])
+    first = inference.load(str(copies[0]))
+    second = inference.load(str(copies[1]))
+    assert inference.load(str(copies[0])) is first  # both fit: the first is still cached (and now the newest)
+    inference.load(str(copies[2]))  # a third base: the least recently used one (copies[1]) goes
+    assert [k[0] for k in inference._cache] == [str(copies[0]), str(copies[2])]
+    assert inference.load(str(copies[1])) is not second
+
+    # a memory budget of one and a half bases keeps one base only
+    size = inference._footprint(first.model)
+    assert size > 10e6  # the tiny model's 49152 x 64 fp32 embeddings
+    device_memory = inference.device_memory("cpu")
+    monkeypatch.setattr(inference, "CACHE_MEMORY_SHARE", 1.5 * size / device_memory)
+    inference.load(str(copies[0]))
+    assert [k[0] for k in inference._cache] == [str(copies[0])]
