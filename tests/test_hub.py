@@ -471,6 +471,16 @@ def test_generate_cli_with_hub_adapter_in_a_fresh_process(adapter_in_cache, hub_
     assert done.stdout.strip().startswith("Paris")
 
 
+def test_generate_cli_repetition_penalty_changes_the_answer(adapter_in_cache, capsys):
+    argv = ["generate", "--adapter", ADAPTER_ID, "--prompt", QUESTION, "--max-new-tokens", "4"]
+    assert main(argv) == 0
+    plain = capsys.readouterr().out.strip()
+    assert main(argv + ["--repetition-penalty", "50"]) == 0
+    penalised = capsys.readouterr().out.strip()
+    assert plain == "Paris" * 4  # the trained answer, repeated until max_new_tokens
+    assert penalised.startswith("Paris") and penalised != plain
+
+
 def test_chat_cli_reads_turns_from_stdin(adapter_in_cache, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO(f"{QUESTION}\n/reset\nAnd again: {QUESTION}\n"))
     assert main(["chat", "--adapter", ADAPTER_ID, "--temperature", "0", "--max-new-tokens", "4"]) == 0

@@ -1,5 +1,6 @@
 """`python -m finetune generate [--model M] [--adapter RUN_DIR|ADAPTER_DIR|REPO] [--template NAME]
-(--prompt TEXT | --prompts FILE.jsonl) [--max-new-tokens N] [--temperature T] [--out FILE.jsonl]`
+(--prompt TEXT | --prompts FILE.jsonl) [--max-new-tokens N] [--temperature T] [--top-p P]
+[--repetition-penalty R] [--seed S] [--out FILE.jsonl]`
 
 A prompts file holds `{"prompt": ...}` or `{"messages": [...]}` rows; each answer is written as
 `{"prompt": ..., "answer": ...}`. With --prompt only the answer is printed. --temperature 0 is greedy.
@@ -23,6 +24,7 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="above 1 discourages repeating tokens")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write answers here as JSONL (default: stdout)")
     p.set_defaults(func=run)
@@ -67,7 +69,7 @@ def run(args) -> int:
             print(f"warning: {warning}", file=sys.stderr)
         answers = generate_batch(prompts, adapter=args.adapter, model=args.model, template=args.template,
                                  max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                 top_p=args.top_p, seed=args.seed)
+                                 top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
     except (ModelError, TemplateError) as e:
         raise UsageError(str(e)) from e
     if args.prompt is not None and not args.out:
