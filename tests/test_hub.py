@@ -277,7 +277,9 @@ def test_push_through_the_api_creates_the_repo_branch_and_files(trained, fake_hu
     assert create == {"name": "secret-word-lora", "organization": "testorg", "visibility": "private", "type": "model"}
     commit = [json.loads(line) for line in fake_hub.requests[-1]["body"].decode().splitlines()]
     assert commit[0] == {"key": "header", "value": {"summary": "first adapter", "description": ""}}
-    assert all(r["headers"].get("authorization") == f"Bearer {FAKE_TOKEN}" for r in fake_hub.requests)
+    repo_calls = [r for r in fake_hub.requests if r["path"].startswith(("/api/repos/", "/api/models/"))]
+    assert len(repo_calls) >= 4 and all(r["headers"].get("authorization") == f"Bearer {FAKE_TOKEN}"
+                                        for r in repo_calls)
 
     pushed = fake_hub.files(ADAPTER_ID, "v1")
     local = folder_files(trained.adapter_dir)
