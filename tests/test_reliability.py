@@ -86,7 +86,7 @@ def cli_reference(tiny_model_dir, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [2, 7, 0, 5])  # killed after step 2, 4, 5 and 6 of 8 (save every 4)
 def test_sigkill_at_a_random_step_loses_at_most_one_save_interval(tiny_model_dir, tmp_path, cli_reference, seed):
     kill_after = random.Random(seed).randint(2, STEPS - 1)
     cfg = fault_config(tiny_model_dir)
