@@ -19,10 +19,13 @@ def build_app():
 
 
 if __name__ == "__main__":
+    from finetune.data import max_upload_bytes
     from finetune.ui import CSS
 
     build_app().launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
         css=CSS,
+        # Gradio refuses a larger upload before storing it (FINETUNE_MAX_UPLOAD_MB, default 200)
+        max_file_size=max_upload_bytes(),
     )

@@ -136,6 +136,8 @@ def start_training(ws: Workspace, owner: str | None, config: RunConfig, backend:
         inside = Path(config.data.source).resolve().is_relative_to(root.resolve())
         if not inside:
             raise ServiceError("data.source must be an uploaded file or a Hub dataset id")
+    if ws.multi_user and config.model.id:
+        check_model_ref(ws, config.model.id, "model.id")
     if backend == "hf-jobs":
         from .backends import hfjobs
         from .hub import HubError
@@ -333,6 +335,28 @@ def check_hub_dataset_id(text: str) -> str:
     text = (text or "").strip()
     if not looks_like_hub_id(text) or ".." in text or Path(text).exists():
         raise ServiceError(f"'{text[:80]}' is not a Hub dataset id; type one like user/name, or upload the file")
+    return text
+
+
+def _model_dirs() -> list[Path]:
+    """Folders of models the operator of a shared server offers to every user (FINETUNE_MODEL_DIRS, separated
+    by the OS path separator): the only local folders a user of a shared server may name as a model."""
+    return [Path(d).resolve() for d in os.environ.get("FINETUNE_MODEL_DIRS", "").split(os.pathsep) if d.strip()]
+
+
+def check_model_ref(ws: Workspace, text: str, what: str = "base model") -> str:
+    """A base model or adapter named by a user of a shared server: a Hub repo id (or empty for the default), never
+    a folder on the server (``/srv/other-user/model``, ``../runs``). A single-user app may name local folders."""
+    from .data import looks_like_hub_id
+
+    text = (text or "").strip()
+    if not ws.multi_user or not text:
+        return text
+    if any(Path(text).resolve().is_relative_to(d) for d in _model_dirs() if Path(text).is_absolute()):
+        return text  # a folder the server's operator offers to every user
+    if not looks_like_hub_id(text) or ".." in text or Path(text).exists():
+        raise ServiceError(f"'{text[:80]}' is not a Hub repo id; on this shared server the {what} is a Hub id like "
+                           "org/name (or empty for the default)")
     return text
 
 

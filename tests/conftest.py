@@ -18,6 +18,14 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def offered_model_dirs(tmp_path_factory):
+    """Tests build their models under pytest's temporary root; a shared-server app may load models from there
+    (FINETUNE_MODEL_DIRS), as an operator would offer a models folder."""
+    os.environ["FINETUNE_MODEL_DIRS"] = str(tmp_path_factory.getbasetemp().resolve())
+    yield
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """The embedded SmolLM2-135M-Instruct as a safetensors folder (converted once, then cached)."""

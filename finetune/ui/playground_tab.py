@@ -28,7 +28,7 @@ def resolve_adapter(ws, who: str, adapter: str) -> str | None:
         return str(service.adapter_path(ws, who, adapter))
     except service.ServiceError:
         if "/" in adapter and not adapter.startswith((".", "/", "~")) and adapter.count("/") == 1:
-            return adapter  # a Hub repo id
+            return service.check_model_ref(ws, adapter, "adapter")  # a Hub repo id
         raise
 
 
@@ -73,6 +73,7 @@ def create_playground_tab(api: Api):
         history = [{"role": m["role"], "content": message_text(m["content"])} for m in (history or [])
                    if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
         convo = history + [{"role": "user", "content": message}]
+        base_model = service.check_model_ref(ws, base_model)
         for partial in inference.stream_chat(convo, adapter=path, model=base_model or None,
                                              temperature=temperature, max_new_tokens=int(max_new_tokens),
                                              top_p=top_p, repetition_penalty=repetition_penalty, seed=int(seed or 0)):
@@ -88,12 +89,10 @@ def create_playground_tab(api: Api):
         path = resolve_adapter(ws, owner(request, profile), adapter)
         if path is None:
             raise gr.Error("pick an adapter to compare against")
-        kw = dict(model=base_model or None, max_new_tokens=int(max_new_tokens), temperature=temperature, seed=int(seed or 0))
-        template = inference.adapter_template(path)["template"]
-        base_model_name = base_model or inference.adapter_base(path)
-        [base] = inference.generate_batch([prompt], adapter=None, **{**kw, "model": base_model_name}, template=template)
-        [tuned] = inference.generate_batch([prompt], adapter=path, **kw)
-        return base, tuned
+        # one loaded base, the adapter's template and system prompt for both sides, the same seed
+        base_model = service.check_model_ref(ws, base_model)
+        return inference.compare(prompt, path, model=base_model or None, max_new_tokens=int(max_new_tokens),
+                                 temperature=temperature, seed=int(seed or 0))
 
     def check(base_model, adapter, request: gr.Request, profile: gr.OAuthProfile | None = None):
         try:
