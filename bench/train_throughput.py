@@ -3,7 +3,8 @@
     .venv/bin/python bench/train_throughput.py --quick            # CPU, under 5 minutes
     .venv/bin/python bench/train_throughput.py --quick --json     # one JSON object
     .venv/bin/python bench/train_throughput.py --variants --quick # one optimization at a time (ours)
-    .venv/bin/python bench/train_throughput.py --scaling --quick  # CSV + PNG into bench/out/
+    .venv/bin/python bench/train_throughput.py --quick --repeat 3 --readme  # the README table
+    .venv/bin/python bench/train_throughput.py --scaling          # bench/train_scaling_<device>.csv + .png
     .venv/bin/python bench/train_throughput.py --model llama-7b   # CUDA: 7B-class Llama, random weights
 
 Baseline: the recipe of the classic "fine-tune Llama 2 in a notebook" tutorial, written below as the
@@ -46,23 +47,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-OUT = ROOT / "bench" / "out"
+OUT = ROOT / "bench" / "out"  # generated data and random-weight models (gitignored)
+SCALING_DIR = ROOT / "bench"  # the scaling CSV and PNG are results: kept in the repository
 RESULT_TAG = "BENCH_RESULT "
 
-# The optimizations "ours" runs with, on top of the RunConfig defaults (measured winners, see README-train.md).
-OURS: dict[str, dict[str, object]] = {
-    "cpu": {
-        "training.precision": "bf16",
-        "training.gradient_checkpointing": False,
-        "training.padding_free": True,
-        "lora.dropout": 0.0,
-    },
-    "cuda": {
-        "training.padding_free": True,
-        "training.optim": "paged_adamw_8bit",
-        "lora.dropout": 0.0,
-    },
-}
+# Overrides "ours" runs with on top of the RunConfig defaults. Empty: the measured winners ARE the defaults
+# (finetune/config.py, and the device-dependent choices in finetune/train.py; see bench/README-train.md).
+OURS: dict[str, dict[str, object]] = {"cpu": {}, "cuda": {}}
+
+# The RunConfig defaults before this benchmark (for --variants: what the optimizations replaced).
+PREVIOUS_DEFAULTS = {"training.precision": "fp32", "training.gradient_checkpointing": True,
+                     "training.padding_free": False, "lora.dropout": 0.05, "training.optim": "adamw_torch"}
+SPEED_OFF = {"trained_positions_loss": False, "bf16_weights_on_cpu": False, "checkpoint_only_when_needed_on_cpu": False}
 
 # 7B-class Llama shape (Llama-2-7B) for random-weight speed/memory runs on CUDA; vocab = the tokenizer's.
 LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
@@ -424,8 +420,11 @@ def baseline_recipe(spec: dict, probe: Probe):
 
 def ours_pipeline(spec: dict, probe: Probe):
     """Our pipeline, unchanged: ``finetune.train.train(config)``."""
+    import finetune.train
     from finetune.config import RunConfig, apply_overrides
     from finetune.train import train
+
+    finetune.train.SPEED.update(spec.get("speed") or {})  # implementation choices under test (--variants)
 
     cfg = RunConfig()
     cfg.name = "bench"
@@ -444,7 +443,15 @@ def ours_pipeline(spec: dict, probe: Probe):
     return {"optim": t.optim, "lora_r": cfg.lora.r, "lora_targets": cfg.lora.target_modules,
             "precision": t.precision, "gradient_checkpointing": t.gradient_checkpointing,
             "padding_free": t.padding_free, "packing": t.packing, "train_on": cfg.data.train_on,
-            "overrides": spec.get("overrides", {}), "status": result.status}
+            "overrides": spec.get("overrides", {}), "speed": dict(finetune.train.SPEED), "status": result.status,
+            "checkpointing_skipped": any(e.get("type") == "note" and "checkpointing" in e.get("message", "")
+                                         for e in _events(result.run_dir))}
+
+
+def _events(run_dir: Path) -> list[dict]:
+    from finetune.events import read_events
+
+    return read_events(run_dir)
 
 
 def worker(spec_path: str) -> int:
@@ -544,12 +551,24 @@ def prepare(args, device: str) -> dict:
                   seed=args.seed, eval_ids=tok_eval["input_ids"], eval_labels=tok_eval["labels"])
     return {
         "model_dir": model_dir,
+        "model_params": _param_count(model_dir),
         "lengths": full,
         "truncated_lengths": lengths,
         "real_tokens": sum(lengths),
         "baseline": {**common, "side": "baseline", "texts": texts},
         "ours": {**common, "side": "ours", "train_file": str(train_file)},
     }
+
+
+def _param_count(model_dir: Path) -> int | None:
+    from safetensors import safe_open
+
+    total = 0
+    for f in Path(model_dir).glob("*.safetensors"):
+        with safe_open(str(f), "pt") as h:
+            for k in h.keys():
+                total += math.prod(h.get_slice(k).get_shape())
+    return total or None
 
 
 def length_summary(lengths: list[int]) -> dict:
@@ -572,36 +591,122 @@ def ratio(a, b):
 
 
 def compare(args) -> dict:
+    """Both sides on the same data, ``args.repeat`` times with the order alternating (baseline first, then ours
+    first, ...): on a shared machine the load changes between runs, so each pair's ratio is taken within the
+    pair and the reported ratio is the median of the pairs'. Each side's figures are its median run's."""
     device = pick_device(args.device)
     prep = prepare(args, device)
     overrides = dict(OURS[device])
     overrides.update(_parse_sets(args.ours_set))
-    sides = {}
-    order = ["baseline", "ours"] if not args.ours_first else ["ours", "baseline"]
-    for name in order:
-        spec = dict(prep[name])
-        if name == "ours":
-            spec["overrides"] = overrides
-        sides[name] = run_side(spec, not args.json)
     expected = prep["real_tokens"]
-    for name, r in sides.items():
-        r["real_tokens_expected"] = expected
-        r["real_tokens_match"] = r["real_tokens"] == expected
-    b, o = sides["baseline"], sides["ours"]
+    runs: dict[str, list[dict]] = {"baseline": [], "ours": []}
+    pairs = []
+    for i in range(max(1, args.repeat)):
+        order = ["baseline", "ours"] if (i % 2 == 0) != bool(args.ours_first) else ["ours", "baseline"]
+        pair = {}
+        for name in order:
+            spec = dict(prep[name])
+            if name == "ours":
+                spec["overrides"] = overrides
+            spec["label"] = f"run {i + 1}/{args.repeat}"
+            r = run_side(spec, not args.json)
+            r["real_tokens_expected"] = expected
+            r["real_tokens_match"] = r["real_tokens"] == expected
+            runs[name].append(r)
+            pair[name] = r
+        pairs.append({"order": order,
+                      "ratio_tokens_per_s": ratio(pair["ours"]["tokens_per_s"], pair["baseline"]["tokens_per_s"]),
+                      "ratio_peak_memory": ratio(pair["ours"]["peak_memory_mb"], pair["baseline"]["peak_memory_mb"]),
+                      "loadavg": pair["ours"]["loadavg"]})
+    b, o = (_median_run(runs[k]) for k in ("baseline", "ours"))
     return {
         "device": device if device == "cpu" else _gpu_name(),
+        "device_name": _device_name(device),
         "model": str(prep["model_dir"]),
+        "model_params": prep.get("model_params"),
         "dataset": {"train_examples": args.examples, "eval_examples": args.eval_examples,
                     "token_lengths": length_summary(prep["lengths"]), "max_length": args.max_length,
                     "real_tokens_per_side": expected, "batch_size": args.batch_size},
         "ours_overrides": overrides,
         "ours": o,
         "baseline": b,
-        "ratio_tokens_per_s": ratio(o["tokens_per_s"], b["tokens_per_s"]),
+        "ratio_tokens_per_s": _median([p["ratio_tokens_per_s"] for p in pairs]),
         "ratio_tokens_per_cpu_s": ratio(o["tokens_per_cpu_s"], b["tokens_per_cpu_s"]),
-        "ratio_peak_memory": ratio(o["peak_memory_mb"], b["peak_memory_mb"]),
+        "ratio_peak_memory": _median([p["ratio_peak_memory"] for p in pairs]),
         "ratio_s_per_step": ratio(o["s_per_step"], b["s_per_step"]),
+        "pairs": pairs,
     }
+
+
+def _median(values: list):
+    values = [v for v in values if v is not None]
+    return round(statistics.median(values), 3) if values else None
+
+
+def _median_run(results: list[dict]) -> dict:
+    """The run with the median tokens/s (the lower middle one for an even count), all its figures together."""
+    ranked = sorted(results, key=lambda r: r["tokens_per_s"] or 0)
+    out = dict(ranked[(len(ranked) - 1) // 2])
+    out["tokens_per_s_runs"] = [r["tokens_per_s"] for r in results]
+    return out
+
+
+def _device_name(device: str) -> str:
+    if device == "cuda":
+        return _gpu_name()[len("cuda:"):]
+    name = "CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
+# ---------------------------------------------------------------------------------------------
+# --readme: the results table between the markers in README.md
+
+README = ROOT / "README.md"
+BEGIN, END = "<!-- train-bench -->", "<!-- /train-bench -->"
+
+
+def results_table(res: dict, command: str) -> str:
+    """The README block: one row per side, then the ratios, from one ``compare`` result."""
+    d = res["dataset"]
+    L = d["token_lengths"]
+    b, o = res["baseline"], res["ours"]
+    model = Path(res["model"]).name
+    lines = [
+        f"Device: {res['device_name']} ({res['device']}). Model: {model}"
+        + (f" ({res['model_params'] / 1e6:.0f}M parameters)" if res.get("model_params") else "")
+        + f". Data: {d['train_examples']} generated chat conversations, {L['min']}-{L['max']} tokens "
+          f"(median {L['p50']}), one epoch = {d['real_tokens_per_side']} real tokens per side, max_length "
+          f"{d['max_length']}, batch {d['batch_size']}; {len(res.get('pairs', [])) or 1} run(s) per side, order "
+          f"alternating, load average {res['ours']['loadavg'][0]} at the end.",
+        "",
+        "| | real tokens/s | peak memory MB | final train loss | held-out loss (answers) | held-out loss (all tokens) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, r in (("notebook recipe (baseline)", b), ("finetune defaults (ours)", o)):
+        lines.append(f"| {label} | {_fmt(r['tokens_per_s'])} | {_fmt(r['peak_memory_mb'])} | {_fmt(r['final_loss'])} | "
+                     f"{_fmt(r.get('eval_loss_assistant'))} | {_fmt(r.get('eval_loss_all'))} |")
+    lines.append(f"| **ours / baseline** | **{_fmt(res['ratio_tokens_per_s'])}x** | **{_fmt(res['ratio_peak_memory'])}x** "
+                 f"| | {_fmt(ratio(o.get('eval_loss_assistant'), b.get('eval_loss_assistant')))}x "
+                 f"| {_fmt(ratio(o.get('eval_loss_all'), b.get('eval_loss_all')))}x |")
+    lines += ["", f"Regenerate: `{command}`. The final train loss is each side's own objective (the baseline's "
+              "covers prompt tokens too); the held-out losses are the same metric for both."]
+    return "\n".join(lines)
+
+
+def rewrite_block(text: str, block: str) -> str:
+    """``text`` with the part between the train-bench markers replaced by ``block``."""
+    if BEGIN not in text or END not in text or text.index(BEGIN) > text.index(END):
+        raise SystemExit(f"README.md: add the markers {BEGIN} and {END} (in that order) where the table goes")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{block}\n{END}{tail}"
 
 
 def _gpu_name() -> str:
@@ -629,7 +734,11 @@ def print_compare(res: dict) -> None:
           f"max_length {d['max_length']}, batch {d['batch_size']}")
     print(f"equal work: one epoch each = {d['real_tokens_per_side']} real tokens (prompt + answer, no padding); "
           f"counted: baseline {res['baseline']['real_tokens']}, ours {res['ours']['real_tokens']}")
-    print("ours = RunConfig defaults + " + ", ".join(f"{k}={v}" for k, v in res["ours_overrides"].items()))
+    print("ours = RunConfig defaults" + "".join(f", {k}={v}" for k, v in res["ours_overrides"].items()))
+    if len(res.get("pairs", [])) > 1:
+        print("pairs (order alternating): " + "; ".join(
+            f"{'/'.join(p['order'])}: tokens/s x{p['ratio_tokens_per_s']}, memory x{p['ratio_peak_memory']}, load {p['loadavg'][0]}"
+            for p in res["pairs"]) + " -> medians below")
     rows = [
         ("real tokens/s", "tokens_per_s", "ratio_tokens_per_s"),
         ("real tokens per CPU-s", "tokens_per_cpu_s", "ratio_tokens_per_cpu_s"),
@@ -666,37 +775,42 @@ def _fmt(v) -> str:
 # --variants: one optimization at a time on our pipeline
 
 
+VARIANTS = [
+    # (label, RunConfig overrides, finetune.train.SPEED overrides): the defaults with one optimization undone
+    ("defaults (every optimization)", {}, {}),
+    ("previous defaults (none of them)", PREVIOUS_DEFAULTS, SPEED_OFF),
+    ("- trained-positions LM head/loss", {}, {"trained_positions_loss": False}),
+    ("+ bf16 weights (not only autocast)", {}, {"bf16_weights_on_cpu": True}),
+    ("- bf16 (fp32 training)", {"training.precision": "fp32"}, {}),
+    ("- padding-free (pad to longest)", {"training.padding_free": False}, {}),
+    ("- fused AdamW (adamw_torch)", {"training.optim": "adamw_torch"}, {}),
+    ("- lora.dropout 0 (0.05)", {"lora.dropout": 0.05}, {}),
+    ("- checkpointing only if needed (on)", {}, {"checkpoint_only_when_needed_on_cpu": False}),
+    ("+ bfd packing", {"training.packing": True}, {}),
+    ("+ loss on all tokens", {"data.train_on": "all"}, {}),
+    ("+ no double quant", {"quantization.double_quant": False}, {}),
+    ("+ 16-bit base (LoRA, no 4-bit)", {"quantization.load_in": "none"}, {}),
+    ("+ adamw_8bit", {"training.optim": "adamw_8bit"}, {}),
+]
+
+
 def variants(args) -> list[dict]:
+    """Our pipeline with one optimization undone (or one more tried) at a time, same data, one process each."""
     device = pick_device(args.device)
     prep = prepare(args, device)
-    base = {}  # the current RunConfig defaults
-    best = dict(OURS[device])
-    plan = [
-        ("defaults (current RunConfig)", base),
-        ("+ padding_free", {**base, "training.padding_free": True}),
-        ("+ packing (bfd)", {**base, "training.packing": True}),
-        ("+ train_on all (no completion-only)", {**base, "data.train_on": "all"}),
-        ("+ gradient_checkpointing off", {**base, "training.gradient_checkpointing": False}),
-        ("+ precision bf16", {**base, "training.precision": "bf16"}),
-        ("+ lora.dropout 0", {**base, "lora.dropout": 0.0}),
-        ("+ optim adamw_8bit", {**base, "training.optim": "adamw_8bit"}),
-        ("+ optim paged_adamw_8bit", {**base, "training.optim": "paged_adamw_8bit"}),
-        ("+ optim paged_adamw_32bit", {**base, "training.optim": "paged_adamw_32bit"}),
-        ("OURS (recommended set)", best),
-        ("OURS + gradient_checkpointing on", {**best, "training.gradient_checkpointing": True}),
-        ("OURS - padding_free", {**best, "training.padding_free": False}),
-        ("OURS + packing (bfd)", {**best, "training.packing": True}),
-    ]
-    if args.only:
-        plan = [p for p in plan if any(s in p[0] for s in args.only)]
+    plan = [v for v in VARIANTS if not args.only or any(o in v[0] for o in args.only)]
     rows = []
-    for label, overrides in plan:
-        spec = {**prep["ours"], "overrides": overrides, "label": label}
+    for label, overrides, speed in plan:
+        spec = {**prep["ours"], "overrides": {**OURS[device], **overrides}, "speed": speed, "label": label}
         try:
             r = run_side(spec, True)
-            rows.append({"variant": label, "overrides": overrides, **_row(r)})
+            rows.append({"variant": label, "overrides": overrides, "speed": speed, **_row(r)})
         except RuntimeError as e:
-            rows.append({"variant": label, "overrides": overrides, "error": str(e).splitlines()[-1][:200]})
+            rows.append({"variant": label, "overrides": overrides, "speed": speed, "error": str(e).splitlines()[-1][:200]})
+    ref = next((r for r in rows if r["variant"].startswith("defaults") and "error" not in r), None)
+    for r in rows:
+        if ref and "error" not in r:
+            r["tokens_per_s_vs_defaults"] = ratio(r["tokens_per_s"], ref["tokens_per_s"])
     return rows
 
 
@@ -761,8 +875,7 @@ def scaling(args) -> list[dict]:
                              "steady_tokens_per_s": round(L * args.batch_size / res["median_step_s"], 1)
                              if res["median_step_s"] else None,
                              "peak_memory_mb": res["peak_memory_mb"], "device": device})
-    OUT.mkdir(parents=True, exist_ok=True)
-    csv_path = OUT / f"train_scaling_{device}.csv"
+    csv_path = SCALING_DIR / f"train_scaling_{device}.csv"
     fields = ["sweep", "value", "side", "seq_len", "lora_r", "tokens_per_s", "steady_tokens_per_s", "median_step_s",
               "peak_memory_mb", "device", "error"]
     with open(csv_path, "w", newline="") as f:
@@ -797,7 +910,7 @@ def _plot(rows: list[dict], device: str) -> Path:
         axes[1][col].set_ylabel("peak memory MB (" + ("CUDA reserved" if device == "cuda" else "RSS") + ")")
     fig.suptitle(f"QLoRA training: ours vs notebook baseline ({device})")
     fig.tight_layout()
-    path = OUT / f"train_scaling_{device}.png"
+    path = SCALING_DIR / f"train_scaling_{device}.png"
     fig.savefig(path, dpi=110)
     return path
 
@@ -822,10 +935,13 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ours-set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra RunConfig override for ours, e.g. training.gradient_checkpointing=true")
-    p.add_argument("--ours-first", action="store_true", help="run ours before the baseline")
+    p.add_argument("--ours-first", action="store_true", help="run ours before the baseline (in the first pair)")
+    p.add_argument("--repeat", type=int, default=1, help="pairs of runs, order alternating; ratios are the pairs' median")
+    p.add_argument("--readme", action="store_true", help="rewrite the results table in README.md (between the "
+                                                          "<!-- train-bench --> markers)")
     p.add_argument("--variants", action="store_true", help="ours with one optimization at a time")
     p.add_argument("--only", nargs="*", help="with --variants: run the variants whose label contains one of these")
-    p.add_argument("--scaling", action="store_true", help="write bench/out/train_scaling_<device>.csv/.png")
+    p.add_argument("--scaling", action="store_true", help="write bench/train_scaling_<device>.csv and .png")
     p.add_argument("--lengths", type=int, nargs="*", help="--scaling sequence lengths")
     p.add_argument("--ranks", type=int, nargs="*", help="--scaling LoRA ranks")
     p.add_argument("--scaling-steps", type=int, default=3, help="--scaling steps per point (first one not timed)")
@@ -862,14 +978,20 @@ def main(argv=None) -> int:
         if args.json:
             print(json.dumps({"device": device, "variants": rows}))
         else:
-            print_rows(rows, ["variant", "tokens_per_s", "tokens_per_cpu_s", "s_per_step", "peak_memory_mb",
-                              "final_loss", "eval_loss_assistant", "eval_loss_all"])
+            print_rows(rows, ["variant", "tokens_per_s", "tokens_per_s_vs_defaults", "tokens_per_cpu_s",
+                              "peak_memory_mb", "eval_loss_assistant", "eval_loss_all"])
+            print(f"load average at the end: {[round(x, 2) for x in os.getloadavg()]}")
         return 0
     res = compare(args)
     if args.json:
         print(json.dumps(res))
     else:
         print_compare(res)
+    if args.readme:
+        command = "python bench/train_throughput.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:])
+                                                                if a not in ("--json",))
+        README.write_text(rewrite_block(README.read_text(encoding="utf-8"), results_table(res, command)), encoding="utf-8")
+        print(f"rewrote the results table in {README}", file=sys.stderr)
     return 0
 
 

@@ -200,8 +200,22 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU runs bf16 matmuls natively (AVX512-BF16 / AMX): then bf16 is faster than fp32 there."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def precision_flags(config: RunConfig, device: str) -> dict:
-    """bf16 where the GPU supports it, fp16 on older GPUs, fp32 on CPU (unless set explicitly)."""
+    """bf16 where the device supports it, fp16 on older GPUs, fp32 on CPUs without native bf16 (unless set).
+
+    On a CPU with AVX512-BF16/AMX, bf16 autocast measured 1.2-1.3x the tokens/s of fp32 (SmolLM2-135M QLoRA,
+    bench/train_throughput.py --variants) with the same held-out loss; without native bf16 it is emulated and slower.
+    """
     import torch
 
     p = config.training.precision
@@ -209,7 +223,7 @@ def precision_flags(config: RunConfig, device: str) -> dict:
         if device == "cuda":
             p = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
-            p = "fp32"
+            p = "bf16" if cpu_has_fast_bf16() else "fp32"
     return {"bf16": p == "bf16", "fp16": p == "fp16"}
 
 
@@ -217,8 +231,51 @@ def _optim(config: RunConfig, device: str) -> str:
     o = config.training.optim
     if o != "auto":
         return o
-    # QLoRA paper: paged optimizers absorb memory spikes on long sequences; on CPU plain AdamW.
-    return "paged_adamw_32bit" if device == "cuda" else "adamw_torch"
+    # QLoRA paper: paged optimizers absorb memory spikes on long sequences. On CPU the fused AdamW updates every
+    # LoRA tensor in one C++ loop: the per-tensor kernels of plain AdamW (~12 small ops x 420 tensors a step on
+    # SmolLM2 all-linear) cost more than the update itself.
+    return "paged_adamw_32bit" if device == "cuda" else "adamw_torch_fused"
+
+
+# Implementation choices the benchmark toggles one at a time (bench/train_throughput.py --variants); not settings.
+SPEED = {
+    # CPU: the LM head and cross-entropy run on the trained positions only (prompt and padding positions never
+    # reach the 49k-wide vocabulary projection); on CUDA trl's fused Triton LM head already does this in tiles.
+    "trained_positions_loss": True,
+    # CPU + bf16: load the non-quantized weights (embeddings, norms, LM head) in bf16 too, so autocast does not
+    # cast fp32 activations and the LM head again in every layer and step. Off: measured +10% tokens/s and -30%
+    # peak RSS, but the held-out loss rose by 0.09 (the residual stream in bf16); fp32 weights + bf16 autocast
+    # keep the quality of fp32 training.
+    "bf16_weights_on_cpu": False,
+    # CPU: gradient checkpointing only when the run would not fit in RAM without it (see ``use_checkpointing``).
+    "checkpoint_only_when_needed_on_cpu": True,
+}
+
+
+def use_checkpointing(config: RunConfig, device: str, model_path: str) -> tuple[bool, str | None]:
+    """Whether to recompute activations in backward, and why it was skipped (None when the config is followed).
+
+    On a GPU the setting is followed: memory decides which model fits at all there. On CPU the memory is the
+    machine's RAM and recomputing the forward costs ~20-30% of the step (SmolLM2-135M QLoRA, batch 4 x 512:
+    bench/train_throughput.py --variants), so it is skipped when the memory estimate without it uses under half
+    of the RAM.
+    """
+    t = config.training
+    if not t.gradient_checkpointing or device != "cpu" or not SPEED["checkpoint_only_when_needed_on_cpu"]:
+        return t.gradient_checkpointing, None
+    from . import memory
+
+    try:
+        spec = memory.load_model_spec(model_path, allow_hub=False)
+        cpu = memory.get_gpu("cpu")
+        est = memory.estimate_training(spec, memory.TrainSetup.from_config(config, cpu, gradient_checkpointing=False),
+                                       cpu, advise=False)
+    except (memory.EstimateError, OSError, ValueError, KeyError):
+        return True, None  # no estimate: keep the memory-safe choice
+    if est.peak_gb > 0.5 * cpu.usable_gb:
+        return True, None
+    return False, (f"gradient checkpointing skipped on CPU: ~{est.peak_gb:.1f} GB without it fits in "
+                   f"{cpu.usable_gb:.0f} GB of RAM, and training runs faster")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,7 +454,12 @@ def _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_
     )
 
     transformers.set_seed(t.seed)  # LoRA init and dropout are seeded
-    model, _ = models.load_model(config.model, config.quantization, device)
+    precision = precision_flags(config, device)
+    checkpointing, checkpointing_note = use_checkpointing(config, device, str(resolved.path))
+    if checkpointing_note:
+        log.emit("note", message=checkpointing_note)
+    weights_dtype = torch.bfloat16 if device == "cpu" and precision["bf16"] and SPEED["bf16_weights_on_cpu"] else None
+    model, _ = models.load_model(config.model, config.quantization, device, dtype=weights_dtype)
     sft_args = SFTConfig(
         output_dir=str(run_dir / runs.CHECKPOINTS),
         learning_rate=t.learning_rate,
@@ -415,8 +477,8 @@ def _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm if t.max_grad_norm > 0 else None,
         optim=_optim(config, device),
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         seed=t.seed,
         data_seed=t.seed,
         logging_steps=t.logging_steps,
@@ -431,10 +493,11 @@ def _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_
         include_num_input_tokens_seen="non_padding",
         dataset_num_proc=None,
         completion_only_loss=None,
-        **precision_flags(config, device),
+        **precision,
     )
     callback = _make_callback(log, run_dir, should_stop, until_step, time_budget_s, started_at)
-    trainer = SFTTrainer(
+    trainer_cls = _trainer_class() if device == "cpu" and SPEED["trained_positions_loss"] else SFTTrainer
+    trainer = trainer_cls(
         model=model,
         args=sft_args,
         train_dataset=train_ds,
@@ -468,6 +531,43 @@ def _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_
         save_adapter(trainer, tokenizer, config, resolved.name, run_dir, metrics, data_summary, device)
     log.emit("finished", step=step, adapter=runs.ADAPTER, metrics=metrics)
     return RunResult(run_dir.name, run_dir, "finished", step, trainer.state.max_steps, adapter_dir, metrics)
+
+
+def _trainer_class():
+    """SFTTrainer whose training loss projects only the trained positions through the LM head.
+
+    trl's fused LM head scores every position on devices without Triton (CPU), and also computes the entropy
+    and top-1 metrics over the whole vocabulary. Here the hidden states of the positions whose next token is
+    trained on (assistant answers; never padding) are selected before the LM head (``logits_to_keep`` as a
+    boolean mask), so the [tokens, vocab] logits exist only for those. Same loss (sum of the next-token NLL over
+    trained tokens / their count or ``num_items_in_batch``); evaluation keeps trl's path.
+    """
+    import torch
+    import torch.nn.functional as F
+    from trl import SFTTrainer
+
+    class TrainedPositionsSFTTrainer(SFTTrainer):
+        ce_rows = 2048  # rows of fp32 logits per cross-entropy chunk: 2048 x 49k vocab = 400 MB at most
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if return_outputs or not model.training or self.compute_loss_func is not None or self.label_smoother is not None:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            labels = inputs["labels"]
+            keep = torch.zeros_like(labels, dtype=torch.bool)
+            keep[:, :-1] = labels[:, 1:] != -100  # position i predicts token i + 1
+            targets = labels[:, 1:][keep[:, :-1]]
+            forward = {k: v for k, v in inputs.items() if k != "labels"}
+            forward["use_cache"] = False
+            logits = model(**forward, logits_to_keep=keep).logits  # [trained tokens, vocab]
+            nll = sum(F.cross_entropy(logits[i:i + self.ce_rows].float(), targets[i:i + self.ce_rows], reduction="sum")
+                      for i in range(0, max(1, logits.shape[0]), self.ce_rows))
+            count = targets.numel() if num_items_in_batch is None else num_items_in_batch
+            loss = nll / torch.as_tensor(count, device=nll.device).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes
+            return loss
+
+    return TrainedPositionsSFTTrainer
 
 
 def _planned_steps(t, n_examples: int) -> int:
