@@ -678,13 +678,14 @@ def results_table(res: dict, command: str) -> str:
     L = d["token_lengths"]
     b, o = res["baseline"], res["ours"]
     model = Path(res["model"]).name
+    loads = [p["loadavg"][0] for p in res.get("pairs") or [] if p.get("loadavg")] or [o["loadavg"][0]]
     lines = [
         f"Device: {res['device_name']} ({res['device']}). Model: {model}"
         + (f" ({res['model_params'] / 1e6:.0f}M parameters)" if res.get("model_params") else "")
         + f". Data: {d['train_examples']} generated chat conversations, {L['min']}-{L['max']} tokens "
           f"(median {L['p50']}), one epoch = {d['real_tokens_per_side']} real tokens per side, max_length "
-          f"{d['max_length']}, batch {d['batch_size']}; {len(res.get('pairs', [])) or 1} run(s) per side, order "
-          f"alternating, load average {res['ours']['loadavg'][0]} at the end.",
+          f"{d['max_length']}, batch {d['batch_size']}; {len(loads)} run(s) per side, order alternating, "
+          f"1-minute load average {min(loads)}-{max(loads)} (a shared machine).",
         "",
         "| | real tokens/s | peak memory MB | final train loss | held-out loss (answers) | held-out loss (all tokens) |",
         "|---|---:|---:|---:|---:|---:|",
