@@ -249,7 +249,43 @@ SPEED = {
     "bf16_weights_on_cpu": False,
     # CPU: gradient checkpointing only when the run would not fit in RAM without it (see ``use_checkpointing``).
     "checkpoint_only_when_needed_on_cpu": True,
+    # CPU + sdpa + padding-free: attention runs sequence by sequence inside the concatenated row (see
+    # ``packed_sdpa_attention``) instead of over the whole row with a block-diagonal mask.
+    "per_sequence_attention_on_cpu": True,
 }
+
+PACKED_SDPA = "finetune_packed_sdpa"
+
+
+def packed_sdpa_attention(module, query, key, value, attention_mask, cu_seq_lens_q=None, cu_seq_lens_k=None, **kwargs):
+    """SDPA over each sequence of a padding-free row separately (causal, no mask).
+
+    A padding-free batch is one row holding every example; plain SDPA attends over the whole row with a
+    block-diagonal [row, row] mask, so its cost grows with the square of the batch's total length (4 x 1024 tokens:
+    16.8M scores per head instead of 4 x 1.05M) and nothing skips the masked blocks on CPU. Here each example only
+    attends to itself: the cost of padded batches without their padding. The same result as the masked row
+    (tests/test_train_bench.py). Anything but a single padding-free row goes to transformers' SDPA unchanged.
+    """
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if cu_seq_lens_q is None or query.shape[0] != 1 or query.shape[2] != key.shape[2] or cu_seq_lens_q.numel() <= 2:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    bounds = cu_seq_lens_q.tolist()
+    outs = [sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None, is_causal=True,
+                                   **{k: v for k, v in kwargs.items() if k != "is_causal"})[0]
+            for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    return torch.cat(outs, dim=1), None  # [1, row, heads, head_dim], as sdpa_attention_forward returns
+
+
+def _use_packed_attention(model) -> None:
+    """Switch a loaded model's SDPA attention to ``packed_sdpa_attention`` (same masks for everything else)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
+    AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)
+    model.set_attn_implementation(PACKED_SDPA)
 
 
 def use_checkpointing(config: RunConfig, device: str, model_path: str) -> tuple[bool, str | None]:
@@ -460,6 +496,9 @@ def _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_
         log.emit("note", message=checkpointing_note)
     weights_dtype = torch.bfloat16 if device == "cpu" and precision["bf16"] and SPEED["bf16_weights_on_cpu"] else None
     model, _ = models.load_model(config.model, config.quantization, device, dtype=weights_dtype)
+    if (device == "cpu" and t.padding_free and config.model.attn_implementation == "sdpa"
+            and SPEED["per_sequence_attention_on_cpu"]):
+        _use_packed_attention(model)
     sft_args = SFTConfig(
         output_dir=str(run_dir / runs.CHECKPOINTS),
         learning_rate=t.learning_rate,

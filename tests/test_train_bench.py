@@ -142,3 +142,28 @@ def test_trained_positions_loss_equals_trl_loss(tiny_model_dir, tmp_path, paddin
         n = int((batch["labels"][:, 1:] != -100).sum())
         scaled = trainers[1].compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(2 * n))
     assert torch.allclose(scaled, ours / 2, rtol=1e-5)
+
+
+def test_per_sequence_attention_equals_each_sequence_alone(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from finetune.train import _use_packed_attention
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    lens = [30, 5, 61, 1, 17]
+    ids = torch.randint(5, 400, (1, sum(lens)), generator=torch.Generator().manual_seed(0))
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    row = dict(input_ids=ids, position_ids=torch.cat([torch.arange(n) for n in lens])[None], cu_seq_lens_q=cu,
+               cu_seq_lens_k=cu, max_length_q=max(lens), max_length_k=max(lens), use_cache=False)
+    with torch.no_grad():
+        masked = model(**row).logits  # transformers' SDPA with the block-diagonal mask
+        _use_packed_attention(model)
+        packed = model(**row).logits
+        alone = torch.cat([model(input_ids=ids[:, a:b], use_cache=False).logits
+                           for a, b in zip(cu[:-1].tolist(), cu[1:].tolist())], dim=1)
+        padded = model(input_ids=ids[:, :40], attention_mask=torch.ones(1, 40, dtype=torch.long)).logits
+        plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+        reference = plain(input_ids=ids[:, :40], attention_mask=torch.ones(1, 40, dtype=torch.long)).logits
+    assert torch.allclose(packed, alone, atol=1e-5)  # no token attends across an example boundary
+    assert torch.allclose(packed, masked, atol=1e-4)
+    assert torch.allclose(padded, reference, atol=1e-6)  # anything but a padding-free row: plain SDPA
