@@ -787,6 +787,7 @@ VARIANTS = [
     ("- fused AdamW (adamw_torch)", {"training.optim": "adamw_torch"}, {}),
     ("- lora.dropout 0 (0.05)", {"lora.dropout": 0.05}, {}),
     ("- checkpointing only if needed (on)", {}, {"checkpoint_only_when_needed_on_cpu": False}),
+    ("- per-sequence attention (masked row)", {}, {"per_sequence_attention_on_cpu": False}),
     ("+ bfd packing", {"training.packing": True}, {}),
     ("+ loss on all tokens", {"data.train_on": "all"}, {}),
     ("+ no double quant", {"quantization.double_quant": False}, {}),
