@@ -407,6 +407,15 @@ def test_job_status_live_loss_sync_and_cancel(tmp_path, monkeypatch):
     assert hfjobs.sync(run_id, root, api=api).status == "stopped"
     assert "loss" in hfjobs.logs(run_id, root, api=api)
 
+    # a job's own output echoing the token (in an event and in a plain line) is scrubbed before it is read
+    api.log_lines = LOG.splitlines() + [json.dumps({"type": "note", "time": 1.0, "message": f"Authorization: Bearer {TOKEN}"}),
+                                        f"echo {TOKEN}"]
+    st = hfjobs.status("job123", TOKEN, api, namespace="me")
+    assert TOKEN not in json.dumps(st, default=str) and any("***" in str(e.get("message")) for e in st["events"])
+    hfjobs.sync(run_id, root, api=api)
+    text = hfjobs.logs(run_id, root, api=api)
+    assert TOKEN not in text and "echo ***" in text
+
     # the token is nowhere in the run folder
     for f in run_dir.rglob("*"):
         if f.is_file():

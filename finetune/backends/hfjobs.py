@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from .. import memory, runs
+from ..hub import _scrub  # the token never leaves in a message or a log line
 from ..config import RunConfig
 from ..events import EVENTS_FILE, TERMINAL, EventLog, read_events
 from ..io import atomic_write_json, atomic_write_text
@@ -219,10 +220,6 @@ def _api(api):
     return HfApi()
 
 
-def _scrub(text: str, token: str) -> str:
-    return text.replace(token, "***") if token else text
-
-
 def submit(spec: dict, token: str | None, api=None) -> dict:
     """Submit the job; returns ``{job_id, url, namespace, stage}``."""
     kwargs = request(spec, token)
@@ -300,7 +297,9 @@ def status(job_id: str, token: str | None, api=None, namespace: str | None = Non
     api = _api(api)
     try:
         info = api.inspect_job(job_id=job_id, namespace=namespace, token=token)
-        lines = list(api.fetch_job_logs(job_id=job_id, namespace=namespace, token=token))
+        # a job's own output could echo the token (a failing library printing its request): scrubbed before
+        # the lines become events, the run folder or a response
+        lines = [_scrub(line, token) for line in api.fetch_job_logs(job_id=job_id, namespace=namespace, token=token)]
     except Exception as e:  # noqa: BLE001 - network/auth errors become one message without the token
         raise JobError(_scrub(f"cannot read job {job_id}: {e.__class__.__name__}: {e}", token)) from None
     stage = _stage(info)
@@ -374,7 +373,8 @@ def logs(run_id: str, root: str | Path | None = None, *, token: str | None = Non
     job = read_job(run_id, root)
     token = _check_token(token)
     try:
-        lines = list(_api(api).fetch_job_logs(job_id=job["job_id"], namespace=job.get("namespace"), token=token))
+        lines = [_scrub(line, token) for line in
+                 _api(api).fetch_job_logs(job_id=job["job_id"], namespace=job.get("namespace"), token=token)]
     except Exception as e:  # noqa: BLE001
         raise JobError(_scrub(f"cannot read the log of job {job['job_id']}: {e.__class__.__name__}: {e}", token)) from None
-    return _scrub("\n".join(lines[-tail:]), token)
+    return "\n".join(lines[-tail:])
