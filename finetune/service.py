@@ -328,12 +328,17 @@ def _tokenizer(model: str):
         return _tokenizers[model]
 
 
-def check_hub_dataset_id(text: str) -> str:
-    """A Hub dataset id typed by a user of a shared server: never a path on the server (``../../etc/passwd``)."""
+def _is_hub_id_not_path(text: str) -> bool:
+    """Text that reads as a Hub id and names nothing on this server (``../../etc/passwd``, ``runs/alice``)."""
     from .data import looks_like_hub_id
 
+    return looks_like_hub_id(text) and ".." not in text and not Path(text).exists()
+
+
+def check_hub_dataset_id(text: str) -> str:
+    """A Hub dataset id typed by a user of a shared server: never a path on the server (``../../etc/passwd``)."""
     text = (text or "").strip()
-    if not looks_like_hub_id(text) or ".." in text or Path(text).exists():
+    if not _is_hub_id_not_path(text):
         raise ServiceError(f"'{text[:80]}' is not a Hub dataset id; type one like user/name, or upload the file")
     return text
 
@@ -347,14 +352,13 @@ def _model_dirs() -> list[Path]:
 def check_model_ref(ws: Workspace, text: str, what: str = "base model") -> str:
     """A base model or adapter named by a user of a shared server: a Hub repo id (or empty for the default), never
     a folder on the server (``/srv/other-user/model``, ``../runs``). A single-user app may name local folders."""
-    from .data import looks_like_hub_id
-
     text = (text or "").strip()
     if not ws.multi_user or not text:
         return text
-    if any(Path(text).resolve().is_relative_to(d) for d in _model_dirs() if Path(text).is_absolute()):
+    path = Path(text)
+    if path.is_absolute() and any(path.resolve().is_relative_to(d) for d in _model_dirs()):
         return text  # a folder the server's operator offers to every user
-    if not looks_like_hub_id(text) or ".." in text or Path(text).exists():
+    if not _is_hub_id_not_path(text):
         raise ServiceError(f"'{text[:80]}' is not a Hub repo id; on this shared server the {what} is a Hub id like "
                            "org/name (or empty for the default)")
     return text
