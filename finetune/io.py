@@ -16,9 +16,11 @@ class DiskFullError(OSError):
     """No space left while writing a run file; the folder keeps its last complete state."""
 
 
+DISK_FULL_FIX = "free space (delete old runs or checkpoints) and resume: the files written before are intact"
+
+
 def _disk_full(e: OSError, path: Path) -> DiskFullError:
-    return DiskFullError(e.errno, f"no space left on the disk while writing {path}; free space (delete old runs "
-                                  "or checkpoints) and resume: the files written before are intact")
+    return DiskFullError(e.errno, f"no space left on the disk while writing {path}; {DISK_FULL_FIX}")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

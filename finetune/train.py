@@ -16,6 +16,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -27,7 +28,7 @@ from typing import Callable
 from . import runs
 from .config import ConfigError, RunConfig, validate
 from .events import EventLog
-from .io import atomic_write_json, atomic_write_text
+from .io import DISK_FULL_FIX, DiskFullError, atomic_write_json, atomic_write_text
 from .models import ModelError
 
 SAMPLE_DATA = Path(__file__).parent / "samples" / "city_year.jsonl"
@@ -449,6 +450,9 @@ def _explain(e: Exception, config: RunConfig) -> str:
         if config.quantization.load_in != "4bit":
             hints.append("quantization.load_in -> 4bit")
         return "out of GPU memory; lower: " + "; ".join(hints) + ". The last checkpoint is kept: resume after changing"
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC and not isinstance(e, DiskFullError):
+        # the trainer's own checkpoint writes: the same advice as for our run files
+        return f"{e.__class__.__name__}: {e}; {DISK_FULL_FIX}"
     return f"{e.__class__.__name__}: {e}"
 
 
