@@ -9,8 +9,10 @@ measures, in the same run:
 - the latency of every /format_dataset call (1,000-row JSONL, SmolLM2 tokenizer for token stats): p50/p95/max;
 - that the queue reports positions (``job.status().rank`` while a call waits) and that no call failed;
 - the training rate (steps/s from the run's events) while the sessions hammer the app, over its rate alone
-  just before: the slowdown ratio. Both rates come from the same training process; on a machine with fewer
-  cores than the training uses, the ratio is about the CPU share the app takes, not contention in the app.
+  just before: the slowdown ratio. Both rates come from the same training process. Next to it, the ratio
+  the CPU left to training allows (the fair share): the cores minus those the app and its sessions used
+  (this process's CPU time over the window), over the cores training used alone (its /proc CPU time).
+  ``slowdown_over_fair_share`` >= ~0.9 means training lost no more than the CPU it shares.
 
 Prints one JSON object and writes it to bench/out/load.json (or --out).
 """
@@ -99,6 +101,19 @@ def step_times(run_dir: Path) -> list[tuple[float, int]]:
     return [(e["time"], e["step"]) for e in read_events(run_dir) if e.get("type") == "step"]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc), all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def training_pid(run_dir: Path) -> int | None:
+    from finetune.events import read_events
+
+    pids = [e["pid"] for e in read_events(run_dir) if e.get("type") == "started" and e.get("pid")]
+    return pids[-1] if pids else None
+
+
 def rate(points: list[tuple[float, int]], t0: float, t1: float) -> float | None:
     """Steps per second between t0 and t1 (first to last step event inside the window)."""
     inside = [(t, s) for t, s in points if t0 <= t <= t1]
@@ -153,26 +168,33 @@ def measure(url: str, runs_root: Path, model_dir: Path, data_file: Path, *, clie
         if time.time() > deadline:
             raise RuntimeError(f"training did not start: {trainer.predict(run_id, api_name='/run_status')}")
         time.sleep(0.2)
-    a0 = time.time()
+    pid = training_pid(run_dir)
+    a0, ta0 = time.time(), cpu_seconds(pid)
     time.sleep(alone_s)
-    a1 = time.time()
+    a1, ta1 = time.time(), cpu_seconds(pid)
 
     out: dict = {"format_s": [], "chat_s": [], "ranks": [], "queue_sizes": [], "errors": [], "formatted_rows": [],
                  "chat_replies": []}
     lock = threading.Lock()
     threads = [threading.Thread(target=_session, args=(url, data_file, rounds, out, lock, chat)) for _ in range(clients)]
-    l0 = time.time()
+    l0, tl0, app0 = time.time(), cpu_seconds(pid), time.process_time()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    l1 = time.time()
+    l1, tl1, app1 = time.time(), cpu_seconds(pid), time.process_time()
     time.sleep(1.0)  # the last step event of the window
     trainer.predict(run_id, api_name="/stop_training")
     state = trainer.predict(run_id, api_name="/run_status")
     points = step_times(run_dir)
     alone, loaded = rate(points, a0, a1), rate(points, l0, l1)
     lat = out["format_s"]
+    cores = os.cpu_count() or 1
+    train_cores_alone = (ta1 - ta0) / (a1 - a0)
+    app_cores = (app1 - app0) / (l1 - l0)  # the app and its sessions: this process, every thread
+    # The CPU the app takes is what training loses at most: the cores left over the cores training used alone.
+    fair = min(1.0, max(0.0, cores - app_cores) / train_cores_alone) if train_cores_alone > 0 else None
+    ratio = loaded / alone if alone and loaded else None
     return {
         "clients": clients,
         "rounds": rounds,
@@ -188,10 +210,15 @@ def measure(url: str, runs_root: Path, model_dir: Path, data_file: Path, *, clie
         "errors": out["errors"],
         "train_steps_per_s_alone": round(alone, 3) if alone else None,
         "train_steps_per_s_loaded": round(loaded, 3) if loaded else None,
-        "train_slowdown_ratio": round(loaded / alone, 3) if alone and loaded else None,
+        "train_slowdown_ratio": round(ratio, 3) if ratio else None,
+        "train_cpu_cores_alone": round(train_cores_alone, 2),
+        "train_cpu_cores_loaded": round((tl1 - tl0) / (l1 - l0), 2),
+        "app_cpu_cores_loaded": round(app_cores, 2),
+        "fair_share_ratio": round(fair, 3) if fair is not None else None,
+        "slowdown_over_fair_share": round(ratio / fair, 3) if ratio and fair else None,
         "load_window_s": round(l1 - l0, 1),
         "training_status_after": state["status"],
-        "cpu_cores": os.cpu_count(),
+        "cpu_cores": cores,
         "formatted_rows_ok": all(n == out["formatted_rows"][0] for n in out["formatted_rows"]),
     }
 
@@ -209,6 +236,9 @@ def main(argv: list[str] | None = None) -> dict:
         tmp = Path(tmp)
         cache = Path(__file__).resolve().parent / "out" / "models" / "tiny"
         model_dir = tiny_model(cache)
+        # a shared server trains only on Hub ids and the model folders its operator offers: offer this one
+        os.environ["FINETUNE_MODEL_DIRS"] = os.pathsep.join(
+            filter(None, [os.environ.get("FINETUNE_MODEL_DIRS"), str(model_dir.parent.resolve())]))
         data_file = make_dataset(tmp / "data.jsonl", args.rows)
         demo, url = launch(tmp)
         try:
@@ -220,7 +250,8 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     print(f"p95 /format_dataset ({result['rows']} rows, {args.clients} sessions): {result['format_p95_s']} s; "
-          f"training slowdown (loaded/alone steps/s): {result['train_slowdown_ratio']}; errors: {len(result['errors'])}")
+          f"training slowdown (loaded/alone steps/s): {result['train_slowdown_ratio']} where its CPU share allows "
+          f"{result['fair_share_ratio']} (ratio {result['slowdown_over_fair_share']}); errors: {len(result['errors'])}")
     return result
 
 

@@ -16,7 +16,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from . import runs
 from .config import ModelConfig, QuantizationConfig
@@ -34,6 +34,27 @@ ADAPTER_FILES = ["*.json", "*.safetensors", "*.md", "*.yaml", "*.jinja", "*.mode
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
 CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".so", ".dll", ".dylib", ".sh", ".exe")
 _lock = threading.RLock()
+# How many CPU threads a generation may use right now (None: torch's setting stands). The app sets it: a
+# training process on the same CPU holds some cores, and torch threads that find their core taken make every
+# operation wait (8-token answers took 40 s beside a training on 2 cores, 0.3 s alone).
+_cpu_threads: Callable[[], int | None] | None = None
+
+
+def set_cpu_threads(policy: Callable[[], int | None] | None) -> None:
+    """Install ``policy``: called before each generation on the CPU, it says how many threads to use."""
+    global _cpu_threads
+    _cpu_threads = policy
+
+
+def _fit_threads(loaded: "LoadedModel") -> None:
+    """Apply the thread policy in the calling thread (torch's thread count is kept per thread)."""
+    if _cpu_threads is None or loaded.model.device.type != "cpu":
+        return
+    n = _cpu_threads()
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
 _cache: "OrderedDict[tuple, LoadedModel]" = OrderedDict()
 
 
@@ -348,6 +369,7 @@ def generate_batch(
         with _lock, _adapter_context(loaded, adapter), torch.no_grad():
             if adapter:
                 attach(loaded, adapter)
+            _fit_threads(loaded)
             for i in range(0, len(texts), batch_size):
                 torch.manual_seed(seed)
                 enc = tok(texts[i: i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
@@ -401,6 +423,9 @@ def stream_chat(
     seed: int = 0,
 ) -> Iterator[str]:
     """Yield the growing answer text as tokens arrive."""
+    from .models import ml_imports
+
+    ml_imports()
     import torch
     from transformers import TextIteratorStreamer
 
@@ -417,6 +442,7 @@ def stream_chat(
             with _lock, _adapter_context(loaded, adapter), torch.no_grad():
                 if adapter:
                     attach(loaded, adapter)
+                _fit_threads(loaded)
                 torch.manual_seed(seed)
                 loaded.model.generate(**enc, streamer=streamer, **kw)
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread

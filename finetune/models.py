@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,36 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 class ModelError(ValueError):
     """A base model that cannot be resolved or loaded; the message says what to change."""
+
+
+_import_lock = threading.Lock()
+_imported = False
+
+
+def ml_imports() -> None:
+    """Import torch, transformers and peft once, one thread at a time.
+
+    transformers resolves its names lazily, and the first lookups made from several threads at once fail
+    (``cannot import name 'TextIteratorStreamer' from 'transformers'``): the app serves concurrent requests,
+    so every path that reaches these libraries calls this first; the app also calls it in the background at
+    start-up, so the first request does not wait for the imports.
+    """
+    global _imported
+    if _imported:
+        return
+    with _import_lock:
+        if not _imported:
+            import peft  # noqa: F401
+            import torch  # noqa: F401
+            from transformers import (  # noqa: F401
+                AutoConfig,
+                AutoModelForCausalLM,
+                AutoTokenizer,
+                BitsAndBytesConfig,
+                TextIteratorStreamer,
+            )
+            from peft import LoraConfig, PeftModel  # noqa: F401
+            _imported = True
 
 
 def cache_dir() -> Path:
@@ -51,6 +82,7 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     The GGUF loader yields fp32 weights but marks the model as gguf-quantized, which save_pretrained
     refuses: the marks are dropped first (the weights are already plain tensors).
     """
+    ml_imports()
     marker = out / ".complete"
     if marker.exists():
         return out
@@ -143,6 +175,7 @@ def _hub_error(e: Exception, ident: str) -> ModelError:
 
 def load_tokenizer(model: ModelConfig | str = "", revision: str | None = None, trust_remote_code: bool = False):
     """The model's tokenizer, with a pad token (eos when it has none; padding is masked out of the loss)."""
+    ml_imports()
     from transformers import AutoTokenizer
 
     cfg = ModelConfig(id=model, revision=revision, trust_remote_code=trust_remote_code) if isinstance(model, str) else model
@@ -160,6 +193,7 @@ def load_tokenizer(model: ModelConfig | str = "", revision: str | None = None, t
 
 def model_max_length(path: str, revision: str | None = None) -> int | None:
     """The model's context length from its config (max_position_embeddings or equivalent)."""
+    ml_imports()
     from transformers import AutoConfig
 
     try:
@@ -237,6 +271,7 @@ def _refuse_pickle_only(res: ResolvedModel) -> None:
 
 def load_model(cfg: ModelConfig, q: QuantizationConfig, device: str, dtype=None):
     """Load the base model for training or inference, quantized per ``q``, on ``device``."""
+    ml_imports()
     import torch
     from transformers import AutoModelForCausalLM
 

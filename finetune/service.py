@@ -162,7 +162,7 @@ def start_training(ws: Workspace, owner: str | None, config: RunConfig, backend:
                            "to start")
     try:
         return local.start(config, root, queue_dir=queue_dir(ws))
-    except ValueError as e:  # a bad FINETUNE_MAX_CONCURRENT_RUNS on the server
+    except ValueError as e:  # a bad FINETUNE_MAX_CONCURRENT_RUNS or FINETUNE_TRAIN_THREADS on the server
         raise ServiceError(str(e)) from None
 
 
@@ -268,7 +268,7 @@ def resume_training(ws: Workspace, owner: str | None, run_id: str) -> str:
 
     try:
         return local.resume(run_id, ws.for_owner(owner), queue_dir=queue_dir(ws))
-    except runs.RunError as e:
+    except (runs.RunError, ValueError) as e:  # ValueError: a bad queue or thread setting on the server
         raise ServiceError(str(e)) from None
 
 

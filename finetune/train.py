@@ -480,6 +480,7 @@ def _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_
         model=resolved.name,
         device=device,
         pid=os.getpid(),
+        cpu_threads=torch.get_num_threads(),
         resumed_from=str(resume_from.relative_to(run_dir)) if resume_from else None,
         data=data_summary,
         max_steps=_planned_steps(t, len(train_ds)),

@@ -103,3 +103,42 @@ def test_base_cache_is_bounded_by_count_and_memory(tiny_model_dir, tmp_path, mon
     monkeypatch.setattr(inference, "CACHE_MEMORY_SHARE", 1.5 * size / device_memory)
     inference.load(str(copies[0]))
     assert [k[0] for k in inference._cache] == [str(copies[0])]
+
+
+def test_generation_uses_the_cores_that_training_leaves(tiny_run, tiny_model_dir, tmp_path, monkeypatch):
+    """Beside a run that trains on this machine, the app's generations use the cores the run leaves free."""
+    import threading
+
+    import torch
+
+    from finetune import inference
+    from finetune.backends import local, queue
+
+    monkeypatch.delenv(local.THREADS_ENV, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv(queue.MAX_ENV, raising=False)
+    monkeypatch.setattr(local, "cpu_cores", lambda: 4)
+    q = tmp_path / ".queue"
+    assert local.cpu_threads_left(q) == 4  # nothing trains: every core
+    slot = queue.acquire_slot(q)  # a run trains (it holds the slot) with 3 threads
+    try:
+        assert local.cpu_threads_left(q) == 1
+    finally:
+        queue.release(slot)
+    assert local.cpu_threads_left(q) == 4
+
+    seen = []
+    inference.set_cpu_threads(lambda: seen.append(1) or 1)
+    try:
+        def chat():  # in a thread of its own, as the app's workers do; torch keeps the count per thread
+            list(inference.stream_chat([{"role": "user", "content": "Q"}], adapter=str(tiny_run.run_dir),
+                                       max_new_tokens=2))
+            inference.generate_batch(["Q"], adapter=str(tiny_run.run_dir), max_new_tokens=2)
+            seen.append(torch.get_num_threads())
+
+        worker = threading.Thread(target=chat)
+        worker.start()
+        worker.join()
+    finally:
+        inference.set_cpu_threads(None)
+    assert seen == [1, 1, 1]  # the policy was asked before each generation, and applied

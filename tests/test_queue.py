@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from finetune import runs, service
-from finetune.backends import queue
+from finetune.backends import local, queue
 from finetune.events import read_events
 from test_app import tiny_yaml
 
@@ -122,7 +122,9 @@ def test_killed_waiter_reads_interrupted_and_frees_its_place(tmp_path, tiny_mode
     kill(trainer)
 
 
-def test_second_run_waits_in_the_queue_then_trains_after_the_first(tmp_path, tiny_model_dir):
+def test_second_run_waits_in_the_queue_then_trains_after_the_first(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.delenv(local.THREADS_ENV, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     ws = service.Workspace(tmp_path, multi_user=True)
     first = service.start_training(ws, "alice", service.parse_config(tiny_yaml(tiny_model_dir, steps=2)))
     second = service.start_training(ws, "bob", service.parse_config(tiny_yaml(tiny_model_dir, steps=2)))
@@ -142,3 +144,26 @@ def test_second_run_waits_in_the_queue_then_trains_after_the_first(tmp_path, tin
     second_start = next(e["time"] for e in second_events if e["type"] == "started")
     assert second_start >= first_end  # never two trainings at once
     assert [e["type"] for e in second_events][:1] == ["queued"]
+    # an app-started run leaves one core to the web server
+    cores = len(os.sched_getaffinity(0))
+    threads = {e["cpu_threads"] for e in first_events + second_events if e["type"] == "started"}
+    assert threads == {max(1, cores - 1)}, threads
+
+
+def test_training_threads_leave_a_core_to_the_app(monkeypatch):
+    monkeypatch.delenv(local.THREADS_ENV, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert local.train_threads(shared=False, cores=8) is None  # the CLI on its own: every core
+    assert local.train_threads(shared=True, cores=8) == 7
+    assert local.train_threads(shared=True, cores=2) == 1
+    assert local.train_threads(shared=True, cores=1) == 1
+    monkeypatch.setenv(queue.MAX_ENV, "3")  # the cores left are split among the runs that train at once
+    assert local.train_threads(shared=True, cores=8) == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")  # the operator's setting stands
+    assert local.train_threads(shared=True, cores=8) is None
+    monkeypatch.setenv(local.THREADS_ENV, "4")
+    assert local.train_threads(shared=True, cores=8) == 4 and local.train_threads(shared=False) == 4
+    for bad in ("0", "many"):
+        monkeypatch.setenv(local.THREADS_ENV, bad)
+        with pytest.raises(ValueError, match="FINETUNE_TRAIN_THREADS=.*1 or more"):
+            local.train_threads(shared=True)

@@ -24,6 +24,53 @@ from ..events import TERMINAL, EventLog
 from . import queue
 
 LOG_FILE = "process.log"
+THREADS_ENV = "FINETUNE_TRAIN_THREADS"
+
+
+def train_threads(shared: bool, cores: int | None = None) -> int | None:
+    """CPU threads for one training process, or None for torch's default (one per core).
+
+    ``$FINETUNE_TRAIN_THREADS`` decides when set. Otherwise a run the app starts (``shared``: it serves web
+    requests on the same machine) leaves one core to the server, and the rest is split among the runs that
+    may train at once: torch's threads wait for each other at every operation, so when one of them finds its
+    core taken by the server the whole step waits, and a 2-core machine trains 20 times slower under load
+    with 2 threads than with 1 (bench/load_test.py). A plain ``python -m finetune train`` uses every core.
+    """
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if raw:
+        try:
+            n = int(raw)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"{THREADS_ENV}={raw!r}: set it to the number of CPU threads a training run may use "
+                             "(1 or more), or unset it to leave one core to the app")
+        return n
+    if not shared or "OMP_NUM_THREADS" in os.environ:  # the operator's own setting stands
+        return None
+    return max(1, ((cores or cpu_cores()) - 1) // queue.max_concurrent())
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cpu_threads_left(queue_dir: str | Path) -> int | None:
+    """CPU threads the app may use for its own work (chat generation) beside the runs of this machine's queue
+    that train now: the cores they leave, at least one. None when the queue setting is unreadable."""
+    cores = cpu_cores()
+    try:
+        training = queue.max_concurrent() - queue.free_slots(queue_dir)
+        per_run = train_threads(shared=True)
+    except ValueError:
+        return None
+    if training <= 0:
+        return cores
+    if per_run is None:  # the operator's OMP_NUM_THREADS
+        raw = os.environ.get("OMP_NUM_THREADS", "")
+        per_run = int(raw) if raw.strip().isdigit() and int(raw) > 0 else cores
+    return max(1, cores - training * per_run)
 
 
 def start(config: RunConfig, root: str | Path | None = None, run_id: str | None = None,
@@ -32,6 +79,7 @@ def start(config: RunConfig, root: str | Path | None = None, run_id: str | None 
 
     ``queue_dir``: wait in that queue for a free training slot (see :mod:`finetune.backends.queue`).
     """
+    train_threads(shared=queue_dir is not None)  # a bad server setting fails before a run folder exists
     run_id = runs.check_run_id(run_id) if run_id else runs.new_run_id(config.name)
     run_dir = runs.run_path(run_id, root)
     run_dir.mkdir(parents=True, exist_ok=False)
@@ -53,6 +101,9 @@ def resume(run_id: str, root: str | Path | None = None, queue_dir: str | Path | 
 def _launch(run_dir: Path, queue_dir: str | Path | None = None) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
     env["PYTHONUNBUFFERED"] = "1"
+    threads = train_threads(shared=queue_dir is not None)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)  # read by torch when the process imports it
     root = Path(__file__).resolve().parent.parent.parent
     cmd = [sys.executable, "-m", "finetune", "train", "--run-dir", str(run_dir.resolve()), "--quiet"]
     ticket, place = None, 0

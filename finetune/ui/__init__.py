@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -30,7 +31,8 @@ Fine-tune an open LLM on your own data with QLoRA, then chat with it and share t
 
 def build_app(workspace: Workspace | None = None, downloads: str | Path | None = None, *,
               zerogpu: bool | None = None, zerogpu_steps_per_call: int | None = None) -> gr.Blocks:
-    """Build the app (no side effects until launched).
+    """Build the app. It serves nothing until launched; torch and transformers start loading in the background,
+    and chat/compare generations use the CPU threads that local training runs leave free.
 
     ``zerogpu``: offer training on ZeroGPU; None detects a ZeroGPU Space (the platform sets SPACES_ZERO_GPU).
     True offers it anywhere (off a ZeroGPU Space ``spaces.GPU`` runs the calls in this process: for tests).
@@ -68,4 +70,13 @@ def build_app(workspace: Workspace | None = None, downloads: str | Path | None =
         for fn, outputs in (tr["load"], pg["load"]):
             demo.load(fn, None, outputs, api_visibility="private")
     demo.queue(default_concurrency_limit=4)
+    # torch/transformers/peft load in the background while the page opens (a few seconds on a CPU), once
+    from .. import inference
+    from ..backends import local
+    from ..models import ml_imports
+    from ..service import queue_dir
+
+    threading.Thread(target=ml_imports, name="ml-imports", daemon=True).start()
+    # chat and compare use the cores that the runs training on this machine leave free
+    inference.set_cpu_threads(lambda: local.cpu_threads_left(queue_dir(api.workspace)))
     return demo
