@@ -15,15 +15,21 @@ import csv
 import functools
 import gc
 import io
+import itertools
 import json
+import operator
 import os
+import queue
 import random
 import re
 import tempfile
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
+
+import orjson
 
 from .templates import (CONTROL_STRINGS, MODEL_TEMPLATE, TemplateError,
                         find_control_strings, render, special_tokens)
@@ -68,6 +74,8 @@ class Table:
     row_numbers: list[int]
     broken: list[Problem] = field(default_factory=list)
     lines: dict[int, int] | None = None  # CSV/TSV: row number -> the line where that row starts
+    # every string came from valid UTF-8 (no lone surrogate that JSON's "\ud83d" escapes can make)
+    valid_text: bool = False
 
 
 @dataclass(frozen=True)
@@ -185,7 +193,7 @@ def _read_delimited(text: str, name: str, delimiter: str) -> Table:
             continue
         rows.append(dict(zip(header, values)))
         numbers.append(n)
-    return Table(name, header, rows, numbers, broken, lines)
+    return Table(name, header, rows, numbers, broken, lines, valid_text=True)  # decoded from UTF-8
 
 
 TOO_DEEP = "nested too deeply (hundreds of levels of arrays/objects)"
@@ -238,9 +246,50 @@ def _parse_line(line: str):
     return obj if end == len(line) or not line[end:].strip(" \t\r\n") else json.loads(line)  # JSON whitespace
 
 
+def _any_float(values: Iterable) -> bool:
+    """Whether any value, at any depth, is a float: orjson reads integers beyond 64 bits as floats where
+    ``json`` keeps them exact, so such data takes the ``json`` path (level by level, C-level for flat rows)."""
+    level = list(values)
+    while level:
+        kinds = set(map(type, level))
+        if float in kinds:
+            return True
+        if not kinds & {list, dict}:
+            return False
+        level = [x for v in level if type(v) is list or type(v) is dict for x in (v.values() if type(v) is dict else v)]
+    return False
+
+
+def _read_jsonl_bytes(raw: bytes, name: str) -> Table | None:
+    """The usual JSONL file straight from its bytes with orjson (a few times faster than decoding the text and
+    parsing it with ``json``): valid UTF-8, every non-blank line one object. Anything else (a broken line, a
+    value orjson reads differently from ``json``: NaN, huge integers, deep nesting, a lone surrogate escape) is
+    None, and the text path gives the exact messages."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    lines = raw.split(b"\n")
+    numbers = [i for i, line in enumerate(lines, 1) if line and not line.isspace()]
+    if not numbers:
+        return None
+    loads = orjson.loads
+    try:
+        if numbers[-1] == len(numbers):  # no blank line before the last row: parse in one C-level pass
+            objs = list(map(loads, lines[:len(numbers)]))
+        else:
+            objs = [loads(lines[i - 1]) for i in numbers]
+    except orjson.JSONDecodeError:
+        return None
+    if set(map(type, objs)) != {dict} or _any_float(itertools.chain.from_iterable(map(dict.values, objs))):
+        return None
+    columns: dict = {}
+    for layout in dict.fromkeys(map(tuple, objs)):  # distinct key lists, in order of appearance
+        columns.update(dict.fromkeys(layout))
+    return Table(name, list(columns), objs, numbers, valid_text=True)
+
+
 def _read_jsonl(text: str, name: str) -> Table:
     lines = text.split("\n")
-    numbers = [i for i, line in enumerate(lines, 1) if line.strip()]  # blank lines are not rows
+    numbers = [i for i, line in enumerate(lines, 1) if line and not line.isspace()]  # blank lines are not rows
     try:  # the usual file, in one pass: every line one object
         objs = [_parse_line(lines[i - 1]) for i in numbers]
     except (ValueError, RecursionError):
@@ -302,7 +351,7 @@ def _read_parquet(path: Path, name: str, max_bytes: int | None = None) -> Table:
     except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds for a damaged file
         raise DataError(name, None, f"not a readable Parquet file ({e.__class__.__name__}); export it again") from None
     rows = table.to_pylist()
-    return Table(name, table.column_names, rows, list(range(1, len(rows) + 1)))
+    return Table(name, table.column_names, rows, list(range(1, len(rows) + 1)), valid_text=True)
 
 
 def _read_hub(dataset_id: str, hub_config: str | None, split: str) -> Table:
@@ -315,7 +364,7 @@ def _read_hub(dataset_id: str, hub_config: str | None, split: str) -> Table:
         raise DataError(dataset_id, None, f"cannot load the Hub dataset ({reason}); check the id, config and split, "
                         "and that you are online and signed in for private data") from None
     rows = ds.to_list()
-    return Table(dataset_id, list(ds.column_names), rows, list(range(1, len(rows) + 1)))
+    return Table(dataset_id, list(ds.column_names), rows, list(range(1, len(rows) + 1)), valid_text=True)
 
 
 # Uploads on a server are capped (a shared machine's memory and disk); the CLI reads local files uncapped.
@@ -360,7 +409,12 @@ def load_rows(source: str | Path, *, hub_config: str | None = None, split: str =
         raise DataError(name, None, "the file is empty")
     if suffix == ".parquet":
         return _read_parquet(path, name, max_bytes)
-    text = _decode(path.read_bytes(), name, {".csv": ",", ".tsv": "\t"}.get(suffix))
+    raw = path.read_bytes()
+    if suffix == ".jsonl":
+        table = _read_jsonl_bytes(raw, name)
+        if table is not None:
+            return table
+    text = _decode(raw, name, {".csv": ",", ".tsv": "\t"}.get(suffix))
     if not text.strip():
         raise DataError(name, None, "the file is empty (only whitespace)")
     if suffix == ".csv":
@@ -551,6 +605,18 @@ SINGLE_TURN = {"alpaca": ("instruction", "output"), "prompt_completion": ("promp
 # spares the regex for nearly every row.
 _CONTROL_FIRST = tuple(sorted({c[0] for c in CONTROL_STRINGS}))
 _CONTROL_RE = re.compile("|".join(re.escape(x) for x in CONTROL_STRINGS))
+# A lone UTF-16 surrogate: what a JSON escape like "\ud83d" without its other half (a cut emoji) decodes to.
+# It is not a character and cannot be written as UTF-8, so its row is reported instead of breaking the output.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+SURROGATE_REASON = "has a broken character escape (a lone UTF-16 surrogate, such as half of an emoji's \\ud83d\\ude00)"
+SURROGATE_FIX = "write the character itself or both halves of its escape, or remove it"
+
+
+def _with_surrogates(column: list) -> set:
+    """Indices of texts holding a lone surrogate (ASCII texts are skipped at C speed)."""
+    return {i for i, t in enumerate(column) if t is not None and not t.isascii() and _SURROGATE.search(t)}
+
+
 _STRIP = {(False, False): None, (True, True): str.strip, (True, False): str.lstrip, (False, True): str.rstrip}
 
 
@@ -570,13 +636,12 @@ class _SingleTurnPattern:
         """Column-wise: (prompts, completions, spans) for equally long lists of fields."""
         fields = [users, answers] if systems is None else [systems, users, answers]
         fields = [col if fn is None else list(map(fn, col)) for col, fn in zip(fields, self.strip)]
-        fmt, head, tail = self.prompt.format, self.head, self.tail
-        prompts = [fmt(*args) for args in zip(*fields[:-1])]
+        prompts = list(map(self.prompt.format, *fields[:-1]))
+        head, tail = self.head, self.tail
         completions = [f"{head}{a}{tail}" for a in fields[-1]]
-        if self.train_all:
-            spans = [[(0, len(p) + len(c))] for p, c in zip(prompts, completions)]
-        else:
-            spans = [[(len(p), len(p) + len(c))] for p, c in zip(prompts, completions)]
+        ends = list(map(operator.add, map(len, prompts), map(len, completions)))
+        starts = itertools.repeat(0) if self.train_all else map(len, prompts)
+        spans = [[span] for span in zip(starts, ends)]
         return prompts, completions, spans
 
 
@@ -613,12 +678,57 @@ def _single_turn_pattern(template: str, tokens, with_system: bool, train_on: str
     return pattern
 
 
+@dataclass
+class _FastRows:
+    """What the fast path made, per row of the table (entries of rows in ``bad`` are unused)."""
+
+    bad: set  # row indices for the general path: a missing, empty or non-text field, control strings
+    keys: list  # (role, content, ...): what makes two rows duplicates
+    messages: list
+    prompts: list
+    completions: list
+    spans: list
+    formula: set  # row indices with a field that starts like a spreadsheet formula ('=', '+', '-', '@')
+
+
+_NOT_TEXT = object()
+
+
+def _cells(rows: list, column: str) -> list:
+    if set(map(type, rows)) == {dict}:
+        return list(map(dict.get, rows, itertools.repeat(column)))  # C-level, about twice a comprehension's speed
+    return [r.get(column) if isinstance(r, dict) else _NOT_TEXT for r in rows]
+
+
+def _not_text(column: list) -> set:
+    """Indices of cells that are not non-blank text (missing, empty, whitespace only, a number, ...)."""
+    if set(map(type, column)) == {str} and "" not in column and not any(map(str.isspace, column)):
+        return set()
+    return {i for i, v in enumerate(column) if type(v) is not str or not v or v.isspace()}
+
+
+def _containing(column: list, firsts: tuple) -> set:
+    """Indices of texts that contain (``str.__contains__``) any of ``firsts``; one C-level pass per string when
+    none does."""
+    found: set = set()
+    for c in firsts:
+        if any(map(str.__contains__, column, itertools.repeat(c))):
+            found.update(i for i, text in enumerate(column) if c in text)
+    return found
+
+
+def _starting(column: list, firsts: tuple) -> set:
+    if not any(map(str.startswith, column, itertools.repeat(firsts))):
+        return set()
+    return {i for i, text in enumerate(column) if text.startswith(firsts)}
+
+
 def _single_turn_rows(rows: list[dict], shape: Shape, template: str, tokenizer, train_on: str,
-                      system_prompt: str) -> list[tuple | None] | None:
-    """The fast path for single-turn shapes and named templates, column by column: for each row either
-    ``(key, messages, prompt, completion, spans)`` or None when the row is not plainly clean (a missing,
-    empty or non-text field, control strings): those take the general path and get their problems
-    reported. None for the whole table when the shape or template has no fast path."""
+                      system_prompt: str, valid_text: bool = True) -> _FastRows | None:
+    """The fast path for single-turn shapes and named templates, column by column (no Python loop over the
+    rows for clean data). Rows that are not plainly clean (a missing, empty or non-text field, control
+    strings) are left to the general path, which reports their problems. None for the whole table when the
+    shape or template has no fast path."""
     if shape.name not in SINGLE_TURN or template == MODEL_TEMPLATE:
         return None
     tokens = special_tokens(template, tokenizer)
@@ -626,54 +736,83 @@ def _single_turn_rows(rows: list[dict], shape: Shape, template: str, tokenizer, 
     with_sys = _single_turn_pattern(template, tokens, True, train_on)
     if plain is None or with_sys is None:
         return None
+    n = len(rows)
     q_col, a_col = (shape.fields[f] for f in SINGLE_TURN[shape.name])
     in_col, sys_col = shape.fields.get("input"), shape.fields.get("system")
-    users = [r.get(q_col) for r in rows]
-    answers = [r.get(a_col) for r in rows]
-    ok = [type(u) is str and type(a) is str and u != "" and a != "" and not u.isspace() and not a.isspace()
-          for u, a in zip(users, answers)]
+    users, answers = _cells(rows, q_col), _cells(rows, a_col)
+    bad = _not_text(users) | _not_text(answers)
     if in_col is not None:
-        for i, extra in enumerate([r.get(in_col) for r in rows]):
-            if type(extra) is str:
-                if ok[i] and extra and not extra.isspace():
-                    users[i] = f"{users[i]}\n\n{extra}"
-            elif extra is not None:
-                ok[i] = False
-    systems = [system_prompt or None] * len(rows)
-    if sys_col is not None:
-        for i, value in enumerate([r.get(sys_col) for r in rows]):
-            if type(value) is str:
-                if value and not value.isspace():
-                    systems[i] = value
-            elif value is not None:
-                ok[i] = False
-    for column in (users, answers, systems):
-        # one substring test per first character and row (C speed), the regex only where one is found
-        maybe = {i for c in _CONTROL_FIRST for i, text in enumerate(column) if type(text) is str and c in text}
-        for i in maybe:
-            if ok[i] and _CONTROL_RE.search(column[i]):
-                ok[i] = False  # the general path reports it (a warning, or a rejection under strict)
-    out: list[tuple | None] = [None] * len(rows)
-    for with_system, pattern in ((False, plain), (True, with_sys)):
-        idx = [i for i, good in enumerate(ok) if good and (systems[i] is not None) == with_system]
-        if not idx:
-            continue
-        s = [systems[i] for i in idx] if with_system else None
-        u = [users[i] for i in idx]
-        a = [answers[i] for i in idx]
-        prompts, completions, spans = pattern.apply(s, u, a)
-        if with_system:
-            for j, i in enumerate(idx):
-                out[i] = (("system", s[j], "user", u[j], "assistant", a[j]),
-                          [{"role": "system", "content": s[j]}, {"role": "user", "content": u[j]},
-                           {"role": "assistant", "content": a[j]}], prompts[j], completions[j], spans[j])
+        extras = _cells(rows, in_col)
+        if set(map(type, extras)) <= {str, type(None)}:
+            users = [u if not x or x.isspace() else f"{u}\n\n{x}" for u, x in zip(users, extras)]
         else:
-            for j, i in enumerate(idx):
-                out[i] = (("user", u[j], "assistant", a[j]),
-                          [{"role": "user", "content": u[j]}, {"role": "assistant", "content": a[j]}],
-                          prompts[j], completions[j], spans[j])
-    return out
+            bad |= {i for i, x in enumerate(extras) if x is not None and type(x) is not str}
+            users = [u if type(x) is not str or not x or x.isspace() else f"{u}\n\n{x}" for u, x in zip(users, extras)]
+    default = system_prompt or None
+    systems: list | None = None  # None: every row has the default
+    if sys_col is not None:
+        values = _cells(rows, sys_col)
+        if not set(map(type, values)) <= {str, type(None)}:
+            bad |= {i for i, v in enumerate(values) if v is not None and type(v) is not str}
+            values = [v if type(v) is str else None for v in values]
+        systems = [v if v and not v.isspace() else default for v in values]
 
+    def keep(column: list | None, index: list) -> list | None:
+        return column if column is None or len(index) == n else [column[i] for i in index]
+
+    good = list(range(n)) if not bad else [i for i in range(n) if i not in bad]
+    u, a, s = keep(users, good), keep(answers, good), keep(systems, good)
+    control = _containing(u, _CONTROL_FIRST) | _containing(a, _CONTROL_FIRST)
+    if s is not None:
+        with_s = [j for j, t in enumerate(s) if t is not None]
+        control |= {with_s[j] for j in _containing([s[j] for j in with_s], _CONTROL_FIRST)}
+    elif default and _CONTROL_RE.search(default):
+        control = set(range(len(good)))  # the system prompt given for every row holds one
+    control = {j for j in control if any(t is not None and _CONTROL_RE.search(t)
+                                         for t in (u[j], a[j], s[j] if s is not None else default))}
+    if not valid_text:  # strings from JSON escapes may hold lone surrogates: the general path reports them
+        control |= _with_surrogates(u) | _with_surrogates(a) | (_with_surrogates(s) if s is not None else set())
+        if default and _SURROGATE.search(default):
+            control = set(range(len(good)))
+    if control:  # the general path reports them (a warning, or a rejection under strict)
+        bad |= {good[j] for j in control}
+        good = [i for i in good if i not in bad]
+        u, a, s = keep(users, good), keep(answers, good), keep(systems, good)
+
+    keys: list = [None] * n
+    messages: list = [None] * n
+    prompts: list = [None] * n
+    completions: list = [None] * n
+    spans: list = [None] * n
+    formula: set = set()
+    if s is None:
+        groups = [(default is not None, good, u, a, None if default is None else [default] * len(good))]
+    else:
+        groups = []
+        for with_system in (False, True):
+            idx = [j for j, t in enumerate(s) if (t is not None) == with_system]
+            groups.append((with_system, [good[j] for j in idx], [u[j] for j in idx], [a[j] for j in idx],
+                           [s[j] for j in idx] if with_system else None))
+    for with_system, index, gu, ga, gs in groups:
+        if not index:
+            continue
+        pattern = with_sys if with_system else plain
+        gp, gc_, gsp = pattern.apply(gs, gu, ga)
+        if with_system:
+            gk = list(zip(itertools.repeat("system"), gs, itertools.repeat("user"), gu, itertools.repeat("assistant"), ga))
+            gm = [[{"role": "system", "content": x}, {"role": "user", "content": y}, {"role": "assistant", "content": z}]
+                  for x, y, z in zip(gs, gu, ga)]
+        else:
+            gk = list(zip(itertools.repeat("user"), gu, itertools.repeat("assistant"), ga))
+            gm = [[{"role": "user", "content": y}, {"role": "assistant", "content": z}] for y, z in zip(gu, ga)]
+        hits = _starting(gu, FORMULA_FIRST) | _starting(ga, FORMULA_FIRST) | (_starting(gs, FORMULA_FIRST) if gs else set())
+        if len(index) == n:  # every row in this group: the lists as they are
+            keys, messages, prompts, completions, spans, formula = gk, gm, gp, gc_, gsp, hits
+            break
+        for j, i in enumerate(index):
+            keys[i], messages[i], prompts[i], completions[i], spans[i] = gk[j], gm[j], gp[j], gc_[j], gsp[j]
+        formula.update(index[j] for j in hits)
+    return _FastRows(bad, keys, messages, prompts, completions, spans, formula)
 
 
 def _without_gc(fn):
@@ -732,7 +871,8 @@ def format_dataset(
     seen: dict = {}
     system = {"role": "system", "content": system_prompt} if system_prompt else None
     preformatted = shape.name == "text"
-    fast = None if preformatted else _single_turn_rows(table.rows, shape, template, tokenizer, train_on, system_prompt)
+    fast = None if preformatted else _single_turn_rows(table.rows, shape, template, tokenizer, train_on, system_prompt,
+                                                          table.valid_text)
 
     line_of = (table.lines or {}).get
 
@@ -748,62 +888,79 @@ def format_dataset(
 
     # strict: an unparsable row stops the run when the rows before it are done, not before them
     first_broken = min(table.broken, key=lambda p: p.row or 0) if strict and table.broken else None
-    for index, (row, number) in enumerate(zip(table.rows, table.row_numbers)):
-        if first_broken is not None and number > (first_broken.row or 0):
-            raise stop_at(first_broken)
-        if fast is not None:
-            hit = fast[index]
-            if hit is not None:
-                key, msgs, prompt, completion, spans = hit
+    check_formula: list[Example] = []  # the examples that may hold a spreadsheet formula, in order
+    if (fast is not None and not fast.bad and not (strict and table.broken)
+            and len(set(fast.keys)) == len(fast.keys)):
+        # every row clean and distinct: the examples in one go
+        texts = list(map(str.__add__, fast.prompts, fast.completions))
+        examples = list(map(Example, texts, fast.prompts, fast.completions, fast.messages, fast.spans,
+                            table.row_numbers))
+        check_formula = [examples[i] for i in sorted(fast.formula)]
+    else:
+        for index, (row, number) in enumerate(zip(table.rows, table.row_numbers)):
+            if first_broken is not None and number > (first_broken.row or 0):
+                raise stop_at(first_broken)
+            if fast is not None and index not in fast.bad:
+                key = fast.keys[index]
                 if key in seen:
                     reject(number, "", f"duplicates row {seen[key]}", "remove the duplicate", "duplicate")
                     continue
                 seen[key] = number
-                examples.append(Example(prompt + completion, prompt, completion, msgs, spans, number))
+                prompt, completion = fast.prompts[index], fast.completions[index]
+                examples.append(Example(prompt + completion, prompt, completion, fast.messages[index], fast.spans[index],
+                                        number))
+                if index in fast.formula:
+                    check_formula.append(examples[-1])
                 continue
-        notes: list = []
-        try:
-            if preformatted:
-                text = _text(row, shape.fields["text"], "text", notes)
-                msgs = None
-                key = text
-            else:
-                msgs = row_messages(row, shape, notes)
-                if system is not None and msgs[0]["role"] != "system":
-                    msgs = [system] + msgs
-                key = tuple(x for m in msgs for x in (m["role"], m["content"]))
-        except RowError as e:
-            reject(number, e.field, e.reason, e.fix, e.category)
-            continue
-        if key in seen:
-            reject(number, "", f"duplicates row {seen[key]}", "remove the duplicate", "duplicate")
-            continue
-        seen[key] = number
-        if msgs is not None:
-            found = find_control_strings(msgs)
-            if found:
-                reason = f"content contains template control strings {', '.join(found)} (already formatted, or an injection)"
-                fix = "remove them, or load pre-formatted data as a 'text' column"
-                if strict:
-                    reject(number, "content", reason, fix, "control strings")
-                    continue
-                warnings.append(Problem(number, "content", reason, fix, "control strings", "warning", line_of(number)))
+            notes: list = []
             try:
-                r = render(msgs, template, tokenizer, train_on=train_on)
-            except TemplateError as e:
-                reason, _, fix = str(e).partition("; ")  # template errors read "what is wrong; the fix"
-                category = "ends with user" if "ends with a user" in reason else "roles out of order"
-                reject(number, "messages", reason, fix or "fix the roles in this row", category)
+                if preformatted:
+                    text = _text(row, shape.fields["text"], "text", notes)
+                    msgs = None
+                    key = text
+                else:
+                    msgs = row_messages(row, shape, notes)
+                    if system is not None and msgs[0]["role"] != "system":
+                        msgs = [system] + msgs
+                    key = tuple(x for m in msgs for x in (m["role"], m["content"]))
+            except RowError as e:
+                reject(number, e.field, e.reason, e.fix, e.category)
                 continue
-            examples.append(Example(r.text, r.prompt, r.completion, msgs, r.spans, number))
-        else:
-            examples.append(Example(text, "", text, None, [(0, len(text))], number))
-        for fld, reason, fix in notes:
-            warnings.append(Problem(number, fld, reason, fix, "number as text", "warning", line_of(number)))
+            if not table.valid_text and any(type(t) is str and _SURROGATE.search(t) for t in
+                                            (key if msgs is not None else (text,))):
+                reject(number, "content", SURROGATE_REASON, SURROGATE_FIX, "not text")
+                continue
+            if key in seen:
+                reject(number, "", f"duplicates row {seen[key]}", "remove the duplicate", "duplicate")
+                continue
+            seen[key] = number
+            if msgs is not None:
+                found = find_control_strings(msgs)
+                if found:
+                    reason = f"content contains template control strings {', '.join(found)} (already formatted, or an injection)"
+                    fix = "remove them, or load pre-formatted data as a 'text' column"
+                    if strict:
+                        reject(number, "content", reason, fix, "control strings")
+                        continue
+                    warnings.append(Problem(number, "content", reason, fix, "control strings", "warning", line_of(number)))
+                try:
+                    r = render(msgs, template, tokenizer, train_on=train_on)
+                except TemplateError as e:
+                    reason, _, fix = str(e).partition("; ")  # template errors read "what is wrong; the fix"
+                    category = "ends with user" if "ends with a user" in reason else "roles out of order"
+                    reject(number, "messages", reason, fix or "fix the roles in this row", category)
+                    continue
+                examples.append(Example(r.text, r.prompt, r.completion, msgs, r.spans, number))
+                check_formula.append(examples[-1])
+            else:
+                examples.append(Example(text, "", text, None, [(0, len(text))], number))
+                check_formula.append(examples[-1])
+            for fld, reason, fix in notes:
+                warnings.append(Problem(number, fld, reason, fix, "number as text", "warning", line_of(number)))
     if first_broken is not None:
         raise stop_at(first_broken)
 
-    for ex in examples:
+    for ex in check_formula:
         cell = _formula_cell(ex)
         if cell is not None:
             warnings.append(Problem(
@@ -835,12 +992,13 @@ def format_dataset(
 # What a spreadsheet runs as a formula (CSV injection): '=' anything, or +/-/@ then a function or a DDE call
 # (=cmd|' /C calc'!A0, =HYPERLINK(...), @SUM(...)). A plain '- item' or '+1' is not flagged.
 _FORMULA = re.compile(r"=|[+\-@]\s*[A-Za-z_][\w.]*\s*[(|]")
+FORMULA_FIRST = ("=", "+", "-", "@")
 
 
 def _formula_cell(ex: Example) -> str | None:
     cells = [m.get("content") for m in ex.messages] if ex.messages else [ex.text]
     for c in cells:
-        if isinstance(c, str) and c and c[0] in "=+-@" and _FORMULA.match(c):
+        if isinstance(c, str) and c.startswith(FORMULA_FIRST) and _FORMULA.match(c):
             return c
     return None
 
@@ -854,39 +1012,63 @@ def token_lengths(texts: list[str], tokenizer, batch: int = 2048) -> list[int]:
     return out
 
 
-# The start of a message object for the usual roles, escaped once instead of once per message.
-_ROLE_JSON = {role: f'{{"role": "{role}", "content": ' for role in ("system", "user", "assistant")}
+def example_json(ex: Example, dumps=orjson.dumps, newline=orjson.OPT_APPEND_NEWLINE) -> bytes:
+    """One line of the formatted file, UTF-8: the JSON object ``{"text":…,"prompt":…,"completion":…,"messages":…}``
+    (compact, non-ASCII characters as themselves) and a newline; the same bytes as
+    ``json.dumps(ex.to_json(), ensure_ascii=False, separators=(",", ":")).encode() + b"\\n"``, several times faster."""
+    return dumps(ex.to_json(), option=newline)
 
 
-def example_json(ex: Example, enc=json.encoder.encode_basestring) -> str:
-    """``json.dumps(ex.to_json(), ensure_ascii=False)``, byte for byte, built from C-escaped strings.
-
-    JSON escaping is per character, so the text's encoding is the prompt's and the completion's joined.
-    """
-    p, c = enc(ex.prompt), enc(ex.completion)
-    if ex.messages is None:
-        msgs = "null"
-    else:
-        msgs = "[" + ", ".join([(_ROLE_JSON.get(m["role"]) or f'{{"role": {enc(m["role"])}, "content": ')
-                                + enc(m["content"]) + "}" for m in ex.messages]) + "]"
-    return f'{{"text": {p[:-1]}{c[1:]}, "prompt": {p}, "completion": {c}, "messages": {msgs}}}'
+def _unwritable(ex: Example) -> bool:
+    try:
+        example_json(ex)
+    except orjson.JSONEncodeError:
+        return True
+    return False
 
 
 @_without_gc
 def write_jsonl(examples: Iterable[Example], path: str | Path, chunk: int = 2000) -> int:
-    """One JSON object per example (text, prompt, completion, messages), in input order.
+    """One JSON object per example (text, prompt, completion, messages), in input order (see ``example_json``).
 
-    Written in chunks of ``chunk`` lines (one string each: the whole file as one string costs twice its
-    size in memory and runs slower) to a temporary file renamed at the end, so a crash or a full disk
-    never leaves a half-written OUT that looks complete.
+    Built in chunks of ``chunk`` lines (one bytes object each: the whole file at once costs twice its size in
+    memory and runs slower), handed to a writer thread that writes while the next chunk is built (the write
+    itself releases the GIL), into a temporary file renamed at the end, so a crash or a full disk never
+    leaves a half-written OUT that looks complete.
     """
     path = Path(path)
     items = examples if isinstance(examples, list) else list(examples)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    pending: queue.Queue = queue.Queue(maxsize=4)  # at most a few chunks in memory
+    failed: list[BaseException] = []
+
+    def writer(f) -> None:
+        while (data := pending.get()) is not None:
+            if not failed:
+                try:
+                    f.write(data)
+                except BaseException as e:  # noqa: BLE001 - raised in the caller's thread
+                    failed.append(e)
+
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for start in range(0, len(items), chunk):
-                f.write("".join([example_json(ex) + "\n" for ex in items[start: start + chunk]]))
+        with os.fdopen(fd, "wb") as f:
+            thread = threading.Thread(target=writer, args=(f,), name="write-jsonl", daemon=True)
+            thread.start()
+            try:
+                for start in range(0, len(items), chunk):
+                    if failed:
+                        break
+                    part = items[start: start + chunk]
+                    try:
+                        pending.put(b"".join([example_json(ex) for ex in part]))
+                    except orjson.JSONEncodeError:  # format_dataset reports such rows; examples made elsewhere
+                        bad = next(ex for ex in part if _unwritable(ex))
+                        raise ValueError(f"the example of row {bad.row} {SURROGATE_REASON}; {SURROGATE_FIX}") from None
+            finally:
+                pending.put(None)
+                thread.join()
+            if failed:
+                raise failed[0]
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; the output is an ordinary data file
         os.replace(tmp, path)
     except BaseException:

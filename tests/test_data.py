@@ -331,7 +331,7 @@ def test_write_jsonl_matches_json_dumps_byte_for_byte(tmp_path):
     examples = result.examples + text_only.examples
     out = tmp_path / "o.jsonl"
     assert write_jsonl(examples, out, chunk=3) == len(examples)
-    expected = "".join(json.dumps(ex.to_json(), ensure_ascii=False) + "\n" for ex in examples)
+    expected = "".join(json.dumps(ex.to_json(), ensure_ascii=False, separators=(",", ":")) + "\n" for ex in examples)
     assert out.read_bytes() == expected.encode("utf-8")
     assert oct(out.stat().st_mode & 0o777) == oct(0o644)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
@@ -390,3 +390,46 @@ def test_validation_split_always_leaves_training_rows():
     rows = [{"prompt": "p1", "completion": "c"}, {"prompt": "p2", "completion": "c"}]
     result = format_dataset(rows, val_fraction=0.9)
     assert (len(result.examples), len(result.val_examples)) == (1, 1)
+
+
+def test_lone_surrogates_are_reported_rows_not_a_broken_file(tmp_path):
+    """A JSON escape with half an emoji ("\\ud83d") decodes to a lone surrogate that UTF-8 cannot hold: its row
+    is skipped with the reason, a whole emoji's escape pair is kept, and the file is written."""
+    p = tmp_path / "s.jsonl"
+    p.write_text('{"instruction": "cut \\ud83d emoji", "output": "x"}\n{"instruction": "ok", "output": "y"}\n'
+                 '{"instruction": "whole \\ud83d\\ude00", "output": "z"}\n')
+    result = format_dataset(p)
+    assert [ex.row for ex in result.examples] == [2, 3]
+    assert result.examples[1].messages[0]["content"] == "whole \U0001F600"
+    assert [(x.row, x.category) for x in result.problems] == [(1, "not text")]
+    assert "lone UTF-16 surrogate" in result.problems[0].reason
+    msgs = format_dataset([{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a \udc00"}]},
+                           {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}]}])
+    assert [(x.row, x.category) for x in msgs.problems] == [(1, "not text")] and len(msgs.examples) == 1
+    out = tmp_path / "o.jsonl"
+    assert write_jsonl(result.examples, out) == 2
+    assert [json.loads(line)["messages"][0]["content"] for line in out.read_text("utf-8").splitlines()] == [
+        "ok", "whole \U0001F600"]
+    broken = result.examples[0]
+    broken.messages[0]["content"] = "made elsewhere \ud83d"
+    with pytest.raises(ValueError, match="row 2 has a broken character escape"):
+        write_jsonl([broken], out)
+    assert json.loads(out.read_text("utf-8").splitlines()[0])["messages"][0]["content"] == "ok"  # left as it was
+
+
+def test_jsonl_values_read_exactly_as_json_reads_them(tmp_path):
+    """The fast JSONL reader hands anything it would read differently to the json path: integers beyond 64 bits
+    stay exact, NaN is read, a byte-order mark and CRLF endings are fine."""
+    p = tmp_path / "n.jsonl"
+    p.write_bytes(b'\xef\xbb\xbf{"prompt": 123456789012345678901234567890, "completion": "big"}\r\n'
+                  b'{"prompt": "nan", "completion": "x", "score": NaN}\r\n')
+    table = load_rows(p)
+    assert table.rows == [json.loads(line) for line in p.read_bytes()[3:].decode().splitlines()][:1] + [table.rows[1]]
+    assert table.rows[0]["prompt"] == 123456789012345678901234567890 and table.rows[1]["score"] != table.rows[1]["score"]
+    result = format_dataset(p)
+    assert result.examples[0].messages[0]["content"] == "123456789012345678901234567890"
+    plain = tmp_path / "p.jsonl"
+    plain.write_bytes(b'\xef\xbb\xbf{"prompt": "a", "completion": "b"}\r\n\n{"prompt": 7, "completion": "c"}\n')
+    t = load_rows(plain)
+    assert t.valid_text and t.rows == [{"prompt": "a", "completion": "b"}, {"prompt": 7, "completion": "c"}]
+    assert t.row_numbers == [1, 3]
