@@ -90,17 +90,24 @@ class Shape:
         return f"{self.name} ({cols})"
 
 
-@dataclass
+@dataclass(slots=True)  # no per-example __dict__: 100,000 examples build and free faster
 class Example:
-    text: str
+    """One formatted example. ``text`` (what the model sees) is ``prompt + completion``, joined when read
+    rather than stored a second time: half the memory of a large dataset's examples."""
+
     prompt: str
     completion: str
     messages: list | None
     spans: list
     row: int
 
+    @property
+    def text(self) -> str:
+        return self.prompt + self.completion
+
     def to_json(self) -> dict:
-        return {"text": self.text, "prompt": self.prompt, "completion": self.completion, "messages": self.messages}
+        return {"text": self.prompt + self.completion, "prompt": self.prompt, "completion": self.completion,
+                "messages": self.messages}
 
 
 @dataclass
@@ -892,9 +899,7 @@ def format_dataset(
     if (fast is not None and not fast.bad and not (strict and table.broken)
             and len(set(fast.keys)) == len(fast.keys)):
         # every row clean and distinct: the examples in one go
-        texts = list(map(str.__add__, fast.prompts, fast.completions))
-        examples = list(map(Example, texts, fast.prompts, fast.completions, fast.messages, fast.spans,
-                            table.row_numbers))
+        examples = list(map(Example, fast.prompts, fast.completions, fast.messages, fast.spans, table.row_numbers))
         check_formula = [examples[i] for i in sorted(fast.formula)]
     else:
         for index, (row, number) in enumerate(zip(table.rows, table.row_numbers)):
@@ -907,8 +912,7 @@ def format_dataset(
                     continue
                 seen[key] = number
                 prompt, completion = fast.prompts[index], fast.completions[index]
-                examples.append(Example(prompt + completion, prompt, completion, fast.messages[index], fast.spans[index],
-                                        number))
+                examples.append(Example(prompt, completion, fast.messages[index], fast.spans[index], number))
                 if index in fast.formula:
                     check_formula.append(examples[-1])
                 continue
@@ -950,10 +954,10 @@ def format_dataset(
                     category = "ends with user" if "ends with a user" in reason else "roles out of order"
                     reject(number, "messages", reason, fix or "fix the roles in this row", category)
                     continue
-                examples.append(Example(r.text, r.prompt, r.completion, msgs, r.spans, number))
+                examples.append(Example(r.prompt, r.completion, msgs, r.spans, number))
                 check_formula.append(examples[-1])
             else:
-                examples.append(Example(text, "", text, None, [(0, len(text))], number))
+                examples.append(Example("", text, None, [(0, len(text))], number))
                 check_formula.append(examples[-1])
             for fld, reason, fix in notes:
                 warnings.append(Problem(number, fld, reason, fix, "number as text", "warning", line_of(number)))
