@@ -92,18 +92,24 @@ class Shape:
 
 @dataclass(slots=True)  # no per-example __dict__: 100,000 examples build and free faster
 class Example:
-    """One formatted example. ``text`` (what the model sees) is ``prompt + completion``, joined when read
-    rather than stored a second time: half the memory of a large dataset's examples."""
+    """One formatted example. ``text`` (what the model sees) is ``prompt + completion`` and ``messages`` the
+    conversation as ``[{"role", "content"}, ...]``, both made when read from what is stored once: a large
+    dataset's examples take half the memory, and build and free that much faster."""
 
     prompt: str
     completion: str
-    messages: list | None
+    turns: tuple | None  # (role, content, role, content, ...); None for pre-formatted text
     spans: list
     row: int
 
     @property
     def text(self) -> str:
         return self.prompt + self.completion
+
+    @property
+    def messages(self) -> list[dict] | None:
+        t = self.turns
+        return None if t is None else [{"role": t[i], "content": t[i + 1]} for i in range(0, len(t), 2)]
 
     def to_json(self) -> dict:
         return {"text": self.prompt + self.completion, "prompt": self.prompt, "completion": self.completion,
@@ -690,8 +696,7 @@ class _FastRows:
     """What the fast path made, per row of the table (entries of rows in ``bad`` are unused)."""
 
     bad: set  # row indices for the general path: a missing, empty or non-text field, control strings
-    keys: list  # (role, content, ...): what makes two rows duplicates
-    messages: list
+    keys: list  # (role, content, ...): the example's turns, and what makes two rows duplicates
     prompts: list
     completions: list
     spans: list
@@ -787,7 +792,6 @@ def _single_turn_rows(rows: list[dict], shape: Shape, template: str, tokenizer, 
         u, a, s = keep(users, good), keep(answers, good), keep(systems, good)
 
     keys: list = [None] * n
-    messages: list = [None] * n
     prompts: list = [None] * n
     completions: list = [None] * n
     spans: list = [None] * n
@@ -805,21 +809,19 @@ def _single_turn_rows(rows: list[dict], shape: Shape, template: str, tokenizer, 
             continue
         pattern = with_sys if with_system else plain
         gp, gc_, gsp = pattern.apply(gs, gu, ga)
+        # the conversation as (role, content, ...): an example's turns, and what makes two rows duplicates
         if with_system:
             gk = list(zip(itertools.repeat("system"), gs, itertools.repeat("user"), gu, itertools.repeat("assistant"), ga))
-            gm = [[{"role": "system", "content": x}, {"role": "user", "content": y}, {"role": "assistant", "content": z}]
-                  for x, y, z in zip(gs, gu, ga)]
         else:
             gk = list(zip(itertools.repeat("user"), gu, itertools.repeat("assistant"), ga))
-            gm = [[{"role": "user", "content": y}, {"role": "assistant", "content": z}] for y, z in zip(gu, ga)]
         hits = _starting(gu, FORMULA_FIRST) | _starting(ga, FORMULA_FIRST) | (_starting(gs, FORMULA_FIRST) if gs else set())
         if len(index) == n:  # every row in this group: the lists as they are
-            keys, messages, prompts, completions, spans, formula = gk, gm, gp, gc_, gsp, hits
+            keys, prompts, completions, spans, formula = gk, gp, gc_, gsp, hits
             break
         for j, i in enumerate(index):
-            keys[i], messages[i], prompts[i], completions[i], spans[i] = gk[j], gm[j], gp[j], gc_[j], gsp[j]
+            keys[i], prompts[i], completions[i], spans[i] = gk[j], gp[j], gc_[j], gsp[j]
         formula.update(index[j] for j in hits)
-    return _FastRows(bad, keys, messages, prompts, completions, spans, formula)
+    return _FastRows(bad, keys, prompts, completions, spans, formula)
 
 
 def _without_gc(fn):
@@ -899,7 +901,7 @@ def format_dataset(
     if (fast is not None and not fast.bad and not (strict and table.broken)
             and len(set(fast.keys)) == len(fast.keys)):
         # every row clean and distinct: the examples in one go
-        examples = list(map(Example, fast.prompts, fast.completions, fast.messages, fast.spans, table.row_numbers))
+        examples = list(map(Example, fast.prompts, fast.completions, fast.keys, fast.spans, table.row_numbers))
         check_formula = [examples[i] for i in sorted(fast.formula)]
     else:
         for index, (row, number) in enumerate(zip(table.rows, table.row_numbers)):
@@ -912,7 +914,7 @@ def format_dataset(
                     continue
                 seen[key] = number
                 prompt, completion = fast.prompts[index], fast.completions[index]
-                examples.append(Example(prompt, completion, fast.messages[index], fast.spans[index], number))
+                examples.append(Example(prompt, completion, key, fast.spans[index], number))
                 if index in fast.formula:
                     check_formula.append(examples[-1])
                 continue
@@ -954,7 +956,7 @@ def format_dataset(
                     category = "ends with user" if "ends with a user" in reason else "roles out of order"
                     reject(number, "messages", reason, fix or "fix the roles in this row", category)
                     continue
-                examples.append(Example(r.prompt, r.completion, msgs, r.spans, number))
+                examples.append(Example(r.prompt, r.completion, key, r.spans, number))
                 check_formula.append(examples[-1])
             else:
                 examples.append(Example("", text, None, [(0, len(text))], number))
@@ -1000,7 +1002,7 @@ FORMULA_FIRST = ("=", "+", "-", "@")
 
 
 def _formula_cell(ex: Example) -> str | None:
-    cells = [m.get("content") for m in ex.messages] if ex.messages else [ex.text]
+    cells = ex.turns[1::2] if ex.turns else [ex.text]
     for c in cells:
         if isinstance(c, str) and c.startswith(FORMULA_FIRST) and _FORMULA.match(c):
             return c

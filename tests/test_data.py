@@ -410,8 +410,9 @@ def test_lone_surrogates_are_reported_rows_not_a_broken_file(tmp_path):
     assert write_jsonl(result.examples, out) == 2
     assert [json.loads(line)["messages"][0]["content"] for line in out.read_text("utf-8").splitlines()] == [
         "ok", "whole \U0001F600"]
-    broken = result.examples[0]
-    broken.messages[0]["content"] = "made elsewhere \ud83d"
+    from finetune.data import Example
+
+    broken = Example("p", "c", ("user", "made elsewhere \ud83d", "assistant", "c"), [(1, 2)], 2)
     with pytest.raises(ValueError, match="row 2 has a broken character escape"):
         write_jsonl([broken], out)
     assert json.loads(out.read_text("utf-8").splitlines()[0])["messages"][0]["content"] == "ok"  # left as it was
