@@ -99,8 +99,15 @@ class Example:
     prompt: str
     completion: str
     turns: tuple | None  # (role, content, role, content, ...); None for pre-formatted text
-    spans: list
+    _spans: list | None  # the [start, end) character ranges of text trained on; None: the completion
     row: int
+
+    @property
+    def spans(self) -> list[tuple[int, int]]:
+        if self._spans is None:
+            start = len(self.prompt)
+            return [(start, start + len(self.completion))]
+        return self._spans
 
     @property
     def text(self) -> str:
@@ -109,7 +116,11 @@ class Example:
     @property
     def messages(self) -> list[dict] | None:
         t = self.turns
-        return None if t is None else [{"role": t[i], "content": t[i + 1]} for i in range(0, len(t), 2)]
+        if t is None:
+            return None
+        if len(t) == 4:  # the usual single turn, spelled out: a third of the time of the loop below
+            return [{"role": t[0], "content": t[1]}, {"role": t[2], "content": t[3]}]
+        return [{"role": role, "content": content} for role, content in zip(t[::2], t[1::2])]
 
     def to_json(self) -> dict:
         return {"text": self.prompt + self.completion, "prompt": self.prompt, "completion": self.completion,
@@ -281,16 +292,18 @@ def _read_jsonl_bytes(raw: bytes, name: str) -> Table | None:
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     lines = raw.split(b"\n")
-    numbers = [i for i, line in enumerate(lines, 1) if line and not line.isspace()]
-    if not numbers:
-        return None
+    body = lines[:-1] if lines[-1] == b"" else lines  # the newline that ends the last line starts no row
     loads = orjson.loads
     try:
-        if numbers[-1] == len(numbers):  # no blank line before the last row: parse in one C-level pass
-            objs = list(map(loads, lines[:len(numbers)]))
+        if body and b"" not in body and not any(map(bytes.isspace, body)):  # no blank line: C-level passes
+            numbers = list(range(1, len(body) + 1))
+            objs = list(map(loads, body))
         else:
+            numbers = [i for i, line in enumerate(lines, 1) if line and not line.isspace()]
             objs = [loads(lines[i - 1]) for i in numbers]
     except orjson.JSONDecodeError:
+        return None
+    if not numbers:
         return None
     if set(map(type, objs)) != {dict} or _any_float(itertools.chain.from_iterable(map(dict.values, objs))):
         return None
@@ -646,15 +659,16 @@ class _SingleTurnPattern:
     train_all: bool
 
     def apply(self, systems: list[str] | None, users: list[str], answers: list[str]):
-        """Column-wise: (prompts, completions, spans) for equally long lists of fields."""
+        """Column-wise: (prompts, completions, spans) for equally long lists of fields; a None span is the
+        completion (as ``Example`` reads it)."""
         fields = [users, answers] if systems is None else [systems, users, answers]
         fields = [col if fn is None else list(map(fn, col)) for col, fn in zip(fields, self.strip)]
         prompts = list(map(self.prompt.format, *fields[:-1]))
         head, tail = self.head, self.tail
         completions = [f"{head}{a}{tail}" for a in fields[-1]]
-        ends = list(map(operator.add, map(len, prompts), map(len, completions)))
-        starts = itertools.repeat(0) if self.train_all else map(len, prompts)
-        spans = [[span] for span in zip(starts, ends)]
+        if not self.train_all:
+            return prompts, completions, [None] * len(prompts)
+        spans = [[(0, n)] for n in map(operator.add, map(len, prompts), map(len, completions))]
         return prompts, completions, spans
 
 
@@ -686,6 +700,7 @@ def _single_turn_pattern(template: str, tokens, with_system: bool, train_on: str
         want = render(probe(sample), template, tokens=tokens, train_on=train_on)
         args = [[sample[r]] for r in roles]
         (prompt,), (completion,), (spans,) = pattern.apply(*(args if with_system else [None, *args]))
+        spans = Example(prompt, completion, None, spans, 0).spans
         if (prompt, completion, spans) != (want.prompt, want.completion, want.spans) or want.text != prompt + completion:
             return None
     return pattern
@@ -959,7 +974,7 @@ def format_dataset(
                 examples.append(Example(r.prompt, r.completion, key, r.spans, number))
                 check_formula.append(examples[-1])
             else:
-                examples.append(Example("", text, None, [(0, len(text))], number))
+                examples.append(Example("", text, None, None, number))  # trained on all of it
                 check_formula.append(examples[-1])
             for fld, reason, fix in notes:
                 warnings.append(Problem(number, fld, reason, fix, "number as text", "warning", line_of(number)))
