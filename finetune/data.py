@@ -823,7 +823,7 @@ def _single_turn_rows(rows: list[dict], shape: Shape, template: str, tokenizer, 
         if not index:
             continue
         pattern = with_sys if with_system else plain
-        gp, gc_, gsp = pattern.apply(gs, gu, ga)
+        g_prompts, g_completions, g_spans = pattern.apply(gs, gu, ga)
         # the conversation as (role, content, ...): an example's turns, and what makes two rows duplicates
         if with_system:
             gk = list(zip(itertools.repeat("system"), gs, itertools.repeat("user"), gu, itertools.repeat("assistant"), ga))
@@ -831,10 +831,10 @@ def _single_turn_rows(rows: list[dict], shape: Shape, template: str, tokenizer, 
             gk = list(zip(itertools.repeat("user"), gu, itertools.repeat("assistant"), ga))
         hits = _starting(gu, FORMULA_FIRST) | _starting(ga, FORMULA_FIRST) | (_starting(gs, FORMULA_FIRST) if gs else set())
         if len(index) == n:  # every row in this group: the lists as they are
-            keys, prompts, completions, spans, formula = gk, gp, gc_, gsp, hits
+            keys, prompts, completions, spans, formula = gk, g_prompts, g_completions, g_spans, hits
             break
         for j, i in enumerate(index):
-            keys[i], prompts[i], completions[i], spans[i] = gk[j], gp[j], gc_[j], gsp[j]
+            keys[i], prompts[i], completions[i], spans[i] = gk[j], g_prompts[j], g_completions[j], g_spans[j]
         formula.update(index[j] for j in hits)
     return _FastRows(bad, keys, prompts, completions, spans, formula)
 
