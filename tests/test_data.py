@@ -434,3 +434,38 @@ def test_jsonl_values_read_exactly_as_json_reads_them(tmp_path):
     t = load_rows(plain)
     assert t.valid_text and t.rows == [{"prompt": "a", "completion": "b"}, {"prompt": 7, "completion": "c"}]
     assert t.row_numbers == [1, 3]
+
+
+def test_a_full_disk_while_writing_leaves_the_old_output_and_no_temporary_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from finetune import data
+
+    result = format_dataset([{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(50)])
+    out = tmp_path / "o.jsonl"
+    out.write_text("the previous output\n")
+    real_fdopen = os.fdopen
+
+    class Full:  # the second chunk's write finds the disk full (written by the writer thread)
+        def __init__(self, f):
+            self.f, self.calls = f, 0
+
+        def write(self, data):
+            self.calls += 1
+            if self.calls == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.f.write(data)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(data.os, "fdopen", lambda fd, *a, **k: Full(real_fdopen(fd, *a, **k)))
+    with pytest.raises(OSError) as err:
+        write_jsonl(result.examples, out, chunk=10)
+    assert err.value.errno == errno.ENOSPC
+    assert out.read_text() == "the previous output\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.jsonl"]
