@@ -328,7 +328,11 @@ def test_write_jsonl_matches_json_dumps_byte_for_byte(tmp_path):
     rows = [{"prompt": p, "completion": c} for p, c in zip(TRICKY, reversed(TRICKY))]
     result = format_dataset(jsonl(tmp_path / "d.jsonl", rows + [{"prompt": "\x01 ctrl", "completion": "\x7f"}]))
     text_only = format_dataset([{"text": 'pre "formatted" \n text'}])
-    examples = result.examples + text_only.examples
+    with_system = format_dataset([{"prompt": "q", "completion": "a", "system": "s"}])
+    multi_turn = format_dataset([{"messages": [{"role": "user", "content": "1"}, {"role": "assistant", "content": "2"},
+                                               {"role": "user", "content": "3"}, {"role": "assistant", "content": "4"}]}])
+    examples = result.examples + text_only.examples + with_system.examples + multi_turn.examples
+    assert [len(ex.turns or ()) for ex in examples[-3:]] == [0, 6, 8]
     out = tmp_path / "o.jsonl"
     assert write_jsonl(examples, out, chunk=3) == len(examples)
     expected = "".join(json.dumps(ex.to_json(), ensure_ascii=False, separators=(",", ":")) + "\n" for ex in examples)
