@@ -663,7 +663,11 @@ class _SingleTurnPattern:
         completion (as ``Example`` reads it)."""
         fields = [users, answers] if systems is None else [systems, users, answers]
         fields = [col if fn is None else list(map(fn, col)) for col, fn in zip(fields, self.strip)]
-        prompts = list(map(self.prompt.format, *fields[:-1]))
+        if len(fields) == 2 and self.prompt.count("{0}") == 1 and "{{" not in self.prompt and "}}" not in self.prompt:
+            before, after = self.prompt.split("{0}")  # one field: an f-string, without parsing the pattern per row
+            prompts = [f"{before}{u}{after}" for u in fields[0]]
+        else:
+            prompts = list(map(self.prompt.format, *fields[:-1]))
         head, tail = self.head, self.tail
         completions = [f"{head}{a}{tail}" for a in fields[-1]]
         if not self.train_all:
