@@ -55,6 +55,8 @@ def _fit_threads(loaded: "LoadedModel") -> None:
         import torch
 
         torch.set_num_threads(n)
+
+
 _cache: "OrderedDict[tuple, LoadedModel]" = OrderedDict()
 
 
