@@ -12,7 +12,8 @@ measures, in the same run:
   just before: the slowdown ratio. Both rates come from the same training process. Next to it, the ratio
   the CPU left to training allows (the fair share): the cores minus those the app and its sessions used
   (this process's CPU time over the window), over the cores training used alone (its /proc CPU time).
-  ``slowdown_over_fair_share`` >= ~0.9 means training lost no more than the CPU it shares.
+  ``slowdown_over_fair_share`` >= ~0.9 means training lost no more than the CPU it shares (a run that
+  uses every core alone and gives one back under load lands above 1).
 
 Prints one JSON object and writes it to bench/out/load.json (or --out).
 """

@@ -308,6 +308,40 @@ def use_checkpointing(config: RunConfig, device: str, model_path: str) -> tuple[
 
 
 # ---------------------------------------------------------------------------------------------
+# sharing the CPU with the app that started the run
+
+
+def _cpu_share(device: str):
+    """The app's request to share the CPU (finetune.cpushare), on CPU only; None otherwise."""
+    if device != "cpu":
+        return None
+    from . import cpushare
+    from .backends import queue
+
+    try:
+        concurrent = queue.max_concurrent()
+    except ValueError:
+        concurrent = 1
+    return cpushare.from_env(cpushare.cpu_cores(), concurrent)
+
+
+def _share_callback(share, log: EventLog):
+    """At each step boundary (at most once a second) set torch's threads from the app's recent CPU use; each
+    change is a ``threads`` event."""
+    import torch
+    from transformers import TrainerCallback
+
+    class ShareCpu(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            threads = share.check()
+            if threads is not None:
+                torch.set_num_threads(threads)
+                log.emit("threads", step=state.global_step, threads=threads, app_cores=round(share.app_cores, 2))
+
+    return ShareCpu()
+
+
+# ---------------------------------------------------------------------------------------------
 # the callback that writes events and honours stop / chunk limits
 
 
@@ -474,6 +508,9 @@ def _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_
     train_ds, eval_ds, data_summary = _datasets(config, tokenizer)
     t = config.training
     resume_from = runs.last_checkpoint(run_dir) if resuming else None
+    share = _cpu_share(device)
+    if share is not None:
+        torch.set_num_threads(share.most)
     log.emit(
         "started",
         name=config.name,
@@ -481,6 +518,7 @@ def _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_
         device=device,
         pid=os.getpid(),
         cpu_threads=torch.get_num_threads(),
+        shares_cpu=share is not None,
         resumed_from=str(resume_from.relative_to(run_dir)) if resume_from else None,
         data=data_summary,
         max_steps=_planned_steps(t, len(train_ds)),
@@ -540,7 +578,7 @@ def _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_
         eval_dataset=eval_ds,
         processing_class=tokenizer,
         peft_config=models.lora_config(config.lora),
-        callbacks=[callback, *extra_callbacks],
+        callbacks=[callback, *([_share_callback(share, log)] if share else []), *extra_callbacks],
     )
     from transformers.trainer_callback import PrinterCallback
 

@@ -144,26 +144,30 @@ def test_second_run_waits_in_the_queue_then_trains_after_the_first(tmp_path, tin
     second_start = next(e["time"] for e in second_events if e["type"] == "started")
     assert second_start >= first_end  # never two trainings at once
     assert [e["type"] for e in second_events][:1] == ["queued"]
-    # an app-started run leaves one core to the web server
+    # an app-started run begins on every core and watches the app's CPU use to give one back while it serves
     cores = len(os.sched_getaffinity(0))
-    threads = {e["cpu_threads"] for e in first_events + second_events if e["type"] == "started"}
-    assert threads == {max(1, cores - 1)}, threads
+    started = [e for e in first_events + second_events if e["type"] == "started"]
+    assert [(e["cpu_threads"], e["shares_cpu"]) for e in started] == [(cores, True)] * 2, started
 
 
-def test_training_threads_leave_a_core_to_the_app(monkeypatch):
+def test_thread_settings_of_a_run(monkeypatch, tmp_path):
     monkeypatch.delenv(local.THREADS_ENV, raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert local.train_threads(shared=False, cores=8) is None  # the CLI on its own: every core
-    assert local.train_threads(shared=True, cores=8) == 7
-    assert local.train_threads(shared=True, cores=2) == 1
-    assert local.train_threads(shared=True, cores=1) == 1
-    monkeypatch.setenv(queue.MAX_ENV, "3")  # the cores left are split among the runs that train at once
-    assert local.train_threads(shared=True, cores=8) == 2
-    monkeypatch.setenv("OMP_NUM_THREADS", "5")  # the operator's setting stands
-    assert local.train_threads(shared=True, cores=8) is None
-    monkeypatch.setenv(local.THREADS_ENV, "4")
-    assert local.train_threads(shared=True, cores=8) == 4 and local.train_threads(shared=False) == 4
+    monkeypatch.setattr(local, "cpu_cores", lambda: 8)
+    assert local.train_threads() is None
+    assert local.shares_cpu(True) and not local.shares_cpu(False)  # the CLI on its own keeps every core
+    q = tmp_path / ".queue"
+    assert local.cpu_threads_left(q) == 8  # nothing trains: the app may use every core
+    slot = queue.acquire_slot(q)
+    try:
+        assert local.cpu_threads_left(q) == 1  # beside a sharing run (7 threads while the app works)
+        monkeypatch.setenv("OMP_NUM_THREADS", "5")  # the operator's setting stands
+        assert not local.shares_cpu(True) and local.cpu_threads_left(q) == 3
+        monkeypatch.setenv(local.THREADS_ENV, "4")
+        assert local.train_threads() == 4 and not local.shares_cpu(True) and local.cpu_threads_left(q) == 4
+    finally:
+        queue.release(slot)
     for bad in ("0", "many"):
         monkeypatch.setenv(local.THREADS_ENV, bad)
         with pytest.raises(ValueError, match="FINETUNE_TRAIN_THREADS=.*1 or more"):
-            local.train_threads(shared=True)
+            local.train_threads()

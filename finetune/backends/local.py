@@ -18,7 +18,8 @@ import threading
 import time
 from pathlib import Path
 
-from .. import runs
+from .. import cpushare, runs
+from ..cpushare import cpu_cores
 from ..config import RunConfig
 from ..events import TERMINAL, EventLog
 from . import queue
@@ -27,49 +28,46 @@ LOG_FILE = "process.log"
 THREADS_ENV = "FINETUNE_TRAIN_THREADS"
 
 
-def train_threads(shared: bool, cores: int | None = None) -> int | None:
-    """CPU threads for one training process, or None for torch's default (one per core).
-
-    ``$FINETUNE_TRAIN_THREADS`` decides when set. Otherwise a run the app starts (``shared``: it serves web
-    requests on the same machine) leaves one core to the server, and the rest is split among the runs that
-    may train at once: torch's threads wait for each other at every operation, so when one of them finds its
-    core taken by the server the whole step waits, and a 2-core machine trains 20 times slower under load
-    with 2 threads than with 1 (bench/load_test.py). A plain ``python -m finetune train`` uses every core.
-    """
+def train_threads() -> int | None:
+    """``$FINETUNE_TRAIN_THREADS``: a fixed number of CPU threads for every training run; None when unset."""
     raw = os.environ.get(THREADS_ENV, "").strip()
-    if raw:
-        try:
-            n = int(raw)
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise ValueError(f"{THREADS_ENV}={raw!r}: set it to the number of CPU threads a training run may use "
-                             "(1 or more), or unset it to leave one core to the app")
-        return n
-    if not shared or "OMP_NUM_THREADS" in os.environ:  # the operator's own setting stands
+    if not raw:
         return None
-    return max(1, ((cores or cpu_cores()) - 1) // queue.max_concurrent())
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{THREADS_ENV}={raw!r}: set it to the number of CPU threads a training run may use "
+                         "(1 or more), or unset it to let runs share the CPU with the app")
+    return n
 
 
-def cpu_cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def shares_cpu(shared: bool) -> bool:
+    """Whether a run adapts its threads to the app's load (:mod:`finetune.cpushare`): runs the app starts
+    (``shared``), unless the operator fixed the threads (``FINETUNE_TRAIN_THREADS`` or ``OMP_NUM_THREADS``)."""
+    return shared and train_threads() is None and "OMP_NUM_THREADS" not in os.environ
 
 
 def cpu_threads_left(queue_dir: str | Path) -> int | None:
     """CPU threads the app may use for its own work (chat generation) beside the runs of this machine's queue
-    that train now: the cores they leave, at least one. None when the queue setting is unreadable."""
+    that train now: the cores they keep while the app is busy, at least one. None when a setting is unreadable."""
     cores = cpu_cores()
     try:
-        training = queue.max_concurrent() - queue.free_slots(queue_dir)
-        per_run = train_threads(shared=True)
+        concurrent = queue.max_concurrent()
+        training = concurrent - queue.free_slots(queue_dir)
+        fixed = train_threads()
     except ValueError:
         return None
     if training <= 0:
         return cores
-    if per_run is None:  # the operator's OMP_NUM_THREADS
-        raw = os.environ.get("OMP_NUM_THREADS", "")
-        per_run = int(raw) if raw.strip().isdigit() and int(raw) > 0 else cores
+    if fixed is not None:
+        per_run = fixed
+    elif "OMP_NUM_THREADS" in os.environ:
+        raw = os.environ["OMP_NUM_THREADS"].strip()
+        per_run = int(raw) if raw.isdigit() and int(raw) > 0 else cores
+    else:  # a sharing run leaves a core while the app works
+        per_run = max(1, cores // concurrent - 1)
     return max(1, cores - training * per_run)
 
 
@@ -79,7 +77,7 @@ def start(config: RunConfig, root: str | Path | None = None, run_id: str | None 
 
     ``queue_dir``: wait in that queue for a free training slot (see :mod:`finetune.backends.queue`).
     """
-    train_threads(shared=queue_dir is not None)  # a bad server setting fails before a run folder exists
+    train_threads()  # a bad server setting fails before a run folder exists
     run_id = runs.check_run_id(run_id) if run_id else runs.new_run_id(config.name)
     run_dir = runs.run_path(run_id, root)
     run_dir.mkdir(parents=True, exist_ok=False)
@@ -101,9 +99,11 @@ def resume(run_id: str, root: str | Path | None = None, queue_dir: str | Path | 
 def _launch(run_dir: Path, queue_dir: str | Path | None = None) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
     env["PYTHONUNBUFFERED"] = "1"
-    threads = train_threads(shared=queue_dir is not None)
+    threads = train_threads()
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)  # read by torch when the process imports it
+    elif shares_cpu(queue_dir is not None):
+        env[cpushare.ENV] = str(os.getpid())  # the run watches this process's CPU use (finetune.cpushare)
     root = Path(__file__).resolve().parent.parent.parent
     cmd = [sys.executable, "-m", "finetune", "train", "--run-dir", str(run_dir.resolve()), "--quiet"]
     ticket, place = None, 0
