@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from finetune import cpushare
-from finetune.config import RunConfig
 from finetune.events import read_events
 from finetune.train import train
+from test_train import tiny_config
 
 
 class Fake:
@@ -77,12 +77,7 @@ def test_a_sharing_run_gives_a_core_back_while_the_app_is_busy(tiny_model_dir, t
     busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 120: pass"])
     before = torch.get_num_threads()
     monkeypatch.setenv(cpushare.ENV, str(busy.pid))
-    cfg = RunConfig()
-    cfg.model.id = str(tiny_model_dir)
-    cfg.quantization.load_in = "none"
-    cfg.data.template = "chatml"
-    t = cfg.training
-    t.max_steps, t.batch_size, t.max_length, t.save_steps, t.gradient_checkpointing = 150, 2, 64, 1000, False
+    cfg = tiny_config(tiny_model_dir, max_steps=150, batch_size=2, max_length=64, save_steps=1000)
     try:
         result = train(cfg, runs_root=tmp_path)
     finally:
