@@ -41,13 +41,16 @@ class CpuShare:
 
     ``most``: the threads the run may use when the app is idle (its share of the machine's cores).
     ``check`` returns the thread count to use now, or None to keep the current one; it measures at most
-    every ``interval`` seconds.
+    every ``interval`` seconds. Threads go down at once when the app gets busy, and back up only after
+    ``calm`` measurements in a row found it idle enough: an app that serves in bursts does not make the run
+    switch at every burst (a thread that finds its core taken costs more than a core left idle briefly).
     """
 
-    def __init__(self, app_pid: int, most: int, interval: float = 1.0,
+    def __init__(self, app_pid: int, most: int, interval: float = 1.0, calm: int = 2,
                  clock: Callable[[], float] = time.monotonic,
                  cpu_seconds: Callable[[int], float | None] = process_cpu_seconds):
-        self.app_pid, self.most, self.interval = app_pid, max(1, most), interval
+        self.app_pid, self.most, self.interval, self.calm = app_pid, max(1, most), interval, max(1, calm)
+        self._calm_checks = 0
         self.clock, self.cpu_seconds = clock, cpu_seconds
         self.current = self.most
         self.app_cores = 0.0
@@ -71,6 +74,11 @@ class CpuShare:
         else:
             self.app_cores = max(0.0, used - used_then) / (now - then)
         threads = self.want(self.app_cores)
+        if threads > self.current:
+            self._calm_checks += 1
+            if self._calm_checks < self.calm:
+                return None
+        self._calm_checks = 0
         if threads == self.current:
             return None
         self.current = threads
