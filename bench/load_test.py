@@ -102,12 +102,6 @@ def step_times(run_dir: Path) -> list[tuple[float, int]]:
     return [(e["time"], e["step"]) for e in read_events(run_dir) if e.get("type") == "step"]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc), all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def training_pid(run_dir: Path) -> int | None:
     from finetune.events import read_events
 
@@ -161,6 +155,8 @@ def measure(url: str, runs_root: Path, model_dir: Path, data_file: Path, *, clie
     """Run the load against a launched app while one training runs; return the numbers."""
     from gradio_client import Client
 
+    from finetune.cpushare import process_cpu_seconds
+
     trainer = Client(url, verbose=False)
     run_id = trainer.predict(training_yaml(model_dir), None, "local", api_name="/start_training")
     run_dir = next(runs_root.glob(f"users/*/{run_id}"))
@@ -170,20 +166,20 @@ def measure(url: str, runs_root: Path, model_dir: Path, data_file: Path, *, clie
             raise RuntimeError(f"training did not start: {trainer.predict(run_id, api_name='/run_status')}")
         time.sleep(0.2)
     pid = training_pid(run_dir)
-    a0, ta0 = time.time(), cpu_seconds(pid)
+    a0, ta0 = time.time(), process_cpu_seconds(pid)
     time.sleep(alone_s)
-    a1, ta1 = time.time(), cpu_seconds(pid)
+    a1, ta1 = time.time(), process_cpu_seconds(pid)
 
     out: dict = {"format_s": [], "chat_s": [], "ranks": [], "queue_sizes": [], "errors": [], "formatted_rows": [],
                  "chat_replies": []}
     lock = threading.Lock()
     threads = [threading.Thread(target=_session, args=(url, data_file, rounds, out, lock, chat)) for _ in range(clients)]
-    l0, tl0, app0 = time.time(), cpu_seconds(pid), time.process_time()
+    l0, tl0, app0 = time.time(), process_cpu_seconds(pid), time.process_time()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    l1, tl1, app1 = time.time(), cpu_seconds(pid), time.process_time()
+    l1, tl1, app1 = time.time(), process_cpu_seconds(pid), time.process_time()
     time.sleep(1.0)  # the last step event of the window
     trainer.predict(run_id, api_name="/stop_training")
     state = trainer.predict(run_id, api_name="/run_status")

@@ -270,6 +270,14 @@ def _parse_line(line: str):
     return obj if end == len(line) or not line[end:].strip(" \t\r\n") else json.loads(line)  # JSON whitespace
 
 
+def _columns_of(objs: list[dict]) -> list[str]:
+    """Every key of the rows, in order of first appearance (one pass per distinct key list)."""
+    columns: dict = {}
+    for layout in dict.fromkeys(map(tuple, objs)):
+        columns.update(dict.fromkeys(layout))
+    return list(columns)
+
+
 def _any_float(values: Iterable) -> bool:
     """Whether any value, at any depth, is a float: orjson reads integers beyond 64 bits as floats where
     ``json`` keeps them exact, so such data takes the ``json`` path (level by level, C-level for flat rows)."""
@@ -307,10 +315,7 @@ def _read_jsonl_bytes(raw: bytes, name: str) -> Table | None:
         return None
     if set(map(type, objs)) != {dict} or _any_float(itertools.chain.from_iterable(map(dict.values, objs))):
         return None
-    columns: dict = {}
-    for layout in dict.fromkeys(map(tuple, objs)):  # distinct key lists, in order of appearance
-        columns.update(dict.fromkeys(layout))
-    return Table(name, list(columns), objs, numbers, valid_text=True)
+    return Table(name, _columns_of(objs), objs, numbers, valid_text=True)
 
 
 def _read_jsonl(text: str, name: str) -> Table:
@@ -321,10 +326,7 @@ def _read_jsonl(text: str, name: str) -> Table:
     except (ValueError, RecursionError):
         objs = None
     if objs is not None and all(type(o) is dict for o in objs):
-        columns: dict = {}
-        for layout in dict.fromkeys(map(tuple, objs)):  # distinct key lists, in order of appearance
-            columns.update(dict.fromkeys(layout))
-        return Table(name, list(columns), objs, numbers)
+        return Table(name, _columns_of(objs), objs, numbers)
     return _read_jsonl_checked(lines, name)
 
 
@@ -1037,15 +1039,16 @@ def token_lengths(texts: list[str], tokenizer, batch: int = 2048) -> list[int]:
     return out
 
 
-def example_json(ex: Example, dumps=orjson.dumps, newline=orjson.OPT_APPEND_NEWLINE) -> bytes:
+def example_json(ex: Example) -> bytes:
     """One line of the formatted file, UTF-8: the JSON object ``{"text":…,"prompt":…,"completion":…,"messages":…}``
     (compact, non-ASCII characters as themselves) and a newline; the same bytes as
     ``json.dumps(ex.to_json(), ensure_ascii=False, separators=(",", ":")).encode() + b"\\n"``, several times faster."""
-    return dumps(ex.to_json(), option=newline)
+    return _json_lines([ex])
 
 
 def _json_lines(examples: list[Example], dumps=orjson.dumps, newline=orjson.OPT_APPEND_NEWLINE) -> bytes:
-    """``example_json`` of each example, joined; the usual single turn inlined (no function call per row)."""
+    """``example_json`` of each example, joined (``Example.to_json`` with the usual single turn inlined: no
+    function call per row)."""
     return b"".join([dumps({"text": ex.prompt + ex.completion, "prompt": ex.prompt, "completion": ex.completion,
                             "messages": [{"role": t[0], "content": t[1]}, {"role": t[2], "content": t[3]}]
                             if (t := ex.turns) is not None and len(t) == 4 else ex.messages}, option=newline)
