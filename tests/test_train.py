@@ -130,7 +130,14 @@ def test_4bit_nf4_trains_on_cpu(tiny_model_dir, tmp_path):
     assert json.loads((result.adapter_dir / "adapter_config.json").read_text())["r"] == 8
 
 
-def assert_same_adapter(a: Path, b: Path, atol=1e-5):
+# Two processes sum float32 in different orders (thread counts, BLAS kernels): after the 12 steps of tiny_config
+# the LoRA weights of equal runs differ by 5e-6 (1 vs 2 threads) up to 5e-5 (seen between two processes), while
+# one step at lr 5e-3 moves them by 5e-3 (constant schedule) and a cosine run of 11 steps ends 2.5e-3 away from
+# the 12-step one (measured). Cosine's last step alone moves them by only 9e-5: interruptions are placed mid-run.
+SAME_ADAPTER_ATOL = 2e-4
+
+
+def assert_same_adapter(a: Path, b: Path, atol=SAME_ADAPTER_ATOL):
     ta, tb = adapter_tensors(a), adapter_tensors(b)
     assert ta.keys() == tb.keys()
     for k in ta:
