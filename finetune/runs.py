@@ -29,7 +29,10 @@ CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimize
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-class RunError(ValueError):
+from .errors import UserError  # noqa: E402 - next to the class it bases
+
+
+class RunError(ValueError, UserError):
     """A run folder that cannot be used; the message names the path and the fix."""
 
 

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import runs
+from .errors import UserError
 from .config import RunConfig, validate
 
 
-class ServiceError(ValueError):
+class ServiceError(ValueError, UserError):
     """A request the user can fix; the message says how."""
 
 

@@ -70,7 +70,10 @@ _STAGE_STATUS = {"SCHEDULING": "queued", "RUNNING": "running", "COMPLETED": "fin
 _DONE_STAGES = ("COMPLETED", "CANCELED", "ERROR", "DELETED")
 
 
-class JobError(ValueError):
+from ..errors import UserError  # noqa: E402 - next to the class it bases
+
+
+class JobError(ValueError, UserError):
     """A job that cannot be built or reached; the message says what to change (and never holds the token)."""
 
 

@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 
 from .. import runs
 from ..config import RunConfig
+from ..errors import PROGRAMMING_ERRORS, internal_message, is_programming_error, report_internal
 from ..events import EventLog, read_events
 from ..memory import ZEROGPU_DAILY_QUOTA_MIN
 
@@ -39,7 +40,9 @@ DAILY_QUOTA_S = {tier: minutes * 60 for tier, minutes in ZEROGPU_DAILY_QUOTA_MIN
 # Errors a retry cannot fix (bad config, missing model, bad data, out of memory; train() reports any error
 # inside training as a TrainingError): the run fails at once instead of spending the user's quota on the
 # same error again. What stays retryable is a call cut off from outside: "GPU task aborted", a lost worker.
-PERMANENT_ERRORS = ("ConfigError", "ModelError", "TrainingError", "RunError", "DataError", "TemplateError")
+PERMANENT_ERRORS = ("ConfigError", "ModelError", "TrainingError", "RunError", "DataError", "TemplateError",
+                    # a bug of ours fails the same way on every retry (errors.PROGRAMMING_ERRORS)
+                    *(t.__name__ for t in PROGRAMMING_ERRORS), "KeyError", "IndexError")
 
 
 def available() -> tuple[bool, str]:
@@ -196,7 +199,8 @@ def quota_preview(config: RunConfig, n_examples: int | None = None, gpu: str = "
 def _permanent(e: BaseException) -> bool:
     """On ZeroGPU an exception in the worker comes back as ``gr.Error`` whose message is the class name
     (spaces.zero.wrappers); here it is the exception itself. Both are recognised."""
-    return e.__class__.__name__ in PERMANENT_ERRORS or str(e).strip() in PERMANENT_ERRORS
+    return (e.__class__.__name__ in PERMANENT_ERRORS or str(e).strip() in PERMANENT_ERRORS
+            or is_programming_error(e))
 
 
 def _duration(run_dir: str, until_step: int, duration_s: int) -> int:
@@ -260,6 +264,8 @@ def run_chunked(config: RunConfig | None, run_dir: Path, *, chunk: Callable[[str
             result = chunk(str(run_dir), plan.until_step, plan.duration_s)
         except Exception as e:  # noqa: BLE001 - "GPU task aborted" and worker crashes look alike from here
             message = f"{e.__class__.__name__}: {e}"
+            if is_programming_error(e):  # a bug: its traceback goes to the log, the run shows a reference
+                message = internal_message(report_internal(e, "a ZeroGPU call"))
             if _permanent(e):
                 if runs.read_run(run_dir).status != "failed":  # train() records its own errors
                     log.emit("failed", message=message)
