@@ -2,7 +2,8 @@
 ``register(subparsers)`` adding its parser and setting ``func(args) -> int``.
 
 Commands import heavy libraries (torch, transformers) inside ``func`` only, so `--help` is instant.
-Usage errors and bad input exit with status 2 and one line ``error: ...`` on stderr, no traceback.
+Usage errors and bad input (any ``finetune.errors.UserError``) exit with status 2 and one line ``error: ...`` on
+stderr, no traceback. Any other exception is a bug: it propagates with its traceback (exit status 1).
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import argparse
 import importlib
 import sys
 
+from .errors import UserError
+
 COMMANDS = ("format", "train", "generate", "estimate", "runs", "status", "stop", "push", "merge", "chat")
 
 
-class UsageError(Exception):
+class UsageError(UserError):
     """Bad input the user can fix: printed as one `error:` line, exit status 2."""
 
 
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except UsageError as e:
+    except UserError as e:  # UsageError and every library error the user can fix: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -40,7 +40,10 @@ def _show(value: Any) -> str:
     return _repr.repr(value)
 
 
-class ConfigError(ValueError):
+from .errors import UserError  # noqa: E402 - next to the class it bases
+
+
+class ConfigError(ValueError, UserError):
     """One or more problems in a config; ``problems`` lists each as 'field: what is wrong; the fix'."""
 
     def __init__(self, problems: list[str], source: str | None = None):

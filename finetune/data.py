@@ -39,7 +39,10 @@ CANONICAL = ("instruction", "input", "output", "system", "prompt", "completion",
              "messages", "conversations", "text")
 
 
-class DataError(ValueError):
+from .errors import UserError  # noqa: E402 - next to the class it bases
+
+
+class DataError(ValueError, UserError):
     """Unusable input: ``<file>[:<row>]: <reason>`` (the reason says how to fix it)."""
 
     def __init__(self, file: str, row: int | None, reason: str):

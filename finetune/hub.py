@@ -19,7 +19,10 @@ MOCK_OAUTH_TOKEN = "mock-oauth-token-for-local-dev"
 TOKENS_PAGE = "https://huggingface.co/settings/tokens"
 
 
-class HubError(ValueError):
+from .errors import UserError  # noqa: E402 - next to the class it bases
+
+
+class HubError(ValueError, UserError):
     """A push or download that cannot happen; the message says what to change (and never contains the token)."""
 
 

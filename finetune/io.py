@@ -12,7 +12,10 @@ from pathlib import Path
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
-class DiskFullError(OSError):
+from .errors import UserError  # noqa: E402 - next to the class it bases
+
+
+class DiskFullError(OSError, UserError):
     """No space left while writing a run file; the folder keeps its last complete state."""
 
 

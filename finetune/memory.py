@@ -120,7 +120,10 @@ GPUS: dict[str, GpuSpec] = {
 ZEROGPU_DAILY_QUOTA_MIN = {"anonymous": 2, "free": 5, "pro": 40}
 
 
-class EstimateError(ValueError):
+from .errors import UserError  # noqa: E402 - next to the class it bases
+
+
+class EstimateError(ValueError, UserError):
     """Input the estimator cannot use; the message says what to change."""
 
 

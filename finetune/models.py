@@ -24,7 +24,10 @@ EMBEDDED_REPO_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class ModelError(ValueError):
+from .errors import UserError  # noqa: E402 - next to the class it bases
+
+
+class ModelError(ValueError, UserError):
     """A base model that cannot be resolved or loaded; the message says what to change."""
 
 

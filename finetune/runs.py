@@ -23,14 +23,56 @@ STOP_FILE = "STOP"
 # A run executing on another machine (Hugging Face Jobs) records its job here; its liveness is the job's,
 # not a local process id (backends.hfjobs.sync writes the job's end into the events).
 JOB_FILE = "job.json"
+# Where a run trains (local | zerogpu | hf-jobs), written once when the run starts (record_backend) and read by
+# read_backend only: nothing else decides a run's backend.
+BACKEND_FILE = "backend.json"
+BACKEND_NAMES = ("local", "zerogpu", "hf-jobs")
 # A checkpoint is usable only when everything resume needs is on disk (the trainer writes the state last).
 CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-class RunError(ValueError):
+from .errors import UserError  # noqa: E402 - next to the class it bases
+
+
+class RunError(ValueError, UserError):
     """A run folder that cannot be used; the message names the path and the fix."""
+
+
+def record_backend(run_dir: Path, backend: str) -> None:
+    """Record where the run trains; done once, by the backend that starts the run."""
+    from .io import atomic_write_json
+
+    if backend not in BACKEND_NAMES:
+        raise ValueError(f"unknown backend {backend!r}; one of {BACKEND_NAMES}")
+    atomic_write_json(Path(run_dir) / BACKEND_FILE, {"backend": backend})
+
+
+def read_backend(run_dir: Path, events: list[dict] | None = None) -> str:
+    """Where a run trains: ``local`` | ``zerogpu`` | ``hf-jobs``, from the record its backend wrote at start.
+
+    A folder written before the record existed (or by ``python -m finetune train``, which trains in its own
+    process) is read from the older markers: a ``job.json`` (hf-jobs), a ``submitted`` event of the zerogpu
+    backend, else local. ``events``: the run's events when the caller has read them already.
+    """
+    run_dir = Path(run_dir)
+    try:
+        record = json.loads((run_dir / BACKEND_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        record = {}
+    except (OSError, ValueError) as e:  # a damaged record (cut off mid-write, edited by hand)
+        raise RunError(f"{run_dir / BACKEND_FILE} is unreadable ({e.__class__.__name__}); write "
+                       '{"backend": "local"} (or zerogpu, hf-jobs) into it') from None
+    recorded = record.get("backend") if isinstance(record, dict) else None
+    if recorded in BACKEND_NAMES:
+        return str(recorded)
+    if (run_dir / JOB_FILE).exists():
+        return "hf-jobs"
+    events = read_events(run_dir) if events is None else events
+    if any(e.get("type") == "submitted" and e.get("backend") == "zerogpu" for e in events):
+        return "zerogpu"
+    return "local"
 
 
 def runs_root(root: str | Path | None = None) -> Path:
@@ -177,7 +219,7 @@ def read_run(run_dir: Path) -> RunState:
             state.message = e.get("message", "")
             if kind == "finished":
                 state.step = e.get("step", state.step)
-    remote = (run_dir / JOB_FILE).exists()
+    remote = read_backend(run_dir, events) == "hf-jobs"  # a job's liveness is the job's, not a local process's
     if state.status in ("running", "queued") and not remote and not _pid_alive(getattr(state, "_pid", None)):
         state.status, state.queue_position = "interrupted", None  # the process is gone without a final event: resumable
     state.__dict__.pop("_pid", None)

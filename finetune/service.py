@@ -16,12 +16,18 @@ import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from . import runs
+from .errors import UserError
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
+
 from .config import RunConfig, validate
 
 
-class ServiceError(ValueError):
+class ServiceError(ValueError, UserError):
     """A request the user can fix; the message says how."""
 
 
@@ -111,9 +117,29 @@ def queue_dir(ws: Workspace) -> Path:
     return queue.queue_dir(ws.root)
 
 
+def _backend(name: str, ws: Workspace, *, token: str | None = None, api: Any = None, flavor: str | None = None,
+             repo_id: str | None = None) -> Backend:
+    from .backends import make_backend
+
+    return make_backend(name, queue_dir=queue_dir(ws), token=token, api=api, flavor=flavor,
+                        repo_id=(repo_id or "").strip() or None, sync_every_s=SYNC_EVERY_S)
+
+
+def _run_backend(ws: Workspace, path: Path, *, token: str | None = None, api: Any = None,
+                 sync_every_s: float | None = None) -> Backend:
+    """The backend a run started on (recorded in its folder), with this request's settings."""
+    from .backends import backend_for
+
+    try:
+        return backend_for(path, queue_dir=queue_dir(ws), token=token, api=api,
+                           sync_every_s=SYNC_EVERY_S if sync_every_s is None else sync_every_s)
+    except runs.RunError as e:
+        raise ServiceError(str(e)) from None
+
+
 def start_training(ws: Workspace, owner: str | None, config: RunConfig, backend: str = "local",
                    data_file: str | Path | None = None, *, token: str | None = None, flavor: str | None = None,
-                   repo_id: str | None = None, api=None) -> str:
+                   repo_id: str | None = None, api: Any = None) -> str:
     """Create a run and start it on ``backend``; returns the run id.
 
     - ``local``: a training process on this machine, waiting in the machine's queue when all training slots
@@ -138,41 +164,24 @@ def start_training(ws: Workspace, owner: str | None, config: RunConfig, backend:
             raise ServiceError("data.source must be an uploaded file or a Hub dataset id")
     if ws.multi_user and config.model.id:
         check_model_ref(ws, config.model.id, "model.id")
-    if backend == "hf-jobs":
-        from .backends import hfjobs
-        from .hub import HubError
-
-        if config.training.max_steps <= 0:
-            raise ServiceError("a Hugging Face job needs its time limit before it starts: set training.max_steps "
-                               "(Hyperparameters tab) so the limit and the cost can be estimated")
-        try:
-            return hfjobs.start(config, root, token=token, flavor=flavor or hfjobs.DEFAULT_FLAVOR,
-                                repo_id=(repo_id or "").strip() or None, api=api)
-        except (hfjobs.JobError, HubError) as e:
-            raise ServiceError(str(e)) from None
-    if backend == "zerogpu":
-        from .backends import zerogpu
-
-        return zerogpu.start(config, root)
-    from .backends import local
-
-    waiting = [r for r in runs.list_runs(root) if r.status == "queued"]
-    if ws.multi_user and len(waiting) >= MAX_QUEUED_PER_OWNER:
-        raise ServiceError(f"you already have {len(waiting)} runs waiting in the queue; stop one or wait for them "
-                           "to start")
+    if backend == "hf-jobs" and config.training.max_steps <= 0:
+        raise ServiceError("a Hugging Face job needs its time limit before it starts: set training.max_steps "
+                           "(Hyperparameters tab) so the limit and the cost can be estimated")
+    if backend == "local":
+        waiting = [r for r in runs.list_runs(root) if r.status == "queued"]
+        if ws.multi_user and len(waiting) >= MAX_QUEUED_PER_OWNER:
+            raise ServiceError(f"you already have {len(waiting)} runs waiting in the queue; stop one or wait for "
+                               "them to start")
     try:
-        return local.start(config, root, queue_dir=queue_dir(ws))
+        return _backend(backend, ws, token=token, api=api, flavor=flavor, repo_id=repo_id).start(config, root)
+    except UserError as e:  # a job that cannot be built or reached, a Hub refusal: the same error type for all
+        raise ServiceError(str(e)) from None
     except ValueError as e:  # a bad FINETUNE_MAX_CONCURRENT_RUNS or FINETUNE_TRAIN_THREADS on the server
         raise ServiceError(str(e)) from None
 
 
-def is_zerogpu_run(path: Path) -> bool:
-    from .events import read_events
-
-    return any(e.get("type") == "submitted" and e.get("backend") == "zerogpu" for e in read_events(path))
-
-
-def train_chunks(ws: Workspace, owner: str | None, run_id: str, chunk=None, **kw):
+def train_chunks(ws: Workspace, owner: str | None, run_id: str, chunk: Callable[[str, int, int], dict] | None = None,
+                 **kw: Any) -> Iterator[dict]:
     """Drive a ZeroGPU run: chained GPU calls (``chunk``, default zerogpu.train_chunk) until it ends; yields
     the run state after each call."""
     from .backends import zerogpu
@@ -183,28 +192,12 @@ def train_chunks(ws: Workspace, owner: str | None, run_id: str, chunk=None, **kw
         yield state
 
 
-def _sync_job(path: Path, token: str | None, api) -> str:
-    """Mirror a Hugging Face job's log into its run folder (at most every SYNC_EVERY_S); '' or why it could not."""
-    import time
-
-    from .backends import hfjobs
-    from .events import TERMINAL
-
-    job_file = path / runs.JOB_FILE
-    if runs.read_run(path).status in TERMINAL or time.time() - job_file.stat().st_mtime < SYNC_EVERY_S:
-        return ""
-    try:
-        hfjobs.sync(path.name, path.parent, token=token, api=api)
-    except hfjobs.JobError as e:
-        return f"cannot read the job right now ({e}); showing its last known state"
-    return ""
-
-
 def backend_of(path: Path) -> str:
-    """Where a run trains, from its folder: ``hf-jobs`` (a job file), ``zerogpu`` or ``local``."""
-    if (path / runs.JOB_FILE).exists():
-        return "hf-jobs"
-    return "zerogpu" if is_zerogpu_run(path) else "local"
+    """Where a run trains: ``local`` | ``zerogpu`` | ``hf-jobs`` (recorded in its folder: runs.read_backend)."""
+    try:
+        return runs.read_backend(path)
+    except runs.RunError as e:
+        raise ServiceError(str(e)) from None
 
 
 def zerogpu_quota(config: RunConfig, data_file: str | Path | None = None) -> dict:
@@ -222,65 +215,145 @@ def zerogpu_quota(config: RunConfig, data_file: str | Path | None = None) -> dic
     return zerogpu.quota_preview(config, n_examples)
 
 
-def run_status(ws: Workspace, owner: str | None, run_id: str, *, token: str | None = None, api=None) -> dict:
+def run_state(ws: Workspace, owner: str | None, run_id: str, *, token: str | None = None, api: Any = None,
+              sync: bool = True, sync_every_s: float | None = None) -> tuple[runs.RunState, str]:
+    """The run's state from its folder, and '' or why it may be stale. A Hugging Face job's folder is first
+    synced from the job's log (``sync``; at most every ``sync_every_s``); when the job cannot be read the last
+    known state comes back with the reason."""
+    path = _run_dir(ws, owner, run_id)
+    if not sync:
+        return runs.read_run(path), ""
+    backend = _run_backend(ws, path, token=token, api=api, sync_every_s=sync_every_s)
+    try:
+        return backend.status(path), ""
+    except UserError as e:  # the job's service cannot be reached or refuses: show the folder as it is
+        return runs.read_run(path), str(e)
+
+
+def run_status(ws: Workspace, owner: str | None, run_id: str, *, token: str | None = None, api: Any = None) -> dict:
     """The run's state from its folder; a Hugging Face job's folder is first synced from the job's log."""
-    path = _run_dir(ws, owner, run_id)
-    note = _sync_job(path, token, api) if (path / runs.JOB_FILE).exists() else ""
-    state = runs.read_run(path).to_dict()
-    state.pop("path", None)  # never reveal server paths
-    state["backend"] = backend_of(path)
-    if note:
-        state["message"] = note
-    return state
+    state, stale = run_state(ws, owner, run_id, token=token, api=api)
+    out = state.to_dict()
+    out.pop("path", None)  # never reveal server paths
+    out["backend"] = backend_of(state.path)
+    if stale:
+        out["message"] = f"cannot read the job right now ({stale}); showing its last known state"
+    return out
 
 
-def stop_training(ws: Workspace, owner: str | None, run_id: str, *, token: str | None = None, api=None) -> dict:
+def stop_training(ws: Workspace, owner: str | None, run_id: str, *, token: str | None = None,
+                  api: Any = None) -> dict:
     """Stop a run: a local one checkpoints at its next step (a queued one leaves the queue); a Hugging Face job is
-    cancelled."""
+    cancelled. Returns its state (a job's synced from its log)."""
     path = _run_dir(ws, owner, run_id)
-    if (path / runs.JOB_FILE).exists():
-        from .backends import hfjobs
-
-        try:
-            hfjobs.stop(run_id, path.parent, token=token, api=api)
-            hfjobs.sync(run_id, path.parent, token=token, api=api)
-        except hfjobs.JobError as e:
-            raise ServiceError(str(e)) from None
-    else:
-        from .backends import local
-
-        local.stop(run_id, path.parent)
+    backend = _run_backend(ws, path, token=token, api=api, sync_every_s=0.0)
+    try:
+        backend.stop(path)
+        backend.status(path)  # a cancelled job: its end mirrored into the folder now
+    except UserError as e:
+        raise ServiceError(str(e)) from None
     return run_status(ws, owner, run_id)
 
 
 def resume_training(ws: Workspace, owner: str | None, run_id: str) -> str:
-    """Continue a local run from its last checkpoint (through the queue). A ZeroGPU run is resumed by driving
-    :func:`train_chunks` again; a Hugging Face job cannot be resumed."""
+    """Continue a run from its last checkpoint: a local one through the queue; a ZeroGPU one is checked here and
+    resumed by driving :func:`train_chunks` again; a Hugging Face job cannot be resumed."""
     path = _run_dir(ws, owner, run_id)
-    if (path / runs.JOB_FILE).exists():
-        raise ServiceError("a Hugging Face job cannot be resumed; start a new run")
-    if is_zerogpu_run(path):
-        state = runs.read_run(path)
-        if state.status in ("running", "finished"):
-            raise ServiceError(f"run '{run_id}' is {state.status}: nothing to resume")
-        return run_id
-    from .backends import local
-
     try:
-        return local.resume(run_id, ws.for_owner(owner), queue_dir=queue_dir(ws))
-    except (runs.RunError, ValueError) as e:  # ValueError: a bad queue or thread setting on the server
+        return _run_backend(ws, path).resume(path)
+    except UserError as e:
+        raise ServiceError(str(e)) from None
+    except ValueError as e:  # a bad queue or thread setting on the server
         raise ServiceError(str(e)) from None
 
 
+def run_logs(ws: Workspace, owner: str | None, run_id: str, *, token: str | None = None, api: Any = None,
+             tail: int = 200) -> str:
+    """The last ``tail`` lines of a run's output (a local process's log, a job's log, a ZeroGPU run's events)."""
+    path = _run_dir(ws, owner, run_id)
+    try:
+        return _run_backend(ws, path, token=token, api=api).logs(path, tail=tail)
+    except UserError as e:
+        raise ServiceError(str(e)) from None
+
+
+def run_states(ws: Workspace, owner: str | None) -> list[runs.RunState]:
+    """The owner's runs, newest first, read from their folders."""
+    return runs.list_runs(ws.for_owner(owner))
+
+
 def list_runs(ws: Workspace, owner: str | None) -> list[dict]:
+    """The owner's runs, newest first, as the API shows them (no server paths, no loss curves; their backend)."""
     out = []
-    for s in runs.list_runs(ws.for_owner(owner)):
+    for s in run_states(ws, owner):
         d = s.to_dict()
         for key in ("path", "losses", "eval_losses"):
             d.pop(key, None)
         d["backend"] = backend_of(s.path)
         out.append(d)
     return out
+
+
+def check_zerogpu(available: tuple[bool, str]) -> None:
+    """Refuse a ZeroGPU run where ZeroGPU is not offered (``available``: zerogpu.available() or the app's
+    setting), saying why and what to choose instead."""
+    ok, why = available
+    if not ok:
+        raise ServiceError(f"ZeroGPU is not available: {why}; choose 'This machine' or Hugging Face Jobs")
+
+
+def start(ws: Workspace, owner: str | None, config_yaml: str, backend: str = "local",
+          data_file: str | Path | None = None, *, token: str | None = None, flavor: str | None = None,
+          repo_id: str | None = None, zerogpu: tuple[bool, str] = (True, ""), api: Any = None) -> str:
+    """The app's and API's start: a config YAML (and an optional uploaded data file) started on ``backend``;
+    returns the run id (a ZeroGPU run is then driven with :func:`train_chunks`)."""
+    name = backend_name(backend)
+    if name == "zerogpu":
+        check_zerogpu(zerogpu)
+    cfg = parse_config(config_yaml)
+    return start_training(ws, owner, cfg, name, data_file=data_file, token=token, flavor=flavor, repo_id=repo_id,
+                          api=api)
+
+
+def run_backend(ws: Workspace, owner: str | None, run_id: str) -> str:
+    """Where one of the owner's runs trains: ``local`` | ``zerogpu`` | ``hf-jobs``."""
+    return backend_of(_run_dir(ws, owner, run_id))
+
+
+def push(ws: Workspace, owner: str | None, run_id: str, repo_id: str, *, token: str | None = None,
+         private: bool = True) -> str:
+    """Push a finished run's adapter (with its model card) to a Hub model repo; returns the URL."""
+    from .hub import push_adapter
+
+    return push_adapter(adapter_path(ws, owner, run_id), repo_id, token=token, private=private)
+
+
+def zerogpu_quota_for(config_yaml: str, data_file: str | Path | None = None) -> dict:
+    """:func:`zerogpu_quota` of a config YAML."""
+    return zerogpu_quota(parse_config(config_yaml), data_file)
+
+
+@dataclass(frozen=True)
+class JobCost:
+    """A Hugging Face job's time limit and what it costs at most (None: the flavor's price is not listed)."""
+
+    limit_s: int
+    max_usd: float | None
+
+
+def job_cost(config_yaml: str, flavor: str) -> JobCost:
+    """The time limit a job of this config gets on ``flavor`` (the time estimate with a margin) and its price."""
+    from . import memory
+    from .backends import hfjobs
+
+    cfg = parse_config(config_yaml)
+    if cfg.training.max_steps <= 0:
+        raise ServiceError("set training.max_steps (Hyperparameters tab): a job's time limit is set before it "
+                           "starts, from the number of steps")
+    limit = hfjobs.estimate_timeout_s(hfjobs.portable_config(cfg), flavor)
+    gpu = memory.get_gpu(hfjobs.FLAVOR_GPUS[flavor])
+    cost = (limit / 3600 * gpu.usd_per_hour * hfjobs.gpu_count(flavor) if gpu.usd_per_hour is not None else None)
+    return JobCost(limit, cost)
 
 
 def run_events(ws: Workspace, owner: str | None, run_id: str) -> list[dict]:

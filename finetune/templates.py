@@ -21,7 +21,10 @@ Message = dict  # {"role": str, "content": str}
 Segment = tuple[str, bool]  # (text, trained_on)
 
 
-class TemplateError(ValueError):
+from .errors import UserError  # noqa: E402 - next to the class it bases
+
+
+class TemplateError(ValueError, UserError):
     """A conversation that a template cannot render (roles out of order, empty, ...)."""
 
 

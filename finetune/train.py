@@ -36,7 +36,10 @@ TEMPLATE_FILE = "finetune_template.json"
 METRICS_FILE = "metrics.json"
 
 
-class TrainingError(RuntimeError):
+from .errors import UserError, is_programming_error  # noqa: E402 - next to the class it bases
+
+
+class TrainingError(RuntimeError, UserError):
     """A run that could not start or went wrong; the message says what to change."""
 
 
@@ -463,10 +466,10 @@ def train(
     except (ConfigError, ModelError, TrainingError, runs.RunError) as e:
         log.emit("failed", message=str(e))
         raise
-    except Exception as e:  # noqa: BLE001 - recorded in the run folder, then re-raised unchanged
+    except Exception as e:  # noqa: BLE001 - recorded in the run folder, then re-raised
         message = _explain(e, config)
         log.emit("failed", message=message, error=e.__class__.__name__)
-        if message != str(e):
+        if message != str(e) and not is_programming_error(e):  # a bug keeps its type and traceback
             raise TrainingError(message) from e
         raise
 

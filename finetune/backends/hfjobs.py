@@ -31,6 +31,7 @@ import os
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 from .. import memory, runs
 from ..hub import _scrub  # the token never leaves in a message or a log line
@@ -38,6 +39,7 @@ from ..config import RunConfig
 from ..events import EVENTS_FILE, TERMINAL, EventLog, read_events
 from ..io import atomic_write_json, atomic_write_text
 
+NAME = "hf-jobs"
 TOKEN_SECRET = "HF_TOKEN"  # huggingface_hub and hub.push_adapter read the token from this variable
 CONFIG_ENV = "FINETUNE_CONFIG_B64"
 SPACE_APP_DIR = "/home/user/app"  # where a Gradio Space's image holds the app's code
@@ -70,7 +72,10 @@ _STAGE_STATUS = {"SCHEDULING": "queued", "RUNNING": "running", "COMPLETED": "fin
 _DONE_STAGES = ("COMPLETED", "CANCELED", "ERROR", "DELETED")
 
 
-class JobError(ValueError):
+from ..errors import UserError  # noqa: E402 - next to the class it bases
+
+
+class JobError(ValueError, UserError):
     """A job that cannot be built or reached; the message says what to change (and never holds the token)."""
 
 
@@ -337,6 +342,7 @@ def start(config: RunConfig, root: str | Path | None = None, *, token: str | Non
     record = {**job, "flavor": flavor, "repo_id": repo_id, "timeout_s": spec["timeout"], "image": spec["image"],
               "submitted": round(time.time(), 3)}
     atomic_write_json(run_dir / runs.JOB_FILE, record)
+    runs.record_backend(run_dir, NAME)
     EventLog(run_dir).emit("submitted", job_id=job["job_id"], flavor=flavor, url=job["url"], repo_id=repo_id)
     return run_id
 
@@ -378,3 +384,45 @@ def logs(run_id: str, root: str | Path | None = None, *, token: str | None = Non
     except Exception as e:  # noqa: BLE001
         raise JobError(_scrub(f"cannot read the log of job {job['job_id']}: {e.__class__.__name__}: {e}", token)) from None
     return "\n".join(lines[-tail:])
+
+
+class HFJobsBackend:
+    """The :class:`~finetune.backends.base.Backend` of Hugging Face Jobs, for one caller: ``token`` (None:
+    HF_TOKEN) pays and is sent as the job's secret only; ``flavor`` and ``repo_id`` (where the job pushes the
+    adapter) apply to ``start``. ``status`` mirrors the job's log into the run folder at most every
+    ``sync_every_s`` seconds (each read fetches the whole log), and not once the run has ended; with 0, at
+    every call."""
+
+    name = NAME
+
+    def __init__(self, token: str | None = None, *, api: Any = None, flavor: str = DEFAULT_FLAVOR,
+                 repo_id: str | None = None, space_id: str | None = None, image: str | None = None,
+                 timeout_s: int | None = None, tokens: int | None = None, sync_every_s: float = 0.0) -> None:
+        self.token, self.api, self.flavor, self.repo_id = token, api, flavor, repo_id
+        self.space_id, self.image, self.timeout_s, self.tokens = space_id, image, timeout_s, tokens
+        self.sync_every_s = sync_every_s
+
+    def start(self, config: RunConfig, root: Path) -> str:
+        return start(config, root, token=self.token, flavor=self.flavor, repo_id=self.repo_id,
+                     space_id=self.space_id, image=self.image, timeout_s=self.timeout_s, tokens=self.tokens,
+                     api=self.api)
+
+    def status(self, run_dir: Path) -> runs.RunState:
+        """Synced from the job's log when due; a JobError says the job could not be read (the folder still
+        holds the last known state)."""
+        if self.sync_every_s > 0:  # 0: an explicit request (the CLI, a stop) always reads the job
+            state = runs.read_run(run_dir)
+            job_file = run_dir / runs.JOB_FILE
+            if state.status in TERMINAL or time.time() - job_file.stat().st_mtime < self.sync_every_s:
+                return state
+        return sync(run_dir.name, run_dir.parent, token=self.token, api=self.api)
+
+    def stop(self, run_dir: Path) -> None:
+        """Cancel the job (billing stops; the adapter is lost unless it was pushed)."""
+        stop(run_dir.name, run_dir.parent, token=self.token, api=self.api)
+
+    def resume(self, run_dir: Path) -> str:
+        raise JobError("a Hugging Face job cannot be resumed; start a new run")
+
+    def logs(self, run_dir: Path, tail: int = 200) -> str:
+        return logs(run_dir.name, run_dir.parent, token=self.token, api=self.api, tail=tail)

@@ -24,6 +24,7 @@ from ..config import RunConfig
 from ..events import TERMINAL, EventLog
 from . import queue
 
+NAME = "local"
 LOG_FILE = "process.log"
 THREADS_ENV = "FINETUNE_TRAIN_THREADS"
 
@@ -82,6 +83,7 @@ def start(config: RunConfig, root: str | Path | None = None, run_id: str | None 
     run_dir = runs.run_path(run_id, root)
     run_dir.mkdir(parents=True, exist_ok=False)
     config.save(run_dir / runs.CONFIG_FILE)
+    runs.record_backend(run_dir, NAME)
     return _launch(run_dir, queue_dir)
 
 
@@ -172,3 +174,28 @@ def logs(run_id: str, root: str | Path | None = None, tail: int = 200) -> str:
     except FileNotFoundError:
         return ""
     return "\n".join(lines[-tail:])
+
+
+class LocalBackend:
+    """The :class:`~finetune.backends.base.Backend` of this machine; ``queue_dir``: the machine-wide queue runs
+    wait in (None: start at once)."""
+
+    name = NAME
+
+    def __init__(self, queue_dir: str | Path | None = None) -> None:
+        self.queue_dir = queue_dir
+
+    def start(self, config: RunConfig, root: Path) -> str:
+        return start(config, root, queue_dir=self.queue_dir)
+
+    def status(self, run_dir: Path) -> runs.RunState:
+        return runs.read_run(run_dir)
+
+    def stop(self, run_dir: Path) -> None:
+        stop(run_dir.name, run_dir.parent)
+
+    def resume(self, run_dir: Path) -> str:
+        return resume(run_dir.name, run_dir.parent, queue_dir=self.queue_dir)
+
+    def logs(self, run_dir: Path, tail: int = 200) -> str:
+        return logs(run_dir.name, run_dir.parent, tail=tail)

@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 
 from .. import runs
 from ..config import RunConfig
+from ..errors import PROGRAMMING_ERRORS, BadInputError, internal_message, is_programming_error, report_internal
 from ..events import EventLog, read_events
 from ..memory import ZEROGPU_DAILY_QUOTA_MIN
 
@@ -30,6 +31,7 @@ try:
 except ImportError:  # not installed: plain calls
     spaces = None
 
+NAME = "zerogpu"
 FIRST_CALL_S = 60  # ZeroGPU's default duration: the first call measures the step time
 MAX_CALL_S = 300  # longer calls wait longer in the ZeroGPU queue
 SETUP_S = 25.0  # model load + data preparation inside each call (re-measured from the events)
@@ -39,7 +41,9 @@ DAILY_QUOTA_S = {tier: minutes * 60 for tier, minutes in ZEROGPU_DAILY_QUOTA_MIN
 # Errors a retry cannot fix (bad config, missing model, bad data, out of memory; train() reports any error
 # inside training as a TrainingError): the run fails at once instead of spending the user's quota on the
 # same error again. What stays retryable is a call cut off from outside: "GPU task aborted", a lost worker.
-PERMANENT_ERRORS = ("ConfigError", "ModelError", "TrainingError", "RunError", "DataError", "TemplateError")
+PERMANENT_ERRORS = ("ConfigError", "ModelError", "TrainingError", "RunError", "DataError", "TemplateError",
+                    # a bug of ours fails the same way on every retry (errors.PROGRAMMING_ERRORS)
+                    *(t.__name__ for t in PROGRAMMING_ERRORS), "KeyError", "IndexError")
 
 
 def available() -> tuple[bool, str]:
@@ -62,7 +66,8 @@ def start(config: RunConfig, root: str | Path | None = None, run_id: str | None 
     run_dir = runs.run_path(run_id, root)
     run_dir.mkdir(parents=True, exist_ok=False)
     config.save(run_dir / runs.CONFIG_FILE)
-    EventLog(run_dir).emit("submitted", backend="zerogpu")
+    runs.record_backend(run_dir, NAME)
+    EventLog(run_dir).emit("submitted", backend=NAME)
     return run_id
 
 
@@ -154,7 +159,7 @@ def quota_estimate(max_steps: int, per_step_s: float, setup_s: float = SETUP_S, 
     ``quota_factor``: quota seconds per GPU second (2 for an ``xlarge`` card, memory.GPUS).
     """
     if per_step_s <= 0 or max_steps < 1:
-        raise ValueError(f"need max_steps >= 1 and per_step_s > 0, got {max_steps} and {per_step_s}; "
+        raise BadInputError(f"need max_steps >= 1 and per_step_s > 0, got {max_steps} and {per_step_s}; "
                          "measure the step time with a first call")
     per_call = max(1, int((max_call_s * MARGIN - setup_s) // per_step_s))
     calls = math.ceil(max_steps / per_call)
@@ -181,7 +186,7 @@ def quota_preview(config: RunConfig, n_examples: int | None = None, gpu: str = "
         per_epoch = math.ceil(n_examples / t.batch_size)
         steps = max(1, math.ceil(per_epoch * t.epochs / t.grad_accum))
     else:
-        raise ValueError("the number of steps depends on the data: set training.max_steps or give the data first")
+        raise BadInputError("the number of steps depends on the data: set training.max_steps or give the data first")
     card = memory.get_gpu(gpu)
     if per_step_s is None:
         spec = memory.spec_for_config(config, allow_hub=False)
@@ -196,7 +201,8 @@ def quota_preview(config: RunConfig, n_examples: int | None = None, gpu: str = "
 def _permanent(e: BaseException) -> bool:
     """On ZeroGPU an exception in the worker comes back as ``gr.Error`` whose message is the class name
     (spaces.zero.wrappers); here it is the exception itself. Both are recognised."""
-    return e.__class__.__name__ in PERMANENT_ERRORS or str(e).strip() in PERMANENT_ERRORS
+    return (e.__class__.__name__ in PERMANENT_ERRORS or str(e).strip() in PERMANENT_ERRORS
+            or is_programming_error(e))
 
 
 def _duration(run_dir: str, until_step: int, duration_s: int) -> int:
@@ -260,6 +266,8 @@ def run_chunked(config: RunConfig | None, run_dir: Path, *, chunk: Callable[[str
             result = chunk(str(run_dir), plan.until_step, plan.duration_s)
         except Exception as e:  # noqa: BLE001 - "GPU task aborted" and worker crashes look alike from here
             message = f"{e.__class__.__name__}: {e}"
+            if is_programming_error(e):  # a bug: its traceback goes to the log, the run shows a reference
+                message = internal_message(report_internal(e, "a ZeroGPU call"))
             if _permanent(e):
                 if runs.read_run(run_dir).status != "failed":  # train() records its own errors
                     log.emit("failed", message=message)
@@ -283,3 +291,31 @@ def run_chunked(config: RunConfig | None, run_dir: Path, *, chunk: Callable[[str
         yield runs.read_run(run_dir).to_dict()
     log.emit("paused", message=f"stopped after {max_calls} GPU calls; resume to continue")
     yield runs.read_run(run_dir).to_dict()
+
+
+class ZeroGPUBackend:
+    """The :class:`~finetune.backends.base.Backend` of a ZeroGPU Space. ``start`` and ``resume`` prepare the run
+    folder; the app then drives the GPU calls with :func:`run_chunked` inside its own request."""
+
+    name = NAME
+
+    def start(self, config: RunConfig, root: Path) -> str:
+        return start(config, root)
+
+    def status(self, run_dir: Path) -> runs.RunState:
+        return runs.read_run(run_dir)
+
+    def stop(self, run_dir: Path) -> None:
+        stop(run_dir.name, run_dir.parent)
+
+    def resume(self, run_dir: Path) -> str:
+        state = runs.read_run(run_dir)
+        if state.status in ("running", "finished"):
+            raise runs.RunError(f"run '{run_dir.name}' is {state.status}: nothing to resume")
+        return run_dir.name
+
+    def logs(self, run_dir: Path, tail: int = 200) -> str:
+        """The run's events (a GPU call's output stays in the Space's worker)."""
+        import json
+
+        return "\n".join(json.dumps(e, ensure_ascii=False) for e in read_events(run_dir)[-tail:])

@@ -31,9 +31,9 @@ def table(header: list[str], body: list[list[str]]) -> str:
 
 
 def run(args) -> int:
-    from finetune import runs
+    from finetune import runs, service
 
-    states = runs.list_runs(args.runs_root)
+    states = service.run_states(service.Workspace(runs.runs_root(args.runs_root)), None)
     if args.json:
         for s in states:
             d = s.to_dict()

@@ -40,14 +40,12 @@ def resolve_run(run: str, runs_root: str | None) -> Path:
 def run(args) -> int:
     import sys
 
-    from finetune import runs
-    from finetune.backends import hfjobs
+    from finetune import service
 
     run_dir = resolve_run(args.run, args.runs_root)
-    if (run_dir / runs.JOB_FILE).exists() and not args.no_sync:
-        try:
-            hfjobs.sync(run_dir.name, run_dir.parent)
-        except hfjobs.JobError as e:  # show the last known state anyway, and why it may be stale
-            print(f"warning: {e}; showing the state last synced", file=sys.stderr)
-    print(json.dumps(runs.read_run(run_dir).to_dict(), indent=2, ensure_ascii=False))
+    state, stale = service.run_state(service.Workspace(run_dir.parent), None, run_dir.name, sync=not args.no_sync,
+                                     sync_every_s=0.0)
+    if stale:  # show the last known state anyway, and why it may be stale
+        print(f"warning: {stale}; showing the state last synced", file=sys.stderr)
+    print(json.dumps(state.to_dict(), indent=2, ensure_ascii=False))
     return 0

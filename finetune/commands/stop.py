@@ -16,29 +16,21 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from finetune import runs
-    from finetune.backends import hfjobs
-    from finetune.cli import UsageError
+    from finetune import service
     from finetune.commands.status import resolve_run
 
     run_dir = resolve_run(args.run, args.runs_root)
-    if (run_dir / runs.JOB_FILE).exists():
-        try:
-            hfjobs.stop(run_dir.name, run_dir.parent)
-        except hfjobs.JobError as e:
-            raise UsageError(str(e)) from e
-        print(f"cancelled the job of run {run_dir.name}")
+    ws, run_id = service.Workspace(run_dir.parent), run_dir.name
+    before = service.run_state(ws, None, run_id, sync=False)[0].status
+    backend = service.backend_of(run_dir)
+    if backend != "hf-jobs" and before not in ("running", "queued"):
+        print(f"run {run_id} is {before}, not running: nothing to stop")
         return 0
-    state = runs.read_run(run_dir)
-    if state.status == "queued":
-        from finetune.backends import local
-
-        local.stop(run_dir.name, run_dir.parent)
-        print(f"run {run_dir.name} left the training queue before it started")
-        return 0
-    if state.status != "running":
-        print(f"run {run_dir.name} is {state.status}, not running: nothing to stop")
-        return 0
-    runs.request_stop(run_dir)
-    print(f"asked run {run_dir.name} to stop: it checkpoints at the end of its current step")
+    service.stop_training(ws, None, run_id)
+    if backend == "hf-jobs":
+        print(f"cancelled the job of run {run_id}")
+    elif before == "queued":
+        print(f"run {run_id} left the training queue before it started")
+    else:
+        print(f"asked run {run_id} to stop: it checkpoints at the end of its current step")
     return 0

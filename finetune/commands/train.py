@@ -126,6 +126,7 @@ class Printer:
 def run(args) -> int:
     from finetune.cli import UsageError
     from finetune.config import ConfigError
+    from finetune.errors import UserError
     from finetune.models import ModelError
     from finetune.runs import RunError
     from finetune.train import TrainingError, is_main_process, train
@@ -142,10 +143,8 @@ def run(args) -> int:
         result = train(cfg, args.run_dir, runs_root=args.runs_root, on_event=printer)
     except (ConfigError, ModelError, TrainingError, RunError) as e:
         raise UsageError(str(e).replace("\n", " ")) from e
-    except Exception as e:  # data errors and the like carry their own message
-        if e.__class__.__name__ in ("DataError", "TemplateError"):
-            raise UsageError(str(e)) from e
-        raise
+    except UserError as e:  # data errors and the like carry their own message
+        raise UsageError(str(e)) from e
     if not is_main_process():  # accelerate launch: rank 0 reports and pushes
         return 0
     if args.push_to and result.status == "finished":

@@ -7,12 +7,16 @@ import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, ParamSpec, TypeVar
 
 import gradio as gr
 
+from ..errors import UserError, internal_message, report_internal
 from ..service import Workspace
 
 log = logging.getLogger("finetune.ui")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass
@@ -39,31 +43,38 @@ def config_warnings_markdown(cfg) -> str:
     return "".join(f"⚠️ **{w}**\n\n" for w in config_warnings(cfg))
 
 
-def user_errors(fn):
-    """Show library errors as a message that says what to change, never a traceback."""
-
-    def convert(e: Exception):
-        if isinstance(e, gr.Error):
-            return e
-        log.info("request failed: %s: %s", e.__class__.__name__, e)
+def user_error(e: BaseException, where: str = "") -> gr.Error:
+    """The message shown for a failed request: a UserError's own message (it says what to change); for anything
+    else (a bug of ours) ``internal error (reference N)``, its traceback logged under ``finetune.internal``."""
+    if isinstance(e, gr.Error):
+        return e
+    if isinstance(e, UserError):
+        log.info("request refused: %s: %s", e.__class__.__name__, e)
         return gr.Error(str(e) if str(e) else e.__class__.__name__, print_exception=False)
+    return gr.Error(internal_message(report_internal(e, where)), print_exception=False)
+
+
+def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Show the user's errors as a message that says what to change, never a traceback; any other exception is
+    a bug: logged with its traceback, shown as ``internal error (reference N)``."""
+    where = getattr(fn, "__qualname__", "a request")
 
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
-        def gen(*args, **kwargs):
+        def gen(*args: Any, **kwargs: Any) -> Any:
             try:
-                yield from fn(*args, **kwargs)
-            except Exception as e:  # noqa: BLE001 - every failure becomes a message for the user
-                raise convert(e) from None
+                yield from fn(*args, **kwargs)  # type: ignore[misc]
+            except Exception as e:  # noqa: BLE001 - sorted into the user's errors and ours by user_error
+                raise user_error(e, where) from None
 
-        return gen
+        return gen  # type: ignore[return-value]
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
-        except Exception as e:  # noqa: BLE001 - every failure becomes a message for the user
-            raise convert(e) from None
+        except Exception as e:  # noqa: BLE001 - sorted into the user's errors and ours by user_error
+            raise user_error(e, where) from None
 
     return wrapper

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..config import RunConfig
+from ..errors import UserError
 from ..presets import DEFAULT_PRESET, load_preset, preset_description, preset_paths
 from . import forms
 from .common import Api, config_warnings_markdown, user_errors
@@ -65,7 +66,7 @@ def estimate_view(cfg: RunConfig, gpu: str):
 
     try:
         est = estimate(cfg, gpu=gpu)
-    except Exception as e:  # noqa: BLE001 - an unknown model is a hint here, not a failure
+    except UserError as e:  # an unknown model is a hint here, not a failure (a bug is not: it propagates)
         return f"Cannot estimate memory: {e}", pd.DataFrame(columns=["part", "GB"])
     rows = [{"part": k.replace("_", " "), "GB": round(v, 2)} for k, v in est.breakdown.items()]
     return verdict_markdown(est), pd.DataFrame(rows, columns=["part", "GB"])
@@ -84,7 +85,7 @@ def wire_config(api: Api, components: dict, hp: dict, extra_inputs: list, extra_
     def sync(*values):
         try:
             cfg = build(*values)
-        except Exception as e:  # noqa: BLE001 - shown next to the form, the YAML keeps its last good value
+        except UserError as e:  # shown next to the form, the YAML keeps its last good value
             return gr.Code(), f"⚠️ {e}", gr.Dataframe()
         verdict, table = estimate_view(cfg, values[-1])
         return cfg.to_yaml(), config_warnings_markdown(cfg) + verdict, table

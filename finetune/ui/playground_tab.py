@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from .. import inference, service
+from ..errors import UserError
 from .common import Api, owner, user_errors
 
 
@@ -101,7 +102,7 @@ def create_playground_tab(api: Api):
                 want = inference.adapter_base(path)
                 if want and want != base_model:
                     return f"⚠️ This adapter was trained on `{want}`, not `{base_model}`: answers may be poor."
-        except Exception as e:  # noqa: BLE001 - a hint only; the chat call reports the real error
+        except UserError as e:  # a hint only; the chat call reports the real error
             return f"⚠️ {e}"
         return ""
 

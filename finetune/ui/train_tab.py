@@ -12,7 +12,8 @@ import pandas as pd
 
 from .. import memory, service
 from ..backends import hfjobs, zerogpu
-from ..hub import MOCK_OAUTH_TOKEN, push_adapter
+from ..errors import UserError
+from ..hub import MOCK_OAUTH_TOKEN
 from ..runs import RunState
 from .common import Api, owner, user_errors
 
@@ -169,8 +170,7 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
 
     def drive_zerogpu(who: str, rid: str, progress: gr.Progress, resume: bool = False):
         """Chain the ZeroGPU calls of a run inside this request, reporting progress after each call."""
-        if not zerogpu_ok:
-            raise gr.Error(f"ZeroGPU is not available: {zerogpu_why}; choose 'This machine' or Hugging Face Jobs")
+        service.check_zerogpu((zerogpu_ok, zerogpu_why))
         progress((0, None), desc="ZeroGPU: first GPU call (measures the step time)", unit="steps")
         for state in service.train_chunks(ws, who, rid, chunk=zerogpu.train_chunk, resume=resume,
                                           steps_per_call=zerogpu_steps_per_call):
@@ -190,15 +190,11 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
         backend: "local" (this machine; waits in the queue while another run trains), "zerogpu" (on a ZeroGPU
         Space: the call lasts until the run ends) or "hf-jobs" (a Hugging Face Job on `flavor`, pushing the
         adapter to `repo_id`; your sign-in or HF_TOKEN pays for it)."""
-        name = service.backend_name(backend)
-        if name == "zerogpu" and not zerogpu_ok:
-            raise gr.Error(f"ZeroGPU is not available: {zerogpu_why}; choose 'This machine' or Hugging Face Jobs")
-        cfg = service.parse_config(config_yaml)
         who = owner(request, profile)
-        rid = service.start_training(ws, who, cfg, name, data_file=data_file, token=oauth_token(oauth),
-                                     flavor=flavor, repo_id=repo_id)
+        rid = service.start(ws, who, config_yaml, backend, data_file, token=oauth_token(oauth), flavor=flavor,
+                            repo_id=repo_id, zerogpu=(zerogpu_ok, zerogpu_why))
         yield rid
-        if name == "zerogpu":
+        if service.backend_name(backend) == "zerogpu":
             yield from drive_zerogpu(who, rid, progress)
 
     @user_errors
@@ -222,14 +218,14 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
         who = owner(request, profile)
         rid = service.resume_training(ws, who, run_id)
         yield rid
-        if service.run_status(ws, who, rid).get("backend") == "zerogpu":
+        if service.run_backend(ws, who, rid) == "zerogpu":
             yield from drive_zerogpu(who, rid, progress, resume=True)
 
     @user_errors
     def quota_for_zerogpu(config_yaml: str, data_file: str | None = None) -> dict:
         """The daily ZeroGPU quota a run would use: calls, steps_per_call, gpu_seconds, share_of_daily_quota
         (per account tier), per_step_s (an upper bound until measured)."""
-        return service.zerogpu_quota(service.parse_config(config_yaml), data_file)
+        return service.zerogpu_quota_for(config_yaml, data_file)
 
     @user_errors
     def list_runs(request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> list[dict]:
@@ -240,8 +236,7 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
     def push(run_id: str, repo_id: str, private: bool = True, request: gr.Request = None,
              profile: gr.OAuthProfile | None = None, oauth: gr.OAuthToken | None = None) -> str:
         """Push a finished run's adapter (with its model card) to a Hub model repo; returns the URL."""
-        folder = service.adapter_path(ws, owner(request, profile), run_id)
-        url = push_adapter(folder, repo_id, token=oauth_token(oauth), private=private)
+        url = service.push(ws, owner(request, profile), run_id, repo_id, token=oauth_token(oauth), private=private)
         return f"Pushed to {url}"
 
     # -- UI wiring -----------------------------------------------------------------------------
@@ -282,8 +277,8 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
         if not zerogpu_ok:
             return f"ZeroGPU is not available: {zerogpu_why}."
         try:
-            est = service.zerogpu_quota(service.parse_config(config_yaml), data_file)
-        except ValueError as e:  # config, data or estimate errors, each with its fix
+            est = service.zerogpu_quota_for(config_yaml, data_file)
+        except UserError as e:  # config, data or estimate errors, each with its fix (a bug is not one)
             return f"The ZeroGPU quota of this run cannot be estimated yet: {e}"
         return quota_markdown(est)
 
@@ -292,19 +287,13 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
         if not os.environ.get("SPACE_ID"):
             lines.append("A job runs this app's own Space image: it is available when the app runs on a Space.")
         try:
-            cfg = service.parse_config(config_yaml)
-            if cfg.training.max_steps <= 0:
-                raise ValueError("set training.max_steps (Hyperparameters tab): a job's time limit is set before it "
-                                 "starts, from the number of steps")
-            limit = hfjobs.estimate_timeout_s(hfjobs.portable_config(cfg), flavor)
-        except ValueError as e:
+            job = service.job_cost(config_yaml, flavor)
+        except UserError as e:  # config or estimate errors, each with its fix (a bug is not one)
             lines.append(f"Time limit and cost: {e}")
         else:
-            gpu = memory.get_gpu(hfjobs.FLAVOR_GPUS[flavor])
-            cost = (f"at most ${limit / 3600 * gpu.usd_per_hour * hfjobs.gpu_count(flavor):.2f}"
-                    if gpu.usd_per_hour is not None else "price not listed")
-            lines.append(f"Time limit {limit // 60} min (the time estimate x{hfjobs.TIME_MARGIN:g} plus start-up): "
-                         f"{cost}; billed per minute actually used.")
+            cost = f"at most ${job.max_usd:.2f}" if job.max_usd is not None else "price not listed"
+            lines.append(f"Time limit {job.limit_s // 60} min (the time estimate x{hfjobs.TIME_MARGIN:g} plus "
+                         f"start-up): {cost}; billed per minute actually used.")
         lines.append("Paid with your Hugging Face account: sign in (on a Space) or set HF_TOKEN; the token is sent "
                      "to the job as a secret only.")
         return "\n\n".join(lines)

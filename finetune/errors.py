@@ -1,0 +1,78 @@
+"""The user's errors and ours.
+
+A :class:`UserError` is something the person using the app or the CLI can fix: bad input, a missing
+permission, something that is not there, a quota. Its message names the file, row, field and the fix, and
+the UI and CLI show it as it is. Every other exception (AttributeError, TypeError, KeyError...) is a bug of
+ours: the UI logs its traceback under the ``finetune.internal`` logger and shows ``internal error
+(reference N)``; the CLI lets it propagate with its traceback; tests fail on it.
+
+Each project error type subclasses UserError (and keeps its old base, e.g. ValueError, so that code catching
+that keeps working):
+
+>>> from finetune.config import ConfigError
+>>> issubclass(ConfigError, UserError) and issubclass(ConfigError, ValueError)
+True
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+
+INTERNAL_LOGGER = "finetune.internal"
+internal_log = logging.getLogger(INTERNAL_LOGGER)
+
+
+class UserError(Exception):
+    """A request the user can fix; the message says how."""
+
+
+class BadInputError(ValueError, UserError):
+    """Input that cannot be used as given (a file, a row, a field): the message names it and the fix."""
+
+
+class PermissionDeniedError(UserError):
+    """The user (or their token) may not do this: sign in, or grant the permission the message names."""
+
+
+class NotFoundError(UserError):
+    """Something the user named does not exist (a run, a file, a repo)."""
+
+
+class QuotaError(UserError):
+    """A limit was reached (a queue, an upload size, a GPU quota): wait, or ask for less."""
+
+
+# Exception types that only a mistake in our code raises on its own (a library raising one from a user's input is
+# wrapped by us into a UserError where the input enters).
+PROGRAMMING_ERRORS: tuple[type[BaseException], ...] = (AttributeError, TypeError, NameError, LookupError,
+                                                         AssertionError, ImportError)
+
+
+def is_programming_error(exc: BaseException) -> bool:
+    """A bug of ours (not a UserError, and a type only code mistakes raise): never retried, never dressed as a
+    message for the user."""
+    return not isinstance(exc, UserError) and isinstance(exc, PROGRAMMING_ERRORS)
+
+
+# A session-unique prefix plus a counter: short, unique within the log of one server process.
+_PREFIX = secrets.token_hex(2)
+_counter = itertools.count(1)
+
+
+def report_internal(exc: BaseException, where: str = "") -> str:
+    """Log ``exc`` with its traceback under ``finetune.internal`` and return the reference the user sees.
+
+    >>> report_internal(AttributeError("x"), "demo")  # doctest: +SKIP
+    '3f9a-1'
+    """
+    ref = f"{_PREFIX}-{next(_counter)}"
+    internal_log.error("internal error (reference %s)%s", ref, f" in {where}" if where else "",
+                       exc_info=(type(exc), exc, exc.__traceback__))
+    return ref
+
+
+def internal_message(ref: str) -> str:
+    """What the user sees for a bug: no internals, a reference to find the traceback in the server's log."""
+    return f"internal error (reference {ref})"
