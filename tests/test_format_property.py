@@ -31,10 +31,10 @@ NAMED = [t for t in TEMPLATE_NAMES if t != MODEL_TEMPLATE]
 
 # Pieces that matter to formatting: whitespace that templates strip, format-string braces, template control
 # strings, spreadsheet formula starts, lone surrogates (what a cut JSON escape decodes to), control characters.
-PIECES = ["", " ", "\t", "\n", "\r\n", "  padded  ", "x", "é", "東京", "🇫🇷", "\u2028", "\u200b", "\x00", "\x01", "\x1f",
-          "\x7f", "\x85", "{0}", "{x}", "}", "{{", "%s", "\\", '"', "[INST]", "[/INST]", "<s>", "</s>", "<<SYS>>",
-          "<|im_end|>", "<|eot_id|>", "### Response:", "User:", "System:", "=SUM(A1)", "+cmd|' /C calc'!A0", "- item",
-          "@x(", "\ud83d", "\udc00"]
+PIECES = ["", " ", "\t", "\n", "\r\n", "  padded  ", "x", "é", "東京", "🇫🇷", "\u2028", "\u200b", "\x00", "\x01",
+          "\x1f", "\x7f", "\x85", "{0}", "{x}", "}", "{{", "%s", "\\", '"', "[INST]", "[/INST]", "<s>", "</s>",
+          "<<SYS>>", "<|im_end|>", "<|eot_id|>", "### Response:", "User:", "System:", "=SUM(A1)", "+cmd|' /C calc'!A0",
+          "- item", "@x(", "\ud83d", "\udc00"]
 texts = st.one_of(st.sampled_from(PIECES), st.lists(st.sampled_from(PIECES), max_size=4).map("".join),
                   st.text(max_size=10), st.text(alphabet=" \t\n\r\x0b\x0c\x1c\u2028\u3000xé{}", max_size=6))
 cells = st.one_of(texts, texts, texts, st.none(), st.integers(-5, 10**20), st.floats(allow_nan=True),

@@ -203,7 +203,8 @@ def row_messages(row: Row, shape: Shape, warnings: list[Note]) -> list[Message]:
         extra = cell_text(row, f.get("input"), "input", warnings, required=False)
         if extra.strip():
             user = f"{user}{INPUT_SEPARATOR}{extra}"
-        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": cell_text(row, f["output"], "output", warnings)}]
+        answer = cell_text(row, f["output"], "output", warnings)
+        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
     else:
         q, a = SINGLE_TURN[shape.name]
         msgs = [{"role": "user", "content": cell_text(row, f[q], q, warnings)},

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, cast
 
 from ..templates import CONTROL_STRINGS
 
@@ -83,7 +83,8 @@ def formula_cell(cells: Iterable[object]) -> str | None:
 
 def not_text(column: Sequence[object]) -> set[int]:
     """Indices of cells that are not non-blank text (missing, empty, whitespace only, a number, ...)."""
-    if set(map(type, column)) == {str} and "" not in column and not any(map(str.isspace, column)):  # type: ignore[arg-type]
+    texts = cast("Sequence[str]", column)  # read as text only once every cell is a str
+    if set(map(type, column)) == {str} and "" not in column and not any(map(str.isspace, texts)):
         return set()
     return {i for i, v in enumerate(column) if type(v) is not str or not v or v.isspace()}
 
