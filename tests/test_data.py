@@ -301,7 +301,7 @@ TRICKY = ["  padded  ", "multi\nline\ttabs", 'quotes " and \\ backslash', "unico
 @pytest.mark.parametrize("template", ["llama2", "llama3", "chatml", "mistral", "alpaca", "falcon"])
 @pytest.mark.parametrize("train_on", ["assistant", "all"])
 def test_single_turn_fast_path_equals_render(tmp_path, template, train_on):
-    from finetune.data import _single_turn_pattern
+    from finetune.data.format import _single_turn_pattern
     from finetune.templates import render, special_tokens
 
     # the fast path exists for this template (else the comparison below would be with itself)
@@ -444,7 +444,7 @@ def test_a_full_disk_while_writing_leaves_the_old_output_and_no_temporary_file(t
     import errno
     import os
 
-    from finetune import data
+    from finetune.data import output as data
 
     result = format_dataset([{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(50)])
     out = tmp_path / "o.jsonl"
