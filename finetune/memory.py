@@ -1098,6 +1098,25 @@ def apply_plan(cfg: RunConfig, plan: AutoPlan) -> RunConfig:
     })
 
 
+def configure_for(cfg: RunConfig, gpu: str | GpuSpec, *, allow_hub: bool = True) -> tuple[RunConfig, AutoPlan]:
+    """``cfg`` with the method, batch, accumulation, checkpointing and optimizer that fit ``gpu``, and the plan.
+
+    The config's own settings (LoRA rank and targets, max_length, effective batch) are the starting point.
+    Raises EstimateError with the plan's reason (what does not fit, the smallest GPU that would) when no
+    setup fits.
+
+    >>> out, plan = configure_for(RunConfig(), "t4")  # doctest: +SKIP
+    >>> plan.fits, out.training.batch_size  # doctest: +SKIP
+    (True, 16)
+    """
+    card = get_gpu(gpu) if isinstance(gpu, str) else gpu
+    spec = spec_for_config(cfg, allow_hub=allow_hub)
+    plan = auto_configure(spec, card, seq_len=cfg.training.max_length, base=setup_for(cfg, card))
+    if not plan.fits:
+        raise EstimateError(plan.reason)
+    return apply_plan(cfg, plan), plan
+
+
 # ---------------------------------------------------------------------------------------------
 # time and cost
 
