@@ -213,9 +213,9 @@ def test_breakdown_sums_to_the_peak_and_verdicts_follow_the_safe_share():
     assert sum(est.breakdown.values()) == pytest.approx(est.peak_gb)
     assert est.verdict == "fits" and est.fits and est.suggestions == []
     gpu = m.get_gpu("t4")
-    assert m._verdict(0.80 * gpu.usable_gb, gpu) == "fits"
-    assert m._verdict(0.95 * gpu.usable_gb, gpu) == "tight"
-    assert m._verdict(1.05 * gpu.usable_gb, gpu) == "does not fit"
+    assert m.fit_verdict(0.80 * gpu.usable_gb, gpu) == "fits"
+    assert m.fit_verdict(0.95 * gpu.usable_gb, gpu) == "tight"
+    assert m.fit_verdict(1.05 * gpu.usable_gb, gpu) == "does not fit"
 
 
 def test_a_setup_that_does_not_fit_gets_suggestions_that_fit():
