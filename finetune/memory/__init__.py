@@ -24,7 +24,7 @@ from .architecture import (Linear, ModelSpec, count_params, embedding_params, li
 from .auto import AutoPlan, apply_plan, auto_configure, configure_for
 from .estimate import (ATTENTION, COMPONENT_HELP, LOSSES, METHODS, OPTIMIZERS, THROUGHPUT_ANCHORS, WEIGHT_FORMATS,
                        InferenceEstimate, MemoryEstimate, TimeEstimate, TrainSetup, activation_bytes,
-                       breakdown_bytes, check_setup, default_setup, estimate, estimate_inference, estimate_time, estimate_training,
+                       breakdown_bytes, check_setup, default_setup, device_of, estimate, estimate_inference, estimate_time, estimate_training,
                        flops_per_token, kv_cache_bytes, layer_activation_bytes, layer_backward_transient_bytes,
                        logits_bytes, lora_params, optimizer_bytes_per_param, setup_for, smallest_gpu, suggest,
                        targeted_layers, tokens_per_second, trainable_params, weight_bytes)
@@ -36,7 +36,7 @@ __all__ = [
     "THROUGHPUT_ANCHORS", "WEIGHT_FORMATS", "ZEROGPU_DAILY_QUOTA_MIN", "AutoPlan", "EstimateError", "GiB", "GpuSpec",
     "InferenceEstimate", "Linear", "MemoryEstimate", "ModelSpec", "TimeEstimate", "TrainSetup", "activation_bytes",
     "apply_plan", "auto_configure", "breakdown_bytes", "check_setup", "configure_for", "count_params",
-    "default_setup", "embedding_params", "estimate", "estimate_inference", "estimate_time", "estimate_training",
+    "default_setup", "device_of", "embedding_params", "estimate", "estimate_inference", "estimate_time", "estimate_training",
     "fit_verdict", "flops_per_token", "get_gpu", "kv_cache_bytes", "layer_activation_bytes",
     "layer_backward_transient_bytes", "linear_layers", "load_model_spec", "logits_bytes", "lora_params",
     "optimizer_bytes_per_param", "setup_for", "smallest_gpu", "spec_for_config", "spec_from_config",

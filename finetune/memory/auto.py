@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .architecture import ModelSpec, load_model_spec, spec_for_config
-from .estimate import (MemoryEstimate, TrainSetup, breakdown_bytes, default_setup, estimate_training, setup_for,
-                       smallest_gpu)
+from ..settings import resolve_optim
+from .estimate import (MemoryEstimate, TrainSetup, breakdown_bytes, default_setup, device_of, estimate_training,
+                       setup_for, smallest_gpu)
 from .hardware import SAFE_FRACTION, EstimateError, GiB, GpuSpec, fit_verdict, get_gpu
 
 if TYPE_CHECKING:  # imported for annotations only: the config module is light, torch is never needed
@@ -39,12 +40,12 @@ class AutoPlan:
     estimate: MemoryEstimate | None = None
     smallest_gpu: str | None = None  # when nothing fits on `gpu`: the smallest catalog GPU that works
 
-    def settings(self) -> dict:
+    def settings(self) -> dict[str, object]:
         return {"method": self.method, "weights": self.weights, "batch": self.batch_size,
                 "grad_accum": self.grad_accum, "gradient_checkpointing": self.gradient_checkpointing,
                 "optim": self.optim, "seq_len": self.seq_len}
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, object]:
         return {**self.settings(), "gpu": self.gpu, "fits": self.fits, "reason": self.reason,
                 "smallest_gpu": self.smallest_gpu,
                 "peak_gb": round(self.estimate.peak_gb, 2) if self.estimate else None}
@@ -83,9 +84,10 @@ def auto_configure(model: str | ModelSpec | None, gpu: str | GpuSpec, *, seq_len
     base = base or default_setup(gpu)
     seq = seq_len or base.seq_len
     effective = target_batch or (base.batch_size * base.grad_accum if (base.batch_size * base.grad_accum) > 1 else 16)
-    rejected = []
+    auto_optim = resolve_optim("auto", device_of(gpu))
+    rejected: list[str] = []
     for method in methods:
-        optims = ["adamw_torch"] if gpu.is_cpu else ["paged_adamw_32bit"]
+        optims = [auto_optim]  # what training.optim "auto" trains with on this device
         if method == "full" and not gpu.is_cpu:
             optims.append("paged_adamw_8bit")
         for optim in optims:
@@ -111,7 +113,7 @@ def auto_configure(model: str | ModelSpec | None, gpu: str | GpuSpec, *, seq_len
         lean_peak = sum(breakdown_bytes(spec, lean, gpu).values()) / GiB
         rejected.append(f"{_METHOD_WORDS[method]} needs {lean_peak:.1f} GB even at micro-batch 1")
     leanest = base.with_(method=methods[-1], seq_len=seq, batch_size=1, gradient_checkpointing=True,
-                         optim="adamw_torch" if gpu.is_cpu else "paged_adamw_32bit")
+                         optim=auto_optim)
     est = estimate_training(spec, leanest, gpu, advise=False)
     bigger = smallest_gpu(spec, leanest)
     why = (f"nothing fits {gpu.name} ({SAFE_FRACTION:.0%} of {gpu.usable_gb:.1f} GB) at {seq} tokens: "
@@ -125,14 +127,17 @@ def apply_plan(cfg: RunConfig, plan: AutoPlan) -> RunConfig:
     """A copy of ``cfg`` with the plan's settings written into its fields."""
     if plan.method == "full":
         raise EstimateError("the run config has no full fine-tuning switch; choose a LoRA plan")
-    from ..config import apply_overrides
+    from ..config import CHOICES, apply_overrides
 
+    optim = plan.optim
+    if optim not in CHOICES["training.optim"] and optim == resolve_optim("auto", device_of(get_gpu(plan.gpu))):
+        optim = "auto"  # e.g. the fused AdamW of CPU runs: only reachable through "auto"
     return apply_overrides(cfg, {
         "quantization.load_in": "4bit" if plan.method == "qlora" else ("8bit" if plan.weights == "int8" else "none"),
         "training.batch_size": plan.batch_size,
         "training.grad_accum": plan.grad_accum,
         "training.gradient_checkpointing": plan.gradient_checkpointing,
-        "training.optim": plan.optim,
+        "training.optim": optim,
         "training.max_length": plan.seq_len,
     })
 

@@ -40,6 +40,7 @@ from .hardware import (CUDA_CONTEXT_GB, GPUS, ZEROGPU_DAILY_QUOTA_MIN, EstimateE
 
 if TYPE_CHECKING:  # imported for annotations only: the config module is light, torch is never needed
     from ..config import RunConfig
+    from ..settings import Device
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,7 +65,7 @@ class TrainSetup:
     grad_accum: int = 1  # micro-batches per optimizer step (no memory cost)
     lora_r: int = 16
     lora_targets: tuple[str, ...] | str = "all-linear"
-    lora_dropout: float = 0.05
+    lora_dropout: float = 0.0  # the config default (LoraSettings.dropout)
     use_dora: bool = False
     precision: str = "bf16"  # bf16/fp16 mixed precision, or fp32
     optim: str = "paged_adamw_32bit"
@@ -100,28 +101,18 @@ class TrainSetup:
 
     @classmethod
     def from_config(cls, cfg: RunConfig, gpu: GpuSpec | None = None, **overrides: Any) -> TrainSetup:
-        """The setup a RunConfig describes on ``gpu`` (``auto`` values resolved as train.py resolves them)."""
-        q, t, lo = cfg.quantization, cfg.training, cfg.lora
-        method = {"4bit": "qlora", "8bit": "lora", "none": "lora"}.get(q.load_in, "qlora")
-        weights = {"4bit": q.quant_type, "8bit": "int8"}.get(q.load_in)
-        precision = t.precision
-        if precision == "auto":
-            precision = "fp32" if (gpu and gpu.is_cpu) else ("bf16" if (gpu is None or gpu.bf16) else "fp16")
-        if weights is None:
-            weights = precision if precision in ("bf16", "fp16") else "fp32"
-        optim = t.optim
-        if optim == "auto":  # train._optim: paged AdamW on CUDA, plain AdamW on CPU
-            optim = "adamw_torch" if (gpu and gpu.is_cpu) else "paged_adamw_32bit"
-        targets = lo.target_modules
-        if isinstance(targets, str) and targets != "all-linear":
-            targets = tuple(x.strip() for x in targets.split(",") if x.strip())
-        elif isinstance(targets, list):
-            targets = tuple(targets)
+        """The setup a RunConfig describes on ``gpu`` (None: a bf16 GPU), its ``auto`` values resolved by
+        :func:`finetune.settings.resolve`, as training resolves them."""
+        from ..settings import resolve
+
+        r = resolve(cfg, device_of(gpu))
+        t = cfg.training
+        targets = r.lora_targets if isinstance(r.lora_targets, str) else tuple(r.lora_targets)
         base = cls(
-            method=method, weights=weights, double_quant=q.double_quant, batch_size=t.batch_size,
-            seq_len=t.max_length, grad_accum=t.grad_accum, lora_r=lo.r, lora_targets=targets,
-            lora_dropout=lo.dropout, use_dora=lo.use_dora, precision=precision, optim=optim,
-            gradient_checkpointing=t.gradient_checkpointing, attn=cfg.model.attn_implementation,
+            method=r.method, weights=r.weights, double_quant=r.double_quant, batch_size=t.batch_size,
+            seq_len=t.max_length, grad_accum=t.grad_accum, lora_r=cfg.lora.r, lora_targets=targets,
+            lora_dropout=r.lora_dropout, use_dora=cfg.lora.use_dora, precision=r.precision, optim=r.optim,
+            gradient_checkpointing=r.gradient_checkpointing, attn=r.attn_implementation,
         )
         return base.with_(**overrides)
 
@@ -725,11 +716,20 @@ def estimate_time(spec: ModelSpec, s: TrainSetup, gpu: GpuSpec | str, tokens: in
 # entry points for the CLI and the UI
 
 
+def device_of(gpu: GpuSpec | None) -> Device:
+    """The training device a catalog entry stands for (None: a bf16-capable GPU)."""
+    from ..settings import Device
+
+    if gpu is None:
+        return Device("cuda", bf16=True)
+    return Device("cpu") if gpu.is_cpu else Device("cuda", bf16=gpu.bf16)
+
+
 def default_setup(gpu: GpuSpec) -> TrainSetup:
-    """The config defaults as train.py runs them on ``gpu`` (fp16 on a T4, fp32 and plain AdamW on CPU)."""
-    if gpu.is_cpu:
-        return TrainSetup(precision="fp32", optim="adamw_torch")
-    return TrainSetup(precision="bf16" if gpu.bf16 else "fp16")
+    """The config defaults as train.py runs them on ``gpu`` (fp16 on a T4, fp32 and fused AdamW on CPU)."""
+    from ..config import RunConfig
+
+    return TrainSetup.from_config(RunConfig(), gpu)
 
 
 def setup_for(config: RunConfig | None, gpu: GpuSpec, *, method: str | None = None, batch_size: int | None = None,
