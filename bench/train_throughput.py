@@ -58,7 +58,9 @@ OURS: dict[str, dict[str, object]] = {"cpu": {}, "cuda": {}}
 # The RunConfig defaults before this benchmark (for --variants: what the optimizations replaced).
 PREVIOUS_DEFAULTS = {"training.precision": "fp32", "training.gradient_checkpointing": True,
                      "training.padding_free": False, "lora.dropout": 0.05, "training.optim": "adamw_torch"}
-SPEED_OFF = {"trained_positions_loss": False, "bf16_weights_on_cpu": False, "checkpoint_only_when_needed_on_cpu": False}
+# Every finetune.settings.SpeedOptions choice off (for --variants' "previous defaults" row).
+SPEED_OFF = {"trained_positions_loss": False, "bf16_weights_on_cpu": False, "checkpoint_only_when_needed_on_cpu": False,
+             "per_sequence_attention_on_cpu": False}
 
 # 7B-class Llama shape (Llama-2-7B) for random-weight speed/memory runs on CUDA; vocab = the tokenizer's.
 LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
@@ -420,11 +422,13 @@ def baseline_recipe(spec: dict, probe: Probe):
 
 def ours_pipeline(spec: dict, probe: Probe):
     """Our pipeline, unchanged: ``finetune.train.train(config)``."""
-    import finetune.train
+    import dataclasses
+
     from finetune.config import RunConfig, apply_overrides
+    from finetune.settings import SpeedOptions
     from finetune.train import train
 
-    finetune.train.SPEED.update(spec.get("speed") or {})  # implementation choices under test (--variants)
+    speed = SpeedOptions(**(spec.get("speed") or {}))  # implementation choices under test (--variants)
 
     cfg = RunConfig()
     cfg.name = "bench"
@@ -438,12 +442,12 @@ def ours_pipeline(spec: dict, probe: Probe):
     cfg.training.save_steps = 10**9  # a benchmark keeps no checkpoints (the notebook saves none either)
     cfg.training.seed = spec["seed"]
     cfg = apply_overrides(cfg, spec.get("overrides", {}))
-    result = train(cfg, run_dir=Path(spec["work_dir"]) / "run", callbacks=[probe.callback()])
+    result = train(cfg, run_dir=Path(spec["work_dir"]) / "run", callbacks=[probe.callback()], speed=speed)
     t = cfg.training
     return {"optim": t.optim, "lora_r": cfg.lora.r, "lora_targets": cfg.lora.target_modules,
             "precision": t.precision, "gradient_checkpointing": t.gradient_checkpointing,
             "padding_free": t.padding_free, "packing": t.packing, "train_on": cfg.data.train_on,
-            "overrides": spec.get("overrides", {}), "speed": dict(finetune.train.SPEED), "status": result.status,
+            "overrides": spec.get("overrides", {}), "speed": dataclasses.asdict(speed), "status": result.status,
             "checkpointing_skipped": any(e.get("type") == "note" and "checkpointing" in e.get("message", "")
                                          for e in _events(result.run_dir))}
 
@@ -771,7 +775,7 @@ def _fmt(v) -> str:
 
 
 VARIANTS = [
-    # (label, RunConfig overrides, finetune.train.SPEED overrides): the defaults with one optimization undone
+    # (label, RunConfig overrides, finetune.settings.SpeedOptions changes): the defaults with one optimization undone
     ("defaults (every optimization)", {}, {}),
     ("previous defaults (none of them)", PREVIOUS_DEFAULTS, SPEED_OFF),
     ("- trained-positions LM head/loss", {}, {"trained_positions_loss": False}),

@@ -16,10 +16,14 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from .config import RunConfig
+
+if TYPE_CHECKING:  # annotations only
+    from .settings import ResolvedSettings
 
 LOSS_CURVE_FILE = "loss_curve.png"
 # Replaced by the repo id when the adapter is pushed (hub.push_adapter), so the snippet can be copied as is.
@@ -163,10 +167,12 @@ def card_metadata(config: RunConfig, base_model: str, license: str | None = None
 
 def model_card(config: RunConfig, base_model: str, metrics: dict, losses: list[tuple[int, float]],
                data_summary: dict, device: str, license: str | None = None, *,
-               eval_losses: list[tuple[int, float]] = (), loss_curve: str | None = None, tokenizer=None) -> str:
+               eval_losses: list[tuple[int, float]] = (), loss_curve: str | None = None, tokenizer=None,
+               settings: ResolvedSettings | None = None) -> str:
     """A Hub model card with YAML metadata (``library_name: peft``, ``base_model``) and a plain-peft snippet.
 
-    ``tokenizer`` renders the example prompt when the run used the model's own chat template."""
+    ``tokenizer`` renders the example prompt when the run used the model's own chat template. ``settings``: the
+    config's "auto" values as training resolved them (:func:`finetune.settings.resolve`), shown in the table."""
     from .templates import MODEL_TEMPLATE, render
 
     lo, q, t, d = config.lora, config.quantization, config.training, config.data
@@ -211,6 +217,7 @@ def model_card(config: RunConfig, base_model: str, metrics: dict, losses: list[t
         f"| base model | {base} |",
         f"| base weights | {quant} |",
         f"| LoRA | r={lo.r}, alpha={lo.alpha}, dropout={lo.dropout}, targets={lo.target_modules} |",
+        *([f"| precision | {settings.precision}, optimizer {settings.optim} |"] if settings else []),
         f"| learning rate | {t.learning_rate} ({t.lr_scheduler}, warmup {t.warmup_ratio}) |",
         f"| batch | {t.batch_size} × {t.grad_accum} accumulation |",
         f"| steps | {metrics.get('steps')} |",
@@ -265,7 +272,10 @@ def write_model_card(folder: Path, config: RunConfig, base_model: str, metrics: 
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    from .settings import Device, resolve
+
     text = model_card(config, base_model, metrics, losses, data_summary, hardware(device), base_license(base_model),
-                      eval_losses=eval_losses, loss_curve=curve, tokenizer=tokenizer)
+                      eval_losses=eval_losses, loss_curve=curve, tokenizer=tokenizer,
+                      settings=resolve(config, Device.detect(device)))
     atomic_write_text(folder / "README.md", text)
     return folder / "README.md"

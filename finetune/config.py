@@ -114,6 +114,23 @@ class LoraSettings:
     use_dora: bool = field(default=False, metadata=doc("Weight-decomposed LoRA (DoRA): slower, sometimes better"))
 
 
+ALL_LINEAR = "all-linear"  # peft's name for "every linear layer but the LM head"
+
+
+def parse_target_modules(value: list[str] | str) -> list[str] | str:
+    """``lora.target_modules`` as peft takes it: ``all-linear``, or a list of module names (a comma-separated
+    string such as the form's "q_proj, v_proj" is split; blanks are dropped).
+
+    >>> parse_target_modules(" q_proj, v_proj,"), parse_target_modules("all-linear")
+    (['q_proj', 'v_proj'], 'all-linear')
+    """
+    if isinstance(value, str):
+        if value.strip() == ALL_LINEAR:
+            return ALL_LINEAR
+        value = value.split(",")
+    return [name.strip() for name in value if name.strip()]
+
+
 @dataclass
 class QuantizationConfig:
     load_in: str = field(

@@ -215,14 +215,12 @@ def model_max_length(path: str, revision: str | None = None) -> int | None:
 
 
 def compute_dtype(name: str, device: str):
-    """The matmul dtype: bf16 where the device supports it, else fp16 on CUDA, fp32 on CPU."""
+    """The matmul dtype as a torch dtype (``auto``: :func:`finetune.settings.resolve_compute_dtype`)."""
     import torch
 
-    if name != "auto":
-        return getattr(torch, name)
-    if device == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if device == "cpu" else torch.float32
+    from .settings import Device, resolve_compute_dtype
+
+    return getattr(torch, resolve_compute_dtype(name, Device.detect(device)))
 
 
 def bnb_config(q: QuantizationConfig, device: str = "cpu"):
@@ -245,14 +243,13 @@ def lora_config(lo: LoraSettings):
     """peft LoraConfig for a causal LM."""
     from peft import LoraConfig
 
-    targets = lo.target_modules
-    if isinstance(targets, str) and targets != "all-linear":
-        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    from .config import parse_target_modules
+
     return LoraConfig(
         r=lo.r,
         lora_alpha=lo.alpha,
         lora_dropout=lo.dropout,
-        target_modules=targets,
+        target_modules=parse_target_modules(lo.target_modules),
         bias=lo.bias,
         use_rslora=lo.use_rslora,
         use_dora=lo.use_dora,

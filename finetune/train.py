@@ -30,6 +30,7 @@ from .config import ConfigError, RunConfig, validate
 from .events import EventLog
 from .io import DISK_FULL_FIX, DiskFullError, atomic_write_json, atomic_write_text
 from .models import ModelError
+from .settings import Device, ResolvedSettings, SpeedOptions, resolve
 
 SAMPLE_DATA = Path(__file__).parent / "samples" / "city_year.jsonl"
 TEMPLATE_FILE = "finetune_template.json"
@@ -204,51 +205,15 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def precision_flags(config: RunConfig, device: str) -> dict:
-    """bf16 where the GPU supports it, fp16 on older GPUs, fp32 on CPU (unless set explicitly).
-
-    CPU stays fp32 even where bf16 is native (AMX): the 4-bit layers already multiply in their bf16 compute
-    dtype and trl keeps QLoRA adapters in bf16, so autocast only adds casts. Measured on SmolLM2-135M QLoRA
-    (bench/train_throughput.py --variants): fp32 1.0-1.19x the tokens/s of bf16 autocast, held-out loss 0.02
-    lower.
-    """
-    import torch
-
-    p = config.training.precision
-    if p == "auto":
-        if device == "cuda":
-            p = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            p = "fp32"
-    return {"bf16": p == "bf16", "fp16": p == "fp16"}
+def resolved_settings(config: RunConfig, device: str, speed: SpeedOptions = SpeedOptions()) -> ResolvedSettings:
+    """The config's "auto" values on ``device`` of this machine (:func:`finetune.settings.resolve`)."""
+    return resolve(config, Device.detect(device), speed)
 
 
-def _optim(config: RunConfig, device: str) -> str:
-    o = config.training.optim
-    if o != "auto":
-        return o
-    # QLoRA paper: paged optimizers absorb memory spikes on long sequences. On CPU the fused AdamW updates every
-    # LoRA tensor in one C++ loop: the per-tensor kernels of plain AdamW (~12 small ops x 420 tensors a step on
-    # SmolLM2 all-linear) cost more than the update itself.
-    return "paged_adamw_32bit" if device == "cuda" else "adamw_torch_fused"
+def trainer_settings(resolved: ResolvedSettings) -> dict[str, object]:
+    """The SFTConfig arguments that come from the resolved settings: optimizer and mixed precision."""
+    return {"optim": resolved.optim, **resolved.trainer_precision}
 
-
-# Implementation choices the benchmark toggles one at a time (bench/train_throughput.py --variants); not settings.
-SPEED = {
-    # CPU: the LM head and cross-entropy run on the trained positions only (prompt and padding positions never
-    # reach the 49k-wide vocabulary projection); on CUDA trl's fused Triton LM head already does this in tiles.
-    "trained_positions_loss": True,
-    # CPU + bf16: load the non-quantized weights (embeddings, norms, LM head) in bf16 too, so autocast does not
-    # cast fp32 activations and the LM head again in every layer and step. Off: measured +10% tokens/s and -30%
-    # peak RSS, but the held-out loss rose by 0.09 (the residual stream in bf16); fp32 weights + bf16 autocast
-    # keep the quality of fp32 training.
-    "bf16_weights_on_cpu": False,
-    # CPU: gradient checkpointing only when the run would not fit in RAM without it (see ``use_checkpointing``).
-    "checkpoint_only_when_needed_on_cpu": True,
-    # CPU + sdpa + padding-free: attention runs sequence by sequence inside the concatenated row (see
-    # ``packed_sdpa_attention``) instead of over the whole row with a block-diagonal mask.
-    "per_sequence_attention_on_cpu": True,
-}
 
 PACKED_SDPA = "finetune_packed_sdpa"
 
@@ -284,7 +249,8 @@ def _use_packed_attention(model) -> None:
     model.set_attn_implementation(PACKED_SDPA)
 
 
-def use_checkpointing(config: RunConfig, device: str, model_path: str) -> tuple[bool, str | None]:
+def use_checkpointing(config: RunConfig, device: str, model_path: str,
+                      speed: SpeedOptions = SpeedOptions()) -> tuple[bool, str | None]:
     """Whether to recompute activations in backward, and why it was skipped (None when the config is followed).
 
     On a GPU the setting is followed: memory decides which model fits at all there. On CPU the memory is the
@@ -293,7 +259,7 @@ def use_checkpointing(config: RunConfig, device: str, model_path: str) -> tuple[
     of the RAM.
     """
     t = config.training
-    if not t.gradient_checkpointing or device != "cpu" or not SPEED["checkpoint_only_when_needed_on_cpu"]:
+    if not t.gradient_checkpointing or device != "cpu" or not speed.checkpoint_only_when_needed_on_cpu:
         return t.gradient_checkpointing, None
     from . import memory
 
@@ -449,20 +415,22 @@ def train(
     until_step: int | None = None,
     time_budget_s: float | None = None,
     callbacks: list | None = None,
+    speed: SpeedOptions = SpeedOptions(),
 ) -> RunResult:
     """Run (or resume) one fine-tuning run and return where its adapter is.
 
     ``until_step`` / ``time_budget_s`` end the call early at a checkpoint with status ``paused``
     (chunked training: call again with the same ``run_dir`` to continue). ``should_stop`` or a ``STOP``
     file in the run folder ends it with a checkpoint and status ``stopped``. ``callbacks`` are extra
-    transformers TrainerCallbacks.
+    transformers TrainerCallbacks. ``speed``: implementation choices (the measured best by default; the
+    benchmark turns them off one at a time).
     """
     started_at = time.time()
     config, run_dir, resuming = open_run(config, run_dir, runs_root)
     log = EventLog(run_dir, on_event) if is_main_process() else _SilentLog()
     try:
         return _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_s, started_at,
-                      callbacks or [])
+                      callbacks or [], speed)
     except (ConfigError, ModelError, TrainingError, runs.RunError) as e:
         log.emit("failed", message=str(e))
         raise
@@ -493,7 +461,8 @@ def _explain(e: Exception, config: RunConfig) -> str:
     return f"{e.__class__.__name__}: {e}"
 
 
-def _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_s, started_at, extra_callbacks) -> RunResult:
+def _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_s, started_at, extra_callbacks,
+           speed: SpeedOptions) -> RunResult:
     import torch
     import transformers
     from trl import SFTConfig, SFTTrainer
@@ -528,14 +497,13 @@ def _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_
     )
 
     transformers.set_seed(t.seed)  # LoRA init and dropout are seeded
-    precision = precision_flags(config, device)
-    checkpointing, checkpointing_note = use_checkpointing(config, device, str(resolved.path))
+    settings = resolved_settings(config, device, speed)
+    checkpointing, checkpointing_note = use_checkpointing(config, device, str(resolved.path), speed)
     if checkpointing_note:
         log.emit("note", message=checkpointing_note)
-    weights_dtype = torch.bfloat16 if device == "cpu" and precision["bf16"] and SPEED["bf16_weights_on_cpu"] else None
-    model, _ = models.load_model(config.model, config.quantization, device, dtype=weights_dtype)
-    if (device == "cpu" and t.padding_free and config.model.attn_implementation == "sdpa"
-            and SPEED["per_sequence_attention_on_cpu"]):
+    model, _ = models.load_model(config.model, config.quantization, device, dtype=getattr(torch, settings.model_dtype))
+    if (device == "cpu" and t.padding_free and settings.attn_implementation == "sdpa"
+            and speed.per_sequence_attention_on_cpu):
         _use_packed_attention(model)
     sft_args = SFTConfig(
         output_dir=str(run_dir / runs.CHECKPOINTS),
@@ -553,7 +521,6 @@ def _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_
         warmup_steps=t.warmup_ratio,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm if t.max_grad_norm > 0 else None,
-        optim=_optim(config, device),
         gradient_checkpointing=checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         seed=t.seed,
@@ -570,10 +537,10 @@ def _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_
         include_num_input_tokens_seen="non_padding",
         dataset_num_proc=None,
         completion_only_loss=None,
-        **precision,
+        **trainer_settings(settings),
     )
     callback = _make_callback(log, run_dir, should_stop, until_step, time_budget_s, started_at)
-    trainer_cls = _trainer_class() if device == "cpu" and SPEED["trained_positions_loss"] else SFTTrainer
+    trainer_cls = _trainer_class() if device == "cpu" and speed.trained_positions_loss else SFTTrainer
     trainer = trainer_cls(
         model=model,
         args=sft_args,

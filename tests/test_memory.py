@@ -213,9 +213,9 @@ def test_breakdown_sums_to_the_peak_and_verdicts_follow_the_safe_share():
     assert sum(est.breakdown.values()) == pytest.approx(est.peak_gb)
     assert est.verdict == "fits" and est.fits and est.suggestions == []
     gpu = m.get_gpu("t4")
-    assert m._verdict(0.80 * gpu.usable_gb, gpu) == "fits"
-    assert m._verdict(0.95 * gpu.usable_gb, gpu) == "tight"
-    assert m._verdict(1.05 * gpu.usable_gb, gpu) == "does not fit"
+    assert m.fit_verdict(0.80 * gpu.usable_gb, gpu) == "fits"
+    assert m.fit_verdict(0.95 * gpu.usable_gb, gpu) == "tight"
+    assert m.fit_verdict(1.05 * gpu.usable_gb, gpu) == "does not fit"
 
 
 def test_a_setup_that_does_not_fit_gets_suggestions_that_fit():
@@ -235,7 +235,7 @@ def test_setup_from_a_preset_resolves_auto_values_like_train_py():
     assert (s.method, s.weights, s.double_quant, s.lora_r, s.lora_dropout) == ("qlora", "nf4", False, 64, 0.1)
     assert (s.precision, s.optim, s.batch_size, s.seq_len) == ("fp16", "paged_adamw_32bit", 4, 512)
     cpu = m.TrainSetup.from_config(RunConfig(), m.get_gpu("cpu"))
-    assert (cpu.precision, cpu.optim) == ("fp32", "adamw_torch")
+    assert (cpu.precision, cpu.optim) == ("fp32", "adamw_torch_fused")  # what train.py trains with on CPU
     with pytest.raises(m.EstimateError, match="method qlora needs 4-bit"):
         m.TrainSetup(method="qlora", weights="bf16").with_(batch_size=2)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from ..config import RunConfig, apply_overrides, field_help
+from ..config import RunConfig, apply_overrides, field_help, parse_target_modules
 from ..templates import TEMPLATE_NAMES
 
 
@@ -90,8 +90,8 @@ def values_to_config(base: RunConfig, values: list) -> RunConfig:
     """Apply widget values onto ``base`` (fields the form does not show, like data.source, are kept)."""
     overrides = {}
     for f, v in zip(FORM_FIELDS, values):
-        if f.key == "lora.target_modules" and isinstance(v, str) and v.strip() != "all-linear":
-            v = [t.strip() for t in v.split(",") if t.strip()]
+        if f.key == "lora.target_modules" and isinstance(v, str):
+            v = parse_target_modules(v)
         if f.kind == "int" and isinstance(v, float) and v.is_integer():
             v = int(v)
         overrides[f.key] = v

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import gradio as gr
 
 from ..config import RunConfig
@@ -72,6 +74,17 @@ def estimate_view(cfg: RunConfig, gpu: str):
     return verdict_markdown(est), pd.DataFrame(rows, columns=["part", "GB"])
 
 
+def auto_configure_form(cfg: RunConfig, gpu: str) -> tuple[list[Any], str]:
+    """The form values of ``cfg`` auto-configured for ``gpu`` and the reason for the choice.
+
+    Raises :class:`finetune.memory.EstimateError` (a message for the user) when no setup fits ``gpu``.
+    """
+    from ..memory import configure_for
+
+    configured, plan = configure_for(cfg, gpu)
+    return forms.config_to_values(configured), plan.reason
+
+
 def wire_config(api: Api, components: dict, hp: dict, extra_inputs: list, extra_to_config):
     """Keep the YAML view and the fit verdict in sync with every widget; presets, uploads and the
     auto-configure button fill the form."""
@@ -97,14 +110,9 @@ def wire_config(api: Api, components: dict, hp: dict, extra_inputs: list, extra_
 
     @user_errors
     def auto_configure(*values):
-        from ..memory import apply_plan, auto_configure as plan_for
-
-        cfg = build(*values)
-        plan = plan_for(cfg.model.id, values[-1], seq_len=cfg.training.max_length, base=cfg)
-        if not plan.fits:
-            raise gr.Error(plan.reason)
-        gr.Info(plan.reason)
-        return forms.config_to_values(apply_plan(cfg, plan))
+        form, reason = auto_configure_form(build(*values), values[-1])
+        gr.Info(reason)
+        return form
 
     hp["auto"].click(auto_configure, inputs, widgets, api_visibility="private")
 

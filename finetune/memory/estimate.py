@@ -1,8 +1,8 @@
-"""Will it fit, how long, how much: GPU memory, auto-configuration, time and cost before a run starts.
+"""Will it fit, how long: the peak GPU memory of a training step, inference memory, time and cost.
 
-Arithmetic only: no GPU, no weight download, no torch. The model's architecture comes from a local
-folder's ``config.json`` (or a ``.gguf`` header), the bundled table (:mod:`finetune.model_table`) or,
-when reachable, the ``config.json`` on the Hub.
+Arithmetic only: no GPU, no weight download, no torch. The model's numbers come from
+:mod:`finetune.memory.architecture`, the GPU's from :mod:`finetune.memory.hardware`, and a RunConfig's
+"auto" values are resolved by :func:`finetune.settings.resolve` as training resolves them.
 
 Units: "GB" in this module and in what it prints is GiB (2**30 bytes), the unit torch and nvidia-smi
 report; a "16 GB" T4 shows 15.0 of them.
@@ -19,382 +19,28 @@ The peak of a training step is the sum of
 (see :func:`estimate_training`). ``bench/README-memory.md`` compares the result with published peaks.
 
 API: :func:`estimate` (a RunConfig on a GPU -> :class:`MemoryEstimate`: verdict, breakdown, explanation,
-suggestions), :func:`auto_configure` (-> :class:`AutoPlan`; :func:`apply_plan` writes it into a config),
-:func:`estimate_time` (-> :class:`TimeEstimate`), :func:`estimate_inference` (the playground),
-:data:`GPUS` (the catalog) and :func:`load_model_spec` (the architecture numbers).
+suggestions), :func:`estimate_training` (a ModelSpec and a :class:`TrainSetup`), :func:`estimate_time`
+(-> :class:`TimeEstimate`), :func:`estimate_inference` (the playground).
 
 >>> est = estimate(model="meta-llama/Llama-3.1-8B-Instruct", gpu="t4", method="qlora", seq_len=1024, batch_size=1)
 >>> est.verdict, est.fits
 ('fits', True)
->>> plan = auto_configure("mistralai/Mistral-7B-v0.1", "t4", seq_len=1024)
->>> plan.method
-'qlora'
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import model_table
+from .architecture import Linear, ModelSpec, linear_layers, load_model_spec, spec_for_config  # noqa: F401 - doctests
+from .hardware import (CUDA_CONTEXT_GB, GPUS, ZEROGPU_DAILY_QUOTA_MIN, EstimateError, GiB, GpuSpec, fit_verdict,
+                       get_gpu)
 
 if TYPE_CHECKING:  # imported for annotations only: the config module is light, torch is never needed
-    from .config import RunConfig
-
-GiB = 1024**3
-
-# ---------------------------------------------------------------------------------------------
-# GPU catalog
-
-# Training a GPU can "just fit" at 100% of its memory is a lottery: the allocator, a long example or the
-# optimizer's first step adds a little. A setup "fits" up to this share of the usable memory, is "tight"
-# up to 100%, and "does not fit" above. 0.85 leaves room for the estimator's own +-15% error.
-SAFE_FRACTION = 0.85
-
-# CUDA context + cuBLAS/cuDNN workspaces: ~0.3-0.6 GB on recent drivers, outside torch's allocator (it shows
-# in nvidia-smi, not in torch.cuda.memory_reserved).
-CUDA_CONTEXT_GB = 0.5
-
-
-@dataclass(frozen=True)
-class GpuSpec:
-    """One accelerator the app can run on."""
-
-    name: str
-    label: str
-    nominal_gb: float  # the catalog size ("16 GB")
-    usable_gb: float  # GiB the driver reports as total (nvidia-smi), before the CUDA context
-    tflops: float  # dense bf16/fp16 tensor-core TFLOP/s from the spec sheet (fp32 accumulate)
-    mfu: float  # share of `tflops` a Hugging Face training loop reaches on a 7B model (see THROUGHPUT_ANCHORS)
-    bf16: bool = True  # T4 (Turing) has no bf16: training runs in fp16
-    hf_flavor: str | None = None  # the Hugging Face Jobs flavor with this GPU, if any
-    usd_per_hour: float | None = None  # that flavor's price
-    zerogpu_quota_factor: float | None = None  # ZeroGPU: quota minutes used per GPU minute
-
-    @property
-    def is_cpu(self) -> bool:
-        return self.name == "cpu"
-
-
-def _host_ram_gb() -> float:
-    """Physical memory of this machine (the 'GPU memory' of a CPU run)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
-    except (ValueError, OSError, AttributeError):
-        return 16.0
-
-
-# usable_gb: nvidia-smi "memory.total" (MiB / 1024) of each board. Prices: Hugging Face Jobs, billed per
-# minute: t4-small $0.40/h, a10g-large $1.50/h, a100-large $2.50/h, h200 $5.00/h (shared/STACK.md, Nov 2026);
-# a10g-small $1.00/h, l4x1 $0.80/h, l40sx1 $1.80/h: the same flavors' hourly prices in the Hub's hardware
-# table (https://huggingface.co/docs/hub/en/spaces-gpus, "1x Nvidia L4 ... $0.80", "1x Nvidia L40S ...
-# $1.80", "Nvidia A10G - small ... $1.00"). No Jobs flavor offers an A100-40GB or an H100; rtx-pro-6000 is
-# a flavor but its price was not in the sources checked (None: the estimate says so instead of guessing).
-# ZeroGPU (2026): an RTX Pro 6000 Blackwell; "large" is half a card, "xlarge" the whole card at 2x quota.
-GPUS: dict[str, GpuSpec] = {
-    g.name: g
-    for g in (
-        GpuSpec("t4", "NVIDIA T4", 16, 15.0, 65, 0.25, bf16=False, hf_flavor="t4-small", usd_per_hour=0.40),
-        GpuSpec("l4", "NVIDIA L4", 24, 22.5, 121, 0.25, hf_flavor="l4x1", usd_per_hour=0.80),
-        GpuSpec("a10g", "NVIDIA A10G", 24, 22.5, 125, 0.25, hf_flavor="a10g-small", usd_per_hour=1.00),
-        GpuSpec("l40s", "NVIDIA L40S", 48, 45.0, 362, 0.25, hf_flavor="l40sx1", usd_per_hour=1.80),
-        GpuSpec("a100-40gb", "NVIDIA A100 40GB", 40, 40.0, 312, 0.45),
-        GpuSpec("a100-80gb", "NVIDIA A100 80GB", 80, 80.0, 312, 0.45, hf_flavor="a100-large", usd_per_hour=2.50),
-        GpuSpec("h100", "NVIDIA H100 80GB", 80, 79.6, 989, 0.35),
-        GpuSpec("h200", "NVIDIA H200", 141, 140.4, 989, 0.35, hf_flavor="h200", usd_per_hour=5.00),
-        GpuSpec("rtx-pro-6000", "NVIDIA RTX Pro 6000 Blackwell", 96, 95.6, 500, 0.25, hf_flavor="rtx-pro-6000"),
-        GpuSpec("zerogpu-large", "ZeroGPU large (half an RTX Pro 6000)", 48, 47.8, 250, 0.25, zerogpu_quota_factor=1.0),
-        GpuSpec("zerogpu-xlarge", "ZeroGPU xlarge (an RTX Pro 6000)", 96, 95.6, 500, 0.25, zerogpu_quota_factor=2.0),
-        # CPU: memory is this machine's RAM; 0.2 effective TFLOP/s is an order of magnitude (shared/STACK.md:
-        # SmolLM2-135M on 2 cores, batch 4 of short examples, 1.5-1.9 s/step); measure a few steps instead.
-        GpuSpec("cpu", "this machine's CPU", 0, 0, 0.5, 0.4, bf16=True),
-    )
-}
-
-# ZeroGPU daily quota in GPU minutes (shared/STACK.md): anonymous visitors, free accounts, PRO accounts.
-ZEROGPU_DAILY_QUOTA_MIN = {"anonymous": 2, "free": 5, "pro": 40}
-
-
-from .errors import UserError  # noqa: E402 - next to the class it bases
-
-
-class EstimateError(ValueError, UserError):
-    """Input the estimator cannot use; the message says what to change."""
-
-
-def get_gpu(name: str) -> GpuSpec:
-    """A catalog entry by name (case-insensitive); ``cpu`` reports this machine's RAM as its memory."""
-    key = (name or "").strip().lower()
-    if key not in GPUS:
-        raise EstimateError(f"unknown GPU '{name}'; choose one of: {', '.join(GPUS)}")
-    gpu = GPUS[key]
-    if gpu.is_cpu:
-        ram = round(_host_ram_gb(), 1)
-        gpu = dataclasses.replace(gpu, nominal_gb=ram, usable_gb=ram)
-    return gpu
-
-
-# ---------------------------------------------------------------------------------------------
-# model architecture
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """The numbers of a decoder-only transformer that decide its memory."""
-
-    name: str
-    model_type: str
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    intermediate_size: int
-    vocab_size: int
-    max_positions: int
-    tie_embeddings: bool
-    gated_mlp: bool = True  # SwiGLU (gate, up, down) vs a 2-matrix GELU MLP (Falcon, GPT-2)
-    parallel_attn: bool = False  # attention and MLP read one norm (Falcon-7B): one norm per layer
-    num_experts: int = 1  # mixture of experts: every expert's weights are resident
-    experts_per_token: int = 1  # ... but each token's activations go through this many
-    source: str = ""  # where the numbers came from: table, a config.json path, the Hub
-
-    @property
-    def q_dim(self) -> int:
-        return self.num_heads * self.head_dim
-
-    @property
-    def kv_dim(self) -> int:
-        return self.num_kv_heads * self.head_dim
-
-    @property
-    def num_params(self) -> int:
-        return count_params(self)
-
-
-@dataclass(frozen=True)
-class Linear:
-    """One linear layer of a decoder block: name as PEFT sees it, shape, copies (experts) and input group."""
-
-    name: str
-    d_in: int
-    d_out: int
-    copies: int = 1  # experts hold `copies` of it; a token runs through `active` of them
-    active: int = 1
-    group: str = ""  # layers reading the same input tensor share a group (q/k/v, gate/up)
-
-
-# model types whose MLP is two matrices with a GELU (no gate)
-_PLAIN_MLP = {"falcon", "gpt2", "gpt_neox", "gptj", "phi", "opt", "bloom", "starcoder2", "mpt", "gpt_bigcode"}
-
-
-def linear_layers(spec: ModelSpec) -> list[Linear]:
-    """The linear layers of one decoder block (what `all-linear` LoRA targets), by PEFT module name."""
-    h, q, kv, i = spec.hidden_size, spec.q_dim, spec.kv_dim, spec.intermediate_size
-    if spec.model_type == "falcon":
-        return [
-            Linear("query_key_value", h, q + 2 * kv, group="attn_in"),
-            Linear("dense", q, h, group="attn_out"),
-            Linear("dense_h_to_4h", h, i, group="mlp_in"),
-            Linear("dense_4h_to_h", i, h, group="mlp_out"),
-        ]
-    attn = [
-        Linear("q_proj", h, q, group="attn_in"),
-        Linear("k_proj", h, kv, group="attn_in"),
-        Linear("v_proj", h, kv, group="attn_in"),
-        Linear("o_proj", q, h, group="attn_out"),
-    ]
-    if spec.num_experts > 1:  # Mixtral naming: router `gate`, experts w1/w3 (in) and w2 (out)
-        e, k = spec.num_experts, spec.experts_per_token
-        return attn + [
-            Linear("gate", h, e, group="mlp_in"),
-            Linear("w1", h, i, copies=e, active=k, group="expert_in"),
-            Linear("w3", h, i, copies=e, active=k, group="expert_in"),
-            Linear("w2", i, h, copies=e, active=k, group="expert_out"),
-        ]
-    if not spec.gated_mlp:
-        return attn + [Linear("fc1", h, i, group="mlp_in"), Linear("fc2", i, h, group="mlp_out")]
-    return attn + [
-        Linear("gate_proj", h, i, group="mlp_in"),
-        Linear("up_proj", h, i, group="mlp_in"),
-        Linear("down_proj", i, h, group="mlp_out"),
-    ]
-
-
-def embedding_params(spec: ModelSpec) -> int:
-    """Input embeddings plus the LM head (once when tied)."""
-    return spec.vocab_size * spec.hidden_size * (1 if spec.tie_embeddings else 2)
-
-
-def count_params(spec: ModelSpec) -> int:
-    per_layer = sum(ln.d_in * ln.d_out * ln.copies for ln in linear_layers(spec))
-    norms = spec.num_layers * 2 * spec.hidden_size + spec.hidden_size
-    return embedding_params(spec) + spec.num_layers * per_layer + norms
-
-
-def spec_from_config(cfg: dict, name: str, source: str) -> ModelSpec:
-    """A ModelSpec from ``config.json`` contents (multimodal configs: their ``text_config``)."""
-    if isinstance(cfg.get("text_config"), dict):
-        cfg = {**cfg["text_config"], "model_type": cfg["text_config"].get("model_type", cfg.get("model_type", ""))}
-
-    def first(*keys, default=None):
-        for k in keys:
-            if cfg.get(k) is not None:
-                return cfg[k]
-        return default
-
-    model_type = str(first("model_type", default="") or "")
-    h = first("hidden_size", "n_embd", "d_model")
-    layers = first("num_hidden_layers", "n_layer", "num_layers")
-    heads = first("num_attention_heads", "n_head", "num_heads")
-    vocab = first("vocab_size")
-    missing = [k for k, v in (("hidden_size", h), ("num_hidden_layers", layers), ("num_attention_heads", heads),
-                              ("vocab_size", vocab)) if not v]
-    if missing:
-        raise EstimateError(f"{source}: config has no {', '.join(missing)}; is it a decoder-only language model?")
-    h, layers, heads, vocab = int(h), int(layers), int(heads), int(vocab)
-    if cfg.get("multi_query") and not cfg.get("new_decoder_architecture"):
-        kv_heads = 1  # Falcon-7B: one key/value head shared by all query heads
-    else:
-        kv_heads = int(first("num_key_value_heads", "num_kv_heads", "n_head_kv", default=heads) or heads)
-    head_dim = int(first("head_dim", default=h // heads) or h // heads)
-    gated = model_type not in _PLAIN_MLP
-    inter = first("intermediate_size", "ffn_hidden_size", "n_inner", "ffn_dim")
-    inter = int(inter) if inter else 4 * h
-    # transformers' own defaults when the key is absent: Llama-family configs default to untied,
-    # GPT-2/Falcon-style configs to tied embeddings
-    tie = first("tie_word_embeddings", default=not gated)
-    return ModelSpec(
-        name=name,
-        model_type=model_type,
-        hidden_size=h,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=kv_heads,
-        head_dim=head_dim,
-        intermediate_size=inter,
-        vocab_size=vocab,
-        max_positions=int(first("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", default=2048)),
-        tie_embeddings=bool(tie),
-        gated_mlp=gated,
-        parallel_attn=bool(cfg.get("parallel_attn", False)) and not cfg.get("new_decoder_architecture"),
-        num_experts=int(first("num_local_experts", "num_experts", "n_routed_experts", default=1) or 1),
-        experts_per_token=int(first("num_experts_per_tok", "moe_topk", default=1) or 1),
-        source=source,
-    )
-
-
-def spec_from_gguf(path: Path, name: str | None = None) -> ModelSpec:
-    """A ModelSpec from a GGUF file's header (reads metadata only, not the weights)."""
-    try:
-        import gguf  # heavy-ish (numpy); only for .gguf models
-    except ImportError as e:
-        raise EstimateError(f"{path}: reading a GGUF header needs the `gguf` package ({e}); pip install gguf") from e
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except (OSError, ValueError) as e:
-        raise EstimateError(f"{path}: not a readable GGUF file ({e.__class__.__name__}: {e})") from e
-
-    def value(key, default=None):
-        f = reader.fields.get(key)
-        if f is None:
-            return default
-        try:
-            return f.contents()
-        except (ValueError, IndexError, TypeError):
-            return default
-
-    arch = value("general.architecture", "llama")
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    cfg = {
-        "model_type": arch,
-        "hidden_size": value(f"{arch}.embedding_length"),
-        "num_hidden_layers": value(f"{arch}.block_count"),
-        "num_attention_heads": value(f"{arch}.attention.head_count"),
-        "num_key_value_heads": value(f"{arch}.attention.head_count_kv"),
-        "intermediate_size": value(f"{arch}.feed_forward_length"),
-        "vocab_size": value(f"{arch}.vocab_size") or (len(tokens.data) if tokens is not None else None),
-        "max_position_embeddings": value(f"{arch}.context_length"),
-        "num_local_experts": value(f"{arch}.expert_count"),
-        "num_experts_per_tok": value(f"{arch}.expert_used_count"),
-        # no separate output matrix in the file: the LM head reuses the embeddings
-        "tie_word_embeddings": not any(t.name == "output.weight" for t in reader.tensors),
-    }
-    return spec_from_config(cfg, name or path.name, f"GGUF header of {path}")
-
-
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _hub_config(repo_id: str, revision: str | None, allow_download: bool) -> tuple[dict, str] | None:
-    """config.json of a Hub repo: from the local HF cache, else downloaded when allowed. None if neither."""
-    try:
-        from huggingface_hub import hf_hub_download, try_to_load_from_cache
-    except ImportError:
-        return None
-    try:
-        cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
-    except ValueError:  # not a valid repo id
-        return None
-    if isinstance(cached, str):
-        return json.loads(Path(cached).read_text(encoding="utf-8")), f"cached config.json of {repo_id}"
-    if not allow_download or _hub_offline():
-        return None
-    try:
-        path = hf_hub_download(repo_id, "config.json", revision=revision, etag_timeout=5)
-    except Exception as e:  # noqa: BLE001 - any network/auth/missing-repo error means "not from the Hub"
-        raise EstimateError(
-            f"{repo_id}: cannot read config.json from the Hub ({e.__class__.__name__}); check the id and your "
-            "network, sign in for gated models, or pass a local folder with a config.json"
-        ) from e
-    return json.loads(Path(path).read_text(encoding="utf-8")), f"config.json of {repo_id} on the Hub"
-
-
-def load_model_spec(model: str | None, revision: str | None = None, *, allow_hub: bool = True) -> ModelSpec:
-    """The architecture of ``model``: a local folder (its config.json), a .gguf file, a Hub id (bundled
-    table, then the HF cache, then the Hub if ``allow_hub`` and online), or empty for the embedded default.
-
-    >>> load_model_spec("tiiuae/falcon-7b").num_kv_heads
-    1
-    """
-    ident = (model or "").strip()
-    if not ident:
-        from .models import EMBEDDED_REPO_ID
-
-        ident = EMBEDDED_REPO_ID
-    path = Path(ident).expanduser()
-    if path.suffix.lower() == ".gguf" and path.is_file():
-        return spec_from_gguf(path)
-    if path.is_dir():
-        cfg_file = path / "config.json"
-        if cfg_file.is_file():
-            try:
-                cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as e:
-                raise EstimateError(f"{cfg_file}: not readable JSON ({e.__class__.__name__}); re-save the model") from e
-            return spec_from_config(cfg, ident, str(cfg_file))
-        ggufs = sorted(path.glob("*.gguf"))
-        if ggufs:
-            return spec_from_gguf(ggufs[0], ident)
-        raise EstimateError(f"{path}: no config.json (or .gguf) in this folder; point at a Hugging Face model folder")
-    known = model_table.lookup(ident)
-    if known is not None:
-        return spec_from_config(known, model_table.canonical_id(ident) or ident, "bundled table")
-    if ident.count("/") == 1 and not ident.startswith(("/", ".", "~")):
-        found = _hub_config(ident, revision, allow_hub)
-        if found is not None:
-            return spec_from_config(found[0], ident, found[1])
-        raise EstimateError(
-            f"{ident}: no such local folder, not in the bundled table or the local Hub cache, and the Hub is not "
-            "reachable (offline); pass a local model folder with a config.json"
-        )
-    raise EstimateError(f"{ident}: no such folder or file, and not a Hub id like org/name")
+    from ..config import RunConfig
+    from ..settings import Device
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,7 +65,7 @@ class TrainSetup:
     grad_accum: int = 1  # micro-batches per optimizer step (no memory cost)
     lora_r: int = 16
     lora_targets: tuple[str, ...] | str = "all-linear"
-    lora_dropout: float = 0.05
+    lora_dropout: float = 0.0  # the config default (LoraSettings.dropout)
     use_dora: bool = False
     precision: str = "bf16"  # bf16/fp16 mixed precision, or fp32
     optim: str = "paged_adamw_32bit"
@@ -455,28 +101,18 @@ class TrainSetup:
 
     @classmethod
     def from_config(cls, cfg: RunConfig, gpu: GpuSpec | None = None, **overrides: Any) -> TrainSetup:
-        """The setup a RunConfig describes on ``gpu`` (``auto`` values resolved as train.py resolves them)."""
-        q, t, lo = cfg.quantization, cfg.training, cfg.lora
-        method = {"4bit": "qlora", "8bit": "lora", "none": "lora"}.get(q.load_in, "qlora")
-        weights = {"4bit": q.quant_type, "8bit": "int8"}.get(q.load_in)
-        precision = t.precision
-        if precision == "auto":
-            precision = "fp32" if (gpu and gpu.is_cpu) else ("bf16" if (gpu is None or gpu.bf16) else "fp16")
-        if weights is None:
-            weights = precision if precision in ("bf16", "fp16") else "fp32"
-        optim = t.optim
-        if optim == "auto":  # train._optim: paged AdamW on CUDA, plain AdamW on CPU
-            optim = "adamw_torch" if (gpu and gpu.is_cpu) else "paged_adamw_32bit"
-        targets = lo.target_modules
-        if isinstance(targets, str) and targets != "all-linear":
-            targets = tuple(x.strip() for x in targets.split(",") if x.strip())
-        elif isinstance(targets, list):
-            targets = tuple(targets)
+        """The setup a RunConfig describes on ``gpu`` (None: a bf16 GPU), its ``auto`` values resolved by
+        :func:`finetune.settings.resolve`, as training resolves them."""
+        from ..settings import resolve
+
+        r = resolve(cfg, device_of(gpu))
+        t = cfg.training
+        targets = r.lora_targets if isinstance(r.lora_targets, str) else tuple(r.lora_targets)
         base = cls(
-            method=method, weights=weights, double_quant=q.double_quant, batch_size=t.batch_size,
-            seq_len=t.max_length, grad_accum=t.grad_accum, lora_r=lo.r, lora_targets=targets,
-            lora_dropout=lo.dropout, use_dora=lo.use_dora, precision=precision, optim=optim,
-            gradient_checkpointing=t.gradient_checkpointing, attn=cfg.model.attn_implementation,
+            method=r.method, weights=r.weights, double_quant=r.double_quant, batch_size=t.batch_size,
+            seq_len=t.max_length, grad_accum=t.grad_accum, lora_r=cfg.lora.r, lora_targets=targets,
+            lora_dropout=r.lora_dropout, use_dora=cfg.lora.use_dora, precision=r.precision, optim=r.optim,
+            gradient_checkpointing=r.gradient_checkpointing, attn=r.attn_implementation,
         )
         return base.with_(**overrides)
 
@@ -783,12 +419,6 @@ def breakdown_bytes(spec: ModelSpec, s: TrainSetup, gpu: GpuSpec) -> dict[str, f
     return parts
 
 
-def _verdict(peak_gb: float, gpu: GpuSpec) -> str:
-    if peak_gb <= SAFE_FRACTION * gpu.usable_gb:
-        return "fits"
-    if peak_gb <= gpu.usable_gb:
-        return "tight"
-    return "does not fit"
 
 
 def estimate_training(spec: ModelSpec, setup: TrainSetup, gpu: GpuSpec | str, *, advise: bool = True) -> MemoryEstimate:
@@ -800,7 +430,7 @@ def estimate_training(spec: ModelSpec, setup: TrainSetup, gpu: GpuSpec | str, *,
     peak = sum(parts.values())
     est = MemoryEstimate(
         model=spec.name, setup=setup, gpu=gpu, breakdown=parts, peak_gb=peak, params=spec.num_params,
-        trainable=trainable_params(spec, setup), verdict=_verdict(peak, gpu),
+        trainable=trainable_params(spec, setup), verdict=fit_verdict(peak, gpu),
     )
     est.notes = _notes(spec, setup, gpu)
     if est.verdict != "fits" and setup.optim.startswith("paged_"):
@@ -874,7 +504,7 @@ def suggest(spec: ModelSpec, s: TrainSetup, gpu: GpuSpec, limit: int = 4) -> lis
     scored = []
     for text, cand in cands:
         peak = sum(breakdown_bytes(spec, cand, gpu).values()) / GiB
-        scored.append((_verdict(peak, gpu) != "fits", peak, text))
+        scored.append((fit_verdict(peak, gpu) != "fits", peak, text))
     scored.sort()
     out = [f"{text}: peak {peak:.1f} GB" for _, peak, text in scored[:limit]]
     if not any(not bad for bad, _, _ in scored):
@@ -891,7 +521,7 @@ def smallest_gpu(spec: ModelSpec, s: TrainSetup) -> str | None:
                    key=lambda g: (g.nominal_gb, g.usd_per_hour is None, g.usd_per_hour or 0.0))
     for gpu in order:
         peak = sum(breakdown_bytes(spec, s, gpu).values()) / GiB
-        if _verdict(peak, gpu) == "fits":
+        if fit_verdict(peak, gpu) == "fits":
             return gpu.name
     return None
 
@@ -967,138 +597,12 @@ def estimate_inference(spec: ModelSpec, gpu: GpuSpec | str, *, weights: str = "b
     }
     parts = {k2: v / GiB for k2, v in parts.items()}
     peak = sum(parts.values())
-    verdict = _verdict(peak, gpu)
+    verdict = fit_verdict(peak, gpu)
     est = InferenceEstimate(spec.name, gpu, weights, batch_size, ctx, parts, peak, verdict)
     est.explanation = (f"{verdict.capitalize()}: {peak:.1f} GB of {gpu.usable_gb:.1f} GB on {gpu.name} to chat with "
                        f"{ctx} tokens of context ({weights} weights {parts['weights']:.1f} GB, "
                        f"KV cache {parts['kv_cache']:.1f} GB).")
     return est
-
-
-# ---------------------------------------------------------------------------------------------
-# auto-configuration
-
-
-@dataclass
-class AutoPlan:
-    """Settings chosen for a model on a GPU, the estimate they give, and why."""
-
-    gpu: str
-    method: str
-    weights: str
-    batch_size: int
-    grad_accum: int
-    gradient_checkpointing: bool
-    optim: str
-    seq_len: int
-    fits: bool
-    reason: str
-    estimate: MemoryEstimate | None = None
-    smallest_gpu: str | None = None  # when nothing fits on `gpu`: the smallest catalog GPU that works
-
-    def settings(self) -> dict:
-        return {"method": self.method, "weights": self.weights, "batch": self.batch_size,
-                "grad_accum": self.grad_accum, "gradient_checkpointing": self.gradient_checkpointing,
-                "optim": self.optim, "seq_len": self.seq_len}
-
-    def to_dict(self) -> dict:
-        return {**self.settings(), "gpu": self.gpu, "fits": self.fits, "reason": self.reason,
-                "smallest_gpu": self.smallest_gpu,
-                "peak_gb": round(self.estimate.peak_gb, 2) if self.estimate else None}
-
-
-def default_setup(gpu: GpuSpec) -> TrainSetup:
-    """The config defaults as train.py runs them on ``gpu`` (fp16 on a T4, fp32 and plain AdamW on CPU)."""
-    if gpu.is_cpu:
-        return TrainSetup(precision="fp32", optim="adamw_torch")
-    return TrainSetup(precision="bf16" if gpu.bf16 else "fp16")
-
-
-def _largest_batch(spec: ModelSpec, s: TrainSetup, gpu: GpuSpec, max_batch: int) -> int:
-    """The largest power-of-two micro-batch <= max_batch that fits with the safety margin (0 if none)."""
-    b = 1 << int(math.log2(max(1, max_batch)))
-    while b >= 1:
-        peak = sum(breakdown_bytes(spec, s.with_(batch_size=b), gpu).values()) / GiB
-        if _verdict(peak, gpu) == "fits":
-            return b
-        b //= 2
-    return 0
-
-
-_METHOD_WORDS = {"lora": "16-bit LoRA", "qlora": "QLoRA (4-bit base)", "full": "full fine-tuning"}
-
-
-def auto_configure(model: str | ModelSpec | None, gpu: str | GpuSpec, *, seq_len: int | None = None,
-                   target_batch: int | None = None, base: TrainSetup | None = None,
-                   methods: tuple[str, ...] = ("lora", "qlora"), allow_hub: bool = True) -> AutoPlan:
-    """Choose method, micro-batch, gradient accumulation, checkpointing and optimizer so a run fits ``gpu``.
-
-    Methods are tried in ``methods`` order (16-bit LoRA first: no quantization error and faster, then QLoRA;
-    add "full" to allow full fine-tuning). For a method, the largest micro-batch without gradient checkpointing
-    is taken when it holds at least 4 examples (or the whole target batch), else the largest one with it;
-    gradient accumulation makes up the effective ``target_batch`` (default: base batch x accumulation, 16).
-    When nothing fits, ``smallest_gpu`` names the smallest catalog GPU where the leanest setup does.
-
-    >>> auto_configure("mistralai/Mistral-7B-v0.1", "a100-80gb", seq_len=2048).method
-    'lora'
-    """
-    gpu = get_gpu(gpu) if isinstance(gpu, str) else gpu
-    spec = model if isinstance(model, ModelSpec) else load_model_spec(model, allow_hub=allow_hub)
-    base = base or default_setup(gpu)
-    seq = seq_len or base.seq_len
-    effective = target_batch or (base.batch_size * base.grad_accum if (base.batch_size * base.grad_accum) > 1 else 16)
-    rejected = []
-    for method in methods:
-        optims = ["adamw_torch"] if gpu.is_cpu else ["paged_adamw_32bit"]
-        if method == "full" and not gpu.is_cpu:
-            optims.append("paged_adamw_8bit")
-        for optim in optims:
-            s = base.with_(method=method, optim=optim, seq_len=seq, grad_accum=1)
-            plain = _largest_batch(spec, s.with_(gradient_checkpointing=False), gpu, effective)
-            ckpt = _largest_batch(spec, s.with_(gradient_checkpointing=True), gpu, effective)
-            if plain >= min(4, effective):
-                micro, gc = plain, False
-            elif ckpt:
-                micro, gc = ckpt, True
-            else:
-                continue
-            accum = max(1, math.ceil(effective / micro))
-            chosen = s.with_(batch_size=micro, grad_accum=accum, gradient_checkpointing=gc)
-            est = estimate_training(spec, chosen, gpu, advise=False)
-            why = (f"{_METHOD_WORDS[method]} fits {gpu.name}: micro-batch {micro} x {seq} tokens"
-                   f"{' with' if gc else ' without'} gradient checkpointing, {accum} accumulation step(s) for an "
-                   f"effective batch of {micro * accum}; peak {est.peak_gb:.1f} GB of {gpu.usable_gb:.1f} GB")
-            if rejected:
-                why += " (" + "; ".join(rejected) + ")"
-            return AutoPlan(gpu.name, method, chosen.weights, micro, accum, gc, optim, seq, True, why, est)
-        lean = base.with_(method=method, optim=optims[-1], seq_len=seq, batch_size=1, gradient_checkpointing=True)
-        lean_peak = sum(breakdown_bytes(spec, lean, gpu).values()) / GiB
-        rejected.append(f"{_METHOD_WORDS[method]} needs {lean_peak:.1f} GB even at micro-batch 1")
-    leanest = base.with_(method=methods[-1], seq_len=seq, batch_size=1, gradient_checkpointing=True,
-                         optim="adamw_torch" if gpu.is_cpu else "paged_adamw_32bit")
-    est = estimate_training(spec, leanest, gpu, advise=False)
-    bigger = smallest_gpu(spec, leanest)
-    why = (f"nothing fits {gpu.name} ({SAFE_FRACTION:.0%} of {gpu.usable_gb:.1f} GB) at {seq} tokens: "
-           + "; ".join(rejected)
-           + (f". Smallest GPU where it fits: {bigger}" if bigger else ". No catalog GPU fits it; shorten max_length"))
-    return AutoPlan(gpu.name, leanest.method, leanest.weights, 1, max(1, effective), True, leanest.optim, seq,
-                    False, why, est, bigger)
-
-
-def apply_plan(cfg: RunConfig, plan: AutoPlan) -> RunConfig:
-    """A copy of ``cfg`` with the plan's settings written into its fields."""
-    if plan.method == "full":
-        raise EstimateError("the run config has no full fine-tuning switch; choose a LoRA plan")
-    from .config import apply_overrides
-
-    return apply_overrides(cfg, {
-        "quantization.load_in": "4bit" if plan.method == "qlora" else ("8bit" if plan.weights == "int8" else "none"),
-        "training.batch_size": plan.batch_size,
-        "training.grad_accum": plan.grad_accum,
-        "training.gradient_checkpointing": plan.gradient_checkpointing,
-        "training.optim": plan.optim,
-        "training.max_length": plan.seq_len,
-    })
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1212,24 +716,27 @@ def estimate_time(spec: ModelSpec, s: TrainSetup, gpu: GpuSpec | str, tokens: in
 # entry points for the CLI and the UI
 
 
-def spec_for_config(config: RunConfig | None, model: str | None = None, *, allow_hub: bool = True) -> ModelSpec:
-    """The architecture of the config's base model (``model`` overrides ``model.id``); a local GGUF file named by
-    ``model.gguf_file`` is read from its header, a Hub repo's GGUF by the repo's table entry or config.json."""
-    if model is not None or config is None:
-        return load_model_spec(model, allow_hub=allow_hub)
-    mc = config.model
-    if mc.gguf_file:
-        local = Path(mc.id).expanduser() / mc.gguf_file if mc.id else Path(mc.gguf_file).expanduser()
-        if local.is_file():
-            return spec_from_gguf(local, mc.id or mc.gguf_file)
-    return load_model_spec(mc.id, mc.revision, allow_hub=allow_hub)
+def device_of(gpu: GpuSpec | None) -> Device:
+    """The training device a catalog entry stands for (None: a bf16-capable GPU)."""
+    from ..settings import Device
+
+    if gpu is None:
+        return Device("cuda", bf16=True)
+    return Device("cpu") if gpu.is_cpu else Device("cuda", bf16=gpu.bf16)
+
+
+def default_setup(gpu: GpuSpec) -> TrainSetup:
+    """The config defaults as train.py runs them on ``gpu`` (fp16 on a T4, fp32 and fused AdamW on CPU)."""
+    from ..config import RunConfig
+
+    return TrainSetup.from_config(RunConfig(), gpu)
 
 
 def setup_for(config: RunConfig | None, gpu: GpuSpec, *, method: str | None = None, batch_size: int | None = None,
               seq_len: int | None = None) -> TrainSetup:
     """The TrainSetup of ``config`` (or the defaults) on ``gpu``, with command-line style overrides."""
     if config is None:
-        from .config import RunConfig
+        from ..config import RunConfig
 
         config = RunConfig()
     s = TrainSetup.from_config(config, gpu)

@@ -1,0 +1,110 @@
+"""One resolution of "auto" settings: training, the memory estimator and the model card see the same concrete
+values on CPU and on CUDA GPUs (simulated: the device is a parameter); one parser of lora.target_modules;
+speed options are explicit and the benchmark can turn every one off."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from finetune import memory, train
+from finetune.card import model_card
+from finetune.config import RunConfig, apply_overrides, parse_target_modules
+from finetune.presets import load_preset, preset_paths
+from finetune.settings import Device, SpeedOptions, resolve
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# catalog GPU -> the device training would detect on it
+DEVICES = {"cpu": Device("cpu"), "t4": Device("cuda", bf16=False), "a100-80gb": Device("cuda", bf16=True),
+           "h200": Device("cuda", bf16=True)}
+
+CONFIGS = {name: load_preset(name) for name in preset_paths()} | {
+    "defaults": RunConfig(),
+    "explicit": apply_overrides(RunConfig(), {"training.precision": "fp32", "training.optim": "adamw_8bit",
+                                              "quantization.load_in": "none", "lora.target_modules": "q_proj, v_proj",
+                                              "lora.dropout": 0.1, "model.attn_implementation": "eager"}),
+}
+
+
+@pytest.mark.parametrize("gpu", list(DEVICES))
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_estimator_training_and_card_see_the_same_resolved_settings(name, gpu):
+    cfg, device = CONFIGS[name], DEVICES[gpu]
+    resolved = resolve(cfg, device)
+    assert memory.device_of(memory.get_gpu(gpu)) == device
+    # the estimator
+    setup = memory.TrainSetup.from_config(cfg, memory.get_gpu(gpu))
+    targets = resolved.lora_targets if isinstance(resolved.lora_targets, str) else tuple(resolved.lora_targets)
+    assert (setup.precision, setup.optim, setup.weights, setup.method, setup.attn) == (
+        resolved.precision, resolved.optim, resolved.weights, resolved.method, resolved.attn_implementation)
+    assert (setup.lora_dropout, setup.lora_targets, setup.gradient_checkpointing) == (
+        cfg.lora.dropout, targets, cfg.training.gradient_checkpointing)
+    # training: the trainer's optimizer and mixed-precision flags
+    args = train.trainer_settings(resolved)
+    assert args["optim"] == setup.optim
+    assert (args["bf16"], args["fp16"]) == (setup.precision == "bf16", setup.precision == "fp16")
+    # the card
+    card = model_card(cfg, "org/base", {"steps": 1}, [], {}, gpu, settings=resolved)
+    assert f"| precision | {setup.precision}, optimizer {setup.optim} |" in card
+    # nothing is left "auto"
+    assert "auto" not in (resolved.precision, resolved.optim, resolved.compute_dtype, resolved.model_dtype)
+
+
+def test_cpu_and_gpu_defaults_are_what_training_uses():
+    cpu, t4, a100 = (resolve(RunConfig(), DEVICES[g]) for g in ("cpu", "t4", "a100-80gb"))
+    assert (cpu.precision, cpu.optim, cpu.model_dtype, cpu.compute_dtype) == ("fp32", "adamw_torch_fused", "float32", "bfloat16")
+    assert (t4.precision, t4.optim, t4.model_dtype) == ("fp16", "paged_adamw_32bit", "float16")
+    assert (a100.precision, a100.optim, a100.model_dtype) == ("bf16", "paged_adamw_32bit", "bfloat16")
+    bf16_cpu = apply_overrides(RunConfig(), {"training.precision": "bf16"})
+    assert resolve(bf16_cpu, DEVICES["cpu"]).model_dtype == "float32"
+    assert resolve(bf16_cpu, DEVICES["cpu"], SpeedOptions(bf16_weights_on_cpu=True)).model_dtype == "bfloat16"
+    # the estimator's own defaults are the config's
+    assert memory.TrainSetup().lora_dropout == RunConfig().lora.dropout
+    assert memory.default_setup(memory.get_gpu("cpu")) == memory.TrainSetup.from_config(RunConfig(), memory.get_gpu("cpu"))
+
+
+def test_the_card_written_after_training_resolves_on_the_training_device(tmp_path):
+    from finetune.card import write_model_card
+
+    path = write_model_card(tmp_path, RunConfig(), "org/base", {"steps": 1}, [], {}, "cpu")
+    assert "| precision | fp32, optimizer adamw_torch_fused |" in path.read_text()
+
+
+def test_auto_configure_on_cpu_writes_an_optimizer_the_config_accepts():
+    cfg, plan = memory.configure_for(RunConfig(), "cpu", allow_hub=False)
+    assert plan.optim == "adamw_torch_fused" and cfg.training.optim == "auto"
+    assert resolve(cfg, DEVICES["cpu"]).optim == plan.optim
+
+
+def test_one_parser_of_target_modules():
+    from finetune.models import lora_config
+    from finetune.ui import forms
+
+    assert parse_target_modules("all-linear") == parse_target_modules(" all-linear ") == "all-linear"
+    assert parse_target_modules("q_proj, v_proj,") == parse_target_modules(["q_proj", " v_proj"]) == ["q_proj", "v_proj"]
+    cfg = apply_overrides(RunConfig(), {"lora.target_modules": "q_proj, v_proj"})
+    assert lora_config(cfg.lora).target_modules == {"q_proj", "v_proj"}
+    assert memory.TrainSetup.from_config(cfg).lora_targets == ("q_proj", "v_proj")
+    values = forms.config_to_values(cfg)
+    assert forms.values_to_config(RunConfig(), values).lora.target_modules == ["q_proj", "v_proj"]
+
+
+def test_speed_options_are_explicit_and_the_benchmark_can_turn_each_off():
+    import inspect
+
+    assert inspect.signature(train.train).parameters["speed"].default == SpeedOptions()
+    assert not hasattr(train, "SPEED")
+    spec = importlib.util.spec_from_file_location("train_throughput", ROOT / "bench" / "train_throughput.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    names = {f.name for f in dataclasses.fields(SpeedOptions)}
+    assert set(bench.SPEED_OFF) == names and not any(bench.SPEED_OFF.values())
+    for _, _, speed in bench.VARIANTS:
+        assert set(speed) <= names
+        SpeedOptions(**speed)  # every variant is a valid set of options
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        SpeedOptions().trained_positions_loss = False  # type: ignore[misc]
