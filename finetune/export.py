@@ -76,7 +76,8 @@ def _tokenizer(folder: Path, cfg):
 
 def merged_card(base_model: str, adapter_folder: Path, dtype: str) -> str:
     """A short card for the merged model: ``base_model_relation: finetune`` (one base, weights changed)."""
-    from .card import UNPUSHED_REPO, base_license, is_hub_id
+    from .card import UNPUSHED_REPO, base_license
+    from .refs import is_hub_id
 
     meta: dict = {"library_name": "transformers"}
     if is_hub_id(base_model):

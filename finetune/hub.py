@@ -14,6 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .refs import classify
+
 # Locally, Gradio's OAuth hands out this literal instead of a real token: it must never reach the Hub.
 MOCK_OAUTH_TOKEN = "mock-oauth-token-for-local-dev"
 TOKENS_PAGE = "https://huggingface.co/settings/tokens"
@@ -31,10 +33,12 @@ def resolve_token(token: str | None) -> str:
 
 
 def check_repo_id(repo_id: str) -> str:
-    parts = (repo_id or "").strip().split("/")
-    if len(parts) != 2 or not all(parts) or any(p in (".", "..") for p in parts):
+    """``user/name`` by the Hub's naming rule (a push target: never looked up as a local path), stripped."""
+    text = (repo_id or "").strip()
+    ref = classify(text, local_first=False)
+    if ref.kind != "hub" or not ref.has_namespace:
         raise HubError(f"'{repo_id}' is not a repo id; use user/name, e.g. alice/llama2-guanaco-adapter")
-    return "/".join(parts)
+    return text
 
 
 def _scrub(text: str, token: str | None) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import runs
+from . import refs, runs
 from .config import ModelConfig, QuantizationConfig
 from .models import EMBEDDED_REPO_ID, ModelError
 
@@ -78,10 +78,13 @@ def adapter_dir(path: str | Path, revision: str | None = None) -> Path:
         return check_adapter_files(p / runs.ADAPTER)
     if (p / "adapter_config.json").exists():
         return check_adapter_files(p)
-    if p.exists() or str(path).startswith((".", "/", "~")):
+    text = str(path)
+    ref = refs.classify(text, strict=False, revision=True)
+    if ref.kind == "hub" and ref.has_namespace:
+        return check_adapter_files(_download_adapter(ref.repo_id, revision or ref.revision), source=ref.repo_id)
+    if p.exists() or refs.starts_like_path(text):
         raise ModelError(f"{path} holds no adapter (adapter_config.json); point at a finished run or an adapter folder")
-    repo_id, _, at = str(path).partition("@")
-    return check_adapter_files(_download_adapter(repo_id, revision or at or None), source=repo_id)
+    raise ModelError(f"'{text.partition('@')[0]}' is neither an adapter folder nor a Hub repo id (org/name)")
 
 
 def unsafe_file(name: str) -> str | None:
@@ -123,8 +126,6 @@ def _download_adapter(repo_id: str, revision: str | None) -> Path:
 
     from .hub import describe_error
 
-    if repo_id.count("/") != 1:
-        raise ModelError(f"'{repo_id}' is neither an adapter folder nor a Hub repo id (org/name)")
     try:
         if not constants.HF_HUB_OFFLINE:
             # look at the repo's file list before downloading anything: a repo with pickles or code is refused

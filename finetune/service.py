@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import runs
 from .config import RunConfig, validate
+from .refs import classify
 
 
 class ServiceError(ValueError):
@@ -330,9 +331,9 @@ def _tokenizer(model: str):
 
 def _is_hub_id_not_path(text: str) -> bool:
     """Text that reads as a Hub id and names nothing on this server (``../../etc/passwd``, ``runs/alice``)."""
-    from .data import looks_like_hub_id
+    from .data import FILE_TYPES
 
-    return looks_like_hub_id(text) and ".." not in text and not Path(text).exists()
+    return classify(text, file_suffixes=FILE_TYPES).kind == "hub"
 
 
 def check_hub_dataset_id(text: str) -> str:
