@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from .adapter import TEMPLATE_FILE, has_tokenizer
 from .config import RunConfig
 from .refs import classify, is_hub_id
 
@@ -237,7 +238,7 @@ def model_card(config: RunConfig, base_model: str, metrics: dict, losses: list[t
         f'tokenizer = AutoTokenizer.from_pretrained("{UNPUSHED_REPO}")',
         "```",
         "",
-        "The file `finetune_template.json` names the prompt template; format prompts with it for best results.",
+        f"The file `{TEMPLATE_FILE}` names the prompt template; format prompts with it for best results.",
         "",
     ]
     return "\n".join(lines)
@@ -255,7 +256,7 @@ def write_model_card(folder: Path, config: RunConfig, base_model: str, metrics: 
         eval_losses.append((metrics.get("steps") or 0, metrics["eval_loss"]))  # the final evaluation
     curve = LOSS_CURVE_FILE if plot_loss_curve(losses, eval_losses, folder / LOSS_CURVE_FILE) else None
     tokenizer = None
-    if (folder / "tokenizer_config.json").exists():  # saved next to the adapter: renders the example prompt
+    if has_tokenizer(folder):  # saved next to the adapter: renders the example prompt
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(folder))

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .adapter import CONFIG_FILE, check_adapter_files, find_adapter_dir
 from .refs import classify
 
 # Locally, Gradio's OAuth hands out this literal instead of a real token: it must never reach the Hub.
@@ -124,14 +125,10 @@ def push_folder(folder: Path, repo_id: str, *, token: str | None = None, private
 
 def find_adapter(path: str | Path) -> Path:
     """A run's ``adapter/`` folder from a run folder or an adapter folder."""
-    from . import runs
-
-    p = Path(path)
-    if (p / runs.ADAPTER / "adapter_config.json").exists():
-        return p / runs.ADAPTER
-    if (p / "adapter_config.json").exists():
-        return p
-    raise HubError(f"{p} holds no adapter (adapter_config.json); push a finished run")
+    folder = find_adapter_dir(path)
+    if folder is None:
+        raise HubError(f"{Path(path)} holds no adapter ({CONFIG_FILE}); push a finished run")
+    return folder
 
 
 def _stage_card(src: Path, dst: Path, repo_id: str) -> None:
@@ -151,7 +148,6 @@ def push_adapter(adapter_dir: Path, repo_id: str, *, token: str | None = None, p
 
     ``adapter_dir`` may also be the run folder. Returns the repo URL.
     """
-    from .inference import check_adapter_files
     from .models import ModelError
 
     folder = find_adapter(adapter_dir)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import runs
+from .adapter import ADAPTER_DIR, is_adapter_dir
 from .config import RunConfig, validate
 from .refs import classify
 
@@ -291,8 +292,8 @@ def run_events(ws: Workspace, owner: str | None, run_id: str) -> list[dict]:
 
 
 def adapter_path(ws: Workspace, owner: str | None, run_id: str) -> Path:
-    path = _run_dir(ws, owner, run_id) / runs.ADAPTER
-    if not (path / "adapter_config.json").exists():
+    path = _run_dir(ws, owner, run_id) / ADAPTER_DIR
+    if not is_adapter_dir(path):
         raise ServiceError(f"run '{run_id}' has no adapter yet: it appears when the run finishes")
     return path
 
