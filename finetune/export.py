@@ -1,4 +1,4 @@
-"""Merge an adapter into its base and write a plain 16-bit transformers model (no peft needed to load it).
+"""Merge an adapter into its base and write (or push) a plain 16-bit transformers model (no peft needed to load it).
 
 >>> merge_adapter("runs/20261123-101500-3f9c2a7d1b", "merged", dtype="bfloat16")  # doctest: +SKIP
 PosixPath('merged')
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -99,3 +100,18 @@ def merged_card(base_model: str, adapter_folder: Path, dtype: str) -> str:
         "```", "",
     ])
 
+
+def push_merged(adapter: str | Path, repo_id: str, *, model: str | None = None, dtype: str = "bfloat16",
+                token: str | None = None, private: bool = True, revision: str | None = None,
+                commit_message: str = "Upload merged model with finetune", api=None) -> str:
+    """Merge the adapter into a 16-bit copy of its base (see :func:`merge_adapter`) and push the result."""
+    from .hub import check_repo_id, push_folder, resolve_token, stage_card
+
+    repo_id = check_repo_id(repo_id)
+    resolve_token(token)  # fail before minutes of merging, not after
+    with tempfile.TemporaryDirectory(prefix="finetune-merge-") as tmp:
+        merged = merge_adapter(adapter, Path(tmp) / "merged", model=model, dtype=dtype)
+        out = Path(tmp) / "staged"
+        stage_card(merged, out, repo_id)
+        return push_folder(out, repo_id, repo_type="model", token=token, private=private, revision=revision,
+                           commit_message=commit_message, api=api)

@@ -1,4 +1,6 @@
-"""Push adapters, merged models and formatted datasets to the Hub, and explain Hub failures in one line.
+"""Push adapters, formatted datasets and any model folder to the Hub, and explain Hub failures in one line.
+
+(A merged model is pushed by ``export.push_merged``: merging is export's, the upload is ``push_folder``.)
 
 Tokens come from the signed-in user (OAuth), ``HF_TOKEN`` or an explicit argument; they are passed to
 huggingface_hub calls only, never logged, stored or written into a file, and scrubbed from every message.
@@ -131,7 +133,7 @@ def find_adapter(path: str | Path) -> Path:
     return folder
 
 
-def _stage_card(src: Path, dst: Path, repo_id: str) -> None:
+def stage_card(src: Path, dst: Path, repo_id: str) -> None:
     """Copy a folder for upload with the card's loading snippet naming the repo it is pushed to."""
     from .card import UNPUSHED_REPO
 
@@ -158,24 +160,8 @@ def push_adapter(adapter_dir: Path, repo_id: str, *, token: str | None = None, p
         raise HubError(str(e)) from None
     with tempfile.TemporaryDirectory(prefix="finetune-push-") as tmp:
         staged = Path(tmp) / "adapter"
-        _stage_card(folder, staged, repo_id)
+        stage_card(folder, staged, repo_id)
         return push_folder(staged, repo_id, repo_type="model", token=token, private=private, revision=revision,
-                           commit_message=commit_message, api=api)
-
-
-def push_merged(adapter: str | Path, repo_id: str, *, model: str | None = None, dtype: str = "bfloat16",
-                token: str | None = None, private: bool = True, revision: str | None = None,
-                commit_message: str = "Upload merged model with finetune", api=None) -> str:
-    """Merge the adapter into a 16-bit copy of its base (see ``export.merge_adapter``) and push the result."""
-    from .export import merge_adapter
-
-    repo_id = check_repo_id(repo_id)
-    resolve_token(token)  # fail before minutes of merging, not after
-    with tempfile.TemporaryDirectory(prefix="finetune-merge-") as tmp:
-        merged = merge_adapter(adapter, Path(tmp) / "merged", model=model, dtype=dtype)
-        out = Path(tmp) / "staged"
-        _stage_card(merged, out, repo_id)
-        return push_folder(out, repo_id, repo_type="model", token=token, private=private, revision=revision,
                            commit_message=commit_message, api=api)
 
 
