@@ -14,13 +14,14 @@ A loss-curve image (``loss_curve.png``) sits next to the card and is shown in it
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
 
+from .adapter import TEMPLATE_FILE, has_tokenizer
 from .config import RunConfig
+from .refs import classify, is_hub_id
 
 if TYPE_CHECKING:  # annotations only
     from .settings import ResolvedSettings
@@ -28,7 +29,6 @@ if TYPE_CHECKING:  # annotations only
 LOSS_CURVE_FILE = "loss_curve.png"
 # Replaced by the repo id when the adapter is pushed (hub.push_adapter), so the snippet can be copied as is.
 UNPUSHED_REPO = "<this repo or folder>"
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def _sparkline(values: list[float], width: int = 40) -> str:
@@ -42,11 +42,6 @@ def _sparkline(values: list[float], width: int = 40) -> str:
     lo, hi = min(values), max(values)
     span = (hi - lo) or 1.0
     return "".join(bars[min(7, int((v - lo) / span * 7.999))] for v in values)
-
-
-def is_hub_id(name: str) -> bool:
-    """``org/name`` that is not a local path: only such a base can be named in Hub metadata."""
-    return bool(name) and bool(_HUB_ID.fullmatch(name)) and not Path(name).exists()
 
 
 def _display_name(base_model: str) -> str:
@@ -148,7 +143,7 @@ def plot_loss_curve(losses: list[tuple[int, float]], eval_losses: list[tuple[int
 
 def card_metadata(config: RunConfig, base_model: str, license: str | None = None) -> dict:
     """The YAML front matter as a dict (the Hub indexes these fields)."""
-    from .data import looks_like_hub_id
+    from .data import FILE_TYPES
 
     q, source = config.quantization, config.data.source
     tags = ["lora"] + (["qlora"] if q.load_in == "4bit" else []) + ["peft", "finetune", "text-generation"]
@@ -159,7 +154,7 @@ def card_metadata(config: RunConfig, base_model: str, license: str | None = None
     meta["pipeline_tag"] = "text-generation"
     if license:
         meta["license"] = license
-    if source and looks_like_hub_id(source) and not Path(source).exists():
+    if source and classify(source, file_suffixes=FILE_TYPES).kind == "hub":
         meta["datasets"] = [source]
     meta["tags"] = tags
     return meta
@@ -250,7 +245,7 @@ def model_card(config: RunConfig, base_model: str, metrics: dict, losses: list[t
         f'tokenizer = AutoTokenizer.from_pretrained("{UNPUSHED_REPO}")',
         "```",
         "",
-        "The file `finetune_template.json` names the prompt template; format prompts with it for best results.",
+        f"The file `{TEMPLATE_FILE}` names the prompt template; format prompts with it for best results.",
         "",
     ]
     return "\n".join(lines)
@@ -268,7 +263,7 @@ def write_model_card(folder: Path, config: RunConfig, base_model: str, metrics: 
         eval_losses.append((metrics.get("steps") or 0, metrics["eval_loss"]))  # the final evaluation
     curve = LOSS_CURVE_FILE if plot_loss_curve(losses, eval_losses, folder / LOSS_CURVE_FILE) else None
     tokenizer = None
-    if (folder / "tokenizer_config.json").exists():  # saved next to the adapter: renders the example prompt
+    if has_tokenizer(folder):  # saved next to the adapter: renders the example prompt
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(folder))

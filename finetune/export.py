@@ -1,4 +1,4 @@
-"""Merge an adapter into its base and write a plain 16-bit transformers model (no peft needed to load it).
+"""Merge an adapter into its base and write (or push) a plain 16-bit transformers model (no peft needed to load it).
 
 >>> merge_adapter("runs/20261123-101500-3f9c2a7d1b", "merged", dtype="bfloat16")  # doctest: +SKIP
 PosixPath('merged')
@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import yaml
 
+from .adapter import CONFIG_FILE, copy_template_info, has_tokenizer, read_base_model
 from .models import ModelError
+from .refs import is_hub_id
 
 DTYPES = ("bfloat16", "float16")
 MERGED_CARD = "README.md"
@@ -31,14 +34,13 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, model: str | None = N
 
     from . import inference, models
     from .config import QuantizationConfig
-    from .train import TEMPLATE_FILE
 
     if dtype not in DTYPES:
         raise ModelError(f"dtype '{dtype}' is not a 16-bit type; use one of {', '.join(DTYPES)}")
     folder = inference.adapter_dir(adapter)
-    base_name = model or inference.adapter_base(folder)
+    base_name = model or read_base_model(folder)
     if not base_name:
-        raise ModelError(f"{folder}/adapter_config.json names no base model; pass the base with --model")
+        raise ModelError(f"{folder / CONFIG_FILE} names no base model; pass the base with --model")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ModelError(f"{out} is not empty; choose a new folder for the merged model")
@@ -47,14 +49,13 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, model: str | None = N
     try:
         merged = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
     except (RuntimeError, ValueError, KeyError) as e:
-        raise ModelError(f"the adapter {adapter} does not fit {base_name} (trained on {inference.adapter_base(folder)}): "
+        raise ModelError(f"the adapter {adapter} does not fit {base_name} (trained on {read_base_model(folder)}): "
                          f"{str(e).strip().splitlines()[0][:200]}") from None
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp, safe_serialization=True)
     _tokenizer(folder, cfg).save_pretrained(tmp)
-    if (folder / TEMPLATE_FILE).exists():  # our own inference keeps formatting prompts as training did
-        shutil.copy(folder / TEMPLATE_FILE, tmp / TEMPLATE_FILE)
+    copy_template_info(folder, tmp)  # our own inference keeps formatting prompts as training did
     (tmp / MERGED_CARD).write_text(merged_card(base_name, folder, dtype), encoding="utf-8")
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
@@ -69,14 +70,14 @@ def _tokenizer(folder: Path, cfg):
 
     from . import models
 
-    if (folder / "tokenizer_config.json").exists():
+    if has_tokenizer(folder):
         return AutoTokenizer.from_pretrained(str(folder))
     return models.load_tokenizer(cfg)
 
 
 def merged_card(base_model: str, adapter_folder: Path, dtype: str) -> str:
     """A short card for the merged model: ``base_model_relation: finetune`` (one base, weights changed)."""
-    from .card import UNPUSHED_REPO, base_license, is_hub_id
+    from .card import UNPUSHED_REPO, base_license
 
     meta: dict = {"library_name": "transformers"}
     if is_hub_id(base_model):
@@ -98,3 +99,19 @@ def merged_card(base_model: str, adapter_folder: Path, dtype: str) -> str:
         f'tokenizer = AutoTokenizer.from_pretrained("{UNPUSHED_REPO}")',
         "```", "",
     ])
+
+
+def push_merged(adapter: str | Path, repo_id: str, *, model: str | None = None, dtype: str = "bfloat16",
+                token: str | None = None, private: bool = True, revision: str | None = None,
+                commit_message: str = "Upload merged model with finetune", api=None) -> str:
+    """Merge the adapter into a 16-bit copy of its base (see :func:`merge_adapter`) and push the result."""
+    from .hub import check_repo_id, push_folder, resolve_token, stage_card
+
+    repo_id = check_repo_id(repo_id)
+    resolve_token(token)  # fail before minutes of merging, not after
+    with tempfile.TemporaryDirectory(prefix="finetune-merge-") as tmp:
+        merged = merge_adapter(adapter, Path(tmp) / "merged", model=model, dtype=dtype)
+        out = Path(tmp) / "staged"
+        stage_card(merged, out, repo_id)
+        return push_folder(out, repo_id, repo_type="model", token=token, private=private, revision=revision,
+                           commit_message=commit_message, api=api)

@@ -1,4 +1,6 @@
-"""Push adapters, merged models and formatted datasets to the Hub, and explain Hub failures in one line.
+"""Push adapters, formatted datasets and any model folder to the Hub, and explain Hub failures in one line.
+
+(A merged model is pushed by ``export.push_merged``: merging is export's, the upload is ``push_folder``.)
 
 Tokens come from the signed-in user (OAuth), ``HF_TOKEN`` or an explicit argument; they are passed to
 huggingface_hub calls only, never logged, stored or written into a file, and scrubbed from every message.
@@ -13,6 +15,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from .adapter import CONFIG_FILE, check_adapter_files, find_adapter_dir
+from .refs import classify
 
 # Locally, Gradio's OAuth hands out this literal instead of a real token: it must never reach the Hub.
 MOCK_OAUTH_TOKEN = "mock-oauth-token-for-local-dev"
@@ -34,10 +39,12 @@ def resolve_token(token: str | None) -> str:
 
 
 def check_repo_id(repo_id: str) -> str:
-    parts = (repo_id or "").strip().split("/")
-    if len(parts) != 2 or not all(parts) or any(p in (".", "..") for p in parts):
+    """``user/name`` by the Hub's naming rule (a push target: never looked up as a local path), stripped."""
+    text = (repo_id or "").strip()
+    ref = classify(text, local_first=False)
+    if ref.kind != "hub" or not ref.has_namespace:
         raise HubError(f"'{repo_id}' is not a repo id; use user/name, e.g. alice/llama2-guanaco-adapter")
-    return "/".join(parts)
+    return text
 
 
 def _scrub(text: str, token: str | None) -> str:
@@ -123,17 +130,13 @@ def push_folder(folder: Path, repo_id: str, *, token: str | None = None, private
 
 def find_adapter(path: str | Path) -> Path:
     """A run's ``adapter/`` folder from a run folder or an adapter folder."""
-    from . import runs
-
-    p = Path(path)
-    if (p / runs.ADAPTER / "adapter_config.json").exists():
-        return p / runs.ADAPTER
-    if (p / "adapter_config.json").exists():
-        return p
-    raise HubError(f"{p} holds no adapter (adapter_config.json); push a finished run")
+    folder = find_adapter_dir(path)
+    if folder is None:
+        raise HubError(f"{Path(path)} holds no adapter ({CONFIG_FILE}); push a finished run")
+    return folder
 
 
-def _stage_card(src: Path, dst: Path, repo_id: str) -> None:
+def stage_card(src: Path, dst: Path, repo_id: str) -> None:
     """Copy a folder for upload with the card's loading snippet naming the repo it is pushed to."""
     from .card import UNPUSHED_REPO
 
@@ -150,7 +153,6 @@ def push_adapter(adapter_dir: Path, repo_id: str, *, token: str | None = None, p
 
     ``adapter_dir`` may also be the run folder. Returns the repo URL.
     """
-    from .inference import check_adapter_files
     from .models import ModelError
 
     folder = find_adapter(adapter_dir)
@@ -161,24 +163,8 @@ def push_adapter(adapter_dir: Path, repo_id: str, *, token: str | None = None, p
         raise HubError(str(e)) from None
     with tempfile.TemporaryDirectory(prefix="finetune-push-") as tmp:
         staged = Path(tmp) / "adapter"
-        _stage_card(folder, staged, repo_id)
+        stage_card(folder, staged, repo_id)
         return push_folder(staged, repo_id, repo_type="model", token=token, private=private, revision=revision,
-                           commit_message=commit_message, api=api)
-
-
-def push_merged(adapter: str | Path, repo_id: str, *, model: str | None = None, dtype: str = "bfloat16",
-                token: str | None = None, private: bool = True, revision: str | None = None,
-                commit_message: str = "Upload merged model with finetune", api=None) -> str:
-    """Merge the adapter into a 16-bit copy of its base (see ``export.merge_adapter``) and push the result."""
-    from .export import merge_adapter
-
-    repo_id = check_repo_id(repo_id)
-    resolve_token(token)  # fail before minutes of merging, not after
-    with tempfile.TemporaryDirectory(prefix="finetune-merge-") as tmp:
-        merged = merge_adapter(adapter, Path(tmp) / "merged", model=model, dtype=dtype)
-        out = Path(tmp) / "staged"
-        _stage_card(merged, out, repo_id)
-        return push_folder(out, repo_id, repo_type="model", token=token, private=private, revision=revision,
                            commit_message=commit_message, api=api)
 
 

@@ -10,7 +10,6 @@ attached to it by name, and the base answer comes from the same weights with the
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections import OrderedDict
@@ -18,7 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import runs
+from . import refs
+from .adapter import (ADAPTER_FILES, CONFIG_FILE, DEFAULT_TEMPLATE_INFO, check_adapter_files,
+                      find_adapter_dir, pick_device, read_base_model, read_template_info,
+                      refuse_unsafe_files)
 from .config import ModelConfig, QuantizationConfig
 from .models import EMBEDDED_REPO_ID, ModelError
 
@@ -26,13 +28,6 @@ _CACHE_SIZE = 2
 # The cached bases together may use at most this share of the device's memory (GPU memory, or RAM on the
 # CPU); older bases are dropped first. A 7B base in 4-bit is ~4 GB, in bf16 ~14 GB.
 CACHE_MEMORY_SHARE = 0.6
-# What an adapter repo needs for inference (weights, config, tokenizer, template, card); not checkpoints.
-ADAPTER_FILES = ["*.json", "*.safetensors", "*.md", "*.yaml", "*.jinja", "*.model", "*.txt"]
-# Files an adapter must not carry: pickles run code when unpickled (torch.load, joblib), and code files are
-# what a `trust_remote_code` load would import. An adapter that holds any of them is refused as a whole,
-# whether it comes from a folder or a Hub repo: weights load from safetensors only.
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
-CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".so", ".dll", ".dylib", ".sh", ".exe")
 _lock = threading.RLock()
 # How many CPU threads a generation may use right now (None: torch's setting stands). The app sets it: a
 # training process on the same CPU holds some cores, and torch threads that find their core taken make every
@@ -73,49 +68,16 @@ class LoadedModel:
 def adapter_dir(path: str | Path, revision: str | None = None) -> Path:
     """An adapter folder from a run folder, an adapter folder, or a Hub repo id (``org/name`` or
     ``org/name@revision``; downloaded once, then read from the Hugging Face cache, also offline)."""
-    p = Path(path)
-    if (p / runs.ADAPTER / "adapter_config.json").exists():
-        return check_adapter_files(p / runs.ADAPTER)
-    if (p / "adapter_config.json").exists():
-        return check_adapter_files(p)
-    if p.exists() or str(path).startswith((".", "/", "~")):
-        raise ModelError(f"{path} holds no adapter (adapter_config.json); point at a finished run or an adapter folder")
-    repo_id, _, at = str(path).partition("@")
-    return check_adapter_files(_download_adapter(repo_id, revision or at or None), source=repo_id)
-
-
-def unsafe_file(name: str) -> str | None:
-    """Why a file has no place in an adapter (pickle or code), or None when it is harmless.
-
-    >>> unsafe_file("training_args.bin")
-    'a pickle file (can run code when loaded)'
-    """
-    lower = name.lower()
-    if lower.endswith(PICKLE_SUFFIXES):
-        return "a pickle file (can run code when loaded)"
-    if lower.endswith(CODE_SUFFIXES):
-        return "a code file"
-    return None
-
-
-def _refuse(source: str, names: list[str]) -> None:
-    bad = [(n, unsafe_file(n)) for n in sorted(names)]
-    bad = [(n, why) for n, why in bad if why]
-    if bad:
-        listed = ", ".join(f"{n} ({why})" for n, why in bad)
-        raise ModelError(
-            f"the adapter {source} contains {listed}; finetune loads adapters from safetensors only and runs no "
-            "code from them: use an adapter saved with safe_serialization (adapter_model.safetensors) and remove "
-            "the other files, or ask the repo owner to"
-        )
-
-
-def check_adapter_files(folder: Path, source: str | None = None) -> Path:
-    """Refuse an adapter folder holding pickles or code (named in the message); return the folder."""
-    folder = Path(folder)
-    names = [str(f.relative_to(folder)) for f in folder.rglob("*") if f.is_file() or f.is_symlink()]
-    _refuse(source or str(folder), [n for n in names if not n.startswith(".")])
-    return folder
+    folder = find_adapter_dir(path)
+    if folder is not None:
+        return check_adapter_files(folder)
+    text = str(path)
+    ref = refs.classify(text, strict=False, revision=True)
+    if ref.kind == "hub" and ref.has_namespace:
+        return check_adapter_files(_download_adapter(ref.repo_id, revision or ref.revision), source=ref.repo_id)
+    if Path(path).exists() or refs.starts_like_path(text):
+        raise ModelError(f"{path} holds no adapter ({CONFIG_FILE}); point at a finished run or an adapter folder")
+    raise ModelError(f"'{text.partition('@')[0]}' is neither an adapter folder nor a Hub repo id (org/name)")
 
 
 def _download_adapter(repo_id: str, revision: str | None) -> Path:
@@ -123,13 +85,11 @@ def _download_adapter(repo_id: str, revision: str | None) -> Path:
 
     from .hub import describe_error
 
-    if repo_id.count("/") != 1:
-        raise ModelError(f"'{repo_id}' is neither an adapter folder nor a Hub repo id (org/name)")
     try:
         if not constants.HF_HUB_OFFLINE:
             # look at the repo's file list before downloading anything: a repo with pickles or code is refused
             info = HfApi().model_info(repo_id, revision=revision)
-            _refuse(repo_id, [s.rfilename for s in info.siblings or [] if not s.rfilename.startswith(".")])
+            refuse_unsafe_files(repo_id, [s.rfilename for s in info.siblings or [] if not s.rfilename.startswith(".")])
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=ADAPTER_FILES))
     except ModelError:
         raise
@@ -138,16 +98,13 @@ def _download_adapter(repo_id: str, revision: str | None) -> Path:
 
 
 def adapter_base(adapter: str | Path) -> str:
-    """The base model an adapter was trained on (``base_model_name_or_path``)."""
-    cfg = json.loads((adapter_dir(adapter) / "adapter_config.json").read_text())
-    return cfg.get("base_model_name_or_path") or ""
+    """The base model an adapter (folder, run folder or Hub id) was trained on (``base_model_name_or_path``)."""
+    return read_base_model(adapter_dir(adapter))
 
 
 def adapter_template(adapter: str | Path) -> dict:
     """The template saved with an adapter; ``model`` (the tokenizer's chat template) when none was saved."""
-    from .train import read_template_info
-
-    return read_template_info(adapter_dir(adapter)) or {"template": "model", "system_prompt": ""}
+    return read_template_info(adapter_dir(adapter)) or dict(DEFAULT_TEMPLATE_INFO)
 
 
 def base_config(name: str) -> ModelConfig:
@@ -163,7 +120,6 @@ def base_config(name: str) -> ModelConfig:
 def load(model: str = "", quantization: QuantizationConfig | None = None) -> LoadedModel:
     """The base model (cached), on the GPU when there is one."""
     from . import models
-    from .train import pick_device
 
     q = quantization or QuantizationConfig(load_in="none")
     key = (model, q.load_in, q.quant_type, q.double_quant)
@@ -319,7 +275,7 @@ def _clean_answer(text: str, template: dict) -> str:
 def _prepare(model: str | None, adapter: str | None, template: str | None, quantization):
     base = model if model is not None else (adapter_base(adapter) if adapter else "")
     loaded = load(base, quantization)
-    tpl = adapter_template(adapter) if adapter else {"template": "model", "system_prompt": ""}
+    tpl = adapter_template(adapter) if adapter else dict(DEFAULT_TEMPLATE_INFO)
     if template:
         tpl = {**tpl, "template": template}
     if tpl["template"] != "model":

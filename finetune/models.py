@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import LoraSettings, ModelConfig, QuantizationConfig
+from .refs import classify
 
 EMBEDDED_REPO_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -131,9 +132,12 @@ def resolve(model: ModelConfig | str) -> ResolvedModel:
     """Turn the user's model string into something from_pretrained can load, without downloading weights."""
     cfg = ModelConfig(id=model) if isinstance(model, str) else model
     ident = (cfg.id or "").strip()
-    if not ident or ident == EMBEDDED_REPO_ID and _hub_offline():
+    # local_first off: a name that is neither a .gguf file nor a folder goes to the Hub even when a plain file
+    # of that name exists here (from_pretrained does the same)
+    ref = classify(ident, strict=False, local_first=False)
+    if ref.kind == "embedded" or ident == EMBEDDED_REPO_ID and _hub_offline():
         return ResolvedModel(str(embedded_model_dir()), EMBEDDED_REPO_ID, None, True)
-    path = Path(ident).expanduser()
+    path = ref.path
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelError(f"GGUF file {path} not found")
@@ -146,7 +150,7 @@ def resolve(model: ModelConfig | str) -> ResolvedModel:
         if not (path / "config.json").exists():
             raise ModelError(f"{path} has no config.json; point at a Hugging Face model folder")
         return ResolvedModel(str(path.resolve()), _recorded_name(path), None, True)
-    if ident.startswith((".", "/", "~")) or ident.count("/") > 1:
+    if ref.kind == "path":
         raise ModelError(f"model folder {ident} not found; check the path or use a Hub id such as {EMBEDDED_REPO_ID}")
     return ResolvedModel(ident, ident, cfg.revision, False)
 
@@ -157,7 +161,8 @@ def _recorded_name(path: Path) -> str:
         name = json.loads((path / "config.json").read_text()).get("_name_or_path") or ""
     except (OSError, ValueError):
         name = ""
-    if name and not Path(name).is_absolute() and name.count("/") == 1:
+    ref = classify(name, strict=False, local_first=False)
+    if ref.kind == "hub" and ref.has_namespace:
         return name
     return str(path.resolve())
 

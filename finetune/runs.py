@@ -14,11 +14,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .adapter import ADAPTER_DIR, is_adapter_dir
 from .events import TERMINAL, read_events
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINTS = "checkpoints"
-ADAPTER = "adapter"
+ADAPTER = ADAPTER_DIR  # the finished adapter; its format is adapter.py's
 STOP_FILE = "STOP"
 # A run executing on another machine (Hugging Face Jobs) records its job here; its liveness is the job's,
 # not a local process id (backends.hfjobs.sync writes the job's end into the events).
@@ -223,7 +224,7 @@ def read_run(run_dir: Path) -> RunState:
     if state.status in ("running", "queued") and not remote and not _pid_alive(getattr(state, "_pid", None)):
         state.status, state.queue_position = "interrupted", None  # the process is gone without a final event: resumable
     state.__dict__.pop("_pid", None)
-    state.has_adapter = (run_dir / ADAPTER / "adapter_config.json").exists()
+    state.has_adapter = is_adapter_dir(run_dir / ADAPTER)
     ck = last_checkpoint(run_dir)
     state.last_checkpoint = str(ck) if ck else None
     return state

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from . import runs
+from .adapter import ADAPTER_DIR, is_adapter_dir
+from .config import RunConfig, validate
 from .errors import UserError
+from .refs import classify
 
 if TYPE_CHECKING:
     from .backends.base import Backend
-
-from .config import RunConfig, validate
 
 
 class ServiceError(ValueError, UserError):
@@ -363,8 +364,8 @@ def run_events(ws: Workspace, owner: str | None, run_id: str) -> list[dict]:
 
 
 def adapter_path(ws: Workspace, owner: str | None, run_id: str) -> Path:
-    path = _run_dir(ws, owner, run_id) / runs.ADAPTER
-    if not (path / "adapter_config.json").exists():
+    path = _run_dir(ws, owner, run_id) / ADAPTER_DIR
+    if not is_adapter_dir(path):
         raise ServiceError(f"run '{run_id}' has no adapter yet: it appears when the run finishes")
     return path
 
@@ -403,9 +404,9 @@ def _tokenizer(model: str):
 
 def _is_hub_id_not_path(text: str) -> bool:
     """Text that reads as a Hub id and names nothing on this server (``../../etc/passwd``, ``runs/alice``)."""
-    from .data import looks_like_hub_id
+    from .data import FILE_TYPES
 
-    return looks_like_hub_id(text) and ".." not in text and not Path(text).exists()
+    return classify(text, file_suffixes=FILE_TYPES).kind == "hub"
 
 
 def check_hub_dataset_id(text: str) -> str:

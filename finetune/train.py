@@ -17,7 +17,6 @@ uninterrupted one.
 from __future__ import annotations
 
 import errno
-import json
 import math
 import os
 import time
@@ -26,15 +25,14 @@ from pathlib import Path
 from typing import Callable
 
 from . import runs
+from .adapter import pick_device, write_run_files
 from .config import ConfigError, RunConfig, validate
 from .events import EventLog
-from .io import DISK_FULL_FIX, DiskFullError, atomic_write_json, atomic_write_text
+from .io import DISK_FULL_FIX, DiskFullError
 from .models import ModelError
 from .settings import Device, ResolvedSettings, SpeedOptions, resolve
 
 SAMPLE_DATA = Path(__file__).parent / "samples" / "city_year.jsonl"
-TEMPLATE_FILE = "finetune_template.json"
-METRICS_FILE = "metrics.json"
 
 
 from .errors import UserError, is_programming_error  # noqa: E402 - next to the class it bases
@@ -197,12 +195,6 @@ def _datasets(config: RunConfig, tokenizer):
 
 # ---------------------------------------------------------------------------------------------
 # device and precision
-
-
-def pick_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def resolved_settings(config: RunConfig, device: str, speed: SpeedOptions = SpeedOptions()) -> ResolvedSettings:
@@ -625,18 +617,6 @@ def _planned_steps(t, n_examples: int) -> int:
 # the adapter bundle
 
 
-def template_info(config: RunConfig, tokenizer) -> dict:
-    """What inference needs to format prompts exactly as training did."""
-    from .templates import MODEL_TEMPLATE, TEMPLATES, special_tokens
-
-    name = config.data.template
-    info = {"template": name, "system_prompt": config.data.system_prompt}
-    if name != MODEL_TEMPLATE:
-        tok = special_tokens(name, tokenizer)
-        info.update(bos=tok.bos, eos=tok.eos, stop_strings=list(TEMPLATES[name].stop_strings))
-    return info
-
-
 def save_adapter(trainer, tokenizer, config: RunConfig, base_name: str, run_dir: Path, metrics: dict, data_summary: dict, device: str) -> Path:
     """Write ``adapter/``: a plain PEFT adapter plus the template, config, metrics and a model card."""
     from .card import write_model_card
@@ -650,15 +630,9 @@ def save_adapter(trainer, tokenizer, config: RunConfig, base_name: str, run_dir:
     model.peft_config["default"].base_model_name_or_path = base_name
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    atomic_write_json(tmp / TEMPLATE_FILE, template_info(config, tokenizer))
-    atomic_write_text(tmp / "run_config.yaml", config.to_yaml())
-    atomic_write_json(tmp / METRICS_FILE, metrics)
+    write_run_files(tmp, config, tokenizer, metrics)
     write_model_card(tmp, config, base_name, metrics, trainer.state.log_history, data_summary, device)  # + loss_curve.png
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return out
 
-
-def read_template_info(adapter_dir: Path) -> dict | None:
-    path = Path(adapter_dir) / TEMPLATE_FILE
-    return json.loads(path.read_text()) if path.exists() else None

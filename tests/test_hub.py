@@ -377,7 +377,8 @@ def test_push_merged_model_and_formatted_dataset(trained, fake_hub, tmp_path, mo
     from huggingface_hub import ModelCard, constants
 
     from finetune import export
-    from finetune.hub import push_dataset, push_merged
+    from finetune.export import push_merged
+    from finetune.hub import push_dataset
 
     real_merge = export.merge_adapter
 

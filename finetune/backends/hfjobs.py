@@ -38,6 +38,7 @@ from ..hub import _scrub  # the token never leaves in a message or a log line
 from ..config import RunConfig
 from ..events import EVENTS_FILE, TERMINAL, EventLog, read_events
 from ..io import atomic_write_json, atomic_write_text
+from ..refs import classify
 
 NAME = "hf-jobs"
 TOKEN_SECRET = "HF_TOKEN"  # huggingface_hub and hub.push_adapter read the token from this variable
@@ -104,18 +105,14 @@ def portable_config(config: RunConfig) -> RunConfig:
     model = (cfg.model.id or "").strip()
     if not model:
         cfg.model.id = EMBEDDED_REPO_ID  # the same model the app embeds, downloaded by the job
-    elif _is_local(model) or cfg.model.gguf_file and Path(cfg.model.gguf_file).exists():
+    elif classify(model, strict=False).kind == "path" or cfg.model.gguf_file and Path(cfg.model.gguf_file).exists():
         raise JobError(f"model.id {model} is a path on this machine, which the job cannot read; upload the model "
                        "to the Hub and use its id (org/name)")
     source = (cfg.data.source or "").strip()
-    if source and _is_local(source):
+    if source and classify(source, strict=False).kind == "path":
         raise JobError(f"data.source {source} is a file on this machine, which the job cannot read; push it as a "
                        "dataset (the Dataset tab's push, or finetune.hub.push_dataset) and use its id")
     return cfg
-
-
-def _is_local(ident: str) -> bool:
-    return Path(ident).expanduser().exists() or ident.startswith(("/", ".", "~")) or ident.count("/") > 1
 
 
 def estimate_timeout_s(config: RunConfig, flavor: str, tokens: int | None = None) -> int:

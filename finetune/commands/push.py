@@ -54,7 +54,8 @@ def run(args) -> int:
     from finetune.cli import UsageError
     from finetune.config import RunConfig
     from finetune.events import EventLog
-    from finetune.hub import HubError, find_adapter, push_adapter, push_merged
+    from finetune.export import push_merged
+    from finetune.hub import HubError, find_adapter, push_adapter
     from finetune.models import ModelError
 
     path = resolve_run(args.run, args.runs_root)

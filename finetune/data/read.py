@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 
 import orjson
 
+from ..refs import classify
 from .validate import DataError, Problem
 
 FILE_TYPES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
@@ -305,17 +306,13 @@ def max_upload_bytes() -> int:
     return int(max(mb, 0.001) * 1e6)
 
 
-def looks_like_hub_id(source: str) -> bool:
-    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", source)) and not source.endswith(FILE_TYPES)
-
-
 def load_rows(source: str | Path, *, hub_config: str | None = None, split: str = "train",
               max_bytes: int | None = None) -> Table:
     """Read a data file (CSV, TSV, JSON, JSONL, Parquet) or a Hub dataset id into rows."""
     path = Path(source)
     name = str(source)
     if not path.exists():
-        if looks_like_hub_id(name):
+        if classify(name, file_suffixes=FILE_TYPES).kind == "hub":
             return _read_hub(name, hub_config, split)
         raise DataError(name, None, "file not found; check the path (or give a Hub dataset id like user/name)")
     if path.is_dir():

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import model_table
+from ..refs import classify
 from .hardware import EstimateError
 
 if TYPE_CHECKING:  # imported for annotations only: the config module is light, torch is never needed
@@ -264,7 +265,8 @@ def load_model_spec(model: str | None, revision: str | None = None, *, allow_hub
     known = model_table.lookup(ident)
     if known is not None:
         return spec_from_config(known, model_table.canonical_id(ident) or ident, "bundled table")
-    if ident.count("/") == 1 and not ident.startswith(("/", ".", "~")):
+    ref = classify(ident, strict=False, local_first=False)  # local folders and files were looked at above
+    if ref.kind == "hub" and ref.has_namespace:
         found = _hub_config(ident, revision, allow_hub)
         if found is not None:
             return spec_from_config(found[0], ident, found[1])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from .. import inference, service
+from .. import inference, refs, service
 from ..errors import UserError
 from .common import Api, owner, user_errors
 
@@ -28,7 +28,8 @@ def resolve_adapter(ws, who: str, adapter: str) -> str | None:
     try:
         return str(service.adapter_path(ws, who, adapter))
     except service.ServiceError:
-        if "/" in adapter and not adapter.startswith((".", "/", "~")) and adapter.count("/") == 1:
+        ref = refs.classify(adapter, strict=False, local_first=False)
+        if ref.kind == "hub" and ref.has_namespace:
             return service.check_model_ref(ws, adapter, "adapter")  # a Hub repo id
         raise
 

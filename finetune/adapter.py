@@ -1,0 +1,161 @@
+"""The adapter folder: what a finished run leaves in ``<run>/adapter`` and an adapter repo on the Hub holds.
+
+A plain PEFT adapter (``adapter_config.json`` naming the base model, ``adapter_model.safetensors``; written
+by peft), the tokenizer, a model card, and finetune's own files: the prompt template the run trained with,
+the run's config and its metrics. This module is the only one that names, reads or writes these files, and
+it decides which files an adapter may hold at all (no pickles, no code).
+
+>>> find_adapter_dir("runs/20261123-101500-3f9c2a7d1b")  # doctest: +SKIP
+PosixPath('runs/20261123-101500-3f9c2a7d1b/adapter')
+>>> read_template_info(find_adapter_dir("runs/20261123-101500-3f9c2a7d1b"))  # doctest: +SKIP
+{'template': 'chatml', 'system_prompt': '', 'bos': '', 'eos': '<|im_end|>', 'stop_strings': ['<|im_end|>']}
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from .io import atomic_write_json, atomic_write_text
+from .models import ModelError
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+
+ADAPTER_DIR = "adapter"  # a run folder's finished adapter: <run>/adapter
+CONFIG_FILE = "adapter_config.json"  # peft's; its base_model_name_or_path names the base model
+TEMPLATE_FILE = "finetune_template.json"  # the prompt template training used, so inference formats alike
+RUN_CONFIG_FILE = "run_config.yaml"  # the run's full config (no secrets), to reproduce the run
+METRICS_FILE = "metrics.json"  # final losses, steps, runtime
+TOKENIZER_FILE = "tokenizer_config.json"  # present when the tokenizer was saved next to the adapter
+# What an adapter repo needs for inference (weights, config, tokenizer, template, card); not checkpoints.
+ADAPTER_FILES = ["*.json", "*.safetensors", "*.md", "*.yaml", "*.jinja", "*.model", "*.txt"]
+# Files an adapter must not carry: pickles run code when unpickled (torch.load, joblib), and code files are
+# what a `trust_remote_code` load would import. An adapter that holds any of them is refused as a whole,
+# whether it comes from a folder or a Hub repo: weights load from safetensors only.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
+CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".so", ".dll", ".dylib", ".sh", ".exe")
+# Prompts of an adapter saved without a template (trained elsewhere) use the tokenizer's chat template.
+DEFAULT_TEMPLATE_INFO: Mapping[str, Any] = MappingProxyType({"template": "model", "system_prompt": ""})
+
+
+# ---------------------------------------------------------------------------------------------
+# where the adapter is
+
+
+def is_adapter_dir(folder: str | Path) -> bool:
+    """A folder holding a PEFT adapter (its ``adapter_config.json``)."""
+    return (Path(folder) / CONFIG_FILE).exists()
+
+
+def find_adapter_dir(path: str | Path) -> Path | None:
+    """The adapter folder of a run folder (``<run>/adapter``), or ``path`` itself when it is one; else None."""
+    p = Path(path)
+    if is_adapter_dir(p / ADAPTER_DIR):
+        return p / ADAPTER_DIR
+    if is_adapter_dir(p):
+        return p
+    return None
+
+
+def read_base_model(folder: str | Path) -> str:
+    """The base model an adapter was trained on (``base_model_name_or_path``; empty when it names none)."""
+    cfg = json.loads((Path(folder) / CONFIG_FILE).read_text())
+    return str(cfg.get("base_model_name_or_path") or "")
+
+
+def has_tokenizer(folder: str | Path) -> bool:
+    """Whether the tokenizer was saved with the adapter (it may carry a pad token set for training)."""
+    return (Path(folder) / TOKENIZER_FILE).exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# finetune's own files
+
+
+def template_info(config: RunConfig, tokenizer: Any) -> dict[str, Any]:
+    """What inference needs to format prompts exactly as training did."""
+    from .templates import MODEL_TEMPLATE, TEMPLATES, special_tokens
+
+    name = config.data.template
+    info: dict[str, Any] = {"template": name, "system_prompt": config.data.system_prompt}
+    if name != MODEL_TEMPLATE:
+        tok = special_tokens(name, tokenizer)
+        info.update(bos=tok.bos, eos=tok.eos, stop_strings=list(TEMPLATES[name].stop_strings))
+    return info
+
+
+def write_run_files(folder: Path, config: RunConfig, tokenizer: Any, metrics: dict[str, Any]) -> None:
+    """Write finetune's files next to a saved PEFT adapter: the template, the run config and the metrics."""
+    atomic_write_json(folder / TEMPLATE_FILE, template_info(config, tokenizer))
+    atomic_write_text(folder / RUN_CONFIG_FILE, config.to_yaml())
+    atomic_write_json(folder / METRICS_FILE, metrics)
+
+
+def read_template_info(folder: str | Path) -> dict[str, Any] | None:
+    """The template saved with an adapter, or None when it has none (an adapter trained elsewhere)."""
+    path = Path(folder) / TEMPLATE_FILE
+    if not path.exists():
+        return None
+    info: dict[str, Any] = json.loads(path.read_text())
+    return info
+
+
+def copy_template_info(src: str | Path, dst: str | Path) -> None:
+    """Copy the saved template (when there is one) into another model folder, e.g. a merged model."""
+    path = Path(src) / TEMPLATE_FILE
+    if path.exists():
+        shutil.copy(path, Path(dst) / TEMPLATE_FILE)
+
+
+# ---------------------------------------------------------------------------------------------
+# what an adapter may hold
+
+
+def unsafe_file(name: str) -> str | None:
+    """Why a file has no place in an adapter (pickle or code), or None when it is harmless.
+
+    >>> unsafe_file("training_args.bin")
+    'a pickle file (can run code when loaded)'
+    """
+    lower = name.lower()
+    if lower.endswith(PICKLE_SUFFIXES):
+        return "a pickle file (can run code when loaded)"
+    if lower.endswith(CODE_SUFFIXES):
+        return "a code file"
+    return None
+
+
+def refuse_unsafe_files(source: str, names: list[str]) -> None:
+    """Raise ModelError naming every pickle or code file among ``names`` (files of the adapter ``source``)."""
+    bad = [(n, why) for n in sorted(names) if (why := unsafe_file(n))]
+    if bad:
+        listed = ", ".join(f"{n} ({why})" for n, why in bad)
+        raise ModelError(
+            f"the adapter {source} contains {listed}; finetune loads adapters from safetensors only and runs no "
+            "code from them: use an adapter saved with safe_serialization (adapter_model.safetensors) and remove "
+            "the other files, or ask the repo owner to"
+        )
+
+
+def check_adapter_files(folder: str | Path, source: str | None = None) -> Path:
+    """Refuse an adapter folder holding pickles or code (named in the message); return the folder."""
+    folder = Path(folder)
+    names = [str(f.relative_to(folder)) for f in folder.rglob("*") if f.is_file() or f.is_symlink()]
+    refuse_unsafe_files(source or str(folder), [n for n in names if not n.startswith(".")])
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# where to load it
+
+
+def pick_device() -> str:
+    """The device models load on for training and inference: the GPU when there is one, else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
