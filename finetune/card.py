@@ -21,7 +21,7 @@ import yaml
 
 from .adapter import TEMPLATE_FILE, has_tokenizer
 from .config import RunConfig
-from .refs import classify, is_hub_id
+from .refs import is_hub_id
 
 if TYPE_CHECKING:  # annotations only
     from .settings import ResolvedSettings
@@ -143,7 +143,7 @@ def plot_loss_curve(losses: list[tuple[int, float]], eval_losses: list[tuple[int
 
 def card_metadata(config: RunConfig, base_model: str, license: str | None = None) -> dict:
     """The YAML front matter as a dict (the Hub indexes these fields)."""
-    from .data import FILE_TYPES
+    from .data import is_hub_dataset_id
 
     q, source = config.quantization, config.data.source
     tags = ["lora"] + (["qlora"] if q.load_in == "4bit" else []) + ["peft", "finetune", "text-generation"]
@@ -154,7 +154,7 @@ def card_metadata(config: RunConfig, base_model: str, license: str | None = None
     meta["pipeline_tag"] = "text-generation"
     if license:
         meta["license"] = license
-    if source and classify(source, file_suffixes=FILE_TYPES).kind == "hub":
+    if source and is_hub_dataset_id(source):
         meta["datasets"] = [source]
     meta["tags"] = tags
     return meta

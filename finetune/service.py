@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from . import runs
 from .adapter import ADAPTER_DIR, is_adapter_dir
 from .config import RunConfig, validate
+from .data import is_hub_dataset_id
 from .errors import UserError
-from .refs import classify
 
 if TYPE_CHECKING:
     from .backends.base import Backend
@@ -402,17 +402,10 @@ def _tokenizer(model: str):
         return _tokenizers[model]
 
 
-def _is_hub_id_not_path(text: str) -> bool:
-    """Text that reads as a Hub id and names nothing on this server (``../../etc/passwd``, ``runs/alice``)."""
-    from .data import FILE_TYPES
-
-    return classify(text, file_suffixes=FILE_TYPES).kind == "hub"
-
-
 def check_hub_dataset_id(text: str) -> str:
     """A Hub dataset id typed by a user of a shared server: never a path on the server (``../../etc/passwd``)."""
     text = (text or "").strip()
-    if not _is_hub_id_not_path(text):
+    if not is_hub_dataset_id(text):  # a Hub id that names nothing on this server (../../etc/passwd, runs/alice)
         raise ServiceError(f"'{text[:80]}' is not a Hub dataset id; type one like user/name, or upload the file")
     return text
 
@@ -432,7 +425,7 @@ def check_model_ref(ws: Workspace, text: str, what: str = "base model") -> str:
     path = Path(text)
     if path.is_absolute() and any(path.resolve().is_relative_to(d) for d in _model_dirs()):
         return text  # a folder the server's operator offers to every user
-    if not _is_hub_id_not_path(text):
+    if not is_hub_dataset_id(text):  # a Hub id that names nothing on this server (../../etc/passwd, runs/alice)
         raise ServiceError(f"'{text[:80]}' is not a Hub repo id; on this shared server the {what} is a Hub id like "
                            "org/name (or empty for the default)")
     return text

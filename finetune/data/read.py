@@ -28,6 +28,11 @@ from .validate import DataError, Problem
 
 FILE_TYPES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 
+
+def is_hub_dataset_id(text: str) -> bool:
+    """A Hub dataset id (``org/name`` or ``name``), not a local path or a data file's name."""
+    return classify(text, file_suffixes=FILE_TYPES).kind == "hub"
+
 Row = dict[str, Any]  # one row as read: column -> cell (text, number, list of messages, ...)
 
 
@@ -312,7 +317,7 @@ def load_rows(source: str | Path, *, hub_config: str | None = None, split: str =
     path = Path(source)
     name = str(source)
     if not path.exists():
-        if classify(name, file_suffixes=FILE_TYPES).kind == "hub":
+        if is_hub_dataset_id(name):
             return _read_hub(name, hub_config, split)
         raise DataError(name, None, "file not found; check the path (or give a Hub dataset id like user/name)")
     if path.is_dir():
