@@ -21,9 +21,13 @@ import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import yaml
+# no types-PyYAML in the dev requirements: yaml is untyped here (its loaders return Any either way)
+import yaml  # type: ignore[import-untyped]
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 
 class ConfigWarning(UserWarning):
@@ -54,7 +58,7 @@ class ConfigError(ValueError, UserError):
         super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in self.problems))
 
 
-def doc(text: str, **meta) -> dict:
+def doc(text: str, **meta: object) -> dict[str, object]:
     """Field metadata: a one-line help (units, memory effect) shown by the UI and the CLI."""
     return {"help": text, **meta}
 
@@ -188,11 +192,12 @@ class RunConfig:
     name: str = field(default="", metadata=doc("A name for the run (shown in the run list)"))
 
     # -- YAML ---------------------------------------------------------------------------------
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+        text: str = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+        return text
 
     def save(self, path: str | Path) -> None:
         from .io import atomic_write_text
@@ -200,7 +205,7 @@ class RunConfig:
         atomic_write_text(Path(path), self.to_yaml())
 
     @classmethod
-    def from_dict(cls, data: dict | None, source: str | None = None) -> "RunConfig":
+    def from_dict(cls, data: dict[Any, Any] | None, source: str | None = None) -> "RunConfig":
         """Build from a (possibly partial) nested dict; unknown keys and wrong types are all reported."""
         problems: list[str] = []
         cfg = _build(cls, data or {}, "", problems)
@@ -222,7 +227,7 @@ class RunConfig:
         return cls.from_yaml(text, str(path))
 
 
-def _load_yaml(text: str, source: str | None) -> dict:
+def _load_yaml(text: str, source: str | None) -> dict[Any, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -237,11 +242,11 @@ def _load_yaml(text: str, source: str | None) -> dict:
     return data
 
 
-def _type_name(tp) -> str:
+def _type_name(tp: object) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
-def _coerce(value: Any, tp, name: str, problems: list[str]) -> Any:
+def _coerce(value: Any, tp: object, name: str, problems: list[str]) -> Any:
     """Check/convert one leaf value against its annotation (int, float, bool, str, optional, list, dict)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -322,13 +327,16 @@ ALIASES = {
 }
 
 
-def _build(cls, data: Any, prefix: str, problems: list[str]):
+_D = TypeVar("_D", bound="DataclassInstance")
+
+
+def _build(cls: type[_D], data: Any, prefix: str, problems: list[str]) -> _D:
     if not isinstance(data, dict):
         problems.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {_show(data)}")
         return cls()
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if not isinstance(key, str):
             problems.append(f"{prefix}{_show(key)}: a key must be a name, e.g. {prefix or 'training.'}max_steps")
@@ -340,7 +348,7 @@ def _build(cls, data: Any, prefix: str, problems: list[str]):
             problems.append(f"{name}: unknown key{hint}")
             continue
         tp = hints[key]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # a section (hints of fields are classes)
             kwargs[key] = _build(tp, value if value is not None else {}, f"{name}.", problems)
         else:
             before = len(problems)
@@ -364,14 +372,13 @@ def apply_overrides(cfg: RunConfig, overrides: list[str] | dict[str, Any]) -> Ru
         parts = key.split(".")
         node = data
         for p in parts[:-1]:
-            if not isinstance(node.get(p), dict):
-                node = None
+            child = node.get(p)
+            if not isinstance(child, dict):
+                problems.append(f"{key}: unknown section '{parts[0]}'; use section.key, e.g. lora.r=64")
                 break
-            node = node[p]
-        if node is None:
-            problems.append(f"{key}: unknown section '{parts[0]}'; use section.key, e.g. lora.r=64")
-            continue
-        node[parts[-1]] = value
+            node = child
+        else:
+            node[parts[-1]] = value
     if problems:
         raise ConfigError(problems, "--set")
     return RunConfig.from_dict(data, "--set")
@@ -394,7 +401,8 @@ def field_help(section: str, name: str) -> str:
     cls = typing.get_type_hints(RunConfig)[section]
     for f in dataclasses.fields(cls):
         if f.name == name:
-            return f.metadata.get("help", "")
+            text: str = f.metadata.get("help", "")
+            return text
     raise KeyError(f"{section}.{name}")
 
 

@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import model_table
 from ..refs import classify
@@ -116,12 +116,12 @@ def count_params(spec: ModelSpec) -> int:
     return embedding_params(spec) + spec.num_layers * per_layer + norms
 
 
-def spec_from_config(cfg: dict, name: str, source: str) -> ModelSpec:
+def spec_from_config(cfg: dict[str, Any], name: str, source: str) -> ModelSpec:
     """A ModelSpec from ``config.json`` contents (multimodal configs: their ``text_config``)."""
     if isinstance(cfg.get("text_config"), dict):
         cfg = {**cfg["text_config"], "model_type": cfg["text_config"].get("model_type", cfg.get("model_type", ""))}
 
-    def first(*keys, default=None):
+    def first(*keys: str, default: Any = None) -> Any:  # a JSON value
         for k in keys:
             if cfg.get(k) is not None:
                 return cfg[k]
@@ -179,7 +179,7 @@ def spec_from_gguf(path: Path, name: str | None = None) -> ModelSpec:
     except (OSError, ValueError) as e:
         raise EstimateError(f"{path}: not a readable GGUF file ({e.__class__.__name__}: {e})") from e
 
-    def value(key, default=None):
+    def value(key: str, default: Any = None) -> Any:  # a header field's contents
         f = reader.fields.get(key)
         if f is None:
             return default
@@ -211,7 +211,7 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _hub_config(repo_id: str, revision: str | None, allow_download: bool) -> tuple[dict, str] | None:
+def _hub_config(repo_id: str, revision: str | None, allow_download: bool) -> tuple[dict[str, Any], str] | None:
     """config.json of a Hub repo: from the local HF cache, else downloaded when allowed. None if neither."""
     try:
         from huggingface_hub import hf_hub_download, try_to_load_from_cache

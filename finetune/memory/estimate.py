@@ -374,7 +374,7 @@ class MemoryEstimate:
     def usage(self) -> float:
         return self.peak_gb / self.gpu.usable_gb if self.gpu.usable_gb else math.inf
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
             "peak_gb": round(self.peak_gb, 2),
@@ -548,7 +548,7 @@ class InferenceEstimate:
     def fits(self) -> bool:
         return self.verdict != "does not fit"
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "gpu": self.gpu.name, "gpu_gb": self.gpu.nominal_gb, "weights": self.weights,
                 "batch_size": self.batch_size, "context_tokens": self.context_tokens,
                 "breakdown": {k: round(v, 3) for k, v in self.breakdown.items()},
@@ -650,7 +650,7 @@ def tokens_per_second(spec: ModelSpec, s: TrainSetup, gpu: GpuSpec | str) -> flo
     (params / 7B) ** 0.1 size factor, clamped to [0.5, 1.3].
     """
     gpu = get_gpu(gpu) if isinstance(gpu, str) else gpu
-    size = min(1.3, max(0.5, (spec.num_params / 7e9) ** 0.1))
+    size: float = min(1.3, max(0.5, (spec.num_params / 7e9) ** 0.1))  # float ** float is typed Any
     eff = gpu.mfu * size * _METHOD_SPEED.get(s.weights, 1.0)
     return gpu.tflops * 1e12 * eff / flops_per_token(spec, s)
 
@@ -674,7 +674,7 @@ class TimeEstimate:
     def hours(self) -> float:
         return self.seconds / 3600
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["hours"] = round(self.hours, 3)
         d["tokens_per_second"] = round(self.tokens_per_second, 1)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Concatenate, TypedDict
 
 import gradio as gr
 
@@ -12,8 +13,35 @@ from ..presets import DEFAULT_PRESET, load_preset, preset_description, preset_pa
 from . import forms
 from .common import Api, config_warnings_markdown, user_errors
 
+if TYPE_CHECKING:  # for annotations only: pandas and the estimator load when a verdict is first shown
+    import pandas as pd
 
-def create_hparams_tab(api: Api, components: dict):
+    from ..memory import MemoryEstimate
+
+# The widgets forms.make_component creates for the config fields: one of these per field key.
+FormWidget = gr.Textbox | gr.Number | gr.Slider | gr.Checkbox | gr.Dropdown | gr.Radio
+
+
+class HparamsWidgets(TypedDict):
+    """The widgets of the tab besides the config fields, by name."""
+
+    preset: gr.Dropdown
+    preset_info: gr.Markdown
+    config_code: gr.Code
+    verdict: gr.Markdown
+    gpu: gr.Dropdown
+    auto: gr.Button
+    breakdown: gr.Dataframe
+    download: gr.Button
+    yaml_file: gr.File
+    upload: gr.UploadButton
+
+
+# What the sync handler shows: the YAML (or gr.Code() to keep it), the verdict markdown and the breakdown table.
+SyncOutput = tuple["gr.Code | str", str, "gr.Dataframe | pd.DataFrame"]
+
+
+def create_hparams_tab(api: Api, components: dict[str, FormWidget]) -> HparamsWidgets:
     """Creates the model/quantization/LoRA/training widgets into ``components`` (key -> widget)."""
     default = load_preset(DEFAULT_PRESET)
     paths = preset_paths()
@@ -53,14 +81,14 @@ def create_hparams_tab(api: Api, components: dict):
 VERDICT_ICON = {"fits": "✅", "tight": "⚠️", "does not fit": "❌"}
 
 
-def verdict_markdown(est) -> str:
+def verdict_markdown(est: MemoryEstimate) -> str:
     lines = [f"### {VERDICT_ICON.get(est.verdict, '')} {est.verdict.capitalize()} on {est.gpu.name}: "
              f"peak {est.peak_gb:.1f} GB of {est.gpu.nominal_gb:.0f} GB", est.explanation]
     lines += [f"- {s}" for s in est.suggestions[:3]]
     return "\n\n".join(lines[:2]) + ("\n\n" + "\n".join(lines[2:]) if lines[2:] else "")
 
 
-def estimate_view(cfg: RunConfig, gpu: str):
+def estimate_view(cfg: RunConfig, gpu: str) -> tuple[str, pd.DataFrame]:
     """(verdict markdown, breakdown table) for the form's config on a GPU; errors become the verdict."""
     import pandas as pd
 
@@ -85,17 +113,19 @@ def auto_configure_form(cfg: RunConfig, gpu: str) -> tuple[list[Any], str]:
     return forms.config_to_values(configured), plan.reason
 
 
-def wire_config(api: Api, components: dict, hp: dict, extra_inputs: list, extra_to_config):
+def wire_config(api: Api, components: dict[str, FormWidget], hp: HparamsWidgets,
+                extra_inputs: Sequence[FormWidget | gr.File],
+                extra_to_config: Callable[Concatenate[RunConfig, ...], RunConfig]) -> Callable[..., SyncOutput]:
     """Keep the YAML view and the fit verdict in sync with every widget; presets, uploads and the
     auto-configure button fill the form."""
     keys = [f.key for f in forms.FORM_FIELDS]
     widgets = [components[k] for k in keys]
     n = len(widgets)
 
-    def build(*values) -> RunConfig:
+    def build(*values: Any) -> RunConfig:
         return extra_to_config(forms.values_to_config(RunConfig(), list(values[:n])), *values[n:-1])
 
-    def sync(*values):
+    def sync(*values: Any) -> SyncOutput:
         try:
             cfg = build(*values)
         except UserError as e:  # shown next to the form, the YAML keeps its last good value
@@ -109,7 +139,7 @@ def wire_config(api: Api, components: dict, hp: dict, extra_inputs: list, extra_
                  show_progress="hidden", trigger_mode="always_last")
 
     @user_errors
-    def auto_configure(*values):
+    def auto_configure(*values: Any) -> list[Any]:
         form, reason = auto_configure_form(build(*values), values[-1])
         gr.Info(reason)
         return form
@@ -117,7 +147,7 @@ def wire_config(api: Api, components: dict, hp: dict, extra_inputs: list, extra_
     hp["auto"].click(auto_configure, inputs, widgets, api_visibility="private")
 
     @user_errors
-    def estimate_memory(config_yaml: str, gpu: str = "t4") -> dict:
+    def estimate_memory(config_yaml: str, gpu: str = "t4") -> dict[str, Any]:
         """Peak training memory of a config on a GPU: peak_gb, breakdown (name -> GB), fits, verdict, gpu,
         gpu_gb, explanation and suggestions."""
         from ..memory import estimate
@@ -129,21 +159,21 @@ def wire_config(api: Api, components: dict, hp: dict, extra_inputs: list, extra_
                                    api_name="estimate_memory")
 
     @user_errors
-    def apply_preset(name: str):
+    def apply_preset(name: str) -> list[Any]:
         cfg = load_preset(name)
         return [*forms.config_to_values(cfg), preset_description(preset_paths()[name])]
 
     hp["preset"].change(apply_preset, hp["preset"], widgets + [hp["preset_info"]], api_visibility="private")
 
     @user_errors
-    def from_yaml(file):
+    def from_yaml(file: str) -> list[Any]:  # the upload's file path
         cfg = RunConfig.load(file)
         gr.Info("config loaded into the form")
         return forms.config_to_values(cfg)
 
     hp["upload"].upload(from_yaml, hp["upload"], widgets, api_visibility="private")
 
-    def save_yaml(text: str):
+    def save_yaml(text: str) -> str:
         out = api.downloads / "configs"
         out.mkdir(parents=True, exist_ok=True)
         import hashlib
