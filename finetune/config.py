@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 # no types-PyYAML in the dev requirements: yaml is untyped here (its loaders return Any either way)
-import yaml  # type: ignore[import-untyped]
+import yaml
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
