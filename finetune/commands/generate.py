@@ -43,8 +43,9 @@ def read_prompts(path: str) -> list:
             continue
         try:
             obj = json.loads(line)
-        except ValueError as e:
-            raise UsageError(f"{path}:{i}: not valid JSON ({e.msg}); one JSON object per line")
+        except ValueError as e:  # a JSONDecodeError, or a plain ValueError (an integer over the digit limit)
+            reason = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+            raise UsageError(f"{path}:{i}: not valid JSON ({reason}); one JSON object per line")
         if isinstance(obj, dict) and isinstance(obj.get("prompt"), str):
             rows.append(obj["prompt"])
         elif isinstance(obj, dict) and isinstance(obj.get("messages"), list):
