@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from .io import append_jsonl, read_jsonl
 
@@ -25,7 +25,7 @@ EVENTS_FILE = "events.jsonl"
 TERMINAL = ("finished", "failed", "stopped")
 
 
-def _clean(value):
+def _clean(value: object) -> object:
     """JSON-safe numbers: NaN/inf become None (json.dumps would write invalid JSON)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -33,11 +33,11 @@ def _clean(value):
 
 
 class EventLog:
-    def __init__(self, run_dir: Path, on_event: Callable[[dict], None] | None = None):
+    def __init__(self, run_dir: Path, on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.path = Path(run_dir) / EVENTS_FILE
         self.on_event = on_event
 
-    def emit(self, type: str, **fields) -> dict:
+    def emit(self, type: str, **fields: object) -> dict[str, Any]:
         event = {"type": type, "time": round(time.time(), 3), **{k: _clean(v) for k, v in fields.items()}}
         append_jsonl(self.path, event)
         if self.on_event is not None:
@@ -45,5 +45,5 @@ class EventLog:
         return event
 
 
-def read_events(run_dir: Path) -> list[dict]:
+def read_events(run_dir: Path) -> list[dict[str, Any]]:
     return read_jsonl(Path(run_dir) / EVENTS_FILE)

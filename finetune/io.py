@@ -7,6 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 # A full disk (or an exhausted quota) while writing: the message says what to free and that nothing is lost.
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -50,11 +51,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: Path, obj) -> None:
+def atomic_write_json(path: Path, obj: object) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-def append_jsonl(path: Path, obj) -> None:
+def append_jsonl(path: Path, obj: object) -> None:
     """Append one JSON line with a single write (O_APPEND): a crash leaves whole lines or a torn last line,
     which readers skip. A torn last line is closed first, so it cannot swallow the line written after it."""
     line = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
@@ -74,9 +75,9 @@ def append_jsonl(path: Path, obj) -> None:
         os.close(fd)
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Read a JSON-lines file, skipping a torn or malformed line instead of failing."""
-    out = []
+    out: list[dict[str, Any]] = []
     try:
         with open(path, "rb") as f:
             for raw in f:

@@ -12,6 +12,8 @@ positions, tied embeddings, experts. Only the fields that change memory are kept
 
 from __future__ import annotations
 
+from typing import Any
+
 _LLAMA2_7B = {
     "model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
     "num_key_value_heads": 32, "intermediate_size": 11008, "vocab_size": 32000,
@@ -72,7 +74,7 @@ _SMOLLM2_135M = {
     "max_position_embeddings": 8192, "tie_word_embeddings": True,
 }
 
-MODEL_CONFIGS: dict[str, dict] = {
+MODEL_CONFIGS: dict[str, dict[str, Any]] = {
     "HuggingFaceTB/SmolLM2-135M-Instruct": _SMOLLM2_135M,
     "HuggingFaceTB/SmolLM2-135M": _SMOLLM2_135M,
     "meta-llama/Llama-2-7b-hf": _LLAMA2_7B,
@@ -114,7 +116,7 @@ def canonical_id(model_id: str) -> str | None:
     return _BY_LOWER.get(model_id.strip().lower())
 
 
-def lookup(model_id: str) -> dict | None:
+def lookup(model_id: str) -> dict[str, Any] | None:
     """A copy of the table entry for ``model_id`` (any letter case), or None."""
     key = canonical_id(model_id)
     return dict(MODEL_CONFIGS[key]) if key else None

@@ -13,6 +13,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .adapter import ADAPTER_DIR, is_adapter_dir
 from .events import TERMINAL, read_events
@@ -50,7 +51,7 @@ def record_backend(run_dir: Path, backend: str) -> None:
     atomic_write_json(Path(run_dir) / BACKEND_FILE, {"backend": backend})
 
 
-def read_backend(run_dir: Path, events: list[dict] | None = None) -> str:
+def read_backend(run_dir: Path, events: list[dict[str, Any]] | None = None) -> str:
     """Where a run trains: ``local`` | ``zerogpu`` | ``hf-jobs``, from the record its backend wrote at start.
 
     A folder written before the record existed (or by ``python -m finetune train``, which trains in its own
@@ -133,7 +134,7 @@ def stop_requested(run_dir: Path) -> bool:
     return (Path(run_dir) / STOP_FILE).exists()
 
 
-def _pid_alive(pid) -> bool:
+def _pid_alive(pid: object) -> bool:
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
@@ -174,7 +175,7 @@ class RunState:
             return f"queued (position {self.queue_position})"
         return self.status
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["path"] = str(self.path)
         d["status_text"] = self.status_text

@@ -16,7 +16,7 @@ import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypedDict
 
 from . import runs
 from .adapter import ADAPTER_DIR, is_adapter_dir
@@ -26,6 +26,7 @@ from .errors import UserError
 
 if TYPE_CHECKING:
     from .backends.base import Backend
+    from .backends.zerogpu import ChunkResult, QuotaPreview
 
 
 class ServiceError(ValueError, UserError):
@@ -181,8 +182,8 @@ def start_training(ws: Workspace, owner: str | None, config: RunConfig, backend:
         raise ServiceError(str(e)) from None
 
 
-def train_chunks(ws: Workspace, owner: str | None, run_id: str, chunk: Callable[[str, int, int], dict] | None = None,
-                 **kw: Any) -> Iterator[dict]:
+def train_chunks(ws: Workspace, owner: str | None, run_id: str, chunk: Callable[[str, int, int], ChunkResult] | None = None,
+                 **kw: Any) -> Iterator[dict[str, Any]]:
     """Drive a ZeroGPU run: chained GPU calls (``chunk``, default zerogpu.train_chunk) until it ends; yields
     the run state after each call."""
     from .backends import zerogpu
@@ -201,7 +202,7 @@ def backend_of(path: Path) -> str:
         raise ServiceError(str(e)) from None
 
 
-def zerogpu_quota(config: RunConfig, data_file: str | Path | None = None) -> dict:
+def zerogpu_quota(config: RunConfig, data_file: str | Path | None = None) -> QuotaPreview:
     """The ZeroGPU quota a run will use (zerogpu.quota_preview); an epochs-based run counts the rows of its data
     (the uploaded file, else a local data.source)."""
     from .backends import zerogpu
@@ -231,7 +232,7 @@ def run_state(ws: Workspace, owner: str | None, run_id: str, *, token: str | Non
         return runs.read_run(path), str(e)
 
 
-def run_status(ws: Workspace, owner: str | None, run_id: str, *, token: str | None = None, api: Any = None) -> dict:
+def run_status(ws: Workspace, owner: str | None, run_id: str, *, token: str | None = None, api: Any = None) -> dict[str, Any]:
     """The run's state from its folder; a Hugging Face job's folder is first synced from the job's log."""
     state, stale = run_state(ws, owner, run_id, token=token, api=api)
     out = state.to_dict()
@@ -243,7 +244,7 @@ def run_status(ws: Workspace, owner: str | None, run_id: str, *, token: str | No
 
 
 def stop_training(ws: Workspace, owner: str | None, run_id: str, *, token: str | None = None,
-                  api: Any = None) -> dict:
+                  api: Any = None) -> dict[str, Any]:
     """Stop a run: a local one checkpoints at its next step (a queued one leaves the queue); a Hugging Face job is
     cancelled. Returns its state (a job's synced from its log)."""
     path = _run_dir(ws, owner, run_id)
@@ -283,9 +284,9 @@ def run_states(ws: Workspace, owner: str | None) -> list[runs.RunState]:
     return runs.list_runs(ws.for_owner(owner))
 
 
-def list_runs(ws: Workspace, owner: str | None) -> list[dict]:
+def list_runs(ws: Workspace, owner: str | None) -> list[dict[str, Any]]:
     """The owner's runs, newest first, as the API shows them (no server paths, no loss curves; their backend)."""
-    out = []
+    out: list[dict[str, Any]] = []
     for s in run_states(ws, owner):
         d = s.to_dict()
         for key in ("path", "losses", "eval_losses"):
@@ -329,7 +330,7 @@ def push(ws: Workspace, owner: str | None, run_id: str, repo_id: str, *, token: 
     return push_adapter(adapter_path(ws, owner, run_id), repo_id, token=token, private=private)
 
 
-def zerogpu_quota_for(config_yaml: str, data_file: str | Path | None = None) -> dict:
+def zerogpu_quota_for(config_yaml: str, data_file: str | Path | None = None) -> QuotaPreview:
     """:func:`zerogpu_quota` of a config YAML."""
     return zerogpu_quota(parse_config(config_yaml), data_file)
 
@@ -357,7 +358,7 @@ def job_cost(config_yaml: str, flavor: str) -> JobCost:
     return JobCost(limit, cost)
 
 
-def run_events(ws: Workspace, owner: str | None, run_id: str) -> list[dict]:
+def run_events(ws: Workspace, owner: str | None, run_id: str) -> list[dict[str, Any]]:
     from .events import read_events
 
     return read_events(_run_dir(ws, owner, run_id))
@@ -384,13 +385,13 @@ def adapter_zip(ws: Workspace, owner: str | None, run_id: str, out_dir: Path) ->
     return target
 
 
-_tokenizers: dict = {}
+_tokenizers: dict[str, Any] = {}  # model name -> a transformers tokenizer
 # Concurrent requests (the app serves several at once) load a tokenizer once, one at a time: the first use of
 # transformers' lazy imports from several threads at once fails ("cannot import name 'AutoTokenizer'").
 _tokenizers_lock = threading.Lock()
 
 
-def _tokenizer(model: str):
+def _tokenizer(model: str) -> Any:
     """Tokenizers for token statistics, kept per model name (loading one takes about a second)."""
     from .models import load_tokenizer
 
@@ -431,10 +432,10 @@ def check_model_ref(ws: Workspace, text: str, what: str = "base model") -> str:
     return text
 
 
-def format_preview(source: str, *, template: str, system_prompt: str = "", columns: dict | None = None,
+def format_preview(source: str, *, template: str, system_prompt: str = "", columns: dict[str, str] | None = None,
                    model: str = "", max_length: int = 1024, train_on: str = "assistant",
                    hub_config: str | None = None, split: str = "train", out_dir: Path, preview_rows: int = 5,
-                   hub_only: bool = False) -> dict:
+                   hub_only: bool = False) -> FormatPreview:
     """Format a dataset for the Dataset tab: summary markdown, preview examples with spans, token lengths,
     row problems, warnings and the formatted JSONL file.
 
@@ -471,3 +472,13 @@ def format_preview(source: str, *, template: str, system_prompt: str = "", colum
         "warnings": [f"row {p.row}: {p.reason}" for p in result.warnings],
         "file": str(out),
     }
+
+
+class FormatPreview(TypedDict):
+    """What the Dataset tab shows of a formatted dataset (:func:`format_preview`)."""
+    summary: str  # markdown
+    examples: list[dict[str, Any]]  # {"row": int, "text": str, "spans": [[start, end], ...]} (trained characters)
+    lengths: list[int]  # tokens per example
+    problems: list[list[Any]]  # [row, field, reason, fix] of each rejected row
+    warnings: list[str]
+    file: str  # the formatted JSONL

@@ -15,10 +15,12 @@ inference formats prompts exactly the way training did.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-Message = dict  # {"role": str, "content": str}
+Message = dict[str, str]  # {"role": str, "content": str}
 Segment = tuple[str, bool]  # (text, trained_on)
+# compile_single_turn's function: (system, user, answer) -> (prompt, completion, trained spans)
+SingleTurn = Callable[[str, str, str], tuple[str, str, list[tuple[int, int]]]]
 
 
 from .errors import UserError  # noqa: E402 - next to the class it bases
@@ -290,7 +292,7 @@ def get_template(name: str) -> Template:
     return TEMPLATES[name]
 
 
-def special_tokens(name: str, tokenizer=None) -> SpecialTokens:
+def special_tokens(name: str, tokenizer: Any = None) -> SpecialTokens:
     """The bos/eos strings to write: the tokenizer's own when given, else the template's defaults."""
     default = get_template(name).default_tokens
     if tokenizer is None:
@@ -333,7 +335,7 @@ def _from_segments(segments: list[Segment], train_on: str) -> Rendered:
 def render(
     messages: Sequence[Message],
     template: str = "llama2",
-    tokenizer=None,
+    tokenizer: Any = None,  # a transformers tokenizer (duck-typed: bos_token, eos_token, apply_chat_template)
     *,
     add_generation_prompt: bool = False,
     train_on: str = "assistant",
@@ -351,7 +353,7 @@ def render(
     return _from_segments(tpl.segments(list(messages), tok, add_generation_prompt), train_on)
 
 
-def _render_model(messages, tokenizer, add_generation_prompt: bool, train_on: str) -> Rendered:
+def _render_model(messages: Sequence[Message], tokenizer: Any, add_generation_prompt: bool, train_on: str) -> Rendered:
     """The tokenizer's own chat template; trained spans found by rendering growing prefixes."""
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise TemplateError(
@@ -368,8 +370,9 @@ def _render_model(messages, tokenizer, add_generation_prompt: bool, train_on: st
             "; add the answer or drop the last user turn"
         )
 
-    def apply(ms, gen):
-        return tokenizer.apply_chat_template(ms, tokenize=False, add_generation_prompt=gen)
+    def apply(ms: list[Message], gen: bool) -> str:
+        out: str = tokenizer.apply_chat_template(ms, tokenize=False, add_generation_prompt=gen)  # tokenize=False: text
+        return out
 
     text = apply(full, add_generation_prompt)
     segments: list[Segment] = []
@@ -403,7 +406,8 @@ _SENT = {"system": "\ue000", "user": "\ue001", "assistant": "\ue002"}  # private
 _PAD = "\t"  # a padding no template writes itself: shows whether a template strips a field
 
 
-def compile_single_turn(template: str, tokens: SpecialTokens, with_system: bool, train_on: str = "assistant"):
+def compile_single_turn(template: str, tokens: SpecialTokens, with_system: bool,
+                        train_on: str = "assistant") -> SingleTurn | None:
     """A function ``(system, user, answer) -> (prompt, completion, spans)`` equal to ``render`` for one
     user turn and one answer, built by rendering the template once with placeholder strings.
 
@@ -447,21 +451,21 @@ def compile_single_turn(template: str, tokens: SpecialTokens, with_system: bool,
             u_head, u_tail = a_.split(_SENT["user"])
             parts = (u_head, u_tail, b_)
 
-            def build_prompt(system, user):
+            def build_prompt(system: str, user: str) -> str:
                 return f"{parts[0]}{clean(user, user_strip)}{parts[1]}{clean(system, sys_strip)}{parts[2]}"
         else:
             u_head, u_tail = b_.split(_SENT["user"])
             parts = (a_, u_head, u_tail)
 
-            def build_prompt(system, user):
+            def build_prompt(system: str, user: str) -> str:
                 return f"{parts[0]}{clean(system, sys_strip)}{parts[1]}{clean(user, user_strip)}{parts[2]}"
     else:
         p_head, p_tail = plain.prompt.split(_SENT["user"])
 
-        def build_prompt(system, user):
+        def build_prompt(system: str, user: str) -> str:
             return f"{p_head}{clean(user, user_strip)}{p_tail}"
 
-    def single_turn(system: str | None, user: str, answer: str):
+    def single_turn(system: str, user: str, answer: str) -> tuple[str, str, list[tuple[int, int]]]:
         prompt = build_prompt(system, user)
         completion = f"{c_head}{clean(answer, ans_strip)}{c_tail}"
         n = len(prompt) + len(completion)

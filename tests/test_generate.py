@@ -79,6 +79,14 @@ def test_bad_prompts_file(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f'error: {bad}:1: expected {{"prompt": "..."}} or {{"messages": [...]}}'
 
 
+def test_prompts_file_with_a_number_json_cannot_read_is_a_usage_error(tmp_path, capsys):
+    # json.loads raises a plain ValueError (no .msg) for an integer over Python's digit limit
+    bad = tmp_path / "p.jsonl"
+    bad.write_text('{"prompt": ' + "1" * 5000 + "}\n")
+    assert main(["generate", "--prompts", str(bad)]) == 2
+    assert "1: not valid JSON (Exceeds the limit" in capsys.readouterr().err
+
+
 def test_base_cache_is_bounded_by_count_and_memory(tiny_model_dir, tmp_path, monkeypatch):
     import shutil
 

@@ -31,7 +31,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from .. import memory, runs
 from ..hub import _scrub  # the token never leaves in a message or a log line
@@ -149,10 +149,22 @@ def job_command(run_dir: str, flavor: str, repo_id: str | None) -> list[str]:
     return cmd + (["--push-to", repo_id] if repo_id else [])
 
 
+class JobSpec(TypedDict):
+    """A job as :func:`job_spec` builds it: ``HfApi.run_job``'s keyword arguments, minus the token."""
+    image: str
+    command: list[str]
+    env: dict[str, str]
+    secrets: list[str]  # names only: request() fills in the value
+    flavor: str
+    timeout: int  # seconds
+    labels: dict[str, str]  # {"finetune-run": run id}
+    namespace: str | None
+
+
 def job_spec(config: RunConfig, flavor: str = DEFAULT_FLAVOR, repo_id: str | None = None, *,
              run_id: str | None = None, space_id: str | None = None, image: str | None = None,
              timeout_s: int | None = None, tokens: int | None = None, run_root: str = JOB_RUNS_DIR,
-             namespace: str | None = None) -> dict:
+             namespace: str | None = None) -> JobSpec:
     """What would be sent to the Jobs API (keyword arguments of ``HfApi.run_job``, minus the token).
 
     ``repo_id``: where the job pushes the adapter (None: no push; the adapter dies with the job's disk).
@@ -191,7 +203,7 @@ def job_spec(config: RunConfig, flavor: str = DEFAULT_FLAVOR, repo_id: str | Non
     }
 
 
-def request(spec: dict, token: str) -> dict:
+def request(spec: JobSpec, token: str | None) -> dict[str, Any]:
     """The ``run_job`` keyword arguments: the spec with the token as the value of its secret, and as the
     request's own authentication. Refuses a spec that holds the token anywhere else."""
     token = _check_token(token)
@@ -214,7 +226,8 @@ def _check_token(token: str | None) -> str:
         raise JobError(str(e)) from e
 
 
-def _api(api):
+def _api(api: Any) -> Any:
+    """``api`` (an ``HfApi`` or a stand-in with its job methods), else a new ``HfApi``."""
     if api is not None:
         return api
     from huggingface_hub import HfApi
@@ -222,7 +235,7 @@ def _api(api):
     return HfApi()
 
 
-def submit(spec: dict, token: str | None, api=None) -> dict:
+def submit(spec: JobSpec, token: str | None, api: Any = None) -> dict[str, Any]:
     """Submit the job; returns ``{job_id, url, namespace, stage}``."""
     kwargs = request(spec, token)
     try:
@@ -236,7 +249,7 @@ def submit(spec: dict, token: str | None, api=None) -> dict:
             "stage": _stage(info)}
 
 
-def _stage(info) -> str:
+def _stage(info: Any) -> str:
     """``JobStage.RUNNING`` -> "RUNNING" (a str enum prints its class name in Python 3.11)."""
     stage = getattr(getattr(info, "status", None), "stage", None) or "SCHEDULING"
     return str(getattr(stage, "value", stage))
@@ -246,11 +259,11 @@ def _stage(info) -> str:
 # status from the log
 
 
-def parse_events(log: str | list[str]) -> list[dict]:
+def parse_events(log: str | list[str]) -> list[dict[str, Any]]:
     """Our events among a job's log lines: the JSON objects with a ``type`` and a ``time`` (other lines, e.g.
     library warnings, are skipped)."""
     lines = log.splitlines() if isinstance(log, str) else [x for chunk in log for x in str(chunk).splitlines()]
-    events = []
+    events: list[dict[str, Any]] = []
     for line in lines:
         line = line.strip()
         if not line.startswith("{"):
@@ -264,9 +277,9 @@ def parse_events(log: str | list[str]) -> list[dict]:
     return events
 
 
-def summarize(events: list[dict], stage: str | None = None) -> dict:
+def summarize(events: list[dict[str, Any]], stage: str | None = None) -> dict[str, Any]:
     """Status, step, loss curve and messages of a run from its events and the job's stage."""
-    out = {"status": "queued", "step": 0, "max_steps": 0, "loss": None, "losses": [], "eval_loss": None,
+    out: dict[str, Any] = {"status": "queued", "step": 0, "max_steps": 0, "loss": None, "losses": [], "eval_loss": None,
            "message": "", "pushed_to": None}
     for e in events:
         kind = e["type"]
@@ -293,7 +306,7 @@ def summarize(events: list[dict], stage: str | None = None) -> dict:
     return out
 
 
-def status(job_id: str, token: str | None, api=None, namespace: str | None = None) -> dict:
+def status(job_id: str, token: str | None, api: Any = None, namespace: str | None = None) -> dict[str, Any]:
     """The job's stage plus what its log says: status, step/max_steps, loss, loss curve, events."""
     token = _check_token(token)
     api = _api(api)
@@ -312,7 +325,7 @@ def status(job_id: str, token: str | None, api=None, namespace: str | None = Non
     return {"job_id": job_id, "stage": stage, **out, "events": events}
 
 
-def cancel(job_id: str, token: str | None, api=None, namespace: str | None = None) -> None:
+def cancel(job_id: str, token: str | None, api: Any = None, namespace: str | None = None) -> None:
     """Cancel the job (billing stops; the adapter is lost unless it was pushed)."""
     token = _check_token(token)
     try:
@@ -327,7 +340,7 @@ def cancel(job_id: str, token: str | None, api=None, namespace: str | None = Non
 
 def start(config: RunConfig, root: str | Path | None = None, *, token: str | None = None,
           flavor: str = DEFAULT_FLAVOR, repo_id: str | None = None, space_id: str | None = None,
-          image: str | None = None, timeout_s: int | None = None, tokens: int | None = None, api=None) -> str:
+          image: str | None = None, timeout_s: int | None = None, tokens: int | None = None, api: Any = None) -> str:
     """Build the spec, submit it, create the local run folder (config, ``job.json``, a ``submitted`` event);
     return the run id. The token comes from ``token`` or ``HF_TOKEN`` and is stored nowhere."""
     spec = job_spec(config, flavor, repo_id, space_id=space_id, image=image, timeout_s=timeout_s, tokens=tokens)
@@ -344,14 +357,15 @@ def start(config: RunConfig, root: str | Path | None = None, *, token: str | Non
     return run_id
 
 
-def read_job(run_id: str, root: str | Path | None = None) -> dict:
+def read_job(run_id: str, root: str | Path | None = None) -> dict[str, Any]:
     path = runs.run_path(run_id, root) / runs.JOB_FILE
     if not path.exists():
         raise JobError(f"run '{run_id}' is not a Hugging Face job (no {runs.JOB_FILE}); use the local backend")
-    return json.loads(path.read_text(encoding="utf-8"))
+    job: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return job
 
 
-def sync(run_id: str, root: str | Path | None = None, *, token: str | None = None, api=None) -> runs.RunState:
+def sync(run_id: str, root: str | Path | None = None, *, token: str | None = None, api: Any = None) -> runs.RunState:
     """Mirror the job's log events into the run folder (so the run list shows them) and return its state."""
     run_dir = runs.run_path(run_id, root)
     job = read_job(run_id, root)
@@ -367,12 +381,12 @@ def sync(run_id: str, root: str | Path | None = None, *, token: str | None = Non
     return runs.read_run(run_dir)
 
 
-def stop(run_id: str, root: str | Path | None = None, *, token: str | None = None, api=None) -> None:
+def stop(run_id: str, root: str | Path | None = None, *, token: str | None = None, api: Any = None) -> None:
     job = read_job(run_id, root)
     cancel(job["job_id"], token, api, job.get("namespace"))
 
 
-def logs(run_id: str, root: str | Path | None = None, *, token: str | None = None, api=None, tail: int = 200) -> str:
+def logs(run_id: str, root: str | Path | None = None, *, token: str | None = None, api: Any = None, tail: int = 200) -> str:
     job = read_job(run_id, root)
     token = _check_token(token)
     try:

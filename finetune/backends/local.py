@@ -139,7 +139,7 @@ def _launch(run_dir: Path, queue_dir: str | Path | None = None) -> str:
     return run_dir.name
 
 
-def _reap(proc: subprocess.Popen, run_dir: Path) -> None:
+def _reap(proc: subprocess.Popen[bytes], run_dir: Path) -> None:
     """Wait for the process; if it exited with an error before training began (a bad install, a bad argument),
     record why, so the run does not sit as "new" or "queued" forever."""
     code = proc.wait()

@@ -165,7 +165,7 @@ def position(qdir: str | Path, ticket: Ticket, n: int | None = None) -> int:
     return 0 if ahead < free else ahead - free + 1
 
 
-def wait_for_slot(qdir: str | Path, ticket: Ticket, *, on_position: Callable[[int], None] | None = None,
+def wait_for_slot(qdir: str | Path, ticket: Ticket, *, on_position: Callable[[int], object] | None = None,
                   should_stop: Callable[[], bool] | None = None, poll_s: float = POLL_S) -> int | None:
     """Wait in line until a slot is ours; return its descriptor (hold it while training), or None when
     ``should_stop`` asked to leave the line. ``on_position`` hears every change of position."""

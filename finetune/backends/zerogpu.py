@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, ParamSpec, TypedDict, TypeVar
 
 from .. import runs
 from ..config import RunConfig
@@ -32,6 +32,8 @@ except ImportError:  # not installed: plain calls
     spaces = None
 
 NAME = "zerogpu"
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 FIRST_CALL_S = 60  # ZeroGPU's default duration: the first call measures the step time
 MAX_CALL_S = 300  # longer calls wait longer in the ZeroGPU queue
 SETUP_S = 25.0  # model load + data preparation inside each call (re-measured from the events)
@@ -86,9 +88,9 @@ class ChunkPlan:
     until_step: int  # where it stops and checkpoints (0: no step limit, the time budget decides)
 
 
-def _calls(run_dir: Path) -> list[list[dict]]:
+def _calls(run_dir: Path) -> list[list[dict[str, Any]]]:
     """The step events of each call (a ``started`` event opens a call), in order."""
-    calls: list[list[dict]] = []
+    calls: list[list[dict[str, Any]]] = []
     for e in read_events(run_dir):
         if e.get("type") == "started":
             calls.append([e])
@@ -97,7 +99,7 @@ def _calls(run_dir: Path) -> list[list[dict]]:
     return calls
 
 
-def _resumed_step(started: dict) -> int:
+def _resumed_step(started: dict[str, Any]) -> int:
     """The step a call resumed from: ``checkpoints/checkpoint-40`` -> 40, a fresh start -> 0."""
     ck = started.get("resumed_from") or ""
     tail = ck.rsplit("-", 1)[-1]
@@ -110,7 +112,7 @@ def measured_step_s(run_dir: Path) -> float | None:
     Gaps are taken within one call only (``elapsed_s`` restarts with each call, and the first step of a call
     includes its setup) and divided by the steps between two events (``logging_steps`` may be > 1).
     """
-    gaps = []
+    gaps: list[float] = []
     for call in _calls(run_dir):
         steps = call[1:]
         for a, b in zip(steps, steps[1:]):
@@ -126,7 +128,7 @@ def measured_step_s(run_dir: Path) -> float | None:
 def measured_setup_s(run_dir: Path) -> float:
     """Seconds from a call's start to its first step (model load, data), the largest seen."""
     per_step = measured_step_s(run_dir) or 0.0
-    seen = []
+    seen: list[float] = []
     for call in _calls(run_dir):
         if len(call) > 1:
             first = call[1]
@@ -152,8 +154,23 @@ def plan_chunk(run_dir: Path, step: int, max_steps: int, max_call_s: int = MAX_C
     return ChunkPlan(min(max_call_s, max(10, duration)), step + n)
 
 
+class QuotaEstimate(TypedDict):
+    calls: int  # GPU calls the run needs
+    steps_per_call: int
+    gpu_seconds: int  # of the daily quota (GPU seconds times the card's quota factor)
+    share_of_daily_quota: dict[str, float]  # account tier -> fraction of its daily quota
+
+
+class QuotaPreview(QuotaEstimate):
+    max_steps: int
+    per_step_s: float
+    quota_factor: float
+    daily_quota_s: dict[str, int]  # account tier -> seconds of daily quota
+    upper_bound: bool  # the step time is an estimate at max_length, not measured
+
+
 def quota_estimate(max_steps: int, per_step_s: float, setup_s: float = SETUP_S, max_call_s: int = MAX_CALL_S,
-                   quota_factor: float = 1.0) -> dict:
+                   quota_factor: float = 1.0) -> QuotaEstimate:
     """GPU seconds a whole run will take from the daily quota, and how many calls (shown before it starts).
 
     ``quota_factor``: quota seconds per GPU second (2 for an ``xlarge`` card, memory.GPUS).
@@ -169,7 +186,7 @@ def quota_estimate(max_steps: int, per_step_s: float, setup_s: float = SETUP_S, 
 
 
 def quota_preview(config: RunConfig, n_examples: int | None = None, gpu: str = "zerogpu-large",
-                  per_step_s: float | None = None) -> dict:
+                  per_step_s: float | None = None) -> QuotaPreview:
     """What a run will take from the daily ZeroGPU quota, before it starts.
 
     The step time is ``per_step_s`` when measured, else memory.tokens_per_second on the ZeroGPU card with every
@@ -210,12 +227,19 @@ def _duration(run_dir: str, until_step: int, duration_s: int) -> int:
     return duration_s
 
 
-def _gpu(fn):
+def _gpu(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     return spaces.GPU(duration=_duration)(fn) if spaces is not None else fn
 
 
+class ChunkResult(TypedDict):
+    """What one GPU call returns (plain values: it crosses the ZeroGPU worker boundary)."""
+    status: str
+    step: int
+    max_steps: int
+
+
 @_gpu
-def train_chunk(run_dir: str, until_step: int, duration_s: int) -> dict:
+def train_chunk(run_dir: str, until_step: int, duration_s: int) -> ChunkResult:
     """One ZeroGPU call: resume the run, train to ``until_step`` (or the time budget), checkpoint, return.
 
     Runs in a forked worker: it takes and returns plain values; the run folder carries the state.
@@ -226,9 +250,9 @@ def train_chunk(run_dir: str, until_step: int, duration_s: int) -> dict:
     return {"status": result.status, "step": result.step, "max_steps": result.max_steps}
 
 
-def run_chunked(config: RunConfig | None, run_dir: Path, *, chunk: Callable[[str, int, int], dict] | None = None,
+def run_chunked(config: RunConfig | None, run_dir: Path, *, chunk: Callable[[str, int, int], ChunkResult] | None = None,
                 max_calls: int = 100, max_aborts: int = 3, max_call_s: int = MAX_CALL_S,
-                steps_per_call: int | None = None, resume: bool = False) -> Iterator[dict]:
+                steps_per_call: int | None = None, resume: bool = False) -> Iterator[dict[str, Any]]:
     """Chain GPU calls until the run finishes; yields the run state after every call.
 
     ``chunk`` is the GPU call (``train_chunk``). An exception from it (an aborted call, a crashed worker) is

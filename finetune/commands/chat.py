@@ -7,12 +7,14 @@ rendered through the adapter's template. `/reset` starts over, `/exit` (or end o
 
 from __future__ import annotations
 
+import argparse
 import sys
+from typing import Iterable
 
 HELP = "commands: /reset (forget the conversation), /exit (quit)"
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("chat", help="chat with a base model and an adapter in the terminal", description=__doc__)
     p.add_argument("--model", help="base model (default: the adapter's base, else the embedded default)")
     p.add_argument("--adapter", help="a run folder, an adapter folder or a Hub repo id")
@@ -26,7 +28,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _print_stream(pieces) -> str:
+def _print_stream(pieces: Iterable[str]) -> str:
     """Print the growing answer as it arrives; return it whole."""
     shown = ""
     for text in pieces:
@@ -39,7 +41,7 @@ def _print_stream(pieces) -> str:
     return shown
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from finetune import inference
     from finetune.cli import UsageError
     from finetune.models import ModelError
@@ -56,7 +58,7 @@ def run(args) -> int:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     system = [{"role": "system", "content": args.system}] if args.system else []
-    history: list[dict] = []
+    history: list[dict[str, str]] = []
     if interactive:
         print(HELP, file=sys.stderr)
     while True:

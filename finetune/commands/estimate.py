@@ -11,10 +11,16 @@ Works offline for the preset models and any local folder with a config.json.
 
 from __future__ import annotations
 
+import argparse
 import json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from finetune.config import RunConfig
+    from finetune.memory import AutoPlan, MemoryEstimate, ModelSpec, TimeEstimate, TrainSetup
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from finetune.memory import GPUS, METHODS  # pure Python, no torch: keeps --help instant
 
     p = sub.add_parser("estimate", help="will it fit the GPU: memory breakdown, verdict, auto-configuration",
@@ -32,7 +38,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _load_config(name: str | None):
+def _load_config(name: str | None) -> RunConfig:
     from finetune.cli import UsageError
     from finetune.config import ConfigError, RunConfig
     from finetune.presets import load_preset
@@ -46,7 +52,7 @@ def _load_config(name: str | None):
         raise UsageError(where + "; ".join(e.problems)) from e
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from finetune import memory
     from finetune.cli import UsageError
 
@@ -87,7 +93,7 @@ def run(args) -> int:
     return 0
 
 
-def plan_setup(base, plan):
+def plan_setup(base: TrainSetup, plan: AutoPlan) -> TrainSetup:
     """The TrainSetup a plan describes."""
     return base.with_(method=plan.method, weights=plan.weights, batch_size=plan.batch_size,
                       grad_accum=plan.grad_accum, gradient_checkpointing=plan.gradient_checkpointing,
@@ -109,7 +115,8 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def render(est, spec, plan=None, time=None) -> str:
+def render(est: MemoryEstimate, spec: ModelSpec, plan: AutoPlan | None = None,
+           time: TimeEstimate | None = None) -> str:
     """The estimate as a plain-text table."""
     g = est.gpu
     lines = [
@@ -134,7 +141,7 @@ def render(est, spec, plan=None, time=None) -> str:
     if time is not None:
         cost = f", ${time.usd:.2f} on {time.flavor}" if time.usd is not None else ""
         quota = ""
-        if time.zerogpu_quota_minutes is not None:
+        if time.zerogpu_quota_minutes is not None and time.zerogpu_days is not None:  # set together
             days = ", ".join(f"{tier} {d:g} days" for tier, d in time.zerogpu_days.items())
             quota = f", {time.zerogpu_quota_minutes:.0f} ZeroGPU quota minutes ({days})"
         lines += ["", f"time     {time.tokens:,} tokens x {time.epochs:g} epoch(s) at ~{time.tokens_per_second:,.0f} "

@@ -9,10 +9,11 @@ one line `error: <file>[:<row>]: <reason>`.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("format", help="format a dataset into a prompt template", description=__doc__)
     p.add_argument("data", help="CSV, TSV, JSON, JSONL or Parquet file, or a Hub dataset id")
     p.add_argument("--template", help="llama2, llama3, chatml, mistral, alpaca, falcon or model "
@@ -33,7 +34,7 @@ def register(sub) -> None:
 def parse_columns(text: str) -> dict[str, str]:
     from finetune.cli import UsageError
 
-    out = {}
+    out: dict[str, str] = {}
     for part in (text or "").split(","):
         if not part.strip():
             continue
@@ -48,7 +49,7 @@ def val_path(out: Path) -> Path:
     return out.with_name(out.stem + ".val.jsonl")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from finetune.cli import UsageError
     from finetune.data import DataError, format_dataset, summary_lines, write_jsonl
     from finetune.templates import TEMPLATE_NAMES

@@ -9,11 +9,12 @@ The model and template default to those saved with the adapter.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("generate", help="answer prompts with a base model and an adapter", description=__doc__)
     p.add_argument("--model", help="base model (default: the adapter's base, else the embedded default)")
     p.add_argument("--adapter", help="a run folder, an adapter folder or a Hub repo id")
@@ -30,10 +31,10 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def read_prompts(path: str) -> list:
+def read_prompts(path: str) -> list[str | list[dict[str, str]]]:
     from finetune.cli import UsageError
 
-    rows = []
+    rows: list[str | list[dict[str, str]]] = []
     try:
         lines = open(path, encoding="utf-8").read().splitlines()
     except (OSError, UnicodeDecodeError) as e:
@@ -43,8 +44,9 @@ def read_prompts(path: str) -> list:
             continue
         try:
             obj = json.loads(line)
-        except ValueError as e:
-            raise UsageError(f"{path}:{i}: not valid JSON ({e.msg}); one JSON object per line")
+        except ValueError as e:  # a JSONDecodeError, or a plain ValueError (an integer over the digit limit)
+            reason = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+            raise UsageError(f"{path}:{i}: not valid JSON ({reason}); one JSON object per line")
         if isinstance(obj, dict) and isinstance(obj.get("prompt"), str):
             rows.append(obj["prompt"])
         elif isinstance(obj, dict) and isinstance(obj.get("messages"), list):
@@ -56,7 +58,7 @@ def read_prompts(path: str) -> list:
     return rows
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from finetune.cli import UsageError
     from finetune.inference import generate_batch, named_base_mismatch
     from finetune.models import ModelError

@@ -7,10 +7,11 @@ adapter folder or a Hub repo id (org/name[@revision]). The base defaults to the 
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("merge", help="merge an adapter into its base: a plain 16-bit transformers model",
                        description=__doc__)
     p.add_argument("adapter", metavar="RUN_OR_REPO", help="run folder, adapter folder or Hub repo id")
@@ -21,7 +22,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from finetune.cli import UsageError
     from finetune.export import merge_adapter
     from finetune.models import ModelError

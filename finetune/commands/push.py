@@ -9,11 +9,12 @@ it is never printed or written.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("push", help="push a run's adapter (and optionally a merged model) to the Hub",
                        description=__doc__)
     p.add_argument("run", metavar="RUN", help="run id, run folder or adapter folder")
@@ -47,7 +48,7 @@ def resolve_run(run: str, runs_root: str | None) -> Path:
     return found
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from huggingface_hub import get_token
 
     from finetune import runs

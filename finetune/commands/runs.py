@@ -7,18 +7,23 @@ appear as they are (``interrupted`` runs resume with `python -m finetune train -
 
 from __future__ import annotations
 
+import argparse
 import json
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    from finetune.runs import RunState
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("runs", help="list the runs: id, status, step, loss", description=__doc__)
     p.add_argument("--runs-root", help="the runs folder (default: $FINETUNE_RUNS or ./runs)")
     p.add_argument("--json", action="store_true", help="one JSON object per run, one per line")
     p.set_defaults(func=run)
 
 
-def rows(states) -> list[list[str]]:
-    out = []
+def rows(states: Iterable[RunState]) -> list[list[str]]:
+    out: list[list[str]] = []
     for s in states:
         loss = f"{s.loss:.4f}" if s.loss is not None else "-"
         out.append([s.run_id, s.status_text, f"{s.step}/{s.max_steps or '?'}", loss, s.name or ""])
@@ -30,7 +35,7 @@ def table(header: list[str], body: list[list[str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *body])
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from finetune import runs, service
 
     states = service.run_states(service.Workspace(runs.runs_root(args.runs_root)), None)

@@ -7,11 +7,12 @@ from its job's log (token from HF_TOKEN) unless --no-sync.
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("status", help="the state of one run as JSON", description=__doc__)
     p.add_argument("run", metavar="RUN", help="run id or run folder")
     p.add_argument("--runs-root", help="the runs folder (default: $FINETUNE_RUNS or ./runs)")
@@ -37,7 +38,7 @@ def resolve_run(run: str, runs_root: str | None) -> Path:
     return path
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     import sys
 
     from finetune import service

@@ -7,15 +7,16 @@ Ask a run to stop: a local run writes a checkpoint at the end of its current ste
 
 from __future__ import annotations
 
+import argparse
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("stop", help="stop a run at its next step (checkpointed) or cancel its job", description=__doc__)
     p.add_argument("run", metavar="RUN", help="run id or run folder")
     p.add_argument("--runs-root", help="the runs folder (default: $FINETUNE_RUNS or ./runs)")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from finetune import service
     from finetune.commands.status import resolve_run
 

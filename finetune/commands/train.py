@@ -20,9 +20,14 @@ import base64
 import json
 import os
 import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from finetune.config import RunConfig
+    from finetune.train import RunResult
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("train", help="fine-tune a model (resumes an existing --run-dir)", description=__doc__)
     p.add_argument("config", nargs="?", help="run config YAML or preset name (default: smollm2-135m-cpu)")
     p.add_argument("--model", help="base model: Hub id, local folder or .gguf file")
@@ -55,7 +60,7 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def build_config(args):
+def build_config(args: argparse.Namespace) -> RunConfig | None:
     """The config from file/preset + flags, or None when resuming a run folder with no flags."""
     from pathlib import Path
 
@@ -78,7 +83,7 @@ def build_config(args):
     return apply_overrides(cfg, overrides) if overrides else cfg
 
 
-def config_from_env(var: str):
+def config_from_env(var: str) -> RunConfig:
     """A run config sent inline: base64 of its YAML in an environment variable (a job has no config file)."""
     from finetune.cli import UsageError
     from finetune.config import RunConfig
@@ -96,12 +101,12 @@ def config_from_env(var: str):
 class Printer:
     """A one-line progress bar on a terminal, plain event lines otherwise; or JSON lines on stdout."""
 
-    def __init__(self, quiet: bool, events_json: bool = False):
+    def __init__(self, quiet: bool, events_json: bool = False) -> None:
         self.quiet = quiet
         self.events_json = events_json
         self.tty = sys.stderr.isatty()
 
-    def __call__(self, e: dict) -> None:
+    def __call__(self, e: dict[str, Any]) -> None:
         if self.events_json:
             # one line per event, flushed: a job's log streams it and backends.hfjobs parses it
             print(json.dumps(e, ensure_ascii=False), flush=True)
@@ -123,7 +128,7 @@ class Printer:
         print(f"{kind}: {detail}", file=sys.stderr, flush=True)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from finetune.cli import UsageError
     from finetune.config import ConfigError
     from finetune.errors import UserError
@@ -156,7 +161,7 @@ def run(args) -> int:
 _SLOT: list[int] = []  # the queue slot this process trains in: held (open) until the process ends
 
 
-def wait_in_queue(args) -> bool:
+def wait_in_queue(args: argparse.Namespace) -> bool:
     """Wait for a training slot (before the heavy imports: a waiting process stays small). False: the run
     was stopped while it waited, and left the line with a ``stopped`` event."""
     from pathlib import Path
@@ -197,7 +202,7 @@ def _check_repo(repo_id: str) -> None:
         raise UsageError(str(e)) from e
 
 
-def push(result, repo_id: str, printer: Printer) -> str:
+def push(result: RunResult, repo_id: str, printer: Printer) -> str:
     """Push the finished run's adapter (token from HF_TOKEN) and record a ``pushed`` event."""
     from finetune.cli import UsageError
     from finetune.config import RunConfig
@@ -205,6 +210,7 @@ def push(result, repo_id: str, printer: Printer) -> str:
     from finetune.hub import HubError, push_adapter
     from finetune.runs import CONFIG_FILE
 
+    assert result.adapter_dir is not None, "push() is called for a finished run, which has its adapter"
     log = EventLog(result.run_dir, printer)
     private = RunConfig.load(result.run_dir / CONFIG_FILE).hub.private
     try:
@@ -216,7 +222,7 @@ def push(result, repo_id: str, printer: Printer) -> str:
     return url
 
 
-def submit_job(args) -> int:
+def submit_job(args: argparse.Namespace) -> int:
     """--backend hf-jobs: build the job from the config, submit it, print the job id and where to watch it."""
     from finetune.backends import hfjobs
     from finetune.cli import UsageError
@@ -227,6 +233,7 @@ def submit_job(args) -> int:
         raise UsageError("--run-dir is for local runs; a job's run folder is created under --runs-root")
     try:
         cfg = build_config(args)
+        assert cfg is not None, "build_config returns None only to resume a --run-dir, refused above"
         run_id = hfjobs.start(cfg, args.runs_root, flavor=args.flavor, repo_id=args.push_to, space_id=args.space,
                               image=args.image, timeout_s=args.timeout * 60 if args.timeout else None,
                               tokens=args.tokens)

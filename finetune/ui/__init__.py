@@ -9,6 +9,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from ..config import RunConfig
 from ..service import Workspace, default_workspace
 from .common import Api
 from .dataset_tab import create_dataset_tab
@@ -39,7 +40,8 @@ def build_app(workspace: Workspace | None = None, downloads: str | Path | None =
     ``zerogpu_steps_per_call`` caps the steps of each ZeroGPU call (default: planned from the step time).
     """
     api = Api(workspace or default_workspace(), Path(downloads or tempfile.mkdtemp(prefix="finetune-downloads-")))
-    components: dict = {}
+    components: dict[str, gr.components.Component] = {}
+    demo: gr.Blocks
     with gr.Blocks(title="finetune") as demo:
         with gr.Row():
             gr.Markdown(INTRO)
@@ -56,7 +58,8 @@ def build_app(workspace: Workspace | None = None, downloads: str | Path | None =
             pg = create_playground_tab(api)
         ds["wire"]()
 
-        def extra_to_config(cfg, hub_id, hub_config, split, columns, data_file):
+        def extra_to_config(cfg: RunConfig, hub_id: str | None, hub_config: str | None, split: str | None,
+                            columns: str, data_file: str | None) -> RunConfig:
             from . import forms
 
             cfg.data.source = "" if data_file else (hub_id or "").strip()

@@ -7,12 +7,15 @@ import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, ParamSpec, TypeVar
 
 import gradio as gr
 
 from ..errors import UserError, internal_message, report_internal
 from ..service import Workspace
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 log = logging.getLogger("finetune.ui")
 P = ParamSpec("P")
@@ -29,14 +32,16 @@ class Api:
 
 def owner(request: gr.Request | None, profile: gr.OAuthProfile | None = None) -> str:
     """The signed-in user on a Space, else the browser (or gradio_client) session."""
-    if profile is not None and getattr(profile, "username", None):
-        return "user:" + profile.username
-    if request is not None and getattr(request, "session_hash", None):
-        return "session:" + request.session_hash
+    username: str | None = getattr(profile, "username", None) if profile is not None else None
+    if username:
+        return "user:" + username
+    session: str | None = getattr(request, "session_hash", None) if request is not None else None
+    if session:
+        return "session:" + session
     return "local"
 
 
-def config_warnings_markdown(cfg) -> str:
+def config_warnings_markdown(cfg: RunConfig) -> str:
     """Risky settings of a config (e.g. trust_remote_code on) as a visible warning above the fit verdict."""
     from ..config import config_warnings
 
@@ -64,11 +69,11 @@ def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(fn)
         def gen(*args: Any, **kwargs: Any) -> Any:
             try:
-                yield from fn(*args, **kwargs)  # type: ignore[misc]
+                yield from fn(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - sorted into the user's errors and ours by user_error
                 raise user_error(e, where) from None
 
-        return gen  # type: ignore[return-value]
+        return gen
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:

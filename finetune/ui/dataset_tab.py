@@ -4,19 +4,26 @@ model will be trained on (trained-on part highlighted), token lengths, row probl
 from __future__ import annotations
 
 import html
+from typing import TYPE_CHECKING, Any, Callable, TypedDict
 
 import gradio as gr
 import pandas as pd
+from gradio.events import Dependency
 
 from .. import service
 from ..hub import push_dataset
 from . import forms
 from .common import Api, owner, user_errors
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ..config import RunConfig
+
 FILE_TYPES = [".csv", ".tsv", ".json", ".jsonl", ".parquet"]
 
 
-def preview_html(examples: list, limit: int = 5) -> str:
+def preview_html(examples: list[dict[str, Any]], limit: int = 5) -> str:
     """Each example's text with the trained-on spans highlighted."""
     if not examples:
         return "<div class='ft-preview'>Nothing to show yet: upload a file or name a Hub dataset.</div>"
@@ -35,7 +42,7 @@ def preview_html(examples: list, limit: int = 5) -> str:
     return "<div class='ft-preview' id='ft-preview'>" + legend + "".join(blocks) + "</div>"
 
 
-def histogram(lengths: list[int], max_length: int | None):
+def histogram(lengths: list[int], max_length: int | None) -> Figure:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,7 +61,18 @@ def histogram(lengths: list[int], max_length: int | None):
     return fig
 
 
-def create_dataset_tab(api: Api, components: dict):
+class DatasetTab(TypedDict):
+    """What the Dataset tab gives the app: its source widgets, and ``wire`` to connect its events once the
+    hyperparameters tab has made the widgets it reads."""
+    data_file: gr.File
+    hub_id: gr.Textbox
+    hub_config: gr.Textbox
+    split: gr.Textbox
+    columns: gr.Textbox
+    wire: Callable[[], tuple[Dependency, Dependency, Dependency]]
+
+
+def create_dataset_tab(api: Api, components: dict[str, gr.components.Component]) -> DatasetTab:
     with gr.Row():
         with gr.Column():
             data_file = gr.File(label="Upload a dataset", file_types=FILE_TYPES, type="filepath", elem_id="data-file")
@@ -93,8 +111,9 @@ def create_dataset_tab(api: Api, components: dict):
     @user_errors
     def format_dataset(data_file: str | None = None, hub_id: str = "", hub_config: str = "", split: str = "train",
                        template: str = "llama2", system_prompt: str = "", columns: str = "", model: str = "",
-                       max_length: int = 1024, train_on: str = "assistant", request: gr.Request = None,
-                       profile: gr.OAuthProfile | None = None):
+                       max_length: int = 1024, train_on: str = "assistant", request: gr.Request | None = None,
+                       profile: gr.OAuthProfile | None = None) -> tuple[str, str, Any, pd.DataFrame, str]:
+        # (the Any is histogram's matplotlib Figure: gradio evaluates these hints, so no name imported lazily)
         """Format an uploaded file (or a Hub dataset) with a template: summary, preview, token-length
         histogram, row problems and the formatted JSONL file."""
         source = data_file or (hub_id or "").strip()
@@ -121,7 +140,7 @@ def create_dataset_tab(api: Api, components: dict):
 
         return f"Pushed to {push_dataset(Path(file), repo_id, token=oauth.token if oauth else None, private=private)}"
 
-    def wire():
+    def wire() -> tuple[Dependency, Dependency, Dependency]:
         """Connect the events once the hyperparameters tab has made the model and max_length widgets."""
         inputs = [data_file, hub_id, hub_config, split, components["data.template"], components["data.system_prompt"],
                   columns, components["model.id"], components["training.max_length"], components["data.train_on"]]
@@ -143,7 +162,7 @@ def _safe(who: str) -> str:
     return hashlib.sha256(who.encode()).hexdigest()[:16]
 
 
-def service_default():
+def service_default() -> RunConfig:
     from ..presets import DEFAULT_PRESET, load_preset
 
     return load_preset(DEFAULT_PRESET)

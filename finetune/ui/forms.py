@@ -8,6 +8,7 @@ widgets are created from it with the field's one-line help as their hint, and va
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 
@@ -20,7 +21,7 @@ class Field:
     key: str  # section.name in RunConfig
     kind: str  # text | number | int | slider | checkbox | dropdown | radio
     label: str
-    choices: tuple = ()
+    choices: tuple[str, ...] = ()
     minimum: float | None = None
     maximum: float | None = None
     step: float | None = None
@@ -74,7 +75,10 @@ TRAIN_FIELDS = (
 FORM_FIELDS = DATA_FIELDS + MODEL_FIELDS + QUANT_FIELDS + LORA_FIELDS + TRAIN_FIELDS
 
 
-def get_value(cfg: RunConfig, key: str):
+# A widget's value (Any: str, int, float, bool or None by the field's kind, as gradio hands it over)
+
+
+def get_value(cfg: RunConfig, key: str) -> Any:
     section, name = key.split(".")
     value = getattr(getattr(cfg, section), name)
     if key == "lora.target_modules" and isinstance(value, list):
@@ -82,13 +86,13 @@ def get_value(cfg: RunConfig, key: str):
     return value
 
 
-def config_to_values(cfg: RunConfig) -> list:
+def config_to_values(cfg: RunConfig) -> list[Any]:
     return [get_value(cfg, f.key) for f in FORM_FIELDS]
 
 
-def values_to_config(base: RunConfig, values: list) -> RunConfig:
+def values_to_config(base: RunConfig, values: list[Any]) -> RunConfig:
     """Apply widget values onto ``base`` (fields the form does not show, like data.source, are kept)."""
-    overrides = {}
+    overrides: dict[str, Any] = {}
     for f, v in zip(FORM_FIELDS, values):
         if f.key == "lora.target_modules" and isinstance(v, str):
             v = parse_target_modules(v)
@@ -98,7 +102,7 @@ def values_to_config(base: RunConfig, values: list) -> RunConfig:
     return apply_overrides(base, overrides)
 
 
-def make_component(f: Field, value):
+def make_component(f: Field, value: Any) -> gr.components.Component:
     section, name = f.key.split(".")
     info = field_help(section, name)
     common = dict(label=f.label, info=info, value=value, elem_id=f.key.replace(".", "-"))
@@ -107,6 +111,7 @@ def make_component(f: Field, value):
     if f.kind in ("number", "int"):
         return gr.Number(**common, minimum=f.minimum, maximum=f.maximum, precision=0 if f.kind == "int" else None)
     if f.kind == "slider":
+        assert f.minimum is not None and f.maximum is not None, f"slider {f.key} needs a range"
         return gr.Slider(**common, minimum=f.minimum, maximum=f.maximum, step=f.step)
     if f.kind == "checkbox":
         return gr.Checkbox(**common)

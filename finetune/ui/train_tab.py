@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Any, Callable, Iterator, TypedDict
 
 import gradio as gr
 import pandas as pd
@@ -34,7 +35,7 @@ def backend_choices(zerogpu_ok: bool, zerogpu_why: str) -> list[tuple[str, str]]
 
 def flavor_choices() -> list[tuple[str, str]]:
     """The Jobs flavors of the GPU catalog (memory.GPUS), with their memory and hourly price."""
-    out = []
+    out: list[tuple[str, str]] = []
     for g in memory.GPUS.values():
         if g.hf_flavor and g.hf_flavor in hfjobs.FLAVOR_GPUS:
             price = f"${g.usd_per_hour:.2f}/h" if g.usd_per_hour is not None else "price not listed"
@@ -53,7 +54,7 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
 
 
-def quota_markdown(est: dict) -> str:
+def quota_markdown(est: zerogpu.QuotaPreview) -> str:
     """What a ZeroGPU run will take from the daily quota (zerogpu.quota_preview), per account tier."""
     used = est["gpu_seconds"]
     tiers = " · ".join(f"{tier} {q / 60:g} min ({100 * used / q:.0f}%)" for tier, q in est["daily_quota_s"].items())
@@ -68,23 +69,23 @@ def quota_markdown(est: dict) -> str:
     return "\n\n".join(lines)
 
 
-def _fmt_seconds(s) -> str:
+def _fmt_seconds(s: float | None) -> str:
     if s is None:
         return "–"
     s = int(s)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def badge(state: dict) -> str:
+def badge(state: dict[str, Any]) -> str:
     """``🟢 running``, ``⏳ queued (position 2)``."""
-    status = state["status"]
+    status: str = state["status"]
     text = STATUS_BADGE.get(status, status)
     if state.get("status_text") and state["status_text"] != status:
         text = text.replace(status, state["status_text"])
     return text
 
 
-def progress_html(state: dict) -> str:
+def progress_html(state: dict[str, Any]) -> str:
     if not state:
         return "<div class='ft-progress'>No run selected. Start one, or pick a past run.</div>"
     step, total = state.get("step") or 0, state.get("max_steps") or 0
@@ -102,7 +103,7 @@ def progress_html(state: dict) -> str:
     )
 
 
-def loss_frame(state: dict) -> pd.DataFrame | None:
+def loss_frame(state: dict[str, Any]) -> pd.DataFrame | None:
     """Train and eval loss by step; None before the first step (an empty frame would fix the plot's
     column types wrongly and no line would ever show)."""
     rows = [{"step": s, "loss": v, "series": "train"} for s, v in state.get("losses", [])]
@@ -113,8 +114,8 @@ def loss_frame(state: dict) -> pd.DataFrame | None:
     return pd.DataFrame(rows, columns=["step", "loss", "series"]).astype({"step": "int64", "loss": "float64"})
 
 
-def events_text(events: list[dict], limit: int = 40) -> str:
-    lines = []
+def events_text(events: list[dict[str, Any]], limit: int = 40) -> str:
+    lines: list[str] = []
     for e in events[-limit:]:
         t = time.strftime("%H:%M:%S", time.localtime(e.get("time", 0)))
         detail = {k: v for k, v in e.items() if k not in ("type", "time", "data", "pid")}
@@ -122,8 +123,14 @@ def events_text(events: list[dict], limit: int = 40) -> str:
     return "\n".join(lines)
 
 
+class TrainTab(TypedDict):
+    """What the Train tab gives the app: the run id box, and what to run on page load (the runs table)."""
+    run_id: gr.Textbox
+    load: tuple[Callable[..., tuple[pd.DataFrame, gr.Dropdown]], list[gr.components.Component]]
+
+
 def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zerogpu_enabled: bool | None = None,
-                     zerogpu_steps_per_call: int | None = None):
+                     zerogpu_steps_per_call: int | None = None) -> TrainTab:
     """``zerogpu_enabled``: offer ZeroGPU (default: detected, zerogpu.available()); ``zerogpu_steps_per_call``
     caps the steps of each GPU call (default: planned from the measured step time)."""
     ws = api.workspace
@@ -168,7 +175,7 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
     runs_table = gr.Dataframe(headers=["run_id", "status", "step", "max_steps", "loss", "model"], interactive=False)
     timer = gr.Timer(2.0, active=False)
 
-    def drive_zerogpu(who: str, rid: str, progress: gr.Progress, resume: bool = False):
+    def drive_zerogpu(who: str, rid: str, progress: gr.Progress, resume: bool = False) -> Iterator[str]:
         """Chain the ZeroGPU calls of a run inside this request, reporting progress after each call."""
         service.check_zerogpu((zerogpu_ok, zerogpu_why))
         progress((0, None), desc="ZeroGPU: first GPU call (measures the step time)", unit="steps")
@@ -182,9 +189,9 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
     # -- the API -------------------------------------------------------------------------------
     @user_errors
     def start_training(config_yaml: str, data_file: str | None = None, backend: str = "local",
-                       flavor: str = hfjobs.DEFAULT_FLAVOR, repo_id: str = "", request: gr.Request = None,
+                       flavor: str = hfjobs.DEFAULT_FLAVOR, repo_id: str = "", request: gr.Request | None = None,
                        profile: gr.OAuthProfile | None = None, oauth: gr.OAuthToken | None = None,
-                       progress: gr.Progress = gr.Progress()):
+                       progress: gr.Progress = gr.Progress()) -> Iterator[str]:
         """Start a training run from a config YAML (and an optional uploaded data file); returns the run id.
 
         backend: "local" (this machine; waits in the queue while another run trains), "zerogpu" (on a ZeroGPU
@@ -198,22 +205,22 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
             yield from drive_zerogpu(who, rid, progress)
 
     @user_errors
-    def run_status(run_id: str, request: gr.Request = None, profile: gr.OAuthProfile | None = None,
-                   oauth: gr.OAuthToken | None = None) -> dict:
+    def run_status(run_id: str, request: gr.Request | None = None, profile: gr.OAuthProfile | None = None,
+                   oauth: gr.OAuthToken | None = None) -> dict[str, Any]:
         """The state of one of your runs: status (status_text: "queued (position N)"), step, max_steps, loss,
         eval_loss, tokens_per_s, eta_s, losses, backend."""
         return service.run_status(ws, owner(request, profile), run_id, token=oauth_token(oauth))
 
     @user_errors
-    def stop_training(run_id: str, request: gr.Request = None, profile: gr.OAuthProfile | None = None,
-                      oauth: gr.OAuthToken | None = None) -> dict:
+    def stop_training(run_id: str, request: gr.Request | None = None, profile: gr.OAuthProfile | None = None,
+                      oauth: gr.OAuthToken | None = None) -> dict[str, Any]:
         """Stop a run: it checkpoints at its next step; a queued run leaves the queue; a Hugging Face job is
         cancelled. Returns its state."""
         return service.stop_training(ws, owner(request, profile), run_id, token=oauth_token(oauth))
 
     @user_errors
-    def resume_training(run_id: str, request: gr.Request = None, profile: gr.OAuthProfile | None = None,
-                        progress: gr.Progress = gr.Progress()):
+    def resume_training(run_id: str, request: gr.Request | None = None, profile: gr.OAuthProfile | None = None,
+                        progress: gr.Progress = gr.Progress()) -> Iterator[str]:
         """Resume a stopped, paused or interrupted run from its last checkpoint."""
         who = owner(request, profile)
         rid = service.resume_training(ws, who, run_id)
@@ -222,18 +229,18 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
             yield from drive_zerogpu(who, rid, progress, resume=True)
 
     @user_errors
-    def quota_for_zerogpu(config_yaml: str, data_file: str | None = None) -> dict:
+    def quota_for_zerogpu(config_yaml: str, data_file: str | None = None) -> zerogpu.QuotaPreview:
         """The daily ZeroGPU quota a run would use: calls, steps_per_call, gpu_seconds, share_of_daily_quota
         (per account tier), per_step_s (an upper bound until measured)."""
         return service.zerogpu_quota_for(config_yaml, data_file)
 
     @user_errors
-    def list_runs(request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> list[dict]:
+    def list_runs(request: gr.Request | None = None, profile: gr.OAuthProfile | None = None) -> list[dict[str, Any]]:
         """Your runs, newest first, read from the run folders."""
         return service.list_runs(ws, owner(request, profile))
 
     @user_errors
-    def push(run_id: str, repo_id: str, private: bool = True, request: gr.Request = None,
+    def push(run_id: str, repo_id: str, private: bool = True, request: gr.Request | None = None,
              profile: gr.OAuthProfile | None = None, oauth: gr.OAuthToken | None = None) -> str:
         """Push a finished run's adapter (with its model card) to a Hub model repo; returns the URL."""
         url = service.push(ws, owner(request, profile), run_id, repo_id, token=oauth_token(oauth), private=private)
@@ -247,7 +254,7 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
         return pd.DataFrame([{k: r.get(k) for k in TABLE_COLUMNS} for r in rows], columns=TABLE_COLUMNS)
 
     def view(rid: str, request: gr.Request, profile: gr.OAuthProfile | None = None,
-             oauth: gr.OAuthToken | None = None):
+             oauth: gr.OAuthToken | None = None) -> tuple[str, pd.DataFrame | None, str, gr.Timer, pd.DataFrame]:
         who = owner(request, profile)
         if not rid:
             return progress_html({}), loss_frame({}), "", gr.Timer(active=False), runs_frame(who)
@@ -260,15 +267,16 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
                                                                     and state.get("backend") == "zerogpu")
         return progress_html(state), loss_frame(state), events_text(events), gr.Timer(active=live), runs_frame(who)
 
-    def table(request: gr.Request, profile: gr.OAuthProfile | None = None):
+    def table(request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[pd.DataFrame, gr.Dropdown]:
         frame = runs_frame(owner(request, profile))
         return frame, gr.Dropdown(choices=list(frame["run_id"]))
 
     @user_errors
-    def download(rid: str, request: gr.Request, profile: gr.OAuthProfile | None = None):
+    def download(rid: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
         return str(service.adapter_zip(ws, owner(request, profile), rid, api.downloads / "adapters"))
 
-    def backend_panels(name: str, config_yaml: str, data_file: str | None, flavor: str):
+    def backend_panels(name: str, config_yaml: str, data_file: str | None,
+                       flavor: str) -> tuple[gr.Group, str, gr.Group, str]:
         zero, jobs = name == "zerogpu", name == "hf-jobs"
         return (gr.Group(visible=zero), quota_text(config_yaml, data_file) if zero else "",
                 gr.Group(visible=jobs), jobs_text(config_yaml, flavor) if jobs else "")
@@ -283,7 +291,7 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
         return quota_markdown(est)
 
     def jobs_text(config_yaml: str, flavor: str) -> str:
-        lines = []
+        lines: list[str] = []
         if not os.environ.get("SPACE_ID"):
             lines.append("A job runs this app's own Space image: it is available when the app runs on a Space.")
         try:
@@ -323,7 +331,7 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
     return {"run_id": run_id, "load": (table, [runs_table, runs_pick])}
 
 
-def finished_runs(ws, who: str) -> list[str]:
+def finished_runs(ws: service.Workspace, who: str) -> list[str]:
     return [r["run_id"] for r in service.list_runs(ws, who) if r.get("has_adapter")]
 
 
