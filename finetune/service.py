@@ -114,9 +114,9 @@ def backend_name(backend: str | None) -> str:
 
 def queue_dir(ws: Workspace) -> Path:
     """The machine-wide training queue: one for every owner of the workspace."""
-    from .backends import queue
+    from . import slots
 
-    return queue.queue_dir(ws.root)
+    return slots.queue_dir(ws.root)
 
 
 def _backend(name: str, ws: Workspace, *, token: str | None = None, api: Any = None, flavor: str | None = None,

@@ -277,10 +277,10 @@ def _cpu_share(device: str):
     if device != "cpu":
         return None
     from . import cpushare
-    from .backends import queue
+    from . import slots
 
     try:
-        concurrent = queue.max_concurrent()
+        concurrent = slots.max_concurrent()
     except ValueError:
         concurrent = 1
     return cpushare.from_env(cpushare.cpu_cores(), concurrent)

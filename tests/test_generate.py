@@ -120,19 +120,20 @@ def test_generation_uses_the_cores_that_training_leaves(tiny_run, tiny_model_dir
     import torch
 
     from finetune import inference
-    from finetune.backends import local, queue
+    from finetune import slots
+    from finetune.backends import local
 
     monkeypatch.delenv(local.THREADS_ENV, raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.delenv(queue.MAX_ENV, raising=False)
+    monkeypatch.delenv(slots.MAX_ENV, raising=False)
     monkeypatch.setattr(local, "cpu_cores", lambda: 4)
     q = tmp_path / ".queue"
     assert local.cpu_threads_left(q) == 4  # nothing trains: every core
-    slot = queue.acquire_slot(q)  # a run trains (it holds the slot) with 3 threads
+    slot = slots.acquire_slot(q)  # a run trains (it holds the slot) with 3 threads
     try:
         assert local.cpu_threads_left(q) == 1
     finally:
-        queue.release(slot)
+        slots.release(slot)
     assert local.cpu_threads_left(q) == 4
 
     seen = []

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from finetune import runs, service
-from finetune.backends import local, queue
+from finetune import slots
+from finetune.backends import local
 from finetune.events import read_events
 from test_app import tiny_yaml
 
@@ -23,12 +24,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(autouse=True)
 def one_slot(monkeypatch):
-    monkeypatch.delenv(queue.MAX_ENV, raising=False)
+    monkeypatch.delenv(slots.MAX_ENV, raising=False)
 
 
 def hold(code: str) -> subprocess.Popen:
     """A process that runs ``code`` (queue calls), prints "ready", then sleeps until killed."""
-    proc = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom finetune.backends import queue\n" + code
+    proc = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom finetune import slots\n" + code
                              + "\nprint('ready', flush=True)\ntime.sleep(600)"],
                             cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
@@ -52,39 +53,39 @@ def wait_until(predicate, timeout: float = 60, what: str = "condition"):
 
 def test_positions_and_dead_processes_never_block(tmp_path, monkeypatch):
     q = tmp_path / ".queue"
-    trainer = hold(f"fd = queue.acquire_slot({str(q)!r})\nassert fd is not None")
-    assert queue.free_slots(q) == 0 and queue.acquire_slot(q) is None
+    trainer = hold(f"fd = slots.acquire_slot({str(q)!r})\nassert fd is not None")
+    assert slots.free_slots(q) == 0 and slots.acquire_slot(q) is None
 
-    waiter = hold(f"t = queue.enqueue({str(q)!r}, 'run-a')")  # first in line, in another process
-    mine = queue.enqueue(q, "run-b")
-    assert [p.name.split("-", 1)[1] for p in queue.live_tickets(q)] == ["run-a", "run-b"]
-    assert queue.position(q, mine) == 2
+    waiter = hold(f"t = slots.enqueue({str(q)!r}, 'run-a')")  # first in line, in another process
+    mine = slots.enqueue(q, "run-b")
+    assert [p.name.split("-", 1)[1] for p in slots.live_tickets(q)] == ["run-a", "run-b"]
+    assert slots.position(q, mine) == 2
 
     kill(waiter)  # a dead waiter's ticket is unlocked: it is dropped and the line moves up
-    assert queue.position(q, mine) == 1
-    assert [p.name.split("-", 1)[1] for p in queue.live_tickets(q)] == ["run-b"]
+    assert slots.position(q, mine) == 1
+    assert [p.name.split("-", 1)[1] for p in slots.live_tickets(q)] == ["run-b"]
 
     kill(trainer)  # a dead trainer's slot lock is released by the kernel
-    assert queue.position(q, mine) == 0
-    slot = queue.wait_for_slot(q, mine, poll_s=0.01)
-    assert slot is not None and queue.live_tickets(q) == []  # the ticket is gone once the slot is taken
-    queue.release(slot)
+    assert slots.position(q, mine) == 0
+    slot = slots.wait_for_slot(q, mine, poll_s=0.01)
+    assert slot is not None and slots.live_tickets(q) == []  # the ticket is gone once the slot is taken
+    slots.release(slot)
 
-    monkeypatch.setenv(queue.MAX_ENV, "2")
-    a, b = queue.acquire_slot(q), queue.acquire_slot(q)
-    assert a is not None and b is not None and queue.acquire_slot(q) is None
-    queue.release(a)
-    queue.release(b)
-    monkeypatch.setenv(queue.MAX_ENV, "zero")
+    monkeypatch.setenv(slots.MAX_ENV, "2")
+    a, b = slots.acquire_slot(q), slots.acquire_slot(q)
+    assert a is not None and b is not None and slots.acquire_slot(q) is None
+    slots.release(a)
+    slots.release(b)
+    monkeypatch.setenv(slots.MAX_ENV, "zero")
     with pytest.raises(ValueError, match="FINETUNE_MAX_CONCURRENT_RUNS"):
-        queue.max_concurrent()
+        slots.max_concurrent()
 
 
 def test_stopping_a_queued_run_takes_it_out_of_the_line(tmp_path, tiny_model_dir):
     """Two runs wait behind a busy slot; stopping the first leaves the second at position 1. The waiting
     processes never load a model (they wait before the heavy imports), so this takes about a second."""
     ws = service.Workspace(tmp_path)
-    trainer = hold(f"fd = queue.acquire_slot({str(queue.queue_dir(tmp_path))!r})")
+    trainer = hold(f"fd = slots.acquire_slot({str(slots.queue_dir(tmp_path))!r})")
     cfg = service.parse_config(tiny_yaml(tiny_model_dir, steps=2))
     first = service.start_training(ws, None, cfg)
     second = service.start_training(ws, None, service.parse_config(tiny_yaml(tiny_model_dir, steps=2)))
@@ -105,20 +106,20 @@ def test_stopping_a_queued_run_takes_it_out_of_the_line(tmp_path, tiny_model_dir
     assert done.returncode == 0 and "left the training queue" in done.stdout, done.stdout + done.stderr
     assert service.run_status(ws, None, second)["status"] == "stopped"
     kill(trainer)
-    assert queue.live_tickets(queue.queue_dir(tmp_path)) == []
+    assert slots.live_tickets(slots.queue_dir(tmp_path)) == []
     for rid in (first, second):
         assert not any(e["type"] == "started" for e in read_events(runs.run_path(rid, tmp_path)))
 
 
 def test_killed_waiter_reads_interrupted_and_frees_its_place(tmp_path, tiny_model_dir):
     ws = service.Workspace(tmp_path)
-    trainer = hold(f"fd = queue.acquire_slot({str(queue.queue_dir(tmp_path))!r})")
+    trainer = hold(f"fd = slots.acquire_slot({str(slots.queue_dir(tmp_path))!r})")
     rid = service.start_training(ws, None, service.parse_config(tiny_yaml(tiny_model_dir, steps=2)))
     pid = wait_until(lambda: next((e["pid"] for e in read_events(runs.run_path(rid, tmp_path))
                                    if e["type"] == "queued"), None), 10, "queued event")
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: service.run_status(ws, None, rid)["status"] == "interrupted", 10, "interrupted")
-    assert queue.live_tickets(queue.queue_dir(tmp_path)) == []
+    assert slots.live_tickets(slots.queue_dir(tmp_path)) == []
     kill(trainer)
 
 
@@ -158,7 +159,7 @@ def test_thread_settings_of_a_run(monkeypatch, tmp_path):
     assert local.shares_cpu(True) and not local.shares_cpu(False)  # the CLI on its own keeps every core
     q = tmp_path / ".queue"
     assert local.cpu_threads_left(q) == 8  # nothing trains: the app may use every core
-    slot = queue.acquire_slot(q)
+    slot = slots.acquire_slot(q)
     try:
         assert local.cpu_threads_left(q) == 1  # beside a sharing run (7 threads while the app works)
         monkeypatch.setenv("OMP_NUM_THREADS", "5")  # the operator's setting stands
@@ -166,7 +167,7 @@ def test_thread_settings_of_a_run(monkeypatch, tmp_path):
         monkeypatch.setenv(local.THREADS_ENV, "4")
         assert local.train_threads() == 4 and not local.shares_cpu(True) and local.cpu_threads_left(q) == 4
     finally:
-        queue.release(slot)
+        slots.release(slot)
     for bad in ("0", "many"):
         monkeypatch.setenv(local.THREADS_ENV, bad)
         with pytest.raises(ValueError, match="FINETUNE_TRAIN_THREADS=.*1 or more"):

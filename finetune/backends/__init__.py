@@ -2,7 +2,7 @@
 logs), three implementations.
 
 - ``local`` (:class:`~finetune.backends.local.LocalBackend`): a process on this machine, waiting in the
-  machine-wide queue of ``backends.queue`` when every training slot is busy;
+  machine-wide queue of ``finetune.slots`` when every training slot is busy;
 - ``hf-jobs`` (:class:`~finetune.backends.hfjobs.HFJobsBackend`): a Hugging Face Job on a rented GPU (its log is
   mirrored into the run folder; the user's token is passed in or read from HF_TOKEN);
 - ``zerogpu`` (:class:`~finetune.backends.zerogpu.ZeroGPUBackend`): the run folder; the app then drives chained

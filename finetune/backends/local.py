@@ -4,7 +4,7 @@ The web server never trains in its own process, so it stays responsive, a crash 
 stop is reliable, and an app restart finds the run still going or its folder in its last state.
 
 With ``queue_dir`` (the app passes ``<runs root>/.queue``) runs wait in the machine-wide line of
-:mod:`finetune.backends.queue`: at most ``FINETUNE_MAX_CONCURRENT_RUNS`` train at once, a run started meanwhile
+:mod:`finetune.slots`: at most ``FINETUNE_MAX_CONCURRENT_RUNS`` train at once, a run started meanwhile
 is accepted at once with a ``queued`` event carrying its position, and its process starts training when a
 slot frees. Stopping a queued run takes it out of the line.
 """
@@ -22,7 +22,7 @@ from .. import cpushare, runs
 from ..cpushare import cpu_cores
 from ..config import RunConfig
 from ..events import TERMINAL, EventLog
-from . import queue
+from .. import slots
 
 NAME = "local"
 LOG_FILE = "process.log"
@@ -55,8 +55,8 @@ def cpu_threads_left(queue_dir: str | Path) -> int | None:
     that train now: the cores they keep while the app is busy, at least one. None when a setting is unreadable."""
     cores = cpu_cores()
     try:
-        concurrent = queue.max_concurrent()
-        training = concurrent - queue.free_slots(queue_dir)
+        concurrent = slots.max_concurrent()
+        training = concurrent - slots.free_slots(queue_dir)
         fixed = train_threads()
     except ValueError:
         return None
@@ -76,7 +76,7 @@ def start(config: RunConfig, root: str | Path | None = None, run_id: str | None 
           queue_dir: str | Path | None = None) -> str:
     """Create the run folder, write the config, launch the training process; return the run id.
 
-    ``queue_dir``: wait in that queue for a free training slot (see :mod:`finetune.backends.queue`).
+    ``queue_dir``: wait in that queue for a free training slot (see :mod:`finetune.slots`).
     """
     train_threads()  # a bad server setting fails before a run folder exists
     run_id = runs.check_run_id(run_id) if run_id else runs.new_run_id(config.name)
@@ -113,8 +113,8 @@ def _launch(run_dir: Path, queue_dir: str | Path | None = None) -> str:
         # Join the line here, in request order, and hand the locked ticket to the process (an inherited
         # descriptor keeps the lock: if the process dies, the kernel drops it and the line moves on).
         queue_dir = Path(queue_dir).resolve()
-        ticket = queue.enqueue(queue_dir, run_dir.name)
-        place = queue.position(queue_dir, ticket)
+        ticket = slots.enqueue(queue_dir, run_dir.name)
+        place = slots.position(queue_dir, ticket)
         cmd += ["--queue-dir", str(queue_dir), "--queue-ticket", str(ticket.path), "--queue-ticket-fd", str(ticket.fd)]
     log = open(run_dir / LOG_FILE, "ab")
     try:
@@ -125,12 +125,12 @@ def _launch(run_dir: Path, queue_dir: str | Path | None = None) -> str:
         )
     except BaseException:
         if ticket:
-            queue.close_ticket(ticket)
+            slots.close_ticket(ticket)
         raise
     finally:
         log.close()
     if ticket:
-        queue.release(ticket.fd)  # the process holds the ticket's lock now
+        slots.release(ticket.fd)  # the process holds the ticket's lock now
         if place > 0:  # visible at once; the process re-writes it whenever the position changes
             EventLog(run_dir).emit("queued", position=place, pid=proc.pid)
     # Reap the process when it ends: an unreaped (zombie) child still answers kill(pid, 0), so a crashed run

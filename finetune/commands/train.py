@@ -167,7 +167,7 @@ def wait_in_queue(args: argparse.Namespace) -> bool:
     from pathlib import Path
 
     from finetune import runs
-    from finetune.backends import queue
+    from finetune import slots
     from finetune.cli import UsageError
     from finetune.events import EventLog
 
@@ -176,10 +176,10 @@ def wait_in_queue(args: argparse.Namespace) -> bool:
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        ticket = (queue.adopt(args.queue_ticket, args.queue_ticket_fd) if args.queue_ticket_fd is not None
-                  else queue.enqueue(args.queue_dir, run_dir.name))
+        ticket = (slots.adopt(args.queue_ticket, args.queue_ticket_fd) if args.queue_ticket_fd is not None
+                  else slots.enqueue(args.queue_dir, run_dir.name))
         log = EventLog(run_dir)
-        slot = queue.wait_for_slot(args.queue_dir, ticket, should_stop=lambda: runs.stop_requested(run_dir),
+        slot = slots.wait_for_slot(args.queue_dir, ticket, should_stop=lambda: runs.stop_requested(run_dir),
                                    on_position=lambda n: log.emit("queued", position=n, pid=os.getpid()))
     except ValueError as e:  # a bad FINETUNE_MAX_CONCURRENT_RUNS
         raise UsageError(str(e)) from e
