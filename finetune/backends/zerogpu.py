@@ -38,7 +38,7 @@ FIRST_CALL_S = 60  # ZeroGPU's default duration: the first call measures the ste
 MAX_CALL_S = 300  # longer calls wait longer in the ZeroGPU queue
 SETUP_S = 25.0  # model load + data preparation inside each call (re-measured from the events)
 MARGIN = 0.8  # train for 80% of the requested duration: the rest is for the checkpoint and variance
-# seconds of daily quota per account tier (the numbers live in memory.py, with their source)
+# seconds of daily quota per account tier (the numbers live in memory/hardware.py, with their source)
 DAILY_QUOTA_S = {tier: minutes * 60 for tier, minutes in ZEROGPU_DAILY_QUOTA_MIN.items()}
 # Errors a retry cannot fix (bad config, missing model, bad data, out of memory; train() reports any error
 # inside training as a TrainingError): the run fails at once instead of spending the user's quota on the
