@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Concatenate, TypedDict
 
 import gradio as gr
+import pandas as pd  # loaded by gradio already; event functions' hints must resolve at runtime
 
 from ..config import RunConfig
 from ..errors import UserError
@@ -13,9 +14,7 @@ from ..presets import DEFAULT_PRESET, load_preset, preset_description, preset_pa
 from . import forms
 from .common import Api, config_warnings_markdown, user_errors
 
-if TYPE_CHECKING:  # for annotations only: pandas and the estimator load when a verdict is first shown
-    import pandas as pd
-
+if TYPE_CHECKING:  # for annotations only: the estimator loads when a verdict is first shown
     from ..memory import MemoryEstimate
 
 # The widgets forms.make_component creates for the config fields: one of these per field key.
@@ -90,8 +89,6 @@ def verdict_markdown(est: MemoryEstimate) -> str:
 
 def estimate_view(cfg: RunConfig, gpu: str) -> tuple[str, pd.DataFrame]:
     """(verdict markdown, breakdown table) for the form's config on a GPU; errors become the verdict."""
-    import pandas as pd
-
     from ..memory import estimate
 
     try:
