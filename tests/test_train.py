@@ -162,6 +162,12 @@ def test_a_run_tokenizes_each_example_once(tiny_model_dir, tmp_path, monkeypatch
     assert not twice, f"{len(twice)} texts tokenized more than once, e.g. {next(iter(twice))!r}"
 
 
+def test_max_grad_norm_zero_trains_without_clipping(tiny_model_dir, tmp_path):
+    """training.max_grad_norm: 0 turns clipping off (it once reached the Trainer as None and failed on step 1)."""
+    result = train(tiny_config(tiny_model_dir, max_steps=1, save_steps=100, max_grad_norm=0.0), runs_root=tmp_path)
+    assert result.status == "finished" and result.step == 1
+
+
 # Two processes sum float32 in different orders (thread counts, BLAS kernels): after the 12 steps of tiny_config
 # the LoRA weights of equal runs differ by 5e-6 (1 vs 2 threads) up to 5e-5 (seen between two processes), while
 # one step at lr 5e-3 moves them by 5e-3 (constant schedule) and a cosine run of 11 steps ends 2.5e-3 away from
