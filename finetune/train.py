@@ -155,7 +155,7 @@ class _EncodingTokenizer:
     Every other attribute and call is the tokenizer's own.
     """
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
         self.encodings: dict[str, Encoding] = {}
 
@@ -171,7 +171,7 @@ class _EncodingTokenizer:
         return enc
 
 
-def tokenize_examples(examples: Sequence[Example], tokenizer: Any, max_length: int,
+def tokenize_examples(examples: Sequence[Example], tokenizer: Tokenizer, max_length: int,
                       encodings: Mapping[str, Encoding] | None = None) -> dict[str, list[list[int]]]:
     """Token ids and labels (-100 outside the trained character spans), truncated to ``max_length``.
 
