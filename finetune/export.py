@@ -11,12 +11,19 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .adapter import CONFIG_FILE, copy_template_info, has_tokenizer, read_base_model
 from .models import ModelError
 from .refs import is_hub_id
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
+
+    from .config import ModelConfig
+    from .models import Tokenizer
 
 DTYPES = ("bfloat16", "float16")
 MERGED_CARD = "README.md"
@@ -64,7 +71,7 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, model: str | None = N
     return out
 
 
-def _tokenizer(folder: Path, cfg):
+def _tokenizer(folder: Path, cfg: ModelConfig) -> Tokenizer:
     """The tokenizer saved with the adapter (it may carry a pad token set for training), else the base's."""
     from transformers import AutoTokenizer
 
@@ -79,7 +86,7 @@ def merged_card(base_model: str, adapter_folder: Path, dtype: str) -> str:
     """A short card for the merged model: ``base_model_relation: finetune`` (one base, weights changed)."""
     from .card import UNPUSHED_REPO, base_license
 
-    meta: dict = {"library_name": "transformers"}
+    meta: dict[str, Any] = {"library_name": "transformers"}
     if is_hub_id(base_model):
         meta.update(base_model=base_model, base_model_relation="finetune")
     meta["pipeline_tag"] = "text-generation"
@@ -103,7 +110,7 @@ def merged_card(base_model: str, adapter_folder: Path, dtype: str) -> str:
 
 def push_merged(adapter: str | Path, repo_id: str, *, model: str | None = None, dtype: str = "bfloat16",
                 token: str | None = None, private: bool = True, revision: str | None = None,
-                commit_message: str = "Upload merged model with finetune", api=None) -> str:
+                commit_message: str = "Upload merged model with finetune", api: HfApi | None = None) -> str:
     """Merge the adapter into a 16-bit copy of its base (see :func:`merge_adapter`) and push the result."""
     from .hub import check_repo_id, push_folder, resolve_token, stage_card
 

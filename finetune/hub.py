@@ -15,9 +15,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .adapter import CONFIG_FILE, check_adapter_files, find_adapter_dir
 from .refs import classify
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
 
 # Locally, Gradio's OAuth hands out this literal instead of a real token: it must never reach the Hub.
 MOCK_OAUTH_TOKEN = "mock-oauth-token-for-local-dev"
@@ -108,7 +112,7 @@ def describe_error(e: BaseException, repo_id: str, *, action: str, revision: str
 
 def push_folder(folder: Path, repo_id: str, *, token: str | None = None, private: bool = True,
                 repo_type: str = "model", revision: str | None = None,
-                commit_message: str = "Upload with finetune", api=None) -> str:
+                commit_message: str = "Upload with finetune", api: HfApi | None = None) -> str:
     """Create the repo if missing (and the branch ``revision``), upload the folder, return the repo URL."""
     from huggingface_hub import HfApi
 
@@ -148,7 +152,7 @@ def stage_card(src: Path, dst: Path, repo_id: str) -> None:
 
 def push_adapter(adapter_dir: Path, repo_id: str, *, token: str | None = None, private: bool = True,
                  revision: str | None = None, commit_message: str = "Upload LoRA adapter with finetune",
-                 api=None) -> str:
+                 api: HfApi | None = None) -> str:
     """Push a run's ``adapter/`` folder (PEFT weights, template, config, metrics, loss curve, model card).
 
     ``adapter_dir`` may also be the run folder. Returns the repo URL.
@@ -168,7 +172,7 @@ def push_adapter(adapter_dir: Path, repo_id: str, *, token: str | None = None, p
                            commit_message=commit_message, api=api)
 
 
-def push_dataset(jsonl_file: Path, repo_id: str, **kw) -> str:
+def push_dataset(jsonl_file: Path, repo_id: str, **kw: Any) -> str:
     """Push a formatted JSONL file as a dataset repo (``data/train.jsonl``)."""
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "data").mkdir()

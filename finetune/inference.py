@@ -15,14 +15,20 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Sequence
 
 from . import refs
 from .adapter import (ADAPTER_FILES, CONFIG_FILE, DEFAULT_TEMPLATE_INFO, check_adapter_files,
                       find_adapter_dir, pick_device, read_base_model, read_template_info,
                       refuse_unsafe_files)
 from .config import ModelConfig, QuantizationConfig
-from .models import EMBEDDED_REPO_ID, ModelError
+from .models import EMBEDDED_REPO_ID, Model, ModelError, Tokenizer
+
+if TYPE_CHECKING:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+Message = dict[str, Any]  # {"role": ..., "content": ...}, as finetune.templates.render reads it
+TemplateInfo = dict[str, Any]  # the template saved with an adapter (finetune.adapter.template_info), plus eos/stops
 
 _CACHE_SIZE = 2
 # The cached bases together may use at most this share of the device's memory (GPU memory, or RAM on the
@@ -52,17 +58,17 @@ def _fit_threads(loaded: "LoadedModel") -> None:
         torch.set_num_threads(n)
 
 
-_cache: "OrderedDict[tuple, LoadedModel]" = OrderedDict()
+_cache: OrderedDict[tuple[str, str, str, bool], LoadedModel] = OrderedDict()  # (model, load_in, quant_type, double_quant)
 
 
 @dataclass
 class LoadedModel:
-    model: object  # a transformers model, or a peft PeftModel once an adapter is attached
-    tokenizer: object
+    model: Model  # a transformers model, or a peft PeftModel once an adapter is attached
+    tokenizer: Tokenizer
     base_name: str
-    adapters: dict  # adapter name -> folder
+    adapters: dict[str, Path]  # adapter name -> folder
     active: str | None = None  # the adapter the LoRA layers use now
-    lora_layers: list = field(default_factory=list)  # collected once per newly attached adapter (see _switch)
+    lora_layers: list[BaseTunerLayer] = field(default_factory=list)  # collected once per newly attached adapter (see _switch)
 
 
 def adapter_dir(path: str | Path, revision: str | None = None) -> Path:
@@ -102,7 +108,7 @@ def adapter_base(adapter: str | Path) -> str:
     return read_base_model(adapter_dir(adapter))
 
 
-def adapter_template(adapter: str | Path) -> dict:
+def adapter_template(adapter: str | Path) -> TemplateInfo:
     """The template saved with an adapter; ``model`` (the tokenizer's chat template) when none was saved."""
     return read_template_info(adapter_dir(adapter)) or dict(DEFAULT_TEMPLATE_INFO)
 
@@ -146,11 +152,12 @@ def device_memory(device: str) -> int:
     if device == "cuda":
         import torch
 
-        return torch.cuda.get_device_properties(0).total_memory
+        memory: int = torch.cuda.get_device_properties(0).total_memory
+        return memory
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def _footprint(model) -> int:
+def _footprint(model: Model) -> int:
     """Bytes of a model's weights and buffers (LoRA layers included)."""
     return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
 
@@ -187,7 +194,7 @@ def attach(loaded: LoadedModel, adapter: str | Path) -> str:
     return name
 
 
-def _switchable_layers(model) -> list:
+def _switchable_layers(model: Model) -> list[BaseTunerLayer]:
     """The LoRA layers of a PeftModel, or [] when it also has auxiliary modules (modules_to_save, trainable
     tokens): those switch through peft's own ``set_adapter``."""
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -239,7 +246,7 @@ def named_base_mismatch(model: str | None, adapter: str | Path | None,
     return base_mismatch(load(model, quantization), adapter)
 
 
-def build_prompt(messages: list[dict], template: dict, tokenizer) -> str:
+def build_prompt(messages: Sequence[Message], template: TemplateInfo, tokenizer: Tokenizer) -> str:
     from .templates import render
 
     msgs = list(messages)
@@ -248,15 +255,15 @@ def build_prompt(messages: list[dict], template: dict, tokenizer) -> str:
     return render(msgs, template.get("template", "model"), tokenizer, add_generation_prompt=True).text
 
 
-def _gen_kwargs(tokenizer, template: dict, max_new_tokens: int, temperature: float, top_p: float,
-                repetition_penalty: float) -> dict:
+def _gen_kwargs(tokenizer: Tokenizer, template: TemplateInfo, max_new_tokens: int, temperature: float, top_p: float,
+                repetition_penalty: float) -> dict[str, Any]:
     eos_ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     for s in [template.get("eos")] + list(template.get("stop_strings") or []):
         if s:
             ids = tokenizer.convert_tokens_to_ids(s) if s in tokenizer.get_vocab() else None
             if isinstance(ids, int):
                 eos_ids.add(ids)
-    kw = dict(max_new_tokens=max_new_tokens, eos_token_id=sorted(eos_ids) or None,
+    kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, eos_token_id=sorted(eos_ids) or None,
               pad_token_id=tokenizer.pad_token_id, repetition_penalty=repetition_penalty)
     if temperature and temperature > 0:
         kw.update(do_sample=True, temperature=temperature, top_p=top_p)
@@ -265,14 +272,15 @@ def _gen_kwargs(tokenizer, template: dict, max_new_tokens: int, temperature: flo
     return kw
 
 
-def _clean_answer(text: str, template: dict) -> str:
+def _clean_answer(text: str, template: TemplateInfo) -> str:
     for s in list(template.get("stop_strings") or []) + ([template["eos"]] if template.get("eos") else []):
         if s and s in text:
             text = text[: text.index(s)]
     return text.strip()
 
 
-def _prepare(model: str | None, adapter: str | None, template: str | None, quantization):
+def _prepare(model: str | None, adapter: str | None, template: str | None,
+             quantization: QuantizationConfig | None) -> tuple[LoadedModel, TemplateInfo]:
     base = model if model is not None else (adapter_base(adapter) if adapter else "")
     loaded = load(base, quantization)
     tpl = adapter_template(adapter) if adapter else dict(DEFAULT_TEMPLATE_INFO)
@@ -288,7 +296,7 @@ def _prepare(model: str | None, adapter: str | None, template: str | None, quant
     return loaded, tpl
 
 
-def _adapter_context(loaded: LoadedModel, adapter: str | None):
+def _adapter_context(loaded: LoadedModel, adapter: str | None) -> ContextManager[object]:
     """Run with the adapter enabled when one is asked for, else with every adapter disabled."""
     import contextlib
 
@@ -300,7 +308,7 @@ def _adapter_context(loaded: LoadedModel, adapter: str | None):
 
 
 def generate_batch(
-    prompts: list[str | list[dict]],
+    prompts: Sequence[str | Sequence[Message]],
     *,
     adapter: str | None = None,
     model: str | None = None,
@@ -341,12 +349,12 @@ def generate_batch(
 
 
 def compare(
-    prompt: str | list[dict],
+    prompt: str | Sequence[Message],
     adapter: str | Path,
     *,
     model: str | None = None,
     template: str | None = None,
-    **generation,
+    **generation: Any,
 ) -> tuple[str, str]:
     """The same prompt, template, system prompt and seed through the base (adapter disabled) and through the
     adapter, on one loaded copy of the base: ``(base_answer, adapter_answer)``.
@@ -368,7 +376,7 @@ def compare(
 
 
 def stream_chat(
-    messages: list[dict],
+    messages: Sequence[Message],
     *,
     adapter: str | None = None,
     model: str | None = None,
@@ -395,7 +403,7 @@ def stream_chat(
     kw = _gen_kwargs(tok, tpl, max_new_tokens, temperature, top_p, repetition_penalty)
     error: list[BaseException] = []
 
-    def run():
+    def run() -> None:
         try:
             with _lock, _adapter_context(loaded, adapter), torch.no_grad():
                 if adapter:
@@ -405,7 +413,7 @@ def stream_chat(
                 loaded.model.generate(**enc, streamer=streamer, **kw)
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
             error.append(e)
-            streamer.end()
+            streamer.end()  # type: ignore[no-untyped-call]  # transformers leaves TextIteratorStreamer.end unannotated
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()

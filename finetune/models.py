@@ -17,9 +17,22 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from .config import LoraSettings, ModelConfig, QuantizationConfig
 from .refs import classify
+
+if TYPE_CHECKING:
+    import torch
+    from peft import LoraConfig
+    from transformers import BitsAndBytesConfig
+
+# A loaded transformers model (or a peft PeftModel wrapping one) and a tokenizer. transformers types them only in
+# part: model attributes resolve through torch's ``Module.__getattr__`` (typed ``Tensor | Module``), ``Module.to``
+# is rewrapped, and a tokenizer call returns a BatchEncoding of Any. Callers use them as Any; these names say which
+# object is meant.
+Model = Any
+Tokenizer = Any
 
 EMBEDDED_REPO_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -95,7 +108,7 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
 
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model: Model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -181,7 +194,7 @@ def _hub_error(e: Exception, ident: str) -> ModelError:
     )
 
 
-def load_tokenizer(model: ModelConfig | str = "", revision: str | None = None, trust_remote_code: bool = False):
+def load_tokenizer(model: ModelConfig | str = "", revision: str | None = None, trust_remote_code: bool = False) -> Tokenizer:
     """The model's tokenizer, with a pad token (eos when it has none; padding is masked out of the loss)."""
     ml_imports()
     from transformers import AutoTokenizer
@@ -219,24 +232,25 @@ def model_max_length(path: str, revision: str | None = None) -> int | None:
 # pure builders
 
 
-def compute_dtype(name: str, device: str):
+def compute_dtype(name: str, device: str) -> torch.dtype:
     """The matmul dtype as a torch dtype (``auto``: :func:`finetune.settings.resolve_compute_dtype`)."""
     import torch
 
     from .settings import Device, resolve_compute_dtype
 
-    return getattr(torch, resolve_compute_dtype(name, Device.detect(device)))
+    dtype: torch.dtype = getattr(torch, resolve_compute_dtype(name, Device.detect(device)))
+    return dtype
 
 
-def bnb_config(q: QuantizationConfig, device: str = "cpu"):
+def bnb_config(q: QuantizationConfig, device: str = "cpu") -> BitsAndBytesConfig | None:
     """BitsAndBytesConfig for 4-bit (QLoRA: NF4 + double quant) or 8-bit; None for 16/32-bit weights."""
     if q.load_in == "none":
         return None
     from transformers import BitsAndBytesConfig
 
     if q.load_in == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(
+        return BitsAndBytesConfig(load_in_8bit=True)  # type: ignore[no-untyped-call]  # transformers leaves __init__ unannotated
+    return BitsAndBytesConfig(  # type: ignore[no-untyped-call]  # transformers leaves __init__ unannotated
         load_in_4bit=True,
         bnb_4bit_quant_type=q.quant_type,  # transformers defaults to fp4: QLoRA wants nf4
         bnb_4bit_use_double_quant=q.double_quant,  # ~0.37 bit/param saved on the constants
@@ -244,7 +258,7 @@ def bnb_config(q: QuantizationConfig, device: str = "cpu"):
     )
 
 
-def lora_config(lo: LoraSettings):
+def lora_config(lo: LoraSettings) -> LoraConfig:
     """peft LoraConfig for a causal LM."""
     from peft import LoraConfig
 
@@ -252,10 +266,11 @@ def lora_config(lo: LoraSettings):
 
     return LoraConfig(
         r=lo.r,
-        lora_alpha=lo.alpha,
+        # peft annotates int, but only divides by it (scaling = alpha / r): a fractional alpha works as given
+        lora_alpha=lo.alpha,  # type: ignore[arg-type]
         lora_dropout=lo.dropout,
         target_modules=parse_target_modules(lo.target_modules),
-        bias=lo.bias,
+        bias=cast(Literal["none", "all", "lora_only"], lo.bias),  # config.validate allows only these
         use_rslora=lo.use_rslora,
         use_dora=lo.use_dora,
         task_type="CAUSAL_LM",
@@ -274,7 +289,8 @@ def _refuse_pickle_only(res: ResolvedModel) -> None:
                          "it once on a machine you trust (from_pretrained(...).save_pretrained(new_folder))")
 
 
-def load_model(cfg: ModelConfig, q: QuantizationConfig, device: str, dtype=None):
+def load_model(cfg: ModelConfig, q: QuantizationConfig, device: str,
+               dtype: torch.dtype | None = None) -> tuple[Model, ResolvedModel]:
     """Load the base model for training or inference, quantized per ``q``, on ``device``."""
     ml_imports()
     import torch
@@ -283,7 +299,7 @@ def load_model(cfg: ModelConfig, q: QuantizationConfig, device: str, dtype=None)
     res = resolve(cfg)
     if q.load_in != "none" and device not in ("cpu", "cuda"):
         raise ModelError(f"{q.load_in} quantization needs a CUDA GPU or the CPU, not {device}; set quantization.load_in: none")
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         revision=res.revision,
         trust_remote_code=cfg.trust_remote_code,
         use_safetensors=True,  # no pickle: weights load from safetensors only
@@ -298,7 +314,7 @@ def load_model(cfg: ModelConfig, q: QuantizationConfig, device: str, dtype=None)
         gpu = int(os.environ.get("LOCAL_RANK", "0"))
         kwargs["device_map"] = {"": gpu} if device == "cuda" else {"": "cpu"}
     try:
-        model = AutoModelForCausalLM.from_pretrained(res.path, **kwargs)
+        model: Model = AutoModelForCausalLM.from_pretrained(res.path, **kwargs)
     except (OSError, ValueError) as e:
         raise _hub_error(e, cfg.id or res.name) from e
     if quant is None:

@@ -22,7 +22,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, cast
 
 from . import runs
 from .adapter import pick_device, write_run_files
@@ -31,6 +31,24 @@ from .events import EventLog
 from .io import DISK_FULL_FIX, DiskFullError
 from .models import ModelError
 from .settings import Device, ResolvedSettings, SpeedOptions, resolve
+
+if TYPE_CHECKING:
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+    from trl.trainer.sft_trainer import SFTTrainer  # the class trl's lazy top-level module hands out
+
+    from .config import TrainingConfig
+    from .cpushare import CpuShare
+    from .data import Example
+    from .models import Model, Tokenizer
+
+    class _EventsCallback(TrainerCallback):
+        """What ``_make_callback`` returns: its callback, and why it halted the run (None: it did not)."""
+
+        halt_reason: str | None
+
+Encoding = tuple[list[int], list[tuple[int, int]]]  # one text's token ids and their (start, end) characters
 
 SAMPLE_DATA = Path(__file__).parent / "samples" / "city_year.jsonl"
 
@@ -52,10 +70,16 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+class _Events(Protocol):
+    """Where a run's events go: :class:`EventLog` (rank 0) or :class:`_SilentLog`."""
+
+    def emit(self, type: str, **fields: Any) -> dict[str, Any]: ...
+
+
 class _SilentLog:
     """The event log of a process other than rank 0: events are built (callers read them) but not written."""
 
-    def emit(self, type: str, **fields) -> dict:
+    def emit(self, type: str, **fields: Any) -> dict[str, Any]:
         return {"type": type, "time": round(time.time(), 3), **fields}
 
 
@@ -67,7 +91,7 @@ class RunResult:
     step: int
     max_steps: int
     adapter_dir: Path | None
-    metrics: dict
+    metrics: dict[str, Any]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,7 +133,7 @@ def open_run(config: RunConfig | None, run_dir: str | Path | None = None, root: 
     return config, run_dir, False
 
 
-def _identity(cfg: RunConfig) -> dict:
+def _identity(cfg: RunConfig) -> dict[str, Any]:
     """The parts of a config that must not change when a run is resumed."""
     d = cfg.to_dict()
     d["training"] = {k: v for k, v in d["training"].items() if k not in ("max_steps", "epochs")}
@@ -121,16 +145,51 @@ def _identity(cfg: RunConfig) -> dict:
 # data -> token ids + labels
 
 
-def tokenize_examples(examples, tokenizer, max_length: int) -> dict[str, list]:
+class _EncodingTokenizer:
+    """The tokenizer as ``data.format_dataset`` sees it, keeping the encodings it makes.
+
+    ``format_dataset`` reads the tokenizer's bos/eos strings and chat template to render the examples, then
+    tokenizes every rendered text for its token statistics; :func:`tokenize_examples` needs the same ids plus
+    the character offsets. That call asks for the offsets as well and keeps each text's encoding, so a training
+    run tokenizes each example once.
+    Every other attribute and call is the tokenizer's own.
+    """
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.encodings: dict[str, Encoding] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tokenizer, name)
+
+    def __call__(self, texts: Any, **kwargs: Any) -> Any:
+        if kwargs != {"add_special_tokens": False} or not isinstance(texts, list):
+            return self.tokenizer(texts, **kwargs)
+        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, truncation=False)
+        for text, ids, offsets in zip(texts, enc["input_ids"], enc["offset_mapping"]):
+            self.encodings[text] = (ids, offsets)
+        return enc
+
+
+def tokenize_examples(examples: Sequence[Example], tokenizer: Tokenizer, max_length: int,
+                      encodings: Mapping[str, Encoding] | None = None) -> dict[str, list[list[int]]]:
     """Token ids and labels (-100 outside the trained character spans), truncated to ``max_length``.
 
     The text already contains the template's bos/eos strings, so no special tokens are added.
-    A token is trained on when its characters overlap a trained span.
+    A token is trained on when its characters overlap a trained span. ``encodings``: (ids, offsets) already
+    made for some texts (by :class:`_EncodingTokenizer`); only the other texts are tokenized here.
     """
+    known = encodings or {}
     texts = [ex.text for ex in examples]
-    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, truncation=False)
-    input_ids, labels, lengths = [], [], []
-    for ex, ids, offsets in zip(examples, enc["input_ids"], enc["offset_mapping"]):
+    missing = list(dict.fromkeys(t for t in texts if t not in known))
+    fresh: dict[str, Encoding] = {}
+    if missing:
+        enc = tokenizer(missing, add_special_tokens=False, return_offsets_mapping=True, truncation=False)
+        fresh = {t: (ids, offsets) for t, ids, offsets in zip(missing, enc["input_ids"], enc["offset_mapping"])}
+    input_ids: list[list[int]] = []
+    labels: list[list[int]] = []
+    for ex, text in zip(examples, texts):
+        ids, offsets = known[text] if text in known else fresh[text]
         spans = ex.spans
         lab = []
         j = 0
@@ -139,14 +198,12 @@ def tokenize_examples(examples, tokenizer, max_length: int) -> dict[str, list]:
                 j += 1
             trained = j < len(spans) and spans[j][0] < max(b, a + 1) and a < spans[j][1]
             lab.append(tid if trained else -100)
-        ids, lab = ids[:max_length], lab[:max_length]
-        input_ids.append(ids)
-        labels.append(lab)
-        lengths.append(len(ids))
+        input_ids.append(list(ids[:max_length]))
+        labels.append(lab[:max_length])
     return {"input_ids": input_ids, "labels": labels}
 
 
-def _datasets(config: RunConfig, tokenizer):
+def _datasets(config: RunConfig, tokenizer: Tokenizer) -> tuple[Dataset, Dataset | None, dict[str, Any]]:
     """Format the configured data with the template and tokenize it: (train, eval or None, summary)."""
     from datasets import Dataset
 
@@ -154,6 +211,7 @@ def _datasets(config: RunConfig, tokenizer):
 
     d, t = config.data, config.training
     source = d.source or str(SAMPLE_DATA)
+    encoder = _EncodingTokenizer(tokenizer)  # renders with the tokenizer; its encodings are reused below
     result = data.format_dataset(
         source,
         hub_config=d.hub_config,
@@ -161,14 +219,14 @@ def _datasets(config: RunConfig, tokenizer):
         template=d.template,
         system_prompt=d.system_prompt,
         columns=d.columns or None,
-        tokenizer=tokenizer,
+        tokenizer=encoder,
         train_on=d.train_on,
         strict=d.strict,
         val_fraction=d.val_fraction,
         seed=d.seed,
         max_length=t.max_length,
     )
-    train_tok = tokenize_examples(result.examples, tokenizer, t.max_length)
+    train_tok = tokenize_examples(result.examples, tokenizer, t.max_length, encoder.encodings)
     keep = [i for i, lab in enumerate(train_tok["labels"]) if any(x != -100 for x in lab)]
     if not keep:
         raise TrainingError(
@@ -178,7 +236,7 @@ def _datasets(config: RunConfig, tokenizer):
     train_ds = Dataset.from_dict({k: [v[i] for i in keep] for k, v in train_tok.items()})
     eval_ds = None
     if result.val_examples:
-        ev = tokenize_examples(result.val_examples, tokenizer, t.max_length)
+        ev = tokenize_examples(result.val_examples, tokenizer, t.max_length, encoder.encodings)
         eval_ds = Dataset.from_dict(ev)
     summary = {
         "source": source,
@@ -202,7 +260,7 @@ def resolved_settings(config: RunConfig, device: str, speed: SpeedOptions = Spee
     return resolve(config, Device.detect(device), speed)
 
 
-def trainer_settings(resolved: ResolvedSettings) -> dict[str, object]:
+def trainer_settings(resolved: ResolvedSettings) -> dict[str, Any]:
     """The SFTConfig arguments that come from the resolved settings: optimizer and mixed precision."""
     return {"optim": resolved.optim, **resolved.trainer_precision}
 
@@ -210,7 +268,9 @@ def trainer_settings(resolved: ResolvedSettings) -> dict[str, object]:
 PACKED_SDPA = "finetune_packed_sdpa"
 
 
-def packed_sdpa_attention(module, query, key, value, attention_mask, cu_seq_lens_q=None, cu_seq_lens_k=None, **kwargs):
+def packed_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                          attention_mask: torch.Tensor | None, cu_seq_lens_q: torch.Tensor | None = None,
+                          cu_seq_lens_k: torch.Tensor | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
     """SDPA over each sequence of a padding-free row separately (causal, no mask).
 
     A padding-free batch is one row holding every example; plain SDPA attends over the whole row with a
@@ -231,7 +291,7 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, cu_seq_lens
     return torch.cat(outs, dim=1), None  # [1, row, heads, head_dim], as sdpa_attention_forward returns
 
 
-def _use_packed_attention(model) -> None:
+def _use_packed_attention(model: Model) -> None:
     """Switch a loaded model's SDPA attention to ``packed_sdpa_attention`` (same masks for everything else)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -272,7 +332,7 @@ def use_checkpointing(config: RunConfig, device: str, model_path: str,
 # sharing the CPU with the app that started the run
 
 
-def _cpu_share(device: str):
+def _cpu_share(device: str) -> CpuShare | None:
     """The app's request to share the CPU (finetune.cpushare), on CPU only; None otherwise."""
     if device != "cpu":
         return None
@@ -286,14 +346,15 @@ def _cpu_share(device: str):
     return cpushare.from_env(cpushare.cpu_cores(), concurrent)
 
 
-def _share_callback(share, log: EventLog):
+def _share_callback(share: CpuShare, log: _Events) -> TrainerCallback:
     """At each step boundary (at most once a second) set torch's threads from the app's recent CPU use; each
     change is a ``threads`` event."""
     import torch
     from transformers import TrainerCallback
 
     class ShareCpu(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
+        def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                          **kw: Any) -> None:
             threads = share.check()
             if threads is not None:
                 torch.set_num_threads(threads)
@@ -306,27 +367,30 @@ def _share_callback(share, log: EventLog):
 # the callback that writes events and honours stop / chunk limits
 
 
-def _make_callback(log: EventLog, run_dir: Path, should_stop, until_step, time_budget_s, started_at):
+def _make_callback(log: _Events, run_dir: Path, should_stop: Callable[[], bool] | None, until_step: int | None,
+                   time_budget_s: float | None, started_at: float) -> _EventsCallback:
     from transformers import TrainerCallback
 
     class Events(TrainerCallback):
-        def __init__(self):
+        def __init__(self) -> None:
             self.halt_reason: str | None = None
             self.last_time = time.time()
             self.last_tokens = 0
-            self.first_step = None
+            self.first_step: int | None = None
             self.step_times: list[float] = []
 
-        def on_train_begin(self, args, state, control, **kw):
+        def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                           **kw: Any) -> None:
             self.first_step = state.global_step
             self.last_tokens = state.num_input_tokens_seen or 0
             self.last_time = time.time()
 
-        def on_step_end(self, args, state, control, **kw):
+        def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                        **kw: Any) -> None:
             now = time.time()
             self.step_times.append(now - self.last_time)
             self.last_time = now
-            halt = None
+            halt: str | None = None
             if should_stop is not None and should_stop():
                 halt = "stopped"
             elif runs.stop_requested(run_dir):
@@ -344,7 +408,8 @@ def _make_callback(log: EventLog, run_dir: Path, should_stop, until_step, time_b
                 control.should_save = True
                 control.should_training_stop = True
 
-        def on_log(self, args, state, control, logs=None, **kw):
+        def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                   logs: dict[str, float] | None = None, **kw: Any) -> None:
             logs = logs or {}
             if "loss" not in logs:
                 return
@@ -354,7 +419,8 @@ def _make_callback(log: EventLog, run_dir: Path, should_stop, until_step, time_b
             done = state.global_step - (self.first_step or 0)
             recent = self.step_times[-10:]
             per_step = sum(recent) / len(recent) if recent else None
-            tps = (tokens - self.last_tokens) / max(sum(self.step_times[-args.logging_steps:]), 1e-9)
+            # int: transformers types logging_steps as float (below 1 it is a ratio); ours is a whole number >= 1
+            tps = (tokens - self.last_tokens) / max(sum(self.step_times[-int(args.logging_steps):]), 1e-9)
             self.last_tokens = tokens
             log.emit(
                 "step",
@@ -370,18 +436,20 @@ def _make_callback(log: EventLog, run_dir: Path, should_stop, until_step, time_b
                 eta_s=round(per_step * (state.max_steps - state.global_step), 1) if per_step and done else None,
             )
 
-        def on_evaluate(self, args, state, control, metrics=None, **kw):
+        def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                        metrics: dict[str, float] | None = None, **kw: Any) -> None:
             if metrics and "eval_loss" in metrics:
                 log.emit("eval", step=state.global_step, eval_loss=metrics["eval_loss"])
 
-        def on_save(self, args, state, control, **kw):
+        def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+            assert args.output_dir is not None  # train() sets it
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             log.emit("checkpoint", step=state.global_step, path=str(path.relative_to(run_dir)))
 
-    return Events()
+    return cast("_EventsCallback", Events())  # Events is _EventsCallback's shape, defined once transformers is imported
 
 
-def _rank0_decides(value):
+def _rank0_decides(value: str | None) -> str | None:
     """Rank 0's value on every process: a DDP rank that stops alone leaves the others waiting forever in the
     next all-reduce, and the stop file / time budget can read differently on each rank."""
     import torch.distributed as dist
@@ -402,11 +470,11 @@ def train(
     run_dir: str | Path | None = None,
     *,
     runs_root: str | Path | None = None,
-    on_event: Callable[[dict], None] | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     until_step: int | None = None,
     time_budget_s: float | None = None,
-    callbacks: list | None = None,
+    callbacks: list[TrainerCallback] | None = None,
     speed: SpeedOptions = SpeedOptions(),
 ) -> RunResult:
     """Run (or resume) one fine-tuning run and return where its adapter is.
@@ -419,7 +487,7 @@ def train(
     """
     started_at = time.time()
     config, run_dir, resuming = open_run(config, run_dir, runs_root)
-    log = EventLog(run_dir, on_event) if is_main_process() else _SilentLog()
+    log: _Events = EventLog(run_dir, on_event) if is_main_process() else _SilentLog()
     try:
         return _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_s, started_at,
                       callbacks or [], speed)
@@ -453,11 +521,12 @@ def _explain(e: Exception, config: RunConfig) -> str:
     return f"{e.__class__.__name__}: {e}"
 
 
-def _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_s, started_at, extra_callbacks,
-           speed: SpeedOptions) -> RunResult:
+def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, should_stop: Callable[[], bool] | None,
+           until_step: int | None, time_budget_s: float | None, started_at: float,
+           extra_callbacks: list[TrainerCallback], speed: SpeedOptions) -> RunResult:
     import torch
     import transformers
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]  # trl exports them through a lazy module
 
     from . import models
 
@@ -512,7 +581,7 @@ def _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,
         weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm if t.max_grad_norm > 0 else None,
+        max_grad_norm=t.max_grad_norm,  # 0 = no clipping (the Trainer clips only when > 0; None would fail there)
         gradient_checkpointing=checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         seed=t.seed,
@@ -532,7 +601,7 @@ def _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_
         **trainer_settings(settings),
     )
     callback = _make_callback(log, run_dir, should_stop, until_step, time_budget_s, started_at)
-    trainer_cls = _trainer_class() if device == "cpu" and speed.trained_positions_loss else SFTTrainer
+    trainer_cls: type[SFTTrainer] = _trainer_class() if device == "cpu" and speed.trained_positions_loss else SFTTrainer
     trainer = trainer_cls(
         model=model,
         args=sft_args,
@@ -555,7 +624,7 @@ def _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_
         return RunResult(run_dir.name, run_dir, callback.halt_reason, step, trainer.state.max_steps, None, {})
 
     # -- save ----------------------------------------------------------------------------------
-    metrics = {"train_loss": out.training_loss, "steps": step, "train_runtime_s": out.metrics.get("train_runtime")}
+    metrics: dict[str, Any] = {"train_loss": out.training_loss, "steps": step, "train_runtime_s": out.metrics.get("train_runtime")}
     if eval_ds is not None:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
         log.emit("eval", step=step, eval_loss=metrics["eval_loss"])
@@ -569,7 +638,7 @@ def _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_
     return RunResult(run_dir.name, run_dir, "finished", step, trainer.state.max_steps, adapter_dir, metrics)
 
 
-def _trainer_class():
+def _trainer_class() -> type[SFTTrainer]:
     """SFTTrainer whose training loss projects only the trained positions through the LM head.
 
     trl's fused LM head scores every position on devices without Triton (CPU), and also computes the entropy
@@ -580,23 +649,25 @@ def _trainer_class():
     """
     import torch
     import torch.nn.functional as F
-    from trl import SFTTrainer
+    from trl import SFTTrainer  # type: ignore[attr-defined]  # trl exports it through a lazy module
 
     class TrainedPositionsSFTTrainer(SFTTrainer):
         ce_rows = 2048  # rows of fp32 logits per cross-entropy chunk: 2048 x 49k vocab = 400 MB at most
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        def compute_loss(self, model: Model, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
+                         num_items_in_batch: torch.Tensor | int | None = None) -> Any:
             if return_outputs or not model.training or self.compute_loss_func is not None or self.label_smoother is not None:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)  # type: ignore[no-untyped-call]  # trl leaves compute_loss unannotated
             labels = inputs["labels"]
             keep = torch.zeros_like(labels, dtype=torch.bool)
             keep[:, :-1] = labels[:, 1:] != -100  # position i predicts token i + 1
             targets = labels[:, 1:][keep[:, :-1]]
-            forward = {k: v for k, v in inputs.items() if k != "labels"}
+            forward: dict[str, Any] = {k: v for k, v in inputs.items() if k != "labels"}
             forward["use_cache"] = False
             logits = model(**forward, logits_to_keep=keep).logits  # [trained tokens, vocab]
-            nll = sum(F.cross_entropy(logits[i:i + self.ce_rows].float(), targets[i:i + self.ce_rows], reduction="sum")
-                      for i in range(0, max(1, logits.shape[0]), self.ce_rows))
+            chunks = [F.cross_entropy(logits[i:i + self.ce_rows].float(), targets[i:i + self.ce_rows], reduction="sum")
+                      for i in range(0, max(1, logits.shape[0]), self.ce_rows)]  # at least one
+            nll = sum(chunks[1:], chunks[0])
             count = targets.numel() if num_items_in_batch is None else num_items_in_batch
             loss = nll / torch.as_tensor(count, device=nll.device).clamp(min=1)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
@@ -606,7 +677,7 @@ def _trainer_class():
     return TrainedPositionsSFTTrainer
 
 
-def _planned_steps(t, n_examples: int) -> int:
+def _planned_steps(t: TrainingConfig, n_examples: int) -> int:
     if t.max_steps > 0:
         return t.max_steps
     per_epoch = math.ceil(math.ceil(n_examples / (t.batch_size * world_size())) / t.grad_accum)  # DDP splits the data
@@ -617,7 +688,8 @@ def _planned_steps(t, n_examples: int) -> int:
 # the adapter bundle
 
 
-def save_adapter(trainer, tokenizer, config: RunConfig, base_name: str, run_dir: Path, metrics: dict, data_summary: dict, device: str) -> Path:
+def save_adapter(trainer: SFTTrainer, tokenizer: Tokenizer, config: RunConfig, base_name: str, run_dir: Path,
+                 metrics: dict[str, Any], data_summary: dict[str, Any], device: str) -> Path:
     """Write ``adapter/``: a plain PEFT adapter plus the template, config, metrics and a model card."""
     from .card import write_model_card
 
@@ -626,7 +698,7 @@ def save_adapter(trainer, tokenizer, config: RunConfig, base_name: str, run_dir:
     import shutil
 
     shutil.rmtree(tmp, ignore_errors=True)
-    model = trainer.model
+    model: Model = trainer.model  # a PeftModel: transformers types it as PreTrainedModel | Module | None
     model.peft_config["default"].base_model_name_or_path = base_name
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,43 @@ def test_4bit_nf4_trains_on_cpu(tiny_model_dir, tmp_path):
     assert losses[-1] < losses[0]
     assert any(v.abs().sum() > 0 for k, v in adapter_tensors(result.adapter_dir).items() if "lora_B" in k)
     assert json.loads((result.adapter_dir / "adapter_config.json").read_text())["r"] == 8
+
+
+def test_a_run_tokenizes_each_example_once(tiny_model_dir, tmp_path, monkeypatch):
+    """Formatting (token statistics) and training (ids + offsets) share one tokenization of each text."""
+    from finetune import models
+
+    counts: Counter[str] = Counter()
+    load = models.load_tokenizer
+
+    def counting_tokenizer(*args, **kwargs):
+        tok = load(*args, **kwargs)
+        call = type(tok).__call__
+
+        def counted(self, text=None, *a, **kw):
+            for t in [text] if isinstance(text, str) else (text or []):
+                counts[t] += 1
+            return call(self, text, *a, **kw)
+
+        monkeypatch.setattr(type(tok), "__call__", counted)
+        return tok
+
+    monkeypatch.setattr(models, "load_tokenizer", counting_tokenizer)
+    cfg = tiny_config(tiny_model_dir, max_steps=2, save_steps=100)
+    cfg.data.val_fraction = 0.1
+    result = train(cfg, runs_root=tmp_path)
+    assert result.status == "finished"
+    started = next(e for e in read_events(result.run_dir) if e["type"] == "started")
+    n = started["data"]["train_examples"] + started["data"]["eval_examples"]
+    assert started["data"]["eval_examples"] > 0 and len(counts) >= n > 100  # every example went through __call__
+    twice = {t: c for t, c in counts.items() if c > 1}
+    assert not twice, f"{len(twice)} texts tokenized more than once, e.g. {next(iter(twice))!r}"
+
+
+def test_max_grad_norm_zero_trains_without_clipping(tiny_model_dir, tmp_path):
+    """training.max_grad_norm: 0 turns clipping off (it once reached the Trainer as None and failed on step 1)."""
+    result = train(tiny_config(tiny_model_dir, max_steps=1, save_steps=100, max_grad_norm=0.0), runs_root=tmp_path)
+    assert result.status == "finished" and result.step == 1
 
 
 # Two processes sum float32 in different orders (thread counts, BLAS kernels): after the 12 steps of tiny_config

@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable, Iterator
+
 import gradio as gr
 
 from .. import inference, refs, service
 from ..errors import UserError
 from .common import Api, owner, user_errors
 
+# What the page runs when it opens: a function and the components it fills.
+LoadHook = tuple[Callable[..., gr.Dropdown], list[gr.Dropdown]]
 
-def message_text(content) -> str:
+
+def message_text(content: object) -> str:
     """Chatbot message content: a string, or a list of parts ``[{"type": "text", "text": ...}]``."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
         return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
     if isinstance(content, dict):
-        return content.get("text", "")
+        text: str = content.get("text", "")  # a text part's text
+        return text
     return str(content or "")
 
 
-def resolve_adapter(ws, who: str, adapter: str) -> str | None:
+def resolve_adapter(ws: service.Workspace, who: str, adapter: str) -> str | None:
     """A run id of the caller's, a Hub repo id, or nothing (base model)."""
     adapter = (adapter or "").strip()
     if not adapter:
@@ -34,7 +40,7 @@ def resolve_adapter(ws, who: str, adapter: str) -> str | None:
         raise
 
 
-def create_playground_tab(api: Api):
+def create_playground_tab(api: Api) -> dict[str, LoadHook]:
     ws = api.workspace
     with gr.Row():
         base_model = gr.Textbox(label="Base model", value="", placeholder="empty = the adapter's base (or the embedded SmolLM2)",
@@ -64,9 +70,10 @@ def create_playground_tab(api: Api):
         tuned_out = gr.Textbox(label="With adapter", lines=6, elem_id="compare-tuned")
 
     @user_errors
-    def chat(message: str, history: list, base_model: str = "", adapter: str = "", temperature: float = 0.7,
+    def chat(message: str, history: list[Any] | None, base_model: str = "", adapter: str = "", temperature: float = 0.7,
              max_new_tokens: int = 256, top_p: float = 0.9, repetition_penalty: float = 1.0, seed: int = 0,
-             request: gr.Request = None, profile: gr.OAuthProfile | None = None):
+             request: gr.Request | None = None,
+             profile: gr.OAuthProfile | None = None) -> Iterator[list[dict[str, str]]]:
         """Chat with the base model and optional adapter; streams the growing history (messages format)."""
         if not (message or "").strip():
             raise gr.Error("type a message first")
@@ -83,7 +90,7 @@ def create_playground_tab(api: Api):
 
     @user_errors
     def compare(prompt: str, base_model: str = "", adapter: str = "", temperature: float = 0.0,
-                max_new_tokens: int = 256, seed: int = 0, request: gr.Request = None,
+                max_new_tokens: int = 256, seed: int = 0, request: gr.Request | None = None,
                 profile: gr.OAuthProfile | None = None) -> tuple[str, str]:
         """The same prompt and seed through the base model and through the adapter: (base, fine-tuned)."""
         if not (prompt or "").strip():
@@ -96,7 +103,7 @@ def create_playground_tab(api: Api):
         return inference.compare(prompt, path, model=base_model or None, max_new_tokens=int(max_new_tokens),
                                  temperature=temperature, seed=int(seed or 0))
 
-    def check(base_model, adapter, request: gr.Request, profile: gr.OAuthProfile | None = None):
+    def check(base_model: str, adapter: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
         try:
             path = resolve_adapter(ws, owner(request, profile), adapter)
             if path and base_model:
@@ -107,12 +114,12 @@ def create_playground_tab(api: Api):
             return f"⚠️ {e}"
         return ""
 
-    def choices(request: gr.Request, profile: gr.OAuthProfile | None = None):
+    def choices(request: gr.Request, profile: gr.OAuthProfile | None = None) -> gr.Dropdown:
         from .train_tab import finished_runs
 
         return gr.Dropdown(choices=[""] + finished_runs(ws, owner(request, profile)))
 
-    send_event = dict(fn=chat, inputs=[msg, chatbot, base_model, adapter, temperature, max_new, top_p, rep, seed],
+    send_event: dict[str, Any] = dict(fn=chat, inputs=[msg, chatbot, base_model, adapter, temperature, max_new, top_p, rep, seed],
                       outputs=chatbot, concurrency_limit=2)
     send.click(**send_event, api_name="chat").then(lambda: "", None, msg, api_visibility="private")
     msg.submit(**send_event, api_visibility="private").then(lambda: "", None, msg, api_visibility="private")
