@@ -23,11 +23,11 @@ from .adapter import (ADAPTER_FILES, CONFIG_FILE, DEFAULT_TEMPLATE_INFO, check_a
                       refuse_unsafe_files)
 from .config import ModelConfig, QuantizationConfig
 from .models import EMBEDDED_REPO_ID, Model, ModelError, Tokenizer
+from .templates import Message
 
 if TYPE_CHECKING:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-Message = dict[str, Any]  # {"role": ..., "content": ...}, as finetune.templates.render reads it
 TemplateInfo = dict[str, Any]  # the template saved with an adapter (finetune.adapter.template_info), plus eos/stops
 
 _CACHE_SIZE = 2

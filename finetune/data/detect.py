@@ -17,12 +17,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from ..templates import Message
 from .read import Row
 from .validate import DataError, RowError
 
 CANONICAL = ("instruction", "input", "output", "system", "prompt", "completion", "question", "answer",
              "messages", "conversations", "text")
-Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": text}
 # A note on a kept row, (field, reason, fix): a number used as text
 Note = tuple[str, str, str]
 

@@ -32,8 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Hashable, ParamSpec, Sequence, TypeVar, cast
 
-from ..templates import MODEL_TEMPLATE, SpecialTokens, TemplateError, find_control_strings, render, special_tokens
-from .detect import (INPUT_SEPARATOR, SINGLE_TURN, Message, Note, Shape, cell_text, column_cells, detect_shape,
+from ..templates import (MODEL_TEMPLATE, Message, SpecialTokens, TemplateError, find_control_strings, render,
+                         special_tokens)
+from .detect import (INPUT_SEPARATOR, SINGLE_TURN, Note, Shape, cell_text, column_cells, detect_shape,
                      row_messages)
 from .read import Row, Table, load_rows, table_of_rows
 from .stats import token_lengths, token_stats

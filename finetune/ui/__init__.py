@@ -11,6 +11,7 @@ import gradio as gr
 
 from ..config import RunConfig
 from ..service import Workspace, default_workspace
+from . import forms
 from .common import Api
 from .dataset_tab import create_dataset_tab
 from .hparams_tab import create_hparams_tab, wire_config
@@ -40,7 +41,7 @@ def build_app(workspace: Workspace | None = None, downloads: str | Path | None =
     ``zerogpu_steps_per_call`` caps the steps of each ZeroGPU call (default: planned from the step time).
     """
     api = Api(workspace or default_workspace(), Path(downloads or tempfile.mkdtemp(prefix="finetune-downloads-")))
-    components: dict[str, gr.components.Component] = {}
+    components: dict[str, forms.FormWidget] = {}
     demo: gr.Blocks
     with gr.Blocks(title="finetune") as demo:
         with gr.Row():
@@ -60,8 +61,6 @@ def build_app(workspace: Workspace | None = None, downloads: str | Path | None =
 
         def extra_to_config(cfg: RunConfig, hub_id: str | None, hub_config: str | None, split: str | None,
                             columns: str, data_file: str | None) -> RunConfig:
-            from . import forms
-
             cfg.data.source = "" if data_file else (hub_id or "").strip()
             cfg.data.hub_config = hub_config or None
             cfg.data.split = split or "train"

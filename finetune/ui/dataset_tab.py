@@ -72,7 +72,7 @@ class DatasetTab(TypedDict):
     wire: Callable[[], tuple[Dependency, Dependency, Dependency]]
 
 
-def create_dataset_tab(api: Api, components: dict[str, gr.components.Component]) -> DatasetTab:
+def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> DatasetTab:
     with gr.Row():
         with gr.Column():
             data_file = gr.File(label="Upload a dataset", file_types=FILE_TYPES, type="filepath", elem_id="data-file")

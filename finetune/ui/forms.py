@@ -102,7 +102,11 @@ def values_to_config(base: RunConfig, values: list[Any]) -> RunConfig:
     return apply_overrides(base, overrides)
 
 
-def make_component(f: Field, value: Any) -> gr.components.Component:
+# The widgets make_component creates for the config fields: one of these per field key.
+FormWidget = gr.Textbox | gr.Number | gr.Slider | gr.Checkbox | gr.Dropdown | gr.Radio
+
+
+def make_component(f: Field, value: Any) -> FormWidget:
     section, name = f.key.split(".")
     info = field_help(section, name)
     common = dict(label=f.label, info=info, value=value, elem_id=f.key.replace(".", "-"))

@@ -13,12 +13,10 @@ from ..errors import UserError
 from ..presets import DEFAULT_PRESET, load_preset, preset_description, preset_paths
 from . import forms
 from .common import Api, config_warnings_markdown, user_errors
+from .forms import FormWidget
 
 if TYPE_CHECKING:  # for annotations only: the estimator loads when a verdict is first shown
     from ..memory import MemoryEstimate
-
-# The widgets forms.make_component creates for the config fields: one of these per field key.
-FormWidget = gr.Textbox | gr.Number | gr.Slider | gr.Checkbox | gr.Dropdown | gr.Radio
 
 
 class HparamsWidgets(TypedDict):
