@@ -31,27 +31,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run)
 
 
-def parse_columns(text: str) -> dict[str, str]:
-    from finetune.cli import UsageError
-
-    out: dict[str, str] = {}
-    for part in (text or "").split(","):
-        if not part.strip():
-            continue
-        if "=" not in part:
-            raise UsageError(f"--columns: '{part.strip()}' must look like field=column, e.g. output=answer")
-        k, v = part.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
-
-
 def val_path(out: Path) -> Path:
     return out.with_name(out.stem + ".val.jsonl")
 
 
 def run(args: argparse.Namespace) -> int:
     from finetune.cli import UsageError
-    from finetune.data import DataError, format_dataset, summary_lines, write_jsonl
+    from finetune.data import DataError, format_dataset, parse_column_mapping, summary_lines, write_jsonl
     from finetune.templates import TEMPLATE_NAMES
 
     if not 0.0 <= args.val_fraction <= 0.5:
@@ -70,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
                                  else "llama2")
     try:
         result = format_dataset(args.data, template=template, system_prompt=args.system,
-                                columns=parse_columns(args.columns), tokenizer=tokenizer, train_on=args.train_on,
+                                columns=parse_column_mapping(args.columns, "--columns:"), tokenizer=tokenizer, train_on=args.train_on,
                                 strict=args.strict, val_fraction=args.val_fraction, max_length=args.max_length,
                                 hub_config=args.hub_config, split=args.split)
     except DataError as e:

@@ -19,12 +19,12 @@ Row numbers are 1-based as the user sees the file: the line number in JSONL, the
 (the header is not counted), the element index in JSON and Parquet.
 """
 
-from .detect import detect_shape
+from .detect import detect_shape, parse_column_mapping
 from .format import Example, format_dataset
 from .output import summary_lines, summary_markdown, write_jsonl
 from .read import FILE_TYPES, MAX_UPLOAD_ENV, is_hub_dataset_id, load_rows, max_upload_bytes
 from .validate import DataError
 
 # What the rest of the package, the app, the benches and the tests import from ``finetune.data``.
-__all__ = ["FILE_TYPES", "MAX_UPLOAD_ENV", "is_hub_dataset_id", "DataError", "Example", "detect_shape", "format_dataset", "load_rows",
+__all__ = ["FILE_TYPES", "MAX_UPLOAD_ENV", "is_hub_dataset_id", "DataError", "Example", "detect_shape", "parse_column_mapping", "format_dataset", "load_rows",
            "max_upload_bytes", "summary_lines", "summary_markdown", "write_jsonl"]

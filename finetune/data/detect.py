@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from ..errors import BadInputError
 from ..templates import Message
 from .read import Row
 from .validate import DataError, RowError
@@ -50,6 +51,24 @@ SHAPES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
 )
 ALIASES = {"output": ("output", "response"), "conversations": ("conversations", "conversation"),
            "input": ("input",), "system": ("system", "system_prompt")}
+
+
+def parse_column_mapping(text: str, what: str = "column mapping") -> dict[str, str]:
+    """``instruction=question, output=answer`` -> {"instruction": "question", "output": "answer"}; ``what``
+    names the field in the message (the CLI flag or the form's box).
+
+    >>> parse_column_mapping("instruction=question, output=answer,")
+    {'instruction': 'question', 'output': 'answer'}
+    """
+    out: dict[str, str] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise BadInputError(f"{what} '{part.strip()}' must look like field=column, e.g. output=answer")
+        k, v = part.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
 
 
 def detect_shape(columns: Sequence[str], mapping: dict[str, str] | None = None, rows: Sequence[Row] = (),

@@ -10,6 +10,7 @@ from pathlib import Path
 import gradio as gr
 
 from ..config import RunConfig
+from ..data import parse_column_mapping
 from ..service import Workspace, default_workspace
 from . import forms
 from .common import Api
@@ -64,7 +65,7 @@ def build_app(workspace: Workspace | None = None, downloads: str | Path | None =
             cfg.data.source = "" if data_file else (hub_id or "").strip()
             cfg.data.hub_config = hub_config or None
             cfg.data.split = split or "train"
-            cfg.data.columns = forms.parse_columns(columns)
+            cfg.data.columns = parse_column_mapping(columns)
             return cfg
 
         wire_config(api, components, hp, [ds["hub_id"], ds["hub_config"], ds["split"], ds["columns"], ds["data_file"]],

@@ -11,6 +11,7 @@ import pandas as pd
 from gradio.events import Dependency
 
 from .. import service
+from ..data import parse_column_mapping
 from ..hub import push_dataset
 from . import forms
 from .common import Api, owner, user_errors
@@ -120,7 +121,7 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
         if not source:
             raise gr.Error("upload a file or type a Hub dataset id first")
         report = service.format_preview(
-            source, template=template, system_prompt=system_prompt or "", columns=forms.parse_columns(columns),
+            source, template=template, system_prompt=system_prompt or "", columns=parse_column_mapping(columns),
             model=model or "", max_length=int(max_length or 1024), train_on=train_on or "assistant",
             hub_config=hub_config or None, split=split or "train",
             out_dir=api.downloads / "formatted" / _safe(owner(request, profile)),

@@ -126,18 +126,5 @@ def make_component(f: Field, value: Any) -> FormWidget:
     raise ValueError(f.kind)
 
 
-def parse_columns(text: str) -> dict[str, str]:
-    """``instruction=question, output=answer`` -> {"instruction": "question", "output": "answer"}."""
-    out: dict[str, str] = {}
-    for part in (text or "").split(","):
-        if not part.strip():
-            continue
-        if "=" not in part:
-            raise gr.Error(f"column mapping '{part.strip()}' must look like field=column, e.g. output=answer")
-        k, v = part.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
-
-
 def format_columns(mapping: dict[str, str]) -> str:
     return ", ".join(f"{k}={v}" for k, v in (mapping or {}).items())
