@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-# no types-PyYAML in the dev requirements: yaml is untyped here (its loaders return Any either way)
 import yaml
+
+from .errors import UserError
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -42,9 +43,6 @@ _repr.maxlevel, _repr.maxstring, _repr.maxother, _repr.maxlist, _repr.maxdict = 
 
 def _show(value: Any) -> str:
     return _repr.repr(value)
-
-
-from .errors import UserError  # noqa: E402 - next to the class it bases
 
 
 class ConfigError(ValueError, UserError):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .adapter import CONFIG_FILE, check_adapter_files, find_adapter_dir
+from .errors import UserError, is_programming_error
 from .refs import classify
 
 if TYPE_CHECKING:
@@ -26,9 +27,6 @@ if TYPE_CHECKING:
 # Locally, Gradio's OAuth hands out this literal instead of a real token: it must never reach the Hub.
 MOCK_OAUTH_TOKEN = "mock-oauth-token-for-local-dev"
 TOKENS_PAGE = "https://huggingface.co/settings/tokens"
-
-
-from .errors import UserError  # noqa: E402 - next to the class it bases
 
 
 class HubError(ValueError, UserError):
@@ -128,6 +126,8 @@ def push_folder(folder: Path, repo_id: str, *, token: str | None = None, private
     except HubError:
         raise
     except Exception as e:  # noqa: BLE001 - network/auth/permission errors become one message without the token
+        if is_programming_error(e):  # a mistake in our call, not the Hub's answer: a bug, not a message
+            raise
         raise HubError(describe_error(e, repo_id, action="push to", revision=revision, token=token)) from None
     return str(getattr(url, "url", url))
 

@@ -22,6 +22,7 @@ from .adapter import (ADAPTER_FILES, CONFIG_FILE, DEFAULT_TEMPLATE_INFO, check_a
                       find_adapter_dir, pick_device, read_base_model, read_template_info,
                       refuse_unsafe_files)
 from .config import ModelConfig, QuantizationConfig
+from .errors import is_programming_error
 from .models import EMBEDDED_REPO_ID, Model, ModelError, Tokenizer
 from .templates import Message
 
@@ -100,6 +101,8 @@ def _download_adapter(repo_id: str, revision: str | None) -> Path:
     except ModelError:
         raise
     except Exception as e:  # noqa: BLE001 - network/auth/cache errors of all kinds become one clear message
+        if is_programming_error(e):  # a mistake in our call, not the Hub's answer: a bug, not a message
+            raise
         raise ModelError(describe_error(e, repo_id, action="load adapter", revision=revision)) from None
 
 

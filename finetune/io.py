@@ -9,11 +9,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 # A full disk (or an exhausted quota) while writing: the message says what to free and that nothing is lost.
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
-
-
-from .errors import UserError  # noqa: E402 - next to the class it bases
 
 
 class DiskFullError(OSError, UserError):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from .config import LoraSettings, ModelConfig, QuantizationConfig
+from .errors import UserError
 from .refs import classify
 
 if TYPE_CHECKING:
@@ -36,9 +37,6 @@ Tokenizer = Any
 
 EMBEDDED_REPO_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-from .errors import UserError  # noqa: E402 - next to the class it bases
 
 
 class ModelError(ValueError, UserError):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .adapter import ADAPTER_DIR, is_adapter_dir
+from .errors import UserError
 from .events import TERMINAL, read_events
 
 CONFIG_FILE = "config.yaml"
@@ -33,9 +34,6 @@ BACKEND_NAMES = ("local", "zerogpu", "hf-jobs")
 CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-from .errors import UserError  # noqa: E402 - next to the class it bases
 
 
 class RunError(ValueError, UserError):

@@ -17,13 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from .errors import UserError
+
 Message = dict[str, str]  # {"role": str, "content": str}
 Segment = tuple[str, bool]  # (text, trained_on)
 # compile_single_turn's function: (system, user, answer) -> (prompt, completion, trained spans)
 SingleTurn = Callable[[str, str, str], tuple[str, str, list[tuple[int, int]]]]
-
-
-from .errors import UserError  # noqa: E402 - next to the class it bases
 
 
 class TemplateError(ValueError, UserError):

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, ca
 from . import runs
 from .adapter import pick_device, write_run_files
 from .config import ConfigError, RunConfig, validate
+from .errors import UserError, is_programming_error
 from .events import EventLog
 from .io import DISK_FULL_FIX, DiskFullError
 from .models import ModelError
@@ -51,9 +52,6 @@ if TYPE_CHECKING:
 Encoding = tuple[list[int], list[tuple[int, int]]]  # one text's token ids and their (start, end) characters
 
 SAMPLE_DATA = Path(__file__).parent / "samples" / "city_year.jsonl"
-
-
-from .errors import UserError, is_programming_error  # noqa: E402 - next to the class it bases
 
 
 class TrainingError(RuntimeError, UserError):

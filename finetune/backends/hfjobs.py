@@ -36,6 +36,7 @@ from typing import Any, TypedDict
 from .. import memory, runs
 from ..hub import _scrub  # the token never leaves in a message or a log line
 from ..config import RunConfig
+from ..errors import UserError, is_programming_error
 from ..events import EVENTS_FILE, TERMINAL, EventLog, read_events
 from ..io import atomic_write_json, atomic_write_text
 from ..refs import classify
@@ -71,9 +72,6 @@ DDP_EFFICIENCY = 0.85  # N GPUs train ~0.85 N times as fast as one (gradient all
 _STAGE_STATUS = {"SCHEDULING": "queued", "RUNNING": "running", "COMPLETED": "finished", "CANCELED": "stopped",
                  "ERROR": "failed", "DELETED": "failed"}
 _DONE_STAGES = ("COMPLETED", "CANCELED", "ERROR", "DELETED")
-
-
-from ..errors import UserError  # noqa: E402 - next to the class it bases
 
 
 class JobError(ValueError, UserError):
@@ -241,6 +239,8 @@ def submit(spec: JobSpec, token: str | None, api: Any = None) -> dict[str, Any]:
     try:
         info = _api(api).run_job(**kwargs)
     except Exception as e:  # noqa: BLE001 - auth/quota/network errors become one message without the token
+        if is_programming_error(e):  # a mistake in our call, not the Hub's answer: a bug, not a message
+            raise
         raise JobError(_scrub(f"submitting the job failed: {e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}; "
                               "check the token has the 'jobs' permission and the account has billing set up",
                               kwargs["token"])) from None
@@ -316,6 +316,8 @@ def status(job_id: str, token: str | None, api: Any = None, namespace: str | Non
         # the lines become events, the run folder or a response
         lines = [_scrub(line, token) for line in api.fetch_job_logs(job_id=job_id, namespace=namespace, token=token)]
     except Exception as e:  # noqa: BLE001 - network/auth errors become one message without the token
+        if is_programming_error(e):  # a mistake in our call, not the Hub's answer: a bug, not a message
+            raise
         raise JobError(_scrub(f"cannot read job {job_id}: {e.__class__.__name__}: {e}", token)) from None
     stage = _stage(info)
     events = parse_events(lines)
@@ -330,7 +332,9 @@ def cancel(job_id: str, token: str | None, api: Any = None, namespace: str | Non
     token = _check_token(token)
     try:
         _api(api).cancel_job(job_id=job_id, namespace=namespace, token=token)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - the Hub client's errors become one message without the token
+        if is_programming_error(e):  # a mistake in our call, not the Hub's answer: a bug, not a message
+            raise
         raise JobError(_scrub(f"cannot cancel job {job_id}: {e.__class__.__name__}: {e}", token)) from None
 
 
@@ -392,7 +396,9 @@ def logs(run_id: str, root: str | Path | None = None, *, token: str | None = Non
     try:
         lines = [_scrub(line, token) for line in
                  _api(api).fetch_job_logs(job_id=job["job_id"], namespace=job.get("namespace"), token=token)]
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - the Hub client's errors become one message without the token
+        if is_programming_error(e):  # a mistake in our call, not the Hub's answer: a bug, not a message
+            raise
         raise JobError(_scrub(f"cannot read the log of job {job['job_id']}: {e.__class__.__name__}: {e}", token)) from None
     return "\n".join(lines[-tail:])
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import model_table
+from ..errors import is_programming_error
 from ..refs import classify
 from .hardware import EstimateError
 
@@ -228,6 +229,8 @@ def _hub_config(repo_id: str, revision: str | None, allow_download: bool) -> tup
     try:
         path = hf_hub_download(repo_id, "config.json", revision=revision, etag_timeout=5)
     except Exception as e:  # noqa: BLE001 - any network/auth/missing-repo error means "not from the Hub"
+        if is_programming_error(e):  # a mistake in our call, not the Hub's answer: a bug, not a message
+            raise
         raise EstimateError(
             f"{repo_id}: cannot read config.json from the Hub ({e.__class__.__name__}); check the id and your "
             "network, sign in for gated models, or pass a local folder with a config.json"
