@@ -22,7 +22,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, cast
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, cast
 
 from . import runs
 from .adapter import pick_device, write_run_files
@@ -143,51 +143,21 @@ def _identity(cfg: RunConfig) -> dict[str, Any]:
 # data -> token ids + labels
 
 
-class _EncodingTokenizer:
-    """The tokenizer as ``data.format_dataset`` sees it, keeping the encodings it makes.
-
-    ``format_dataset`` reads the tokenizer's bos/eos strings and chat template to render the examples, then
-    tokenizes every rendered text for its token statistics; :func:`tokenize_examples` needs the same ids plus
-    the character offsets. That call asks for the offsets as well and keeps each text's encoding, so a training
-    run tokenizes each example once.
-    Every other attribute and call is the tokenizer's own.
-    """
-
-    def __init__(self, tokenizer: Tokenizer) -> None:
-        self.tokenizer = tokenizer
-        self.encodings: dict[str, Encoding] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.tokenizer, name)
-
-    def __call__(self, texts: Any, **kwargs: Any) -> Any:
-        if kwargs != {"add_special_tokens": False} or not isinstance(texts, list):
-            return self.tokenizer(texts, **kwargs)
-        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, truncation=False)
-        for text, ids, offsets in zip(texts, enc["input_ids"], enc["offset_mapping"]):
-            self.encodings[text] = (ids, offsets)
-        return enc
-
-
-def tokenize_examples(examples: Sequence[Example], tokenizer: Tokenizer, max_length: int,
-                      encodings: Mapping[str, Encoding] | None = None) -> dict[str, list[list[int]]]:
+def tokenize_examples(examples: Sequence[Example], tokenizer: Tokenizer, max_length: int) -> dict[str, list[list[int]]]:
     """Token ids and labels (-100 outside the trained character spans), truncated to ``max_length``.
 
     The text already contains the template's bos/eos strings, so no special tokens are added.
-    A token is trained on when its characters overlap a trained span. ``encodings``: (ids, offsets) already
-    made for some texts (by :class:`_EncodingTokenizer`); only the other texts are tokenized here.
+    A token is trained on when its characters overlap a trained span. Each distinct text is tokenized once.
     """
-    known = encodings or {}
     texts = [ex.text for ex in examples]
-    missing = list(dict.fromkeys(t for t in texts if t not in known))
-    fresh: dict[str, Encoding] = {}
-    if missing:
-        enc = tokenizer(missing, add_special_tokens=False, return_offsets_mapping=True, truncation=False)
-        fresh = {t: (ids, offsets) for t, ids, offsets in zip(missing, enc["input_ids"], enc["offset_mapping"])}
+    distinct = list(dict.fromkeys(texts))
+    enc = tokenizer(distinct, add_special_tokens=False, return_offsets_mapping=True, truncation=False) if distinct else {}
+    encoded: dict[str, Encoding] = {t: (ids, offsets) for t, ids, offsets
+                                    in zip(distinct, enc.get("input_ids", []), enc.get("offset_mapping", []))}
     input_ids: list[list[int]] = []
     labels: list[list[int]] = []
     for ex, text in zip(examples, texts):
-        ids, offsets = known[text] if text in known else fresh[text]
+        ids, offsets = encoded[text]
         spans = ex.spans
         lab = []
         j = 0
@@ -209,7 +179,6 @@ def _datasets(config: RunConfig, tokenizer: Tokenizer) -> tuple[Dataset, Dataset
 
     d, t = config.data, config.training
     source = d.source or str(SAMPLE_DATA)
-    encoder = _EncodingTokenizer(tokenizer)  # renders with the tokenizer; its encodings are reused below
     result = data.format_dataset(
         source,
         hub_config=d.hub_config,
@@ -217,14 +186,15 @@ def _datasets(config: RunConfig, tokenizer: Tokenizer) -> tuple[Dataset, Dataset
         template=d.template,
         system_prompt=d.system_prompt,
         columns=d.columns or None,
-        tokenizer=encoder,
+        tokenizer=tokenizer,
+        measure_tokens=False,  # tokenize_examples below tokenizes each example once, with the offsets labels need
         train_on=d.train_on,
         strict=d.strict,
         val_fraction=d.val_fraction,
         seed=d.seed,
         max_length=t.max_length,
     )
-    train_tok = tokenize_examples(result.examples, tokenizer, t.max_length, encoder.encodings)
+    train_tok = tokenize_examples(result.examples, tokenizer, t.max_length)
     keep = [i for i, lab in enumerate(train_tok["labels"]) if any(x != -100 for x in lab)]
     if not keep:
         raise TrainingError(
@@ -234,7 +204,7 @@ def _datasets(config: RunConfig, tokenizer: Tokenizer) -> tuple[Dataset, Dataset
     train_ds = Dataset.from_dict({k: [v[i] for i in keep] for k, v in train_tok.items()})
     eval_ds = None
     if result.val_examples:
-        ev = tokenize_examples(result.val_examples, tokenizer, t.max_length, encoder.encodings)
+        ev = tokenize_examples(result.val_examples, tokenizer, t.max_length)
         eval_ds = Dataset.from_dict(ev)
     summary = {
         "source": source,

@@ -431,11 +431,13 @@ def format_dataset(
     split: str = "train",
     max_bytes: int | None = None,
     per_row: bool = False,
+    measure_tokens: bool = True,
 ) -> FormatResult:
     """Load, detect, render. Bad rows are skipped and counted (``strict``: the first raises DataError).
 
     ``per_row``: every row through the per-row path, the reference that the fast path must equal (slower, the
-    same result; see the module docstring)."""
+    same result; see the module docstring). ``measure_tokens``: with a tokenizer, count each example's tokens
+    (``FormatResult.lengths``); training turns it off, it tokenizes the examples itself."""
     if isinstance(source, (str, Path)):
         table = load_rows(source, hub_config=hub_config, split=split, max_bytes=max_bytes)
     else:
@@ -495,6 +497,6 @@ def format_dataset(
 
     result = FormatResult(str(name), shape, rows_in, examples, val, problems, out.warnings,
                           Counter(p.category for p in problems), max_length=max_length)
-    if tokenizer is not None:
+    if tokenizer is not None and measure_tokens:
         result.lengths = token_lengths([ex.text for ex in examples + val], tokenizer)
     return result
