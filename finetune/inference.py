@@ -10,6 +10,7 @@ attached to it by name, and the base answer comes from the same weights with the
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 from collections import OrderedDict
@@ -36,6 +37,36 @@ _CACHE_SIZE = 2
 # CPU); older bases are dropped first. A 7B base in 4-bit is ~4 GB, in bf16 ~14 GB.
 CACHE_MEMORY_SHARE = 0.6
 _lock = threading.RLock()
+# Set at interpreter exit: every running generation stops at its next token (see _finish_at_exit).
+_exiting = threading.Event()
+
+
+def _finish_at_exit() -> None:
+    """Stop the running generations and wait until no thread is inside the model, before the interpreter
+    finalizes. Generations run in daemon threads (a chat's generation thread, the app's workers); one still
+    inside torch when torch's C++ state is torn down aborts the process ("terminate called without an active
+    exception", exit code 134) after a clean run. The lock stays held: a thread that waits for it now never
+    starts another generation."""
+    _exiting.set()
+    _lock.acquire(timeout=120)
+
+
+atexit.register(_finish_at_exit)
+
+
+def _stopping_criteria(*stops: threading.Event) -> Any:
+    """Criteria for ``generate``: stop at the next token once the interpreter exits or one of ``stops`` is set."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    events = (_exiting, *stops)
+
+    class Stop(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+            stop = any(e.is_set() for e in events)
+            return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([Stop()])
 # How many CPU threads a generation may use right now (None: torch's setting stands). The app sets it: a
 # training process on the same CPU holds some cores, and torch threads that find their core taken make every
 # operation wait (8-token answers took 40 s beside a training on 2 cores, 0.3 s alone).
@@ -267,7 +298,8 @@ def _gen_kwargs(tokenizer: Tokenizer, template: TemplateInfo, max_new_tokens: in
             if isinstance(ids, int):
                 eos_ids.add(ids)
     kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, eos_token_id=sorted(eos_ids) or None,
-              pad_token_id=tokenizer.pad_token_id, repetition_penalty=repetition_penalty)
+              pad_token_id=tokenizer.pad_token_id, repetition_penalty=repetition_penalty,
+              stopping_criteria=_stopping_criteria())
     if temperature and temperature > 0:
         kw.update(do_sample=True, temperature=temperature, top_p=top_p)
     else:
@@ -403,27 +435,43 @@ def stream_chat(
     prompt = build_prompt(messages, tpl, tok)
     enc = tok(prompt, return_tensors="pt", add_special_tokens=False).to(loaded.model.device)
     streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+    # Set when the caller stops reading (the generator is closed: a chat cancelled, its client gone): the
+    # generation stops at its next token instead of running on, unread, to max_new_tokens.
+    stop = threading.Event()
     kw = _gen_kwargs(tok, tpl, max_new_tokens, temperature, top_p, repetition_penalty)
+    kw["stopping_criteria"] = _stopping_criteria(stop)
     error: list[BaseException] = []
 
     def run() -> None:
         try:
-            with _lock, _adapter_context(loaded, adapter), torch.no_grad():
-                if adapter:
-                    attach(loaded, adapter)
-                _fit_threads(loaded)
-                torch.manual_seed(seed)
-                loaded.model.generate(**enc, streamer=streamer, **kw)
+            while not _lock.acquire(timeout=0.1):  # another generation runs; give up if the reader leaves
+                if stop.is_set():
+                    return
+            try:
+                if stop.is_set():
+                    return
+                with _adapter_context(loaded, adapter), torch.no_grad():
+                    if adapter:
+                        attach(loaded, adapter)
+                    _fit_threads(loaded)
+                    torch.manual_seed(seed)
+                    loaded.model.generate(**enc, streamer=streamer, **kw)
+            finally:
+                _lock.release()
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
             error.append(e)
             streamer.end()  # type: ignore[no-untyped-call]  # transformers leaves TextIteratorStreamer.end unannotated
 
-    thread = threading.Thread(target=run, daemon=True)
+    thread = threading.Thread(target=run, name="stream-chat", daemon=True)
     thread.start()
     text = ""
-    for piece in streamer:
-        text += piece
-        yield _clean_answer(text, tpl)
-    thread.join()
+    try:
+        for piece in streamer:
+            text += piece
+            yield _clean_answer(text, tpl)
+    finally:
+        # whether the answer is complete or the caller closed the generator: no thread is left generating
+        stop.set()
+        thread.join()
     if error:
         raise error[0]

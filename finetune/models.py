@@ -11,6 +11,7 @@ True
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import json
 import os
@@ -71,6 +72,17 @@ def ml_imports() -> None:
             )
             from peft import LoraConfig, PeftModel  # noqa: F401
             _imported = True
+
+
+def _wait_for_imports() -> None:
+    """At interpreter exit, let an import of torch/transformers still running in a daemon thread (the app's
+    background ``ml_imports``) finish first: torch's C++ start-up running while the interpreter finalizes
+    can abort the process."""
+    if _import_lock.acquire(timeout=120):
+        _import_lock.release()
+
+
+atexit.register(_wait_for_imports)
 
 
 def cache_dir() -> Path:

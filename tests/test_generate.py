@@ -4,12 +4,18 @@ greedy is deterministic, prompts files in and answers out."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
 import pytest
 
 from finetune.cli import main
 from finetune.config import RunConfig
 from finetune.train import train
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +157,47 @@ def test_generation_uses_the_cores_that_training_leaves(tiny_run, tiny_model_dir
     finally:
         inference.set_cpu_threads(None)
     assert seen == [1, 1, 1]  # the policy was asked before each generation, and applied
+
+
+def _long_answers(monkeypatch):
+    """Answers of 400 tokens (the tiny model could end one early), so that a generation is still running."""
+    from finetune import inference
+
+    kwargs = inference._gen_kwargs
+    monkeypatch.setattr(inference, "_gen_kwargs", lambda *a: {**kwargs(*a), "min_new_tokens": 400})
+
+
+def test_a_chat_closed_early_leaves_no_generation_running(tiny_model_dir, monkeypatch):
+    from finetune import inference
+
+    _long_answers(monkeypatch)
+    before = set(threading.enumerate())
+    stream = inference.stream_chat([{"role": "user", "content": "Q"}], model=str(tiny_model_dir), template="chatml",
+                                   max_new_tokens=400, temperature=0)
+    next(stream)  # the answer has started
+    stream.close()  # the reader left (gradio closes a cancelled chat's iterator)
+    assert set(threading.enumerate()) - before == set()  # no generation thread runs on, unread
+
+
+EXIT_MID_GENERATION = """
+import sys, threading, time
+from finetune import inference
+kwargs = inference._gen_kwargs
+inference._gen_kwargs = lambda *a: {**kwargs(*a), "min_new_tokens": 400}
+started = threading.Event()
+inference.set_cpu_threads(lambda: started.set() or 1)  # asked just before generate
+threading.Thread(target=inference.generate_batch, args=(["Q"],), daemon=True,
+                 kwargs=dict(model=sys.argv[1], template="chatml", max_new_tokens=400)).start()
+assert started.wait(300)
+time.sleep(0.3)
+print("exiting mid-generation", flush=True)
+"""
+
+
+def test_the_interpreter_exits_cleanly_while_a_generation_runs(tiny_model_dir):
+    # a daemon thread still inside torch when the interpreter finalizes aborted the process:
+    # "terminate called without an active exception", exit code 134, after every test had passed
+    done = subprocess.run([sys.executable, "-c", EXIT_MID_GENERATION, str(tiny_model_dir)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert "exiting mid-generation" in done.stdout, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-2000:]
