@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .adapter import read_base_model, read_run_config, read_template_info
+from .adapter import has_tokenizer, read_base_model, read_run_config, read_template_info
 from .errors import UserError
 from .templates import MODEL_TEMPLATE, Message, SpecialTokens, TemplateError, render, with_default_system
 
@@ -144,6 +144,8 @@ def check_template(path: str | Path, *, dialogs: Sequence[Sequence[Message]] | N
     if info is None:
         return TemplateCheck(True, 0, MODEL_TEMPLATE, note="the adapter records no trained template; nothing to check")
     name = str(info.get("template") or MODEL_TEMPLATE)
+    if not has_tokenizer(folder):
+        return TemplateCheck(True, 0, name, note="the adapter has no tokenizer files (tools use the base's); nothing to check")
     system = str(info.get("system_prompt") or "")
     tokens = SpecialTokens(str(info.get("bos") or ""), str(info.get("eos") or ""))
     base = base_tokenizer if base_tokenizer is not None else _base_tokenizer(folder)

@@ -224,3 +224,32 @@ def test_plain_transformers_and_peft_render_the_training_text(llama2_run, tmp_pa
     assert got == want
     assert "<<SYS>>\nBe kind.\n<</SYS>>" in got[0] and "<<SYS>>\nDefault tutor prompt.\n<</SYS>>" in got[1]
     assert got[2].count("[INST]") == 2
+
+
+def test_push_and_merge_refuse_a_mismatched_template_unless_overridden(llama2_run, tmp_path, capsys):
+    import json
+    import shutil
+
+    from finetune.cli import main
+    from finetune.export import merge_adapter
+    from finetune.verify import TemplateMismatch
+
+    adapter = shutil.copytree(llama2_run.adapter_dir, tmp_path / "adapter")
+    jinja = adapter / "chat_template.jinja"
+    jinja.write_text(jinja.read_text(encoding="utf-8").replace("' [/INST]'", "' [/INST}'", 1), encoding="utf-8")
+    with pytest.raises(TemplateMismatch, match="first differing character at index"):
+        merge_adapter(adapter, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+    assert main(["push", str(adapter), "--repo", "someone/some-adapter"]) == 2
+    assert "ignore-template-mismatch" in capsys.readouterr().err
+    assert main(["merge", str(adapter), "--out", str(tmp_path / "m")]) == 2
+    merged = merge_adapter(adapter, tmp_path / "merged", ignore_template_mismatch=True)
+    assert (merged / "config.json").exists()
+    # a consistent adapter merges, and the merged model keeps the trained chat template and default system prompt
+    merged = merge_adapter(llama2_run.adapter_dir, tmp_path / "merged-ok")
+    from transformers import AutoTokenizer
+
+    text = AutoTokenizer.from_pretrained(merged).apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    assert "<<SYS>>\nDefault tutor prompt.\n<</SYS>>\n\nHi [/INST]" in text
+    assert json.loads((merged / "finetune_template.json").read_text())["template"] == "llama2"
