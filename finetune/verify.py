@@ -148,11 +148,19 @@ def check_template(path: str | Path, *, dialogs: Sequence[Sequence[Message]] | N
         return TemplateCheck(True, 0, name, note="the adapter has no tokenizer files (tools use the base's); nothing to check")
     system = str(info.get("system_prompt") or "")
     tokens = SpecialTokens(str(info.get("bos") or ""), str(info.get("eos") or ""))
-    base = base_tokenizer if base_tokenizer is not None else _base_tokenizer(folder)
     saved = AutoTokenizer.from_pretrained(str(folder))
     note = ""
+    base = base_tokenizer
+    if base is None and name == MODEL_TEMPLATE:  # the base's own chat template is the training formatter
+        try:
+            base = _base_tokenizer(folder)
+        except UserError as e:
+            note = f"the base tokenizer is not available here ({str(e)[:120]}); compared with the saved one"
+    if base is None:
+        base = saved  # the training tokenizer as saved (bos/eos declared only when already one of its tokens)
     if dialogs is None:
-        dialogs, note = run_dialogs(folder, base)
+        dialogs, why = run_dialogs(folder, base)
+        note = "; ".join(n for n in (note, why) if n)
     named = [(f"dialog {i + 1} of the run's data", list(d)) for i, d in enumerate(dialogs)] + \
         [(f"probe '{label}'", d) for label, d in PROBES]
     checked = 0
@@ -168,8 +176,8 @@ def check_template(path: str | Path, *, dialogs: Sequence[Sequence[Message]] | N
                 continue  # a dialog the template itself refuses (e.g. a base template's own role rules)
             saved_text = str(saved.apply_chat_template(conv, tokenize=False, add_generation_prompt=gen))
             diff = compare(label, gen, training_text, saved_text,
-                           base(training_text, add_special_tokens=False)["input_ids"],
-                           saved(saved_text, add_special_tokens=False)["input_ids"], saved)
+                           base.encode(training_text, add_special_tokens=False),
+                           saved.encode(saved_text, add_special_tokens=False), saved)
             checked += 1
             if diff is not None:
                 return TemplateCheck(False, checked, name, diff, note)
