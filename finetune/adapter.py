@@ -77,23 +77,64 @@ def has_tokenizer(folder: str | Path) -> bool:
 # finetune's own files
 
 
-def template_info(config: RunConfig, tokenizer: Any) -> dict[str, Any]:
-    """What inference needs to format prompts exactly as training did."""
+def template_info(config: RunConfig, tokenizer: Any, system_prompt: str | None = None) -> dict[str, Any]:
+    """What inference needs to format prompts exactly as training did.
+
+    ``system_prompt``: the run's default system prompt (the one every training row shared, see
+    :func:`templates.shared_system_prompt`); None: the one the config sets (``data.system_prompt``)."""
     from .templates import MODEL_TEMPLATE, TEMPLATES, special_tokens
 
     name = config.data.template
-    info: dict[str, Any] = {"template": name, "system_prompt": config.data.system_prompt}
+    system = config.data.system_prompt if system_prompt is None else system_prompt
+    info: dict[str, Any] = {"template": name, "system_prompt": system}
     if name != MODEL_TEMPLATE:
         tok = special_tokens(name, tokenizer)
         info.update(bos=tok.bos, eos=tok.eos, stop_strings=list(TEMPLATES[name].stop_strings))
     return info
 
 
-def write_run_files(folder: Path, config: RunConfig, tokenizer: Any, metrics: dict[str, Any]) -> None:
+def write_run_files(folder: Path, config: RunConfig, tokenizer: Any, metrics: dict[str, Any],
+                    system_prompt: str | None = None) -> None:
     """Write finetune's files next to a saved PEFT adapter: the template, the run config and the metrics."""
-    atomic_write_json(folder / TEMPLATE_FILE, template_info(config, tokenizer))
+    atomic_write_json(folder / TEMPLATE_FILE, template_info(config, tokenizer, system_prompt))
     atomic_write_text(folder / RUN_CONFIG_FILE, config.to_yaml())
     atomic_write_json(folder / METRICS_FILE, metrics)
+
+
+def write_tokenizer(folder: Path, config: RunConfig, tokenizer: Any, system_prompt: str | None = None) -> None:
+    """Save the training tokenizer next to the adapter, carrying the trained template as its chat template.
+
+    ``tokenizer_config.json`` / ``chat_template.jinja`` then make every tool that reads the standard files
+    (transformers' ``apply_chat_template``, vLLM, TGI, llama.cpp converters) prompt the adapter exactly as
+    training did, with the run's default system prompt when a conversation has none. The bos/eos strings
+    training wrote are declared as the tokenizer's special tokens when they differ from the base's and are
+    one token of its vocabulary already (a new token would tokenize the training text differently). The
+    tokenizer object is left as it was.
+    """
+    info = template_info(config, tokenizer, system_prompt)
+    saved = {k: getattr(tokenizer, k) for k in ("chat_template", "bos_token", "eos_token")}
+    try:
+        tokenizer.chat_template = chat_template(info, saved["chat_template"])
+        for key in ("bos", "eos"):
+            text = info.get(key) or ""
+            if text and text != saved[f"{key}_token"] and len(tokenizer.encode(text, add_special_tokens=False)) == 1:
+                setattr(tokenizer, f"{key}_token", text)
+        tokenizer.save_pretrained(folder)
+    finally:
+        for k, v in saved.items():
+            setattr(tokenizer, k, v)
+
+
+def chat_template(info: Mapping[str, Any], base_template: Any) -> Any:
+    """The Jinja chat template of a saved template info (:func:`template_info`) over the base's own."""
+    from .templates import MODEL_TEMPLATE, SpecialTokens, chat_template_jinja
+
+    name = str(info.get("template") or MODEL_TEMPLATE)
+    system = str(info.get("system_prompt") or "")
+    if name == MODEL_TEMPLATE and not isinstance(base_template, str):
+        return base_template  # none, or several named templates: kept as they are
+    tokens = SpecialTokens(str(info.get("bos") or ""), str(info.get("eos") or ""))
+    return chat_template_jinja(name, tokens, system, base_template)
 
 
 def read_template_info(folder: str | Path) -> dict[str, Any] | None:
@@ -103,6 +144,14 @@ def read_template_info(folder: str | Path) -> dict[str, Any] | None:
         return None
     info: dict[str, Any] = json.loads(path.read_text())
     return info
+
+
+def read_run_config(folder: str | Path) -> RunConfig | None:
+    """The config of the run that trained an adapter, or None when the adapter carries none."""
+    from .config import RunConfig
+
+    path = Path(folder) / RUN_CONFIG_FILE
+    return RunConfig.load(path) if path.exists() else None
 
 
 def copy_template_info(src: str | Path, dst: str | Path) -> None:

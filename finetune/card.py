@@ -170,7 +170,7 @@ def card_metadata(config: RunConfig, base_model: str, license: str | None = None
 def model_card(config: RunConfig, base_model: str, metrics: dict[str, Any], losses: list[tuple[int, float]],
                data_summary: dict[str, Any], device: str, license: str | None = None, *,
                eval_losses: Sequence[tuple[int, float]] = (), loss_curve: str | None = None, tokenizer: Tokenizer = None,
-               settings: ResolvedSettings | None = None) -> str:
+               settings: ResolvedSettings | None = None, template_check: str | None = None) -> str:
     """A Hub model card with YAML metadata (``library_name: peft``, ``base_model``) and a plain-peft snippet.
 
     ``tokenizer`` renders the example prompt when the run used the model's own chat template. ``settings``: the
@@ -210,6 +210,8 @@ def model_card(config: RunConfig, base_model: str, metrics: dict[str, Any], loss
         lines += ["", "```text", example, "```"]
     if d.system_prompt:
         lines += ["", f"System prompt: `{d.system_prompt}`"]
+    if template_check:  # the saved chat template renders what training rendered (finetune.verify)
+        lines += ["", template_check]
     lines += [
         "",
         "## Training",
@@ -259,7 +261,8 @@ def model_card(config: RunConfig, base_model: str, metrics: dict[str, Any], loss
 
 
 def write_model_card(folder: Path, config: RunConfig, base_model: str, metrics: dict[str, Any],
-                     log_history: list[dict[str, Any]], data_summary: dict[str, Any], device: str) -> Path:
+                     log_history: list[dict[str, Any]], data_summary: dict[str, Any], device: str,
+                     template_check: str | None = None) -> Path:
     """Write ``README.md`` and ``loss_curve.png`` into an adapter folder from the trainer's log history."""
     from .io import atomic_write_text
 
@@ -278,6 +281,6 @@ def write_model_card(folder: Path, config: RunConfig, base_model: str, metrics: 
 
     text = model_card(config, base_model, metrics, losses, data_summary, hardware(device), base_license(base_model),
                       eval_losses=eval_losses, loss_curve=curve, tokenizer=tokenizer,
-                      settings=resolve(config, Device.detect(device)))
+                      settings=resolve(config, Device.detect(device)), template_check=template_check)
     atomic_write_text(folder / "README.md", text)
     return folder / "README.md"

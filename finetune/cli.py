@@ -14,7 +14,8 @@ import sys
 
 from .errors import UserError
 
-COMMANDS = ("format", "train", "generate", "estimate", "runs", "status", "stop", "push", "merge", "chat")
+COMMANDS = ("format", "train", "generate", "estimate", "runs", "status", "stop", "push", "merge", "chat",
+            "verify_template")
 
 
 class UsageError(UserError):

@@ -77,6 +77,9 @@ class ModelConfig:
     )
 
 
+SAMPLE_DATA = Path(__file__).parent / "samples" / "city_year.jsonl"  # the data of a run whose data.source is empty
+
+
 @dataclass
 class DataConfig:
     source: str = field(

@@ -29,8 +29,13 @@ DTYPES = ("bfloat16", "float16")
 MERGED_CARD = "README.md"
 
 
-def merge_adapter(adapter: str | Path, out: str | Path, *, model: str | None = None, dtype: str = "bfloat16") -> Path:
+def merge_adapter(adapter: str | Path, out: str | Path, *, model: str | None = None, dtype: str = "bfloat16",
+                  ignore_template_mismatch: bool = False) -> Path:
     """Load the base unquantized in ``dtype``, merge the LoRA weights into it and save model + tokenizer.
+
+    The merged model keeps the adapter's tokenizer and so its chat template: an adapter whose chat template does
+    not render what training rendered (:func:`verify.require_consistent`) is refused unless
+    ``ignore_template_mismatch``.
 
     A QLoRA adapter is merged into the 16-bit base, not the 4-bit one it trained against: rounding the merged
     weights back to 4 bits would lose the update. Peak memory is the base in ``dtype`` (2 bytes/param) on the
@@ -41,10 +46,12 @@ def merge_adapter(adapter: str | Path, out: str | Path, *, model: str | None = N
 
     from . import inference, models
     from .config import QuantizationConfig
+    from .verify import require_consistent
 
     if dtype not in DTYPES:
         raise ModelError(f"dtype '{dtype}' is not a 16-bit type; use one of {', '.join(DTYPES)}")
     folder = inference.adapter_dir(adapter)
+    require_consistent(folder, action="merge", ignore_mismatch=ignore_template_mismatch)
     base_name = model or read_base_model(folder)
     if not base_name:
         raise ModelError(f"{folder / CONFIG_FILE} names no base model; pass the base with --model")
@@ -110,14 +117,16 @@ def merged_card(base_model: str, adapter_folder: Path, dtype: str) -> str:
 
 def push_merged(adapter: str | Path, repo_id: str, *, model: str | None = None, dtype: str = "bfloat16",
                 token: str | None = None, private: bool = True, revision: str | None = None,
-                commit_message: str = "Upload merged model with finetune", api: HfApi | None = None) -> str:
+                commit_message: str = "Upload merged model with finetune", api: HfApi | None = None,
+                ignore_template_mismatch: bool = False) -> str:
     """Merge the adapter into a 16-bit copy of its base (see :func:`merge_adapter`) and push the result."""
     from .hub import check_repo_id, push_folder, resolve_token, stage_card
 
     repo_id = check_repo_id(repo_id)
     resolve_token(token)  # fail before minutes of merging, not after
     with tempfile.TemporaryDirectory(prefix="finetune-merge-") as tmp:
-        merged = merge_adapter(adapter, Path(tmp) / "merged", model=model, dtype=dtype)
+        merged = merge_adapter(adapter, Path(tmp) / "merged", model=model, dtype=dtype,
+                               ignore_template_mismatch=ignore_template_mismatch)
         out = Path(tmp) / "staged"
         stage_card(merged, out, repo_id)
         return push_folder(out, repo_id, repo_type="model", token=token, private=private, revision=revision,

@@ -323,11 +323,17 @@ def run_backend(ws: Workspace, owner: str | None, run_id: str) -> str:
 
 
 def push(ws: Workspace, owner: str | None, run_id: str, repo_id: str, *, token: str | None = None,
-         private: bool = True) -> str:
-    """Push a finished run's adapter (with its model card) to a Hub model repo; returns the URL."""
-    from .hub import push_adapter
+         private: bool = True, ignore_template_mismatch: bool = False) -> str:
+    """Push a finished run's adapter (with its model card) to a Hub model repo; returns the URL.
 
-    return push_adapter(adapter_path(ws, owner, run_id), repo_id, token=token, private=private)
+    Refused (:class:`verify.TemplateMismatch`) when the adapter's chat template does not render what training
+    rendered, unless ``ignore_template_mismatch``."""
+    from .hub import push_adapter
+    from .verify import require_consistent
+
+    folder = adapter_path(ws, owner, run_id)
+    require_consistent(folder, action="push", ignore_mismatch=ignore_template_mismatch)
+    return push_adapter(folder, repo_id, token=token, private=private)
 
 
 def zerogpu_quota_for(config_yaml: str, data_file: str | Path | None = None) -> QuotaPreview:

@@ -15,7 +15,7 @@ inference formats prompts exactly the way training did.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from .errors import UserError
 
@@ -66,6 +66,9 @@ class Template:
     control_strings: tuple[str, ...]
     # Where generation should stop (besides the tokenizer's eos).
     stop_strings: tuple[str, ...] = ()
+    # The same format as a Jinja chat template (tokenizer.chat_template): (bos, eos) -> the loop over the
+    # messages; written next to ``segments`` so the two change together (tests render both and compare).
+    jinja: Callable[[SpecialTokens], str] | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,6 +118,91 @@ def _pairs(msgs: list[Message], add_generation_prompt: bool) -> tuple[list[tuple
         last = None
     pairs = [(msgs[i]["content"], msgs[i + 1]["content"]) for i in range(0, len(msgs), 2)]
     return pairs, last
+
+
+# ---------------------------------------------------------------------------------------------
+# the same templates in Jinja, for tokenizer.chat_template
+#
+# transformers renders chat templates with trim_blocks/lstrip_blocks; every tag here strips the whitespace
+# around it ({%- -%}) and all output comes from {{ }} expressions, so the layout of the source never reaches
+# the text. `msgs` is the conversation without its system message and `system` the system prompt (the run's
+# default when the conversation has none; none when neither), both set by chat_template_jinja's preamble.
+
+
+def jinja_literal(text: str) -> str:
+    """``text`` as a Jinja string literal (Jinja decodes backslash escapes like Python's unicode-escape)."""
+    out = []
+    for ch in text:
+        if ch in "\\'":
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 32 or ord(ch) > 126:
+            out.append(f"\\U{ord(ch):08x}")
+        else:
+            out.append(ch)
+    return "'" + "".join(out) + "'"
+
+
+def _turns(user: str, assistant: str) -> str:
+    """A loop over ``msgs`` emitting ``user`` for user turns (``c``: its content, the system prompt merged in
+    where the template merges it) and ``assistant`` for answers (``last``: the conversation's final message)."""
+    return (
+        "{%- for m in msgs -%}"
+        "{%- set last = loop.last -%}"
+        "{%- if m['role'] == 'user' -%}{%- set c = m['content'] if not (loop.first and merge is defined and "
+        "merge and system is not none) else merge_before ~ system ~ merge_after ~ m['content'] -%}"
+        f"{{{{- {user} -}}}}"
+        f"{{%- elif m['role'] == 'assistant' -%}}{{{{- {assistant} -}}}}"
+        "{%- endif -%}{%- endfor -%}"
+    )
+
+
+def _llama2_jinja(tok: SpecialTokens) -> str:
+    bos, eos = jinja_literal(tok.bos), jinja_literal(tok.eos)
+    return ("{%- set merge = true -%}{%- set merge_before = '<<SYS>>\\n' -%}{%- set merge_after = '\\n<</SYS>>\\n\\n' -%}"
+            + _turns(f"{bos} ~ '[INST] ' ~ c|trim ~ ' [/INST]'", f"' ' ~ m['content']|trim ~ ' ' ~ {eos}"))
+
+
+def _mistral_jinja(tok: SpecialTokens) -> str:
+    bos, eos = jinja_literal(tok.bos), jinja_literal(tok.eos)
+    return ("{%- set merge = true -%}{%- set merge_before = '' -%}{%- set merge_after = '\\n\\n' -%}"
+            f"{{{{- {bos} -}}}}"
+            + _turns("'[INST] ' ~ c|trim ~ ' [/INST]'", f"' ' ~ m['content']|trim ~ {eos}"))
+
+
+def _llama3_jinja(tok: SpecialTokens) -> str:
+    bos = jinja_literal(tok.bos)
+    head = "'<|start_header_id|>{}<|end_header_id|>\\n\\n'"
+    return (f"{{{{- {bos} -}}}}"
+            "{%- if system is not none -%}"
+            f"{{{{- {head.format('system')} ~ system|trim ~ '<|eot_id|>' -}}}}"
+            "{%- endif -%}"
+            + _turns(f"{head.format('user')} ~ c|trim ~ '<|eot_id|>' ~ {head.format('assistant')}",
+                     "m['content']|trim ~ '<|eot_id|>'"))
+
+
+def _chatml_jinja(tok: SpecialTokens) -> str:
+    return ("{%- if system is not none -%}{{- '<|im_start|>system\\n' ~ system ~ '<|im_end|>\\n' -}}{%- endif -%}"
+            + _turns("'<|im_start|>user\\n' ~ c ~ '<|im_end|>\\n<|im_start|>assistant\\n'",
+                     "m['content'] ~ '<|im_end|>' ~ ('' if last else '\\n')"))
+
+
+def _alpaca_jinja(tok: SpecialTokens) -> str:
+    bos, eos = jinja_literal(tok.bos), jinja_literal(tok.eos)
+    return (f"{{{{- {bos} ~ (system if system is not none else {jinja_literal(ALPACA_PREAMBLE)})|trim ~ '\\n\\n' -}}}}"
+            + _turns("'### Instruction:\\n' ~ c|trim ~ '\\n\\n### Response:\\n'",
+                     f"m['content']|trim ~ {eos} ~ ('' if last else '\\n\\n')"))
+
+
+def _falcon_jinja(tok: SpecialTokens) -> str:
+    eos = jinja_literal(tok.eos)
+    return ("{%- if system is not none -%}{{- 'System: ' ~ system|trim ~ '\\n' -}}{%- endif -%}"
+            + _turns("'User: ' ~ c|trim ~ '\\nFalcon:'", f"' ' ~ m['content']|trim ~ {eos} ~ ('' if last else '\\n')"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,6 +324,7 @@ TEMPLATES: dict[str, Template] = {
         _llama2,
         SpecialTokens("<s>", "</s>"),
         ("[INST]", "[/INST]", "<<SYS>>", "<</SYS>>", "<s>", "</s>"),
+        jinja=_llama2_jinja,
     ),
     "llama3": Template(
         "llama3",
@@ -244,6 +333,7 @@ TEMPLATES: dict[str, Template] = {
         SpecialTokens("<|begin_of_text|>", "<|eot_id|>"),
         ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|end_of_text|>"),
         ("<|eot_id|>",),
+        jinja=_llama3_jinja,
     ),
     "chatml": Template(
         "chatml",
@@ -252,6 +342,7 @@ TEMPLATES: dict[str, Template] = {
         SpecialTokens("", "<|im_end|>"),
         ("<|im_start|>", "<|im_end|>"),
         ("<|im_end|>",),
+        jinja=_chatml_jinja,
     ),
     "mistral": Template(
         "mistral",
@@ -259,6 +350,7 @@ TEMPLATES: dict[str, Template] = {
         _mistral,
         SpecialTokens("<s>", "</s>"),
         ("[INST]", "[/INST]", "<s>", "</s>"),
+        jinja=_mistral_jinja,
     ),
     "alpaca": Template(
         "alpaca",
@@ -267,6 +359,7 @@ TEMPLATES: dict[str, Template] = {
         SpecialTokens("", "</s>"),
         ("### Instruction:", "### Response:"),
         ("### Instruction:",),
+        jinja=_alpaca_jinja,
     ),
     "falcon": Template(
         "falcon",
@@ -275,6 +368,7 @@ TEMPLATES: dict[str, Template] = {
         SpecialTokens("", "<|endoftext|>"),
         ("<|endoftext|>", "\nUser:", "\nFalcon:"),
         ("\nUser:",),
+        jinja=_falcon_jinja,
     ),
 }
 
@@ -303,6 +397,64 @@ def special_tokens(name: str, tokenizer: Any = None) -> SpecialTokens:
     if name == "chatml":
         return SpecialTokens("", "<|im_end|>")
     return SpecialTokens(bos, eos)
+
+
+def chat_template_jinja(name: str, tokens: SpecialTokens, default_system: str = "", base_template: str | None = None) -> str:
+    """The Jinja chat template that renders what :func:`render` renders for template ``name``.
+
+    ``tokens``: the bos/eos strings training wrote (:func:`special_tokens`); ``default_system``: the system
+    prompt of a conversation that has none (the run's default; empty: none). ``name="model"`` keeps
+    ``base_template`` (the base tokenizer's own) and only adds the default system prompt. For every
+    conversation ``messages`` (with ``add_generation_prompt``), ``tokenizer.apply_chat_template`` with this
+    template gives ``render(with_default_system(messages, default_system), name, tokens=tokens).text``.
+
+    >>> from jinja2 import Environment
+    >>> Environment().from_string(chat_template_jinja("llama2", SpecialTokens("<s>", "</s>"))).render(
+    ...     messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}])
+    '<s>[INST] Hi [/INST] Hello! </s>'
+    """
+    default = jinja_literal(default_system) if default_system else "none"
+    if name == MODEL_TEMPLATE:
+        if not base_template:
+            raise TemplateError("template 'model' needs the base tokenizer's chat template")
+        if not default_system:
+            return base_template
+        return ("{%- if not (messages and messages[0]['role'] == 'system') -%}"
+                f"{{%- set messages = [{{'role': 'system', 'content': {default}}}] + messages -%}}"
+                "{%- endif -%}" + base_template)
+    tpl = get_template(name)
+    assert tpl.jinja is not None, f"template {name} has no Jinja form"
+    preamble = ("{%- set has_system = messages|length > 0 and messages[0]['role'] == 'system' -%}"
+                f"{{%- set system = messages[0]['content'] if has_system else {default} -%}}"
+                "{%- set msgs = messages[1:] if has_system else messages -%}")
+    return preamble + tpl.jinja(tokens)
+
+
+def shared_system_prompt(conversations: Iterable[Sequence[Message] | None]) -> str:
+    """The system prompt every conversation starts with, or "" when they differ, some have none or none are given.
+
+    A run trained on such rows has learnt with that prompt: it is the default for a conversation without one.
+    """
+    shared: str | None = None
+    for msgs in conversations:
+        if msgs is None:
+            continue
+        first = msgs[0] if msgs else None
+        if first is None or first.get("role") != "system":
+            return ""
+        if shared is None:
+            shared = first["content"]
+        elif first["content"] != shared:
+            return ""
+    return shared or ""
+
+
+def with_default_system(messages: Sequence[Message], default_system: str) -> list[Message]:
+    """The conversation as training saw it: the run's default system prompt first when it has none."""
+    msgs = list(messages)
+    if default_system and not (msgs and msgs[0].get("role") == "system"):
+        msgs.insert(0, {"role": "system", "content": default_system})
+    return msgs
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, cast
 
 from . import runs
-from .adapter import pick_device, write_run_files
-from .config import ConfigError, RunConfig, validate
+from .adapter import pick_device, write_run_files, write_tokenizer
+from .config import SAMPLE_DATA, ConfigError, RunConfig, validate
 from .errors import UserError, is_programming_error
 from .events import EventLog
 from .io import DISK_FULL_FIX, DiskFullError
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from .cpushare import CpuShare
     from .data import Example
     from .models import Model, Tokenizer
+    from .templates import Message
 
     class _EventsCallback(TrainerCallback):
         """What ``_make_callback`` returns: its callback, and why it halted the run (None: it did not)."""
@@ -50,8 +51,6 @@ if TYPE_CHECKING:
         halt_reason: str | None
 
 Encoding = tuple[list[int], list[tuple[int, int]]]  # one text's token ids and their (start, end) characters
-
-SAMPLE_DATA = Path(__file__).parent / "samples" / "city_year.jsonl"
 
 
 class TrainingError(RuntimeError, UserError):
@@ -171,11 +170,21 @@ def tokenize_examples(examples: Sequence[Example], tokenizer: Tokenizer, max_len
     return {"input_ids": input_ids, "labels": labels}
 
 
-def _datasets(config: RunConfig, tokenizer: Tokenizer) -> tuple[Dataset, Dataset | None, dict[str, Any]]:
-    """Format the configured data with the template and tokenize it: (train, eval or None, summary)."""
+@dataclass(frozen=True)
+class TrainedDialogs:
+    """What the adapter keeps of the data: the default system prompt and dialogs to check its template on."""
+
+    system_prompt: str  # every training row's shared system prompt, else the configured one
+    dialogs: list[list[Message]]  # a sample of the validation (else training) conversations
+
+
+def _datasets(config: RunConfig, tokenizer: Tokenizer) -> tuple[Dataset, Dataset | None, dict[str, Any], TrainedDialogs]:
+    """Format the configured data with the template and tokenize it: (train, eval or None, summary, dialogs)."""
     from datasets import Dataset
 
     from . import data
+    from .templates import shared_system_prompt
+    from .verify import sample_dialogs
 
     d, t = config.data, config.training
     source = d.source or str(SAMPLE_DATA)
@@ -216,7 +225,10 @@ def _datasets(config: RunConfig, tokenizer: Tokenizer) -> tuple[Dataset, Dataset
         "dropped_no_trained_tokens": len(result.examples) - len(keep),
         "train_tokens": sum(len(x) for x in train_ds["input_ids"]),
     }
-    return train_ds, eval_ds, summary
+    examples = result.examples + result.val_examples
+    dialogs = TrainedDialogs(shared_system_prompt(ex.messages for ex in examples) or d.system_prompt,
+                             sample_dialogs(result.val_examples, result.examples))
+    return train_ds, eval_ds, summary, dialogs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -506,7 +518,7 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
     if config.quantization.load_in != "none" and device == "cpu" and config.quantization.load_in == "8bit":
         raise TrainingError("8-bit loading needs a CUDA GPU; use quantization.load_in: 4bit or none on CPU")
     tokenizer = models.load_tokenizer(config.model)
-    train_ds, eval_ds, data_summary = _datasets(config, tokenizer)
+    train_ds, eval_ds, data_summary, dialogs = _datasets(config, tokenizer)
     t = config.training
     resume_from = runs.last_checkpoint(run_dir) if resuming else None
     share = _cpu_share(device)
@@ -601,7 +613,7 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
         metrics["first_loss"], metrics["final_loss"] = losses[0], losses[-1]
     adapter_dir = run_dir / runs.ADAPTER
     if is_main_process():
-        save_adapter(trainer, tokenizer, config, resolved.name, run_dir, metrics, data_summary, device)
+        save_adapter(trainer, tokenizer, config, resolved.name, run_dir, metrics, data_summary, device, dialogs, log)
     log.emit("finished", step=step, adapter=runs.ADAPTER, metrics=metrics)
     return RunResult(run_dir.name, run_dir, "finished", step, trainer.state.max_steps, adapter_dir, metrics)
 
@@ -657,9 +669,15 @@ def _planned_steps(t: TrainingConfig, n_examples: int) -> int:
 
 
 def save_adapter(trainer: SFTTrainer, tokenizer: Tokenizer, config: RunConfig, base_name: str, run_dir: Path,
-                 metrics: dict[str, Any], data_summary: dict[str, Any], device: str) -> Path:
-    """Write ``adapter/``: a plain PEFT adapter plus the template, config, metrics and a model card."""
+                 metrics: dict[str, Any], data_summary: dict[str, Any], device: str,
+                 dialogs: TrainedDialogs | None = None, log: _Events | None = None) -> Path:
+    """Write ``adapter/``: a plain PEFT adapter plus the template, config, metrics and a model card.
+
+    The tokenizer carries the trained template as its chat template; the adapter is then checked with
+    :func:`verify.check_template` (on ``dialogs`` and the built-in probes), the result a ``template_check``
+    event and a line on the model card."""
     from .card import write_model_card
+    from .verify import check_template
 
     out = run_dir / runs.ADAPTER
     tmp = run_dir / (runs.ADAPTER + ".tmp")
@@ -669,9 +687,14 @@ def save_adapter(trainer: SFTTrainer, tokenizer: Tokenizer, config: RunConfig, b
     model: Model = trainer.model  # a PeftModel: transformers types it as PreTrainedModel | Module | None
     model.peft_config["default"].base_model_name_or_path = base_name
     model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    write_run_files(tmp, config, tokenizer, metrics)
-    write_model_card(tmp, config, base_name, metrics, trainer.state.log_history, data_summary, device)  # + loss_curve.png
+    system = dialogs.system_prompt if dialogs is not None else None
+    write_tokenizer(tmp, config, tokenizer, system)
+    write_run_files(tmp, config, tokenizer, metrics, system)
+    check = check_template(tmp, dialogs=dialogs.dialogs if dialogs is not None else [], base_tokenizer=tokenizer)
+    if log is not None:
+        log.emit("template_check", **check.to_event())
+    write_model_card(tmp, config, base_name, metrics, trainer.state.log_history, data_summary, device,  # + loss_curve.png
+                     template_check=("Template check: " + check.message()))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return out

@@ -1,4 +1,4 @@
-"""`python -m finetune merge RUN_OR_REPO --out DIR [--model BASE] [--dtype bfloat16|float16]`
+"""`python -m finetune merge RUN_OR_REPO --out DIR [--model BASE] [--dtype bfloat16|float16] [--ignore-template-mismatch]`
 
 Merge a LoRA adapter into its base model and write a plain 16-bit transformers model and tokenizer to DIR
 (`AutoModelForCausalLM.from_pretrained(DIR)` loads it; peft is not needed). RUN_OR_REPO is a run folder, an
@@ -19,6 +19,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--model", help="base model (default: the one recorded in the adapter)")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16"),
                    help="weights dtype (bfloat16: same range as float32; float16: for older GPUs)")
+    p.add_argument("--ignore-template-mismatch", action="store_true",
+                   help="merge even when the adapter's chat template does not render what training rendered")
     p.set_defaults(func=run)
 
 
@@ -28,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from finetune.models import ModelError
 
     try:
-        out = merge_adapter(args.adapter, args.out, model=args.model, dtype=args.dtype)
+        out = merge_adapter(args.adapter, args.out, model=args.model, dtype=args.dtype,
+                            ignore_template_mismatch=args.ignore_template_mismatch)
     except ModelError as e:
         raise UsageError(str(e)) from e
     print(f"merged model written to {out}", file=sys.stderr)

@@ -1,10 +1,11 @@
 """`python -m finetune push RUN --repo ID [--private | --public] [--revision BRANCH] [--message TEXT]
-[--merged-repo ID [--dtype bfloat16|float16]] [--runs-root DIR]`
+[--merged-repo ID [--dtype bfloat16|float16]] [--runs-root DIR] [--ignore-template-mismatch]`
 
 Push a finished run's adapter (PEFT weights, template, model card, loss curve) to a Hub model repo, creating
 the repo (and the branch) when missing. --merged-repo also pushes the adapter merged into a 16-bit copy of its
 base. RUN is a run id, a run folder or an adapter folder. The token comes from HF_TOKEN or `hf auth login`;
-it is never printed or written.
+it is never printed or written. An adapter whose chat template does not render what training rendered
+(`python -m finetune verify-template`) is refused unless --ignore-template-mismatch.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--merged-repo", help="also push the merged 16-bit model to this repo")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16"), help="dtype of the merged model")
     p.add_argument("--runs-root", help="the runs folder (default: $FINETUNE_RUNS or ./runs)")
+    p.add_argument("--ignore-template-mismatch", action="store_true",
+                   help="push even when the adapter's chat template does not render what training rendered")
     p.set_defaults(func=run)
 
 
@@ -58,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from finetune.export import push_merged
     from finetune.hub import HubError, find_adapter, push_adapter
     from finetune.models import ModelError
+    from finetune.verify import require_consistent
 
     path = resolve_run(args.run, args.runs_root)
     run_dir = path if (path / runs.CONFIG_FILE).exists() else None
@@ -69,13 +73,15 @@ def run(args: argparse.Namespace) -> int:
     token = get_token()  # HF_TOKEN, else the token saved by `hf auth login`
     try:
         adapter = find_adapter(path)
+        require_consistent(adapter, action="push", ignore_mismatch=args.ignore_template_mismatch)
         url = push_adapter(adapter, repo, token=token, private=private, revision=args.revision,
                            commit_message=args.message)
         merged_url = None
         if args.merged_repo:
             merged_url = push_merged(adapter, args.merged_repo, token=token, private=private,
                                      revision=args.revision, dtype=args.dtype,
-                                     commit_message=args.message.replace("LoRA adapter", "merged model"))
+                                     commit_message=args.message.replace("LoRA adapter", "merged model"),
+                                     ignore_template_mismatch=True)  # checked above
     except (HubError, ModelError) as e:
         raise UsageError(str(e)) from e
     if run_dir is not None:  # the run's history says where its adapter went (never with the token)
