@@ -129,3 +129,18 @@ def test_positional_calls_still_work(trained):
     assert history[-1]["role"] == "assistant"
     base, tuned = c.predict("Hi", "", run_id, 0.0, 8, 0, api_name="/compare")
     assert isinstance(base, str) and isinstance(tuned, str)
+
+
+def test_dataset_tab_says_when_the_system_prompt_is_ignored(server, tmp_path):
+    import json
+
+    from gradio_client import Client, handle_file
+
+    rows = [{"messages": ([{"role": "system", "content": "Own."}] if i < 2 else []) + [
+        {"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]} for i in range(3)]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    summary, *_ = Client(server, verbose=False).predict(
+        handle_file(str(data)), "", "", "train", "chatml", "Set.", "", "", 128, "assistant", api_name="/format_dataset")
+    assert "system prompt: ignored for 2 of 3 rows" in summary
+    assert 'default system prompt the run stores: "Set."' in summary

@@ -87,3 +87,31 @@ def test_chat_uses_the_adapters_template_and_system_prompt(run, sent, monkeypatc
     assert main(args + ["--system", "Be brief."]) == 0
     assert sent == [CHATML_HI.replace(SYSTEM, "Be brief.")]
     capsys.readouterr()
+
+
+def _rows(systems):
+    rows = []
+    for i, s in enumerate(systems):
+        msgs = ([{"role": "system", "content": s}] if s else []) + [
+            {"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]
+        rows.append({"messages": msgs})
+    return rows
+
+
+@pytest.mark.parametrize("systems,given,ignored,default", [
+    (["Own.", "Own.", None], "Set.", 2, "Set."),  # mixed: the run keeps the system prompt given
+    (["Own.", "Own.", "Own."], "Set.", 3, "Own."),  # every row shares one: that is the run's default
+    ([None, None], "Set.", 0, "Set."),
+    (["Own.", "Other."], "", 0, ""),  # nothing given: nothing ignored, no shared one
+    (["Set.", None], "Set.", 0, "Set."),  # a row's own equal to the given one is not ignored
+])
+def test_format_result_says_when_the_system_prompt_is_ignored(systems, given, ignored, default):
+    from finetune.data import format_dataset, summary_markdown
+
+    result = format_dataset(_rows(systems), template="chatml", system_prompt=given)
+    assert (result.own_system_rows, result.default_system_prompt) == (ignored, default)
+    summary = summary_markdown(result)
+    assert (f"system prompt: ignored for {ignored} of {len(systems)} rows" in summary) == bool(ignored)
+    if given or default:
+        shown = f'"{default}"' if default else "none"
+        assert f"default system prompt the run stores: {shown}" in summary
