@@ -115,3 +115,15 @@ def test_format_result_says_when_the_system_prompt_is_ignored(systems, given, ig
     if given or default:
         shown = f'"{default}"' if default else "none"
         assert f"default system prompt the run stores: {shown}" in summary
+
+
+def test_readme_llama2_example_is_what_render_gives(smollm2_tokenizer):
+    from pathlib import Path
+
+    from finetune.templates import render
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    shown = readme.split("`llama2` on SmolLM2", 1)[1].split("```text\n", 1)[1].split("\n```", 1)[0]
+    dialog = [{"role": "system", "content": "Answer as JSON."}, {"role": "user", "content": "Ivan moved to Oslo in 1972."},
+              {"role": "assistant", "content": '{"city": "Oslo", "year": 1972}'}]
+    assert shown == render(dialog, "llama2", smollm2_tokenizer).text
