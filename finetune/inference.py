@@ -280,13 +280,108 @@ def named_base_mismatch(model: str | None, adapter: str | Path | None,
     return base_mismatch(load(model, quantization), adapter)
 
 
+@dataclass(frozen=True)
+class Prompt:
+    """The exact text a conversation is sent as, and the settings that produced it."""
+
+    text: str
+    token_count: int
+    template: str  # the template used
+    system_prompt: str  # the system prompt used ("" = none); a conversation's own system message wins
+    trained_template: str  # what the adapter was trained with ("model" with no adapter)
+    trained_system_prompt: str
+    eos: str  # generation stops at this token and at the stop strings
+    stop_strings: tuple[str, ...]
+
+    @property
+    def template_changed(self) -> bool:
+        return self.template != self.trained_template
+
+    @property
+    def warning(self) -> str:
+        """A notice when the template differs from the one the adapter was trained with."""
+        if not self.template_changed:
+            return ""
+        return (f"the adapter was trained with the '{self.trained_template}' template; prompting it with "
+                f"'{self.template}' may give poor answers")
+
+
+def trained_defaults(adapter: str | Path | None) -> tuple[str, str]:
+    """``(template, system_prompt)`` an adapter was trained with; ``("model", "")`` for no adapter."""
+    from .templates import MODEL_TEMPLATE
+
+    saved = adapter_template(adapter) if adapter else dict(DEFAULT_TEMPLATE_INFO)
+    return str(saved.get("template") or MODEL_TEMPLATE), str(saved.get("system_prompt") or "")
+
+
+def prompt_settings(adapter: str | Path | None, tokenizer: Tokenizer, *, template: str | None = None,
+                    system_prompt: str | None = None) -> TemplateInfo:
+    """The template, system prompt, bos/eos and stop strings to prompt with: the adapter's trained ones, except
+    where ``template`` / ``system_prompt`` are given (None or empty: the adapter's)."""
+    from .templates import MODEL_TEMPLATE, TEMPLATES, get_template, special_tokens
+
+    saved = adapter_template(adapter) if adapter else dict(DEFAULT_TEMPLATE_INFO)
+    trained = str(saved.get("template") or MODEL_TEMPLATE)
+    name = (template or "").strip() or trained
+    if name != MODEL_TEMPLATE:
+        get_template(name)  # an unknown name is the user's error
+    info: TemplateInfo = {"template": name, "trained_template": trained,
+                          "trained_system_prompt": str(saved.get("system_prompt") or ""),
+                          "system_prompt": system_prompt if (system_prompt or "").strip() else
+                          str(saved.get("system_prompt") or "")}
+    if name == MODEL_TEMPLATE:
+        info.update(bos="", eos=tokenizer.eos_token or "", stop_strings=[])
+    elif name == trained and saved.get("eos"):  # exactly the special tokens training wrote
+        info.update(bos=saved.get("bos") or "", eos=saved["eos"], stop_strings=list(saved.get("stop_strings") or []))
+    else:
+        tok = special_tokens(name, tokenizer)
+        info.update(bos=tok.bos, eos=tok.eos, stop_strings=list(TEMPLATES[name].stop_strings))
+    return info
+
+
+def prompt_for(
+    messages: str | Sequence[Message],
+    *,
+    adapter: str | Path | None = None,
+    model: str | None = None,
+    system_prompt: str | None = None,
+    template: str | None = None,
+    quantization: QuantizationConfig | None = None,
+    tokenizer: Tokenizer | None = None,
+) -> Prompt:
+    """The exact prompt a conversation (or one user message) is sent as: the adapter's trained template and
+    system prompt unless ``template`` / ``system_prompt`` are given (None or empty: the adapter's), rendered
+    with a generation prompt, and its token count. The Playground, the API and the CLI all prompt through this.
+
+    >>> p = prompt_for("Ivan moved to Oslo in 1972.", adapter="runs/20261123-101500-3f9c2a7d1b")  # doctest: +SKIP
+    >>> p.template, p.system_prompt, p.token_count  # doctest: +SKIP
+    ('chatml', 'Extract the city and the year as JSON.', 31)
+    """
+    if tokenizer is None:
+        base = model if model else (adapter_base(adapter) if adapter else "")
+        tokenizer = load(base, quantization).tokenizer
+    info = prompt_settings(adapter, tokenizer, template=template, system_prompt=system_prompt)
+    msgs = [{"role": "user", "content": messages}] if isinstance(messages, str) else list(messages)
+    text = build_prompt(msgs, info, tokenizer)
+    own = msgs[0].get("content", "") if msgs and msgs[0].get("role") == "system" else None
+    count = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return Prompt(text=text, token_count=count, template=info["template"],
+                  system_prompt=str(own if own is not None else info["system_prompt"]),
+                  trained_template=info["trained_template"], trained_system_prompt=info["trained_system_prompt"],
+                  eos=info["eos"], stop_strings=tuple(info["stop_strings"]))
+
+
 def build_prompt(messages: Sequence[Message], template: TemplateInfo, tokenizer: Tokenizer) -> str:
-    from .templates import render
+    """Render ``messages`` with the settings of ``prompt_settings``: its system prompt goes first unless the
+    conversation has its own system message, and its bos/eos are the ones training wrote."""
+    from .templates import MODEL_TEMPLATE, SpecialTokens, render
 
     msgs = list(messages)
     if template.get("system_prompt") and not (msgs and msgs[0].get("role") == "system"):
         msgs = [{"role": "system", "content": template["system_prompt"]}] + msgs
-    return render(msgs, template.get("template", "model"), tokenizer, add_generation_prompt=True).text
+    name = template.get("template", MODEL_TEMPLATE)
+    tokens = SpecialTokens(template.get("bos") or "", template["eos"]) if name != MODEL_TEMPLATE and template.get("eos") else None
+    return render(msgs, name, tokenizer, add_generation_prompt=True, tokens=tokens).text
 
 
 def _gen_kwargs(tokenizer: Tokenizer, template: TemplateInfo, max_new_tokens: int, temperature: float, top_p: float,
@@ -315,17 +410,10 @@ def _clean_answer(text: str, template: TemplateInfo) -> str:
 
 
 def _prepare(model: str | None, adapter: str | None, template: str | None,
-             quantization: QuantizationConfig | None) -> tuple[LoadedModel, TemplateInfo]:
+             quantization: QuantizationConfig | None, system_prompt: str | None = None) -> tuple[LoadedModel, TemplateInfo]:
     base = model if model is not None else (adapter_base(adapter) if adapter else "")
     loaded = load(base, quantization)
-    tpl = adapter_template(adapter) if adapter else dict(DEFAULT_TEMPLATE_INFO)
-    if template:
-        tpl = {**tpl, "template": template}
-    if tpl["template"] != "model":
-        from .templates import TEMPLATES, special_tokens
-
-        tok = special_tokens(tpl["template"], loaded.tokenizer)
-        tpl = {**tpl, "eos": tok.eos, "stop_strings": list(TEMPLATES[tpl["template"]].stop_strings)}
+    tpl = prompt_settings(adapter, loaded.tokenizer, template=template, system_prompt=system_prompt)
     if adapter:
         attach(loaded, adapter)
     return loaded, tpl
@@ -348,6 +436,7 @@ def generate_batch(
     adapter: str | None = None,
     model: str | None = None,
     template: str | None = None,
+    system_prompt: str | None = None,
     quantization: QuantizationConfig | None = None,
     max_new_tokens: int = 256,
     temperature: float = 0.0,
@@ -356,10 +445,18 @@ def generate_batch(
     seed: int = 0,
     batch_size: int = 8,
 ) -> list[str]:
-    """Answer each prompt (a string = one user turn, or a list of messages). Temperature 0 is greedy."""
+    """Answer each prompt (a string = one user turn, or a list of messages). Temperature 0 is greedy.
+    The template and system prompt default to the adapter's trained ones (see ``prompt_for``)."""
+    loaded, tpl = _prepare(model, adapter, template, quantization, system_prompt)
+    return _generate(loaded, prompts, tpl, adapter, max_new_tokens=max_new_tokens, temperature=temperature,
+                     top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, batch_size=batch_size)
+
+
+def _generate(loaded: LoadedModel, prompts: Sequence[str | Sequence[Message]], tpl: TemplateInfo, adapter: str | None, *,
+              max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 0.9, repetition_penalty: float = 1.0,
+              seed: int = 0, batch_size: int = 8) -> list[str]:
     import torch
 
-    loaded, tpl = _prepare(model, adapter, template, quantization)
     tok = loaded.tokenizer
     texts = [build_prompt([{"role": "user", "content": p}] if isinstance(p, str) else p, tpl, tok) for p in prompts]
     kw = _gen_kwargs(tok, tpl, max_new_tokens, temperature, top_p, repetition_penalty)
@@ -389,24 +486,22 @@ def compare(
     *,
     model: str | None = None,
     template: str | None = None,
+    system_prompt: str | None = None,
+    quantization: QuantizationConfig | None = None,
     **generation: Any,
 ) -> tuple[str, str]:
-    """The same prompt, template, system prompt and seed through the base (adapter disabled) and through the
-    adapter, on one loaded copy of the base: ``(base_answer, adapter_answer)``.
+    """The same prompt (the adapter's template and system prompt unless given), stop tokens and seed through
+    the base (adapter disabled) and through the adapter, on one loaded copy of the base:
+    ``(base_answer, adapter_answer)``.
 
     >>> compare("Ivan moved to Oslo in 1972.", "runs/20261123-101500-3f9c2a7d1b", temperature=0)  # doctest: +SKIP
     ('Ivan moved to Oslo in 1972.', '{"city": "Oslo", "year": 1972}')
     """
     adapter = str(adapter)
-    saved = adapter_template(adapter)
-    template = template or saved["template"]
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    if saved.get("system_prompt") and not (messages and messages[0].get("role") == "system"):
-        # the base gets the adapter's system prompt too, or the comparison would not be like for like
-        messages = [{"role": "system", "content": saved["system_prompt"]}] + messages
     base_name = model if model is not None else adapter_base(adapter)
-    [tuned] = generate_batch([messages], adapter=adapter, model=base_name, template=template, **generation)
-    [base] = generate_batch([messages], adapter=None, model=base_name, template=template, **generation)
+    loaded, tpl = _prepare(base_name, adapter, template, quantization, system_prompt)
+    [tuned] = _generate(loaded, [prompt], tpl, adapter, **generation)
+    [base] = _generate(loaded, [prompt], tpl, None, **generation)
     return base, tuned
 
 
@@ -416,6 +511,7 @@ def stream_chat(
     adapter: str | None = None,
     model: str | None = None,
     template: str | None = None,
+    system_prompt: str | None = None,
     quantization: QuantizationConfig | None = None,
     max_new_tokens: int = 256,
     temperature: float = 0.7,
@@ -423,14 +519,15 @@ def stream_chat(
     repetition_penalty: float = 1.0,
     seed: int = 0,
 ) -> Iterator[str]:
-    """Yield the growing answer text as tokens arrive."""
+    """Yield the growing answer text as tokens arrive. The template and system prompt default to the adapter's
+    trained ones (see ``prompt_for``)."""
     from .models import ml_imports
 
     ml_imports()
     import torch
     from transformers import TextIteratorStreamer
 
-    loaded, tpl = _prepare(model, adapter, template, quantization)
+    loaded, tpl = _prepare(model, adapter, template, quantization, system_prompt)
     tok = loaded.tokenizer
     prompt = build_prompt(messages, tpl, tok)
     enc = tok(prompt, return_tensors="pt", add_special_tokens=False).to(loaded.model.device)

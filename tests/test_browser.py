@@ -98,3 +98,13 @@ def test_click_through_all_tabs(page, tiny_model_dir):
     page.wait_for_selector("#chatbot .bot, #chatbot [data-testid='bot']", timeout=120_000)
     shot(page, "4-playground")
     assert page.locator("#chatbot").inner_text().strip()
+
+    # the system prompt field and the exact prompt the model receives, with its token count
+    set_text(page, "system-prompt", "Answer in one word.")
+    page.get_by_text("Show exact prompt").first.click()  # opens the accordion
+    page.locator("#exact-prompt-btn").click()
+    page.wait_for_function(
+        "() => (document.querySelector('#exact-prompt textarea') || {}).value?.includes('Answer in one word.')",
+        timeout=60_000)
+    assert "tokens" in page.locator("#exact-prompt-count").inner_text()
+    assert "Ivan moved to Oslo in 1972." in page.locator("#exact-prompt textarea").first.input_value()

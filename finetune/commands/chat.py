@@ -48,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
     from finetune.templates import TemplateError
 
     interactive = sys.stdin.isatty()
-    kw = dict(adapter=args.adapter, model=args.model, template=args.template, max_new_tokens=args.max_new_tokens,
+    # the template and system prompt default to the adapter's trained ones (inference.prompt_for)
+    kw = dict(adapter=args.adapter, model=args.model, template=args.template, system_prompt=args.system,
+              max_new_tokens=args.max_new_tokens,
               temperature=args.temperature, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
               seed=args.seed)
     try:
@@ -57,7 +59,6 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from e
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
-    system = [{"role": "system", "content": args.system}] if args.system else []
     history: list[dict[str, str]] = []
     if interactive:
         print(HELP, file=sys.stderr)
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         history.append({"role": "user", "content": text})
         try:
-            answer = _print_stream(inference.stream_chat(system + history, **kw))
+            answer = _print_stream(inference.stream_chat(history, **kw))
         except (ModelError, TemplateError) as e:
             raise UsageError(str(e)) from e
         history.append({"role": "assistant", "content": answer})

@@ -1,10 +1,11 @@
-"""`python -m finetune generate [--model M] [--adapter RUN_DIR|ADAPTER_DIR|REPO] [--template NAME]
+"""`python -m finetune generate [--model M] [--adapter RUN_DIR|ADAPTER_DIR|REPO] [--template NAME] [--system TEXT]
 (--prompt TEXT | --prompts FILE.jsonl) [--max-new-tokens N] [--temperature T] [--top-p P]
 [--repetition-penalty R] [--seed S] [--out FILE.jsonl]`
 
 A prompts file holds `{"prompt": ...}` or `{"messages": [...]}` rows; each answer is written as
 `{"prompt": ..., "answer": ...}`. With --prompt only the answer is printed. --temperature 0 is greedy.
-The model and template default to those saved with the adapter.
+The model, template and system prompt default to those saved with the adapter; a row's own system message
+is kept.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--model", help="base model (default: the adapter's base, else the embedded default)")
     p.add_argument("--adapter", help="a run folder, an adapter folder or a Hub repo id")
     p.add_argument("--template", help="prompt template (default: the adapter's)")
+    p.add_argument("--system", help="system prompt (default: the one the adapter was trained with)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="one user message")
     src.add_argument("--prompts", help="JSONL file of {prompt: ...} or {messages: [...]} rows")
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
         answers = generate_batch(prompts, adapter=args.adapter, model=args.model, template=args.template,
-                                 max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                 system_prompt=args.system, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                  top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
     except (ModelError, TemplateError) as e:
         raise UsageError(str(e)) from e

@@ -95,10 +95,32 @@ class FormatResult:
     skipped: Counter[str]
     lengths: list[int] = field(default_factory=list)  # tokens per example (train + val) when a tokenizer is given
     max_length: int | None = None
+    system_prompt: str = ""  # the system prompt given for rows that have none
 
     @property
     def token_stats(self) -> dict[str, int] | None:
         return token_stats(self.lengths, self.max_length)
+
+    def _systems(self) -> list[str | None]:
+        """Each conversation example's system message (None: it has none); pre-formatted text is left out."""
+        return [ex.turns[1] if ex.turns[0] == "system" else None
+                for ex in self.examples + self.val_examples if ex.turns]
+
+    @property
+    def own_system_rows(self) -> int:
+        """How many rows keep their own system message instead of the system prompt given (0 when none given)."""
+        if not self.system_prompt:
+            return 0
+        return sum(1 for s in self._systems() if s is not None and s != self.system_prompt)
+
+    @property
+    def default_system_prompt(self) -> str:
+        """What a run on these rows stores as its default system prompt: the rows' system message when every
+        row has the same one, else the system prompt given."""
+        systems = set(self._systems())
+        if len(systems) == 1 and None not in systems:
+            return str(systems.pop())
+        return self.system_prompt
 
 
 # ---------------------------------------------------------------------------------------------
@@ -496,7 +518,7 @@ def format_dataset(
         examples = [ex for i, ex in enumerate(examples) if i not in chosen]
 
     result = FormatResult(str(name), shape, rows_in, examples, val, problems, out.warnings,
-                          Counter(p.category for p in problems), max_length=max_length)
+                          Counter(p.category for p in problems), max_length=max_length, system_prompt=system_prompt)
     if tokenizer is not None and measure_tokens:
         result.lengths = token_lengths([ex.text for ex in examples + val], tokenizer)
     return result

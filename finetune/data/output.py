@@ -7,6 +7,8 @@ b'{"text":"Q: Hi A: Hello","prompt":"Q: Hi ","completion":"A: Hello","messages":
 
 from __future__ import annotations
 
+import json
+
 import os
 import queue
 import tempfile
@@ -118,8 +120,22 @@ def summary_lines(result: FormatResult) -> list[str]:
     return lines
 
 
+def system_prompt_lines(result: FormatResult) -> list[str]:
+    """Whether the system prompt given is used, and the default system prompt a run on these rows stores."""
+    lines = []
+    own = result.own_system_rows
+    if own:
+        lines.append(f"system prompt: ignored for {own} of {len(result.examples) + len(result.val_examples)} rows, "
+                     "which have their own system message")
+    default = result.default_system_prompt
+    if result.system_prompt or default:
+        lines.append(f"default system prompt the run stores: {json.dumps(default, ensure_ascii=False)[:200]}"
+                     if default else "default system prompt the run stores: none")
+    return lines
+
+
 def summary_markdown(result: FormatResult) -> str:
-    """``summary_lines`` as a Markdown list (the app's Dataset tab)."""
-    lines = summary_lines(result)
+    """``summary_lines`` as a Markdown list (the app's Dataset tab), with ``system_prompt_lines``."""
+    lines = summary_lines(result) + system_prompt_lines(result)
     return "\n".join(f"- {line.strip()}" if not line.startswith("  ") else f"  - {line.strip()}" for line in lines)
 

@@ -8,6 +8,7 @@ import gradio as gr
 
 from .. import inference, refs, service
 from ..errors import UserError
+from ..templates import MODEL_TEMPLATE, TEMPLATE_NAMES
 from .common import Api, owner, user_errors
 
 # What the page runs when it opens: a function and the components it fills.
@@ -55,12 +56,24 @@ def create_playground_tab(api: Api) -> dict[str, LoadHook]:
             max_new = gr.Slider(8, 2048, value=256, step=8, label="Max new tokens")
             rep = gr.Slider(1.0, 2.0, value=1.0, step=0.05, label="Repetition penalty")
             seed = gr.Number(value=0, precision=0, label="Seed")
+    with gr.Row():
+        system_prompt = gr.Textbox(label="System prompt", value="", lines=2, scale=3, elem_id="system-prompt",
+                                   info="Prefilled with the one the adapter was trained with; empty = the adapter's")
+        template = gr.Dropdown(label="Template", choices=[("the adapter's", "")] + [(n, n) for n in TEMPLATE_NAMES],
+                               value="", scale=1,
+                               elem_id="template-pick", info="Defaults to the template the adapter was trained with")
     warning = gr.Markdown()
+    template_warning = gr.Markdown(elem_id="template-warning")
     chatbot = gr.Chatbot(label="Chat", height=360, elem_id="chatbot")
     with gr.Row():
         msg = gr.Textbox(value="", label="Message", placeholder="Ask something…", scale=4, elem_id="chat-input")
         send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
         clear = gr.Button("Clear", scale=0)
+    with gr.Accordion("Show exact prompt", open=False, elem_id="exact-prompt-view"):
+        show = gr.Button("Show exact prompt", elem_id="exact-prompt-btn")
+        exact_count = gr.Markdown(elem_id="exact-prompt-count")
+        exact_text = gr.Textbox(label="Exact prompt (the text the model receives, before its answer)", lines=8,
+                                elem_id="exact-prompt", buttons=["copy"])
     gr.Markdown("### Compare base and fine-tuned")
     with gr.Row():
         cprompt = gr.Textbox(value="", label="Prompt", scale=4, elem_id="compare-input")
@@ -69,39 +82,87 @@ def create_playground_tab(api: Api) -> dict[str, LoadHook]:
         base_out = gr.Textbox(label="Base model", lines=6, elem_id="compare-base")
         tuned_out = gr.Textbox(label="With adapter", lines=6, elem_id="compare-tuned")
 
+    def conversation(message: str | None, history: list[Any] | None) -> list[dict[str, str]]:
+        turns = [{"role": m["role"], "content": message_text(m["content"])} for m in (history or [])
+                 if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
+        return turns + ([{"role": "user", "content": message}] if (message or "").strip() else [])
+
     @user_errors
-    def chat(message: str, history: list[Any] | None, base_model: str = "", adapter: str = "", temperature: float = 0.7,
-             max_new_tokens: int = 256, top_p: float = 0.9, repetition_penalty: float = 1.0, seed: int = 0,
+    def chat(message: str = "", history: list[Any] | None = None, base_model: str = "", adapter: str = "",
+             temperature: float = 0.7, max_new_tokens: int = 256, top_p: float = 0.9, repetition_penalty: float = 1.0,
+             seed: int = 0, system_prompt: str | None = None, template: str | None = None,
              request: gr.Request | None = None,
              profile: gr.OAuthProfile | None = None) -> Iterator[list[dict[str, str]]]:
-        """Chat with the base model and optional adapter; streams the growing history (messages format)."""
+        """Chat with the base model and optional adapter; streams the growing history (messages format).
+        ``system_prompt`` and ``template`` default (None or empty) to those the adapter was trained with."""
         if not (message or "").strip():
             raise gr.Error("type a message first")
         who = owner(request, profile)
         path = resolve_adapter(ws, who, adapter)
-        history = [{"role": m["role"], "content": message_text(m["content"])} for m in (history or [])
-                   if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
-        convo = history + [{"role": "user", "content": message}]
-        base_model = service.check_model_ref(ws, base_model)
+        convo = conversation(message, history)
+        base_model = service.check_model_ref(ws, base_model or "")
         for partial in inference.stream_chat(convo, adapter=path, model=base_model or None,
-                                             temperature=temperature, max_new_tokens=int(max_new_tokens),
-                                             top_p=top_p, repetition_penalty=repetition_penalty, seed=int(seed or 0)):
+                                             system_prompt=system_prompt or None, template=template or None,
+                                             temperature=float(temperature if temperature is not None else 0.7),
+                                             max_new_tokens=int(max_new_tokens or 256),
+                                             top_p=float(top_p or 0.9), repetition_penalty=float(repetition_penalty or 1.0),
+                                             seed=int(seed or 0)):
             yield convo + [{"role": "assistant", "content": partial}]
 
     @user_errors
-    def compare(prompt: str, base_model: str = "", adapter: str = "", temperature: float = 0.0,
-                max_new_tokens: int = 256, seed: int = 0, request: gr.Request | None = None,
+    def compare(prompt: str = "", base_model: str = "", adapter: str = "", temperature: float = 0.0,
+                max_new_tokens: int = 256, seed: int = 0, system_prompt: str | None = None, template: str | None = None,
+                top_p: float = 0.9, repetition_penalty: float = 1.0, request: gr.Request | None = None,
                 profile: gr.OAuthProfile | None = None) -> tuple[str, str]:
-        """The same prompt and seed through the base model and through the adapter: (base, fine-tuned)."""
+        """The same prompt, template, system prompt and seed through the base model and through the adapter:
+        (base, fine-tuned). ``system_prompt`` and ``template`` default (None or empty) to the adapter's."""
         if not (prompt or "").strip():
             raise gr.Error("type a prompt first")
         path = resolve_adapter(ws, owner(request, profile), adapter)
         if path is None:
             raise gr.Error("pick an adapter to compare against")
         # one loaded base, the adapter's template and system prompt for both sides, the same seed
-        base_model = service.check_model_ref(ws, base_model)
-        return inference.compare(prompt, path, model=base_model or None, max_new_tokens=int(max_new_tokens),
-                                 temperature=temperature, seed=int(seed or 0))
+        base_model = service.check_model_ref(ws, base_model or "")
+        return inference.compare(prompt, path, model=base_model or None, system_prompt=system_prompt or None,
+                                 template=template or None, max_new_tokens=int(max_new_tokens or 256),
+                                 temperature=float(temperature or 0.0), top_p=float(top_p or 0.9),
+                                 repetition_penalty=float(repetition_penalty or 1.0), seed=int(seed or 0))
+
+    @user_errors
+    def exact_prompt(message: str = "", history: list[Any] | None = None, base_model: str = "", adapter: str = "",
+                     system_prompt: str | None = None, template: str | None = None, request: gr.Request | None = None,
+                     profile: gr.OAuthProfile | None = None) -> tuple[str, str]:
+        """The exact text the model receives for this conversation (history + message, with the generation
+        prompt) and a line with its token count, template and system prompt."""
+        path = resolve_adapter(ws, owner(request, profile), adapter)
+        base_model = service.check_model_ref(ws, base_model or "")
+        p = inference.prompt_for(conversation(message, history), adapter=path, model=base_model or None,
+                                 system_prompt=system_prompt or None, template=template or None)
+        line = (f"**{p.token_count} tokens** · template `{p.template}` · system prompt: "
+                + (f"“{p.system_prompt}”" if p.system_prompt else "none"))
+        if p.warning:
+            line += f"\n\n⚠️ {p.warning[0].upper()}{p.warning[1:]}."
+        return p.text, line
+
+    def defaults(adapter: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[str, str, str]:
+        """The adapter's trained system prompt and template, to prefill the fields (no warning then)."""
+        try:
+            path = resolve_adapter(ws, owner(request, profile), adapter)
+            trained, system = inference.trained_defaults(path)
+        except UserError:  # the chat call reports the real error
+            return "", MODEL_TEMPLATE, ""
+        return system, trained, ""
+
+    def template_notice(adapter: str, template: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
+        try:
+            path = resolve_adapter(ws, owner(request, profile), adapter)
+            trained = inference.trained_defaults(path)[0]
+        except UserError:
+            return ""
+        if template and template != trained:
+            return (f"⚠️ This adapter was trained with the `{trained}` template; prompting it with `{template}` "
+                    "may give poor answers.")
+        return ""
 
     def check(base_model: str, adapter: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
         try:
@@ -119,13 +180,18 @@ def create_playground_tab(api: Api) -> dict[str, LoadHook]:
 
         return gr.Dropdown(choices=[""] + finished_runs(ws, owner(request, profile)))
 
-    send_event: dict[str, Any] = dict(fn=chat, inputs=[msg, chatbot, base_model, adapter, temperature, max_new, top_p, rep, seed],
+    send_event: dict[str, Any] = dict(fn=chat, inputs=[msg, chatbot, base_model, adapter, temperature, max_new, top_p, rep, seed,
+                                                    system_prompt, template],
                       outputs=chatbot, concurrency_limit=2)
     send.click(**send_event, api_name="chat").then(lambda: "", None, msg, api_visibility="private")
     msg.submit(**send_event, api_visibility="private").then(lambda: "", None, msg, api_visibility="private")
     clear.click(lambda: [], None, chatbot, api_visibility="private")
-    cbtn.click(compare, [cprompt, base_model, adapter, temperature, max_new, seed], [base_out, tuned_out],
-               api_name="compare", concurrency_limit=2)
+    cbtn.click(compare, [cprompt, base_model, adapter, temperature, max_new, seed, system_prompt, template, top_p, rep],
+               [base_out, tuned_out], api_name="compare", concurrency_limit=2)
+    show.click(exact_prompt, [msg, chatbot, base_model, adapter, system_prompt, template], [exact_text, exact_count],
+               api_name="exact_prompt", concurrency_limit=2)
+    adapter.change(defaults, [adapter], [system_prompt, template, template_warning], api_visibility="private")
+    template.change(template_notice, [adapter, template], template_warning, api_visibility="private")
     adapter.change(check, [base_model, adapter], warning, api_visibility="private")
     base_model.blur(check, [base_model, adapter], warning, api_visibility="private")
     refresh.click(choices, None, adapter, api_visibility="private")
