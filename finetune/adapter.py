@@ -81,7 +81,7 @@ def template_info(config: RunConfig, tokenizer: Any, system_prompt: str | None =
     """What inference needs to format prompts exactly as training did.
 
     ``system_prompt``: the run's default system prompt (the one every training row shared, see
-    :func:`templates.shared_system_prompt`); None: the one the config sets (``data.system_prompt``)."""
+    ``data.FormatResult.default_system_prompt``); None: the one the config sets (``data.system_prompt``)."""
     from .templates import MODEL_TEMPLATE, TEMPLATES, special_tokens
 
     name = config.data.template

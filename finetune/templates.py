@@ -15,7 +15,7 @@ inference formats prompts exactly the way training did.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 from .errors import UserError
 
@@ -428,25 +428,6 @@ def chat_template_jinja(name: str, tokens: SpecialTokens, default_system: str = 
                 f"{{%- set system = messages[0]['content'] if has_system else {default} -%}}"
                 "{%- set msgs = messages[1:] if has_system else messages -%}")
     return preamble + tpl.jinja(tokens)
-
-
-def shared_system_prompt(conversations: Iterable[Sequence[Message] | None]) -> str:
-    """The system prompt every conversation starts with, or "" when they differ, some have none or none are given.
-
-    A run trained on such rows has learnt with that prompt: it is the default for a conversation without one.
-    """
-    shared: str | None = None
-    for msgs in conversations:
-        if msgs is None:
-            continue
-        first = msgs[0] if msgs else None
-        if first is None or first.get("role") != "system":
-            return ""
-        if shared is None:
-            shared = first["content"]
-        elif first["content"] != shared:
-            return ""
-    return shared or ""
 
 
 def with_default_system(messages: Sequence[Message], default_system: str) -> list[Message]:

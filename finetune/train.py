@@ -183,7 +183,6 @@ def _datasets(config: RunConfig, tokenizer: Tokenizer) -> tuple[Dataset, Dataset
     from datasets import Dataset
 
     from . import data
-    from .templates import shared_system_prompt
     from .verify import sample_dialogs
 
     d, t = config.data, config.training
@@ -225,9 +224,8 @@ def _datasets(config: RunConfig, tokenizer: Tokenizer) -> tuple[Dataset, Dataset
         "dropped_no_trained_tokens": len(result.examples) - len(keep),
         "train_tokens": sum(len(x) for x in train_ds["input_ids"]),
     }
-    examples = result.examples + result.val_examples
-    dialogs = TrainedDialogs(shared_system_prompt(ex.messages for ex in examples) or d.system_prompt,
-                             sample_dialogs(result.val_examples, result.examples))
+    # the default system prompt the Dataset tab announces: the rows' shared one, else the one set
+    dialogs = TrainedDialogs(result.default_system_prompt, sample_dialogs(result.val_examples, result.examples))
     return train_ds, eval_ds, summary, dialogs
 
 
