@@ -200,7 +200,7 @@ def _single_turn_pattern(template: str, tokens: SpecialTokens, with_system: bool
 
 @dataclass
 class _FastRows:
-    """What the fast path made, per row of the table (entries of rows in ``bad`` are placeholders, unused)."""
+    """What the fast path made, per row of the table (entries of rows in ``bad`` are unused fillers)."""
 
     bad: set[int]  # row indices for the per-row path: a missing, empty or non-text field, control strings
     keys: list[Turns]  # (role, content, ...): the example's turns, and what makes two rows duplicates
@@ -268,7 +268,7 @@ def _single_turn_rows(rows: list[Row], shape: Shape, template: str, tokenizer: A
         good = [i for i in good if i not in bad]
         u, a, s = keep(users, good), keep(answers, good), None if systems is None else keep(systems, good)
 
-    keys: list[Turns] = [()] * n  # placeholders for the rows in bad
+    keys: list[Turns] = [()] * n  # unused fillers for the rows in bad
     prompts: list[str] = [""] * n
     completions: list[str] = [""] * n
     spans: list[list[Span] | None] = [None] * n
