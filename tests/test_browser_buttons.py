@@ -347,18 +347,23 @@ def _message(toast_text: str) -> str:
     return re.sub(r"^(Error|Warning|Info|Success)\s*", "", toast_text.replace("×", "").strip()).strip()
 
 
-def test_every_button_on_the_empty_form(app, browser, tiny_config):
-    demo, url, root = app
-    c = Clicker(demo, url, browser, tiny_config, let_runs_finish=False)
+def sweep_all(c: Clicker, root: Path, label: str) -> None:
+    """Click every button, then every Clear icon; wait for the runs the clicks started; fail on any failure."""
     try:
         c.sweep(("click",))
         c.sweep(("clear",))
     finally:
-        # with no dataset "Start training" trains the tiny model on the bundled sample: let that run end here
         c.runs_ended(root)
-        print("\n" + c.summary("empty form"))
+        print("\n" + c.summary(label))
         c.close()
     assert not c.failures, "\n".join(c.failures)
+
+
+def test_every_button_on_the_empty_form(app, browser, tiny_config):
+    demo, url, root = app
+    c = Clicker(demo, url, browser, tiny_config, let_runs_finish=False)
+    # with no dataset "Start training" trains the tiny model on the bundled sample: that run ends in sweep_all
+    sweep_all(c, root, "empty form")
 
 
 def test_every_button_after_formatting_a_dataset(app, browser, tiny_config, tiny_model_dir):
@@ -375,10 +380,7 @@ def test_every_button_after_formatting_a_dataset(app, browser, tiny_config, tiny
         c.page.wait_for_selector("#ft-preview mark.ft-trained", timeout=120_000)
         c.settle()
         c.record("1 · Dataset", "(upload and format city_year.jsonl)", "")
-        c.sweep(("click",))
-        c.sweep(("clear",))
-    finally:
-        c.runs_ended(root)
-        print("\n" + c.summary("after formatting a dataset"))
+    except BaseException:
         c.close()
-    assert not c.failures, "\n".join(c.failures)
+        raise
+    sweep_all(c, root, "after formatting a dataset")
