@@ -51,13 +51,20 @@ def _finish_at_exit() -> None:
     _lock.acquire(timeout=120)
 
 
-atexit.register(_finish_at_exit)
+_exit_handler: list[bool] = []  # registered once, by the first generation
 
 
 def _stopping_criteria(*stops: threading.Event) -> Any:
     """Criteria for ``generate``: stop at the next token once the interpreter exits or one of ``stops`` is set."""
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
+
+    with _lock:
+        if not _exit_handler:
+            # Registered here, after torch and transformers are imported: exit handlers run last-registered
+            # first, so the generations stop before any handler of those libraries tears their state down.
+            atexit.register(_finish_at_exit)
+            _exit_handler.append(True)
 
     events = (_exiting, *stops)
 
