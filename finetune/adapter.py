@@ -32,6 +32,7 @@ TEMPLATE_FILE = "finetune_template.json"  # the prompt template training used, s
 RUN_CONFIG_FILE = "run_config.yaml"  # the run's full config (no secrets), to reproduce the run
 METRICS_FILE = "metrics.json"  # final losses, steps, runtime
 TOKENIZER_FILE = "tokenizer_config.json"  # present when the tokenizer was saved next to the adapter
+WEIGHTS_FILE = "adapter_model.safetensors"  # peft's LoRA weights
 # What an adapter repo needs for inference (weights, config, tokenizer, template, card); not checkpoints.
 ADAPTER_FILES = ["*.json", "*.safetensors", "*.md", "*.yaml", "*.jinja", "*.model", "*.txt"]
 # Files an adapter must not carry: pickles run code when unpickled (torch.load, joblib), and code files are
@@ -66,6 +67,20 @@ def read_base_model(folder: str | Path) -> str:
     """The base model an adapter was trained on (``base_model_name_or_path``; empty when it names none)."""
     cfg = json.loads((Path(folder) / CONFIG_FILE).read_text())
     return str(cfg.get("base_model_name_or_path") or "")
+
+
+def read_lora_config(folder: str | Path) -> dict[str, Any]:
+    """peft's ``adapter_config.json`` of an adapter folder, as a dict (r, lora_alpha, target_modules, ...)."""
+    cfg: dict[str, Any] = json.loads((Path(folder) / CONFIG_FILE).read_text())
+    return cfg
+
+
+def lora_weights_path(folder: str | Path) -> Path:
+    """The adapter's LoRA weights (``adapter_model.safetensors``); ModelError when the folder has none."""
+    path = Path(folder) / WEIGHTS_FILE
+    if not path.exists():
+        raise ModelError(f"{folder} has no {WEIGHTS_FILE}; finetune reads adapter weights from safetensors only")
+    return path
 
 
 def has_tokenizer(folder: str | Path) -> bool:

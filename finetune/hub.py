@@ -110,15 +110,19 @@ def describe_error(e: BaseException, repo_id: str, *, action: str, revision: str
 
 def push_folder(folder: Path, repo_id: str, *, token: str | None = None, private: bool = True,
                 repo_type: str = "model", revision: str | None = None,
-                commit_message: str = "Upload with finetune", api: HfApi | None = None) -> str:
-    """Create the repo if missing (and the branch ``revision``), upload the folder, return the repo URL."""
+                commit_message: str = "Upload with finetune", api: HfApi | None = None,
+                space_sdk: str | None = None) -> str:
+    """Create the repo if missing (and the branch ``revision``), upload the folder, return the repo URL.
+
+    ``space_sdk`` ("gradio"): the SDK of a Space repo (``repo_type="space"``) when it is created."""
     from huggingface_hub import HfApi
 
     repo_id = check_repo_id(repo_id)
     token = resolve_token(token)
     api = api or HfApi()
     try:
-        url = api.create_repo(repo_id, token=token, private=private, repo_type=repo_type, exist_ok=True)
+        url = api.create_repo(repo_id, token=token, private=private, repo_type=repo_type, exist_ok=True,
+                              space_sdk=space_sdk)
         if revision:
             api.create_branch(repo_id, branch=revision, token=token, repo_type=repo_type, exist_ok=True)
         api.upload_folder(repo_id=repo_id, folder_path=str(folder), token=token, repo_type=repo_type,

@@ -488,3 +488,42 @@ class FormatPreview(TypedDict):
     problems: list[list[Any]]  # [row, field, reason, fix] of each rejected row
     warnings: list[str]
     file: str  # the formatted JSONL
+
+
+@dataclass(frozen=True)
+class ExportDownload:
+    """An export of a run: the file to download (a .gguf, or a zip of a folder export; None when only pushed),
+    what was written, and the Hub URL when pushed."""
+
+    file: Path | None
+    summary: str
+    url: str | None
+
+
+def export_run(ws: Workspace, owner: str | None, run_id: str, fmt: str, quant: str, out_dir: Path, *,
+               push: str | None = None, token: str | None = None, private: bool = True,
+               progress: Callable[[float, str], None] | None = None) -> ExportDownload:
+    """Export a finished run of this owner (see ``export.export_model``) into a new folder under ``out_dir``.
+
+    A folder export (merged, ollama) is zipped for download; a Space is only pushed."""
+    import shutil
+    import uuid
+
+    from .export import default_out, export_model
+
+    folder = adapter_path(ws, owner, run_id)
+    work = out_dir / uuid.uuid4().hex[:12]
+    work.mkdir(parents=True, exist_ok=True)
+    target = None if fmt == "space" else work / default_out(run_id, fmt, quant).name
+    try:
+        result = export_model(folder, fmt, target, quant=quant, push=push or None, token=token, private=private,
+                              progress=progress or (lambda f, m: None))
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    file = result.out
+    if file is not None and file.is_dir():
+        archive = shutil.make_archive(str(file), "zip", root_dir=file.parent, base_dir=file.name)
+        shutil.rmtree(file)
+        file = Path(archive)
+    return ExportDownload(file, result.summary().replace(str(work) + "/", ""), result.url)

@@ -102,11 +102,11 @@ class FakeHub:
             except yaml.YAMLError as e:
                 return 400, {"errors": [{"message": str(e)}]}, {}
             return 200, {"errors": [], "warnings": [] if meta else [{"message": "empty or missing yaml metadata"}]}, {}
-        parts = path.split("/")  # /api/{models|datasets}/{org}/{name}/{action}/{revision...}
-        if len(parts) < 5 or parts[:2] != ["", "api"] or parts[2] not in ("models", "datasets"):
+        parts = path.split("/")  # /api/{models|datasets|spaces}/{org}/{name}/{action}/{revision...}
+        if len(parts) < 5 or parts[:2] != ["", "api"] or parts[2] not in ("models", "datasets", "spaces"):
             return 404, {"error": f"no route {path}"}, {}
         repo, action, rev = f"{parts[3]}/{parts[4]}", (parts[5:6] or [""])[0], "/".join(parts[6:]) or "main"
-        repo = repo if parts[2] == "models" else f"datasets/{repo}"
+        repo = repo if parts[2] == "models" else f"{parts[2]}/{repo}"
         if repo not in self.repos:
             return not_found
         branches = self.repos[repo]["branches"]
@@ -376,26 +376,16 @@ def test_revoked_token_on_push_says_what_to_do(trained, fake_hub, tmp_path):
 def test_push_merged_model_and_formatted_dataset(trained, fake_hub, tmp_path, monkeypatch):
     from huggingface_hub import ModelCard, constants
 
-    from finetune import export
     from finetune.export import push_merged
     from finetune.hub import push_dataset
 
-    real_merge = export.merge_adapter
-
-    def merge_from_cache(*args, **kw):
-        # transformers downloads from huggingface.co (not the local endpoint): the base comes from the cache
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(constants, "HF_HUB_OFFLINE", True)
-            return real_merge(*args, **kw)
-
-    monkeypatch.setattr(export, "merge_adapter", merge_from_cache)
     url = push_merged(trained.run_dir, "testorg/secret-word-merged", token=FAKE_TOKEN, dtype="float16")
     assert url == f"{fake_hub.url}/testorg/secret-word-merged"
     merged = fake_hub.files("testorg/secret-word-merged")
     assert {"config.json", "model.safetensors", "README.md", "tokenizer.json"} <= set(merged)
     assert not any(name.startswith("adapter_") for name in merged)
     card = ModelCard(merged["README.md"].decode())
-    assert card.data.base_model == BASE_ID and card.data.base_model_relation == "finetune"
+    assert card.data.base_model == BASE_ID and card.data.to_dict()["base_model_relation"] == "merge"
     assert 'from_pretrained("testorg/secret-word-merged")' in card.text
 
     rows = tmp_path / "formatted.jsonl"
@@ -658,5 +648,5 @@ def test_merged_model_equals_base_plus_adapter(trained, adapter_in_cache, tmp_pa
     from huggingface_hub import ModelCard
 
     meta = ModelCard.load(out / "README.md").data.to_dict()
-    assert meta["base_model"] == BASE_ID and meta["base_model_relation"] == "finetune"
+    assert meta["base_model"] == BASE_ID and meta["base_model_relation"] == "merge"
     assert meta["library_name"] == "transformers" and meta["license"] == "apache-2.0"

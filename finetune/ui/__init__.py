@@ -15,6 +15,7 @@ from ..service import Workspace, default_workspace
 from . import forms
 from .common import Api
 from .dataset_tab import create_dataset_tab
+from .export_tab import create_export_tab
 from .hparams_tab import create_hparams_tab, wire_config
 from .playground_tab import create_playground_tab
 from .train_tab import create_train_tab
@@ -29,7 +30,7 @@ CSS = """
 
 INTRO = """# finetune
 Fine-tune an open LLM on your own data with QLoRA, then chat with it and share the adapter.
-**1 · Dataset** → **2 · Hyperparameters** → **3 · Train** → **4 · Playground**."""
+**1 · Dataset** → **2 · Hyperparameters** → **3 · Train** → **4 · Playground** → **5 · Export**."""
 
 
 def build_app(workspace: Workspace | None = None, downloads: str | Path | None = None, *,
@@ -58,6 +59,8 @@ def build_app(workspace: Workspace | None = None, downloads: str | Path | None =
                                   zerogpu_steps_per_call=zerogpu_steps_per_call)
         with gr.Tab("4 · Playground", id="playground"):
             pg = create_playground_tab(api)
+        with gr.Tab("5 · Export", id="export"):
+            ex = create_export_tab(api)
         ds["wire"]()
 
         def extra_to_config(cfg: RunConfig, hub_id: str | None, hub_config: str | None, split: str | None,
@@ -70,7 +73,7 @@ def build_app(workspace: Workspace | None = None, downloads: str | Path | None =
 
         wire_config(api, components, hp, [ds["hub_id"], ds["hub_config"], ds["split"], ds["columns"], ds["data_file"]],
                     extra_to_config)
-        for fn, outputs in (tr["load"], pg["load"]):
+        for fn, outputs in (tr["load"], pg["load"], ex):
             demo.load(fn, None, outputs, api_visibility="private")
     demo.queue(default_concurrency_limit=4)
     # torch/transformers/peft load in the background while the page opens (a few seconds on a CPU), once

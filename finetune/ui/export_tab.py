@@ -1,0 +1,69 @@
+"""Export tab: a finished run as a GGUF file (llama.cpp, LM Studio, Ollama), an Ollama folder, a merged model,
+or a demo Space, downloadable here and optionally pushed to the Hub (`/export_model`)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import gradio as gr
+
+from .. import service
+from ..export import DEFAULT_QUANT, FORMATS, QUANTS
+from .common import Api, owner, user_errors
+from .train_tab import finished_runs, oauth_token
+
+FORMAT_HELP = {
+    "gguf": "one .gguf file of the merged model, with the trained chat template (llama.cpp, LM Studio, Ollama)",
+    "lora-gguf": "the LoRA adapter alone as .gguf (llama.cpp --lora, Ollama ADAPTER); apply it to the base's GGUF",
+    "ollama": "a folder (zip) with the GGUF and a Modelfile: `ollama create NAME -f Modelfile`",
+    "merged": "a folder (zip) with the merged 16-bit safetensors model, for plain transformers",
+    "space": "a Gradio chat Space on the Hub showing the adapter (needs a repo id OWNER/NAME to push to)",
+}
+
+
+def create_export_tab(api: Api) -> tuple[Callable[..., gr.Dropdown], list[gr.Dropdown]]:
+    ws = api.workspace
+    gr.Markdown("Take a finished run to where people run models. The trained chat template is verified first "
+                "and written into the file, so llama.cpp and Ollama prompt the model exactly as it was trained.")
+    with gr.Row():
+        run_id = gr.Dropdown(label="Run", choices=[], allow_custom_value=True, elem_id="export-run",
+                             info="One of your finished runs")
+        refresh = gr.Button("↻", scale=0)
+    with gr.Row():
+        fmt = gr.Radio(list(FORMATS), value="gguf", label="Format", elem_id="export-format")
+        quant = gr.Dropdown(list(QUANTS), value=DEFAULT_QUANT, label="GGUF type", elem_id="export-quant",
+                            info="q8_0: near-lossless, half of f16; q4_0: smallest (LoRA GGUF: f16, bf16, q8_0)")
+    fmt_help = gr.Markdown(FORMAT_HELP["gguf"])
+    with gr.Row():
+        repo = gr.Textbox(label="Push to Hub repo (optional)", placeholder="you/my-model-GGUF", elem_id="export-repo")
+        private = gr.Checkbox(value=True, label="Private repo")
+    export_btn = gr.Button("Export", variant="primary", elem_id="export-btn")
+    result = gr.Markdown(elem_id="export-result")
+    file = gr.File(label="Download", interactive=False, elem_id="export-file")
+
+    @user_errors
+    def export_model(run: str, format: str = "gguf", quant: str = DEFAULT_QUANT, push_repo: str = "",
+                     private: bool = True, request: gr.Request | None = None,
+                     profile: gr.OAuthProfile | None = None, oauth: gr.OAuthToken | None = None,
+                     progress: gr.Progress = gr.Progress()) -> tuple[str | None, str]:
+        """Export a finished run: format gguf | lora-gguf | ollama | merged | space, quant f16 | bf16 | q8_0 | q4_0
+        (GGUF types), push_repo optional (required for space). Returns the file to download and a summary."""
+        def report(fraction: float, message: str) -> None:
+            progress(fraction, desc=message)
+
+        out = service.export_run(ws, owner(request, profile), run, format, quant, api.downloads / "exports",
+                                 push=(push_repo or "").strip() or None, token=oauth_token(oauth), private=private,
+                                 progress=report)
+        return (str(out.file) if out.file else None), "```text\n" + out.summary + "\n```"
+
+    def runs(request: gr.Request, profile: gr.OAuthProfile | None = None) -> gr.Dropdown:
+        choices = finished_runs(ws, owner(request, profile))
+        return gr.Dropdown(choices=choices, value=choices[0] if choices else None)
+
+    def describe(name: str) -> str:
+        return FORMAT_HELP.get(name, "")
+
+    fmt.change(describe, fmt, fmt_help, api_visibility="private")
+    refresh.click(runs, None, run_id, api_visibility="private")
+    export_btn.click(export_model, [run_id, fmt, quant, repo, private], [file, result], api_name="export_model")
+    return runs, [run_id]
