@@ -1,0 +1,81 @@
+"""The Export tab in a real browser (chromium + Playwright) and `/export_model` through the real gradio_client:
+a finished run becomes a downloadable GGUF file that llama.cpp loads with the trained template."""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from llamacpp import LlamaCpp
+from test_template_export import train_tiny
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def app(tiny_model_dir, tmp_path_factory):
+    from finetune.service import Workspace
+    from finetune.ui import CSS, build_app
+
+    work = tmp_path_factory.mktemp("export-app")
+    result = train_tiny(tiny_model_dir, work, "chatml")
+    demo = build_app(Workspace(work / "runs"), work / "downloads")
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, css=CSS)
+    yield url, result
+    demo.close()
+
+
+def test_export_model_endpoint_returns_a_gguf_and_an_ollama_zip(app, tmp_path):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    url, run = app
+    client = Client(url, verbose=False)
+    path, summary = client.predict(run.run_dir.name, "gguf", "q8_0", "", True, api_name="/export_model")
+    assert Path(path).read_bytes()[:4] == b"GGUF" and path.endswith("-q8_0.gguf")
+    assert "gguf export written" in summary and "MB" in summary
+    with LlamaCpp(path) as cpp:
+        text = cpp.apply_template([{"role": "user", "content": "Hi"}])
+    assert text == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+
+    path, summary = client.predict(run.run_dir.name, "ollama", "q8_0", "", True, api_name="/export_model")
+    with zipfile.ZipFile(path) as z:
+        names = sorted(Path(n).name for n in z.namelist() if not n.endswith("/"))
+    assert names == ["Modelfile", "README.md", "model.gguf"] and "ollama create" in summary
+
+    with pytest.raises(AppError, match="has no adapter yet|no run"):
+        client.predict("20990101-000000-0000000000", "gguf", "q8_0", "", True, api_name="/export_model")
+    with pytest.raises(AppError, match="--format space creates a Space on the Hub"):
+        client.predict(run.run_dir.name, "space", "q8_0", "", True, api_name="/export_model")
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium (apt-get install chromium)")
+def test_export_tab_in_the_browser_gives_a_downloadable_file(app, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url, run = app
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu",
+                                                                    "--disable-dev-shm-usage"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        page.goto(url)
+        page.get_by_role("tab", name="5 · Export").click()
+        page.wait_for_function("""() => { const i = document.querySelector('#export-run input');
+                                          return i && i.value.length > 0; }""", timeout=60_000)
+        assert page.locator("#export-run input").input_value() == run.run_dir.name
+        page.locator("#export-format").get_by_text("lora-gguf", exact=True).click()
+        page.locator("#export-quant input").fill("f16")
+        page.locator("#export-quant input").press("Enter")
+        page.locator("#export-btn").click()
+        link = page.locator("#export-file a").first
+        link.wait_for(timeout=180_000)
+        with page.expect_download() as info:
+            link.click()
+        saved = tmp_path / info.value.suggested_filename
+        info.value.save_as(saved)
+        assert saved.name.endswith("-lora-f16.gguf") and saved.read_bytes()[:4] == b"GGUF"
+        assert "lora-gguf export written" in page.locator("#export-result").inner_text()
+        browser.close()
