@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -122,7 +121,7 @@ def default_out(adapter: str | Path, fmt: str, quant: str) -> Path:
     return Path(f"{name}-{fmt}")
 
 
-def _template_text(folder: Path, tok: Any) -> str | None:
+def _template_text(tok: Any) -> str | None:
     template = getattr(tok, "chat_template", None)
     return template if isinstance(template, str) else None
 
@@ -137,7 +136,7 @@ def _write_gguf(folder: Path, base_name: str, target: Path, quant: str, progress
     with tempfile.TemporaryDirectory(prefix="finetune-tok-") as tmp:
         tok.save_pretrained(tmp)
         _check_space(target.parent, int(weights.numel() * _BYTES[quant]))
-        gguf_file.write_model(weights, tok, Path(tmp), target, quant=quant, chat_template=_template_text(folder, tok),
+        gguf_file.write_model(weights, tok, Path(tmp), target, quant=quant, chat_template=_template_text(tok),
                               name=f"{Path(base_name).name} fine-tuned" if with_lora else Path(base_name).name,
                               progress=progress)
     return tok
@@ -296,7 +295,3 @@ def _same_device(a: Path, b: Path) -> bool:
     except OSError:
         return False
 
-
-def estimate_size(numel: int, quant: str) -> int:
-    """Bytes of a GGUF of ``numel`` parameters in ``quant`` (metadata aside)."""
-    return int(math.ceil(numel * _BYTES[quant]))
