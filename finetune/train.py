@@ -371,8 +371,8 @@ def _make_callback(log: _Events, run_dir: Path, should_stop: Callable[[], bool] 
             halt: str | None = None
             if should_stop is not None and should_stop():
                 halt = "stopped"
-            elif runs.stop_requested(run_dir):
-                halt = "stopped"
+            elif state.global_step < state.max_steps and is_main_process() and runs.claim_stop(run_dir):
+                halt = "stopped"  # taken (renamed): a resume asked from now on follows this process
             elif until_step is not None and state.global_step >= until_step:
                 halt = "paused"
             elif time_budget_s is not None:
@@ -509,7 +509,10 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
     from . import models
 
     # -- setup -----------------------------------------------------------------------------
-    (run_dir / runs.STOP_FILE).unlink(missing_ok=True)  # a stop asked of an earlier attempt
+    if world_size() == 1 and runs.claim_stop(run_dir):  # asked before this process began to train
+        step = runs.read_run(run_dir).step
+        log.emit("stopped", pid=os.getpid(), step=step, message="stopped before training began")
+        return RunResult(run_dir.name, run_dir, "stopped", step, config.training.max_steps, None, {})
     device = pick_device()
     resolved = models.resolve(config.model)
     validate(config, models.model_max_length(resolved.path, resolved.revision), source=str(run_dir / runs.CONFIG_FILE))

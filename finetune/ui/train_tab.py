@@ -15,13 +15,14 @@ from .. import memory, service
 from ..backends import hfjobs, zerogpu
 from ..errors import UserError
 from ..hub import MOCK_OAUTH_TOKEN
-from ..runs import RunState
+from ..runs import LIVE, RunState
 from .common import Api, owner, user_errors
 
 TABLE_COLUMNS = ["run_id", "status", "step", "max_steps", "loss", "model"]
 STATUS_BADGE = {
     "running": "🟢 running", "finished": "✅ finished", "failed": "❌ failed", "stopped": "⏹ stopped",
     "paused": "⏸ paused", "interrupted": "⚠️ interrupted (resumable)", "new": "… starting", "queued": "⏳ queued",
+    "resuming": "… resuming",
 }
 LOCAL_INFO = ("This machine runs the training in its own process; the page can be closed meanwhile. One run trains "
               "at a time (FINETUNE_MAX_CONCURRENT_RUNS): a run started meanwhile waits in the queue.")
@@ -263,7 +264,7 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
             events = service.run_events(ws, who, rid)
         except service.ServiceError as e:
             return f"<div class='ft-progress'>{e}</div>", loss_frame({}), "", gr.Timer(active=False), runs_frame(who)
-        live = state["status"] in ("running", "new", "queued") or (state["status"] == "paused"
+        live = state["status"] in LIVE or (state["status"] == "paused"
                                                                     and state.get("backend") == "zerogpu")
         return progress_html(state), loss_frame(state), events_text(events), gr.Timer(active=live), runs_frame(who)
 
