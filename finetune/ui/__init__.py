@@ -72,6 +72,8 @@ def build_app(workspace: Workspace | None = None, downloads: str | Path | None =
                     extra_to_config)
         for fn, outputs in (tr["load"], pg["load"]):
             demo.load(fn, None, outputs, api_visibility="private")
+        for fn, inputs, outputs in tr["on_load"]:
+            demo.load(fn, inputs, outputs, api_visibility="private", show_progress="hidden")
     demo.queue(default_concurrency_limit=4)
     # torch/transformers/peft load in the background while the page opens (a few seconds on a CPU), once
     from .. import inference

