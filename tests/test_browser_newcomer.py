@@ -99,3 +99,26 @@ def test_train_tab_says_what_a_run_uses_and_asks_before_using_the_sample(app, br
         assert not page.locator("#use-sample").is_visible()
     finally:
         context.close()
+
+
+def test_a_file_error_clears_the_last_files_preview(app, browser, tmp_path):
+    url, _ = app
+    bad = tmp_path / "broken.jsonl"
+    bad.write_text('{"foo": 1}\n{"foo": 2}\n', encoding="utf-8")  # no shape the app knows
+    context, page = open_page(browser, url)
+    try:
+        page.locator("#data-file input[type=file]").set_input_files(str(SAMPLE))
+        page.wait_for_selector("#ft-preview mark.ft-trained", timeout=120_000)
+        assert "240" in text_of(page, "format-summary")
+        page.locator("#data-file button[aria-label='Clear']").first.click()
+        page.locator("#data-file input[type=file]").set_input_files(str(bad))
+        wait_text(page, "format-summary", "could not be formatted")
+        summary = text_of(page, "format-summary")
+        assert "broken.jsonl" in summary and "240" not in summary, summary
+        assert "/tmp" not in summary and "gradio" not in summary, summary  # no server path
+        assert page.locator("#ft-preview mark.ft-trained").count() == 0  # the sample's preview is gone
+        assert "broken.jsonl could not be formatted" in page.locator("#ft-preview-cleared").inner_text()
+        assert page.locator("#problems tbody tr td", has_text="trained").count() == 0
+        assert page.locator("[data-testid=status-tracker] .error").count() == 0  # no error badge on the outputs
+    finally:
+        context.close()
