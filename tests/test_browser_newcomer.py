@@ -122,3 +122,35 @@ def test_a_file_error_clears_the_last_files_preview(app, browser, tmp_path):
         assert page.locator("[data-testid=status-tracker] .error").count() == 0  # no error badge on the outputs
     finally:
         context.close()
+
+
+def test_a_partial_config_upload_merges_onto_the_form(app, browser, tmp_path):
+    url, _ = app
+    partial = tmp_path / "steps.yaml"
+    partial.write_text("training:\n  max_steps: 7\nlora:\n  r: 4\n", encoding="utf-8")
+    context, page = open_page(browser, url)
+    try:
+        page.get_by_role("tab", name="2 · Hyperparameters").click()
+        page.locator("button.label-wrap", has_text="Config (YAML)").first.click()
+        with page.expect_file_chooser() as chooser:
+            page.get_by_role("button", name="Load a config YAML").click()
+        chooser.value.set_files(str(partial))
+        wait_text(page, "preset-info", "Loaded steps.yaml")
+        note = text_of(page, "preset-info")
+        assert "2 field(s) changed" in note and "training.max_steps: 60 → 7" in note and "lora.r: 16 → 4" in note, note
+        page.wait_for_function("() => document.querySelector('#config-yaml').innerText.includes('max_steps: 7')",
+                               timeout=30_000)
+        yaml_text = page.locator("#config-yaml").inner_text()
+        # what the file left out kept the preset's values, not the library defaults (4-bit, max_length 1024)
+        assert "load_in: none" in yaml_text and "max_length: 256" in yaml_text and "r: 4" in yaml_text, yaml_text
+        assert page.locator("#preset input").first.input_value() == "custom"
+
+        broken = tmp_path / "broken.yaml"
+        broken.write_text("training:\n  max_steps: [\n", encoding="utf-8")
+        with page.expect_file_chooser() as chooser:
+            page.get_by_role("button", name="Load a config YAML").click()
+        chooser.value.set_files(str(broken))
+        message = error_toast(page)
+        assert "broken.yaml" in message and "not valid YAML" in message and "/tmp" not in message, message
+    finally:
+        context.close()

@@ -43,9 +43,9 @@ def create_hparams_tab(api: Api, components: dict[str, FormWidget]) -> HparamsWi
     default = load_preset(DEFAULT_PRESET)
     paths = preset_paths()
     with gr.Row():
-        preset = gr.Dropdown(choices=list(paths), value=DEFAULT_PRESET, label="Preset", scale=2, elem_id="preset",
+        preset = gr.Dropdown(choices=[*paths, CUSTOM], value=DEFAULT_PRESET, label="Preset", scale=2, elem_id="preset",
                              info="A starting point; every value below can be changed")
-        preset_info = gr.Markdown(preset_description(paths[DEFAULT_PRESET]))
+        preset_info = gr.Markdown(preset_description(paths[DEFAULT_PRESET]), elem_id="preset-info")
     sections = (("Model", forms.MODEL_FIELDS), ("Quantization", forms.QUANT_FIELDS),
                 ("LoRA", forms.LORA_FIELDS), ("Training", forms.TRAIN_FIELDS))
     for title, fields in sections:
@@ -74,6 +74,8 @@ def create_hparams_tab(api: Api, components: dict[str, FormWidget]) -> HparamsWi
             "gpu": gpu, "auto": auto, "breakdown": breakdown,
             "download": download, "yaml_file": yaml_file, "upload": upload}
 
+
+CUSTOM = "custom"  # the preset shown once a loaded config has changed the form
 
 VERDICT_ICON = {"fits": "✅", "tight": "⚠️", "does not fit": "❌"}
 
@@ -106,6 +108,11 @@ def auto_configure_form(cfg: RunConfig, gpu: str) -> tuple[list[Any], str]:
 
     configured, plan = configure_for(cfg, gpu)
     return forms.config_to_values(configured), plan.reason
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def wire_config(api: Api, components: dict[str, FormWidget], hp: HparamsWidgets,
@@ -155,18 +162,40 @@ def wire_config(api: Api, components: dict[str, FormWidget], hp: HparamsWidgets,
 
     @user_errors
     def apply_preset(name: str) -> list[Any]:
+        if name == CUSTOM:  # set by a loaded config: the form is already what it should be
+            return [gr.skip()] * (len(widgets) + 1)
         cfg = load_preset(name)
         return [*forms.config_to_values(cfg), preset_description(preset_paths()[name])]
 
     hp["preset"].change(apply_preset, hp["preset"], widgets + [hp["preset_info"]], api_visibility="private")
 
     @user_errors
-    def from_yaml(file: str) -> list[Any]:  # the upload's file path
-        cfg = RunConfig.load(file)
-        gr.Info("config loaded into the form")
-        return forms.config_to_values(cfg)
+    def from_yaml(file: str, *values: Any) -> list[Any]:  # the upload's file path, then the form
+        """Lay the uploaded (possibly partial) config over the form: what it leaves out keeps its value; the
+        fields it changed are listed, and the preset reads "custom"."""
+        from pathlib import Path
 
-    hp["upload"].upload(from_yaml, hp["upload"], widgets, api_visibility="private")
+        from ..config import ConfigError, changed_fields, merge_yaml
+
+        name = Path(file).name  # never the server's temporary path
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError([f"cannot read the file ({e.__class__.__name__}); save it as UTF-8 text"], name) from None
+        current = build(*values)
+        merged = merge_yaml(current, text, name)
+        shown = {f.key for f in forms.FORM_FIELDS}
+        changed = [c for c in changed_fields(current, merged) if c[0] in shown]
+        if changed:
+            lines = "\n".join(f"- `{k}`: {_short(a)} → {_short(b)}" for k, a, b in changed)
+            note = f"**Loaded {name}**: {len(changed)} field(s) changed, the rest of the form is kept:\n{lines}"
+        else:
+            note = f"**Loaded {name}**: it changes nothing in the form."
+        gr.Info(f"{name}: {len(changed)} field(s) changed")
+        return [*forms.config_to_values(merged), CUSTOM if changed else gr.skip(), note]
+
+    hp["upload"].upload(from_yaml, [hp["upload"], *inputs], widgets + [hp["preset"], hp["preset_info"]],
+                        api_visibility="private")
 
     def save_yaml(text: str) -> str:
         out = api.downloads / "configs"
