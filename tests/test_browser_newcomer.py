@@ -154,3 +154,23 @@ def test_a_partial_config_upload_merges_onto_the_form(app, browser, tmp_path):
         assert "broken.yaml" in message and "not valid YAML" in message and "/tmp" not in message, message
     finally:
         context.close()
+
+
+def test_the_dataset_tab_counts_rows_whose_own_system_message_wins(app, browser, tmp_path):
+    import json
+
+    rows = [{"messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": f"q{i}"},
+                          {"role": "assistant", "content": f"a{i}"}]} for i in range(2)]
+    rows.append({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    url, _ = app
+    context, page = open_page(browser, url)
+    try:
+        set_text(page, "data-system_prompt", "You are helpful.")
+        page.locator("#data-file input[type=file]").set_input_files(str(data))
+        wait_text(page, "format-summary", "system prompt")
+        summary = text_of(page, "format-summary")
+        assert "ignored for 2 of 3 rows" in summary and "own system message" in summary, summary
+    finally:
+        context.close()
