@@ -174,3 +174,73 @@ def test_the_dataset_tab_counts_rows_whose_own_system_message_wins(app, browser,
         assert "ignored for 2 of 3 rows" in summary and "own system message" in summary, summary
     finally:
         context.close()
+
+
+def start_long_run(page, tiny_model_dir) -> str:
+    """Start a long run of the tiny model on the bundled sample from the page; its run id."""
+    page.get_by_role("tab", name="2 · Hyperparameters").click()
+    set_text(page, "model-id", str(tiny_model_dir))
+    page.locator("button.label-wrap", has_text="Training").first.click()
+    set_text(page, "training-max_steps", "5000")
+    set_text(page, "training-max_length", "128")
+    page.get_by_role("tab", name="3 · Train").click()
+    wait_text(page, "run-summary", "5,000 steps")
+    page.locator("#use-sample input").check()
+    page.locator("#start-training").click()
+    page.wait_for_function("() => (document.querySelector('#run-id textarea, #run-id input') || {}).value",
+                           timeout=60_000)
+    return page.locator("#run-id textarea, #run-id input").first.input_value()
+
+
+def shown_run(page) -> str:
+    page.get_by_role("tab", name="3 · Train").click()
+    page.wait_for_function("() => (document.querySelector('#run-id textarea, #run-id input') || {}).value",
+                           timeout=60_000)
+    return page.locator("#run-id textarea, #run-id input").first.input_value()
+
+
+def step_shown(page) -> int:
+    import re
+
+    found = re.search(r"step (\d+)", text_of(page, "ft-progress"))
+    return int(found.group(1)) if found else -1
+
+
+def test_a_reloaded_page_reopens_its_own_latest_run_live_and_never_anothers(app, browser, tiny_model_dir):
+    url, root = app
+    alice, page_a = open_page(browser, url)
+    bob, page_b = open_page(browser, url)
+    try:
+        run_a = start_long_run(page_a, tiny_model_dir)
+        wait_text(page_a, "ft-progress", "running", 120)
+        page_a.wait_for_function("() => /step [1-9]/.test(document.querySelector('#ft-progress').innerText)",
+                                 timeout=120_000)
+
+        page_a.reload()  # mid-run: the same run comes back, live (its step keeps moving without a click)
+        assert shown_run(page_a) == run_a
+        wait_text(page_a, "ft-progress", "running", 60)
+        first = step_shown(page_a)
+        page_a.wait_for_function(f"() => {{ const m = /step (\\d+)/.exec(document.querySelector('#ft-progress')"
+                                 f".innerText); return m && +m[1] > {first}; }}", timeout=60_000)
+        wait_text(page_a, "runs-table", run_a)
+
+        # another anonymous visitor sees none of it, starts their own (it waits for the slot), keeps it on reload
+        page_b.get_by_role("tab", name="3 · Train").click()
+        page_b.wait_for_timeout(1000)
+        assert page_b.locator("#run-id textarea, #run-id input").first.input_value() == ""
+        assert run_a not in text_of(page_b, "runs-table")
+        run_b = start_long_run(page_b, tiny_model_dir)
+        page_b.reload()
+        assert shown_run(page_b) == run_b
+        wait_text(page_b, "runs-table", run_b)
+        assert run_a not in text_of(page_b, "runs-table")
+        page_a.reload()
+        assert shown_run(page_a) == run_a
+        wait_text(page_a, "runs-table", run_a)
+        assert run_b not in text_of(page_a, "runs-table")
+        for page in (page_b, page_a):
+            page.locator("#stop-training").click()
+            wait_text(page, "ft-progress", "stopped", 120)
+    finally:
+        alice.close()
+        bob.close()

@@ -13,7 +13,7 @@ from ..config import RunConfig
 from ..data import parse_column_mapping
 from ..service import Workspace, default_workspace
 from . import forms
-from .common import Api
+from .common import BROWSER_KEY_STORAGE, Api, browser_secret, claim_browser, forget_browser
 from .dataset_tab import create_dataset_tab
 from .hparams_tab import create_hparams_tab, wire_config
 from .playground_tab import create_playground_tab
@@ -70,10 +70,14 @@ def build_app(workspace: Workspace | None = None, downloads: str | Path | None =
 
         wire_config(api, components, hp, [ds["hub_id"], ds["hub_config"], ds["split"], ds["columns"], ds["data_file"]],
                     extra_to_config)
+        # an anonymous visitor's runs follow their browser across reloads (signed-in users: their account)
+        owner_key = gr.BrowserState("", storage_key=BROWSER_KEY_STORAGE, secret=browser_secret(api.workspace.root))
+        loaded = demo.load(claim_browser, owner_key, owner_key, api_visibility="private", show_progress="hidden")
         for fn, outputs in (tr["load"], pg["load"]):
-            demo.load(fn, None, outputs, api_visibility="private")
+            loaded.then(fn, None, outputs, api_visibility="private", show_progress="hidden")
         for fn, inputs, outputs in tr["on_load"]:
-            demo.load(fn, inputs, outputs, api_visibility="private", show_progress="hidden")
+            loaded.then(fn, inputs, outputs, api_visibility="private", show_progress="hidden")
+        demo.unload(forget_browser)
     demo.queue(default_concurrency_limit=4)
     # torch/transformers/peft load in the background while the page opens (a few seconds on a CPU), once
     from .. import inference

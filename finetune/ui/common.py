@@ -5,6 +5,10 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
+import re
+import secrets
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ParamSpec, TypeVar
@@ -30,15 +34,64 @@ class Api:
     downloads: Path  # where generated files (JSONL, zips, YAML) are written for download
 
 
+# An anonymous visitor's browser keeps a random owner key (gr.BrowserState, in its localStorage) across reloads;
+# each page load registers its session here, so the session's requests act on that browser's runs. A lookup of
+# sessions, shared on purpose: it holds no user's data, and a session is dropped when its page closes.
+_browser_owners: dict[str, str] = {}
+_browser_lock = threading.Lock()
+_KEY = re.compile(r"^[0-9a-f]{32}$")
+BROWSER_KEY_STORAGE = "finetune-owner"
+
+
 def owner(request: gr.Request | None, profile: gr.OAuthProfile | None = None) -> str:
-    """The signed-in user on a Space, else the browser (or gradio_client) session."""
+    """The signed-in user on a Space, else the browser (its owner key, kept across reloads), else the session
+    (gradio_client)."""
     username: str | None = getattr(profile, "username", None) if profile is not None else None
     if username:
         return "user:" + username
     session: str | None = getattr(request, "session_hash", None) if request is not None else None
     if session:
-        return "session:" + session
+        with _browser_lock:
+            key = _browser_owners.get(session)
+        return "browser:" + key if key else "session:" + session
     return "local"
+
+
+def claim_browser(key: str | None, request: gr.Request) -> str:
+    """On page load: this browser's owner key (a new random one the first time, or when what the browser sent is
+    not one of ours), registered for the page's session; the browser stores what this returns."""
+    if not isinstance(key, str) or not _KEY.match(key):
+        key = secrets.token_hex(16)
+    session = getattr(request, "session_hash", None)
+    if session:
+        with _browser_lock:
+            _browser_owners[session] = key
+    return key
+
+
+def forget_browser(request: gr.Request) -> None:
+    """On page close: drop the session's registration."""
+    with _browser_lock:
+        _browser_owners.pop(getattr(request, "session_hash", None) or "", None)
+
+
+def browser_secret(root: Path) -> str:
+    """The key the browsers' stored owner keys are encrypted with, kept in the runs folder so that they stay
+    readable after a restart of the app."""
+    path = root / ".browser-secret"
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        pass
+    root.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_hex(16)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another app on this folder wrote it meanwhile
+        return path.read_text(encoding="utf-8").strip()
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(secret)
+    return secret
 
 
 def config_warnings_markdown(cfg: RunConfig) -> str:

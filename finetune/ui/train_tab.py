@@ -188,7 +188,8 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
     with gr.Row():
         runs_pick = gr.Dropdown(label="Open a run", choices=[], allow_custom_value=False, scale=3, elem_id="runs-pick")
         refresh = gr.Button("↻ Refresh list")
-    runs_table = gr.Dataframe(headers=["run_id", "status", "step", "max_steps", "loss", "model"], interactive=False)
+    runs_table = gr.Dataframe(headers=["run_id", "status", "step", "max_steps", "loss", "model"], interactive=False,
+                              elem_id="runs-table")
     timer = gr.Timer(2.0, active=False)
 
     def drive_zerogpu(who: str, rid: str, progress: gr.Progress, resume: bool = False) -> Iterator[str]:
@@ -298,6 +299,13 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
                                                                     and state.get("backend") == "zerogpu")
         return progress_html(state), loss_frame(state), events_text(events), gr.Timer(active=live), runs_frame(who)
 
+    def latest_run(request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
+        """The run a (re)loaded page opens on: the user's newest live run, else their newest run."""
+        states = service.run_states(ws, owner(request, profile))
+        live = [s for s in states if s.status in LIVE]
+        pick = max(live, key=lambda s: s.run_id) if live else (states[0] if states else None)
+        return pick.run_id if pick else ""
+
     def table(request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[pd.DataFrame, gr.Dropdown]:
         frame = runs_frame(owner(request, profile))
         return frame, gr.Dropdown(choices=list(frame["run_id"]))
@@ -365,7 +373,7 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
     gr.Button(visible=False).click(list_runs, None, status_json, api_name="list_runs")
     gr.Button(visible=False).click(quota_for_zerogpu, [config_code, data_file], status_json, api_name="zerogpu_quota")
     return {"run_id": run_id, "load": (table, [runs_table, runs_pick]),
-            "on_load": [(summary_view, panel_inputs, [summary, use_sample])]}
+            "on_load": [(summary_view, panel_inputs, [summary, use_sample]), (latest_run, [], [run_id])]}
 
 
 def finished_runs(ws: service.Workspace, who: str) -> list[str]:
