@@ -244,3 +244,21 @@ def test_a_reloaded_page_reopens_its_own_latest_run_live_and_never_anothers(app,
     finally:
         alice.close()
         bob.close()
+
+
+def test_fit_time_and_cost_show_on_first_open_for_the_presets_hardware(app, browser):
+    url, _ = app
+    context, page = open_page(browser, url)
+    try:
+        page.get_by_role("tab", name="2 · Hyperparameters").click()
+        wait_text(page, "fit-verdict", "GB")  # nothing touched: the page opened with it
+        verdict = text_of(page, "fit-verdict")
+        assert "on cpu" in verdict and "⏱" in verdict and "60 steps" in verdict and "no charge" in verdict, verdict
+        assert page.locator("#gpu input").first.input_value() == "cpu"
+        page.locator("#gpu input").first.click()
+        page.get_by_role("option", name="t4", exact=True).click()
+        wait_text(page, "fit-verdict", "on t4")
+        verdict = text_of(page, "fit-verdict")
+        assert "$" in verdict and "t4-small" in verdict and "offline table" in verdict, verdict
+    finally:
+        context.close()

@@ -37,7 +37,7 @@ def backend_choices(zerogpu_ok: bool, zerogpu_why: str) -> list[tuple[str, str]]
 def flavor_choices() -> list[tuple[str, str]]:
     """The Jobs flavors of the GPU catalog (memory.GPUS), with their memory and hourly price."""
     out: list[tuple[str, str]] = []
-    for g in memory.GPUS.values():
+    for g in map(memory.get_gpu, memory.GPUS):  # with the live prices when they were read
         if g.hf_flavor and g.hf_flavor in hfjobs.FLAVOR_GPUS:
             price = f"${g.usd_per_hour:.2f}/h" if g.usd_per_hour is not None else "price not listed"
             out.append((f"{g.hf_flavor} · {g.label} {g.nominal_gb:g} GB · {price}", g.hf_flavor))
@@ -63,7 +63,8 @@ def quota_markdown(est: zerogpu.QuotaPreview) -> str:
     lines = [f"**ZeroGPU quota this run will use: about {_minutes(used)}** of GPU time in {est['calls']} call(s) of up "
              f"to {est['steps_per_call']} steps ({est['max_steps']} steps, ~{est['per_step_s']:.2f} s/step"
              + (", every example at max_length: an upper bound" if est.get("upper_bound") else "") + ").",
-             f"Daily ZeroGPU quota: {tiers}."]
+             f"Daily ZeroGPU quota: {tiers}. Beyond it: credits at "
+             f"${memory.ZEROGPU.usd_per_10_min_beyond_quota:g} per 10 minutes (ZeroGPU as of {memory.CATALOG_DATE})."]
     if over:
         lines.append(f"More than a day's quota for: {', '.join(over)}. The run stops at its last checkpoint when the "
                      "quota runs out; resume it when the quota is back, or lower training.max_steps.")
@@ -340,7 +341,7 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
         else:
             cost = f"at most ${job.max_usd:.2f}" if job.max_usd is not None else "price not listed"
             lines.append(f"Time limit {job.limit_s // 60} min (the time estimate x{hfjobs.TIME_MARGIN:g} plus "
-                         f"start-up): {cost}; billed per minute actually used.")
+                         f"start-up): {cost}; billed per minute actually used ({memory.prices_source()}).")
         lines.append("Paid with your Hugging Face account: sign in (on a Space) or set HF_TOKEN; the token is sent "
                      "to the job as a secret only.")
         return "\n\n".join(lines)
