@@ -336,7 +336,7 @@ def _share_callback(share: CpuShare, log: _Events) -> TrainerCallback:
             threads = share.check()
             if threads is not None:
                 torch.set_num_threads(threads)
-                log.emit("threads", step=state.global_step, threads=threads, app_cores=round(share.app_cores, 2))
+                log.emit("threads", step=state.global_step, threads=threads, load_cores=round(share.load_cores, 2))
 
     return ShareCpu()
 
