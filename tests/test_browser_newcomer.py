@@ -255,6 +255,8 @@ def test_fit_time_and_cost_show_on_first_open_for_the_presets_hardware(app, brow
         verdict = text_of(page, "fit-verdict")
         assert "on cpu" in verdict and "⏱" in verdict and "60 steps" in verdict and "no charge" in verdict, verdict
         assert page.locator("#gpu input").first.input_value() == "cpu"
+        font = page.evaluate("getComputedStyle(document.querySelector('#auto-configure')).fontFamily")
+        assert "Noto Color Emoji" in font, font  # the button's emoji has a font to come from
         page.locator("#gpu input").first.click()
         page.get_by_role("option", name="t4", exact=True).click()
         wait_text(page, "fit-verdict", "on t4")

@@ -26,6 +26,10 @@ CSS = """
 .ft-row { font-size: 0.8em; color: #6b7280; }
 .ft-progress { padding: 8px 0; }
 .ft-msg { color: #b91c1c; margin-top: 4px; }
+/* the badges and buttons use emoji: a colour emoji font after the theme's, where the theme's font lacks them */
+.gradio-container, .gradio-container button, .gradio-container input, .gradio-container textarea {
+  font-family: var(--font), "Noto Color Emoji", "Apple Color Emoji", "Segoe UI Emoji", "Twemoji Mozilla", sans-serif;
+}
 """
 
 INTRO = """# finetune

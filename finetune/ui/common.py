@@ -94,6 +94,14 @@ def browser_secret(root: Path) -> str:
     return secret
 
 
+class FreeDropdown(gr.Dropdown):
+    """A dropdown whose value may be any text (``allow_custom_value``): the API documents it as a string, not as
+    the choices the page happened to offer when it was built (``Literal['']``)."""
+
+    def api_info(self) -> dict[str, Any]:
+        return {"type": "string"}
+
+
 def config_warnings_markdown(cfg: RunConfig) -> str:
     """Risky settings of a config (e.g. trust_remote_code on) as a visible warning above the fit verdict."""
     from ..config import config_warnings

@@ -54,9 +54,13 @@ def histogram(lengths: list[int], max_length: int | None) -> Figure:
     fig, ax = plt.subplots(figsize=(6, 2.6))
     if lengths:
         ax.hist(lengths, bins=min(40, max(5, len(set(lengths)))), color="#6366f1")
-        if max_length:
+        longest = max(lengths)
+        if max_length and max_length <= longest * 1.05:  # a cut-off inside the data: drawn where it cuts
             ax.axvline(max_length, color="#dc2626", linestyle="--", label=f"max_length {max_length}")
             ax.legend()
+        elif max_length:  # far beyond every example: said, not drawn (the axis would run to it, the data a sliver)
+            ax.set_title(f"every example fits max_length {max_length} (longest {longest})", fontsize=9)
+        ax.set_xlim(0, max(longest, max_length if max_length and max_length <= longest * 1.05 else 0) * 1.05)
     ax.set_xlabel("tokens per example")
     ax.set_ylabel("examples")
     fig.tight_layout()

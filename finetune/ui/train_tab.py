@@ -26,6 +26,13 @@ STATUS_BADGE = {
 }
 LOCAL_INFO = ("This machine runs the training in its own process; the page can be closed meanwhile. One run trains "
               "at a time (FINETUNE_MAX_CONCURRENT_RUNS): a run started meanwhile waits in the queue.")
+BACKEND_INFO = {
+    "local": LOCAL_INFO,
+    "zerogpu": ("This Space's shared GPU, in calls of a few minutes that each end at a checkpoint; the run uses your "
+                "daily ZeroGPU quota (below) and the page's request lasts until the run ends."),
+    "hf-jobs": ("A Hugging Face Job on a rented GPU, billed per minute to your account; it pushes the adapter to the "
+                "repo below when it finishes (the job's disk is gone after)."),
+}
 
 
 def backend_choices(zerogpu_ok: bool, zerogpu_why: str) -> list[tuple[str, str]]:
@@ -151,7 +158,8 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
     flavors = flavor_choices()
     with gr.Row():
         backend = gr.Radio(backend_choices(zerogpu_ok, zerogpu_why), value="local", label="Where to train",
-                           info=LOCAL_INFO, elem_id="backend")
+                           elem_id="backend")
+    backend_help = gr.Markdown(LOCAL_INFO, elem_id="backend-help")
     with gr.Group(visible=False) as zerogpu_box:
         zerogpu_quota = gr.Markdown(elem_id="zerogpu-quota")
     with gr.Group(visible=False) as jobs_box:
@@ -284,6 +292,8 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
         rows = service.list_runs(ws, who)
         for r in rows:
             r["status"] = badge(r)
+            if r.get("loss") is not None:
+                r["loss"] = round(r["loss"], 4)
         return pd.DataFrame([{k: r.get(k) for k in TABLE_COLUMNS} for r in rows], columns=TABLE_COLUMNS)
 
     def view(rid: str, request: gr.Request, profile: gr.OAuthProfile | None = None,
@@ -316,10 +326,11 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
         return str(service.adapter_zip(ws, owner(request, profile), rid, api.downloads / "adapters"))
 
     def backend_panels(name: str, config_yaml: str, data_file: str | None,
-                       flavor: str) -> tuple[gr.Group, str, gr.Group, str]:
+                       flavor: str) -> tuple[gr.Group, str, gr.Group, str, str]:
         zero, jobs = name == "zerogpu", name == "hf-jobs"
         return (gr.Group(visible=zero), quota_text(config_yaml, data_file) if zero else "",
-                gr.Group(visible=jobs), jobs_text(config_yaml, flavor) if jobs else "")
+                gr.Group(visible=jobs), jobs_text(config_yaml, flavor) if jobs else "",
+                BACKEND_INFO.get(name, LOCAL_INFO))
 
     def quota_text(config_yaml: str, data_file: str | None) -> str:
         if not zerogpu_ok:
@@ -365,7 +376,7 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
     download_btn.click(download, run_id, adapter_file, api_visibility="private")
     push_btn.click(push, [run_id, repo, private], push_result, api_name="push_adapter")
     panel_inputs = [backend, config_code, data_file, flavor]
-    panel_outputs = [zerogpu_box, zerogpu_quota, jobs_box, jobs_info]
+    panel_outputs = [zerogpu_box, zerogpu_quota, jobs_box, jobs_info, backend_help]
     for trigger in (backend.change, config_code.change, data_file.change, flavor.change):
         trigger(backend_panels, panel_inputs, panel_outputs, api_visibility="private", show_progress="hidden")
         trigger(summary_view, panel_inputs, [summary, use_sample], api_visibility="private", show_progress="hidden")
