@@ -101,6 +101,9 @@ class DataConfig:
     val_fraction: float = field(default=0.0, metadata=doc("Fraction of rows held out for evaluation (0 to 0.5)"))
     strict: bool = field(default=False, metadata=doc("Stop at the first bad row instead of skipping it"))
     seed: int = field(default=42, metadata=doc("Seed of the train/validation split"))
+    keep_duplicates: bool = field(
+        default=False, metadata=doc("Keep rows that repeat an earlier row (default: each repeat is skipped, naming it)")
+    )
 
 
 @dataclass

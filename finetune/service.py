@@ -493,7 +493,7 @@ def check_model_ref(ws: Workspace, text: str, what: str = "base model") -> str:
 def format_preview(source: str, *, template: str, system_prompt: str = "", columns: dict[str, str] | None = None,
                    model: str = "", max_length: int = 1024, train_on: str = "assistant",
                    hub_config: str | None = None, split: str = "train", out_dir: Path, preview_rows: int = 5,
-                   hub_only: bool = False) -> FormatPreview:
+                   hub_only: bool = False, keep_duplicates: bool = False) -> FormatPreview:
     """Format a dataset for the Dataset tab: summary markdown, preview examples with spans, token lengths,
     row problems, warnings and the formatted JSONL file.
 
@@ -509,7 +509,8 @@ def format_preview(source: str, *, template: str, system_prompt: str = "", colum
     try:
         result = data.format_dataset(source, hub_config=hub_config, split=split, template=template,
                                      system_prompt=system_prompt, columns=columns or None, tokenizer=tok,
-                                     train_on=train_on, max_length=max_length, max_bytes=data.max_upload_bytes())
+                                     train_on=train_on, max_length=max_length, max_bytes=data.max_upload_bytes(),
+                                     keep_duplicates=keep_duplicates)
     except data.DataError as e:
         if is_file and e.file == str(source):  # name the file, not the server's upload path
             raise data.DataError(Path(source).name, e.row, e.reason) from None

@@ -198,6 +198,7 @@ def _datasets(config: RunConfig, tokenizer: Tokenizer) -> tuple[Dataset, Dataset
         measure_tokens=False,  # tokenize_examples below tokenizes each example once, with the offsets labels need
         train_on=d.train_on,
         strict=d.strict,
+        keep_duplicates=d.keep_duplicates,
         val_fraction=d.val_fraction,
         seed=d.seed,
         max_length=t.max_length,

@@ -71,3 +71,20 @@ def test_backend_help_and_rounded_loss(app, tmp_path):
     shown = fns["backend_panels"]("hf-jobs", "", None, "t4-small")
     assert shown[-1] == train_tab.BACKEND_INFO["hf-jobs"]
     assert fns["backend_panels"]("local", "", None, "t4-small")[-1] == train_tab.LOCAL_INFO
+
+
+def test_duplicates_can_be_kept(tmp_path):
+    from finetune.cli import main
+    from finetune.config import RunConfig
+    from finetune.data import format_dataset
+
+    rows = [{"instruction": "a", "output": "b"}] * 3 + [{"instruction": "c", "output": "d"}]
+    dropped = format_dataset(rows, template="chatml")
+    kept = format_dataset(rows, template="chatml", keep_duplicates=True)
+    assert len(dropped.examples) == 2 and sum(dropped.skipped.values()) == 2
+    assert len(kept.examples) == 4 and not kept.problems
+    assert RunConfig.from_yaml("data:\n  keep_duplicates: true\n").data.keep_duplicates
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join('{"instruction": "%s", "output": "b"}\n' % x for x in "aab"), encoding="utf-8")
+    assert main(["format", str(data), "--keep-duplicates", "--template", "chatml", "--out", str(tmp_path / "o.jsonl")]) == 0
+    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 3

@@ -117,7 +117,8 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
 
     def format_dataset(data_file: str | None = None, hub_id: str = "", hub_config: str = "", split: str = "train",
                        template: str = "llama2", system_prompt: str = "", columns: str = "", model: str = "",
-                       max_length: int = 1024, train_on: str = "assistant", request: gr.Request | None = None,
+                       max_length: int = 1024, train_on: str = "assistant", keep_duplicates: bool = False,
+                       request: gr.Request | None = None,
                        profile: gr.OAuthProfile | None = None) -> tuple[str, str, Any, pd.DataFrame, str]:
         # (the Any is histogram's matplotlib Figure: gradio evaluates these hints, so no name imported lazily)
         """Format an uploaded file (or a Hub dataset) with a template: summary, preview, token-length
@@ -132,6 +133,7 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
                 hub_config=hub_config or None, split=split or "train",
                 out_dir=api.downloads / "formatted" / _safe(owner(request, profile)),
                 hub_only=not data_file and api.workspace.multi_user,  # typed text is never a server path
+                keep_duplicates=bool(keep_duplicates),
             )
         except UserError as e:  # an upload's name, not where the server keeps it
             if data_file and data_file in str(e):
@@ -148,13 +150,13 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
     @user_errors
     def format_on_page(data_file: str | None, hub_id: str, hub_config: str, split: str, template: str,
                        system_prompt: str, columns: str, model: str, max_length: int, train_on: str,
-                       request: gr.Request, profile: gr.OAuthProfile | None = None
+                       keep_duplicates: bool, request: gr.Request, profile: gr.OAuthProfile | None = None
                        ) -> tuple[str, str, Any, pd.DataFrame, str | None]:
         """The page's format: a file that cannot be formatted clears the last file's preview, histogram, problems
         and download (they would read as this file's) and says why in the summary."""
         try:
             return format_dataset(data_file, hub_id, hub_config, split, template, system_prompt, columns, model,
-                                  max_length, train_on, request, profile)
+                                  max_length, train_on, keep_duplicates, request, profile)
         except UserError as e:
             name = Path(data_file).name if data_file else (hub_id or "").strip()
             gr.Warning(str(e))
@@ -172,7 +174,8 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
     def wire() -> tuple[Dependency, Dependency, Dependency]:
         """Connect the events once the hyperparameters tab has made the model and max_length widgets."""
         inputs = [data_file, hub_id, hub_config, split, components["data.template"], components["data.system_prompt"],
-                  columns, components["model.id"], components["training.max_length"], components["data.train_on"]]
+                  columns, components["model.id"], components["training.max_length"], components["data.train_on"],
+                  components["data.keep_duplicates"]]
         outputs = [summary, preview, hist, problems, formatted]
         fmt.click(format_on_page, inputs, outputs, api_visibility="private", concurrency_limit=4)
         return (
