@@ -325,6 +325,28 @@ def _cpu_share(device: str) -> CpuShare | None:
     return cpushare.from_env(cpushare.cpu_cores(), concurrent)
 
 
+# The package each tracker needs (the others: transformers names theirs when one is missing).
+TRACKER_PACKAGES = {"trackio": "trackio", "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def _trackers(config: RunConfig, run_dir: Path) -> list[str]:
+    """``training.report_to`` as the trainer takes it. Trackio writes its local dashboard next to the runs of
+    the same owner (``<runs root>/.trackio``, ``trackio show`` there), so one owner's runs are compared and no other
+    owner's appear; a tracker signs in with its own login, never with a token of this app."""
+    import importlib.util
+
+    from .config import reporters
+
+    names = reporters(config.training.report_to)
+    missing = [n for n in names if n in TRACKER_PACKAGES and importlib.util.find_spec(TRACKER_PACKAGES[n]) is None]
+    if missing:
+        raise TrainingError(f"training.report_to {', '.join(missing)}: install "
+                            f"{' '.join(TRACKER_PACKAGES[n] for n in missing)} (pip), or set training.report_to: none")
+    if "trackio" in names:
+        os.environ.setdefault("TRACKIO_DIR", str(run_dir.parent / ".trackio"))
+    return names
+
+
 def _share_callback(share: CpuShare, log: _Events) -> TrainerCallback:
     """At each step boundary (at most once a second) set torch's threads from the app's recent CPU use; each
     change is a ``threads`` event."""
@@ -574,7 +596,9 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
         save_total_limit=t.save_total_limit,
         eval_strategy=("steps" if t.eval_steps > 0 else "no") if eval_ds is not None else "no",
         eval_steps=t.eval_steps if t.eval_steps > 0 else None,
-        report_to="none",
+        report_to=_trackers(config, run_dir) or "none",
+        run_name=run_dir.name,
+        project=t.project,
         disable_tqdm=True,
         use_cpu=device == "cpu",
         include_num_input_tokens_seen="non_padding",

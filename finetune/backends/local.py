@@ -113,6 +113,7 @@ def resume(run_id: str, root: str | Path | None = None, queue_dir: str | Path | 
 def _launch(run_dir: Path, queue_dir: str | Path | None = None, resume: bool = False) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
     env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("TRACKIO_DIR", str(run_dir.resolve().parent / ".trackio"))  # the owner's dashboard, if a run tracks
     threads = train_threads()
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)  # read by torch when the process imports it

@@ -71,6 +71,7 @@ TRAIN_FIELDS = (
     Field("training.eval_steps", "int", "Eval every (steps)", minimum=0),
     Field("training.save_steps", "int", "Checkpoint every (steps)", minimum=1),
     Field("training.seed", "int", "Seed", minimum=0),
+    Field("training.report_to", "dropdown", "Experiment tracking", ("none", "trackio", "tensorboard", "wandb", "mlflow")),
 )
 
 FORM_FIELDS = DATA_FIELDS + MODEL_FIELDS + QUANT_FIELDS + LORA_FIELDS + TRAIN_FIELDS
