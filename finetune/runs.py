@@ -228,6 +228,10 @@ class RunState:
     losses: list[tuple[int, float]] = field(default_factory=list)
     eval_losses: list[tuple[int, float]] = field(default_factory=list)
     queue_position: int | None = None  # queued: 1 = trains next (backends.queue)
+    device: str = ""  # where the run trains: cuda | cpu | mps (its started event)
+    mem_gb: float | None = None  # device memory in use at the last step (train.Gauge), of mem_total_gb
+    mem_total_gb: float | None = None
+    util_pct: float | None = None  # device utilisation at the last step (CPU: 100 per busy core)
     pid: int | None = field(default=None, repr=False)  # the run's latest process (not shown: a server detail)
 
     @property
@@ -275,13 +279,14 @@ def read_run(run_dir: Path) -> RunState:
             state.started = state.started or e.get("time")
             state.name = e.get("name", state.name)
             state.model = e.get("model", state.model)
+            state.device = e.get("device", state.device) or state.device
             state.max_steps = e.get("max_steps", state.max_steps) or state.max_steps
             state.status, state.message, state.queue_position = "running", "", None
             state.pid = e.get("pid")
         elif kind == "step":
             state.step = e.get("step", state.step)
             state.max_steps = e.get("max_steps", state.max_steps) or state.max_steps
-            for key in ("loss", "tokens_per_s", "eta_s", "elapsed_s"):
+            for key in ("loss", "tokens_per_s", "eta_s", "elapsed_s", "mem_gb", "mem_total_gb", "util_pct"):
                 if e.get(key) is not None:
                     setattr(state, key, e[key])
             if e.get("loss") is not None:

@@ -416,6 +416,15 @@ def check_data_chosen(config_yaml: str, data_file: str | Path | None, use_sample
                            "'Train on the bundled sample' to try the app on its city/year example")
 
 
+def loss_curves(ws: Workspace, owner: str | None, run_ids: list[str]) -> list[dict[str, Any]]:
+    """The train loss by step of several of the owner's runs, one row per point (run, step, loss): their
+    curves overlaid."""
+    out: list[dict[str, Any]] = []
+    for rid in run_ids:
+        out += [{"run": rid, "step": s, "loss": v} for s, v in runs.read_run(_run_dir(ws, owner, rid)).losses]
+    return out
+
+
 def run_events(ws: Workspace, owner: str | None, run_id: str) -> list[dict[str, Any]]:
     from .events import read_events
 

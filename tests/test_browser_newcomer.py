@@ -206,6 +206,7 @@ def step_shown(page) -> int:
     return int(found.group(1)) if found else -1
 
 
+@pytest.mark.slow  # two real runs (the tiny model), about 90 s
 def test_a_reloaded_page_reopens_its_own_latest_run_live_and_never_anothers(app, browser, tiny_model_dir):
     url, root = app
     alice, page_a = open_page(browser, url)
@@ -223,6 +224,8 @@ def test_a_reloaded_page_reopens_its_own_latest_run_live_and_never_anothers(app,
         page_a.wait_for_function(f"() => {{ const m = /step (\\d+)/.exec(document.querySelector('#ft-progress')"
                                  f".innerText); return m && +m[1] > {first}; }}", timeout=60_000)
         wait_text(page_a, "runs-table", run_a)
+        gauge = text_of(page_a, "ft-gauge")  # the live memory and utilisation gauge
+        assert "GB" in gauge and "CPU" in gauge, gauge
 
         # another anonymous visitor sees none of it, starts their own (it waits for the slot), keeps it on reload
         page_b.get_by_role("tab", name="3 · Train").click()

@@ -66,7 +66,7 @@ def test_backend_help_and_rounded_loss(app, tmp_path):
     run_dir.mkdir()
     RunConfig().save(run_dir / runs.CONFIG_FILE)
     EventLog(run_dir).emit("step", step=3, max_steps=10, loss=1.234567891)
-    frame, _ = fns["table"](None)
+    frame = fns["table"](None)[0]
     assert list(frame["loss"]) == [1.2346]
     shown = fns["backend_panels"]("hf-jobs", "", None, "t4-small")
     assert shown[-1] == train_tab.BACKEND_INFO["hf-jobs"]
@@ -88,3 +88,25 @@ def test_duplicates_can_be_kept(tmp_path):
     data.write_text("".join('{"instruction": "%s", "output": "b"}\n' % x for x in "aab"), encoding="utf-8")
     assert main(["format", str(data), "--keep-duplicates", "--template", "chatml", "--out", str(tmp_path / "o.jsonl")]) == 0
     assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 3
+
+
+def test_runs_report_memory_and_utilisation_and_curves_overlay(tiny_model_dir, tmp_path):
+    """A real run's step events carry the gauge (memory in use of the total, utilisation); the Train tab draws it
+    and overlays the loss curves of several runs."""
+    from finetune import service
+    from finetune.train import train
+    from finetune.ui.train_tab import gauge_html, progress_html
+    from test_train import tiny_config
+
+    a = train(tiny_config(tiny_model_dir, max_steps=3, save_steps=10), runs_root=tmp_path)
+    b = train(tiny_config(tiny_model_dir, max_steps=2, save_steps=10, learning_rate=1e-3), runs_root=tmp_path)
+    state = service.run_status(service.Workspace(tmp_path), None, a.run_id)
+    assert 0 < state["mem_gb"] < state["mem_total_gb"] and state["util_pct"] is not None and state["device"] == "cpu"
+    html = progress_html(state)
+    assert "id='ft-gauge'" in html and f"{state['mem_gb']:.1f} / {state['mem_total_gb']:.1f} GB" in html
+    assert gauge_html({"mem_gb": None}) == ""
+    rows = service.loss_curves(service.Workspace(tmp_path), None, [a.run_id, b.run_id])
+    assert [(r["run"], r["step"]) for r in rows] == [(a.run_id, 1), (a.run_id, 2), (a.run_id, 3),
+                                                     (b.run_id, 1), (b.run_id, 2)]
+    with pytest.raises(service.ServiceError, match="no run"):
+        service.loss_curves(service.Workspace(tmp_path), None, ["20990101-000000-ffffffffff"])

@@ -102,14 +102,30 @@ def progress_html(state: dict[str, Any]) -> str:
     loss = state.get("loss")
     tps = state.get("tokens_per_s")
     msg = f"<div class='ft-msg'>{state['message']}</div>" if state.get("message") else ""
+    gauge = gauge_html(state)
     return (
         f"<div class='ft-progress' id='ft-progress'><b>{state['run_id']}</b> · {badge(state)}"
         f"<div style='background:#eee;border-radius:6px;height:14px;margin:6px 0'>"
         f"<div style='background:#4f46e5;width:{pct}%;height:14px;border-radius:6px'></div></div>"
         f"step <b>{step}</b> / {total or '?'} · loss <b>{'–' if loss is None else f'{loss:.4f}'}</b>"
         f" · {'–' if tps is None else f'{tps:,.0f}'} tokens/s · elapsed {_fmt_seconds(state.get('elapsed_s'))}"
-        f" · ETA {_fmt_seconds(state.get('eta_s'))}{msg}</div>"
+        f" · ETA {_fmt_seconds(state.get('eta_s'))}{gauge}{msg}</div>"
     )
+
+
+def gauge_html(state: dict[str, Any]) -> str:
+    """Device memory in use (a bar) and utilisation at the run's last step; empty before the first."""
+    used, total, util = state.get("mem_gb"), state.get("mem_total_gb"), state.get("util_pct")
+    if used is None:
+        return ""
+    device = "GPU memory" if state.get("device") == "cuda" else "memory (RAM)"
+    pct = min(100, round(100 * used / total)) if total else 0
+    colour = "#16a34a" if pct < 75 else "#d97706" if pct < 90 else "#dc2626"
+    busy = "" if util is None else (f" · GPU {util:.0f}% busy" if state.get("device") == "cuda"
+                                    else f" · CPU {util:.0f}% (100 per core)")
+    return (f"<div id='ft-gauge' style='margin-top:6px'>{device} {used:.1f} / {total or 0:.1f} GB ({pct}%){busy}"
+            f"<div style='background:#eee;border-radius:6px;height:8px;margin-top:3px'>"
+            f"<div style='background:{colour};width:{pct}%;height:8px;border-radius:6px'></div></div></div>")
 
 
 def loss_frame(state: dict[str, Any]) -> pd.DataFrame | None:
@@ -144,7 +160,7 @@ def events_text(events: list[dict[str, Any]], limit: int = 40) -> str:
 class TrainTab(TypedDict):
     """What the Train tab gives the app: the run id box, and what to run on page load (the runs table)."""
     run_id: gr.Textbox
-    load: tuple[Callable[..., tuple[pd.DataFrame, gr.Dropdown]], list[gr.components.Component]]
+    load: tuple[Callable[..., tuple[pd.DataFrame, gr.Dropdown, gr.Dropdown]], list[gr.components.Component]]
     # more to run on page load: (function, inputs, outputs)
     on_load: list[tuple[Callable[..., Any], list[gr.components.Component], list[gr.components.Component]]]
 
@@ -199,6 +215,12 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
         refresh = gr.Button("↻ Refresh list")
     runs_table = gr.Dataframe(headers=["run_id", "status", "step", "max_steps", "loss", "model"], interactive=False,
                               elem_id="runs-table")
+    with gr.Accordion("Compare runs", open=False):
+        compare_pick = gr.Dropdown(label="Runs to compare", choices=[], multiselect=True, elem_id="compare-runs",
+                                   info="Their train loss curves, overlaid")
+        compare_plot = gr.LinePlot(None, x="step", y="loss", color="run", title="Train loss by run", height=260,
+                                   elem_id="compare-plot")
+    table_outputs = [runs_table, runs_pick, compare_pick]
     timer = gr.Timer(2.0, active=False)
 
     def drive_zerogpu(who: str, rid: str, progress: gr.Progress, resume: bool = False) -> Iterator[str]:
@@ -317,9 +339,18 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
         pick = max(live, key=lambda s: s.run_id) if live else (states[0] if states else None)
         return pick.run_id if pick else ""
 
-    def table(request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[pd.DataFrame, gr.Dropdown]:
+    def table(request: gr.Request,
+              profile: gr.OAuthProfile | None = None) -> tuple[pd.DataFrame, gr.Dropdown, gr.Dropdown]:
         frame = runs_frame(owner(request, profile))
-        return frame, gr.Dropdown(choices=list(frame["run_id"]))
+        return frame, gr.Dropdown(choices=list(frame["run_id"])), gr.Dropdown(choices=list(frame["run_id"]))
+
+    def compare(run_ids: list[str] | None, request: gr.Request,
+                profile: gr.OAuthProfile | None = None) -> pd.DataFrame | None:
+        """The train loss of the chosen runs, one line per run (None: nothing chosen yet)."""
+        rows = service.loss_curves(ws, owner(request, profile), list(run_ids or []))
+        if not rows:
+            return None
+        return pd.DataFrame(rows, columns=["run", "step", "loss"]).astype({"step": "int64", "loss": "float64"})
 
     @user_errors
     def download(rid: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
@@ -359,7 +390,7 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
 
     outputs_view = [progress, plot, log_box, timer, runs_table]
     start.click(start_from_form, [config_code, data_file, backend, flavor, jobs_repo, use_sample], run_id,
-                api_visibility="private", concurrency_limit=2).then(table, None, [runs_table, runs_pick],
+                api_visibility="private", concurrency_limit=2).then(table, None, table_outputs,
                                                                    api_visibility="private")
     # the API's start: a config with no data.source trains on the bundled sample (as the CLI does)
     gr.Button(visible=False).click(start_training, [config_code, data_file, backend, flavor, jobs_repo], run_id,
@@ -372,7 +403,8 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
         view, run_id, outputs_view, api_visibility="private")
     timer.tick(view, run_id, outputs_view, api_visibility="private", show_progress="hidden")
     runs_pick.change(lambda r: r, runs_pick, run_id, api_visibility="private")
-    refresh.click(table, None, [runs_table, runs_pick], api_visibility="private")
+    refresh.click(table, None, table_outputs, api_visibility="private")
+    compare_pick.change(compare, compare_pick, compare_plot, api_visibility="private", show_progress="hidden")
     download_btn.click(download, run_id, adapter_file, api_visibility="private")
     push_btn.click(push, [run_id, repo, private], push_result, api_name="push_adapter")
     panel_inputs = [backend, config_code, data_file, flavor]
@@ -384,7 +416,7 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
     gr.Button(visible=False).click(run_status, run_id, status_json, api_name="run_status")
     gr.Button(visible=False).click(list_runs, None, status_json, api_name="list_runs")
     gr.Button(visible=False).click(quota_for_zerogpu, [config_code, data_file], status_json, api_name="zerogpu_quota")
-    return {"run_id": run_id, "load": (table, [runs_table, runs_pick]),
+    return {"run_id": run_id, "load": (table, table_outputs),
             "on_load": [(summary_view, panel_inputs, [summary, use_sample]), (latest_run, [], [run_id])]}
 
 
