@@ -144,9 +144,15 @@ def refresh_jobs_prices(listing: list[dict[str, object]] | None = None) -> dict[
         if constants.HF_HUB_OFFLINE:
             raise EstimateError("offline (HF_HUB_OFFLINE=1): the Jobs prices of the offline table "
                                 f"({CATALOG_DATE}) are used")
-        response = get_session().get(f"{constants.ENDPOINT}/api/jobs/hardware", timeout=10)
-        response.raise_for_status()
-        listing = response.json()
+        import httpx2  # huggingface_hub's HTTP client
+
+        try:
+            response = get_session().get(f"{constants.ENDPOINT}/api/jobs/hardware", timeout=10)
+            response.raise_for_status()
+            listing = response.json()
+        except (httpx2.HTTPError, OSError, ValueError) as e:  # unreachable, refused, or not JSON
+            raise EstimateError(f"the Jobs hardware listing cannot be read ({e.__class__.__name__}); the offline "
+                                f"prices of {CATALOG_DATE} stay") from None
     prices = parse_jobs_hardware(listing or [])
     if not prices:
         raise EstimateError("the Jobs hardware listing has no prices; the offline table stays")

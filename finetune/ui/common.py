@@ -78,6 +78,7 @@ def forget_browser(request: gr.Request) -> None:
 def browser_secret(root: Path) -> str:
     """The key the browsers' stored owner keys are encrypted with, kept in the runs folder so that they stay
     readable after a restart of the app."""
+    root = Path(root)
     path = root / ".browser-secret"
     try:
         return path.read_text(encoding="utf-8").strip()

@@ -344,7 +344,7 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
         frame = runs_frame(owner(request, profile))
         return frame, gr.Dropdown(choices=list(frame["run_id"])), gr.Dropdown(choices=list(frame["run_id"]))
 
-    def compare(run_ids: list[str] | None, request: gr.Request,
+    def compare_runs(run_ids: list[str] | None, request: gr.Request,
                 profile: gr.OAuthProfile | None = None) -> pd.DataFrame | None:
         """The train loss of the chosen runs, one line per run (None: nothing chosen yet)."""
         rows = service.loss_curves(ws, owner(request, profile), list(run_ids or []))
@@ -404,7 +404,7 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
     timer.tick(view, run_id, outputs_view, api_visibility="private", show_progress="hidden")
     runs_pick.change(lambda r: r, runs_pick, run_id, api_visibility="private")
     refresh.click(table, None, table_outputs, api_visibility="private")
-    compare_pick.change(compare, compare_pick, compare_plot, api_visibility="private", show_progress="hidden")
+    compare_pick.change(compare_runs, compare_pick, compare_plot, api_visibility="private", show_progress="hidden")
     download_btn.click(download, run_id, adapter_file, api_visibility="private")
     push_btn.click(push, [run_id, repo, private], push_result, api_name="push_adapter")
     panel_inputs = [backend, config_code, data_file, flavor]
