@@ -102,6 +102,9 @@ class FreeDropdown(gr.Dropdown):
     def api_info(self) -> dict[str, Any]:
         return {"type": "string"}
 
+    def get_block_name(self) -> str:  # drawn by the page as the dropdown it is
+        return "dropdown"
+
 
 def config_warnings_markdown(cfg: RunConfig) -> str:
     """Risky settings of a config (e.g. trust_remote_code on) as a visible warning above the fit verdict."""

@@ -101,6 +101,9 @@ class FreeDropdown(gr.Dropdown):
 
     def api_info(self) -> dict[str, Any]:
         return {"type": "string"}
+
+    def get_block_name(self) -> str:  # drawn by the page as the dropdown it is
+        return "dropdown"
     from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
     from gradio.blocks import Block
     if TYPE_CHECKING:
