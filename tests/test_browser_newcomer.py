@@ -156,6 +156,7 @@ def test_a_partial_config_upload_merges_onto_the_form(app, browser, tmp_path):
         context.close()
 
 
+@pytest.mark.slow  # the count itself is checked without a browser in tests/test_prompt_defaults.py
 def test_the_dataset_tab_counts_rows_whose_own_system_message_wins(app, browser, tmp_path):
     import json
 

@@ -90,6 +90,7 @@ def test_duplicates_can_be_kept(tmp_path):
     assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 3
 
 
+@pytest.mark.slow  # two real runs of the tiny model, about 15 s
 def test_runs_report_memory_and_utilisation_and_curves_overlay(tiny_model_dir, tmp_path):
     """A real run's step events carry the gauge (memory in use of the total, utilisation); the Train tab draws it
     and overlays the loss curves of several runs."""

@@ -33,6 +33,7 @@ def test_a_missing_tracker_package_names_the_install(tiny_model_dir, tmp_path):
         train(cfg, runs_root=tmp_path)
 
 
+@pytest.mark.slow  # a real run of the tiny model with trackio, about 25 s
 def test_trackio_records_the_losses_next_to_the_owners_runs(tiny_model_dir, tmp_path, monkeypatch):
     if __import__("importlib.util").util.find_spec("trackio") is None:  # not imported here: it reads its folder once
         pytest.skip("trackio is not installed")
