@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import logging
-import os
 import re
 import secrets
 import threading
@@ -76,23 +76,11 @@ def forget_browser(request: gr.Request) -> None:
 
 
 def browser_secret(root: Path) -> str:
-    """The key the browsers' stored owner keys are encrypted with, kept in the runs folder so that they stay
-    readable after a restart of the app."""
-    root = Path(root)
-    path = root / ".browser-secret"
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        pass
-    root.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_hex(16)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another app on this folder wrote it meanwhile
-        return path.read_text(encoding="utf-8").strip()
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(secret)
-    return secret
+    """The key gradio encrypts the browsers' stored owner keys with. Gradio hands it to the page (the encryption
+    runs in the browser), so it guards nothing by itself: what keeps visitors apart is the random owner key. It only
+    has to stay the same across restarts of the app on the same runs folder, so it is derived from that folder
+    (nothing is written when the app is built)."""
+    return hashlib.sha256(f"finetune-browser-state:{Path(root).resolve()}".encode()).hexdigest()[:32]
 
 
 class FreeDropdown(gr.Dropdown):
