@@ -101,6 +101,9 @@ class DataConfig:
     val_fraction: float = field(default=0.0, metadata=doc("Fraction of rows held out for evaluation (0 to 0.5)"))
     strict: bool = field(default=False, metadata=doc("Stop at the first bad row instead of skipping it"))
     seed: int = field(default=42, metadata=doc("Seed of the train/validation split"))
+    keep_duplicates: bool = field(
+        default=False, metadata=doc("Keep rows that repeat an earlier row (default: each repeat is skipped, naming it)")
+    )
 
 
 @dataclass
@@ -174,6 +177,12 @@ class TrainingConfig:
     eval_steps: int = field(default=0, metadata=doc("Steps between evaluations; 0 = at the end only"))
     save_steps: int = field(default=20, metadata=doc("Steps between checkpoints: a crash loses at most this many"))
     save_total_limit: int = field(default=2, metadata=doc("Checkpoints kept (older ones are deleted)"))
+    report_to: str = field(
+        default="none",
+        metadata=doc("Experiment tracking: none, trackio (a local dashboard: `trackio show`), tensorboard, wandb, "
+                     "mlflow, ... (comma separated); a tracker uses its own login, never a token from the config"),
+    )
+    project: str = field(default="finetune", metadata=doc("The tracker's project: runs of one project are compared"))
 
 
 @dataclass
@@ -385,6 +394,51 @@ def apply_overrides(cfg: RunConfig, overrides: list[str] | dict[str, Any]) -> Ru
     return RunConfig.from_dict(data, "--set")
 
 
+# The trackers trl's trainer reports to (transformers 5.23 integrations), by their report_to names.
+REPORTERS = ("none", "trackio", "tensorboard", "wandb", "mlflow", "comet_ml", "clearml", "dagshub", "dvclive",
+             "neptune", "swanlab", "codecarbon", "azure_ml", "flyte", "kubeflow")
+
+
+def reporters(value: str) -> list[str]:
+    """The trackers of ``training.report_to`` (empty for none)."""
+    return [r for r in (x.strip() for x in value.split(",")) if r and r != "none"]
+
+
+def merge_yaml(base: RunConfig, text: str, source: str | None = None) -> RunConfig:
+    """``base`` with a (possibly partial) YAML config laid over it: keys the YAML leaves out keep ``base``'s
+    values (not the defaults). Unknown keys and wrong types are all reported, naming ``source``.
+
+    >>> merge_yaml(RunConfig.from_dict({"lora": {"r": 8}}), "training:\n  max_steps: 5").lora.r
+    8
+    """
+    data = base.to_dict()
+
+    def lay(node: dict[str, Any], over: dict[Any, Any]) -> None:
+        for key, value in over.items():
+            if isinstance(node.get(key), dict) and (value is None or isinstance(value, dict)):
+                lay(node[key], value or {})  # a section: merged key by key (an empty one changes nothing)
+            else:
+                node[key] = value
+
+    lay(data, _load_yaml(text, source))
+    return RunConfig.from_dict(data, source)
+
+
+def changed_fields(before: RunConfig, after: RunConfig) -> list[tuple[str, Any, Any]]:
+    """``(section.key, before, after)`` for every field that differs."""
+    out: list[tuple[str, Any, Any]] = []
+    a, b = before.to_dict(), after.to_dict()
+    for section, fields in b.items():
+        if not isinstance(fields, dict):  # a top-level field (name)
+            if a[section] != fields:
+                out.append((section, a[section], fields))
+            continue
+        for key, value in fields.items():
+            if a[section][key] != value:
+                out.append((f"{section}.{key}", a[section][key], value))
+    return out
+
+
 def _split_override(text: str, problems: list[str]) -> tuple[str | None, Any]:
     if "=" not in text:
         problems.append(f"{text}: expected key=value, e.g. training.max_steps=100")
@@ -462,6 +516,9 @@ def problems(cfg: RunConfig, model_max_length: int | None = None) -> list[str]:
     need(t.learning_rate < 1, f"training.learning_rate {t.learning_rate} is far too high; LoRA usually uses 1e-4 to 3e-4")
     need(t.epochs > 0 or t.max_steps > 0, "training.epochs must be > 0 (or set training.max_steps)")
     need(not t.epochs > MAX_EPOCHS, f"training.epochs {t.epochs} is out of range; use at most {MAX_EPOCHS} (typical: 1 to 3)")
+    unknown = [r for r in reporters(t.report_to) if r not in REPORTERS]
+    need(not unknown, f"training.report_to: unknown tracker {', '.join(map(repr, unknown))}; use none or one of "
+         f"{', '.join(REPORTERS[1:])} (comma separated)")
     need(t.max_steps >= 0, f"training.max_steps must be >= 0 (0 = use epochs), got {t.max_steps}")
     need(t.max_steps <= MAX_STEPS, f"training.max_steps {t.max_steps} is out of range; use at most {MAX_STEPS:,}")
     need(t.batch_size >= 1, f"training.batch_size must be >= 1, got {t.batch_size}")

@@ -44,4 +44,13 @@ def preset_description(path: Path) -> str:
     return ""
 
 
-__all__ = ["DEFAULT_PRESET", "PRESETS_DIR", "load_preset", "preset_description", "preset_names", "preset_paths", "_load_yaml"]
+def intended_gpu(path: Path) -> str:
+    """The hardware a preset is written for (its ``# hardware: NAME`` line, a name in memory.GPUS); "t4" when it
+    names none."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# hardware:"):
+            return line.split(":", 1)[1].split("#", 1)[0].strip()
+    return "t4"
+
+
+__all__ = ["DEFAULT_PRESET", "intended_gpu", "PRESETS_DIR", "load_preset", "preset_description", "preset_names", "preset_paths", "_load_yaml"]

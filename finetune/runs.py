@@ -6,6 +6,8 @@ reloaded page or a restarted app shows every run as it is.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -13,7 +15,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .adapter import ADAPTER_DIR, is_adapter_dir
 from .errors import UserError
@@ -23,6 +25,16 @@ CONFIG_FILE = "config.yaml"
 CHECKPOINTS = "checkpoints"
 ADAPTER = ADAPTER_DIR  # the finished adapter; its format is adapter.py's
 STOP_FILE = "STOP"
+# A stop request taken by a process is renamed to STOPPING.<pid> (atomic: exactly one of "the process takes it"
+# and "a resume withdraws it" happens), so a resume knows whether the process will stop or go on.
+STOPPING_PREFIX = "STOPPING."
+# Held (flock) by the training process of a run for its whole life: a resumed run's process waits on it until
+# the process it follows has ended, so two processes never train one folder.
+PROCESS_LOCK = ".process.lock"
+# Held by stop and resume while they decide, so a stop and a resume of one run never interleave.
+CONTROL_LOCK = ".control.lock"
+# The statuses of a run with a process behind it (started, waiting for a slot, or training).
+LIVE = ("new", "resuming", "queued", "running")
 # A run executing on another machine (Hugging Face Jobs) records its job here; its liveness is the job's,
 # not a local process id (backends.hfjobs.sync writes the job's end into the events).
 JOB_FILE = "job.json"
@@ -132,6 +144,57 @@ def stop_requested(run_dir: Path) -> bool:
     return (Path(run_dir) / STOP_FILE).exists()
 
 
+def claim_stop(run_dir: Path) -> bool:
+    """Take a pending stop request for this process (it will stop): True when there was one. Atomic against
+    :func:`withdraw_stop`: a request is either taken or withdrawn, never both."""
+    try:
+        os.rename(Path(run_dir) / STOP_FILE, Path(run_dir) / f"{STOPPING_PREFIX}{os.getpid()}")
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def withdraw_stop(run_dir: Path) -> bool:
+    """Take back a stop request no process has taken yet: True when one was withdrawn (the run goes on)."""
+    try:
+        (Path(run_dir) / STOP_FILE).unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def stopping(run_dir: Path, pid: int | None) -> bool:
+    """Whether process ``pid`` has taken a stop request (it is stopping)."""
+    return pid is not None and (Path(run_dir) / f"{STOPPING_PREFIX}{pid}").exists()
+
+
+def clear_stop(run_dir: Path, requests: bool = True) -> None:
+    """Forget the stop requests of ended processes (``requests``: the pending one too)."""
+    run_dir = Path(run_dir)
+    for path in list(run_dir.glob(f"{STOPPING_PREFIX}*")) + ([run_dir / STOP_FILE] if requests else []):
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def control(run_dir: Path) -> Iterator[None]:
+    """Stop and resume of one run, one at a time (across processes: the app and the CLI)."""
+    fd = os.open(Path(run_dir) / CONTROL_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def hold_process_lock(run_dir: Path) -> int:
+    """Wait until no other process trains this run, then hold the run for this process (until it exits):
+    returns the descriptor that holds the lock. Stop requests of earlier processes are forgotten."""
+    fd = os.open(Path(run_dir) / PROCESS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    clear_stop(run_dir, requests=False)
+    return fd
+
+
 def _pid_alive(pid: object) -> bool:
     if not isinstance(pid, int) or pid <= 0:
         return False
@@ -165,6 +228,11 @@ class RunState:
     losses: list[tuple[int, float]] = field(default_factory=list)
     eval_losses: list[tuple[int, float]] = field(default_factory=list)
     queue_position: int | None = None  # queued: 1 = trains next (backends.queue)
+    device: str = ""  # where the run trains: cuda | cpu | mps (its started event)
+    mem_gb: float | None = None  # device memory in use at the last step (train.Gauge), of mem_total_gb
+    mem_total_gb: float | None = None
+    util_pct: float | None = None  # device utilisation at the last step (CPU: 100 per busy core)
+    pid: int | None = field(default=None, repr=False)  # the run's latest process (not shown: a server detail)
 
     @property
     def status_text(self) -> str:
@@ -175,33 +243,50 @@ class RunState:
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
+        d.pop("pid", None)
         d["path"] = str(self.path)
         d["status_text"] = self.status_text
         return d
 
 
 def read_run(run_dir: Path) -> RunState:
-    """The state of a run from its folder alone."""
+    """The state of a run from its folder alone.
+
+    A process launched for the run (a ``launched`` event with its pid) makes it ``new`` (a first start) or
+    ``resuming`` until that process starts training; the end events of the process it follows (a ``stopped``
+    written after the resume was asked) do not end it. If the launched process dies before it trains, the
+    run reads as it was before the launch (``interrupted`` for a run that never trained).
+    """
     run_dir = Path(run_dir)
     events = read_events(run_dir)
     state = RunState(run_id=run_dir.name, path=run_dir, status="new")
+    pending: int | None = None  # the pid of a launched process that has not started training yet
+    before = "interrupted"  # the status as it would be without that launch
     for e in events:
         kind = e.get("type")
-        if kind == "queued":  # waiting for a free training slot on this machine (backends.queue)
+        if kind == "launched":  # the app started a training process for the run (backends.local)
+            if state.status not in ("new", "resuming", "queued", "running"):
+                before = state.status
+            pending = e.get("pid")
+            state.status = "resuming" if e.get("resume") else "new"
+            state.message, state.queue_position, state.pid = "", None, pending
+        elif kind == "queued":  # waiting for a free training slot on this machine (backends.queue)
             state.status, state.queue_position = "queued", e.get("position")
             state.message = f"queued (position {e.get('position')}): starts when a run ahead of it ends"
-            state._pid = e.get("pid")  # type: ignore[attr-defined]
+            state.pid = e.get("pid")
         elif kind == "started":
+            pending = None
             state.started = state.started or e.get("time")
             state.name = e.get("name", state.name)
             state.model = e.get("model", state.model)
+            state.device = e.get("device", state.device) or state.device
             state.max_steps = e.get("max_steps", state.max_steps) or state.max_steps
             state.status, state.message, state.queue_position = "running", "", None
-            state._pid = e.get("pid")  # type: ignore[attr-defined]
+            state.pid = e.get("pid")
         elif kind == "step":
             state.step = e.get("step", state.step)
             state.max_steps = e.get("max_steps", state.max_steps) or state.max_steps
-            for key in ("loss", "tokens_per_s", "eta_s", "elapsed_s"):
+            for key in ("loss", "tokens_per_s", "eta_s", "elapsed_s", "mem_gb", "mem_total_gb", "util_pct"):
                 if e.get(key) is not None:
                     setattr(state, key, e[key])
             if e.get("loss") is not None:
@@ -215,14 +300,21 @@ def read_run(run_dir: Path) -> RunState:
         elif kind == "chunk_aborted":  # a GPU call was cut off (ZeroGPU): resumable from the last checkpoint
             state.status, state.message = "interrupted", e.get("message", "")
         elif kind in TERMINAL or kind == "paused":
+            if pending is not None and e.get("pid") != pending:
+                before = kind  # the end of the process a resumed one follows: the run goes on
+                state.message = e.get("message", "")
+                continue
+            pending = None
             state.status, state.queue_position = kind, None
             state.message = e.get("message", "")
             if kind == "finished":
                 state.step = e.get("step", state.step)
     remote = read_backend(run_dir, events) == "hf-jobs"  # a job's liveness is the job's, not a local process's
-    if state.status in ("running", "queued") and not remote and not _pid_alive(getattr(state, "_pid", None)):
-        state.status, state.queue_position = "interrupted", None  # the process is gone without a final event: resumable
-    state.__dict__.pop("_pid", None)
+    watched = state.status in ("queued", "running") or (state.status in LIVE and state.pid is not None)
+    if watched and not remote and not _pid_alive(state.pid):
+        # the process is gone without a final event: resumable
+        state.status = before if pending is not None and state.status != "running" else "interrupted"
+        state.queue_position = None
     state.has_adapter = is_adapter_dir(run_dir / ADAPTER)
     ck = last_checkpoint(run_dir)
     state.last_checkpoint = str(ck) if ck else None

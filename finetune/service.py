@@ -364,6 +364,67 @@ def job_cost(config_yaml: str, flavor: str) -> JobCost:
     return JobCost(limit, cost)
 
 
+class RunSummary(TypedDict):
+    """What a run will use, shown before it starts (:func:`run_summary`)."""
+
+    data: str  # the file name, the Hub dataset id, or "the bundled sample"
+    sample: bool  # no dataset was chosen: the bundled sample would be used (the app asks to confirm)
+    rows: int | None  # rows in the data file (None: a Hub dataset, counted when the run starts)
+    template: str
+    model: str
+    steps: int | None  # training.max_steps, else planned from the rows and epochs (None: unknown yet)
+    backend: str
+
+
+BACKEND_LABELS = {"local": "this machine", "zerogpu": "ZeroGPU", "hf-jobs": "Hugging Face Jobs"}
+
+
+def run_summary(config_yaml: str, data_file: str | Path | None = None, backend: str = "local",
+                flavor: str | None = None) -> RunSummary:
+    """The data (file, rows), template, model, steps and backend a run of this config would use."""
+    import math
+
+    from . import data
+    from .config import SAMPLE_DATA
+    from .models import EMBEDDED_REPO_ID
+
+    cfg = parse_config(config_yaml)
+    name = backend_name(backend)
+    source = str(data_file) if data_file else cfg.data.source
+    sample = not source
+    rows: int | None = None
+    if sample or Path(source).is_file():
+        table = data.load_rows(source or str(SAMPLE_DATA), max_bytes=data.max_upload_bytes())
+        rows = len(table.rows)
+    shown = "the bundled sample (city/year extraction)" if sample else (Path(source).name if data_file else source)
+    t = cfg.training
+    steps: int | None = t.max_steps if t.max_steps > 0 else None
+    if steps is None and rows is not None:
+        examples = max(1, round(rows * (1 - cfg.data.val_fraction)))
+        steps = max(1, math.ceil(math.ceil(math.ceil(examples / t.batch_size) / t.grad_accum) * t.epochs))
+    template = cfg.data.template
+    return {"data": shown, "sample": sample, "rows": rows,
+            "template": "the model's own chat template" if template == "model" else template,
+            "model": cfg.model.id or f"{EMBEDDED_REPO_ID} (embedded)", "steps": steps,
+            "backend": BACKEND_LABELS[name] + (f" ({flavor})" if name == "hf-jobs" and flavor else "")}
+
+
+def check_data_chosen(config_yaml: str, data_file: str | Path | None, use_sample: bool) -> None:
+    """The app's Start button: a run with no dataset trains on the bundled sample only when the user said so."""
+    if not data_file and not parse_config(config_yaml).data.source and not use_sample:
+        raise ServiceError("no dataset chosen: upload a file or give a Hub dataset id (1 · Dataset), or tick "
+                           "'Train on the bundled sample' to try the app on its city/year example")
+
+
+def loss_curves(ws: Workspace, owner: str | None, run_ids: list[str]) -> list[dict[str, Any]]:
+    """The train loss by step of several of the owner's runs, one row per point (run, step, loss): their
+    curves overlaid."""
+    out: list[dict[str, Any]] = []
+    for rid in run_ids:
+        out += [{"run": rid, "step": s, "loss": v} for s, v in runs.read_run(_run_dir(ws, owner, rid)).losses]
+    return out
+
+
 def run_events(ws: Workspace, owner: str | None, run_id: str) -> list[dict[str, Any]]:
     from .events import read_events
 
@@ -441,7 +502,7 @@ def check_model_ref(ws: Workspace, text: str, what: str = "base model") -> str:
 def format_preview(source: str, *, template: str, system_prompt: str = "", columns: dict[str, str] | None = None,
                    model: str = "", max_length: int = 1024, train_on: str = "assistant",
                    hub_config: str | None = None, split: str = "train", out_dir: Path, preview_rows: int = 5,
-                   hub_only: bool = False) -> FormatPreview:
+                   hub_only: bool = False, keep_duplicates: bool = False) -> FormatPreview:
     """Format a dataset for the Dataset tab: summary markdown, preview examples with spans, token lengths,
     row problems, warnings and the formatted JSONL file.
 
@@ -457,7 +518,8 @@ def format_preview(source: str, *, template: str, system_prompt: str = "", colum
     try:
         result = data.format_dataset(source, hub_config=hub_config, split=split, template=template,
                                      system_prompt=system_prompt, columns=columns or None, tokenizer=tok,
-                                     train_on=train_on, max_length=max_length, max_bytes=data.max_upload_bytes())
+                                     train_on=train_on, max_length=max_length, max_bytes=data.max_upload_bytes(),
+                                     keep_duplicates=keep_duplicates)
     except data.DataError as e:
         if is_file and e.file == str(source):  # name the file, not the server's upload path
             raise data.DataError(Path(source).name, e.row, e.reason) from None

@@ -198,6 +198,7 @@ def _datasets(config: RunConfig, tokenizer: Tokenizer) -> tuple[Dataset, Dataset
         measure_tokens=False,  # tokenize_examples below tokenizes each example once, with the offsets labels need
         train_on=d.train_on,
         strict=d.strict,
+        keep_duplicates=d.keep_duplicates,
         val_fraction=d.val_fraction,
         seed=d.seed,
         max_length=t.max_length,
@@ -324,6 +325,64 @@ def _cpu_share(device: str) -> CpuShare | None:
     return cpushare.from_env(cpushare.cpu_cores(), concurrent)
 
 
+class Gauge:
+    """Memory and utilisation of the training device, for the live gauge: ``mem_gb`` in use (GPU: reserved by
+    torch; CPU: this process's resident memory), ``mem_total_gb`` and ``util_pct`` (GPU: the card's utilisation
+    where NVML is there; CPU: this process's CPU time over the last interval, 100 per busy core)."""
+
+    def __init__(self) -> None:
+        from .cpushare import process_cpu_seconds
+
+        self._cpu = process_cpu_seconds
+        self._last = (time.monotonic(), process_cpu_seconds(os.getpid()))
+
+    def read(self) -> dict[str, float | None]:
+        import torch
+
+        gib = 1024**3
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(torch.cuda.current_device())
+            try:
+                util: float | None = float(torch.cuda.utilization())
+            except (ModuleNotFoundError, RuntimeError):  # no NVML on this machine
+                util = None
+            return {"mem_gb": round(torch.cuda.memory_reserved() / gib, 2),
+                    "mem_total_gb": round(props.total_memory / gib, 2), "util_pct": util}
+        now, used = time.monotonic(), self._cpu(os.getpid())
+        then, used_then = self._last
+        self._last = (now, used)
+        util = (round(100 * (used - used_then) / (now - then), 1)
+                if used is not None and used_then is not None and now > then else None)
+        try:
+            rss = int(open("/proc/self/statm", encoding="ascii").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (OSError, ValueError, IndexError):
+            return {"mem_gb": None, "mem_total_gb": None, "util_pct": util}
+        return {"mem_gb": round(rss / gib, 2), "mem_total_gb": round(total / gib, 2), "util_pct": util}
+
+
+# The package each tracker needs (the others: transformers names theirs when one is missing).
+TRACKER_PACKAGES = {"trackio": "trackio", "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def _trackers(config: RunConfig, run_dir: Path) -> list[str]:
+    """``training.report_to`` as the trainer takes it. Trackio writes its local dashboard next to the runs of
+    the same owner (``<runs root>/.trackio``, ``trackio show`` there), so one owner's runs are compared and no other
+    owner's appear; a tracker signs in with its own login, never with a token of this app."""
+    import importlib.util
+
+    from .config import reporters
+
+    names = reporters(config.training.report_to)
+    missing = [n for n in names if n in TRACKER_PACKAGES and importlib.util.find_spec(TRACKER_PACKAGES[n]) is None]
+    if missing:
+        raise TrainingError(f"training.report_to {', '.join(missing)}: install "
+                            f"{' '.join(TRACKER_PACKAGES[n] for n in missing)} (pip), or set training.report_to: none")
+    if "trackio" in names:
+        os.environ.setdefault("TRACKIO_DIR", str(run_dir.parent / ".trackio"))
+    return names
+
+
 def _share_callback(share: CpuShare, log: _Events) -> TrainerCallback:
     """At each step boundary (at most once a second) set torch's threads from the app's recent CPU use; each
     change is a ``threads`` event."""
@@ -336,7 +395,7 @@ def _share_callback(share: CpuShare, log: _Events) -> TrainerCallback:
             threads = share.check()
             if threads is not None:
                 torch.set_num_threads(threads)
-                log.emit("threads", step=state.global_step, threads=threads, app_cores=round(share.app_cores, 2))
+                log.emit("threads", step=state.global_step, threads=threads, load_cores=round(share.load_cores, 2))
 
     return ShareCpu()
 
@@ -356,6 +415,7 @@ def _make_callback(log: _Events, run_dir: Path, should_stop: Callable[[], bool] 
             self.last_tokens = 0
             self.first_step: int | None = None
             self.step_times: list[float] = []
+            self.gauge = Gauge()
 
         def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                            **kw: Any) -> None:
@@ -371,8 +431,8 @@ def _make_callback(log: _Events, run_dir: Path, should_stop: Callable[[], bool] 
             halt: str | None = None
             if should_stop is not None and should_stop():
                 halt = "stopped"
-            elif runs.stop_requested(run_dir):
-                halt = "stopped"
+            elif state.global_step < state.max_steps and is_main_process() and runs.claim_stop(run_dir):
+                halt = "stopped"  # taken (renamed): a resume asked from now on follows this process
             elif until_step is not None and state.global_step >= until_step:
                 halt = "paused"
             elif time_budget_s is not None:
@@ -412,6 +472,7 @@ def _make_callback(log: _Events, run_dir: Path, should_stop: Callable[[], bool] 
                 tokens_seen=tokens,
                 elapsed_s=round(elapsed, 2),
                 eta_s=round(per_step * (state.max_steps - state.global_step), 1) if per_step and done else None,
+                **self.gauge.read(),
             )
 
         def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
@@ -509,7 +570,10 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
     from . import models
 
     # -- setup -----------------------------------------------------------------------------
-    (run_dir / runs.STOP_FILE).unlink(missing_ok=True)  # a stop asked of an earlier attempt
+    if world_size() == 1 and runs.claim_stop(run_dir):  # asked before this process began to train
+        step = runs.read_run(run_dir).step
+        log.emit("stopped", pid=os.getpid(), step=step, message="stopped before training began")
+        return RunResult(run_dir.name, run_dir, "stopped", step, config.training.max_steps, None, {})
     device = pick_device()
     resolved = models.resolve(config.model)
     validate(config, models.model_max_length(resolved.path, resolved.revision), source=str(run_dir / runs.CONFIG_FILE))
@@ -570,7 +634,9 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
         save_total_limit=t.save_total_limit,
         eval_strategy=("steps" if t.eval_steps > 0 else "no") if eval_ds is not None else "no",
         eval_steps=t.eval_steps if t.eval_steps > 0 else None,
-        report_to="none",
+        report_to=_trackers(config, run_dir) or "none",
+        run_name=run_dir.name,
+        project=t.project,
         disable_tqdm=True,
         use_cpu=device == "cpu",
         include_num_input_tokens_seen="non_padding",

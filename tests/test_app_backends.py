@@ -45,7 +45,7 @@ def test_zerogpu_run_trains_in_chained_calls_and_streams_progress(zerogpu_app, t
     url, root = zerogpu_app
     c = client(url)
     quota = c.predict(tiny_yaml(tiny_model_dir, steps=6), None, api_name="/zerogpu_quota")  # what the tab shows
-    assert quota["max_steps"] == 6 and set(quota["share_of_daily_quota"]) == {"anonymous", "free", "pro"}
+    assert quota["max_steps"] == 6 and set(quota["share_of_daily_quota"]) == {"unauthenticated", "free", "pro", "team", "enterprise"}
     job = c.submit(tiny_yaml(tiny_model_dir, steps=6), None, "zerogpu", api_name="/start_training")
     progress_seen = []
     while not job.done():
@@ -104,8 +104,9 @@ def test_zerogpu_quota_shown_before_start():
     assert est["max_steps"] == 600 and est["calls"] >= 2 and est["gpu_seconds"] > 600 * est["per_step_s"]
     text = quota_markdown(est)
     assert f"{est['calls']} call(s)" in text
-    for tier in ("anonymous 2 min", "free 5 min", "pro 40 min"):
+    for tier in ("unauthenticated 2 min", "free 5 min", "pro 40 min", "team 40 min", "enterprise 60 min"):
         assert tier in text, text
+    assert "$1 per 10 minutes" in text  # beyond the quota: credits
     # an epochs-based run counts the rows of its data: more epochs, more quota
     cfg.training.max_steps, cfg.training.epochs, cfg.data.source = 0, 1, ""  # the bundled sample: 240 rows
     one = service.zerogpu_quota(cfg)
@@ -113,7 +114,7 @@ def test_zerogpu_quota_shown_before_start():
     three = service.zerogpu_quota(cfg)
     assert three["max_steps"] == 3 * one["max_steps"] and three["gpu_seconds"] > one["gpu_seconds"]
     big = dict(est, gpu_seconds=3 * 3600)
-    assert "More than a day's quota for: anonymous, free, pro" in quota_markdown(big)
+    assert "More than a day's quota for: unauthenticated, free, pro, team, enterprise" in quota_markdown(big)
 
 
 def test_zerogpu_is_refused_off_a_zerogpu_space_with_the_reason(plain_app, tiny_model_dir):

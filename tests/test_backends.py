@@ -179,7 +179,8 @@ def test_plan_chunk_and_quota_arithmetic(tmp_path):
     q = zerogpu.quota_estimate(max_steps=1000, per_step_s=0.5, setup_s=20, max_call_s=300)
     # 440 steps per 300 s call -> 3 calls; 3 x 20 s setup + 1000 x 0.5 s = 560 GPU seconds
     assert q["calls"] == 3 and q["steps_per_call"] == 440 and q["gpu_seconds"] == 560
-    assert q["share_of_daily_quota"] == {"anonymous": 4.67, "free": 1.87, "pro": 0.23}
+    assert q["share_of_daily_quota"] == {"unauthenticated": 4.67, "free": 1.87, "pro": 0.23, "team": 0.23,
+                                           "enterprise": 0.16}
     assert zerogpu.quota_estimate(1000, 0.5, 20, quota_factor=2.0)["gpu_seconds"] == 1120  # xlarge: double
     with pytest.raises(ValueError, match="measure the step time"):
         zerogpu.quota_estimate(100, 0)

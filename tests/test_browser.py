@@ -69,7 +69,7 @@ def test_click_through_all_tabs(page, tiny_model_dir):
     set_text(page, "training-max_steps", "6")
     set_text(page, "training-max_length", "128")
     page.wait_for_function("document.querySelector('#fit-verdict').innerText.includes('GB')", timeout=60_000)
-    assert "on t4" in page.locator("#fit-verdict").inner_text()
+    assert "on cpu" in page.locator("#fit-verdict").inner_text()  # the preset's own hardware
     page.locator("#gpu input").first.click()
     page.get_by_role("option", name="a100-80gb").click()
     # the verdict follows the control

@@ -26,9 +26,9 @@ order. What is not clicked, and why:
   in a second pass over the tabs, last, because they empty the inputs the other buttons work on.
 A file picker that a click opens (the dataset drop zone, "Load a config YAML") is answered by the test: the
 config loader gets a tiny-model config (so no real model loads anywhere), the dataset drop zone is cancelled on
-the empty form (the form stays empty). "Start training" trains the tiny model for two steps (on the empty form
-on the bundled sample, which the app uses when no dataset is given): on the empty form Stop and Resume then act on
-the starting run; after formatting, the test waits for the run to finish so Download and Push act on a finished one.
+the empty form (the form stays empty). "Start training" trains the tiny model for two steps (on the empty form it is
+refused: no dataset is chosen and the bundled sample is not confirmed; Stop and Resume then have no run); after
+formatting, the test waits for the run to finish so Download and Push act on a finished one.
 """
 
 from __future__ import annotations
@@ -362,7 +362,7 @@ def sweep_all(c: Clicker, root: Path, label: str) -> None:
 def test_every_button_on_the_empty_form(app, browser, tiny_config):
     demo, url, root = app
     c = Clicker(demo, url, browser, tiny_config, let_runs_finish=False)
-    # with no dataset "Start training" trains the tiny model on the bundled sample: that run ends in sweep_all
+    # with no dataset "Start training" is refused until the bundled sample is confirmed
     sweep_all(c, root, "empty form")
 
 

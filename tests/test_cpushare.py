@@ -35,11 +35,11 @@ def test_threads_follow_the_apps_cpu_use():
     f.now += 1.0
     assert share.check() is None  # the app was idle: keep every core
     f.now, f.used = f.now + 2.0, f.used + 1.9  # the app took ~1 core for 2 s
-    assert share.check() == 1 and share.app_cores == pytest.approx(0.95)
+    assert share.check() == 1 and share.load_cores == pytest.approx(0.95)
     f.now, f.used = f.now + 0.5, f.used + 0.5
     assert share.check() is None  # within the interval: no new measurement
     f.now, f.used = f.now + 3.0, f.used + 0.05  # idle again (0.55 s of CPU over the 3.5 s since the last check)
-    assert share.check() is None and share.app_cores == pytest.approx(0.157, abs=0.001)  # once is not enough
+    assert share.check() is None and share.load_cores == pytest.approx(0.157, abs=0.001)  # once is not enough
     f.now, f.used = f.now + 1.0, f.used + 0.6  # a short burst: still at one thread
     assert share.check() is None and share.current == 1
     f.now += 1.0
@@ -48,9 +48,9 @@ def test_threads_follow_the_apps_cpu_use():
     assert share.check() == 2  # idle twice in a row: every core again
     f.now, f.used = f.now + 1.0, f.used + 1.0
     assert share.check() == 1  # busy: down at once
-    f.cpu = lambda pid: None  # the app is gone (restarted): the run has the machine
+    f.cpu = lambda pid: None  # nothing to measure: the run has the machine
     f.now += 1.0
-    assert share.check() is None and share.app_cores == 0
+    assert share.check() is None and share.load_cores == 0
     f.now += 1.0
     assert share.check() == 2
     big = cpushare.CpuShare(1, most=8, clock=f.clock, cpu_seconds=lambda pid: 0.0)
@@ -77,6 +77,33 @@ def test_only_a_run_the_app_started_shares(monkeypatch):
     monkeypatch.setenv(cpushare.ENV, str(os.getpid()))
     share = cpushare.from_env(8, max_concurrent=2)
     assert share.app_pid == os.getpid() and share.most == 4  # its share of the cores when two runs train at once
+    assert share.cpu_seconds is cpushare.others_cpu_seconds  # it watches the machine's load, not the app alone
+
+
+def test_the_machines_load_counts_not_only_the_apps():
+    """A busy program that is not the app takes a core from the run: the run sees it (the app, asleep, uses none)."""
+    import time
+
+    app = subprocess.Popen([sys.executable, "-c", "import time\ntime.sleep(60)"])
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 60: pass"])
+    try:
+        time.sleep(0.3)
+        share = cpushare.CpuShare(app.pid, most=cpushare.cpu_cores(), interval=1.0)
+        app_before, others_before = cpushare.process_cpu_seconds(app.pid), cpushare.others_cpu_seconds()
+        spin = time.time()
+        while time.time() - spin < 1.2:  # the run itself is busy too: its own CPU time is not load
+            pass
+        app_used = cpushare.process_cpu_seconds(app.pid) - app_before
+        others_used = cpushare.others_cpu_seconds() - others_before
+        share.check()
+    finally:
+        for p in (app, busy):
+            p.kill()
+            p.wait()
+    assert app_used < 0.05  # watching the app alone, the run would see an idle machine
+    assert others_used > 0.3 and share.load_cores > 0.3, (others_used, share.load_cores)
+    if cpushare.cpu_cores() >= 2:
+        assert share.current < cpushare.cpu_cores()  # it gave a core back
 
 
 @pytest.mark.skipif(cpushare.cpu_cores() < 2, reason="needs 2 cores to give one back")
@@ -99,5 +126,5 @@ def test_a_sharing_run_gives_a_core_back_while_the_app_is_busy(tiny_model_dir, t
     cores = cpushare.cpu_cores()
     assert started["shares_cpu"] is True and started["cpu_threads"] == cores
     changes = [e for e in events if e["type"] == "threads"]
-    assert changes and changes[0]["threads"] == cores - 1 and changes[0]["app_cores"] >= cpushare.BUSY_CORES, changes
+    assert changes and changes[0]["threads"] == cores - 1 and changes[0]["load_cores"] >= cpushare.BUSY_CORES, changes
     assert result.status == "finished"

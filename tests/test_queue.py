@@ -144,7 +144,7 @@ def test_second_run_waits_in_the_queue_then_trains_after_the_first(tmp_path, tin
     first_end = next(e["time"] for e in first_events if e["type"] == "finished")
     second_start = next(e["time"] for e in second_events if e["type"] == "started")
     assert second_start >= first_end  # never two trainings at once
-    assert [e["type"] for e in second_events][:1] == ["queued"]
+    assert [e["type"] for e in second_events][:2] == ["launched", "queued"]
     # an app-started run begins on every core and watches the app's CPU use to give one back while it serves
     cores = len(os.sched_getaffinity(0))
     started = [e for e in first_events + second_events if e["type"] == "started"]

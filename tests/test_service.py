@@ -36,6 +36,8 @@ def test_list_status_and_stop_of_a_local_run(tmp_path):
     assert state["step"] == 3 and state["losses"] == [(3, 1.25)] and "path" not in state
     stopped = service.stop_training(ws, None, "r1")
     assert runs.stop_requested(run_dir) and stopped["run_id"] == "r1"
+    assert service.resume_training(ws, None, "r1") == "r1"  # the stop, not taken yet, is withdrawn
+    assert not runs.stop_requested(run_dir)
     with pytest.raises(service.ServiceError, match="already running"):
         service.resume_training(ws, None, "r1")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from .. import cpushare, runs
 from ..cpushare import cpu_cores
 from ..config import RunConfig
-from ..events import TERMINAL, EventLog
+from ..events import TERMINAL, EventLog, read_events
 from .. import slots
 
 NAME = "local"
@@ -84,23 +84,36 @@ def start(config: RunConfig, root: str | Path | None = None, run_id: str | None 
     run_dir.mkdir(parents=True, exist_ok=False)
     config.save(run_dir / runs.CONFIG_FILE)
     runs.record_backend(run_dir, NAME)
-    return _launch(run_dir, queue_dir)
+    with runs.control(run_dir):
+        return _launch(run_dir, queue_dir)
 
 
 def resume(run_id: str, root: str | Path | None = None, queue_dir: str | Path | None = None) -> str:
-    """Continue a paused, stopped or interrupted run from its last checkpoint."""
+    """Continue a paused, stopped or interrupted run from its last checkpoint; the run reads ``resuming`` until
+    its process trains.
+
+    Right after a stop, whatever the timing: a stop its process has not taken yet is withdrawn (the run goes
+    on); a process already stopping is followed by a new one, which waits for it to end
+    (:func:`runs.hold_process_lock`) and goes on from the checkpoint it writes."""
     run_dir = runs.run_path(run_id, root)
     if not (run_dir / runs.CONFIG_FILE).exists():
         raise runs.RunError(f"no run '{run_id}' here")
-    current = status(run_id, root).status
-    if current in ("running", "queued"):
-        raise runs.RunError(f"run '{run_id}' is already {current}")
-    return _launch(run_dir, queue_dir)
+    with runs.control(run_dir):
+        current = runs.read_run(run_dir)
+        if current.status in runs.LIVE and current.pid is not None:
+            if runs.withdraw_stop(run_dir):
+                return run_id
+            if not runs.stopping(run_dir, current.pid):
+                raise runs.RunError(f"run '{run_id}' is already {current.status}")
+        else:
+            runs.clear_stop(run_dir)  # requests no process took (it was killed first)
+        return _launch(run_dir, queue_dir, resume=True)
 
 
-def _launch(run_dir: Path, queue_dir: str | Path | None = None) -> str:
+def _launch(run_dir: Path, queue_dir: str | Path | None = None, resume: bool = False) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
     env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("TRACKIO_DIR", str(run_dir.resolve().parent / ".trackio"))  # the owner's dashboard, if a run tracks
     threads = train_threads()
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)  # read by torch when the process imports it
@@ -129,6 +142,8 @@ def _launch(run_dir: Path, queue_dir: str | Path | None = None) -> str:
         raise
     finally:
         log.close()
+    # Live at once ("new" or "resuming", with the process's pid), before the process has written anything.
+    EventLog(run_dir).emit("launched", pid=proc.pid, resume=resume)
     if ticket:
         slots.release(ticket.fd)  # the process holds the ticket's lock now
         if place > 0:  # visible at once; the process re-writes it whenever the position changes
@@ -145,11 +160,11 @@ def _reap(proc: subprocess.Popen[bytes], run_dir: Path) -> None:
     code = proc.wait()
     if code <= 0:  # success, or killed by a signal (an interrupted run stays resumable)
         return
-    state = runs.read_run(run_dir)
-    if state.status in TERMINAL or state.started:
+    own = [e for e in read_events(run_dir) if e.get("pid") == proc.pid]
+    if any(e.get("type") == "started" or e.get("type") in TERMINAL for e in own):  # it trained or recorded its end
         return
     tail = logs(run_dir.name, run_dir.parent, tail=3).strip().replace("\n", " | ")
-    EventLog(run_dir).emit("failed", message=f"the training process exited with code {code} before it started"
+    EventLog(run_dir).emit("failed", pid=proc.pid, message=f"the training process exited with code {code} before it started"
                            + (f": {tail}" if tail else ""))
 
 
@@ -159,9 +174,14 @@ def status(run_id: str, root: str | Path | None = None) -> runs.RunState:
 
 def stop(run_id: str, root: str | Path | None = None, wait_queued_s: float = 5.0) -> None:
     """Ask the run to stop at the next step; it writes a checkpoint and a ``stopped`` event. A queued run
-    leaves the line (its process checks every half second); this waits up to ``wait_queued_s`` for that."""
+    leaves the line (its process checks every half second); this waits up to ``wait_queued_s`` for that.
+    A run with no process (finished, stopped, interrupted) is left as it is: no request stays behind."""
     run_dir = runs.run_path(run_id, root)
-    runs.request_stop(run_dir)
+    with runs.control(run_dir):
+        current = runs.read_run(run_dir)
+        if current.status not in runs.LIVE or current.pid is None:
+            return
+        runs.request_stop(run_dir)
     deadline = time.time() + wait_queued_s
     while runs.read_run(run_dir).status == "queued" and time.time() < deadline:
         time.sleep(0.1)

@@ -24,7 +24,7 @@ from .. import runs
 from ..config import RunConfig
 from ..errors import PROGRAMMING_ERRORS, BadInputError, internal_message, is_programming_error, report_internal
 from ..events import EventLog, read_events
-from ..memory import ZEROGPU_DAILY_QUOTA_MIN
+from ..memory import ZEROGPU, ZEROGPU_DAILY_QUOTA_MIN
 
 try:
     import spaces
@@ -34,8 +34,8 @@ except ImportError:  # not installed: plain calls
 NAME = "zerogpu"
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
-FIRST_CALL_S = 60  # ZeroGPU's default duration: the first call measures the step time
-MAX_CALL_S = 300  # longer calls wait longer in the ZeroGPU queue
+FIRST_CALL_S = ZEROGPU.default_call_s  # ZeroGPU's default duration: the first call measures the step time
+MAX_CALL_S = ZEROGPU.max_call_s  # about the longest a call may ask for; longer calls also wait longer in the queue
 SETUP_S = 25.0  # model load + data preparation inside each call (re-measured from the events)
 MARGIN = 0.8  # train for 80% of the requested duration: the rest is for the checkpoint and variance
 # seconds of daily quota per account tier (the numbers live in memory/hardware.py, with their source)

@@ -1,5 +1,5 @@
 """`python -m finetune format DATA [--template NAME] [--system TEXT] [--columns k=v,...] [--model ID_OR_DIR]
-[--val-fraction F] [--strict] --out OUT.jsonl`
+[--val-fraction F] [--strict] [--keep-duplicates] --out OUT.jsonl`
 
 Writes one JSON object per example (`text`, `prompt`, `completion`, `messages`) in input order and
 prints a summary. With --val-fraction the validation rows go to OUT's stem + `.val.jsonl`. Bad rows are
@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--columns", default="", help="column mapping field=column,..., e.g. instruction=question,output=answer")
     p.add_argument("--model", help="model id or folder: its tokenizer gives bos/eos and token statistics")
     p.add_argument("--val-fraction", type=float, default=0.0, help="fraction of rows for validation (0 to 0.5)")
+    p.add_argument("--keep-duplicates", action="store_true",
+                   help="keep rows that repeat an earlier row (default: each repeat is skipped and listed)")
     p.add_argument("--max-length", type=int, default=None, help="count examples longer than this many tokens")
     p.add_argument("--train-on", choices=("assistant", "all"), default="assistant")
     p.add_argument("--strict", action="store_true", help="stop at the first bad row")
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         result = format_dataset(args.data, template=template, system_prompt=args.system,
                                 columns=parse_column_mapping(args.columns, "--columns:"), tokenizer=tokenizer, train_on=args.train_on,
                                 strict=args.strict, val_fraction=args.val_fraction, max_length=args.max_length,
-                                hub_config=args.hub_config, split=args.split)
+                                hub_config=args.hub_config, split=args.split, keep_duplicates=args.keep_duplicates)
     except DataError as e:
         raise UsageError(str(e)) from e
     out = Path(args.out)

@@ -19,12 +19,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     from finetune import service
     from finetune.commands.status import resolve_run
+    from finetune.runs import LIVE
 
     run_dir = resolve_run(args.run, args.runs_root)
     ws, run_id = service.Workspace(run_dir.parent), run_dir.name
     before = service.run_state(ws, None, run_id, sync=False)[0].status
     backend = service.backend_of(run_dir)
-    if backend != "hf-jobs" and before not in ("running", "queued"):
+    if backend != "hf-jobs" and before not in LIVE:
         print(f"run {run_id} is {before}, not running: nothing to stop")
         return 0
     service.stop_training(ws, None, run_id)

@@ -140,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
         _check_repo(args.push_to)
     if args.backend == "hf-jobs":
         return submit_job(args)
+    if args.run_dir and is_main_process():
+        _hold_run(args.run_dir)
     if args.queue_dir and not wait_in_queue(args):
         return 0  # stopped while waiting
     printer = Printer(args.quiet, args.events_json)
@@ -159,6 +161,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 _SLOT: list[int] = []  # the queue slot this process trains in: held (open) until the process ends
+_RUN: list[int] = []  # the run folder's process lock: held until the process ends
+
+
+def _hold_run(run_dir: str) -> None:
+    """Train the folder alone: a resumed run's process waits here until the process it follows has ended."""
+    from pathlib import Path
+
+    from finetune import runs
+
+    path = Path(run_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    _RUN.append(runs.hold_process_lock(path))
 
 
 def wait_in_queue(args: argparse.Namespace) -> bool:
@@ -179,13 +193,12 @@ def wait_in_queue(args: argparse.Namespace) -> bool:
         ticket = (slots.adopt(args.queue_ticket, args.queue_ticket_fd) if args.queue_ticket_fd is not None
                   else slots.enqueue(args.queue_dir, run_dir.name))
         log = EventLog(run_dir)
-        slot = slots.wait_for_slot(args.queue_dir, ticket, should_stop=lambda: runs.stop_requested(run_dir),
+        slot = slots.wait_for_slot(args.queue_dir, ticket, should_stop=lambda: runs.claim_stop(run_dir),
                                    on_position=lambda n: log.emit("queued", position=n, pid=os.getpid()))
     except ValueError as e:  # a bad FINETUNE_MAX_CONCURRENT_RUNS
         raise UsageError(str(e)) from e
     if slot is None:
-        (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
-        log.emit("stopped", message="removed from the queue before it started")
+        log.emit("stopped", pid=os.getpid(), message="removed from the queue before it started")
         return False
     _SLOT.append(slot)
     return True

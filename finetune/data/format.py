@@ -319,6 +319,7 @@ class _Output:
     examples: list[Example] = field(default_factory=list)
     check_formula: list[Example] = field(default_factory=list)  # the examples that may hold a spreadsheet formula
     seen: dict[Hashable, int] = field(default_factory=dict)  # an example's turns (or text) -> its row
+    keep_duplicates: bool = False  # repeats are kept (they weigh their example more), not rejected
 
     def stop_at(self, p: Problem) -> DataError:
         where = f"line {p.line}: " if p.line else ""
@@ -334,7 +335,10 @@ class _Output:
         self.warnings.append(Problem(number, fld, reason, fix, category, "warning", self.line_of(number)))
 
     def first(self, key: Hashable, number: int) -> bool:
-        """Whether no earlier row had this conversation; a repeat is rejected, naming the row it repeats."""
+        """Whether no earlier row had this conversation; a repeat is rejected, naming the row it repeats (unless
+        duplicates are kept)."""
+        if self.keep_duplicates:
+            return True
         if key in self.seen:
             self.reject(number, "", f"duplicates row {self.seen[key]}", "remove the duplicate", "duplicate")
             return False
@@ -454,12 +458,14 @@ def format_dataset(
     max_bytes: int | None = None,
     per_row: bool = False,
     measure_tokens: bool = True,
+    keep_duplicates: bool = False,
 ) -> FormatResult:
     """Load, detect, render. Bad rows are skipped and counted (``strict``: the first raises DataError).
 
     ``per_row``: every row through the per-row path, the reference that the fast path must equal (slower, the
     same result; see the module docstring). ``measure_tokens``: with a tokenizer, count each example's tokens
-    (``FormatResult.lengths``); training turns it off, it tokenizes the examples itself."""
+    (``FormatResult.lengths``); training turns it off, it tokenizes the examples itself. ``keep_duplicates``: a row
+    that repeats an earlier one is kept instead of skipped."""
     if isinstance(source, (str, Path)):
         table = load_rows(source, hub_config=hub_config, split=split, max_bytes=max_bytes)
     else:
@@ -472,7 +478,7 @@ def format_dataset(
     if template == MODEL_TEMPLATE and tokenizer is None:
         raise DataError(name, None, "template 'model' needs the model's tokenizer; give --model or pick a template")
 
-    out = _Output(name, strict, (table.lines or {}).get, list(table.broken))
+    out = _Output(name, strict, (table.lines or {}).get, list(table.broken), keep_duplicates=keep_duplicates)
     fast = None if per_row else _single_turn_rows(table.rows, shape, template, tokenizer, train_on, system_prompt,
                                                      table.valid_text)
     # strict: an unparsable row stops the run when the rows before it are done, not before them

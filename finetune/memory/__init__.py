@@ -28,11 +28,13 @@ from .estimate import (ATTENTION, COMPONENT_HELP, LOSSES, METHODS, OPTIMIZERS, T
                        flops_per_token, kv_cache_bytes, layer_activation_bytes, layer_backward_transient_bytes,
                        logits_bytes, lora_params, optimizer_bytes_per_param, setup_for, smallest_gpu, suggest,
                        targeted_layers, tokens_per_second, trainable_params, weight_bytes)
-from .hardware import (CUDA_CONTEXT_GB, GPUS, SAFE_FRACTION, ZEROGPU_DAILY_QUOTA_MIN, EstimateError, GiB, GpuSpec,
-                       fit_verdict, get_gpu)
+from .hardware import (CATALOG_DATE, CUDA_CONTEXT_GB, GPUS, SAFE_FRACTION, ZEROGPU, ZEROGPU_DAILY_QUOTA_MIN,
+                       EstimateError, GiB, GpuSpec, ZeroGpuFacts, fit_verdict, forget_live_prices, get_gpu,
+                       parse_jobs_hardware, prices_source, refresh_jobs_prices)
 
 __all__ = [
-    "ATTENTION", "COMPONENT_HELP", "CUDA_CONTEXT_GB", "GPUS", "LOSSES", "METHODS", "OPTIMIZERS", "SAFE_FRACTION",
+    "CATALOG_DATE", "ZEROGPU", "ZeroGpuFacts", "forget_live_prices", "parse_jobs_hardware", "prices_source",
+    "refresh_jobs_prices", "ATTENTION", "COMPONENT_HELP", "CUDA_CONTEXT_GB", "GPUS", "LOSSES", "METHODS", "OPTIMIZERS", "SAFE_FRACTION",
     "THROUGHPUT_ANCHORS", "WEIGHT_FORMATS", "ZEROGPU_DAILY_QUOTA_MIN", "AutoPlan", "EstimateError", "GiB", "GpuSpec",
     "InferenceEstimate", "Linear", "MemoryEstimate", "ModelSpec", "TimeEstimate", "TrainSetup", "activation_bytes",
     "apply_plan", "auto_configure", "breakdown_bytes", "check_setup", "configure_for", "count_params",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from dataclasses import dataclass
 
 from ..errors import UserError
@@ -54,13 +55,18 @@ def _host_ram_gb() -> float:
         return 16.0
 
 
-# usable_gb: nvidia-smi "memory.total" (MiB / 1024) of each board. Prices: Hugging Face Jobs, billed per
-# minute: t4-small $0.40/h, a10g-large $1.50/h, a100-large $2.50/h, h200 $5.00/h (shared/STACK.md, Nov 2026);
-# a10g-small $1.00/h, l4x1 $0.80/h, l40sx1 $1.80/h: the same flavors' hourly prices in the Hub's hardware
-# table (https://huggingface.co/docs/hub/en/spaces-gpus, "1x Nvidia L4 ... $0.80", "1x Nvidia L40S ...
-# $1.80", "Nvidia A10G - small ... $1.00"). No Jobs flavor offers an A100-40GB or an H100; rtx-pro-6000 is
-# a flavor but its price was not in the sources checked (None: the estimate says so instead of guessing).
-# ZeroGPU (2026): an RTX Pro 6000 Blackwell; "large" is half a card, "xlarge" the whole card at 2x quota.
+# The one catalog of hardware facts that change: Hugging Face Jobs flavors and prices, ZeroGPU hardware, quotas
+# and call limits. Written down on CATALOG_DATE; Jobs prices are replaced by the live listing when the app is online
+# (refresh_jobs_prices), and everything that shows a price, a quota or a limit reads it from here.
+CATALOG_DATE = "2026-12-02"
+
+# usable_gb: nvidia-smi "memory.total" (MiB / 1024) of each board. Offline Jobs prices, billed per minute, as listed
+# on CATALOG_DATE: t4-small $0.40/h, a10g-large $1.50/h, a100-large $2.50/h, h200 $5.00/h (shared/STACK.md);
+# a10g-small $1.00/h, l4x1 $0.80/h, l40sx1 $1.80/h (https://huggingface.co/docs/hub/en/spaces-gpus). No Jobs
+# flavor offers an A100-40GB or an H100; rtx-pro-6000 is a flavor whose price was not in the sources checked (None:
+# the estimate says so instead of guessing; the live listing fills it in when online).
+# ZeroGPU (2026): an RTX Pro 6000 Blackwell; "large" is half a card (48 GB), "xlarge" the whole card (96 GB) at
+# twice the quota.
 GPUS: dict[str, GpuSpec] = {
     g.name: g
     for g in (
@@ -73,16 +79,100 @@ GPUS: dict[str, GpuSpec] = {
         GpuSpec("h100", "NVIDIA H100 80GB", 80, 79.6, 989, 0.35),
         GpuSpec("h200", "NVIDIA H200", 141, 140.4, 989, 0.35, hf_flavor="h200", usd_per_hour=5.00),
         GpuSpec("rtx-pro-6000", "NVIDIA RTX Pro 6000 Blackwell", 96, 95.6, 500, 0.25, hf_flavor="rtx-pro-6000"),
-        GpuSpec("zerogpu-large", "ZeroGPU large (half an RTX Pro 6000)", 48, 47.8, 250, 0.25, zerogpu_quota_factor=1.0),
-        GpuSpec("zerogpu-xlarge", "ZeroGPU xlarge (an RTX Pro 6000)", 96, 95.6, 500, 0.25, zerogpu_quota_factor=2.0),
+        GpuSpec("zerogpu-large", "ZeroGPU large (half an RTX Pro 6000 Blackwell)", 48, 47.8, 250, 0.25,
+                zerogpu_quota_factor=1.0),
+        GpuSpec("zerogpu-xlarge", "ZeroGPU xlarge (a whole RTX Pro 6000 Blackwell)", 96, 95.6, 500, 0.25,
+                zerogpu_quota_factor=2.0),
         # CPU: memory is this machine's RAM; 0.2 effective TFLOP/s is an order of magnitude (shared/STACK.md:
         # SmolLM2-135M on 2 cores, batch 4 of short examples, 1.5-1.9 s/step); measure a few steps instead.
         GpuSpec("cpu", "this machine's CPU", 0, 0, 0.5, 0.4, bf16=True),
     )
 }
 
-# ZeroGPU daily quota in GPU minutes (shared/STACK.md): anonymous visitors, free accounts, PRO accounts.
-ZEROGPU_DAILY_QUOTA_MIN = {"anonymous": 2, "free": 5, "pro": 40}
+
+@dataclass(frozen=True)
+class ZeroGpuFacts:
+    """ZeroGPU as it is on CATALOG_DATE."""
+
+    card: str
+    sizes: dict[str, str]  # ``spaces.GPU(size=...)`` -> catalog entry (GPUS)
+    daily_quota_min: dict[str, int]  # GPU minutes per day, per account tier
+    usd_per_10_min_beyond_quota: float  # credits, once the day's quota is spent
+    default_call_s: int  # a call's duration unless it asks for another
+    max_call_s: int  # about the longest a call may ask for
+    torch_compile: bool  # whether torch.compile works inside a call
+
+
+ZEROGPU = ZeroGpuFacts(
+    card="NVIDIA RTX Pro 6000 Blackwell",
+    sizes={"large": "zerogpu-large", "xlarge": "zerogpu-xlarge"},
+    daily_quota_min={"unauthenticated": 2, "free": 5, "pro": 40, "team": 40, "enterprise": 60},
+    usd_per_10_min_beyond_quota=1.0,
+    default_call_s=60,
+    max_call_s=300,
+    torch_compile=False,
+)
+ZEROGPU_DAILY_QUOTA_MIN = ZEROGPU.daily_quota_min
+
+# Jobs prices as read from the live hardware listing (refresh_jobs_prices): flavor -> USD per hour. Empty until
+# read: the offline prices of GPUS apply. A cache of public prices, the same for every user.
+_live_prices: dict[str, float] = {}
+_live_read_at: list[float] = []
+
+
+def parse_jobs_hardware(listing: list[dict[str, object]]) -> dict[str, float]:
+    """Flavor -> USD per hour from the Hub's Jobs hardware listing (``GET /api/jobs/hardware``: name, unitCostUSD
+    or unitCostMicroUSD per unitLabel). Entries without a price or with an unknown unit are left out."""
+    per_hour = {"second": 3600.0, "minute": 60.0, "hour": 1.0}
+    out: dict[str, float] = {}
+    for item in listing:
+        name, unit = item.get("name"), item.get("unitLabel", "minute")
+        cost = item.get("unitCostUSD")
+        if not isinstance(cost, (int, float)) and isinstance(item.get("unitCostMicroUSD"), (int, float)):
+            cost = float(item["unitCostMicroUSD"]) / 1e6  # type: ignore[arg-type]
+        if isinstance(name, str) and isinstance(cost, (int, float)) and unit in per_hour:
+            out[name] = round(float(cost) * per_hour[str(unit)], 4)
+    return out
+
+
+def refresh_jobs_prices(listing: list[dict[str, object]] | None = None) -> dict[str, float]:
+    """Read the Jobs prices from the live hardware listing (or ``listing``, a copy of it) and use them from now on;
+    returns them. Offline (HF_HUB_OFFLINE) or unreachable: raises, and the offline prices stay."""
+    if listing is None:
+        from huggingface_hub import constants, get_session
+
+        if constants.HF_HUB_OFFLINE:
+            raise EstimateError("offline (HF_HUB_OFFLINE=1): the Jobs prices of the offline table "
+                                f"({CATALOG_DATE}) are used")
+        import httpx2  # huggingface_hub's HTTP client
+
+        try:
+            response = get_session().get(f"{constants.ENDPOINT}/api/jobs/hardware", timeout=10)
+            response.raise_for_status()
+            listing = response.json()
+        except (httpx2.HTTPError, OSError, ValueError) as e:  # unreachable, refused, or not JSON
+            raise EstimateError(f"the Jobs hardware listing cannot be read ({e.__class__.__name__}); the offline "
+                                f"prices of {CATALOG_DATE} stay") from None
+    prices = parse_jobs_hardware(listing or [])
+    if not prices:
+        raise EstimateError("the Jobs hardware listing has no prices; the offline table stays")
+    _live_prices.clear()
+    _live_prices.update(prices)
+    _live_read_at[:] = [time.time()]
+    return prices
+
+
+def forget_live_prices() -> None:
+    """Back to the offline prices (tests)."""
+    _live_prices.clear()
+    _live_read_at.clear()
+
+
+def prices_source() -> str:
+    """Where the Jobs prices shown come from: the live listing (when it was read) or the dated offline table."""
+    if _live_read_at:
+        return f"Hugging Face Jobs prices read live at {time.strftime('%Y-%m-%d %H:%M', time.gmtime(_live_read_at[0]))} UTC"
+    return f"Hugging Face Jobs prices as listed on {CATALOG_DATE} (offline table)"
 
 
 class EstimateError(ValueError, UserError):
@@ -95,6 +185,8 @@ def get_gpu(name: str) -> GpuSpec:
     if key not in GPUS:
         raise EstimateError(f"unknown GPU '{name}'; choose one of: {', '.join(GPUS)}")
     gpu = GPUS[key]
+    if gpu.hf_flavor and gpu.hf_flavor in _live_prices:
+        gpu = dataclasses.replace(gpu, usd_per_hour=_live_prices[gpu.hf_flavor])
     if gpu.is_cpu:
         ram = round(_host_ram_gb(), 1)
         gpu = dataclasses.replace(gpu, nominal_gb=ram, usable_gb=ram)

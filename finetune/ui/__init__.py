@@ -6,6 +6,7 @@ import os
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
@@ -13,7 +14,7 @@ from ..config import RunConfig
 from ..data import parse_column_mapping
 from ..service import Workspace, default_workspace
 from . import forms
-from .common import Api
+from .common import BROWSER_KEY_STORAGE, Api, browser_secret, claim_browser, forget_browser
 from .dataset_tab import create_dataset_tab
 from .export_tab import create_export_tab
 from .hparams_tab import create_hparams_tab, wire_config
@@ -26,11 +27,27 @@ CSS = """
 .ft-row { font-size: 0.8em; color: #6b7280; }
 .ft-progress { padding: 8px 0; }
 .ft-msg { color: #b91c1c; margin-top: 4px; }
+/* the badges and buttons use emoji: a colour emoji font after the theme's, where the theme's font lacks them */
+.gradio-container, .gradio-container button, .gradio-container input, .gradio-container textarea {
+  font-family: var(--font), "Noto Color Emoji", "Apple Color Emoji", "Segoe UI Emoji", "Twemoji Mozilla", sans-serif;
+}
 """
 
 INTRO = """# finetune
 Fine-tune an open LLM on your own data with QLoRA, then chat with it and share the adapter.
 **1 · Dataset** → **2 · Hyperparameters** → **3 · Train** → **4 · Playground** → **5 · Export**."""
+
+
+def _read_live_prices() -> None:
+    """Hugging Face Jobs prices from the live hardware listing when online; else the dated offline table stays."""
+    import logging
+
+    from .. import memory
+
+    try:
+        memory.refresh_jobs_prices()
+    except memory.EstimateError as e:  # offline or unreachable: said in the log
+        logging.getLogger("finetune.ui").info("Jobs prices: %s; %s", e, memory.prices_source())
 
 
 def build_app(workspace: Workspace | None = None, downloads: str | Path | None = None, *,
@@ -71,10 +88,17 @@ def build_app(workspace: Workspace | None = None, downloads: str | Path | None =
             cfg.data.columns = parse_column_mapping(columns)
             return cfg
 
+        page_load: list[tuple[Any, list[Any], list[Any]]] = list(tr["on_load"])
         wire_config(api, components, hp, [ds["hub_id"], ds["hub_config"], ds["split"], ds["columns"], ds["data_file"]],
-                    extra_to_config)
+                    extra_to_config, on_load=page_load)
+        # an anonymous visitor's runs follow their browser across reloads (signed-in users: their account)
+        owner_key = gr.BrowserState("", storage_key=BROWSER_KEY_STORAGE, secret=browser_secret(api.workspace.root))
+        loaded = demo.load(claim_browser, owner_key, owner_key, api_visibility="private", show_progress="hidden")
         for fn, outputs in (tr["load"], pg["load"], ex):
-            demo.load(fn, None, outputs, api_visibility="private")
+            loaded.then(fn, None, outputs, api_visibility="private", show_progress="hidden")
+        for fn, inputs, outputs in page_load:
+            loaded.then(fn, inputs, outputs, api_visibility="private", show_progress="hidden")
+        demo.unload(forget_browser)
     demo.queue(default_concurrency_limit=4)
     # torch/transformers/peft load in the background while the page opens (a few seconds on a CPU), once
     from .. import inference
@@ -83,6 +107,7 @@ def build_app(workspace: Workspace | None = None, downloads: str | Path | None =
     from ..service import queue_dir
 
     threading.Thread(target=ml_imports, name="ml-imports", daemon=True).start()
+    threading.Thread(target=_read_live_prices, name="jobs-prices", daemon=True).start()
     # chat and compare use the cores that the runs training on this machine leave free
     inference.set_cpu_threads(lambda: local.cpu_threads_left(queue_dir(api.workspace)))
     return demo

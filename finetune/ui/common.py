@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import logging
+import re
+import secrets
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ParamSpec, TypeVar
@@ -30,15 +34,64 @@ class Api:
     downloads: Path  # where generated files (JSONL, zips, YAML) are written for download
 
 
+# An anonymous visitor's browser keeps a random owner key (gr.BrowserState, in its localStorage) across reloads;
+# each page load registers its session here, so the session's requests act on that browser's runs. A lookup of
+# sessions, shared on purpose: it holds no user's data, and a session is dropped when its page closes.
+_browser_owners: dict[str, str] = {}
+_browser_lock = threading.Lock()
+_KEY = re.compile(r"^[0-9a-f]{32}$")
+BROWSER_KEY_STORAGE = "finetune-owner"
+
+
 def owner(request: gr.Request | None, profile: gr.OAuthProfile | None = None) -> str:
-    """The signed-in user on a Space, else the browser (or gradio_client) session."""
+    """The signed-in user on a Space, else the browser (its owner key, kept across reloads), else the session
+    (gradio_client)."""
     username: str | None = getattr(profile, "username", None) if profile is not None else None
     if username:
         return "user:" + username
     session: str | None = getattr(request, "session_hash", None) if request is not None else None
     if session:
-        return "session:" + session
+        with _browser_lock:
+            key = _browser_owners.get(session)
+        return "browser:" + key if key else "session:" + session
     return "local"
+
+
+def claim_browser(key: str | None, request: gr.Request) -> str:
+    """On page load: this browser's owner key (a new random one the first time, or when what the browser sent is
+    not one of ours), registered for the page's session; the browser stores what this returns."""
+    if not isinstance(key, str) or not _KEY.match(key):
+        key = secrets.token_hex(16)
+    session = getattr(request, "session_hash", None)
+    if session:
+        with _browser_lock:
+            _browser_owners[session] = key
+    return key
+
+
+def forget_browser(request: gr.Request) -> None:
+    """On page close: drop the session's registration."""
+    with _browser_lock:
+        _browser_owners.pop(getattr(request, "session_hash", None) or "", None)
+
+
+def browser_secret(root: Path) -> str:
+    """The key gradio encrypts the browsers' stored owner keys with. Gradio hands it to the page (the encryption
+    runs in the browser), so it guards nothing by itself: what keeps visitors apart is the random owner key. It only
+    has to stay the same across restarts of the app on the same runs folder, so it is derived from that folder
+    (nothing is written when the app is built)."""
+    return hashlib.sha256(f"finetune-browser-state:{Path(root).resolve()}".encode()).hexdigest()[:32]
+
+
+class FreeDropdown(gr.Dropdown):
+    """A dropdown whose value may be any text (``allow_custom_value``): the API documents it as a string, not as
+    the choices the page happened to offer when it was built (``Literal['']``)."""
+
+    def api_info(self) -> dict[str, Any]:
+        return {"type": "string"}
+
+    def get_block_name(self) -> str:  # drawn by the page as the dropdown it is
+        return "dropdown"
 
 
 def config_warnings_markdown(cfg: RunConfig) -> str:

@@ -4,6 +4,7 @@ model will be trained on (trained-on part highlighted), token lengths, row probl
 from __future__ import annotations
 
 import html
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypedDict
 
 import gradio as gr
@@ -12,6 +13,7 @@ from gradio.events import Dependency
 
 from .. import service
 from ..data import parse_column_mapping
+from ..errors import UserError
 from ..hub import push_dataset
 from . import forms
 from .common import Api, owner, user_errors
@@ -52,9 +54,13 @@ def histogram(lengths: list[int], max_length: int | None) -> Figure:
     fig, ax = plt.subplots(figsize=(6, 2.6))
     if lengths:
         ax.hist(lengths, bins=min(40, max(5, len(set(lengths)))), color="#6366f1")
-        if max_length:
+        longest = max(lengths)
+        if max_length and max_length <= longest * 1.05:  # a cut-off inside the data: drawn where it cuts
             ax.axvline(max_length, color="#dc2626", linestyle="--", label=f"max_length {max_length}")
             ax.legend()
+        elif max_length:  # far beyond every example: said, not drawn (the axis would run to it, the data a sliver)
+            ax.set_title(f"every example fits max_length {max_length} (longest {longest})", fontsize=9)
+        ax.set_xlim(0, max(longest, max_length if max_length and max_length <= longest * 1.05 else 0) * 1.05)
     ax.set_xlabel("tokens per example")
     ax.set_ylabel("examples")
     fig.tight_layout()
@@ -109,10 +115,10 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
         ds_push = gr.Button("⇪ Push dataset")
     ds_result = gr.Markdown()
 
-    @user_errors
     def format_dataset(data_file: str | None = None, hub_id: str = "", hub_config: str = "", split: str = "train",
                        template: str = "llama2", system_prompt: str = "", columns: str = "", model: str = "",
-                       max_length: int = 1024, train_on: str = "assistant", request: gr.Request | None = None,
+                       max_length: int = 1024, train_on: str = "assistant", keep_duplicates: bool = False,
+                       request: gr.Request | None = None,
                        profile: gr.OAuthProfile | None = None) -> tuple[str, str, Any, pd.DataFrame, str]:
         # (the Any is histogram's matplotlib Figure: gradio evaluates these hints, so no name imported lazily)
         """Format an uploaded file (or a Hub dataset) with a template: summary, preview, token-length
@@ -120,36 +126,61 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
         source = data_file or (hub_id or "").strip()
         if not source:
             raise gr.Error("upload a file or type a Hub dataset id first")
-        report = service.format_preview(
-            source, template=template, system_prompt=system_prompt or "", columns=parse_column_mapping(columns),
-            model=model or "", max_length=int(max_length or 1024), train_on=train_on or "assistant",
-            hub_config=hub_config or None, split=split or "train",
-            out_dir=api.downloads / "formatted" / _safe(owner(request, profile)),
-            hub_only=not data_file and api.workspace.multi_user,  # typed text is never a server path
-        )
+        try:
+            report = service.format_preview(
+                source, template=template, system_prompt=system_prompt or "", columns=parse_column_mapping(columns),
+                model=model or "", max_length=int(max_length or 1024), train_on=train_on or "assistant",
+                hub_config=hub_config or None, split=split or "train",
+                out_dir=api.downloads / "formatted" / _safe(owner(request, profile)),
+                hub_only=not data_file and api.workspace.multi_user,  # typed text is never a server path
+                keep_duplicates=bool(keep_duplicates),
+            )
+        except UserError as e:  # an upload's name, not where the server keeps it
+            if data_file and data_file in str(e):
+                raise service.ServiceError(str(e).replace(data_file, Path(data_file).name)) from None
+            raise
         for w in report["warnings"][:3]:
             gr.Warning(w)
         probs = pd.DataFrame(report["problems"], columns=["row", "field", "problem", "fix"])
         return (report["summary"], preview_html(report["examples"]), histogram(report["lengths"], max_length),
                 probs, report["file"])
 
+    api_format = user_errors(format_dataset)
+
+    @user_errors
+    def format_on_page(data_file: str | None, hub_id: str, hub_config: str, split: str, template: str,
+                       system_prompt: str, columns: str, model: str, max_length: int, train_on: str,
+                       keep_duplicates: bool, request: gr.Request, profile: gr.OAuthProfile | None = None
+                       ) -> tuple[str, str, Any, pd.DataFrame, str | None]:
+        """The page's format: a file that cannot be formatted clears the last file's preview, histogram, problems
+        and download (they would read as this file's) and says why in the summary."""
+        try:
+            return format_dataset(data_file, hub_id, hub_config, split, template, system_prompt, columns, model,
+                                  max_length, train_on, keep_duplicates, request, profile)
+        except UserError as e:
+            name = Path(data_file).name if data_file else (hub_id or "").strip()
+            gr.Warning(str(e))
+            return (f"❌ **{html.escape(name)} could not be formatted:** {html.escape(str(e))}",
+                    f"<div class='ft-preview' id='ft-preview-cleared'>No preview: {html.escape(name)} could not be "
+                    "formatted (see above); fix it and upload again.</div>",
+                    None, pd.DataFrame(columns=["row", "field", "problem", "fix"]), None)
+
     @user_errors
     def push(file: str | None, repo_id: str, private: bool, oauth: gr.OAuthToken | None = None) -> str:
         if not file:
             raise gr.Error("format the dataset first")
-        from pathlib import Path
-
         return f"Pushed to {push_dataset(Path(file), repo_id, token=oauth.token if oauth else None, private=private)}"
 
     def wire() -> tuple[Dependency, Dependency, Dependency]:
         """Connect the events once the hyperparameters tab has made the model and max_length widgets."""
         inputs = [data_file, hub_id, hub_config, split, components["data.template"], components["data.system_prompt"],
-                  columns, components["model.id"], components["training.max_length"], components["data.train_on"]]
+                  columns, components["model.id"], components["training.max_length"], components["data.train_on"],
+                  components["data.keep_duplicates"]]
+        outputs = [summary, preview, hist, problems, formatted]
+        fmt.click(format_on_page, inputs, outputs, api_visibility="private", concurrency_limit=4)
         return (
-            fmt.click(format_dataset, inputs, [summary, preview, hist, problems, formatted], api_name="format_dataset",
-                      concurrency_limit=4),
-            data_file.upload(format_dataset, inputs, [summary, preview, hist, problems, formatted],
-                             api_visibility="private"),
+            gr.Button(visible=False).click(api_format, inputs, outputs, api_name="format_dataset", concurrency_limit=4),
+            data_file.upload(format_on_page, inputs, outputs, api_visibility="private"),
             ds_push.click(push, [formatted, ds_repo, ds_private], ds_result, api_name="push_dataset"),
         )
 

@@ -32,6 +32,7 @@ DATA_FIELDS = (
     Field("data.system_prompt", "text", "System prompt"),
     Field("data.train_on", "radio", "Train on", ("assistant", "all")),
     Field("data.val_fraction", "slider", "Validation fraction", minimum=0.0, maximum=0.5, step=0.01),
+    Field("data.keep_duplicates", "checkbox", "Keep duplicate rows"),
 )
 
 MODEL_FIELDS = (
@@ -70,6 +71,7 @@ TRAIN_FIELDS = (
     Field("training.eval_steps", "int", "Eval every (steps)", minimum=0),
     Field("training.save_steps", "int", "Checkpoint every (steps)", minimum=1),
     Field("training.seed", "int", "Seed", minimum=0),
+    Field("training.report_to", "dropdown", "Experiment tracking", ("none", "trackio", "tensorboard", "wandb", "mlflow")),
 )
 
 FORM_FIELDS = DATA_FIELDS + MODEL_FIELDS + QUANT_FIELDS + LORA_FIELDS + TRAIN_FIELDS

@@ -10,7 +10,7 @@ import pandas as pd  # loaded by gradio already; event functions' hints must res
 
 from ..config import RunConfig
 from ..errors import UserError
-from ..presets import DEFAULT_PRESET, load_preset, preset_description, preset_paths
+from ..presets import DEFAULT_PRESET, intended_gpu, load_preset, preset_description, preset_paths
 from . import forms
 from .common import Api, config_warnings_markdown, user_errors
 from .forms import FormWidget
@@ -43,9 +43,9 @@ def create_hparams_tab(api: Api, components: dict[str, FormWidget]) -> HparamsWi
     default = load_preset(DEFAULT_PRESET)
     paths = preset_paths()
     with gr.Row():
-        preset = gr.Dropdown(choices=list(paths), value=DEFAULT_PRESET, label="Preset", scale=2, elem_id="preset",
+        preset = gr.Dropdown(choices=[*paths, CUSTOM], value=DEFAULT_PRESET, label="Preset", scale=2, elem_id="preset",
                              info="A starting point; every value below can be changed")
-        preset_info = gr.Markdown(preset_description(paths[DEFAULT_PRESET]))
+        preset_info = gr.Markdown(preset_description(paths[DEFAULT_PRESET]), elem_id="preset-info")
     sections = (("Model", forms.MODEL_FIELDS), ("Quantization", forms.QUANT_FIELDS),
                 ("LoRA", forms.LORA_FIELDS), ("Training", forms.TRAIN_FIELDS))
     for title, fields in sections:
@@ -57,8 +57,9 @@ def create_hparams_tab(api: Api, components: dict[str, FormWidget]) -> HparamsWi
     with gr.Row():
         from ..memory import GPUS
 
-        gpu = gr.Dropdown(choices=list(GPUS), value="t4", label="Target GPU", scale=2, elem_id="gpu",
-                          info="Where the run will train: the verdict below says whether it fits")
+        gpu = gr.Dropdown(choices=list(GPUS), value=intended_gpu(paths[DEFAULT_PRESET]), label="Target GPU", scale=2,
+                          elem_id="gpu", info="Where the run will train: the verdict below says whether it fits, "
+                          "how long it takes and what it costs")
         auto = gr.Button("✨ Auto-configure for my GPU", scale=1, elem_id="auto-configure")
     verdict = gr.Markdown(elem_id="fit-verdict")
     breakdown = gr.Dataframe(headers=["part", "GB"], label="Peak memory breakdown", interactive=False,
@@ -74,6 +75,8 @@ def create_hparams_tab(api: Api, components: dict[str, FormWidget]) -> HparamsWi
             "gpu": gpu, "auto": auto, "breakdown": breakdown,
             "download": download, "yaml_file": yaml_file, "upload": upload}
 
+
+CUSTOM = "custom"  # the preset shown once a loaded config has changed the form
 
 VERDICT_ICON = {"fits": "✅", "tight": "⚠️", "does not fit": "❌"}
 
@@ -94,7 +97,37 @@ def estimate_view(cfg: RunConfig, gpu: str) -> tuple[str, pd.DataFrame]:
     except UserError as e:  # an unknown model is a hint here, not a failure (a bug is not: it propagates)
         return f"Cannot estimate memory: {e}", pd.DataFrame(columns=["part", "GB"])
     rows = [{"part": k.replace("_", " "), "GB": round(v, 2)} for k, v in est.breakdown.items()]
-    return verdict_markdown(est), pd.DataFrame(rows, columns=["part", "GB"])
+    return verdict_markdown(est) + "\n\n" + time_cost_markdown(cfg, gpu), pd.DataFrame(rows, columns=["part", "GB"])
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def time_cost_markdown(cfg: RunConfig, gpu_name: str) -> str:
+    """How long the run takes on ``gpu_name`` and what it costs there (Jobs price, ZeroGPU quota, or nothing on
+    this machine), next to the fit verdict."""
+    from .. import memory
+
+    t = cfg.training
+    if t.max_steps <= 0:
+        return "⏱ Time and cost: set training.max_steps for an estimate (an epochs-based run depends on the data)."
+    gpu = memory.get_gpu(gpu_name)
+    tokens = t.max_steps * t.batch_size * t.grad_accum * t.max_length  # every example at max_length: an upper bound
+    est = memory.estimate_time(memory.spec_for_config(cfg), memory.setup_for(cfg, gpu), gpu, tokens)
+    took = f"⏱ **about {_duration(est.seconds)}** for {t.max_steps} steps (every example filling max_length: at most)"
+    if gpu.is_cpu:
+        cost = "no charge: it trains on this machine"
+    elif est.zerogpu_quota_minutes is not None:
+        days = ", ".join(f"{k} {v:g}" for k, v in (est.zerogpu_days or {}).items())
+        cost = f"{est.zerogpu_quota_minutes:.1f} min of ZeroGPU quota (days of daily quota: {days})"
+    elif est.usd is not None:
+        cost = f"**${est.usd:.2f}** on Hugging Face Jobs `{est.flavor}` ({memory.prices_source()})"
+    else:
+        cost = "no listed Hugging Face Jobs price for this GPU"
+    return f"{took} · 💲 {cost}"
 
 
 def auto_configure_form(cfg: RunConfig, gpu: str) -> tuple[list[Any], str]:
@@ -108,11 +141,17 @@ def auto_configure_form(cfg: RunConfig, gpu: str) -> tuple[list[Any], str]:
     return forms.config_to_values(configured), plan.reason
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def wire_config(api: Api, components: dict[str, FormWidget], hp: HparamsWidgets,
                 extra_inputs: Sequence[FormWidget | gr.File],
-                extra_to_config: Callable[Concatenate[RunConfig, ...], RunConfig]) -> Callable[..., SyncOutput]:
+                extra_to_config: Callable[Concatenate[RunConfig, ...], RunConfig],
+                on_load: list[tuple[Callable[..., Any], list[Any], list[Any]]] | None = None) -> Callable[..., SyncOutput]:
     """Keep the YAML view and the fit verdict in sync with every widget; presets, uploads and the
-    auto-configure button fill the form."""
+    auto-configure button fill the form. ``on_load`` receives what the page runs when it opens (the verdict)."""
     keys = [f.key for f in forms.FORM_FIELDS]
     widgets = [components[k] for k in keys]
     n = len(widgets)
@@ -132,6 +171,8 @@ def wire_config(api: Api, components: dict[str, FormWidget], hp: HparamsWidgets,
     for w in inputs:
         w.change(sync, inputs, [hp["config_code"], hp["verdict"], hp["breakdown"]], api_visibility="private",
                  show_progress="hidden", trigger_mode="always_last")
+    if on_load is not None:  # the verdict, time and cost are there when the page opens
+        on_load.append((sync, inputs, [hp["config_code"], hp["verdict"], hp["breakdown"]]))
 
     @user_errors
     def auto_configure(*values: Any) -> list[Any]:
@@ -155,18 +196,41 @@ def wire_config(api: Api, components: dict[str, FormWidget], hp: HparamsWidgets,
 
     @user_errors
     def apply_preset(name: str) -> list[Any]:
+        if name == CUSTOM:  # set by a loaded config: the form is already what it should be
+            return [gr.skip()] * (len(widgets) + 2)
         cfg = load_preset(name)
-        return [*forms.config_to_values(cfg), preset_description(preset_paths()[name])]
+        path = preset_paths()[name]
+        return [*forms.config_to_values(cfg), preset_description(path), intended_gpu(path)]
 
-    hp["preset"].change(apply_preset, hp["preset"], widgets + [hp["preset_info"]], api_visibility="private")
+    hp["preset"].change(apply_preset, hp["preset"], widgets + [hp["preset_info"], hp["gpu"]], api_visibility="private")
 
     @user_errors
-    def from_yaml(file: str) -> list[Any]:  # the upload's file path
-        cfg = RunConfig.load(file)
-        gr.Info("config loaded into the form")
-        return forms.config_to_values(cfg)
+    def from_yaml(file: str, *values: Any) -> list[Any]:  # the upload's file path, then the form
+        """Lay the uploaded (possibly partial) config over the form: what it leaves out keeps its value; the
+        fields it changed are listed, and the preset reads "custom"."""
+        from pathlib import Path
 
-    hp["upload"].upload(from_yaml, hp["upload"], widgets, api_visibility="private")
+        from ..config import ConfigError, changed_fields, merge_yaml
+
+        name = Path(file).name  # never the server's temporary path
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError([f"cannot read the file ({e.__class__.__name__}); save it as UTF-8 text"], name) from None
+        current = build(*values)
+        merged = merge_yaml(current, text, name)
+        shown = {f.key for f in forms.FORM_FIELDS}
+        changed = [c for c in changed_fields(current, merged) if c[0] in shown]
+        if changed:
+            lines = "\n".join(f"- `{k}`: {_short(a)} → {_short(b)}" for k, a, b in changed)
+            note = f"**Loaded {name}**: {len(changed)} field(s) changed, the rest of the form is kept:\n{lines}"
+        else:
+            note = f"**Loaded {name}**: it changes nothing in the form."
+        gr.Info(f"{name}: {len(changed)} field(s) changed")
+        return [*forms.config_to_values(merged), CUSTOM if changed else gr.skip(), note]
+
+    hp["upload"].upload(from_yaml, [hp["upload"], *inputs], widgets + [hp["preset"], hp["preset_info"]],
+                        api_visibility="private")
 
     def save_yaml(text: str) -> str:
         out = api.downloads / "configs"

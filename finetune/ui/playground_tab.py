@@ -9,7 +9,7 @@ import gradio as gr
 from .. import inference, refs, service
 from ..errors import UserError
 from ..templates import MODEL_TEMPLATE, TEMPLATE_NAMES
-from .common import Api, owner, user_errors
+from .common import Api, FreeDropdown, owner, user_errors
 
 # What the page runs when it opens: a function and the components it fills.
 LoadHook = tuple[Callable[..., gr.Dropdown], list[gr.Dropdown]]
@@ -46,7 +46,7 @@ def create_playground_tab(api: Api) -> dict[str, LoadHook]:
     with gr.Row():
         base_model = gr.Textbox(label="Base model", value="", placeholder="empty = the adapter's base (or the embedded SmolLM2)",
                                 info="Hub id or local folder; leave empty to use the base the adapter was trained on")
-        adapter = gr.Dropdown(label="Adapter", choices=[""], value="", allow_custom_value=True, elem_id="adapter-pick",
+        adapter = FreeDropdown(label="Adapter", choices=[""], value="", allow_custom_value=True, elem_id="adapter-pick",
                               info="One of your finished runs, or a Hub repo id such as you/my-adapter; empty = base model only")
         refresh = gr.Button("↻", scale=0)
     with gr.Accordion("Generation settings", open=False):

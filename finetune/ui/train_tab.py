@@ -15,16 +15,24 @@ from .. import memory, service
 from ..backends import hfjobs, zerogpu
 from ..errors import UserError
 from ..hub import MOCK_OAUTH_TOKEN
-from ..runs import RunState
+from ..runs import LIVE, RunState
 from .common import Api, owner, user_errors
 
 TABLE_COLUMNS = ["run_id", "status", "step", "max_steps", "loss", "model"]
 STATUS_BADGE = {
     "running": "🟢 running", "finished": "✅ finished", "failed": "❌ failed", "stopped": "⏹ stopped",
     "paused": "⏸ paused", "interrupted": "⚠️ interrupted (resumable)", "new": "… starting", "queued": "⏳ queued",
+    "resuming": "… resuming",
 }
 LOCAL_INFO = ("This machine runs the training in its own process; the page can be closed meanwhile. One run trains "
               "at a time (FINETUNE_MAX_CONCURRENT_RUNS): a run started meanwhile waits in the queue.")
+BACKEND_INFO = {
+    "local": LOCAL_INFO,
+    "zerogpu": ("This Space's shared GPU, in calls of a few minutes that each end at a checkpoint; the run uses your "
+                "daily ZeroGPU quota (below) and the page's request lasts until the run ends."),
+    "hf-jobs": ("A Hugging Face Job on a rented GPU, billed per minute to your account; it pushes the adapter to the "
+                "repo below when it finishes (the job's disk is gone after)."),
+}
 
 
 def backend_choices(zerogpu_ok: bool, zerogpu_why: str) -> list[tuple[str, str]]:
@@ -36,7 +44,7 @@ def backend_choices(zerogpu_ok: bool, zerogpu_why: str) -> list[tuple[str, str]]
 def flavor_choices() -> list[tuple[str, str]]:
     """The Jobs flavors of the GPU catalog (memory.GPUS), with their memory and hourly price."""
     out: list[tuple[str, str]] = []
-    for g in memory.GPUS.values():
+    for g in map(memory.get_gpu, memory.GPUS):  # with the live prices when they were read
         if g.hf_flavor and g.hf_flavor in hfjobs.FLAVOR_GPUS:
             price = f"${g.usd_per_hour:.2f}/h" if g.usd_per_hour is not None else "price not listed"
             out.append((f"{g.hf_flavor} · {g.label} {g.nominal_gb:g} GB · {price}", g.hf_flavor))
@@ -62,7 +70,8 @@ def quota_markdown(est: zerogpu.QuotaPreview) -> str:
     lines = [f"**ZeroGPU quota this run will use: about {_minutes(used)}** of GPU time in {est['calls']} call(s) of up "
              f"to {est['steps_per_call']} steps ({est['max_steps']} steps, ~{est['per_step_s']:.2f} s/step"
              + (", every example at max_length: an upper bound" if est.get("upper_bound") else "") + ").",
-             f"Daily ZeroGPU quota: {tiers}."]
+             f"Daily ZeroGPU quota: {tiers}. Beyond it: credits at "
+             f"${memory.ZEROGPU.usd_per_10_min_beyond_quota:g} per 10 minutes (ZeroGPU as of {memory.CATALOG_DATE})."]
     if over:
         lines.append(f"More than a day's quota for: {', '.join(over)}. The run stops at its last checkpoint when the "
                      "quota runs out; resume it when the quota is back, or lower training.max_steps.")
@@ -93,14 +102,30 @@ def progress_html(state: dict[str, Any]) -> str:
     loss = state.get("loss")
     tps = state.get("tokens_per_s")
     msg = f"<div class='ft-msg'>{state['message']}</div>" if state.get("message") else ""
+    gauge = gauge_html(state)
     return (
         f"<div class='ft-progress' id='ft-progress'><b>{state['run_id']}</b> · {badge(state)}"
         f"<div style='background:#eee;border-radius:6px;height:14px;margin:6px 0'>"
         f"<div style='background:#4f46e5;width:{pct}%;height:14px;border-radius:6px'></div></div>"
         f"step <b>{step}</b> / {total or '?'} · loss <b>{'–' if loss is None else f'{loss:.4f}'}</b>"
         f" · {'–' if tps is None else f'{tps:,.0f}'} tokens/s · elapsed {_fmt_seconds(state.get('elapsed_s'))}"
-        f" · ETA {_fmt_seconds(state.get('eta_s'))}{msg}</div>"
+        f" · ETA {_fmt_seconds(state.get('eta_s'))}{gauge}{msg}</div>"
     )
+
+
+def gauge_html(state: dict[str, Any]) -> str:
+    """Device memory in use (a bar) and utilisation at the run's last step; empty before the first."""
+    used, total, util = state.get("mem_gb"), state.get("mem_total_gb"), state.get("util_pct")
+    if used is None:
+        return ""
+    device = "GPU memory" if state.get("device") == "cuda" else "memory (RAM)"
+    pct = min(100, round(100 * used / total)) if total else 0
+    colour = "#16a34a" if pct < 75 else "#d97706" if pct < 90 else "#dc2626"
+    busy = "" if util is None else (f" · GPU {util:.0f}% busy" if state.get("device") == "cuda"
+                                    else f" · CPU {util:.0f}% (100 per core)")
+    return (f"<div id='ft-gauge' style='margin-top:6px'>{device} {used:.1f} / {total or 0:.1f} GB ({pct}%){busy}"
+            f"<div style='background:#eee;border-radius:6px;height:8px;margin-top:3px'>"
+            f"<div style='background:{colour};width:{pct}%;height:8px;border-radius:6px'></div></div></div>")
 
 
 def loss_frame(state: dict[str, Any]) -> pd.DataFrame | None:
@@ -112,6 +137,15 @@ def loss_frame(state: dict[str, Any]) -> pd.DataFrame | None:
         return None
     # explicit dtypes: an empty or object column would make the plot treat steps and losses as categories
     return pd.DataFrame(rows, columns=["step", "loss", "series"]).astype({"step": "int64", "loss": "float64"})
+
+
+def summary_markdown(s: service.RunSummary) -> str:
+    """The run a Start would begin: data (rows), template, model, steps, backend."""
+    rows = f" · {s['rows']:,} rows" if s["rows"] is not None else " (rows counted when the run starts)"
+    data = f"⚠️ **no dataset chosen**: {s['data']}" if s["sample"] else f"`{s['data']}`"
+    steps = f"{s['steps']:,}" if s["steps"] is not None else "set by epochs (counted when the run starts)"
+    return (f"**This run:** data {data}{rows} · template `{s['template']}` · model `{s['model']}` · "
+            f"{steps} steps · on {s['backend']}")
 
 
 def events_text(events: list[dict[str, Any]], limit: int = 40) -> str:
@@ -126,7 +160,9 @@ def events_text(events: list[dict[str, Any]], limit: int = 40) -> str:
 class TrainTab(TypedDict):
     """What the Train tab gives the app: the run id box, and what to run on page load (the runs table)."""
     run_id: gr.Textbox
-    load: tuple[Callable[..., tuple[pd.DataFrame, gr.Dropdown]], list[gr.components.Component]]
+    load: tuple[Callable[..., tuple[pd.DataFrame, gr.Dropdown, gr.Dropdown]], list[gr.components.Component]]
+    # more to run on page load: (function, inputs, outputs)
+    on_load: list[tuple[Callable[..., Any], list[gr.components.Component], list[gr.components.Component]]]
 
 
 def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zerogpu_enabled: bool | None = None,
@@ -138,7 +174,8 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
     flavors = flavor_choices()
     with gr.Row():
         backend = gr.Radio(backend_choices(zerogpu_ok, zerogpu_why), value="local", label="Where to train",
-                           info=LOCAL_INFO, elem_id="backend")
+                           elem_id="backend")
+    backend_help = gr.Markdown(LOCAL_INFO, elem_id="backend-help")
     with gr.Group(visible=False) as zerogpu_box:
         zerogpu_quota = gr.Markdown(elem_id="zerogpu-quota")
     with gr.Group(visible=False) as jobs_box:
@@ -149,6 +186,10 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
                                    info="The job pushes the adapter here when it finishes (its disk is gone after).",
                                    elem_id="jobs-repo")
         jobs_info = gr.Markdown(elem_id="jobs-info")
+    summary = gr.Markdown(elem_id="run-summary")
+    use_sample = gr.Checkbox(False, label="Train on the bundled sample (no dataset chosen)", visible=False,
+                             elem_id="use-sample", info="240 sentences with a city and a year to extract as JSON: "
+                             "a quick way to try the app. Untick, and choose your data in 1 · Dataset.")
     with gr.Row():
         start = gr.Button("▶ Start training", variant="primary", elem_id="start-training")
         stop = gr.Button("⏹ Stop", elem_id="stop-training")
@@ -172,7 +213,14 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
     with gr.Row():
         runs_pick = gr.Dropdown(label="Open a run", choices=[], allow_custom_value=False, scale=3, elem_id="runs-pick")
         refresh = gr.Button("↻ Refresh list")
-    runs_table = gr.Dataframe(headers=["run_id", "status", "step", "max_steps", "loss", "model"], interactive=False)
+    runs_table = gr.Dataframe(headers=["run_id", "status", "step", "max_steps", "loss", "model"], interactive=False,
+                              elem_id="runs-table")
+    with gr.Accordion("Compare runs", open=False):
+        compare_pick = gr.Dropdown(label="Runs to compare", choices=[], multiselect=True, elem_id="compare-runs",
+                                   info="Their train loss curves, overlaid")
+        compare_plot = gr.LinePlot(None, x="step", y="loss", color="run", title="Train loss by run", height=260,
+                                   elem_id="compare-plot")
+    table_outputs = [runs_table, runs_pick, compare_pick]
     timer = gr.Timer(2.0, active=False)
 
     def drive_zerogpu(who: str, rid: str, progress: gr.Progress, resume: bool = False) -> Iterator[str]:
@@ -203,6 +251,21 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
         yield rid
         if service.backend_name(backend) == "zerogpu":
             yield from drive_zerogpu(who, rid, progress)
+
+    @user_errors
+    def start_from_form(config_yaml: str, data_file: str | None, backend: str, flavor: str, repo_id: str,
+                        use_sample: bool, request: gr.Request, profile: gr.OAuthProfile | None = None,
+                        oauth: gr.OAuthToken | None = None, progress: gr.Progress = gr.Progress()) -> Iterator[str]:
+        """The Start button: as /start_training, once the user has chosen data or confirmed the sample."""
+        service.check_data_chosen(config_yaml, data_file, use_sample)
+        yield from start_training(config_yaml, data_file, backend, flavor, repo_id, request, profile, oauth, progress)
+
+    def summary_view(backend: str, config_yaml: str, data_file: str | None, flavor: str) -> tuple[str, gr.Checkbox]:
+        try:
+            s = service.run_summary(config_yaml, data_file, backend, flavor)
+        except UserError as e:  # a config or data problem, with its fix (a bug is not one)
+            return f"**This run cannot start yet:** {e}", gr.Checkbox(visible=False)
+        return summary_markdown(s), gr.Checkbox(visible=s["sample"])
 
     @user_errors
     def run_status(run_id: str, request: gr.Request | None = None, profile: gr.OAuthProfile | None = None,
@@ -251,6 +314,8 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
         rows = service.list_runs(ws, who)
         for r in rows:
             r["status"] = badge(r)
+            if r.get("loss") is not None:
+                r["loss"] = round(r["loss"], 4)
         return pd.DataFrame([{k: r.get(k) for k in TABLE_COLUMNS} for r in rows], columns=TABLE_COLUMNS)
 
     def view(rid: str, request: gr.Request, profile: gr.OAuthProfile | None = None,
@@ -263,23 +328,40 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
             events = service.run_events(ws, who, rid)
         except service.ServiceError as e:
             return f"<div class='ft-progress'>{e}</div>", loss_frame({}), "", gr.Timer(active=False), runs_frame(who)
-        live = state["status"] in ("running", "new", "queued") or (state["status"] == "paused"
+        live = state["status"] in LIVE or (state["status"] == "paused"
                                                                     and state.get("backend") == "zerogpu")
         return progress_html(state), loss_frame(state), events_text(events), gr.Timer(active=live), runs_frame(who)
 
-    def table(request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[pd.DataFrame, gr.Dropdown]:
+    def latest_run(request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
+        """The run a (re)loaded page opens on: the user's newest live run, else their newest run."""
+        states = service.run_states(ws, owner(request, profile))
+        live = [s for s in states if s.status in LIVE]
+        pick = max(live, key=lambda s: s.run_id) if live else (states[0] if states else None)
+        return pick.run_id if pick else ""
+
+    def table(request: gr.Request,
+              profile: gr.OAuthProfile | None = None) -> tuple[pd.DataFrame, gr.Dropdown, gr.Dropdown]:
         frame = runs_frame(owner(request, profile))
-        return frame, gr.Dropdown(choices=list(frame["run_id"]))
+        return frame, gr.Dropdown(choices=list(frame["run_id"])), gr.Dropdown(choices=list(frame["run_id"]))
+
+    def compare_runs(run_ids: list[str] | None, request: gr.Request,
+                profile: gr.OAuthProfile | None = None) -> pd.DataFrame | None:
+        """The train loss of the chosen runs, one line per run (None: nothing chosen yet)."""
+        rows = service.loss_curves(ws, owner(request, profile), list(run_ids or []))
+        if not rows:
+            return None
+        return pd.DataFrame(rows, columns=["run", "step", "loss"]).astype({"step": "int64", "loss": "float64"})
 
     @user_errors
     def download(rid: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
         return str(service.adapter_zip(ws, owner(request, profile), rid, api.downloads / "adapters"))
 
     def backend_panels(name: str, config_yaml: str, data_file: str | None,
-                       flavor: str) -> tuple[gr.Group, str, gr.Group, str]:
+                       flavor: str) -> tuple[gr.Group, str, gr.Group, str, str]:
         zero, jobs = name == "zerogpu", name == "hf-jobs"
         return (gr.Group(visible=zero), quota_text(config_yaml, data_file) if zero else "",
-                gr.Group(visible=jobs), jobs_text(config_yaml, flavor) if jobs else "")
+                gr.Group(visible=jobs), jobs_text(config_yaml, flavor) if jobs else "",
+                BACKEND_INFO.get(name, LOCAL_INFO))
 
     def quota_text(config_yaml: str, data_file: str | None) -> str:
         if not zerogpu_ok:
@@ -301,14 +383,18 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
         else:
             cost = f"at most ${job.max_usd:.2f}" if job.max_usd is not None else "price not listed"
             lines.append(f"Time limit {job.limit_s // 60} min (the time estimate x{hfjobs.TIME_MARGIN:g} plus "
-                         f"start-up): {cost}; billed per minute actually used.")
+                         f"start-up): {cost}; billed per minute actually used ({memory.prices_source()}).")
         lines.append("Paid with your Hugging Face account: sign in (on a Space) or set HF_TOKEN; the token is sent "
                      "to the job as a secret only.")
         return "\n\n".join(lines)
 
     outputs_view = [progress, plot, log_box, timer, runs_table]
-    start.click(start_training, [config_code, data_file, backend, flavor, jobs_repo], run_id, api_name="start_training",
-                concurrency_limit=2).then(table, None, [runs_table, runs_pick], api_visibility="private")
+    start.click(start_from_form, [config_code, data_file, backend, flavor, jobs_repo, use_sample], run_id,
+                api_visibility="private", concurrency_limit=2).then(table, None, table_outputs,
+                                                                   api_visibility="private")
+    # the API's start: a config with no data.source trains on the bundled sample (as the CLI does)
+    gr.Button(visible=False).click(start_training, [config_code, data_file, backend, flavor, jobs_repo], run_id,
+                                   api_name="start_training", concurrency_limit=2)
     run_id.change(view, run_id, outputs_view, api_visibility="private")
     status_json = gr.JSON(visible=False)
     stop.click(stop_training, run_id, status_json, api_name="stop_training").then(view, run_id, outputs_view,
@@ -317,18 +403,21 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
         view, run_id, outputs_view, api_visibility="private")
     timer.tick(view, run_id, outputs_view, api_visibility="private", show_progress="hidden")
     runs_pick.change(lambda r: r, runs_pick, run_id, api_visibility="private")
-    refresh.click(table, None, [runs_table, runs_pick], api_visibility="private")
+    refresh.click(table, None, table_outputs, api_visibility="private")
+    compare_pick.change(compare_runs, compare_pick, compare_plot, api_visibility="private", show_progress="hidden")
     download_btn.click(download, run_id, adapter_file, api_visibility="private")
     push_btn.click(push, [run_id, repo, private], push_result, api_name="push_adapter")
     panel_inputs = [backend, config_code, data_file, flavor]
-    panel_outputs = [zerogpu_box, zerogpu_quota, jobs_box, jobs_info]
+    panel_outputs = [zerogpu_box, zerogpu_quota, jobs_box, jobs_info, backend_help]
     for trigger in (backend.change, config_code.change, data_file.change, flavor.change):
         trigger(backend_panels, panel_inputs, panel_outputs, api_visibility="private", show_progress="hidden")
+        trigger(summary_view, panel_inputs, [summary, use_sample], api_visibility="private", show_progress="hidden")
     # API-only endpoints (no button of their own)
     gr.Button(visible=False).click(run_status, run_id, status_json, api_name="run_status")
     gr.Button(visible=False).click(list_runs, None, status_json, api_name="list_runs")
     gr.Button(visible=False).click(quota_for_zerogpu, [config_code, data_file], status_json, api_name="zerogpu_quota")
-    return {"run_id": run_id, "load": (table, [runs_table, runs_pick])}
+    return {"run_id": run_id, "load": (table, table_outputs),
+            "on_load": [(summary_view, panel_inputs, [summary, use_sample]), (latest_run, [], [run_id])]}
 
 
 def finished_runs(ws: service.Workspace, who: str) -> list[str]:

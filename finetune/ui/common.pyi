@@ -1,0 +1,155 @@
+"""What every tab shares: the workspace, who the caller is, and turning library errors into messages."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+import re
+import secrets
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ParamSpec, TypeVar
+
+import gradio as gr
+
+from ..errors import UserError, internal_message, report_internal
+from ..service import Workspace
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+
+log = logging.getLogger("finetune.ui")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass
+class Api:
+    """The dependencies tabs receive (nothing global: per-user data lives in gr.State or the workspace)."""
+
+    workspace: Workspace
+    downloads: Path  # where generated files (JSONL, zips, YAML) are written for download
+
+
+# An anonymous visitor's browser keeps a random owner key (gr.BrowserState, in its localStorage) across reloads;
+# each page load registers its session here, so the session's requests act on that browser's runs. A lookup of
+# sessions, shared on purpose: it holds no user's data, and a session is dropped when its page closes.
+_browser_owners: dict[str, str] = {}
+_browser_lock = threading.Lock()
+_KEY = re.compile(r"^[0-9a-f]{32}$")
+BROWSER_KEY_STORAGE = "finetune-owner"
+
+
+def owner(request: gr.Request | None, profile: gr.OAuthProfile | None = None) -> str:
+    """The signed-in user on a Space, else the browser (its owner key, kept across reloads), else the session
+    (gradio_client)."""
+    username: str | None = getattr(profile, "username", None) if profile is not None else None
+    if username:
+        return "user:" + username
+    session: str | None = getattr(request, "session_hash", None) if request is not None else None
+    if session:
+        with _browser_lock:
+            key = _browser_owners.get(session)
+        return "browser:" + key if key else "session:" + session
+    return "local"
+
+
+def claim_browser(key: str | None, request: gr.Request) -> str:
+    """On page load: this browser's owner key (a new random one the first time, or when what the browser sent is
+    not one of ours), registered for the page's session; the browser stores what this returns."""
+    if not isinstance(key, str) or not _KEY.match(key):
+        key = secrets.token_hex(16)
+    session = getattr(request, "session_hash", None)
+    if session:
+        with _browser_lock:
+            _browser_owners[session] = key
+    return key
+
+
+def forget_browser(request: gr.Request) -> None:
+    """On page close: drop the session's registration."""
+    with _browser_lock:
+        _browser_owners.pop(getattr(request, "session_hash", None) or "", None)
+
+
+def browser_secret(root: Path) -> str:
+    """The key the browsers' stored owner keys are encrypted with, kept in the runs folder so that they stay
+    readable after a restart of the app."""
+    path = root / ".browser-secret"
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        pass
+    root.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_hex(16)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another app on this folder wrote it meanwhile
+        return path.read_text(encoding="utf-8").strip()
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(secret)
+    return secret
+
+from gradio.events import Dependency
+
+class FreeDropdown(gr.Dropdown):
+    """A dropdown whose value may be any text (``allow_custom_value``): the API documents it as a string, not as
+    the choices the page happened to offer when it was built (``Literal['']``)."""
+
+    def api_info(self) -> dict[str, Any]:
+        return {"type": "string"}
+
+    def get_block_name(self) -> str:  # drawn by the page as the dropdown it is
+        return "dropdown"
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def config_warnings_markdown(cfg: RunConfig) -> str:
+    """Risky settings of a config (e.g. trust_remote_code on) as a visible warning above the fit verdict."""
+    from ..config import config_warnings
+
+    return "".join(f"⚠️ **{w}**\n\n" for w in config_warnings(cfg))
+
+
+def user_error(e: BaseException, where: str = "") -> gr.Error:
+    """The message shown for a failed request: a UserError's own message (it says what to change); for anything
+    else (a bug of ours) ``internal error (reference N)``, its traceback logged under ``finetune.internal``."""
+    if isinstance(e, gr.Error):
+        return e
+    if isinstance(e, UserError):
+        log.info("request refused: %s: %s", e.__class__.__name__, e)
+        return gr.Error(str(e) if str(e) else e.__class__.__name__, print_exception=False)
+    return gr.Error(internal_message(report_internal(e, where)), print_exception=False)
+
+
+def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Show the user's errors as a message that says what to change, never a traceback; any other exception is
+    a bug: logged with its traceback, shown as ``internal error (reference N)``."""
+    where = getattr(fn, "__qualname__", "a request")
+
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def gen(*args: Any, **kwargs: Any) -> Any:
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - sorted into the user's errors and ours by user_error
+                raise user_error(e, where) from None
+
+        return gen
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - sorted into the user's errors and ours by user_error
+            raise user_error(e, where) from None
+
+    return wrapper
