@@ -60,7 +60,8 @@ PREVIOUS_DEFAULTS = {"training.precision": "fp32", "training.gradient_checkpoint
                      "training.padding_free": False, "lora.dropout": 0.05, "training.optim": "adamw_torch"}
 # Every finetune.settings.SpeedOptions choice off (for --variants' "previous defaults" row).
 SPEED_OFF = {"trained_positions_loss": False, "bf16_weights_on_cpu": False, "checkpoint_only_when_needed_on_cpu": False,
-             "per_sequence_attention_on_cpu": False}
+             "per_sequence_attention_on_cpu": False, "varlen_attention_on_cuda": False,
+             "liger_kernels_on_cuda": False, "chunked_loss_on_cuda": False}
 
 # 7B-class Llama shape (Llama-2-7B) for random-weight speed/memory runs on CUDA; vocab = the tokenizer's.
 LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
@@ -792,13 +793,21 @@ VARIANTS = [
     ("+ 16-bit base (LoRA, no 4-bit)", {"quantization.load_in": "none"}, {}),
     ("+ adamw_8bit", {"training.optim": "adamw_8bit"}, {}),
 ]
+# CUDA only (on CPU they would equal the defaults): run by --variants on a GPU, and by bench/gpu_check.py
+CUDA_VARIANTS = [
+    ("- varlen attention (masked row)", {}, {"varlen_attention_on_cuda": False}),
+    ("- Liger kernels", {}, {"liger_kernels_on_cuda": False}),
+    ("+ chunked linear cross-entropy", {}, {"chunked_loss_on_cuda": True}),
+    ("+ paged AdamW 8-bit", {"training.optim": "paged_adamw_8bit"}, {}),
+]
 
 
 def variants(args) -> list[dict]:
     """Our pipeline with one optimization undone (or one more tried) at a time, same data, one process each."""
     device = pick_device(args.device)
     prep = prepare(args, device)
-    plan = [v for v in VARIANTS if not args.only or any(o in v[0] for o in args.only)]
+    every = VARIANTS + (CUDA_VARIANTS if device == "cuda" else [])
+    plan = [v for v in every if not args.only or any(o in v[0] for o in args.only)]
     rows = []
     for label, overrides, speed in plan:
         spec = {**prep["ours"], "overrides": {**OURS[device], **overrides}, "speed": speed, "label": label}
