@@ -599,6 +599,8 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our events replace its raw dict prints
+    if resume_from is not None:
+        _keep_adapter_dtypes(trainer)
 
     # -- train -------------------------------------------------------------------------------
     out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -675,6 +677,26 @@ def _trainer_class(loss: str = "trained_positions") -> type[SFTTrainer]:
             return loss
 
     return TrainedPositionsSFTTrainer
+
+
+def _keep_adapter_dtypes(trainer: SFTTrainer) -> None:
+    """A resumed run trains its LoRA weights in the dtype the uninterrupted run uses.
+
+    The Trainer loads a checkpoint's adapter with peft's ``load_adapter``, which re-creates the LoRA weights in
+    float32, while trl trains a QLoRA adapter in bf16: the resumed run went on in another precision (a 4-bit tiny
+    Llama, 2 + 2 steps: adapters 2e-4 apart from the uninterrupted run's, 0.0 with this; found by
+    bench/gpu_check.py's resume part). The weights go back to their dtype before the optimizer is built.
+    """
+    original = trainer._load_from_checkpoint
+
+    def load(resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        dtypes = {n: p.dtype for n, p in trainer.model.named_parameters() if p.requires_grad}
+        original(resume_from_checkpoint, model)
+        for name, param in trainer.model.named_parameters():
+            if name in dtypes and param.dtype != dtypes[name]:
+                param.data = param.data.to(dtypes[name])
+
+    trainer._load_from_checkpoint = load  # type: ignore[method-assign]  # one instance, one resume
 
 
 def _planned_steps(t: TrainingConfig, n_examples: int) -> int:

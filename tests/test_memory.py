@@ -4,6 +4,7 @@ published peaks recorded in bench/memory_reference.csv. Offline, no torch, well 
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import math
 import subprocess
@@ -444,7 +445,7 @@ def test_each_gpu_switch_moves_the_estimate_the_right_way():
                                     advise=False)
     assert big_vocab.breakdown["logits"] < m.estimate_training(
         spec("meta-llama/Llama-3.1-8B"), base.with_(loss="full"), "h100", advise=False).breakdown["logits"] / 5
-    assert m.estimate._LINEAR_CHUNK_ROWS == CHUNK_ROWS
+    assert importlib.import_module("finetune.memory.estimate")._LINEAR_CHUNK_ROWS == CHUNK_ROWS
     with pytest.raises(m.EstimateError, match="kernels"):
         base.with_(kernels="turbo")
     assert "liger kernels" in base.with_(kernels="liger").describe()
