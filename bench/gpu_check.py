@@ -70,7 +70,8 @@ SECTION_KEYS: dict[str, tuple[str, ...]] = {
 }
 RATIO_KEYS = ("tokens_per_s", "peak_vram_gb", "loss")
 ESTIMATE_KEYS = ("name", "lora_r", "seq_len", "batch_size", "predicted_peak_gb", "measured_peak_gb", "peak_ratio",
-                 "predicted_step_s", "measured_step_s", "step_ratio", "error")
+                 "predicted_device_gb", "measured_device_gb", "predicted_step_s", "measured_step_s", "step_ratio",
+                 "error")
 FLOW_STEPS = ("format", "train", "generate", "merge", "export")
 STEP_KEYS = ("ok", "seconds", "detail", "error")
 
@@ -87,7 +88,7 @@ class Scale:
         self.model = "tiny" if dry else "llama-7b"  # train_throughput.materialize names
         self.seq_len = 128 if dry else 2048
         self.batch = 2 if dry else 4
-        self.examples = 4 if dry else 40  # throughput: one epoch = examples / batch steps per side
+        self.examples = 4 if dry else 32  # throughput: one epoch = examples / batch steps per side
         self.eval_examples = 2 if dry else 8
         # guanaco-like: openassistant-guanaco's rendered conversations have a median of ~300 tokens and a tail past
         # 2,000 (scaled to the dry run's length)
@@ -96,7 +97,7 @@ class Scale:
                            ("r64-len128-b1", 64, 128, 1)] if dry else
                           [("r16-len512-b1", 16, 512, 1), ("r64-len512-b4", 64, 512, 4),
                            ("r16-len2048-b4", 16, 2048, 4), ("r64-len2048-b1", 64, 2048, 1)])
-        self.estimator_steps = 1 if dry else 4  # the median step skips the first (warm-up) one when there are more
+        self.estimator_steps = 1 if dry else 3  # the median step skips the first (warm-up) one when there are more
         self.resume_steps, self.resume_chunk = (2, 1) if dry else (12, 4)
         self.new_tokens = 4 if dry else 64
         self.flow_model = "tiny" if dry else ""  # "": the embedded SmolLM2-135M-Instruct
@@ -199,11 +200,13 @@ def markdown(r: dict[str, Any]) -> str:
     lines += ["## Memory estimator: predicted vs measured", "",
               f"GPU in the catalog: {e.get('gpu')}. Largest peak error: {_f(e.get('max_peak_error'))}; "
               f"all within 15%: {_f(e.get('within_15_percent'))}.", "",
-              "| configuration | predicted peak GB | measured peak GB | ratio | predicted step s | measured step s | ratio |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+              "| configuration | predicted peak GB | measured peak GB | ratio | predicted device GB | measured device GB "
+              "| predicted step s | measured step s | ratio |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in e["configurations"]:
         lines.append(f"| {c['name']} | {_f(c['predicted_peak_gb'])} | {_f(c['measured_peak_gb'])} | "
-                     f"{_f(c['peak_ratio'])} | {_f(c['predicted_step_s'])} | {_f(c['measured_step_s'])} | "
+                     f"{_f(c['peak_ratio'])} | {_f(c['predicted_device_gb'])} | {_f(c['measured_device_gb'])} | "
+                     f"{_f(c['predicted_step_s'])} | {_f(c['measured_step_s'])} | "
                      f"{_f(c['step_ratio'])} |" + (f" error: {c['error']}" if c.get("error") else ""))
     s = r["resume"]
     lines += ["", "## Chunked (ZeroGPU) resume vs uninterrupted", "",
@@ -255,6 +258,7 @@ class Context:
         if self._model_dir is None:
             t = time.perf_counter()
             self._model_dir = tt.materialize(self.scale.model, self.device)
+            free_memory()  # the random weights were built on the GPU: the workers need that memory
             log(f"model {self._model_dir.name} ready in {time.perf_counter() - t:.0f} s")
         return self._model_dir
 
@@ -279,8 +283,8 @@ class Context:
 
     def run_side(self, spec: dict[str, Any]) -> dict[str, Any]:
         """One training side: a subprocess on the GPU (clean peaks), in this process on a dry run."""
-        if self.isolate:
-            return tt.run_side(spec, verbose=True)
+        if self.isolate:  # never past the budget: a worker still running then is stopped (its part records it)
+            return tt.run_side(spec, verbose=True, timeout_s=max(30.0, self.left_s()))
         with tempfile.TemporaryDirectory(prefix="gpu-check-side-", dir=self.work) as tmp:
             out = tt.run_spec({**spec, "work_dir": tmp})
         free_memory()
@@ -365,7 +369,7 @@ def part_throughput(ctx: Context, sec: dict[str, Any]) -> None:
         sec["ours_filled"]["settings"] = {"skipped": "time budget"}
         return
     log(f"throughput: ours at batch {filled} (estimator's fill of {plan.gpu}) ...")
-    n = filled * max(1, sc.examples // sc.batch // 2)
+    n = filled * (1 if sc.dry else 3)  # 3 steps: the median step skips the first
     filled_file = data_files(ctx, f"filled-{n}", n, sc.lo, sc.hi, sc.median, ctx.seed + 2)
     res = ctx.run_side({**common, "side": "ours", "train_file": str(filled_file), "batch_size": filled,
                         "eval_ids": None, "eval_labels": None, "label": "ours_filled"})
@@ -406,10 +410,14 @@ def part_estimator(ctx: Context, sec: dict[str, Any]) -> None:
             est = memory.estimate_training(spec, setup, gpu, advise=False)
             # torch's reserved memory does not hold the CUDA context: compare the allocator's part
             row["predicted_peak_gb"] = round(est.peak_gb - est.breakdown.get("cuda_context", 0.0), 3)
+            # the whole device (nvidia-smi's view): CUDA context and paged optimizer states included; the parent
+            # process's own CUDA context is in the measured figure too
+            row["predicted_device_gb"] = round(est.peak_gb, 3)
             row["predicted_step_s"] = round(setup.tokens / memory.tokens_per_second(spec, setup, gpu), 4)
             log(f"estimator: {name} ...")
             res = ctx.run_side(side)
             row["measured_peak_gb"] = gb(res.get("peak_memory_mb"))
+            row["measured_device_gb"] = gb(res.get("peak_device_used_mb"))
             row["measured_step_s"] = res.get("median_step_s")
             row["peak_ratio"] = ratio(row["predicted_peak_gb"], row["measured_peak_gb"])
             row["step_ratio"] = ratio(row["predicted_step_s"], row["measured_step_s"])

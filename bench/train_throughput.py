@@ -572,7 +572,7 @@ def _lifetime_rss() -> float:
 # the parent: data, subprocesses, tables
 
 
-def run_side(spec: dict, verbose: bool) -> dict:
+def run_side(spec: dict, verbose: bool, timeout_s: float | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         spec = {**spec, "work_dir": tmp}
         path = Path(tmp) / "spec.json"
@@ -580,8 +580,12 @@ def run_side(spec: dict, verbose: bool) -> dict:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
         started = time.perf_counter()
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(path)],
-                              capture_output=True, text=True, env=env, cwd=str(ROOT))
+        try:
+            proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(path)],
+                                  capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=timeout_s)
+        except subprocess.TimeoutExpired as e:
+            tail = "\n".join(str(e.stderr or "").splitlines()[-20:])
+            raise RuntimeError(f"{spec['side']} worker ran past {timeout_s:.0f} s and was stopped:\n{tail}") from None
         took = time.perf_counter() - started
     lines = [x for x in proc.stdout.splitlines() if x.startswith(RESULT_TAG)]
     if proc.returncode != 0 or not lines:

@@ -449,3 +449,14 @@ def test_each_gpu_switch_moves_the_estimate_the_right_way():
     with pytest.raises(m.EstimateError, match="kernels"):
         base.with_(kernels="turbo")
     assert "liger kernels" in base.with_(kernels="liger").describe()
+
+
+def test_the_estimate_says_it_is_an_estimate_until_a_gpu_was_measured(monkeypatch):
+    from finetune.memory import hardware
+
+    est = m.estimate(RunConfig(), gpu="h100", allow_hub=False)
+    assert est.to_dict()["source"].startswith("Estimate: computed") and "none yet" in est.source
+    assert m.MEASURED_GPUS == {}  # bench/README-gpu.md: no GPU was lent yet
+    monkeypatch.setitem(hardware.MEASURED_GPUS, "h100", "2027-01-05, NVIDIA H100 80GB HBM3")
+    assert "measurement on 2027-01-05, NVIDIA H100" in m.estimate(RunConfig(), gpu="h100", allow_hub=False).source
+    assert "h100 (2027-01-05" in m.estimate(RunConfig(), gpu="t4", allow_hub=False).source

@@ -72,6 +72,16 @@ def test_the_card_written_after_training_resolves_on_the_training_device(tmp_pat
 
     path = write_model_card(tmp_path, RunConfig(), "org/base", {"steps": 1}, [], {}, "cpu")
     assert "| precision | fp32, optimizer adamw_torch_fused |" in path.read_text()
+    # which figures were measured, on which device, and that none is an estimate
+    assert "- measured during this run on CPU: the duration and the losses above; nothing on this card is an estimate" \
+        in path.read_text()
+
+
+def test_the_hyperparameters_tab_says_its_figures_are_estimates():
+    from finetune.ui.hparams_tab import estimate_view
+
+    verdict, _ = estimate_view(RunConfig(), "a100-80gb")
+    assert "*Estimate: computed from the model's architecture for NVIDIA A100 80GB, not measured there." in verdict
 
 
 def test_auto_configure_on_cpu_writes_an_optimizer_the_config_accepts():

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .architecture import Linear, ModelSpec, linear_layers, load_model_spec, spec_for_config  # noqa: F401 - doctests
-from .hardware import (CUDA_CONTEXT_GB, GPUS, ZEROGPU_DAILY_QUOTA_MIN, EstimateError, GiB, GpuSpec, fit_verdict,
-                       get_gpu)
+from .hardware import (CUDA_CONTEXT_GB, GPUS, ZEROGPU_DAILY_QUOTA_MIN, EstimateError, GiB, GpuSpec, figures_source,
+                       fit_verdict, get_gpu)
 
 if TYPE_CHECKING:  # imported for annotations only: the config module is light, torch is never needed
     from ..config import RunConfig
@@ -394,6 +394,11 @@ class MemoryEstimate:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def source(self) -> str:
+        """Whether these figures are measured on this GPU or estimated (hardware.figures_source)."""
+        return figures_source(self.gpu)
+
+    @property
     def fits(self) -> bool:
         """True when the step fits in the GPU's memory at all ("tight" included)."""
         return self.verdict != "does not fit"
@@ -418,6 +423,7 @@ class MemoryEstimate:
             "explanation": self.explanation,
             "suggestions": list(self.suggestions),
             "notes": list(self.notes),
+            "source": self.source,
         }
 
 
