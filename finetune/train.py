@@ -690,9 +690,10 @@ def _keep_adapter_dtypes(trainer: SFTTrainer) -> None:
     original = trainer._load_from_checkpoint
 
     def load(resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
-        dtypes = {n: p.dtype for n, p in trainer.model.named_parameters() if p.requires_grad}
+        peft_model: Model = trainer.model  # transformers types it as PreTrainedModel | Module | None
+        dtypes = {n: p.dtype for n, p in peft_model.named_parameters() if p.requires_grad}
         original(resume_from_checkpoint, model)
-        for name, param in trainer.model.named_parameters():
+        for name, param in peft_model.named_parameters():
             if name in dtypes and param.dtype != dtypes[name]:
                 param.data = param.data.to(dtypes[name])
 
