@@ -362,7 +362,11 @@ def part_throughput(ctx: Context, sec: dict[str, Any]) -> None:
                      "loss": ratio(sec["ours"]["loss"], sec["recipe"]["loss"]),
                      "eval_loss_answers": ratio(sec["ours"]["eval_loss_answers"], sec["recipe"]["eval_loss_answers"])}
     # our defaults at the micro-batch the estimator says fills this device (QLoRA, the same length)
-    plan = memory.auto_configure(spec, ctx.gpu(), seq_len=sc.seq_len, methods=("qlora",),
+    from finetune.settings import Device
+
+    base = memory.TrainSetup.from_config(tt.ours_config({**common, "train_file": str(train_file)}), ctx.gpu(),
+                                         device=Device.detect(ctx.device))  # the kernels this machine has
+    plan = memory.auto_configure(spec, ctx.gpu(), seq_len=sc.seq_len, methods=("qlora",), base=base,
                                  target_batch=sc.filled_max_batch, allow_hub=False)
     filled = max(1, min(plan.batch_size, sc.filled_max_batch))
     if ctx.left_s() < 120 and not sc.dry:
@@ -372,6 +376,7 @@ def part_throughput(ctx: Context, sec: dict[str, Any]) -> None:
     n = filled * (1 if sc.dry else 3)  # 3 steps: the median step skips the first
     filled_file = data_files(ctx, f"filled-{n}", n, sc.lo, sc.hi, sc.median, ctx.seed + 2)
     res = ctx.run_side({**common, "side": "ours", "train_file": str(filled_file), "batch_size": filled,
+                        "overrides": {"training.gradient_checkpointing": plan.gradient_checkpointing},
                         "eval_ids": None, "eval_labels": None, "label": "ours_filled"})
     sec["ours_filled"] = side_row(res, filled)
     sec["ours_filled"]["settings"] = {**(res.get("settings") or {}), "estimator_plan": plan.to_dict()}

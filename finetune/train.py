@@ -568,7 +568,7 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,  # 0 = no clipping (the Trainer clips only when > 0; None would fail there)
         gradient_checkpointing=checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+        gradient_checkpointing_kwargs={"use_reentrant": settings.checkpoint_reentrant} if checkpointing else None,
         seed=t.seed,
         data_seed=t.seed,
         logging_steps=t.logging_steps,
