@@ -60,7 +60,8 @@ PREVIOUS_DEFAULTS = {"training.precision": "fp32", "training.gradient_checkpoint
                      "training.padding_free": False, "lora.dropout": 0.05, "training.optim": "adamw_torch"}
 # Every finetune.settings.SpeedOptions choice off (for --variants' "previous defaults" row).
 SPEED_OFF = {"trained_positions_loss": False, "bf16_weights_on_cpu": False, "checkpoint_only_when_needed_on_cpu": False,
-             "per_sequence_attention_on_cpu": False}
+             "per_sequence_attention_on_cpu": False, "varlen_attention_on_cuda": False,
+             "liger_kernels_on_cuda": False, "chunked_loss_on_cuda": False}
 
 # 7B-class Llama shape (Llama-2-7B) for random-weight speed/memory runs on CUDA; vocab = the tokenizer's.
 LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
@@ -189,6 +190,8 @@ def materialize(model: str, device: str) -> Path:
 class Probe:
     """Times the training loop, counts the real tokens of every batch, reads peak memory, keeps the losses."""
 
+    original_step = None  # trl's training_step before the last install()
+
     def __init__(self, device: str):
         self.device = device
         self.real = self.slots = self.trained = 0
@@ -200,6 +203,8 @@ class Probe:
         self.cpu0 = self.cpu1 = None
         self.peak_mb = None
         self.start_mb = None
+        self.device_peak_mb = None  # CUDA: the whole device's used memory (paged optimizer states, CUDA context)
+        self._poll = None
         self.args: dict = {}
 
     def install(self):
@@ -207,6 +212,7 @@ class Probe:
         import trl
 
         probe, original = self, trl.SFTTrainer.training_step
+        Probe.original_step = original
 
         def training_step(trainer, model, inputs, *args, **kwargs):
             ids = inputs["input_ids"]
@@ -231,6 +237,8 @@ class Probe:
                               "packing": getattr(args, "packing", None)}
                 probe.start_mb = _memory_now(probe.device)
                 _reset_peak(probe.device)
+                if probe.device == "cuda":
+                    probe._poll = DevicePoll()
                 probe.cpu0 = os.times()
                 probe.t0 = time.perf_counter()
 
@@ -251,6 +259,8 @@ class Probe:
                 probe.t1 = time.perf_counter()
                 probe.cpu1 = os.times()
                 probe.peak_mb = _peak(probe.device)
+                if probe._poll is not None:
+                    probe.device_peak_mb = probe._poll.stop()
                 probe.model = model
 
         return _Cb()
@@ -274,10 +284,37 @@ class Probe:
             "median_step_s": round(statistics.median(steady), 3) if steady else None,
             "peak_memory_mb": round(self.peak_mb, 1) if self.peak_mb is not None else None,
             "memory_at_start_mb": round(self.start_mb, 1) if self.start_mb is not None else None,
+            "peak_device_used_mb": round(self.device_peak_mb, 1) if self.device_peak_mb is not None else None,
             "first_loss": self.losses[0] if self.losses else None,
             "final_loss": round(sum(tail) / len(tail), 4) if tail else None,
             "loadavg": [round(x, 2) for x in os.getloadavg()],
         }
+
+
+class DevicePoll:
+    """The peak of the GPU's used memory (total - free, as nvidia-smi shows it), sampled every 20 ms in a thread:
+    it includes what torch's allocator does not count (CUDA context, bitsandbytes' paged optimizer states)."""
+
+    def __init__(self, every_s: float = 0.02):
+        import threading
+
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every_s,), daemon=True)
+        self._thread.start()
+
+    def _run(self, every_s: float) -> None:
+        import torch
+
+        while not self._stop.is_set():
+            free, total = torch.cuda.mem_get_info()
+            self.peak = max(self.peak, total - free)
+            self._stop.wait(every_s)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak / 2**20
 
 
 def _sync(device: str) -> None:
@@ -420,15 +457,9 @@ def baseline_recipe(spec: dict, probe: Probe):
             "precision": "bf16" if bf16 else "fp16", "gradient_checkpointing": args.gradient_checkpointing}
 
 
-def ours_pipeline(spec: dict, probe: Probe):
-    """Our pipeline, unchanged: ``finetune.train.train(config)``."""
-    import dataclasses
-
+def ours_config(spec: dict):
+    """The RunConfig "ours" trains: the defaults, the bench's data, length, batch and steps, then the overrides."""
     from finetune.config import RunConfig, apply_overrides
-    from finetune.settings import SpeedOptions
-    from finetune.train import train
-
-    speed = SpeedOptions(**(spec.get("speed") or {}))  # implementation choices under test (--variants)
 
     cfg = RunConfig()
     cfg.name = "bench"
@@ -441,7 +472,18 @@ def ours_pipeline(spec: dict, probe: Probe):
     cfg.training.max_steps = max(0, spec.get("max_steps", 0))
     cfg.training.save_steps = 10**9  # a benchmark keeps no checkpoints (the notebook saves none either)
     cfg.training.seed = spec["seed"]
-    cfg = apply_overrides(cfg, spec.get("overrides", {}))
+    return apply_overrides(cfg, spec.get("overrides", {}))
+
+
+def ours_pipeline(spec: dict, probe: Probe):
+    """Our pipeline, unchanged: ``finetune.train.train(config)``."""
+    import dataclasses
+
+    from finetune.settings import SpeedOptions
+    from finetune.train import train
+
+    speed = SpeedOptions(**(spec.get("speed") or {}))  # implementation choices under test (--variants)
+    cfg = ours_config(spec)
     result = train(cfg, run_dir=Path(spec["work_dir"]) / "run", callbacks=[probe.callback()], speed=speed)
     t = cfg.training
     return {"optim": t.optim, "lora_r": cfg.lora.r, "lora_targets": cfg.lora.target_modules,
@@ -467,6 +509,25 @@ def worker(spec_path: str) -> int:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    print(RESULT_TAG + json.dumps(run_spec(spec)), flush=True)
+    return 0
+
+
+def run_spec(spec: dict) -> dict:
+    """One side in this process: train, measure, evaluate (the worker's body; bench/gpu_check.py --dry-run calls
+    it directly). trl's training_step is restored afterwards, so sides can follow each other in one process."""
+    import trl
+
+    original = trl.SFTTrainer.training_step
+    try:
+        return _run_spec(spec)
+    finally:
+        trl.SFTTrainer.training_step = original
+
+
+def _run_spec(spec: dict) -> dict:
+    import torch
+
     device = spec["device"]
     probe = Probe(device)
     probe.install()
@@ -480,6 +541,9 @@ def worker(spec_path: str) -> int:
             raise
         note = f"paged_adamw_32bit failed on CPU ({e.__class__.__name__}: {str(e)[:160]}); used adamw_torch"
         spec["optim"] = "adamw_torch"
+        import trl
+
+        trl.SFTTrainer.training_step = Probe.original_step  # the failed attempt's counter is not the new one's
         probe = Probe(device)
         probe.install()
         settings = run(spec, probe)
@@ -495,8 +559,7 @@ def worker(spec_path: str) -> int:
         out["eval_s"] = round(time.perf_counter() - t, 1)
     out["lifetime_peak_rss_mb"] = round(_lifetime_rss(), 1)
     out["torch_threads"] = torch.get_num_threads()
-    print(RESULT_TAG + json.dumps(out), flush=True)
-    return 0
+    return out
 
 
 def _lifetime_rss() -> float:
@@ -509,7 +572,7 @@ def _lifetime_rss() -> float:
 # the parent: data, subprocesses, tables
 
 
-def run_side(spec: dict, verbose: bool) -> dict:
+def run_side(spec: dict, verbose: bool, timeout_s: float | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         spec = {**spec, "work_dir": tmp}
         path = Path(tmp) / "spec.json"
@@ -517,8 +580,12 @@ def run_side(spec: dict, verbose: bool) -> dict:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
         started = time.perf_counter()
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(path)],
-                              capture_output=True, text=True, env=env, cwd=str(ROOT))
+        try:
+            proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(path)],
+                                  capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=timeout_s)
+        except subprocess.TimeoutExpired as e:
+            tail = "\n".join(str(e.stderr or "").splitlines()[-20:])
+            raise RuntimeError(f"{spec['side']} worker ran past {timeout_s:.0f} s and was stopped:\n{tail}") from None
         took = time.perf_counter() - started
     lines = [x for x in proc.stdout.splitlines() if x.startswith(RESULT_TAG)]
     if proc.returncode != 0 or not lines:
@@ -792,13 +859,21 @@ VARIANTS = [
     ("+ 16-bit base (LoRA, no 4-bit)", {"quantization.load_in": "none"}, {}),
     ("+ adamw_8bit", {"training.optim": "adamw_8bit"}, {}),
 ]
+# CUDA only (on CPU they would equal the defaults): run by --variants on a GPU, and by bench/gpu_check.py
+CUDA_VARIANTS = [
+    ("- varlen attention (masked row)", {}, {"varlen_attention_on_cuda": False}),
+    ("- Liger kernels", {}, {"liger_kernels_on_cuda": False}),
+    ("+ chunked linear cross-entropy", {}, {"chunked_loss_on_cuda": True}),
+    ("+ paged AdamW 8-bit", {"training.optim": "paged_adamw_8bit"}, {}),
+]
 
 
 def variants(args) -> list[dict]:
     """Our pipeline with one optimization undone (or one more tried) at a time, same data, one process each."""
     device = pick_device(args.device)
     prep = prepare(args, device)
-    plan = [v for v in VARIANTS if not args.only or any(o in v[0] for o in args.only)]
+    every = VARIANTS + (CUDA_VARIANTS if device == "cuda" else [])
+    plan = [v for v in every if not args.only or any(o in v[0] for o in args.only)]
     rows = []
     for label, overrides, speed in plan:
         spec = {**prep["ours"], "overrides": {**OURS[device], **overrides}, "speed": speed, "label": label}

@@ -239,6 +239,8 @@ def model_card(config: RunConfig, base_model: str, metrics: dict[str, Any], loss
         lines.append("- eval loss by step: " + ", ".join(f"{s}: {v:.4f}" for s, v in eval_losses))
     if loss_values:
         lines += [f"- loss curve: `{_sparkline(loss_values)}`"]
+    lines.append(f"- measured during this run on {device}: the duration and the losses above; nothing on this card is "
+                 "an estimate")
     if loss_curve:
         lines += ["", f"![training and eval loss]({loss_curve})"]
     lines += [

@@ -287,6 +287,28 @@ def lora_config(lo: LoraSettings) -> LoraConfig:
     )
 
 
+# config.model_type -> liger-kernel's function that patches a loaded model of that architecture in place with its
+# RMSNorm, RoPE and SwiGLU kernels (each takes rope/rms_norm/swiglu/cross_entropy/fused_linear_cross_entropy)
+LIGER_ARCHITECTURES = {"llama": "apply_liger_kernel_to_llama", "mistral": "apply_liger_kernel_to_mistral",
+                       "qwen2": "apply_liger_kernel_to_qwen2", "qwen3": "apply_liger_kernel_to_qwen3"}
+
+
+def apply_liger_kernels(model: Model) -> str | None:
+    """Replace a loaded model's RMSNorm, RoPE and SwiGLU with Liger's Triton kernels (CUDA; liger-kernel
+    installed). The loss stays trl's or ours (finetune.loss): Liger's fused cross-entropy would replace the model's
+    forward. Returns why nothing was patched (an architecture Liger does not cover here), else None."""
+    kind = getattr(model.config, "model_type", "")
+    name = LIGER_ARCHITECTURES.get(kind)
+    if name is None:
+        return (f"Liger kernels skipped: {kind or 'this'} architecture is not one of "
+                f"{', '.join(sorted(LIGER_ARCHITECTURES))}")
+    import liger_kernel.transformers as liger  # optional dependency, CUDA machines only
+
+    getattr(liger, name)(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False,
+                         model=model)
+    return None
+
+
 def _refuse_pickle_only(res: ResolvedModel) -> None:
     """A local folder with pickle weights only (pytorch_model.bin): loading a pickle can run code, so refuse."""
     folder = Path(res.path)

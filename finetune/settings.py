@@ -34,15 +34,21 @@ class Device:
 
     kind: str
     bf16: bool = True  # CUDA: Ampere (compute capability 8.0) and newer; a T4 (Turing) has none
+    liger: bool = False  # liger-kernel is installed (its Triton kernels run on CUDA only)
+    flash_attn: bool = False  # flash-attn is installed (variable-length attention kernels, CUDA only)
 
     @classmethod
     def detect(cls, kind: str) -> Device:
-        """The device ``kind`` of this machine (asks torch whether CUDA supports bf16)."""
+        """The device ``kind`` of this machine (asks torch whether CUDA supports bf16, and which optional kernel
+        packages are installed)."""
         if kind != "cuda":
             return cls(kind)
+        import importlib.util
+
         import torch
 
-        return cls(kind, bool(torch.cuda.is_bf16_supported()))
+        return cls(kind, bool(torch.cuda.is_bf16_supported()), liger=importlib.util.find_spec("liger_kernel") is not None,
+                   flash_attn=importlib.util.find_spec("flash_attn") is not None)
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,22 @@ class SpeedOptions:
     # (train.packed_sdpa_attention) instead of over the whole row with a block-diagonal mask.
     per_sequence_attention_on_cpu: bool = True
 
+    # The CUDA choices below never act on CPU (resolve: the CPU path is the one measured above). Until
+    # bench/gpu_check.py has measured them on a GPU (bench/README-gpu.md) they are reasoned, not measured, defaults.
+
+    # CUDA + sdpa + padding-free: variable-length attention over the concatenated row, no [row, row] mask:
+    # flash-attn's varlen kernel where flash-attn is installed, else SDPA sequence by sequence (flash SDPA
+    # backend per sequence). Off: SDPA over the whole row with a block-diagonal mask (memory-efficient backend).
+    varlen_attention_on_cuda: bool = True
+    # CUDA + liger-kernel installed + a supported architecture (models.LIGER_ARCHITECTURES): Liger's RMSNorm
+    # (keeps its input and one fp32 rstd per token instead of an fp32 copy: -2 bytes/hidden/norm/token), RoPE
+    # (in place) and SwiGLU (recomputes silu(gate) * up in backward: -1 MLP-width tensor per token and layer).
+    liger_kernels_on_cuda: bool = True
+    # CUDA: the loss of the trained positions through a chunked linear cross-entropy (finetune/loss.py, or
+    # Liger's fused linear cross-entropy with liger_kernels_on_cuda) instead of trl's fused LM head. Both avoid
+    # the [tokens, vocab] logits; off until bench/gpu_check.py shows it beats trl's Triton kernel.
+    chunked_loss_on_cuda: bool = False
+
 
 @dataclass(frozen=True)
 class ResolvedSettings:
@@ -82,6 +104,16 @@ class ResolvedSettings:
     gradient_checkpointing: bool  # as configured; train.use_checkpointing may skip it on CPU (SpeedOptions)
     lora_targets: list[str] | str  # "all-linear" or module names
     lora_dropout: float
+    # how the training loss is computed (finetune.loss; SpeedOptions): trl (trl's fused LM head over the trained
+    # positions), trained_positions (CPU: LM head on the trained positions, then chunked cross-entropy),
+    # chunked (CUDA: chunked linear cross-entropy on the trained positions), liger (Liger's fused linear CE)
+    loss: str = "trl"
+    kernels: str = "none"  # liger | none: fused RMSNorm/RoPE/SwiGLU (CUDA, supported architectures)
+    # the attention of padding-free batches: per_sequence_sdpa, flash_attention_2 (varlen), or attn_implementation
+    attention: str = "sdpa"
+    # gradient checkpointing re-runs each layer's forward without torch's reentrant autograd.Function: it works
+    # with frozen inputs (QLoRA's embeddings) and lets the recomputation free its tensors layer by layer
+    checkpoint_reentrant: bool = False
 
     @property
     def trainer_precision(self) -> dict[str, bool]:
@@ -136,10 +168,39 @@ def resolve(config: RunConfig, device: Device, speed: SpeedOptions = SpeedOption
         model_dtype = "float32"  # CPU: fp32 master weights; autocast (if any) casts per op
     method = "qlora" if q.load_in == "4bit" else "lora"
     weights = {"4bit": q.quant_type, "8bit": "int8"}.get(q.load_in) or _PRECISION[model_dtype]
+    attn = config.model.attn_implementation
     return ResolvedSettings(
         device=device.kind, precision=precision, compute_dtype=compute, model_dtype=model_dtype,
-        optim=resolve_optim(t.optim, device), attn_implementation=config.model.attn_implementation,
+        optim=resolve_optim(t.optim, device), attn_implementation=attn,
         load_in=q.load_in, method=method, weights=weights, double_quant=q.double_quant,
         gradient_checkpointing=t.gradient_checkpointing, lora_targets=parse_target_modules(lo.target_modules),
-        lora_dropout=lo.dropout,
+        lora_dropout=lo.dropout, loss=resolve_loss(device, speed), kernels=resolve_kernels(device, speed),
+        attention=resolve_attention(attn, t.padding_free, device, speed),
     )
+
+
+def resolve_loss(device: Device, speed: SpeedOptions = SpeedOptions()) -> str:
+    """How the training loss is computed (``ResolvedSettings.loss``). CPU: the LM head on the trained positions
+    only (measured, bench/README-train.md); CUDA: trl's fused LM head unless ``chunked_loss_on_cuda``."""
+    if device.kind == "cpu":
+        return "trained_positions" if speed.trained_positions_loss else "trl"
+    if device.kind == "cuda" and speed.chunked_loss_on_cuda:
+        return "liger" if device.liger and speed.liger_kernels_on_cuda else "chunked"
+    return "trl"
+
+
+def resolve_kernels(device: Device, speed: SpeedOptions = SpeedOptions()) -> str:
+    """``liger`` on CUDA where liger-kernel is installed (training still checks the architecture), else none."""
+    return "liger" if device.kind == "cuda" and device.liger and speed.liger_kernels_on_cuda else "none"
+
+
+def resolve_attention(attn: str, padding_free: bool, device: Device, speed: SpeedOptions = SpeedOptions()) -> str:
+    """The attention a padding-free batch runs: sequence by sequence (SDPA), flash-attn's varlen kernel, or the
+    configured implementation as is (padded batches, packing, eager, flash and flex attention chosen explicitly)."""
+    if not padding_free or attn != "sdpa":
+        return attn
+    if device.kind == "cpu":
+        return "per_sequence_sdpa" if speed.per_sequence_attention_on_cpu else attn
+    if device.kind == "cuda" and speed.varlen_attention_on_cuda:
+        return "flash_attention_2" if device.flash_attn else "per_sequence_sdpa"
+    return attn

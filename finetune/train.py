@@ -16,6 +16,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import math
 import os
@@ -604,10 +605,16 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
     checkpointing, checkpointing_note = use_checkpointing(config, device, str(resolved.path), speed)
     if checkpointing_note:
         log.emit("note", message=checkpointing_note)
-    model, _ = models.load_model(config.model, config.quantization, device, dtype=getattr(torch, settings.model_dtype))
-    if (device == "cpu" and t.padding_free and settings.attn_implementation == "sdpa"
-            and speed.per_sequence_attention_on_cpu):
+    model_cfg = config.model
+    if settings.attention == "flash_attention_2" and model_cfg.attn_implementation != settings.attention:
+        model_cfg = dataclasses.replace(model_cfg, attn_implementation=settings.attention)  # varlen on CUDA
+    model, _ = models.load_model(model_cfg, config.quantization, device, dtype=getattr(torch, settings.model_dtype))
+    if settings.attention == "per_sequence_sdpa":
         _use_packed_attention(model)
+    if settings.kernels == "liger":
+        kernels_note = models.apply_liger_kernels(model)
+        if kernels_note:
+            log.emit("note", message=kernels_note)
     sft_args = SFTConfig(
         output_dir=str(run_dir / runs.CHECKPOINTS),
         learning_rate=t.learning_rate,
@@ -625,7 +632,7 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,  # 0 = no clipping (the Trainer clips only when > 0; None would fail there)
         gradient_checkpointing=checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+        gradient_checkpointing_kwargs={"use_reentrant": settings.checkpoint_reentrant} if checkpointing else None,
         seed=t.seed,
         data_seed=t.seed,
         logging_steps=t.logging_steps,
@@ -645,7 +652,7 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
         **trainer_settings(settings),
     )
     callback = _make_callback(log, run_dir, should_stop, until_step, time_budget_s, started_at)
-    trainer_cls: type[SFTTrainer] = _trainer_class() if device == "cpu" and speed.trained_positions_loss else SFTTrainer
+    trainer_cls: type[SFTTrainer] = _trainer_class(settings.loss) if settings.loss != "trl" else SFTTrainer
     trainer = trainer_cls(
         model=model,
         args=sft_args,
@@ -658,6 +665,8 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our events replace its raw dict prints
+    if resume_from is not None:
+        _keep_adapter_dtypes(trainer)
 
     # -- train -------------------------------------------------------------------------------
     out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -682,8 +691,12 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
     return RunResult(run_dir.name, run_dir, "finished", step, trainer.state.max_steps, adapter_dir, metrics)
 
 
-def _trainer_class() -> type[SFTTrainer]:
+def _trainer_class(loss: str = "trained_positions") -> type[SFTTrainer]:
     """SFTTrainer whose training loss projects only the trained positions through the LM head.
+
+    ``loss`` (``ResolvedSettings.loss``): ``trained_positions`` (CPU) selects those positions' logits and takes
+    their cross-entropy in chunks of rows, as below; ``chunked`` and ``liger`` (CUDA) pass their hidden states to
+    :func:`finetune.loss.trained_positions_loss`, so not even their logits exist at once.
 
     trl's fused LM head scores every position on devices without Triton (CPU), and also computes the entropy
     and top-1 metrics over the whole vocabulary. Here the hidden states of the positions whose next token is
@@ -695,6 +708,8 @@ def _trainer_class() -> type[SFTTrainer]:
     import torch.nn.functional as F
     from trl import SFTTrainer  # type: ignore[attr-defined]  # trl exports it through a lazy module
 
+    impl = loss  # compute_loss below has a local of that name
+
     class TrainedPositionsSFTTrainer(SFTTrainer):
         ce_rows = 2048  # rows of fp32 logits per cross-entropy chunk: 2048 x 49k vocab = 400 MB at most
 
@@ -702,6 +717,15 @@ def _trainer_class() -> type[SFTTrainer]:
                          num_items_in_batch: torch.Tensor | int | None = None) -> Any:
             if return_outputs or not model.training or self.compute_loss_func is not None or self.label_smoother is not None:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)  # type: ignore[no-untyped-call]  # trl leaves compute_loss unannotated
+            if impl in ("chunked", "liger"):
+                from .loss import supports, trained_positions_loss
+
+                if not supports(model):  # scaled or soft-capped logits, a head with a bias: trl's exact path
+                    return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)  # type: ignore[no-untyped-call]
+                out = trained_positions_loss(model, inputs, num_items_in_batch, impl=impl)
+                if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                    out = out * self.accelerator.num_processes
+                return out
             labels = inputs["labels"]
             keep = torch.zeros_like(labels, dtype=torch.bool)
             keep[:, :-1] = labels[:, 1:] != -100  # position i predicts token i + 1
@@ -719,6 +743,27 @@ def _trainer_class() -> type[SFTTrainer]:
             return loss
 
     return TrainedPositionsSFTTrainer
+
+
+def _keep_adapter_dtypes(trainer: SFTTrainer) -> None:
+    """A resumed run trains its LoRA weights in the dtype the uninterrupted run uses.
+
+    The Trainer loads a checkpoint's adapter with peft's ``load_adapter``, which re-creates the LoRA weights in
+    float32, while trl trains a QLoRA adapter in bf16: the resumed run went on in another precision (a 4-bit tiny
+    Llama, 2 + 2 steps: adapters 2e-4 apart from the uninterrupted run's, 0.0 with this; found by
+    bench/gpu_check.py's resume part). The weights go back to their dtype before the optimizer is built.
+    """
+    original = trainer._load_from_checkpoint
+
+    def load(resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        peft_model: Model = trainer.model  # transformers types it as PreTrainedModel | Module | None
+        dtypes = {n: p.dtype for n, p in peft_model.named_parameters() if p.requires_grad}
+        original(resume_from_checkpoint, model)
+        for name, param in peft_model.named_parameters():
+            if name in dtypes and param.dtype != dtypes[name]:
+                param.data = param.data.to(dtypes[name])
+
+    trainer._load_from_checkpoint = load  # type: ignore[method-assign]  # one instance, one resume
 
 
 def _planned_steps(t: TrainingConfig, n_examples: int) -> int:

@@ -4,6 +4,7 @@ published peaks recorded in bench/memory_reference.csv. Offline, no torch, well 
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import math
 import subprocess
@@ -420,3 +421,42 @@ def test_estimate_command_runs_without_torch_and_prints_one_json_object():
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)  # exactly one object: json.loads rejects trailing text
     assert JSON_KEYS <= set(data) and data["gpu"] == "t4" and data["gpu_gb"] == 16
+
+
+def test_each_gpu_switch_moves_the_estimate_the_right_way():
+    """The memory effect of each GPU switch (finetune.settings.SpeedOptions, training.optim, checkpointing)."""
+    from finetune.loss import CHUNK_ROWS
+
+    s7 = spec("meta-llama/Llama-2-7b-hf")
+    base = m.TrainSetup(batch_size=4, seq_len=2048, lora_r=64)
+
+    def est(**change):
+        return m.estimate_training(s7, base.with_(**change), "h100", advise=False)
+
+    b = est()
+    liger = est(kernels="liger")
+    assert liger.breakdown["activations"] < b.breakdown["activations"] and liger.peak_gb < b.peak_gb
+    assert est(optim="paged_adamw_8bit").breakdown["optimizer"] < b.breakdown["optimizer"] / 3
+    assert est(gradient_checkpointing=False).breakdown["activations"] > 3 * b.breakdown["activations"]
+    # the loss: full-vocabulary logits cost most, either chunked loss a small fraction of them
+    full, linear = est(loss="full").breakdown["logits"], est(loss="linear_chunked").breakdown["logits"]
+    assert linear < full / 3 and b.breakdown["logits"] < full / 3
+    big_vocab = m.estimate_training(spec("meta-llama/Llama-3.1-8B"), base.with_(loss="linear_chunked"), "h100",
+                                    advise=False)
+    assert big_vocab.breakdown["logits"] < m.estimate_training(
+        spec("meta-llama/Llama-3.1-8B"), base.with_(loss="full"), "h100", advise=False).breakdown["logits"] / 5
+    assert importlib.import_module("finetune.memory.estimate")._LINEAR_CHUNK_ROWS == CHUNK_ROWS
+    with pytest.raises(m.EstimateError, match="kernels"):
+        base.with_(kernels="turbo")
+    assert "liger kernels" in base.with_(kernels="liger").describe()
+
+
+def test_the_estimate_says_it_is_an_estimate_until_a_gpu_was_measured(monkeypatch):
+    from finetune.memory import hardware
+
+    est = m.estimate(RunConfig(), gpu="h100", allow_hub=False)
+    assert est.to_dict()["source"].startswith("Estimate: computed") and "none yet" in est.source
+    assert m.MEASURED_GPUS == {}  # bench/README-gpu.md: no GPU was lent yet
+    monkeypatch.setitem(hardware.MEASURED_GPUS, "h100", "2027-01-05, NVIDIA H100 80GB HBM3")
+    assert "measurement on 2027-01-05, NVIDIA H100" in m.estimate(RunConfig(), gpu="h100", allow_hub=False).source
+    assert "h100 (2027-01-05" in m.estimate(RunConfig(), gpu="t4", allow_hub=False).source

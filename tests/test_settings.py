@@ -72,6 +72,16 @@ def test_the_card_written_after_training_resolves_on_the_training_device(tmp_pat
 
     path = write_model_card(tmp_path, RunConfig(), "org/base", {"steps": 1}, [], {}, "cpu")
     assert "| precision | fp32, optimizer adamw_torch_fused |" in path.read_text()
+    # which figures were measured, on which device, and that none is an estimate
+    assert "- measured during this run on CPU: the duration and the losses above; nothing on this card is an estimate" \
+        in path.read_text()
+
+
+def test_the_hyperparameters_tab_says_its_figures_are_estimates():
+    from finetune.ui.hparams_tab import estimate_view
+
+    verdict, _ = estimate_view(RunConfig(), "a100-80gb")
+    assert "*Estimate: computed from the model's architecture for NVIDIA A100 80GB, not measured there." in verdict
 
 
 def test_auto_configure_on_cpu_writes_an_optimizer_the_config_accepts():
@@ -103,8 +113,51 @@ def test_speed_options_are_explicit_and_the_benchmark_can_turn_each_off():
     spec.loader.exec_module(bench)
     names = {f.name for f in dataclasses.fields(SpeedOptions)}
     assert set(bench.SPEED_OFF) == names and not any(bench.SPEED_OFF.values())
-    for _, _, speed in bench.VARIANTS:
+    for _, _, speed in bench.VARIANTS + bench.CUDA_VARIANTS:
         assert set(speed) <= names
         SpeedOptions(**speed)  # every variant is a valid set of options
     with pytest.raises(dataclasses.FrozenInstanceError):
         SpeedOptions().trained_positions_loss = False  # type: ignore[misc]
+
+
+def test_gpu_switches_resolve_off_on_cpu_and_on_cuda_where_the_kernels_are_installed():
+    cpu = resolve(RunConfig(), Device("cpu"))
+    assert (cpu.loss, cpu.kernels, cpu.attention, cpu.checkpoint_reentrant) == (
+        "trained_positions", "none", "per_sequence_sdpa", False)
+    # every CUDA switch on and both kernel packages "installed": the CPU path stays exactly as it was
+    everything = SpeedOptions(chunked_loss_on_cuda=True, liger_kernels_on_cuda=True, varlen_attention_on_cuda=True)
+    assert resolve(RunConfig(), Device("cpu", liger=True, flash_attn=True), everything) == cpu
+    assert resolve(RunConfig(), Device("cpu"), SpeedOptions(trained_positions_loss=False)).loss == "trl"
+    # CUDA without optional packages: trl's fused LM head, no Liger, SDPA sequence by sequence
+    bare = resolve(RunConfig(), Device("cuda"))
+    assert (bare.loss, bare.kernels, bare.attention) == ("trl", "none", "per_sequence_sdpa")
+    assert resolve(RunConfig(), Device("cuda"), everything).loss == "chunked"
+    kitted = Device("cuda", liger=True, flash_attn=True)
+    assert (resolve(RunConfig(), kitted).kernels, resolve(RunConfig(), kitted).attention) == ("liger", "flash_attention_2")
+    assert resolve(RunConfig(), kitted, everything).loss == "liger"
+    off = resolve(RunConfig(), kitted, SpeedOptions(**{k: False for k in SPEED_FIELDS}))
+    assert (off.loss, off.kernels, off.attention) == ("trl", "none", "sdpa")
+    # padded batches and an attention chosen explicitly are left alone
+    assert resolve(apply_overrides(RunConfig(), {"training.padding_free": False}), kitted).attention == "sdpa"
+    assert resolve(apply_overrides(RunConfig(), {"model.attn_implementation": "eager"}), kitted).attention == "eager"
+    # 8-bit paged AdamW is an option beside the 32-bit default on CUDA
+    assert resolve(RunConfig(), kitted).optim == "paged_adamw_32bit"
+    assert resolve(apply_overrides(RunConfig(), {"training.optim": "paged_adamw_8bit"}), kitted).optim == "paged_adamw_8bit"
+
+
+def test_the_estimator_sees_the_gpu_switches_training_resolves():
+    kitted = Device("cuda", liger=True, flash_attn=True)
+    gpu = memory.get_gpu("h100")
+    plain = memory.TrainSetup.from_config(RunConfig(), gpu)
+    assert (plain.kernels, plain.loss) == ("none", "chunked")
+    full = memory.TrainSetup.from_config(RunConfig(), gpu, device=kitted, speed=SpeedOptions(chunked_loss_on_cuda=True))
+    assert (full.kernels, full.loss) == ("liger", "linear_chunked")
+    spec = memory.load_model_spec("meta-llama/Llama-2-7b-hf", allow_hub=False)
+    assert memory.estimate_training(spec, full, gpu).peak_gb < memory.estimate_training(spec, plain, gpu).peak_gb
+    # on CPU the estimate is what it was: the switches do not act there
+    cpu = memory.get_gpu("cpu")
+    assert memory.TrainSetup.from_config(RunConfig(), cpu, device=Device("cpu", liger=True, flash_attn=True),
+                                         speed=SpeedOptions(chunked_loss_on_cuda=True)) == memory.default_setup(cpu)
+
+
+SPEED_FIELDS = [f.name for f in dataclasses.fields(SpeedOptions)]

@@ -28,9 +28,10 @@ from .estimate import (ATTENTION, COMPONENT_HELP, LOSSES, METHODS, OPTIMIZERS, T
                        flops_per_token, kv_cache_bytes, layer_activation_bytes, layer_backward_transient_bytes,
                        logits_bytes, lora_params, optimizer_bytes_per_param, setup_for, smallest_gpu, suggest,
                        targeted_layers, tokens_per_second, trainable_params, weight_bytes)
-from .hardware import (CATALOG_DATE, CUDA_CONTEXT_GB, GPUS, SAFE_FRACTION, ZEROGPU, ZEROGPU_DAILY_QUOTA_MIN,
-                       EstimateError, GiB, GpuSpec, ZeroGpuFacts, fit_verdict, forget_live_prices, get_gpu,
-                       parse_jobs_hardware, prices_source, refresh_jobs_prices)
+from .hardware import (CATALOG_DATE, CUDA_CONTEXT_GB, GPUS, MEASURED_GPUS, SAFE_FRACTION, ZEROGPU,
+                       ZEROGPU_DAILY_QUOTA_MIN, EstimateError, GiB, GpuSpec, ZeroGpuFacts, figures_source,
+                       fit_verdict, forget_live_prices, get_gpu, parse_jobs_hardware, prices_source,
+                       refresh_jobs_prices)
 
 __all__ = [
     "CATALOG_DATE", "ZEROGPU", "ZeroGpuFacts", "forget_live_prices", "parse_jobs_hardware", "prices_source",
@@ -39,7 +40,7 @@ __all__ = [
     "InferenceEstimate", "Linear", "MemoryEstimate", "ModelSpec", "TimeEstimate", "TrainSetup", "activation_bytes",
     "apply_plan", "auto_configure", "breakdown_bytes", "check_setup", "configure_for", "count_params",
     "default_setup", "device_of", "embedding_params", "estimate", "estimate_inference", "estimate_time", "estimate_training",
-    "fit_verdict", "flops_per_token", "get_gpu", "kv_cache_bytes", "layer_activation_bytes",
+    "MEASURED_GPUS", "figures_source", "fit_verdict", "flops_per_token", "get_gpu", "kv_cache_bytes", "layer_activation_bytes",
     "layer_backward_transient_bytes", "linear_layers", "load_model_spec", "logits_bytes", "lora_params",
     "optimizer_bytes_per_param", "setup_for", "smallest_gpu", "spec_for_config", "spec_from_config",
     "spec_from_gguf", "suggest", "targeted_layers", "tokens_per_second", "trainable_params", "weight_bytes",

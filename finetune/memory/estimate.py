@@ -35,12 +35,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .architecture import Linear, ModelSpec, linear_layers, load_model_spec, spec_for_config  # noqa: F401 - doctests
-from .hardware import (CUDA_CONTEXT_GB, GPUS, ZEROGPU_DAILY_QUOTA_MIN, EstimateError, GiB, GpuSpec, fit_verdict,
-                       get_gpu)
+from .hardware import (CUDA_CONTEXT_GB, GPUS, ZEROGPU_DAILY_QUOTA_MIN, EstimateError, GiB, GpuSpec, figures_source,
+                       fit_verdict, get_gpu)
 
 if TYPE_CHECKING:  # imported for annotations only: the config module is light, torch is never needed
     from ..config import RunConfig
-    from ..settings import Device
+    from ..settings import Device, SpeedOptions
 
 
 # ---------------------------------------------------------------------------------------------
@@ -50,7 +50,11 @@ METHODS = ("qlora", "lora", "full")
 WEIGHT_FORMATS = ("nf4", "fp4", "int8", "bf16", "fp16", "fp32")
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "paged_adamw_32bit", "adamw_8bit", "paged_adamw_8bit", "sgd")
 ATTENTION = ("sdpa", "flash_attention_2", "flash_attention_3", "flex_attention", "eager")
-LOSSES = ("chunked", "full")
+LOSSES = ("chunked", "linear_chunked", "full")
+KERNELS = ("none", "liger")
+# ResolvedSettings.loss -> the estimator's loss: trl's fused head and the CPU trained-positions head are tiled by
+# tokens x vocabulary ("chunked"); ours and Liger's fused linear cross-entropy by rows ("linear_chunked")
+_LOSS_OF = {"trl": "chunked", "trained_positions": "chunked", "chunked": "linear_chunked", "liger": "linear_chunked"}
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,9 @@ class TrainSetup:
     # peft.prepare_model_for_kbit_training (called by TRL 0.x for 4/8-bit models) casts every non-quantized
     # weight to fp32; fp32 norms then promote the whole residual stream and MLP activations to fp32.
     kbit_upcast: bool = False
+    # Liger's RMSNorm/RoPE/SwiGLU (CUDA, liger-kernel installed: settings.resolve_kernels): a norm keeps its
+    # input and one fp32 rstd per token instead of an fp32 copy; SwiGLU keeps gate and up, not silu(gate)
+    kernels: str = "none"
 
     @property
     def tokens(self) -> int:
@@ -97,15 +104,21 @@ class TrainSetup:
             parts.append(f"grad_accum {self.grad_accum}")
         parts.append("grad checkpointing" if self.gradient_checkpointing else "no grad checkpointing")
         parts += [self.optim, self.attn, self.precision]
+        if self.kernels != "none":
+            parts.append(f"{self.kernels} kernels")
+        if self.loss == "linear_chunked":
+            parts.append("chunked linear cross-entropy")
         return ", ".join(parts)
 
     @classmethod
-    def from_config(cls, cfg: RunConfig, gpu: GpuSpec | None = None, **overrides: Any) -> TrainSetup:
+    def from_config(cls, cfg: RunConfig, gpu: GpuSpec | None = None, *, device: Device | None = None,
+                    speed: SpeedOptions | None = None, **overrides: Any) -> TrainSetup:
         """The setup a RunConfig describes on ``gpu`` (None: a bf16 GPU), its ``auto`` values resolved by
-        :func:`finetune.settings.resolve`, as training resolves them."""
-        from ..settings import resolve
+        :func:`finetune.settings.resolve`, as training resolves them. ``device`` (default: the catalog GPU with no
+        optional kernel package) and ``speed`` (default: the defaults) are what training passes to ``resolve``."""
+        from ..settings import SpeedOptions, resolve
 
-        r = resolve(cfg, device_of(gpu))
+        r = resolve(cfg, device or device_of(gpu), speed or SpeedOptions())
         t = cfg.training
         targets = r.lora_targets if isinstance(r.lora_targets, str) else tuple(r.lora_targets)
         base = cls(
@@ -113,6 +126,7 @@ class TrainSetup:
             seq_len=t.max_length, grad_accum=t.grad_accum, lora_r=cfg.lora.r, lora_targets=targets,
             lora_dropout=r.lora_dropout, use_dora=cfg.lora.use_dora, precision=r.precision, optim=r.optim,
             gradient_checkpointing=r.gradient_checkpointing, attn=r.attn_implementation,
+            loss=_LOSS_OF.get(r.loss, "chunked"), kernels=r.kernels,
         )
         return base.with_(**overrides)
 
@@ -132,7 +146,8 @@ def check_setup(s: TrainSetup) -> TrainSetup:
     """Raise EstimateError naming every invalid field; return ``s`` when valid."""
     problems = []
     for name, allowed in (("method", METHODS), ("weights", WEIGHT_FORMATS), ("optim", OPTIMIZERS),
-                          ("attn", ATTENTION), ("loss", LOSSES), ("precision", ("bf16", "fp16", "fp32"))):
+                          ("attn", ATTENTION), ("loss", LOSSES), ("kernels", KERNELS),
+                          ("precision", ("bf16", "fp16", "fp32"))):
         if getattr(s, name) not in allowed:
             problems.append(f"{name} '{getattr(s, name)}' is not one of: {', '.join(allowed)}")
     for name in ("batch_size", "seq_len", "grad_accum", "lora_r"):
@@ -246,11 +261,16 @@ def layer_activation_bytes(spec: ModelSpec, s: TrainSetup) -> float:
     h, q, kv, i = spec.hidden_size, spec.q_dim, spec.kv_dim, spec.intermediate_size
     c, y = _compute_bytes(s), _stream_bytes(s)
     k = spec.experts_per_token if spec.num_experts > 1 else 1
-    total = _norm_count(spec) * 4 * h  # RMSNorm/LayerNorm compute in fp32 and keep that copy
+    if s.kernels == "liger":  # Liger's RMSNorm keeps its input (stream dtype) and an fp32 rstd per token
+        total = _norm_count(spec) * (y * h + 4)
+    else:
+        total = _norm_count(spec) * 4 * h  # RMSNorm/LayerNorm compute in fp32 and keep that copy
     total += c * (q + 2 * kv) + c * q  # flash/sdpa keep q, k, v and the output (+ a tiny logsumexp)
     if s.attn == "eager":
         total += (4 + c) * spec.num_heads * s.seq_len  # softmax in fp32 + its cast for the PV matmul
     mlp_tensors = 3 if spec.gated_mlp else 1  # gate, up, act(gate) | fc1 output before the GELU
+    if spec.gated_mlp and s.kernels == "liger":
+        mlp_tensors = 2  # Liger's SwiGLU recomputes silu(gate) in backward
     total += k * mlp_tensors * y * i
     if spec.num_experts > 1:
         total += k * y * h  # tokens gathered per expert
@@ -308,6 +328,7 @@ def activation_bytes(spec: ModelSpec, s: TrainSetup) -> float:
 # trl's chunked log-prob kernel (trl/kernels/chunked_logprob.py): tiles of 4096 tokens x 32768 vocab entries
 _LOSS_TOKEN_TILE = 4096
 _LOSS_VOCAB_TILE = 32768
+_LINEAR_CHUNK_ROWS = 1024  # finetune.loss.CHUNK_ROWS (tests/test_memory.py keeps them equal)
 
 
 def logits_bytes(spec: ModelSpec, s: TrainSetup) -> float:
@@ -319,10 +340,17 @@ def logits_bytes(spec: ModelSpec, s: TrainSetup) -> float:
     vocabularies (Llama 3, Qwen 2.5).
     ``chunked`` (trl >= 1.x SFTTrainer): 4096 x 32768 tiles in the compute dtype, a copy of the hidden states
     of the scored tokens and their fp32 gradient; a handful of fp32 statistics per token.
+    ``linear_chunked`` (finetune/loss.py, Liger's fused linear cross-entropy): the hidden states of the scored
+    tokens, their gradient (computed in forward, kept for backward), and one chunk of rows x vocabulary as fp32
+    logits/softmax plus its cast to the compute dtype.
     """
     v, h, c, tokens = spec.vocab_size, spec.hidden_size, _compute_bytes(s), s.tokens
     if s.loss == "full":
         total = 12.0 * v * tokens
+    elif s.loss == "linear_chunked":
+        total = min(tokens, _LINEAR_CHUNK_ROWS) * v * (4 + c) + tokens * (2 * c * h + 8)
+        if s.method == "full":
+            total += 4.0 * v * h
     else:
         tile = min(tokens, _LOSS_TOKEN_TILE) * min(v, _LOSS_VOCAB_TILE) * c
         head_cast = min(v, _LOSS_VOCAB_TILE) * h * c if (s.kbit_upcast and s.quantized) else 0
@@ -366,6 +394,11 @@ class MemoryEstimate:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def source(self) -> str:
+        """Whether these figures are measured on this GPU or estimated (hardware.figures_source)."""
+        return figures_source(self.gpu)
+
+    @property
     def fits(self) -> bool:
         """True when the step fits in the GPU's memory at all ("tight" included)."""
         return self.verdict != "does not fit"
@@ -390,6 +423,7 @@ class MemoryEstimate:
             "explanation": self.explanation,
             "suggestions": list(self.suggestions),
             "notes": list(self.notes),
+            "source": self.source,
         }
 
 

@@ -174,6 +174,29 @@ def prices_source() -> str:
         return f"Hugging Face Jobs prices read live at {time.strftime('%Y-%m-%d %H:%M', time.gmtime(_live_read_at[0]))} UTC"
     return f"Hugging Face Jobs prices as listed on {CATALOG_DATE} (offline table)"
 
+# The GPUs on which bench/gpu_check.py measured the estimator's peak memory and step time, as recorded in
+# bench/README-gpu.md: catalog name -> "date, GPU as torch names it". Empty: no GPU was lent yet, so every GPU
+# figure of the estimator is an estimate (computed from the architecture, calibrated on published peaks:
+# bench/README-memory.md).
+MEASURED_GPUS: dict[str, str] = {}
+
+
+def figures_source(gpu: GpuSpec) -> str:
+    """One sentence saying whether the memory and time figures for ``gpu`` are measured or estimated.
+
+    >>> figures_source(get_gpu("t4")).startswith("Estimate")
+    True
+    """
+    if gpu.name in MEASURED_GPUS:
+        return (f"Estimate checked against a measurement on {MEASURED_GPUS[gpu.name]} (bench/gpu_check.py, "
+                "bench/README-gpu.md).")
+    where = "this machine's RAM" if gpu.is_cpu else gpu.label
+    measured = ", ".join(f"{k} ({v})" for k, v in MEASURED_GPUS.items()) or "none yet"
+    return (f"Estimate: computed from the model's architecture for {where}, not measured there. GPUs measured by "
+            f"bench/gpu_check.py: {measured}.")
+
+
+
 
 class EstimateError(ValueError, UserError):
     """Input the estimator cannot use; the message says what to change."""

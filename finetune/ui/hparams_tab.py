@@ -85,7 +85,8 @@ def verdict_markdown(est: MemoryEstimate) -> str:
     lines = [f"### {VERDICT_ICON.get(est.verdict, '')} {est.verdict.capitalize()} on {est.gpu.name}: "
              f"peak {est.peak_gb:.1f} GB of {est.gpu.nominal_gb:.0f} GB", est.explanation]
     lines += [f"- {s}" for s in est.suggestions[:3]]
-    return "\n\n".join(lines[:2]) + ("\n\n" + "\n".join(lines[2:]) if lines[2:] else "")
+    text = "\n\n".join(lines[:2]) + ("\n\n" + "\n".join(lines[2:]) if lines[2:] else "")
+    return text + f"\n\n*{est.source}*"  # measured on this GPU, or an estimate
 
 
 def estimate_view(cfg: RunConfig, gpu: str) -> tuple[str, pd.DataFrame]:
