@@ -17,12 +17,13 @@ from typing import Any
 
 from .adapter import ADAPTER_DIR, is_adapter_dir
 from .errors import UserError
-from .events import TERMINAL, read_events
+from .events import EVENTS_FILE, TERMINAL, read_events
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINTS = "checkpoints"
 ADAPTER = ADAPTER_DIR  # the finished adapter; its format is adapter.py's
 STOP_FILE = "STOP"
+EVAL_REPORT = "eval/report.json"  # the latest evaluation of the run (finetune.evaluate), checkpoints included
 # A run executing on another machine (Hugging Face Jobs) records its job here; its liveness is the job's,
 # not a local process id (backends.hfjobs.sync writes the job's end into the events).
 JOB_FILE = "job.json"
@@ -121,6 +122,17 @@ def _state_readable(checkpoint: Path) -> bool:
 def last_checkpoint(run_dir: Path) -> Path | None:
     found = checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def run_of(path: str | Path) -> Path | None:
+    """The run folder that ``path`` is, or whose ``adapter/``, checkpoint (``checkpoints/checkpoint-N``) or
+    checkpoint adapter it is; None for a folder outside any run (an adapter folder on its own)."""
+    p = Path(path)
+    if p.name == ADAPTER:
+        p = p.parent
+    if p.name.startswith("checkpoint-") and p.parent.name == CHECKPOINTS:
+        p = p.parent.parent
+    return p if (p / CONFIG_FILE).is_file() and (p / EVENTS_FILE).is_file() else None
 
 
 def request_stop(run_dir: Path) -> None:

@@ -427,6 +427,27 @@ def _make_callback(log: _Events, run_dir: Path, should_stop: Callable[[], bool] 
     return cast("_EventsCallback", Events())  # Events is _EventsCallback's shape, defined once transformers is imported
 
 
+def _checkpoint_adapter_callback(config: RunConfig, tokenizer: Tokenizer, base_name: str,
+                                 system_prompt: str) -> TrainerCallback:
+    """After each checkpoint save: ``checkpoint-N/adapter/``, a clean adapter of that step (weights, tokenizer,
+    trained template; no pickles), so any checkpoint can be evaluated, chatted with, pushed or merged."""
+    from transformers import TrainerCallback
+
+    from .adapter import write_checkpoint_adapter
+
+    class CheckpointAdapter(TrainerCallback):
+        def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+            if not is_main_process():
+                return
+            assert args.output_dir is not None  # train() sets it
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            losses = [h["loss"] for h in state.log_history if "loss" in h]
+            metrics = {"steps": state.global_step, **({"final_loss": losses[-1]} if losses else {})}
+            write_checkpoint_adapter(path, config, tokenizer, base_name, metrics, system_prompt)
+
+    return CheckpointAdapter()
+
+
 def _rank0_decides(value: str | None) -> str | None:
     """Rank 0's value on every process: a DDP rank that stops alone leaves the others waiting forever in the
     next all-reduce, and the stop file / time budget can read differently on each rank."""
@@ -587,7 +608,8 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
         eval_dataset=eval_ds,
         processing_class=tokenizer,
         peft_config=models.lora_config(config.lora),
-        callbacks=[callback, *([_share_callback(share, log)] if share else []), *extra_callbacks],
+        callbacks=[_checkpoint_adapter_callback(config, tokenizer, resolved.name, dialogs.system_prompt), callback,
+                   *([_share_callback(share, log)] if share else []), *extra_callbacks],
     )
     from transformers.trainer_callback import PrinterCallback
 
