@@ -74,6 +74,18 @@ def checkpoint_step(path: str | Path) -> int | None:
     return int(step) if name.startswith("checkpoint-") and step.isdigit() else None
 
 
+def adapter_step(folder: str | Path) -> int | None:
+    """The training step an adapter folder holds: its checkpoint's, else the steps in its metrics; None if unknown."""
+    step = checkpoint_step(folder)
+    if step is not None:
+        return step
+    try:
+        steps = json.loads((Path(folder) / METRICS_FILE).read_text()).get("steps")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return steps if isinstance(steps, int) else None
+
+
 def write_checkpoint_adapter(checkpoint: Path, config: RunConfig, tokenizer: Any, base_name: str,
                              metrics: dict[str, Any], system_prompt: str | None = None) -> Path:
     """Make a training checkpoint usable as an adapter: ``<checkpoint>/adapter/`` holds its LoRA weights and

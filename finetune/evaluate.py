@@ -21,7 +21,6 @@ system prompt (``inference.prompt_for`` decides the prompt), exactly as ``finetu
 
 from __future__ import annotations
 
-import json
 import re
 import string
 import time
@@ -30,12 +29,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import runs
-from .adapter import METRICS_FILE, checkpoint_step, find_adapter_dir
+from .adapter import adapter_step, checkpoint_step, find_adapter_dir
 from .data.detect import INPUT_SEPARATOR, cell_text, detect_shape, row_messages
 from .data.read import load_rows
 from .data.validate import DataError, RowError
 from .errors import UserError
-from .io import atomic_write_json
 from .templates import Message
 
 METRICS = ("exact_match", "contains", "f1", "rouge_l", "loss")
@@ -233,7 +231,7 @@ def evaluate(adapter: str | Path, data: str | Path, *, model: str | None = None,
     >>> report["exact_match"], report["base"]["exact_match"], [c["step"] for c in report["checkpoints"]]  # doctest: +SKIP
     (0.85, 0.0, [40, 60])
     """
-    from .inference import adapter_base, adapter_dir, trained_defaults
+    from .inference import adapter_base, adapter_dir, prompt_for, trained_defaults
 
     if checkpoints not in ("none", "all"):
         raise EvalError(f"--checkpoints must be 'all' or 'none', got '{checkpoints}'")
@@ -267,10 +265,16 @@ def evaluate(adapter: str | Path, data: str | Path, *, model: str | None = None,
         "base_model": base_model,
         "data": str(data),
         "n_prompts": len(examples),
-        "step": checkpoint_step(folder) or _final_step(folder),
+        "step": adapter_step(folder),
         "settings": {"temperature": 0.0, "max_new_tokens": max_new_tokens, "template": template,
                      "system_prompt": system_prompt},
     }
+    first = examples[0]
+    report["test_set"] = {"file": Path(str(data)).name, "prompts": len(examples),
+                          "with_reference": sum(e.reference is not None for e in examples)}
+    report["prompt_format"] = {"template": template, "system_prompt": system_prompt,
+                               "example_prompt": prompt_for(first.prompt, adapter=folder, model=base_model).text,
+                               "example_answer": answers[0], "example_reference": first.reference}
     base_answers: list[str] | None = None
     if base:
         tell(1, "base model")
@@ -302,16 +306,8 @@ def evaluate(adapter: str | Path, data: str | Path, *, model: str | None = None,
         report["best"] = {m: best_checkpoint(report, m) for m in METRICS}
     report["seconds"] = round(time.time() - started, 1)
     if write_to_run and run_dir is not None:
-        write_report(run_dir, report)
+        runs.write_eval_report(run_dir, report)
     return report
-
-
-def _final_step(folder: Path) -> int | None:
-    try:
-        steps = json.loads((folder / METRICS_FILE).read_text()).get("steps")
-    except (OSError, ValueError):
-        return None
-    return int(steps) if isinstance(steps, int) else None
 
 
 def best_checkpoint(report: dict[str, Any], metric: str = "exact_match") -> dict[str, Any] | None:
@@ -325,22 +321,6 @@ def best_checkpoint(report: dict[str, Any], metric: str = "exact_match") -> dict
     sign = 1 if HIGHER_IS_BETTER[metric] else -1
     best = max(rows, key=lambda c: (sign * c[metric], c["step"]))
     return {"step": best["step"], "path": best["path"], metric: best[metric]}
-
-
-def write_report(run_dir: Path, report: dict[str, Any]) -> Path:
-    """Write the report into the run folder (``eval/report.json``, atomically)."""
-    path = Path(run_dir) / runs.EVAL_REPORT
-    atomic_write_json(path, report)
-    return path
-
-
-def read_report(run_dir: Path) -> dict[str, Any] | None:
-    """The run's latest evaluation report, or None when it has none (or it is unreadable)."""
-    try:
-        report = json.loads((Path(run_dir) / runs.EVAL_REPORT).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return report if isinstance(report, dict) else None
 
 
 def summary_table(report: dict[str, Any]) -> list[list[Any]]:

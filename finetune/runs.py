@@ -135,6 +135,24 @@ def run_of(path: str | Path) -> Path | None:
     return p if (p / CONFIG_FILE).is_file() and (p / EVENTS_FILE).is_file() else None
 
 
+def write_eval_report(run_dir: Path, report: dict[str, Any]) -> Path:
+    """Write a run's evaluation report (``eval/report.json``, atomically; see ``finetune.evaluate``)."""
+    from .io import atomic_write_json
+
+    path = Path(run_dir) / EVAL_REPORT
+    atomic_write_json(path, report)
+    return path
+
+
+def read_eval_report(run_dir: Path) -> dict[str, Any] | None:
+    """The run's latest evaluation report, or None when it has none (or it is unreadable)."""
+    try:
+        report = json.loads((Path(run_dir) / EVAL_REPORT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) else None
+
+
 def request_stop(run_dir: Path) -> None:
     """Ask a running training to stop at the next step (it checkpoints first)."""
     (Path(run_dir) / STOP_FILE).touch()

@@ -371,10 +371,77 @@ def run_events(ws: Workspace, owner: str | None, run_id: str) -> list[dict[str, 
 
 
 def adapter_path(ws: Workspace, owner: str | None, run_id: str) -> Path:
-    path = _run_dir(ws, owner, run_id) / ADAPTER_DIR
+    """The adapter folder of one of the owner's runs: ``ID`` (the finished adapter), ``ID@40`` (the checkpoint
+    of step 40) or ``ID@best`` / ``ID@best-<metric>`` (the checkpoint the run's evaluation ranks best, by exact
+    match unless a metric of ``finetune.evaluate.METRICS`` is named)."""
+    run_id, _, step = run_id.partition("@")
+    run_dir = _run_dir(ws, owner, run_id)
+    if step:
+        return _checkpoint_adapter(run_dir, run_id, step)
+    path = run_dir / ADAPTER_DIR
     if not is_adapter_dir(path):
         raise ServiceError(f"run '{run_id}' has no adapter yet: it appears when the run finishes")
     return path
+
+
+def _checkpoint_adapter(run_dir: Path, run_id: str, step: str) -> Path:
+    from .adapter import checkpoint_step, find_adapter_dir
+
+    kept = {checkpoint_step(c): c for c in runs.checkpoints(run_dir)}
+    listed = ", ".join(f"{run_id}@{s}" for s in kept) or "none yet"
+    if step == "best" or step.startswith("best-"):
+        from .evaluate import METRICS, best_checkpoint
+
+        metric = step.partition("-")[2] or "exact_match"
+        if metric not in METRICS:
+            raise ServiceError(f"'{metric}' is not a metric; use {run_id}@best-<{'|'.join(METRICS)}>")
+        report = runs.read_eval_report(run_dir)
+        best = best_checkpoint(report, metric) if report else None
+        if best is None:
+            raise ServiceError(f"run '{run_id}' has no evaluation of its checkpoints; evaluate it with all "
+                               "checkpoints first (Train tab, /evaluate, or finetune eval --checkpoints all)")
+        step = str(best["step"])
+    if not step.isdigit() or int(step) not in kept:
+        raise ServiceError(f"run '{run_id}' has no checkpoint '{step}'; its checkpoints: {listed}")
+    folder = find_adapter_dir(kept[int(step)])
+    if folder is None or folder == kept[int(step)]:
+        raise ServiceError(f"checkpoint {step} of run '{run_id}' has no adapter folder (saved by an older "
+                           "version); use the finished run")
+    return folder
+
+
+def checkpoint_choices(ws: Workspace, owner: str | None, run_id: str) -> list[str]:
+    """``ID@step`` of each kept checkpoint of a run that can be used as an adapter, oldest first."""
+    from .adapter import checkpoint_step, find_adapter_dir
+
+    run_dir = _run_dir(ws, owner, run_id)
+    return [f"{run_id}@{checkpoint_step(c)}" for c in runs.checkpoints(run_dir)
+            if find_adapter_dir(c) not in (None, c)]
+
+
+def evaluate(ws: Workspace, owner: str | None, run_id: str, test_file: str | Path | None, *,
+             checkpoints: str = "all", max_new_tokens: int = 256, progress: Any = None) -> dict[str, Any]:
+    """Evaluate one of the owner's runs (``ID``, ``ID@step``) on a test file (an upload, or the run's configured
+    ``data.test_source`` when none is given); the report is also written into the run folder."""
+    from .evaluate import evaluate as run_evaluation
+
+    folder = adapter_path(ws, owner, run_id)
+    if test_file:
+        data: str | Path = keep_upload(ws, owner, test_file)
+    else:
+        cfg = RunConfig.load(_run_dir(ws, owner, run_id.partition("@")[0]) / runs.CONFIG_FILE)
+        if not cfg.data.test_source:
+            raise ServiceError("give a test file (prompts and reference answers), or set one in the Dataset tab "
+                               "before training")
+        data = cfg.data.test_source
+    if not 1 <= max_new_tokens <= 4096:
+        raise ServiceError(f"max_new_tokens must be between 1 and 4096, got {max_new_tokens}")
+    return run_evaluation(folder, data, checkpoints=checkpoints, max_new_tokens=max_new_tokens, progress=progress)
+
+
+def eval_report(ws: Workspace, owner: str | None, run_id: str) -> dict[str, Any] | None:
+    """The latest evaluation report of one of the owner's runs (None when it has none)."""
+    return runs.read_eval_report(_run_dir(ws, owner, run_id.partition("@")[0]))
 
 
 def adapter_zip(ws: Workspace, owner: str | None, run_id: str, out_dir: Path) -> Path:

@@ -18,6 +18,12 @@ from finetune.evaluate import (EvalError, best_checkpoint, contains, exact_match
 from finetune.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
+TEST_ROWS = [{"prompt": "Question number 100?", "completion": "OK"},
+             {"prompt": "Question number 101?", "completion": "ok."},  # matches after normalisation
+             {"prompt": "Question number 102?", "completion": " OK "},
+             {"prompt": "Question number 103?", "completion": "OK"},
+             {"prompt": "Question number 104?", "completion": "NO"},
+             {"prompt": "Question number 105?", "completion": "Not OK at all"}]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -48,14 +54,7 @@ def ok_run(tiny_model_dir, tmp_path_factory):
 
 
 def test_eval_exact_match_is_the_share_of_greedy_generate_answers_that_match(ok_run, tmp_path, capsys):
-    test = write_jsonl(tmp_path / "test.jsonl", [
-        {"prompt": "Question number 100?", "completion": "OK"},
-        {"prompt": "Question number 101?", "completion": "ok."},  # matches after normalisation
-        {"prompt": "Question number 102?", "completion": " OK "},
-        {"prompt": "Question number 103?", "completion": "OK"},
-        {"prompt": "Question number 104?", "completion": "NO"},
-        {"prompt": "Question number 105?", "completion": "Not OK at all"},
-    ])
+    test = write_jsonl(tmp_path / "test.jsonl", TEST_ROWS)
     out = tmp_path / "report.json"
     assert main(["eval", "--adapter", str(ok_run.run_dir), "--data", str(test), "--checkpoints", "all",
                  "--max-new-tokens", "8", "--out", str(out)]) == 0
@@ -157,3 +156,50 @@ def test_bad_test_files_name_the_file_row_and_fix(tmp_path):
         read_test_set(write_jsonl(tmp_path / "x.jsonl", [{"foo": "a", "answer": "b"}]))
     with pytest.raises(DataError, match=re.escape("y.jsonl:2") + r": prompt: 'prompt' is empty"):
         read_test_set(write_jsonl(tmp_path / "y.jsonl", [{"prompt": "a", "answer": "b"}, {"prompt": " ", "answer": "c"}]))
+
+
+def test_pushed_card_carries_the_measured_evaluation_as_model_index(ok_run, tmp_path, monkeypatch):
+    from huggingface_hub import ModelCard, metadata_load
+    from huggingface_hub import constants
+    from test_hub import FAKE_TOKEN, FakeHub
+
+    from finetune.evaluate import evaluate
+    from finetune.hub import push_adapter
+
+    report = evaluate(ok_run.run_dir, write_jsonl(tmp_path / "test.jsonl", TEST_ROWS), checkpoints="all",
+                      max_new_tokens=8)
+    hub = FakeHub()
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    try:
+        push_adapter(ok_run.run_dir, "testorg/ok-lora", token=FAKE_TOKEN)
+        ck = runs.checkpoints(ok_run.run_dir)[0]  # a checkpoint is pushed with its own figures
+        push_adapter(ck, "testorg/ok-lora-ck", token=FAKE_TOKEN)
+        files, ck_files = hub.files("testorg/ok-lora"), hub.files("testorg/ok-lora-ck")
+    finally:
+        hub.close()
+    readme = tmp_path / "README.md"
+    readme.write_bytes(files["README.md"])
+    meta = metadata_load(readme)
+    [result] = meta["model-index"][0]["results"]
+    assert meta["model-index"][0]["name"] == "ok-lora"
+    values = {m["type"]: m["value"] for m in result["metrics"]}
+    for key in ("exact_match", "contains", "f1", "rouge_l", "loss"):
+        assert values[key] == pytest.approx(report[key], abs=1e-4), key
+    assert result["dataset"]["name"] == "test.jsonl"
+    card = ModelCard(files["README.md"].decode())
+    parsed = {r.metric_type: r.metric_value for r in card.data.eval_results}  # one EvalResult per metric
+    assert parsed == pytest.approx({k: report[k] for k in ("exact_match", "contains", "f1", "rouge_l", "loss")}, abs=1e-4)
+    assert {r.dataset_name for r in card.data.eval_results} == {"test.jsonl"}
+    # the table beside the base model, the curve, the report itself and the exact prompt of a test example
+    assert f"| Exact match | {report['base']['exact_match']:.4f} | {report['exact_match']:.4f} | 6 |" in card.text
+    assert "![test-set metrics by step](eval_curve.png)" in card.text and files["eval_curve.png"].startswith(b"\x89PNG")
+    assert json.loads(files["eval_report.json"])["answers"] == report["answers"]
+    assert "<|im_start|>user\nQuestion number 100?<|im_end|>\n<|im_start|>assistant\n" in card.text
+    ck_card = ModelCard(ck_files["README.md"].decode())
+    step = int(ck.name.rsplit("-", 1)[1])
+    [entry] = [c for c in report["checkpoints"] if c["step"] == step]
+    ck_values = {r.metric_type: r.metric_value for r in ck_card.data.eval_results}
+    assert ck_values["exact_match"] == pytest.approx(entry["exact_match"], abs=1e-4)
+    assert ck_values["loss"] == pytest.approx(entry["loss"], abs=1e-4)
+    assert not any(n.endswith((".pt", ".pth", ".bin")) for n in ck_files)  # no optimizer or RNG pickles
