@@ -219,13 +219,14 @@ def _answer(examples: Sequence[TestExample], *, adapter: str | None, model: str,
 
 def evaluate(adapter: str | Path, data: str | Path, *, model: str | None = None, checkpoints: str = "none",
              base: bool = True, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, write_to_run: bool = True,
-             progress: Any = None) -> dict[str, Any]:
+             progress: Any = None, label: str | None = None) -> dict[str, Any]:
     """Evaluate an adapter (run folder, adapter folder, checkpoint or Hub id) on a test file.
 
     ``checkpoints="all"``: also every kept checkpoint of the run, one ``checkpoints`` entry per step. ``base``:
-    the base model's figures beside the adapter's, prompted identically. When the adapter belongs to a run
-    folder the report is also written there (``runs/<id>/eval/report.json``). ``progress(done, total, what)``
-    is called before each model is evaluated.
+    the base model's figures beside the adapter's, prompted identically. When the adapter is a run's own
+    (not one of its checkpoints) the report is also written into the run folder (``runs/<id>/eval/report.json``). ``progress(done, total, what)``
+    is called before each model is evaluated. ``label`` names the adapter in the report (default: ``adapter``
+    as given); the test file is named by its file name only.
 
     >>> report = evaluate("runs/ID", "finetune/samples/city_year_heldout.jsonl", checkpoints="all")  # doctest: +SKIP
     >>> report["exact_match"], report["base"]["exact_match"], [c["step"] for c in report["checkpoints"]]  # doctest: +SKIP
@@ -261,9 +262,9 @@ def evaluate(adapter: str | Path, data: str | Path, *, model: str | None = None,
                                max_new_tokens=max_new_tokens)
     report: dict[str, Any] = {
         **metrics,
-        "adapter": str(adapter),
+        "adapter": label or str(adapter),
         "base_model": base_model,
-        "data": str(data),
+        "data": Path(str(data)).name,
         "n_prompts": len(examples),
         "step": adapter_step(folder),
         "settings": {"temperature": 0.0, "max_new_tokens": max_new_tokens, "template": template,
@@ -300,19 +301,19 @@ def evaluate(adapter: str | Path, data: str | Path, *, model: str | None = None,
                                 "evaluate the finished run without --checkpoints all, or retrain")
             ck_answers, ck_metrics = _answer(examples, adapter=str(ck_adapter), model=base_model, template=None,
                                              system_prompt=None, max_new_tokens=max_new_tokens)
-            entries.append({"step": step, "path": str(ck.relative_to(run_dir)) if run_dir else str(ck),
+            entries.append({"step": step, "checkpoint": str(ck.relative_to(run_dir)) if run_dir else str(ck),
                             **ck_metrics, "answers": ck_answers})
         report["checkpoints"] = entries
         report["best"] = {m: best_checkpoint(report, m) for m in METRICS}
     report["seconds"] = round(time.time() - started, 1)
-    if write_to_run and run_dir is not None:
+    if write_to_run and run_dir is not None and checkpoint_step(folder) is None:  # the run's own adapter
         runs.write_eval_report(run_dir, report)
     return report
 
 
 def best_checkpoint(report: dict[str, Any], metric: str = "exact_match") -> dict[str, Any] | None:
     """The checkpoint with the best ``metric`` in a report with ``checkpoints`` (the latest step on a tie):
-    ``{"step", "path", metric: value}``; None when no checkpoint has the metric."""
+    ``{"step", "checkpoint", metric: value}``; None when no checkpoint has the metric."""
     if metric not in HIGHER_IS_BETTER:
         raise EvalError(f"unknown metric '{metric}'; one of {', '.join(METRICS)}")
     rows = [c for c in report.get("checkpoints") or [] if c.get(metric) is not None]
@@ -320,7 +321,7 @@ def best_checkpoint(report: dict[str, Any], metric: str = "exact_match") -> dict
         return None
     sign = 1 if HIGHER_IS_BETTER[metric] else -1
     best = max(rows, key=lambda c: (sign * c[metric], c["step"]))
-    return {"step": best["step"], "path": best["path"], metric: best[metric]}
+    return {"step": best["step"], "checkpoint": best["checkpoint"], metric: best[metric]}
 
 
 def summary_table(report: dict[str, Any]) -> list[list[Any]]:

@@ -436,7 +436,8 @@ def evaluate(ws: Workspace, owner: str | None, run_id: str, test_file: str | Pat
         data = cfg.data.test_source
     if not 1 <= max_new_tokens <= 4096:
         raise ServiceError(f"max_new_tokens must be between 1 and 4096, got {max_new_tokens}")
-    return run_evaluation(folder, data, checkpoints=checkpoints, max_new_tokens=max_new_tokens, progress=progress)
+    return run_evaluation(folder, data, checkpoints=checkpoints, max_new_tokens=max_new_tokens, progress=progress,
+                          label=run_id)
 
 
 def eval_report(ws: Workspace, owner: str | None, run_id: str) -> dict[str, Any] | None:

@@ -668,7 +668,7 @@ def _evaluate_run(config: RunConfig, run_dir: Path, log: _Events) -> None:
     log.emit("evaluation", step=0, model="base", n=base.get("n"), **{m: base.get(m) for m in METRICS})
     for c in report.get("checkpoints") or []:
         if c["step"] != report.get("step"):
-            log.emit("evaluation", step=c["step"], model=c["path"], n=c["n"], **{m: c.get(m) for m in METRICS})
+            log.emit("evaluation", step=c["step"], model=c["checkpoint"], n=c["n"], **{m: c.get(m) for m in METRICS})
     log.emit("evaluation", step=report.get("step"), model=runs.ADAPTER, n=report["n"],
              **{m: report.get(m) for m in METRICS}, report=runs.EVAL_REPORT)
 

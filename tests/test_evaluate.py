@@ -124,9 +124,9 @@ def test_metrics():
     s = scores(["OK", "no", "x"], ["ok", "yes", None], [(2.0, 2), (4.0, 2)])
     assert s["n"] == 2 and s["exact_match"] == 0.5 and s["loss"] == pytest.approx(1.5)
     assert scores(["a"], [None])["exact_match"] is None
-    report = {"checkpoints": [{"step": 10, "path": "a", "exact_match": 0.5, "loss": 1.0},
-                              {"step": 20, "path": "b", "exact_match": 0.5, "loss": 2.0},
-                              {"step": 30, "path": "c", "exact_match": 0.25, "loss": 0.5}]}
+    report = {"checkpoints": [{"step": 10, "checkpoint": "a", "exact_match": 0.5, "loss": 1.0},
+                              {"step": 20, "checkpoint": "b", "exact_match": 0.5, "loss": 2.0},
+                              {"step": 30, "checkpoint": "c", "exact_match": 0.25, "loss": 0.5}]}
     assert best_checkpoint(report, "exact_match")["step"] == 20  # a tie goes to the later step
     assert best_checkpoint(report, "loss")["step"] == 30  # lower is better
     with pytest.raises(EvalError, match="unknown metric"):

@@ -47,7 +47,8 @@ def create_playground_tab(api: Api) -> dict[str, LoadHook]:
         base_model = gr.Textbox(label="Base model", value="", placeholder="empty = the adapter's base (or the embedded SmolLM2)",
                                 info="Hub id or local folder; leave empty to use the base the adapter was trained on")
         adapter = gr.Dropdown(label="Adapter", choices=[""], value="", allow_custom_value=True, elem_id="adapter-pick",
-                              info="One of your finished runs, or a Hub repo id such as you/my-adapter; empty = base model only")
+                              info="One of your finished runs (ID@step: one of its checkpoints), or a Hub repo id such as "
+                                   "you/my-adapter; empty = base model only")
         refresh = gr.Button("↻", scale=0)
     with gr.Accordion("Generation settings", open=False):
         with gr.Row():
@@ -178,7 +179,7 @@ def create_playground_tab(api: Api) -> dict[str, LoadHook]:
     def choices(request: gr.Request, profile: gr.OAuthProfile | None = None) -> gr.Dropdown:
         from .train_tab import finished_runs
 
-        return gr.Dropdown(choices=[""] + finished_runs(ws, owner(request, profile)))
+        return gr.Dropdown(choices=[""] + finished_runs(ws, owner(request, profile), checkpoints=True))
 
     send_event: dict[str, Any] = dict(fn=chat, inputs=[msg, chatbot, base_model, adapter, temperature, max_new, top_p, rep, seed,
                                                     system_prompt, template],
