@@ -9,6 +9,7 @@ import gradio as gr
 from .. import inference, refs, service
 from ..errors import UserError
 from ..templates import MODEL_TEMPLATE, TEMPLATE_NAMES
+from .arena_panel import create_arena_panel
 from .common import Api, owner, user_errors
 
 # What the page runs when it opens: a function and the components it fills.
@@ -82,6 +83,8 @@ def create_playground_tab(api: Api) -> dict[str, LoadHook]:
     with gr.Row():
         base_out = gr.Textbox(label="Base model", lines=6, elem_id="compare-base")
         tuned_out = gr.Textbox(label="With adapter", lines=6, elem_id="compare-tuned")
+
+    create_arena_panel(api, base_model, temperature, max_new, top_p, rep, seed)
 
     def conversation(message: str | None, history: list[Any] | None) -> list[dict[str, str]]:
         turns = [{"role": m["role"], "content": message_text(m["content"])} for m in (history or [])
