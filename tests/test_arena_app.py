@@ -28,13 +28,19 @@ def tiny_run(model_dir: Path, root: Path):
 
 
 @pytest.fixture(scope="module")
-def workspace(tiny_model_dir, tmp_path_factory):
-    """A shared-server workspace where alice has one finished run (with checkpoints at steps 2 and 4)."""
+def trained(tiny_model_dir, tmp_path_factory):
+    """One finished tiny run with checkpoints at steps 2 and 4."""
+    return tiny_run(tiny_model_dir, tmp_path_factory.mktemp("arena-single"))
+
+
+@pytest.fixture(scope="module")
+def workspace(trained, tmp_path_factory):
+    """A shared-server workspace where alice has the run."""
     from finetune.service import Workspace
 
     ws = Workspace(tmp_path_factory.mktemp("arena-runs"), multi_user=True)
-    run = tiny_run(tiny_model_dir, ws.for_owner("user:alice"))
-    return ws, run.run_id
+    shutil.copytree(trained.run_dir, ws.for_owner("user:alice") / trained.run_id)
+    return ws, trained.run_id
 
 
 def test_votes_are_private_to_their_owner(workspace, tmp_path):
@@ -61,12 +67,11 @@ def test_votes_are_private_to_their_owner(workspace, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def single_user_app(tiny_model_dir, tmp_path_factory):
+def single_user_app(trained, tmp_path_factory):
     from finetune.service import Workspace
     from finetune.ui import CSS, build_app
 
-    root = tmp_path_factory.mktemp("arena-single")
-    run = tiny_run(tiny_model_dir, root)
+    root, run = trained.run_dir.parent, trained
     demo = build_app(Workspace(root, multi_user=False), tmp_path_factory.mktemp("dl"))
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, css=CSS)
     yield url, run.run_id, root

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_app import client, tiny_yaml, wait_finished
+from test_app import client
 
 ROOT = Path(__file__).resolve().parent.parent
 HELDOUT = ROOT / "finetune" / "samples" / "city_year_heldout.jsonl"
@@ -25,15 +25,23 @@ def app(tmp_path_factory):
     demo.close()
 
 
+@pytest.mark.slow  # ~25 s of CPU (an app, a tiny run, five evaluations): the default suite covers the library and CLI
 def test_evaluate_endpoint_scores_the_run_and_each_checkpoint(app, tiny_model_dir, tmp_path):
     from gradio_client import handle_file
 
     from finetune import runs
+    from finetune.config import RunConfig
+    from finetune.service import Workspace
+    from finetune.train import train
 
     url, root = app
     c = client(url)
-    run_id = c.predict(tiny_yaml(tiny_model_dir, steps=6), None, "local", api_name="/start_training")
-    assert wait_finished(c, run_id)["status"] == "finished"
+    # a run of this session's (trained here, in its folder: the app serves it as one of the session's runs)
+    cfg = RunConfig()
+    cfg.model.id, cfg.quantization.load_in, cfg.data.template, cfg.lora.r = str(tiny_model_dir), "none", "chatml", 4
+    t = cfg.training
+    t.max_steps, t.batch_size, t.max_length, t.save_steps, t.gradient_checkpointing = 6, 4, 96, 3, False
+    run_id = train(cfg, runs_root=Workspace(root, multi_user=True).for_owner("session:" + c.session_hash)).run_id
     test = tmp_path / "test.jsonl"
     test.write_text("".join(HELDOUT.read_text().splitlines(keepends=True)[:4]))
     report = c.predict(run_id, handle_file(str(test)), "all", 4, api_name="/evaluate")

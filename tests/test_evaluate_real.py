@@ -25,7 +25,7 @@ def matches(answer: str, reference: str) -> bool:
 
 def cli(*args: str) -> str:
     done = subprocess.run([sys.executable, "-m", "finetune", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=1800)
+                          timeout=3600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
