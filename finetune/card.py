@@ -262,8 +262,11 @@ def model_card(config: RunConfig, base_model: str, metrics: dict[str, Any], loss
 
 def write_model_card(folder: Path, config: RunConfig, base_model: str, metrics: dict[str, Any],
                      log_history: list[dict[str, Any]], data_summary: dict[str, Any], device: str,
-                     template_check: str | None = None) -> Path:
-    """Write ``README.md`` and ``loss_curve.png`` into an adapter folder from the trainer's log history."""
+                     template_check: str | None = None, *, tokenizer: Tokenizer = None, plot: bool = True) -> Path:
+    """Write ``README.md`` and ``loss_curve.png`` into an adapter folder from the trainer's log history.
+
+    ``tokenizer``: the one in memory (else the one saved in the folder is loaded); ``plot=False`` skips the loss
+    curve image (a checkpoint's card, written at every save, keeps to the text)."""
     from .io import atomic_write_text
 
     folder = Path(folder)
@@ -271,9 +274,8 @@ def write_model_card(folder: Path, config: RunConfig, base_model: str, metrics: 
     eval_losses = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
     if "eval_loss" in metrics and (not eval_losses or eval_losses[-1][0] != metrics.get("steps")):
         eval_losses.append((metrics.get("steps") or 0, metrics["eval_loss"]))  # the final evaluation
-    curve = LOSS_CURVE_FILE if plot_loss_curve(losses, eval_losses, folder / LOSS_CURVE_FILE) else None
-    tokenizer = None
-    if has_tokenizer(folder):  # saved next to the adapter: renders the example prompt
+    curve = LOSS_CURVE_FILE if plot and plot_loss_curve(losses, eval_losses, folder / LOSS_CURVE_FILE) else None
+    if tokenizer is None and has_tokenizer(folder):  # saved next to the adapter: renders the example prompt
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(folder))

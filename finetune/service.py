@@ -164,6 +164,11 @@ def start_training(ws: Workspace, owner: str | None, config: RunConfig, backend:
         inside = Path(config.data.source).resolve().is_relative_to(root.resolve())
         if not inside:
             raise ServiceError("data.source must be an uploaded file or a Hub dataset id")
+    test = config.data.test_source.strip()
+    owned = Path(test).is_absolute() and Path(test).resolve().is_relative_to(root.resolve()) and Path(test).is_file()
+    if test and ws.multi_user and not owned and (Path(test).exists() or not is_hub_dataset_id(test)):
+        # the test file's prompts and references end up in reports: only the owner's own uploads, or Hub data
+        raise ServiceError("data.test_source must be a test file uploaded in the Dataset tab or a Hub dataset id")
     if ws.multi_user and config.model.id:
         check_model_ref(ws, config.model.id, "model.id")
     if backend == "hf-jobs" and config.training.max_steps <= 0:

@@ -446,7 +446,8 @@ def _checkpoint_adapter_callback(config: RunConfig, tokenizer: Tokenizer, base_n
             losses = [h["loss"] for h in state.log_history if "loss" in h]
             metrics = {"steps": state.global_step, **({"first_loss": losses[0], "final_loss": losses[-1]} if losses else {})}
             folder = write_checkpoint_adapter(path, config, tokenizer, base_name, metrics, system_prompt)
-            write_model_card(folder, config, base_name, metrics, state.log_history, data_summary, device)
+            write_model_card(folder, config, base_name, metrics, state.log_history, data_summary, device,
+                             tokenizer=tokenizer, plot=False)
 
     return CheckpointAdapter()
 

@@ -47,6 +47,7 @@ def ok_run(tiny_model_dir, tmp_path_factory):
     cfg.model.id = str(tiny_model_dir)
     cfg.quantization.load_in = "none"
     cfg.data.source, cfg.data.template = str(data), "chatml"
+    cfg.data.test_source = str(write_jsonl(folder / "test.jsonl", TEST_ROWS[:3]))  # scored when the run ends
     t = cfg.training
     t.max_steps, t.batch_size, t.max_length, t.save_steps, t.save_total_limit = 30, 4, 64, 10, 2
     t.learning_rate, t.gradient_checkpointing, t.warmup_ratio = 1e-2, False, 0.0
@@ -89,6 +90,28 @@ def test_eval_exact_match_is_the_share_of_greedy_generate_answers_that_match(ok_
     # the same report in the run folder, and the table on stdout
     assert json.loads((ok_run.run_dir / runs.EVAL_REPORT).read_text())["answers"] == report["answers"]
     assert "checkpoint-20" in printed and "base model" in printed
+
+
+def test_a_run_with_a_test_set_scores_itself_and_its_checkpoints_when_it_ends(ok_run):
+    from finetune.events import read_events
+
+    events = read_events(ok_run.run_dir)
+    evals = [e for e in events if e["type"] == "evaluation"]
+    assert [(e["step"], e["model"]) for e in evals] == [(0, "base"), (20, "checkpoints/checkpoint-20"), (30, "adapter")]
+    assert all(e["n"] == 3 and e["exact_match"] is not None and e["loss"] is not None for e in evals)
+    assert evals[-1]["exact_match"] == 1.0 and evals[0]["exact_match"] == 0.0  # "OK" learned; the base never says it
+    assert [e["type"] for e in events].index("evaluation") < [e["type"] for e in events].index("finished")
+
+
+def test_a_shared_server_takes_only_the_owners_own_test_file(tmp_path):
+    from finetune import service
+
+    ws = service.Workspace(tmp_path / "ws", multi_user=True)
+    cfg = RunConfig()
+    for bad in ("/etc/passwd", "../../etc/passwd", str(ROOT / "finetune" / "samples" / "city_year_heldout.jsonl")):
+        cfg.data.test_source = bad
+        with pytest.raises(service.ServiceError, match="test_source must be a test file uploaded"):
+            service.start_training(ws, "user:alice", cfg)
 
 
 def test_a_checkpoint_is_an_adapter(ok_run):
