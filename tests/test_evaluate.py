@@ -54,13 +54,23 @@ def ok_run(tiny_model_dir, tmp_path_factory):
     return train(cfg, runs_root=tmp_path_factory.mktemp("runs"))
 
 
-def test_eval_exact_match_is_the_share_of_greedy_generate_answers_that_match(ok_run, tmp_path, capsys):
-    test = write_jsonl(tmp_path / "test.jsonl", TEST_ROWS)
-    out = tmp_path / "report.json"
-    assert main(["eval", "--adapter", str(ok_run.run_dir), "--data", str(test), "--checkpoints", "all",
-                 "--max-new-tokens", "8", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    report = json.loads(out.read_text())
+@pytest.fixture(scope="module")
+def evaluated(ok_run, tmp_path_factory):
+    """`finetune eval --checkpoints all` of the run on TEST_ROWS: (test file, report, what it printed)."""
+    import contextlib
+    import io
+
+    folder = tmp_path_factory.mktemp("eval")
+    test, out = write_jsonl(folder / "test.jsonl", TEST_ROWS), folder / "report.json"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["eval", "--adapter", str(ok_run.run_dir), "--data", str(test), "--checkpoints", "all",
+                     "--max-new-tokens", "8", "--out", str(out)]) == 0
+    return test, json.loads(out.read_text()), printed.getvalue()
+
+
+def test_eval_exact_match_is_the_share_of_greedy_generate_answers_that_match(ok_run, evaluated, tmp_path):
+    test, report, printed = evaluated
     for key in ("exact_match", "contains", "f1", "rouge_l", "loss", "n"):
         assert key in report and key in report["base"]
     assert report["n"] == 6 and len(report["answers"]) == 6 and len(report["examples"]) == 6
@@ -181,16 +191,15 @@ def test_bad_test_files_name_the_file_row_and_fix(tmp_path):
         read_test_set(write_jsonl(tmp_path / "y.jsonl", [{"prompt": "a", "answer": "b"}, {"prompt": " ", "answer": "c"}]))
 
 
-def test_pushed_card_carries_the_measured_evaluation_as_model_index(ok_run, tmp_path, monkeypatch):
+def test_pushed_card_carries_the_measured_evaluation_as_model_index(ok_run, evaluated, tmp_path, monkeypatch):
     from huggingface_hub import ModelCard, metadata_load
     from huggingface_hub import constants
     from test_hub import FAKE_TOKEN, FakeHub
 
-    from finetune.evaluate import evaluate
     from finetune.hub import push_adapter
 
-    report = evaluate(ok_run.run_dir, write_jsonl(tmp_path / "test.jsonl", TEST_ROWS), checkpoints="all",
-                      max_new_tokens=8)
+    report = evaluated[1]  # also the run folder's report: the card is made from it
+    assert runs.read_eval_report(ok_run.run_dir) == report
     hub = FakeHub()
     monkeypatch.setattr(constants, "ENDPOINT", hub.url)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
