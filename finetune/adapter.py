@@ -14,6 +14,7 @@ PosixPath('runs/20261123-101500-3f9c2a7d1b/adapter')
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 ADAPTER_DIR = "adapter"  # a run folder's finished adapter: <run>/adapter
 CONFIG_FILE = "adapter_config.json"  # peft's; its base_model_name_or_path names the base model
+WEIGHTS_FILE = "adapter_model.safetensors"  # peft's LoRA weights
 TEMPLATE_FILE = "finetune_template.json"  # the prompt template training used, so inference formats alike
 RUN_CONFIG_FILE = "run_config.yaml"  # the run's full config (no secrets), to reproduce the run
 METRICS_FILE = "metrics.json"  # final losses, steps, runtime
@@ -54,13 +56,60 @@ def is_adapter_dir(folder: str | Path) -> bool:
 
 
 def find_adapter_dir(path: str | Path) -> Path | None:
-    """The adapter folder of a run folder (``<run>/adapter``), or ``path`` itself when it is one; else None."""
+    """The adapter folder of a run folder (``<run>/adapter``) or of a checkpoint
+    (``<run>/checkpoints/checkpoint-N/adapter``, see :func:`write_checkpoint_adapter`), or ``path`` itself when it
+    is one; else None."""
     p = Path(path)
     if is_adapter_dir(p / ADAPTER_DIR):
         return p / ADAPTER_DIR
     if is_adapter_dir(p):
         return p
     return None
+
+
+def checkpoint_step(path: str | Path) -> int | None:
+    """The step of a checkpoint folder (``.../checkpoint-40`` or its ``adapter`` folder), else None."""
+    p = Path(path)
+    name = p.parent.name if p.name == ADAPTER_DIR else p.name
+    step = name.rsplit("-", 1)[-1]
+    return int(step) if name.startswith("checkpoint-") and step.isdigit() else None
+
+
+def adapter_step(folder: str | Path) -> int | None:
+    """The training step an adapter folder holds: its checkpoint's, else the steps in its metrics; None if unknown."""
+    step = checkpoint_step(folder)
+    if step is not None:
+        return step
+    try:
+        steps = json.loads((Path(folder) / METRICS_FILE).read_text()).get("steps")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return steps if isinstance(steps, int) else None
+
+
+def write_checkpoint_adapter(checkpoint: Path, config: RunConfig, tokenizer: Any, base_name: str,
+                             metrics: dict[str, Any], system_prompt: str | None = None) -> Path:
+    """Make a training checkpoint usable as an adapter: ``<checkpoint>/adapter/`` holds its LoRA weights and
+    config (naming ``base_name``), the tokenizer with the trained template, and finetune's files, and none of
+    the checkpoint's pickles (optimizer, scheduler, RNG state). ``find_adapter_dir(checkpoint)`` then finds it,
+    so evaluation, the Playground, push and merge take a checkpoint as they take a finished run.
+
+    >>> write_checkpoint_adapter(Path("runs/ID/checkpoints/checkpoint-40"), cfg, tok, "org/base", {})  # doctest: +SKIP
+    PosixPath('runs/ID/checkpoints/checkpoint-40/adapter')
+    """
+    out = Path(checkpoint) / ADAPTER_DIR
+    tmp = Path(checkpoint) / (ADAPTER_DIR + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    peft_config = json.loads((Path(checkpoint) / CONFIG_FILE).read_text())
+    peft_config["base_model_name_or_path"] = base_name
+    atomic_write_json(tmp / CONFIG_FILE, peft_config)
+    shutil.copy(Path(checkpoint) / WEIGHTS_FILE, tmp / WEIGHTS_FILE)
+    write_tokenizer(tmp, config, tokenizer, system_prompt)
+    write_run_files(tmp, config, tokenizer, metrics, system_prompt)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
 
 
 def read_base_model(folder: str | Path) -> str:

@@ -264,8 +264,11 @@ def model_card(config: RunConfig, base_model: str, metrics: dict[str, Any], loss
 
 def write_model_card(folder: Path, config: RunConfig, base_model: str, metrics: dict[str, Any],
                      log_history: list[dict[str, Any]], data_summary: dict[str, Any], device: str,
-                     template_check: str | None = None) -> Path:
-    """Write ``README.md`` and ``loss_curve.png`` into an adapter folder from the trainer's log history."""
+                     template_check: str | None = None, *, tokenizer: Tokenizer = None, plot: bool = True) -> Path:
+    """Write ``README.md`` and ``loss_curve.png`` into an adapter folder from the trainer's log history.
+
+    ``tokenizer``: the one in memory (else the one saved in the folder is loaded); ``plot=False`` skips the loss
+    curve image (a checkpoint's card, written at every save, keeps to the text)."""
     from .io import atomic_write_text
 
     folder = Path(folder)
@@ -273,9 +276,8 @@ def write_model_card(folder: Path, config: RunConfig, base_model: str, metrics: 
     eval_losses = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
     if "eval_loss" in metrics and (not eval_losses or eval_losses[-1][0] != metrics.get("steps")):
         eval_losses.append((metrics.get("steps") or 0, metrics["eval_loss"]))  # the final evaluation
-    curve = LOSS_CURVE_FILE if plot_loss_curve(losses, eval_losses, folder / LOSS_CURVE_FILE) else None
-    tokenizer = None
-    if has_tokenizer(folder):  # saved next to the adapter: renders the example prompt
+    curve = LOSS_CURVE_FILE if plot and plot_loss_curve(losses, eval_losses, folder / LOSS_CURVE_FILE) else None
+    if tokenizer is None and has_tokenizer(folder):  # saved next to the adapter: renders the example prompt
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
@@ -286,3 +288,126 @@ def write_model_card(folder: Path, config: RunConfig, base_model: str, metrics: 
                       settings=resolve(config, Device.detect(device)), template_check=template_check)
     atomic_write_text(folder / "README.md", text)
     return folder / "README.md"
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation evidence (finetune.evaluate's report)
+
+EVAL_CURVE_FILE = "eval_curve.png"
+EVAL_REPORT_FILE = "eval_report.json"  # the report pushed next to the card, as evidence
+METRIC_NAMES = {"exact_match": "Exact match", "contains": "Contains reference", "f1": "Token F1",
+                "rouge_l": "ROUGE-L", "loss": "Held-out loss (nats/token)"}
+
+
+def evaluated_metrics(report: dict[str, Any], step: int | None) -> dict[str, Any] | None:
+    """The figures of the adapter at ``step`` in a report: the report's top level when it evaluated that step
+    (or ``step`` is None), else that checkpoint's entry; None when the report has no figures for that step."""
+    if step is None or step == report.get("step"):
+        return {k: report.get(k) for k in ("n", *METRIC_NAMES)} | {"step": report.get("step")}
+    for c in report.get("checkpoints") or []:
+        if c.get("step") == step:
+            return dict(c)
+    return None
+
+
+def model_index(report: dict[str, Any], metrics: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """The ``model-index`` front matter the Hub reads its evaluation results from (one result: this adapter on
+    the test set)."""
+    test = report.get("test_set") or {}
+    dataset = str(test.get("file") or Path(str(report.get("data", "test set"))).name)
+    return [{"name": name, "results": [{
+        "task": {"type": "text-generation", "name": "Text Generation"},
+        "dataset": {"name": dataset, "type": Path(dataset).stem or "test-set"},
+        "metrics": [{"type": key, "value": round(float(metrics[key]), 4), "name": label}
+                    for key, label in METRIC_NAMES.items() if metrics.get(key) is not None],
+    }]}]
+
+
+def plot_eval_curve(report: dict[str, Any], path: Path) -> bool:
+    """Each metric against the checkpoint step (the base model's value as a dashed line); False with fewer
+    than two evaluated steps."""
+    points = sorted({c["step"]: c for c in report.get("checkpoints") or []}.values(), key=lambda c: c["step"])
+    if report.get("step") is not None and all(c["step"] != report["step"] for c in points):
+        points.append(evaluated_metrics(report, None) or {})
+    if len(points) < 2:
+        return False
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 3.2), dpi=100)
+    left, right = fig.subplots(1, 2)
+    steps = [c["step"] for c in points]
+    base = report.get("base") or {}
+    for i, key in enumerate(k for k in METRIC_NAMES if k != "loss"):
+        color = f"C{i}"
+        left.plot(steps, [c.get(key) for c in points], "o-", color=color, label=METRIC_NAMES[key])
+        if base.get(key) is not None:
+            left.axhline(base[key], color=color, linestyle="--", linewidth=0.8)
+    right.plot(steps, [c.get("loss") for c in points], "o-", color="C4", label="adapter")
+    if base.get("loss") is not None:
+        right.axhline(base["loss"], color="C4", linestyle="--", linewidth=0.8, label="base model")
+    left.set_xlabel("step")
+    left.set_ylim(-0.02, 1.02)
+    left.set_title("test-set metrics (dashed: base model)", fontsize=9)
+    left.legend(fontsize=7)
+    right.set_xlabel("step")
+    right.set_title(METRIC_NAMES["loss"], fontsize=9)
+    right.legend(fontsize=7)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return True
+
+
+def evaluation_section(report: dict[str, Any], metrics: dict[str, Any], curve: str | None = None) -> list[str]:
+    """The card's "Evaluation" section: base vs tuned per metric with n and the test set, the figures of each
+    checkpoint, the curve, and the exact prompt of one test example with its answer."""
+    base = report.get("base") or {}
+    test = report.get("test_set") or {}
+
+    def fmt(v: Any) -> str:
+        return "–" if v is None else f"{float(v):.4f}"
+
+    lines = ["## Evaluation", "",
+             f"Measured with `python -m finetune eval` on `{test.get('file', report.get('data'))}`: "
+             f"{test.get('prompts', metrics.get('n'))} held-out prompts, {metrics.get('n')} with a reference answer; "
+             "greedy answers (temperature 0, at most "
+             f"{(report.get('settings') or {}).get('max_new_tokens')} new tokens), the base model prompted the same "
+             "way with the adapter disabled. Exact match ignores case, whitespace and trailing punctuation.",
+             "", "| metric | base model | this adapter | n |", "|---|---:|---:|---:|"]
+    for key, label in METRIC_NAMES.items():
+        lines.append(f"| {label} | {fmt(base.get(key))} | {fmt(metrics.get(key))} | {metrics.get('n')} |")
+    if report.get("checkpoints"):
+        lines += ["", "By checkpoint:", "", "| step | " + " | ".join(METRIC_NAMES.values()) + " |",
+                  "|---:|" + "---:|" * len(METRIC_NAMES)]
+        for c in report["checkpoints"]:
+            lines.append(f"| {c['step']} | " + " | ".join(fmt(c.get(k)) for k in METRIC_NAMES) + " |")
+    if curve:
+        lines += ["", f"![test-set metrics by step]({curve})"]
+    fmt_info = report.get("prompt_format") or {}
+    if fmt_info.get("example_prompt"):
+        lines += ["", "The exact prompt of the first test example (template "
+                  f"`{fmt_info.get('template')}`), then the adapter's answer:", "", "```text",
+                  str(fmt_info["example_prompt"]) + str(fmt_info.get("example_answer") or ""), "```"]
+        if fmt_info.get("example_reference") is not None:
+            lines += ["", f"Reference answer: `{fmt_info['example_reference']}`"]
+    return lines
+
+
+def add_evaluation(card: str, report: dict[str, Any], name: str, step: int | None = None,
+                   curve: str | None = None) -> str:
+    """A card with the evaluation added: ``model-index`` in its metadata (what the Hub shows as results) and the
+    evaluation section before "How to use". ``step``: the step of the adapter the card describes; the card is
+    returned unchanged when the report has no figures for it."""
+    metrics = evaluated_metrics(report, step)
+    if metrics is None:
+        return card
+    head, sep, body = card[4:].partition("\n---\n") if card.startswith("---\n") else ("", "", card)
+    meta = yaml.safe_load(head) if head else {}
+    meta = meta if isinstance(meta, dict) else {}
+    meta["model-index"] = model_index(report, metrics, name)
+    front = "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip() + "\n---\n"
+    section = "\n".join(evaluation_section(report, metrics, curve)) + "\n\n"
+    marker = "## How to use"
+    body = body.replace(marker, section + marker, 1) if marker in body else body.rstrip("\n") + "\n\n" + section
+    return front + body

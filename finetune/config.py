@@ -99,6 +99,10 @@ class DataConfig:
         default="assistant", metadata=doc("Which tokens carry the loss: assistant (answers only) or all")
     )
     val_fraction: float = field(default=0.0, metadata=doc("Fraction of rows held out for evaluation (0 to 0.5)"))
+    test_source: str = field(
+        default="", metadata=doc("Test file of prompts and reference answers, scored when the run ends "
+                                 "(finetune eval); empty = none")
+    )
     strict: bool = field(default=False, metadata=doc("Stop at the first bad row instead of skipping it"))
     seed: int = field(default=42, metadata=doc("Seed of the train/validation split"))
     keep_duplicates: bool = field(

@@ -154,6 +154,28 @@ def stage_card(src: Path, dst: Path, repo_id: str) -> None:
         card.write_text(card.read_text(encoding="utf-8").replace(UNPUSHED_REPO, repo_id), encoding="utf-8")
 
 
+def stage_evaluation(src: Path, dst: Path, repo_id: str) -> bool:
+    """Put the run's evaluation (``runs/<id>/eval/report.json``, see ``finetune.evaluate``) on a staged card:
+    the results table, ``model-index`` metadata, the metric curve and the report itself. False when the run has
+    no evaluation of this adapter's step."""
+    from .adapter import adapter_step
+    from .card import EVAL_CURVE_FILE, EVAL_REPORT_FILE, add_evaluation, evaluated_metrics, plot_eval_curve
+    from .io import atomic_write_json
+    from .runs import read_eval_report, run_of
+
+    run_dir = run_of(src)
+    report = read_eval_report(run_dir) if run_dir is not None else None
+    card = dst / "README.md"
+    step = adapter_step(src)
+    if report is None or not card.exists() or evaluated_metrics(report, step) is None:
+        return False
+    curve = EVAL_CURVE_FILE if plot_eval_curve(report, dst / EVAL_CURVE_FILE) else None
+    card.write_text(add_evaluation(card.read_text(encoding="utf-8"), report, repo_id.split("/")[-1], step, curve),
+                    encoding="utf-8")
+    atomic_write_json(dst / EVAL_REPORT_FILE, report)
+    return True
+
+
 def push_adapter(adapter_dir: Path, repo_id: str, *, token: str | None = None, private: bool = True,
                  revision: str | None = None, commit_message: str = "Upload LoRA adapter with finetune",
                  api: HfApi | None = None) -> str:
@@ -172,6 +194,7 @@ def push_adapter(adapter_dir: Path, repo_id: str, *, token: str | None = None, p
     with tempfile.TemporaryDirectory(prefix="finetune-push-") as tmp:
         staged = Path(tmp) / "adapter"
         stage_card(folder, staged, repo_id)
+        stage_evaluation(folder, staged, repo_id)
         return push_folder(staged, repo_id, repo_type="model", token=token, private=private, revision=revision,
                            commit_message=commit_message, api=api)
 

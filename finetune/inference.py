@@ -579,3 +579,37 @@ def stream_chat(
         thread.join()
     if error:
         raise error[0]
+
+
+def reference_losses(
+    prompts: Sequence[str | Sequence[Message]],
+    references: Sequence[str],
+    *,
+    adapter: str | None = None,
+    model: str | None = None,
+    template: str | None = None,
+    system_prompt: str | None = None,
+    quantization: QuantizationConfig | None = None,
+) -> list[tuple[float, int]]:
+    """Per example, ``(summed negative log-likelihood in nats, token count)`` of the reference answer followed by
+    the template's end token, after the exact prompt ``generate_batch`` sends (the adapter's template and system
+    prompt unless given): the loss training minimises, measured on held-out answers. ``adapter=None`` with a
+    ``model`` measures the base (every adapter disabled)."""
+    import torch
+
+    loaded, tpl = _prepare(model, adapter, template, quantization, system_prompt)
+    tok = loaded.tokenizer
+    out: list[tuple[float, int]] = []
+    with _lock, _adapter_context(loaded, adapter), torch.no_grad():
+        if adapter:
+            attach(loaded, adapter)
+        _fit_threads(loaded)
+        for p, ref in zip(prompts, references):
+            text = build_prompt([{"role": "user", "content": p}] if isinstance(p, str) else p, tpl, tok)
+            prompt_ids = tok(text, add_special_tokens=False)["input_ids"]
+            answer_ids = tok(ref + (tpl.get("eos") or ""), add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([prompt_ids + answer_ids], device=loaded.model.device)
+            logits = loaded.model(input_ids=ids).logits[0, len(prompt_ids) - 1:-1].float()
+            nll = torch.nn.functional.cross_entropy(logits, ids[0, len(prompt_ids):], reduction="sum")
+            out.append((float(nll), len(answer_ids)))
+    return out

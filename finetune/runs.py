@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 from .adapter import ADAPTER_DIR, is_adapter_dir
 from .errors import UserError
-from .events import TERMINAL, read_events
+from .events import EVENTS_FILE, TERMINAL, read_events
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINTS = "checkpoints"
@@ -35,6 +35,7 @@ PROCESS_LOCK = ".process.lock"
 CONTROL_LOCK = ".control.lock"
 # The statuses of a run with a process behind it (started, waiting for a slot, or training).
 LIVE = ("new", "resuming", "queued", "running")
+EVAL_REPORT = "eval/report.json"  # the latest evaluation of the run (finetune.evaluate), checkpoints included
 # A run executing on another machine (Hugging Face Jobs) records its job here; its liveness is the job's,
 # not a local process id (backends.hfjobs.sync writes the job's end into the events).
 JOB_FILE = "job.json"
@@ -133,6 +134,35 @@ def _state_readable(checkpoint: Path) -> bool:
 def last_checkpoint(run_dir: Path) -> Path | None:
     found = checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def run_of(path: str | Path) -> Path | None:
+    """The run folder that ``path`` is, or whose ``adapter/``, checkpoint (``checkpoints/checkpoint-N``) or
+    checkpoint adapter it is; None for a folder outside any run (an adapter folder on its own)."""
+    p = Path(path)
+    if p.name == ADAPTER:
+        p = p.parent
+    if p.name.startswith("checkpoint-") and p.parent.name == CHECKPOINTS:
+        p = p.parent.parent
+    return p if (p / CONFIG_FILE).is_file() and (p / EVENTS_FILE).is_file() else None
+
+
+def write_eval_report(run_dir: Path, report: dict[str, Any]) -> Path:
+    """Write a run's evaluation report (``eval/report.json``, atomically; see ``finetune.evaluate``)."""
+    from .io import atomic_write_json
+
+    path = Path(run_dir) / EVAL_REPORT
+    atomic_write_json(path, report)
+    return path
+
+
+def read_eval_report(run_dir: Path) -> dict[str, Any] | None:
+    """The run's latest evaluation report, or None when it has none (or it is unreadable)."""
+    try:
+        report = json.loads((Path(run_dir) / EVAL_REPORT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) else None
 
 
 def request_stop(run_dir: Path) -> None:

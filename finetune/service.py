@@ -164,6 +164,11 @@ def start_training(ws: Workspace, owner: str | None, config: RunConfig, backend:
         inside = Path(config.data.source).resolve().is_relative_to(root.resolve())
         if not inside:
             raise ServiceError("data.source must be an uploaded file or a Hub dataset id")
+    test = config.data.test_source.strip()
+    owned = Path(test).is_absolute() and Path(test).resolve().is_relative_to(root.resolve()) and Path(test).is_file()
+    if test and ws.multi_user and not owned and (Path(test).exists() or not is_hub_dataset_id(test)):
+        # the test file's prompts and references end up in reports: only the owner's own uploads, or Hub data
+        raise ServiceError("data.test_source must be a test file uploaded in the Dataset tab or a Hub dataset id")
     if ws.multi_user and config.model.id:
         check_model_ref(ws, config.model.id, "model.id")
     if backend == "hf-jobs" and config.training.max_steps <= 0:
@@ -432,10 +437,78 @@ def run_events(ws: Workspace, owner: str | None, run_id: str) -> list[dict[str, 
 
 
 def adapter_path(ws: Workspace, owner: str | None, run_id: str) -> Path:
-    path = _run_dir(ws, owner, run_id) / ADAPTER_DIR
+    """The adapter folder of one of the owner's runs: ``ID`` (the finished adapter), ``ID@40`` (the checkpoint
+    of step 40) or ``ID@best`` / ``ID@best-<metric>`` (the checkpoint the run's evaluation ranks best, by exact
+    match unless a metric of ``finetune.evaluate.METRICS`` is named)."""
+    run_id, _, step = run_id.partition("@")
+    run_dir = _run_dir(ws, owner, run_id)
+    if step:
+        return _checkpoint_adapter(run_dir, run_id, step)
+    path = run_dir / ADAPTER_DIR
     if not is_adapter_dir(path):
         raise ServiceError(f"run '{run_id}' has no adapter yet: it appears when the run finishes")
     return path
+
+
+def _checkpoint_adapter(run_dir: Path, run_id: str, step: str) -> Path:
+    from .adapter import checkpoint_step, find_adapter_dir
+
+    kept = {checkpoint_step(c): c for c in runs.checkpoints(run_dir)}
+    listed = ", ".join(f"{run_id}@{s}" for s in kept) or "none yet"
+    if step == "best" or step.startswith("best-"):
+        from .evaluate import METRICS, best_checkpoint
+
+        metric = step.partition("-")[2] or "exact_match"
+        if metric not in METRICS:
+            raise ServiceError(f"'{metric}' is not a metric; use {run_id}@best-<{'|'.join(METRICS)}>")
+        report = runs.read_eval_report(run_dir)
+        best = best_checkpoint(report, metric) if report else None
+        if best is None:
+            raise ServiceError(f"run '{run_id}' has no evaluation of its checkpoints; evaluate it with all "
+                               "checkpoints first (Train tab, /evaluate, or finetune eval --checkpoints all)")
+        step = str(best["step"])
+    if not step.isdigit() or int(step) not in kept:
+        raise ServiceError(f"run '{run_id}' has no checkpoint '{step}'; its checkpoints: {listed}")
+    folder = find_adapter_dir(kept[int(step)])
+    if folder is None or folder == kept[int(step)]:
+        raise ServiceError(f"checkpoint {step} of run '{run_id}' has no adapter folder (saved by an older "
+                           "version); use the finished run")
+    return folder
+
+
+def checkpoint_choices(ws: Workspace, owner: str | None, run_id: str) -> list[str]:
+    """``ID@step`` of each kept checkpoint of a run that can be used as an adapter, oldest first."""
+    from .adapter import checkpoint_step, find_adapter_dir
+
+    run_dir = _run_dir(ws, owner, run_id)
+    return [f"{run_id}@{checkpoint_step(c)}" for c in runs.checkpoints(run_dir)
+            if find_adapter_dir(c) not in (None, c)]
+
+
+def evaluate(ws: Workspace, owner: str | None, run_id: str, test_file: str | Path | None, *,
+             checkpoints: str = "all", max_new_tokens: int = 256, progress: Any = None) -> dict[str, Any]:
+    """Evaluate one of the owner's runs (``ID``, ``ID@step``) on a test file (an upload, or the run's configured
+    ``data.test_source`` when none is given); the report is also written into the run folder."""
+    from .evaluate import evaluate as run_evaluation
+
+    folder = adapter_path(ws, owner, run_id)
+    if test_file:
+        data: str | Path = keep_upload(ws, owner, test_file)
+    else:
+        cfg = RunConfig.load(_run_dir(ws, owner, run_id.partition("@")[0]) / runs.CONFIG_FILE)
+        if not cfg.data.test_source:
+            raise ServiceError("give a test file (prompts and reference answers), or set one in the Dataset tab "
+                               "before training")
+        data = cfg.data.test_source
+    if not 1 <= max_new_tokens <= 4096:
+        raise ServiceError(f"max_new_tokens must be between 1 and 4096, got {max_new_tokens}")
+    return run_evaluation(folder, data, checkpoints=checkpoints, max_new_tokens=max_new_tokens, progress=progress,
+                          label=run_id)
+
+
+def eval_report(ws: Workspace, owner: str | None, run_id: str) -> dict[str, Any] | None:
+    """The latest evaluation report of one of the owner's runs (None when it has none)."""
+    return runs.read_eval_report(_run_dir(ws, owner, run_id.partition("@")[0]))
 
 
 def adapter_zip(ws: Workspace, owner: str | None, run_id: str, out_dir: Path) -> Path:
@@ -589,3 +662,84 @@ def export_run(ws: Workspace, owner: str | None, run_id: str, fmt: str, quant: s
         shutil.rmtree(file)
         file = Path(archive)
     return ExportDownload(file, result.summary().replace(str(work) + "/", ""), result.url)
+
+
+# ---------------------------------------------------------------------------------------------
+# the blind A/B arena (finetune.arena): votes live in the owner's own folder
+
+
+def _contender(ws: Workspace, owner: str | None, name: str) -> str | None:
+    """The adapter folder a contender names (None: the base model)."""
+    from .arena import BASE
+
+    return None if name == BASE else str(adapter_path(ws, owner, name))
+
+
+def arena_battle(ws: Workspace, owner: str | None, contenders: list[str], prompt: str, *, base_model: str = "",
+                 temperature: float = 0.0, max_new_tokens: int = 256, top_p: float = 0.9,
+                 repetition_penalty: float = 1.0, seed: int = 0) -> dict[str, Any]:
+    """Two to four of ``base`` and the owner's runs / checkpoints (``ID``, ``ID@step``) answer ``prompt`` with the
+    same seed and settings, each adapter with its own trained template (the base with the first adapter's);
+    returns ``{"battle_id", "answers": {"A": ..., ...}}`` in a hidden shuffled order."""
+    from . import arena, inference
+
+    names = [c.strip() for c in contenders if c and c.strip()]
+    folders = {n: _contender(ws, owner, n) for n in dict.fromkeys(names)}
+    adapters = [f for f in folders.values() if f]
+    if not adapters and len(names) >= arena.MIN_CONTENDERS:
+        raise ServiceError("pick at least one of your runs or checkpoints besides the base model")
+    base_model = check_model_ref(ws, base_model)
+    base = base_model or (inference.adapter_base(adapters[0]) if adapters else "")
+    template, system = inference.trained_defaults(adapters[0]) if adapters else ("", "")
+    settings = {"temperature": temperature, "max_new_tokens": max_new_tokens, "top_p": top_p,
+                "repetition_penalty": repetition_penalty, "seed": seed, "base_model": base}
+
+    def answer(name: str) -> str:
+        folder = folders[name]
+        kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                  repetition_penalty=repetition_penalty, seed=seed)
+        if folder is None:
+            return inference.generate_batch([prompt], model=base, template=template, system_prompt=system, **kw)[0]
+        return inference.generate_batch([prompt], adapter=folder, model=base_model or None, **kw)[0]
+
+    return arena.start_battle(ws.for_owner(owner), names, prompt, answer, settings)
+
+
+def arena_vote(ws: Workspace, owner: str | None, battle_id: str, verdict: str) -> dict[str, Any]:
+    """Record a vote (a letter, ``tie`` or ``both_bad``) on one of the owner's open battles: ``{"vote": the
+    record with the contenders revealed, "votes": the owner's vote count, "standings": their updated standings}``."""
+    from . import arena
+
+    root = ws.for_owner(owner)
+    record = arena.vote(root, battle_id, verdict)
+    votes = arena.read_votes(root)
+    return {"vote": record, "votes": len(votes), "standings": arena.standings(votes)}
+
+
+def arena_votes(ws: Workspace, owner: str | None) -> int:
+    """How many votes the owner has cast."""
+    from . import arena
+
+    return len(arena.read_votes(ws.for_owner(owner)))
+
+
+def arena_standings(ws: Workspace, owner: str | None) -> list[dict[str, Any]]:
+    """The owner's arena standings: rating with a 95% interval, wins, losses, ties, win rate, best first."""
+    from . import arena
+
+    return arena.standings(arena.read_votes(ws.for_owner(owner)))
+
+
+def arena_export(ws: Workspace, owner: str | None, out_dir: Path) -> Path:
+    """A copy of the owner's votes (JSON lines) to download."""
+    from . import arena
+
+    src = arena.votes_file(ws.for_owner(owner))
+    if not src.exists():
+        raise ServiceError("no votes yet: start a battle and vote first")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    import secrets
+
+    target = out_dir / f"arena-votes-{secrets.token_hex(8)}.jsonl"  # unguessable: the downloads folder is shared
+    target.write_bytes(src.read_bytes())
+    return target

@@ -489,6 +489,31 @@ def _make_callback(log: _Events, run_dir: Path, should_stop: Callable[[], bool] 
     return cast("_EventsCallback", Events())  # Events is _EventsCallback's shape, defined once transformers is imported
 
 
+def _checkpoint_adapter_callback(config: RunConfig, tokenizer: Tokenizer, base_name: str, system_prompt: str,
+                                 data_summary: dict[str, Any], device: str) -> TrainerCallback:
+    """After each checkpoint save: ``checkpoint-N/adapter/``, a clean adapter of that step (weights, tokenizer,
+    trained template, model card; no pickles), so any checkpoint can be evaluated, chatted with, pushed or
+    merged."""
+    from transformers import TrainerCallback
+
+    from .adapter import write_checkpoint_adapter
+    from .card import write_model_card
+
+    class CheckpointAdapter(TrainerCallback):
+        def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+            if not is_main_process():
+                return
+            assert args.output_dir is not None  # train() sets it
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            losses = [h["loss"] for h in state.log_history if "loss" in h]
+            metrics = {"steps": state.global_step, **({"first_loss": losses[0], "final_loss": losses[-1]} if losses else {})}
+            folder = write_checkpoint_adapter(path, config, tokenizer, base_name, metrics, system_prompt)
+            write_model_card(folder, config, base_name, metrics, state.log_history, data_summary, device,
+                             tokenizer=tokenizer, plot=False)
+
+    return CheckpointAdapter()
+
+
 def _rank0_decides(value: str | None) -> str | None:
     """Rank 0's value on every process: a DDP rank that stops alone leaves the others waiting forever in the
     next all-reduce, and the stop file / time budget can read differently on each rank."""
@@ -582,6 +607,10 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
         raise TrainingError("8-bit loading needs a CUDA GPU; use quantization.load_in: 4bit or none on CPU")
     tokenizer = models.load_tokenizer(config.model)
     train_ds, eval_ds, data_summary, dialogs = _datasets(config, tokenizer)
+    if config.data.test_source:  # a bad test file is the user's to fix before training, not after
+        from .evaluate import read_test_set
+
+        data_summary["test_prompts"] = len(read_test_set(config.data.test_source))
     t = config.training
     resume_from = runs.last_checkpoint(run_dir) if resuming else None
     share = _cpu_share(device)
@@ -660,7 +689,9 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
         eval_dataset=eval_ds,
         processing_class=tokenizer,
         peft_config=models.lora_config(config.lora),
-        callbacks=[callback, *([_share_callback(share, log)] if share else []), *extra_callbacks],
+        callbacks=[_checkpoint_adapter_callback(config, tokenizer, resolved.name, dialogs.system_prompt, data_summary,
+                                                device), callback,
+                   *([_share_callback(share, log)] if share else []), *extra_callbacks],
     )
     from transformers.trainer_callback import PrinterCallback
 
@@ -687,8 +718,35 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
     adapter_dir = run_dir / runs.ADAPTER
     if is_main_process():
         save_adapter(trainer, tokenizer, config, resolved.name, run_dir, metrics, data_summary, device, dialogs, log)
+    max_steps = trainer.state.max_steps
+    if config.data.test_source and is_main_process():
+        del trainer, model  # the evaluation loads the base afresh (a 4-bit base used for inference must not train)
+        _evaluate_run(config, run_dir, log)
     log.emit("finished", step=step, adapter=runs.ADAPTER, metrics=metrics)
-    return RunResult(run_dir.name, run_dir, "finished", step, trainer.state.max_steps, adapter_dir, metrics)
+    return RunResult(run_dir.name, run_dir, "finished", step, max_steps, adapter_dir, metrics)
+
+
+def _evaluate_run(config: RunConfig, run_dir: Path, log: _Events) -> None:
+    """Evaluate the finished adapter and every kept checkpoint on ``data.test_source``: one ``evaluation``
+    event per step (the base model's figures at step 0), and the report in the run folder."""
+    import gc
+
+    from .evaluate import METRICS, evaluate
+
+    gc.collect()
+    if pick_device() == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+    log.emit("note", message=f"evaluating the adapter and its checkpoints on {config.data.test_source}")
+    report = evaluate(run_dir, config.data.test_source, checkpoints="all" if runs.checkpoints(run_dir) else "none")
+    base = report.get("base") or {}
+    log.emit("evaluation", step=0, model="base", n=base.get("n"), **{m: base.get(m) for m in METRICS})
+    for c in report.get("checkpoints") or []:
+        if c["step"] != report.get("step"):
+            log.emit("evaluation", step=c["step"], model=c["checkpoint"], n=c["n"], **{m: c.get(m) for m in METRICS})
+    log.emit("evaluation", step=report.get("step"), model=runs.ADAPTER, n=report["n"],
+             **{m: report.get(m) for m in METRICS}, report=runs.EVAL_REPORT)
 
 
 def _trainer_class(loss: str = "trained_positions") -> type[SFTTrainer]:

@@ -100,6 +100,10 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
         for f in forms.DATA_FIELDS[2:]:
             with gr.Column():
                 components[f.key] = forms.make_component(f, forms.get_value(service_default(), f.key))
+    with gr.Row():
+        test_upload = gr.File(label="Upload a test file (optional): prompts with reference answers (reference, answer, "
+                              "label, completion or output), scored at the end of the run and by Evaluate",
+                              file_types=FILE_TYPES, type="filepath", elem_id="test-file")
     fmt = gr.Button("Format and preview", variant="primary", elem_id="format-btn")
     summary = gr.Markdown(elem_id="format-summary")
     preview = gr.HTML(preview_html([]))
@@ -170,6 +174,20 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
         if not file:
             raise gr.Error("format the dataset first")
         return f"Pushed to {push_dataset(Path(file), repo_id, token=oauth.token if oauth else None, private=private)}"
+
+    @user_errors
+    def keep_test_file(path: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
+        """An uploaded test file, checked (prompts, references) and kept in the owner's folder: its path is the
+        config's data.test_source."""
+        if not path:
+            return ""
+        from ..evaluate import read_test_set
+
+        kept = service.keep_upload(api.workspace, owner(request, profile), path)
+        read_test_set(kept)  # a bad test file is refused now, naming the row, not when the run ends
+        return str(kept.resolve())
+
+    test_upload.upload(keep_test_file, test_upload, components["data.test_source"], api_visibility="private")
 
     def wire() -> tuple[Dependency, Dependency, Dependency]:
         """Connect the events once the hyperparameters tab has made the model and max_length widgets."""

@@ -9,6 +9,7 @@ import gradio as gr
 from .. import inference, refs, service
 from ..errors import UserError
 from ..templates import MODEL_TEMPLATE, TEMPLATE_NAMES
+from .arena_panel import create_arena_panel
 from .common import Api, FreeDropdown, owner, user_errors
 
 # What the page runs when it opens: a function and the components it fills.
@@ -47,7 +48,8 @@ def create_playground_tab(api: Api) -> dict[str, LoadHook]:
         base_model = gr.Textbox(label="Base model", value="", placeholder="empty = the adapter's base (or the embedded SmolLM2)",
                                 info="Hub id or local folder; leave empty to use the base the adapter was trained on")
         adapter = FreeDropdown(label="Adapter", choices=[""], value="", allow_custom_value=True, elem_id="adapter-pick",
-                              info="One of your finished runs, or a Hub repo id such as you/my-adapter; empty = base model only")
+                              info="One of your finished runs (ID@step: one of its checkpoints), or a Hub repo id such as "
+                                   "you/my-adapter; empty = base model only")
         refresh = gr.Button("↻", scale=0)
     with gr.Accordion("Generation settings", open=False):
         with gr.Row():
@@ -81,6 +83,8 @@ def create_playground_tab(api: Api) -> dict[str, LoadHook]:
     with gr.Row():
         base_out = gr.Textbox(label="Base model", lines=6, elem_id="compare-base")
         tuned_out = gr.Textbox(label="With adapter", lines=6, elem_id="compare-tuned")
+
+    create_arena_panel(api, base_model, temperature, max_new, top_p, rep, seed)
 
     def conversation(message: str | None, history: list[Any] | None) -> list[dict[str, str]]:
         turns = [{"role": m["role"], "content": message_text(m["content"])} for m in (history or [])
@@ -178,7 +182,7 @@ def create_playground_tab(api: Api) -> dict[str, LoadHook]:
     def choices(request: gr.Request, profile: gr.OAuthProfile | None = None) -> gr.Dropdown:
         from .train_tab import finished_runs
 
-        return gr.Dropdown(choices=[""] + finished_runs(ws, owner(request, profile)))
+        return gr.Dropdown(choices=[""] + finished_runs(ws, owner(request, profile), checkpoints=True))
 
     send_event: dict[str, Any] = dict(fn=chat, inputs=[msg, chatbot, base_model, adapter, temperature, max_new, top_p, rep, seed,
                                                     system_prompt, template],

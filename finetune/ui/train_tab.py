@@ -17,6 +17,7 @@ from ..errors import UserError
 from ..hub import MOCK_OAUTH_TOKEN
 from ..runs import LIVE, RunState
 from .common import Api, owner, user_errors
+from .evaluation_panel import create_evaluation_panel
 
 TABLE_COLUMNS = ["run_id", "status", "step", "max_steps", "loss", "model"]
 STATUS_BADGE = {
@@ -199,6 +200,7 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
     with gr.Row():
         plot = gr.LinePlot(None, x="step", y="loss", color="series", title="Loss", height=260,
                            elem_id="loss-plot")
+    create_evaluation_panel(api, run_id)
     with gr.Accordion("Event log", open=False):
         log_box = gr.Textbox(lines=10, max_lines=20, label="events.jsonl", interactive=False, elem_id="event-log")
     with gr.Row():
@@ -420,8 +422,16 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
             "on_load": [(summary_view, panel_inputs, [summary, use_sample]), (latest_run, [], [run_id])]}
 
 
-def finished_runs(ws: service.Workspace, who: str) -> list[str]:
-    return [r["run_id"] for r in service.list_runs(ws, who) if r.get("has_adapter")]
+def finished_runs(ws: service.Workspace, who: str, checkpoints: bool = False) -> list[str]:
+    """The ids of the owner's runs that have an adapter; with ``checkpoints``, each followed by its usable
+    checkpoints (``ID@step``)."""
+    out: list[str] = []
+    for r in service.list_runs(ws, who):
+        if r.get("has_adapter"):
+            out.append(r["run_id"])
+            if checkpoints:
+                out += service.checkpoint_choices(ws, who, r["run_id"])
+    return out
 
 
 __all__ = ["create_train_tab", "finished_runs", "RunState"]

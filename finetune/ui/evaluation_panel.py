@@ -1,0 +1,104 @@
+"""The Train tab's evaluation panel: score a run (and its checkpoints) on a test file, show the base model beside
+it as a table, each metric over the steps as a curve, and the best checkpoint per metric (``RUN@step``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from .. import service
+from ..evaluate import METRICS, SUMMARY_HEADERS, summary_table
+from .common import Api, owner, user_errors
+
+
+def report_table(report: dict[str, Any] | None) -> pd.DataFrame:
+    """The base model, each checkpoint and the adapter, one row each, every metric a column."""
+    return pd.DataFrame(summary_table(report) if report else [], columns=SUMMARY_HEADERS)
+
+
+def metric_frame(report: dict[str, Any] | None) -> pd.DataFrame | None:
+    """Each score (0 to 1) of every evaluated step, long form for a line plot; None with no report."""
+    if not report:
+        return None
+    points = {c["step"]: c for c in report.get("checkpoints") or []}
+    if report.get("step") is not None:
+        points.setdefault(report["step"], report)
+    rows = [{"step": step, "value": float(m[k]), "metric": k} for step, m in sorted(points.items())
+            for k in METRICS if k != "loss" and m.get(k) is not None]
+    if not rows:
+        return None
+    return pd.DataFrame(rows, columns=["step", "value", "metric"]).astype({"step": "int64", "value": "float64"})
+
+
+def best_markdown(report: dict[str, Any] | None, run_id: str) -> str:
+    if not report:
+        return "No evaluation yet: upload a test file (prompts and reference answers) and press Evaluate."
+    lines = [f"**{report.get('n')}** scored prompts of `{(report.get('test_set') or {}).get('file', report.get('data'))}`;"
+             f" exact match: base **{(report.get('base') or {}).get('exact_match', '–')}**, adapter "
+             f"**{report.get('exact_match')}**."]
+    best = report.get("best") or {}
+    picks = [f"{k}: `{run_id}@{v['step']}`" for k, v in best.items() if v]
+    if picks:
+        lines.append("Best checkpoint by " + " · ".join(picks) + " (use it in the Playground, or push it).")
+    return "\n\n".join(lines)
+
+
+def create_evaluation_panel(api: Api, run_id: gr.Textbox) -> None:
+    """The panel under the run's progress; ``run_id`` is the Train tab's run box (a run id or ``RUN@step``)."""
+    ws = api.workspace
+    with gr.Accordion("Evaluation on a test set", open=False):
+        with gr.Row():
+            test_file = gr.File(label="Test file (JSONL/CSV/...: prompt + reference, answer, label, completion or "
+                                "output; or conversations)", file_types=[".jsonl", ".json", ".csv", ".tsv", ".parquet"],
+                                type="filepath", elem_id="eval-test-file", scale=3)
+            with gr.Column(scale=1):
+                all_checkpoints = gr.Checkbox(value=True, label="Every kept checkpoint too", elem_id="eval-all")
+                max_new = gr.Slider(1, 1024, value=256, step=1, label="Max new tokens per answer")
+                evaluate_btn = gr.Button("Evaluate", variant="secondary", elem_id="evaluate")
+        best = gr.Markdown(best_markdown(None, ""), elem_id="eval-best")
+        table = gr.Dataframe(report_table(None), interactive=False, elem_id="eval-table")
+        curve = gr.LinePlot(None, x="step", y="value", color="metric", title="Test-set metrics by step", height=260,
+                            elem_id="eval-plot")
+        report_json = gr.JSON(visible=False)
+
+    @user_errors
+    def evaluate(run_id: str, test_file: str | None = None, checkpoints: str = "all", max_new_tokens: int = 256,
+                 request: gr.Request | None = None, profile: gr.OAuthProfile | None = None,
+                 progress: gr.Progress = gr.Progress()) -> dict[str, Any]:
+        """Evaluate one of your runs (`ID`, or `ID@step` for a checkpoint) on a test file (default: the run's
+        data.test_source): greedy answers scored by exact_match, contains, f1, rouge_l and the held-out loss, beside
+        the base model (`base`); with checkpoints="all" a `checkpoints` list per saved step. Returns the report,
+        also written into the run folder."""
+        def tell(done: int, total: int, what: str) -> None:
+            progress((done, total), desc=f"evaluating the {what}", unit="models")
+
+        return service.evaluate(ws, owner(request, profile), run_id, test_file, checkpoints=checkpoints,
+                                max_new_tokens=int(max_new_tokens), progress=tell)
+
+    def show(report: dict[str, Any] | None, rid: str) -> tuple[str, pd.DataFrame, pd.DataFrame | None]:
+        return best_markdown(report, rid.partition("@")[0]), report_table(report), metric_frame(report)
+
+    def load(rid: str, request: gr.Request, profile: gr.OAuthProfile | None = None
+             ) -> tuple[str, pd.DataFrame, pd.DataFrame | None]:
+        report = None
+        if rid:
+            try:
+                report = service.eval_report(ws, owner(request, profile), rid)
+            except service.ServiceError:
+                report = None
+        return show(report, rid)
+
+    def run_evaluation(rid: str, path: str | None, every: bool, tokens: float, request: gr.Request,
+                       profile: gr.OAuthProfile | None = None, progress: gr.Progress = gr.Progress()) -> dict[str, Any]:
+        return evaluate(rid, path, "all" if every else "none", int(tokens), request, profile, progress)
+
+    evaluate_btn.click(run_evaluation, [run_id, test_file, all_checkpoints, max_new], report_json,
+                       api_visibility="private", concurrency_limit=1).success(
+        show, [report_json, run_id], [best, table, curve], api_visibility="private")
+    run_id.change(load, run_id, [best, table, curve], api_visibility="private")
+    checkpoints_box = gr.Textbox(visible=False, value="all")
+    max_box = gr.Number(visible=False, value=256, precision=0)
+    gr.Button(visible=False).click(evaluate, [run_id, test_file, checkpoints_box, max_box], report_json,
+                                   api_name="evaluate", concurrency_limit=1)
