@@ -204,6 +204,18 @@ def test_cli_export_and_bad_inputs_leave_nothing_behind(run, tmp_path, capsys, m
 
     types = {t.name: t.tensor_type.name for t in GGUFReader(str(out)).tensors}
     assert types["blk.0.attn_q.weight"] == "Q4_0" and types["blk.0.attn_norm.weight"] == "F32"
+    # a kept checkpoint, named RUN@STEP, exports too (its own LoRA weights, not the finished adapter's)
+    from safetensors.torch import load_file
+
+    step = sorted(int(p.name.split("-")[1]) for p in (run.run_dir / "checkpoints").glob("checkpoint-*"))[-1]
+    ckpt = tmp_path.parent / f"{tmp_path.name}-ckpt" / "c.gguf"
+    assert main(["export", "--adapter", f"{run.run_dir}@{step}", "--format", "lora-gguf", "--quant", "f16",
+                 "--out", str(ckpt)]) == 0
+    b = next(t for t in GGUFReader(str(ckpt)).tensors if t.name == "blk.0.attn_q.weight.lora_b")
+    final = load_file(str(run.adapter_dir / "adapter_model.safetensors"))
+    final_b = next(v for k, v in final.items() if "layers.0.self_attn.q_proj.lora_B" in k)
+    assert b.data.shape[-1] == final_b.shape[1] and float(abs(b.data).max()) < float(final_b.abs().max())
+    capsys.readouterr()
 
     # an unfinished run: no adapter yet
     unfinished = tmp_path / "unfinished"

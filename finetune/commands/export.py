@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("export", help="export an adapter as GGUF, Ollama, merged model or demo Space",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--adapter", required=True, metavar="RUN_OR_ADAPTER_OR_HUB_REPO",
-                   help="a run id or folder, an adapter folder, or a Hub adapter repo (org/name)")
+                   help="a run id or folder (RUN@STEP: one of its checkpoints, RUN@best: the best evaluated one), "
+                        "an adapter folder, or a Hub adapter repo (org/name)")
     p.add_argument("--format", default="gguf", choices=FORMATS, help="what to write (default: gguf)")
     p.add_argument("--quant", default=DEFAULT_QUANT, choices=QUANTS,
                    help=f"GGUF tensor type (default: {DEFAULT_QUANT}; lora-gguf: f16, bf16 or q8_0)")
@@ -47,16 +48,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _adapter_ref(text: str, runs_root: str | None) -> str:
-    """A path as given when it exists, a run id under the runs folder, else the text (a Hub repo id)."""
-    from finetune import runs
+    """A path as given when it exists; a run (id or folder) with ``@STEP`` / ``@best[-METRIC]``: that checkpoint's
+    adapter; a run id under the runs folder; else the text (a Hub repo id)."""
+    from finetune import runs, service
 
     if Path(text).exists():
         return text
-    try:
-        found = runs.run_path(text, runs_root)
-    except runs.RunError:
+    name, at, step = text.partition("@")
+    run_dir = Path(name) if Path(name).is_dir() else None
+    if run_dir is None:
+        try:
+            found = runs.run_path(name, runs_root)
+        except runs.RunError:
+            return text
+        run_dir = found if found.exists() else None
+    if run_dir is None:
         return text
-    return str(found) if found.exists() else text
+    if at:
+        return str(service.adapter_path(service.Workspace(run_dir.parent), None, f"{run_dir.name}@{step}"))
+    return str(run_dir)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -75,6 +75,7 @@ def _check_space(target: Path, needed: int) -> None:
 @contextmanager
 def _staged(final: Path, is_dir: bool) -> Iterator[Path]:
     """A temporary path next to ``final``, renamed to it on success and removed on any failure."""
+    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.partial{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
