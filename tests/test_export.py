@@ -199,11 +199,12 @@ def test_cli_export_and_bad_inputs_leave_nothing_behind(run, tmp_path, capsys, m
     assert main(["export", "--adapter", str(run.run_dir), "--format", "gguf", "--quant", "q4_0", "--out", str(out)]) == 0
     printed = capsys.readouterr()
     assert "100%" in printed.err and f"written to {out}" in printed.out and out.exists()
-    # q4_0: 4-bit blocks for the layers, 8-bit for embeddings (too small for blocks here: kept in 16 bits)
+    # q4_0: 4-bit blocks for most layers, 8-bit for the value and down projections
     from gguf import GGUFReader
 
     types = {t.name: t.tensor_type.name for t in GGUFReader(str(out)).tensors}
     assert types["blk.0.attn_q.weight"] == "Q4_0" and types["blk.0.attn_norm.weight"] == "F32"
+    assert types["blk.0.attn_v.weight"] == types["blk.0.ffn_down.weight"] == "Q8_0"
     # a kept checkpoint, named RUN@STEP, exports too (its own LoRA weights, not the finished adapter's)
     from safetensors.torch import load_file
 
