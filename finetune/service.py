@@ -152,6 +152,11 @@ def start_training(ws: Workspace, owner: str | None, config: RunConfig, backend:
     """
     backend = backend_name(backend)
     validate(config, source="config")
+    if config.rewards.module:
+        # reward functions are Python code: the app never runs a user's code (finetune/rewards.py)
+        raise ServiceError("rewards.module: the app does not run reward code; use the built-in rewards (exact "
+                           "match, regex, JSON, keywords, length, a local judge model), or train from the command "
+                           "line on your own machine with --reward-module")
     root = ws.for_owner(owner)
     root.mkdir(parents=True, exist_ok=True)
     if data_file and backend == "hf-jobs":

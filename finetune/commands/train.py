@@ -1,5 +1,5 @@
 """`python -m finetune train [CONFIG.yaml] [--model ID_OR_DIR] [--data FILE] [--template NAME]
-[--max-steps N] [--epochs E] [--set key=value ...] [--run-dir DIR] [--events-json] [--push-to REPO]
+[--max-steps N] [--epochs E] [--method sft|dpo|orpo|kto|grpo] [--reward-module FILE.py] [--set key=value ...] [--run-dir DIR] [--events-json] [--push-to REPO]
 [--backend local|hf-jobs --flavor FLAVOR]`
 
 Flags override the config file, which is optional: with nothing given it trains the embedded default
@@ -35,6 +35,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--template", help="prompt template (llama2, llama3, chatml, mistral, alpaca, falcon, model)")
     p.add_argument("--max-steps", type=int, help="optimizer steps (overrides epochs)")
     p.add_argument("--epochs", type=float, help="passes over the data")
+    p.add_argument("--method", choices=("sft", "dpo", "orpo", "kto", "grpo"),
+                   help="sft (default): imitate answers; dpo/orpo: preference pairs (prompt/chosen/rejected); "
+                        "kto: prompt/completion/label rows; grpo: prompts scored by the rewards (rewards.* fields)")
+    p.add_argument("--reward-module", metavar="FILE.py",
+                   help="grpo: a Python file whose reward_* functions (prompts, completions, **columns) -> one float "
+                        "per completion are added to the rewards; runs its code: only for your own machine")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config field, e.g. lora.r=64")
     p.add_argument("--run-dir", help="the run folder (default: runs/<new id>); an existing one is resumed")
     p.add_argument("--runs-root", help="where new run folders go (default: $FINETUNE_RUNS or ./runs)")
@@ -69,10 +75,13 @@ def build_config(args: argparse.Namespace) -> RunConfig | None:
 
     overrides: list[str] = list(args.set)
     for flag, key in (("model", "model.id"), ("data", "data.source"), ("template", "data.template"),
-                      ("max_steps", "training.max_steps"), ("epochs", "training.epochs")):
+                      ("max_steps", "training.max_steps"), ("epochs", "training.epochs"),
+                      ("method", "training.method")):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
+    if getattr(args, "reward_module", None):
+        overrides.append(f"rewards.module={Path(args.reward_module).expanduser().resolve()}")
     resuming = args.run_dir and (Path(args.run_dir) / "config.yaml").exists()
     if getattr(args, "config_env", None):
         cfg = config_from_env(args.config_env)
