@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("train", help="fine-tune a model (resumes an existing --run-dir)", description=__doc__)
-    p.add_argument("config", nargs="?", help="run config YAML or preset name (default: smollm2-135m-cpu)")
+    p.add_argument("config", nargs="?", help="run config YAML or preset name (default: smollm2-135m-cpu; with "
+                   "--method dpo|orpo|kto|grpo: smollm2-135m-<method>)")
     p.add_argument("--model", help="base model: Hub id, local folder or .gguf file")
     p.add_argument("--data", help="data file or Hub dataset id (default: the bundled sample)")
     p.add_argument("--template", help="prompt template (llama2, llama3, chatml, mistral, alpaca, falcon, model)")
@@ -71,7 +72,7 @@ def build_config(args: argparse.Namespace) -> RunConfig | None:
     from pathlib import Path
 
     from finetune.config import apply_overrides
-    from finetune.presets import DEFAULT_PRESET, load_preset
+    from finetune.presets import default_preset, load_preset
 
     overrides: list[str] = list(args.set)
     for flag, key in (("model", "model.id"), ("data", "data.source"), ("template", "data.template"),
@@ -88,7 +89,7 @@ def build_config(args: argparse.Namespace) -> RunConfig | None:
     elif resuming and not args.config and not overrides:
         return None
     else:
-        cfg = load_preset(args.config or DEFAULT_PRESET)
+        cfg = load_preset(args.config or default_preset(getattr(args, "method", None)))
     return apply_overrides(cfg, overrides) if overrides else cfg
 
 
