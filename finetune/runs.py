@@ -165,6 +165,8 @@ class RunState:
     losses: list[tuple[int, float]] = field(default_factory=list)
     eval_losses: list[tuple[int, float]] = field(default_factory=list)
     queue_position: int | None = None  # queued: 1 = trains next (backends.queue)
+    # the latest step's method metrics (training.method other than sft: reward margins, KL, mean rewards...)
+    metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def status_text(self) -> str:
@@ -204,6 +206,8 @@ def read_run(run_dir: Path) -> RunState:
             for key in ("loss", "tokens_per_s", "eta_s", "elapsed_s"):
                 if e.get(key) is not None:
                     setattr(state, key, e[key])
+            if isinstance(e.get("metrics"), dict):
+                state.metrics = e["metrics"]
             if e.get("loss") is not None:
                 # a resumed run replays steps after its checkpoint: keep the latest value per step
                 state.losses = [p for p in state.losses if p[0] < e["step"]] + [(e["step"], e["loss"])]

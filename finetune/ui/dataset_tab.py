@@ -36,7 +36,7 @@ def preview_html(examples: list[dict[str, Any]], limit: int = 5) -> str:
             parts.append(f"<mark class='ft-trained'>{html.escape(text[a:b])}</mark>")
             pos = b
         parts.append(html.escape(text[pos:]))
-        blocks.append(f"<div class='ft-example'><div class='ft-row'>row {ex['row']}</div>"
+        blocks.append(f"<div class='ft-example'><div class='ft-row'>row {html.escape(str(ex['row']))}</div>"
                       f"<pre style='white-space:pre-wrap'>{''.join(parts)}</pre></div>")
     legend = ("<div class='ft-legend'><mark class='ft-trained'>highlighted</mark> = trained on (carries the loss); "
               "the rest is context the model reads but is not trained to produce.</div>")
@@ -112,11 +112,14 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
     @user_errors
     def format_dataset(data_file: str | None = None, hub_id: str = "", hub_config: str = "", split: str = "train",
                        template: str = "llama2", system_prompt: str = "", columns: str = "", model: str = "",
-                       max_length: int = 1024, train_on: str = "assistant", request: gr.Request | None = None,
+                       max_length: int = 1024, train_on: str = "assistant", method: str = "sft",
+                       request: gr.Request | None = None,
                        profile: gr.OAuthProfile | None = None) -> tuple[str, str, Any, pd.DataFrame, str]:
         # (the Any is histogram's matplotlib Figure: gradio evaluates these hints, so no name imported lazily)
         """Format an uploaded file (or a Hub dataset) with a template: summary, preview, token-length
-        histogram, row problems and the formatted JSONL file."""
+        histogram, row problems and the formatted JSONL file. ``method`` (sft, dpo, orpo, kto, grpo) picks the
+        data shape: dpo/orpo show each prompt with its chosen and rejected answer, kto each answer with its
+        label, grpo each prompt with its reference."""
         source = data_file or (hub_id or "").strip()
         if not source:
             raise gr.Error("upload a file or type a Hub dataset id first")
@@ -126,6 +129,7 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
             hub_config=hub_config or None, split=split or "train",
             out_dir=api.downloads / "formatted" / _safe(owner(request, profile)),
             hub_only=not data_file and api.workspace.multi_user,  # typed text is never a server path
+            method=method or "sft",
         )
         for w in report["warnings"][:3]:
             gr.Warning(w)
@@ -144,7 +148,8 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
     def wire() -> tuple[Dependency, Dependency, Dependency]:
         """Connect the events once the hyperparameters tab has made the model and max_length widgets."""
         inputs = [data_file, hub_id, hub_config, split, components["data.template"], components["data.system_prompt"],
-                  columns, components["model.id"], components["training.max_length"], components["data.train_on"]]
+                  columns, components["model.id"], components["training.max_length"], components["data.train_on"],
+                  components["training.method"]]
         return (
             fmt.click(format_dataset, inputs, [summary, preview, hist, problems, formatted], api_name="format_dataset",
                       concurrency_limit=4),
