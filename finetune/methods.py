@@ -158,30 +158,33 @@ def make_trainer(config: RunConfig, model: Model, tokenizer: Tokenizer, common: 
     if method == "dpo":
         from trl import DPOConfig, DPOTrainer  # type: ignore[attr-defined]  # trl's lazy top-level module
 
-        args = DPOConfig(**common, beta=t.dpo_beta, max_length=t.max_length, dataset_num_proc=None)
-        return DPOTrainer(args=args, **kwargs)  # type: ignore[no-any-return]
+        dpo_args = DPOConfig(**common, beta=t.dpo_beta, max_length=t.max_length, dataset_num_proc=None)
+        return DPOTrainer(args=dpo_args, **kwargs)  # type: ignore[no-any-return]
     if method == "orpo":
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-        args = ORPOConfig(**{**common, "include_num_input_tokens_seen": "no"}, beta=t.orpo_lambda,
-                          max_length=t.max_length, dataset_num_proc=None)
-        return ORPOTrainer(args=args, **kwargs)  # type: ignore[no-any-return]
+        orpo_args = ORPOConfig(**{**common, "include_num_input_tokens_seen": "no"}, beta=t.orpo_lambda,
+                               max_length=t.max_length, dataset_num_proc=None)
+        return ORPOTrainer(args=orpo_args, **kwargs)  # type: ignore[no-any-return]
     if method == "kto":
         from trl import KTOConfig, KTOTrainer  # type: ignore[attr-defined]
 
-        args = KTOConfig(**common, beta=t.kto_beta, desirable_weight=t.kto_desirable_weight,
-                         undesirable_weight=t.kto_undesirable_weight, max_length=t.max_length, dataset_num_proc=None)
-        return KTOTrainer(args=args, **kwargs)  # type: ignore[no-any-return]
+        kto_args = KTOConfig(**common, beta=t.kto_beta, desirable_weight=t.kto_desirable_weight,
+                             undesirable_weight=t.kto_undesirable_weight, max_length=t.max_length,
+                             dataset_num_proc=None)
+        return KTOTrainer(args=kto_args, **kwargs)
     if method == "grpo":
         from trl import GRPOConfig, GRPOTrainer  # type: ignore[attr-defined]
 
         from .rewards import reward_functions
 
         funcs, weights = reward_functions(config.rewards, device)
-        args = GRPOConfig(**{**common, "include_num_input_tokens_seen": "no"}, num_generations=t.grpo_num_generations,
-                          max_completion_length=t.max_completion_length, beta=t.grpo_beta,
-                          temperature=t.grpo_temperature, reward_weights=weights, log_completions=False)
-        return GRPOTrainer(reward_funcs=funcs, args=args, **kwargs)  # type: ignore[no-any-return]
+        grpo_args = GRPOConfig(**{**common, "include_num_input_tokens_seen": "no"},
+                               num_generations=t.grpo_num_generations, max_completion_length=t.max_completion_length,
+                               beta=t.grpo_beta, temperature=t.grpo_temperature, reward_weights=weights,
+                               log_completions=False)
+        reward_funcs: list[Any] = list(funcs)  # trl's annotation wants list[float | None] returns (invariant)
+        return GRPOTrainer(reward_funcs=reward_funcs, args=grpo_args, **kwargs)
     raise ValueError(f"no trainer for method {method!r}")  # sft is train._train's own; config validation names the rest
 
 

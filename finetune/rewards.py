@@ -22,12 +22,9 @@ import math
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from .errors import UserError
-
-if TYPE_CHECKING:
-    from .config import RewardSettings
 
 RewardFunc = Callable[..., list[float]]  # trl's signature: (prompts=, completions=, **dataset columns) -> scores
 
@@ -262,8 +259,9 @@ def judge_reward(folder: str, device: str = "cpu") -> RewardFunc:
     return _named(judge, "judge")
 
 
-def builtin_rewards(rw: RewardSettings, device: str = "cpu") -> tuple[list[RewardFunc], list[float]]:
-    """The built-in checks with a weight, and their weights (in the config's order)."""
+def builtin_rewards(rw: Any, device: str = "cpu") -> tuple[list[RewardFunc], list[float]]:
+    """The built-in checks with a weight, and their weights (in the config's order). ``rw``: the run config's
+    ``rewards`` (config.RewardSettings; not imported here: the config's validation imports this module)."""
     funcs: list[RewardFunc] = []
     weights: list[float] = []
 
@@ -306,7 +304,7 @@ def load_reward_module(path: str) -> list[RewardFunc]:
     return list(funcs)
 
 
-def reward_functions(rw: RewardSettings, device: str = "cpu") -> tuple[list[RewardFunc], list[float]]:
+def reward_functions(rw: Any, device: str = "cpu") -> tuple[list[RewardFunc], list[float]]:
     """Everything GRPO scores with: the built-in checks, then the module's functions (weight 1 each)."""
     funcs, weights = builtin_rewards(rw, device)
     if rw.module:
