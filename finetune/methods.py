@@ -159,13 +159,13 @@ def make_trainer(config: RunConfig, model: Model, tokenizer: Tokenizer, common: 
         from trl import DPOConfig, DPOTrainer  # type: ignore[attr-defined]  # trl's lazy top-level module
 
         dpo_args = DPOConfig(**common, beta=t.dpo_beta, max_length=t.max_length, dataset_num_proc=None)
-        return DPOTrainer(args=dpo_args, **kwargs)  # type: ignore[no-any-return]
+        return DPOTrainer(args=dpo_args, **kwargs)
     if method == "orpo":
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
         orpo_args = ORPOConfig(**{**common, "include_num_input_tokens_seen": "no"}, beta=t.orpo_lambda,
                                max_length=t.max_length, dataset_num_proc=None)
-        return ORPOTrainer(args=orpo_args, **kwargs)  # type: ignore[no-any-return]
+        return ORPOTrainer(args=orpo_args, **kwargs)
     if method == "kto":
         from trl import KTOConfig, KTOTrainer  # type: ignore[attr-defined]
 

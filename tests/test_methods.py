@@ -225,3 +225,25 @@ def test_methods_step_metrics_and_per_step_counts():
                                                   "rewards/exact_match/mean": 0.25}
     assert methods.step_metrics("sft", logs) == {}
     assert methods.sequences_per_example("kto") == 2 and methods.needs_reference("grpo", 0.04)
+
+
+def test_estimator_counts_pairs_the_reference_pass_and_grpo_sampling():
+    from finetune.memory import get_gpu, load_model_spec
+
+    m = __import__("importlib").import_module("finetune.memory.estimate")
+    spec, gpu = load_model_spec(""), get_gpu("t4")
+
+    def setup(*over):
+        return m.TrainSetup.from_config(apply_overrides(RunConfig(), list(over)), gpu)
+
+    sft, dpo, orpo = setup(), setup("training.method=dpo"), setup("training.method=orpo")
+    grpo = setup("training.method=grpo", "rewards.exact_match=1")
+    assert (dpo.sequences, dpo.reference, orpo.reference, grpo.generated_tokens) == (2, True, False, 64)
+    peak = {k: m.estimate_training(spec, s, gpu, advise=False) for k, s in (("sft", sft), ("dpo", dpo))}
+    assert peak["dpo"].peak_gb > peak["sft"].peak_gb  # twice the sequences per example
+    assert peak["dpo"].breakdown["reference_model"] == 0  # LoRA: the base with the adapter disabled
+    full = m.estimate_training(spec, dpo.with_(method="full"), gpu, advise=False)
+    assert full.breakdown["reference_model"] == full.breakdown["weights"]
+    secs = {k: m.estimate_time(spec, s, gpu, tokens=100_000).seconds for k, s in
+            (("sft", sft), ("dpo", dpo), ("orpo", orpo), ("grpo", grpo))}
+    assert secs["sft"] < secs["orpo"] < secs["dpo"] < secs["grpo"]

@@ -185,10 +185,10 @@ def detect_method_shape(columns: Sequence[str], method: str, mapping: dict[str, 
 
     fields: dict[str, str] = {}
     for f in known:
-        col = find(f)
-        if col is not None:
-            fields[f] = col
-            taken.add(col)
+        found = find(f)
+        if found is not None:
+            fields[f] = found
+            taken.add(found)
     if shape == "preference" and "prompt" not in fields and "chosen" in fields and "rejected" in fields:
         return Shape(shape, {f: c for f, c in fields.items() if f != "prompt"})  # implicit prompt
     missing = [f for f in required if f not in fields]

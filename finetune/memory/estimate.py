@@ -428,8 +428,6 @@ def breakdown_bytes(spec: ModelSpec, s: TrainSetup, gpu: GpuSpec) -> dict[str, f
     logits = logits_bytes(spec, s)
     parts = {
         "weights": weight_bytes(spec, s),
-        # a reference model is a second copy of the weights only without an adapter to disable (full fine-tuning)
-        "reference_model": weight_bytes(spec, s) if s.reference and s.method == "full" else 0.0,
         "lora": 0.0 if s.method == "full" else n_train * pbytes,
         "gradients": n_train * pbytes,
         "optimizer": n_train * optimizer_bytes_per_param(s.optim, pbytes),
@@ -439,6 +437,8 @@ def breakdown_bytes(spec: ModelSpec, s: TrainSetup, gpu: GpuSpec) -> dict[str, f
         # freed activation blocks of varying sizes that the caching allocator cannot hand out again
         "fragmentation": _FRAGMENTATION * (acts + logits),
     }
+    if s.reference:  # dpo, kto, grpo with a KL term: a second copy of the weights only without an adapter to
+        parts["reference_model"] = weight_bytes(spec, s) if s.method == "full" else 0.0  # disable (full tuning)
     return parts
 
 
@@ -612,8 +612,6 @@ def estimate_inference(spec: ModelSpec, gpu: GpuSpec | str, *, weights: str = "b
     grow = kv / spec.num_layers
     parts = {
         "weights": weight_bytes(spec, s),
-        # a reference model is a second copy of the weights only without an adapter to disable (full fine-tuning)
-        "reference_model": weight_bytes(spec, s) if s.reference and s.method == "full" else 0.0,
         "adapter": lora_params(spec, s) * 2 if lora_r > 0 else 0.0,
         "kv_cache": kv + grow,
         "activations": acts,
