@@ -130,7 +130,10 @@ def test_orpo_and_kto_move_heldout_preference_the_right_way(method, tiny_model_d
 @pytest.mark.slow
 def test_dpo_cli_makes_the_adapter_prefer_chosen_on_heldout_pairs(smollm2_dir, tmp_path):
     """`python -m finetune train --method dpo --data pairs.jsonl --template llama2 --max-steps N --run-dir D`:
-    the base is near chance on held-out pairs, the adapter prefers the chosen answer on >= 90% of them."""
+    the base is near chance on held-out pairs, the adapter prefers the chosen answer on >= 90% of them.
+
+    Measured (2 CPU cores shared with other work): base 10/20 held-out pairs (50%), adapter 20/20 (100%) after
+    20 steps of the smollm2-135m-dpo preset (batch 4, lr 1e-3); final training margin 6.2, loss 0.003."""
     pairs, heldout = palette_task(tmp_path)
     base = margins(smollm2_dir, None, heldout, "llama2")
     assert 0.3 <= accuracy(base) <= 0.7, base  # near chance: the base has no reason to prefer either name
