@@ -244,6 +244,9 @@ def submit_job(args: argparse.Namespace) -> int:
     try:
         cfg = build_config(args)
         assert cfg is not None, "build_config returns None only to resume a --run-dir, refused above"
+        if cfg.rewards.module:
+            raise UsageError("--reward-module runs Python code from this machine: a Hugging Face job cannot read it; "
+                             "use the built-in rewards (rewards.*) for a job, or train here with --backend local")
         run_id = hfjobs.start(cfg, args.runs_root, flavor=args.flavor, repo_id=args.push_to, space_id=args.space,
                               image=args.image, timeout_s=args.timeout * 60 if args.timeout else None,
                               tokens=args.tokens)
