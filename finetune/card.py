@@ -167,6 +167,29 @@ def card_metadata(config: RunConfig, base_model: str, license: str | None = None
     return meta
 
 
+def _method_line(config: RunConfig) -> str:
+    """The training method with the fields it used (finetune/methods.py)."""
+    t = config.training
+    detail = {
+        "sft": "supervised fine-tuning",
+        "dpo": f"beta={t.dpo_beta}; reference: the base model (adapter disabled)",
+        "orpo": f"lambda={t.orpo_lambda}; no reference model",
+        "kto": f"beta={t.kto_beta}, desirable weight {t.kto_desirable_weight}, undesirable weight {t.kto_undesirable_weight}",
+        "grpo": f"{t.grpo_num_generations} answers per prompt, up to {t.max_completion_length} tokens, KL beta={t.grpo_beta}",
+    }.get(t.method, "")
+    return f"{t.method.upper()} ({detail})"
+
+
+def _method_results(method: str, metrics: dict[str, Any]) -> list[str]:
+    """The final values of the method's own metrics (reward margins, accuracies, KL, mean rewards)."""
+    from .methods import METRICS
+
+    if method == "sft":
+        return []
+    names = [k for k in metrics if k in METRICS.get(method, ()) or (k.startswith("rewards/") and k.endswith("/mean"))]
+    return [f"- final {name}: {metrics[name]:.4f}" for name in names if isinstance(metrics[name], (int, float))]
+
+
 def model_card(config: RunConfig, base_model: str, metrics: dict[str, Any], losses: list[tuple[int, float]],
                data_summary: dict[str, Any], device: str, license: str | None = None, *,
                eval_losses: Sequence[tuple[int, float]] = (), loss_curve: str | None = None, tokenizer: Tokenizer = None,
@@ -220,6 +243,7 @@ def model_card(config: RunConfig, base_model: str, metrics: dict[str, Any], loss
         "|---|---|",
         f"| base model | {base} |",
         f"| base weights | {quant} |",
+        f"| method | {_method_line(config)} |",
         f"| LoRA | r={lo.r}, alpha={lo.alpha}, dropout={lo.dropout}, targets={lo.target_modules} |",
         *([f"| precision | {settings.precision}, optimizer {settings.optim} |"] if settings else []),
         f"| learning rate | {t.learning_rate} ({t.lr_scheduler}, warmup {t.warmup_ratio}) |",
@@ -235,6 +259,7 @@ def model_card(config: RunConfig, base_model: str, metrics: dict[str, Any], loss
     ]
     if "eval_loss" in metrics:
         lines.append(f"- eval loss: {metrics['eval_loss']:.4f}")
+    lines += _method_results(t.method, metrics)
     if eval_losses:
         lines.append("- eval loss by step: " + ", ".join(f"{s}: {v:.4f}" for s, v in eval_losses))
     if loss_values:

@@ -187,12 +187,62 @@ class TrainingConfig:
                      "mlflow, ... (comma separated); a tracker uses its own login, never a token from the config"),
     )
     project: str = field(default="finetune", metadata=doc("The tracker's project: runs of one project are compared"))
+    # -- the method, and the fields of each method other than sft (finetune/methods.py) ----------------------
+    method: str = field(
+        default="sft",
+        metadata=doc("sft: imitate answers; dpo/orpo: prefer chosen over rejected answers; kto: learn from thumbs "
+                     "up/down; grpo: maximise rewards on sampled answers"),
+    )
+    dpo_beta: float = field(
+        default=0.1, metadata=doc("DPO: strength of the pull towards the base model (higher: stays closer to it)"))
+    orpo_lambda: float = field(
+        default=0.1, metadata=doc("ORPO: weight of the preference (odds-ratio) term added to the SFT loss"))
+    kto_beta: float = field(
+        default=0.1, metadata=doc("KTO: strength of the pull towards the base model (higher: stays closer to it)"))
+    kto_desirable_weight: float = field(
+        default=1.0, metadata=doc("KTO: weight of thumbs-up rows (raise it when they are rarer than thumbs-down)"))
+    kto_undesirable_weight: float = field(
+        default=1.0, metadata=doc("KTO: weight of thumbs-down rows (raise it when they are rarer than thumbs-up)"))
+    grpo_num_generations: int = field(
+        default=4, metadata=doc("GRPO: answers sampled per prompt and compared with each other (group size)"))
+    max_completion_length: int = field(
+        default=64, metadata=doc("GRPO: most tokens generated per sampled answer: time grows linearly"))
+    grpo_beta: float = field(
+        default=0.0, metadata=doc("GRPO: KL penalty towards the base model (0: none, and no reference pass)"))
+    grpo_temperature: float = field(
+        default=1.0, metadata=doc("GRPO: sampling temperature of the answers (higher: more varied groups)"))
 
 
 @dataclass
 class HubSettings:
     repo_id: str = field(default="", metadata=doc("Hub repo to push the adapter to, e.g. you/my-adapter"))
     private: bool = field(default=True, metadata=doc("Create the Hub repo as private"))
+
+
+@dataclass
+class RewardSettings:
+    """GRPO's reward: the weighted sum of the built-in checks whose weight is not 0 (finetune/rewards.py)."""
+
+    exact_match: float = field(
+        default=0.0, metadata=doc("Weight of: the answer equals the row's answer/reference (trimmed; 0 = off)"))
+    numeric_match: float = field(
+        default=0.0, metadata=doc("Weight of: the answer's last number equals the reference's number"))
+    regex: str = field(default="", metadata=doc("A regular expression the whole answer should match"))
+    regex_weight: float = field(default=0.0, metadata=doc("Weight of the regex match"))
+    json_valid: float = field(default=0.0, metadata=doc("Weight of: the answer is valid JSON (and fits json_schema)"))
+    json_schema: str = field(default="", metadata=doc("A JSON schema (as JSON text) the JSON answer must fit"))
+    contains: list[str] = field(default_factory=list, metadata=doc("Keywords the answer should contain"))
+    contains_weight: float = field(default=0.0, metadata=doc("Weight of: share of the keywords found"))
+    excludes: list[str] = field(default_factory=list, metadata=doc("Keywords the answer must not contain"))
+    excludes_weight: float = field(default=0.0, metadata=doc("Weight of: none of the excluded keywords appears"))
+    length_target: int = field(default=0, metadata=doc("Target answer length in characters (0 = off)"))
+    length_weight: float = field(default=0.0, metadata=doc("Weight of: closeness to the target length"))
+    judge_model: str = field(
+        default="", metadata=doc("A local reward model folder (sequence classification) that scores answers"))
+    judge_weight: float = field(default=0.0, metadata=doc("Weight of the reward model's score"))
+    module: str = field(
+        default="", metadata=doc("Python file of reward functions: command line only (--reward-module), the app "
+                                 "refuses it"))
 
 
 @dataclass
@@ -203,6 +253,7 @@ class RunConfig:
     quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     hub: HubSettings = field(default_factory=HubSettings)
+    rewards: RewardSettings = field(default_factory=RewardSettings)
     name: str = field(default="", metadata=doc("A name for the run (shown in the run list)"))
 
     # -- YAML ---------------------------------------------------------------------------------
@@ -479,6 +530,7 @@ CHOICES = {
     "training.optim": ("auto", "adamw_torch", "paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit", "sgd"),
     "training.precision": ("auto", "bf16", "fp16", "fp32"),
     "model.attn_implementation": ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"),
+    "training.method": ("sft", "dpo", "orpo", "kto", "grpo"),
 }
 
 
@@ -554,8 +606,82 @@ def problems(cfg: RunConfig, model_max_length: int | None = None) -> list[str]:
             len(parts) == 2 and all(parts),
             f"hub.repo_id '{cfg.hub.repo_id}' must look like user/name",
         )
+    out += method_problems(cfg)
     need("/" not in cfg.name and "\\" not in cfg.name and ".." not in cfg.name,
          f"name '{cfg.name}' must not contain '/', '\\' or '..'")
+    return out
+
+
+def method_problems(cfg: RunConfig) -> list[str]:
+    """The problems of ``training.method``'s own fields and the rewards (only the chosen method's are checked)."""
+    import json
+    import re
+
+    t, rw = cfg.training, cfg.rewards
+    out: list[str] = []
+    method = t.method
+    if method != "sft" and t.packing:
+        out.append(f"training.packing works with method sft only; set it to false for {method}")
+    if method == "dpo" and not t.dpo_beta > 0:
+        out.append(f"training.dpo_beta must be > 0, got {t.dpo_beta}; 0.1 is typical (0.01 to 0.5)")
+    if method == "orpo" and not t.orpo_lambda > 0:
+        out.append(f"training.orpo_lambda must be > 0, got {t.orpo_lambda}; 0.1 is typical (0.05 to 1)")
+    if method == "kto":
+        if not t.kto_beta > 0:
+            out.append(f"training.kto_beta must be > 0, got {t.kto_beta}; 0.1 is typical")
+        for key, w in (("kto_desirable_weight", t.kto_desirable_weight), ("kto_undesirable_weight", t.kto_undesirable_weight)):
+            if not w > 0:
+                out.append(f"training.{key} must be > 0, got {w}; 1.0 weighs both kinds of rows equally")
+        if t.batch_size < 2:
+            out.append(f"training.batch_size must be >= 2 for kto (its KL term pairs rows of a batch), got {t.batch_size}")
+    if method == "grpo":
+        g = t.grpo_num_generations
+        if g < 2:
+            out.append(f"training.grpo_num_generations must be >= 2 (answers are compared within a group), got {g}")
+        elif (t.batch_size * t.grad_accum) % g:
+            out.append(f"training.batch_size x grad_accum ({t.batch_size} x {t.grad_accum}) must be a multiple of "
+                       f"training.grpo_num_generations ({g}); e.g. set training.batch_size to {g * max(1, t.batch_size // g)}")
+        if not 1 <= t.max_completion_length <= 32768:
+            out.append(f"training.max_completion_length must be between 1 and 32768 tokens, got {t.max_completion_length}")
+        if t.grpo_beta < 0:
+            out.append(f"training.grpo_beta must be >= 0 (0 = no KL penalty), got {t.grpo_beta}")
+        if not t.grpo_temperature > 0:
+            out.append(f"training.grpo_temperature must be > 0, got {t.grpo_temperature}; 1.0 is typical")
+        weights = [rw.exact_match, rw.numeric_match, rw.regex_weight, rw.json_valid, rw.contains_weight,
+                   rw.excludes_weight, rw.length_weight, rw.judge_weight]
+        if not any(weights) and not rw.module:
+            out.append("rewards: grpo needs at least one reward; give one a weight, e.g. rewards.exact_match=1")
+    for key in ("exact_match", "numeric_match", "regex_weight", "json_valid", "contains_weight", "excludes_weight",
+                "length_weight", "judge_weight"):
+        value = getattr(rw, key)
+        if not math.isfinite(value):
+            out.append(f"rewards.{key} must be a finite number, got {value}")
+    if rw.regex_weight and not rw.regex:
+        out.append("rewards.regex is empty but rewards.regex_weight is set; give the pattern, e.g. ^\\d+$")
+    if rw.regex:
+        try:
+            re.compile(rw.regex)
+        except re.error as e:
+            out.append(f"rewards.regex is not a valid regular expression ({e}); fix the pattern")
+    if rw.json_schema:
+        try:
+            schema = json.loads(rw.json_schema)
+        except ValueError as e:
+            out.append(f"rewards.json_schema is not valid JSON ({e}); write the schema as JSON text")
+        else:
+            from .rewards import schema_problem
+
+            why = schema_problem(schema)
+            if why is not None:
+                out.append(f"rewards.json_schema {why}; e.g. {{\"type\": \"object\", \"required\": [\"answer\"]}}")
+    if rw.contains_weight and not rw.contains:
+        out.append("rewards.contains is empty but rewards.contains_weight is set; list the keywords")
+    if rw.excludes_weight and not rw.excludes:
+        out.append("rewards.excludes is empty but rewards.excludes_weight is set; list the keywords")
+    if rw.length_weight and rw.length_target <= 0:
+        out.append(f"rewards.length_target must be > 0 characters when rewards.length_weight is set, got {rw.length_target}")
+    if rw.judge_weight and not rw.judge_model:
+        out.append("rewards.judge_model is empty but rewards.judge_weight is set; give a local reward model folder")
     return out
 
 

@@ -16,6 +16,18 @@ PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 DEFAULT_PRESET = "smollm2-135m-cpu"
 
 
+def default_preset(method: str | None = None) -> str:
+    """The preset a run starts from when none is named: the embedded model's preset of ``method`` (sft: the
+    plain CPU preset).
+
+    >>> default_preset(), default_preset("dpo")
+    ('smollm2-135m-cpu', 'smollm2-135m-dpo')
+    """
+    if method and method != "sft" and f"smollm2-135m-{method}" in preset_paths():
+        return f"smollm2-135m-{method}"
+    return DEFAULT_PRESET
+
+
 def preset_paths(root: Path = PRESETS_DIR) -> dict[str, Path]:
     """Every preset below ``root`` (recursively), by file stem."""
     return {p.stem: p for p in sorted(root.rglob("*.yaml"))}
@@ -53,4 +65,4 @@ def intended_gpu(path: Path) -> str:
     return "t4"
 
 
-__all__ = ["DEFAULT_PRESET", "intended_gpu", "PRESETS_DIR", "load_preset", "preset_description", "preset_names", "preset_paths", "_load_yaml"]
+__all__ = ["DEFAULT_PRESET", "default_preset", "intended_gpu", "PRESETS_DIR", "load_preset", "preset_description", "preset_names", "preset_paths", "_load_yaml"]

@@ -263,6 +263,8 @@ class RunState:
     mem_total_gb: float | None = None
     util_pct: float | None = None  # device utilisation at the last step (CPU: 100 per busy core)
     pid: int | None = field(default=None, repr=False)  # the run's latest process (not shown: a server detail)
+    # the latest step's method metrics (training.method other than sft: reward margins, KL, mean rewards...)
+    metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def status_text(self) -> str:
@@ -319,6 +321,8 @@ def read_run(run_dir: Path) -> RunState:
             for key in ("loss", "tokens_per_s", "eta_s", "elapsed_s", "mem_gb", "mem_total_gb", "util_pct"):
                 if e.get(key) is not None:
                     setattr(state, key, e[key])
+            if isinstance(e.get("metrics"), dict):
+                state.metrics = e["metrics"]
             if e.get("loss") is not None:
                 # a resumed run replays steps after its checkpoint: keep the latest value per step
                 state.losses = [p for p in state.losses if p[0] < e["step"]] + [(e["step"], e["loss"])]

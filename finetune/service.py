@@ -152,6 +152,11 @@ def start_training(ws: Workspace, owner: str | None, config: RunConfig, backend:
     """
     backend = backend_name(backend)
     validate(config, source="config")
+    if config.rewards.module:
+        # reward functions are Python code: the app never runs a user's code (finetune/rewards.py)
+        raise ServiceError("rewards.module: the app does not run reward code; use the built-in rewards (exact "
+                           "match, regex, JSON, keywords, length, a local judge model), or train from the command "
+                           "line on your own machine with --reward-module")
     root = ws.for_owner(owner)
     root.mkdir(parents=True, exist_ok=True)
     if data_file and backend == "hf-jobs":
@@ -575,7 +580,7 @@ def check_model_ref(ws: Workspace, text: str, what: str = "base model") -> str:
 def format_preview(source: str, *, template: str, system_prompt: str = "", columns: dict[str, str] | None = None,
                    model: str = "", max_length: int = 1024, train_on: str = "assistant",
                    hub_config: str | None = None, split: str = "train", out_dir: Path, preview_rows: int = 5,
-                   hub_only: bool = False, keep_duplicates: bool = False) -> FormatPreview:
+                   hub_only: bool = False, keep_duplicates: bool = False, method: str = "sft") -> FormatPreview:
     """Format a dataset for the Dataset tab: summary markdown, preview examples with spans, token lengths,
     row problems, warnings and the formatted JSONL file.
 
@@ -588,6 +593,10 @@ def format_preview(source: str, *, template: str, system_prompt: str = "", colum
         source = check_hub_dataset_id(source)
     tok = _tokenizer(model)
     is_file = Path(source).exists()
+    if method != "sft":
+        return _method_preview(source, method, template=template, system_prompt=system_prompt, columns=columns,
+                               tokenizer=tok, hub_config=hub_config, split=split, out_dir=out_dir,
+                               preview_rows=preview_rows, is_file=is_file)
     try:
         result = data.format_dataset(source, hub_config=hub_config, split=split, template=template,
                                      system_prompt=system_prompt, columns=columns or None, tokenizer=tok,
@@ -611,6 +620,63 @@ def format_preview(source: str, *, template: str, system_prompt: str = "", colum
         "lengths": list(result.lengths),
         "problems": [[p.row, p.field, p.reason, p.fix] for p in result.problems],
         "warnings": [f"row {p.row}: {p.reason}" for p in result.warnings],
+        "file": str(out),
+    }
+
+
+def _method_preview(source: str, method: str, *, template: str, system_prompt: str, columns: dict[str, str] | None,
+                    tokenizer: Any, hub_config: str | None, split: str, out_dir: Path, preview_rows: int,
+                    is_file: bool) -> FormatPreview:
+    """:func:`format_preview` for dpo/orpo/kto/grpo data: the detected shape, and each example's prompt with its
+    chosen and rejected answers (or its answer and label, or its reference) as training renders them."""
+    import json
+
+    from . import data, methods
+    from .data.preference import FeedbackExample, PairExample, PromptExample, format_for_method
+    from .data.stats import token_lengths
+
+    if method not in methods.PREFERENCE:
+        raise ServiceError(f"method '{method}' is not one of: {', '.join(methods.METHODS)}")
+    try:
+        result = format_for_method(source, method, template=template, system_prompt=system_prompt,
+                                   columns=columns or None, tokenizer=tokenizer, hub_config=hub_config, split=split,
+                                   max_bytes=data.max_upload_bytes())
+    except data.DataError as e:
+        if is_file and e.file == str(source):
+            raise data.DataError(Path(source).name, e.row, e.reason) from None
+        raise
+    shown: list[dict[str, Any]] = []
+    for ex in result.examples[:preview_rows]:
+        if isinstance(ex, PairExample):
+            for label, answer in (("chosen", ex.chosen), ("rejected", ex.rejected)):
+                shown.append({"row": f"{ex.row} ({label})", "text": ex.prompt + answer,
+                              "spans": [[len(ex.prompt), len(ex.prompt) + len(answer)]]})
+        elif isinstance(ex, FeedbackExample):
+            shown.append({"row": f"{ex.row} ({'thumbs up' if ex.label else 'thumbs down'})",
+                          "text": ex.prompt + ex.completion,
+                          "spans": [[len(ex.prompt), len(ex.prompt) + len(ex.completion)]]})
+        elif isinstance(ex, PromptExample):
+            shown.append({"row": f"{ex.row} (reference: {ex.answer if ex.answer is not None else 'none'})",
+                          "text": ex.prompt, "spans": []})
+    name = Path(source).stem if is_file else source.replace("/", "__")
+    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in name).lstrip(".")[:80] or "data"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{name}.{method}.{template}.jsonl"
+    out.write_text("".join(json.dumps({"row": ex.row, **ex.to_json()}, ensure_ascii=False) + "\n"
+                           for ex in result.examples), encoding="utf-8")
+    texts = [ex.prompt + (ex.chosen if isinstance(ex, PairExample) else
+                          ex.completion if isinstance(ex, FeedbackExample) else "") for ex in result.examples]
+    shown_source = Path(source).name if is_file else source
+    skipped = ", ".join(f"{n} {c}" for c, n in result.skipped.most_common())
+    summary = (f"**{method.upper()} data** from `{shown_source}`: {len(result.examples)} examples of "
+               f"{result.rows_in} rows, shape `{result.shape}`" + (f"; skipped: {skipped}" if skipped else "") +
+               ". Highlighted: the answer each example trains on.")
+    return {
+        "summary": summary,
+        "examples": shown,
+        "lengths": token_lengths(texts, tokenizer) if tokenizer is not None else [],
+        "problems": [[p.row, p.field, p.reason, p.fix] for p in result.problems],
+        "warnings": [],
         "file": str(out),
     }
 

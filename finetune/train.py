@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, cast
 
-from . import runs
+from . import methods, runs
 from .adapter import pick_device, write_run_files, write_tokenizer
 from .config import SAMPLE_DATA, ConfigError, RunConfig, validate
 from .errors import UserError, is_programming_error
@@ -37,7 +37,7 @@ from .settings import Device, ResolvedSettings, SpeedOptions, resolve
 if TYPE_CHECKING:
     import torch
     from datasets import Dataset
-    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+    from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
     from trl.trainer.sft_trainer import SFTTrainer  # the class trl's lazy top-level module hands out
 
     from .config import TrainingConfig
@@ -406,7 +406,7 @@ def _share_callback(share: CpuShare, log: _Events) -> TrainerCallback:
 
 
 def _make_callback(log: _Events, run_dir: Path, should_stop: Callable[[], bool] | None, until_step: int | None,
-                   time_budget_s: float | None, started_at: float) -> _EventsCallback:
+                   time_budget_s: float | None, started_at: float, method: str = "sft") -> _EventsCallback:
     from transformers import TrainerCallback
 
     class Events(TrainerCallback):
@@ -474,6 +474,7 @@ def _make_callback(log: _Events, run_dir: Path, should_stop: Callable[[], bool] 
                 elapsed_s=round(elapsed, 2),
                 eta_s=round(per_step * (state.max_steps - state.global_step), 1) if per_step and done else None,
                 **self.gauge.read(),
+                **({"metrics": methods.step_metrics(method, logs)} if method != "sft" else {}),
             )
 
         def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
@@ -606,12 +607,19 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
     if config.quantization.load_in != "none" and device == "cpu" and config.quantization.load_in == "8bit":
         raise TrainingError("8-bit loading needs a CUDA GPU; use quantization.load_in: 4bit or none on CPU")
     tokenizer = models.load_tokenizer(config.model)
-    train_ds, eval_ds, data_summary, dialogs = _datasets(config, tokenizer)
+    t = config.training
+    if t.method == "sft":
+        train_ds, eval_ds, data_summary, dialogs = _datasets(config, tokenizer)
+    else:  # preference and reward methods: their own data shapes and trl trainer (finetune/methods.py)
+        from .verify import sample_dialogs
+
+        train_ds, eval_ds, data_summary, method_data = methods.datasets(config, tokenizer)
+        dialogs = TrainedDialogs(method_data.default_system_prompt,
+                                 sample_dialogs(method_data.val_examples, method_data.examples))
     if config.data.test_source:  # a bad test file is the user's to fix before training, not after
         from .evaluate import read_test_set
 
         data_summary["test_prompts"] = len(read_test_set(config.data.test_source))
-    t = config.training
     resume_from = runs.last_checkpoint(run_dir) if resuming else None
     share = _cpu_share(device)
     if share is not None:
@@ -635,16 +643,16 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
     if checkpointing_note:
         log.emit("note", message=checkpointing_note)
     model_cfg = config.model
-    if settings.attention == "flash_attention_2" and model_cfg.attn_implementation != settings.attention:
+    if t.method == "sft" and settings.attention == "flash_attention_2" and model_cfg.attn_implementation != settings.attention:
         model_cfg = dataclasses.replace(model_cfg, attn_implementation=settings.attention)  # varlen on CUDA
     model, _ = models.load_model(model_cfg, config.quantization, device, dtype=getattr(torch, settings.model_dtype))
-    if settings.attention == "per_sequence_sdpa":
+    if t.method == "sft" and settings.attention == "per_sequence_sdpa":
         _use_packed_attention(model)
     if settings.kernels == "liger":
         kernels_note = models.apply_liger_kernels(model)
         if kernels_note:
             log.emit("note", message=kernels_note)
-    sft_args = SFTConfig(
+    common: dict[str, Any] = dict(  # the arguments of every method's trainer config
         output_dir=str(run_dir / runs.CHECKPOINTS),
         learning_rate=t.learning_rate,
         num_train_epochs=t.epochs,
@@ -652,10 +660,6 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum,
-        # padding-free without packing: trl wants max_length=None (we truncated already)
-        max_length=None if (t.padding_free and not t.packing) else t.max_length,
-        packing=t.packing,
-        padding_free=t.padding_free,
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,
         weight_decay=t.weight_decay,
@@ -676,23 +680,36 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
         disable_tqdm=True,
         use_cpu=device == "cpu",
         include_num_input_tokens_seen="non_padding",
-        dataset_num_proc=None,
-        completion_only_loss=None,
         **trainer_settings(settings),
     )
-    callback = _make_callback(log, run_dir, should_stop, until_step, time_budget_s, started_at)
-    trainer_cls: type[SFTTrainer] = _trainer_class(settings.loss) if settings.loss != "trl" else SFTTrainer
-    trainer = trainer_cls(
-        model=model,
-        args=sft_args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        peft_config=models.lora_config(config.lora),
-        callbacks=[_checkpoint_adapter_callback(config, tokenizer, resolved.name, dialogs.system_prompt, data_summary,
-                                                device), callback,
-                   *([_share_callback(share, log)] if share else []), *extra_callbacks],
-    )
+    callback = _make_callback(log, run_dir, should_stop, until_step, time_budget_s, started_at, t.method)
+    callbacks = [_checkpoint_adapter_callback(config, tokenizer, resolved.name, dialogs.system_prompt, data_summary,
+                                              device), callback,
+                 *([_share_callback(share, log)] if share else []), *extra_callbacks]
+    trainer: Trainer
+    if t.method == "sft":
+        sft_args = SFTConfig(
+            **common,
+            # padding-free without packing: trl wants max_length=None (we truncated already)
+            max_length=None if (t.padding_free and not t.packing) else t.max_length,
+            packing=t.packing,
+            padding_free=t.padding_free,
+            dataset_num_proc=None,
+            completion_only_loss=None,
+        )
+        trainer_cls: type[SFTTrainer] = _trainer_class(settings.loss) if settings.loss != "trl" else SFTTrainer
+        trainer = trainer_cls(
+            model=model,
+            args=sft_args,
+            train_dataset=train_ds,
+            eval_dataset=eval_ds,
+            processing_class=tokenizer,
+            peft_config=models.lora_config(config.lora),
+            callbacks=callbacks,
+        )
+    else:
+        trainer = methods.make_trainer(config, model, tokenizer, common, train_ds, eval_ds,
+                                       models.lora_config(config.lora), callbacks, device)
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our events replace its raw dict prints
@@ -709,9 +726,14 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
 
     # -- save ----------------------------------------------------------------------------------
     metrics: dict[str, Any] = {"train_loss": out.training_loss, "steps": step, "train_runtime_s": out.metrics.get("train_runtime")}
+    if t.method != "sft":
+        metrics["method"] = t.method
+        metrics.update(methods.final_metrics(t.method, trainer.state.log_history))
     if eval_ds is not None:
-        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
-        log.emit("eval", step=step, eval_loss=metrics["eval_loss"])
+        evaluated = trainer.evaluate()
+        if "eval_loss" in evaluated:
+            metrics["eval_loss"] = evaluated["eval_loss"]
+            log.emit("eval", step=step, eval_loss=metrics["eval_loss"])
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     if losses:
         metrics["first_loss"], metrics["final_loss"] = losses[0], losses[-1]
@@ -835,7 +857,7 @@ def _planned_steps(t: TrainingConfig, n_examples: int) -> int:
 # the adapter bundle
 
 
-def save_adapter(trainer: SFTTrainer, tokenizer: Tokenizer, config: RunConfig, base_name: str, run_dir: Path,
+def save_adapter(trainer: Trainer, tokenizer: Tokenizer, config: RunConfig, base_name: str, run_dir: Path,
                  metrics: dict[str, Any], data_summary: dict[str, Any], device: str,
                  dialogs: TrainedDialogs | None = None, log: _Events | None = None) -> Path:
     """Write ``adapter/``: a plain PEFT adapter plus the template, config, metrics and a model card.

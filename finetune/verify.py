@@ -204,6 +204,14 @@ def run_dialogs(folder: Path, tokenizer: Any) -> tuple[list[list[Message]], str]
         return [], "the adapter has no run config: checked the built-in probes only"
     d = config.data
     source = d.source or str(SAMPLE_DATA)
+    if config.training.method != "sft":  # preference pairs, feedback or prompts: their own shapes
+        from . import methods
+
+        try:
+            found = methods.load_data(config, tokenizer)
+        except UserError as e:
+            return [], f"the run's data is not readable here ({str(e)[:120]}): checked the built-in probes only"
+        return sample_dialogs(found.val_examples, found.examples), ""
     try:
         result = data.format_dataset(source, hub_config=d.hub_config, split=d.split, template=d.template,
                                      system_prompt=d.system_prompt, columns=d.columns or None, tokenizer=tokenizer,
@@ -216,7 +224,8 @@ def run_dialogs(folder: Path, tokenizer: Any) -> tuple[list[list[Message]], str]
 
 def sample_dialogs(val_examples: Sequence[Any], train_examples: Sequence[Any]) -> list[list[Message]]:
     """Up to RUN_DIALOGS conversations: the validation split's, else a fixed sample of the training rows."""
-    pool = [ex.messages for ex in (val_examples or train_examples) if ex.messages]
+    # a method's example (finetune/data/preference.py) has its prompt as messages and its whole dialog apart
+    pool = [d for ex in (val_examples or train_examples) if (d := getattr(ex, "dialog", None) or ex.messages)]
     if len(pool) > RUN_DIALOGS:
         pool = random.Random(0).sample(pool, RUN_DIALOGS)
     return pool

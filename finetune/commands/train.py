@@ -1,5 +1,5 @@
 """`python -m finetune train [CONFIG.yaml] [--model ID_OR_DIR] [--data FILE] [--template NAME]
-[--max-steps N] [--epochs E] [--set key=value ...] [--run-dir DIR] [--events-json] [--push-to REPO]
+[--max-steps N] [--epochs E] [--method sft|dpo|orpo|kto|grpo] [--reward-module FILE.py] [--set key=value ...] [--run-dir DIR] [--events-json] [--push-to REPO]
 [--backend local|hf-jobs --flavor FLAVOR]`
 
 Flags override the config file, which is optional: with nothing given it trains the embedded default
@@ -29,12 +29,19 @@ if TYPE_CHECKING:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("train", help="fine-tune a model (resumes an existing --run-dir)", description=__doc__)
-    p.add_argument("config", nargs="?", help="run config YAML or preset name (default: smollm2-135m-cpu)")
+    p.add_argument("config", nargs="?", help="run config YAML or preset name (default: smollm2-135m-cpu; with "
+                   "--method dpo|orpo|kto|grpo: smollm2-135m-<method>)")
     p.add_argument("--model", help="base model: Hub id, local folder or .gguf file")
     p.add_argument("--data", help="data file or Hub dataset id (default: the bundled sample)")
     p.add_argument("--template", help="prompt template (llama2, llama3, chatml, mistral, alpaca, falcon, model)")
     p.add_argument("--max-steps", type=int, help="optimizer steps (overrides epochs)")
     p.add_argument("--epochs", type=float, help="passes over the data")
+    p.add_argument("--method", choices=("sft", "dpo", "orpo", "kto", "grpo"),
+                   help="sft (default): imitate answers; dpo/orpo: preference pairs (prompt/chosen/rejected); "
+                        "kto: prompt/completion/label rows; grpo: prompts scored by the rewards (rewards.* fields)")
+    p.add_argument("--reward-module", metavar="FILE.py",
+                   help="grpo: a Python file whose reward_* functions (prompts, completions, **columns) -> one float "
+                        "per completion are added to the rewards; runs its code: only for your own machine")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config field, e.g. lora.r=64")
     p.add_argument("--run-dir", help="the run folder (default: runs/<new id>); an existing one is resumed")
     p.add_argument("--runs-root", help="where new run folders go (default: $FINETUNE_RUNS or ./runs)")
@@ -65,21 +72,24 @@ def build_config(args: argparse.Namespace) -> RunConfig | None:
     from pathlib import Path
 
     from finetune.config import apply_overrides
-    from finetune.presets import DEFAULT_PRESET, load_preset
+    from finetune.presets import default_preset, load_preset
 
     overrides: list[str] = list(args.set)
     for flag, key in (("model", "model.id"), ("data", "data.source"), ("template", "data.template"),
-                      ("max_steps", "training.max_steps"), ("epochs", "training.epochs")):
+                      ("max_steps", "training.max_steps"), ("epochs", "training.epochs"),
+                      ("method", "training.method")):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
+    if getattr(args, "reward_module", None):
+        overrides.append(f"rewards.module={Path(args.reward_module).expanduser().resolve()}")
     resuming = args.run_dir and (Path(args.run_dir) / "config.yaml").exists()
     if getattr(args, "config_env", None):
         cfg = config_from_env(args.config_env)
     elif resuming and not args.config and not overrides:
         return None
     else:
-        cfg = load_preset(args.config or DEFAULT_PRESET)
+        cfg = load_preset(args.config or default_preset(getattr(args, "method", None)))
     return apply_overrides(cfg, overrides) if overrides else cfg
 
 
@@ -247,6 +257,9 @@ def submit_job(args: argparse.Namespace) -> int:
     try:
         cfg = build_config(args)
         assert cfg is not None, "build_config returns None only to resume a --run-dir, refused above"
+        if cfg.rewards.module:
+            raise UsageError("--reward-module runs Python code from this machine: a Hugging Face job cannot read it; "
+                             "use the built-in rewards (rewards.*) for a job, or train here with --backend local")
         run_id = hfjobs.start(cfg, args.runs_root, flavor=args.flavor, repo_id=args.push_to, space_id=args.space,
                               image=args.image, timeout_s=args.timeout * 60 if args.timeout else None,
                               tokens=args.tokens)

@@ -84,10 +84,19 @@ class TrainSetup:
     # Liger's RMSNorm/RoPE/SwiGLU (CUDA, liger-kernel installed: settings.resolve_kernels): a norm keeps its
     # input and one fp32 rstd per token instead of an fp32 copy; SwiGLU keeps gate and up, not silu(gate)
     kernels: str = "none"
+    # The training method (training.method, finetune/methods.py): sequences each example puts through the model
+    # (a preference pair: chosen and rejected), a no-grad reference pass per sequence (dpo, kto, grpo with a KL
+    # term: with LoRA the base with the adapter disabled, no second copy of the weights), and the tokens GRPO
+    # samples per answer before the training pass.
+    tuning: str = "sft"
+    sequences: int = 1
+    reference: bool = False
+    generated_tokens: int = 0
+    generations: int = 1  # grpo: answers sampled per prompt
 
     @property
     def tokens(self) -> int:
-        return self.batch_size * self.seq_len
+        return self.batch_size * self.seq_len * self.sequences
 
     @property
     def quantized(self) -> bool:
@@ -102,6 +111,10 @@ class TrainSetup:
         parts.append(f"batch {self.batch_size} x {self.seq_len} tokens")
         if self.grad_accum > 1:
             parts.append(f"grad_accum {self.grad_accum}")
+        if self.tuning != "sft":
+            parts.append(f"{self.tuning}: {self.sequences} sequence(s) per example"
+                         + (", reference pass" if self.reference else "")
+                         + (f", {self.generated_tokens} sampled tokens per answer" if self.generated_tokens else ""))
         parts.append("grad checkpointing" if self.gradient_checkpointing else "no grad checkpointing")
         parts += [self.optim, self.attn, self.precision]
         if self.kernels != "none":
@@ -118,15 +131,23 @@ class TrainSetup:
         optional kernel package) and ``speed`` (default: the defaults) are what training passes to ``resolve``."""
         from ..settings import SpeedOptions, resolve
 
+        from ..methods import needs_reference, sequences_per_example
+
         r = resolve(cfg, device or device_of(gpu), speed or SpeedOptions())
         t = cfg.training
         targets = r.lora_targets if isinstance(r.lora_targets, str) else tuple(r.lora_targets)
+        grpo = t.method == "grpo"
         base = cls(
             method=r.method, weights=r.weights, double_quant=r.double_quant, batch_size=t.batch_size,
-            seq_len=t.max_length, grad_accum=t.grad_accum, lora_r=cfg.lora.r, lora_targets=targets,
+            # grpo: a prompt plus its sampled answer; trl's batch counts answers, so one sequence per example
+            seq_len=t.max_length + (t.max_completion_length if grpo else 0), grad_accum=t.grad_accum,
+            lora_r=cfg.lora.r, lora_targets=targets,
             lora_dropout=r.lora_dropout, use_dora=cfg.lora.use_dora, precision=r.precision, optim=r.optim,
             gradient_checkpointing=r.gradient_checkpointing, attn=r.attn_implementation,
             loss=_LOSS_OF.get(r.loss, "chunked"), kernels=r.kernels,
+            tuning=t.method, sequences=1 if grpo else sequences_per_example(t.method),
+            reference=needs_reference(t.method, t.grpo_beta), generated_tokens=t.max_completion_length if grpo else 0,
+            generations=t.grpo_num_generations if grpo else 1,
         )
         return base.with_(**overrides)
 
@@ -450,6 +471,8 @@ def breakdown_bytes(spec: ModelSpec, s: TrainSetup, gpu: GpuSpec) -> dict[str, f
         # freed activation blocks of varying sizes that the caching allocator cannot hand out again
         "fragmentation": _FRAGMENTATION * (acts + logits),
     }
+    if s.reference:  # dpo, kto, grpo with a KL term: a second copy of the weights only without an adapter to
+        parts["reference_model"] = weight_bytes(spec, s) if s.method == "full" else 0.0  # disable (full tuning)
     return parts
 
 
@@ -673,8 +696,13 @@ def flops_per_token(spec: ModelSpec, s: TrainSetup) -> float:
     active = spec.num_layers * sum(ln.d_in * ln.d_out * ln.active for ln in linear_layers(spec))
     active += spec.vocab_size * spec.hidden_size  # LM head
     forward = 2.0 * active + 2.0 * spec.num_layers * s.seq_len * spec.q_dim
-    passes = (3 if s.method == "full" else 2) + (1 if s.gradient_checkpointing else 0)
+    passes = (3 if s.method == "full" else 2) + (1 if s.gradient_checkpointing else 0) + (1 if s.reference else 0)
     return passes * forward
+
+
+# Sampling one token at a time is memory-bound: a decoding step reaches about a tenth of a training step's
+# arithmetic rate (rough; grpo's generation dominates its step time on small models).
+DECODE_SLOWDOWN = 10.0
 
 
 def tokens_per_second(spec: ModelSpec, s: TrainSetup, gpu: GpuSpec | str) -> float:
@@ -729,7 +757,14 @@ def estimate_time(spec: ModelSpec, s: TrainSetup, gpu: GpuSpec | str, tokens: in
     if tokens < 0 or epochs <= 0:
         raise EstimateError(f"tokens must be >= 0 and epochs > 0, got {tokens} and {epochs}")
     tps = tokens_per_second(spec, s, gpu)
-    seconds = tokens * epochs / tps
+    seconds = tokens * epochs * s.sequences / tps  # a preference pair trains on both its answers
+    if s.generated_tokens:
+        # grpo: every prompt (``tokens`` counts the prompts' tokens; at most seq_len - generated_tokens each) gets
+        # ``generations`` answers, each sampled token by token, then trained on with its prompt
+        answers = tokens * epochs / max(1, s.seq_len - s.generated_tokens) * s.generations
+        rate = tps * flops_per_token(spec, s)  # the training loop's FLOP/s
+        decode = flops_per_token(spec, s.with_(gradient_checkpointing=False, reference=False)) / 3 * DECODE_SLOWDOWN
+        seconds = answers * (s.seq_len / tps + s.generated_tokens * decode / rate)
     usd = None
     if gpu.usd_per_hour is not None:
         usd = math.ceil(seconds / 60) * gpu.usd_per_hour / 60  # billed per started minute

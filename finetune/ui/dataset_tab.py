@@ -38,7 +38,7 @@ def preview_html(examples: list[dict[str, Any]], limit: int = 5) -> str:
             parts.append(f"<mark class='ft-trained'>{html.escape(text[a:b])}</mark>")
             pos = b
         parts.append(html.escape(text[pos:]))
-        blocks.append(f"<div class='ft-example'><div class='ft-row'>row {ex['row']}</div>"
+        blocks.append(f"<div class='ft-example'><div class='ft-row'>row {html.escape(str(ex['row']))}</div>"
                       f"<pre style='white-space:pre-wrap'>{''.join(parts)}</pre></div>")
     legend = ("<div class='ft-legend'><mark class='ft-trained'>highlighted</mark> = trained on (carries the loss); "
               "the rest is context the model reads but is not trained to produce.</div>")
@@ -122,11 +122,14 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
     def format_dataset(data_file: str | None = None, hub_id: str = "", hub_config: str = "", split: str = "train",
                        template: str = "llama2", system_prompt: str = "", columns: str = "", model: str = "",
                        max_length: int = 1024, train_on: str = "assistant", keep_duplicates: bool = False,
+                       method: str = "sft",
                        request: gr.Request | None = None,
                        profile: gr.OAuthProfile | None = None) -> tuple[str, str, Any, pd.DataFrame, str]:
         # (the Any is histogram's matplotlib Figure: gradio evaluates these hints, so no name imported lazily)
         """Format an uploaded file (or a Hub dataset) with a template: summary, preview, token-length
-        histogram, row problems and the formatted JSONL file."""
+        histogram, row problems and the formatted JSONL file. ``method`` (sft, dpo, orpo, kto, grpo) picks the
+        data shape: dpo/orpo show each prompt with its chosen and rejected answer, kto each answer with its
+        label, grpo each prompt with its reference."""
         source = data_file or (hub_id or "").strip()
         if not source:
             raise gr.Error("upload a file or type a Hub dataset id first")
@@ -137,7 +140,7 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
                 hub_config=hub_config or None, split=split or "train",
                 out_dir=api.downloads / "formatted" / _safe(owner(request, profile)),
                 hub_only=not data_file and api.workspace.multi_user,  # typed text is never a server path
-                keep_duplicates=bool(keep_duplicates),
+                keep_duplicates=bool(keep_duplicates), method=method or "sft",
             )
         except UserError as e:  # an upload's name, not where the server keeps it
             if data_file and data_file in str(e):
@@ -154,13 +157,13 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
     @user_errors
     def format_on_page(data_file: str | None, hub_id: str, hub_config: str, split: str, template: str,
                        system_prompt: str, columns: str, model: str, max_length: int, train_on: str,
-                       keep_duplicates: bool, request: gr.Request, profile: gr.OAuthProfile | None = None
-                       ) -> tuple[str, str, Any, pd.DataFrame, str | None]:
+                       keep_duplicates: bool, method: str, request: gr.Request,
+                       profile: gr.OAuthProfile | None = None) -> tuple[str, str, Any, pd.DataFrame, str | None]:
         """The page's format: a file that cannot be formatted clears the last file's preview, histogram, problems
         and download (they would read as this file's) and says why in the summary."""
         try:
             return format_dataset(data_file, hub_id, hub_config, split, template, system_prompt, columns, model,
-                                  max_length, train_on, keep_duplicates, request, profile)
+                                  max_length, train_on, keep_duplicates, method, request, profile)
         except UserError as e:
             name = Path(data_file).name if data_file else (hub_id or "").strip()
             gr.Warning(str(e))
@@ -193,7 +196,7 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
         """Connect the events once the hyperparameters tab has made the model and max_length widgets."""
         inputs = [data_file, hub_id, hub_config, split, components["data.template"], components["data.system_prompt"],
                   columns, components["model.id"], components["training.max_length"], components["data.train_on"],
-                  components["data.keep_duplicates"]]
+                  components["data.keep_duplicates"], components["training.method"]]
         outputs = [summary, preview, hist, problems, formatted]
         fmt.click(format_on_page, inputs, outputs, api_visibility="private", concurrency_limit=4)
         return (

@@ -13,6 +13,7 @@ from typing import Any
 import gradio as gr
 
 from ..config import RunConfig, apply_overrides, field_help, parse_target_modules
+from ..methods import METHODS
 from ..templates import TEMPLATE_NAMES
 
 
@@ -75,7 +76,53 @@ TRAIN_FIELDS = (
     Field("training.report_to", "dropdown", "Experiment tracking", ("none", "trackio", "tensorboard", "wandb", "mlflow")),
 )
 
-FORM_FIELDS = DATA_FIELDS + MODEL_FIELDS + QUANT_FIELDS + LORA_FIELDS + TRAIN_FIELDS
+# The training method and the fields only one method uses (shown when it is picked: METHOD_OF).
+METHOD_FIELDS = (
+    Field("training.method", "radio", "Method", METHODS),
+    Field("training.dpo_beta", "number", "DPO beta", minimum=0.0),
+    Field("training.orpo_lambda", "number", "ORPO lambda", minimum=0.0),
+    Field("training.kto_beta", "number", "KTO beta", minimum=0.0),
+    Field("training.kto_desirable_weight", "number", "KTO desirable weight", minimum=0.0),
+    Field("training.kto_undesirable_weight", "number", "KTO undesirable weight", minimum=0.0),
+    Field("training.grpo_num_generations", "slider", "GRPO group size", minimum=2, maximum=32, step=1),
+    Field("training.max_completion_length", "int", "Max completion length (tokens)", minimum=1),
+    Field("training.grpo_beta", "number", "GRPO KL beta", minimum=0.0),
+    Field("training.grpo_temperature", "number", "GRPO temperature", minimum=0.0),
+)
+
+# GRPO's built-in rewards (a weight of 0 turns one off). rewards.module is not here: the app runs no user code.
+REWARD_FIELDS = (
+    Field("rewards.exact_match", "number", "Exact match weight"),
+    Field("rewards.numeric_match", "number", "Numeric match weight"),
+    Field("rewards.regex", "text", "Regex the answer must match"),
+    Field("rewards.regex_weight", "number", "Regex weight"),
+    Field("rewards.json_valid", "number", "Valid JSON weight"),
+    Field("rewards.json_schema", "text", "JSON schema"),
+    Field("rewards.contains", "text", "Must contain (comma-separated)"),
+    Field("rewards.contains_weight", "number", "Contains weight"),
+    Field("rewards.excludes", "text", "Must not contain (comma-separated)"),
+    Field("rewards.excludes_weight", "number", "Excludes weight"),
+    Field("rewards.length_target", "int", "Target length (characters)", minimum=0),
+    Field("rewards.length_weight", "number", "Length weight"),
+    Field("rewards.judge_model", "text", "Judge: local reward model folder"),
+    Field("rewards.judge_weight", "number", "Judge weight"),
+)
+
+# The method each method-specific field belongs to.
+METHOD_OF = {
+    "training.dpo_beta": "dpo", "training.orpo_lambda": "orpo", "training.kto_beta": "kto",
+    "training.kto_desirable_weight": "kto", "training.kto_undesirable_weight": "kto",
+    "training.grpo_num_generations": "grpo", "training.max_completion_length": "grpo", "training.grpo_beta": "grpo",
+    "training.grpo_temperature": "grpo", **{f.key: "grpo" for f in REWARD_FIELDS},
+}
+LIST_FIELDS = ("lora.target_modules", "rewards.contains", "rewards.excludes")  # lists shown as "a, b"
+
+FORM_FIELDS = DATA_FIELDS + MODEL_FIELDS + QUANT_FIELDS + LORA_FIELDS + TRAIN_FIELDS + METHOD_FIELDS + REWARD_FIELDS
+
+
+def shown_for(method: str) -> list[bool]:
+    """Whether each field of METHOD_FIELDS + REWARD_FIELDS is shown when ``method`` is picked."""
+    return [METHOD_OF.get(f.key, method) == method for f in METHOD_FIELDS + REWARD_FIELDS]
 
 
 # A widget's value (Any: str, int, float, bool or None by the field's kind, as gradio hands it over)
@@ -84,7 +131,7 @@ FORM_FIELDS = DATA_FIELDS + MODEL_FIELDS + QUANT_FIELDS + LORA_FIELDS + TRAIN_FI
 def get_value(cfg: RunConfig, key: str) -> Any:
     section, name = key.split(".")
     value = getattr(getattr(cfg, section), name)
-    if key == "lora.target_modules" and isinstance(value, list):
+    if key in LIST_FIELDS and isinstance(value, list):
         return ", ".join(value)
     return value
 
@@ -99,6 +146,8 @@ def values_to_config(base: RunConfig, values: list[Any]) -> RunConfig:
     for f, v in zip(FORM_FIELDS, values):
         if f.key == "lora.target_modules" and isinstance(v, str):
             v = parse_target_modules(v)
+        elif f.key in LIST_FIELDS and isinstance(v, str):
+            v = [w.strip() for w in v.split(",") if w.strip()]
         if f.kind == "int" and isinstance(v, float) and v.is_integer():
             v = int(v)
         overrides[f.key] = v
@@ -109,10 +158,10 @@ def values_to_config(base: RunConfig, values: list[Any]) -> RunConfig:
 FormWidget = gr.Textbox | gr.Number | gr.Slider | gr.Checkbox | gr.Dropdown | gr.Radio
 
 
-def make_component(f: Field, value: Any) -> FormWidget:
+def make_component(f: Field, value: Any, visible: bool = True) -> FormWidget:
     section, name = f.key.split(".")
     info = field_help(section, name)
-    common = dict(label=f.label, info=info, value=value, elem_id=f.key.replace(".", "-"))
+    common = dict(label=f.label, info=info, value=value, elem_id=f.key.replace(".", "-"), visible=visible)
     if f.kind == "text":
         return gr.Textbox(**common, lines=1)
     if f.kind in ("number", "int"):

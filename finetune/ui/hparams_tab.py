@@ -24,6 +24,7 @@ class HparamsWidgets(TypedDict):
 
     preset: gr.Dropdown
     preset_info: gr.Markdown
+    method_info: gr.Markdown
     config_code: gr.Code
     verdict: gr.Markdown
     gpu: gr.Dropdown
@@ -48,6 +49,13 @@ def create_hparams_tab(api: Api, components: dict[str, FormWidget]) -> HparamsWi
         preset_info = gr.Markdown(preset_description(paths[DEFAULT_PRESET]), elem_id="preset-info")
     sections = (("Model", forms.MODEL_FIELDS), ("Quantization", forms.QUANT_FIELDS),
                 ("LoRA", forms.LORA_FIELDS), ("Training", forms.TRAIN_FIELDS))
+    method = default.training.method
+    with gr.Accordion("Method", open=True, elem_id="method-section"):
+        method_info = gr.Markdown(method_markdown(method), elem_id="method-info")
+        with gr.Row(equal_height=False):
+            for f, shown in zip(forms.METHOD_FIELDS + forms.REWARD_FIELDS, forms.shown_for(method)):
+                with gr.Column(min_width=220):
+                    components[f.key] = forms.make_component(f, forms.get_value(default, f.key), shown)
     for title, fields in sections:
         with gr.Accordion(title, open=title in ("Model", "LoRA")):
             with gr.Row(equal_height=False):
@@ -71,12 +79,25 @@ def create_hparams_tab(api: Api, components: dict[str, FormWidget]) -> HparamsWi
             download = gr.Button("⬇ Download config")
             yaml_file = gr.File(label="config.yaml", interactive=False)
             upload = gr.UploadButton("⬆ Load a config YAML", file_types=[".yaml", ".yml"])
-    return {"preset": preset, "preset_info": preset_info, "config_code": config_code, "verdict": verdict,
+    return {"preset": preset, "preset_info": preset_info, "method_info": method_info, "config_code": config_code,
+            "verdict": verdict,
             "gpu": gpu, "auto": auto, "breakdown": breakdown,
             "download": download, "yaml_file": yaml_file, "upload": upload}
 
 
 CUSTOM = "custom"  # the preset shown once a loaded config has changed the form
+
+
+def method_markdown(method: str) -> str:
+    """What the picked method learns from and the data it needs (shown above its fields)."""
+    from ..methods import describe
+
+    data = {"sft": "any supported shape (instruction/output, prompt/completion, messages, ...)",
+            "dpo": "prompt/chosen/rejected pairs", "orpo": "prompt/chosen/rejected pairs",
+            "kto": "prompt/completion/label rows (label true or false)",
+            "grpo": "prompts, with an answer column for the exact and numeric match rewards"}[method]
+    return f"**{method.upper()}**: {describe(method)}. Data: {data}."
+
 
 VERDICT_ICON = {"fits": "✅", "tight": "⚠️", "does not fit": "❌"}
 
@@ -204,6 +225,14 @@ def wire_config(api: Api, components: dict[str, FormWidget], hp: HparamsWidgets,
         return [*forms.config_to_values(cfg), preset_description(path), intended_gpu(path)]
 
     hp["preset"].change(apply_preset, hp["preset"], widgets + [hp["preset_info"], hp["gpu"]], api_visibility="private")
+
+    method_widgets = [components[f.key] for f in forms.METHOD_FIELDS + forms.REWARD_FIELDS]
+
+    def show_method(method: str) -> list[Any]:  # only the picked method's fields
+        return [method_markdown(method), *(gr.update(visible=v) for v in forms.shown_for(method))]
+
+    components["training.method"].change(show_method, components["training.method"],
+                                         [hp["method_info"], *method_widgets], api_visibility="private")
 
     @user_errors
     def from_yaml(file: str, *values: Any) -> list[Any]:  # the upload's file path, then the form

@@ -3,6 +3,8 @@ loss curve, the event log, past runs, download, push."""
 
 from __future__ import annotations
 
+import html
+
 import json
 import os
 import time
@@ -110,7 +112,7 @@ def progress_html(state: dict[str, Any]) -> str:
         f"<div style='background:#4f46e5;width:{pct}%;height:14px;border-radius:6px'></div></div>"
         f"step <b>{step}</b> / {total or '?'} · loss <b>{'–' if loss is None else f'{loss:.4f}'}</b>"
         f" · {'–' if tps is None else f'{tps:,.0f}'} tokens/s · elapsed {_fmt_seconds(state.get('elapsed_s'))}"
-        f" · ETA {_fmt_seconds(state.get('eta_s'))}{gauge}{msg}</div>"
+        f" · ETA {_fmt_seconds(state.get('eta_s'))}{gauge}{metrics_html(state.get('metrics') or {})}{msg}</div>"
     )
 
 
@@ -127,6 +129,15 @@ def gauge_html(state: dict[str, Any]) -> str:
     return (f"<div id='ft-gauge' style='margin-top:6px'>{device} {used:.1f} / {total or 0:.1f} GB ({pct}%){busy}"
             f"<div style='background:#eee;border-radius:6px;height:8px;margin-top:3px'>"
             f"<div style='background:{colour};width:{pct}%;height:8px;border-radius:6px'></div></div></div>")
+
+
+def metrics_html(metrics: dict[str, float]) -> str:
+    """The method's live metrics (DPO/ORPO reward margins and accuracies, KTO KL, GRPO mean rewards and answer
+    length) as one line; empty for SFT."""
+    if not metrics:
+        return ""
+    items = " · ".join(f"{html.escape(k)} <b>{v:.4g}</b>" for k, v in metrics.items())
+    return f"<div class='ft-metrics' id='ft-metrics'>{items}</div>"
 
 
 def loss_frame(state: dict[str, Any]) -> pd.DataFrame | None:
@@ -273,7 +284,7 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
     def run_status(run_id: str, request: gr.Request | None = None, profile: gr.OAuthProfile | None = None,
                    oauth: gr.OAuthToken | None = None) -> dict[str, Any]:
         """The state of one of your runs: status (status_text: "queued (position N)"), step, max_steps, loss,
-        eval_loss, tokens_per_s, eta_s, losses, backend."""
+        eval_loss, tokens_per_s, eta_s, losses, backend, and metrics (the method's latest: reward margins, KL, rewards)."""
         return service.run_status(ws, owner(request, profile), run_id, token=oauth_token(oauth))
 
     @user_errors

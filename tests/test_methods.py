@@ -1,0 +1,249 @@
+"""training.method beyond SFT: the config fields and their checks, the data shapes of each method (detected,
+rendered with the template, bad rows reported by number), the GRPO rewards, the app's refusal of reward code,
+and short real trl runs on a tiny model (events carry the method's metrics; a DPO run resumed after an
+interruption ends with the adapter of an uninterrupted one)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from finetune import methods, service
+from finetune.config import ConfigError, RewardSettings, RunConfig, apply_overrides, problems, validate
+from finetune.data.preference import FeedbackExample, PairExample, PromptExample, format_for_method
+from finetune.data.validate import DataError
+from finetune.events import read_events
+from finetune.rewards import RewardError, builtin_rewards, judge_reward, last_number, load_reward_module
+from finetune.train import train
+
+from test_train import assert_same_adapter, tiny_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------------------------------------
+# config
+
+
+def test_method_and_its_fields_round_trip_and_are_checked():
+    cfg = apply_overrides(RunConfig(), ["training.method=dpo", "training.dpo_beta=0.2"])
+    assert (cfg.training.method, cfg.training.dpo_beta) == ("dpo", 0.2)
+    assert RunConfig.from_yaml(cfg.to_yaml()) == cfg
+    bad = apply_overrides(RunConfig(), ["training.method=ppo"])
+    assert any("training.method 'ppo' is not one of: sft, dpo, orpo, kto, grpo" in p for p in problems(bad))
+    bad = apply_overrides(RunConfig(), ["training.method=dpo", "training.dpo_beta=0"])
+    assert any(p.startswith("training.dpo_beta must be > 0") for p in problems(bad))
+    # only the chosen method's fields are checked
+    assert problems(apply_overrides(RunConfig(), ["training.dpo_beta=0"])) == []
+
+
+def test_grpo_config_needs_a_reward_and_a_batch_that_holds_whole_groups():
+    cfg = apply_overrides(RunConfig(), ["training.method=grpo", "training.batch_size=6",
+                                        "training.grpo_num_generations=4"])
+    found = problems(cfg)
+    assert any("rewards: grpo needs at least one reward" in p for p in found)
+    assert any("must be a multiple of training.grpo_num_generations (4)" in p and "training.batch_size to 4" in p
+               for p in found)
+    ok = apply_overrides(cfg, ["training.batch_size=8", "rewards.exact_match=1"])
+    assert problems(ok) == []
+    bad = apply_overrides(ok, ["rewards.regex=([a-", "rewards.json_schema=[1", "rewards.length_weight=1"])
+    text = "\n".join(problems(bad))
+    assert "rewards.regex is not a valid regular expression" in text
+    assert "rewards.json_schema is not valid JSON" in text
+    assert "rewards.length_target must be > 0" in text
+    with pytest.raises(ConfigError):
+        validate(bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# data shapes
+
+
+def test_preference_pairs_as_strings_messages_and_mapped_columns(smollm2_tokenizer):
+    rows = [{"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}],
+             "chosen": [{"role": "assistant", "content": "Paris."}],
+             "rejected": [{"role": "assistant", "content": "Lyon."}]}]
+    result = format_for_method(rows, "dpo", template="llama2")
+    ex = result.examples[0]
+    assert isinstance(ex, PairExample)
+    assert ex.prompt == "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nCapital of France? [/INST]"
+    assert (ex.chosen, ex.rejected) == (" Paris. </s>", " Lyon. </s>")
+    assert result.preview()[0]["chosen_span"] == (len(ex.prompt), len(ex.prompt) + len(ex.chosen))
+    # the tokenizer's own end token, with the model's template
+    own = format_for_method(rows, "orpo", template="model", tokenizer=smollm2_tokenizer).examples[0]
+    assert own.prompt.endswith("<|im_start|>assistant\n") and own.chosen == "Paris.<|im_end|>"
+    # stack-exchange style columns, found and mapped
+    se = [{"question": "2+2?", "response_j": "4", "response_k": "5"}]
+    assert str(format_for_method(se, "dpo", template="chatml").shape) == \
+        "preference (prompt=question, chosen=response_j, rejected=response_k)"
+    mapped = [{"q": "2+2?", "good": "4", "bad": "5"}]
+    shape = format_for_method(mapped, "dpo", template="chatml",
+                              columns={"prompt": "q", "chosen": "good", "rejected": "bad"}).shape
+    assert shape.fields == {"prompt": "q", "chosen": "good", "rejected": "bad"}
+    with pytest.raises(DataError, match="dpo needs prompt/chosen/rejected.*missing prompt, chosen, rejected"):
+        format_for_method(mapped, "dpo", template="chatml")
+
+
+def test_implicit_prompt_pairs_share_their_leading_turns():
+    user = {"role": "user", "content": "Hi"}
+    rows = [{"chosen": [user, {"role": "assistant", "content": "Hello!"}],
+             "rejected": [user, {"role": "assistant", "content": "What?"}]}]
+    ex = format_for_method(rows, "dpo", template="llama2").examples[0]
+    assert (ex.prompt, ex.chosen, ex.rejected) == ("<s>[INST] Hi [/INST]", " Hello! </s>", " What? </s>")
+
+
+def test_bad_rows_are_reported_by_row_number():
+    rows = [
+        {"prompt": "a", "chosen": "same", "rejected": "same"},
+        {"prompt": "b", "chosen": "good"},
+        {"prompt": "c", "chosen": "good", "rejected": "bad"},
+        {"prompt": "d", "chosen": [{"role": "user", "content": "x"}], "rejected": "bad"},
+    ]
+    result = format_for_method(rows, "dpo", template="llama2")
+    assert [ex.row for ex in result.examples] == [3]
+    found = {p.row: str(p) for p in result.problems}
+    assert "rejected: is the same as chosen" in found[1]
+    assert "rejected: 'rejected' is missing" in found[2]
+    assert "must hold one assistant message" in found[4]
+    assert result.skipped["chosen equals rejected"] == 1
+    with pytest.raises(DataError, match=r"^data:1: rejected: is the same as chosen"):
+        format_for_method(rows, "dpo", template="llama2", strict=True)
+    feedback = [{"prompt": "a", "completion": "x", "label": True}, {"prompt": "b", "completion": "y", "label": 1},
+                {"prompt": "c", "completion": "z", "label": "false"}]
+    result = format_for_method(feedback, "kto", template="llama2")
+    assert [(ex.row, ex.label) for ex in result.examples if isinstance(ex, FeedbackExample)] == [(1, True), (3, False)]
+    assert "row 2: label: 'label' is 1 (int), expected true or false" in str(result.problems[0])
+    with pytest.raises(DataError, match="kto needs both thumbs-up"):
+        format_for_method(feedback[:1], "kto", template="llama2")
+
+
+def test_grpo_prompts_end_where_the_answer_starts_and_keep_their_reference():
+    rows = [{"prompt": "What is 2+2?", "answer": 4}, {"prompt": "Name a colour."}]
+    result = format_for_method(rows, "grpo", template="llama2")
+    first, second = result.examples
+    assert isinstance(first, PromptExample)
+    assert (first.prompt, first.answer, second.answer) == ("<s>[INST] What is 2+2? [/INST]", "4", None)
+    assert str(result.shape) == "prompts (prompt=prompt, answer=answer)"
+
+
+# ---------------------------------------------------------------------------------------------
+# rewards
+
+
+def test_builtin_rewards_score_and_combine_with_weights():
+    rw = RewardSettings(exact_match=1, numeric_match=0.5, regex=r"\d+", regex_weight=0.2, json_valid=1,
+                        json_schema='{"type": "object", "required": ["a"]}', contains=["paris", "france"],
+                        contains_weight=1, excludes=["sorry"], excludes_weight=1, length_target=10, length_weight=1)
+    funcs, weights = builtin_rewards(rw)
+    assert [f.__name__ for f in funcs] == ["exact_match", "numeric_match", "regex", "json_valid", "contains",
+                                           "excludes", "length"]
+    assert weights == [1.0, 0.5, 0.2, 1.0, 1.0, 1.0, 1.0]
+    by = {f.__name__: f for f in funcs}
+    comps = ["42", "The answer is 42.", '{"a": 1}', '{"b": 1}', "Paris, France", "Sorry, no"]
+    refs = ["42"] * len(comps)
+    assert by["exact_match"](prompts=comps, completions=comps, answer=refs) == [1, 0, 0, 0, 0, 0]
+    assert by["numeric_match"](prompts=comps, completions=comps, answer=refs) == [1, 1, 0, 0, 0, 0]
+    assert by["regex"](prompts=comps, completions=comps) == [1, 0, 0, 0, 0, 0]
+    assert by["json_valid"](prompts=comps, completions=comps) == [0.5, 0, 1, 0.5, 0, 0]  # "42" is JSON, not an object
+    assert by["contains"](prompts=comps, completions=comps) == [0, 0, 0, 0, 1, 0]
+    assert by["excludes"](prompts=comps, completions=comps) == [1, 1, 1, 1, 1, 0]
+    assert by["length"](prompts=["p"], completions=["x" * 15]) == [0.5]
+    assert last_number("costs 1,250.50 dollars") == 1250.5
+
+
+def test_reward_module_loads_reward_functions_and_judge_must_be_local(tmp_path):
+    mod = tmp_path / "my_rewards.py"
+    mod.write_text("def reward_short(prompts, completions, **kw):\n    return [1.0 / (1 + len(c)) for c in completions]\n"
+                   "def helper():\n    return 0\n")
+    funcs = load_reward_module(str(mod))
+    assert [f.__name__ for f in funcs] == ["reward_short"] and funcs[0](prompts=["p"], completions=["abc"]) == [0.25]
+    with pytest.raises(RewardError, match="is not a Python file"):
+        load_reward_module(str(tmp_path / "missing.py"))
+    with pytest.raises(RewardError, match="must be a local folder"):
+        judge_reward("OpenAssistant/reward-model-deberta-v3-large-v2")
+
+
+def test_the_app_refuses_reward_code(tmp_path):
+    """The service (what the app and its API call) never starts a config that names a reward module."""
+    cfg = apply_overrides(RunConfig(), ["training.method=grpo", "rewards.exact_match=1",
+                                        f"rewards.module={tmp_path / 'evil.py'}"])
+    (tmp_path / "evil.py").write_text("import os\nos.system('touch pwned')\n")
+    with pytest.raises(service.ServiceError, match="rewards.module: the app does not run reward code"):
+        service.start(service.Workspace(tmp_path / "ws"), None, cfg.to_yaml())
+    assert not (tmp_path / "ws").exists() or not any((tmp_path / "ws").rglob("config.yaml"))
+
+
+# ---------------------------------------------------------------------------------------------
+# short real runs on a tiny model
+
+
+def pairs_file(path: Path, n: int = 16) -> Path:
+    rows = [{"prompt": [{"role": "user", "content": f"Colour for item {i}?"}],
+             "chosen": [{"role": "assistant", "content": "blue"}],
+             "rejected": [{"role": "assistant", "content": "green"}]} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def method_config(model_dir: Path, data: Path, method: str, **training) -> RunConfig:
+    cfg = tiny_config(model_dir, **training)
+    cfg.data.source = str(data)
+    cfg.data.template = "llama2"
+    cfg.training.method = method
+    return cfg
+
+
+def test_dpo_run_logs_its_metrics_and_resumes_to_the_same_adapter(tiny_model_dir, tmp_path):
+    """A DPO run: every step event carries the reward margins and accuracies, the card records the method and
+    its final metrics; a run interrupted after step 2 and resumed ends with the uninterrupted run's adapter."""
+    data = pairs_file(tmp_path / "pairs.jsonl")
+    full = train(method_config(tiny_model_dir, data, "dpo", max_steps=4, save_steps=2, batch_size=2), runs_root=tmp_path / "a")
+    assert full.status == "finished"
+    steps = [e for e in read_events(full.run_dir) if e["type"] == "step"]
+    assert len(steps) == 4 and all({"rewards/margins", "rewards/accuracies"} <= set(e["metrics"]) for e in steps)
+    assert steps[-1]["metrics"]["rewards/margins"] > steps[0]["metrics"]["rewards/margins"]  # chosen pulled up
+    assert full.metrics["method"] == "dpo" and "rewards/margins" in full.metrics
+    card = (full.adapter_dir / "README.md").read_text()
+    assert "| method | DPO (beta=0.1" in card and "- final rewards/margins: " in card
+
+    part = train(method_config(tiny_model_dir, data, "dpo", max_steps=4, save_steps=2, batch_size=2), runs_root=tmp_path / "b",
+                 until_step=2)
+    assert part.status == "paused" and part.adapter_dir is None
+    resumed = train(None, part.run_dir)
+    assert resumed.status == "finished" and resumed.step == 4
+    started = [e for e in read_events(part.run_dir) if e["type"] == "started"]
+    assert started[-1]["resumed_from"] == "checkpoints/checkpoint-2"
+    assert_same_adapter(full.adapter_dir, resumed.adapter_dir)
+
+
+def test_methods_step_metrics_and_per_step_counts():
+    logs = {"loss": 0.5, "reward": 0.25, "rewards/exact_match/mean": 0.25, "completions/mean_length": 7.0,
+            "learning_rate": 1e-4}
+    assert methods.step_metrics("grpo", logs) == {"reward": 0.25, "completions/mean_length": 7.0,
+                                                  "rewards/exact_match/mean": 0.25}
+    assert methods.step_metrics("sft", logs) == {}
+    assert methods.sequences_per_example("kto") == 2 and methods.needs_reference("grpo", 0.04)
+
+
+def test_estimator_counts_pairs_the_reference_pass_and_grpo_sampling():
+    from finetune.memory import get_gpu, load_model_spec
+
+    m = __import__("importlib").import_module("finetune.memory.estimate")
+    spec, gpu = load_model_spec(""), get_gpu("t4")
+
+    def setup(*over):
+        return m.TrainSetup.from_config(apply_overrides(RunConfig(), list(over)), gpu)
+
+    sft, dpo, orpo = setup(), setup("training.method=dpo"), setup("training.method=orpo")
+    grpo = setup("training.method=grpo", "rewards.exact_match=1")
+    assert (dpo.sequences, dpo.reference, orpo.reference, grpo.generated_tokens) == (2, True, False, 64)
+    peak = {k: m.estimate_training(spec, s, gpu, advise=False) for k, s in (("sft", sft), ("dpo", dpo))}
+    assert peak["dpo"].peak_gb > peak["sft"].peak_gb  # twice the sequences per example
+    assert peak["dpo"].breakdown["reference_model"] == 0  # LoRA: the base with the adapter disabled
+    full = m.estimate_training(spec, dpo.with_(method="full"), gpu, advise=False)
+    assert full.breakdown["reference_model"] == full.breakdown["weights"]
+    secs = {k: m.estimate_time(spec, s, gpu, tokens=100_000).seconds for k, s in
+            (("sft", sft), ("dpo", dpo), ("orpo", orpo), ("grpo", grpo))}
+    assert secs["sft"] < secs["orpo"] < secs["dpo"] < secs["grpo"]
