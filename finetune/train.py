@@ -825,7 +825,7 @@ def _trainer_class(loss: str = "trained_positions") -> type[SFTTrainer]:
     return TrainedPositionsSFTTrainer
 
 
-def _keep_adapter_dtypes(trainer: SFTTrainer) -> None:
+def _keep_adapter_dtypes(trainer: Trainer) -> None:
     """A resumed run trains its LoRA weights in the dtype the uninterrupted run uses.
 
     The Trainer loads a checkpoint's adapter with peft's ``load_adapter``, which re-creates the LoRA weights in
