@@ -609,7 +609,11 @@ def part_flow(ctx: Context, sec: dict[str, Any]) -> None:
                                       add_generation_prompt=True, return_tensors="pt", return_dict=True).to(ctx.device)
         out = net.generate(**ids, max_new_tokens=16, do_sample=False)
         text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
-        return f"loads with plain transformers and answers {text[:60]!r}"
+        # and as llama.cpp / Ollama run it: one GGUF file with the trained chat template
+        gguf = export.export_model(state["adapter"], "gguf", root / "model-q8_0.gguf", quant="q8_0").out
+        assert gguf is not None
+        return (f"loads with plain transformers and answers {text[:60]!r}; GGUF q8_0 "
+                f"{gguf.stat().st_size / 2**20:.0f} MB")
 
     for name, fn in zip(FLOW_STEPS, (fmt, trn, gen, merge, exp)):
         step(name, fn)
