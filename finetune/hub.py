@@ -121,8 +121,11 @@ def push_folder(folder: Path, repo_id: str, *, token: str | None = None, private
     token = resolve_token(token)
     api = api or HfApi()
     try:
-        url = api.create_repo(repo_id, token=token, private=private, repo_type=repo_type, exist_ok=True,
-                              space_sdk=space_sdk)
+        if space_sdk:
+            url = api.create_repo(repo_id, token=token, private=private, repo_type=repo_type, exist_ok=True,
+                                  space_sdk=space_sdk)
+        else:
+            url = api.create_repo(repo_id, token=token, private=private, repo_type=repo_type, exist_ok=True)
         if revision:
             api.create_branch(repo_id, branch=revision, token=token, repo_type=repo_type, exist_ok=True)
         api.upload_folder(repo_id=repo_id, folder_path=str(folder), token=token, repo_type=repo_type,

@@ -34,7 +34,7 @@ def test_dataset_preview_of_pairs_and_the_refusal_of_reward_code(server, tmp_pat
         {"question": "2+2?", "response_j": "4", "response_k": "4"},
     ]))
     summary, preview, _plot, problems, formatted = c.predict(
-        handle_file(str(pairs)), "", "", "train", "llama2", "", "", "", 128, "assistant", "dpo",
+        handle_file(str(pairs)), "", "", "train", "llama2", "", "", "", 128, "assistant", False, "dpo",
         api_name="/format_dataset")
     assert "DPO data" in summary and "prompt=question, chosen=response_j, rejected=response_k" in summary
     assert "row 1 (chosen)" in preview and "row 1 (rejected)" in preview

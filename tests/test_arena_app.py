@@ -94,6 +94,7 @@ def test_arena_endpoints(single_user_app):
     assert json.loads(Path(path).read_text().splitlines()[-1])["battle_id"] == b["battle_id"]
 
 
+@pytest.mark.slow  # half a minute of browser; the endpoints and the statistics are tested in the default suite
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium (apt-get install chromium)")
 def test_browser_votes_three_times_and_sees_the_tally_change(single_user_app):
     from playwright.sync_api import sync_playwright

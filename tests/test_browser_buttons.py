@@ -366,6 +366,7 @@ def test_every_button_on_the_empty_form(app, browser, tiny_config):
     sweep_all(c, root, "empty form")
 
 
+@pytest.mark.slow  # a minute; the empty-form sweep above clicks the same buttons in the default suite
 def test_every_button_after_formatting_a_dataset(app, browser, tiny_config, tiny_model_dir):
     demo, url, root = app
     c = Clicker(demo, url, browser, tiny_config, let_runs_finish=True)
