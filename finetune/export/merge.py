@@ -190,7 +190,9 @@ class MergedWeights:
         return sum(math.prod(s) for s in self.shapes.values())
 
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """(name, float32 tensor) for every weight, in file order; one shard open at a time."""
+        """(name, tensor) for every weight, in file order, one shard open at a time: a weight with a LoRA update
+        in float32 (``W + scale * B @ A``, computed in float32), any other as stored (no float32 copy of, say, the
+        embeddings)."""
         import torch
         from safetensors import safe_open
 
@@ -198,10 +200,10 @@ class MergedWeights:
             for shard in self.shards:
                 with safe_open(str(shard), framework="pt") as f:
                     for key in f.keys():
-                        t = f.get_tensor(key).to(torch.float32)
+                        t = f.get_tensor(key)
                         up = self.updates.get(key)
                         if up is not None:
-                            t = t + up.scale * (up.b.to(torch.float32) @ up.a.to(torch.float32))
+                            t = t.to(torch.float32) + up.scale * (up.b.to(torch.float32) @ up.a.to(torch.float32))
                         yield key, t
 
 
