@@ -405,3 +405,44 @@ def test_demo_space_is_pushed_and_its_app_prompts_as_trained(run, hub_adapter, f
     history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
     assert app.prompt("Why?", history) == training_text(run.adapter_dir, [*history, {"role": "user", "content": "Why?"}])
 
+
+
+def test_qwen2_gguf_in_llama_cpp_predicts_like_the_merged_model(run, tmp_path, smollm2_dir):
+    """Qwen2 (biases on q/k/v, no q/k permutation): exported and read by llama.cpp like the llama family."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from finetune.adapter import TEMPLATE_FILE
+    from finetune.export import export_model
+
+    tok = AutoTokenizer.from_pretrained(str(smollm2_dir))
+    torch.manual_seed(5)
+    base = tmp_path / "qwen2"
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                 tie_word_embeddings=True)).save_pretrained(base)
+    tok.save_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("bias"):
+                p.normal_(0, 0.1)  # non-zero biases: a lost or misplaced bias shows
+    model.save_pretrained(base)
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    with torch.no_grad():
+        for n, p in peft.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    adapter = tmp_path / "adapter"
+    peft.save_pretrained(str(adapter))
+    for f in (TEMPLATE_FILE, "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (run.adapter_dir / f).exists():
+            shutil.copy(run.adapter_dir / f, adapter / f)
+    out = export_model(adapter, "gguf", tmp_path / "qwen2.gguf", quant="f16").out
+    merged = peft.merge_and_unload().eval()
+    with LlamaCpp(out) as cpp:
+        for conv in CONVERSATIONS:
+            text = training_text(adapter, conv)
+            assert cpp.apply_template(conv) == text
+            want, got = logprobs(merged, tok, text), cpp.next_logprobs(text)
+            assert max(abs(lp - float(want[i])) for i, lp in got.items()) < 0.01
