@@ -381,16 +381,24 @@ def _plan(writer: Any, arch: Arch, shapes: dict[str, tuple[int, ...]], quant: st
         g = names(hf_name)
         qtype = tensor_type(g, shape, quant)
         planned.append(_Planned(g, hf_name, shape, qtype))
-        if qtype == Q.F32:
-            writer.add_tensor_info(g, shape, np.dtype(np.float32), 4 * math.prod(shape))
-        elif qtype == Q.F16:
-            writer.add_tensor_info(g, shape, np.dtype(np.float16), 2 * math.prod(shape))
-        else:
-            from gguf.quants import quant_shape_to_byte_shape
-
-            writer.add_tensor_info(g, quant_shape_to_byte_shape(shape, qtype), np.dtype(np.uint8),
-                                   _nbytes(shape, qtype), raw_dtype=qtype)
+        _add_info(writer, g, shape, qtype)
     return planned
+
+
+def _add_info(writer: Any, name: str, shape: tuple[int, ...], qtype: Any) -> None:
+    """One tensor's entry in the file's tensor table (its data is written later, in the same order)."""
+    import numpy as np
+    from gguf import GGMLQuantizationType as Q
+
+    if qtype == Q.F32:
+        writer.add_tensor_info(name, shape, np.dtype(np.float32), 4 * math.prod(shape))
+    elif qtype == Q.F16:
+        writer.add_tensor_info(name, shape, np.dtype(np.float16), 2 * math.prod(shape))
+    else:
+        from gguf.quants import quant_shape_to_byte_shape
+
+        writer.add_tensor_info(name, quant_shape_to_byte_shape(shape, qtype), np.dtype(np.uint8),
+                               _nbytes(shape, qtype), raw_dtype=qtype)
 
 
 def write_model(weights: MergedWeights, tok: Any, tokenizer_dir: Path, out: Path, *, quant: str = DEFAULT_QUANT,
@@ -459,13 +467,7 @@ def write_lora(updates: dict[str, LoraUpdate], config: dict[str, Any], alpha: fl
             shape = tuple(t.shape)
             qtype = tensor_type(g, shape, quant)
             planned.append(_Planned(g, g, shape, qtype))
-            if qtype == gguf.GGMLQuantizationType.F16:
-                writer.add_tensor_info(g, shape, np.dtype(np.float16), 2 * math.prod(shape))
-            else:
-                from gguf.quants import quant_shape_to_byte_shape
-
-                writer.add_tensor_info(g, quant_shape_to_byte_shape(shape, qtype), np.dtype(np.uint8),
-                                       _nbytes(shape, qtype), raw_dtype=qtype)
+            _add_info(writer, g, shape, qtype)
         _write_planned(writer, planned, iter(pairs), progress, sum(t.numel() for _, t in pairs), "writing")
     finally:
         writer.close()
