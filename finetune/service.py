@@ -445,7 +445,9 @@ def adapter_path(ws: Workspace, owner: str | None, run_id: str) -> Path:
     """The adapter folder of one of the owner's runs: ``ID`` (the finished adapter), ``ID@40`` (the checkpoint
     of step 40) or ``ID@best`` / ``ID@best-<metric>`` (the checkpoint the run's evaluation ranks best, by exact
     match unless a metric of ``finetune.evaluate.METRICS`` is named)."""
-    run_id, _, step = run_id.partition("@")
+    if not (run_id or "").strip():  # a page's run picker left empty (None)
+        raise ServiceError("pick a finished run first (the run list shows yours)")
+    run_id, _, step = run_id.strip().partition("@")
     run_dir = _run_dir(ws, owner, run_id)
     if step:
         return _checkpoint_adapter(run_dir, run_id, step)

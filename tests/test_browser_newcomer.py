@@ -65,6 +65,18 @@ def set_text(page, elem_id: str, value: str) -> None:
     box.press("Tab")
 
 
+ERROR_BADGES = "[data-testid=status-tracker] .error"  # gradio's mark on each output of a failed event
+
+
+def refusal_toast(page, timeout_s: float = 30) -> str:
+    """The message of a refused request (a warning toast: the outputs are not marked as failed), then closed."""
+    page.wait_for_selector(".toast-body.warning", timeout=timeout_s * 1000)
+    text = page.locator(".toast-body.warning").first.inner_text()
+    for close in page.locator(".toast-close").all():
+        close.click()
+    return text.strip().splitlines()[-1]  # the message, under the toast's title and close button
+
+
 def error_toast(page, timeout_s: float = 30) -> str:
     page.wait_for_selector(".toast-body.error", timeout=timeout_s * 1000)
     text = page.locator(".toast-body.error").first.inner_text()
@@ -119,7 +131,7 @@ def test_a_file_error_clears_the_last_files_preview(app, browser, tmp_path):
         assert page.locator("#ft-preview mark.ft-trained").count() == 0  # the sample's preview is gone
         assert "broken.jsonl could not be formatted" in page.locator("#ft-preview-cleared").inner_text()
         assert page.locator("#problems tbody tr td", has_text="trained").count() == 0
-        assert page.locator("[data-testid=status-tracker] .error").count() == 0  # no error badge on the outputs
+        assert page.locator(ERROR_BADGES).count() == 0  # no error badge on the outputs
     finally:
         context.close()
 
@@ -150,8 +162,35 @@ def test_a_partial_config_upload_merges_onto_the_form(app, browser, tmp_path):
         with page.expect_file_chooser() as chooser:
             page.get_by_role("button", name="Load a config YAML").click()
         chooser.value.set_files(str(broken))
-        message = error_toast(page)
+        message = refusal_toast(page)
         assert "broken.yaml" in message and "not valid YAML" in message and "/tmp" not in message, message
+        # one message, not an error badge on each of the ~60 fields the upload fills; the form is as it was
+        assert page.locator(ERROR_BADGES).count() == 0
+        assert "max_steps: 7" in page.locator("#config-yaml").inner_text()
+        assert page.locator("#preset input").first.input_value() == "custom"
+    finally:
+        context.close()
+
+
+def test_a_refused_request_shows_one_message_and_no_error_badges(app, browser):
+    """Export with no finished run and Compare with no adapter are refused: the reason is shown once, and no output
+    of the event is marked as failed."""
+    url, _ = app
+    context, page = open_page(browser, url)
+    try:
+        page.get_by_role("tab", name="5 · Export").click()
+        page.locator("#export-btn").click()
+        wait_text(page, "export-result", "Not exported")
+        said = text_of(page, "export-result")
+        assert refusal_toast(page) in said and "pick a finished run" in said, said  # the reason, in the result too
+        assert page.locator(ERROR_BADGES).count() == 0
+
+        page.get_by_role("tab", name="4 · Playground").click()
+        set_text(page, "compare-input", "What is the capital of France?")
+        page.locator("#compare-btn").click()
+        message = refusal_toast(page)
+        assert "adapter" in message, message
+        assert page.locator(ERROR_BADGES).count() == 0
     finally:
         context.close()
 

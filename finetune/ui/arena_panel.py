@@ -12,7 +12,7 @@ import pandas as pd
 
 from .. import service
 from ..arena import BASE, MAX_CONTENDERS
-from .common import Api, owner, user_errors
+from .common import Api, owner, page_errors, user_errors
 
 STANDINGS_COLUMNS = ["name", "rating", "ci_low", "ci_high", "wins", "losses", "ties", "win_rate", "votes"]
 LETTERS = string.ascii_uppercase[:MAX_CONTENDERS]
@@ -83,6 +83,7 @@ def create_arena_panel(api: Api, base_model: gr.Textbox, temperature: gr.Slider,
         return str(service.arena_export(ws, owner(request, profile), api.downloads / "arena"))
 
     # -- UI wiring -----------------------------------------------------------------------------
+    @page_errors
     def show_battle(b: dict[str, Any]) -> list[Any]:
         answers = b.get("answers") or {}
         out: list[Any] = [b.get("battle_id", "")]
@@ -90,12 +91,14 @@ def create_arena_panel(api: Api, base_model: gr.Textbox, temperature: gr.Slider,
         out += [gr.Button(visible=x in answers) for x in LETTERS]
         return out + ["Which answer is better? The contenders are revealed after your vote."]
 
+    @page_errors
     def show_vote(r: dict[str, Any]) -> tuple[str, str, str, pd.DataFrame]:
         v = r["vote"]
         who = ", ".join(f"{x} = **{n}**" for x, n in zip(LETTERS, v["contenders"]))
         said = {"tie": "a tie", "both_bad": "all bad"}.get(v["verdict"], f"{v['verdict']} is better")
         return "", f"You voted {said}: {who}.", tally_markdown(r["votes"]), standings_frame(r["standings"])
 
+    @page_errors
     def load(request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[str, pd.DataFrame]:
         who = owner(request, profile)
         return tally_markdown(service.arena_votes(ws, who)), standings_frame(service.arena_standings(ws, who))

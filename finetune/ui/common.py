@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import html
 import inspect
 import logging
 import re
@@ -83,17 +84,6 @@ def browser_secret(root: Path) -> str:
     return hashlib.sha256(f"finetune-browser-state:{Path(root).resolve()}".encode()).hexdigest()[:32]
 
 
-class FreeDropdown(gr.Dropdown):
-    """A dropdown whose value may be any text (``allow_custom_value``): the API documents it as a string, not as
-    the choices the page happened to offer when it was built (``Literal['']``)."""
-
-    def api_info(self) -> dict[str, Any]:
-        return {"type": "string"}
-
-    def get_block_name(self) -> str:  # drawn by the page as the dropdown it is
-        return "dropdown"
-
-
 def config_warnings_markdown(cfg: RunConfig) -> str:
     """Risky settings of a config (e.g. trust_remote_code on) as a visible warning above the fit verdict."""
     from ..config import config_warnings
@@ -110,6 +100,49 @@ def user_error(e: BaseException, where: str = "") -> gr.Error:
         log.info("request refused: %s: %s", e.__class__.__name__, e)
         return gr.Error(str(e) if str(e) else e.__class__.__name__, print_exception=False)
     return gr.Error(internal_message(report_internal(e, where)), print_exception=False)
+
+
+PAGE_ERRORS = "__finetune_page_errors__"  # marks a handler wrapped by page_errors (tests/test_ui_errors.py looks)
+
+
+def page_errors(fn: Callable[P, R], shown: Callable[[str], Any] | None = None) -> Callable[P, R]:
+    """For an event of the page that fills several outputs: a refusal (UserError, or gr.Error raised by the
+    handler) is shown as a message, and the outputs show ``shown(message)`` (default: each keeps what it showed).
+    Raising would make gradio mark every output of the event with an error badge, as if each had failed. A bug
+    still raises: ``internal error (reference N)``, its traceback logged. Endpoints for scripts use
+    ``user_errors`` (the caller gets the error)."""
+    where = getattr(fn, "__qualname__", "a request")
+
+    def refused(e: Exception) -> Any:
+        if isinstance(e, (UserError, gr.Error)):
+            message = str(e.message if isinstance(e, gr.Error) else e) or e.__class__.__name__
+            log.info("request refused: %s: %s", e.__class__.__name__, message)
+            gr.Warning(html.escape(message))
+            return shown(message) if shown is not None else gr.skip()  # one skip: every output as it was
+        raise user_error(e, where) from None
+
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def gen(*args: Any, **kwargs: Any) -> Any:
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - a refusal becomes a message, anything else is ours
+                yield refused(e)
+
+        setattr(gen, PAGE_ERRORS, True)
+        return gen
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - a refusal becomes a message, anything else is ours
+            result: R = refused(e)
+            return result
+
+    setattr(wrapper, PAGE_ERRORS, True)
+    return wrapper
 
 
 def user_errors(fn: Callable[P, R]) -> Callable[P, R]:

@@ -16,7 +16,7 @@ from ..data import parse_column_mapping
 from ..errors import UserError
 from ..hub import push_dataset
 from . import forms
-from .common import Api, owner, user_errors
+from .common import Api, owner, page_errors, user_errors
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -154,7 +154,7 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
 
     api_format = user_errors(format_dataset)
 
-    @user_errors
+    @page_errors
     def format_on_page(data_file: str | None, hub_id: str, hub_config: str, split: str, template: str,
                        system_prompt: str, columns: str, model: str, max_length: int, train_on: str,
                        keep_duplicates: bool, method: str, request: gr.Request,

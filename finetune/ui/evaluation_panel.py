@@ -10,7 +10,7 @@ import pandas as pd
 
 from .. import service
 from ..evaluate import METRICS, SUMMARY_HEADERS, summary_table
-from .common import Api, owner, user_errors
+from .common import Api, owner, page_errors, user_errors
 
 
 def report_table(report: dict[str, Any] | None) -> pd.DataFrame:
@@ -77,9 +77,11 @@ def create_evaluation_panel(api: Api, run_id: gr.Textbox) -> None:
         return service.evaluate(ws, owner(request, profile), run_id, test_file, checkpoints=checkpoints,
                                 max_new_tokens=int(max_new_tokens), progress=tell)
 
+    @page_errors
     def show(report: dict[str, Any] | None, rid: str) -> tuple[str, pd.DataFrame, pd.DataFrame | None]:
         return best_markdown(report, rid.partition("@")[0]), report_table(report), metric_frame(report)
 
+    @page_errors
     def load(rid: str, request: gr.Request, profile: gr.OAuthProfile | None = None
              ) -> tuple[str, pd.DataFrame, pd.DataFrame | None]:
         report = None

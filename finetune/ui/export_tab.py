@@ -3,13 +3,14 @@ or a demo Space, downloadable here and optionally pushed to the Hub (`/export_mo
 
 from __future__ import annotations
 
+import html
 from typing import Callable
 
 import gradio as gr
 
 from .. import service
 from ..export import DEFAULT_QUANT, FORMATS, QUANTS
-from .common import Api, owner, user_errors
+from .common import Api, owner, page_errors, user_errors
 from .train_tab import finished_runs, oauth_token
 
 FORMAT_HELP = {
@@ -41,7 +42,6 @@ def create_export_tab(api: Api) -> tuple[Callable[..., gr.Dropdown], list[gr.Dro
     result = gr.Markdown(elem_id="export-result")
     file = gr.File(label="Download", interactive=False, elem_id="export-file")
 
-    @user_errors
     def export_model(run: str, format: str = "gguf", quant: str = DEFAULT_QUANT, push_repo: str = "",
                      private: bool = True, request: gr.Request | None = None,
                      profile: gr.OAuthProfile | None = None, oauth: gr.OAuthToken | None = None,
@@ -65,5 +65,9 @@ def create_export_tab(api: Api) -> tuple[Callable[..., gr.Dropdown], list[gr.Dro
 
     fmt.change(describe, fmt, fmt_help, api_visibility="private")
     refresh.click(runs, None, run_id, api_visibility="private")
-    export_btn.click(export_model, [run_id, fmt, quant, repo, private], [file, result], api_name="export_model")
+    inputs = [run_id, fmt, quant, repo, private]
+    gr.Button(visible=False).click(user_errors(export_model), inputs, [file, result], api_name="export_model")
+    # the page: a refusal clears the last export's file and says why in the result (no error badge on both)
+    export_btn.click(page_errors(export_model, lambda m: (None, f"❌ **Not exported:** {html.escape(m)}")), inputs,
+                     [file, result], api_visibility="private")
     return runs, [run_id]

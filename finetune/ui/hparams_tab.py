@@ -12,7 +12,7 @@ from ..config import RunConfig
 from ..errors import UserError
 from ..presets import DEFAULT_PRESET, intended_gpu, load_preset, preset_description, preset_paths
 from . import forms
-from .common import Api, config_warnings_markdown, user_errors
+from .common import Api, config_warnings_markdown, page_errors, user_errors
 from .forms import FormWidget
 
 if TYPE_CHECKING:  # for annotations only: the estimator loads when a verdict is first shown
@@ -181,6 +181,7 @@ def wire_config(api: Api, components: dict[str, FormWidget], hp: HparamsWidgets,
     def build(*values: Any) -> RunConfig:
         return extra_to_config(forms.values_to_config(RunConfig(), list(values[:n])), *values[n:-1])
 
+    @page_errors
     def sync(*values: Any) -> SyncOutput:
         try:
             cfg = build(*values)
@@ -196,7 +197,7 @@ def wire_config(api: Api, components: dict[str, FormWidget], hp: HparamsWidgets,
     if on_load is not None:  # the verdict, time and cost are there when the page opens
         on_load.append((sync, inputs, [hp["config_code"], hp["verdict"], hp["breakdown"]]))
 
-    @user_errors
+    @page_errors
     def auto_configure(*values: Any) -> list[Any]:
         form, reason = auto_configure_form(build(*values), values[-1])
         gr.Info(reason)
@@ -216,7 +217,7 @@ def wire_config(api: Api, components: dict[str, FormWidget], hp: HparamsWidgets,
     gr.Button(visible=False).click(estimate_memory, [hp["config_code"], hp["gpu"]], estimate_json,
                                    api_name="estimate_memory")
 
-    @user_errors
+    @page_errors
     def apply_preset(name: str) -> list[Any]:
         if name == CUSTOM:  # set by a loaded config: the form is already what it should be
             return [gr.skip()] * (len(widgets) + 2)
@@ -228,13 +229,14 @@ def wire_config(api: Api, components: dict[str, FormWidget], hp: HparamsWidgets,
 
     method_widgets = [components[f.key] for f in forms.METHOD_FIELDS + forms.REWARD_FIELDS]
 
+    @page_errors
     def show_method(method: str) -> list[Any]:  # only the picked method's fields
         return [method_markdown(method), *(gr.update(visible=v) for v in forms.shown_for(method))]
 
     components["training.method"].change(show_method, components["training.method"],
                                          [hp["method_info"], *method_widgets], api_visibility="private")
 
-    @user_errors
+    @page_errors
     def from_yaml(file: str, *values: Any) -> list[Any]:  # the upload's file path, then the form
         """Lay the uploaded (possibly partial) config over the form: what it leaves out keeps its value; the
         fields it changed are listed, and the preset reads "custom"."""

@@ -10,7 +10,8 @@ from .. import inference, refs, service
 from ..errors import UserError
 from ..templates import MODEL_TEMPLATE, TEMPLATE_NAMES
 from .arena_panel import create_arena_panel
-from .common import Api, FreeDropdown, owner, user_errors
+from .common import Api, owner, page_errors, user_errors
+from .widgets import FreeDropdown
 
 # What the page runs when it opens: a function and the components it fills.
 LoadHook = tuple[Callable[..., gr.Dropdown], list[gr.Dropdown]]
@@ -113,7 +114,6 @@ def create_playground_tab(api: Api) -> dict[str, LoadHook]:
                                              seed=int(seed or 0)):
             yield convo + [{"role": "assistant", "content": partial}]
 
-    @user_errors
     def compare(prompt: str = "", base_model: str = "", adapter: str = "", temperature: float = 0.0,
                 max_new_tokens: int = 256, seed: int = 0, system_prompt: str | None = None, template: str | None = None,
                 top_p: float = 0.9, repetition_penalty: float = 1.0, request: gr.Request | None = None,
@@ -132,7 +132,6 @@ def create_playground_tab(api: Api) -> dict[str, LoadHook]:
                                  temperature=float(temperature or 0.0), top_p=float(top_p or 0.9),
                                  repetition_penalty=float(repetition_penalty or 1.0), seed=int(seed or 0))
 
-    @user_errors
     def exact_prompt(message: str = "", history: list[Any] | None = None, base_model: str = "", adapter: str = "",
                      system_prompt: str | None = None, template: str | None = None, request: gr.Request | None = None,
                      profile: gr.OAuthProfile | None = None) -> tuple[str, str]:
@@ -148,6 +147,7 @@ def create_playground_tab(api: Api) -> dict[str, LoadHook]:
             line += f"\n\n⚠️ {p.warning[0].upper()}{p.warning[1:]}."
         return p.text, line
 
+    @page_errors
     def defaults(adapter: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[str, str, str]:
         """The adapter's trained system prompt and template, to prefill the fields (no warning then)."""
         try:
@@ -190,10 +190,17 @@ def create_playground_tab(api: Api) -> dict[str, LoadHook]:
     send.click(**send_event, api_name="chat").then(lambda: "", None, msg, api_visibility="private")
     msg.submit(**send_event, api_visibility="private").then(lambda: "", None, msg, api_visibility="private")
     clear.click(lambda: [], None, chatbot, api_visibility="private")
-    cbtn.click(compare, [cprompt, base_model, adapter, temperature, max_new, seed, system_prompt, template, top_p, rep],
-               [base_out, tuned_out], api_name="compare", concurrency_limit=2)
-    show.click(exact_prompt, [msg, chatbot, base_model, adapter, system_prompt, template], [exact_text, exact_count],
-               api_name="exact_prompt", concurrency_limit=2)
+    # the page's events leave no error badge on both outputs; the API's (hidden buttons) raise for the caller
+    compare_inputs = [cprompt, base_model, adapter, temperature, max_new, seed, system_prompt, template, top_p, rep]
+    gr.Button(visible=False).click(user_errors(compare), compare_inputs, [base_out, tuned_out], api_name="compare",
+                                   concurrency_limit=2)  # first: it takes the endpoint name
+    cbtn.click(page_errors(compare, lambda _: ("", "")), compare_inputs, [base_out, tuned_out],
+               api_visibility="private", concurrency_limit=2)
+    exact_inputs = [msg, chatbot, base_model, adapter, system_prompt, template]
+    gr.Button(visible=False).click(user_errors(exact_prompt), exact_inputs, [exact_text, exact_count],
+                                   api_name="exact_prompt", concurrency_limit=2)
+    show.click(page_errors(exact_prompt, lambda m: ("", f"⚠️ {m}")), exact_inputs, [exact_text, exact_count],
+               api_visibility="private", concurrency_limit=2)
     adapter.change(defaults, [adapter], [system_prompt, template, template_warning], api_visibility="private")
     template.change(template_notice, [adapter, template], template_warning, api_visibility="private")
     adapter.change(check, [base_model, adapter], warning, api_visibility="private")

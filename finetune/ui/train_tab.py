@@ -18,7 +18,7 @@ from ..backends import hfjobs, zerogpu
 from ..errors import UserError
 from ..hub import MOCK_OAUTH_TOKEN
 from ..runs import LIVE, RunState
-from .common import Api, owner, user_errors
+from .common import Api, owner, page_errors, user_errors
 from .evaluation_panel import create_evaluation_panel
 
 TABLE_COLUMNS = ["run_id", "status", "step", "max_steps", "loss", "model"]
@@ -273,6 +273,7 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
         service.check_data_chosen(config_yaml, data_file, use_sample)
         yield from start_training(config_yaml, data_file, backend, flavor, repo_id, request, profile, oauth, progress)
 
+    @page_errors
     def summary_view(backend: str, config_yaml: str, data_file: str | None, flavor: str) -> tuple[str, gr.Checkbox]:
         try:
             s = service.run_summary(config_yaml, data_file, backend, flavor)
@@ -331,6 +332,7 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
                 r["loss"] = round(r["loss"], 4)
         return pd.DataFrame([{k: r.get(k) for k in TABLE_COLUMNS} for r in rows], columns=TABLE_COLUMNS)
 
+    @page_errors
     def view(rid: str, request: gr.Request, profile: gr.OAuthProfile | None = None,
              oauth: gr.OAuthToken | None = None) -> tuple[str, pd.DataFrame | None, str, gr.Timer, pd.DataFrame]:
         who = owner(request, profile)
@@ -352,6 +354,7 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
         pick = max(live, key=lambda s: s.run_id) if live else (states[0] if states else None)
         return pick.run_id if pick else ""
 
+    @page_errors
     def table(request: gr.Request,
               profile: gr.OAuthProfile | None = None) -> tuple[pd.DataFrame, gr.Dropdown, gr.Dropdown]:
         frame = runs_frame(owner(request, profile))
@@ -369,6 +372,7 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
     def download(rid: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
         return str(service.adapter_zip(ws, owner(request, profile), rid, api.downloads / "adapters"))
 
+    @page_errors
     def backend_panels(name: str, config_yaml: str, data_file: str | None,
                        flavor: str) -> tuple[gr.Group, str, gr.Group, str, str]:
         zero, jobs = name == "zerogpu", name == "hf-jobs"
