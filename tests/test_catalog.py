@@ -76,3 +76,52 @@ def test_zerogpu_facts_of_2026_feed_the_estimator_and_the_quota_planner():
     est = memory.estimate_time(memory.load_model_spec(""), memory.default_setup(memory.get_gpu("zerogpu-xlarge")),
                                "zerogpu-xlarge", tokens=1_000_000)
     assert est.zerogpu_days["enterprise"] == pytest.approx(est.zerogpu_quota_minutes / 60, abs=0.01)
+
+
+def test_the_live_listing_is_fetched_over_http_as_huggingface_hub_reads_it(monkeypatch):
+    """The recorded copy served where the Hub's listing lives: the prices are fetched with huggingface_hub's own
+    session (no network here, so a local server stands in for the Hub), and they equal what huggingface_hub's
+    ``list_jobs_hardware`` makes of the same answer."""
+    import http.server
+    import threading
+
+    from huggingface_hub import HfApi, constants
+
+    body = LISTING.read_bytes()
+    asked: list[str] = []
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            asked.append(self.path)
+            ok = self.path == "/api/jobs/hardware"
+            self.send_response(200 if ok else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body if ok else b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        prices = memory.refresh_jobs_prices()
+        assert asked == ["/api/jobs/hardware"]
+        theirs = {h.name: h for h in HfApi(endpoint=endpoint, token=False).list_jobs_hardware()}
+        assert set(prices) == set(theirs)
+        for name, per_hour in prices.items():
+            assert theirs[name].unit_label == "minute"
+            assert per_hour == pytest.approx(theirs[name].unit_cost_usd * 60, abs=1e-3), name
+        assert memory.get_gpu("t4").usd_per_hour == pytest.approx(prices["t4-small"])
+        assert "read live" in memory.prices_source()
+
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint + "/nowhere")  # a 404: the offline table stays
+        memory.forget_live_prices()
+        with pytest.raises(memory.EstimateError, match="cannot be read"):
+            memory.refresh_jobs_prices()
+        assert "offline" in memory.prices_source()
+    finally:
+        server.shutdown()
