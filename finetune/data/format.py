@@ -36,7 +36,7 @@ from ..templates import (MODEL_TEMPLATE, Message, SpecialTokens, TemplateError, 
                          special_tokens)
 from .detect import (INPUT_SEPARATOR, SINGLE_TURN, Note, Shape, cell_text, column_cells, detect_shape,
                      row_messages)
-from .read import Row, Table, load_rows, table_of_rows
+from .read import Row, Table, open_table
 from .stats import token_lengths, token_stats
 from .validate import (CONTROL_FIRST, CONTROL_RE, FORMULA_FIRST, SURROGATE, SURROGATE_FIX, SURROGATE_REASON,
                        DataError, Problem, RowError, containing, formula_cell, not_text, starting, with_surrogates)
@@ -466,14 +466,9 @@ def format_dataset(
     same result; see the module docstring). ``measure_tokens``: with a tokenizer, count each example's tokens
     (``FormatResult.lengths``); training turns it off, it tokenizes the examples itself. ``keep_duplicates``: a row
     that repeats an earlier one is kept instead of skipped."""
-    if isinstance(source, (str, Path)):
-        table = load_rows(source, hub_config=hub_config, split=split, max_bytes=max_bytes)
-    else:
-        table = table_of_rows(source)
+    table = open_table(source, hub_config=hub_config, split=split, max_bytes=max_bytes)
     name = table.name
     rows_in = len(table.rows) + len(table.broken)
-    if rows_in == 0:
-        raise DataError(name, None, "has no data rows")
     shape = detect_shape(table.columns, columns, table.rows, name)
     if template == MODEL_TEMPLATE and tokenizer is None:
         raise DataError(name, None, "template 'model' needs the model's tokenizer; give --model or pick a template")

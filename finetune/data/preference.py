@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..templates import MODEL_TEMPLATE, Message, TemplateError, render
-from .detect import Shape, _turns
-from .read import Row, load_rows, table_of_rows
+from .detect import Shape, _turns, cell_text
+from .read import Row, open_table
 from .validate import SURROGATE, DataError, Problem, RowError
 
 FIELDS: dict[str, tuple[str, ...]] = {  # canonical field -> the column names that hold it
@@ -205,18 +205,7 @@ def detect_method_shape(columns: Sequence[str], method: str, mapping: dict[str, 
 
 
 def _text(row: Row, column: str | None, fld: str, required: bool = True) -> str:
-    value = row.get(column) if column else None
-    if isinstance(value, str):
-        if required and not value.strip():
-            raise RowError(fld, f"'{column}' is empty", "fill it in or remove the row", "empty field")
-        return value
-    if value is None:
-        if required:
-            raise RowError(fld, f"'{column}' is missing", "add the value or remove the row", "missing field")
-        return ""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    raise RowError(fld, f"'{column}' is a {type(value).__name__}, expected text", "make it a plain string", "not text")
+    return cell_text(row, column, fld, [], required=required)  # a number is used as text, as for SFT
 
 
 def _is_messages(value: object) -> bool:
@@ -359,14 +348,9 @@ def format_for_method(
 ) -> MethodData:
     """Load, detect and render the data of ``method`` (dpo, orpo, kto, grpo). Bad rows are skipped and counted
     (``strict``: the first raises DataError naming its row)."""
-    if isinstance(source, (str, Path)):
-        table = load_rows(source, hub_config=hub_config, split=split, max_bytes=max_bytes)
-    else:
-        table = table_of_rows(source)
+    table = open_table(source, hub_config=hub_config, split=split, max_bytes=max_bytes)
     name = table.name
     rows_in = len(table.rows) + len(table.broken)
-    if rows_in == 0:
-        raise DataError(name, None, "has no data rows")
     if template == MODEL_TEMPLATE and tokenizer is None:
         raise DataError(name, None, "template 'model' needs the model's tokenizer; give --model or pick a template")
     shape = detect_method_shape(table.columns, method, columns, name)

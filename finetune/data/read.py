@@ -295,6 +295,16 @@ def table_of_rows(rows: Sequence[Row]) -> Table:
     return Table("data", cols, items, list(range(1, len(items) + 1)))
 
 
+def open_table(source: str | Path | Sequence[Row], *, hub_config: str | None = None, split: str = "train",
+               max_bytes: int | None = None) -> Table:
+    """The rows of a data file, a Hub dataset id or rows given in memory; a source with no data rows is refused."""
+    table = (load_rows(source, hub_config=hub_config, split=split, max_bytes=max_bytes)
+             if isinstance(source, (str, Path)) else table_of_rows(source))
+    if not table.rows and not table.broken:
+        raise DataError(table.name, None, "has no data rows")
+    return table
+
+
 # Uploads on a server are capped (a shared machine's memory and disk); the CLI reads local files uncapped.
 MAX_UPLOAD_ENV = "FINETUNE_MAX_UPLOAD_MB"
 DEFAULT_MAX_UPLOAD_MB = 200
