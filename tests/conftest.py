@@ -94,3 +94,12 @@ def tiny_model_dir(tmp_path_factory, smollm2_dir) -> Path:
     LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Debian chromium for the tests of one module (tests/apps.py)."""
+    from apps import chromium
+
+    with chromium() as b:
+        yield b

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from apps import launched
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "finetune" / "samples" / "city_year.jsonl"
@@ -17,14 +18,8 @@ SAMPLE = ROOT / "finetune" / "samples" / "city_year.jsonl"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from finetune.service import Workspace
-    from finetune.ui import build_app
-
-    root = tmp_path_factory.mktemp("runs")
-    demo = build_app(Workspace(root, multi_user=True), tmp_path_factory.mktemp("downloads"))
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
-    yield url
-    demo.close()
+    with launched(tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("downloads"), css=False) as (_, url):
+        yield url
 
 
 def client(url):

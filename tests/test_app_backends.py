@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from apps import launched
 
 from finetune import runs, service
 from finetune.events import read_events
@@ -18,27 +19,19 @@ from test_app import client, tiny_yaml
 from test_backends import LOG, TOKEN, FakeJobsApi, job_config
 
 
-def launch(tmp_path_factory, **kw):
-    from finetune.ui import build_app
-
-    root = tmp_path_factory.mktemp("runs")
-    demo = build_app(service.Workspace(root, multi_user=True), tmp_path_factory.mktemp("downloads"), **kw)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
-    return demo, url, root
-
-
 @pytest.fixture(scope="module")
 def zerogpu_app(tmp_path_factory):
-    demo, url, root = launch(tmp_path_factory, zerogpu=True, zerogpu_steps_per_call=3)
-    yield url, root
-    demo.close()
+    root = tmp_path_factory.mktemp("runs")
+    with launched(root, tmp_path_factory.mktemp("downloads"), css=False, zerogpu=True,
+                  zerogpu_steps_per_call=3) as (_, url):
+        yield url, root
 
 
 @pytest.fixture(scope="module")
 def plain_app(tmp_path_factory):
-    demo, url, root = launch(tmp_path_factory)  # detection: this machine is no ZeroGPU Space
-    yield url, root
-    demo.close()
+    root = tmp_path_factory.mktemp("runs")
+    with launched(root, tmp_path_factory.mktemp("downloads"), css=False) as (_, url):  # no ZeroGPU Space here
+        yield url, root
 
 
 def test_zerogpu_run_trains_in_chained_calls_and_streams_progress(zerogpu_app, tiny_model_dir):

@@ -8,10 +8,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from apps import launched, needs_chromium, open_page, set_text
 
 from finetune.config import RunConfig
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 def tiny_run(model_dir: Path, root: Path):
@@ -68,14 +67,9 @@ def test_votes_are_private_to_their_owner(workspace, tmp_path):
 
 @pytest.fixture(scope="module")
 def single_user_app(trained, tmp_path_factory):
-    from finetune.service import Workspace
-    from finetune.ui import CSS, build_app
-
-    root, run = trained.run_dir.parent, trained
-    demo = build_app(Workspace(root, multi_user=False), tmp_path_factory.mktemp("dl"))
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, css=CSS)
-    yield url, run.run_id, root
-    demo.close()
+    root = trained.run_dir.parent
+    with launched(root, tmp_path_factory.mktemp("dl"), multi_user=False) as (_, url):
+        yield url, trained.run_id, root
 
 
 def test_arena_endpoints(single_user_app):
@@ -95,42 +89,32 @@ def test_arena_endpoints(single_user_app):
 
 
 @pytest.mark.slow  # half a minute of browser; the endpoints and the statistics are tested in the default suite
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium (apt-get install chromium)")
-def test_browser_votes_three_times_and_sees_the_tally_change(single_user_app):
-    from playwright.sync_api import sync_playwright
-
+@needs_chromium
+def test_browser_votes_three_times_and_sees_the_tally_change(single_user_app, browser):
     from finetune import service
 
     url, run_id, root = single_user_app
     start = service.arena_votes(service.Workspace(root), None)  # the API test may have voted in this app already
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url)
-            page.wait_for_selector("text=1 · Dataset", timeout=60_000)
-            page.get_by_role("tab", name="4 · Playground").click()
-            box = page.locator("#arena-contenders textarea, #arena-contenders input").first
-            box.fill(f"base, {run_id}, {run_id}@2")
-            box.press("Tab")
-            tallies, tables = [], []
-            for i, verdict in enumerate(["A", "tie", "B"], 1):
-                prompt = page.locator("#arena-prompt textarea, #arena-prompt input").first
-                prompt.fill(f"Question {i}?")
-                page.locator("#arena-battle").click()
-                page.wait_for_function("document.querySelector('#arena-reveal').innerText.includes('Which answer')",
-                                       timeout=120_000)
-                assert page.locator("#arena-answer-C").is_visible()  # three contenders, three answers
-                page.locator(f"#arena-vote-{verdict}").click()
-                page.wait_for_function(
-                    f"document.querySelector('#arena-tally').innerText.includes('Your votes so far: {start + i}')"
-                    " && document.querySelector('#arena-reveal').innerText.includes('You voted')", timeout=60_000)
-                tallies.append(page.locator("#arena-tally").inner_text())
-                tables.append(page.locator("#arena-standings").inner_text())
-            assert len(set(tallies)) == 3 and len(set(tables)) == 3  # the tally and the standings changed each time
-            assert run_id in tables[-1] and "base" in tables[-1]
-            page.screenshot(path=str(Path(__file__).parent / "screenshots" / "5-arena.png"), full_page=True)
-        finally:
-            browser.close()
+    context, page = open_page(browser, url)
+    try:
+        page.get_by_role("tab", name="4 · Playground").click()
+        set_text(page, "arena-contenders", f"base, {run_id}, {run_id}@2")
+        tallies, tables = [], []
+        for i, verdict in enumerate(["A", "tie", "B"], 1):
+            prompt = page.locator("#arena-prompt textarea, #arena-prompt input").first
+            prompt.fill(f"Question {i}?")
+            page.locator("#arena-battle").click()
+            page.wait_for_function("document.querySelector('#arena-reveal').innerText.includes('Which answer')",
+                                   timeout=120_000)
+            assert page.locator("#arena-answer-C").is_visible()  # three contenders, three answers
+            page.locator(f"#arena-vote-{verdict}").click()
+            page.wait_for_function(
+                f"document.querySelector('#arena-tally').innerText.includes('Your votes so far: {start + i}')"
+                " && document.querySelector('#arena-reveal').innerText.includes('You voted')", timeout=60_000)
+            tallies.append(page.locator("#arena-tally").inner_text())
+            tables.append(page.locator("#arena-standings").inner_text())
+        assert len(set(tallies)) == 3 and len(set(tables)) == 3  # the tally and the standings changed each time
+        assert run_id in tables[-1] and "base" in tables[-1]
+        page.screenshot(path=str(Path(__file__).parent / "screenshots" / "5-arena.png"), full_page=True)
+    finally:
+        context.close()

@@ -4,54 +4,32 @@ plot, and get a streamed chat reply. Screenshots go to tests/screenshots/."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
+from apps import SAMPLE, chromium, launched, needs_chromium, open_page, set_text
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "finetune" / "samples" / "city_year.jsonl"
 SHOTS = ROOT / "tests" / "screenshots"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium (apt-get install chromium)")
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
-    from finetune.service import Workspace
-    from finetune.ui import CSS, build_app
-
-    demo = build_app(Workspace(tmp_path_factory.mktemp("runs"), multi_user=True), tmp_path_factory.mktemp("dl"))
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, css=CSS)
-    yield url
-    demo.close()
+    with launched(tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("dl")) as (_, url):
+        yield url
 
 
 @pytest.fixture(scope="module")
 def page(app_url):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.goto(app_url)
-        pg.wait_for_selector("text=1 · Dataset", timeout=60_000)
-        yield pg
-        browser.close()
+    with chromium() as browser:
+        yield open_page(browser, app_url)[1]
 
 
 def shot(page, name: str):
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
-
-
-def set_text(page, elem_id: str, value: str):
-    box = page.locator(f"#{elem_id} textarea, #{elem_id} input").first
-    box.fill(value)
-    box.press("Tab")  # commits the value (change/blur events)
 
 
 def test_click_through_all_tabs(page, tiny_model_dir):

@@ -35,19 +35,16 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import time
 from pathlib import Path
 
 import pytest
+from apps import SAMPLE, VIEWPORT, launched, needs_chromium
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "finetune" / "samples" / "city_year.jsonl"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TABS = ["1 · Dataset", "2 · Hyperparameters", "3 · Train", "4 · Playground"]
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium (apt-get install chromium)")
+pytestmark = needs_chromium
 
 # a programming error shown to the user: the app's own wording, or an exception's text leaking through a toast
 INTERNAL = re.compile(r"internal error", re.I)
@@ -125,14 +122,9 @@ BUSY = """() => [...document.querySelectorAll(
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    from finetune.service import Workspace
-    from finetune.ui import CSS, build_app
-
     root = tmp_path_factory.mktemp("runs")
-    demo = build_app(Workspace(root, multi_user=True), tmp_path_factory.mktemp("dl"))
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, css=CSS)
-    yield demo, url, root
-    demo.close()
+    with launched(root, tmp_path_factory.mktemp("dl")) as (demo, url):
+        yield demo, url, root
 
 
 def training_processes(root: Path) -> list[int]:
@@ -160,18 +152,6 @@ def wait_for_training_processes(root: Path, timeout_s: float = 150.0) -> list[in
 
 
 @pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory, tiny_model_dir) -> Path:
     """What "Load a config YAML" is given: the default preset on the tiny model, a two-step run."""
     from finetune.presets import DEFAULT_PRESET, load_preset
@@ -193,7 +173,7 @@ class Clicker:
         """``let_runs_finish``: wait after "Start training" until the run ends (the buttons after it then act on
         a finished run), else go on at once (they act on a starting or running run)."""
         self.demo, self.config_yaml, self.let_runs_finish = demo, config_yaml, let_runs_finish
-        self.context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        self.context = browser.new_context(viewport=VIEWPORT)
         self.page = page = self.context.new_page()
         page.add_init_script(TOAST_RECORDER)
         self.page_errors: list[str] = []

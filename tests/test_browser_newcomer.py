@@ -5,64 +5,17 @@ counted, and a reloaded page comes back to the user's latest run."""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
+from apps import SAMPLE, launched, needs_chromium, open_page, set_text, text_of, wait_text
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "finetune" / "samples" / "city_year.jsonl"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium (apt-get install chromium)")
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    from finetune.service import Workspace
-    from finetune.ui import CSS, build_app
-
     root = tmp_path_factory.mktemp("runs")
-    demo = build_app(Workspace(root, multi_user=True), tmp_path_factory.mktemp("dl"))
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, css=CSS)
-    yield url, root
-    demo.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        yield b
-        b.close()
-
-
-def open_page(browser, url: str, context=None):
-    """A new visitor (its own browser context), or a new tab of ``context``."""
-    context = context or browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.goto(url)
-    page.wait_for_selector("text=1 · Dataset", timeout=60_000)
-    return context, page
-
-
-def text_of(page, elem_id: str) -> str:
-    return page.locator(f"#{elem_id}").first.inner_text()
-
-
-def wait_text(page, elem_id: str, needle: str, timeout_s: float = 60) -> None:
-    page.wait_for_function(f"() => (document.querySelector('#{elem_id}') || {{}}).innerText?.includes({needle!r})",
-                           timeout=timeout_s * 1000)
-
-
-def set_text(page, elem_id: str, value: str) -> None:
-    box = page.locator(f"#{elem_id} textarea, #{elem_id} input").first
-    box.fill(value)
-    box.press("Tab")
+    with launched(root, tmp_path_factory.mktemp("dl")) as (_, url):
+        yield url, root
 
 
 ERROR_BADGES = "[data-testid=status-tracker] .error"  # gradio's mark on each output of a failed event

@@ -3,29 +3,21 @@ a finished run becomes a downloadable GGUF file that llama.cpp loads with the tr
 
 from __future__ import annotations
 
-import shutil
 import zipfile
 from pathlib import Path
 
 import pytest
-
+from apps import launched, needs_chromium, open_page
 from llamacpp import LlamaCpp
 from test_template_export import train_tiny
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
 def app(tiny_model_dir, tmp_path_factory):
-    from finetune.service import Workspace
-    from finetune.ui import CSS, build_app
-
     work = tmp_path_factory.mktemp("export-app")
     result = train_tiny(tiny_model_dir, work, "chatml")
-    demo = build_app(Workspace(work / "runs"), work / "downloads")
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, css=CSS)
-    yield url, result
-    demo.close()
+    with launched(work / "runs", work / "downloads", multi_user=False) as (_, url):
+        yield url, result
 
 
 def test_export_model_endpoint_returns_a_gguf_and_an_ollama_zip(app, tmp_path):
@@ -52,16 +44,11 @@ def test_export_model_endpoint_returns_a_gguf_and_an_ollama_zip(app, tmp_path):
         client.predict(run.run_dir.name, "space", "q8_0", "", True, api_name="/export_model")
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium (apt-get install chromium)")
-def test_export_tab_in_the_browser_gives_a_downloadable_file(app, tmp_path):
-    from playwright.sync_api import sync_playwright
-
+@needs_chromium
+def test_export_tab_in_the_browser_gives_a_downloadable_file(app, browser, tmp_path):
     url, run = app
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu",
-                                                                    "--disable-dev-shm-usage"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-        page.goto(url)
+    context, page = open_page(browser, url, accept_downloads=True)
+    try:
         page.get_by_role("tab", name="5 · Export").click()
         page.wait_for_function("""() => { const i = document.querySelector('#export-run input');
                                           return i && i.value.length > 0; }""", timeout=60_000)
@@ -78,4 +65,5 @@ def test_export_tab_in_the_browser_gives_a_downloadable_file(app, tmp_path):
         info.value.save_as(saved)
         assert saved.name.endswith("-lora-f16.gguf") and saved.read_bytes()[:4] == b"GGUF"
         assert "lora-gguf export written" in page.locator("#export-result").inner_text()
-        browser.close()
+    finally:
+        context.close()

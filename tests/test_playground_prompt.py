@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from apps import launched
 
 SYSTEM = "Answer as JSON."
 CHATML_HI = f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
@@ -14,13 +15,8 @@ CHATML_HI = f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\nHi<|im_e
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from finetune.service import Workspace
-    from finetune.ui import build_app
-
-    demo = build_app(Workspace(tmp_path_factory.mktemp("runs"), multi_user=True), tmp_path_factory.mktemp("dl"))
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
-    yield url
-    demo.close()
+    with launched(tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("dl"), css=False) as (_, url):
+        yield url
 
 
 @pytest.fixture(scope="module")

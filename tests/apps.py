@@ -1,0 +1,74 @@
+"""The app launched for real (gradio on a local port) and a real browser (Debian chromium driven by Playwright),
+shared by the tests that use them."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "finetune" / "samples" / "city_year.jsonl"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                    reason="needs Debian chromium (apt-get install chromium)")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+VIEWPORT = {"width": 1400, "height": 1000}
+
+
+@contextlib.contextmanager
+def launched(runs: Path, downloads: Path, *, multi_user: bool = True, css: bool = True,
+             **options: Any) -> Iterator[tuple[Any, str]]:
+    """The app on a free local port over the runs folder ``runs``: (demo, url); closed afterwards."""
+    from finetune.service import Workspace
+    from finetune.ui import CSS, build_app
+
+    demo = build_app(Workspace(runs, multi_user=multi_user), downloads, **options)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True,
+                            **({"css": CSS} if css else {}))
+    try:
+        yield demo, url
+    finally:
+        demo.close()
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[Any]:
+    """A headless Debian chromium (a Playwright Browser)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def open_page(browser: Any, url: str, context: Any = None, **context_options: Any) -> tuple[Any, Any]:
+    """A new visitor (its own browser context), or a new tab of ``context``, on the loaded app: (context, page)."""
+    context = context or browser.new_context(viewport=VIEWPORT, **context_options)
+    page = context.new_page()
+    page.goto(url)
+    page.wait_for_selector("text=1 · Dataset", timeout=60_000)
+    return context, page
+
+
+def set_text(page: Any, elem_id: str, value: str) -> None:
+    """Type into a textbox and leave it (its change/blur events fire)."""
+    box = page.locator(f"#{elem_id} textarea, #{elem_id} input").first
+    box.fill(value)
+    box.press("Tab")
+
+
+def text_of(page: Any, elem_id: str) -> str:
+    return str(page.locator(f"#{elem_id}").first.inner_text())
+
+
+def wait_text(page: Any, elem_id: str, needle: str, timeout_s: float = 60) -> None:
+    page.wait_for_function(f"() => (document.querySelector('#{elem_id}') || {{}}).innerText?.includes({needle!r})",
+                           timeout=timeout_s * 1000)
