@@ -55,7 +55,9 @@ def default_workspace() -> Workspace:
     return Workspace(runs.runs_root(), multi)
 
 
-def _run_dir(ws: Workspace, owner: str | None, run_id: str) -> Path:
+def _run_dir(ws: Workspace, owner: str | None, run_id: str | None) -> Path:
+    if not run_id:  # a page's run picker left empty (None)
+        raise ServiceError("pick a run first (the run list shows yours)")
     try:
         path = runs.run_path(run_id, ws.for_owner(owner))
     except runs.RunError as e:
@@ -441,13 +443,11 @@ def run_events(ws: Workspace, owner: str | None, run_id: str) -> list[dict[str, 
     return read_events(_run_dir(ws, owner, run_id))
 
 
-def adapter_path(ws: Workspace, owner: str | None, run_id: str) -> Path:
+def adapter_path(ws: Workspace, owner: str | None, run_id: str | None) -> Path:
     """The adapter folder of one of the owner's runs: ``ID`` (the finished adapter), ``ID@40`` (the checkpoint
     of step 40) or ``ID@best`` / ``ID@best-<metric>`` (the checkpoint the run's evaluation ranks best, by exact
     match unless a metric of ``finetune.evaluate.METRICS`` is named)."""
-    if not (run_id or "").strip():  # a page's run picker left empty (None)
-        raise ServiceError("pick a finished run first (the run list shows yours)")
-    run_id, _, step = run_id.strip().partition("@")
+    run_id, _, step = (run_id or "").partition("@")
     run_dir = _run_dir(ws, owner, run_id)
     if step:
         return _checkpoint_adapter(run_dir, run_id, step)

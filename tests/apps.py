@@ -20,16 +20,23 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--
 VIEWPORT = {"width": 1400, "height": 1000}
 
 
-@contextlib.contextmanager
-def launched(runs: Path, downloads: Path, *, multi_user: bool = True, css: bool = True,
-             **options: Any) -> Iterator[tuple[Any, str]]:
-    """The app on a free local port over the runs folder ``runs``: (demo, url); closed afterwards."""
+def launch(runs: Path, downloads: Path, *, multi_user: bool = True, css: bool = True,
+           **options: Any) -> tuple[Any, str]:
+    """The app on a free local port over the runs folder ``runs``: (demo, url); the caller closes it."""
     from finetune.service import Workspace
     from finetune.ui import CSS, build_app
 
     demo = build_app(Workspace(runs, multi_user=multi_user), downloads, **options)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True,
                             **({"css": CSS} if css else {}))
+    return demo, url
+
+
+@contextlib.contextmanager
+def launched(runs: Path, downloads: Path, *, multi_user: bool = True, css: bool = True,
+             **options: Any) -> Iterator[tuple[Any, str]]:
+    """As ``launch``, closed afterwards."""
+    demo, url = launch(runs, downloads, multi_user=multi_user, css=css, **options)
     try:
         yield demo, url
     finally:

@@ -10,10 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from apps import launched
+from apps import ROOT, SAMPLE, launched
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "finetune" / "samples" / "city_year.jsonl"
 
 
 @pytest.fixture(scope="module")

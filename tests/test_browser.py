@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from apps import SAMPLE, chromium, launched, needs_chromium, open_page, set_text
+from apps import SAMPLE, launched, needs_chromium, open_page, set_text
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "tests" / "screenshots"
@@ -22,9 +22,10 @@ def app_url(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(app_url):
-    with chromium() as browser:
-        yield open_page(browser, app_url)[1]
+def page(app_url, browser):
+    context, pg = open_page(browser, app_url)
+    yield pg
+    context.close()
 
 
 def shot(page, name: str):

@@ -135,7 +135,7 @@ def test_a_refused_request_shows_one_message_and_no_error_badges(app, browser):
         page.locator("#export-btn").click()
         wait_text(page, "export-result", "Not exported")
         said = text_of(page, "export-result")
-        assert refusal_toast(page) in said and "pick a finished run" in said, said  # the reason, in the result too
+        assert refusal_toast(page) in said and "pick a run first" in said, said  # the reason, in the result too
         assert page.locator(ERROR_BADGES).count() == 0
 
         page.get_by_role("tab", name="4 · Playground").click()

@@ -106,6 +106,8 @@ def test_the_live_listing_is_fetched_over_http_as_huggingface_hub_reads_it(monke
     threading.Thread(target=server.serve_forever, daemon=True).start()
     endpoint = f"http://127.0.0.1:{server.server_address[1]}"
     try:
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        monkeypatch.setenv("no_proxy", "127.0.0.1")
         monkeypatch.setattr(constants, "ENDPOINT", endpoint)
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         prices = memory.refresh_jobs_prices()
@@ -125,3 +127,4 @@ def test_the_live_listing_is_fetched_over_http_as_huggingface_hub_reads_it(monke
         assert "offline" in memory.prices_source()
     finally:
         server.shutdown()
+        server.server_close()

@@ -293,7 +293,7 @@ def test_streaming_merge_of_a_sharded_model_equals_peft_merge(run, tmp_path, smo
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from finetune.adapter import TEMPLATE_FILE, write_run_files
+    from finetune.adapter import TEMPLATE_FILE
     from finetune.export import merge_adapter
 
     base = sharded_tiny(tmp_path / "base", smollm2_dir)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from apps import launched
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,14 +33,9 @@ def test_histogram_axis_follows_the_data():
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    from finetune.service import Workspace
-    from finetune.ui import build_app
-
     root = tmp_path_factory.mktemp("runs")
-    demo = build_app(Workspace(root), tmp_path_factory.mktemp("dl"))
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
-    yield demo, url, root
-    demo.close()
+    with launched(root, tmp_path_factory.mktemp("dl"), multi_user=False, css=False) as (demo, url):
+        yield demo, url, root
 
 
 def test_api_documents_the_adapter_as_text(app):

@@ -4,7 +4,6 @@ with keyword arguments; omitted ones fall back to the adapter's trained template
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 from apps import launched

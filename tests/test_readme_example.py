@@ -7,14 +7,10 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
+from apps import ROOT, SAMPLE, launched
 from test_app import tiny_yaml
-
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "finetune" / "samples" / "city_year.jsonl"
 README_URL = "http://127.0.0.1:7860/"
 
 
@@ -26,20 +22,13 @@ def readme_example() -> str:
 
 @pytest.mark.slow
 def test_readme_python_example_runs_as_written(tmp_path, tiny_model_dir):
-    from finetune.service import Workspace
-    from finetune.ui import build_app
-
     code = readme_example()
     assert README_URL in code and 'open("config.yaml")' in code and '"my_data.jsonl"' in code
     (tmp_path / "config.yaml").write_text(tiny_yaml(tiny_model_dir, steps=4), encoding="utf-8")
     shutil.copy(SAMPLE, tmp_path / "my_data.jsonl")
-    demo = build_app(Workspace(tmp_path / "runs", multi_user=True), tmp_path / "downloads")
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
-    try:
+    with launched(tmp_path / "runs", tmp_path / "downloads", css=False) as (_, url):
         out = subprocess.run([sys.executable, "-c", code.replace(README_URL, url)], cwd=tmp_path,
                              capture_output=True, text=True, timeout=300)
-    finally:
-        demo.close()
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [ln for ln in out.stdout.splitlines() if not ln.startswith("Loaded as API")]  # gradio_client's own
     final = next(i for i, line in enumerate(lines) if line == "finished")  # the final status, after the polling

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from apps import ROOT, SAMPLE, launch
 
 from finetune import io as fio
 from finetune import runs, service
@@ -29,8 +30,6 @@ from finetune.train import TrainingError, train
 from test_app import tiny_yaml, wait_finished
 from test_train import assert_same_adapter, tiny_config
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "finetune" / "samples" / "city_year.jsonl"
 TOKEN = "hf_FAKEtokenReliab1lityNeverWritten0123"
 
 
@@ -246,11 +245,7 @@ def test_atomic_write_on_a_full_disk_leaves_the_old_file_and_no_temporary(tmp_pa
 
 
 def launch_app(root: Path, downloads: Path, multi_user: bool = True):
-    from finetune.ui import build_app
-
-    demo = build_app(service.Workspace(root, multi_user=multi_user), downloads)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
-    return demo, url
+    return launch(root, downloads, multi_user=multi_user, css=False)
 
 
 def client(url, session_hash: str | None = None):

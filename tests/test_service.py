@@ -51,14 +51,15 @@ def test_unknown_and_invalid_runs_are_user_errors(tmp_path):
             action(ws, None, "../etc")
 
 
-def test_no_run_picked_is_a_user_error_for_every_adapter_action(tmp_path):
-    """A page's run picker left empty sends None: refused with what to do (it was an AttributeError)."""
+def test_no_run_picked_is_a_user_error_for_every_run_action(tmp_path):
+    """A page's run picker left empty sends None: refused with what to do (export raised an AttributeError)."""
     ws = service.Workspace(tmp_path)
-    for run_id in (None, "", "  "):
-        with pytest.raises(service.ServiceError, match="pick a finished run first"):
-            service.adapter_path(ws, None, run_id)  # type: ignore[arg-type]
-        with pytest.raises(service.ServiceError, match="pick a finished run first"):
-            service.export_run(ws, None, run_id, "gguf", "q8_0", tmp_path / "out")  # type: ignore[arg-type]
+    for run_id in (None, ""):
+        for action in (service.adapter_path, service.run_status, service.stop_training, service.resume_training):
+            with pytest.raises(service.ServiceError, match="pick a run first"):
+                action(ws, None, run_id)
+        with pytest.raises(service.ServiceError, match="pick a run first"):
+            service.export_run(ws, None, run_id, "gguf", "q8_0", tmp_path / "out")
 
 
 def test_zerogpu_run_records_its_backend_and_resumes_only_when_stopped(tmp_path):

@@ -106,14 +106,10 @@ def test_plain_transformers_and_peft_answer_as_well_as_finetune_generate(trained
 
 @pytest.fixture(scope="module")
 def app_url(trained, tmp_path_factory):
-    from finetune.service import Workspace
-    from finetune.ui import build_app
+    from apps import launched
 
-    root = trained[0]
-    demo = build_app(Workspace(root, multi_user=False), tmp_path_factory.mktemp("downloads"))
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
-    yield url
-    demo.close()
+    with launched(trained[0], tmp_path_factory.mktemp("downloads"), multi_user=False, css=False) as (_, url):
+        yield url
 
 
 def _text(content) -> str:

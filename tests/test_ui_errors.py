@@ -27,8 +27,12 @@ def test_every_page_event_with_several_outputs_turns_refusals_into_a_message(tmp
             unguarded.append(f"{fn.name} ({len(fn.outputs)} outputs)")
     assert not unguarded, f"page events that would mark all their outputs as failed: {unguarded}"
     assert not api_on_page, api_on_page
-    publics = {fn.api_name for fn in several if fn.api_visibility == "public"}
-    assert {"compare", "exact_prompt", "export_model", "format_dataset"} <= publics  # still endpoints
+    publics = {fn.api_name: fn for fn in several if fn.api_visibility == "public"}
+    assert {"compare", "exact_prompt", "export_model", "format_dataset"} <= set(publics)  # still endpoints
+    for name, fn in publics.items():  # the page's twin of an endpoint shares its queue: one limit for both
+        twins = [f for f in several if f.api_visibility == "private" and f.concurrency_id == fn.concurrency_id]
+        assert twins, f"/{name}: the page's event does not share the endpoint's concurrency_id"
+        assert {f.concurrency_limit for f in twins} == {fn.concurrency_limit}, name
 
 
 def test_a_refusal_keeps_the_outputs_or_shows_the_fallback_and_a_bug_still_raises():

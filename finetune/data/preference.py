@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..templates import MODEL_TEMPLATE, Message, TemplateError, render
-from .detect import Shape, _turns, cell_text
+from .detect import Shape, _turns, cell_text  # cell_text(..., []): a number in a text cell is used as text, no note
 from .read import Row, open_table
 from .validate import SURROGATE, DataError, Problem, RowError
 
@@ -204,10 +204,6 @@ def detect_method_shape(columns: Sequence[str], method: str, mapping: dict[str, 
 # one row
 
 
-def _text(row: Row, column: str | None, fld: str, required: bool = True) -> str:
-    return cell_text(row, column, fld, [], required=required)  # a number is used as text, as for SFT
-
-
 def _is_messages(value: object) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(m, dict) for m in value)
 
@@ -221,7 +217,7 @@ def _prompt_messages(row: Row, column: str, system: str) -> list[Message]:
             raise RowError("prompt", f"'{column}' ends with a {msgs[-1]['role']} message", "end the prompt with the "
                            "user's message; the answers go in their own columns", "prompt not ending with user")
     else:
-        msgs = [{"role": "user", "content": _text(row, column, "prompt")}]
+        msgs = [{"role": "user", "content": cell_text(row, column, "prompt", [])}]
     if system.strip() and msgs[0]["role"] != "system":
         msgs = [{"role": "system", "content": system}] + msgs
     return msgs
@@ -237,7 +233,7 @@ def _answer(row: Row, column: str, fld: str) -> str:
                            f"({', '.join(m['role'] for m in msgs)})",
                            f"write {fld} as [{{\"role\": \"assistant\", \"content\": ...}}]", "not one answer")
         return msgs[0]["content"]
-    return _text(row, column, fld)
+    return cell_text(row, column, fld, [])
 
 
 def _implicit(row: Row, shape: Shape) -> tuple[list[Message], str, str]:
@@ -292,7 +288,7 @@ def _render_answer(prompt: list[Message], answer: str, how: _How, fld: str) -> t
 
 def _example(row: Row, number: int, how: _How) -> MethodExample:
     f = how.shape.fields
-    system = _text(row, f.get("system"), "system", required=False) or how.system
+    system = cell_text(row, f.get("system"), "system", [], required=False) or how.system
     if how.shape.name == "preference":
         if "prompt" in f:
             prompt = _prompt_messages(row, f["prompt"], system)
@@ -318,7 +314,7 @@ def _example(row: Row, number: int, how: _How) -> MethodExample:
         p, c = _render_answer(prompt, completion, how, "completion")
         return FeedbackExample(number, p, c, label, prompt, completion)
     prompt = _prompt_messages(row, f["prompt"], system)
-    answer = _text(row, f.get("answer"), "answer", required=False) if "answer" in f else None
+    answer = cell_text(row, f.get("answer"), "answer", [], required=False) if "answer" in f else None
     try:
         text = render(prompt, how.template, how.tokenizer, add_generation_prompt=True).prompt
     except TemplateError as e:

@@ -99,7 +99,11 @@ def user_error(e: BaseException, where: str = "") -> gr.Error:
     if isinstance(e, UserError):
         log.info("request refused: %s: %s", e.__class__.__name__, e)
         return gr.Error(str(e) if str(e) else e.__class__.__name__, print_exception=False)
-    return gr.Error(internal_message(report_internal(e, where)), print_exception=False)
+    return InternalError(internal_message(report_internal(e, where)), print_exception=False)
+
+
+class InternalError(gr.Error):
+    """A bug of ours as the user sees it (``internal error (reference N)``): never taken for a refusal."""
 
 
 PAGE_ERRORS = "__finetune_page_errors__"  # marks a handler wrapped by page_errors (tests/test_ui_errors.py looks)
@@ -107,18 +111,19 @@ PAGE_ERRORS = "__finetune_page_errors__"  # marks a handler wrapped by page_erro
 
 def page_errors(fn: Callable[P, R], shown: Callable[[str], Any] | None = None) -> Callable[P, R]:
     """For an event of the page that fills several outputs: a refusal (UserError, or gr.Error raised by the
-    handler) is shown as a message, and the outputs show ``shown(message)`` (default: each keeps what it showed).
-    Raising would make gradio mark every output of the event with an error badge, as if each had failed. A bug
-    still raises: ``internal error (reference N)``, its traceback logged. Endpoints for scripts use
+    handler) is shown as a message, and the outputs show ``shown(message)`` (default: each keeps what it showed;
+    ``message`` is HTML-escaped, as shown). Raising would make gradio mark every output of the event with an error
+    badge, as if each had failed. A bug still raises: ``internal error (reference N)``, its traceback logged (also
+    when a helper wrapped by ``user_errors`` already turned it into that message). Endpoints for scripts use
     ``user_errors`` (the caller gets the error)."""
     where = getattr(fn, "__qualname__", "a request")
 
     def refused(e: Exception) -> Any:
-        if isinstance(e, (UserError, gr.Error)):
+        if isinstance(e, (UserError, gr.Error)) and not isinstance(e, InternalError):
             message = str(e.message if isinstance(e, gr.Error) else e) or e.__class__.__name__
             log.info("request refused: %s: %s", e.__class__.__name__, message)
             gr.Warning(html.escape(message))
-            return shown(message) if shown is not None else gr.skip()  # one skip: every output as it was
+            return shown(html.escape(message)) if shown is not None else gr.skip()  # one skip: all outputs as they were
         raise user_error(e, where) from None
 
     if inspect.isgeneratorfunction(fn):

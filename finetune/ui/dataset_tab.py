@@ -166,7 +166,7 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
                                   max_length, train_on, keep_duplicates, method, request, profile)
         except UserError as e:
             name = Path(data_file).name if data_file else (hub_id or "").strip()
-            gr.Warning(str(e))
+            gr.Warning(html.escape(str(e)))
             return (f"❌ **{html.escape(name)} could not be formatted:** {html.escape(str(e))}",
                     f"<div class='ft-preview' id='ft-preview-cleared'>No preview: {html.escape(name)} could not be "
                     "formatted (see above); fix it and upload again.</div>",
@@ -198,10 +198,14 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
                   columns, components["model.id"], components["training.max_length"], components["data.train_on"],
                   components["data.keep_duplicates"], components["training.method"]]
         outputs = [summary, preview, hist, problems, formatted]
-        fmt.click(format_on_page, inputs, outputs, api_visibility="private", concurrency_limit=4)
+        api_event = gr.Button(visible=False).click(api_format, inputs, outputs, api_name="format_dataset",
+                                                   concurrency_id="format_dataset", concurrency_limit=4)
+        fmt.click(format_on_page, inputs, outputs, api_visibility="private", concurrency_id="format_dataset",
+                  concurrency_limit=4)
         return (
-            gr.Button(visible=False).click(api_format, inputs, outputs, api_name="format_dataset", concurrency_limit=4),
-            data_file.upload(format_on_page, inputs, outputs, api_visibility="private"),
+            api_event,
+            data_file.upload(format_on_page, inputs, outputs, api_visibility="private", concurrency_id="format_dataset",
+                             concurrency_limit=4),
             ds_push.click(push, [formatted, ds_repo, ds_private], ds_result, api_name="push_dataset"),
         )
 

@@ -3,7 +3,6 @@ or a demo Space, downloadable here and optionally pushed to the Hub (`/export_mo
 
 from __future__ import annotations
 
-import html
 from typing import Callable
 
 import gradio as gr
@@ -66,8 +65,9 @@ def create_export_tab(api: Api) -> tuple[Callable[..., gr.Dropdown], list[gr.Dro
     fmt.change(describe, fmt, fmt_help, api_visibility="private")
     refresh.click(runs, None, run_id, api_visibility="private")
     inputs = [run_id, fmt, quant, repo, private]
-    gr.Button(visible=False).click(user_errors(export_model), inputs, [file, result], api_name="export_model")
+    gr.Button(visible=False).click(user_errors(export_model), inputs, [file, result], api_name="export_model",
+                                   concurrency_id="export_model", concurrency_limit=1)
     # the page: a refusal clears the last export's file and says why in the result (no error badge on both)
-    export_btn.click(page_errors(export_model, lambda m: (None, f"❌ **Not exported:** {html.escape(m)}")), inputs,
-                     [file, result], api_visibility="private")
+    export_btn.click(page_errors(export_model, lambda m: (None, f"❌ **Not exported:** {m}")), inputs, [file, result],
+                     api_visibility="private", concurrency_id="export_model", concurrency_limit=1)
     return runs, [run_id]

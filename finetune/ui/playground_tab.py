@@ -193,14 +193,14 @@ def create_playground_tab(api: Api) -> dict[str, LoadHook]:
     # the page's events leave no error badge on both outputs; the API's (hidden buttons) raise for the caller
     compare_inputs = [cprompt, base_model, adapter, temperature, max_new, seed, system_prompt, template, top_p, rep]
     gr.Button(visible=False).click(user_errors(compare), compare_inputs, [base_out, tuned_out], api_name="compare",
-                                   concurrency_limit=2)  # first: it takes the endpoint name
+                                   concurrency_id="compare", concurrency_limit=2)  # first: it takes the name
     cbtn.click(page_errors(compare, lambda _: ("", "")), compare_inputs, [base_out, tuned_out],
-               api_visibility="private", concurrency_limit=2)
+               api_visibility="private", concurrency_id="compare", concurrency_limit=2)
     exact_inputs = [msg, chatbot, base_model, adapter, system_prompt, template]
     gr.Button(visible=False).click(user_errors(exact_prompt), exact_inputs, [exact_text, exact_count],
-                                   api_name="exact_prompt", concurrency_limit=2)
+                                   api_name="exact_prompt", concurrency_id="exact_prompt", concurrency_limit=2)
     show.click(page_errors(exact_prompt, lambda m: ("", f"⚠️ {m}")), exact_inputs, [exact_text, exact_count],
-               api_visibility="private", concurrency_limit=2)
+               api_visibility="private", concurrency_id="exact_prompt", concurrency_limit=2)
     adapter.change(defaults, [adapter], [system_prompt, template, template_warning], api_visibility="private")
     template.change(template_notice, [adapter, template], template_warning, api_visibility="private")
     adapter.change(check, [base_model, adapter], warning, api_visibility="private")

@@ -342,7 +342,8 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
             state = service.run_status(ws, who, rid, token=oauth_token(oauth))
             events = service.run_events(ws, who, rid)
         except service.ServiceError as e:
-            return f"<div class='ft-progress'>{e}</div>", loss_frame({}), "", gr.Timer(active=False), runs_frame(who)
+            return (f"<div class='ft-progress'>{html.escape(str(e))}</div>", loss_frame({}), "", gr.Timer(active=False),
+                    runs_frame(who))
         live = state["status"] in LIVE or (state["status"] == "paused"
                                                                     and state.get("backend") == "zerogpu")
         return progress_html(state), loss_frame(state), events_text(events), gr.Timer(active=live), runs_frame(who)
