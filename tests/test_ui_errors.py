@@ -10,7 +10,7 @@ import pytest
 from finetune.errors import UserError
 from finetune.service import Workspace
 from finetune.ui import build_app
-from finetune.ui.common import PAGE_ERRORS, page_errors
+from finetune.ui.common import PAGE_ERRORS, InternalError, page_errors, user_errors
 
 
 def test_every_page_event_with_several_outputs_turns_refusals_into_a_message(tmp_path):
@@ -56,3 +56,5 @@ def test_a_bug_is_not_dressed_as_a_refusal():
 
     with pytest.raises(gr.Error, match="internal error"):
         page_errors(bug)("k")
+    with pytest.raises(InternalError, match="internal error"):  # already turned into the message by a helper
+        page_errors(user_errors(bug))("k")
