@@ -364,3 +364,13 @@ def test_a_run_with_a_test_split_is_scored_on_exactly_the_held_out_rows(tiny_mod
     assert main(["eval", "--adapter", str(result.run_dir), "--no-base", "--out", str(out)]) == 0
     again = json.loads(out.read_text())
     assert again["answers"] == report["answers"] and again["n_prompts"] == 4
+
+
+def test_train_takes_a_test_split_on_the_command_line():
+    import argparse
+
+    from finetune.commands import train as train_command
+
+    parser = argparse.ArgumentParser()
+    train_command.register(parser.add_subparsers())
+    assert train_command.build_config(parser.parse_args(["train", "--test-split", "0.1"])).data.test_split == 0.1
