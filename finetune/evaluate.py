@@ -248,7 +248,8 @@ def evaluate(adapter: str | Path, data: str | Path, *, model: str | None = None,
     >>> report["exact_match"], report["base"]["exact_match"], [c["step"] for c in report["checkpoints"]]  # doctest: +SKIP
     (0.85, 0.0, [40, 60])
     """
-    from .inference import adapter_base, adapter_dir, prompt_for, trained_defaults
+    from .inference import adapter_base, adapter_dir, base_config, prompt_for, trained_defaults
+    from .models import load_tokenizer
 
     if checkpoints not in ("none", "all"):
         raise EvalError(f"--checkpoints must be 'all' or 'none', got '{checkpoints}'")
@@ -298,7 +299,9 @@ def evaluate(adapter: str | Path, data: str | Path, *, model: str | None = None,
     first = examples[0]
     report["test_set"] = _test_set_info(data, examples, fingerprint, limit)
     report["prompt_format"] = {"template": template, "system_prompt": system_prompt,
-                               "example_prompt": prompt_for(first.prompt, adapter=folder, model=base_model).text,
+                               # the tokenizer alone: when every figure was taken from ``reuse`` no model is loaded
+                               "example_prompt": prompt_for(first.prompt, adapter=folder, model=base_model,
+                                                            tokenizer=load_tokenizer(base_config(base_model))).text,
                                "example_answer": answers[0], "example_reference": first.reference}
     base_answers: list[str] | None = None
     if base:
