@@ -100,11 +100,23 @@ class DataConfig:
     )
     val_fraction: float = field(default=0.0, metadata=doc("Fraction of rows held out for evaluation (0 to 0.5)"))
     test_source: str = field(
-        default="", metadata=doc("Test file of prompts and reference answers, scored when the run ends "
-                                 "(finetune eval); empty = none")
+        default="", metadata=doc("Test file of prompts and reference answers, scored at each checkpoint save and "
+                                 "when the run ends (finetune eval); empty = none")
+    )
+    test_split: float = field(
+        default=0.0, metadata=doc("Fraction of rows held out as the test set (0 to 0.5; seeded, apart from the "
+                                  "validation rows), kept in the run folder as test_set.jsonl; instead of test_source")
+    )
+    test_limit: int = field(
+        default=0, metadata=doc("Score at most this many rows of the run's test set (the first ones), at each "
+                                "checkpoint save and at the end; 0 = all")
+    )
+    test_max_new_tokens: int = field(
+        default=256, metadata=doc("Longest answer, in tokens, when the run scores its test set (greedy; a "
+                                  "reference longer than this cannot match)")
     )
     strict: bool = field(default=False, metadata=doc("Stop at the first bad row instead of skipping it"))
-    seed: int = field(default=42, metadata=doc("Seed of the train/validation split"))
+    seed: int = field(default=42, metadata=doc("Seed of the train/validation/test split"))
     keep_duplicates: bool = field(
         default=False, metadata=doc("Keep rows that repeat an earlier row (default: each repeat is skipped, naming it)")
     )
@@ -553,6 +565,14 @@ def problems(cfg: RunConfig, model_max_length: int | None = None) -> list[str]:
         need(value in allowed, f"{key} '{value}' is not one of: {', '.join(allowed)}")
     need(d.template in TEMPLATE_NAMES, f"data.template '{d.template}' is unknown; choose one of: {', '.join(TEMPLATE_NAMES)}")
     need(0.0 <= d.val_fraction <= 0.5, f"data.val_fraction must be between 0 and 0.5, got {d.val_fraction}")
+    need(0.0 <= d.test_split <= 0.5, f"data.test_split must be between 0 and 0.5, got {d.test_split}")
+    need(not (d.test_split > 0 and d.test_source.strip()), "data.test_split and data.test_source both name a test "
+         "set; keep one (test_split holds out training rows, test_source is a separate file)")
+    need(d.test_split == 0 or t.method == "sft", f"data.test_split holds out rows of sft data; for "
+         f"training.method {t.method} give a data.test_source file of prompts and references instead")
+    need(d.test_limit >= 0, f"data.test_limit must be 0 (all rows) or more, got {d.test_limit}")
+    need(1 <= d.test_max_new_tokens <= 4096, f"data.test_max_new_tokens must be between 1 and 4096, got "
+         f"{d.test_max_new_tokens}")
     need(lo.r >= 1, f"lora.r must be >= 1, got {lo.r}; typical values are 8 to 64")
     need(lo.r <= 1024, f"lora.r {lo.r} is too large; use at most 1024 (typical: 8 to 64)")
     need(lo.alpha > 0, f"lora.alpha must be > 0, got {lo.alpha}; a common choice is 2 × lora.r")

@@ -17,16 +17,23 @@ Metrics (each a mean over the examples that have a reference):
 
 The answers come from ``inference.generate_batch`` with temperature 0 and the adapter's trained template and
 system prompt (``inference.prompt_for`` decides the prompt), exactly as ``finetune generate --temperature 0``.
+
+A training run with a test set (``data.test_source``, or the rows ``data.test_split`` held out) is scored as it
+goes: :class:`SaveEvaluation` answers the test prompts with each checkpoint as it is saved and appends it to the
+run's report, and the evaluation when the run ends (``evaluate(..., reuse=...)``) scores only what is missing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import re
 import string
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from . import runs
 from .adapter import adapter_step, checkpoint_step, find_adapter_dir
@@ -35,6 +42,11 @@ from .data.read import load_rows
 from .data.validate import DataError, RowError
 from .errors import UserError
 from .templates import Message
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+    from .data import Example
+    from .models import Model, Tokenizer
 
 METRICS = ("exact_match", "contains", "f1", "rouge_l", "loss")
 # Metrics where higher is better (the loss is lower-is-better).
@@ -219,29 +231,39 @@ def _answer(examples: Sequence[TestExample], *, adapter: str | None, model: str,
 
 def evaluate(adapter: str | Path, data: str | Path, *, model: str | None = None, checkpoints: str = "none",
              base: bool = True, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, write_to_run: bool = True,
-             progress: Any = None, label: str | None = None) -> dict[str, Any]:
+             progress: Any = None, label: str | None = None, limit: int = 0,
+             reuse: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate an adapter (run folder, adapter folder, checkpoint or Hub id) on a test file.
 
     ``checkpoints="all"``: also every kept checkpoint of the run, one ``checkpoints`` entry per step. ``base``:
     the base model's figures beside the adapter's, prompted identically. When the adapter is a run's own
     (not one of its checkpoints) the report is also written into the run folder (``runs/<id>/eval/report.json``). ``progress(done, total, what)``
     is called before each model is evaluated. ``label`` names the adapter in the report (default: ``adapter``
-    as given); the test file is named by its file name only.
+    as given); the test file is named by its file name only. ``limit``: score the first ``limit`` rows only (0:
+    all). ``reuse``: an earlier report of the same run on the same test set and settings (the one training wrote
+    at each save): its base model's and checkpoints' figures are taken, not computed again, and the adapter's
+    when a checkpoint of its step was scored (the same weights).
 
     >>> report = evaluate("runs/ID", "finetune/samples/city_year_heldout.jsonl", checkpoints="all")  # doctest: +SKIP
     >>> report["exact_match"], report["base"]["exact_match"], [c["step"] for c in report["checkpoints"]]  # doctest: +SKIP
     (0.85, 0.0, [40, 60])
     """
-    from .inference import adapter_base, adapter_dir, prompt_for, trained_defaults
+    from .inference import adapter_base, adapter_dir, base_config, prompt_for, trained_defaults
+    from .models import load_tokenizer
 
     if checkpoints not in ("none", "all"):
         raise EvalError(f"--checkpoints must be 'all' or 'none', got '{checkpoints}'")
     started = time.time()
-    examples = read_test_set(data)
+    examples = limited(read_test_set(data), limit)
     folder = adapter_dir(adapter)
     base_model = model or adapter_base(folder)
     template, system_prompt = trained_defaults(folder)
     run_dir = runs.run_of(folder)
+    fingerprint = test_fingerprint(examples, base_model, max_new_tokens)
+    if not reuse or (reuse.get("test_set") or {}).get("fingerprint") != fingerprint:
+        reuse = {}
+    scored_before: dict[int, dict[str, Any]] = {c["step"]: c for c in reuse.get("checkpoints") or []
+                                                if c.get("answers") is not None}
     kept: list[Path] = []
     if checkpoints == "all":
         if run_dir is None:
@@ -258,30 +280,38 @@ def evaluate(adapter: str | Path, data: str | Path, *, model: str | None = None,
             progress(done, total, what)
 
     tell(0, "adapter")
-    answers, metrics = _answer(examples, adapter=str(folder), model=base_model, template=None, system_prompt=None,
-                               max_new_tokens=max_new_tokens)
+    step = adapter_step(folder)
+    if step is not None and step in scored_before:  # a checkpoint of the same step was scored: the same weights
+        answers, metrics = _taken(scored_before[step])
+    else:
+        answers, metrics = _answer(examples, adapter=str(folder), model=base_model, template=None,
+                                   system_prompt=None, max_new_tokens=max_new_tokens)
     report: dict[str, Any] = {
         **metrics,
         "adapter": label or str(adapter),
         "base_model": base_model,
         "data": Path(str(data)).name,
         "n_prompts": len(examples),
-        "step": adapter_step(folder),
+        "step": step,
         "settings": {"temperature": 0.0, "max_new_tokens": max_new_tokens, "template": template,
                      "system_prompt": system_prompt},
     }
     first = examples[0]
-    report["test_set"] = {"file": Path(str(data)).name, "prompts": len(examples),
-                          "with_reference": sum(e.reference is not None for e in examples)}
+    report["test_set"] = _test_set_info(data, examples, fingerprint, limit)
     report["prompt_format"] = {"template": template, "system_prompt": system_prompt,
-                               "example_prompt": prompt_for(first.prompt, adapter=folder, model=base_model).text,
+                               # the tokenizer alone: when every figure was taken from ``reuse`` no model is loaded
+                               "example_prompt": prompt_for(first.prompt, adapter=folder, model=base_model,
+                                                            tokenizer=load_tokenizer(base_config(base_model))).text,
                                "example_answer": answers[0], "example_reference": first.reference}
     base_answers: list[str] | None = None
     if base:
         tell(1, "base model")
-        base_answers, base_metrics = _answer(examples, adapter=None, model=base_model, template=template,
-                                             system_prompt=system_prompt, max_new_tokens=max_new_tokens)
-        report["base"] = base_metrics
+        if (reuse.get("base") or {}).get("answers") is not None:
+            base_answers, base_metrics = _taken(reuse["base"])
+        else:
+            base_answers, base_metrics = _answer(examples, adapter=None, model=base_model, template=template,
+                                                 system_prompt=system_prompt, max_new_tokens=max_new_tokens)
+        report["base"] = base_metrics | {"answers": base_answers}
     report["answers"] = answers
     report["examples"] = [
         {"row": e.row, "prompt": e.prompt, "reference": e.reference, "answer": a,
@@ -293,22 +323,218 @@ def evaluate(adapter: str | Path, data: str | Path, *, model: str | None = None,
     if checkpoints == "all":
         entries = []
         for i, ck in enumerate(kept):
-            step = checkpoint_step(ck)
-            tell(1 + int(base) + i, f"checkpoint {step}")
+            ck_step = checkpoint_step(ck)
+            if ck_step in scored_before:
+                entries.append(scored_before[ck_step])
+                continue
+            tell(1 + int(base) + i, f"checkpoint {ck_step}")
             ck_adapter = find_adapter_dir(ck)
             if ck_adapter is None or ck_adapter == ck:
                 raise EvalError(f"{ck} has no adapter/ folder (saved by an older version of finetune); "
                                 "evaluate the finished run without --checkpoints all, or retrain")
             ck_answers, ck_metrics = _answer(examples, adapter=str(ck_adapter), model=base_model, template=None,
                                              system_prompt=None, max_new_tokens=max_new_tokens)
-            entries.append({"step": step, "checkpoint": str(ck.relative_to(run_dir)) if run_dir else str(ck),
-                            **ck_metrics, "answers": ck_answers})
+            entries.append(_entry(ck, run_dir, ck_metrics, ck_answers))
         report["checkpoints"] = entries
         report["best"] = {m: best_checkpoint(report, m) for m in METRICS}
     report["seconds"] = round(time.time() - started, 1)
     if write_to_run and run_dir is not None and checkpoint_step(folder) is None:  # the run's own adapter
         runs.write_eval_report(run_dir, report)
     return report
+
+
+def _taken(scored: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """The answers and metrics of an entry scored before (a checkpoint's, or the base model's)."""
+    return list(scored["answers"]), {k: scored.get(k) for k in ("n", *METRICS)}
+
+
+def _entry(checkpoint: Path, run_dir: Path | None, metrics: dict[str, Any], answers: list[str]) -> dict[str, Any]:
+    """One ``checkpoints`` entry of a report."""
+    return {"step": checkpoint_step(checkpoint),
+            "checkpoint": str(checkpoint.relative_to(run_dir)) if run_dir else str(checkpoint),
+            **metrics, "answers": answers}
+
+
+def limited(examples: list[TestExample], limit: int) -> list[TestExample]:
+    """The first ``limit`` examples (all of them for 0)."""
+    return examples[:limit] if limit > 0 else examples
+
+
+def test_fingerprint(examples: Sequence[TestExample], base_model: str, max_new_tokens: int) -> str:
+    """What makes two scorings comparable: the prompts, the references, the base model, the answer length."""
+    text = json.dumps([[e.prompt, e.reference] for e in examples] + [base_model, max_new_tokens], ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _test_set_info(data: str | Path, examples: Sequence[TestExample], fingerprint: str, limit: int) -> dict[str, Any]:
+    return {"file": Path(str(data)).name, "prompts": len(examples),
+            "with_reference": sum(e.reference is not None for e in examples), "fingerprint": fingerprint,
+            **({"limit": limit} if limit > 0 else {})}
+
+
+# ---------------------------------------------------------------------------------------------
+# the run's test set, and its scoring at each checkpoint save
+
+
+def run_test_source(run_dir: str | Path, config: RunConfig) -> str | None:
+    """The test set a run is scored on: ``data.test_source``, else the rows ``data.test_split`` held out (the
+    run folder's ``test_set.jsonl``); None when it has neither."""
+    if config.data.test_source.strip():
+        return config.data.test_source
+    if config.data.test_split > 0:
+        path = Path(run_dir) / runs.TEST_SET
+        if not path.is_file():
+            raise EvalError(f"{path} is missing: the run writes the rows data.test_split holds out there when it "
+                            "starts; start the run (or give a test file)")
+        return str(path)
+    return None
+
+
+@dataclass(frozen=True)
+class RunTestSet:
+    """A run's own test set and how it is scored (``data.test_source`` or the held-out rows, ``data.test_limit``,
+    ``data.test_max_new_tokens``)."""
+
+    source: str
+    limit: int
+    max_new_tokens: int
+
+
+def run_test_set(adapter: str | Path) -> RunTestSet | None:
+    """The test set of the run that ``adapter`` (a run folder, its adapter or one of its checkpoints) belongs to:
+    what ``finetune eval`` scores when no test file is given. None for an adapter outside a run, or a run
+    without a test set."""
+    from .config import RunConfig
+
+    run_dir = runs.run_of(adapter)
+    if run_dir is None or not (run_dir / runs.CONFIG_FILE).is_file():
+        return None
+    config = RunConfig.load(run_dir / runs.CONFIG_FILE)
+    source = run_test_source(run_dir, config)
+    return RunTestSet(source, config.data.test_limit, config.data.test_max_new_tokens) if source else None
+
+
+def write_held_out(examples: Sequence[Example], path: Path) -> Path:
+    """The held-out examples as a test file: one conversation per line (``messages``, its last assistant message
+    the reference) and the row it came from (``source_row``)."""
+    from .io import atomic_write_text
+
+    if not examples:
+        raise EvalError("data.test_split held out no rows (the data has too few); raise it, or give a test file")
+    atomic_write_text(path, "".join(json.dumps({"messages": ex.messages, "source_row": ex.row}, ensure_ascii=False)
+                                    + "\n" for ex in examples))
+    return path
+
+
+@contextlib.contextmanager
+def _scoring(model: Model) -> Iterator[None]:
+    """The training model in eval mode (no dropout, no activation checkpointing), then back in its mode."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        if was_training:
+            model.train()
+
+
+@contextlib.contextmanager
+def _own_random_state() -> Iterator[None]:
+    """Torch's random state set aside while scoring (generation reseeds it), so training goes on as without it: a
+    resumed run restores the state saved with the checkpoint, which must be the one it continues with."""
+    import torch
+
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        yield
+
+
+class SaveEvaluation:
+    """A training run's test set scored with each checkpoint as it is saved (``at_save``), each one appended to the
+    run's report (``eval/report.json``: ``checkpoints``, one entry per kept checkpoint, the keys of ``evaluate``'s),
+    and the base model once, at the first save (or never again when a resumed run's report has it).
+
+    ``in_memory``: answer with the training model itself (eval mode, no gradients, the LoRA active; the base with
+    the adapter disabled), which holds exactly the weights ``finetune eval`` loads for an unquantized base. A
+    quantized base is scored as ``finetune eval`` scores it: the base loaded once beside training, the checkpoint's
+    adapter attached (a 4-bit model used for inference on some CPUs must not train afterwards; see STACK.md).
+    """
+
+    def __init__(self, run_dir: Path, data: str, *, base_model: str, in_memory: bool, limit: int = 0,
+                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> None:
+        self.run_dir, self.data, self.base_model, self.in_memory = run_dir, data, base_model, in_memory
+        self.max_new_tokens = max_new_tokens
+        self.examples = limited(read_test_set(data), limit)
+        self.fingerprint = test_fingerprint(self.examples, base_model, max_new_tokens)
+        self.limit = limit
+        earlier = runs.read_eval_report(run_dir)
+        same = earlier is not None and (earlier.get("test_set") or {}).get("fingerprint") == self.fingerprint
+        self.report: dict[str, Any] = earlier if same and earlier is not None else {}
+        self.last_seconds: float | None = None  # how long the last save's scoring took
+
+    def at_save(self, model: Model, tokenizer: Tokenizer, checkpoint: Path) -> list[dict[str, Any]]:
+        """Score the checkpoint just saved (and the base model, the first time); returns the report's new entries
+        (the base model's with ``step`` 0), each with ``step``, ``checkpoint``, ``n`` and the metrics."""
+        from .inference import trained_defaults
+
+        started = time.time()
+        folder = find_adapter_dir(checkpoint)
+        if folder is None or folder == checkpoint:
+            raise EvalError(f"{checkpoint} has no adapter/ folder to score")  # written by the callback before
+        template, system_prompt = trained_defaults(folder)
+        with _own_random_state():
+            new = self._score(model, tokenizer, checkpoint, folder, template, system_prompt)
+        self.last_seconds = time.time() - started
+        return new
+
+    def _score(self, model: Model, tokenizer: Tokenizer, checkpoint: Path, folder: Path, template: str,
+               system_prompt: str) -> list[dict[str, Any]]:
+        from .inference import prompt_settings
+
+        new: list[dict[str, Any]] = []
+        if not (self.report.get("base") or {}).get("answers"):
+            base_tpl = prompt_settings(None, tokenizer, template=template, system_prompt=system_prompt)
+            answers, metrics = (self._in_memory(model, tokenizer, base_tpl, adapter=False) if self.in_memory else
+                                _answer(self.examples, adapter=None, model=self.base_model, template=template,
+                                        system_prompt=system_prompt, max_new_tokens=self.max_new_tokens))
+            self.report["base"] = metrics | {"answers": answers}
+            new.append({"step": 0, "checkpoint": "base", **metrics})
+        if self.in_memory:
+            answers, metrics = self._in_memory(model, tokenizer, prompt_settings(folder, tokenizer), adapter=True)
+        else:
+            answers, metrics = _answer(self.examples, adapter=str(folder), model=self.base_model, template=None,
+                                       system_prompt=None, max_new_tokens=self.max_new_tokens)
+        entry = _entry(checkpoint, self.run_dir, metrics, answers)
+        kept = {checkpoint_step(c) for c in runs.checkpoints(self.run_dir)}
+        entries = {c["step"]: c for c in self.report.get("checkpoints") or [] if c["step"] in kept}
+        entries[entry["step"]] = entry  # a step saved again (a resumed run) replaces its entry
+        self.report.update({
+            "adapter": str(self.run_dir), "base_model": self.base_model, "data": Path(self.data).name,
+            "n_prompts": len(self.examples), "in_progress": True,
+            "settings": {"temperature": 0.0, "max_new_tokens": self.max_new_tokens, "template": template,
+                         "system_prompt": system_prompt},
+            "test_set": _test_set_info(self.data, self.examples, self.fingerprint, self.limit),
+            "checkpoints": [entries[s] for s in sorted(entries)],
+        })
+        self.report["best"] = {m: best_checkpoint(self.report, m) for m in METRICS}
+        runs.write_eval_report(self.run_dir, self.report)
+        new.append({k: v for k, v in entry.items() if k != "answers"})
+        return new
+
+    def _in_memory(self, model: Model, tokenizer: Tokenizer, tpl: dict[str, Any],
+                   adapter: bool) -> tuple[list[str], dict[str, Any]]:
+        from .inference import LoadedModel, generate_with, reference_losses_with
+
+        loaded = LoadedModel(model, tokenizer, self.base_model, {})
+        scored = [e for e in self.examples if e.reference is not None]
+        with _scoring(model), (contextlib.nullcontext() if adapter else model.disable_adapter()):
+            answers = generate_with(loaded, [e.prompt for e in self.examples], tpl,
+                                    max_new_tokens=self.max_new_tokens, temperature=0.0)
+            losses = reference_losses_with(loaded, [e.prompt for e in scored], [e.reference or "" for e in scored],
+                                           tpl) if scored else []
+        return answers, scores(answers, [e.reference for e in self.examples], losses)
 
 
 def best_checkpoint(report: dict[str, Any], metric: str = "exact_match") -> dict[str, Any] | None:
@@ -334,7 +560,8 @@ def summary_table(report: dict[str, Any]) -> list[list[Any]]:
         rows.append(row("base model", 0, report["base"]))
     for c in report.get("checkpoints") or []:
         rows.append(row(f"checkpoint-{c['step']}", c["step"], c))
-    rows.append(row("adapter", report.get("step"), report))
+    if not report.get("in_progress"):  # a run still training has no adapter yet, only its checkpoints
+        rows.append(row("adapter", report.get("step"), report))
     return rows
 
 

@@ -462,19 +462,31 @@ def generate_batch(
 def _generate(loaded: LoadedModel, prompts: Sequence[str | Sequence[Message]], tpl: TemplateInfo, adapter: str | None, *,
               max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 0.9, repetition_penalty: float = 1.0,
               seed: int = 0, batch_size: int = 8) -> list[str]:
+    with _lock, _adapter_context(loaded, adapter):
+        if adapter:
+            attach(loaded, adapter)
+        _fit_threads(loaded)
+        return generate_with(loaded, prompts, tpl, max_new_tokens=max_new_tokens, temperature=temperature,
+                             top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, batch_size=batch_size)
+
+
+def generate_with(loaded: LoadedModel, prompts: Sequence[str | Sequence[Message]], tpl: TemplateInfo, *,
+                  max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 0.9,
+                  repetition_penalty: float = 1.0, seed: int = 0, batch_size: int = 8) -> list[str]:
+    """Answer each prompt with ``loaded.model`` as it is (its active adapter, in its mode): the generation of
+    ``generate_batch``, for a caller that holds the model itself (the evaluation at each save of a training run).
+    Reseeds torch's generator before each batch."""
     import torch
 
     tok = loaded.tokenizer
     texts = [build_prompt([{"role": "user", "content": p}] if isinstance(p, str) else p, tpl, tok) for p in prompts]
-    kw = _gen_kwargs(tok, tpl, max_new_tokens, temperature, top_p, repetition_penalty)
+    # use_cache: a training model's config turns the cache off (gradient checkpointing); the answers are the same
+    kw = _gen_kwargs(tok, tpl, max_new_tokens, temperature, top_p, repetition_penalty) | {"use_cache": True}
     out: list[str] = []
     side = tok.padding_side
     tok.padding_side = "left"  # generation continues from the right edge
     try:
-        with _lock, _adapter_context(loaded, adapter), torch.no_grad():
-            if adapter:
-                attach(loaded, adapter)
-            _fit_threads(loaded)
+        with torch.no_grad():
             for i in range(0, len(texts), batch_size):
                 torch.manual_seed(seed)
                 enc = tok(texts[i: i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
@@ -595,15 +607,22 @@ def reference_losses(
     the template's end token, after the exact prompt ``generate_batch`` sends (the adapter's template and system
     prompt unless given): the loss training minimises, measured on held-out answers. ``adapter=None`` with a
     ``model`` measures the base (every adapter disabled)."""
-    import torch
-
     loaded, tpl = _prepare(model, adapter, template, quantization, system_prompt)
-    tok = loaded.tokenizer
-    out: list[tuple[float, int]] = []
-    with _lock, _adapter_context(loaded, adapter), torch.no_grad():
+    with _lock, _adapter_context(loaded, adapter):
         if adapter:
             attach(loaded, adapter)
         _fit_threads(loaded)
+        return reference_losses_with(loaded, prompts, references, tpl)
+
+
+def reference_losses_with(loaded: LoadedModel, prompts: Sequence[str | Sequence[Message]], references: Sequence[str],
+                          tpl: TemplateInfo) -> list[tuple[float, int]]:
+    """``reference_losses`` with ``loaded.model`` as it is (its active adapter, in its mode)."""
+    import torch
+
+    tok = loaded.tokenizer
+    out: list[tuple[float, int]] = []
+    with torch.no_grad():
         for p, ref in zip(prompts, references):
             text = build_prompt([{"role": "user", "content": p}] if isinstance(p, str) else p, tpl, tok)
             prompt_ids = tok(text, add_special_tokens=False)["input_ids"]

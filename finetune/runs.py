@@ -35,6 +35,9 @@ PROCESS_LOCK = ".process.lock"
 CONTROL_LOCK = ".control.lock"
 # The statuses of a run with a process behind it (started, waiting for a slot, or training).
 LIVE = ("new", "resuming", "queued", "running")
+# The rows data.test_split held out of the training data, as conversations (finetune.evaluate.write_held_out):
+# the run's test set, written when the run starts.
+TEST_SET = "test_set.jsonl"
 EVAL_REPORT = "eval/report.json"  # the latest evaluation of the run (finetune.evaluate), checkpoints included
 # A run executing on another machine (Hugging Face Jobs) records its job here; its liveness is the job's,
 # not a local process id (backends.hfjobs.sync writes the job's end into the events).

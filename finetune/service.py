@@ -225,7 +225,7 @@ def zerogpu_quota(config: RunConfig, data_file: str | Path | None = None) -> Quo
         from . import data
 
         table = data.load_rows(source, max_bytes=data.max_upload_bytes())
-        n_examples = max(1, round(len(table.rows) * (1 - config.data.val_fraction)))
+        n_examples = max(1, round(len(table.rows) * (1 - config.data.val_fraction) * (1 - config.data.test_split)))
     return zerogpu.quota_preview(config, n_examples)
 
 
@@ -412,7 +412,7 @@ def run_summary(config_yaml: str, data_file: str | Path | None = None, backend: 
     t = cfg.training
     steps: int | None = t.max_steps if t.max_steps > 0 else None
     if steps is None and rows is not None:
-        examples = max(1, round(rows * (1 - cfg.data.val_fraction)))
+        examples = max(1, round(rows * (1 - cfg.data.val_fraction) * (1 - cfg.data.test_split)))
         steps = max(1, math.ceil(math.ceil(math.ceil(examples / t.batch_size) / t.grad_accum) * t.epochs))
     template = cfg.data.template
     return {"data": shown, "sample": sample, "rows": rows,
@@ -498,19 +498,22 @@ def evaluate(ws: Workspace, owner: str | None, run_id: str, test_file: str | Pat
     ``data.test_source`` when none is given); the report is also written into the run folder."""
     from .evaluate import evaluate as run_evaluation
 
+    from .evaluate import run_test_set
+
     folder = adapter_path(ws, owner, run_id)
+    limit = 0
     if test_file:
         data: str | Path = keep_upload(ws, owner, test_file)
     else:
-        cfg = RunConfig.load(_run_dir(ws, owner, run_id.partition("@")[0]) / runs.CONFIG_FILE)
-        if not cfg.data.test_source:
-            raise ServiceError("give a test file (prompts and reference answers), or set one in the Dataset tab "
-                               "before training")
-        data = cfg.data.test_source
+        own = run_test_set(_run_dir(ws, owner, run_id.partition("@")[0]))
+        if own is None:
+            raise ServiceError("give a test file (prompts and reference answers), or set one (or a held-out test "
+                               "split) in the Dataset tab before training")
+        data, limit = own.source, own.limit
     if not 1 <= max_new_tokens <= 4096:
         raise ServiceError(f"max_new_tokens must be between 1 and 4096, got {max_new_tokens}")
     return run_evaluation(folder, data, checkpoints=checkpoints, max_new_tokens=max_new_tokens, progress=progress,
-                          label=run_id)
+                          label=run_id, limit=limit)
 
 
 def eval_report(ws: Workspace, owner: str | None, run_id: str) -> dict[str, Any] | None:
@@ -582,14 +585,20 @@ def check_model_ref(ws: Workspace, text: str, what: str = "base model") -> str:
 def format_preview(source: str, *, template: str, system_prompt: str = "", columns: dict[str, str] | None = None,
                    model: str = "", max_length: int = 1024, train_on: str = "assistant",
                    hub_config: str | None = None, split: str = "train", out_dir: Path, preview_rows: int = 5,
-                   hub_only: bool = False, keep_duplicates: bool = False, method: str = "sft") -> FormatPreview:
+                   hub_only: bool = False, keep_duplicates: bool = False, method: str = "sft",
+                   val_fraction: float = 0.0, test_split: float = 0.0) -> FormatPreview:
     """Format a dataset for the Dataset tab: summary markdown, preview examples with spans, token lengths,
     row problems, warnings and the formatted JSONL file.
 
     ``source`` is an uploaded file (capped at the upload limit) or a Hub id; ``hub_only`` refuses anything
-    but a Hub id (text typed on a shared server).
+    but a Hub id (text typed on a shared server). ``val_fraction`` / ``test_split``: the rows split as training
+    splits them (``data.val_fraction``, ``data.test_split``, seed 42), counted in the summary.
     """
     from . import data
+
+    for name, value in (("val_fraction", val_fraction), ("test_split", test_split)):
+        if not 0.0 <= value <= 0.5:
+            raise ServiceError(f"{name} must be between 0 and 0.5, got {value}")
 
     if hub_only:
         source = check_hub_dataset_id(source)
@@ -603,7 +612,8 @@ def format_preview(source: str, *, template: str, system_prompt: str = "", colum
         result = data.format_dataset(source, hub_config=hub_config, split=split, template=template,
                                      system_prompt=system_prompt, columns=columns or None, tokenizer=tok,
                                      train_on=train_on, max_length=max_length, max_bytes=data.max_upload_bytes(),
-                                     keep_duplicates=keep_duplicates)
+                                     keep_duplicates=keep_duplicates, val_fraction=val_fraction,
+                                     test_split=test_split)
     except data.DataError as e:
         if is_file and e.file == str(source):  # name the file, not the server's upload path
             raise data.DataError(Path(source).name, e.row, e.reason) from None

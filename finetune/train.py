@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from .config import TrainingConfig
     from .cpushare import CpuShare
     from .data import Example
+    from .evaluate import SaveEvaluation
     from .models import Model, Tokenizer
     from .templates import Message
 
@@ -179,8 +180,10 @@ class TrainedDialogs:
     dialogs: list[list[Message]]  # a sample of the validation (else training) conversations
 
 
-def _datasets(config: RunConfig, tokenizer: Tokenizer) -> tuple[Dataset, Dataset | None, dict[str, Any], TrainedDialogs]:
-    """Format the configured data with the template and tokenize it: (train, eval or None, summary, dialogs)."""
+def _datasets(config: RunConfig, tokenizer: Tokenizer
+              ) -> tuple[Dataset, Dataset | None, dict[str, Any], TrainedDialogs, list[Example]]:
+    """Format the configured data with the template and tokenize it: (train, eval or None, summary, dialogs, the
+    examples ``data.test_split`` held out)."""
     from datasets import Dataset
 
     from . import data
@@ -201,6 +204,7 @@ def _datasets(config: RunConfig, tokenizer: Tokenizer) -> tuple[Dataset, Dataset
         strict=d.strict,
         keep_duplicates=d.keep_duplicates,
         val_fraction=d.val_fraction,
+        test_split=d.test_split,
         seed=d.seed,
         max_length=t.max_length,
     )
@@ -222,13 +226,14 @@ def _datasets(config: RunConfig, tokenizer: Tokenizer) -> tuple[Dataset, Dataset
         "rows_in": result.rows_in,
         "train_examples": len(train_ds),
         "eval_examples": len(eval_ds) if eval_ds is not None else 0,
+        **({"test_examples": len(result.test_examples)} if d.test_split > 0 else {}),
         "skipped": dict(result.skipped),
         "dropped_no_trained_tokens": len(result.examples) - len(keep),
         "train_tokens": sum(len(x) for x in train_ds["input_ids"]),
     }
     # the default system prompt the Dataset tab announces: the rows' shared one, else the one set
     dialogs = TrainedDialogs(result.default_system_prompt, sample_dialogs(result.val_examples, result.examples))
-    return train_ds, eval_ds, summary, dialogs
+    return train_ds, eval_ds, summary, dialogs, result.test_examples
 
 
 # ---------------------------------------------------------------------------------------------
@@ -608,18 +613,24 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
         raise TrainingError("8-bit loading needs a CUDA GPU; use quantization.load_in: 4bit or none on CPU")
     tokenizer = models.load_tokenizer(config.model)
     t = config.training
+    held_out: list[Example] = []
     if t.method == "sft":
-        train_ds, eval_ds, data_summary, dialogs = _datasets(config, tokenizer)
+        train_ds, eval_ds, data_summary, dialogs, held_out = _datasets(config, tokenizer)
     else:  # preference and reward methods: their own data shapes and trl trainer (finetune/methods.py)
         from .verify import sample_dialogs
 
         train_ds, eval_ds, data_summary, method_data = methods.datasets(config, tokenizer)
         dialogs = TrainedDialogs(method_data.default_system_prompt,
                                  sample_dialogs(method_data.val_examples, method_data.examples))
-    if config.data.test_source:  # a bad test file is the user's to fix before training, not after
-        from .evaluate import read_test_set
+    if config.data.test_split > 0 and is_main_process():  # the run's test set, for every later evaluation
+        from .evaluate import write_held_out
 
-        data_summary["test_prompts"] = len(read_test_set(config.data.test_source))
+        write_held_out(held_out, run_dir / runs.TEST_SET)
+    test_source = _test_source(config, run_dir)
+    if test_source:  # a bad test file is the user's to fix before training, not after
+        from .evaluate import limited, read_test_set
+
+        data_summary["test_prompts"] = len(limited(read_test_set(test_source), config.data.test_limit))
     resume_from = runs.last_checkpoint(run_dir) if resuming else None
     share = _cpu_share(device)
     if share is not None:
@@ -686,6 +697,13 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
     callbacks = [_checkpoint_adapter_callback(config, tokenizer, resolved.name, dialogs.system_prompt, data_summary,
                                               device), callback,
                  *([_share_callback(share, log)] if share else []), *extra_callbacks]
+    if test_source and is_main_process() and world_size() == 1:  # a sharded model generates on every rank or none
+        from .evaluate import SaveEvaluation
+
+        evaluation = SaveEvaluation(run_dir, test_source, base_model=resolved.name, limit=config.data.test_limit,
+                                    max_new_tokens=config.data.test_max_new_tokens,
+                                    in_memory=_scores_in_memory(config, settings, device))
+        callbacks.insert(2, _evaluate_at_save_callback(evaluation, tokenizer, log, callback, time_budget_s, started_at))
     trainer: Trainer
     if t.method == "sft":
         sft_args = SFTConfig(
@@ -741,34 +759,93 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
     if is_main_process():
         save_adapter(trainer, tokenizer, config, resolved.name, run_dir, metrics, data_summary, device, dialogs, log)
     max_steps = trainer.state.max_steps
-    if config.data.test_source and is_main_process():
-        del trainer, model  # the evaluation loads the base afresh (a 4-bit base used for inference must not train)
-        _evaluate_run(config, run_dir, log)
+    if test_source and is_main_process():
+        del trainer, model  # what remains to score loads the base afresh (a 4-bit base used for inference must not train)
+        _evaluate_run(config, run_dir, test_source, log)
     log.emit("finished", step=step, adapter=runs.ADAPTER, metrics=metrics)
     return RunResult(run_dir.name, run_dir, "finished", step, max_steps, adapter_dir, metrics)
 
 
-def _evaluate_run(config: RunConfig, run_dir: Path, log: _Events) -> None:
-    """Evaluate the finished adapter and every kept checkpoint on ``data.test_source``: one ``evaluation``
-    event per step (the base model's figures at step 0), and the report in the run folder."""
+def _test_source(config: RunConfig, run_dir: Path) -> str | None:
+    from .evaluate import run_test_source
+
+    return run_test_source(run_dir, config)
+
+
+def _scores_in_memory(config: RunConfig, settings: ResolvedSettings, device: str) -> bool:
+    """Whether the training model itself can answer the test set at each save: an SFT model with the weights
+    ``finetune eval`` loads (unquantized, in the dtype it loads them in), so its figures are ``finetune eval``'s."""
+    import torch
+
+    from .config import QuantizationConfig
+    from .models import compute_dtype
+
+    if config.quantization.load_in != "none" or config.training.method != "sft":
+        return False
+    eval_dtype = compute_dtype(QuantizationConfig().compute_dtype, device) if device == "cuda" else torch.float32
+    return bool(getattr(torch, settings.model_dtype) == eval_dtype)
+
+
+def _evaluation_event(log: _Events, entry: dict[str, Any], **extra: Any) -> None:
+    from .evaluate import METRICS
+
+    log.emit("evaluation", step=entry["step"], model=entry["checkpoint"], n=entry.get("n"),
+             **{m: entry.get(m) for m in METRICS}, **extra)
+
+
+def _evaluate_at_save_callback(evaluation: SaveEvaluation, tokenizer: Tokenizer, log: _Events,
+                               events: _EventsCallback, time_budget_s: float | None,
+                               started_at: float) -> TrainerCallback:
+    """After each checkpoint save (and its ``adapter/``): the test set scored with that checkpoint, one
+    ``evaluation`` event per new figure (the base model's, at step 0, on the first save), so the metric curve
+    grows while the run trains. A save that ends the call (stop, a ZeroGPU chunk's end) and a save too close to
+    a time budget's end are left to the evaluation when the run ends."""
+    from transformers import TrainerCallback
+
+    class EvaluateAtSave(TrainerCallback):
+        def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    model: Model | None = None, **kw: Any) -> None:
+            assert args.output_dir is not None and model is not None  # train() sets them
+            step = state.global_step
+            if events.halt_reason:
+                return
+            if time_budget_s is not None:
+                left = time_budget_s - (time.time() - started_at)
+                if left < 2 * (evaluation.last_seconds or time_budget_s / 4):
+                    log.emit("note", step=step, message=f"checkpoint {step} is scored when the run ends: too little "
+                             "time is left in this call")
+                    return
+            for entry in evaluation.at_save(model, tokenizer, Path(args.output_dir) / f"checkpoint-{step}"):
+                _evaluation_event(log, entry)
+
+    return EvaluateAtSave()
+
+
+def _evaluate_run(config: RunConfig, run_dir: Path, test_source: str, log: _Events) -> None:
+    """Evaluate the finished adapter and every kept checkpoint on the run's test set, taking what was scored at
+    the saves from the run's report (each step is scored once): an ``evaluation`` event for each figure computed
+    now (the base model's at step 0), then the adapter's, and the report in the run folder."""
     import gc
 
-    from .evaluate import METRICS, evaluate
+    from .evaluate import evaluate
 
     gc.collect()
     if pick_device() == "cuda":
         import torch
 
         torch.cuda.empty_cache()
-    log.emit("note", message=f"evaluating the adapter and its checkpoints on {config.data.test_source}")
-    report = evaluate(run_dir, config.data.test_source, checkpoints="all" if runs.checkpoints(run_dir) else "none")
-    base = report.get("base") or {}
-    log.emit("evaluation", step=0, model="base", n=base.get("n"), **{m: base.get(m) for m in METRICS})
+    earlier = runs.read_eval_report(run_dir)
+    scored = {c["step"] for c in (earlier or {}).get("checkpoints") or []}
+    log.emit("note", message=f"evaluating the adapter and its checkpoints on {Path(test_source).name}")
+    report = evaluate(run_dir, test_source, checkpoints="all" if runs.checkpoints(run_dir) else "none",
+                      limit=config.data.test_limit, max_new_tokens=config.data.test_max_new_tokens, reuse=earlier)
+    reused = (report.get("test_set") or {}).get("fingerprint") == ((earlier or {}).get("test_set") or {}).get("fingerprint")
+    if not (reused and (earlier or {}).get("base")):
+        _evaluation_event(log, {"checkpoint": "base", **(report.get("base") or {}), "step": 0})
     for c in report.get("checkpoints") or []:
-        if c["step"] != report.get("step"):
-            log.emit("evaluation", step=c["step"], model=c["checkpoint"], n=c["n"], **{m: c.get(m) for m in METRICS})
-    log.emit("evaluation", step=report.get("step"), model=runs.ADAPTER, n=report["n"],
-             **{m: report.get(m) for m in METRICS}, report=runs.EVAL_REPORT)
+        if c["step"] != report.get("step") and not (reused and c["step"] in scored):
+            _evaluation_event(log, c)
+    _evaluation_event(log, {**report, "checkpoint": runs.ADAPTER}, report=runs.EVAL_REPORT)
 
 
 def _trainer_class(loss: str = "trained_positions") -> type[SFTTrainer]:

@@ -215,8 +215,8 @@ def run_dialogs(folder: Path, tokenizer: Any) -> tuple[list[list[Message]], str]
     try:
         result = data.format_dataset(source, hub_config=d.hub_config, split=d.split, template=d.template,
                                      system_prompt=d.system_prompt, columns=d.columns or None, tokenizer=tokenizer,
-                                     measure_tokens=False, val_fraction=d.val_fraction, seed=d.seed,
-                                     keep_duplicates=d.keep_duplicates)
+                                     measure_tokens=False, val_fraction=d.val_fraction, test_split=d.test_split,
+                                     seed=d.seed, keep_duplicates=d.keep_duplicates)
     except UserError as e:
         return [], f"the run's data is not readable here ({str(e)[:120]}): checked the built-in probes only"
     return sample_dialogs(result.val_examples, result.examples), ""

@@ -47,11 +47,15 @@ def ok_run(tiny_model_dir, tmp_path_factory):
     cfg.model.id = str(tiny_model_dir)
     cfg.quantization.load_in = "none"
     cfg.data.source, cfg.data.template = str(data), "chatml"
-    cfg.data.test_source = str(write_jsonl(folder / "test.jsonl", TEST_ROWS[:3]))  # scored when the run ends
+    cfg.data.test_source = str(write_jsonl(folder / "test.jsonl", TEST_ROWS[:3]))  # scored at each save
+    cfg.data.test_max_new_tokens = 8  # the random base never stops on its own
     t = cfg.training
     t.max_steps, t.batch_size, t.max_length, t.save_steps, t.save_total_limit = 30, 4, 64, 10, 2
     t.learning_rate, t.gradient_checkpointing, t.warmup_ratio = 1e-2, False, 0.0
-    return train(cfg, runs_root=tmp_path_factory.mktemp("runs"))
+    result = train(cfg, runs_root=tmp_path_factory.mktemp("runs"))
+    result.test_source = cfg.data.test_source
+    result.report = runs.read_eval_report(result.run_dir)  # the run's own report (`evaluated` writes another later)
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -102,15 +106,76 @@ def test_eval_exact_match_is_the_share_of_greedy_generate_answers_that_match(ok_
     assert "checkpoint-20" in printed and "base model" in printed
 
 
-def test_a_run_with_a_test_set_scores_itself_and_its_checkpoints_when_it_ends(ok_run):
+def test_a_run_with_a_test_set_scores_each_checkpoint_as_it_is_saved(ok_run, tmp_path):
     from finetune.events import read_events
 
     events = read_events(ok_run.run_dir)
     evals = [e for e in events if e["type"] == "evaluation"]
-    assert [(e["step"], e["model"]) for e in evals] == [(0, "base"), (20, "checkpoints/checkpoint-20"), (30, "adapter")]
+    # the base model once (at the first save), each save while training, then the adapter: its step was scored
+    assert [(e["step"], e["model"]) for e in evals] == [
+        (0, "base"), (10, "checkpoints/checkpoint-10"), (20, "checkpoints/checkpoint-20"),
+        (30, "checkpoints/checkpoint-30"), (30, "adapter")]
     assert all(e["n"] == 3 and e["exact_match"] is not None and e["loss"] is not None for e in evals)
     assert evals[-1]["exact_match"] == 1.0 and evals[0]["exact_match"] == 0.0  # "OK" learned; the base never says it
-    assert [e["type"] for e in events].index("evaluation") < [e["type"] for e in events].index("finished")
+    assert evals[-1]["exact_match"] == evals[-2]["exact_match"] and evals[-1]["loss"] == evals[-2]["loss"]
+    kinds = [(e["type"], e.get("step")) for e in events]
+    for step in (10, 20, 30):  # each scored right after its save, while training goes on
+        at = kinds.index(("evaluation", step))
+        assert kinds.index(("checkpoint", step)) < at < kinds.index(("finished", 30))
+        assert step == 30 or any(k == "step" and s > step for k, s in kinds[at:])
+
+    # the report the run wrote lists each kept checkpoint once (checkpoint-10 was deleted by save_total_limit)
+    report = ok_run.report
+    kept = [int(p.name.rsplit("-", 1)[1]) for p in runs.checkpoints(ok_run.run_dir)]
+    assert [c["step"] for c in report["checkpoints"]] == kept == [20, 30] and "in_progress" not in report
+    assert report["step"] == 30 and report["answers"] == report["checkpoints"][-1]["answers"]
+
+    # scored at the save with the training model = `finetune eval` of that checkpoint folder afterwards
+    for entry in report["checkpoints"]:
+        out = tmp_path / f"ck{entry['step']}.json"
+        ck = ok_run.run_dir / entry["checkpoint"]
+        assert main(["eval", "--adapter", str(ck), "--data", ok_run.test_source, "--no-base",
+                     "--max-new-tokens", "8", "--out", str(out)]) == 0
+        again = json.loads(out.read_text())
+        assert again["step"] == entry["step"] and again["answers"] == entry["answers"]
+        for key in ("n", "exact_match", "contains", "f1", "rouge_l"):
+            assert again[key] == entry[key], key
+        assert again["loss"] == pytest.approx(entry["loss"], rel=1e-5)
+    # and the base model's figure, computed once during training, is `finetune eval`'s base
+    out = tmp_path / "base.json"
+    assert main(["eval", "--adapter", str(ok_run.run_dir / "checkpoints" / "checkpoint-20"), "--out",
+                 str(out)]) == 0  # no --data: the run's own test set and answer length
+    base = json.loads(out.read_text())["base"]
+    assert base["answers"] == report["base"]["answers"] and base["exact_match"] == report["base"]["exact_match"]
+    assert base["loss"] == pytest.approx(report["base"]["loss"], rel=1e-5)
+
+
+def test_a_resumed_run_keeps_one_entry_per_checkpoint(tiny_model_dir, tmp_path):
+    """Paused at step 4 (a chunk's end: that save is not scored then), resumed to 6: every checkpoint is in the
+    report once, the one the pause skipped scored when the run ends, and no step twice."""
+    from finetune.events import read_events
+
+    cfg = RunConfig()
+    cfg.model.id, cfg.quantization.load_in, cfg.lora.r = str(tiny_model_dir), "none", 4
+    cfg.data.source = str(write_jsonl(tmp_path / "train.jsonl",
+                                      [{"prompt": f"Question number {i}?", "completion": "OK"} for i in range(16)]))
+    cfg.data.template = "chatml"
+    cfg.data.test_source = str(write_jsonl(tmp_path / "test.jsonl", TEST_ROWS[:2]))
+    cfg.data.test_max_new_tokens = 4
+    t = cfg.training
+    t.max_steps, t.batch_size, t.max_length, t.save_steps, t.save_total_limit = 6, 4, 64, 2, 3
+    t.gradient_checkpointing = False
+    first = train(cfg, runs_root=tmp_path / "runs", until_step=4)
+    assert first.status == "paused"
+    partial = runs.read_eval_report(first.run_dir)
+    assert partial["in_progress"] and [c["step"] for c in partial["checkpoints"]] == [2]
+    done = train(None, first.run_dir)
+    assert done.status == "finished"
+    report = runs.read_eval_report(done.run_dir)
+    assert [c["step"] for c in report["checkpoints"]] == [2, 4, 6]
+    evals = [(e["step"], e["model"]) for e in read_events(done.run_dir) if e["type"] == "evaluation"]
+    assert evals == [(0, "base"), (2, "checkpoints/checkpoint-2"), (6, "checkpoints/checkpoint-6"),
+                     (4, "checkpoints/checkpoint-4"), (6, "adapter")]
 
 
 def test_a_shared_server_takes_only_the_owners_own_test_file(tmp_path):
@@ -235,3 +300,77 @@ def test_pushed_card_carries_the_measured_evaluation_as_model_index(ok_run, eval
     assert ck_values["exact_match"] == pytest.approx(entry["exact_match"], abs=1e-4)
     assert ck_values["loss"] == pytest.approx(entry["loss"], abs=1e-4)
     assert not any(n.endswith((".pt", ".pth", ".bin")) for n in ck_files)  # no optimizer or RNG pickles
+
+
+def test_a_held_out_test_split_is_seeded_and_disjoint_from_training_and_validation():
+    from finetune.data import format_dataset
+
+    rows = [{"prompt": f"Question number {i}?", "completion": f"Answer {i}"} for i in range(50)]
+
+    def split(**kw):
+        r = format_dataset(rows, template="chatml", **kw)
+        return ([e.row for e in r.examples], [e.row for e in r.val_examples], [e.row for e in r.test_examples])
+
+    train_rows, val_rows, test_rows = split(val_fraction=0.1, test_split=0.2)
+    assert (len(train_rows), len(val_rows), len(test_rows)) == (36, 4, 10)
+    assert not set(train_rows) & set(test_rows) and not set(val_rows) & set(test_rows)
+    assert sorted(train_rows + val_rows + test_rows) == list(range(1, 51))
+    assert split(val_fraction=0.1, test_split=0.2) == (train_rows, val_rows, test_rows)  # deterministic
+    assert split(test_split=0.2)[2] == test_rows  # the test rows do not depend on the validation split
+    assert split(test_split=0.2, seed=7)[2] != test_rows  # ...but on the seed
+    assert split(val_fraction=0.1)[1] != val_rows and len(split()[2]) == 0
+
+
+def test_test_split_and_test_source_are_one_or_the_other():
+    from finetune.config import ConfigError, validate
+
+    cfg = RunConfig()
+    cfg.data.test_split, cfg.data.test_source = 0.1, "test.jsonl"
+    with pytest.raises(ConfigError, match="data.test_split and data.test_source both name a test set"):
+        validate(cfg)
+    cfg.data.test_source, cfg.training.method = "", "dpo"
+    with pytest.raises(ConfigError, match="data.test_split holds out rows of sft data"):
+        validate(cfg)
+
+
+def test_a_run_with_a_test_split_is_scored_on_exactly_the_held_out_rows(tiny_model_dir, tmp_path, capsys):
+    from finetune.data import format_dataset
+    from finetune.evaluate import read_test_set
+    from finetune.events import read_events
+
+    rows = [{"prompt": f"Question number {i}?", "completion": "OK"} for i in range(16)]
+    data = write_jsonl(tmp_path / "train.jsonl", rows)
+    cfg = RunConfig()
+    cfg.model.id, cfg.quantization.load_in, cfg.lora.r = str(tiny_model_dir), "none", 4
+    cfg.data.source, cfg.data.template, cfg.data.test_split, cfg.data.test_max_new_tokens = str(data), "chatml", 0.25, 4
+    t = cfg.training
+    t.max_steps, t.batch_size, t.max_length, t.save_steps, t.gradient_checkpointing = 2, 4, 64, 2, False
+    result = train(cfg, runs_root=tmp_path / "runs")
+
+    held = format_dataset(str(data), template="chatml", test_split=0.25).test_examples
+    expected = [rows[e.row - 1]["prompt"] for e in held]
+    kept = read_test_set(result.run_dir / runs.TEST_SET)
+    assert [e.prompt[-1]["content"] for e in kept] == expected and all(e.reference == "OK" for e in kept)
+    started = next(e for e in read_events(result.run_dir) if e["type"] == "started")
+    assert started["data"]["train_examples"] == 12 and started["data"]["test_examples"] == 4
+    report = runs.read_eval_report(result.run_dir)
+    assert report["test_set"]["file"] == runs.TEST_SET and report["n"] == 4
+    assert [ex["prompt"][-1]["content"] for ex in report["examples"]] == expected
+    assert [c["step"] for c in report["checkpoints"]] == [2]
+
+    # `finetune eval` of the run without --data scores the same rows
+    capsys.readouterr()
+    out = tmp_path / "again.json"
+    assert main(["eval", "--adapter", str(result.run_dir), "--no-base", "--out", str(out)]) == 0
+    again = json.loads(out.read_text())
+    assert again["answers"] == report["answers"] and again["n_prompts"] == 4
+
+
+def test_train_takes_a_test_split_on_the_command_line():
+    import argparse
+
+    from finetune.commands import train as train_command
+
+    parser = argparse.ArgumentParser()
+    train_command.register(parser.add_subparsers())
+    assert train_command.build_config(parser.parse_args(["train", "--test-split", "0.1"])).data.test_split == 0.1

@@ -66,3 +66,14 @@ def test_evaluate_endpoint_scores_the_run_and_each_checkpoint(app, tiny_model_di
         client(url).predict(run_id, handle_file(str(test)), "all", 4, api_name="/evaluate")
     with pytest.raises(AppError, match="no checkpoint '9'.*@3"):
         c.predict(f"{run_id}@9", handle_file(str(test)), "none", 4, api_name="/evaluate")
+
+
+def test_dataset_tab_counts_the_held_out_test_rows(app):
+    from gradio_client import handle_file
+
+    summary, *_ = client(app[0]).predict(data_file=handle_file(str(ROOT / "finetune" / "samples" / "city_year.jsonl")),
+                                         template="chatml", val_fraction=0.1, test_split=0.2,
+                                         api_name="/format_dataset")
+    # 240 rows: 48 held out as the test set, then a tenth of the other 192 for validation
+    assert "rows written: 240 (173 train, 19 validation, 48 test)" in summary
+    assert "test set: 48 rows held out" in summary

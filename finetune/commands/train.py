@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--reward-module", metavar="FILE.py",
                    help="grpo: a Python file whose reward_* functions (prompts, completions, **columns) -> one float "
                         "per completion are added to the rewards; runs its code: only for your own machine")
+    p.add_argument("--test-split", type=float, metavar="FRACTION",
+                   help="hold out this fraction of the rows (0 to 0.5) as the test set, scored at each checkpoint "
+                   "save and when the run ends (data.test_split)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config field, e.g. lora.r=64")
     p.add_argument("--run-dir", help="the run folder (default: runs/<new id>); an existing one is resumed")
     p.add_argument("--runs-root", help="where new run folders go (default: $FINETUNE_RUNS or ./runs)")
@@ -77,7 +80,7 @@ def build_config(args: argparse.Namespace) -> RunConfig | None:
     overrides: list[str] = list(args.set)
     for flag, key in (("model", "model.id"), ("data", "data.source"), ("template", "data.template"),
                       ("max_steps", "training.max_steps"), ("epochs", "training.epochs"),
-                      ("method", "training.method")):
+                      ("method", "training.method"), ("test_split", "data.test_split")):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")

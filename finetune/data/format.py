@@ -96,6 +96,7 @@ class FormatResult:
     lengths: list[int] = field(default_factory=list)  # tokens per example (train + val) when a tokenizer is given
     max_length: int | None = None
     system_prompt: str = ""  # the system prompt given for rows that have none
+    test_examples: list[Example] = field(default_factory=list)  # held out as the test set (test_split)
 
     @property
     def token_stats(self) -> dict[str, int] | None:
@@ -440,6 +441,20 @@ def without_gc(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def split_off(examples: list[Example], fraction: float, seed: int | str) -> tuple[list[Example], list[Example]]:
+    """``(held out, kept)``: a seeded sample of ``fraction`` of the examples (at least one, and at least one left),
+    each list in the original order.
+
+    >>> held, kept = split_off([Example("", str(i), None, None, i) for i in range(10)], 0.2, "42:test")
+    >>> len(held), len(kept), sorted(e.row for e in held + kept) == list(range(10))
+    (2, 8, True)
+    """
+    k = min(len(examples) - 1, max(1, int(round(len(examples) * fraction)))) if len(examples) > 1 else 0
+    chosen = set(random.Random(seed).sample(range(len(examples)), k))
+    return ([ex for i, ex in enumerate(examples) if i in chosen],
+            [ex for i, ex in enumerate(examples) if i not in chosen])
+
+
 @without_gc
 def format_dataset(
     source: str | Path | Sequence[Row],
@@ -454,6 +469,7 @@ def format_dataset(
     seed: int = 42,
     max_length: int | None = None,
     hub_config: str | None = None,
+    test_split: float = 0.0,
     split: str = "train",
     max_bytes: int | None = None,
     per_row: bool = False,
@@ -465,7 +481,9 @@ def format_dataset(
     ``per_row``: every row through the per-row path, the reference that the fast path must equal (slower, the
     same result; see the module docstring). ``measure_tokens``: with a tokenizer, count each example's tokens
     (``FormatResult.lengths``); training turns it off, it tokenizes the examples itself. ``keep_duplicates``: a row
-    that repeats an earlier one is kept instead of skipped."""
+    that repeats an earlier one is kept instead of skipped. ``test_split``: that fraction of the examples is held
+    out as the test set (``FormatResult.test_examples``) before the validation split is drawn from the rest, so the
+    two never share a row; seeded by ``seed`` like the validation split."""
     table = open_table(source, hub_config=hub_config, split=split, max_bytes=max_bytes)
     name = table.name
     rows_in = len(table.rows) + len(table.broken)
@@ -510,16 +528,19 @@ def format_dataset(
         detail = f" (first: {first})" if first else ""
         raise DataError(name, None, f"no usable rows: {len(problems)} of {rows_in} rejected{detail}")
 
+    held_out: list[Example] = []
+    if test_split > 0:
+        if examples[0].turns is None:
+            raise DataError(name, None, "test_split holds out prompts with their reference answers, and pre-formatted "
+                            "text has none; give prompt/answer rows or conversations, or a separate test file")
+        held_out, examples = split_off(examples, test_split, f"{seed}:test")
     val: list[Example] = []
-    if val_fraction > 0:
-        # at least one validation example, and at least one left to train on
-        k = min(len(examples) - 1, max(1, int(round(len(examples) * val_fraction)))) if len(examples) > 1 else 0
-        chosen = set(random.Random(seed).sample(range(len(examples)), k))
-        val = [ex for i, ex in enumerate(examples) if i in chosen]
-        examples = [ex for i, ex in enumerate(examples) if i not in chosen]
+    if val_fraction > 0:  # at least one validation example, and at least one left to train on
+        val, examples = split_off(examples, val_fraction, seed)
 
     result = FormatResult(str(name), shape, rows_in, examples, val, problems, out.warnings,
-                          Counter(p.category for p in problems), max_length=max_length, system_prompt=system_prompt)
+                          Counter(p.category for p in problems), max_length=max_length, system_prompt=system_prompt,
+                          test_examples=held_out)
     if tokenizer is not None and measure_tokens:
         result.lengths = token_lengths([ex.text for ex in examples + val], tokenizer)
     return result

@@ -99,10 +99,14 @@ def write_jsonl(examples: Iterable[Example], path: str | Path, chunk: int = 2000
 
 def summary_lines(result: FormatResult) -> list[str]:
     """The one-screen summary shared by the CLI and the app."""
-    n_train, n_val = len(result.examples), len(result.val_examples)
+    n_train, n_val, n_test = len(result.examples), len(result.val_examples), len(result.test_examples)
+    split = [f"{n_train} train"] + ([f"{n_val} validation"] if n_val else []) + ([f"{n_test} test"] if n_test else [])
     lines = [f"source: {result.source}", f"shape: {result.shape}", f"rows in: {result.rows_in}",
-             f"rows written: {n_train + n_val}" + (f" ({n_train} train, {n_val} validation)" if n_val else ""),
+             f"rows written: {n_train + n_val + n_test}" + (f" ({', '.join(split)})" if len(split) > 1 else ""),
              f"rows skipped: {sum(result.skipped.values())}"]
+    if n_test:
+        lines.append(f"test set: {n_test} rows held out (seeded), never trained on; scored at each checkpoint and "
+                     "when the run ends")
     lines += [f"  {count} × {reason}" for reason, count in result.skipped.most_common()]
     if result.warnings:
         lines.append(f"warnings: {len(result.warnings)} rows (kept)")

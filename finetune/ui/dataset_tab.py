@@ -102,7 +102,8 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
                 components[f.key] = forms.make_component(f, forms.get_value(service_default(), f.key))
     with gr.Row():
         test_upload = gr.File(label="Upload a test file (optional): prompts with reference answers (reference, answer, "
-                              "label, completion or output), scored at the end of the run and by Evaluate",
+                              "label, completion or output), scored at each checkpoint, at the end of the run and by "
+                              "Evaluate; or hold out a test set from the data above",
                               file_types=FILE_TYPES, type="filepath", elem_id="test-file")
     fmt = gr.Button("Format and preview", variant="primary", elem_id="format-btn")
     summary = gr.Markdown(elem_id="format-summary")
@@ -122,14 +123,15 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
     def format_dataset(data_file: str | None = None, hub_id: str = "", hub_config: str = "", split: str = "train",
                        template: str = "llama2", system_prompt: str = "", columns: str = "", model: str = "",
                        max_length: int = 1024, train_on: str = "assistant", keep_duplicates: bool = False,
-                       method: str = "sft",
+                       method: str = "sft", val_fraction: float = 0.0, test_split: float = 0.0,
                        request: gr.Request | None = None,
                        profile: gr.OAuthProfile | None = None) -> tuple[str, str, Any, pd.DataFrame, str]:
         # (the Any is histogram's matplotlib Figure: gradio evaluates these hints, so no name imported lazily)
         """Format an uploaded file (or a Hub dataset) with a template: summary, preview, token-length
         histogram, row problems and the formatted JSONL file. ``method`` (sft, dpo, orpo, kto, grpo) picks the
         data shape: dpo/orpo show each prompt with its chosen and rejected answer, kto each answer with its
-        label, grpo each prompt with its reference."""
+        label, grpo each prompt with its reference. ``val_fraction`` and ``test_split`` split the rows as
+        training will (validation rows; the test set held out, never trained on): the summary counts each."""
         source = data_file or (hub_id or "").strip()
         if not source:
             raise gr.Error("upload a file or type a Hub dataset id first")
@@ -141,6 +143,7 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
                 out_dir=api.downloads / "formatted" / _safe(owner(request, profile)),
                 hub_only=not data_file and api.workspace.multi_user,  # typed text is never a server path
                 keep_duplicates=bool(keep_duplicates), method=method or "sft",
+                val_fraction=float(val_fraction or 0.0), test_split=float(test_split or 0.0),
             )
         except UserError as e:  # an upload's name, not where the server keeps it
             if data_file and data_file in str(e):
@@ -157,13 +160,15 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
     @page_errors
     def format_on_page(data_file: str | None, hub_id: str, hub_config: str, split: str, template: str,
                        system_prompt: str, columns: str, model: str, max_length: int, train_on: str,
-                       keep_duplicates: bool, method: str, request: gr.Request,
+                       keep_duplicates: bool, method: str, val_fraction: float, test_split: float,
+                       request: gr.Request,
                        profile: gr.OAuthProfile | None = None) -> tuple[str, str, Any, pd.DataFrame, str | None]:
         """The page's format: a file that cannot be formatted clears the last file's preview, histogram, problems
         and download (they would read as this file's) and says why in the summary."""
         try:
             return format_dataset(data_file, hub_id, hub_config, split, template, system_prompt, columns, model,
-                                  max_length, train_on, keep_duplicates, method, request, profile)
+                                  max_length, train_on, keep_duplicates, method, val_fraction, test_split, request,
+                                  profile)
         except UserError as e:
             name = Path(data_file).name if data_file else (hub_id or "").strip()
             gr.Warning(html.escape(str(e)))
@@ -196,7 +201,8 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
         """Connect the events once the hyperparameters tab has made the model and max_length widgets."""
         inputs = [data_file, hub_id, hub_config, split, components["data.template"], components["data.system_prompt"],
                   columns, components["model.id"], components["training.max_length"], components["data.train_on"],
-                  components["data.keep_duplicates"], components["training.method"]]
+                  components["data.keep_duplicates"], components["training.method"], components["data.val_fraction"],
+                  components["data.test_split"]]
         outputs = [summary, preview, hist, problems, formatted]
         api_event = gr.Button(visible=False).click(api_format, inputs, outputs, api_name="format_dataset",
                                                    concurrency_id="format_dataset", concurrency_limit=4)

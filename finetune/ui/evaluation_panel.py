@@ -35,9 +35,16 @@ def metric_frame(report: dict[str, Any] | None) -> pd.DataFrame | None:
 def best_markdown(report: dict[str, Any] | None, run_id: str) -> str:
     if not report:
         return "No evaluation yet: upload a test file (prompts and reference answers) and press Evaluate."
-    lines = [f"**{report.get('n')}** scored prompts of `{(report.get('test_set') or {}).get('file', report.get('data'))}`;"
-             f" exact match: base **{(report.get('base') or {}).get('exact_match', '–')}**, adapter "
-             f"**{report.get('exact_match')}**."]
+    test_file = (report.get('test_set') or {}).get('file', report.get('data'))
+    base = (report.get('base') or {}).get('exact_match', '–')
+    if report.get("in_progress"):  # written at each checkpoint save while the run trains
+        steps = [c["step"] for c in report.get("checkpoints") or []]
+        lines = [f"Training: **{len(steps)}** checkpoints scored so far on the {report.get('n_prompts')} prompts of "
+                 f"`{test_file}` (steps {', '.join(map(str, steps)) or 'none'}); exact match: base **{base}**, "
+                 f"latest **{(report.get('checkpoints') or [{}])[-1].get('exact_match', '–')}**."]
+    else:
+        lines = [f"**{report.get('n')}** scored prompts of `{test_file}`; exact match: base **{base}**, adapter "
+                 f"**{report.get('exact_match')}**."]
     best = report.get("best") or {}
     picks = [f"{k}: `{run_id}@{v['step']}`" for k, v in best.items() if v]
     if picks:
@@ -45,8 +52,10 @@ def best_markdown(report: dict[str, Any] | None, run_id: str) -> str:
     return "\n\n".join(lines)
 
 
-def create_evaluation_panel(api: Api, run_id: gr.Textbox) -> None:
-    """The panel under the run's progress; ``run_id`` is the Train tab's run box (a run id or ``RUN@step``)."""
+def create_evaluation_panel(api: Api, run_id: gr.Textbox, timer: gr.Timer | None = None) -> None:
+    """The panel under the run's progress; ``run_id`` is the Train tab's run box (a run id or ``RUN@step``).
+    ``timer``: the Train tab's timer, ticking while a run is live: the report, which a run with a test set
+    rewrites at each checkpoint save, is read again when it has changed."""
     ws = api.workspace
     with gr.Accordion("Evaluation on a test set", open=False):
         with gr.Row():
@@ -81,16 +90,31 @@ def create_evaluation_panel(api: Api, run_id: gr.Textbox) -> None:
     def show(report: dict[str, Any] | None, rid: str) -> tuple[str, pd.DataFrame, pd.DataFrame | None]:
         return best_markdown(report, rid.partition("@")[0]), report_table(report), metric_frame(report)
 
+    def read(rid: str, request: gr.Request, profile: gr.OAuthProfile | None) -> dict[str, Any] | None:
+        if not rid:
+            return None
+        try:
+            return service.eval_report(ws, owner(request, profile), rid)
+        except service.ServiceError:
+            return None
+
     @page_errors
     def load(rid: str, request: gr.Request, profile: gr.OAuthProfile | None = None
              ) -> tuple[str, pd.DataFrame, pd.DataFrame | None]:
-        report = None
-        if rid:
-            try:
-                report = service.eval_report(ws, owner(request, profile), rid)
-            except service.ServiceError:
-                report = None
-        return show(report, rid)
+        return show(read(rid, request, profile), rid)
+
+    def signature(report: dict[str, Any] | None) -> str:
+        return "" if not report else repr([report.get("in_progress"), report.get("step"), report.get("seconds"),
+                                           [c.get("step") for c in report.get("checkpoints") or []]])
+
+    @page_errors
+    def poll(rid: str, seen: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[Any, ...]:
+        """On a timer tick: the panel again only when the report changed (a checkpoint scored, the run ended)."""
+        report = read(rid, request, profile)
+        now = signature(report)
+        if now == seen:
+            return gr.skip(), gr.skip(), gr.skip(), seen
+        return (*show(report, rid), now)
 
     def run_evaluation(rid: str, path: str | None, every: bool, tokens: float, request: gr.Request,
                        profile: gr.OAuthProfile | None = None, progress: gr.Progress = gr.Progress()) -> dict[str, Any]:
@@ -100,6 +124,9 @@ def create_evaluation_panel(api: Api, run_id: gr.Textbox) -> None:
                        api_visibility="private", concurrency_limit=1).success(
         show, [report_json, run_id], [best, table, curve], api_visibility="private")
     run_id.change(load, run_id, [best, table, curve], api_visibility="private")
+    if timer is not None:
+        seen = gr.State("")
+        timer.tick(poll, [run_id, seen], [best, table, curve, seen], api_visibility="private", show_progress="hidden")
     checkpoints_box = gr.Textbox(visible=False, value="all")
     max_box = gr.Number(visible=False, value=256, precision=0)
     gr.Button(visible=False).click(evaluate, [run_id, test_file, checkpoints_box, max_box], report_json,

@@ -33,6 +33,7 @@ DATA_FIELDS = (
     Field("data.system_prompt", "text", "System prompt"),
     Field("data.train_on", "radio", "Train on", ("assistant", "all")),
     Field("data.val_fraction", "slider", "Validation fraction", minimum=0.0, maximum=0.5, step=0.01),
+    Field("data.test_split", "slider", "Hold out as test set (fraction)", minimum=0.0, maximum=0.5, step=0.01),
     Field("data.keep_duplicates", "checkbox", "Keep duplicate rows"),
     Field("data.test_source", "text", "Test file (scored when the run ends)"),
 )

@@ -211,7 +211,8 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
     with gr.Row():
         plot = gr.LinePlot(None, x="step", y="loss", color="series", title="Loss", height=260,
                            elem_id="loss-plot")
-    create_evaluation_panel(api, run_id)
+    timer = gr.Timer(2.0, active=False)  # ticks while the run is live: progress, loss and test-set curves
+    create_evaluation_panel(api, run_id, timer)
     with gr.Accordion("Event log", open=False):
         log_box = gr.Textbox(lines=10, max_lines=20, label="events.jsonl", interactive=False, elem_id="event-log")
     with gr.Row():
@@ -234,7 +235,6 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
         compare_plot = gr.LinePlot(None, x="step", y="loss", color="run", title="Train loss by run", height=260,
                                    elem_id="compare-plot")
     table_outputs = [runs_table, runs_pick, compare_pick]
-    timer = gr.Timer(2.0, active=False)
 
     def drive_zerogpu(who: str, rid: str, progress: gr.Progress, resume: bool = False) -> Iterator[str]:
         """Chain the ZeroGPU calls of a run inside this request, reporting progress after each call."""
