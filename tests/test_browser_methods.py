@@ -52,7 +52,7 @@ def test_the_method_picker_shows_that_methods_fields_with_their_explanations(pag
     page.locator(elem("training.method")).get_by_label(method, exact=True).check()
     page.wait_for_function(f"document.querySelector('#method-info').innerText.includes({describe(method)!r})",
                            timeout=30_000)
-    assert page.locator("#method-info").inner_text().startswith(method.upper())
+    assert f"{method.upper()}: {describe(method)}" in page.locator("#method-info").inner_text()
     for f in forms.METHOD_FIELDS + forms.REWARD_FIELDS:
         box = page.locator(elem(f.key))
         if forms.METHOD_OF.get(f.key, method) == method:  # its own fields, and those of every method
@@ -72,12 +72,14 @@ def test_a_loaded_config_does_not_bring_reward_code_into_the_app(page, tmp_path)
     config = tmp_path / "grpo.yaml"
     config.write_text("training:\n  method: grpo\n  grpo_num_generations: 6\nrewards:\n  exact_match: 2\n"
                       f"  module: {tmp_path / 'evil.py'}\n")
-    page.locator("input[type=file][accept*='.yaml']").set_input_files(str(config))
+    page.locator("button.label-wrap", has_text="Config (YAML)").first.click()  # open the accordion
+    with page.expect_file_chooser() as chooser:
+        page.get_by_role("button", name="Load a config YAML").click()
+    chooser.value.set_files(str(config))
     page.wait_for_function("document.querySelector('#preset-info').innerText.includes('Loaded grpo.yaml')",
                            timeout=30_000)
     assert page.locator(elem("training.grpo_num_generations")).is_visible()
     assert page.locator(f"{elem('training.grpo_num_generations')} input[type=number]").input_value() == "6"
-    page.locator("button.label-wrap", has_text="Config (YAML)").first.click()  # open the accordion
     page.wait_for_function("document.querySelector('#config-yaml').innerText.includes('grpo_num_generations: 6')",
                            timeout=30_000)
     yaml_text = page.locator("#config-yaml").inner_text()
