@@ -257,13 +257,13 @@ def test_estimator_counts_pairs_the_reference_pass_and_grpo_sampling():
 def test_a_run_starts_from_an_adapter_and_a_resumed_one_does_not_start_over(tiny_model_dir, tmp_path):
     """SFT, then DPO from its adapter: the DPO run's LoRA weights before its first step are the SFT adapter's (its
     rank too, not the config's), the base stays as it was, the card says where it continued from; interrupted
-    after step 2 and resumed, it ends with the uninterrupted run's adapter (the resume loads its checkpoint, not
+    after step 2 of 3 and resumed, it ends with the uninterrupted run's adapter (the resume loads its checkpoint, not
     the starting adapter again)."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import load_file
     from transformers import TrainerCallback
 
-    sft = train(tiny_config(tiny_model_dir, max_steps=3), runs_root=tmp_path / "sft")
+    sft = train(tiny_config(tiny_model_dir, max_steps=2), runs_root=tmp_path / "sft")
     source = load_file(str(sft.adapter_dir / "adapter_model.safetensors"))
     base = load_file(str(tiny_model_dir / "model.safetensors"))
 
@@ -281,7 +281,7 @@ def test_a_run_starts_from_an_adapter_and_a_resumed_one_does_not_start_over(tiny
     data = pairs_file(tmp_path / "pairs.jsonl")
 
     def dpo_config():
-        cfg = method_config(tiny_model_dir, data, "dpo", max_steps=4, save_steps=2, batch_size=2)
+        cfg = method_config(tiny_model_dir, data, "dpo", max_steps=3, save_steps=2, batch_size=2)
         cfg.training.init_adapter = str(sft.run_dir)
         cfg.lora.r = 16  # the adapter's r=8 wins: its weights only fit their own rank
         return cfg
@@ -304,7 +304,7 @@ def test_a_run_starts_from_an_adapter_and_a_resumed_one_does_not_start_over(tiny
     part = train(dpo_config(), runs_root=tmp_path / "b", until_step=2)
     assert part.status == "paused"
     resumed = train(None, part.run_dir)
-    assert resumed.status == "finished" and resumed.step == 4
+    assert resumed.status == "finished" and resumed.step == 3
     assert_same_adapter(full.adapter_dir, resumed.adapter_dir)
 
 
@@ -332,3 +332,19 @@ def test_a_start_adapter_of_another_base_or_outside_the_owners_runs_is_refused(t
     for bad in (str(other), "../x", "no-such-run"):
         with pytest.raises(service.ServiceError, match="init_adapter"):
             service.start_adapter_path(ws, None, bad)
+    # a Hugging Face job cannot read it
+    from finetune.backends import hfjobs
+
+    job_cfg = RunConfig()
+    job_cfg.training.init_adapter = str(sft.adapter_dir)
+    with pytest.raises(hfjobs.JobError, match="training.init_adapter is an adapter on this machine"):
+        hfjobs.portable_config(job_cfg)
+    # the command line: a run id under the runs folder, or a folder
+    from finetune.cli import UsageError
+    from finetune.commands.train import init_adapter_path
+
+    root = str(ws.for_owner(None))
+    assert init_adapter_path(sft.run_id, root) == str(sft.run_dir.resolve())
+    assert init_adapter_path(str(other), root) == str(other.resolve())
+    with pytest.raises(UsageError, match="--init-adapter no-such-run: no run or adapter folder of that name"):
+        init_adapter_path("no-such-run", root)
