@@ -25,7 +25,7 @@ from .io import atomic_write_json, atomic_write_text
 from .models import ModelError
 
 if TYPE_CHECKING:
-    from .config import RunConfig
+    from .config import LoraSettings, RunConfig
 
 ADAPTER_DIR = "adapter"  # a run folder's finished adapter: <run>/adapter
 CONFIG_FILE = "adapter_config.json"  # peft's; its base_model_name_or_path names the base model
@@ -130,6 +130,38 @@ def lora_weights_path(folder: str | Path) -> Path:
     if not path.exists():
         raise ModelError(f"{folder} has no {WEIGHTS_FILE}; finetune reads adapter weights from safetensors only")
     return path
+
+
+def lora_settings(folder: str | Path) -> LoraSettings:
+    """The LoRA settings an adapter was trained with (its ``adapter_config.json``), as a run config's ``lora``.
+
+    >>> lora_settings("runs/ID/adapter").r  # doctest: +SKIP
+    8
+    """
+    from .config import LoraSettings
+
+    cfg = read_lora_config(folder)
+    targets = cfg.get("target_modules") or []
+    return LoraSettings(r=int(cfg.get("r") or 8), alpha=float(cfg.get("lora_alpha") or 8),
+                        dropout=float(cfg.get("lora_dropout") or 0.0),
+                        target_modules=targets if isinstance(targets, str) else sorted(targets),
+                        bias=str(cfg.get("bias") or "none"), use_rslora=bool(cfg.get("use_rslora")),
+                        use_dora=bool(cfg.get("use_dora")))
+
+
+def adapter_label(folder: str | Path) -> str:
+    """How cards and events name an adapter folder: ``RUN`` (a run's adapter), ``RUN@STEP`` (a checkpoint's),
+    else the folder's own name (never the rest of a path on this machine).
+
+    >>> adapter_label("runs/20261202-sft/checkpoints/checkpoint-40/adapter"), adapter_label("runs/20261202-sft/adapter")
+    ('20261202-sft@40', '20261202-sft')
+    """
+    p = Path(folder)
+    step = checkpoint_step(p)
+    if step is not None:
+        checkpoint = p.parent if p.name == ADAPTER_DIR else p
+        return f"{checkpoint.parent.parent.name}@{step}"
+    return p.parent.name if p.name == ADAPTER_DIR else p.name
 
 
 def has_tokenizer(folder: str | Path) -> bool:

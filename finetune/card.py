@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import yaml
 
-from .adapter import TEMPLATE_FILE, has_tokenizer
+from .adapter import TEMPLATE_FILE, adapter_label, has_tokenizer
 from .config import RunConfig
 from .refs import is_hub_id
 
@@ -170,9 +170,10 @@ def card_metadata(config: RunConfig, base_model: str, license: str | None = None
 def _method_line(config: RunConfig) -> str:
     """The training method with the fields it used (finetune/methods.py)."""
     t = config.training
+    reference = "the starting adapter (frozen)" if t.init_adapter else "the base model (adapter disabled)"
     detail = {
         "sft": "supervised fine-tuning",
-        "dpo": f"beta={t.dpo_beta}; reference: the base model (adapter disabled)",
+        "dpo": f"beta={t.dpo_beta}; reference: {reference}",
         "orpo": f"lambda={t.orpo_lambda}; no reference model",
         "kto": f"beta={t.kto_beta}, desirable weight {t.kto_desirable_weight}, undesirable weight {t.kto_undesirable_weight}",
         "grpo": f"{t.grpo_num_generations} answers per prompt, up to {t.max_completion_length} tokens, KL beta={t.grpo_beta}",
@@ -201,6 +202,7 @@ def model_card(config: RunConfig, base_model: str, metrics: dict[str, Any], loss
     from .templates import MODEL_TEMPLATE, render
 
     lo, q, t, d = config.lora, config.quantization, config.training, config.data
+    started_from = f"`{adapter_label(t.init_adapter)}`" if t.init_adapter else ""  # its name, not this machine's path
     meta = card_metadata(config, base_model, license)
     base = _display_name(base_model)
     source = d.source if d.source and "datasets" in meta else (Path(d.source).name if d.source else
@@ -221,7 +223,8 @@ def model_card(config: RunConfig, base_model: str, metrics: dict[str, Any], loss
         f"# LoRA adapter for {base}",
         "",
         f"Fine-tuned with **finetune** on {source} "
-        f"({data_summary.get('train_examples', '?')} training examples, {data_summary.get('train_tokens', '?')} tokens).",
+        f"({data_summary.get('train_examples', '?')} training examples, {data_summary.get('train_tokens', '?')} tokens)"
+        + (f", continued from the adapter {started_from}." if started_from else "."),
         "",
         "## Prompt template",
         "",
@@ -244,6 +247,7 @@ def model_card(config: RunConfig, base_model: str, metrics: dict[str, Any], loss
         f"| base model | {base} |",
         f"| base weights | {quant} |",
         f"| method | {_method_line(config)} |",
+        *([f"| started from | adapter {started_from} (its LoRA weights and settings) |"] if started_from else []),
         f"| LoRA | r={lo.r}, alpha={lo.alpha}, dropout={lo.dropout}, targets={lo.target_modules} |",
         *([f"| precision | {settings.precision}, optimizer {settings.optim} |"] if settings else []),
         f"| learning rate | {t.learning_rate} ({t.lr_scheduler}, warmup {t.warmup_ratio}) |",

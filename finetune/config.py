@@ -199,6 +199,11 @@ class TrainingConfig:
                      "mlflow, ... (comma separated); a tracker uses its own login, never a token from the config"),
     )
     project: str = field(default="finetune", metadata=doc("The tracker's project: runs of one project are compared"))
+    init_adapter: str = field(
+        default="",
+        metadata=doc("Start from this LoRA adapter instead of a fresh one (a run, RUN@STEP, RUN@best, or an adapter "
+                     "folder; same base model; its own LoRA settings are used): e.g. SFT first, then DPO or GRPO"),
+    )
     # -- the method, and the fields of each method other than sft (finetune/methods.py) ----------------------
     method: str = field(
         default="sft",

@@ -147,10 +147,12 @@ def datasets(config: RunConfig, tokenizer: Tokenizer) -> tuple[Dataset, Dataset 
 
 
 def make_trainer(config: RunConfig, model: Model, tokenizer: Tokenizer, common: dict[str, Any], train_ds: Dataset,
-                 eval_ds: Dataset | None, peft_config: LoraConfig, callbacks: list[TrainerCallback],
+                 eval_ds: Dataset | None, peft_config: LoraConfig | None, callbacks: list[TrainerCallback],
                  device: str) -> Trainer:
     """The trl trainer of ``training.method`` with the run's shared arguments (``common``: output folder,
-    schedule, batch, precision, checkpoints; see train._train)."""
+    schedule, batch, precision, checkpoints; see train._train). ``peft_config`` None: ``model`` is a PeftModel
+    already (``training.init_adapter``); dpo and kto then compare with a frozen copy of the starting adapter, not
+    with the bare base."""
     t = config.training
     method = t.method
     kwargs: dict[str, Any] = dict(model=model, train_dataset=train_ds, eval_dataset=eval_ds,

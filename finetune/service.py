@@ -178,6 +178,8 @@ def start_training(ws: Workspace, owner: str | None, config: RunConfig, backend:
         raise ServiceError("data.test_source must be a test file uploaded in the Dataset tab or a Hub dataset id")
     if ws.multi_user and config.model.id:
         check_model_ref(ws, config.model.id, "model.id")
+    if config.training.init_adapter.strip():
+        config.training.init_adapter = str(start_adapter_path(ws, owner, config.training.init_adapter.strip()))
     if backend == "hf-jobs" and config.training.max_steps <= 0:
         raise ServiceError("a Hugging Face job needs its time limit before it starts: set training.max_steps "
                            "(Hyperparameters tab) so the limit and the cost can be estimated")
@@ -455,6 +457,27 @@ def adapter_path(ws: Workspace, owner: str | None, run_id: str | None) -> Path:
     if not is_adapter_dir(path):
         raise ServiceError(f"run '{run_id}' has no adapter yet: it appears when the run finishes")
     return path
+
+
+def start_adapter_path(ws: Workspace, owner: str | None, text: str) -> Path:
+    """The adapter a new run of the owner starts from (``training.init_adapter``): one of the owner's runs, ``ID``,
+    ``ID@STEP`` or ``ID@best`` (:func:`adapter_path`), or an adapter folder already inside the owner's runs (a config
+    saved by an earlier run names it so). Nothing outside the owner's own runs: not another user's adapter, not a
+    folder of the server."""
+    from .adapter import find_adapter_dir
+
+    path = Path(text).expanduser()
+    if path.is_absolute() and path.resolve().is_relative_to(ws.for_owner(owner).resolve()):
+        folder = find_adapter_dir(path)
+        if folder is not None:
+            return folder
+    if "/" in text or "\\" in text:
+        raise ServiceError(f"training.init_adapter {text}: start from one of your runs, by its id (ID, ID@STEP or "
+                           "ID@best, as in the run list)")
+    try:
+        return adapter_path(ws, owner, text).resolve()
+    except ServiceError as e:
+        raise ServiceError(f"training.init_adapter: {e}") from None
 
 
 def _checkpoint_adapter(run_dir: Path, run_id: str, step: str) -> Path:

@@ -38,9 +38,10 @@ if TYPE_CHECKING:
     import torch
     from datasets import Dataset
     from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+    from peft import LoraConfig
     from trl.trainer.sft_trainer import SFTTrainer  # the class trl's lazy top-level module hands out
 
-    from .config import TrainingConfig
+    from .config import LoraSettings, TrainingConfig
     from .cpushare import CpuShare
     from .data import Example
     from .evaluate import SaveEvaluation
@@ -234,6 +235,70 @@ def _datasets(config: RunConfig, tokenizer: Tokenizer
     # the default system prompt the Dataset tab announces: the rows' shared one, else the one set
     dialogs = TrainedDialogs(result.default_system_prompt, sample_dialogs(result.val_examples, result.examples))
     return train_ds, eval_ds, summary, dialogs, result.test_examples
+
+
+# ---------------------------------------------------------------------------------------------
+# the adapter a run starts from
+
+
+@dataclass(frozen=True)
+class StartAdapter:
+    """``training.init_adapter`` checked: the adapter folder, how cards name it, and its LoRA settings (which the
+    run trains with: the weights only fit their own rank and layers)."""
+
+    folder: Path
+    label: str
+    lora: LoraSettings
+
+
+def start_adapter(config: RunConfig, base_name: str) -> StartAdapter | None:
+    """The adapter ``training.init_adapter`` names (a run folder, a checkpoint or an adapter folder; the CLI and
+    the app turn ``RUN``, ``RUN@STEP`` and ``RUN@best`` into these), checked before anything loads: a LoRA adapter
+    in safetensors, trained on this run's base model (``base_name``, as adapters record it). None: a fresh LoRA."""
+    from .adapter import (adapter_label, check_adapter_files, find_adapter_dir, lora_settings, lora_weights_path,
+                          read_base_model, read_lora_config)
+
+    text = config.training.init_adapter.strip()
+    if not text:
+        return None
+    folder = find_adapter_dir(Path(text).expanduser())
+    if folder is None:
+        raise TrainingError(f"training.init_adapter {text}: no adapter there (no adapter_config.json); give a "
+                            "finished run, one of its checkpoints (RUN@STEP) or an adapter folder")
+    label = adapter_label(folder)
+    check_adapter_files(folder, label)
+    lora_weights_path(folder)
+    kind = str(read_lora_config(folder).get("peft_type") or "LORA")
+    if kind.upper() != "LORA":
+        raise TrainingError(f"training.init_adapter {label} is a {kind} adapter; a run can only continue a LoRA "
+                            "adapter")
+    base = read_base_model(folder)
+    if base and not _same_model(base, base_name):
+        raise TrainingError(f"training.init_adapter {label} was trained on {base}, but this run's base model is "
+                            f"{base_name}; set model.id to {base}, or start from an adapter trained on {base_name}")
+    return StartAdapter(folder, label, lora_settings(folder))
+
+
+def _same_model(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def _lora_note(config: RunConfig, start: StartAdapter) -> str | None:
+    """What the run does with the config's own LoRA fields when it starts from an adapter (None: they agree)."""
+    from .config import parse_target_modules
+
+    lo, own = config.lora, start.lora
+    targets = parse_target_modules(lo.target_modules)
+    same_targets = targets == "all-linear" or sorted(targets) == own.target_modules  # all-linear: peft's own list
+    if same_targets and dataclasses.replace(lo, target_modules=own.target_modules) == own:
+        return None
+    shown = ", ".join(own.target_modules) if isinstance(own.target_modules, list) else own.target_modules
+    return (f"LoRA settings come from the adapter {start.label} (r={own.r}, alpha={own.alpha:g}, "
+            f"dropout={own.dropout:g}, targets {shown}); the config's lora.* (r={lo.r}, alpha={lo.alpha:g}, "
+            f"dropout={lo.dropout:g}) are not used")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -609,6 +674,9 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
     device = pick_device()
     resolved = models.resolve(config.model)
     validate(config, models.model_max_length(resolved.path, resolved.revision), source=str(run_dir / runs.CONFIG_FILE))
+    start = start_adapter(config, resolved.name)  # a missing or mismatched adapter fails before the data loads
+    # what the adapter's files and card record: the LoRA settings the weights were trained with
+    saved_config = dataclasses.replace(config, lora=start.lora) if start else config
     if config.quantization.load_in != "none" and device == "cpu" and config.quantization.load_in == "8bit":
         raise TrainingError("8-bit loading needs a CUDA GPU; use quantization.load_in: 4bit or none on CPU")
     tokenizer = models.load_tokenizer(config.model)
@@ -644,10 +712,13 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
         cpu_threads=torch.get_num_threads(),
         shares_cpu=share is not None,
         resumed_from=str(resume_from.relative_to(run_dir)) if resume_from else None,
+        init_adapter=start.label if start else None,
         data=data_summary,
         max_steps=_planned_steps(t, len(train_ds)),
     )
 
+    if start is not None and (note := _lora_note(config, start)):
+        log.emit("note", message=note)
     transformers.set_seed(t.seed)  # LoRA init and dropout are seeded
     settings = resolved_settings(config, device, speed)
     checkpointing, checkpointing_note = use_checkpointing(config, device, str(resolved.path), speed)
@@ -663,6 +734,15 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
         kernels_note = models.apply_liger_kernels(model)
         if kernels_note:
             log.emit("note", message=kernels_note)
+    peft_config: LoraConfig | None = models.lora_config(config.lora)
+    if start is not None:
+        from peft import PeftModel
+
+        # the adapter's weights, trainable, instead of a fresh LoRA; a resumed run starts here too and the trainer
+        # then loads its checkpoint's weights over them (dpo/kto/grpo with a KL term copy these starting weights as
+        # their reference, so the reference of a resumed run is the same)
+        model = PeftModel.from_pretrained(model, str(start.folder), is_trainable=True)
+        peft_config = None
     common: dict[str, Any] = dict(  # the arguments of every method's trainer config
         output_dir=str(run_dir / runs.CHECKPOINTS),
         learning_rate=t.learning_rate,
@@ -694,7 +774,7 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
         **trainer_settings(settings),
     )
     callback = _make_callback(log, run_dir, should_stop, until_step, time_budget_s, started_at, t.method)
-    callbacks = [_checkpoint_adapter_callback(config, tokenizer, resolved.name, dialogs.system_prompt, data_summary,
+    callbacks = [_checkpoint_adapter_callback(saved_config, tokenizer, resolved.name, dialogs.system_prompt, data_summary,
                                               device), callback,
                  *([_share_callback(share, log)] if share else []), *extra_callbacks]
     if test_source and is_main_process() and world_size() == 1:  # a sharded model generates on every rank or none
@@ -722,12 +802,12 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
             train_dataset=train_ds,
             eval_dataset=eval_ds,
             processing_class=tokenizer,
-            peft_config=models.lora_config(config.lora),
+            peft_config=peft_config,
             callbacks=callbacks,
         )
     else:
         trainer = methods.make_trainer(config, model, tokenizer, common, train_ds, eval_ds,
-                                       models.lora_config(config.lora), callbacks, device)
+                                       peft_config, callbacks, device)
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our events replace its raw dict prints
@@ -757,7 +837,7 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
         metrics["first_loss"], metrics["final_loss"] = losses[0], losses[-1]
     adapter_dir = run_dir / runs.ADAPTER
     if is_main_process():
-        save_adapter(trainer, tokenizer, config, resolved.name, run_dir, metrics, data_summary, device, dialogs, log)
+        save_adapter(trainer, tokenizer, saved_config, resolved.name, run_dir, metrics, data_summary, device, dialogs, log)
     max_steps = trainer.state.max_steps
     if test_source and is_main_process():
         del trainer, model  # what remains to score loads the base afresh (a 4-bit base used for inference must not train)
@@ -952,7 +1032,8 @@ def save_adapter(trainer: Trainer, tokenizer: Tokenizer, config: RunConfig, base
     shutil.rmtree(tmp, ignore_errors=True)
     model: Model = trainer.model  # a PeftModel: transformers types it as PreTrainedModel | Module | None
     model.peft_config["default"].base_model_name_or_path = base_name
-    model.save_pretrained(tmp, safe_serialization=True)
+    # the trained adapter only: a run that started from an adapter also holds trl's frozen copy of it ("ref")
+    model.save_pretrained(tmp, safe_serialization=True, selected_adapters=["default"])
     system = dialogs.system_prompt if dialogs is not None else None
     write_tokenizer(tmp, config, tokenizer, system)
     write_run_files(tmp, config, tokenizer, metrics, system)

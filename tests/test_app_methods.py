@@ -7,20 +7,16 @@ import json
 from pathlib import Path
 
 import pytest
+from apps import launched
 
 from finetune.config import RunConfig, apply_overrides
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from finetune.service import Workspace
-    from finetune.ui import build_app
-
     root = tmp_path_factory.mktemp("runs")
-    demo = build_app(Workspace(root, multi_user=True), tmp_path_factory.mktemp("downloads"))
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
-    yield url, root
-    demo.close()
+    with launched(root, tmp_path_factory.mktemp("downloads"), css=False) as (_, url):
+        yield url, root
 
 
 def test_dataset_preview_of_pairs_and_the_refusal_of_reward_code(server, tmp_path):

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from apps import launched
 from test_app import client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -15,14 +16,9 @@ HELDOUT = ROOT / "finetune" / "samples" / "city_year_heldout.jsonl"
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    from finetune.service import Workspace
-    from finetune.ui import build_app
-
     root = tmp_path_factory.mktemp("runs")
-    demo = build_app(Workspace(root, multi_user=True), tmp_path_factory.mktemp("downloads"))
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
-    yield url, root
-    demo.close()
+    with launched(root, tmp_path_factory.mktemp("downloads"), css=False) as (_, url):
+        yield url, root
 
 
 @pytest.mark.slow  # ~25 s of CPU (an app, a tiny run, five evaluations): the default suite covers the library and CLI

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from finetune import methods, service
 from finetune.config import ConfigError, RewardSettings, RunConfig, apply_overrides, problems, validate
@@ -247,3 +248,103 @@ def test_estimator_counts_pairs_the_reference_pass_and_grpo_sampling():
     secs = {k: m.estimate_time(spec, s, gpu, tokens=100_000).seconds for k, s in
             (("sft", sft), ("dpo", dpo), ("orpo", orpo), ("grpo", grpo))}
     assert secs["sft"] < secs["orpo"] < secs["dpo"] < secs["grpo"]
+
+
+# ---------------------------------------------------------------------------------------------
+# starting from an adapter (training.init_adapter)
+
+
+def test_a_run_starts_from_an_adapter_and_a_resumed_one_does_not_start_over(tiny_model_dir, tmp_path):
+    """SFT, then DPO from its adapter: the DPO run's LoRA weights before its first step are the SFT adapter's (its
+    rank too, not the config's), the base stays as it was, the card says where it continued from; interrupted
+    after step 2 of 3 and resumed, it ends with the uninterrupted run's adapter (the resume loads its checkpoint, not
+    the starting adapter again)."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    sft = train(tiny_config(tiny_model_dir, max_steps=2), runs_root=tmp_path / "sft")
+    source = load_file(str(sft.adapter_dir / "adapter_model.safetensors"))
+    base = load_file(str(tiny_model_dir / "model.safetensors"))
+
+    class Start(TrainerCallback):
+        weights: dict = {}
+        base: dict = {}
+
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            Start.weights = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+
+        def on_train_end(self, args, state, control, model=None, **kw):  # the base weights, by the base's names
+            Start.base = {n.removeprefix("base_model.model.").replace(".base_layer", ""): p.detach().clone()
+                          for n, p in model.named_parameters() if "lora_" not in n}
+
+    data = pairs_file(tmp_path / "pairs.jsonl")
+
+    def dpo_config():
+        cfg = method_config(tiny_model_dir, data, "dpo", max_steps=3, save_steps=2, batch_size=2)
+        cfg.training.init_adapter = str(sft.run_dir)
+        cfg.lora.r = 16  # the adapter's r=8 wins: its weights only fit their own rank
+        return cfg
+
+    full = train(dpo_config(), runs_root=tmp_path / "a", callbacks=[Start()])
+    assert Start.weights.keys() == source.keys()
+    assert all(torch.equal(Start.weights[k], source[k]) for k in source)
+    trained = load_file(str(full.adapter_dir / "adapter_model.safetensors"))
+    assert trained.keys() == source.keys() and any(not torch.equal(trained[k], source[k]) for k in source)
+    assert json.loads((full.adapter_dir / "adapter_config.json").read_text())["r"] == 8
+    assert not (full.adapter_dir / "ref").exists()  # trl's frozen reference copy is not part of the adapter
+    assert Start.base.keys() == base.keys() and all(torch.equal(Start.base[k], base[k]) for k in base)  # untouched
+    events = read_events(full.run_dir)
+    assert next(e for e in events if e["type"] == "started")["init_adapter"] == sft.run_id
+    assert any(e["type"] == "note" and "LoRA settings come from the adapter" in e["message"] for e in events)
+    card = (full.adapter_dir / "README.md").read_text()
+    assert f"continued from the adapter `{sft.run_id}`" in card and "reference: the starting adapter" in card
+    assert "| LoRA | r=8," in card
+
+    part = train(dpo_config(), runs_root=tmp_path / "b", until_step=2)
+    assert part.status == "paused"
+    resumed = train(None, part.run_dir)
+    assert resumed.status == "finished" and resumed.step == 3
+    assert_same_adapter(full.adapter_dir, resumed.adapter_dir)
+
+
+def test_a_start_adapter_of_another_base_or_outside_the_owners_runs_is_refused(tiny_model_dir, tmp_path):
+    import shutil
+
+    from finetune.train import TrainingError
+
+    ws = service.Workspace(tmp_path / "ws")
+    sft = train(tiny_config(tiny_model_dir, max_steps=1), runs_root=ws.for_owner(None))
+    other = tmp_path / "other-adapter"
+    shutil.copytree(sft.adapter_dir, other)
+    cfg_json = json.loads((other / "adapter_config.json").read_text())
+    (other / "adapter_config.json").write_text(json.dumps({**cfg_json, "base_model_name_or_path": "org/other-base"}))
+    cfg = tiny_config(tiny_model_dir, max_steps=1)
+    cfg.training.init_adapter = str(other)
+    with pytest.raises(TrainingError, match=r"init_adapter other-adapter was trained on org/other-base, but this run's "
+                                            r"base model is .*; set model.id to org/other-base"):
+        train(cfg, runs_root=tmp_path / "runs")
+    cfg.training.init_adapter = str(tmp_path)
+    with pytest.raises(TrainingError, match="no adapter there"):
+        train(cfg, runs_root=tmp_path / "runs")
+    # the app: one of the owner's runs by its id, nothing else
+    assert service.start_adapter_path(ws, None, sft.run_id) == sft.adapter_dir.resolve()
+    for bad in (str(other), "../x", "no-such-run"):
+        with pytest.raises(service.ServiceError, match="init_adapter"):
+            service.start_adapter_path(ws, None, bad)
+    # a Hugging Face job cannot read it
+    from finetune.backends import hfjobs
+
+    job_cfg = RunConfig()
+    job_cfg.training.init_adapter = str(sft.adapter_dir)
+    with pytest.raises(hfjobs.JobError, match="training.init_adapter is an adapter on this machine"):
+        hfjobs.portable_config(job_cfg)
+    # the command line: a run id under the runs folder, or a folder
+    from finetune.cli import UsageError
+    from finetune.commands.train import init_adapter_path
+
+    root = str(ws.for_owner(None))
+    assert init_adapter_path(sft.run_id, root) == str(sft.run_dir.resolve())
+    assert init_adapter_path(str(other), root) == str(other.resolve())
+    with pytest.raises(UsageError, match="--init-adapter no-such-run: no run or adapter folder of that name"):
+        init_adapter_path("no-such-run", root)

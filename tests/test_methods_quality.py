@@ -3,7 +3,7 @@
 The task (our own): a brand palette, cool colours preferred over warm ones (see COOL_*/WARM_*). The base model
 prefers common colour names, and the pairs are built so that the common name is the chosen one half of the time:
 it is near chance on held-out pairs; after preference tuning the adapter should give the chosen colour the higher
-log-probability.
+log-probability. GRPO's task: capitals, answered with the city alone (exact match), after a short SFT.
 
 The SmolLM2 tests (slow) train through the CLI or ``train`` exactly as a user would; the tiny-model tests (in the
 default suite) check the direction of ORPO and KTO on a one-answer preference in seconds."""
@@ -170,18 +170,14 @@ def test_orpo_and_kto_on_smollm2_prefer_chosen_on_heldout_pairs(method, smollm2_
     assert accuracy(tuned) >= 0.8, tuned
 
 
-def sums_file(path: Path, pairs: list[tuple[int, int]]) -> Path:
-    return write_jsonl(path, [{"prompt": f"What is {a} + {b}? Reply with the number only.", "answer": str(a + b)}
-                              for a, b in pairs])
-
-
-def mean_exact_match(model_dir: Path, adapter: Path | None, prompts: Path, template: str, tokens: int = 16) -> float:
-    """The exact-match reward of greedy answers to held-out prompts, as the run renders them."""
+def greedy_answers(model_dir: Path, adapter: Path | None, prompts: Path, template: str,
+                   tokens: int = 8) -> tuple[list[str], list[str]]:
+    """Greedy answers to the prompts of a GRPO data file, as the run renders them (one left-padded batch), and
+    their reference answers."""
     from transformers import AutoModelForCausalLM
 
     from finetune.data.preference import PromptExample
     from finetune.models import load_tokenizer
-    from finetune.rewards import exact_match
 
     tok = load_tokenizer(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
@@ -192,33 +188,86 @@ def mean_exact_match(model_dir: Path, adapter: Path | None, prompts: Path, templ
     model.eval()
     examples = [ex for ex in format_for_method(prompts, "grpo", template=template, tokenizer=tok).examples
                 if isinstance(ex, PromptExample)]
-    answers = []
-    for ex in examples:
-        ids = torch.tensor([tok(ex.prompt, add_special_tokens=False)["input_ids"]])
-        with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-        answers.append(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
-    scores = exact_match(prompts=[], completions=answers, answer=[ex.answer for ex in examples])
+    side, tok.padding_side = tok.padding_side, "left"
+    try:
+        batch = tok([ex.prompt for ex in examples], add_special_tokens=False, return_tensors="pt", padding=True)
+    finally:
+        tok.padding_side = side
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    answers = tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    return answers, [ex.answer or "" for ex in examples]
+
+
+def mean_exact_match(model_dir: Path, adapter: Path | None, prompts: Path, template: str, tokens: int = 8) -> float:
+    """The exact-match reward of greedy answers to held-out prompts, as the run renders them."""
+    from finetune.rewards import exact_match
+
+    answers, references = greedy_answers(model_dir, adapter, prompts, template, tokens)
+    scores = exact_match(prompts=[], completions=answers, answer=references)
     return sum(scores) / len(scores)
 
 
+# Capitals the base model names correctly, in a sentence ("The capital of France is Paris."): the answers GRPO's
+# exact-match reward wants are one short step away. Held out: never trained on, by SFT or GRPO.
+CAPITALS_HELD = [("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japan", "Tokyo"),
+                 ("China", "Beijing"), ("Russia", "Moscow"), ("the United Kingdom", "London"), ("Egypt", "Cairo"),
+                 ("Greece", "Athens"), ("Portugal", "Lisbon"), ("Norway", "Oslo"), ("Austria", "Vienna"),
+                 ("Thailand", "Bangkok"), ("Cuba", "Havana"), ("Kenya", "Nairobi")]
+CAPITALS_TRAIN = [
+    ("Canada", "Ottawa"), ("Australia", "Canberra"), ("India", "New Delhi"), ("Mexico", "Mexico City"),
+    ("Ireland", "Dublin"), ("Sweden", "Stockholm"), ("Finland", "Helsinki"), ("Denmark", "Copenhagen"),
+    ("Poland", "Warsaw"), ("Hungary", "Budapest"), ("the Czech Republic", "Prague"), ("the Netherlands", "Amsterdam"),
+    ("Belgium", "Brussels"), ("Switzerland", "Bern"), ("Turkey", "Ankara"), ("Iran", "Tehran"), ("Iraq", "Baghdad"),
+    ("Saudi Arabia", "Riyadh"), ("South Korea", "Seoul"), ("Vietnam", "Hanoi"), ("Indonesia", "Jakarta"),
+    ("the Philippines", "Manila"), ("Argentina", "Buenos Aires"), ("Chile", "Santiago"), ("Peru", "Lima"),
+    ("Nigeria", "Abuja"), ("Ethiopia", "Addis Ababa"), ("Romania", "Bucharest"), ("Bulgaria", "Sofia"),
+    ("Serbia", "Belgrade"), ("Croatia", "Zagreb"), ("Pakistan", "Islamabad"), ("Afghanistan", "Kabul"),
+    ("Syria", "Damascus"), ("Lebanon", "Beirut"), ("Jordan", "Amman"), ("Morocco", "Rabat"), ("Venezuela", "Caracas"),
+    ("Malaysia", "Kuala Lumpur"), ("Nepal", "Kathmandu"), ("Bangladesh", "Dhaka"), ("New Zealand", "Wellington")]
+
+
+def capitals_files(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(SFT data: prompt/completion, GRPO data: prompt/answer, held-out prompts: prompt/answer)."""
+    def question(country: str) -> str:
+        return f"What is the capital of {country}? Reply with the city name only."
+
+    return (write_jsonl(tmp_path / "sft.jsonl", [{"prompt": question(c), "completion": a} for c, a in CAPITALS_TRAIN]),
+            write_jsonl(tmp_path / "grpo.jsonl", [{"prompt": question(c), "answer": a} for c, a in CAPITALS_TRAIN]),
+            write_jsonl(tmp_path / "held.jsonl", [{"prompt": question(c), "answer": a} for c, a in CAPITALS_HELD]))
+
+
+SFT_STEPS, SFT_LR, GRPO_STEPS = 3, 1e-3, 16
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(reason="measured: from the base SmolLM2 every sampled answer of the first steps scored 0 on "
-                          "exact match (it answers in sentences), so GRPO gets no signal; this needs a start from an SFT "
-                          "adapter, which training cannot load yet", strict=False)
 def test_grpo_exact_match_raises_heldout_reward(smollm2_dir, tmp_path):
-    """GRPO with the exact-match reward on sums: the share of held-out prompts answered with exactly the number
-    rises (the base model often wraps it in a sentence)."""
+    """SFT briefly (SFT_STEPS steps: it starts to answer with the city alone, but not every time), then GRPO with the
+    exact-match reward from that adapter (``training.init_adapter``): the mean reward of greedy answers to held-out
+    prompts rises.
+
+    From the base SmolLM2 GRPO gets no signal: it answers in sentences ("The capital of France is Paris."), so every
+    sampled answer scores 0.
+
+    Measured (2 CPU cores shared with other work): SFT adapter (3 steps) 31% of the 16 held-out capitals, after 16
+    GRPO steps from it 50%; 527 s in all, most of it waiting for the CPU (a GRPO step takes ~4.5 s on idle cores)."""
+    import time
+
     from finetune.presets import load_preset
 
-    rnd = random.Random(0)
-    pairs = [(rnd.randint(2, 40), rnd.randint(2, 40)) for _ in range(60)]
-    train_file, heldout = sums_file(tmp_path / "sums.jsonl", pairs[:44]), sums_file(tmp_path / "held.jsonl", pairs[44:])
+    sft_data, grpo_data, heldout = capitals_files(tmp_path)
+    began = time.time()
+    sft_cfg = load_preset("smollm2-135m-cpu")
+    sft_cfg.data.source, sft_cfg.training.max_steps, sft_cfg.training.learning_rate = str(sft_data), SFT_STEPS, SFT_LR
+    sft = train(sft_cfg, runs_root=tmp_path / "runs")
+    before = mean_exact_match(smollm2_dir, sft.adapter_dir, heldout, "model")
+
     cfg = load_preset("smollm2-135m-grpo")
-    cfg.data.source, cfg.training.max_steps, cfg.training.max_completion_length = str(train_file), 16, 16
-    before = mean_exact_match(smollm2_dir, None, heldout, cfg.data.template)
+    cfg.data.source, cfg.training.init_adapter = str(grpo_data), str(sft.run_dir)
+    cfg.training.max_steps, cfg.training.max_completion_length = GRPO_STEPS, 6  # a city and the end token
     result = train(cfg, runs_root=tmp_path / "runs")
-    after = mean_exact_match(smollm2_dir, result.adapter_dir, heldout, cfg.data.template)
-    print(f"grpo: held-out exact match {before:.0%} -> {after:.0%}")
+    after = mean_exact_match(smollm2_dir, result.adapter_dir, heldout, "model")
+    print(f"held-out exact match: SFT adapter {before:.0%} -> GRPO from it {after:.0%} ({time.time() - began:.0f} s)")
     assert "rewards/exact_match/mean" in result.metrics
-    assert after > before, (before, after)
+    assert f"continued from the adapter `{sft.run_id}`" in (result.adapter_dir / "README.md").read_text()
+    assert after >= before + 0.1, (before, after)  # at least 2 more of the 16 held-out prompts

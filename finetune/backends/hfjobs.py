@@ -110,6 +110,9 @@ def portable_config(config: RunConfig) -> RunConfig:
     if source and classify(source, strict=False).kind == "path":
         raise JobError(f"data.source {source} is a file on this machine, which the job cannot read; push it as a "
                        "dataset (the Dataset tab's push, or finetune.hub.push_dataset) and use its id")
+    if cfg.training.init_adapter.strip():
+        raise JobError("training.init_adapter is an adapter on this machine, which the job cannot read; train the "
+                       "continued run here (local backend), or leave it empty for a fresh LoRA")
     return cfg
 
 

@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run)
 
 
-def _adapter_ref(text: str, runs_root: str | None) -> str:
+def adapter_ref(text: str, runs_root: str | None) -> str:
     """A path as given when it exists; a run (id or folder) with ``@STEP`` / ``@best[-METRIC]``: that checkpoint's
     adapter; a run id under the runs folder; else the text (a Hub repo id)."""
     from finetune import runs, service
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             last[0] = pct
             print(f"\r{pct:3d}% {message[:70]:<70}", end="", file=sys.stderr, flush=True)
 
-    result = export_model(_adapter_ref(args.adapter, args.runs_root), args.format, args.out, quant=args.quant,
+    result = export_model(adapter_ref(args.adapter, args.runs_root), args.format, args.out, quant=args.quant,
                           push=args.push, model=args.model, dtype=args.dtype, with_base=args.with_base,
                           token=get_token() if args.push else None, private=args.private,
                           ignore_template_mismatch=args.ignore_template_mismatch, progress=progress)

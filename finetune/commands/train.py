@@ -1,5 +1,5 @@
 """`python -m finetune train [CONFIG.yaml] [--model ID_OR_DIR] [--data FILE] [--template NAME]
-[--max-steps N] [--epochs E] [--method sft|dpo|orpo|kto|grpo] [--reward-module FILE.py] [--set key=value ...] [--run-dir DIR] [--events-json] [--push-to REPO]
+[--max-steps N] [--epochs E] [--method sft|dpo|orpo|kto|grpo] [--init-adapter RUN_OR_ADAPTER] [--reward-module FILE.py] [--set key=value ...] [--run-dir DIR] [--events-json] [--push-to REPO]
 [--backend local|hf-jobs --flavor FLAVOR]`
 
 Flags override the config file, which is optional: with nothing given it trains the embedded default
@@ -39,6 +39,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--method", choices=("sft", "dpo", "orpo", "kto", "grpo"),
                    help="sft (default): imitate answers; dpo/orpo: preference pairs (prompt/chosen/rejected); "
                         "kto: prompt/completion/label rows; grpo: prompts scored by the rewards (rewards.* fields)")
+    p.add_argument("--init-adapter", metavar="RUN_OR_ADAPTER",
+                   help="start from this LoRA adapter instead of a fresh one: a run id or folder, RUN@STEP (one of its "
+                        "checkpoints), RUN@best, or an adapter folder; same base model, its own LoRA settings "
+                        "(e.g. SFT first, then --method grpo --init-adapter SFT_RUN)")
     p.add_argument("--reward-module", metavar="FILE.py",
                    help="grpo: a Python file whose reward_* functions (prompts, completions, **columns) -> one float "
                         "per completion are added to the rewards; runs its code: only for your own machine")
@@ -80,7 +84,8 @@ def build_config(args: argparse.Namespace) -> RunConfig | None:
     overrides: list[str] = list(args.set)
     for flag, key in (("model", "model.id"), ("data", "data.source"), ("template", "data.template"),
                       ("max_steps", "training.max_steps"), ("epochs", "training.epochs"),
-                      ("method", "training.method"), ("test_split", "data.test_split")):
+                      ("method", "training.method"), ("test_split", "data.test_split"),
+                      ("init_adapter", "training.init_adapter")):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -93,7 +98,25 @@ def build_config(args: argparse.Namespace) -> RunConfig | None:
         return None
     else:
         cfg = load_preset(args.config or default_preset(getattr(args, "method", None)))
-    return apply_overrides(cfg, overrides) if overrides else cfg
+    cfg = apply_overrides(cfg, overrides) if overrides else cfg
+    if cfg.training.init_adapter:
+        cfg.training.init_adapter = init_adapter_path(cfg.training.init_adapter, args.runs_root)
+    return cfg
+
+
+def init_adapter_path(text: str, runs_root: str | None) -> str:
+    """``training.init_adapter`` as the absolute folder it names: a run id or folder, ``RUN@STEP``, ``RUN@best``
+    (resolved as ``export`` resolves them) or an adapter folder."""
+    from pathlib import Path
+
+    from finetune.cli import UsageError
+    from finetune.commands.export import adapter_ref
+
+    found = Path(adapter_ref(text, runs_root)).expanduser()
+    if not found.exists():
+        raise UsageError(f"--init-adapter {text}: no run or adapter folder of that name; give a run id or folder, "
+                         "RUN@STEP, RUN@best or an adapter folder (a Hub adapter: download it first)")
+    return str(found.resolve())
 
 
 def config_from_env(var: str) -> RunConfig:

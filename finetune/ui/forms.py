@@ -80,6 +80,7 @@ TRAIN_FIELDS = (
 # The training method and the fields only one method uses (shown when it is picked: METHOD_OF).
 METHOD_FIELDS = (
     Field("training.method", "radio", "Method", METHODS),
+    Field("training.init_adapter", "text", "Start from adapter"),  # every method: not in METHOD_OF
     Field("training.dpo_beta", "number", "DPO beta", minimum=0.0),
     Field("training.orpo_lambda", "number", "ORPO lambda", minimum=0.0),
     Field("training.kto_beta", "number", "KTO beta", minimum=0.0),
