@@ -250,7 +250,8 @@ def test_grpo_exact_match_raises_heldout_reward(smollm2_dir, tmp_path):
     sampled answer scores 0.
 
     Measured (2 CPU cores shared with other work): SFT adapter (3 steps) 31% of the 16 held-out capitals, after 16
-    GRPO steps from it 50%; 527 s in all, most of it waiting for the CPU (a GRPO step takes ~4.5 s on idle cores)."""
+    GRPO steps from it 50%, the same in two runs; 527 s and 354 s in all, most of it waiting for the CPU (a GRPO
+    step takes ~4.5 s on idle cores)."""
     import time
 
     from finetune.presets import load_preset
