@@ -250,6 +250,14 @@ def read_run_config(folder: str | Path) -> RunConfig | None:
     return RunConfig.load(path) if path.exists() else None
 
 
+def strip_local_paths(folder: str | Path) -> None:
+    """In a copy of an adapter folder staged for publishing: the run config with this machine's absolute paths
+    reduced to file names (``RunConfig.without_local_paths``)."""
+    config = read_run_config(folder)
+    if config is not None:
+        atomic_write_text(Path(folder) / RUN_CONFIG_FILE, config.without_local_paths().to_yaml())
+
+
 def copy_template_info(src: str | Path, dst: str | Path) -> None:
     """Copy the saved template (when there is one) into another model folder, e.g. a merged model."""
     path = Path(src) / TEMPLATE_FILE

@@ -281,6 +281,18 @@ class RunConfig:
         text: str = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
         return text
 
+    def without_local_paths(self) -> "RunConfig":
+        """A copy to publish (the run config pushed with an adapter): every absolute path of this machine (the data
+        file, a model folder, the adapter a run continued from) reduced to its file name, which still says what it
+        was; the machine's folders are left out."""
+        data = self.to_dict()
+        for section in data.values():
+            if isinstance(section, dict):
+                for key, value in section.items():
+                    if isinstance(value, str) and Path(value).is_absolute():
+                        section[key] = Path(value).name
+        return RunConfig.from_dict(data)
+
     def save(self, path: str | Path) -> None:
         from .io import atomic_write_text
 

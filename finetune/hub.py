@@ -151,7 +151,10 @@ def stage_card(src: Path, dst: Path, repo_id: str) -> None:
     """Copy a folder for upload with the card's loading snippet naming the repo it is pushed to."""
     from .card import UNPUSHED_REPO
 
+    from .adapter import strip_local_paths
+
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".*", "*.tmp"))
+    strip_local_paths(dst)  # published: this machine's folders left out of the run config
     card = dst / "README.md"
     if card.exists():
         card.write_text(card.read_text(encoding="utf-8").replace(UNPUSHED_REPO, repo_id), encoding="utf-8")

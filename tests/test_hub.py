@@ -301,8 +301,15 @@ def test_pushed_card_metadata_parses_with_the_fields_the_hub_indexes(trained, fa
     from finetune.hub import push_adapter
 
     push_adapter(trained.adapter_dir, ADAPTER_ID, token=FAKE_TOKEN)
-    card = ModelCard(fake_hub.files(ADAPTER_ID)["README.md"].decode())
+    files = fake_hub.files(ADAPTER_ID)
+    card = ModelCard(files["README.md"].decode())
     meta = card.data.to_dict()
+    # the published run config says which data file, not where this machine keeps it; the local copy keeps it
+    published = RunConfig.from_yaml(files["run_config.yaml"].decode())
+    local = RunConfig.load(trained.adapter_dir / "run_config.yaml")
+    assert Path(local.data.source).is_absolute() and published.data.source == "data.jsonl"
+    assert str(trained.run_dir.parent.parent) not in files["run_config.yaml"].decode()
+    assert published.model.id == BASE_ID and published.lora == local.lora
     assert meta["library_name"] == "peft"
     assert meta["base_model"] == BASE_ID
     assert meta["base_model_relation"] == "adapter"
