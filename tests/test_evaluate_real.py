@@ -1,7 +1,7 @@
-"""The acceptance of evaluation on the real embedded model (slow: ~5 minutes on 2 CPU cores): after training the
+"""The acceptance of evaluation on the real embedded model (slow: ~8-12 minutes on 2 CPU cores): after training the
 smollm2-135m-cpu preset on the bundled sample, `finetune eval` on the bundled held-out file reports the share of
 `finetune generate --temperature 0` answers that match the references; the base model's is lower; every kept
-checkpoint is listed with its metrics."""
+checkpoint is listed with its metrics, the same figures the run scored with the training model at each save."""
 
 from __future__ import annotations
 
@@ -34,8 +34,11 @@ def cli(*args: str) -> str:
 def test_eval_on_the_bundled_heldout_file_after_training_the_embedded_model(tmp_path):
     from finetune import runs
 
-    cli("train", "presets/smollm2-135m-cpu.yaml", "--runs-root", str(tmp_path / "runs"), "--quiet")
+    # the held-out file is also the run's test set: each checkpoint is scored as it is saved
+    cli("train", "presets/smollm2-135m-cpu.yaml", "--runs-root", str(tmp_path / "runs"), "--quiet",
+        "--set", f"data.test_source={HELDOUT}", "--set", "data.test_max_new_tokens=32")
     [run_dir] = [d for d in (tmp_path / "runs").iterdir() if d.is_dir()]
+    during = json.loads((run_dir / runs.EVAL_REPORT).read_text())
     out = tmp_path / "report.json"
     cli("eval", "--adapter", str(run_dir), "--data", str(HELDOUT), "--checkpoints", "all",
         "--max-new-tokens", "32", "--out", str(out))
@@ -50,8 +53,10 @@ def test_eval_on_the_bundled_heldout_file_after_training_the_embedded_model(tmp_
     answers = [json.loads(line)["answer"] for line in answers_file.read_text().splitlines()]
     share = sum(matches(a, r["completion"]) for a, r in zip(answers, rows)) / len(rows)
 
-    print(json.dumps({k: report[k] for k in ("exact_match", "contains", "f1", "rouge_l", "loss", "n")}),
-          json.dumps(report["base"]), [(c["step"], c["exact_match"]) for c in report["checkpoints"]])
+    figures = ("exact_match", "contains", "f1", "rouge_l", "loss", "n")
+    print(json.dumps({k: report[k] for k in figures}), json.dumps({k: report["base"][k] for k in figures}),
+          [(c["step"], c["exact_match"], round(c["loss"], 4)) for c in report["checkpoints"]],
+          "during training:", [(c["step"], c["exact_match"], round(c["loss"], 4)) for c in during["checkpoints"]])
     assert report["n"] == 40
     assert report["exact_match"] == pytest.approx(share)
     assert report["exact_match"] >= 0.5
@@ -61,3 +66,10 @@ def test_eval_on_the_bundled_heldout_file_after_training_the_embedded_model(tmp_
     assert kept and [c["step"] for c in report["checkpoints"]] == kept
     for c in report["checkpoints"]:
         assert all(isinstance(c[k], float) for k in ("exact_match", "contains", "f1", "rouge_l", "loss"))
+    # the figures scored during training (the training model itself) are `finetune eval`'s, step by step
+    assert [c["step"] for c in during["checkpoints"]] == kept
+    for mine, theirs in zip(during["checkpoints"], report["checkpoints"]):
+        assert mine["answers"] == theirs["answers"] and mine["exact_match"] == theirs["exact_match"]
+        assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-4)
+    assert during["base"]["exact_match"] == report["base"]["exact_match"]
+    assert during["exact_match"] == report["exact_match"]
