@@ -131,10 +131,11 @@ def test_a_run_with_a_test_set_scores_each_checkpoint_as_it_is_saved(ok_run, tmp
     assert report["step"] == 30 and report["answers"] == report["checkpoints"][-1]["answers"]
 
     # scored at the save with the training model = `finetune eval` of that checkpoint folder afterwards
-    for entry in report["checkpoints"]:
+    refs = [[str(ok_run.run_dir / report["checkpoints"][0]["checkpoint"])],  # the checkpoint folder, and RUN@STEP
+            ["--runs-root", str(ok_run.run_dir.parent), f"{ok_run.run_dir.name}@{report['checkpoints'][1]['step']}"]]
+    for entry, ref in zip(report["checkpoints"], refs):
         out = tmp_path / f"ck{entry['step']}.json"
-        ck = ok_run.run_dir / entry["checkpoint"]
-        assert main(["eval", "--adapter", str(ck), "--data", ok_run.test_source, "--no-base",
+        assert main(["eval", "--adapter", ref[-1], *ref[:-1], "--data", ok_run.test_source, "--no-base",
                      "--max-new-tokens", "8", "--out", str(out)]) == 0
         again = json.loads(out.read_text())
         assert again["step"] == entry["step"] and again["answers"] == entry["answers"]

@@ -18,7 +18,9 @@ import json
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("eval", help="score an adapter (and its checkpoints) on a held-out test file",
                        description=__doc__)
-    p.add_argument("--adapter", required=True, help="a run folder, an adapter folder, a checkpoint or a Hub repo id")
+    p.add_argument("--adapter", required=True, help="a run (id or folder), RUN@STEP or RUN@best for a checkpoint, "
+                   "an adapter folder or a Hub repo id")
+    p.add_argument("--runs-root", help="the runs folder, to find a run by id (default: $FINETUNE_RUNS or ./runs)")
     p.add_argument("--data", help="test file: prompts and references (reference, answer, label, completion or "
                    "output column, or conversations ending with the expected assistant message); default: the run's "
                    "own test set (data.test_source or the rows data.test_split held out)")
@@ -44,15 +46,18 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     if args.limit < 0:
         raise UsageError(f"--limit must be 0 (all rows) or more, got {args.limit}")
+    from finetune.commands.export import adapter_ref
+
+    adapter = adapter_ref(args.adapter, args.runs_root)  # RUN@STEP: that checkpoint's adapter, as export does
     data, limit, max_new_tokens = args.data, args.limit, args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
     if not data:
-        own = run_test_set(args.adapter)
+        own = run_test_set(adapter)
         if own is None:
             raise UsageError(f"--data is needed: {args.adapter} is not a run with a test set (data.test_source or "
                              "data.test_split); give a test file of prompts and reference answers")
         data, limit, max_new_tokens = own.source, limit or own.limit, args.max_new_tokens or own.max_new_tokens
     try:
-        report = evaluate(args.adapter, data, model=args.model, checkpoints=args.checkpoints,
+        report = evaluate(adapter, data, model=args.model, checkpoints=args.checkpoints,
                           base=not args.no_base, max_new_tokens=max_new_tokens, limit=limit)
     except (ModelError, TemplateError) as e:
         raise UsageError(str(e)) from e
