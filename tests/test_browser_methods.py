@@ -65,3 +65,5 @@ def test_a_loaded_config_does_not_bring_reward_code_into_the_app(page, tmp_path)
                            timeout=30_000)
     yaml_text = page.locator("#config-yaml").inner_text()
     assert "exact_match: 2" in yaml_text and "evil.py" not in yaml_text, yaml_text
+    note = page.locator("#preset-info").inner_text()  # and the page says it was left out, and why
+    assert "Not taken" in note and "rewards.module" in note and "command line" in note, note

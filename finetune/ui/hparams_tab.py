@@ -258,6 +258,11 @@ def wire_config(api: Api, components: dict[str, FormWidget], hp: HparamsWidgets,
             note = f"**Loaded {name}**: {len(changed)} field(s) changed, the rest of the form is kept:\n{lines}"
         else:
             note = f"**Loaded {name}**: it changes nothing in the form."
+        left = [k for k, _, _ in changed_fields(current, merged) if k not in shown]  # the form cannot hold them
+        if left:
+            why = {"rewards.module": "reward code runs only from the command line, on your own machine"}
+            note += ("\n\n⚠️ **Not taken** (the app has no field for them; use the command line with this file):\n"
+                     + "\n".join(f"- `{k}`" + (f": {why[k]}" if k in why else "") for k in left))
         gr.Info(f"{name}: {len(changed)} field(s) changed")
         return [*forms.config_to_values(merged), CUSTOM if changed else gr.skip(), note]
 
