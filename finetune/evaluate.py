@@ -293,8 +293,7 @@ def evaluate(adapter: str | Path, data: str | Path, *, model: str | None = None,
         "data": Path(str(data)).name,
         "n_prompts": len(examples),
         "step": step,
-        "settings": {"temperature": 0.0, "max_new_tokens": max_new_tokens, "template": template,
-                     "system_prompt": system_prompt},
+        "settings": _settings(max_new_tokens, template, system_prompt),
     }
     first = examples[0]
     report["test_set"] = _test_set_info(data, examples, fingerprint, limit)
@@ -353,6 +352,12 @@ def _entry(checkpoint: Path, run_dir: Path | None, metrics: dict[str, Any], answ
     return {"step": checkpoint_step(checkpoint),
             "checkpoint": str(checkpoint.relative_to(run_dir)) if run_dir else str(checkpoint),
             **metrics, "answers": answers}
+
+
+def _settings(max_new_tokens: int, template: str, system_prompt: str) -> dict[str, Any]:
+    """How a report's answers were generated (greedy, with the adapter's trained prompt format)."""
+    return {"temperature": 0.0, "max_new_tokens": max_new_tokens, "template": template,
+            "system_prompt": system_prompt}
 
 
 def limited(examples: list[TestExample], limit: int) -> list[TestExample]:
@@ -513,8 +518,7 @@ class SaveEvaluation:
         self.report.update({
             "adapter": str(self.run_dir), "base_model": self.base_model, "data": Path(self.data).name,
             "n_prompts": len(self.examples), "in_progress": True,
-            "settings": {"temperature": 0.0, "max_new_tokens": self.max_new_tokens, "template": template,
-                         "system_prompt": system_prompt},
+            "settings": _settings(self.max_new_tokens, template, system_prompt),
             "test_set": _test_set_info(self.data, self.examples, self.fingerprint, self.limit),
             "checkpoints": [entries[s] for s in sorted(entries)],
         })

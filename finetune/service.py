@@ -67,6 +67,12 @@ def _run_dir(ws: Workspace, owner: str | None, run_id: str | None) -> Path:
     return path
 
 
+def _training_examples(config: RunConfig, rows: int) -> int:
+    """About how many of ``rows`` train: what the test split (``data.test_split``) and then the validation split
+    (``data.val_fraction``) leave, at least one."""
+    return max(1, round(rows * (1 - config.data.val_fraction) * (1 - config.data.test_split)))
+
+
 def parse_config(config_yaml: str) -> RunConfig:
     cfg = RunConfig.from_yaml(config_yaml or "", source="config")
     return validate(cfg, source="config")
@@ -227,7 +233,7 @@ def zerogpu_quota(config: RunConfig, data_file: str | Path | None = None) -> Quo
         from . import data
 
         table = data.load_rows(source, max_bytes=data.max_upload_bytes())
-        n_examples = max(1, round(len(table.rows) * (1 - config.data.val_fraction) * (1 - config.data.test_split)))
+        n_examples = _training_examples(config, len(table.rows))
     return zerogpu.quota_preview(config, n_examples)
 
 
@@ -414,7 +420,7 @@ def run_summary(config_yaml: str, data_file: str | Path | None = None, backend: 
     t = cfg.training
     steps: int | None = t.max_steps if t.max_steps > 0 else None
     if steps is None and rows is not None:
-        examples = max(1, round(rows * (1 - cfg.data.val_fraction) * (1 - cfg.data.test_split)))
+        examples = _training_examples(cfg, rows)
         steps = max(1, math.ceil(math.ceil(math.ceil(examples / t.batch_size) / t.grad_accum) * t.epochs))
     template = cfg.data.template
     return {"data": shown, "sample": sample, "rows": rows,

@@ -694,7 +694,9 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
         from .evaluate import write_held_out
 
         write_held_out(held_out, run_dir / runs.TEST_SET)
-    test_source = _test_source(config, run_dir)
+    from .evaluate import run_test_source
+
+    test_source = run_test_source(run_dir, config)
     if test_source:  # a bad test file is the user's to fix before training, not after
         from .evaluate import limited, read_test_set
 
@@ -844,12 +846,6 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
         _evaluate_run(config, run_dir, test_source, log)
     log.emit("finished", step=step, adapter=runs.ADAPTER, metrics=metrics)
     return RunResult(run_dir.name, run_dir, "finished", step, max_steps, adapter_dir, metrics)
-
-
-def _test_source(config: RunConfig, run_dir: Path) -> str | None:
-    from .evaluate import run_test_source
-
-    return run_test_source(run_dir, config)
 
 
 def _scores_in_memory(config: RunConfig, settings: ResolvedSettings, device: str) -> bool:
