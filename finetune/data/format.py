@@ -36,7 +36,7 @@ from ..templates import (MODEL_TEMPLATE, Message, SpecialTokens, TemplateError, 
                          special_tokens)
 from .detect import (INPUT_SEPARATOR, SINGLE_TURN, Note, Shape, cell_text, column_cells, detect_shape,
                      row_messages)
-from .read import Row, Table, open_table
+from .read import Row, open_table
 from .stats import token_lengths, token_stats
 from .validate import (CONTROL_FIRST, CONTROL_RE, FORMULA_FIRST, SURROGATE, SURROGATE_FIX, SURROGATE_REASON,
                        DataError, Problem, RowError, containing, formula_cell, not_text, starting, with_surrogates)
@@ -441,7 +441,7 @@ def without_gc(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def split_off(examples: list[Example], fraction: float, seed: int | str) -> tuple[list[Example], list[Example]]:
+def split_off(examples: list[T], fraction: float, seed: int | str) -> tuple[list[T], list[T]]:
     """``(held out, kept)``: a seeded sample of ``fraction`` of the examples (at least one, and at least one left),
     each list in the original order.
 

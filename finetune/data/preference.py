@@ -20,7 +20,6 @@ Shapes (canonical field -> the columns looked for, first match wins; ``data.colu
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any, Sequence
 from ..templates import MODEL_TEMPLATE, Message, TemplateError, render
 from .detect import Shape, _turns, cell_text  # cell_text(..., []): a number in a text cell is used as text, no note
 from .read import Row, open_table
+from .format import split_off
 from .validate import SURROGATE, DataError, Problem, RowError
 
 FIELDS: dict[str, tuple[str, ...]] = {  # canonical field -> the column names that hold it
@@ -381,11 +381,8 @@ def format_for_method(
         raise DataError(name, None, f"every usable row has label {only}; kto needs both thumbs-up (true) and "
                         "thumbs-down (false) rows")
     val: list[MethodExample] = []
-    if val_fraction > 0 and len(examples) > 1:
-        k = min(len(examples) - 1, max(1, int(round(len(examples) * val_fraction))))
-        held = set(random.Random(seed).sample(range(len(examples)), k))
-        val = [ex for i, ex in enumerate(examples) if i in held]
-        examples = [ex for i, ex in enumerate(examples) if i not in held]
+    if val_fraction > 0:
+        val, examples = split_off(examples, val_fraction, seed)
     return MethodData(str(name), method, shape, rows_in, examples, val, problems,
                       Counter(p.category for p in problems), system_prompt)
 
