@@ -20,7 +20,12 @@ def build_app():
 
 if __name__ == "__main__":
     from finetune.data import max_upload_bytes
+    from finetune.hub import withhold_server_token
+    from finetune.service import default_workspace
     from finetune.ui import CSS
+
+    if default_workspace().multi_user:  # a public Space: the owner's HF_TOKEN reads nothing a visitor names
+        withhold_server_token()
 
     build_app().launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),

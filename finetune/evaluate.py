@@ -271,7 +271,9 @@ def evaluate(adapter: str | Path, data: str | Path, *, model: str | None = None,
                             "(runs/<id>) or leave --checkpoints out")
         kept = runs.checkpoints(run_dir)
         if not kept:
-            raise EvalError(f"{run_dir} has no saved checkpoints; train with training.save_steps below the run's "
+            # the label is the run as the caller named it (the app's run id), never the server's folder
+            raise EvalError(f"{(label or str(run_dir)).partition('@')[0]} has no saved checkpoints; train with "
+                            "training.save_steps below the run's "
                             "steps, or leave --checkpoints out")
     total = 1 + int(base) + len(kept)
 

@@ -40,6 +40,23 @@ def resolve_token(token: str | None) -> str:
     return token
 
 
+SERVER_TOKEN_READS_ENV = "FINETUNE_SERVER_TOKEN_READS"
+
+
+def withhold_server_token() -> bool:
+    """For a shared server, at start: huggingface_hub stops sending this machine's token (``HF_TOKEN``) with
+    requests it is not handed explicitly, so what a visitor names (a private model, a dataset) is read as an
+    anonymous reader would read it, not with the Space owner's access. ``FINETUNE_SERVER_TOKEN_READS=1`` keeps the
+    token for reads (gated or private models the owner wants every visitor to use). Pushes and jobs never use it
+    there (``service.hub_token``). Returns whether reads still carry the token."""
+    from huggingface_hub import constants
+
+    if os.environ.get(SERVER_TOKEN_READS_ENV, "0") == "1":
+        return True
+    constants.HF_HUB_DISABLE_IMPLICIT_TOKEN = True  # read by huggingface_hub at each request (utils/_headers.py)
+    return False
+
+
 def check_repo_id(repo_id: str) -> str:
     """``user/name`` by the Hub's naming rule (a push target: never looked up as a local path), stripped."""
     text = (repo_id or "").strip()

@@ -23,7 +23,7 @@ from .adapter import (ADAPTER_FILES, CONFIG_FILE, DEFAULT_TEMPLATE_INFO, check_a
                       find_adapter_dir, pick_device, read_base_model, read_template_info,
                       refuse_unsafe_files)
 from .config import ModelConfig, QuantizationConfig
-from .errors import is_programming_error
+from .errors import UserError, is_programming_error
 from .models import EMBEDDED_REPO_ID, Model, ModelError, Tokenizer
 from .templates import Message
 
@@ -470,6 +470,21 @@ def _generate(loaded: LoadedModel, prompts: Sequence[str | Sequence[Message]], t
                              top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, batch_size=batch_size)
 
 
+# torch.manual_seed takes a 64-bit seed: anything beyond raises RuntimeError deep in the generation
+SEED_RANGE = (-(2 ** 63), 2 ** 64 - 1)
+
+
+class GenerationError(ValueError, UserError):
+    """A generation setting out of its range; the message says what is allowed."""
+
+
+def check_seed(seed: int) -> int:
+    """``seed`` when torch can take it, else a :class:`GenerationError` saying the range."""
+    if not SEED_RANGE[0] <= int(seed) <= SEED_RANGE[1]:
+        raise GenerationError(f"seed {seed} is out of range: use a whole number from 0 to {SEED_RANGE[1]}")
+    return int(seed)
+
+
 def generate_with(loaded: LoadedModel, prompts: Sequence[str | Sequence[Message]], tpl: TemplateInfo, *,
                   max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 0.9,
                   repetition_penalty: float = 1.0, seed: int = 0, batch_size: int = 8) -> list[str]:
@@ -478,6 +493,7 @@ def generate_with(loaded: LoadedModel, prompts: Sequence[str | Sequence[Message]
     Reseeds torch's generator before each batch."""
     import torch
 
+    seed = check_seed(seed)
     tok = loaded.tokenizer
     texts = [build_prompt([{"role": "user", "content": p}] if isinstance(p, str) else p, tpl, tok) for p in prompts]
     # use_cache: a training model's config turns the cache off (gradient checkpointing); the answers are the same
@@ -542,6 +558,7 @@ def stream_chat(
     trained ones (see ``prompt_for``)."""
     from .models import ml_imports
 
+    seed = check_seed(seed)  # before a model loads: the user's error, said at once
     ml_imports()
     import torch
     from transformers import TextIteratorStreamer

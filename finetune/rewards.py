@@ -234,8 +234,11 @@ def judge_reward(folder: str, device: str = "cpu") -> RewardFunc:
 
     path = str(Path(folder).expanduser())
     try:
-        tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
+        # as every model the app loads: safetensors weights only (a pickle can run code; a folder without
+        # safetensors fails here), never the folder's own Python
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True,
+                                                                   trust_remote_code=False).to(device).eval()
     except (OSError, ValueError) as e:
         raise RewardError(f"rewards.judge_model '{folder}' cannot be loaded as a reward model ({e}); give a folder "
                           "with a sequence-classification model and its tokenizer") from e

@@ -55,6 +55,46 @@ def default_workspace() -> Workspace:
     return Workspace(runs.runs_root(), multi)
 
 
+SIGN_IN_TO = "sign in with Hugging Face to {action}: on this shared app only your own sign-in acts on the Hub"
+
+
+def hub_token(ws: Workspace, token: str | None, action: str = "push") -> str | None:
+    """The token a caller's Hub action (push, job) uses. On a shared server only the caller's own sign-in token:
+    without one the action is refused, never done with the server's ``HF_TOKEN`` (an anonymous visitor would act as
+    the Space's owner). On a single-user machine ``None`` lets the library fall back to ``HF_TOKEN``."""
+    from .hub import MOCK_OAUTH_TOKEN
+
+    token = None if token == MOCK_OAUTH_TOKEN else (token or None)  # gradio's local stand-in is no sign-in
+    if ws.multi_user and not token:
+        raise ServiceError(SIGN_IN_TO.format(action=action))
+    return token
+
+
+def check_config_code(ws: Workspace, config: RunConfig) -> None:
+    """On a shared server, refuse every setting of a run that would load code or a server folder: the model repo's
+    own Python (``model.trust_remote_code``), reward code (``rewards.module``, refused everywhere in the app), a
+    model or judge that is not a Hub id (or a folder the operator offers), a GGUF file name with a path."""
+    if config.rewards.module:
+        # reward functions are Python code: the app never runs a user's code (finetune/rewards.py)
+        raise ServiceError("rewards.module: the app does not run reward code; use the built-in rewards (exact "
+                           "match, regex, JSON, keywords, length, a local judge model), or train from the command "
+                           "line on your own machine with --reward-module")
+    if not ws.multi_user:
+        return
+    if config.model.trust_remote_code:
+        raise ServiceError("model.trust_remote_code: this shared app never runs a model repo's own Python code (it "
+                           "would run on the server, beside every user's runs and the app's secrets); pick a model "
+                           "that transformers supports natively, or train this one with the command line on your "
+                           "own machine (python -m finetune train) or as a Hugging Face Job you start there")
+    if config.model.id:
+        check_model_ref(ws, config.model.id, "model.id")
+    gguf = config.model.gguf_file or ""
+    if gguf and (Path(gguf).name != gguf or gguf.startswith(".")):
+        raise ServiceError(f"model.gguf_file '{gguf[:80]}' must be a file name inside the model repo, not a path")
+    if config.rewards.judge_model.strip():
+        check_model_ref(ws, config.rewards.judge_model, "rewards.judge_model")
+
+
 def _run_dir(ws: Workspace, owner: str | None, run_id: str | None) -> Path:
     if not run_id:  # a page's run picker left empty (None)
         raise ServiceError("pick a run first (the run list shows yours)")
@@ -137,9 +177,12 @@ def _backend(name: str, ws: Workspace, *, token: str | None = None, api: Any = N
 
 def _run_backend(ws: Workspace, path: Path, *, token: str | None = None, api: Any = None,
                  sync_every_s: float | None = None) -> Backend:
-    """The backend a run started on (recorded in its folder), with this request's settings."""
+    """The backend a run started on (recorded in its folder), with this request's settings. On a shared server a
+    Hugging Face job is read and cancelled with the caller's sign-in only (:func:`hub_token`)."""
     from .backends import backend_for
 
+    if ws.multi_user and backend_of(path) == "hf-jobs":
+        token = hub_token(ws, token, "follow or stop a Hugging Face job")
     try:
         return backend_for(path, queue_dir=queue_dir(ws), token=token, api=api,
                            sync_every_s=SYNC_EVERY_S if sync_every_s is None else sync_every_s)
@@ -160,11 +203,9 @@ def start_training(ws: Workspace, owner: str | None, config: RunConfig, backend:
     """
     backend = backend_name(backend)
     validate(config, source="config")
-    if config.rewards.module:
-        # reward functions are Python code: the app never runs a user's code (finetune/rewards.py)
-        raise ServiceError("rewards.module: the app does not run reward code; use the built-in rewards (exact "
-                           "match, regex, JSON, keywords, length, a local judge model), or train from the command "
-                           "line on your own machine with --reward-module")
+    check_config_code(ws, config)
+    if backend == "hf-jobs":
+        token = hub_token(ws, token, "start a Hugging Face job")
     root = ws.for_owner(owner)
     root.mkdir(parents=True, exist_ok=True)
     if data_file and backend == "hf-jobs":
@@ -182,8 +223,6 @@ def start_training(ws: Workspace, owner: str | None, config: RunConfig, backend:
     if test and ws.multi_user and not owned and (Path(test).exists() or not is_hub_dataset_id(test)):
         # the test file's prompts and references end up in reports: only the owner's own uploads, or Hub data
         raise ServiceError("data.test_source must be a test file uploaded in the Dataset tab or a Hub dataset id")
-    if ws.multi_user and config.model.id:
-        check_model_ref(ws, config.model.id, "model.id")
     if config.training.init_adapter.strip():
         config.training.init_adapter = str(start_adapter_path(ws, owner, config.training.init_adapter.strip()))
     if backend == "hf-jobs" and config.training.max_steps <= 0:
@@ -281,6 +320,7 @@ def resume_training(ws: Workspace, owner: str | None, run_id: str) -> str:
     """Continue a run from its last checkpoint: a local one through the queue; a ZeroGPU one is checked here and
     resumed by driving :func:`train_chunks` again; a Hugging Face job cannot be resumed."""
     path = _run_dir(ws, owner, run_id)
+    check_config_code(ws, RunConfig.load(path / runs.CONFIG_FILE))  # an older version's run may ask for code
     try:
         return _run_backend(ws, path).resume(path)
     except UserError as e:
@@ -351,9 +391,19 @@ def push(ws: Workspace, owner: str | None, run_id: str, repo_id: str, *, token: 
     from .hub import push_adapter
     from .verify import require_consistent
 
+    token = hub_token(ws, token)
     folder = adapter_path(ws, owner, run_id)
     require_consistent(folder, action="push", ignore_mismatch=ignore_template_mismatch)
     return push_adapter(folder, repo_id, token=token, private=private)
+
+
+def push_dataset(ws: Workspace, formatted: str | Path, repo_id: str, *, token: str | None = None,
+                 private: bool = True) -> str:
+    """Push a formatted dataset (the Dataset tab's JSONL) to a Hub dataset repo; returns the URL."""
+    from .hub import push_dataset as push_jsonl
+
+    token = hub_token(ws, token)
+    return push_jsonl(Path(formatted), repo_id, token=token, private=private)
 
 
 def zerogpu_quota_for(config_yaml: str, data_file: str | Path | None = None) -> QuotaPreview:
@@ -503,7 +553,7 @@ def _checkpoint_adapter(run_dir: Path, run_id: str, step: str) -> Path:
             raise ServiceError(f"run '{run_id}' has no evaluation of its checkpoints; evaluate it with all "
                                "checkpoints first (Train tab, /evaluate, or finetune eval --checkpoints all)")
         step = str(best["step"])
-    if not step.isdigit() or int(step) not in kept:
+    if not (step.isascii() and step.isdigit()) or int(step) not in kept:  # "²" is a digit to isdigit, not to int
         raise ServiceError(f"run '{run_id}' has no checkpoint '{step}'; its checkpoints: {listed}")
     folder = find_adapter_dir(kept[int(step)])
     if folder is None or folder == kept[int(step)]:
@@ -605,10 +655,35 @@ def check_model_ref(ws: Workspace, text: str, what: str = "base model") -> str:
     path = Path(text)
     if path.is_absolute() and any(path.resolve().is_relative_to(d) for d in _model_dirs()):
         return text  # a folder the server's operator offers to every user
-    if not is_hub_dataset_id(text):  # a Hub id that names nothing on this server (../../etc/passwd, runs/alice)
+    # A Hub-shaped name that is also a folder here (``runs/users``, ``finetune/samples``) would load that folder:
+    # from_pretrained looks locally first. Refused like any other path.
+    if not is_hub_dataset_id(text) or path.exists():
         raise ServiceError(f"'{text[:80]}' is not a Hub repo id; on this shared server the {what} is a Hub id like "
                            "org/name (or empty for the default)")
     return text
+
+
+def chat_models(ws: Workspace, owner: str | None, base_model: str | None, adapter: str | None) -> tuple[str | None, str]:
+    """What the Playground, ``/chat``, ``/compare`` and ``/exact_prompt`` load: the adapter folder (one of the owner's
+    runs or checkpoints, else a Hub adapter repo, else None for the base alone) and the base model (the one given,
+    else the adapter's own base; empty: the embedded default). On a shared server the base an adapter names
+    (``base_model_name_or_path``, which anyone can write into a Hub adapter) is checked as a typed one is."""
+    from . import inference, refs
+
+    base = check_model_ref(ws, base_model or "")
+    text = (adapter or "").strip()
+    if not text:
+        return None, base
+    try:
+        path = str(adapter_path(ws, owner, text))
+    except ServiceError:
+        ref = refs.classify(text, strict=False, local_first=False)
+        if not (ref.kind == "hub" and ref.has_namespace):
+            raise
+        path = check_model_ref(ws, text, "adapter")  # a Hub repo id
+    if not base and ws.multi_user:
+        base = check_model_ref(ws, inference.adapter_base(path), f"base model of the adapter {text[:80]}")
+    return path, base
 
 
 def format_preview(source: str, *, template: str, system_prompt: str = "", columns: dict[str, str] | None = None,
@@ -753,6 +828,8 @@ def export_run(ws: Workspace, owner: str | None, run_id: str, fmt: str, quant: s
 
     from .export import default_out, export_model
 
+    if push:
+        token = hub_token(ws, token)
     folder = adapter_path(ws, owner, run_id)
     work = out_dir / uuid.uuid4().hex[:12]
     work.mkdir(parents=True, exist_ok=True)

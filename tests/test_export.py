@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from finetune.config import RunConfig
 from gotemplate import ollama_values, render as go_render
 from llamacpp import LlamaCpp
 from test_hub import BASE_ID, FAKE_TOKEN, fake_hub, hub_cache  # noqa: F401 - the fixtures are used by name
@@ -394,6 +395,11 @@ def test_demo_space_is_pushed_and_its_app_prompts_as_trained(run, hub_adapter, f
     assert meta["sdk"] == "gradio" and meta["suggested_hardware"] == "cpu-basic" and meta["app_file"] == "app.py"
     create = json.loads(fake_hub.body("POST", "/api/repos/create"))
     assert create["type"] == "space" and create["sdk"] == "gradio"
+    # the published run config names the data file, not this machine's folders (as a pushed adapter's)
+    published = files["adapter/run_config.yaml"].decode()
+    assert RunConfig.from_yaml(published).data.source == Path(RunConfig.load(run.adapter_dir / "run_config.yaml")
+                                                              .data.source).name
+    assert str(run.run_dir.parent.parent) not in published
     space = tmp_path / "space"
     for name, data in files.items():
         (space / name).parent.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 
 import orjson
 
+from ..errors import is_programming_error
 from ..refs import classify
 from .validate import DataError, Problem
 
@@ -281,6 +282,8 @@ def _read_hub(dataset_id: str, hub_config: str | None, split: str) -> Table:
     try:
         ds = datasets.load_dataset(dataset_id, hub_config, split=split)
     except Exception as e:  # noqa: BLE001 - network, auth, missing split... all become one message
+        if is_programming_error(e):  # a mistake in our call or in the library, not the Hub's answer: a bug
+            raise
         reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
         raise DataError(dataset_id, None, f"cannot load the Hub dataset ({reason}); check the id, config and split, "
                         "and that you are online and signed in for private data") from None

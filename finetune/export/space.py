@@ -65,7 +65,7 @@ def space_readme(title: str, base_model: str, hardware: str, template: str) -> s
 
 def stage_space(adapter_folder: Path, base_name: str, out: Path, title: str) -> Path:
     """The Space's files in ``out``: app.py, requirements.txt, README.md and the adapter."""
-    from ..adapter import ADAPTER_FILES
+    from ..adapter import ADAPTER_FILES, strip_local_paths
 
     hub_base = EMBEDDED_REPO_ID if not is_hub_id(base_name) and "SmolLM2-135M" in base_name else base_name
     if not is_hub_id(hub_base):
@@ -81,6 +81,7 @@ def stage_space(adapter_folder: Path, base_name: str, out: Path, title: str) -> 
     for f in sorted(adapter_folder.iterdir()):
         if f.is_file() and any(fnmatch.fnmatch(f.name, p) for p in ADAPTER_FILES) and f.name != "README.md":
             shutil.copy(f, dest / f.name)
+    strip_local_paths(dest)  # published: this machine's folders left out of the run config, as a pushed adapter
     (out / "space.json").write_text(json.dumps({"base_model": hub_base}, indent=2))
     info = read_template_info(adapter_folder) or {}
     (out / "README.md").write_text(space_readme(title, hub_base, hardware_for(_params(base_name)),

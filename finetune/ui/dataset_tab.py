@@ -14,7 +14,6 @@ from gradio.events import Dependency
 from .. import service
 from ..data import parse_column_mapping
 from ..errors import UserError
-from ..hub import push_dataset
 from . import forms
 from .common import Api, owner, page_errors, user_errors
 
@@ -135,10 +134,11 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
         source = data_file or (hub_id or "").strip()
         if not source:
             raise gr.Error("upload a file or type a Hub dataset id first")
+        model = service.check_model_ref(api.workspace, model or "")  # a shared server's folders are no tokenizers
         try:
             report = service.format_preview(
                 source, template=template, system_prompt=system_prompt or "", columns=parse_column_mapping(columns),
-                model=model or "", max_length=int(max_length or 1024), train_on=train_on or "assistant",
+                model=model, max_length=int(max_length or 1024), train_on=train_on or "assistant",
                 hub_config=hub_config or None, split=split or "train",
                 out_dir=api.downloads / "formatted" / _safe(owner(request, profile)),
                 hub_only=not data_file and api.workspace.multi_user,  # typed text is never a server path
@@ -181,7 +181,8 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
     def push(file: str | None, repo_id: str, private: bool, oauth: gr.OAuthToken | None = None) -> str:
         if not file:
             raise gr.Error("format the dataset first")
-        return f"Pushed to {push_dataset(Path(file), repo_id, token=oauth.token if oauth else None, private=private)}"
+        url = service.push_dataset(api.workspace, file, repo_id, token=oauth.token if oauth else None, private=private)
+        return f"Pushed to {url}"
 
     @user_errors
     def keep_test_file(path: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:

@@ -160,10 +160,14 @@ def values_to_config(base: RunConfig, values: list[Any]) -> RunConfig:
 FormWidget = gr.Textbox | gr.Number | gr.Slider | gr.Checkbox | gr.Dropdown | gr.Radio
 
 
-def make_component(f: Field, value: Any, visible: bool = True) -> FormWidget:
+def make_component(f: Field, value: Any, visible: bool = True, locked: str = "") -> FormWidget:
+    """The widget of one config field; ``locked``: why this server keeps it at ``value`` (shown as its help, the
+    widget not editable)."""
     section, name = f.key.split(".")
-    info = field_help(section, name)
+    info = locked or field_help(section, name)
     common = dict(label=f.label, info=info, value=value, elem_id=f.key.replace(".", "-"), visible=visible)
+    if locked:
+        common["interactive"] = False
     if f.kind == "text":
         return gr.Textbox(**common, lines=1)
     if f.kind in ("number", "int"):

@@ -47,6 +47,9 @@ def create_hparams_tab(api: Api, components: dict[str, FormWidget]) -> HparamsWi
         preset = gr.Dropdown(choices=[*paths, CUSTOM], value=DEFAULT_PRESET, label="Preset", scale=2, elem_id="preset",
                              info="A starting point; every value below can be changed")
         preset_info = gr.Markdown(preset_description(paths[DEFAULT_PRESET]), elem_id="preset-info")
+    # a shared server never runs a model repo's code (service.check_config_code): the box says so, off
+    locked = {"model.trust_remote_code": "Off on this shared app: a model repo's own code never runs on the server "
+              "(train such a model with the command line on your own machine)"} if api.workspace.multi_user else {}
     sections = (("Model", forms.MODEL_FIELDS), ("Quantization", forms.QUANT_FIELDS),
                 ("LoRA", forms.LORA_FIELDS), ("Training", forms.TRAIN_FIELDS))
     method = default.training.method
@@ -61,7 +64,8 @@ def create_hparams_tab(api: Api, components: dict[str, FormWidget]) -> HparamsWi
             with gr.Row(equal_height=False):
                 for f in fields:
                     with gr.Column(min_width=220):
-                        components[f.key] = forms.make_component(f, forms.get_value(default, f.key))
+                        components[f.key] = forms.make_component(f, forms.get_value(default, f.key),
+                                                                 locked=locked.get(f.key, ""))
     with gr.Row():
         from ..memory import GPUS
 

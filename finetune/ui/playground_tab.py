@@ -6,7 +6,7 @@ from typing import Any, Callable, Iterator
 
 import gradio as gr
 
-from .. import inference, refs, service
+from .. import inference, service
 from ..errors import UserError
 from ..templates import MODEL_TEMPLATE, TEMPLATE_NAMES
 from .arena_panel import create_arena_panel
@@ -30,17 +30,8 @@ def message_text(content: object) -> str:
 
 
 def resolve_adapter(ws: service.Workspace, who: str, adapter: str) -> str | None:
-    """A run id of the caller's, a Hub repo id, or nothing (base model)."""
-    adapter = (adapter or "").strip()
-    if not adapter:
-        return None
-    try:
-        return str(service.adapter_path(ws, who, adapter))
-    except service.ServiceError:
-        ref = refs.classify(adapter, strict=False, local_first=False)
-        if ref.kind == "hub" and ref.has_namespace:
-            return service.check_model_ref(ws, adapter, "adapter")  # a Hub repo id
-        raise
+    """A run id of the caller's, a Hub repo id, or nothing (base model): the adapter folder or repo."""
+    return service.chat_models(ws, who, "", adapter)[0]
 
 
 def create_playground_tab(api: Api) -> dict[str, LoadHook]:
@@ -102,10 +93,8 @@ def create_playground_tab(api: Api) -> dict[str, LoadHook]:
         ``system_prompt`` and ``template`` default (None or empty) to those the adapter was trained with."""
         if not (message or "").strip():
             raise gr.Error("type a message first")
-        who = owner(request, profile)
-        path = resolve_adapter(ws, who, adapter)
+        path, base_model = service.chat_models(ws, owner(request, profile), base_model, adapter)
         convo = conversation(message, history)
-        base_model = service.check_model_ref(ws, base_model or "")
         for partial in inference.stream_chat(convo, adapter=path, model=base_model or None,
                                              system_prompt=system_prompt or None, template=template or None,
                                              temperature=float(temperature if temperature is not None else 0.7),
@@ -122,11 +111,10 @@ def create_playground_tab(api: Api) -> dict[str, LoadHook]:
         (base, fine-tuned). ``system_prompt`` and ``template`` default (None or empty) to the adapter's."""
         if not (prompt or "").strip():
             raise gr.Error("type a prompt first")
-        path = resolve_adapter(ws, owner(request, profile), adapter)
+        path, base_model = service.chat_models(ws, owner(request, profile), base_model, adapter)
         if path is None:
             raise gr.Error("pick an adapter to compare against")
         # one loaded base, the adapter's template and system prompt for both sides, the same seed
-        base_model = service.check_model_ref(ws, base_model or "")
         return inference.compare(prompt, path, model=base_model or None, system_prompt=system_prompt or None,
                                  template=template or None, max_new_tokens=int(max_new_tokens or 256),
                                  temperature=float(temperature or 0.0), top_p=float(top_p or 0.9),
@@ -137,8 +125,7 @@ def create_playground_tab(api: Api) -> dict[str, LoadHook]:
                      profile: gr.OAuthProfile | None = None) -> tuple[str, str]:
         """The exact text the model receives for this conversation (history + message, with the generation
         prompt) and a line with its token count, template and system prompt."""
-        path = resolve_adapter(ws, owner(request, profile), adapter)
-        base_model = service.check_model_ref(ws, base_model or "")
+        path, base_model = service.chat_models(ws, owner(request, profile), base_model, adapter)
         p = inference.prompt_for(conversation(message, history), adapter=path, model=base_model or None,
                                  system_prompt=system_prompt or None, template=template or None)
         line = (f"**{p.token_count} tokens** · template `{p.template}` · system prompt: "
