@@ -181,12 +181,17 @@ def world(tmp_path_factory, tiny_model_dir):
     hub.close()
 
 
-@pytest.fixture(scope="module")
-def shared(world):
-    proc, url, runs = start_app(world["tmp"] / "multi", world["hub"], multi_user=True,
-                                model_dirs=world["model_dirs"])
+def running(world: dict, multi_user: bool):
+    """The app of ``world`` started as a Space (or, ``multi_user`` off, as on one's own machine); stopped after."""
+    proc, url, runs = start_app(world["tmp"] / ("multi" if multi_user else "single"), world["hub"],
+                                multi_user=multi_user, model_dirs=world["model_dirs"])
     yield {"url": url, "runs": runs}
     stop_app(proc)
+
+
+@pytest.fixture(scope="module")
+def shared(world):
+    yield from running(world, multi_user=True)
 
 
 def visitor(url: str):
@@ -281,10 +286,7 @@ def test_bad_input_is_the_users_not_an_internal_error(world, shared):
 
 @pytest.fixture(scope="module")
 def single(world):
-    proc, url, runs = start_app(world["tmp"] / "single", world["hub"], multi_user=False,
-                                model_dirs=world["model_dirs"])
-    yield {"url": url, "runs": runs}
-    stop_app(proc)
+    yield from running(world, multi_user=False)
 
 
 def test_the_single_user_app_keeps_remote_code_and_the_servers_token(world, single):
