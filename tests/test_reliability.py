@@ -506,8 +506,8 @@ def test_path_traversal_in_run_ids_through_every_endpoint(app, tmp_path):
             for endpoint in ("/run_status", "/stop_training", "/resume_training"):
                 msg = app_error(c.predict, rid, api_name=endpoint)
                 assert "not a valid run id" in msg or "no run" in msg, (rid, endpoint, msg)
-            msg = app_error(c.predict, rid, "me/repo", True, api_name="/push_adapter")
-            assert "not a valid run id" in msg or "no run" in msg, (rid, msg)
+            msg = app_error(c.predict, rid, "me/repo", True, api_name="/push_adapter")  # anonymous: no push at all
+            assert msg.startswith("sign in with Hugging Face to push"), (rid, msg)
             if rid.strip():
                 msg = app_error(c.predict, "hi", [], "", rid, 0.0, 8, 0.9, 1.0, 0, api_name="/chat")
                 assert "not a valid run id" in msg or "no run" in msg or "not found" in msg, (rid, msg)
@@ -584,7 +584,9 @@ def test_two_clients_cannot_touch_each_others_runs_through_the_api(app, tiny_mod
     assert bob.predict(api_name="/list_runs") == []
     for endpoint in ("/run_status", "/stop_training", "/resume_training"):
         assert "no run" in app_error(bob.predict, run_id, api_name=endpoint)
-    assert "no run" in app_error(bob.predict, run_id, "bob/stolen", True, api_name="/push_adapter")
+    assert "sign in" in app_error(bob.predict, run_id, "bob/stolen", True, api_name="/push_adapter")
+    with pytest.raises(service.ServiceError, match="no run"):  # signed in, bob still cannot push alice's run
+        service.push(app["ws"], "session:" + bob.session_hash, run_id, "bob/stolen", token=TOKEN)
     assert "no run" in app_error(bob.predict, "hi", [], "", run_id, 0.0, 8, 0.9, 1.0, 0, api_name="/chat")
     assert "no run" in app_error(bob.predict, "hi", "", run_id, 0.0, 8, 0, api_name="/compare")
     # the download button's event is not a named endpoint, but a browser calls it by index: same rule
@@ -599,7 +601,10 @@ def test_two_clients_cannot_touch_each_others_runs_through_the_api(app, tiny_mod
 
     # alice can do all of it
     assert alice.predict(run_id, api_name="/run_status")["status"] == "finished"
-    assert alice.predict(run_id, "alice/mine", True, api_name="/push_adapter").endswith("alice/mine")
+    assert "sign in" in app_error(alice.predict, run_id, "alice/mine", True, api_name="/push_adapter")  # HF_TOKEN unused
+    assert pushed == []
+    assert service.push(app["ws"], "session:" + alice.session_hash, run_id, "alice/mine", token=TOKEN).endswith(
+        "alice/mine")  # with her own sign-in token
     assert pushed[0] == "alice/mine"
     assert run_id in [r["run_id"] for r in alice.predict(api_name="/list_runs")]
 
