@@ -84,3 +84,20 @@ def test_the_reference_loss_of_a_training_row_is_the_trainers_loss_on_it(templat
     answers = [r["completion"] for r in ROWS]
     assert scores(answers, answers, reference)["loss"] == pytest.approx(
         sum(v for v, _ in trained) / sum(c for _, c in trained), rel=1e-4)
+
+
+@pytest.mark.parametrize("template,answer", [("llama2", " Fine, thanks. {eos}"), ("chatml", "Fine, thanks.{eos}"),
+                                             ("falcon", " Fine, thanks.{eos}")])
+def test_only_the_last_answer_of_a_conversation_is_scored(template, answer, smollm2_tokenizer):
+    """A test conversation's earlier answers are prompt: the scored tokens are the reference's, as trained."""
+    from finetune.inference import prompt_settings, reference_tokens
+
+    tpl = prompt_settings(None, smollm2_tokenizer, template=template)
+    prompt = [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": "Hi! How can I help?"},
+              {"role": "user", "content": "How are you?"}]
+    ids, labels = reference_tokens(prompt, "Fine, thanks.", tpl, smollm2_tokenizer)
+    assert len(ids) == len(labels) and all(x in (-100, i) for x, i in zip(labels, ids))
+    scored = [i for i in labels if i != -100]
+    first = labels.index(scored[0])
+    assert labels[first:] == ids[first:]  # one run of tokens up to the end of the text
+    assert smollm2_tokenizer.decode(scored, clean_up_tokenization_spaces=False) == answer.format(eos=tpl["eos"])
