@@ -8,7 +8,8 @@ Metrics (each a mean over the examples that have a reference):
 - ``contains``: the normalised answer contains the normalised reference
 - ``f1``: token F1 between answer and reference (lower-cased word tokens)
 - ``rouge_l``: ROUGE-L F1 (longest common token subsequence)
-- ``loss``: held-out loss, nats per token of the reference answer (plus the end token) after the prompt
+- ``loss``: held-out loss, nats per token of the reference answer as training renders it after the prompt
+  (the template's spacing and end token: ``inference.reference_tokens``), the tokens training's loss counts
 
 >>> normalize("  The answer is PARIS. ")
 'the answer is paris'

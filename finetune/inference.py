@@ -25,7 +25,7 @@ from .adapter import (ADAPTER_FILES, CONFIG_FILE, DEFAULT_TEMPLATE_INFO, check_a
 from .config import ModelConfig, QuantizationConfig
 from .errors import UserError, is_programming_error
 from .models import EMBEDDED_REPO_ID, Model, ModelError, Tokenizer
-from .templates import Message
+from .templates import Message, Rendered, token_labels
 
 if TYPE_CHECKING:
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -378,8 +378,9 @@ def prompt_for(
                   eos=info["eos"], stop_strings=tuple(info["stop_strings"]))
 
 
-def build_prompt(messages: Sequence[Message], template: TemplateInfo, tokenizer: Tokenizer) -> str:
-    """Render ``messages`` with the settings of ``prompt_settings``: its system prompt goes first unless the
+def _render(messages: Sequence[Message], template: TemplateInfo, tokenizer: Tokenizer, *,
+            add_generation_prompt: bool) -> Rendered:
+    """``templates.render`` with the settings of ``prompt_settings``: its system prompt goes first unless the
     conversation has its own system message, and its bos/eos are the ones training wrote."""
     from .templates import MODEL_TEMPLATE, SpecialTokens, render
 
@@ -388,7 +389,32 @@ def build_prompt(messages: Sequence[Message], template: TemplateInfo, tokenizer:
         msgs = [{"role": "system", "content": template["system_prompt"]}] + msgs
     name = template.get("template", MODEL_TEMPLATE)
     tokens = SpecialTokens(template.get("bos") or "", template["eos"]) if name != MODEL_TEMPLATE and template.get("eos") else None
-    return render(msgs, name, tokenizer, add_generation_prompt=True, tokens=tokens).text
+    return render(msgs, name, tokenizer, add_generation_prompt=add_generation_prompt, tokens=tokens)
+
+
+def build_prompt(messages: Sequence[Message], template: TemplateInfo, tokenizer: Tokenizer) -> str:
+    """Render ``messages`` with the settings of ``prompt_settings``, ending where the model starts answering."""
+    return _render(messages, template, tokenizer, add_generation_prompt=True).text
+
+
+def reference_tokens(prompt: str | Sequence[Message], reference: str, template: TemplateInfo,
+                     tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
+    """``(token ids, labels)`` of the conversation ``prompt`` answered with ``reference``, rendered and tokenized
+    exactly as training renders and tokenizes a row (``templates.render``, one tokenization of the whole text,
+    ``templates.token_labels``): the labels are the reference answer's trained tokens, with the template's own
+    spacing and end token (llama2 trains ``" answer </s>"``), and -100 elsewhere (the prompt, earlier answers).
+
+    Tokenizing the prompt and the answer apart would not do: the template writes text around the answer, and a
+    tokenizer merges characters across the seam differently than in the whole text training saw.
+    """
+    msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    rendered = _render(msgs + [{"role": "assistant", "content": reference}], template, tokenizer,
+                       add_generation_prompt=False)
+    start = len(rendered.prompt)  # where the last answer begins: the spans before it belong to earlier turns
+    spans = [(max(a, start), b) for a, b in rendered.spans if b > start]
+    enc = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
+    ids: list[int] = list(enc["input_ids"])
+    return ids, token_labels(ids, enc["offset_mapping"], spans)
 
 
 def _gen_kwargs(tokenizer: Tokenizer, template: TemplateInfo, max_new_tokens: int, temperature: float, top_p: float,
@@ -620,10 +646,10 @@ def reference_losses(
     system_prompt: str | None = None,
     quantization: QuantizationConfig | None = None,
 ) -> list[tuple[float, int]]:
-    """Per example, ``(summed negative log-likelihood in nats, token count)`` of the reference answer followed by
-    the template's end token, after the exact prompt ``generate_batch`` sends (the adapter's template and system
-    prompt unless given): the loss training minimises, measured on held-out answers. ``adapter=None`` with a
-    ``model`` measures the base (every adapter disabled)."""
+    """Per example, ``(summed negative log-likelihood in nats, token count)`` of the reference answer's trained
+    tokens, rendered and tokenized as training renders a row (``reference_tokens``: the adapter's template and
+    system prompt unless given, the template's spacing and end token): the loss training minimises, measured on
+    held-out answers. ``adapter=None`` with a ``model`` measures the base (every adapter disabled)."""
     loaded, tpl = _prepare(model, adapter, template, quantization, system_prompt)
     with _lock, _adapter_context(loaded, adapter):
         if adapter:
@@ -637,15 +663,14 @@ def reference_losses_with(loaded: LoadedModel, prompts: Sequence[str | Sequence[
     """``reference_losses`` with ``loaded.model`` as it is (its active adapter, in its mode)."""
     import torch
 
-    tok = loaded.tokenizer
     out: list[tuple[float, int]] = []
     with torch.no_grad():
         for p, ref in zip(prompts, references):
-            text = build_prompt([{"role": "user", "content": p}] if isinstance(p, str) else p, tpl, tok)
-            prompt_ids = tok(text, add_special_tokens=False)["input_ids"]
-            answer_ids = tok(ref + (tpl.get("eos") or ""), add_special_tokens=False)["input_ids"]
-            ids = torch.tensor([prompt_ids + answer_ids], device=loaded.model.device)
-            logits = loaded.model(input_ids=ids).logits[0, len(prompt_ids) - 1:-1].float()
-            nll = torch.nn.functional.cross_entropy(logits, ids[0, len(prompt_ids):], reduction="sum")
-            out.append((float(nll), len(answer_ids)))
+            ids, labels = reference_tokens(p, ref, tpl, loaded.tokenizer)
+            # position t predicts token t + 1, as in training's loss; the first token is never a target
+            targets = torch.tensor(labels[1:], device=loaded.model.device)
+            keep = targets != -100
+            logits = loaded.model(input_ids=torch.tensor([ids], device=loaded.model.device)).logits[0, :-1]
+            nll = torch.nn.functional.cross_entropy(logits[keep].float(), targets[keep], reduction="sum")
+            out.append((float(nll), int(keep.sum())))
     return out

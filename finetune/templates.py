@@ -485,6 +485,26 @@ def render(
     return _from_segments(tpl.segments(list(messages), tok, add_generation_prompt), train_on)
 
 
+def token_labels(ids: Sequence[int], offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> list[int]:
+    """The training labels of a tokenized text: each token's id where its characters overlap a trained span
+    (``spans``: sorted ``[start, end)`` character ranges, as :func:`render` gives them), else -100 (no loss).
+
+    ``offsets`` are the tokens' ``[start, end)`` characters (a fast tokenizer's ``offset_mapping``); a token
+    without characters (an added special token may have none) counts when it sits inside a span.
+
+    >>> token_labels([7, 8, 9], [(0, 3), (3, 5), (5, 9)], [(4, 9)])
+    [-100, 8, 9]
+    """
+    labels: list[int] = []
+    j = 0
+    for tid, (a, b) in zip(ids, offsets):
+        while j < len(spans) and spans[j][1] <= a:
+            j += 1
+        trained = j < len(spans) and spans[j][0] < max(b, a + 1) and a < spans[j][1]
+        labels.append(tid if trained else -100)
+    return labels
+
+
 def _render_model(messages: Sequence[Message], tokenizer: Any, add_generation_prompt: bool, train_on: str) -> Rendered:
     """The tokenizer's own chat template; trained spans found by rendering growing prefixes."""
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):

@@ -33,6 +33,7 @@ from .events import EventLog
 from .io import DISK_FULL_FIX, DiskFullError
 from .models import ModelError
 from .settings import Device, ResolvedSettings, SpeedOptions, resolve
+from .templates import token_labels
 
 if TYPE_CHECKING:
     import torch
@@ -149,7 +150,8 @@ def tokenize_examples(examples: Sequence[Example], tokenizer: Tokenizer, max_len
     """Token ids and labels (-100 outside the trained character spans), truncated to ``max_length``.
 
     The text already contains the template's bos/eos strings, so no special tokens are added.
-    A token is trained on when its characters overlap a trained span. Each distinct text is tokenized once.
+    A token is trained on when its characters overlap a trained span (``templates.token_labels``). Each distinct
+    text is tokenized once.
     """
     texts = [ex.text for ex in examples]
     distinct = list(dict.fromkeys(texts))
@@ -160,14 +162,7 @@ def tokenize_examples(examples: Sequence[Example], tokenizer: Tokenizer, max_len
     labels: list[list[int]] = []
     for ex, text in zip(examples, texts):
         ids, offsets = encoded[text]
-        spans = ex.spans
-        lab = []
-        j = 0
-        for tid, (a, b) in zip(ids, offsets):
-            while j < len(spans) and spans[j][1] <= a:
-                j += 1
-            trained = j < len(spans) and spans[j][0] < max(b, a + 1) and a < spans[j][1]
-            lab.append(tid if trained else -100)
+        lab = token_labels(ids, offsets, ex.spans)
         input_ids.append(list(ids[:max_length]))
         labels.append(lab[:max_length])
     return {"input_ids": input_ids, "labels": labels}
