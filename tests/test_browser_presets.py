@@ -75,6 +75,15 @@ def test_a_preset_keeps_the_template_picked_in_the_dataset_tab_and_says_so(url, 
                                "'<|im_start|>user')", timeout=120_000)
         preview = text_of(page, "ft-preview")
         assert "[INST]" not in preview and "the model's own chat template" in preview, preview
+        # a typed setting: the preview says it is out of date while typing, and follows when the field is left
+        box = page.locator("#data-system_prompt textarea").first
+        box.fill("Answer in one word.")
+        wait_text(page, "preview-stale", "out of date")
+        assert "system prompt" in text_of(page, "preview-stale")
+        box.press("Tab")
+        wait_text(page, "ft-preview", "Answer in one word.", timeout_s=120)
+        page.wait_for_function("() => !document.querySelector('#preview-stale').innerText.includes('out of date')",
+                               timeout=30_000)
         page.get_by_role("tab", name="3 · Train").click()
         wait_text(page, "run-summary", "the model's own chat template")
         assert "method DPO" in text_of(page, "run-summary")

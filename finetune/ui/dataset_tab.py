@@ -118,7 +118,7 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
     summary = gr.Markdown(elem_id="format-summary")
     stale = gr.Markdown(elem_id="preview-stale")  # the settings changed since the preview below was rendered
     preview = gr.HTML(preview_html([]))
-    shown_with = gr.State(None)  # the settings the preview on screen was rendered with (None: no preview)
+    shown_with = gr.State(None)  # the settings the preview on screen was rendered or refused with (None: none yet)
     with gr.Row():
         hist = gr.Plot(label="Token lengths")
         problems = gr.Dataframe(headers=["row", "field", "problem", "fix"], label="Row problems",
@@ -177,7 +177,7 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
                                                                         list[Any] | None, str]:
         """The page's format: a file that cannot be formatted clears the last file's preview, histogram, problems
         and download (they would read as this file's) and says why in the summary. Also the settings the preview
-        was rendered with (None: no preview), and an empty stale mark."""
+        was rendered (or refused) with, and an empty stale mark."""
         settings = [template, system_prompt, columns, model, max_length, train_on, keep_duplicates, method,
                     val_fraction, test_split]
         try:
@@ -190,7 +190,7 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
             return (f"❌ **{html.escape(name)} could not be formatted:** {html.escape(str(e))}",
                     f"<div class='ft-preview' id='ft-preview-cleared'>No preview: {html.escape(name)} could not be "
                     "formatted (see above); fix it and upload again.</div>",
-                    None, pd.DataFrame(columns=["row", "field", "problem", "fix"]), None, None, "")
+                    None, pd.DataFrame(columns=["row", "field", "problem", "fix"]), None, settings, "")
 
     @page_errors
     def refresh_preview(shown: list[Any] | None, data_file: str | None, hub_id: str, hub_config: str, split: str,
