@@ -440,7 +440,8 @@ class RunSummary(TypedDict):
     data: str  # the file name, the Hub dataset id, or "the bundled sample"
     sample: bool  # no dataset was chosen: the bundled sample would be used (the app asks to confirm)
     rows: int | None  # rows in the data file (None: a Hub dataset, counted when the run starts)
-    template: str
+    template: str  # templates.template_label of data.template
+    method: str  # training.method: sft, dpo, orpo, kto or grpo
     model: str
     steps: int | None  # training.max_steps, else planned from the rows and epochs (None: unknown yet)
     backend: str
@@ -451,12 +452,13 @@ BACKEND_LABELS = {"local": "this machine", "zerogpu": "ZeroGPU", "hf-jobs": "Hug
 
 def run_summary(config_yaml: str, data_file: str | Path | None = None, backend: str = "local",
                 flavor: str | None = None) -> RunSummary:
-    """The data (file, rows), template, model, steps and backend a run of this config would use."""
+    """The data (file, rows), template, method, model, steps and backend a run of this config would use."""
     import math
 
     from . import data
     from .config import SAMPLE_DATA
     from .models import EMBEDDED_REPO_ID
+    from .templates import template_label
 
     cfg = parse_config(config_yaml)
     name = backend_name(backend)
@@ -472,9 +474,8 @@ def run_summary(config_yaml: str, data_file: str | Path | None = None, backend: 
     if steps is None and rows is not None:
         examples = _training_examples(cfg, rows)
         steps = max(1, math.ceil(math.ceil(math.ceil(examples / t.batch_size) / t.grad_accum) * t.epochs))
-    template = cfg.data.template
     return {"data": shown, "sample": sample, "rows": rows,
-            "template": "the model's own chat template" if template == "model" else template,
+            "template": template_label(cfg.data.template), "method": t.method,
             "model": cfg.model.id or f"{EMBEDDED_REPO_ID} (embedded)", "steps": steps,
             "backend": BACKEND_LABELS[name] + (f" ({flavor})" if name == "hf-jobs" and flavor else "")}
 

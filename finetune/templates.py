@@ -378,6 +378,15 @@ MODEL_TEMPLATE = "model"
 TEMPLATE_NAMES = (*TEMPLATES, MODEL_TEMPLATE)
 
 
+def template_label(name: str) -> str:
+    """A template as the app names it to a user: its name, or what ``model`` means.
+
+    >>> template_label("llama2"), template_label("model")
+    ('llama2', "the model's own chat template")
+    """
+    return "the model's own chat template" if name == MODEL_TEMPLATE else name
+
+
 def get_template(name: str) -> Template:
     if name not in TEMPLATES:
         known = ", ".join(TEMPLATE_NAMES)

@@ -78,7 +78,7 @@ def build_app(workspace: Workspace | None = None, downloads: str | Path | None =
             pg = create_playground_tab(api)
         with gr.Tab("5 · Export", id="export"):
             ex = create_export_tab(api)
-        ds["wire"]()
+        ds["wire"]([hp["preset_info"].change])  # a preset (or a loaded config) fills the form: the preview follows
 
         def extra_to_config(cfg: RunConfig, hub_id: str | None, hub_config: str | None, split: str | None,
                             columns: str, data_file: str | None) -> RunConfig:

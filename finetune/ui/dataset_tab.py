@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TypedDict
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypedDict
 
 import gradio as gr
 import pandas as pd
@@ -14,6 +14,7 @@ from gradio.events import Dependency
 from .. import service
 from ..data import parse_column_mapping
 from ..errors import UserError
+from ..templates import template_label
 from . import forms
 from .common import Api, owner, page_errors, user_errors
 
@@ -25,8 +26,16 @@ if TYPE_CHECKING:
 FILE_TYPES = [".csv", ".tsv", ".json", ".jsonl", ".parquet"]
 
 
-def preview_html(examples: list[dict[str, Any]], limit: int = 5) -> str:
-    """Each example's text with the trained-on spans highlighted."""
+def preview_caption(template: str, method: str) -> str:
+    """What a preview was rendered with, above it: the template and the method (a run of other settings renders
+    other text)."""
+    label = template_label(template)
+    shown = f"<code>{html.escape(template)}</code>" + (f" ({html.escape(label)})" if label != template else "")
+    return f"<div class='ft-caption'>Rendered with template {shown} · method {html.escape(method.upper())}</div>"
+
+
+def preview_html(examples: list[dict[str, Any]], limit: int = 5, caption: str = "") -> str:
+    """Each example's text with the trained-on spans highlighted, under ``caption``."""
     if not examples:
         return "<div class='ft-preview'>Nothing to show yet: upload a file or name a Hub dataset.</div>"
     blocks = []
@@ -41,7 +50,7 @@ def preview_html(examples: list[dict[str, Any]], limit: int = 5) -> str:
                       f"<pre style='white-space:pre-wrap'>{''.join(parts)}</pre></div>")
     legend = ("<div class='ft-legend'><mark class='ft-trained'>highlighted</mark> = trained on (carries the loss); "
               "the rest is context the model reads but is not trained to produce.</div>")
-    return "<div class='ft-preview' id='ft-preview'>" + legend + "".join(blocks) + "</div>"
+    return "<div class='ft-preview' id='ft-preview'>" + caption + legend + "".join(blocks) + "</div>"
 
 
 def histogram(lengths: list[int], max_length: int | None) -> Figure:
@@ -75,7 +84,7 @@ class DatasetTab(TypedDict):
     hub_config: gr.Textbox
     split: gr.Textbox
     columns: gr.Textbox
-    wire: Callable[[], tuple[Dependency, Dependency, Dependency]]
+    wire: Callable[[Sequence[Callable[..., Dependency]]], tuple[Dependency, Dependency, Dependency]]
 
 
 def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> DatasetTab:
@@ -106,7 +115,9 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
                               file_types=FILE_TYPES, type="filepath", elem_id="test-file")
     fmt = gr.Button("Format and preview", variant="primary", elem_id="format-btn")
     summary = gr.Markdown(elem_id="format-summary")
+    stale = gr.Markdown(elem_id="preview-stale")  # the settings changed since the preview below was rendered
     preview = gr.HTML(preview_html([]))
+    shown_with = gr.State(None)  # the settings the preview on screen was rendered or refused with (None: none yet)
     with gr.Row():
         hist = gr.Plot(label="Token lengths")
         problems = gr.Dataframe(headers=["row", "field", "problem", "fix"], label="Row problems",
@@ -152,8 +163,8 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
         for w in report["warnings"][:3]:
             gr.Warning(w)
         probs = pd.DataFrame(report["problems"], columns=["row", "field", "problem", "fix"])
-        return (report["summary"], preview_html(report["examples"]), histogram(report["lengths"], max_length),
-                probs, report["file"])
+        return (report["summary"], preview_html(report["examples"], caption=preview_caption(template, method or "sft")),
+                histogram(report["lengths"], max_length), probs, report["file"])
 
     api_format = user_errors(format_dataset)
 
@@ -162,20 +173,49 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
                        system_prompt: str, columns: str, model: str, max_length: int, train_on: str,
                        keep_duplicates: bool, method: str, val_fraction: float, test_split: float,
                        request: gr.Request,
-                       profile: gr.OAuthProfile | None = None) -> tuple[str, str, Any, pd.DataFrame, str | None]:
+                       profile: gr.OAuthProfile | None = None) -> tuple[str, str, Any, pd.DataFrame, str | None,
+                                                                        list[Any] | None, str]:
         """The page's format: a file that cannot be formatted clears the last file's preview, histogram, problems
-        and download (they would read as this file's) and says why in the summary."""
+        and download (they would read as this file's) and says why in the summary. Also the settings the preview
+        was rendered (or refused) with, and an empty stale mark."""
+        settings = [template, system_prompt, columns, model, max_length, train_on, keep_duplicates, method,
+                    val_fraction, test_split]
         try:
-            return format_dataset(data_file, hub_id, hub_config, split, template, system_prompt, columns, model,
-                                  max_length, train_on, keep_duplicates, method, val_fraction, test_split, request,
-                                  profile)
+            return (*format_dataset(data_file, hub_id, hub_config, split, template, system_prompt, columns, model,
+                                    max_length, train_on, keep_duplicates, method, val_fraction, test_split, request,
+                                    profile), settings, "")
         except UserError as e:
             name = Path(data_file).name if data_file else (hub_id or "").strip()
             gr.Warning(html.escape(str(e)))
             return (f"❌ **{html.escape(name)} could not be formatted:** {html.escape(str(e))}",
                     f"<div class='ft-preview' id='ft-preview-cleared'>No preview: {html.escape(name)} could not be "
                     "formatted (see above); fix it and upload again.</div>",
-                    None, pd.DataFrame(columns=["row", "field", "problem", "fix"]), None)
+                    None, pd.DataFrame(columns=["row", "field", "problem", "fix"]), None, settings, "")
+
+    @page_errors
+    def refresh_preview(shown: list[Any] | None, data_file: str | None, hub_id: str, hub_config: str, split: str,
+                        template: str, system_prompt: str, columns: str, model: str, max_length: int, train_on: str,
+                        keep_duplicates: bool, method: str, val_fraction: float, test_split: float,
+                        request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[Any, ...]:
+        """A preview on screen follows the settings the run will use: rendered again when they changed since."""
+        settings = [template, system_prompt, columns, model, max_length, train_on, keep_duplicates, method,
+                    val_fraction, test_split]
+        if shown is None or not (data_file or (hub_id or "").strip()):  # no preview to keep true
+            return (gr.skip(),) * 7
+        if settings == shown:
+            return (gr.skip(),) * 6 + ("",)
+        return format_on_page(data_file, hub_id, hub_config, split, template, system_prompt, columns, model,
+                              max_length, train_on, keep_duplicates, method, val_fraction, test_split, request, profile)
+
+    def stale_mark(shown: list[Any] | None, *settings: Any) -> str:
+        """While a typed setting differs from the preview's, the preview says it is out of date."""
+        if shown is None:
+            return ""
+        changed = [name for name, now, then in zip(SETTING_NAMES, settings, shown) if now != then]
+        if not changed:
+            return ""
+        return (f"⚠️ **The preview below is out of date** ({', '.join(changed)} changed since): it is rendered again "
+                "when you leave the field, or press Format and preview.")
 
     @user_errors
     def push(file: str | None, repo_id: str, private: bool, oauth: gr.OAuthToken | None = None) -> str:
@@ -198,26 +238,46 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
 
     test_upload.upload(keep_test_file, test_upload, components["data.test_source"], api_visibility="private")
 
-    def wire() -> tuple[Dependency, Dependency, Dependency]:
-        """Connect the events once the hyperparameters tab has made the model and max_length widgets."""
+    def wire(refresh_on: Sequence[Callable[..., Dependency]] = ()) -> tuple[Dependency, Dependency, Dependency]:
+        """Connect the events once the hyperparameters tab has made the model and max_length widgets;
+        ``refresh_on``: more events after which a preview on screen follows the form (a preset filled it)."""
+        typed: list[gr.Textbox | gr.Number] = []
+        for w in (components["data.system_prompt"], columns, components["model.id"], components["training.max_length"]):
+            assert isinstance(w, (gr.Textbox, gr.Number)), f"{w} is typed into: a Textbox or a Number"
+            typed.append(w)
+        picked = [components[k] for k in ("data.template", "data.train_on", "data.keep_duplicates", "training.method",
+                                          "data.val_fraction", "data.test_split")]
         inputs = [data_file, hub_id, hub_config, split, components["data.template"], components["data.system_prompt"],
                   columns, components["model.id"], components["training.max_length"], components["data.train_on"],
                   components["data.keep_duplicates"], components["training.method"], components["data.val_fraction"],
                   components["data.test_split"]]
         outputs = [summary, preview, hist, problems, formatted]
+        on_page = outputs + [shown_with, stale]
         api_event = gr.Button(visible=False).click(api_format, inputs, outputs, api_name="format_dataset",
                                                    concurrency_id="format_dataset", concurrency_limit=4)
-        fmt.click(format_on_page, inputs, outputs, api_visibility="private", concurrency_id="format_dataset",
+        fmt.click(format_on_page, inputs, on_page, api_visibility="private", concurrency_id="format_dataset",
                   concurrency_limit=4)
+        # a picked setting renders the preview again at once, a typed one when the field is left
+        gr.on([w.change for w in picked] + [e for w in typed for e in (w.blur, w.submit)] + list(refresh_on),
+              refresh_preview, [shown_with, *inputs], on_page, api_visibility="private", trigger_mode="always_last",
+              concurrency_id="format_dataset", concurrency_limit=4, show_progress="minimal")
+        gr.on([w.change for w in typed], stale_mark, [shown_with, *inputs[4:]], stale, api_visibility="private",
+              show_progress="hidden")
         return (
             api_event,
-            data_file.upload(format_on_page, inputs, outputs, api_visibility="private", concurrency_id="format_dataset",
-                             concurrency_limit=4),
+            data_file.upload(format_on_page, inputs, on_page, api_visibility="private",
+                             concurrency_id="format_dataset", concurrency_limit=4),
             ds_push.click(push, [formatted, ds_repo, ds_private], ds_result, api_name="push_dataset"),
         )
 
     return {"data_file": data_file, "hub_id": hub_id, "hub_config": hub_config, "split": split, "columns": columns,
             "wire": wire}
+
+
+# The settings a preview is rendered with, as the stale mark names them (the order of the format inputs after the
+# data source: template, system prompt, columns, model, max_length, train_on, keep_duplicates, method, fractions).
+SETTING_NAMES = ("template", "system prompt", "column mapping", "base model", "max length", "train on",
+                 "keep duplicates", "method", "validation fraction", "test split")
 
 
 def _safe(who: str) -> str:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Concatenate, TypedDict
+from typing import TYPE_CHECKING, Any, Concatenate, NamedTuple, TypedDict
 
 import gradio as gr
 import pandas as pd  # loaded by gradio already; event functions' hints must resolve at runtime
@@ -24,6 +25,9 @@ class HparamsWidgets(TypedDict):
 
     preset: gr.Dropdown
     preset_info: gr.Markdown
+    preset_switch: gr.Button  # takes the preset's Dataset-tab values that were kept as the user's
+    preset_data: gr.State  # the Dataset-tab values (key -> value) the last preset set or suggested
+    preset_suggests: gr.State  # the preset's Dataset-tab values not taken, the user's being kept (key -> value)
     method_info: gr.Markdown
     config_code: gr.Code
     verdict: gr.Markdown
@@ -46,7 +50,10 @@ def create_hparams_tab(api: Api, components: dict[str, FormWidget]) -> HparamsWi
     with gr.Row():
         preset = gr.Dropdown(choices=[*paths, CUSTOM], value=DEFAULT_PRESET, label="Preset", scale=2, elem_id="preset",
                              info="A starting point; every value below can be changed")
-        preset_info = gr.Markdown(preset_description(paths[DEFAULT_PRESET]), elem_id="preset-info")
+        with gr.Column(scale=3):
+            preset_info = gr.Markdown(preset_description(paths[DEFAULT_PRESET]), elem_id="preset-info")
+            preset_switch = gr.Button("Use the preset's dataset settings", visible=False, size="sm",
+                                      elem_id="preset-data-switch")
     # a shared server never runs a model repo's code (service.check_config_code): the box says so, off
     locked = {"model.trust_remote_code": "Off on this shared app: a model repo's own code never runs on the server "
               "(train such a model with the command line on your own machine)"} if api.workspace.multi_user else {}
@@ -83,13 +90,92 @@ def create_hparams_tab(api: Api, components: dict[str, FormWidget]) -> HparamsWi
             download = gr.Button("⬇ Download config")
             yaml_file = gr.File(label="config.yaml", interactive=False)
             upload = gr.UploadButton("⬆ Load a config YAML", file_types=[".yaml", ".yml"])
-    return {"preset": preset, "preset_info": preset_info, "method_info": method_info, "config_code": config_code,
+    return {"preset": preset, "preset_info": preset_info, "preset_switch": preset_switch,
+            "preset_data": gr.State(data_values(default)), "preset_suggests": gr.State({}),
+            "method_info": method_info, "config_code": config_code,
             "verdict": verdict,
             "gpu": gpu, "auto": auto, "breakdown": breakdown,
             "download": download, "yaml_file": yaml_file, "upload": upload}
 
 
 CUSTOM = "custom"  # the preset shown once a loaded config has changed the form
+
+DATA_KEYS = tuple(f.key for f in forms.DATA_FIELDS)  # the fields of the Dataset tab that a preset may set
+
+
+def data_values(cfg: RunConfig) -> dict[str, Any]:
+    """The Dataset tab's form values of ``cfg`` (key -> widget value)."""
+    return {k: forms.get_value(cfg, k) for k in DATA_KEYS}
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Two widget values are the same choice (an empty text is None; 0.1 from a slider is the YAML's 0.1)."""
+    if a in (None, "") and b in (None, ""):
+        return True
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return bool(a == b)
+
+
+class PresetData(NamedTuple):
+    """What a preset does to the Dataset tab (:func:`preset_data_choice`)."""
+
+    values: dict[str, Any]  # the value each Dataset-tab field gets
+    kept: list[tuple[str, Any, Any]]  # (key, the user's value, kept; the preset's, not taken)
+    changed: list[tuple[str, Any, Any]]  # (key, before, the preset's value: taken, the user had not chosen)
+
+
+def preset_data_choice(current: dict[str, Any], baseline: dict[str, Any], proposed: dict[str, Any]) -> PresetData:
+    """A preset's Dataset-tab values laid over the form: a field still at what the last preset set (``baseline``:
+    the user never chose it) takes the preset's value; one the user changed keeps the user's choice.
+
+    >>> r = preset_data_choice({"data.template": "llama2"}, {"data.template": "model"}, {"data.template": "chatml"})
+    >>> r.values, r.kept
+    ({'data.template': 'llama2'}, [('data.template', 'llama2', 'chatml')])
+    """
+    values = dict(current)
+    kept: list[tuple[str, Any, Any]] = []
+    changed: list[tuple[str, Any, Any]] = []
+    for key, new in proposed.items():
+        old = current.get(key)
+        if _same(old, new):
+            continue
+        if key in baseline and not _same(old, baseline[key]):  # the user's choice: kept, the preset's suggested
+            kept.append((key, old, new))
+        else:
+            values[key] = new
+            changed.append((key, old, new))
+    return PresetData(values, kept, changed)
+
+
+def _label(key: str) -> str:
+    return next(f.label for f in forms.FORM_FIELDS if f.key == key)
+
+
+def _shown(value: Any) -> str:
+    text = str(value)
+    return f"`{text if len(text) <= 60 else text[:59] + '…'}`" if value not in (None, "") else "(empty)"
+
+
+def preset_data_note(result: PresetData) -> str:
+    """The preset's effect on the Dataset tab, said next to the preset (empty when it has none)."""
+    lines = []
+    if result.kept:
+        lines.append("**1 · Dataset: kept your choices** (the preset suggests others; the button below takes them):\n"
+                     + "\n".join(f"- {_label(k)}: kept your {_shown(mine)}, the preset suggests {_shown(theirs)}"
+                                  for k, mine, theirs in result.kept))
+    if result.changed:
+        lines.append("**1 · Dataset: changed by the preset**:\n"
+                     + "\n".join(f"- {_label(k)}: {_shown(old)} → {_shown(new)}" for k, old, new in result.changed))
+    return "\n\n".join(lines)
+
+
+def switch_label(suggests: dict[str, Any]) -> str:
+    """The button that takes the preset's Dataset-tab values: named after the one value, if one."""
+    if len(suggests) == 1:
+        (key, value), = suggests.items()
+        return f"Use the preset's {_label(key).lower()}: {_shown(value).strip('`')}"
+    return "Use the preset's dataset settings"
 
 
 def method_markdown(method: str) -> str:
@@ -221,15 +307,44 @@ def wire_config(api: Api, components: dict[str, FormWidget], hp: HparamsWidgets,
     gr.Button(visible=False).click(estimate_memory, [hp["config_code"], hp["gpu"]], estimate_json,
                                    api_name="estimate_memory")
 
+    data_widgets = [components[k] for k in DATA_KEYS]
+
     @page_errors
-    def apply_preset(name: str) -> list[Any]:
+    def apply_preset(name: str, baseline: dict[str, Any], *data: Any) -> list[Any]:
+        """Fill the form with a preset; a Dataset-tab choice of the user's is kept, and the note says so (and what
+        the preset changed there)."""
         if name == CUSTOM:  # set by a loaded config: the form is already what it should be
-            return [gr.skip()] * (len(widgets) + 2)
+            return [gr.skip()] * (len(widgets) + 3) + [{}, gr.Button(visible=False)]
         cfg = load_preset(name)
         path = preset_paths()[name]
-        return [*forms.config_to_values(cfg), preset_description(path), intended_gpu(path)]
+        values = forms.config_to_values(cfg)
+        proposed = data_values(cfg)
+        result = preset_data_choice(dict(zip(DATA_KEYS, data)), baseline, proposed)
+        for i, key in enumerate(keys):
+            if key in result.values:
+                values[i] = result.values[key]
+        note = "\n\n".join(t for t in (preset_description(path), preset_data_note(result)) if t)
+        suggests = {k: theirs for k, _, theirs in result.kept}
+        return [*values, note, intended_gpu(path), proposed, suggests,
+                gr.Button(switch_label(suggests), visible=bool(suggests))]
 
-    hp["preset"].change(apply_preset, hp["preset"], widgets + [hp["preset_info"], hp["gpu"]], api_visibility="private")
+    hp["preset"].change(apply_preset, [hp["preset"], hp["preset_data"], *data_widgets],
+                        [*widgets, hp["preset_info"], hp["gpu"], hp["preset_data"], hp["preset_suggests"],
+                         hp["preset_switch"]], api_visibility="private")
+
+    @page_errors
+    def take_suggested(suggests: dict[str, Any], name: str) -> list[Any]:
+        """The switch: the preset's Dataset-tab values replace the user's that were kept."""
+        paths = preset_paths()
+        taken = "**1 · Dataset: took the preset's**:\n" + "\n".join(f"- {_label(k)}: {_shown(v)}"
+                                                                      for k, v in suggests.items())
+        note = f"{preset_description(paths[name])}\n\n{taken}" if name in paths else taken
+        return [*(suggests[k] if k in suggests else gr.skip() for k in DATA_KEYS), note, {},
+                gr.Button(visible=False)]
+
+    hp["preset_switch"].click(take_suggested, [hp["preset_suggests"], hp["preset"]],
+                              [*data_widgets, hp["preset_info"], hp["preset_suggests"], hp["preset_switch"]],
+                              api_visibility="private")
 
     method_widgets = [components[f.key] for f in forms.METHOD_FIELDS + forms.REWARD_FIELDS]
 

@@ -152,12 +152,12 @@ def loss_frame(state: dict[str, Any]) -> pd.DataFrame | None:
 
 
 def summary_markdown(s: service.RunSummary) -> str:
-    """The run a Start would begin: data (rows), template, model, steps, backend."""
+    """The run a Start would begin: data (rows), template, method, model, steps, backend."""
     rows = f" · {s['rows']:,} rows" if s["rows"] is not None else " (rows counted when the run starts)"
     data = f"⚠️ **no dataset chosen**: {s['data']}" if s["sample"] else f"`{s['data']}`"
     steps = f"{s['steps']:,}" if s["steps"] is not None else "set by epochs (counted when the run starts)"
-    return (f"**This run:** data {data}{rows} · template `{s['template']}` · model `{s['model']}` · "
-            f"{steps} steps · on {s['backend']}")
+    return (f"**This run:** data {data}{rows} · template `{s['template']}` · method {s['method'].upper()} · "
+            f"model `{s['model']}` · {steps} steps · on {s['backend']}")
 
 
 def events_text(events: list[dict[str, Any]], limit: int = 40) -> str:
