@@ -33,8 +33,9 @@ STOPPING_PREFIX = "STOPPING."
 PROCESS_LOCK = ".process.lock"
 # Held by stop and resume while they decide, so a stop and a resume of one run never interleave.
 CONTROL_LOCK = ".control.lock"
-# The statuses of a run with a process behind it (started, waiting for a slot, or training).
+# The statuses of a live run: started, waiting for a slot (with a waiting process, or the app's ticket), training.
 LIVE = ("new", "resuming", "queued", "running")
+QUEUED = 0  # read_run: a run in the app's queue, with no process yet (no pid is 0)
 # The rows data.test_split held out of the training data, as conversations (finetune.evaluate.write_held_out):
 # the run's test set, written when the run starts.
 TEST_SET = "test_set.jsonl"
@@ -295,7 +296,7 @@ def read_run(run_dir: Path) -> RunState:
     run_dir = Path(run_dir)
     events = read_events(run_dir)
     state = RunState(run_id=run_dir.name, path=run_dir, status="new")
-    pending: int | None = None  # the pid of a launched process that has not started training yet
+    pending: int | None = None  # the pid of a launched process that has not started training yet (QUEUED: none yet)
     before = "interrupted"  # the status as it would be without that launch
     for e in events:
         kind = e.get("type")
@@ -305,7 +306,11 @@ def read_run(run_dir: Path) -> RunState:
             pending = e.get("pid")
             state.status = "resuming" if e.get("resume") else "new"
             state.message, state.queue_position, state.pid = "", None, pending
-        elif kind == "queued":  # waiting for a free training slot on this machine (backends.queue)
+        elif kind == "queued":  # waiting for a free training slot on this machine (finetune.slots)
+            if e.get("pid") is None and state.status not in LIVE:
+                before = state.status  # queued by the app with no process yet: a resume of a stopped run, say
+            if e.get("pid") is None:
+                pending = QUEUED  # no process: the end events of a process it follows do not end it
             state.status, state.queue_position = "queued", e.get("position")
             state.message = f"queued (position {e.get('position')}): starts when a run ahead of it ends"
             state.pid = e.get("pid")
@@ -337,7 +342,9 @@ def read_run(run_dir: Path) -> RunState:
         elif kind == "chunk_aborted":  # a GPU call was cut off (ZeroGPU): resumable from the last checkpoint
             state.status, state.message = "interrupted", e.get("message", "")
         elif kind in TERMINAL or kind == "paused":
-            if pending is not None and e.get("pid") != pending:
+            if pending == QUEUED and e.get("queued"):
+                pass  # the queue's own verdict on a run with no process (stopped while it waited)
+            elif pending is not None and e.get("pid") != pending:
                 before = kind  # the end of the process a resumed one follows: the run goes on
                 state.message = e.get("message", "")
                 continue
@@ -347,7 +354,9 @@ def read_run(run_dir: Path) -> RunState:
             if kind == "finished":
                 state.step = e.get("step", state.step)
     remote = read_backend(run_dir, events) == "hf-jobs"  # a job's liveness is the job's, not a local process's
-    watched = state.status in ("queued", "running") or (state.status in LIVE and state.pid is not None)
+    # a run queued by the app has no process until its turn (backends.local.dispatch): its ticket keeps it
+    watched = ((state.status in ("queued", "running") or (state.status in LIVE and state.pid is not None))
+               and not (state.status == "queued" and state.pid is None))
     if watched and not remote and not _pid_alive(state.pid):
         # the process is gone without a final event: resumable
         state.status = before if pending is not None and state.status != "running" else "interrupted"

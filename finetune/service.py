@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, TypedDict
 
-from . import runs
+from . import limits, runs
 from .adapter import ADAPTER_DIR, is_adapter_dir
 from .config import RunConfig, validate
 from .data import is_hub_dataset_id
 from .errors import UserError
+from .limits import RunCaps
 
 if TYPE_CHECKING:
     from .backends.base import Backend
@@ -135,6 +136,11 @@ def keep_upload(ws: Workspace, owner: str | None, path: str | Path) -> Path:
     if size > limit:
         raise ServiceError(f"{src.name} is {size / 1e6:.1f} MB, over the {limit / 1e6:g} MB upload limit; split it, "
                            f"use a Hub dataset, or raise the limit on the server ({MAX_UPLOAD_ENV})")
+    if ws.multi_user:
+        try:
+            limits.check_disk(ws.for_owner(owner), size, f"uploading {src.name}")
+        except ValueError as e:  # over the quota, or the quota's setting unreadable on the server
+            raise ServiceError(str(e)) from None
     data = src.read_bytes()
     digest = hashlib.sha256(data).hexdigest()[:16]
     suffix = "".join(c for c in src.suffix.lower() if c.isalnum() or c == ".")[:10]
@@ -147,8 +153,6 @@ def keep_upload(ws: Workspace, owner: str | None, path: str | Path) -> Path:
 
 
 BACKEND_NAMES = {"local": "local", "": "local", "zerogpu": "zerogpu", "hf-jobs": "hf-jobs", "hfjobs": "hf-jobs"}
-# On a shared server one owner may not fill the training queue: runs waiting per owner beyond this are refused.
-MAX_QUEUED_PER_OWNER = 3
 SYNC_EVERY_S = 5.0  # a Hugging Face job's log is read at most this often per run (each read fetches the log)
 
 
@@ -167,12 +171,20 @@ def queue_dir(ws: Workspace) -> Path:
     return slots.queue_dir(ws.root)
 
 
+def run_caps(ws: Workspace) -> RunCaps | None:
+    """How far one run may train here: the server's caps on a shared server (limits.run_caps), none on one's own."""
+    try:
+        return limits.run_caps() if ws.multi_user else None
+    except ValueError as e:  # an unreadable FINETUNE_MAX_STEPS / FINETUNE_MAX_RUN_MINUTES on the server
+        raise ServiceError(str(e)) from None
+
+
 def _backend(name: str, ws: Workspace, *, token: str | None = None, api: Any = None, flavor: str | None = None,
              repo_id: str | None = None) -> Backend:
     from .backends import make_backend
 
     return make_backend(name, queue_dir=queue_dir(ws), token=token, api=api, flavor=flavor,
-                        repo_id=(repo_id or "").strip() or None, sync_every_s=SYNC_EVERY_S)
+                        repo_id=(repo_id or "").strip() or None, sync_every_s=SYNC_EVERY_S, caps=run_caps(ws))
 
 
 def _run_backend(ws: Workspace, path: Path, *, token: str | None = None, api: Any = None,
@@ -185,14 +197,14 @@ def _run_backend(ws: Workspace, path: Path, *, token: str | None = None, api: An
         token = hub_token(ws, token, "follow or stop a Hugging Face job")
     try:
         return backend_for(path, queue_dir=queue_dir(ws), token=token, api=api,
-                           sync_every_s=SYNC_EVERY_S if sync_every_s is None else sync_every_s)
+                           sync_every_s=SYNC_EVERY_S if sync_every_s is None else sync_every_s, caps=run_caps(ws))
     except runs.RunError as e:
         raise ServiceError(str(e)) from None
 
 
 def start_training(ws: Workspace, owner: str | None, config: RunConfig, backend: str = "local",
                    data_file: str | Path | None = None, *, token: str | None = None, flavor: str | None = None,
-                   repo_id: str | None = None, api: Any = None) -> str:
+                   repo_id: str | None = None, api: Any = None, client: str | None = None) -> str:
     """Create a run and start it on ``backend``; returns the run id.
 
     - ``local``: a training process on this machine, waiting in the machine's queue when all training slots
@@ -200,6 +212,9 @@ def start_training(ws: Workspace, owner: str | None, config: RunConfig, backend:
     - ``zerogpu``: only the run folder; the caller drives the GPU calls with :func:`train_chunks`;
     - ``hf-jobs``: a Hugging Face Job on ``flavor`` pushing to ``repo_id``, with ``token`` (or HF_TOKEN) as its
       secret; the token is stored nowhere.
+
+    ``client``: the caller's address (limits.client_address): on a shared server, local runs are counted per
+    visitor by owner and by address.
     """
     backend = backend_name(backend)
     validate(config, source="config")
@@ -228,17 +243,52 @@ def start_training(ws: Workspace, owner: str | None, config: RunConfig, backend:
     if backend == "hf-jobs" and config.training.max_steps <= 0:
         raise ServiceError("a Hugging Face job needs its time limit before it starts: set training.max_steps "
                            "(Hyperparameters tab) so the limit and the cost can be estimated")
-    if backend == "local":
-        waiting = [r for r in runs.list_runs(root) if r.status == "queued"]
-        if ws.multi_user and len(waiting) >= MAX_QUEUED_PER_OWNER:
-            raise ServiceError(f"you already have {len(waiting)} runs waiting in the queue; stop one or wait for "
-                               "them to start")
+    # -- a shared server's limits (finetune.limits): steps, disk, runs per visitor ---------------------------
+    if ws.multi_user and backend == "local":
+        assert owner  # for_owner above refused a call with no owner
+        try:
+            limits.check_steps(limits.run_caps(), planned_steps(config))
+            limits.check_disk(root, 0, "starting a run")
+            with limits.ledger_lock(ws.root):  # counted and recorded at once: two starts cannot both pass
+                limits.check_visitor(ws.root, owner, client)
+                rid = _start_backend(ws, backend, config, root, token=token, api=api, flavor=flavor, repo_id=repo_id)
+                limits.record_run(ws.root, root / rid, owner, client)
+                return rid
+        except ValueError as e:  # over a limit, or a limit's setting unreadable on the server
+            raise ServiceError(str(e)) from None
+    # -- end of the limits --------------------------------------------------------------------------------
+    return _start_backend(ws, backend, config, root, token=token, api=api, flavor=flavor, repo_id=repo_id)
+
+
+def _start_backend(ws: Workspace, backend: str, config: RunConfig, root: Path, *, token: str | None, api: Any,
+                   flavor: str | None, repo_id: str | None) -> str:
     try:
         return _backend(backend, ws, token=token, api=api, flavor=flavor, repo_id=repo_id).start(config, root)
     except UserError as e:  # a job that cannot be built or reached, a Hub refusal: the same error type for all
         raise ServiceError(str(e)) from None
     except ValueError as e:  # a bad FINETUNE_MAX_CONCURRENT_RUNS or FINETUNE_TRAIN_THREADS on the server
         raise ServiceError(str(e)) from None
+
+
+def planned_steps(config: RunConfig, rows: int | None = None) -> int | None:
+    """The optimizer steps a run will take: ``training.max_steps``, else planned from the rows of its data and the
+    epochs (``rows``: counted by the caller; else those of a local data file); None when unknown before it starts
+    (a Hub dataset)."""
+    import math
+
+    t = config.training
+    if t.max_steps > 0:
+        return t.max_steps
+    if rows is None:
+        from . import data
+        from .config import SAMPLE_DATA
+
+        source = config.data.source or str(SAMPLE_DATA)
+        if not Path(source).is_file():
+            return None
+        rows = len(data.load_rows(source, max_bytes=data.max_upload_bytes()).rows)
+    examples = _training_examples(config, rows)
+    return max(1, math.ceil(math.ceil(math.ceil(examples / t.batch_size) / t.grad_accum) * t.epochs))
 
 
 def train_chunks(ws: Workspace, owner: str | None, run_id: str, chunk: Callable[[str, int, int], ChunkResult] | None = None,
@@ -316,12 +366,21 @@ def stop_training(ws: Workspace, owner: str | None, run_id: str, *, token: str |
     return run_status(ws, owner, run_id)
 
 
-def resume_training(ws: Workspace, owner: str | None, run_id: str) -> str:
+def resume_training(ws: Workspace, owner: str | None, run_id: str, *, client: str | None = None) -> str:
     """Continue a run from its last checkpoint: a local one through the queue; a ZeroGPU one is checked here and
-    resumed by driving :func:`train_chunks` again; a Hugging Face job cannot be resumed."""
+    resumed by driving :func:`train_chunks` again; a Hugging Face job cannot be resumed. On a shared server a
+    local resume counts against the visitor's live runs as a start does (``client``: their address)."""
     path = _run_dir(ws, owner, run_id)
     check_config_code(ws, RunConfig.load(path / runs.CONFIG_FILE))  # an older version's run may ask for code
     try:
+        if ws.multi_user and backend_of(path) == "local":
+            assert owner  # _run_dir refused a call with no owner
+            with limits.ledger_lock(ws.root):
+                limits.check_visitor(ws.root, owner, client, exclude=run_id)
+                limits.check_disk(ws.for_owner(owner), 0, "resuming a run")
+                rid = _run_backend(ws, path).resume(path)
+                limits.record_run(ws.root, path, owner, client)
+                return rid
         return _run_backend(ws, path).resume(path)
     except UserError as e:
         raise ServiceError(str(e)) from None
@@ -339,8 +398,49 @@ def run_logs(ws: Workspace, owner: str | None, run_id: str, *, token: str | None
         raise ServiceError(str(e)) from None
 
 
+def check_download_room(ws: Workspace, owner: str | None, source: Path, what: str) -> None:
+    """On a shared server, a download is prepared (and kept FINETUNE_DOWNLOADS_MAX_AGE_H) only while the owner's
+    disk plus about its size (that of ``source``, what it packs) stays within the owner's quota."""
+    if not ws.multi_user:
+        return
+    size = limits.folder_bytes(source) if source.is_dir() else source.stat().st_size
+    try:
+        limits.check_disk(ws.for_owner(owner), size, what)
+    except ValueError as e:
+        raise ServiceError(str(e)) from None
+
+
+def disk_usage(ws: Workspace, owner: str | None) -> str:
+    """The size of the owner's runs folder (with the quota on a shared server), as one line."""
+    root = ws.for_owner(owner)
+    if not ws.multi_user:
+        return f"The runs folder uses {limits.folder_bytes(root) / 1e6:,.1f} MB."
+    try:
+        return limits.disk_usage_text(root)
+    except ValueError as e:
+        raise ServiceError(str(e)) from None
+
+
+def delete_run(ws: Workspace, owner: str | None, run_id: str) -> str:
+    """Delete one of the owner's runs that is not live (its folder: checkpoints, adapter, events); returns what
+    the owner's folder uses afterwards."""
+    path = _run_dir(ws, owner, run_id)
+    try:
+        limits.delete_run(ws.for_owner(owner), path)
+    except ValueError as e:
+        raise ServiceError(str(e)) from None
+    return disk_usage(ws, owner)
+
+
 def run_states(ws: Workspace, owner: str | None) -> list[runs.RunState]:
-    """The owner's runs, newest first, read from their folders."""
+    """The owner's runs, newest first, read from their folders (the machine's queue moved on first, when a slot
+    freed that no process of this app saw end)."""
+    from .backends import local
+
+    try:
+        local.dispatch(queue_dir(ws))
+    except ValueError as e:  # a bad FINETUNE_MAX_CONCURRENT_RUNS on the server
+        raise ServiceError(str(e)) from None
     return runs.list_runs(ws.for_owner(owner))
 
 
@@ -366,7 +466,8 @@ def check_zerogpu(available: tuple[bool, str]) -> None:
 
 def start(ws: Workspace, owner: str | None, config_yaml: str, backend: str = "local",
           data_file: str | Path | None = None, *, token: str | None = None, flavor: str | None = None,
-          repo_id: str | None = None, zerogpu: tuple[bool, str] = (True, ""), api: Any = None) -> str:
+          repo_id: str | None = None, zerogpu: tuple[bool, str] = (True, ""), api: Any = None,
+          client: str | None = None) -> str:
     """The app's and API's start: a config YAML (and an optional uploaded data file) started on ``backend``;
     returns the run id (a ZeroGPU run is then driven with :func:`train_chunks`)."""
     name = backend_name(backend)
@@ -374,7 +475,7 @@ def start(ws: Workspace, owner: str | None, config_yaml: str, backend: str = "lo
         check_zerogpu(zerogpu)
     cfg = parse_config(config_yaml)
     return start_training(ws, owner, cfg, name, data_file=data_file, token=token, flavor=flavor, repo_id=repo_id,
-                          api=api)
+                          api=api, client=client)
 
 
 def run_backend(ws: Workspace, owner: str | None, run_id: str) -> str:
@@ -453,8 +554,6 @@ BACKEND_LABELS = {"local": "this machine", "zerogpu": "ZeroGPU", "hf-jobs": "Hug
 def run_summary(config_yaml: str, data_file: str | Path | None = None, backend: str = "local",
                 flavor: str | None = None) -> RunSummary:
     """The data (file, rows), template, method, model, steps and backend a run of this config would use."""
-    import math
-
     from . import data
     from .config import SAMPLE_DATA
     from .models import EMBEDDED_REPO_ID
@@ -469,13 +568,9 @@ def run_summary(config_yaml: str, data_file: str | Path | None = None, backend: 
         table = data.load_rows(source or str(SAMPLE_DATA), max_bytes=data.max_upload_bytes())
         rows = len(table.rows)
     shown = "the bundled sample (city/year extraction)" if sample else (Path(source).name if data_file else source)
-    t = cfg.training
-    steps: int | None = t.max_steps if t.max_steps > 0 else None
-    if steps is None and rows is not None:
-        examples = _training_examples(cfg, rows)
-        steps = max(1, math.ceil(math.ceil(math.ceil(examples / t.batch_size) / t.grad_accum) * t.epochs))
+    steps = planned_steps(cfg, rows) if cfg.training.max_steps > 0 or rows is not None else None
     return {"data": shown, "sample": sample, "rows": rows,
-            "template": template_label(cfg.data.template), "method": t.method,
+            "template": template_label(cfg.data.template), "method": cfg.training.method,
             "model": cfg.model.id or f"{EMBEDDED_REPO_ID} (embedded)", "steps": steps,
             "backend": BACKEND_LABELS[name] + (f" ({flavor})" if name == "hf-jobs" and flavor else "")}
 
@@ -604,6 +699,7 @@ def eval_report(ws: Workspace, owner: str | None, run_id: str) -> dict[str, Any]
 def adapter_zip(ws: Workspace, owner: str | None, run_id: str, out_dir: Path) -> Path:
     """The adapter folder as a zip file to download."""
     folder = adapter_path(ws, owner, run_id)
+    check_download_room(ws, owner, folder, "zipping the adapter")
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{run_id}-adapter.zip"
     buf = io.BytesIO()
@@ -832,6 +928,7 @@ def export_run(ws: Workspace, owner: str | None, run_id: str, fmt: str, quant: s
     if push:
         token = hub_token(ws, token)
     folder = adapter_path(ws, owner, run_id)
+    check_download_room(ws, owner, folder, "exporting a run")
     work = out_dir / uuid.uuid4().hex[:12]
     work.mkdir(parents=True, exist_ok=True)
     target = None if fmt == "space" else work / default_out(run_id, fmt, quant).name
@@ -922,6 +1019,7 @@ def arena_export(ws: Workspace, owner: str | None, out_dir: Path) -> Path:
     src = arena.votes_file(ws.for_owner(owner))
     if not src.exists():
         raise ServiceError("no votes yet: start a battle and vote first")
+    check_download_room(ws, owner, src, "exporting the votes")
     out_dir.mkdir(parents=True, exist_ok=True)
     import secrets
 

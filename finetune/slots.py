@@ -5,13 +5,16 @@ Everything lives in one folder (``<runs root>/.queue``) and rests on ``fcntl.flo
 releases when a process dies, so neither a crashed trainer nor a killed waiter can block the queue:
 
 - ``slot-<i>.lock``: a training process holds an exclusive lock on one slot file for its whole life;
-- ``waiting/<ns>-<run_id>``: a ticket per waiting run, named by the time it joined (the order of the line),
-  locked by its waiter. A ticket whose lock can be taken belongs to a dead waiter and is removed.
+- ``pending/<ns>-<run_id>.json``: a run the app queued, with no process yet: what to launch when a slot frees
+  (``backends.local.dispatch`` takes a slot, hands it to the run's new process and removes the ticket, under
+  ``dispatch.lock``). A waiting run costs a small file, not a process; any dispatch (the end of a run, the next
+  status read, an app restarted after a crash) moves the line on.
+- ``waiting/<ns>-<run_id>``: a ticket per waiting process (``finetune train --queue-dir``), named by the time it
+  joined, locked by its waiter. A ticket whose lock can be taken belongs to a dead waiter and is removed.
 
-The app creates and locks the ticket before it starts the training process and hands the locked file to it
-(an inherited descriptor keeps the lock), so the order is the order of the requests and the position is
-known at once. The process waits in :func:`wait_for_slot`, writing a ``queued`` event (with its position)
-whenever the position changes, and leaves the line when a ``STOP`` file appears in its run folder.
+Both kinds stand in one line, ordered by the time they joined. A waiting process waits in
+:func:`wait_for_slot`, writing a ``queued`` event (with its position) whenever the position changes, and
+leaves the line when a ``STOP`` file appears in its run folder.
 
 >>> import tempfile
 >>> q = tempfile.mkdtemp()
@@ -24,16 +27,20 @@ whenever the position changes, and leaves the line when a ``STOP`` file appears 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 MAX_ENV = "FINETUNE_MAX_CONCURRENT_RUNS"
 QUEUE_DIR = ".queue"  # under the runs root; not a run id (run ids start with a letter or digit)
 WAITING = "waiting"
+PENDING = "pending"
+DISPATCH_LOCK = "dispatch.lock"
 POLL_S = 0.5
 
 
@@ -157,12 +164,55 @@ def live_tickets(qdir: str | Path) -> list[Path]:
     return alive
 
 
-def position(qdir: str | Path, ticket: Ticket, n: int | None = None) -> int:
-    """1 = next to train; 0 = a slot is free for this ticket now. Counts the living waiters ahead and the
-    slots they will take first."""
-    ahead = sum(1 for p in live_tickets(qdir) if p.name < ticket.path.name)
+def add_pending(qdir: str | Path, run_id: str, launch: dict[str, Any]) -> Path:
+    """Queue a run with no process: ``launch`` says how to start it when its turn comes."""
+    pending = Path(qdir) / PENDING
+    pending.mkdir(parents=True, exist_ok=True)
+    final = pending / f"{time.time_ns():020d}-{run_id}.json"
+    tmp = pending / f".new-{final.name}"
+    tmp.write_text(json.dumps(launch), encoding="utf-8")
+    os.replace(tmp, final)  # whole or absent: a dispatcher never reads half a ticket
+    return final
+
+
+def pending_tickets(qdir: str | Path) -> list[Path]:
+    """The queued runs with no process, in line order."""
+    pending = Path(qdir) / PENDING
+    return sorted(p for p in pending.iterdir() if not p.name.startswith(".")) if pending.is_dir() else []
+
+
+def read_pending(path: Path) -> dict[str, Any] | None:
+    """A pending ticket's launch record; None when it is gone or damaged (the dispatcher drops it)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+@contextlib.contextmanager
+def dispatching(qdir: str | Path) -> Iterator[None]:
+    """One dispatcher at a time (the app's threads, a restarted app): a ticket is launched once."""
+    Path(qdir).mkdir(parents=True, exist_ok=True)
+    fd = os.open(Path(qdir) / DISPATCH_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def place(qdir: str | Path, name: str, n: int | None = None) -> int:
+    """The place in line of the ticket called ``name`` (waiting or pending): 1 = next to train; 0 = a slot is
+    free for it now. Counts the waiters and pending runs ahead and the slots they will take first."""
+    ahead = sum(1 for p in live_tickets(qdir) + pending_tickets(qdir) if p.name < name)
     free = free_slots(qdir, n)
     return 0 if ahead < free else ahead - free + 1
+
+
+def position(qdir: str | Path, ticket: Ticket, n: int | None = None) -> int:
+    """:func:`place` of a waiting process's ticket."""
+    return place(qdir, ticket.path.name, n)
 
 
 def wait_for_slot(qdir: str | Path, ticket: Ticket, *, on_position: Callable[[int], object] | None = None,

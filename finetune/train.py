@@ -31,6 +31,7 @@ from .config import SAMPLE_DATA, ConfigError, RunConfig, validate
 from .errors import UserError, is_programming_error
 from .events import EventLog
 from .io import DISK_FULL_FIX, DiskFullError
+from .limits import LimitError, RunCaps, check_steps, time_limit_message
 from .models import ModelError
 from .settings import Device, ResolvedSettings, SpeedOptions, resolve
 from .templates import token_labels
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
         """What ``_make_callback`` returns: its callback, and why it halted the run (None: it did not)."""
 
         halt_reason: str | None
+        halt_message: str | None
 
 Encoding = tuple[list[int], list[tuple[int, int]]]  # one text's token ids and their (start, end) characters
 
@@ -471,12 +473,14 @@ def _share_callback(share: CpuShare, log: _Events) -> TrainerCallback:
 
 
 def _make_callback(log: _Events, run_dir: Path, should_stop: Callable[[], bool] | None, until_step: int | None,
-                   time_budget_s: float | None, started_at: float, method: str = "sft") -> _EventsCallback:
+                   time_budget_s: float | None, started_at: float, method: str = "sft",
+                   time_limit_s: float | None = None) -> _EventsCallback:
     from transformers import TrainerCallback
 
     class Events(TrainerCallback):
         def __init__(self) -> None:
             self.halt_reason: str | None = None
+            self.halt_message: str | None = None  # why, when not the user's stop or a chunk's end
             self.last_time = time.time()
             self.last_tokens = 0
             self.first_step: int | None = None
@@ -506,6 +510,10 @@ def _make_callback(log: _Events, run_dir: Path, should_stop: Callable[[], bool] 
                 # leave room for one more step and the checkpoint write
                 if now - started_at + 2 * per_step > time_budget_s:
                     halt = "paused"
+            if halt is None and time_limit_s is not None and now - started_at >= time_limit_s:
+                # a shared server's cap on one run's time (limits.RunCaps): stopped as a user's stop is, resumable
+                halt = "stopped"
+                self.halt_message = time_limit_message(time_limit_s / 60)
             halt = _rank0_decides(halt)
             if halt and state.global_step < state.max_steps:
                 self.halt_reason = halt
@@ -607,6 +615,7 @@ def train(
     time_budget_s: float | None = None,
     callbacks: list[TrainerCallback] | None = None,
     speed: SpeedOptions = SpeedOptions(),
+    caps: RunCaps | None = None,
 ) -> RunResult:
     """Run (or resume) one fine-tuning run and return where its adapter is.
 
@@ -614,14 +623,16 @@ def train(
     (chunked training: call again with the same ``run_dir`` to continue). ``should_stop`` or a ``STOP``
     file in the run folder ends it with a checkpoint and status ``stopped``. ``callbacks`` are extra
     transformers TrainerCallbacks. ``speed``: implementation choices (the measured best by default; the
-    benchmark turns them off one at a time).
+    benchmark turns them off one at a time). ``caps``: a shared server's limits (:mod:`finetune.limits`): a run
+    planned over ``caps.max_steps`` fails before it trains; after ``caps.max_minutes`` it checkpoints and stops
+    with a ``stopped`` event that says so.
     """
     started_at = time.time()
     config, run_dir, resuming = open_run(config, run_dir, runs_root)
     log: _Events = EventLog(run_dir, on_event) if is_main_process() else _SilentLog()
     try:
         return _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_s, started_at,
-                      callbacks or [], speed)
+                      callbacks or [], speed, caps)
     except (ConfigError, ModelError, TrainingError, runs.RunError) as e:
         log.emit("failed", message=str(e))
         raise
@@ -654,7 +665,7 @@ def _explain(e: Exception, config: RunConfig) -> str:
 
 def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, should_stop: Callable[[], bool] | None,
            until_step: int | None, time_budget_s: float | None, started_at: float,
-           extra_callbacks: list[TrainerCallback], speed: SpeedOptions) -> RunResult:
+           extra_callbacks: list[TrainerCallback], speed: SpeedOptions, caps: RunCaps | None = None) -> RunResult:
     import torch
     import transformers
     from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]  # trl exports them through a lazy module
@@ -696,6 +707,11 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
         from .evaluate import limited, read_test_set
 
         data_summary["test_prompts"] = len(limited(read_test_set(test_source), config.data.test_limit))
+    if caps is not None:  # an epochs run is planned only now, from the rows its data has
+        try:
+            check_steps(caps, _planned_steps(t, len(train_ds)))
+        except LimitError as e:
+            raise TrainingError(str(e)) from None
     resume_from = runs.last_checkpoint(run_dir) if resuming else None
     share = _cpu_share(device)
     if share is not None:
@@ -770,7 +786,8 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
         include_num_input_tokens_seen="non_padding",
         **trainer_settings(settings),
     )
-    callback = _make_callback(log, run_dir, should_stop, until_step, time_budget_s, started_at, t.method)
+    callback = _make_callback(log, run_dir, should_stop, until_step, time_budget_s, started_at, t.method,
+                              caps.max_minutes * 60 if caps is not None and caps.max_minutes is not None else None)
     callbacks = [_checkpoint_adapter_callback(saved_config, tokenizer, resolved.name, dialogs.system_prompt, data_summary,
                                               device), callback,
                  *([_share_callback(share, log)] if share else []), *extra_callbacks]
@@ -816,7 +833,9 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
     step = trainer.state.global_step
     if callback.halt_reason:
         log.emit(callback.halt_reason, step=step, max_steps=trainer.state.max_steps,
-                 message="stopped by the user" if callback.halt_reason == "stopped" else "chunk ended at a checkpoint")
+                 message=callback.halt_message or ("stopped by the user" if callback.halt_reason == "stopped"
+                                                   else "chunk ended at a checkpoint"),
+                 **({"limit": "time"} if callback.halt_message else {}))
         return RunResult(run_dir.name, run_dir, callback.halt_reason, step, trainer.state.max_steps, None, {})
 
     # -- save ----------------------------------------------------------------------------------

@@ -111,16 +111,28 @@ def test_stopping_a_queued_run_takes_it_out_of_the_line(tmp_path, tiny_model_dir
         assert not any(e["type"] == "started" for e in read_events(runs.run_path(rid, tmp_path)))
 
 
-def test_killed_waiter_reads_interrupted_and_frees_its_place(tmp_path, tiny_model_dir):
+def test_a_queued_run_has_no_process_and_a_killed_one_frees_its_slot(tmp_path, tiny_model_dir):
+    """The app's queue holds a waiting run as a ticket, not a process; the run's process starts when the slot
+    frees (here: the holder is killed, and the next status read moves the line), and a process killed before it
+    trains leaves the run interrupted with its slot free for the next."""
     ws = service.Workspace(tmp_path)
     trainer = hold(f"fd = slots.acquire_slot({str(slots.queue_dir(tmp_path))!r})")
     rid = service.start_training(ws, None, service.parse_config(tiny_yaml(tiny_model_dir, steps=2)))
-    pid = wait_until(lambda: next((e["pid"] for e in read_events(runs.run_path(rid, tmp_path))
-                                   if e["type"] == "queued"), None), 10, "queued event")
+    run_dir = runs.run_path(rid, tmp_path)
+    time.sleep(1.0)
+    assert service.run_status(ws, None, rid)["status_text"] == "queued (position 1)"
+    assert [e["type"] for e in read_events(run_dir)] == ["queued"]  # no process was launched for it
+    assert not any("pid" in e for e in read_events(run_dir))
+    assert [p.name.split("-", 1)[1] for p in slots.pending_tickets(slots.queue_dir(tmp_path))] == [f"{rid}.json"]
+
+    kill(trainer)
+    pid = wait_until(lambda: next((e["pid"] for e in read_events(run_dir) if e["type"] == "launched"), None)
+                     or (service.run_status(ws, None, rid) and None), 10, "launched when the slot freed")
+    assert slots.pending_tickets(slots.queue_dir(tmp_path)) == []
+    assert slots.free_slots(slots.queue_dir(tmp_path)) == 0  # the process holds the slot it was handed
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: service.run_status(ws, None, rid)["status"] == "interrupted", 10, "interrupted")
-    assert slots.live_tickets(slots.queue_dir(tmp_path)) == []
-    kill(trainer)
+    wait_until(lambda: slots.free_slots(slots.queue_dir(tmp_path)) == 1, 10, "the slot released by the kernel")
 
 
 def test_second_run_waits_in_the_queue_then_trains_after_the_first(tmp_path, tiny_model_dir, monkeypatch):
@@ -144,7 +156,8 @@ def test_second_run_waits_in_the_queue_then_trains_after_the_first(tmp_path, tin
     first_end = next(e["time"] for e in first_events if e["type"] == "finished")
     second_start = next(e["time"] for e in second_events if e["type"] == "started")
     assert second_start >= first_end  # never two trainings at once
-    assert [e["type"] for e in second_events][:2] == ["launched", "queued"]
+    assert [e["type"] for e in second_events][:3] == ["queued", "launched", "started"]
+    assert "pid" not in second_events[0]  # it waited with no process
     # an app-started run begins on every core and watches the app's CPU use to give one back while it serves
     cores = len(os.sched_getaffinity(0))
     started = [e for e in first_events + second_events if e["type"] == "started"]

@@ -4,7 +4,7 @@
 The fast test drives the real launcher, queue and training command; the run's first process is a small
 stand-in that takes stop requests the way the trainer's step callback does (``runs.claim_stop``) and holds the
 run's process lock, so every moment (before and after the stop is taken) can be reached on purpose; the
-processes the app launches wait in the queue behind a held slot, so no model is loaded. The slow test does the
+runs the app resumes wait in the queue behind a held slot (with no process), so no model is loaded. The slow test does the
 same with real training."""
 
 from __future__ import annotations
@@ -115,8 +115,10 @@ def test_stop_and_resume_in_any_order_end_as_asked(tmp_path, tiny_model_dir):
         assert service.stop_training(ws, None, rid)["status"] == "stopped"
         assert service.stop_training(ws, None, rid)["status"] == "stopped"
         assert not runs.stop_requested(run_dir)
-        launched = [e["pid"] for e in read_events(run_dir) if e["type"] == "launched"]
-        assert len(launched) == 2 and all(e["resume"] for e in read_events(run_dir) if e["type"] == "launched")
+        # each resume waited in line with no process (the slot stayed busy): two queued resumes, no launch
+        assert not any(e["type"] == "launched" for e in read_events(run_dir))
+        resumes = [e for e in read_events(run_dir) if e["type"] == "queued" and "pid" not in e]
+        assert len(resumes) == 2 and all(e["resume"] for e in resumes)
     finally:
         if trainer.poll() is None:
             kill(trainer)

@@ -18,6 +18,7 @@ from types import ModuleType
 from typing import Any
 
 from .. import runs
+from ..limits import RunCaps
 from . import hfjobs, local, zerogpu
 from .base import Backend
 
@@ -33,12 +34,12 @@ def get_backend(name: str) -> ModuleType:
 
 def make_backend(name: str, *, queue_dir: str | Path | None = None, token: str | None = None, api: Any = None,
                  flavor: str | None = None, repo_id: str | None = None,
-                 sync_every_s: float = 0.0) -> Backend:
+                 sync_every_s: float = 0.0, caps: RunCaps | None = None) -> Backend:
     """The backend called ``name`` (local | zerogpu | hf-jobs) with the settings of one request; each takes the
-    settings it uses (``queue_dir``: local; ``token``, ``api``, ``flavor``, ``repo_id``, ``sync_every_s``:
-    hf-jobs)."""
+    settings it uses (``queue_dir``, ``caps``: local; ``token``, ``api``, ``flavor``, ``repo_id``,
+    ``sync_every_s``: hf-jobs)."""
     if name == local.NAME:
-        return local.LocalBackend(queue_dir)
+        return local.LocalBackend(queue_dir, caps)
     if name == zerogpu.NAME:
         return zerogpu.ZeroGPUBackend()
     if name == hfjobs.NAME:
@@ -48,11 +49,11 @@ def make_backend(name: str, *, queue_dir: str | Path | None = None, token: str |
 
 
 def backend_for(run_dir: Path, *, queue_dir: str | Path | None = None, token: str | None = None, api: Any = None,
-                sync_every_s: float = 0.0) -> Backend:
+                sync_every_s: float = 0.0, caps: RunCaps | None = None) -> Backend:
     """The backend a run started on, as recorded in its folder (runs.read_backend), with this request's
     settings."""
     return make_backend(runs.read_backend(run_dir), queue_dir=queue_dir, token=token, api=api,
-                        sync_every_s=sync_every_s)
+                        sync_every_s=sync_every_s, caps=caps)
 
 
 __all__ = ["BACKENDS", "Backend", "backend_for", "get_backend", "make_backend"]

@@ -9,8 +9,9 @@ finetune train ... --run-dir DIR` trains across N GPUs (DDP). --backend hf-jobs 
 Hugging Face Job on --flavor (token from HF_TOKEN, sent as a job secret only) and prints the job id.
 --push-to pushes the adapter of a finished run to a Hub repo (token from HF_TOKEN).
 --queue-dir DIR waits for a free slot in that machine-wide training queue first (at most
-$FINETUNE_MAX_CONCURRENT_RUNS runs train at once; the app passes <runs root>/.queue): the run folder shows
-"queued (position N)" meanwhile, and a STOP file in it takes the run out of the line.
+$FINETUNE_MAX_CONCURRENT_RUNS runs train at once; the app keeps its own waiting runs in <runs root>/.queue and
+starts their process when a slot frees): the run folder shows "queued (position N)" meanwhile, and a STOP file
+in it takes the run out of the line. --step-cap and --time-limit are a shared server's caps on one run.
 """
 
 from __future__ import annotations
@@ -60,6 +61,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="read the run config as base64 YAML from this environment variable (how a job gets it)")
     p.add_argument("--queue-dir", metavar="DIR",
                    help="wait for a free slot in this training queue before training (needs --run-dir)")
+    p.add_argument("--step-cap", type=int, metavar="STEPS",
+                   help="refuse to train a run planned over this many steps (a shared server's FINETUNE_MAX_STEPS)")
+    p.add_argument("--time-limit", type=float, metavar="MINUTES",
+                   help="checkpoint and stop after this many minutes of training; resume to go on (a shared "
+                        "server's FINETUNE_MAX_RUN_MINUTES)")
+    p.add_argument("--queue-slot-fd", type=int, help=argparse.SUPPRESS)  # a training slot the app took for this run
     p.add_argument("--queue-ticket", help=argparse.SUPPRESS)  # a place in line taken by the app for this run
     p.add_argument("--queue-ticket-fd", type=int, help=argparse.SUPPRESS)  # its locked, inherited descriptor
     p.add_argument("--backend", default="local", choices=("local", "hf-jobs"),
@@ -178,12 +185,19 @@ def run(args: argparse.Namespace) -> int:
         return submit_job(args)
     if args.run_dir and is_main_process():
         _hold_run(args.run_dir)
-    if args.queue_dir and not wait_in_queue(args):
+    if args.queue_slot_fd is not None:
+        _SLOT.append(args.queue_slot_fd)  # inherited and locked: the slot is this process's until it ends
+    elif args.queue_dir and not wait_in_queue(args):
         return 0  # stopped while waiting
     printer = Printer(args.quiet, args.events_json)
+    caps = None
+    if args.step_cap is not None or args.time_limit is not None:
+        from finetune.limits import RunCaps
+
+        caps = RunCaps(args.step_cap, args.time_limit)
     try:
         cfg = build_config(args)
-        result = train(cfg, args.run_dir, runs_root=args.runs_root, on_event=printer)
+        result = train(cfg, args.run_dir, runs_root=args.runs_root, on_event=printer, caps=caps)
     except (ConfigError, ModelError, TrainingError, RunError) as e:
         raise UsageError(str(e).replace("\n", " ")) from e
     except UserError as e:  # data errors and the like carry their own message

@@ -10,6 +10,7 @@ from typing import Any
 
 import gradio as gr
 
+from .. import limits
 from ..config import RunConfig
 from ..data import parse_column_mapping
 from ..service import Workspace, default_workspace
@@ -62,7 +63,9 @@ def build_app(workspace: Workspace | None = None, downloads: str | Path | None =
     api = Api(workspace or default_workspace(), Path(downloads or tempfile.mkdtemp(prefix="finetune-downloads-")))
     components: dict[str, forms.FormWidget] = {}
     demo: gr.Blocks
-    with gr.Blocks(title="finetune") as demo:
+    # gradio's own copies of files it served (uploads, downloads) go after a day too, checked every hour
+    age_s = int(limits.downloads_max_age_s())
+    with gr.Blocks(title="finetune", delete_cache=(min(3600, age_s), age_s)) as demo:
         with gr.Row():
             gr.Markdown(INTRO)
             if os.environ.get("SPACE_ID"):  # OAuth exists on Spaces only; locally HF_TOKEN is used
@@ -108,6 +111,8 @@ def build_app(workspace: Workspace | None = None, downloads: str | Path | None =
 
     threading.Thread(target=ml_imports, name="ml-imports", daemon=True).start()
     threading.Thread(target=_read_live_prices, name="jobs-prices", daemon=True).start()
+    # prepared downloads (zips, exports, votes) are removed FINETUNE_DOWNLOADS_MAX_AGE_H after they were written
+    limits.start_cleanup([api.downloads], every_s=min(600.0, age_s / 4))
     # chat and compare use the cores that the runs training on this machine leave free
     inference.set_cpu_threads(lambda: local.cpu_threads_left(queue_dir(api.workspace)))
     return demo

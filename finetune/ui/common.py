@@ -58,6 +58,19 @@ def owner(request: gr.Request | None, profile: gr.OAuthProfile | None = None) ->
     return "local"
 
 
+def client_address(request: gr.Request | None) -> str | None:
+    """The address the request came from (limits.client_address: X-Forwarded-For only behind a trusted proxy);
+    None without a request (a call from Python)."""
+    if request is None:
+        return None
+    from ..limits import client_address as address
+
+    client = getattr(request, "client", None)
+    headers = getattr(request, "headers", None)
+    forwarded = headers.get("x-forwarded-for") if headers is not None else None
+    return address(getattr(client, "host", None), forwarded)
+
+
 def claim_browser(key: str | None, request: gr.Request) -> str:
     """On page load: this browser's owner key (a new random one the first time, or when what the browser sent is
     not one of ours), registered for the page's session; the browser stores what this returns."""

@@ -17,8 +17,9 @@ from .. import memory, service
 from ..backends import hfjobs, zerogpu
 from ..errors import UserError
 from ..hub import MOCK_OAUTH_TOKEN
+from ..limits import RunCaps
 from ..runs import LIVE, RunState
-from .common import Api, owner, page_errors, user_errors
+from .common import Api, client_address, owner, page_errors, user_errors
 from .evaluation_panel import create_evaluation_panel
 
 TABLE_COLUMNS = ["run_id", "status", "step", "max_steps", "loss", "model"]
@@ -160,6 +161,18 @@ def summary_markdown(s: service.RunSummary) -> str:
             f"model `{s['model']}` · {steps} steps · on {s['backend']}")
 
 
+def caps_markdown(caps: RunCaps | None, steps: int | None) -> str:
+    """A shared server's caps on one run, shown before it starts (empty on one's own machine)."""
+    if caps is None:
+        return ""
+    text = (f"\n\n**Limits on this server:** {caps.describe()}; a run still training at the time limit "
+            "checkpoints and stops (resume it to go on).")
+    if steps is not None and caps.max_steps is not None and steps > caps.max_steps:
+        text += (f" ⚠️ **This run's {steps:,} steps are over the limit:** set training.max_steps to "
+                 f"{caps.max_steps:,} or less, or train fewer epochs.")
+    return text
+
+
 def events_text(events: list[dict[str, Any]], limit: int = 40) -> str:
     lines: list[str] = []
     for e in events[-limit:]:
@@ -172,7 +185,7 @@ def events_text(events: list[dict[str, Any]], limit: int = 40) -> str:
 class TrainTab(TypedDict):
     """What the Train tab gives the app: the run id box, and what to run on page load (the runs table)."""
     run_id: gr.Textbox
-    load: tuple[Callable[..., tuple[pd.DataFrame, gr.Dropdown, gr.Dropdown]], list[gr.components.Component]]
+    load: tuple[Callable[..., tuple[pd.DataFrame, gr.Dropdown, gr.Dropdown, str]], list[gr.components.Component]]
     # more to run on page load: (function, inputs, outputs)
     on_load: list[tuple[Callable[..., Any], list[gr.components.Component], list[gr.components.Component]]]
 
@@ -227,6 +240,8 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
     with gr.Row():
         runs_pick = gr.Dropdown(label="Open a run", choices=[], allow_custom_value=False, scale=3, elem_id="runs-pick")
         refresh = gr.Button("↻ Refresh list")
+        delete_btn = gr.Button("🗑 Delete the open run", elem_id="delete-run")
+    disk = gr.Markdown(elem_id="disk-usage")
     runs_table = gr.Dataframe(headers=["run_id", "status", "step", "max_steps", "loss", "model"], interactive=False,
                               elem_id="runs-table")
     with gr.Accordion("Compare runs", open=False):
@@ -234,7 +249,7 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
                                    info="Their train loss curves, overlaid")
         compare_plot = gr.LinePlot(None, x="step", y="loss", color="run", title="Train loss by run", height=260,
                                    elem_id="compare-plot")
-    table_outputs = [runs_table, runs_pick, compare_pick]
+    table_outputs = [runs_table, runs_pick, compare_pick, disk]
 
     def drive_zerogpu(who: str, rid: str, progress: gr.Progress, resume: bool = False) -> Iterator[str]:
         """Chain the ZeroGPU calls of a run inside this request, reporting progress after each call."""
@@ -260,7 +275,7 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
         adapter to `repo_id`; your sign-in or HF_TOKEN pays for it)."""
         who = owner(request, profile)
         rid = service.start(ws, who, config_yaml, backend, data_file, token=oauth_token(oauth), flavor=flavor,
-                            repo_id=repo_id, zerogpu=(zerogpu_ok, zerogpu_why))
+                            repo_id=repo_id, zerogpu=(zerogpu_ok, zerogpu_why), client=client_address(request))
         yield rid
         if service.backend_name(backend) == "zerogpu":
             yield from drive_zerogpu(who, rid, progress)
@@ -279,7 +294,8 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
             s = service.run_summary(config_yaml, data_file, backend, flavor)
         except UserError as e:  # a config or data problem, with its fix (a bug is not one)
             return f"**This run cannot start yet:** {e}", gr.Checkbox(visible=False)
-        return summary_markdown(s), gr.Checkbox(visible=s["sample"])
+        caps = service.run_caps(ws) if service.backend_name(backend) == "local" else None
+        return summary_markdown(s) + caps_markdown(caps, s["steps"]), gr.Checkbox(visible=s["sample"])
 
     @user_errors
     def run_status(run_id: str, request: gr.Request | None = None, profile: gr.OAuthProfile | None = None,
@@ -300,7 +316,7 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
                         progress: gr.Progress = gr.Progress()) -> Iterator[str]:
         """Resume a stopped, paused or interrupted run from its last checkpoint."""
         who = owner(request, profile)
-        rid = service.resume_training(ws, who, run_id)
+        rid = service.resume_training(ws, who, run_id, client=client_address(request))
         yield rid
         if service.run_backend(ws, who, rid) == "zerogpu":
             yield from drive_zerogpu(who, rid, progress, resume=True)
@@ -357,9 +373,16 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
 
     @page_errors
     def table(request: gr.Request,
-              profile: gr.OAuthProfile | None = None) -> tuple[pd.DataFrame, gr.Dropdown, gr.Dropdown]:
-        frame = runs_frame(owner(request, profile))
-        return frame, gr.Dropdown(choices=list(frame["run_id"])), gr.Dropdown(choices=list(frame["run_id"]))
+              profile: gr.OAuthProfile | None = None) -> tuple[pd.DataFrame, gr.Dropdown, gr.Dropdown, str]:
+        who = owner(request, profile)
+        frame = runs_frame(who)
+        return (frame, gr.Dropdown(choices=list(frame["run_id"])), gr.Dropdown(choices=list(frame["run_id"])),
+                service.disk_usage(ws, who))
+
+    @user_errors
+    def delete_run(run_id: str, request: gr.Request | None = None, profile: gr.OAuthProfile | None = None) -> str:
+        """Delete one of your runs that is not training or waiting (to free disk); returns your disk use after."""
+        return service.delete_run(ws, owner(request, profile), run_id)
 
     def compare_runs(run_ids: list[str] | None, request: gr.Request,
                 profile: gr.OAuthProfile | None = None) -> pd.DataFrame | None:
@@ -422,6 +445,8 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
     timer.tick(view, run_id, outputs_view, api_visibility="private", show_progress="hidden")
     runs_pick.change(lambda r: r, runs_pick, run_id, api_visibility="private")
     refresh.click(table, None, table_outputs, api_visibility="private")
+    delete_btn.click(delete_run, run_id, disk, api_name="delete_run").then(table, None, table_outputs,
+                                                                          api_visibility="private")
     compare_pick.change(compare_runs, compare_pick, compare_plot, api_visibility="private", show_progress="hidden")
     download_btn.click(download, run_id, adapter_file, api_visibility="private")
     push_btn.click(push, [run_id, repo, private], push_result, api_name="push_adapter")
