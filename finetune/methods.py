@@ -67,6 +67,13 @@ def sequences_per_example(method: str, num_generations: int = 1) -> int:
     return {"dpo": 2, "orpo": 2, "kto": 2, "grpo": num_generations}.get(method, 1)
 
 
+def beta(config: RunConfig) -> float:
+    """The method's beta: how strongly dpo and kto (and grpo's KL term) hold the model near the reference; the
+    reward margins dpo and kto log are beta x log-probability ratios. 0 for methods without one."""
+    t = config.training
+    return {"dpo": t.dpo_beta, "kto": t.kto_beta, "grpo": t.grpo_beta}.get(t.method, 0.0)
+
+
 def needs_reference(method: str, grpo_beta: float = 0.0) -> bool:
     """Whether the method compares with a reference model. With LoRA that is the base with the adapter
     disabled: an extra forward pass per step, no extra weights."""
