@@ -405,7 +405,7 @@ def run_summary(config_yaml: str, data_file: str | Path | None = None, backend: 
     import math
 
     from . import data
-    from .config import SAMPLE_DATA
+    from .config import sample_data
     from .models import EMBEDDED_REPO_ID
 
     cfg = parse_config(config_yaml)
@@ -414,7 +414,7 @@ def run_summary(config_yaml: str, data_file: str | Path | None = None, backend: 
     sample = not source
     rows: int | None = None
     if sample or Path(source).is_file():
-        table = data.load_rows(source or str(SAMPLE_DATA), max_bytes=data.max_upload_bytes())
+        table = data.load_rows(source or str(sample_data(cfg.training.method)), max_bytes=data.max_upload_bytes())
         rows = len(table.rows)
     shown = "the bundled sample (city/year extraction)" if sample else (Path(source).name if data_file else source)
     t = cfg.training
