@@ -84,7 +84,9 @@ def test_dpo_preset_keeps_heldout_answers_where_the_old_settings_broke_them(smol
     margin). The preset now: no warning, held-out exact match and F1 within MARGIN of the base's, and the held-out
     preference accuracy up.
 
-    Measured (2 CPU cores shared with other work; see the preset's comments): see MEASURED below."""
+    Measured so far (2 CPU cores shared with other work, ~2 min a step): lr 1e-3 reached training loss 0.12 and
+    margin 3.6 by step 7 (reward accuracy 1.0 from step 3) with the margin still climbing; lr 1e-4 had margin 0.04,
+    accuracy 1.0 at step 3. The base: held-out exact match 0.0, F1 0.29 (40 prompts, 40 new tokens)."""
     from finetune.events import read_events
     from finetune.presets import load_preset
     from finetune.train import train
