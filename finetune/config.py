@@ -78,6 +78,17 @@ class ModelConfig:
 
 
 SAMPLE_DATA = Path(__file__).parent / "samples" / "city_year.jsonl"  # the data of a run whose data.source is empty
+# The same task as preference data, for the methods that need its shape: each pair's chosen answer is the sample's
+# JSON, its rejected one a wrong city, a wrong year or a sentence instead of JSON (kto: the same answers, each with
+# its thumbs up or down). Held out for all of them: samples/city_year_heldout.jsonl.
+METHOD_SAMPLE_DATA = {"dpo": SAMPLE_DATA.with_name("city_year_pairs.jsonl"),
+                      "orpo": SAMPLE_DATA.with_name("city_year_pairs.jsonl"),
+                      "kto": SAMPLE_DATA.with_name("city_year_feedback.jsonl")}
+
+
+def sample_data(method: str = "sft") -> Path:
+    """The bundled data a run of ``method`` trains on when ``data.source`` is empty."""
+    return METHOD_SAMPLE_DATA.get(method, SAMPLE_DATA)
 
 
 @dataclass

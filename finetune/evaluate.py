@@ -450,7 +450,7 @@ def _scoring(model: Model) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _own_random_state() -> Iterator[None]:
+def own_random_state() -> Iterator[None]:
     """Torch's random state set aside while scoring (generation reseeds it), so training goes on as without it: a
     resumed run restores the state saved with the checkpoint, which must be the one it continues with."""
     import torch
@@ -492,7 +492,7 @@ class SaveEvaluation:
         if folder is None or folder == checkpoint:
             raise EvalError(f"{checkpoint} has no adapter/ folder to score")  # written by the callback before
         template, system_prompt = trained_defaults(folder)
-        with _own_random_state():
+        with own_random_state():
             new = self._score(model, tokenizer, checkpoint, folder, template, system_prompt)
         self.last_seconds = time.time() - started
         return new

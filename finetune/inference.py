@@ -511,12 +511,44 @@ def check_seed(seed: int) -> int:
     return int(seed)
 
 
+@dataclass(frozen=True)
+class Answer:
+    """One generated answer; ``ended``: generation stopped at an end token or stop string (False: it ran into
+    ``max_new_tokens``, or was cut off)."""
+
+    text: str
+    ended: bool
+
+
+def answer_batch(prompts: Sequence[str | Sequence[Message]], *, adapter: str | None = None, model: str | None = None,
+                 quantization: QuantizationConfig | None = None, max_new_tokens: int = 256,
+                 batch_size: int = 8) -> list[Answer]:
+    """Greedy answers as ``generate_batch`` gives them (the adapter's trained template and system prompt), each with
+    whether it ended by itself (the samples a training run judges at each save, finetune/degeneration.py)."""
+    loaded, tpl = _prepare(model, adapter, None, quantization)
+    with _lock, _adapter_context(loaded, adapter):
+        if adapter:
+            attach(loaded, adapter)
+        _fit_threads(loaded)
+        return answers_with(loaded, prompts, tpl, max_new_tokens=max_new_tokens, temperature=0.0,
+                            batch_size=batch_size)
+
+
 def generate_with(loaded: LoadedModel, prompts: Sequence[str | Sequence[Message]], tpl: TemplateInfo, *,
                   max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 0.9,
                   repetition_penalty: float = 1.0, seed: int = 0, batch_size: int = 8) -> list[str]:
     """Answer each prompt with ``loaded.model`` as it is (its active adapter, in its mode): the generation of
     ``generate_batch``, for a caller that holds the model itself (the evaluation at each save of a training run).
     Reseeds torch's generator before each batch."""
+    return [a.text for a in answers_with(loaded, prompts, tpl, max_new_tokens=max_new_tokens, temperature=temperature,
+                                         top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
+                                         batch_size=batch_size)]
+
+
+def answers_with(loaded: LoadedModel, prompts: Sequence[str | Sequence[Message]], tpl: TemplateInfo, *,
+                 max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 0.9,
+                 repetition_penalty: float = 1.0, seed: int = 0, batch_size: int = 8) -> list[Answer]:
+    """``generate_with``'s answers, each with whether it ended by itself."""
     import torch
 
     seed = check_seed(seed)
@@ -524,7 +556,9 @@ def generate_with(loaded: LoadedModel, prompts: Sequence[str | Sequence[Message]
     texts = [build_prompt([{"role": "user", "content": p}] if isinstance(p, str) else p, tpl, tok) for p in prompts]
     # use_cache: a training model's config turns the cache off (gradient checkpointing); the answers are the same
     kw = _gen_kwargs(tok, tpl, max_new_tokens, temperature, top_p, repetition_penalty) | {"use_cache": True}
-    out: list[str] = []
+    ends = set(kw["eos_token_id"] or [])
+    stops = [s for s in list(tpl.get("stop_strings") or []) + [tpl.get("eos") or ""] if s]
+    out: list[Answer] = []
     side = tok.padding_side
     tok.padding_side = "left"  # generation continues from the right edge
     try:
@@ -535,7 +569,9 @@ def generate_with(loaded: LoadedModel, prompts: Sequence[str | Sequence[Message]
                 enc = {k: v.to(loaded.model.device) for k, v in enc.items()}
                 gen = loaded.model.generate(**enc, **kw)
                 for row in gen[:, enc["input_ids"].shape[1]:]:
-                    out.append(_clean_answer(tok.decode(row, skip_special_tokens=True), tpl))
+                    raw = tok.decode(row, skip_special_tokens=False)
+                    ended = bool(ends & set(row.tolist())) or any(s in raw for s in stops)
+                    out.append(Answer(_clean_answer(tok.decode(row, skip_special_tokens=True), tpl), ended))
     finally:
         tok.padding_side = side
     return out

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .config import SAMPLE_DATA, RunConfig
+from .config import RunConfig, sample_data
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -65,6 +65,13 @@ def sequences_per_example(method: str, num_generations: int = 1) -> int:
     """Sequences one training example puts through the model: a pair is two (chosen and rejected), a kto row
     two (its answer and a mismatched one for the KL estimate), a grpo prompt its group of sampled answers."""
     return {"dpo": 2, "orpo": 2, "kto": 2, "grpo": num_generations}.get(method, 1)
+
+
+def beta(config: RunConfig) -> float:
+    """The method's beta: how strongly dpo and kto (and grpo's KL term) hold the model near the reference; the
+    reward margins dpo and kto log are beta x log-probability ratios. 0 for methods without one."""
+    t = config.training
+    return {"dpo": t.dpo_beta, "kto": t.kto_beta, "grpo": t.grpo_beta}.get(t.method, 0.0)
 
 
 def needs_reference(method: str, grpo_beta: float = 0.0) -> bool:
@@ -116,7 +123,7 @@ def load_data(config: RunConfig, tokenizer: Tokenizer) -> MethodData:
     from .data.preference import format_for_method
 
     d = config.data
-    return format_for_method(d.source or str(SAMPLE_DATA), config.training.method, template=d.template,
+    return format_for_method(d.source or str(sample_data(config.training.method)), config.training.method, template=d.template,
                              system_prompt=d.system_prompt, columns=d.columns or None, tokenizer=tokenizer,
                              strict=d.strict, val_fraction=d.val_fraction, seed=d.seed, hub_config=d.hub_config,
                              split=d.split)
@@ -194,10 +201,17 @@ def describe(method: str) -> str:
     """One line on what the method learns from (UI and CLI help)."""
     return {
         "sft": "imitate the answers of the data (instruction tuning)",
-        "dpo": "prefer the chosen answer over the rejected one, staying near the base model (beta)",
-        "orpo": "learn the chosen answers and prefer them over the rejected ones in one pass, no reference model",
-        "kto": "raise good answers (label true) and lower bad ones (label false); no pairs needed",
-        "grpo": "sample several answers per prompt and reinforce those the rewards score above their group's mean",
+        "dpo": "prefer the chosen answer over the rejected one, staying near the starting model (beta). It only "
+               "reweighs answers the model already gives: when the base does not answer like your chosen answers, "
+               "train SFT on them first and start DPO from that adapter (training.init_adapter), or use ORPO",
+        "orpo": "learn the chosen answers and prefer them over the rejected ones in one pass, no reference model "
+                "(needs no SFT adapter first: its SFT term teaches the chosen answers)",
+        "kto": "raise good answers (label true) and lower bad ones (label false); no pairs needed. As DPO, it only "
+               "reweighs answers the model already gives: start from an SFT adapter (training.init_adapter) when the "
+               "base does not answer like your good answers",
+        "grpo": "sample several answers per prompt and reinforce those the rewards score above their group's mean; "
+                "a prompt whose answers all score alike teaches nothing, so start from an SFT adapter "
+                "(training.init_adapter) when the base never earns the reward",
     }[method]
 
 

@@ -269,6 +269,13 @@ class RunState:
     pid: int | None = field(default=None, repr=False)  # the run's latest process (not shown: a server detail)
     # the latest step's method metrics (training.method other than sft: reward margins, KL, mean rewards...)
     metrics: dict[str, float] = field(default_factory=dict)
+    # a preference run's answers to its fixed sample prompts at its latest save (``samples`` events: prompt, answer,
+    # ended) and that save's step
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    samples_step: int | None = None
+    # what the run warns about now: the latest samples' degeneration (finetune/degeneration.py) and a reward
+    # margin past its limit (``warning`` events), each as "step N: message"
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def status_text(self) -> str:
@@ -298,6 +305,8 @@ def read_run(run_dir: Path) -> RunState:
     state = RunState(run_id=run_dir.name, path=run_dir, status="new")
     pending: int | None = None  # the pid of a launched process that has not started training yet (QUEUED: none yet)
     before = "interrupted"  # the status as it would be without that launch
+    sample_warnings: list[str] = []  # the latest samples' (a later healthy save clears them)
+    other_warnings: dict[str, str] = {}  # the latest warning event of each kind
     for e in events:
         kind = e.get("type")
         if kind == "launched":  # the app started a training process for the run (backends.local)
@@ -339,6 +348,11 @@ def read_run(run_dir: Path) -> RunState:
             if e.get("eval_loss") is not None:
                 state.eval_losses = [p for p in state.eval_losses if p[0] < e.get("step", 0)]
                 state.eval_losses.append((e.get("step", 0), e["eval_loss"]))
+        elif kind == "samples":
+            state.samples, state.samples_step = list(e.get("samples") or []), e.get("step")
+            sample_warnings = [f"step {e.get('step')}: {w}" for w in e.get("warnings") or []]
+        elif kind == "warning":
+            other_warnings[e.get("kind", "")] = f"step {e.get('step')}: {e.get('message', '')}"
         elif kind == "chunk_aborted":  # a GPU call was cut off (ZeroGPU): resumable from the last checkpoint
             state.status, state.message = "interrupted", e.get("message", "")
         elif kind in TERMINAL or kind == "paused":
@@ -353,6 +367,7 @@ def read_run(run_dir: Path) -> RunState:
             state.message = e.get("message", "")
             if kind == "finished":
                 state.step = e.get("step", state.step)
+    state.warnings = sample_warnings + list(other_warnings.values())
     remote = read_backend(run_dir, events) == "hf-jobs"  # a job's liveness is the job's, not a local process's
     # a run queued by the app has no process until its turn (backends.local.dispatch): its ticket keeps it
     watched = ((state.status in ("queued", "running") or (state.status in LIVE and state.pid is not None))

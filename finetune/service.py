@@ -555,7 +555,7 @@ def run_summary(config_yaml: str, data_file: str | Path | None = None, backend: 
                 flavor: str | None = None) -> RunSummary:
     """The data (file, rows), template, method, model, steps and backend a run of this config would use."""
     from . import data
-    from .config import SAMPLE_DATA
+    from .config import sample_data
     from .models import EMBEDDED_REPO_ID
     from .templates import template_label
 
@@ -565,7 +565,7 @@ def run_summary(config_yaml: str, data_file: str | Path | None = None, backend: 
     sample = not source
     rows: int | None = None
     if sample or Path(source).is_file():
-        table = data.load_rows(source or str(SAMPLE_DATA), max_bytes=data.max_upload_bytes())
+        table = data.load_rows(source or str(sample_data(cfg.training.method)), max_bytes=data.max_upload_bytes())
         rows = len(table.rows)
     shown = "the bundled sample (city/year extraction)" if sample else (Path(source).name if data_file else source)
     steps = planned_steps(cfg, rows) if cfg.training.max_steps > 0 or rows is not None else None

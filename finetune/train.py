@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, cast
 
 from . import methods, runs
-from .adapter import pick_device, write_run_files, write_tokenizer
+from .adapter import find_adapter_dir, pick_device, write_run_files, write_tokenizer
 from .config import SAMPLE_DATA, ConfigError, RunConfig, validate
 from .errors import UserError, is_programming_error
 from .events import EventLog
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from .config import LoraSettings, TrainingConfig
     from .cpushare import CpuShare
     from .data import Example
+    from .degeneration import SaveSamples
     from .evaluate import SaveEvaluation
     from .models import Model, Tokenizer
     from .templates import Message
@@ -474,8 +475,11 @@ def _share_callback(share: CpuShare, log: _Events) -> TrainerCallback:
 
 def _make_callback(log: _Events, run_dir: Path, should_stop: Callable[[], bool] | None, until_step: int | None,
                    time_budget_s: float | None, started_at: float, method: str = "sft",
-                   time_limit_s: float | None = None) -> _EventsCallback:
+                   time_limit_s: float | None = None, beta: float = 0.0) -> _EventsCallback:
+    """``beta``: the method's (methods.beta), which scales the reward margin a dpo or kto step logs."""
     from transformers import TrainerCallback
+
+    from .degeneration import margin_warning
 
     class Events(TrainerCallback):
         def __init__(self) -> None:
@@ -486,6 +490,7 @@ def _make_callback(log: _Events, run_dir: Path, should_stop: Callable[[], bool] 
             self.first_step: int | None = None
             self.step_times: list[float] = []
             self.gauge = Gauge()
+            self.margin_warned = False  # the reward margin's warning is written once per process
 
         def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                            **kw: Any) -> None:
@@ -534,6 +539,7 @@ def _make_callback(log: _Events, run_dir: Path, should_stop: Callable[[], bool] 
             # int: transformers types logging_steps as float (below 1 it is a ratio); ours is a whole number >= 1
             tps = (tokens - self.last_tokens) / max(sum(self.step_times[-int(args.logging_steps):]), 1e-9)
             self.last_tokens = tokens
+            metrics = methods.step_metrics(method, logs) if method != "sft" else None
             log.emit(
                 "step",
                 step=state.global_step,
@@ -547,8 +553,12 @@ def _make_callback(log: _Events, run_dir: Path, should_stop: Callable[[], bool] 
                 elapsed_s=round(elapsed, 2),
                 eta_s=round(per_step * (state.max_steps - state.global_step), 1) if per_step and done else None,
                 **self.gauge.read(),
-                **({"metrics": methods.step_metrics(method, logs)} if method != "sft" else {}),
+                **({"metrics": metrics} if metrics is not None else {}),
             )
+            warning = margin_warning(method, metrics or {}, beta)
+            if warning and not self.margin_warned:
+                self.margin_warned = True
+                log.emit("warning", step=state.global_step, kind="margin", message=warning)
 
         def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                         metrics: dict[str, float] | None = None, **kw: Any) -> None:
@@ -787,7 +797,8 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
         **trainer_settings(settings),
     )
     callback = _make_callback(log, run_dir, should_stop, until_step, time_budget_s, started_at, t.method,
-                              caps.max_minutes * 60 if caps is not None and caps.max_minutes is not None else None)
+                              caps.max_minutes * 60 if caps is not None and caps.max_minutes is not None else None,
+                              beta=methods.beta(config))
     callbacks = [_checkpoint_adapter_callback(saved_config, tokenizer, resolved.name, dialogs.system_prompt, data_summary,
                                               device), callback,
                  *([_share_callback(share, log)] if share else []), *extra_callbacks]
@@ -798,6 +809,16 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
                                     max_new_tokens=config.data.test_max_new_tokens,
                                     in_memory=_scores_in_memory(config, settings, device))
         callbacks.insert(2, _evaluate_at_save_callback(evaluation, tokenizer, log, callback, time_budget_s, started_at))
+    if t.method != "sft" and is_main_process() and world_size() == 1:
+        # preference metrics cannot show a model whose answers degenerated: a few answers at each save can
+        from .degeneration import SaveSamples, sample_prompts, sample_tokens
+
+        prompts = sample_prompts(method_data.val_examples or method_data.examples)
+        if prompts:
+            samples = SaveSamples(prompts, base_model=resolved.name, quantization=config.quantization,
+                                  max_new_tokens=sample_tokens([r for _, r in prompts], tokenizer))
+            callbacks.insert(callbacks.index(callback) + 1,
+                             _samples_at_save_callback(samples, log, callback, time_budget_s, started_at))
     trainer: Trainer
     if t.method == "sft":
         sft_args = SFTConfig(
@@ -909,6 +930,37 @@ def _evaluate_at_save_callback(evaluation: SaveEvaluation, tokenizer: Tokenizer,
                 _evaluation_event(log, entry)
 
     return EvaluateAtSave()
+
+
+def _samples_at_save_callback(samples: SaveSamples, log: _Events, events: _EventsCallback,
+                              time_budget_s: float | None, started_at: float) -> TrainerCallback:
+    """After each checkpoint save of a preference run: a ``samples`` event with the checkpoint's answers to the
+    fixed sample prompts and the warnings ``degeneration.judge`` gives them. A save that ends the call (stop, a
+    ZeroGPU chunk's end) or leaves too little of a time budget writes none."""
+    from transformers import TrainerCallback
+
+    class SamplesAtSave(TrainerCallback):
+        def __init__(self) -> None:
+            self.last_seconds: float | None = None
+
+        def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+            assert args.output_dir is not None  # train() sets it
+            if events.halt_reason:
+                return
+            if time_budget_s is not None and self.last_seconds is not None:
+                if time_budget_s - (time.time() - started_at) < 2 * self.last_seconds:
+                    return
+            began = time.time()
+            step = state.global_step
+            checkpoint = Path(args.output_dir) / f"checkpoint-{step}"
+            adapter = find_adapter_dir(checkpoint)
+            if adapter is None or adapter == checkpoint:
+                return  # the checkpoint adapter callback writes adapter/ first (with the template to prompt with)
+            answers, warnings = samples.at_save(adapter)
+            self.last_seconds = time.time() - began
+            log.emit("samples", step=step, samples=[a.to_json() for a in answers], warnings=warnings)
+
+    return SamplesAtSave()
 
 
 def _evaluate_run(config: RunConfig, run_dir: Path, test_source: str, log: _Events) -> None:

@@ -197,13 +197,13 @@ def run_dialogs(folder: Path, tokenizer: Any) -> tuple[list[list[Message]], str]
     """The run's validation dialogs (else a sample of its training rows), read again as its config says;
     ([], why) when the adapter has no run config or its data is not readable here."""
     from . import data
-    from .config import SAMPLE_DATA
+    from .config import sample_data
 
     config = read_run_config(folder)
     if config is None:
         return [], "the adapter has no run config: checked the built-in probes only"
     d = config.data
-    source = d.source or str(SAMPLE_DATA)
+    source = d.source or str(sample_data(config.training.method))
     if config.training.method != "sft":  # preference pairs, feedback or prompts: their own shapes
         from . import methods
 

@@ -108,13 +108,37 @@ def progress_html(state: dict[str, Any]) -> str:
     msg = f"<div class='ft-msg'>{state['message']}</div>" if state.get("message") else ""
     gauge = gauge_html(state)
     return (
+        f"{warnings_html(state.get('warnings') or [])}"
         f"<div class='ft-progress' id='ft-progress'><b>{state['run_id']}</b> · {badge(state)}"
         f"<div style='background:#eee;border-radius:6px;height:14px;margin:6px 0'>"
         f"<div style='background:#4f46e5;width:{pct}%;height:14px;border-radius:6px'></div></div>"
         f"step <b>{step}</b> / {total or '?'} · loss <b>{'–' if loss is None else f'{loss:.4f}'}</b>"
         f" · {'–' if tps is None else f'{tps:,.0f}'} tokens/s · elapsed {_fmt_seconds(state.get('elapsed_s'))}"
-        f" · ETA {_fmt_seconds(state.get('eta_s'))}{gauge}{metrics_html(state.get('metrics') or {})}{msg}</div>"
+        f" · ETA {_fmt_seconds(state.get('eta_s'))}{gauge}{metrics_html(state.get('metrics') or {})}{msg}"
+        f"{samples_html(state.get('samples') or [], state.get('samples_step'))}</div>"
     )
+
+
+def warnings_html(warnings: list[str]) -> str:
+    """What the run warns about (degenerate sample answers, an exploding reward margin), above the progress bar:
+    a run whose metrics look perfect can still have broken the model, and this is where people look."""
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+    return ("<div class='ft-warnings' id='ft-warnings' style='border:2px solid #dc2626;background:#fef2f2;"
+            "color:#7f1d1d;border-radius:6px;padding:6px 10px;margin-bottom:6px'>⚠️ <b>The model's answers may have "
+            f"degenerated</b> (the training metrics cannot show it):<ul style='margin:4px 0'>{items}</ul></div>")
+
+
+def samples_html(samples: list[dict[str, Any]], step: int | None) -> str:
+    """The answers of the latest checkpoint to the run's fixed sample prompts (preference runs), folded."""
+    if not samples:
+        return ""
+    rows = "".join(
+        f"<li><i>{html.escape(str(s.get('prompt', ''))[:120])}</i> → <code>{html.escape(str(s.get('answer', ''))[:300])}"
+        f"</code>{'' if s.get('ended', True) else ' (no end token)'}</li>" for s in samples)
+    return (f"<details class='ft-samples' id='ft-samples' style='margin-top:6px'><summary>Sample answers at step "
+            f"{step}</summary><ul style='margin:4px 0'>{rows}</ul></details>")
 
 
 def gauge_html(state: dict[str, Any]) -> str:
