@@ -293,6 +293,24 @@ def test_hub_id_goes_through_datasets(monkeypatch):
     assert table.rows == [{"question": "Q", "answer": "A"}]
 
 
+def test_a_hub_read_that_fails_says_why_but_a_bug_there_stays_a_bug(monkeypatch):
+    import datasets
+
+    def offline(name, config, split):
+        raise ConnectionError("no route to huggingface.co")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match="cannot load the Hub dataset .no route to huggingface.co"):
+        load_rows("someone/some-data")
+
+    def broken(name, config, split):  # a mistake in a call, ours or the library's: not the user's to fix
+        raise TypeError("load_dataset() got an unexpected keyword argument")
+
+    monkeypatch.setattr(datasets, "load_dataset", broken)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        load_rows("someone/some-data")
+
+
 # -- the fast paths give exactly what the plain code gives ---------------------------------------
 
 TRICKY = ["  padded  ", "multi\nline\ttabs", 'quotes " and \\ backslash', "unicode é 東京 🇫🇷", "x", "\u2028 sep"]

@@ -274,6 +274,8 @@ def test_bad_input_is_the_users_not_an_internal_error(world, shared):
                   "checkpoints", ignore_errors=True)
     refused(lambda: c.predict(message="hi", adapter=rid, seed=2 ** 70, max_new_tokens=8, api_name="/chat"),
             "seed", "out of range")
+    refused(lambda: c.predict(f"base, {rid}", "hi", "", 0.0, 8, 0.9, 1.0, 2 ** 70, api_name="/arena_battle"),
+            "seed", "out of range")
     refused(lambda: c.predict(message="hi", adapter=f"{rid}@²", max_new_tokens=8, api_name="/chat"),
             "no checkpoint")
     # the run has no checkpoints: the message names the run, not where the server keeps it
