@@ -770,6 +770,8 @@ def test_the_form_shows_the_trust_remote_code_warning():
     labels = [getattr(block, "label", None) for block in sync.inputs]
     yaml_text, verdict, _ = sync.fn(*values)
     assert "trust_remote_code is on" not in verdict
+    box = sync.inputs[labels.index("Trust remote code")]
+    assert box.interactive is False and "never runs on the server" in box.info  # a shared app: locked off, said why
     values[labels.index("Trust remote code")] = True
     yaml_text, verdict, _ = sync.fn(*values)
     assert "trust_remote_code: true" in yaml_text
