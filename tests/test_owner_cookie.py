@@ -17,6 +17,7 @@ import pytest
 from apps import launched, needs_chromium, open_page, queue_call, wait_text
 from test_service import make_run
 
+from finetune.events import EventLog
 from finetune.service import Workspace
 from finetune.ui.common import adopt_old_browser_runs, owner
 from finetune.ui.owner_cookie import (COOKIE, SECRET_ENV, SECRET_FILE, STATE_KEY, OwnerCookie, load_secret, new_key,
@@ -140,9 +141,11 @@ def test_the_runs_of_the_key_pages_kept_before_move_to_the_cookies_owner(tmp_pat
     ws = Workspace(tmp_path, multi_user=True)
     old_key, key = new_key(), new_key()
     old_dir = ws.for_owner("browser:" + old_key)
-    make_run(old_dir, "r1")
+    live = make_run(old_dir, "r1")  # its process (this one) still trains
     assert adopt_old_browser_runs(ws, old_key, request(None)) == old_key  # no cookie yet: kept for later
-    assert old_dir.is_dir()
+    assert adopt_old_browser_runs(ws, old_key, request(key)) == old_key  # a run writes there: once it ends
+    assert old_dir.is_dir() and not ws.for_owner("browser:" + key).exists()
+    EventLog(live).emit("stopped", step=3)
     assert adopt_old_browser_runs(ws, old_key, request(key)) == ""  # done: the browser forgets the old key
     assert not old_dir.exists() and (ws.for_owner("browser:" + key) / "r1" / "config.yaml").exists()
     assert adopt_old_browser_runs(ws, old_key, request(key)) == ""  # again (another tab): nothing left to move
@@ -151,11 +154,11 @@ def test_the_runs_of_the_key_pages_kept_before_move_to_the_cookies_owner(tmp_pat
 
     # the cookie's owner has a folder already: entries move one by one; a name taken keeps the old key
     second, third = new_key(), new_key()
-    make_run(ws.for_owner("browser:" + second), "r2")
-    make_run(ws.for_owner("browser:" + second), "r1")
+    make_run(ws.for_owner("browser:" + second), "r2", alive=False)
+    make_run(ws.for_owner("browser:" + second), "r1", alive=False)
     assert adopt_old_browser_runs(ws, second, request(key)) == second
     assert (ws.for_owner("browser:" + key) / "r2").is_dir() and (ws.for_owner("browser:" + second) / "r1").is_dir()
-    make_run(ws.for_owner("browser:" + third), "r3")
+    make_run(ws.for_owner("browser:" + third), "r3", alive=False)
     assert adopt_old_browser_runs(ws, third, request(key)) == ""
     assert (ws.for_owner("browser:" + key) / "r3").is_dir() and not ws.for_owner("browser:" + third).exists()
 

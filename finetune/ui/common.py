@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import html
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, ParamSpec, TypeVar
 
 import gradio as gr
 
+from .. import runs
 from ..errors import UserError, internal_message, report_internal
 from ..service import Workspace
 from .owner_cookie import KEY_PATTERN, STATE_KEY
@@ -71,18 +73,28 @@ def adopt_old_browser_runs(ws: Workspace, old_key: str | None, request: gr.Reque
     old, new = ws.for_owner("browser:" + old_key), ws.for_owner(browser)
     if old == new or not old.is_dir():  # single-user (one folder for all), or nothing was ever made
         return ""
-    if not new.exists():
-        old.rename(new)
-        log.info("an anonymous visitor's runs moved to their owner cookie's folder %s", new.name)
+    if any(r.status in runs.LIVE for r in runs.list_runs(old)):
+        return old_key  # a run still writes there (its process outlived a restart): once it ends
+    try:
+        if not new.exists():
+            try:
+                old.rename(new)  # one step; it fails if another tab of this browser made the new folder meanwhile
+                log.info("an anonymous visitor's runs moved to their owner cookie's folder %s", new.name)
+                return ""
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+        # the cookie's owner has a folder already (another tab moved first, or made something): entry by entry
+        for entry in list(old.iterdir()):
+            if not (new / entry.name).exists():
+                entry.rename(new / entry.name)
+        if any(old.iterdir()):
+            log.warning("an anonymous visitor's folder %s keeps entries whose names %s has", old.name, new.name)
+            return old_key
+        old.rmdir()
+    except FileNotFoundError:  # another tab of this browser moved it first
         return ""
-    # the cookie's owner has a folder already (another tab moved first, or made something): entry by entry
-    for entry in list(old.iterdir()):
-        if not (new / entry.name).exists():
-            entry.rename(new / entry.name)
-    if any(old.iterdir()):
-        log.warning("an anonymous visitor's folder %s keeps entries whose names %s already has", old.name, new.name)
-        return old_key
-    old.rmdir()
+    log.info("an anonymous visitor's runs moved to their owner cookie's folder %s", new.name)
     return ""
 
 
