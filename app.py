@@ -12,25 +12,26 @@ except ImportError:
     pass
 
 
-def build_app():
+def build_app(workspace=None):
     from finetune.ui import build_app as build
 
-    return build()
+    return build(workspace)
 
 
 if __name__ == "__main__":
     from finetune.data import max_upload_bytes
     from finetune.hub import withhold_server_token
     from finetune.service import default_workspace
-    from finetune.ui import CSS
+    from finetune.ui import CSS, launch_options
 
-    if default_workspace().multi_user:  # a public Space: the owner's HF_TOKEN reads nothing a visitor names
+    workspace = default_workspace()
+    if workspace.multi_user:  # a public Space: the owner's HF_TOKEN reads nothing a visitor names
         withhold_server_token()
-
-    build_app().launch(
+    build_app(workspace).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
         css=CSS,
         # Gradio refuses a larger upload before storing it (FINETUNE_MAX_UPLOAD_MB, default 200)
         max_file_size=max_upload_bytes(),
+        **launch_options(workspace),  # the owner cookie that keeps anonymous visitors apart
     )

@@ -24,11 +24,12 @@ def launch(runs: Path, downloads: Path, *, multi_user: bool = True, css: bool = 
            **options: Any) -> tuple[Any, str]:
     """The app on a free local port over the runs folder ``runs``: (demo, url); the caller closes it."""
     from finetune.service import Workspace
-    from finetune.ui import CSS, build_app
+    from finetune.ui import CSS, build_app, launch_options
 
-    demo = build_app(Workspace(runs, multi_user=multi_user), downloads, **options)
+    workspace = Workspace(runs, multi_user=multi_user)
+    demo = build_app(workspace, downloads, **options)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True,
-                            **({"css": CSS} if css else {}))
+                            **({"css": CSS} if css else {}), **launch_options(workspace))
     return demo, url
 
 
@@ -41,6 +42,26 @@ def launched(runs: Path, downloads: Path, *, multi_user: bool = True, css: bool 
         yield demo, url
     finally:
         demo.close()
+
+
+def queue_call(url: str, fn_index: int, data: list[Any], session_hash: str, http: Any = None) -> dict[str, Any]:
+    """Call an event the way a browser does, over the raw queue protocol (POST queue/join, then read the SSE
+    stream of queue/data): its ``process_completed`` message (``success``, ``output``). ``http``: an
+    ``httpx.Client`` whose cookies go with both requests (a visitor's browser); default none (a bare caller)."""
+    import json
+
+    import httpx
+
+    base = url.rstrip("/") + "/gradio_api"
+    body = {"data": data, "fn_index": fn_index, "session_hash": session_hash, "event_data": None, "trigger_id": None}
+    with contextlib.ExitStack() as stack:
+        client = http or stack.enter_context(httpx.Client())
+        client.post(f"{base}/queue/join", json=body, timeout=30).raise_for_status()
+        with client.stream("GET", f"{base}/queue/data", params={"session_hash": session_hash}, timeout=60) as r:
+            for line in r.iter_lines():
+                if line.startswith("data:") and (msg := json.loads(line[5:])).get("msg") == "process_completed":
+                    return dict(msg)
+    raise AssertionError("no answer")
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from apps import ROOT, SAMPLE, launch
+from apps import ROOT, SAMPLE, launch, queue_call
 
 from finetune import io as fio
 from finetune import runs, service
@@ -610,25 +610,13 @@ def test_two_clients_cannot_touch_each_others_runs_through_the_api(app, tiny_mod
 
 
 def raw_call(url: str, fn_index: int, data: list, session_hash: str) -> str:
-    """Call an event the way the browser does (POST queue/join, read the SSE stream): the final output's path,
-    or the error message."""
-    import httpx
-
-    base = url.rstrip("/") + "/gradio_api"
-    body = {"data": data, "fn_index": fn_index, "session_hash": session_hash, "event_data": None, "trigger_id": None}
-    httpx.post(f"{base}/queue/join", json=body, timeout=30).raise_for_status()
-    with httpx.stream("GET", f"{base}/queue/data", params={"session_hash": session_hash}, timeout=60) as r:
-        for line in r.iter_lines():
-            if not line.startswith("data:"):
-                continue
-            msg = json.loads(line[5:])
-            if msg.get("msg") == "process_completed":
-                out = msg.get("output", {})
-                if not msg.get("success"):
-                    return str(out.get("error"))
-                value = out["data"][0]
-                return value["path"] if isinstance(value, dict) else str(value)
-    raise AssertionError("no answer")
+    """Call an event the way the browser does (apps.queue_call): the final output's path, or the error message."""
+    msg = queue_call(url, fn_index, data, session_hash)
+    out = msg.get("output", {})
+    if not msg.get("success"):
+        return str(out.get("error"))
+    value = out["data"][0]
+    return value["path"] if isinstance(value, dict) else str(value)
 
 
 # =============================================================================================

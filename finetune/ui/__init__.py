@@ -15,7 +15,7 @@ from ..config import RunConfig
 from ..data import parse_column_mapping
 from ..service import Workspace, default_workspace
 from . import forms
-from .common import BROWSER_KEY_STORAGE, Api, browser_secret, claim_browser, forget_browser
+from .common import BROWSER_KEY_STORAGE, Api, adopt_old_browser_runs, browser_secret
 from .dataset_tab import create_dataset_tab
 from .export_tab import create_export_tab
 from .hparams_tab import create_hparams_tab, wire_config
@@ -49,6 +49,16 @@ def _read_live_prices() -> None:
         memory.refresh_jobs_prices()
     except memory.EstimateError as e:  # offline or unreachable: said in the log
         logging.getLogger("finetune.ui").info("Jobs prices: %s; %s", e, memory.prices_source())
+
+
+def launch_options(workspace: Workspace) -> dict[str, Any]:
+    """What every ``launch()`` of the app passes (app.py and the tests): the owner cookie's middleware, whose
+    secret lives in the workspace root (read on the first request)."""
+    from starlette.middleware import Middleware
+
+    from .owner_cookie import OwnerCookie
+
+    return {"app_kwargs": {"middleware": [Middleware(OwnerCookie, root=workspace.root)]}}
 
 
 def build_app(workspace: Workspace | None = None, downloads: str | Path | None = None, *,
@@ -94,14 +104,18 @@ def build_app(workspace: Workspace | None = None, downloads: str | Path | None =
         page_load: list[tuple[Any, list[Any], list[Any]]] = list(tr["on_load"])
         wire_config(api, components, hp, [ds["hub_id"], ds["hub_config"], ds["split"], ds["columns"], ds["data_file"]],
                     extra_to_config, on_load=page_load)
-        # an anonymous visitor's runs follow their browser across reloads (signed-in users: their account)
-        owner_key = gr.BrowserState("", storage_key=BROWSER_KEY_STORAGE, secret=browser_secret(api.workspace.root))
-        loaded = demo.load(claim_browser, owner_key, owner_key, api_visibility="private", show_progress="hidden")
+        # an anonymous visitor's runs follow their browser's owner cookie (launch_options); the key pages kept in
+        # localStorage before it is read once, its runs moved to the cookie's owner, then cleared
+        old_key = gr.BrowserState("", storage_key=BROWSER_KEY_STORAGE, secret=browser_secret(api.workspace.root))
+
+        def adopt(key: str | None, request: gr.Request) -> str:
+            return adopt_old_browser_runs(api.workspace, key, request)
+
+        loaded = demo.load(adopt, old_key, old_key, api_visibility="private", show_progress="hidden")
         for fn, outputs in (tr["load"], pg["load"], ex):
             loaded.then(fn, None, outputs, api_visibility="private", show_progress="hidden")
         for fn, inputs, outputs in page_load:
             loaded.then(fn, inputs, outputs, api_visibility="private", show_progress="hidden")
-        demo.unload(forget_browser)
     demo.queue(default_concurrency_limit=4)
     # torch/transformers/peft load in the background while the page opens (a few seconds on a CPU), once
     from .. import inference

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import html
 import inspect
 import logging
-import re
-import secrets
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ParamSpec, TypeVar
 
 import gradio as gr
 
+from .. import runs
 from ..errors import UserError, internal_message, report_internal
 from ..service import Workspace
+from .owner_cookie import KEY_PATTERN, STATE_KEY
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -35,27 +35,29 @@ class Api:
     downloads: Path  # where generated files (JSONL, zips, YAML) are written for download
 
 
-# An anonymous visitor's browser keeps a random owner key (gr.BrowserState, in its localStorage) across reloads;
-# each page load registers its session here, so the session's requests act on that browser's runs. A lookup of
-# sessions, shared on purpose: it holds no user's data, and a session is dropped when its page closes.
-_browser_owners: dict[str, str] = {}
-_browser_lock = threading.Lock()
-_KEY = re.compile(r"^[0-9a-f]{32}$")
-BROWSER_KEY_STORAGE = "finetune-owner"
+BROWSER_KEY_STORAGE = "finetune-owner"  # where pages before the owner cookie kept their key (localStorage)
+
+
+def browser_owner(request: gr.Request | None) -> str | None:
+    """The browser's owner from its signed, HttpOnly cookie (checked by ``owner_cookie.OwnerCookie`` on every
+    request), else None: a caller who only knows a session hash has no cookie of that browser."""
+    if request is None:
+        return None
+    key = getattr(getattr(request, "state", None), STATE_KEY, None)
+    return "browser:" + key if isinstance(key, str) and KEY_PATTERN.match(key) else None
 
 
 def owner(request: gr.Request | None, profile: gr.OAuthProfile | None = None) -> str:
-    """The signed-in user on a Space, else the browser (its owner key, kept across reloads), else the session
+    """The signed-in user on a Space, else the browser (its owner cookie, kept across reloads), else the session
     (gradio_client)."""
     username: str | None = getattr(profile, "username", None) if profile is not None else None
     if username:
         return "user:" + username
+    browser = browser_owner(request)
+    if browser:
+        return browser
     session: str | None = getattr(request, "session_hash", None) if request is not None else None
-    if session:
-        with _browser_lock:
-            key = _browser_owners.get(session)
-        return "browser:" + key if key else "session:" + session
-    return "local"
+    return "session:" + session if session else "local"
 
 
 def client_address(request: gr.Request | None) -> str | None:
@@ -71,29 +73,49 @@ def client_address(request: gr.Request | None) -> str | None:
     return address(getattr(client, "host", None), forwarded)
 
 
-def claim_browser(key: str | None, request: gr.Request) -> str:
-    """On page load: this browser's owner key (a new random one the first time, or when what the browser sent is
-    not one of ours), registered for the page's session; the browser stores what this returns."""
-    if not isinstance(key, str) or not _KEY.match(key):
-        key = secrets.token_hex(16)
-    session = getattr(request, "session_hash", None)
-    if session:
-        with _browser_lock:
-            _browser_owners[session] = key
-    return key
-
-
-def forget_browser(request: gr.Request) -> None:
-    """On page close: drop the session's registration."""
-    with _browser_lock:
-        _browser_owners.pop(getattr(request, "session_hash", None) or "", None)
+def adopt_old_browser_runs(ws: Workspace, old_key: str | None, request: gr.Request) -> str:
+    """On page load: the runs of the owner key this browser kept in localStorage before the owner cookie move to
+    the cookie's owner, so nothing an anonymous visitor made is lost. Returns what the browser keeps from then on:
+    "" once done, or the old key while it cannot be done yet (no cookie; names already taken in the new folder).
+    Knowing a browser's session hash does not help: this takes the old key, which only that browser holds."""
+    if not isinstance(old_key, str) or not KEY_PATTERN.match(old_key):
+        return ""
+    browser = browser_owner(request)
+    if browser is None:
+        return old_key
+    old, new = ws.for_owner("browser:" + old_key), ws.for_owner(browser)
+    if old == new or not old.is_dir():  # single-user (one folder for all), or nothing was ever made
+        return ""
+    if any(r.status in runs.LIVE for r in runs.list_runs(old)):
+        return old_key  # a run still writes there (its process outlived a restart): once it ends
+    try:
+        if not new.exists():
+            try:
+                old.rename(new)  # one step; it fails if another tab of this browser made the new folder meanwhile
+                log.info("an anonymous visitor's runs moved to their owner cookie's folder %s", new.name)
+                return ""
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+        # the cookie's owner has a folder already (another tab moved first, or made something): entry by entry
+        for entry in list(old.iterdir()):
+            if not (new / entry.name).exists():
+                entry.rename(new / entry.name)
+        if any(old.iterdir()):
+            log.warning("an anonymous visitor's folder %s keeps entries whose names %s has", old.name, new.name)
+            return old_key
+        old.rmdir()
+    except FileNotFoundError:  # another tab of this browser moved it first
+        return ""
+    log.info("an anonymous visitor's runs moved to their owner cookie's folder %s", new.name)
+    return ""
 
 
 def browser_secret(root: Path) -> str:
-    """The key gradio encrypts the browsers' stored owner keys with. Gradio hands it to the page (the encryption
-    runs in the browser), so it guards nothing by itself: what keeps visitors apart is the random owner key. It only
-    has to stay the same across restarts of the app on the same runs folder, so it is derived from that folder
-    (nothing is written when the app is built)."""
+    """The key gradio encrypts the browsers' stored owner keys with (pages before the owner cookie; read once, for
+    ``adopt_old_browser_runs``). Gradio hands it to the page (the encryption runs in the browser), so it guards
+    nothing by itself. It only has to stay the same across restarts of the app on the same runs folder, so it is
+    derived from that folder (nothing is written when the app is built)."""
     return hashlib.sha256(f"finetune-browser-state:{Path(root).resolve()}".encode()).hexdigest()[:32]
 
 
