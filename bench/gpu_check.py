@@ -44,11 +44,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_throughput as tt  # noqa: E402 - the bench's data generator, recipe, probe and workers
+from harness import Stopwatch, device_name, length_summary, ratio  # noqa: E402
 
 PARTS = ("throughput", "estimator", "resume", "inference", "flow")
 # tests/test_train.py SAME_ADAPTER_ATOL: the largest LoRA weight difference of a resumed run from an
@@ -131,7 +129,7 @@ def device_section(dry: bool) -> dict[str, Any]:
     cuda = torch.cuda.is_available() and not dry
     out: dict[str, Any] = {
         "kind": "cuda" if cuda else "cpu",
-        "name": torch.cuda.get_device_name(0) if cuda else tt._device_name("cpu"),
+        "name": device_name("cuda" if cuda else "cpu"),
         "memory_gb": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if cuda else None,
         "dry_run": dry,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -244,7 +242,6 @@ class Context:
         self.device = "cpu" if args.dry_run else "cuda"
         self.work = Path(args.work or tempfile.mkdtemp(prefix="gpu-check-"))
         self.work.mkdir(parents=True, exist_ok=True)
-        tt.OUT = self.work  # train_throughput writes its models and data under OUT
         self.isolate = not args.dry_run  # GPU: each training side in its own process, so peaks do not mix
         self.started = time.perf_counter()
         self.budget_s = args.budget_s
@@ -257,7 +254,7 @@ class Context:
     def model_dir(self) -> Path:
         if self._model_dir is None:
             t = time.perf_counter()
-            self._model_dir = tt.materialize(self.scale.model, self.device)
+            self._model_dir = tt.materialize(self.scale.model, self.device, self.work)
             free_memory()  # the random weights were built on the GPU: the workers need that memory
             log(f"model {self._model_dir.name} ready in {time.perf_counter() - t:.0f} s")
         return self._model_dir
@@ -306,10 +303,6 @@ def free_memory() -> None:
         pass
 
 
-def ratio(a: Any, b: Any) -> float | None:
-    return round(a / b, 3) if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else None
-
-
 def gb(mb: Any) -> float | None:
     return round(mb / 1024, 3) if isinstance(mb, (int, float)) else None
 
@@ -346,7 +339,7 @@ def part_throughput(ctx: Context, sec: dict[str, Any]) -> None:
     sec["model"] = {"name": f"{sc.model} (Llama-2-7B shape)" if not sc.dry else "tiny Llama", "path": str(model_dir),
                     "params": spec.num_params, "vocab_size": spec.vocab_size, "hidden_size": spec.hidden_size,
                     "layers": spec.num_layers, "quantization": "nf4 on load"}
-    sec["data"] = {"examples": len(examples), "max_length": sc.seq_len, "token_lengths": tt.length_summary(lengths),
+    sec["data"] = {"examples": len(examples), "max_length": sc.seq_len, "token_lengths": length_summary(lengths),
                    "real_tokens_per_side": sum(lengths)}
     common = dict(device=ctx.device, model_dir=str(model_dir), max_length=sc.seq_len, batch_size=sc.batch,
                   seed=ctx.seed, eval_ids=tok_eval["input_ids"], eval_labels=tok_eval["labels"])
@@ -457,7 +450,7 @@ def part_resume(ctx: Context, sec: dict[str, Any]) -> None:
     from finetune.train import train
 
     sc = ctx.scale
-    model = str(tt.materialize("tiny", ctx.device)) if sc.dry else ""
+    model = str(tt.materialize("tiny", ctx.device, ctx.work)) if sc.dry else ""
     sec["model"] = "tiny Llama" if sc.dry else "embedded SmolLM2-135M-Instruct"
     sec["tolerance"] = RESUME_ATOL
     root = ctx.work / "resume"
@@ -512,21 +505,18 @@ def part_inference(ctx: Context, sec: dict[str, Any]) -> None:
     sec["model"] = f"{sc.model}, 4-bit NF4"
     inference._cache.clear()
     free_memory()
-    t = time.perf_counter()
-    loaded = inference.load(model_dir, q)
-    sec["load_s"] = round(time.perf_counter() - t, 2)
+    with Stopwatch(ctx.device) as clock:
+        loaded = inference.load(model_dir, q)
+    sec["load_s"] = round(clock.s, 2)
     prompt = loaded.tokenizer("Write a short story about a river and a bridge.", return_tensors="pt").to(loaded.model.device)
     gen = dict(max_new_tokens=sc.new_tokens, min_new_tokens=sc.new_tokens, do_sample=False,
                pad_token_id=loaded.tokenizer.pad_token_id or loaded.tokenizer.eos_token_id)
     with torch.no_grad():
         loaded.model.generate(**prompt, max_new_tokens=2, do_sample=False)  # warm-up (kernels, caches)
-        tt._sync(ctx.device)
-        t = time.perf_counter()
-        out = loaded.model.generate(**prompt, **gen)
-        tt._sync(ctx.device)
-        took = time.perf_counter() - t
+        with Stopwatch(ctx.device) as clock:
+            out = loaded.model.generate(**prompt, **gen)
     sec["new_tokens"] = int(out.shape[1] - prompt["input_ids"].shape[1])
-    sec["tokens_per_s"] = round(sec["new_tokens"] / took, 2)
+    sec["tokens_per_s"] = round(sec["new_tokens"] / clock.s, 2)
     log(f"inference: {sec['tokens_per_s']} tokens/s")
     folders = ctx.work / "adapters"
     shutil.rmtree(folders, ignore_errors=True)
@@ -534,19 +524,16 @@ def part_inference(ctx: Context, sec: dict[str, Any]) -> None:
     b = _random_adapter(loaded, folders / "b", 2)
     inference.attach(loaded, a)
     inference.attach(loaded, b)
-    tt._sync(ctx.device)
-    t = time.perf_counter()
-    inference.attach(loaded, a)  # both attached: a switch, no reload
-    tt._sync(ctx.device)
-    sec["adapter_switch_s"] = round(time.perf_counter() - t, 4)
+    with Stopwatch(ctx.device) as clock:
+        inference.attach(loaded, a)  # both attached: a switch, no reload
+    sec["adapter_switch_s"] = round(clock.s, 4)
     del loaded, out
     inference._cache.clear()
     free_memory()
-    t = time.perf_counter()
-    again = inference.load(model_dir, q)  # what a switch without attached adapters costs: the base again
-    inference.attach(again, a)
-    tt._sync(ctx.device)
-    sec["base_reload_s"] = round(time.perf_counter() - t, 3)
+    with Stopwatch(ctx.device) as clock:
+        again = inference.load(model_dir, q)  # what a switch without attached adapters costs: the base again
+        inference.attach(again, a)
+    sec["base_reload_s"] = round(clock.s, 3)
     sec["switch_vs_reload"] = ratio(sec["adapter_switch_s"], sec["base_reload_s"])
     del again
     inference._cache.clear()
@@ -560,7 +547,7 @@ def part_flow(ctx: Context, sec: dict[str, Any]) -> None:
     from finetune.train import train
 
     sc = ctx.scale
-    model = str(tt.materialize("tiny", ctx.device)) if sc.dry else ""
+    model = str(tt.materialize("tiny", ctx.device, ctx.work)) if sc.dry else ""
     sec["model"] = "tiny Llama" if sc.dry else "embedded SmolLM2-135M-Instruct"
     root = ctx.work / "flow"
     shutil.rmtree(root, ignore_errors=True)

@@ -45,9 +45,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-OUT = ROOT / "bench" / "out"  # generated data and random-weight models (gitignored)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import OUT, ROOT, device_name, length_summary, ratio, resolve_device, sync  # noqa: E402
+
 SCALING_DIR = ROOT / "bench"  # the scaling CSV and PNG are results: kept in the repository
 RESULT_TAG = "BENCH_RESULT "
 
@@ -145,10 +145,10 @@ def render(path: Path, tokenizer, max_length: int, train_on: str = "assistant"):
 # models
 
 
-def materialize(model: str, device: str) -> Path:
+def materialize(model: str, device: str, out_dir: Path = OUT) -> Path:
     """A local model folder for ``--model``: a folder as is; '' = the embedded SmolLM2-135M-Instruct;
     'tiny', 'llama-7b' or a config .json = a random-weight Llama with the SmolLM2 tokenizer, saved once
-    under bench/out/models/ (loading from a folder is what both sides do)."""
+    under ``out_dir``/models/ (bench/out/models/; loading from a folder is what both sides do)."""
     from finetune.models import embedded_model_dir
 
     if not model:
@@ -162,7 +162,7 @@ def materialize(model: str, device: str) -> Path:
         shape, name = json.loads(path.read_text()), "cfg-" + path.stem
     else:
         raise SystemExit(f"--model {model}: not a folder, a config .json, 'tiny' or 'llama-7b'")
-    out = OUT / "models" / name
+    out = out_dir / "models" / name
     if (out / ".complete").exists():
         return out
     import torch
@@ -246,7 +246,7 @@ class Probe:
                 self._s = time.perf_counter()
 
             def on_step_end(self, args, state, control, **kw):
-                _sync(probe.device)
+                sync(probe.device)
                 probe.step_times.append(time.perf_counter() - self._s)
                 probe.steps += 1
 
@@ -255,7 +255,7 @@ class Probe:
                     probe.losses.append(float(logs["loss"]))
 
             def on_train_end(self, args, state, control, model=None, **kw):
-                _sync(probe.device)
+                sync(probe.device)
                 probe.t1 = time.perf_counter()
                 probe.cpu1 = os.times()
                 probe.peak_mb = _peak(probe.device)
@@ -315,13 +315,6 @@ class DevicePoll:
         self._stop.set()
         self._thread.join()
         return self.peak / 2**20
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        import torch
-
-        torch.cuda.synchronize()
 
 
 def _memory_now(device: str) -> float:
@@ -642,30 +635,11 @@ def _param_count(model_dir: Path) -> int | None:
     return total or None
 
 
-def length_summary(lengths: list[int]) -> dict:
-    s = sorted(lengths)
-    q = lambda p: s[min(len(s) - 1, int(p * (len(s) - 1) + 0.5))]  # noqa: E731
-    return {"n": len(s), "min": s[0], "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": s[-1],
-            "mean": round(sum(s) / len(s), 1)}
-
-
-def pick_device(requested: str) -> str:
-    import torch
-
-    if requested != "auto":
-        return requested
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def ratio(a, b):
-    return round(a / b, 3) if a and b else None
-
-
 def compare(args) -> dict:
     """Both sides on the same data, ``args.repeat`` times with the order alternating (baseline first, then ours
     first, ...): on a shared machine the load changes between runs, so each pair's ratio is taken within the
     pair and the reported ratio is the median of the pairs'. Each side's figures are its median run's."""
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     prep = prepare(args, device)
     overrides = dict(OURS[device])
     overrides.update(_parse_sets(args.ours_set))
@@ -693,8 +667,8 @@ def compare(args) -> dict:
     mid = sorted(range(len(pairs)), key=lambda i: pairs[i]["ratio_tokens_per_s"] or 0)[(len(pairs) - 1) // 2]
     b, o = (dict(runs[k][mid], tokens_per_s_runs=[r["tokens_per_s"] for r in runs[k]]) for k in ("baseline", "ours"))
     return {
-        "device": device if device == "cpu" else _gpu_name(),
-        "device_name": _device_name(device),
+        "device": device if device == "cpu" else "cuda:" + device_name(device),
+        "device_name": device_name(device),
         "model": str(prep["model_dir"]),
         "model_params": prep.get("model_params"),
         "dataset": {"train_examples": args.examples, "eval_examples": args.eval_examples,
@@ -714,20 +688,6 @@ def compare(args) -> dict:
 def _median(values: list):
     values = [v for v in values if v is not None]
     return round(statistics.median(values), 3) if values else None
-
-
-def _device_name(device: str) -> str:
-    if device == "cuda":
-        return _gpu_name()[len("cuda:"):]
-    name = "CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -773,12 +733,6 @@ def rewrite_block(text: str, block: str) -> str:
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     return f"{head}{BEGIN}\n{block}\n{END}{tail}"
-
-
-def _gpu_name() -> str:
-    import torch
-
-    return "cuda:" + torch.cuda.get_device_name(0)
 
 
 def _parse_sets(items: list[str]) -> dict:
@@ -870,7 +824,7 @@ CUDA_VARIANTS = [
 
 def variants(args) -> list[dict]:
     """Our pipeline with one optimization undone (or one more tried) at a time, same data, one process each."""
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     prep = prepare(args, device)
     every = VARIANTS + (CUDA_VARIANTS if device == "cuda" else [])
     plan = [v for v in every if not args.only or any(o in v[0] for o in args.only)]
@@ -910,7 +864,7 @@ def print_rows(rows: list[dict], keys: list[str]) -> None:
 
 
 def scaling(args) -> list[dict]:
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     lengths = args.lengths or ([512, 1024, 2048, 4096] if device == "cuda" else [128, 256, 512, 1024])
     ranks = args.ranks or [8, 16, 64, 128]
     rows = []
@@ -1026,7 +980,7 @@ def main(argv=None) -> int:
     if args.worker:
         return worker(args.worker)
 
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     if not args.model and device == "cuda":
         args.model = "llama-7b"
     gpu = device == "cuda" and not args.quick

@@ -32,18 +32,6 @@ class BadInputError(ValueError, UserError):
     """Input that cannot be used as given (a file, a row, a field): the message names it and the fix."""
 
 
-class PermissionDeniedError(UserError):
-    """The user (or their token) may not do this: sign in, or grant the permission the message names."""
-
-
-class NotFoundError(UserError):
-    """Something the user named does not exist (a run, a file, a repo)."""
-
-
-class QuotaError(UserError):
-    """A limit was reached (a queue, an upload size, a GPU quota): wait, or ask for less."""
-
-
 # Exception types that only a mistake in our code raises on its own (a library raising one from a user's input is
 # wrapped by us into a UserError where the input enters).
 PROGRAMMING_ERRORS: tuple[type[BaseException], ...] = (AttributeError, TypeError, NameError, LookupError,

@@ -213,18 +213,3 @@ def describe(method: str) -> str:
                 "a prompt whose answers all score alike teaches nothing, so start from an SFT adapter "
                 "(training.init_adapter) when the base never earns the reward",
     }[method]
-
-
-def rewards_summary(config: RunConfig) -> str:
-    """The rewards of a grpo run in one line, e.g. 'exact_match x1.0 + length x0.2'."""
-    rw = config.rewards
-    parts = []
-    for name, weight in (("exact_match", rw.exact_match), ("numeric_match", rw.numeric_match),
-                         ("regex", rw.regex_weight), ("json_valid", rw.json_valid), ("contains", rw.contains_weight),
-                         ("excludes", rw.excludes_weight), ("length", rw.length_weight), ("judge", rw.judge_weight)):
-        if weight:
-            parts.append(f"{name} x{weight:g}")
-    if rw.module:
-        parts.append(f"functions of {rw.module}")
-    return " + ".join(parts) or "none"
-

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 
 
 class ServiceError(ValueError, UserError):
-    """A request the user can fix; the message says how."""
+    """A request the user can fix; the message says how. Made from a library's error, it chains it: the original
+    type (``RunError``, ``HubError``...) stays its ``__cause__``."""
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,7 @@ def _run_backend(ws: Workspace, path: Path, *, token: str | None = None, api: An
         return backend_for(path, queue_dir=queue_dir(ws), token=token, api=api,
                            sync_every_s=SYNC_EVERY_S if sync_every_s is None else sync_every_s, caps=run_caps(ws))
     except runs.RunError as e:
-        raise ServiceError(str(e)) from None
+        raise ServiceError(str(e)) from e
 
 
 def start_training(ws: Workspace, owner: str | None, config: RunConfig, backend: str = "local",
@@ -265,7 +266,7 @@ def _start_backend(ws: Workspace, backend: str, config: RunConfig, root: Path, *
     try:
         return _backend(backend, ws, token=token, api=api, flavor=flavor, repo_id=repo_id).start(config, root)
     except UserError as e:  # a job that cannot be built or reached, a Hub refusal: the same error type for all
-        raise ServiceError(str(e)) from None
+        raise ServiceError(str(e)) from e
     except ValueError as e:  # a bad FINETUNE_MAX_CONCURRENT_RUNS or FINETUNE_TRAIN_THREADS on the server
         raise ServiceError(str(e)) from None
 
@@ -308,7 +309,7 @@ def backend_of(path: Path) -> str:
     try:
         return runs.read_backend(path)
     except runs.RunError as e:
-        raise ServiceError(str(e)) from None
+        raise ServiceError(str(e)) from e
 
 
 def zerogpu_quota(config: RunConfig, data_file: str | Path | None = None) -> QuotaPreview:
@@ -362,7 +363,7 @@ def stop_training(ws: Workspace, owner: str | None, run_id: str, *, token: str |
         backend.stop(path)
         backend.status(path)  # a cancelled job: its end mirrored into the folder now
     except UserError as e:
-        raise ServiceError(str(e)) from None
+        raise ServiceError(str(e)) from e
     return run_status(ws, owner, run_id)
 
 
@@ -383,7 +384,7 @@ def resume_training(ws: Workspace, owner: str | None, run_id: str, *, client: st
                 return rid
         return _run_backend(ws, path).resume(path)
     except UserError as e:
-        raise ServiceError(str(e)) from None
+        raise ServiceError(str(e)) from e
     except ValueError as e:  # a bad queue or thread setting on the server
         raise ServiceError(str(e)) from None
 
@@ -395,7 +396,7 @@ def run_logs(ws: Workspace, owner: str | None, run_id: str, *, token: str | None
     try:
         return _run_backend(ws, path, token=token, api=api).logs(path, tail=tail)
     except UserError as e:
-        raise ServiceError(str(e)) from None
+        raise ServiceError(str(e)) from e
 
 
 def check_download_room(ws: Workspace, owner: str | None, source: Path, what: str) -> None:

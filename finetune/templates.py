@@ -21,8 +21,6 @@ from .errors import UserError
 
 Message = dict[str, str]  # {"role": str, "content": str}
 Segment = tuple[str, bool]  # (text, trained_on)
-# compile_single_turn's function: (system, user, answer) -> (prompt, completion, trained spans)
-SingleTurn = Callable[[str, str, str], tuple[str, str, list[tuple[int, int]]]]
 
 
 class TemplateError(ValueError, UserError):

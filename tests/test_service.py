@@ -72,8 +72,9 @@ def test_zerogpu_run_records_its_backend_and_resumes_only_when_stopped(tmp_path)
     EventLog(run_dir).emit("paused", message="quota")
     assert service.resume_training(ws, None, run_id) == run_id  # the caller drives the GPU calls again
     EventLog(run_dir).emit("finished", step=10)
-    with pytest.raises(service.ServiceError, match="is finished: nothing to resume"):
+    with pytest.raises(service.ServiceError, match="is finished: nothing to resume") as refused:
         service.resume_training(ws, None, run_id)
+    assert isinstance(refused.value.__cause__, runs.RunError)  # the library's error type is kept, chained
     service.stop_training(ws, None, run_id)
     assert runs.stop_requested(run_dir)
     assert '"finished"' in service.run_logs(ws, None, run_id)

@@ -182,7 +182,3 @@ def make_component(f: Field, value: Any, visible: bool = True, locked: str = "")
     if f.kind == "radio":
         return gr.Radio(**common, choices=list(f.choices))
     raise ValueError(f.kind)
-
-
-def format_columns(mapping: dict[str, str]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in (mapping or {}).items())
