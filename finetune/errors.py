@@ -28,6 +28,10 @@ class UserError(Exception):
     """A request the user can fix; the message says how."""
 
 
+class TrainingError(RuntimeError, UserError):
+    """A run that could not start or went wrong; the message says what to change."""
+
+
 class BadInputError(ValueError, UserError):
     """Input that cannot be used as given (a file, a row, a field): the message names it and the fix."""
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from .io import append_jsonl, read_jsonl
 
@@ -43,6 +43,19 @@ class EventLog:
         if self.on_event is not None:
             self.on_event(event)
         return event
+
+
+class EventSink(Protocol):
+    """Where a run's events go: :class:`EventLog` (rank 0) or :class:`SilentLog`."""
+
+    def emit(self, type: str, **fields: Any) -> dict[str, Any]: ...
+
+
+class SilentLog:
+    """The event log of a process other than rank 0: events are built (callers read them) but not written."""
+
+    def emit(self, type: str, **fields: Any) -> dict[str, Any]:
+        return {"type": type, "time": round(time.time(), 3), **fields}
 
 
 def read_events(run_dir: Path) -> list[dict[str, Any]]:

@@ -130,7 +130,7 @@ def load_data(config: RunConfig, tokenizer: Tokenizer) -> MethodData:
 
 
 def datasets(config: RunConfig, tokenizer: Tokenizer) -> tuple[Dataset, Dataset | None, dict[str, Any], MethodData]:
-    """The method's data as (train, eval or None, summary, the formatted examples), as ``train._datasets``
+    """The method's data as (train, eval or None, summary, the formatted examples), as ``tokenization.sft_datasets``
     gives SFT's."""
     from datasets import Dataset
 

@@ -263,7 +263,7 @@ class RunState:
     eval_losses: list[tuple[int, float]] = field(default_factory=list)
     queue_position: int | None = None  # queued: 1 = trains next (backends.queue)
     device: str = ""  # where the run trains: cuda | cpu | mps (its started event)
-    mem_gb: float | None = None  # device memory in use at the last step (train.Gauge), of mem_total_gb
+    mem_gb: float | None = None  # device memory in use at the last step (gauge.Gauge), of mem_total_gb
     mem_total_gb: float | None = None
     util_pct: float | None = None  # device utilisation at the last step (CPU: 100 per busy core)
     pid: int | None = field(default=None, repr=False)  # the run's latest process (not shown: a server detail)

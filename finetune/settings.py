@@ -67,7 +67,7 @@ class SpeedOptions:
     # CPU: gradient checkpointing only when the run would not fit in RAM without it (train.use_checkpointing).
     checkpoint_only_when_needed_on_cpu: bool = True
     # CPU + sdpa + padding-free: attention runs sequence by sequence inside the concatenated row
-    # (train.packed_sdpa_attention) instead of over the whole row with a block-diagonal mask.
+    # (packed_attention.packed_sdpa_attention) instead of over the whole row with a block-diagonal mask.
     per_sequence_attention_on_cpu: bool = True
 
     # The CUDA choices below never act on CPU (resolve: the CPU path is the one measured above). Until

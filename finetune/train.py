@@ -1,4 +1,12 @@
-"""``train(config)``: one QLoRA/LoRA run on trl's SFTTrainer, top to bottom (setup, train, save).
+"""``train(config)``: one QLoRA/LoRA run on trl's trainers, read top to bottom as phases.
+
+:func:`train` opens the run folder and records a failure; :func:`_train` is the recipe: prepare the run
+(:func:`prepare_run`), load the data (:func:`load_data`), load the model and its adapter (:func:`load_model`), build
+the trainer (:func:`build_trainer`), train, then save the adapter (:func:`save_run`) and finish (:func:`finish`).
+Where the parts live: the callbacks in ``callbacks.py``, the stop rules in ``halt.py`` (one :class:`Halt`), the
+live gauge in ``gauge.py``, tokenisation in ``tokenization.py``, the per-sequence attention in
+``packed_attention.py``, the trainer's arguments and loss in ``trainer.py``, the ``adapter/`` bundle in
+``adapter_bundle.py``.
 
 The run folder is written as it goes: ``config.yaml`` first, ``events.jsonl`` line by line, checkpoints
 every ``training.save_steps`` (adapter + optimizer + scheduler + RNG + data position), ``adapter/`` at
@@ -23,68 +31,42 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, cast
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import methods, runs
-from .adapter import find_adapter_dir, pick_device, write_run_files, write_tokenizer
-from .config import SAMPLE_DATA, ConfigError, RunConfig, validate
-from .errors import UserError, is_programming_error
-from .events import EventLog
+from .adapter import pick_device
+from .adapter_bundle import TrainedDialogs, save_adapter
+from .callbacks import (checkpoint_adapter_callback, evaluate_at_save_callback, evaluation_event, events_callback,
+                        samples_at_save_callback, share_callback)
+from .config import ConfigError, RunConfig, validate
+from .distributed import is_main_process, world_size
+from .errors import TrainingError, is_programming_error
+from .events import EventLog, EventSink, SilentLog
+from .halt import Halt
 from .io import DISK_FULL_FIX, DiskFullError
-from .limits import LimitError, RunCaps, check_steps, time_limit_message
+from .limits import LimitError, RunCaps
 from .models import ModelError
+from .packed_attention import use_packed_attention
 from .settings import Device, ResolvedSettings, SpeedOptions, resolve
-from .templates import token_labels
+from .tokenization import sft_datasets, tokenize_examples
+from .trainer import keep_adapter_dtypes, trained_positions_trainer, trainer_arguments, trainer_settings
 
 if TYPE_CHECKING:
-    import torch
     from datasets import Dataset
-    from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
     from peft import LoraConfig
-    from trl.trainer.sft_trainer import SFTTrainer  # the class trl's lazy top-level module hands out
+    from transformers import Trainer, TrainerCallback
+    from transformers.trainer_utils import TrainOutput
 
+    from .callbacks import EventsCallback
     from .config import LoraSettings, TrainingConfig
     from .cpushare import CpuShare
     from .data import Example
-    from .degeneration import SaveSamples
-    from .evaluate import SaveEvaluation
-    from .models import Model, Tokenizer
-    from .templates import Message
+    from .data.preference import MethodData
+    from .models import Model, ResolvedModel, Tokenizer
 
-    class _EventsCallback(TrainerCallback):
-        """What ``_make_callback`` returns: its callback, and why it halted the run (None: it did not)."""
-
-        halt_reason: str | None
-        halt_message: str | None
-
-Encoding = tuple[list[int], list[tuple[int, int]]]  # one text's token ids and their (start, end) characters
-
-
-class TrainingError(RuntimeError, UserError):
-    """A run that could not start or went wrong; the message says what to change."""
-
-
-def is_main_process() -> bool:
-    """Under ``accelerate launch`` / torchrun every process runs ``train``; only global rank 0 writes the run
-    folder (config, events, adapter), so a 2-GPU run leaves one event per step, not two."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-class _Events(Protocol):
-    """Where a run's events go: :class:`EventLog` (rank 0) or :class:`_SilentLog`."""
-
-    def emit(self, type: str, **fields: Any) -> dict[str, Any]: ...
-
-
-class _SilentLog:
-    """The event log of a process other than rank 0: events are built (callers read them) but not written."""
-
-    def emit(self, type: str, **fields: Any) -> dict[str, Any]:
-        return {"type": type, "time": round(time.time(), 3), **fields}
+# Names other modules know from here (their homes: errors, distributed, tokenization, trainer).
+__all__ = ["RunResult", "StartAdapter", "TrainingError", "is_main_process", "open_run", "resolved_settings",
+           "start_adapter", "tokenize_examples", "train", "trainer_settings", "use_checkpointing", "world_size"]
 
 
 @dataclass
@@ -143,96 +125,6 @@ def _identity(cfg: RunConfig) -> dict[str, Any]:
     d["training"] = {k: v for k, v in d["training"].items() if k not in ("max_steps", "epochs")}
     d.pop("hub", None)
     return d
-
-
-# ---------------------------------------------------------------------------------------------
-# data -> token ids + labels
-
-
-def tokenize_examples(examples: Sequence[Example], tokenizer: Tokenizer, max_length: int) -> dict[str, list[list[int]]]:
-    """Token ids and labels (-100 outside the trained character spans), truncated to ``max_length``.
-
-    The text already contains the template's bos/eos strings, so no special tokens are added.
-    A token is trained on when its characters overlap a trained span (``templates.token_labels``). Each distinct
-    text is tokenized once.
-    """
-    texts = [ex.text for ex in examples]
-    distinct = list(dict.fromkeys(texts))
-    enc = tokenizer(distinct, add_special_tokens=False, return_offsets_mapping=True, truncation=False) if distinct else {}
-    encoded: dict[str, Encoding] = {t: (ids, offsets) for t, ids, offsets
-                                    in zip(distinct, enc.get("input_ids", []), enc.get("offset_mapping", []))}
-    input_ids: list[list[int]] = []
-    labels: list[list[int]] = []
-    for ex, text in zip(examples, texts):
-        ids, offsets = encoded[text]
-        lab = token_labels(ids, offsets, ex.spans)
-        input_ids.append(list(ids[:max_length]))
-        labels.append(lab[:max_length])
-    return {"input_ids": input_ids, "labels": labels}
-
-
-@dataclass(frozen=True)
-class TrainedDialogs:
-    """What the adapter keeps of the data: the default system prompt and dialogs to check its template on."""
-
-    system_prompt: str  # every training row's shared system prompt, else the configured one
-    dialogs: list[list[Message]]  # a sample of the validation (else training) conversations
-
-
-def _datasets(config: RunConfig, tokenizer: Tokenizer
-              ) -> tuple[Dataset, Dataset | None, dict[str, Any], TrainedDialogs, list[Example]]:
-    """Format the configured data with the template and tokenize it: (train, eval or None, summary, dialogs, the
-    examples ``data.test_split`` held out)."""
-    from datasets import Dataset
-
-    from . import data
-    from .verify import sample_dialogs
-
-    d, t = config.data, config.training
-    source = d.source or str(SAMPLE_DATA)
-    result = data.format_dataset(
-        source,
-        hub_config=d.hub_config,
-        split=d.split,
-        template=d.template,
-        system_prompt=d.system_prompt,
-        columns=d.columns or None,
-        tokenizer=tokenizer,
-        measure_tokens=False,  # tokenize_examples below tokenizes each example once, with the offsets labels need
-        train_on=d.train_on,
-        strict=d.strict,
-        keep_duplicates=d.keep_duplicates,
-        val_fraction=d.val_fraction,
-        test_split=d.test_split,
-        seed=d.seed,
-        max_length=t.max_length,
-    )
-    train_tok = tokenize_examples(result.examples, tokenizer, t.max_length)
-    keep = [i for i, lab in enumerate(train_tok["labels"]) if any(x != -100 for x in lab)]
-    if not keep:
-        raise TrainingError(
-            f"{source}: no example has trained-on tokens within training.max_length={t.max_length}; "
-            "raise max_length or shorten the prompts"
-        )
-    train_ds = Dataset.from_dict({k: [v[i] for i in keep] for k, v in train_tok.items()})
-    eval_ds = None
-    if result.val_examples:
-        ev = tokenize_examples(result.val_examples, tokenizer, t.max_length)
-        eval_ds = Dataset.from_dict(ev)
-    summary = {
-        "source": source,
-        "shape": str(result.shape),
-        "rows_in": result.rows_in,
-        "train_examples": len(train_ds),
-        "eval_examples": len(eval_ds) if eval_ds is not None else 0,
-        **({"test_examples": len(result.test_examples)} if d.test_split > 0 else {}),
-        "skipped": dict(result.skipped),
-        "dropped_no_trained_tokens": len(result.examples) - len(keep),
-        "train_tokens": sum(len(x) for x in train_ds["input_ids"]),
-    }
-    # the default system prompt the Dataset tab announces: the rows' shared one, else the one set
-    dialogs = TrainedDialogs(result.default_system_prompt, sample_dialogs(result.val_examples, result.examples))
-    return train_ds, eval_ds, summary, dialogs, result.test_examples
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,47 +200,6 @@ def resolved_settings(config: RunConfig, device: str, speed: SpeedOptions = Spee
     return resolve(config, Device.detect(device), speed)
 
 
-def trainer_settings(resolved: ResolvedSettings) -> dict[str, Any]:
-    """The SFTConfig arguments that come from the resolved settings: optimizer and mixed precision."""
-    return {"optim": resolved.optim, **resolved.trainer_precision}
-
-
-PACKED_SDPA = "finetune_packed_sdpa"
-
-
-def packed_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                          attention_mask: torch.Tensor | None, cu_seq_lens_q: torch.Tensor | None = None,
-                          cu_seq_lens_k: torch.Tensor | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """SDPA over each sequence of a padding-free row separately (causal, no mask).
-
-    A padding-free batch is one row holding every example; plain SDPA attends over the whole row with a
-    block-diagonal [row, row] mask, so its cost grows with the square of the batch's total length (4 x 1024 tokens:
-    16.8M scores per head instead of 4 x 1.05M) and nothing skips the masked blocks on CPU. Here each example only
-    attends to itself: the cost of padded batches without their padding. The same result as the masked row
-    (tests/test_train_bench.py). Anything but a single padding-free row goes to transformers' SDPA unchanged.
-    """
-    import torch
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    if cu_seq_lens_q is None or query.shape[0] != 1 or query.shape[2] != key.shape[2] or cu_seq_lens_q.numel() <= 2:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    bounds = cu_seq_lens_q.tolist()
-    outs = [sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None, is_causal=True,
-                                   **{k: v for k, v in kwargs.items() if k != "is_causal"})[0]
-            for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    return torch.cat(outs, dim=1), None  # [1, row, heads, head_dim], as sdpa_attention_forward returns
-
-
-def _use_packed_attention(model: Model) -> None:
-    """Switch a loaded model's SDPA attention to ``packed_sdpa_attention`` (same masks for everything else)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
-    AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)
-    model.set_attn_implementation(PACKED_SDPA)
-
-
 def use_checkpointing(config: RunConfig, device: str, model_path: str,
                       speed: SpeedOptions = SpeedOptions()) -> tuple[bool, str | None]:
     """Whether to recompute activations in backward, and why it was skipped (None when the config is followed).
@@ -394,220 +245,11 @@ def _cpu_share(device: str) -> CpuShare | None:
     return cpushare.from_env(cpushare.cpu_cores(), concurrent)
 
 
-class Gauge:
-    """Memory and utilisation of the training device, for the live gauge: ``mem_gb`` in use (GPU: reserved by
-    torch; CPU: this process's resident memory), ``mem_total_gb`` and ``util_pct`` (GPU: the card's utilisation
-    where NVML is there; CPU: this process's CPU time over the last interval, 100 per busy core)."""
-
-    def __init__(self) -> None:
-        from .cpushare import process_cpu_seconds
-
-        self._cpu = process_cpu_seconds
-        self._last = (time.monotonic(), process_cpu_seconds(os.getpid()))
-
-    def read(self) -> dict[str, float | None]:
-        import torch
-
-        gib = 1024**3
-        if torch.cuda.is_available():
-            props = torch.cuda.get_device_properties(torch.cuda.current_device())
-            try:
-                util: float | None = float(torch.cuda.utilization())
-            except (ModuleNotFoundError, RuntimeError):  # no NVML on this machine
-                util = None
-            return {"mem_gb": round(torch.cuda.memory_reserved() / gib, 2),
-                    "mem_total_gb": round(props.total_memory / gib, 2), "util_pct": util}
-        now, used = time.monotonic(), self._cpu(os.getpid())
-        then, used_then = self._last
-        self._last = (now, used)
-        util = (round(100 * (used - used_then) / (now - then), 1)
-                if used is not None and used_then is not None and now > then else None)
-        try:
-            rss = int(open("/proc/self/statm", encoding="ascii").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (OSError, ValueError, IndexError):
-            return {"mem_gb": None, "mem_total_gb": None, "util_pct": util}
-        return {"mem_gb": round(rss / gib, 2), "mem_total_gb": round(total / gib, 2), "util_pct": util}
-
-
-# The package each tracker needs (the others: transformers names theirs when one is missing).
-TRACKER_PACKAGES = {"trackio": "trackio", "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
-
-
-def _trackers(config: RunConfig, run_dir: Path) -> list[str]:
-    """``training.report_to`` as the trainer takes it. Trackio writes its local dashboard next to the runs of
-    the same owner (``<runs root>/.trackio``, ``trackio show`` there), so one owner's runs are compared and no other
-    owner's appear; a tracker signs in with its own login, never with a token of this app."""
-    import importlib.util
-
-    from .config import reporters
-
-    names = reporters(config.training.report_to)
-    missing = [n for n in names if n in TRACKER_PACKAGES and importlib.util.find_spec(TRACKER_PACKAGES[n]) is None]
-    if missing:
-        raise TrainingError(f"training.report_to {', '.join(missing)}: install "
-                            f"{' '.join(TRACKER_PACKAGES[n] for n in missing)} (pip), or set training.report_to: none")
-    if "trackio" in names:
-        os.environ.setdefault("TRACKIO_DIR", str(run_dir.parent / ".trackio"))
-    return names
-
-
-def _share_callback(share: CpuShare, log: _Events) -> TrainerCallback:
-    """At each step boundary (at most once a second) set torch's threads from the app's recent CPU use; each
-    change is a ``threads`` event."""
-    import torch
-    from transformers import TrainerCallback
-
-    class ShareCpu(TrainerCallback):
-        def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                          **kw: Any) -> None:
-            threads = share.check()
-            if threads is not None:
-                torch.set_num_threads(threads)
-                log.emit("threads", step=state.global_step, threads=threads, load_cores=round(share.load_cores, 2))
-
-    return ShareCpu()
-
-
-# ---------------------------------------------------------------------------------------------
-# the callback that writes events and honours stop / chunk limits
-
-
-def _make_callback(log: _Events, run_dir: Path, should_stop: Callable[[], bool] | None, until_step: int | None,
-                   time_budget_s: float | None, started_at: float, method: str = "sft",
-                   time_limit_s: float | None = None, beta: float = 0.0) -> _EventsCallback:
-    """``beta``: the method's (methods.beta), which scales the reward margin a dpo or kto step logs."""
-    from transformers import TrainerCallback
-
-    from .degeneration import margin_warning
-
-    class Events(TrainerCallback):
-        def __init__(self) -> None:
-            self.halt_reason: str | None = None
-            self.halt_message: str | None = None  # why, when not the user's stop or a chunk's end
-            self.last_time = time.time()
-            self.last_tokens = 0
-            self.first_step: int | None = None
-            self.step_times: list[float] = []
-            self.gauge = Gauge()
-            self.margin_warned = False  # the reward margin's warning is written once per process
-
-        def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                           **kw: Any) -> None:
-            self.first_step = state.global_step
-            self.last_tokens = state.num_input_tokens_seen or 0
-            self.last_time = time.time()
-
-        def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                        **kw: Any) -> None:
-            now = time.time()
-            self.step_times.append(now - self.last_time)
-            self.last_time = now
-            halt: str | None = None
-            if should_stop is not None and should_stop():
-                halt = "stopped"
-            elif state.global_step < state.max_steps and is_main_process() and runs.claim_stop(run_dir):
-                halt = "stopped"  # taken (renamed): a resume asked from now on follows this process
-            elif until_step is not None and state.global_step >= until_step:
-                halt = "paused"
-            elif time_budget_s is not None:
-                per_step = sum(self.step_times[-5:]) / len(self.step_times[-5:])
-                # leave room for one more step and the checkpoint write
-                if now - started_at + 2 * per_step > time_budget_s:
-                    halt = "paused"
-            if halt is None and time_limit_s is not None and now - started_at >= time_limit_s:
-                # a shared server's cap on one run's time (limits.RunCaps): stopped as a user's stop is, resumable
-                halt = "stopped"
-                self.halt_message = time_limit_message(time_limit_s / 60)
-            halt = _rank0_decides(halt)
-            if halt and state.global_step < state.max_steps:
-                self.halt_reason = halt
-                control.should_save = True
-                control.should_training_stop = True
-
-        def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                   logs: dict[str, float] | None = None, **kw: Any) -> None:
-            logs = logs or {}
-            if "loss" not in logs:
-                return
-            now = time.time()
-            elapsed = now - started_at
-            tokens = state.num_input_tokens_seen or 0
-            done = state.global_step - (self.first_step or 0)
-            recent = self.step_times[-10:]
-            per_step = sum(recent) / len(recent) if recent else None
-            # int: transformers types logging_steps as float (below 1 it is a ratio); ours is a whole number >= 1
-            tps = (tokens - self.last_tokens) / max(sum(self.step_times[-int(args.logging_steps):]), 1e-9)
-            self.last_tokens = tokens
-            metrics = methods.step_metrics(method, logs) if method != "sft" else None
-            log.emit(
-                "step",
-                step=state.global_step,
-                max_steps=state.max_steps,
-                epoch=round(state.epoch or 0, 4),
-                loss=logs.get("loss"),
-                lr=logs.get("learning_rate"),
-                grad_norm=logs.get("grad_norm"),
-                tokens_per_s=round(tps, 1),
-                tokens_seen=tokens,
-                elapsed_s=round(elapsed, 2),
-                eta_s=round(per_step * (state.max_steps - state.global_step), 1) if per_step and done else None,
-                **self.gauge.read(),
-                **({"metrics": metrics} if metrics is not None else {}),
-            )
-            warning = margin_warning(method, metrics or {}, beta)
-            if warning and not self.margin_warned:
-                self.margin_warned = True
-                log.emit("warning", step=state.global_step, kind="margin", message=warning)
-
-        def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                        metrics: dict[str, float] | None = None, **kw: Any) -> None:
-            if metrics and "eval_loss" in metrics:
-                log.emit("eval", step=state.global_step, eval_loss=metrics["eval_loss"])
-
-        def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
-            assert args.output_dir is not None  # train() sets it
-            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            log.emit("checkpoint", step=state.global_step, path=str(path.relative_to(run_dir)))
-
-    return cast("_EventsCallback", Events())  # Events is _EventsCallback's shape, defined once transformers is imported
-
-
-def _checkpoint_adapter_callback(config: RunConfig, tokenizer: Tokenizer, base_name: str, system_prompt: str,
-                                 data_summary: dict[str, Any], device: str) -> TrainerCallback:
-    """After each checkpoint save: ``checkpoint-N/adapter/``, a clean adapter of that step (weights, tokenizer,
-    trained template, model card; no pickles), so any checkpoint can be evaluated, chatted with, pushed or
-    merged."""
-    from transformers import TrainerCallback
-
-    from .adapter import write_checkpoint_adapter
-    from .card import write_model_card
-
-    class CheckpointAdapter(TrainerCallback):
-        def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
-            if not is_main_process():
-                return
-            assert args.output_dir is not None  # train() sets it
-            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            losses = [h["loss"] for h in state.log_history if "loss" in h]
-            metrics = {"steps": state.global_step, **({"first_loss": losses[0], "final_loss": losses[-1]} if losses else {})}
-            folder = write_checkpoint_adapter(path, config, tokenizer, base_name, metrics, system_prompt)
-            write_model_card(folder, config, base_name, metrics, state.log_history, data_summary, device,
-                             tokenizer=tokenizer, plot=False)
-
-    return CheckpointAdapter()
-
-
-def _rank0_decides(value: str | None) -> str | None:
-    """Rank 0's value on every process: a DDP rank that stops alone leaves the others waiting forever in the
-    next all-reduce, and the stop file / time budget can read differently on each rank."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+def _planned_steps(t: TrainingConfig, n_examples: int) -> int:
+    if t.max_steps > 0:
+        return t.max_steps
+    per_epoch = math.ceil(math.ceil(n_examples / (t.batch_size * world_size())) / t.grad_accum)  # DDP splits the data
+    return max(1, math.ceil(per_epoch * t.epochs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -635,14 +277,13 @@ def train(
     transformers TrainerCallbacks. ``speed``: implementation choices (the measured best by default; the
     benchmark turns them off one at a time). ``caps``: a shared server's limits (:mod:`finetune.limits`): a run
     planned over ``caps.max_steps`` fails before it trains; after ``caps.max_minutes`` it checkpoints and stops
-    with a ``stopped`` event that says so.
+    with a ``stopped`` event that says so. The stop rules travel on as one :class:`Halt`.
     """
-    started_at = time.time()
+    halt = Halt(time.time(), should_stop, until_step, time_budget_s, caps)
     config, run_dir, resuming = open_run(config, run_dir, runs_root)
-    log: _Events = EventLog(run_dir, on_event) if is_main_process() else _SilentLog()
+    log: EventSink = EventLog(run_dir, on_event) if is_main_process() else SilentLog()
     try:
-        return _train(config, run_dir, resuming, log, should_stop, until_step, time_budget_s, started_at,
-                      callbacks or [], speed, caps)
+        return _train(_Call(config, run_dir, resuming, log, halt, speed, callbacks or []))
     except (ConfigError, ModelError, TrainingError, runs.RunError) as e:
         log.emit("failed", message=str(e))
         raise
@@ -673,152 +314,193 @@ def _explain(e: Exception, config: RunConfig) -> str:
     return f"{e.__class__.__name__}: {e}"
 
 
-def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, should_stop: Callable[[], bool] | None,
-           until_step: int | None, time_budget_s: float | None, started_at: float,
-           extra_callbacks: list[TrainerCallback], speed: SpeedOptions, caps: RunCaps | None = None) -> RunResult:
-    import torch
-    import transformers
-    from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]  # trl exports them through a lazy module
+@dataclass(frozen=True)
+class _Call:
+    """What one ``train`` call was given, read by every phase."""
 
+    config: RunConfig
+    run_dir: Path
+    resuming: bool
+    log: EventSink
+    halt: Halt
+    speed: SpeedOptions
+    callbacks: list[TrainerCallback]  # the caller's, after the run's own
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What preparing the run decided: the device, the base model, the adapter it starts from, the tokenizer."""
+
+    device: str
+    base: ResolvedModel
+    start: StartAdapter | None
+    saved_config: RunConfig  # what the adapter's files and card record: the LoRA settings the weights trained with
+    tokenizer: Tokenizer
+    resume_from: Path | None  # the last checkpoint of a resumed run
+
+
+@dataclass(frozen=True)
+class _Data:
+    """The tokenized data of the run and what comes with it."""
+
+    train: Dataset
+    eval: Dataset | None
+    summary: dict[str, Any]  # the ``started`` event's ``data``, the model card's
+    dialogs: TrainedDialogs
+    test_source: str | None  # the run's test set, scored at each save and at the end
+    method_data: MethodData | None  # a method other than SFT: its formatted examples
+
+
+def _train(call: _Call) -> RunResult:
+    """The recipe, one phase a line."""
+    if world_size() == 1 and runs.claim_stop(call.run_dir):  # asked before this process began to train
+        return _stopped_before_training(call)
+    setup = prepare_run(call)
+    data = load_data(call, setup)
+    share = _announce(call, setup, data)
+    model, peft_config, settings, checkpointing = load_model(call, setup)
+    trainer, events = build_trainer(call, setup, data, model, peft_config, settings, checkpointing, share)
+    resume_from = setup.resume_from
+    out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if events.halt_reason:
+        return _halted(call, trainer, events)
+    metrics = save_run(call, setup, data, trainer, out)
+    step, max_steps = trainer.state.global_step, trainer.state.max_steps
+    del trainer, model  # what remains to score loads the base afresh (a 4-bit base used for inference must not train)
+    return finish(call, data, step, max_steps, metrics)
+
+
+def _stopped_before_training(call: _Call) -> RunResult:
+    run_dir = call.run_dir
+    step = runs.read_run(run_dir).step
+    call.log.emit("stopped", pid=os.getpid(), step=step, message="stopped before training began")
+    return RunResult(run_dir.name, run_dir, "stopped", step, call.config.training.max_steps, None, {})
+
+
+def prepare_run(call: _Call) -> _Setup:
+    """The device, the base model checked against the config, the adapter to start from (checked before anything
+    loads) and the tokenizer."""
     from . import models
 
-    # -- setup -----------------------------------------------------------------------------
-    if world_size() == 1 and runs.claim_stop(run_dir):  # asked before this process began to train
-        step = runs.read_run(run_dir).step
-        log.emit("stopped", pid=os.getpid(), step=step, message="stopped before training began")
-        return RunResult(run_dir.name, run_dir, "stopped", step, config.training.max_steps, None, {})
+    config = call.config
     device = pick_device()
-    resolved = models.resolve(config.model)
-    validate(config, models.model_max_length(resolved.path, resolved.revision), source=str(run_dir / runs.CONFIG_FILE))
-    start = start_adapter(config, resolved.name)  # a missing or mismatched adapter fails before the data loads
-    # what the adapter's files and card record: the LoRA settings the weights were trained with
+    base = models.resolve(config.model)
+    validate(config, models.model_max_length(base.path, base.revision), source=str(call.run_dir / runs.CONFIG_FILE))
+    start = start_adapter(config, base.name)  # a missing or mismatched adapter fails before the data loads
     saved_config = dataclasses.replace(config, lora=start.lora) if start else config
     if config.quantization.load_in != "none" and device == "cpu" and config.quantization.load_in == "8bit":
         raise TrainingError("8-bit loading needs a CUDA GPU; use quantization.load_in: 4bit or none on CPU")
     tokenizer = models.load_tokenizer(config.model)
+    resume_from = runs.last_checkpoint(call.run_dir) if call.resuming else None
+    return _Setup(device, base, start, saved_config, tokenizer, resume_from)
+
+
+def load_data(call: _Call, setup: _Setup) -> _Data:
+    """The method's data formatted and tokenized, the run's test set kept and checked, the planned steps checked
+    against a shared server's step cap."""
+    from .evaluate import run_test_source
+
+    config, run_dir = call.config, call.run_dir
     t = config.training
     held_out: list[Example] = []
+    method_data: MethodData | None = None
     if t.method == "sft":
-        train_ds, eval_ds, data_summary, dialogs, held_out = _datasets(config, tokenizer)
+        train_ds, eval_ds, summary, dialogs, held_out = sft_datasets(config, setup.tokenizer)
     else:  # preference and reward methods: their own data shapes and trl trainer (finetune/methods.py)
         from .verify import sample_dialogs
 
-        train_ds, eval_ds, data_summary, method_data = methods.datasets(config, tokenizer)
+        train_ds, eval_ds, summary, method_data = methods.datasets(config, setup.tokenizer)
         dialogs = TrainedDialogs(method_data.default_system_prompt,
                                  sample_dialogs(method_data.val_examples, method_data.examples))
     if config.data.test_split > 0 and is_main_process():  # the run's test set, for every later evaluation
         from .evaluate import write_held_out
 
         write_held_out(held_out, run_dir / runs.TEST_SET)
-    from .evaluate import run_test_source
-
     test_source = run_test_source(run_dir, config)
     if test_source:  # a bad test file is the user's to fix before training, not after
         from .evaluate import limited, read_test_set
 
-        data_summary["test_prompts"] = len(limited(read_test_set(test_source), config.data.test_limit))
-    if caps is not None:  # an epochs run is planned only now, from the rows its data has
-        try:
-            check_steps(caps, _planned_steps(t, len(train_ds)))
-        except LimitError as e:
-            raise TrainingError(str(e)) from None
-    resume_from = runs.last_checkpoint(run_dir) if resuming else None
-    share = _cpu_share(device)
+        summary["test_prompts"] = len(limited(read_test_set(test_source), config.data.test_limit))
+    try:  # an epochs run is planned only now, from the rows its data has
+        call.halt.check_planned(_planned_steps(t, len(train_ds)))
+    except LimitError as e:
+        raise TrainingError(str(e)) from None
+    return _Data(train_ds, eval_ds, summary, dialogs, test_source, method_data)
+
+
+def _announce(call: _Call, setup: _Setup, data: _Data) -> CpuShare | None:
+    """Take the CPU share the app asks for, then the ``started`` event (and the note on an adapter's LoRA
+    settings). Returns the share, which a callback follows."""
+    import torch
+
+    config, run_dir, start = call.config, call.run_dir, setup.start
+    share = _cpu_share(setup.device)
     if share is not None:
         torch.set_num_threads(share.most)
-    log.emit(
+    call.log.emit(
         "started",
         name=config.name,
-        model=resolved.name,
-        device=device,
+        model=setup.base.name,
+        device=setup.device,
         pid=os.getpid(),
         cpu_threads=torch.get_num_threads(),
         shares_cpu=share is not None,
-        resumed_from=str(resume_from.relative_to(run_dir)) if resume_from else None,
+        resumed_from=str(setup.resume_from.relative_to(run_dir)) if setup.resume_from else None,
         init_adapter=start.label if start else None,
-        data=data_summary,
-        max_steps=_planned_steps(t, len(train_ds)),
+        data=data.summary,
+        max_steps=_planned_steps(config.training, len(data.train)),
     )
-
     if start is not None and (note := _lora_note(config, start)):
-        log.emit("note", message=note)
+        call.log.emit("note", message=note)
+    return share
+
+
+def load_model(call: _Call, setup: _Setup) -> tuple[Model, LoraConfig | None, ResolvedSettings, bool]:
+    """The settings made concrete on this device, the base model loaded with them, the adapter to train (a fresh
+    LoRA: its config, for the trainer; the start adapter's weights: None) and whether to checkpoint activations."""
+    import torch
+    import transformers
+
+    from . import models
+
+    config, log, t = call.config, call.log, call.config.training
     transformers.set_seed(t.seed)  # LoRA init and dropout are seeded
-    settings = resolved_settings(config, device, speed)
-    checkpointing, checkpointing_note = use_checkpointing(config, device, str(resolved.path), speed)
+    settings = resolved_settings(config, setup.device, call.speed)
+    checkpointing, checkpointing_note = use_checkpointing(config, setup.device, str(setup.base.path), call.speed)
     if checkpointing_note:
         log.emit("note", message=checkpointing_note)
     model_cfg = config.model
     if t.method == "sft" and settings.attention == "flash_attention_2" and model_cfg.attn_implementation != settings.attention:
         model_cfg = dataclasses.replace(model_cfg, attn_implementation=settings.attention)  # varlen on CUDA
-    model, _ = models.load_model(model_cfg, config.quantization, device, dtype=getattr(torch, settings.model_dtype))
+    model, _ = models.load_model(model_cfg, config.quantization, setup.device, dtype=getattr(torch, settings.model_dtype))
     if t.method == "sft" and settings.attention == "per_sequence_sdpa":
-        _use_packed_attention(model)
+        use_packed_attention(model)
     if settings.kernels == "liger":
         kernels_note = models.apply_liger_kernels(model)
         if kernels_note:
             log.emit("note", message=kernels_note)
     peft_config: LoraConfig | None = models.lora_config(config.lora)
-    if start is not None:
+    if setup.start is not None:
         from peft import PeftModel
 
         # the adapter's weights, trainable, instead of a fresh LoRA; a resumed run starts here too and the trainer
         # then loads its checkpoint's weights over them (dpo/kto/grpo with a KL term copy these starting weights as
         # their reference, so the reference of a resumed run is the same)
-        model = PeftModel.from_pretrained(model, str(start.folder), is_trainable=True)
+        model = PeftModel.from_pretrained(model, str(setup.start.folder), is_trainable=True)
         peft_config = None
-    common: dict[str, Any] = dict(  # the arguments of every method's trainer config
-        output_dir=str(run_dir / runs.CHECKPOINTS),
-        learning_rate=t.learning_rate,
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps if t.max_steps > 0 else -1,
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.grad_accum,
-        lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_ratio,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,  # 0 = no clipping (the Trainer clips only when > 0; None would fail there)
-        gradient_checkpointing=checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": settings.checkpoint_reentrant} if checkpointing else None,
-        seed=t.seed,
-        data_seed=t.seed,
-        logging_steps=t.logging_steps,
-        save_strategy="steps",
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
-        eval_strategy=("steps" if t.eval_steps > 0 else "no") if eval_ds is not None else "no",
-        eval_steps=t.eval_steps if t.eval_steps > 0 else None,
-        report_to=_trackers(config, run_dir) or "none",
-        run_name=run_dir.name,
-        project=t.project,
-        disable_tqdm=True,
-        use_cpu=device == "cpu",
-        include_num_input_tokens_seen="non_padding",
-        **trainer_settings(settings),
-    )
-    callback = _make_callback(log, run_dir, should_stop, until_step, time_budget_s, started_at, t.method,
-                              caps.max_minutes * 60 if caps is not None and caps.max_minutes is not None else None,
-                              beta=methods.beta(config))
-    callbacks = [_checkpoint_adapter_callback(saved_config, tokenizer, resolved.name, dialogs.system_prompt, data_summary,
-                                              device), callback,
-                 *([_share_callback(share, log)] if share else []), *extra_callbacks]
-    if test_source and is_main_process() and world_size() == 1:  # a sharded model generates on every rank or none
-        from .evaluate import SaveEvaluation
+    return model, peft_config, settings, checkpointing
 
-        evaluation = SaveEvaluation(run_dir, test_source, base_model=resolved.name, limit=config.data.test_limit,
-                                    max_new_tokens=config.data.test_max_new_tokens,
-                                    in_memory=_scores_in_memory(config, settings, device))
-        callbacks.insert(2, _evaluate_at_save_callback(evaluation, tokenizer, log, callback, time_budget_s, started_at))
-    if t.method != "sft" and is_main_process() and world_size() == 1:
-        # preference metrics cannot show a model whose answers degenerated: a few answers at each save can
-        from .degeneration import SaveSamples, sample_prompts, sample_tokens
 
-        prompts = sample_prompts(method_data.val_examples or method_data.examples)
-        if prompts:
-            samples = SaveSamples(prompts, base_model=resolved.name, quantization=config.quantization,
-                                  max_new_tokens=sample_tokens([r for _, r in prompts], tokenizer))
-            callbacks.insert(callbacks.index(callback) + 1,
-                             _samples_at_save_callback(samples, log, callback, time_budget_s, started_at))
+def build_trainer(call: _Call, setup: _Setup, data: _Data, model: Model, peft_config: LoraConfig | None,
+                  settings: ResolvedSettings, checkpointing: bool,
+                  share: CpuShare | None) -> tuple[Trainer, EventsCallback]:
+    """The method's trl trainer with the run's callbacks; returns it and the events callback, which says whether
+    the run halted."""
+    from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]  # trl exports them through a lazy module
+
+    config, run_dir, t = call.config, call.run_dir, call.config.training
+    common = trainer_arguments(config, run_dir, data.eval is not None, checkpointing, settings, setup.device)
+    callbacks, events = _callbacks(call, setup, data, settings, share)
     trainer: Trainer
     if t.method == "sft":
         sft_args = SFTConfig(
@@ -830,41 +512,78 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
             dataset_num_proc=None,
             completion_only_loss=None,
         )
-        trainer_cls: type[SFTTrainer] = _trainer_class(settings.loss) if settings.loss != "trl" else SFTTrainer
+        trainer_cls: type[SFTTrainer] = trained_positions_trainer(settings.loss) if settings.loss != "trl" else SFTTrainer
         trainer = trainer_cls(
             model=model,
             args=sft_args,
-            train_dataset=train_ds,
-            eval_dataset=eval_ds,
-            processing_class=tokenizer,
+            train_dataset=data.train,
+            eval_dataset=data.eval,
+            processing_class=setup.tokenizer,
             peft_config=peft_config,
             callbacks=callbacks,
         )
     else:
-        trainer = methods.make_trainer(config, model, tokenizer, common, train_ds, eval_ds,
-                                       peft_config, callbacks, device)
+        trainer = methods.make_trainer(config, model, setup.tokenizer, common, data.train, data.eval,
+                                       peft_config, callbacks, setup.device)
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our events replace its raw dict prints
-    if resume_from is not None:
-        _keep_adapter_dtypes(trainer)
+    if setup.resume_from is not None:
+        keep_adapter_dtypes(trainer)
+    return trainer, events
 
-    # -- train -------------------------------------------------------------------------------
-    out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+
+def _callbacks(call: _Call, setup: _Setup, data: _Data, settings: ResolvedSettings,
+               share: CpuShare | None) -> tuple[list[TrainerCallback], EventsCallback]:
+    """The run's callbacks in the order they act at a save: the checkpoint's adapter, the events (and stop
+    rules), the test set scored and the preference samples answered with that adapter, the CPU share, then the
+    caller's. Returns them and the events callback."""
+    config, log, halt, device = call.config, call.log, call.halt, setup.device
+    events = events_callback(log, call.run_dir, halt, config.training.method, beta=methods.beta(config))
+    callbacks = [checkpoint_adapter_callback(setup.saved_config, setup.tokenizer, setup.base.name,
+                                             data.dialogs.system_prompt, data.summary, device), events,
+                 *([share_callback(share, log)] if share else []), *call.callbacks]
+    single = is_main_process() and world_size() == 1  # a sharded model generates on every rank or none
+    if data.test_source and single:
+        from .evaluate import SaveEvaluation
+
+        evaluation = SaveEvaluation(call.run_dir, data.test_source, base_model=setup.base.name,
+                                    limit=config.data.test_limit, max_new_tokens=config.data.test_max_new_tokens,
+                                    in_memory=_scores_in_memory(config, settings, device))
+        callbacks.insert(2, evaluate_at_save_callback(evaluation, setup.tokenizer, log, events, halt))
+    if data.method_data is not None and single:
+        # preference metrics cannot show a model whose answers degenerated: a few answers at each save can
+        from .degeneration import SaveSamples, sample_prompts, sample_tokens
+
+        prompts = sample_prompts(data.method_data.val_examples or data.method_data.examples)
+        if prompts:
+            samples = SaveSamples(prompts, base_model=setup.base.name, quantization=config.quantization,
+                                  max_new_tokens=sample_tokens([r for _, r in prompts], setup.tokenizer))
+            callbacks.insert(callbacks.index(events) + 1, samples_at_save_callback(samples, log, events, halt))
+    return callbacks, events
+
+
+def _halted(call: _Call, trainer: Trainer, events: EventsCallback) -> RunResult:
+    """A run its stop rules ended at a checkpoint: the ``stopped`` or ``paused`` event, no adapter."""
+    run_dir, step = call.run_dir, trainer.state.global_step
+    reason = events.halt_reason
+    assert reason is not None  # _train calls this only for a halted run
+    call.log.emit(reason, step=step, max_steps=trainer.state.max_steps,
+                  message=events.halt_message or ("stopped by the user" if reason == "stopped"
+                                                  else "chunk ended at a checkpoint"),
+                  **({"limit": "time"} if events.halt_message else {}))
+    return RunResult(run_dir.name, run_dir, reason, step, trainer.state.max_steps, None, {})
+
+
+def save_run(call: _Call, setup: _Setup, data: _Data, trainer: Trainer, out: TrainOutput) -> dict[str, Any]:
+    """The run's metrics (the held-out loss evaluated now) and, on rank 0, the ``adapter/`` bundle."""
+    t, log = call.config.training, call.log
     step = trainer.state.global_step
-    if callback.halt_reason:
-        log.emit(callback.halt_reason, step=step, max_steps=trainer.state.max_steps,
-                 message=callback.halt_message or ("stopped by the user" if callback.halt_reason == "stopped"
-                                                   else "chunk ended at a checkpoint"),
-                 **({"limit": "time"} if callback.halt_message else {}))
-        return RunResult(run_dir.name, run_dir, callback.halt_reason, step, trainer.state.max_steps, None, {})
-
-    # -- save ----------------------------------------------------------------------------------
     metrics: dict[str, Any] = {"train_loss": out.training_loss, "steps": step, "train_runtime_s": out.metrics.get("train_runtime")}
     if t.method != "sft":
         metrics["method"] = t.method
         metrics.update(methods.final_metrics(t.method, trainer.state.log_history))
-    if eval_ds is not None:
+    if data.eval is not None:
         evaluated = trainer.evaluate()
         if "eval_loss" in evaluated:
             metrics["eval_loss"] = evaluated["eval_loss"]
@@ -872,15 +591,19 @@ def _train(config: RunConfig, run_dir: Path, resuming: bool, log: _Events, shoul
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     if losses:
         metrics["first_loss"], metrics["final_loss"] = losses[0], losses[-1]
-    adapter_dir = run_dir / runs.ADAPTER
     if is_main_process():
-        save_adapter(trainer, tokenizer, saved_config, resolved.name, run_dir, metrics, data_summary, device, dialogs, log)
-    max_steps = trainer.state.max_steps
-    if test_source and is_main_process():
-        del trainer, model  # what remains to score loads the base afresh (a 4-bit base used for inference must not train)
-        _evaluate_run(config, run_dir, test_source, log)
-    log.emit("finished", step=step, adapter=runs.ADAPTER, metrics=metrics)
-    return RunResult(run_dir.name, run_dir, "finished", step, max_steps, adapter_dir, metrics)
+        save_adapter(trainer, setup.tokenizer, setup.saved_config, setup.base.name, call.run_dir, metrics,
+                     data.summary, setup.device, data.dialogs, log)
+    return metrics
+
+
+def finish(call: _Call, data: _Data, step: int, max_steps: int, metrics: dict[str, Any]) -> RunResult:
+    """The test set scored with the adapter and the kept checkpoints, then the ``finished`` event."""
+    run_dir = call.run_dir
+    if data.test_source and is_main_process():
+        _evaluate_run(call.config, run_dir, data.test_source, call.log)
+    call.log.emit("finished", step=step, adapter=runs.ADAPTER, metrics=metrics)
+    return RunResult(run_dir.name, run_dir, "finished", step, max_steps, run_dir / runs.ADAPTER, metrics)
 
 
 def _scores_in_memory(config: RunConfig, settings: ResolvedSettings, device: str) -> bool:
@@ -897,73 +620,7 @@ def _scores_in_memory(config: RunConfig, settings: ResolvedSettings, device: str
     return bool(getattr(torch, settings.model_dtype) == eval_dtype)
 
 
-def _evaluation_event(log: _Events, entry: dict[str, Any], **extra: Any) -> None:
-    from .evaluate import METRICS
-
-    log.emit("evaluation", step=entry["step"], model=entry["checkpoint"], n=entry.get("n"),
-             **{m: entry.get(m) for m in METRICS}, **extra)
-
-
-def _evaluate_at_save_callback(evaluation: SaveEvaluation, tokenizer: Tokenizer, log: _Events,
-                               events: _EventsCallback, time_budget_s: float | None,
-                               started_at: float) -> TrainerCallback:
-    """After each checkpoint save (and its ``adapter/``): the test set scored with that checkpoint, one
-    ``evaluation`` event per new figure (the base model's, at step 0, on the first save), so the metric curve
-    grows while the run trains. A save that ends the call (stop, a ZeroGPU chunk's end) and a save too close to
-    a time budget's end are left to the evaluation when the run ends."""
-    from transformers import TrainerCallback
-
-    class EvaluateAtSave(TrainerCallback):
-        def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                    model: Model | None = None, **kw: Any) -> None:
-            assert args.output_dir is not None and model is not None  # train() sets them
-            step = state.global_step
-            if events.halt_reason:
-                return
-            if time_budget_s is not None:
-                left = time_budget_s - (time.time() - started_at)
-                if left < 2 * (evaluation.last_seconds or time_budget_s / 4):
-                    log.emit("note", step=step, message=f"checkpoint {step} is scored when the run ends: too little "
-                             "time is left in this call")
-                    return
-            for entry in evaluation.at_save(model, tokenizer, Path(args.output_dir) / f"checkpoint-{step}"):
-                _evaluation_event(log, entry)
-
-    return EvaluateAtSave()
-
-
-def _samples_at_save_callback(samples: SaveSamples, log: _Events, events: _EventsCallback,
-                              time_budget_s: float | None, started_at: float) -> TrainerCallback:
-    """After each checkpoint save of a preference run: a ``samples`` event with the checkpoint's answers to the
-    fixed sample prompts and the warnings ``degeneration.judge`` gives them. A save that ends the call (stop, a
-    ZeroGPU chunk's end) or leaves too little of a time budget writes none."""
-    from transformers import TrainerCallback
-
-    class SamplesAtSave(TrainerCallback):
-        def __init__(self) -> None:
-            self.last_seconds: float | None = None
-
-        def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
-            assert args.output_dir is not None  # train() sets it
-            if events.halt_reason:
-                return
-            if time_budget_s is not None and self.last_seconds is not None:
-                if time_budget_s - (time.time() - started_at) < 2 * self.last_seconds:
-                    return
-            began = time.time()
-            step = state.global_step
-            checkpoint = Path(args.output_dir) / f"checkpoint-{step}"
-            adapter = find_adapter_dir(checkpoint)
-            if adapter is None or adapter == checkpoint:
-                return  # the checkpoint adapter callback writes adapter/ first (with the template to prompt with)
-            answers, warnings = samples.at_save(adapter)
-            self.last_seconds = time.time() - began
-            log.emit("samples", step=step, samples=[a.to_json() for a in answers], warnings=warnings)
-
-    return SamplesAtSave()
-
-
-def _evaluate_run(config: RunConfig, run_dir: Path, test_source: str, log: _Events) -> None:
+def _evaluate_run(config: RunConfig, run_dir: Path, test_source: str, log: EventSink) -> None:
     """Evaluate the finished adapter and every kept checkpoint on the run's test set, taking what was scored at
     the saves from the run's report (each step is scored once): an ``evaluation`` event for each figure computed
     now (the base model's at step 0), then the adapter's, and the report in the run folder."""
@@ -983,128 +640,8 @@ def _evaluate_run(config: RunConfig, run_dir: Path, test_source: str, log: _Even
                       limit=config.data.test_limit, max_new_tokens=config.data.test_max_new_tokens, reuse=earlier)
     reused = (report.get("test_set") or {}).get("fingerprint") == ((earlier or {}).get("test_set") or {}).get("fingerprint")
     if not (reused and (earlier or {}).get("base")):
-        _evaluation_event(log, {"checkpoint": "base", **(report.get("base") or {}), "step": 0})
+        evaluation_event(log, {"checkpoint": "base", **(report.get("base") or {}), "step": 0})
     for c in report.get("checkpoints") or []:
         if c["step"] != report.get("step") and not (reused and c["step"] in scored):
-            _evaluation_event(log, c)
-    _evaluation_event(log, {**report, "checkpoint": runs.ADAPTER}, report=runs.EVAL_REPORT)
-
-
-def _trainer_class(loss: str = "trained_positions") -> type[SFTTrainer]:
-    """SFTTrainer whose training loss projects only the trained positions through the LM head.
-
-    ``loss`` (``ResolvedSettings.loss``): ``trained_positions`` (CPU) selects those positions' logits and takes
-    their cross-entropy in chunks of rows, as below; ``chunked`` and ``liger`` (CUDA) pass their hidden states to
-    :func:`finetune.loss.trained_positions_loss`, so not even their logits exist at once.
-
-    trl's fused LM head scores every position on devices without Triton (CPU), and also computes the entropy
-    and top-1 metrics over the whole vocabulary. Here the hidden states of the positions whose next token is
-    trained on (assistant answers; never padding) are selected before the LM head (``logits_to_keep`` as a
-    boolean mask), so the [tokens, vocab] logits exist only for those. Same loss (sum of the next-token NLL over
-    trained tokens / their count or ``num_items_in_batch``); evaluation keeps trl's path.
-    """
-    import torch
-    import torch.nn.functional as F
-    from trl import SFTTrainer  # type: ignore[attr-defined]  # trl exports it through a lazy module
-
-    impl = loss  # compute_loss below has a local of that name
-
-    class TrainedPositionsSFTTrainer(SFTTrainer):
-        ce_rows = 2048  # rows of fp32 logits per cross-entropy chunk: 2048 x 49k vocab = 400 MB at most
-
-        def compute_loss(self, model: Model, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
-                         num_items_in_batch: torch.Tensor | int | None = None) -> Any:
-            if return_outputs or not model.training or self.compute_loss_func is not None or self.label_smoother is not None:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)  # type: ignore[no-untyped-call]  # trl leaves compute_loss unannotated
-            if impl in ("chunked", "liger"):
-                from .loss import supports, trained_positions_loss
-
-                if not supports(model):  # scaled or soft-capped logits, a head with a bias: trl's exact path
-                    return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)  # type: ignore[no-untyped-call]
-                out = trained_positions_loss(model, inputs, num_items_in_batch, impl=impl)
-                if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                    out = out * self.accelerator.num_processes
-                return out
-            labels = inputs["labels"]
-            keep = torch.zeros_like(labels, dtype=torch.bool)
-            keep[:, :-1] = labels[:, 1:] != -100  # position i predicts token i + 1
-            targets = labels[:, 1:][keep[:, :-1]]
-            forward: dict[str, Any] = {k: v for k, v in inputs.items() if k != "labels"}
-            forward["use_cache"] = False
-            logits = model(**forward, logits_to_keep=keep).logits  # [trained tokens, vocab]
-            chunks = [F.cross_entropy(logits[i:i + self.ce_rows].float(), targets[i:i + self.ce_rows], reduction="sum")
-                      for i in range(0, max(1, logits.shape[0]), self.ce_rows)]  # at least one
-            nll = sum(chunks[1:], chunks[0])
-            count = targets.numel() if num_items_in_batch is None else num_items_in_batch
-            loss = nll / torch.as_tensor(count, device=nll.device).clamp(min=1)
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                loss = loss * self.accelerator.num_processes
-            return loss
-
-    return TrainedPositionsSFTTrainer
-
-
-def _keep_adapter_dtypes(trainer: Trainer) -> None:
-    """A resumed run trains its LoRA weights in the dtype the uninterrupted run uses.
-
-    The Trainer loads a checkpoint's adapter with peft's ``load_adapter``, which re-creates the LoRA weights in
-    float32, while trl trains a QLoRA adapter in bf16: the resumed run went on in another precision (a 4-bit tiny
-    Llama, 2 + 2 steps: adapters 2e-4 apart from the uninterrupted run's, 0.0 with this; found by
-    bench/gpu_check.py's resume part). The weights go back to their dtype before the optimizer is built.
-    """
-    original = trainer._load_from_checkpoint
-
-    def load(resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
-        peft_model: Model = trainer.model  # transformers types it as PreTrainedModel | Module | None
-        dtypes = {n: p.dtype for n, p in peft_model.named_parameters() if p.requires_grad}
-        original(resume_from_checkpoint, model)
-        for name, param in peft_model.named_parameters():
-            if name in dtypes and param.dtype != dtypes[name]:
-                param.data = param.data.to(dtypes[name])
-
-    trainer._load_from_checkpoint = load  # type: ignore[method-assign]  # one instance, one resume
-
-
-def _planned_steps(t: TrainingConfig, n_examples: int) -> int:
-    if t.max_steps > 0:
-        return t.max_steps
-    per_epoch = math.ceil(math.ceil(n_examples / (t.batch_size * world_size())) / t.grad_accum)  # DDP splits the data
-    return max(1, math.ceil(per_epoch * t.epochs))
-
-
-# ---------------------------------------------------------------------------------------------
-# the adapter bundle
-
-
-def save_adapter(trainer: Trainer, tokenizer: Tokenizer, config: RunConfig, base_name: str, run_dir: Path,
-                 metrics: dict[str, Any], data_summary: dict[str, Any], device: str,
-                 dialogs: TrainedDialogs | None = None, log: _Events | None = None) -> Path:
-    """Write ``adapter/``: a plain PEFT adapter plus the template, config, metrics and a model card.
-
-    The tokenizer carries the trained template as its chat template; the adapter is then checked with
-    :func:`verify.check_template` (on ``dialogs`` and the built-in probes), the result a ``template_check``
-    event and a line on the model card."""
-    from .card import write_model_card
-    from .verify import check_template
-
-    out = run_dir / runs.ADAPTER
-    tmp = run_dir / (runs.ADAPTER + ".tmp")
-    import shutil
-
-    shutil.rmtree(tmp, ignore_errors=True)
-    model: Model = trainer.model  # a PeftModel: transformers types it as PreTrainedModel | Module | None
-    model.peft_config["default"].base_model_name_or_path = base_name
-    # the trained adapter only: a run that started from an adapter also holds trl's frozen copy of it ("ref")
-    model.save_pretrained(tmp, safe_serialization=True, selected_adapters=["default"])
-    system = dialogs.system_prompt if dialogs is not None else None
-    write_tokenizer(tmp, config, tokenizer, system)
-    write_run_files(tmp, config, tokenizer, metrics, system)
-    check = check_template(tmp, dialogs=dialogs.dialogs if dialogs is not None else [], base_tokenizer=tokenizer)
-    if log is not None:
-        log.emit("template_check", **check.to_event())
-    write_model_card(tmp, config, base_name, metrics, trainer.state.log_history, data_summary, device,  # + loss_curve.png
-                     template_check=("Template check: " + check.message()))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out
-
+            evaluation_event(log, c)
+    evaluation_event(log, {**report, "checkpoint": runs.ADAPTER}, report=runs.EVAL_REPORT)

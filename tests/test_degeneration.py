@@ -67,13 +67,14 @@ def test_margin_past_the_limit_writes_one_warning_event(tmp_path):
     state carries and the Train tab shows above the progress bar."""
     from finetune.events import EventLog, read_events
     from finetune.runs import read_run
-    from finetune.train import _make_callback
+    from finetune.callbacks import events_callback
+    from finetune.halt import Halt
     from finetune.ui.train_tab import progress_html
 
     (tmp_path / "config.yaml").write_text("{}\n")
     log = EventLog(tmp_path)
     log.emit("started", pid=None, max_steps=10)
-    callback = _make_callback(log, tmp_path, None, None, None, 0.0, "dpo", 0.1)
+    callback = events_callback(log, tmp_path, Halt(started_at=0.0), "dpo", beta=0.1)
     args, control = SimpleNamespace(logging_steps=1), SimpleNamespace()
     for step, margin in ((1, 2.0), (2, 19.8), (3, 25.0)):
         state = SimpleNamespace(global_step=step, max_steps=10, epoch=0.1, num_input_tokens_seen=0)

@@ -87,7 +87,7 @@ def test_the_trainer_loss_on_cuda_is_the_same_code_and_value_as_on_cpu(tmp_path,
     from datasets import Dataset
     from trl import SFTConfig
 
-    from finetune.train import _trainer_class
+    from finetune.trainer import trained_positions_trainer
 
     model = _tiny_peft_model()
     g = torch.Generator().manual_seed(2)
@@ -99,7 +99,7 @@ def test_the_trainer_loss_on_cuda_is_the_same_code_and_value_as_on_cpu(tmp_path,
     ds = Dataset.from_dict({"input_ids": [ids[0].tolist()]})
     values = {}
     for loss in ("trained_positions", "chunked"):
-        trainer = _trainer_class(loss)(model=model, args=args, train_dataset=ds, processing_class=smollm2_tokenizer)
+        trainer = trained_positions_trainer(loss)(model=model, args=args, train_dataset=ds, processing_class=smollm2_tokenizer)
         values[loss] = trainer.compute_loss(trainer.model, dict(batch))
     assert torch.allclose(values["chunked"], values["trained_positions"], atol=1e-5), values
     assert CHUNK_ROWS >= 256  # a chunk of rows keeps the GPU's matmuls large

@@ -28,15 +28,16 @@ def _trainer(config, tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig
 
-    from finetune.train import _datasets, _trainer_class
+    from finetune.tokenization import sft_datasets
+    from finetune.trainer import trained_positions_trainer
 
-    train_ds, eval_ds, _, _, _ = _datasets(config, tokenizer)
+    train_ds, eval_ds, _, _, _ = sft_datasets(config, tokenizer)
     assert eval_ds is None and len(train_ds) == len(ROWS)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(config.model.id, dtype=torch.float32)
     args = SFTConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=1, report_to="none", use_cpu=True,
                      bf16=False, max_length=config.training.max_length, gradient_checkpointing=False, disable_tqdm=True)
-    trainer = _trainer_class()(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
+    trainer = trained_positions_trainer()(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
                                peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
                                                       task_type="CAUSAL_LM"))
     for name, p in trainer.model.named_parameters():  # non-zero B: the adapter changes the scores

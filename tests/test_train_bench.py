@@ -91,7 +91,7 @@ def _batch_and_trainers(model_dir: Path, tmp_path: Path, padding_free: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from finetune.train import _trainer_class
+    from finetune.trainer import trained_positions_trainer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     g = torch.Generator().manual_seed(0)
@@ -102,7 +102,7 @@ def _batch_and_trainers(model_dir: Path, tmp_path: Path, padding_free: bool):
         rows["labels"].append([-100] * prompt + ids[prompt:])
     ds = Dataset.from_dict(rows)
     trainers = []
-    for cls in (SFTTrainer, _trainer_class()):
+    for cls in (SFTTrainer, trained_positions_trainer()):
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         args = SFTConfig(output_dir=str(tmp_path / cls.__name__), per_device_train_batch_size=4, report_to="none",
@@ -147,7 +147,7 @@ def test_trained_positions_loss_equals_trl_loss(tiny_model_dir, tmp_path, paddin
 def test_per_sequence_attention_equals_each_sequence_alone(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from finetune.train import _use_packed_attention
+    from finetune.packed_attention import use_packed_attention
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     lens = [30, 5, 61, 1, 17]
@@ -157,7 +157,7 @@ def test_per_sequence_attention_equals_each_sequence_alone(tiny_model_dir):
                cu_seq_lens_k=cu, max_length_q=max(lens), max_length_k=max(lens), use_cache=False)
     with torch.no_grad():
         masked = model(**row).logits  # transformers' SDPA with the block-diagonal mask
-        _use_packed_attention(model)
+        use_packed_attention(model)
         packed = model(**row).logits
         alone = torch.cat([model(input_ids=ids[:, a:b], use_cache=False).logits
                            for a, b in zip(cu[:-1].tolist(), cu[1:].tolist())], dim=1)
