@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from finetune.config import DataConfig  # noqa: E402
 from finetune.data import format_dataset, write_jsonl  # noqa: E402
 from finetune.templates import render  # noqa: E402
 
@@ -68,7 +69,7 @@ def naive(src: Path, out: Path) -> int:
 
 
 def ours(src: Path, out: Path) -> int:
-    result = format_dataset(src, template="llama2")
+    result = format_dataset(src, DataConfig(template="llama2"))
     assert not result.problems, result.problems[:3]
     return write_jsonl(result.examples, out)
 

@@ -542,6 +542,7 @@ def part_inference(ctx: Context, sec: dict[str, Any]) -> None:
 
 def part_flow(ctx: Context, sec: dict[str, Any]) -> None:
     from finetune import data, export, inference
+    from finetune.config import DataConfig
     from finetune.config import SAMPLE_DATA
     from finetune.models import load_tokenizer
     from finetune.train import train
@@ -564,7 +565,7 @@ def part_flow(ctx: Context, sec: dict[str, Any]) -> None:
         log(f"flow: {name} {'ok' if steps[name]['ok'] else 'FAILED'} in {steps[name]['seconds']} s")
 
     def fmt() -> str:
-        res = data.format_dataset(str(SAMPLE_DATA), template="model", tokenizer=load_tokenizer(model))
+        res = data.format_dataset(str(SAMPLE_DATA), DataConfig(template="model"), tokenizer=load_tokenizer(model))
         return f"{len(res.examples)} examples ({res.shape})"
 
     def trn() -> str:

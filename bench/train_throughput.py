@@ -133,10 +133,11 @@ def write_jsonl(rows: list[dict], path: Path) -> Path:
 
 def render(path: Path, tokenizer, max_length: int, train_on: str = "assistant"):
     """The rows as our pipeline renders them (ChatML) + token ids and labels, truncated to max_length."""
+    from finetune.config import DataConfig
     from finetune.data import format_dataset
     from finetune.train import tokenize_examples
 
-    res = format_dataset(str(path), template="chatml", tokenizer=tokenizer, train_on=train_on)
+    res = format_dataset(str(path), DataConfig(template="chatml", train_on=train_on), tokenizer=tokenizer)
     tok = tokenize_examples(res.examples, tokenizer, max_length)
     return res.examples, tok
 

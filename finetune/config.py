@@ -21,11 +21,12 @@ import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence, TypeVar
 
 import yaml
 
 from .errors import UserError
+from .templates import TEMPLATE_NAMES
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -56,9 +57,37 @@ class ConfigError(ValueError, UserError):
         super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in self.problems))
 
 
-def doc(text: str, **meta: object) -> dict[str, object]:
-    """Field metadata: a one-line help (units, memory effect) shown by the UI and the CLI."""
-    return {"help": text, **meta}
+def doc(text: str, *, choices: Sequence[str] | Mapping[str, str] = (), min: float | None = None,
+        max: float | None = None, exclusive: str = "", ceiling: float | None = None, unit: str = "", note: str = "",
+        ceiling_note: str = "", fix: str = "", too_high: str = "", unknown: str = "", method: str = "",
+        ) -> dict[str, object]:
+    """A field's one rule: its one-line help (units, memory effect), shown by the UI and the CLI, and what
+    ``problems`` checks, the form offers and the estimator accepts.
+
+    ``choices``: the allowed values (a mapping gives each one's gloss, shown in the help). ``min`` / ``max``: the
+    range (inclusive; ``exclusive`` names the open ends: "min", "max" or "both"). ``ceiling``: a sanity bound
+    beyond which a value is a typo or an attack on a shared machine (inclusive, or open when ``exclusive`` names
+    "max"). In the messages: ``unit`` follows each bound, ``note`` the lower one and ``ceiling_note`` the ceiling,
+    ``fix`` ends every range message, ``too_high`` says what a value over the ceiling is (default: out of range)
+    and ``unknown`` what a value outside the choices is (default: not one of them). ``method``: the
+    ``training.method`` the field belongs to (checked, and shown in the form, for that method only).
+    """
+    meta: dict[str, object] = {"help": text}
+    for key, value in (("choices", choices), ("min", min), ("max", max), ("exclusive", exclusive),
+                       ("ceiling", ceiling), ("unit", unit), ("note", note), ("ceiling_note", ceiling_note),
+                       ("fix", fix), ("too_high", too_high), ("unknown", unknown), ("method", method)):
+        if value not in (None, "", ()):
+            meta[key] = value
+    return meta
+
+
+# Sanity bounds: beyond them a value is a typo or an attack on a shared machine, not a training plan.
+MAX_EPOCHS = 1000
+MAX_STEPS = 10_000_000
+MAX_BATCH = 4096
+MAX_LENGTH = 1_048_576
+SEED_MAX = 2**32 - 1  # a seed numpy and torch both take
+_KTO_WEIGHT: dict[str, Any] = dict(min=0, exclusive="min", fix="1.0 weighs both kinds of rows equally", method="kto")
 
 
 @dataclass
@@ -73,7 +102,8 @@ class ModelConfig:
         default=False, metadata=doc("Run Python code shipped with the model repo (off: only use repos you trust)")
     )
     attn_implementation: str = field(
-        default="sdpa", metadata=doc("Attention kernel: sdpa, eager, flash_attention_2, flash_attention_3")
+        default="sdpa", metadata=doc("Attention kernel", choices=("sdpa", "eager", "flash_attention_2",
+                                                               "flash_attention_3", "flex_attention"))
     )
 
 
@@ -103,31 +133,34 @@ class DataConfig:
         metadata=doc("Column mapping override, e.g. {instruction: question, output: answer}"),
     )
     template: str = field(
-        default="model", metadata=doc("Prompt template: llama2, llama3, chatml, mistral, alpaca, falcon, model")
+        default="model", metadata=doc("Prompt template", choices=TEMPLATE_NAMES, unknown="is unknown; choose one of")
     )
     system_prompt: str = field(default="", metadata=doc("System prompt added to every example that has none"))
     train_on: str = field(
-        default="assistant", metadata=doc("Which tokens carry the loss: assistant (answers only) or all")
+        default="assistant",
+        metadata=doc("Which tokens carry the loss", choices={"assistant": "answers only", "all": ""}),
     )
-    val_fraction: float = field(default=0.0, metadata=doc("Fraction of rows held out for evaluation (0 to 0.5)"))
+    val_fraction: float = field(
+        default=0.0, metadata=doc("Fraction of rows held out for evaluation (0 to 0.5)", min=0, max=0.5))
     test_source: str = field(
         default="", metadata=doc("Test file of prompts and reference answers, scored at each checkpoint save and "
                                  "when the run ends (finetune eval); empty = none")
     )
     test_split: float = field(
         default=0.0, metadata=doc("Fraction of rows held out as the test set (0 to 0.5; seeded, apart from the "
-                                  "validation rows), kept in the run folder as test_set.jsonl; instead of test_source")
+                                  "validation rows), kept in the run folder as test_set.jsonl; instead of test_source",
+                                  min=0, max=0.5)
     )
     test_limit: int = field(
         default=0, metadata=doc("Score at most this many rows of the run's test set (the first ones), at each "
-                                "checkpoint save and at the end; 0 = all")
+                                "checkpoint save and at the end; 0 = all", min=0, note="(0 = all rows)")
     )
     test_max_new_tokens: int = field(
         default=256, metadata=doc("Longest answer, in tokens, when the run scores its test set (greedy; a "
-                                  "reference longer than this cannot match)")
+                                  "reference longer than this cannot match)", min=1, max=4096)
     )
     strict: bool = field(default=False, metadata=doc("Stop at the first bad row instead of skipping it"))
-    seed: int = field(default=42, metadata=doc("Seed of the train/validation/test split"))
+    seed: int = field(default=42, metadata=doc("Seed of the train/validation/test split", min=0, max=SEED_MAX))
     keep_duplicates: bool = field(
         default=False, metadata=doc("Keep rows that repeat an earlier row (default: each repeat is skipped, naming it)")
     )
@@ -135,16 +168,19 @@ class DataConfig:
 
 @dataclass
 class LoraSettings:
-    r: int = field(default=16, metadata=doc("LoRA rank: higher = more capacity, more memory (linear)"))
-    alpha: float = field(default=32, metadata=doc("LoRA scaling numerator: update scale = alpha / r"))
+    r: int = field(default=16, metadata=doc("LoRA rank: higher = more capacity, more memory (linear)", min=1,
+                                            ceiling=1024, too_high="too large", fix="typical: 8 to 64"))
+    alpha: float = field(default=32, metadata=doc("LoRA scaling numerator: update scale = alpha / r", min=0,
+                                                  exclusive="min", fix="a common choice is 2 × lora.r"))
     # 0 lets peft skip the dropout copy of every adapted layer's input (bench/README-train.md: faster, less
     # memory, same held-out loss on a one-epoch fine-tune)
-    dropout: float = field(default=0.0, metadata=doc("Dropout on the LoRA input, 0 to 0.5 (0: fastest)"))
+    dropout: float = field(default=0.0, metadata=doc("Dropout on the LoRA input, 0 to 0.5 (0: fastest)", min=0, max=1,
+                                                     exclusive="max", fix="typical 0.05"))
     target_modules: list[str] | str = field(
         default="all-linear",
         metadata=doc("Layers that get adapters: all-linear or a list such as [q_proj, v_proj]"),
     )
-    bias: str = field(default="none", metadata=doc("Train biases too: none, all or lora_only"))
+    bias: str = field(default="none", metadata=doc("Train biases too", choices=("none", "all", "lora_only")))
     use_rslora: bool = field(default=False, metadata=doc("Rank-stabilised scaling alpha/sqrt(r)"))
     use_dora: bool = field(default=False, metadata=doc("Weight-decomposed LoRA (DoRA): slower, sometimes better"))
 
@@ -169,41 +205,56 @@ def parse_target_modules(value: list[str] | str) -> list[str] | str:
 @dataclass
 class QuantizationConfig:
     load_in: str = field(
-        default="4bit", metadata=doc("Base weights: 4bit (QLoRA, ~0.5 byte/param), 8bit (1 byte) or none (2-4 bytes)")
+        default="4bit", metadata=doc("Base weights", choices={"4bit": "QLoRA, ~0.5 byte/param", "8bit": "1 byte",
+                                                              "none": "2-4 bytes"})
     )
-    quant_type: str = field(default="nf4", metadata=doc("4-bit data type: nf4 (QLoRA) or fp4"))
+    quant_type: str = field(default="nf4", metadata=doc("4-bit data type", choices={"nf4": "QLoRA", "fp4": ""}))
     double_quant: bool = field(default=True, metadata=doc("Quantize the quantization constants too (~0.4 bit/param)"))
-    compute_dtype: str = field(default="auto", metadata=doc("Matmul dtype: auto, bfloat16, float16 or float32"))
+    compute_dtype: str = field(
+        default="auto", metadata=doc("Matmul dtype", choices=("auto", "bfloat16", "float16", "float32")))
 
 
 @dataclass
 class TrainingConfig:
-    learning_rate: float = field(default=2e-4, metadata=doc("Peak learning rate (LoRA: 1e-4 to 3e-4 is typical)"))
-    epochs: float = field(default=1.0, metadata=doc("Passes over the training data (ignored when max_steps > 0)"))
-    max_steps: int = field(default=0, metadata=doc("Stop after this many optimizer steps; 0 = use epochs"))
-    batch_size: int = field(default=4, metadata=doc("Examples per device step: memory grows linearly"))
-    grad_accum: int = field(default=1, metadata=doc("Steps accumulated per update: effective batch = batch × accum"))
-    max_length: int = field(default=1024, metadata=doc("Tokens per example (longer is truncated): memory grows linearly"))
+    learning_rate: float = field(
+        default=2e-4, metadata=doc("Peak learning rate (LoRA: 1e-4 to 3e-4 is typical)", min=0, ceiling=1,
+                                   exclusive="both", too_high="far too high", fix="LoRA usually uses 1e-4 to 3e-4"))
+    epochs: float = field(default=1.0, metadata=doc("Passes over the training data (ignored when max_steps > 0)",
+                                                    ceiling=MAX_EPOCHS, fix="typical: 1 to 3"))
+    max_steps: int = field(default=0, metadata=doc("Stop after this many optimizer steps; 0 = use epochs", min=0,
+                                                   ceiling=MAX_STEPS, note="(0 = use epochs)"))
+    batch_size: int = field(default=4, metadata=doc(
+        "Examples per device step: memory grows linearly", min=1, ceiling=MAX_BATCH,
+        ceiling_note="(raise training.grad_accum for a larger effective batch)"))
+    grad_accum: int = field(default=1, metadata=doc("Steps accumulated per update: effective batch = batch × accum",
+                                                    min=1, ceiling=MAX_BATCH))
+    max_length: int = field(default=1024, metadata=doc("Tokens per example (longer is truncated): memory grows linearly",
+                                                       min=16, ceiling=MAX_LENGTH, unit="tokens"))
     packing: bool = field(default=False, metadata=doc("Pack several examples into one row (fewer pad tokens)"))
     # measured on varied-length chat data: no compute on pad tokens (24% of a pad-to-longest batch there)
     padding_free: bool = field(default=True, metadata=doc("Concatenate the batch without padding (same result, less memory, faster)"))
-    lr_scheduler: str = field(default="cosine", metadata=doc("cosine, linear or constant (after warmup)"))
-    warmup_ratio: float = field(default=0.03, metadata=doc("Fraction of steps spent warming up the learning rate"))
-    weight_decay: float = field(default=0.0, metadata=doc("AdamW weight decay"))
-    max_grad_norm: float = field(default=1.0, metadata=doc("Gradient clipping norm (0 = off)"))
+    lr_scheduler: str = field(default="cosine", metadata=doc("Learning rate after warmup", choices=(
+        "cosine", "linear", "constant", "constant_with_warmup")))
+    warmup_ratio: float = field(default=0.03, metadata=doc("Fraction of steps spent warming up the learning rate",
+                                                           min=0, max=1, exclusive="max"))
+    weight_decay: float = field(default=0.0, metadata=doc("AdamW weight decay", min=0))
+    max_grad_norm: float = field(default=1.0, metadata=doc("Gradient clipping norm (0 = off)", min=0))
     optim: str = field(
-        default="auto", metadata=doc("Optimizer: auto, adamw_torch, paged_adamw_32bit, paged_adamw_8bit, adamw_8bit")
+        default="auto", metadata=doc("Optimizer", choices=("auto", "adamw_torch", "paged_adamw_32bit",
+                                                           "paged_adamw_8bit", "adamw_8bit", "sgd"))
     )
     gradient_checkpointing: bool = field(
         default=True,
         metadata=doc("Recompute activations in backward: much less memory, ~30% slower (on CPU only when RAM needs it)"),
     )
-    precision: str = field(default="auto", metadata=doc("Training precision: auto, bf16, fp16 or fp32"))
-    seed: int = field(default=42, metadata=doc("Seed of initialisation and data order"))
-    logging_steps: int = field(default=1, metadata=doc("Steps between loss events"))
-    eval_steps: int = field(default=0, metadata=doc("Steps between evaluations; 0 = at the end only"))
-    save_steps: int = field(default=20, metadata=doc("Steps between checkpoints: a crash loses at most this many"))
-    save_total_limit: int = field(default=2, metadata=doc("Checkpoints kept (older ones are deleted)"))
+    precision: str = field(default="auto", metadata=doc("Training precision", choices=("auto", "bf16", "fp16", "fp32")))
+    seed: int = field(default=42, metadata=doc("Seed of initialisation and data order", min=0, max=SEED_MAX))
+    logging_steps: int = field(default=1, metadata=doc("Steps between loss events", min=1))
+    eval_steps: int = field(default=0, metadata=doc("Steps between evaluations; 0 = at the end only", min=0,
+                                                    note="(0 = at the end)"))
+    save_steps: int = field(default=20, metadata=doc("Steps between checkpoints: a crash loses at most this many",
+                                                     min=1))
+    save_total_limit: int = field(default=2, metadata=doc("Checkpoints kept (older ones are deleted)", min=1))
     report_to: str = field(
         default="none",
         metadata=doc("Experiment tracking: none, trackio (a local dashboard: `trackio show`), tensorboard, wandb, "
@@ -218,27 +269,38 @@ class TrainingConfig:
     # -- the method, and the fields of each method other than sft (finetune/methods.py) ----------------------
     method: str = field(
         default="sft",
-        metadata=doc("sft: imitate answers; dpo/orpo: prefer chosen over rejected answers; kto: learn from thumbs "
-                     "up/down; grpo: maximise rewards on sampled answers"),
+        metadata=doc("Training method", choices={
+            "sft": "imitate answers", "dpo": "prefer chosen over rejected answers",
+            "orpo": "prefer chosen over rejected answers, no reference model", "kto": "learn from thumbs up/down",
+            "grpo": "maximise rewards on sampled answers"}),
     )
     dpo_beta: float = field(
-        default=0.1, metadata=doc("DPO: strength of the pull towards the base model (higher: stays closer to it)"))
+        default=0.1, metadata=doc("DPO: strength of the pull towards the base model (higher: stays closer to it)",
+                                  min=0, exclusive="min", fix="0.1 is typical (0.01 to 0.5)", method="dpo"))
     orpo_lambda: float = field(
-        default=0.1, metadata=doc("ORPO: weight of the preference (odds-ratio) term added to the SFT loss"))
+        default=0.1, metadata=doc("ORPO: weight of the preference (odds-ratio) term added to the SFT loss",
+                                  min=0, exclusive="min", fix="0.1 is typical (0.05 to 1)", method="orpo"))
     kto_beta: float = field(
-        default=0.1, metadata=doc("KTO: strength of the pull towards the base model (higher: stays closer to it)"))
+        default=0.1, metadata=doc("KTO: strength of the pull towards the base model (higher: stays closer to it)",
+                                  min=0, exclusive="min", fix="0.1 is typical", method="kto"))
     kto_desirable_weight: float = field(
-        default=1.0, metadata=doc("KTO: weight of thumbs-up rows (raise it when they are rarer than thumbs-down)"))
+        default=1.0, metadata=doc("KTO: weight of thumbs-up rows (raise it when they are rarer than thumbs-down)",
+                                  **_KTO_WEIGHT))
     kto_undesirable_weight: float = field(
-        default=1.0, metadata=doc("KTO: weight of thumbs-down rows (raise it when they are rarer than thumbs-up)"))
+        default=1.0, metadata=doc("KTO: weight of thumbs-down rows (raise it when they are rarer than thumbs-up)",
+                                  **_KTO_WEIGHT))
     grpo_num_generations: int = field(
-        default=4, metadata=doc("GRPO: answers sampled per prompt and compared with each other (group size)"))
+        default=4, metadata=doc("GRPO: answers sampled per prompt and compared with each other (group size)", min=2,
+                                note="(answers are compared within a group)", method="grpo"))
     max_completion_length: int = field(
-        default=64, metadata=doc("GRPO: most tokens generated per sampled answer: time grows linearly"))
+        default=64, metadata=doc("GRPO: most tokens generated per sampled answer: time grows linearly", min=1,
+                                 max=32768, unit="tokens", method="grpo"))
     grpo_beta: float = field(
-        default=0.0, metadata=doc("GRPO: KL penalty towards the base model (0: none, and no reference pass)"))
+        default=0.0, metadata=doc("GRPO: KL penalty towards the base model (0: none, and no reference pass)", min=0,
+                                  note="(0 = no KL penalty)", method="grpo"))
     grpo_temperature: float = field(
-        default=1.0, metadata=doc("GRPO: sampling temperature of the answers (higher: more varied groups)"))
+        default=1.0, metadata=doc("GRPO: sampling temperature of the answers (higher: more varied groups)", min=0,
+                                  exclusive="min", fix="1.0 is typical", method="grpo"))
 
 
 @dataclass
@@ -271,6 +333,10 @@ class RewardSettings:
     module: str = field(
         default="", metadata=doc("Python file of reward functions: command line only (--reward-module), the app "
                                  "refuses it"))
+
+    def weights(self) -> dict[str, float]:
+        """The weight of each built-in check, by field name (every number of this section is one), in order."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.type in (float, "float")}
 
 
 @dataclass
@@ -546,106 +612,139 @@ def _split_override(text: str, problems: list[str]) -> tuple[str | None, Any]:
     return key.strip(), value
 
 
+def rule(key: str) -> Mapping[str, Any]:
+    """The declared rule of field ``section.name``: its help, choices and range (see ``doc``)."""
+    section, _, name = key.partition(".")
+    cls = typing.get_type_hints(RunConfig).get(section)
+    if isinstance(cls, type) and dataclasses.is_dataclass(cls):
+        for f in dataclasses.fields(cls):
+            if f.name == name:
+                return f.metadata
+    raise KeyError(key)
+
+
+def rules() -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """``(section.name, rule)`` of every field of every section, in the config's order."""
+    for section, cls in typing.get_type_hints(RunConfig).items():
+        if isinstance(cls, type) and dataclasses.is_dataclass(cls):
+            for f in dataclasses.fields(cls):
+                yield f"{section}.{f.name}", f.metadata
+
+
+def choices(key: str) -> tuple[str, ...]:
+    """The values field ``key`` allows (empty: any)."""
+    return tuple(rule(key).get("choices", ()))
+
+
 def field_help(section: str, name: str) -> str:
-    """The one-line help of a config field (for UI hints and CLI --help)."""
-    cls = typing.get_type_hints(RunConfig)[section]
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            text: str = f.metadata.get("help", "")
-            return text
-    raise KeyError(f"{section}.{name}")
+    """The one-line help of a config field, its choices included (for UI hints and CLI --help).
+
+    >>> field_help("lora", "bias")
+    'Train biases too: none, all or lora_only'
+    """
+    meta = rule(f"{section}.{name}")
+    text: str = meta.get("help", "")
+    allowed = meta.get("choices", ())
+    if not allowed:
+        return text
+    glossed = allowed.items() if isinstance(allowed, Mapping) else ((value, "") for value in allowed)
+    items = [f"{value} ({gloss})" if gloss else value for value, gloss in glossed]
+    return f"{text}: {', '.join(items[:-1])} or {items[-1]}" if len(items) > 1 else f"{text}: {items[0]}"
+
+
+def _number(value: float, thousands: bool = False) -> str:
+    if float(value).is_integer():
+        return f"{int(value):,}" if thousands and value >= 10_000 else str(int(value))
+    return str(value)
+
+
+def range_problem(key: str, value: float) -> str | None:
+    """What is wrong with ``value`` for field ``key`` by its declared range and ceiling, naming field and fix;
+    None when it is within them.
+
+    >>> range_problem("data.val_fraction", 0.9)
+    'data.val_fraction must be between 0 and 0.5, got 0.9'
+    """
+    if not math.isfinite(value):
+        return f"{key} must be a finite number, got {value}"
+    meta = rule(key)
+    lo: float | None = meta.get("min")
+    hi: float | None = meta.get("max")
+    top: float | None = meta.get("ceiling")
+    opened: str = meta.get("exclusive", "")
+    lo_open, hi_open = opened in ("min", "both"), opened in ("max", "both")
+    unit = f" {meta['unit']}" if "unit" in meta else ""
+    fix = f"; {meta['fix']}" if "fix" in meta else ""
+    below = lo is not None and (value <= lo if lo_open else value < lo)
+    over = hi is not None and (value >= hi if hi_open else value > hi)
+    if lo is not None and hi is not None and (below or over):
+        if opened:
+            span = f"in {'(' if lo_open else '['}{_number(lo)}, {_number(hi)}{')' if hi_open else ']'}"
+        else:
+            span = f"between {_number(lo)} and {_number(hi)}"
+        return f"{key} must be {span}{unit}, got {value}{fix}"
+    if lo is not None and below:
+        note = f" {meta['note']}" if "note" in meta else ""
+        return f"{key} must be {'>' if lo_open else '>='} {_number(lo)}{unit}{note}, got {value}{fix}"
+    if hi is not None and over:
+        return f"{key} must be {'<' if hi_open else '<='} {_number(hi)}{unit}, got {value}{fix}"
+    if top is not None and (value >= top if hi_open else value > top):
+        limit = f"less than {_number(top, True)}" if hi_open else f"at most {_number(top, True)}"
+        note = f" {meta['ceiling_note']}" if "ceiling_note" in meta else ""
+        return f"{key} {value} is {meta.get('too_high', 'out of range')}; use {limit}{unit}{note}{fix}"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
 # validation
 
 
-CHOICES = {
-    "data.train_on": ("assistant", "all"),
-    "lora.bias": ("none", "all", "lora_only"),
-    "quantization.load_in": ("4bit", "8bit", "none"),
-    "quantization.quant_type": ("nf4", "fp4"),
-    "quantization.compute_dtype": ("auto", "bfloat16", "float16", "float32"),
-    "training.lr_scheduler": ("cosine", "linear", "constant", "constant_with_warmup"),
-    "training.optim": ("auto", "adamw_torch", "paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit", "sgd"),
-    "training.precision": ("auto", "bf16", "fp16", "fp32"),
-    "model.attn_implementation": ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"),
-    "training.method": ("sft", "dpo", "orpo", "kto", "grpo"),
-}
-
-
 def problems(cfg: RunConfig, model_max_length: int | None = None) -> list[str]:
-    """Every problem in the config, each naming the field and the fix. Empty when valid."""
-    from .templates import TEMPLATE_NAMES
+    """Every problem in the config, each naming the field and the fix. Empty when valid.
 
+    Each field's declared rule (``doc``: choices, range, ceiling) is checked here for every field; the checks
+    below it are those that span fields."""
     out: list[str] = []
     t, lo, d = cfg.training, cfg.lora, cfg.data
 
-    nonfinite: set[str] = set()  # reported once as such, not again by the range checks below
+    nonfinite: set[str] = set()  # reported once as such, not again by the checks below
 
     def need(cond: bool, msg: str) -> None:
         if not cond and msg.split(" ", 1)[0] not in nonfinite:
             out.append(msg)
 
-    for key, allowed in CHOICES.items():
+    for key, meta in rules():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
-        need(value in allowed, f"{key} '{value}' is not one of: {', '.join(allowed)}")
-    need(d.template in TEMPLATE_NAMES, f"data.template '{d.template}' is unknown; choose one of: {', '.join(TEMPLATE_NAMES)}")
-    need(0.0 <= d.val_fraction <= 0.5, f"data.val_fraction must be between 0 and 0.5, got {d.val_fraction}")
-    need(0.0 <= d.test_split <= 0.5, f"data.test_split must be between 0 and 0.5, got {d.test_split}")
+        if isinstance(value, float) and not math.isfinite(value):
+            out.append(f"{key} must be a finite number, got {value}")
+            nonfinite.add(key)
+        elif meta.get("method", t.method) != t.method:
+            continue  # another method's field: not used by this run
+        elif "choices" in meta:
+            need(value in meta["choices"],
+                 f"{key} '{value}' {meta.get('unknown', 'is not one of')}: {', '.join(choices(key))}")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            problem = range_problem(key, value)
+            if problem:
+                out.append(problem)
     need(not (d.test_split > 0 and d.test_source.strip()), "data.test_split and data.test_source both name a test "
          "set; keep one (test_split holds out training rows, test_source is a separate file)")
     need(d.test_split == 0 or t.method == "sft", f"data.test_split holds out rows of sft data; for "
          f"training.method {t.method} give a data.test_source file of prompts and references instead")
-    need(d.test_limit >= 0, f"data.test_limit must be 0 (all rows) or more, got {d.test_limit}")
-    need(1 <= d.test_max_new_tokens <= 4096, f"data.test_max_new_tokens must be between 1 and 4096, got "
-         f"{d.test_max_new_tokens}")
-    need(lo.r >= 1, f"lora.r must be >= 1, got {lo.r}; typical values are 8 to 64")
-    need(lo.r <= 1024, f"lora.r {lo.r} is too large; use at most 1024 (typical: 8 to 64)")
-    need(lo.alpha > 0, f"lora.alpha must be > 0, got {lo.alpha}; a common choice is 2 × lora.r")
-    need(0.0 <= lo.dropout < 1.0, f"lora.dropout must be in [0, 1), got {lo.dropout}; typical 0.05")
     if isinstance(lo.target_modules, list):
         need(bool(lo.target_modules), "lora.target_modules is empty; use all-linear or names such as [q_proj, v_proj]")
     else:
         need(bool(lo.target_modules.strip()), "lora.target_modules is empty; use all-linear")
-    for section in ("data", "lora", "training"):
-        part = getattr(cfg, section)
-        for f in dataclasses.fields(part):
-            value = getattr(part, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                out.append(f"{section}.{f.name} must be a finite number, got {value}")
-                nonfinite.add(f"{section}.{f.name}")
-    need(t.learning_rate > 0, f"training.learning_rate must be > 0, got {t.learning_rate}; LoRA usually uses 1e-4 to 3e-4")
-    need(t.learning_rate < 1, f"training.learning_rate {t.learning_rate} is far too high; LoRA usually uses 1e-4 to 3e-4")
     need(t.epochs > 0 or t.max_steps > 0, "training.epochs must be > 0 (or set training.max_steps)")
-    need(not t.epochs > MAX_EPOCHS, f"training.epochs {t.epochs} is out of range; use at most {MAX_EPOCHS} (typical: 1 to 3)")
     unknown = [r for r in reporters(t.report_to) if r not in REPORTERS]
     need(not unknown, f"training.report_to: unknown tracker {', '.join(map(repr, unknown))}; use none or one of "
          f"{', '.join(REPORTERS[1:])} (comma separated)")
-    need(t.max_steps >= 0, f"training.max_steps must be >= 0 (0 = use epochs), got {t.max_steps}")
-    need(t.max_steps <= MAX_STEPS, f"training.max_steps {t.max_steps} is out of range; use at most {MAX_STEPS:,}")
-    need(t.batch_size >= 1, f"training.batch_size must be >= 1, got {t.batch_size}")
-    need(t.batch_size <= MAX_BATCH, f"training.batch_size {t.batch_size} is out of range; use at most {MAX_BATCH} "
-         "(raise training.grad_accum for a larger effective batch)")
-    need(t.grad_accum >= 1, f"training.grad_accum must be >= 1, got {t.grad_accum}")
-    need(t.grad_accum <= MAX_BATCH, f"training.grad_accum {t.grad_accum} is out of range; use at most {MAX_BATCH}")
-    need(t.max_length >= 16, f"training.max_length must be >= 16 tokens, got {t.max_length}")
-    need(t.max_length <= MAX_LENGTH, f"training.max_length {t.max_length} is out of range; use at most {MAX_LENGTH:,} tokens")
-    for key, seed in (("training.seed", t.seed), ("data.seed", d.seed)):
-        need(0 <= seed < 2**32, f"{key} must be between 0 and 4294967295, got {seed}")
     if model_max_length:
         need(
             t.max_length <= model_max_length,
             f"training.max_length {t.max_length} exceeds the model's {model_max_length}; lower it to {model_max_length}",
         )
-    need(0.0 <= t.warmup_ratio < 1.0, f"training.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
-    need(t.weight_decay >= 0, f"training.weight_decay must be >= 0, got {t.weight_decay}")
-    need(t.max_grad_norm >= 0, f"training.max_grad_norm must be >= 0, got {t.max_grad_norm}")
-    need(t.logging_steps >= 1, f"training.logging_steps must be >= 1, got {t.logging_steps}")
-    need(t.eval_steps >= 0, f"training.eval_steps must be >= 0 (0 = at the end), got {t.eval_steps}")
-    need(t.save_steps >= 1, f"training.save_steps must be >= 1, got {t.save_steps}")
-    need(t.save_total_limit >= 1, f"training.save_total_limit must be >= 1, got {t.save_total_limit}")
     if cfg.quantization.load_in == "4bit" and t.precision == "fp16" and cfg.quantization.compute_dtype == "bfloat16":
         out.append("quantization.compute_dtype bfloat16 conflicts with training.precision fp16; use float16 or auto")
     if cfg.hub.repo_id:
@@ -661,7 +760,8 @@ def problems(cfg: RunConfig, model_max_length: int | None = None) -> list[str]:
 
 
 def method_problems(cfg: RunConfig) -> list[str]:
-    """The problems of ``training.method``'s own fields and the rewards (only the chosen method's are checked)."""
+    """The problems of ``training.method``'s own settings and the rewards that span fields (each field's declared
+    range is ``problems``'); only the chosen method's are checked."""
     import json
     import re
 
@@ -670,40 +770,15 @@ def method_problems(cfg: RunConfig) -> list[str]:
     method = t.method
     if method != "sft" and t.packing:
         out.append(f"training.packing works with method sft only; set it to false for {method}")
-    if method == "dpo" and not t.dpo_beta > 0:
-        out.append(f"training.dpo_beta must be > 0, got {t.dpo_beta}; 0.1 is typical (0.01 to 0.5)")
-    if method == "orpo" and not t.orpo_lambda > 0:
-        out.append(f"training.orpo_lambda must be > 0, got {t.orpo_lambda}; 0.1 is typical (0.05 to 1)")
-    if method == "kto":
-        if not t.kto_beta > 0:
-            out.append(f"training.kto_beta must be > 0, got {t.kto_beta}; 0.1 is typical")
-        for key, w in (("kto_desirable_weight", t.kto_desirable_weight), ("kto_undesirable_weight", t.kto_undesirable_weight)):
-            if not w > 0:
-                out.append(f"training.{key} must be > 0, got {w}; 1.0 weighs both kinds of rows equally")
-        if t.batch_size < 2:
-            out.append(f"training.batch_size must be >= 2 for kto (its KL term pairs rows of a batch), got {t.batch_size}")
+    if method == "kto" and t.batch_size < 2:
+        out.append(f"training.batch_size must be >= 2 for kto (its KL term pairs rows of a batch), got {t.batch_size}")
     if method == "grpo":
         g = t.grpo_num_generations
-        if g < 2:
-            out.append(f"training.grpo_num_generations must be >= 2 (answers are compared within a group), got {g}")
-        elif (t.batch_size * t.grad_accum) % g:
+        if g >= 2 and (t.batch_size * t.grad_accum) % g:
             out.append(f"training.batch_size x grad_accum ({t.batch_size} x {t.grad_accum}) must be a multiple of "
                        f"training.grpo_num_generations ({g}); e.g. set training.batch_size to {g * max(1, t.batch_size // g)}")
-        if not 1 <= t.max_completion_length <= 32768:
-            out.append(f"training.max_completion_length must be between 1 and 32768 tokens, got {t.max_completion_length}")
-        if t.grpo_beta < 0:
-            out.append(f"training.grpo_beta must be >= 0 (0 = no KL penalty), got {t.grpo_beta}")
-        if not t.grpo_temperature > 0:
-            out.append(f"training.grpo_temperature must be > 0, got {t.grpo_temperature}; 1.0 is typical")
-        weights = [rw.exact_match, rw.numeric_match, rw.regex_weight, rw.json_valid, rw.contains_weight,
-                   rw.excludes_weight, rw.length_weight, rw.judge_weight]
-        if not any(weights) and not rw.module:
+        if not any(rw.weights().values()) and not rw.module:
             out.append("rewards: grpo needs at least one reward; give one a weight, e.g. rewards.exact_match=1")
-    for key in ("exact_match", "numeric_match", "regex_weight", "json_valid", "contains_weight", "excludes_weight",
-                "length_weight", "judge_weight"):
-        value = getattr(rw, key)
-        if not math.isfinite(value):
-            out.append(f"rewards.{key} must be a finite number, got {value}")
     if rw.regex_weight and not rw.regex:
         out.append("rewards.regex is empty but rewards.regex_weight is set; give the pattern, e.g. ^\\d+$")
     if rw.regex:
@@ -733,11 +808,6 @@ def method_problems(cfg: RunConfig) -> list[str]:
     return out
 
 
-# Sanity bounds: beyond them a value is a typo or an attack on a shared machine, not a training plan.
-MAX_EPOCHS = 1000
-MAX_STEPS = 10_000_000
-MAX_BATCH = 4096
-MAX_LENGTH = 1_048_576
 
 
 def config_warnings(cfg: RunConfig) -> list[str]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .config import RunConfig, sample_data
+from .config import RunConfig, choices, sample_data
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .models import Model, Tokenizer
     from .templates import Message
 
-METHODS = ("sft", "dpo", "orpo", "kto", "grpo")
+METHODS = choices("training.method")  # as the field declares them
 PREFERENCE = ("dpo", "orpo", "kto", "grpo")  # the methods whose data is not SFT's
 
 # What each method's step events carry besides the loss (trl's log names; "rewards/<function>/mean" per reward).

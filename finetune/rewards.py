@@ -262,26 +262,24 @@ def judge_reward(folder: str, device: str = "cpu") -> RewardFunc:
     return _named(judge, "judge")
 
 
+# The check each weight of the config's ``rewards`` section turns on (RewardSettings.weights() names them).
+_BUILTIN: dict[str, Callable[[Any, str], RewardFunc]] = {
+    "exact_match": lambda rw, device: exact_match,
+    "numeric_match": lambda rw, device: numeric_match,
+    "regex_weight": lambda rw, device: regex_reward(rw.regex),
+    "json_valid": lambda rw, device: json_reward(rw.json_schema),
+    "contains_weight": lambda rw, device: contains_reward(rw.contains),
+    "excludes_weight": lambda rw, device: excludes_reward(rw.excludes),
+    "length_weight": lambda rw, device: length_reward(rw.length_target),
+    "judge_weight": lambda rw, device: judge_reward(rw.judge_model, device),
+}
+
+
 def builtin_rewards(rw: Any, device: str = "cpu") -> tuple[list[RewardFunc], list[float]]:
     """The built-in checks with a weight, and their weights (in the config's order). ``rw``: the run config's
     ``rewards`` (config.RewardSettings; not imported here: the config's validation imports this module)."""
-    funcs: list[RewardFunc] = []
-    weights: list[float] = []
-
-    def add(weight: float, make: Callable[[], RewardFunc]) -> None:
-        if weight:
-            funcs.append(make())
-            weights.append(float(weight))
-
-    add(rw.exact_match, lambda: exact_match)
-    add(rw.numeric_match, lambda: numeric_match)
-    add(rw.regex_weight, lambda: regex_reward(rw.regex))
-    add(rw.json_valid, lambda: json_reward(rw.json_schema))
-    add(rw.contains_weight, lambda: contains_reward(rw.contains))
-    add(rw.excludes_weight, lambda: excludes_reward(rw.excludes))
-    add(rw.length_weight, lambda: length_reward(rw.length_target))
-    add(rw.judge_weight, lambda: judge_reward(rw.judge_model, device))
-    return funcs, weights
+    chosen = [(name, weight) for name, weight in rw.weights().items() if weight]
+    return [_BUILTIN[name](rw, device) for name, _ in chosen], [float(weight) for _, weight in chosen]
 
 
 def load_reward_module(path: str) -> list[RewardFunc]:

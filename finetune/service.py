@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, TypedDict
 
 from . import limits, runs
 from .adapter import ADAPTER_DIR, is_adapter_dir
-from .config import RunConfig, validate
+from .config import DataConfig, RunConfig, range_problem, validate
 from .data import is_hub_dataset_id
 from .errors import UserError
 from .limits import RunCaps
@@ -798,9 +798,10 @@ def format_preview(source: str, *, template: str, system_prompt: str = "", colum
     """
     from . import data
 
-    for name, value in (("val_fraction", val_fraction), ("test_split", test_split)):
-        if not 0.0 <= value <= 0.5:
-            raise ServiceError(f"{name} must be between 0 and 0.5, got {value}")
+    for key, value in (("data.val_fraction", val_fraction), ("data.test_split", test_split)):
+        problem = range_problem(key, value)
+        if problem:
+            raise ServiceError(problem)
 
     if hub_only:
         source = check_hub_dataset_id(source)
@@ -811,11 +812,11 @@ def format_preview(source: str, *, template: str, system_prompt: str = "", colum
                                tokenizer=tok, hub_config=hub_config, split=split, out_dir=out_dir,
                                preview_rows=preview_rows, is_file=is_file)
     try:
-        result = data.format_dataset(source, hub_config=hub_config, split=split, template=template,
-                                     system_prompt=system_prompt, columns=columns or None, tokenizer=tok,
-                                     train_on=train_on, max_length=max_length, max_bytes=data.max_upload_bytes(),
-                                     keep_duplicates=keep_duplicates, val_fraction=val_fraction,
-                                     test_split=test_split)
+        settings = DataConfig(hub_config=hub_config, split=split, template=template, system_prompt=system_prompt,
+                              columns=columns or {}, train_on=train_on, keep_duplicates=keep_duplicates,
+                              val_fraction=val_fraction, test_split=test_split)
+        result = data.format_dataset(source, settings, tokenizer=tok, max_length=max_length,
+                                     max_bytes=data.max_upload_bytes())
     except data.DataError as e:
         if is_file and e.file == str(source):  # name the file, not the server's upload path
             raise data.DataError(Path(source).name, e.row, e.reason) from None

@@ -146,13 +146,17 @@ def resolve_compute_dtype(value: str, device: Device) -> str:
     return "bfloat16" if device.kind == "cpu" else "float32"
 
 
+# What training.optim "auto" trains with, by device kind (resolve_optim).
+AUTO_OPTIM = {"cuda": "paged_adamw_32bit", "cpu": "adamw_torch_fused"}
+
+
 def resolve_optim(value: str, device: Device) -> str:
     """QLoRA paper: paged optimizers absorb memory spikes on long sequences (CUDA). On CPU the fused AdamW
     updates every LoRA tensor in one C++ loop: the per-tensor kernels of plain AdamW (~12 small ops x 420
     tensors a step on SmolLM2 all-linear) cost more than the update itself."""
     if value != "auto":
         return value
-    return "paged_adamw_32bit" if device.kind == "cuda" else "adamw_torch_fused"
+    return AUTO_OPTIM["cuda" if device.kind == "cuda" else "cpu"]
 
 
 def resolve(config: RunConfig, device: Device, speed: SpeedOptions = SpeedOptions()) -> ResolvedSettings:

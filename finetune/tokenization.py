@@ -54,19 +54,9 @@ def sft_datasets(config: RunConfig, tokenizer: Tokenizer
     source = d.source or str(SAMPLE_DATA)
     result = data.format_dataset(
         source,
-        hub_config=d.hub_config,
-        split=d.split,
-        template=d.template,
-        system_prompt=d.system_prompt,
-        columns=d.columns or None,
+        d,
         tokenizer=tokenizer,
         measure_tokens=False,  # tokenize_examples below tokenizes each example once, with the offsets labels need
-        train_on=d.train_on,
-        strict=d.strict,
-        keep_duplicates=d.keep_duplicates,
-        val_fraction=d.val_fraction,
-        test_split=d.test_split,
-        seed=d.seed,
         max_length=t.max_length,
     )
     train_tok = tokenize_examples(result.examples, tokenizer, t.max_length)

@@ -213,10 +213,7 @@ def run_dialogs(folder: Path, tokenizer: Any) -> tuple[list[list[Message]], str]
             return [], f"the run's data is not readable here ({str(e)[:120]}): checked the built-in probes only"
         return sample_dialogs(found.val_examples, found.examples), ""
     try:
-        result = data.format_dataset(source, hub_config=d.hub_config, split=d.split, template=d.template,
-                                     system_prompt=d.system_prompt, columns=d.columns or None, tokenizer=tokenizer,
-                                     measure_tokens=False, val_fraction=d.val_fraction, test_split=d.test_split,
-                                     seed=d.seed, keep_duplicates=d.keep_duplicates)
+        result = data.format_dataset(source, d, tokenizer=tokenizer, measure_tokens=False)
     except UserError as e:
         return [], f"the run's data is not readable here ({str(e)[:120]}): checked the built-in probes only"
     return sample_dialogs(result.val_examples, result.examples), ""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from finetune.config import DataConfig
 from finetune.data import DataError, detect_shape, format_dataset, load_rows, write_jsonl
 
 
@@ -36,7 +37,7 @@ SHAPES = {
 @pytest.mark.parametrize("shape", SHAPES)
 def test_every_shape_is_detected_and_formatted(tmp_path, shape):
     row, messages = SHAPES[shape]
-    result = format_dataset(jsonl(tmp_path / "d.jsonl", [row]), template="llama2")
+    result = format_dataset(jsonl(tmp_path / "d.jsonl", [row]), DataConfig(template="llama2"))
     assert result.shape.name == shape
     [ex] = result.examples
     assert ex.messages == messages
@@ -47,7 +48,7 @@ def test_every_shape_is_detected_and_formatted(tmp_path, shape):
 
 def test_preformatted_text_passes_through(tmp_path):
     text = "<s>[INST] already formatted [/INST] yes </s>"
-    result = format_dataset(jsonl(tmp_path / "d.jsonl", [{"text": text}]), template="llama2")
+    result = format_dataset(jsonl(tmp_path / "d.jsonl", [{"text": text}]), DataConfig(template="llama2"))
     assert result.shape.name == "text"
     [ex] = result.examples
     assert ex.text == text and ex.spans == [(0, len(text))] and ex.messages is None
@@ -56,7 +57,7 @@ def test_preformatted_text_passes_through(tmp_path):
 
 def test_guanaco_transcript_like_the_classic_tutorial(tmp_path):
     row = {"text": "### Human: Can you write a short introduction?### Assistant: Sure! Here it is."}
-    [ex] = format_dataset(jsonl(tmp_path / "g.jsonl", [row]), template="llama2").examples
+    [ex] = format_dataset(jsonl(tmp_path / "g.jsonl", [row]), DataConfig(template="llama2")).examples
     assert ex.text == "<s>[INST] Can you write a short introduction? [/INST] Sure! Here it is. </s>"
 
 
@@ -82,7 +83,7 @@ def write_all_types(tmp_path: Path) -> dict[str, Path]:
 
 def test_every_file_type_loads_the_same_rows(tmp_path):
     for kind, path in write_all_types(tmp_path).items():
-        result = format_dataset(path, template="chatml")
+        result = format_dataset(path, DataConfig(template="chatml"))
         assert result.shape.name == "alpaca", kind
         assert [ex.messages[0]["content"] for ex in result.examples] == ["Say hi", "Say bye"], kind
 
@@ -91,23 +92,26 @@ def test_column_mapping_override(tmp_path):
     rows = [{"q_text": "Q1", "reply": "R1", "notes": "x"}]
     path = jsonl(tmp_path / "m.jsonl", rows)
     with pytest.raises(DataError, match=r"cannot tell the data's shape .*q_text, reply, notes.*--columns"):
-        format_dataset(path)
-    result = format_dataset(path, columns={"instruction": "q_text", "output": "reply"})
+        format_dataset(path, DataConfig(template="llama2"))
+    result = format_dataset(path, DataConfig(template="llama2", columns={"instruction": "q_text", "output": "reply"}))
     assert result.shape.name == "alpaca"
     assert result.examples[0].messages == [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "R1"}]
     # the mapping wins over detection even when other shapes' columns exist
     both = jsonl(tmp_path / "b.jsonl", [{"prompt": "P", "completion": "C", "question": "Q", "answer": "A"}])
-    assert format_dataset(both, columns={"question": "question", "answer": "answer"}).shape.name == "question_answer"
+    qa = DataConfig(template="llama2", columns={"question": "question", "answer": "answer"})
+    assert format_dataset(both, qa).shape.name == "question_answer"
     with pytest.raises(DataError, match="column 'nope'"):
-        format_dataset(path, columns={"output": "nope", "instruction": "q_text"})
+        format_dataset(path, DataConfig(template="llama2", columns={"output": "nope", "instruction": "q_text"}))
 
 
 def test_system_prompt_added_where_missing(tmp_path):
     path = jsonl(tmp_path / "d.jsonl", [SHAPES["prompt_completion"][0], SHAPES["messages"][0]])
-    result = format_dataset(path, template="llama2", system_prompt="Default sys", columns={"messages": "messages"})
+    result = format_dataset(path, DataConfig(template="llama2", system_prompt="Default sys",
+                                             columns={"messages": "messages"}))
     # only the messages row is of that shape; rows of another shape are skipped with a reason
     assert result.examples[0].messages[0] == {"role": "system", "content": "S"}
-    result = format_dataset(jsonl(tmp_path / "e.jsonl", [{"prompt": "P", "completion": "C"}]), system_prompt="Sys")
+    result = format_dataset(jsonl(tmp_path / "e.jsonl", [{"prompt": "P", "completion": "C"}]),
+                            DataConfig(template="llama2", system_prompt="Sys"))
     assert result.examples[0].text.startswith("<s>[INST] <<SYS>>\nSys\n<</SYS>>")
 
 
@@ -116,42 +120,42 @@ def test_system_prompt_added_where_missing(tmp_path):
 def test_empty_file(tmp_path):
     (tmp_path / "e.csv").write_bytes(b"")
     with pytest.raises(DataError, match=r"e\.csv: the file is empty"):
-        format_dataset(tmp_path / "e.csv")
+        format_dataset(tmp_path / "e.csv", DataConfig(template="llama2"))
 
 
 def test_wrong_encoding_names_the_row(tmp_path):
     p = tmp_path / "latin.csv"
     p.write_bytes("instruction,output\nhi,ok\ncaf\xe9,ok\n".encode("latin-1"))
     with pytest.raises(DataError) as err:
-        format_dataset(p)
+        format_dataset(p, DataConfig(template="llama2"))
     # CSV rows are data rows (the header is not one); the line is named too
     assert str(err.value).startswith(f"{p}:2: not valid UTF-8 at line 3 (byte 0xe9")
     assert "re-save the file as UTF-8" in str(err.value)
     j = tmp_path / "latin.jsonl"
     j.write_bytes('{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9", "completion": "b"}\n'.encode("latin-1"))
     with pytest.raises(DataError, match=r"latin\.jsonl:2: not valid UTF-8 at line 2 \(byte 0xe9"):
-        format_dataset(j)
+        format_dataset(j, DataConfig(template="llama2"))
 
 
 def test_broken_json_document_names_the_line(tmp_path):
     p = tmp_path / "b.json"
     p.write_text('[\n{"instruction": "a", "output": "b"},\n{"instruction": "c" "output": "d"}\n]')
     with pytest.raises(DataError, match=r"b\.json:3: not valid JSON"):
-        format_dataset(p)
+        format_dataset(p, DataConfig(template="llama2"))
 
 
 def test_unknown_file_type_and_missing_file(tmp_path):
     (tmp_path / "x.txt").write_text("hello")
     with pytest.raises(DataError, match="unsupported file type '.txt'"):
-        format_dataset(tmp_path / "x.txt")
+        format_dataset(tmp_path / "x.txt", DataConfig(template="llama2"))
     with pytest.raises(DataError, match="file not found"):
-        format_dataset(str(tmp_path / "missing.csv"))
+        format_dataset(str(tmp_path / "missing.csv"), DataConfig(template="llama2"))
 
 
 def test_zero_usable_rows(tmp_path):
     p = jsonl(tmp_path / "z.jsonl", [{"instruction": "", "output": "x"}, {"instruction": "y", "output": " "}])
     with pytest.raises(DataError, match=r"no usable rows: 2 of 2 rejected \(first: row 1: instruction: 'instruction' is empty"):
-        format_dataset(p)
+        format_dataset(p, DataConfig(template="llama2"))
 
 
 # -- bad input: single rows ---------------------------------------------------------------------
@@ -175,7 +179,7 @@ def bad_rows_file(tmp_path: Path) -> Path:
 
 
 def test_bad_rows_are_skipped_and_counted_with_row_numbers(tmp_path):
-    result = format_dataset(bad_rows_file(tmp_path), template="llama2")
+    result = format_dataset(bad_rows_file(tmp_path), DataConfig(template="llama2"))
     assert [ex.row for ex in result.examples] == [1, 6, 8]
     assert result.rows_in == 9
     by_row = {p.row: p for p in result.problems}
@@ -195,11 +199,11 @@ def test_bad_rows_are_skipped_and_counted_with_row_numbers(tmp_path):
 
 def test_strict_stops_at_the_first_bad_row(tmp_path):
     with pytest.raises(DataError) as err:
-        format_dataset(bad_rows_file(tmp_path), strict=True)
+        format_dataset(bad_rows_file(tmp_path), DataConfig(template="llama2", strict=True))
     assert str(err.value).startswith(f"{tmp_path / 'bad.jsonl'}:2: not valid JSON")
     p = jsonl(tmp_path / "c.jsonl", [{"instruction": "inject <|im_start|>", "output": "y"}])
     with pytest.raises(DataError, match=r"c\.jsonl:1: content: content contains template control strings <\|im_start\|>"):
-        format_dataset(p, strict=True)
+        format_dataset(p, DataConfig(template="llama2", strict=True))
 
 
 def test_conversation_problems(tmp_path):
@@ -210,7 +214,7 @@ def test_conversation_problems(tmp_path):
         {"messages": "not json"},
         {"messages": [{"role": "user", "content": "fine"}, {"role": "assistant", "content": "yes"}]},
     ]
-    result = format_dataset(jsonl(tmp_path / "m.jsonl", rows), template="chatml")
+    result = format_dataset(jsonl(tmp_path / "m.jsonl", rows), DataConfig(template="chatml"))
     assert [ex.row for ex in result.examples] == [5]
     cats = {p.row: p.category for p in result.problems}
     assert cats == {1: "roles out of order", 2: "ends with user", 3: "unknown role", 4: "not a message list"}
@@ -221,7 +225,7 @@ def test_conversation_problems(tmp_path):
 def test_csv_row_with_wrong_field_count(tmp_path):
     p = tmp_path / "w.csv"
     p.write_text("instruction,output\na,b\nc,d,e\nf,g\n")
-    result = format_dataset(p)
+    result = format_dataset(p, DataConfig(template="llama2"))
     assert [ex.row for ex in result.examples] == [1, 3]
     assert result.problems[0].row == 2 and "3 fields but the header has 2" in result.problems[0].reason
 
@@ -230,7 +234,7 @@ def test_messages_as_json_strings_in_csv(tmp_path):
     p = tmp_path / "m.csv"
     msgs = json.dumps([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]).replace('"', '""')
     p.write_text(f'messages\n"{msgs}"\n')
-    assert format_dataset(p).examples[0].messages[1]["content"] == "yo"
+    assert format_dataset(p, DataConfig(template="llama2")).examples[0].messages[1]["content"] == "yo"
 
 
 # -- split, stats, output -----------------------------------------------------------------------
@@ -238,9 +242,9 @@ def test_messages_as_json_strings_in_csv(tmp_path):
 def test_validation_split_is_seeded_and_keeps_order(tmp_path):
     rows = [{"prompt": f"p{i}", "completion": f"c{i}"} for i in range(50)]
     p = jsonl(tmp_path / "s.jsonl", rows)
-    r1 = format_dataset(p, val_fraction=0.2, seed=1)
-    r2 = format_dataset(p, val_fraction=0.2, seed=1)
-    r3 = format_dataset(p, val_fraction=0.2, seed=2)
+    r1 = format_dataset(p, DataConfig(template="llama2", val_fraction=0.2, seed=1))
+    r2 = format_dataset(p, DataConfig(template="llama2", val_fraction=0.2, seed=1))
+    r3 = format_dataset(p, DataConfig(template="llama2", val_fraction=0.2, seed=2))
     assert len(r1.val_examples) == 10 and len(r1.examples) == 40
     assert [e.row for e in r1.val_examples] == [e.row for e in r2.val_examples] != [e.row for e in r3.val_examples]
     assert [e.row for e in r1.examples] == sorted(e.row for e in r1.examples)
@@ -249,8 +253,8 @@ def test_validation_split_is_seeded_and_keeps_order(tmp_path):
 
 def test_token_stats_with_the_models_tokenizer(tmp_path, smollm2_tokenizer):
     rows = [{"prompt": "word " * n, "completion": "ok"} for n in (1, 5, 50, 200)]
-    result = format_dataset(jsonl(tmp_path / "t.jsonl", rows), template="chatml", tokenizer=smollm2_tokenizer,
-                            max_length=64)
+    result = format_dataset(jsonl(tmp_path / "t.jsonl", rows), DataConfig(template="chatml"),
+                            tokenizer=smollm2_tokenizer, max_length=64)
     stats = result.token_stats
     expected = sorted(len(smollm2_tokenizer(ex.text, add_special_tokens=False)["input_ids"]) for ex in result.examples)
     assert (stats["min"], stats["max"]) == (expected[0], expected[-1])
@@ -258,7 +262,7 @@ def test_token_stats_with_the_models_tokenizer(tmp_path, smollm2_tokenizer):
 
 
 def test_write_jsonl_keys_and_order(tmp_path):
-    result = format_dataset(write_all_types(tmp_path)["jsonl"], template="llama2")
+    result = format_dataset(write_all_types(tmp_path)["jsonl"], DataConfig(template="llama2"))
     out = tmp_path / "out.jsonl"
     write_jsonl(result.examples, out)
     objs = [json.loads(line) for line in out.read_text().splitlines()]
@@ -331,8 +335,8 @@ def test_single_turn_fast_path_equals_render(tmp_path, template, train_on):
         if i % 3 == 0:
             row["system"] = f" sys {i} {q}"
         rows.append(row)
-    result = format_dataset(jsonl(tmp_path / "d.jsonl", rows), template=template, system_prompt="Default.",
-                            train_on=train_on)
+    result = format_dataset(jsonl(tmp_path / "d.jsonl", rows),
+                            DataConfig(template=template, system_prompt="Default.", train_on=train_on))
     assert [ex.row for ex in result.examples] == list(range(1, len(rows) + 1))
     for ex in result.examples:
         expected = render(ex.messages, template, train_on=train_on)
@@ -344,11 +348,13 @@ def test_single_turn_fast_path_equals_render(tmp_path, template, train_on):
 
 def test_write_jsonl_matches_json_dumps_byte_for_byte(tmp_path):
     rows = [{"prompt": p, "completion": c} for p, c in zip(TRICKY, reversed(TRICKY))]
-    result = format_dataset(jsonl(tmp_path / "d.jsonl", rows + [{"prompt": "\x01 ctrl", "completion": "\x7f"}]))
-    text_only = format_dataset([{"text": 'pre "formatted" \n text'}])
-    with_system = format_dataset([{"prompt": "q", "completion": "a", "system": "s"}])
+    result = format_dataset(jsonl(tmp_path / "d.jsonl", rows + [{"prompt": "\x01 ctrl", "completion": "\x7f"}]),
+                            DataConfig(template="llama2"))
+    text_only = format_dataset([{"text": 'pre "formatted" \n text'}], DataConfig(template="llama2"))
+    with_system = format_dataset([{"prompt": "q", "completion": "a", "system": "s"}], DataConfig(template="llama2"))
     multi_turn = format_dataset([{"messages": [{"role": "user", "content": "1"}, {"role": "assistant", "content": "2"},
-                                               {"role": "user", "content": "3"}, {"role": "assistant", "content": "4"}]}])
+                                               {"role": "user", "content": "3"}, {"role": "assistant", "content": "4"}]}],
+                                DataConfig(template="llama2"))
     examples = result.examples + text_only.examples + with_system.examples + multi_turn.examples
     assert [len(ex.turns or ()) for ex in examples[-3:]] == [0, 6, 8]
     out = tmp_path / "o.jsonl"
@@ -367,7 +373,7 @@ def test_jsonl_reader_numbers_rows_by_line(tmp_path):
     table = load_rows(p)
     assert table.row_numbers == [1, 4] and table.columns == ["prompt", "completion", "system"]
     assert [b.row for b in table.broken] == [5] and table.broken[0].category == "broken JSON line"
-    result = format_dataset(p, template="chatml")
+    result = format_dataset(p, DataConfig(template="chatml"))
     assert result.shape.fields.get("system") == "system"
     assert result.examples[1].messages[0] == {"role": "system", "content": "s"}
 
@@ -376,41 +382,41 @@ def test_csv_problems_name_the_data_row_and_the_line(tmp_path):
     p = tmp_path / "q.csv"
     # row 1 spans lines 2-3 (a quoted line break), then a blank line, row 2 on line 5, row 3 on line 6
     p.write_text('instruction,output\n"two\nlines",fine\n\nempty answer,\nok,yes\n')
-    result = format_dataset(p)
+    result = format_dataset(p, DataConfig(template="llama2"))
     assert [ex.row for ex in result.examples] == [1, 3]
     [problem] = result.problems
     assert (problem.row, problem.line, problem.category) == (2, 5, "empty field")
     assert str(problem).startswith("row 2 (line 5): output:")
     with pytest.raises(DataError, match=r"q\.csv:2: line 5: output: 'output' is empty"):
-        format_dataset(p, strict=True)
+        format_dataset(p, DataConfig(template="llama2", strict=True))
 
 
 def test_strict_reports_the_earliest_bad_row_of_any_kind(tmp_path):
     p = tmp_path / "s.jsonl"
     p.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "", "output": "b"}\n{broken\n')
     with pytest.raises(DataError, match=r"s\.jsonl:2: instruction: 'instruction' is empty"):
-        format_dataset(p, strict=True)
+        format_dataset(p, DataConfig(template="llama2", strict=True))
     p.write_text('{"instruction": "a", "output": "b"}\n{broken\n{"instruction": "", "output": "b"}\n')
     with pytest.raises(DataError, match=r"s\.jsonl:2: not valid JSON"):
-        format_dataset(p, strict=True)
+        format_dataset(p, DataConfig(template="llama2", strict=True))
     p.write_text('{"instruction": "a", "output": "b"}\n{broken\n')
     with pytest.raises(DataError, match=r"s\.jsonl:2: not valid JSON"):
-        format_dataset(p, strict=True)
+        format_dataset(p, DataConfig(template="llama2", strict=True))
 
 
 def test_json_rows_wrapped_in_one_key_and_separator_hint(tmp_path):
     w = tmp_path / "w.json"
     w.write_text(json.dumps({"data": [{"question": "Q", "answer": "A"}, {"question": "Q2", "answer": "A2"}]}))
-    assert [ex.row for ex in format_dataset(w).examples] == [1, 2]
+    assert [ex.row for ex in format_dataset(w, DataConfig(template="llama2")).examples] == [1, 2]
     semi = tmp_path / "semi.csv"
     semi.write_text("instruction;output\na;b\n")
     with pytest.raises(DataError, match=r"looks ';'-separated; save it with commas"):
-        format_dataset(semi)
+        format_dataset(semi, DataConfig(template="llama2"))
 
 
 def test_validation_split_always_leaves_training_rows():
     rows = [{"prompt": "p1", "completion": "c"}, {"prompt": "p2", "completion": "c"}]
-    result = format_dataset(rows, val_fraction=0.9)
+    result = format_dataset(rows, DataConfig(template="llama2", val_fraction=0.9))
     assert (len(result.examples), len(result.val_examples)) == (1, 1)
 
 
@@ -420,13 +426,14 @@ def test_lone_surrogates_are_reported_rows_not_a_broken_file(tmp_path):
     p = tmp_path / "s.jsonl"
     p.write_text('{"instruction": "cut \\ud83d emoji", "output": "x"}\n{"instruction": "ok", "output": "y"}\n'
                  '{"instruction": "whole \\ud83d\\ude00", "output": "z"}\n')
-    result = format_dataset(p)
+    result = format_dataset(p, DataConfig(template="llama2"))
     assert [ex.row for ex in result.examples] == [2, 3]
     assert result.examples[1].messages[0]["content"] == "whole \U0001F600"
     assert [(x.row, x.category) for x in result.problems] == [(1, "not text")]
     assert "lone UTF-16 surrogate" in result.problems[0].reason
     msgs = format_dataset([{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a \udc00"}]},
-                           {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}]}])
+                           {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}]}],
+                          DataConfig(template="llama2"))
     assert [(x.row, x.category) for x in msgs.problems] == [(1, "not text")] and len(msgs.examples) == 1
     out = tmp_path / "o.jsonl"
     assert write_jsonl(result.examples, out) == 2
@@ -449,7 +456,7 @@ def test_jsonl_values_read_exactly_as_json_reads_them(tmp_path):
     table = load_rows(p)
     assert table.rows == [json.loads(line) for line in p.read_bytes()[3:].decode().splitlines()][:1] + [table.rows[1]]
     assert table.rows[0]["prompt"] == 123456789012345678901234567890 and table.rows[1]["score"] != table.rows[1]["score"]
-    result = format_dataset(p)
+    result = format_dataset(p, DataConfig(template="llama2"))
     assert result.examples[0].messages[0]["content"] == "123456789012345678901234567890"
     plain = tmp_path / "p.jsonl"
     plain.write_bytes(b'\xef\xbb\xbf{"prompt": "a", "completion": "b"}\r\n\n{"prompt": 7, "completion": "c"}\n')
@@ -464,7 +471,8 @@ def test_a_full_disk_while_writing_leaves_the_old_output_and_no_temporary_file(t
 
     from finetune.data import output as data
 
-    result = format_dataset([{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(50)])
+    result = format_dataset([{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(50)],
+                            DataConfig(template="llama2"))
     out = tmp_path / "o.jsonl"
     out.write_text("the previous output\n")
     real_fdopen = os.fdopen

@@ -12,7 +12,7 @@ import pytest
 
 from finetune import runs
 from finetune.cli import main
-from finetune.config import RunConfig
+from finetune.config import DataConfig, RunConfig
 from finetune.evaluate import (EvalError, best_checkpoint, contains, exact_match, normalize, read_test_set, rouge_l,
                                scores, token_f1)
 from finetune.train import train
@@ -309,7 +309,7 @@ def test_a_held_out_test_split_is_seeded_and_disjoint_from_training_and_validati
     rows = [{"prompt": f"Question number {i}?", "completion": f"Answer {i}"} for i in range(50)]
 
     def split(**kw):
-        r = format_dataset(rows, template="chatml", **kw)
+        r = format_dataset(rows, DataConfig(template="chatml", **kw))
         return ([e.row for e in r.examples], [e.row for e in r.val_examples], [e.row for e in r.test_examples])
 
     train_rows, val_rows, test_rows = split(val_fraction=0.1, test_split=0.2)
@@ -348,7 +348,7 @@ def test_a_run_with_a_test_split_is_scored_on_exactly_the_held_out_rows(tiny_mod
     t.max_steps, t.batch_size, t.max_length, t.save_steps, t.gradient_checkpointing = 2, 4, 64, 2, False
     result = train(cfg, runs_root=tmp_path / "runs")
 
-    held = format_dataset(str(data), template="chatml", test_split=0.25).test_examples
+    held = format_dataset(str(data), DataConfig(template="chatml", test_split=0.25)).test_examples
     expected = [rows[e.row - 1]["prompt"] for e in held]
     kept = read_test_set(result.run_dir / runs.TEST_SET)
     assert [e.prompt[-1]["content"] for e in kept] == expected and all(e.reference == "OK" for e in kept)

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from finetune.config import DataConfig
 from finetune.data import DataError, format_dataset, write_jsonl
 from finetune.data.detect import detect_shape
 from finetune.data.format import _single_turn_rows
@@ -113,9 +114,10 @@ def _write_source(case: dict[str, Any], folder: Path) -> Any:
 def _outcome(source: Any, case: dict[str, Any], per_row: bool, folder: Path) -> tuple[Any, ...]:
     """Everything a caller sees: the written bytes, rows and loss spans, the reported rows; or the error."""
     try:
-        result = format_dataset(source, template=case["template"], system_prompt=case["system_prompt"],
-                                columns=case["columns"], train_on=case["train_on"], strict=case["strict"],
-                                val_fraction=case["val_fraction"], seed=case["seed"], per_row=per_row)
+        settings = DataConfig(template=case["template"], system_prompt=case["system_prompt"],
+                              columns=case["columns"] or {}, train_on=case["train_on"], strict=case["strict"],
+                              val_fraction=case["val_fraction"], seed=case["seed"])
+        result = format_dataset(source, settings, per_row=per_row)
     except DataError as e:
         return ("error", str(e), e.file, e.row, e.reason)
     out = folder / f"out-{per_row}.jsonl"

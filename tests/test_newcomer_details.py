@@ -72,11 +72,12 @@ def test_backend_help_and_rounded_loss(app, tmp_path):
 def test_duplicates_can_be_kept(tmp_path):
     from finetune.cli import main
     from finetune.config import RunConfig
+    from finetune.config import DataConfig
     from finetune.data import format_dataset
 
     rows = [{"instruction": "a", "output": "b"}] * 3 + [{"instruction": "c", "output": "d"}]
-    dropped = format_dataset(rows, template="chatml")
-    kept = format_dataset(rows, template="chatml", keep_duplicates=True)
+    dropped = format_dataset(rows, DataConfig(template="chatml"))
+    kept = format_dataset(rows, DataConfig(template="chatml", keep_duplicates=True))
     assert len(dropped.examples) == 2 and sum(dropped.skipped.values()) == 2
     assert len(kept.examples) == 4 and not kept.problems
     assert RunConfig.from_yaml("data:\n  keep_duplicates: true\n").data.keep_duplicates

@@ -8,7 +8,7 @@ import io
 import pytest
 
 from finetune.cli import main
-from finetune.config import RunConfig
+from finetune.config import DataConfig, RunConfig
 from finetune.train import train
 
 SYSTEM = "Answer as JSON."
@@ -108,7 +108,7 @@ def _rows(systems):
 def test_format_result_says_when_the_system_prompt_is_ignored(systems, given, ignored, default):
     from finetune.data import format_dataset, summary_markdown
 
-    result = format_dataset(_rows(systems), template="chatml", system_prompt=given)
+    result = format_dataset(_rows(systems), DataConfig(template="chatml", system_prompt=given))
     assert (result.own_system_rows, result.default_system_prompt) == (ignored, default)
     summary = summary_markdown(result)
     assert (f"system prompt: ignored for {ignored} of {len(systems)} rows" in summary) == bool(ignored)

@@ -14,10 +14,12 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from finetune.config import choices
+
     p = sub.add_parser("format", help="format a dataset into a prompt template", description=__doc__)
     p.add_argument("data", help="CSV, TSV, JSON, JSONL or Parquet file, or a Hub dataset id")
-    p.add_argument("--template", help="llama2, llama3, chatml, mistral, alpaca, falcon or model "
-                   "(default: llama2; with --model, the model's own chat template when it has one)")
+    p.add_argument("--template", help=f"{', '.join(choices('data.template'))} (default: llama2; with --model, the "
+                   "model's own chat template when it has one)")
     p.add_argument("--system", default="", help="system prompt for examples that have none")
     p.add_argument("--columns", default="", help="column mapping field=column,..., e.g. instruction=question,output=answer")
     p.add_argument("--model", help="model id or folder: its tokenizer gives bos/eos and token statistics")
@@ -25,7 +27,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--keep-duplicates", action="store_true",
                    help="keep rows that repeat an earlier row (default: each repeat is skipped and listed)")
     p.add_argument("--max-length", type=int, default=None, help="count examples longer than this many tokens")
-    p.add_argument("--train-on", choices=("assistant", "all"), default="assistant")
+    p.add_argument("--train-on", choices=choices("data.train_on"), default="assistant")
     p.add_argument("--strict", action="store_true", help="stop at the first bad row")
     p.add_argument("--hub-config", help="Hub dataset configuration")
     p.add_argument("--split", default="train", help="Hub dataset split")
@@ -39,13 +41,14 @@ def val_path(out: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from finetune.cli import UsageError
+    from finetune.config import DataConfig, choices, range_problem
     from finetune.data import DataError, format_dataset, parse_column_mapping, summary_lines, write_jsonl
-    from finetune.templates import TEMPLATE_NAMES
 
-    if not 0.0 <= args.val_fraction <= 0.5:
-        raise UsageError(f"--val-fraction must be between 0 and 0.5, got {args.val_fraction}")
-    if args.template and args.template not in TEMPLATE_NAMES:
-        raise UsageError(f"unknown template '{args.template}'; choose one of: {', '.join(TEMPLATE_NAMES)}")
+    problem = range_problem("data.val_fraction", args.val_fraction)
+    if problem:
+        raise UsageError(problem.replace("data.val_fraction", "--val-fraction", 1))
+    if args.template and args.template not in choices("data.template"):
+        raise UsageError(f"unknown template '{args.template}'; choose one of: {', '.join(choices('data.template'))}")
     tokenizer = None
     if args.model is not None:
         from finetune.models import ModelError, load_tokenizer
@@ -57,10 +60,11 @@ def run(args: argparse.Namespace) -> int:
     template = args.template or ("model" if tokenizer is not None and getattr(tokenizer, "chat_template", None)
                                  else "llama2")
     try:
-        result = format_dataset(args.data, template=template, system_prompt=args.system,
-                                columns=parse_column_mapping(args.columns, "--columns:"), tokenizer=tokenizer, train_on=args.train_on,
-                                strict=args.strict, val_fraction=args.val_fraction, max_length=args.max_length,
-                                hub_config=args.hub_config, split=args.split, keep_duplicates=args.keep_duplicates)
+        settings = DataConfig(template=template, system_prompt=args.system, train_on=args.train_on,
+                              columns=parse_column_mapping(args.columns, "--columns:"), strict=args.strict,
+                              val_fraction=args.val_fraction, hub_config=args.hub_config, split=args.split,
+                              keep_duplicates=args.keep_duplicates)
+        result = format_dataset(args.data, settings, tokenizer=tokenizer, max_length=args.max_length)
     except DataError as e:
         raise UsageError(str(e)) from e
     out = Path(args.out)

@@ -1,7 +1,8 @@
 """Datasets in, formatted examples out: load a file or Hub dataset, detect its shape, map each row to chat
 messages, render them with a template, and report every bad row with its number and the fix.
 
->>> result = format_dataset([{"instruction": "Say hi", "output": "Hi!"}], template="llama2")
+>>> from finetune.config import DataConfig
+>>> result = format_dataset([{"instruction": "Say hi", "output": "Hi!"}], DataConfig(template="llama2"))
 >>> result.shape.name, result.examples[0].text
 ('alpaca', '<s>[INST] Say hi [/INST] Hi! </s>')
 

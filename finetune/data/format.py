@@ -1,7 +1,7 @@
 """Formatting rows into a template: each row's conversation rendered into the text the model is trained on,
 with the characters that carry the loss, every bad row reported with its number and the fix.
 
->>> result = format_dataset([{"instruction": "Say hi", "output": "Hi!"}], template="llama2")
+>>> result = format_dataset([{"instruction": "Say hi", "output": "Hi!"}], DataConfig(template="llama2"))
 >>> result.shape.name, result.examples[0].text
 ('alpaca', '<s>[INST] Say hi [/INST] Hi! </s>')
 
@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Hashable, ParamSpec, Sequence, TypeVar, cast
 
+from ..config import DataConfig
 from ..templates import (MODEL_TEMPLATE, Message, SpecialTokens, TemplateError, find_control_strings, render,
                          special_tokens)
 from .detect import (INPUT_SEPARATOR, SINGLE_TURN, Note, Shape, cell_text, column_cells, detect_shape,
@@ -458,40 +459,34 @@ def split_off(examples: list[T], fraction: float, seed: int | str) -> tuple[list
 @without_gc
 def format_dataset(
     source: str | Path | Sequence[Row],
+    data: DataConfig | None = None,
     *,
-    template: str = "llama2",
-    system_prompt: str = "",
-    columns: dict[str, str] | None = None,
     tokenizer: Any = None,
-    train_on: str = "assistant",
-    strict: bool = False,
-    val_fraction: float = 0.0,
-    seed: int = 42,
     max_length: int | None = None,
-    hub_config: str | None = None,
-    test_split: float = 0.0,
-    split: str = "train",
     max_bytes: int | None = None,
     per_row: bool = False,
     measure_tokens: bool = True,
-    keep_duplicates: bool = False,
 ) -> FormatResult:
-    """Load, detect, render. Bad rows are skipped and counted (``strict``: the first raises DataError).
+    """Load, detect, render ``source`` as ``data`` says (a run config's ``data`` section; its ``source`` is not
+    read: ``source`` is the file, Hub id or rows). Bad rows are skipped and counted (``data.strict``: the first
+    raises DataError).
 
     ``per_row``: every row through the per-row path, the reference that the fast path must equal (slower, the
     same result; see the module docstring). ``measure_tokens``: with a tokenizer, count each example's tokens
-    (``FormatResult.lengths``); training turns it off, it tokenizes the examples itself. ``keep_duplicates``: a row
-    that repeats an earlier one is kept instead of skipped. ``test_split``: that fraction of the examples is held
-    out as the test set (``FormatResult.test_examples``) before the validation split is drawn from the rest, so the
-    two never share a row; seeded by ``seed`` like the validation split."""
-    table = open_table(source, hub_config=hub_config, split=split, max_bytes=max_bytes)
+    (``FormatResult.lengths``); training turns it off, it tokenizes the examples itself. ``data.keep_duplicates``:
+    a row that repeats an earlier one is kept instead of skipped. ``data.test_split``: that fraction of the examples
+    is held out as the test set (``FormatResult.test_examples``) before the validation split is drawn from the
+    rest, so the two never share a row; seeded by ``data.seed`` like the validation split."""
+    d = data or DataConfig()
+    template, system_prompt, train_on, strict = d.template, d.system_prompt, d.train_on, d.strict
+    table = open_table(source, hub_config=d.hub_config, split=d.split, max_bytes=max_bytes)
     name = table.name
     rows_in = len(table.rows) + len(table.broken)
-    shape = detect_shape(table.columns, columns, table.rows, name)
+    shape = detect_shape(table.columns, d.columns or None, table.rows, name)
     if template == MODEL_TEMPLATE and tokenizer is None:
         raise DataError(name, None, "template 'model' needs the model's tokenizer; give --model or pick a template")
 
-    out = _Output(name, strict, (table.lines or {}).get, list(table.broken), keep_duplicates=keep_duplicates)
+    out = _Output(name, strict, (table.lines or {}).get, list(table.broken), keep_duplicates=d.keep_duplicates)
     fast = None if per_row else _single_turn_rows(table.rows, shape, template, tokenizer, train_on, system_prompt,
                                                      table.valid_text)
     # strict: an unparsable row stops the run when the rows before it are done, not before them
@@ -529,14 +524,14 @@ def format_dataset(
         raise DataError(name, None, f"no usable rows: {len(problems)} of {rows_in} rejected{detail}")
 
     held_out: list[Example] = []
-    if test_split > 0:
+    if d.test_split > 0:
         if examples[0].turns is None:
             raise DataError(name, None, "test_split holds out prompts with their reference answers, and pre-formatted "
                             "text has none; give prompt/answer rows or conversations, or a separate test file")
-        held_out, examples = split_off(examples, test_split, f"{seed}:test")
+        held_out, examples = split_off(examples, d.test_split, f"{d.seed}:test")
     val: list[Example] = []
-    if val_fraction > 0:  # at least one validation example, and at least one left to train on
-        val, examples = split_off(examples, val_fraction, seed)
+    if d.val_fraction > 0:  # at least one validation example, and at least one left to train on
+        val, examples = split_off(examples, d.val_fraction, d.seed)
 
     result = FormatResult(str(name), shape, rows_in, examples, val, problems, out.warnings,
                           Counter(p.category for p in problems), max_length=max_length, system_prompt=system_prompt,

@@ -127,10 +127,10 @@ def apply_plan(cfg: RunConfig, plan: AutoPlan) -> RunConfig:
     """A copy of ``cfg`` with the plan's settings written into its fields."""
     if plan.method == "full":
         raise EstimateError("the run config has no full fine-tuning switch; choose a LoRA plan")
-    from ..config import CHOICES, apply_overrides
+    from ..config import apply_overrides, choices
 
     optim = plan.optim
-    if optim not in CHOICES["training.optim"] and optim == resolve_optim("auto", device_of(get_gpu(plan.gpu))):
+    if optim not in choices("training.optim") and optim == resolve_optim("auto", device_of(get_gpu(plan.gpu))):
         optim = "auto"  # e.g. the fused AdamW of CPU runs: only reachable through "auto"
     return apply_overrides(cfg, {
         "quantization.load_in": "4bit" if plan.method == "qlora" else ("8bit" if plan.weights == "int8" else "none"),

@@ -34,6 +34,8 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..config import choices
+from ..settings import AUTO_OPTIM
 from .architecture import Linear, ModelSpec, linear_layers, load_model_spec, spec_for_config  # noqa: F401 - doctests
 from .hardware import (CUDA_CONTEXT_GB, GPUS, ZEROGPU_DAILY_QUOTA_MIN, EstimateError, GiB, GpuSpec, figures_source,
                        fit_verdict, get_gpu)
@@ -48,8 +50,11 @@ if TYPE_CHECKING:  # imported for annotations only: the config module is light, 
 
 METHODS = ("qlora", "lora", "full")
 WEIGHT_FORMATS = ("nf4", "fp4", "int8", "bf16", "fp16", "fp32")
-OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "paged_adamw_32bit", "adamw_8bit", "paged_adamw_8bit", "sgd")
-ATTENTION = ("sdpa", "flash_attention_2", "flash_attention_3", "flex_attention", "eager")
+# The config's choices made concrete: what a user picks, and what "auto" resolves to (the fused AdamW of CPU runs
+# is reachable only that way: settings.AUTO_OPTIM)
+OPTIMIZERS = tuple(dict.fromkeys([*(o for o in choices("training.optim") if o != "auto"), *AUTO_OPTIM.values()]))
+ATTENTION = choices("model.attn_implementation")
+PRECISIONS = tuple(p for p in choices("training.precision") if p != "auto")
 LOSSES = ("chunked", "linear_chunked", "full")
 KERNELS = ("none", "liger")
 # ResolvedSettings.loss -> the estimator's loss: trl's fused head and the CPU trained-positions head are tiled by
@@ -168,7 +173,7 @@ def check_setup(s: TrainSetup) -> TrainSetup:
     problems = []
     for name, allowed in (("method", METHODS), ("weights", WEIGHT_FORMATS), ("optim", OPTIMIZERS),
                           ("attn", ATTENTION), ("loss", LOSSES), ("kernels", KERNELS),
-                          ("precision", ("bf16", "fp16", "fp32"))):
+                          ("precision", PRECISIONS)):
         if getattr(s, name) not in allowed:
             problems.append(f"{name} '{getattr(s, name)}' is not one of: {', '.join(allowed)}")
     for name in ("batch_size", "seq_len", "grad_accum", "lora_r"):

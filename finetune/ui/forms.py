@@ -1,8 +1,9 @@
 """The single mapping between widget values and the run config.
 
-Every config field the UI edits is listed once in ``FIELDS`` (key, widget kind, label, range). The
-widgets are created from it with the field's one-line help as their hint, and values go back into a
-``RunConfig`` through ``values_to_config``: no defaults repeated, no values read by string id.
+Every config field the UI edits is listed once in ``FORM_FIELDS`` (key, widget kind, label). The widgets are
+created from it with what the field declares (``config.doc``: its help as their hint, its choices, its range as
+their minimum and maximum, the method it belongs to), and values go back into a ``RunConfig`` through
+``values_to_config``: no defaults, choices or ranges repeated, no values read by string id.
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from ..config import RunConfig, apply_overrides, field_help, parse_target_modules
-from ..methods import METHODS
-from ..templates import TEMPLATE_NAMES
+from ..config import RunConfig, apply_overrides, choices, field_help, parse_target_modules, rule, rules
 
 
 @dataclass(frozen=True)
@@ -22,18 +21,29 @@ class Field:
     key: str  # section.name in RunConfig
     kind: str  # text | number | int | slider | checkbox | dropdown | radio
     label: str
-    choices: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()  # a suggestion list of a field that declares no choices (training.report_to)
+    # the widget's own range where it is narrower than the field's rule (a slider's end) or the rule spans fields
     minimum: float | None = None
     maximum: float | None = None
     step: float | None = None
 
+    def options(self) -> tuple[str, ...]:
+        """The values offered: the field's declared choices."""
+        return self.choices or choices(self.key)
+
+    def bounds(self) -> tuple[float | None, float | None]:
+        """The widget's minimum and maximum: the field's declared range unless the widget narrows it."""
+        meta = rule(self.key)
+        return (self.minimum if self.minimum is not None else meta.get("min"),
+                self.maximum if self.maximum is not None else meta.get("max"))
+
 
 DATA_FIELDS = (
-    Field("data.template", "dropdown", "Prompt template", TEMPLATE_NAMES),
+    Field("data.template", "dropdown", "Prompt template"),
     Field("data.system_prompt", "text", "System prompt"),
-    Field("data.train_on", "radio", "Train on", ("assistant", "all")),
-    Field("data.val_fraction", "slider", "Validation fraction", minimum=0.0, maximum=0.5, step=0.01),
-    Field("data.test_split", "slider", "Hold out as test set (fraction)", minimum=0.0, maximum=0.5, step=0.01),
+    Field("data.train_on", "radio", "Train on"),
+    Field("data.val_fraction", "slider", "Validation fraction", step=0.01),
+    Field("data.test_split", "slider", "Hold out as test set (fraction)", step=0.01),
     Field("data.keep_duplicates", "checkbox", "Keep duplicate rows"),
     Field("data.test_source", "text", "Test file (scored when the run ends)"),
 )
@@ -44,52 +54,52 @@ MODEL_FIELDS = (
 )
 
 QUANT_FIELDS = (
-    Field("quantization.load_in", "radio", "Base weights", ("4bit", "8bit", "none")),
-    Field("quantization.quant_type", "dropdown", "4-bit type", ("nf4", "fp4")),
+    Field("quantization.load_in", "radio", "Base weights"),
+    Field("quantization.quant_type", "dropdown", "4-bit type"),
     Field("quantization.double_quant", "checkbox", "Double quantization"),
-    Field("quantization.compute_dtype", "dropdown", "Compute dtype", ("auto", "bfloat16", "float16", "float32")),
+    Field("quantization.compute_dtype", "dropdown", "Compute dtype"),
 )
 
 LORA_FIELDS = (
-    Field("lora.r", "slider", "LoRA rank r", minimum=1, maximum=256, step=1),
-    Field("lora.alpha", "number", "LoRA alpha", minimum=0.1),
-    Field("lora.dropout", "slider", "LoRA dropout", minimum=0.0, maximum=0.5, step=0.01),
+    Field("lora.r", "slider", "LoRA rank r", maximum=256, step=1),
+    Field("lora.alpha", "number", "LoRA alpha"),
+    Field("lora.dropout", "slider", "LoRA dropout", maximum=0.5, step=0.01),
     Field("lora.target_modules", "text", "Target modules"),
 )
 
 TRAIN_FIELDS = (
-    Field("training.learning_rate", "number", "Learning rate", minimum=0.0),
-    Field("training.epochs", "number", "Epochs", minimum=0.0),
-    Field("training.max_steps", "int", "Max steps", minimum=0),
-    Field("training.batch_size", "slider", "Batch size", minimum=1, maximum=64, step=1),
-    Field("training.grad_accum", "slider", "Gradient accumulation", minimum=1, maximum=64, step=1),
-    Field("training.max_length", "int", "Max length (tokens)", minimum=16),
+    Field("training.learning_rate", "number", "Learning rate"),
+    Field("training.epochs", "number", "Epochs", minimum=0.0),  # its rule spans fields: > 0 or max_steps set
+    Field("training.max_steps", "int", "Max steps"),
+    Field("training.batch_size", "slider", "Batch size", maximum=64, step=1),
+    Field("training.grad_accum", "slider", "Gradient accumulation", maximum=64, step=1),
+    Field("training.max_length", "int", "Max length (tokens)"),
     Field("training.packing", "checkbox", "Packing"),
     Field("training.padding_free", "checkbox", "Padding-free batches"),
     Field("training.gradient_checkpointing", "checkbox", "Gradient checkpointing"),
-    Field("training.warmup_ratio", "slider", "Warmup ratio", minimum=0.0, maximum=0.5, step=0.01),
-    Field("training.lr_scheduler", "dropdown", "LR scheduler", ("cosine", "linear", "constant", "constant_with_warmup")),
-    Field("training.optim", "dropdown", "Optimizer", ("auto", "adamw_torch", "paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit")),
-    Field("training.precision", "dropdown", "Precision", ("auto", "bf16", "fp16", "fp32")),
-    Field("training.eval_steps", "int", "Eval every (steps)", minimum=0),
-    Field("training.save_steps", "int", "Checkpoint every (steps)", minimum=1),
-    Field("training.seed", "int", "Seed", minimum=0),
+    Field("training.warmup_ratio", "slider", "Warmup ratio", maximum=0.5, step=0.01),
+    Field("training.lr_scheduler", "dropdown", "LR scheduler"),
+    Field("training.optim", "dropdown", "Optimizer"),
+    Field("training.precision", "dropdown", "Precision"),
+    Field("training.eval_steps", "int", "Eval every (steps)"),
+    Field("training.save_steps", "int", "Checkpoint every (steps)"),
+    Field("training.seed", "int", "Seed"),
     Field("training.report_to", "dropdown", "Experiment tracking", ("none", "trackio", "tensorboard", "wandb", "mlflow")),
 )
 
 # The training method and the fields only one method uses (shown when it is picked: METHOD_OF).
 METHOD_FIELDS = (
-    Field("training.method", "radio", "Method", METHODS),
+    Field("training.method", "radio", "Method"),
     Field("training.init_adapter", "text", "Start from adapter"),  # every method: not in METHOD_OF
-    Field("training.dpo_beta", "number", "DPO beta", minimum=0.0),
-    Field("training.orpo_lambda", "number", "ORPO lambda", minimum=0.0),
-    Field("training.kto_beta", "number", "KTO beta", minimum=0.0),
-    Field("training.kto_desirable_weight", "number", "KTO desirable weight", minimum=0.0),
-    Field("training.kto_undesirable_weight", "number", "KTO undesirable weight", minimum=0.0),
-    Field("training.grpo_num_generations", "slider", "GRPO group size", minimum=2, maximum=32, step=1),
-    Field("training.max_completion_length", "int", "Max completion length (tokens)", minimum=1),
-    Field("training.grpo_beta", "number", "GRPO KL beta", minimum=0.0),
-    Field("training.grpo_temperature", "number", "GRPO temperature", minimum=0.0),
+    Field("training.dpo_beta", "number", "DPO beta"),
+    Field("training.orpo_lambda", "number", "ORPO lambda"),
+    Field("training.kto_beta", "number", "KTO beta"),
+    Field("training.kto_desirable_weight", "number", "KTO desirable weight"),
+    Field("training.kto_undesirable_weight", "number", "KTO undesirable weight"),
+    Field("training.grpo_num_generations", "slider", "GRPO group size", maximum=32, step=1),
+    Field("training.max_completion_length", "int", "Max completion length (tokens)"),
+    Field("training.grpo_beta", "number", "GRPO KL beta"),
+    Field("training.grpo_temperature", "number", "GRPO temperature"),
 )
 
 # GRPO's built-in rewards (a weight of 0 turns one off). rewards.module is not here: the app runs no user code.
@@ -104,19 +114,15 @@ REWARD_FIELDS = (
     Field("rewards.contains_weight", "number", "Contains weight"),
     Field("rewards.excludes", "text", "Must not contain (comma-separated)"),
     Field("rewards.excludes_weight", "number", "Excludes weight"),
-    Field("rewards.length_target", "int", "Target length (characters)", minimum=0),
+    Field("rewards.length_target", "int", "Target length (characters)", minimum=0),  # > 0 when its weight is set
     Field("rewards.length_weight", "number", "Length weight"),
     Field("rewards.judge_model", "text", "Judge: local reward model folder"),
     Field("rewards.judge_weight", "number", "Judge weight"),
 )
 
-# The method each method-specific field belongs to.
-METHOD_OF = {
-    "training.dpo_beta": "dpo", "training.orpo_lambda": "orpo", "training.kto_beta": "kto",
-    "training.kto_desirable_weight": "kto", "training.kto_undesirable_weight": "kto",
-    "training.grpo_num_generations": "grpo", "training.max_completion_length": "grpo", "training.grpo_beta": "grpo",
-    "training.grpo_temperature": "grpo", **{f.key: "grpo" for f in REWARD_FIELDS},
-}
+# The method each method-specific field belongs to (as the field declares it; the rewards are GRPO's).
+METHOD_OF = {**{key: meta["method"] for key, meta in rules() if "method" in meta},
+             **{f.key: "grpo" for f in REWARD_FIELDS}}
 LIST_FIELDS = ("lora.target_modules", "rewards.contains", "rewards.excludes")  # lists shown as "a, b"
 
 FORM_FIELDS = DATA_FIELDS + MODEL_FIELDS + QUANT_FIELDS + LORA_FIELDS + TRAIN_FIELDS + METHOD_FIELDS + REWARD_FIELDS
@@ -170,15 +176,16 @@ def make_component(f: Field, value: Any, visible: bool = True, locked: str = "")
         common["interactive"] = False
     if f.kind == "text":
         return gr.Textbox(**common, lines=1)
+    minimum, maximum = f.bounds()
     if f.kind in ("number", "int"):
-        return gr.Number(**common, minimum=f.minimum, maximum=f.maximum, precision=0 if f.kind == "int" else None)
+        return gr.Number(**common, minimum=minimum, maximum=maximum, precision=0 if f.kind == "int" else None)
     if f.kind == "slider":
-        assert f.minimum is not None and f.maximum is not None, f"slider {f.key} needs a range"
-        return gr.Slider(**common, minimum=f.minimum, maximum=f.maximum, step=f.step)
+        assert minimum is not None and maximum is not None, f"slider {f.key} needs a range"
+        return gr.Slider(**common, minimum=minimum, maximum=maximum, step=f.step)
     if f.kind == "checkbox":
         return gr.Checkbox(**common)
     if f.kind == "dropdown":
-        return gr.Dropdown(**common, choices=list(f.choices))
+        return gr.Dropdown(**common, choices=list(f.options()))
     if f.kind == "radio":
-        return gr.Radio(**common, choices=list(f.choices))
+        return gr.Radio(**common, choices=list(f.options()))
     raise ValueError(f.kind)
