@@ -15,7 +15,6 @@ The single-user app (someone's own machine) applies none of them.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -28,6 +27,7 @@ from typing import Iterator
 
 from . import runs
 from .errors import UserError
+from .io import file_lock
 
 RUNS_PER_VISITOR_ENV = "FINETUNE_MAX_RUNS_PER_VISITOR"
 MAX_STEPS_ENV = "FINETUNE_MAX_STEPS"
@@ -147,14 +147,8 @@ def _ledger(root: Path) -> Path:
 def ledger_lock(root: Path) -> Iterator[None]:
     """Count and start under one lock (across the app's threads and processes), so two starts sent at once
     cannot both pass a count of limit - 1."""
-    folder = _ledger(root)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with file_lock(_ledger(root) / ".lock"):
         yield
-    finally:
-        os.close(fd)
 
 
 def _owner_id(owner: str) -> str:

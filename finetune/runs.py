@@ -20,6 +20,7 @@ from typing import Any, Iterator
 from .adapter import ADAPTER_DIR, is_adapter_dir
 from .errors import UserError
 from .events import EVENTS_FILE, TERMINAL, read_events
+from .io import file_lock
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINTS = "checkpoints"
@@ -212,12 +213,8 @@ def clear_stop(run_dir: Path, requests: bool = True) -> None:
 @contextlib.contextmanager
 def control(run_dir: Path) -> Iterator[None]:
     """Stop and resume of one run, one at a time (across processes: the app and the CLI)."""
-    fd = os.open(Path(run_dir) / CONTROL_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with file_lock(Path(run_dir) / CONTROL_LOCK):
         yield
-    finally:
-        os.close(fd)
 
 
 def hold_process_lock(run_dir: Path) -> int:

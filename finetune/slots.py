@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .io import file_lock
+
 MAX_ENV = "FINETUNE_MAX_CONCURRENT_RUNS"
 QUEUE_DIR = ".queue"  # under the runs root; not a run id (run ids start with a letter or digit)
 WAITING = "waiting"
@@ -193,13 +195,8 @@ def read_pending(path: Path) -> dict[str, Any] | None:
 @contextlib.contextmanager
 def dispatching(qdir: str | Path) -> Iterator[None]:
     """One dispatcher at a time (the app's threads, a restarted app): a ticket is launched once."""
-    Path(qdir).mkdir(parents=True, exist_ok=True)
-    fd = os.open(Path(qdir) / DISPATCH_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with file_lock(Path(qdir) / DISPATCH_LOCK):
         yield
-    finally:
-        os.close(fd)
 
 
 def place(qdir: str | Path, name: str, n: int | None = None) -> int:
