@@ -110,6 +110,14 @@ def test_zerogpu_quota_shown_before_start():
     assert "More than a day's quota for: unauthenticated, free, pro, team, enterprise" in quota_markdown(big)
 
 
+@pytest.fixture(scope="module")
+def own_app(tmp_path_factory):
+    """The app on one's own machine (single-user): Jobs may use the machine's HF_TOKEN."""
+    root = tmp_path_factory.mktemp("own-runs")
+    with launched(root, tmp_path_factory.mktemp("own-downloads"), multi_user=False, css=False) as (_, url):
+        yield url, root
+
+
 def test_zerogpu_is_refused_off_a_zerogpu_space_with_the_reason(plain_app, tiny_model_dir):
     from gradio_client.exceptions import AppError
 
@@ -130,21 +138,27 @@ def test_mock_oauth_token_is_never_used():
     assert oauth_token(gr.OAuthToken(token=TOKEN, scope="", expires_at=0)) == TOKEN
 
 
-def test_hf_jobs_submit_status_and_cancel_keep_the_token_secret(plain_app, monkeypatch):
+def test_hf_jobs_submit_status_and_cancel_keep_the_token_secret(plain_app, own_app, monkeypatch):
     import huggingface_hub
 
-    url, root = plain_app
     fake = FakeJobsApi(LOG.splitlines())
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: fake)
     monkeypatch.setattr(service, "SYNC_EVERY_S", 0.0)
     monkeypatch.setenv("SPACE_ID", "me/finetune")
-    c = client(url)
     cfg = job_config("HuggingFaceTB/SmolLM2-135M-Instruct")
     cfg.training.max_steps = 40
     responses = []
 
     from gradio_client.exceptions import AppError
 
+    # a shared app: an anonymous visitor rents nothing with the server's token
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    with pytest.raises(AppError, match="sign in with Hugging Face to start a Hugging Face job"):
+        client(plain_app[0]).predict(cfg.to_yaml(), None, "hf-jobs", "l4x1", "me/out", api_name="/start_training")
+    assert fake.sent == []
+    # one's own machine: the machine's token, passed to the job as a secret only
+    url, root = own_app
+    c = client(url)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     with pytest.raises(AppError, match="no Hugging Face token"):
         c.predict(cfg.to_yaml(), None, "hf-jobs", "l4x1", "me/out", api_name="/start_training")
@@ -176,7 +190,7 @@ def test_hf_jobs_submit_status_and_cancel_keep_the_token_secret(plain_app, monke
         c.predict(job_config("HuggingFaceTB/SmolLM2-135M-Instruct").to_yaml(), None, "hf-jobs", "l4x1", "",
                   api_name="/start_training")
     assert TOKEN not in json.dumps(responses)
-    run_dir = next(root.glob(f"users/*/{run_id}"))
+    run_dir = root / run_id
     files = [f for f in run_dir.rglob("*") if f.is_file()]
     assert {f.name for f in files} >= {"config.yaml", "events.jsonl", "job.json"}
     for f in files:
