@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from apps import SAMPLE, launched, needs_chromium, open_page, text_of, wait_text
+from finetune.presets import load_preset
 
 pytestmark = needs_chromium
 
@@ -50,7 +52,8 @@ def test_a_preset_keeps_the_template_picked_in_the_dataset_tab_and_says_so(url, 
         wait_text(page, "preset-info", "llama2")
         note = text_of(page, "preset-info")
         assert "kept" in note.lower() and "llama2" in note and "model" in note, note
-        wait_text(page, "fit-verdict", "for 30 steps")  # the preset's own values arrived
+        steps = load_preset("smollm2-135m-dpo").training.max_steps
+        wait_text(page, "fit-verdict", f"for {steps} steps")  # the preset's own values arrived
         page.locator("button.label-wrap", has_text="Config (YAML)").first.click()  # open the accordion
         wait_text(page, "config-yaml", "template: llama2")  # the config a run starts from
         assert dropdown_value(page, "data-template") == "llama2"
