@@ -5,28 +5,19 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import runs
 from .adapter import write_run_files, write_tokenizer
 from .config import RunConfig
+from .dialogs import TrainedDialogs
 from .events import EventSink
 
 if TYPE_CHECKING:
     from transformers import Trainer
 
     from .models import Model, Tokenizer
-    from .templates import Message
-
-
-@dataclass(frozen=True)
-class TrainedDialogs:
-    """What the adapter keeps of the data: the default system prompt and dialogs to check its template on."""
-
-    system_prompt: str  # every training row's shared system prompt, else the configured one
-    dialogs: list[list[Message]]  # a sample of the validation (else training) conversations
 
 
 def save_adapter(trainer: Trainer, tokenizer: Tokenizer, config: RunConfig, base_name: str, run_dir: Path,

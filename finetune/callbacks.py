@@ -90,7 +90,7 @@ def events_callback(log: EventSink, run_dir: Path, halt: Halt, method: str = "sf
             # int: transformers types logging_steps as float (below 1 it is a ratio); ours is a whole number >= 1
             tps = (tokens - self.last_tokens) / max(sum(self.step_times[-int(args.logging_steps):]), 1e-9)
             self.last_tokens = tokens
-            metrics = methods.step_metrics(method, logs) if method != "sft" else None
+            metrics = methods.get(method).step_metrics(logs)
             log.emit(
                 "step",
                 step=state.global_step,

@@ -169,25 +169,18 @@ def card_metadata(config: RunConfig, base_model: str, license: str | None = None
 
 def _method_line(config: RunConfig) -> str:
     """The training method with the fields it used (finetune/methods.py)."""
+    from .methods import get
+
     t = config.training
-    reference = "the starting adapter (frozen)" if t.init_adapter else "the base model (adapter disabled)"
-    detail = {
-        "sft": "supervised fine-tuning",
-        "dpo": f"beta={t.dpo_beta}; reference: {reference}",
-        "orpo": f"lambda={t.orpo_lambda}; no reference model",
-        "kto": f"beta={t.kto_beta}, desirable weight {t.kto_desirable_weight}, undesirable weight {t.kto_undesirable_weight}",
-        "grpo": f"{t.grpo_num_generations} answers per prompt, up to {t.max_completion_length} tokens, KL beta={t.grpo_beta}",
-    }.get(t.method, "")
+    detail = get(t.method).card(t)
     return f"{t.method.upper()} ({detail})"
 
 
 def _method_results(method: str, metrics: dict[str, Any]) -> list[str]:
     """The final values of the method's own metrics (reward margins, accuracies, KL, mean rewards)."""
-    from .methods import METRICS
+    from .methods import get
 
-    if method == "sft":
-        return []
-    names = [k for k in metrics if k in METRICS.get(method, ()) or (k.startswith("rewards/") and k.endswith("/mean"))]
+    names = [k for k in metrics if get(method).is_metric(k)]
     return [f"- final {name}: {metrics[name]:.4f}" for name in names if isinstance(metrics[name], (int, float))]
 
 

@@ -1,10 +1,14 @@
-"""The methods beyond SFT: ``training.method`` dpo, orpo, kto and grpo, each on its trl trainer.
+"""The training methods: ``training.method`` sft, dpo, orpo, kto and grpo, each one entry of :data:`REGISTRY`.
 
 ``train(config)`` (finetune/train.py) runs every method the same way (run folder, events, checkpoints, resume,
-chunks, the adapter bundle); what differs lives here: the data each method trains on (rendered with the run's
-template, finetune/data/preference.py), the trainer and its config, the metrics its events carry, and what the
-estimator counts per step.
+chunks, the adapter bundle); what differs is the method's entry: the data it trains on (SFT's conversations
+tokenized here, finetune/tokenization.py; the others' rows rendered with the run's template,
+finetune/data/preference.py), its trainer, the metrics its events carry, what the estimator counts per example,
+whether it compares with a reference model, and its one-line description. Training, the estimator, the model
+card, the Dataset tab's preview and the Method picker ask the entry; a new method is one more entry (and its
+name among ``training.method``'s choices, with its own fields, in config.py).
 
+- sft: any supported conversation shape; the answers are imitated.
 - dpo: pairs; the reference model is the base with the adapter disabled (no second copy with LoRA).
 - orpo: pairs; no reference model (the SFT loss plus an odds-ratio term, weight ``training.orpo_lambda``).
 - kto: single answers with thumbs up/down; reference as for dpo.
@@ -17,67 +21,111 @@ estimator counts per step.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from .config import RunConfig, choices, sample_data
+from .config import RunConfig, TrainingConfig, sample_data
+from .dialogs import TrainedDialogs
 
 if TYPE_CHECKING:
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import Trainer, TrainerCallback
 
+    from .data import Example
     from .data.preference import MethodData
     from .models import Model, Tokenizer
     from .templates import Message
 
-METHODS = choices("training.method")  # as the field declares them
-PREFERENCE = ("dpo", "orpo", "kto", "grpo")  # the methods whose data is not SFT's
-
-# What each method's step events carry besides the loss (trl's log names; "rewards/<function>/mean" per reward).
-METRICS: dict[str, tuple[str, ...]] = {
-    "dpo": ("rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected"),
-    "orpo": ("rewards/margins", "rewards/accuracies", "log_odds_ratio", "nll_loss"),
-    "kto": ("kl", "rewards/chosen", "rewards/rejected", "rewards/margins"),
-    "grpo": ("reward", "reward_std", "completions/mean_length", "kl"),
-}
+ANY_SHAPE = "any"  # SFT's data shape: every shape data/detect.py reads, tokenized here (data/format.py)
 
 
-def step_metrics(method: str, logs: dict[str, Any]) -> dict[str, float]:
-    """The method's metrics in one trainer log (rounded; the per-reward means of grpo included)."""
-    if method not in METRICS:
-        return {}
-    keys = list(METRICS[method])
-    if method == "grpo":
-        keys += [k for k in logs if k.startswith("rewards/") and k.endswith("/mean")]
-    return {k: round(float(logs[k]), 6) for k in keys if isinstance(logs.get(k), (int, float))}
+@dataclass(frozen=True)
+class RunData:
+    """A method's data for one run: the datasets its trainer takes and what comes with them."""
+
+    train: Dataset
+    eval: Dataset | None
+    summary: dict[str, Any]  # the ``started`` event's ``data``, the model card's
+    dialogs: TrainedDialogs
+    held_out: list[Example]  # the rows ``data.test_split`` held out (SFT's)
+    examples: MethodData | None  # a text-row method's formatted examples (answered at each save)
 
 
-def final_metrics(method: str, log_history: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Each method metric's last logged training value (for the run's metrics and the model card)."""
-    out: dict[str, float] = {}
-    for entry in log_history:
-        if "loss" in entry:
-            out.update(step_metrics(method, entry))
-    return out
+@dataclass(frozen=True)
+class TrainerParts:
+    """What every method's trainer is built from (``common``: the run's shared arguments, trainer.py)."""
+
+    model: Model
+    tokenizer: Tokenizer
+    common: dict[str, Any]
+    train: Dataset
+    eval: Dataset | None
+    peft_config: LoraConfig | None  # None: ``model`` is a PeftModel already (``training.init_adapter``)
+    callbacks: list[TrainerCallback]
+    device: str
+    loss: str  # settings.resolve's loss (SFT's trained-positions loss or trl's)
+
+    def trl_kwargs(self) -> dict[str, Any]:
+        return dict(model=self.model, train_dataset=self.train, eval_dataset=self.eval,
+                    processing_class=self.tokenizer, peft_config=self.peft_config, callbacks=self.callbacks)
 
 
-def sequences_per_example(method: str, num_generations: int = 1) -> int:
-    """Sequences one training example puts through the model: a pair is two (chosen and rejected), a kto row
-    two (its answer and a mismatched one for the KL estimate), a grpo prompt its group of sampled answers."""
-    return {"dpo": 2, "orpo": 2, "kto": 2, "grpo": num_generations}.get(method, 1)
+def _one(t: TrainingConfig) -> int:
+    return 1
 
 
-def beta(config: RunConfig) -> float:
-    """The method's beta: how strongly dpo and kto (and grpo's KL term) hold the model near the reference; the
-    reward margins dpo and kto log are beta x log-probability ratios. 0 for methods without one."""
-    t = config.training
-    return {"dpo": t.dpo_beta, "kto": t.kto_beta, "grpo": t.grpo_beta}.get(t.method, 0.0)
+def _no(t: TrainingConfig) -> bool:
+    return False
 
 
-def needs_reference(method: str, grpo_beta: float = 0.0) -> bool:
-    """Whether the method compares with a reference model. With LoRA that is the base with the adapter
-    disabled: an extra forward pass per step, no extra weights."""
-    return method in ("dpo", "kto") or (method == "grpo" and grpo_beta > 0)
+def _zero(t: TrainingConfig) -> float:
+    return 0.0
+
+
+@dataclass(frozen=True)
+class Method:
+    """One training method: everything that differs from one method to another."""
+
+    name: str
+    description: str  # what it learns from, one line (UI and CLI help)
+    data: str  # the data it needs, in words (the Method picker)
+    shape: str  # ANY_SHAPE, or the data/preference.py shape its rows have (text rows trl tokenizes)
+    datasets: Callable[[RunConfig, Tokenizer], RunData]
+    trainer: Callable[[RunConfig, TrainerParts], Trainer]
+    card: Callable[[TrainingConfig], str]  # the settings it trained with, for the model card
+    metrics: tuple[str, ...] = ()  # what its step events carry besides the loss (trl's log names)
+    reward_means: bool = False  # its logs carry "rewards/<function>/mean" per reward, carried too
+    sequences: Callable[[TrainingConfig], int] = _one  # sequences one example puts through the model
+    generates: bool = False  # its sequences are answers it samples (max_completion_length tokens each)
+    reference: Callable[[TrainingConfig], bool] = _no  # whether it compares with a reference model
+    beta: Callable[[TrainingConfig], float] = _zero  # how strongly it holds the model near the reference
+
+    @property
+    def text_rows(self) -> bool:
+        """Its rows are rendered text trl tokenizes (data/preference.py), not token ids and labels made here:
+        no packed attention, and the training model is not the one ``finetune eval`` loads."""
+        return self.shape != ANY_SHAPE
+
+    def is_metric(self, key: str) -> bool:
+        return key in self.metrics or (self.reward_means and key.startswith("rewards/") and key.endswith("/mean"))
+
+    def step_metrics(self, logs: dict[str, Any]) -> dict[str, float] | None:
+        """Its metrics in one trainer log (rounded); None for a method that has none."""
+        if not self.metrics:
+            return None
+        keys = list(self.metrics) + [k for k in logs if k not in self.metrics and self.is_metric(k)]
+        return {k: round(float(logs[k]), 6) for k in keys if isinstance(logs.get(k), (int, float))}
+
+    def run_metrics(self, log_history: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """What the run's metrics add for the method: its name and each metric's last logged training value."""
+        if not self.metrics:
+            return {}
+        out: dict[str, Any] = {"method": self.name}
+        for entry in log_history:
+            if "loss" in entry:
+                out.update(self.step_metrics(entry) or {})
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,13 +174,14 @@ def load_data(config: RunConfig, tokenizer: Tokenizer) -> MethodData:
     return format_for_method(d.source or str(sample_data(config.training.method)), config.training.method, template=d.template,
                              system_prompt=d.system_prompt, columns=d.columns or None, tokenizer=tokenizer,
                              strict=d.strict, val_fraction=d.val_fraction, seed=d.seed, hub_config=d.hub_config,
-                             split=d.split)
+                             split=d.split, shape=get(config.training.method).shape)
 
 
-def datasets(config: RunConfig, tokenizer: Tokenizer) -> tuple[Dataset, Dataset | None, dict[str, Any], MethodData]:
-    """The method's data as (train, eval or None, summary, the formatted examples), as ``tokenization.sft_datasets``
-    gives SFT's."""
+def _text_data(config: RunConfig, tokenizer: Tokenizer) -> RunData:
+    """A text-row method's data (train, eval or None, summary, dialogs, its formatted examples)."""
     from datasets import Dataset
+
+    from .dialogs import sample_dialogs
 
     data = load_data(config, tokenizer)
     train_ds = Dataset.from_list(rows_for_trl(data, tokenizer))
@@ -146,70 +195,165 @@ def datasets(config: RunConfig, tokenizer: Tokenizer) -> tuple[Dataset, Dataset 
         "eval_examples": len(eval_ds) if eval_ds is not None else 0,
         "skipped": dict(data.skipped),
     }
-    return train_ds, eval_ds, summary, data
+    dialogs = TrainedDialogs(data.default_system_prompt, sample_dialogs(data.val_examples, data.examples))
+    return RunData(train_ds, eval_ds, summary, dialogs, [], data)
+
+
+def _sft_data(config: RunConfig, tokenizer: Tokenizer) -> RunData:
+    from .tokenization import sft_datasets
+
+    train_ds, eval_ds, summary, dialogs, held_out = sft_datasets(config, tokenizer)
+    return RunData(train_ds, eval_ds, summary, dialogs, held_out, None)
 
 
 # ---------------------------------------------------------------------------------------------
-# the trainer
+# the trainers: each method's trl trainer with the run's shared arguments (``TrainerParts.common``: output
+# folder, schedule, batch, precision, checkpoints). With ``peft_config`` None (``training.init_adapter``) dpo and
+# kto compare with a frozen copy of the starting adapter, not with the bare base.
 
 
-def make_trainer(config: RunConfig, model: Model, tokenizer: Tokenizer, common: dict[str, Any], train_ds: Dataset,
-                 eval_ds: Dataset | None, peft_config: LoraConfig | None, callbacks: list[TrainerCallback],
-                 device: str) -> Trainer:
-    """The trl trainer of ``training.method`` with the run's shared arguments (``common``: output folder,
-    schedule, batch, precision, checkpoints; see train._train). ``peft_config`` None: ``model`` is a PeftModel
-    already (``training.init_adapter``); dpo and kto then compare with a frozen copy of the starting adapter, not
-    with the bare base."""
+def _sft_trainer(config: RunConfig, p: TrainerParts) -> Trainer:
+    from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]  # trl's lazy top-level module
+
+    from .trainer import trained_positions_trainer
+
     t = config.training
-    method = t.method
-    kwargs: dict[str, Any] = dict(model=model, train_dataset=train_ds, eval_dataset=eval_ds,
-                                  processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
-    if method == "dpo":
-        from trl import DPOConfig, DPOTrainer  # type: ignore[attr-defined]  # trl's lazy top-level module
+    sft_args = SFTConfig(
+        **p.common,
+        # padding-free without packing: trl wants max_length=None (we truncated already)
+        max_length=None if (t.padding_free and not t.packing) else t.max_length,
+        packing=t.packing,
+        padding_free=t.padding_free,
+        dataset_num_proc=None,
+        completion_only_loss=None,
+    )
+    trainer_cls: type[SFTTrainer] = trained_positions_trainer(p.loss) if p.loss != "trl" else SFTTrainer
+    return trainer_cls(args=sft_args, **p.trl_kwargs())
 
-        dpo_args = DPOConfig(**common, beta=t.dpo_beta, max_length=t.max_length, dataset_num_proc=None)
-        return DPOTrainer(args=dpo_args, **kwargs)
-    if method == "orpo":
-        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-        orpo_args = ORPOConfig(**{**common, "include_num_input_tokens_seen": "no"}, beta=t.orpo_lambda,
-                               max_length=t.max_length, dataset_num_proc=None)
-        return ORPOTrainer(args=orpo_args, **kwargs)
-    if method == "kto":
-        from trl import KTOConfig, KTOTrainer  # type: ignore[attr-defined]
+def _dpo_trainer(config: RunConfig, p: TrainerParts) -> Trainer:
+    from trl import DPOConfig, DPOTrainer  # type: ignore[attr-defined]
 
-        kto_args = KTOConfig(**common, beta=t.kto_beta, desirable_weight=t.kto_desirable_weight,
-                             undesirable_weight=t.kto_undesirable_weight, max_length=t.max_length,
-                             dataset_num_proc=None)
-        return KTOTrainer(args=kto_args, **kwargs)
-    if method == "grpo":
-        from trl import GRPOConfig, GRPOTrainer  # type: ignore[attr-defined]
+    t = config.training
+    dpo_args = DPOConfig(**p.common, beta=t.dpo_beta, max_length=t.max_length, dataset_num_proc=None)
+    return DPOTrainer(args=dpo_args, **p.trl_kwargs())
 
-        from .rewards import reward_functions
 
-        funcs, weights = reward_functions(config.rewards, device)
-        grpo_args = GRPOConfig(**{**common, "include_num_input_tokens_seen": "no"},
-                               num_generations=t.grpo_num_generations, max_completion_length=t.max_completion_length,
-                               beta=t.grpo_beta, temperature=t.grpo_temperature, reward_weights=weights,
-                               log_completions=False)
-        reward_funcs: list[Any] = list(funcs)  # trl's annotation wants list[float | None] returns (invariant)
-        return GRPOTrainer(reward_funcs=reward_funcs, args=grpo_args, **kwargs)
-    raise ValueError(f"no trainer for method {method!r}")  # sft is train._train's own; config validation names the rest
+def _orpo_trainer(config: RunConfig, p: TrainerParts) -> Trainer:
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    t = config.training
+    orpo_args = ORPOConfig(**{**p.common, "include_num_input_tokens_seen": "no"}, beta=t.orpo_lambda,
+                           max_length=t.max_length, dataset_num_proc=None)
+    return ORPOTrainer(args=orpo_args, **p.trl_kwargs())
+
+
+def _kto_trainer(config: RunConfig, p: TrainerParts) -> Trainer:
+    from trl import KTOConfig, KTOTrainer  # type: ignore[attr-defined]
+
+    t = config.training
+    kto_args = KTOConfig(**p.common, beta=t.kto_beta, desirable_weight=t.kto_desirable_weight,
+                         undesirable_weight=t.kto_undesirable_weight, max_length=t.max_length, dataset_num_proc=None)
+    return KTOTrainer(args=kto_args, **p.trl_kwargs())
+
+
+def _grpo_trainer(config: RunConfig, p: TrainerParts) -> Trainer:
+    from trl import GRPOConfig, GRPOTrainer  # type: ignore[attr-defined]
+
+    from .rewards import reward_functions
+
+    t = config.training
+    funcs, weights = reward_functions(config.rewards, p.device)
+    grpo_args = GRPOConfig(**{**p.common, "include_num_input_tokens_seen": "no"},
+                           num_generations=t.grpo_num_generations, max_completion_length=t.max_completion_length,
+                           beta=t.grpo_beta, temperature=t.grpo_temperature, reward_weights=weights,
+                           log_completions=False)
+    reward_funcs: list[Any] = list(funcs)  # trl's annotation wants list[float | None] returns (invariant)
+    return GRPOTrainer(reward_funcs=reward_funcs, args=grpo_args, **p.trl_kwargs())
+
+
+def _reference(t: TrainingConfig) -> str:
+    return "the starting adapter (frozen)" if t.init_adapter else "the base model (adapter disabled)"
+
+
+_PAIRS = "prompt/chosen/rejected pairs"
+_PAIR_METRICS = ("rewards/margins", "rewards/accuracies")
+
+# The methods, in the order the Method picker and the CLI list them. A new method is one more entry.
+REGISTRY: dict[str, Method] = {m.name: m for m in (
+    Method("sft", "imitate the answers of the data (instruction tuning)",
+           "any supported shape (instruction/output, prompt/completion, messages, ...)", ANY_SHAPE,
+           _sft_data, _sft_trainer, lambda t: "supervised fine-tuning"),
+    Method("dpo", "prefer the chosen answer over the rejected one, staying near the starting model (beta). It only "
+                  "reweighs answers the model already gives: when the base does not answer like your chosen answers, "
+                  "train SFT on them first and start DPO from that adapter (training.init_adapter), or use ORPO",
+           _PAIRS, "preference", _text_data, _dpo_trainer,
+           lambda t: f"beta={t.dpo_beta}; reference: {_reference(t)}",
+           metrics=(*_PAIR_METRICS, "rewards/chosen", "rewards/rejected"), sequences=lambda t: 2,
+           reference=lambda t: True, beta=lambda t: t.dpo_beta),
+    Method("orpo", "learn the chosen answers and prefer them over the rejected ones in one pass, no reference model "
+                   "(needs no SFT adapter first: its SFT term teaches the chosen answers)",
+           _PAIRS, "preference", _text_data, _orpo_trainer,
+           lambda t: f"lambda={t.orpo_lambda}; no reference model",
+           metrics=(*_PAIR_METRICS, "log_odds_ratio", "nll_loss"), sequences=lambda t: 2),
+    Method("kto", "raise good answers (label true) and lower bad ones (label false); no pairs needed. As DPO, it only "
+                  "reweighs answers the model already gives: start from an SFT adapter (training.init_adapter) when "
+                  "the base does not answer like your good answers",
+           "prompt/completion/label rows (label true or false)", "feedback", _text_data, _kto_trainer,
+           lambda t: f"beta={t.kto_beta}, desirable weight {t.kto_desirable_weight}, undesirable weight "
+                     f"{t.kto_undesirable_weight}",
+           metrics=("kl", "rewards/chosen", "rewards/rejected", "rewards/margins"), sequences=lambda t: 2,
+           reference=lambda t: True, beta=lambda t: t.kto_beta),
+    Method("grpo", "sample several answers per prompt and reinforce those the rewards score above their group's "
+                   "mean; a prompt whose answers all score alike teaches nothing, so start from an SFT adapter "
+                   "(training.init_adapter) when the base never earns the reward",
+           "prompts, with an answer column for the exact and numeric match rewards", "prompts", _text_data,
+           _grpo_trainer,
+           lambda t: f"{t.grpo_num_generations} answers per prompt, up to {t.max_completion_length} tokens, "
+                     f"KL beta={t.grpo_beta}",
+           metrics=("reward", "reward_std", "completions/mean_length", "kl"), reward_means=True,
+           sequences=lambda t: t.grpo_num_generations, generates=True, reference=lambda t: t.grpo_beta > 0,
+           beta=lambda t: t.grpo_beta),
+)}
+METHODS = tuple(REGISTRY)  # training.method's choices (config.py declares the same names on the field)
+METRICS: dict[str, tuple[str, ...]] = {m.name: m.metrics for m in REGISTRY.values() if m.metrics}
+
+
+def get(name: str) -> Method:
+    """The entry of ``name`` (config validation names the methods first: an unknown one here is a bug)."""
+    if name not in REGISTRY:
+        raise ValueError(f"no method {name!r}; the methods: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def step_metrics(method: str, logs: dict[str, Any]) -> dict[str, float]:
+    """The method's metrics in one trainer log (rounded; the per-reward means of grpo included)."""
+    return get(method).step_metrics(logs) or {}
+
+
+def final_metrics(method: str, log_history: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Each method metric's last logged training value (for the run's metrics and the model card)."""
+    return {k: v for k, v in get(method).run_metrics(log_history).items() if k != "method"}
+
+
+def sequences_per_example(method: str, num_generations: int = 1) -> int:
+    """Sequences one training example puts through the model: a pair is two (chosen and rejected), a kto row
+    two (its answer and a mismatched one for the KL estimate), a grpo prompt its group of sampled answers."""
+    return get(method).sequences(TrainingConfig(grpo_num_generations=num_generations))
+
+
+def beta(config: RunConfig) -> float:
+    """The method's beta: how strongly dpo and kto (and grpo's KL term) hold the model near the reference; the
+    reward margins dpo and kto log are beta x log-probability ratios. 0 for methods without one."""
+    return get(config.training.method).beta(config.training)
+
+
+def needs_reference(method: str, grpo_beta: float = 0.0) -> bool:
+    """Whether the method compares with a reference model. With LoRA that is the base with the adapter
+    disabled: an extra forward pass per step, no extra weights."""
+    return get(method).reference(TrainingConfig(grpo_beta=grpo_beta))
 
 
 def describe(method: str) -> str:
     """One line on what the method learns from (UI and CLI help)."""
-    return {
-        "sft": "imitate the answers of the data (instruction tuning)",
-        "dpo": "prefer the chosen answer over the rejected one, staying near the starting model (beta). It only "
-               "reweighs answers the model already gives: when the base does not answer like your chosen answers, "
-               "train SFT on them first and start DPO from that adapter (training.init_adapter), or use ORPO",
-        "orpo": "learn the chosen answers and prefer them over the rejected ones in one pass, no reference model "
-                "(needs no SFT adapter first: its SFT term teaches the chosen answers)",
-        "kto": "raise good answers (label true) and lower bad ones (label false); no pairs needed. As DPO, it only "
-               "reweighs answers the model already gives: start from an SFT adapter (training.init_adapter) when the "
-               "base does not answer like your good answers",
-        "grpo": "sample several answers per prompt and reinforce those the rewards score above their group's mean; "
-                "a prompt whose answers all score alike teaches nothing, so start from an SFT adapter "
-                "(training.init_adapter) when the base never earns the reward",
-    }[method]
+    return get(method).description

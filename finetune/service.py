@@ -807,7 +807,11 @@ def format_preview(source: str, *, template: str, system_prompt: str = "", colum
         source = check_hub_dataset_id(source)
     tok = _tokenizer(model)
     is_file = Path(source).exists()
-    if method != "sft":
+    from . import methods
+
+    if method not in methods.REGISTRY:
+        raise ServiceError(f"method '{method}' is not one of: {', '.join(methods.REGISTRY)}")
+    if methods.REGISTRY[method].text_rows:
         return _method_preview(source, method, template=template, system_prompt=system_prompt, columns=columns,
                                tokenizer=tok, hub_config=hub_config, split=split, out_dir=out_dir,
                                preview_rows=preview_rows, is_file=is_file)
@@ -850,12 +854,10 @@ def _method_preview(source: str, method: str, *, template: str, system_prompt: s
     from .data.preference import FeedbackExample, PairExample, PromptExample, format_for_method
     from .data.stats import token_lengths
 
-    if method not in methods.PREFERENCE:
-        raise ServiceError(f"method '{method}' is not one of: {', '.join(methods.METHODS)}")
     try:
         result = format_for_method(source, method, template=template, system_prompt=system_prompt,
                                    columns=columns or None, tokenizer=tokenizer, hub_config=hub_config, split=split,
-                                   max_bytes=data.max_upload_bytes())
+                                   max_bytes=data.max_upload_bytes(), shape=methods.get(method).shape)
     except data.DataError as e:
         if is_file and e.file == str(source):
             raise data.DataError(Path(source).name, e.row, e.reason) from None

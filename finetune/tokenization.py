@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .adapter_bundle import TrainedDialogs
 from .config import SAMPLE_DATA, RunConfig
+from .dialogs import TrainedDialogs, sample_dialogs
 from .errors import TrainingError
 from .templates import token_labels
 
@@ -48,7 +48,6 @@ def sft_datasets(config: RunConfig, tokenizer: Tokenizer
     from datasets import Dataset
 
     from . import data
-    from .verify import sample_dialogs
 
     d, t = config.data, config.training
     source = d.source or str(SAMPLE_DATA)

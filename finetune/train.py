@@ -35,10 +35,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import methods, runs
 from .adapter import pick_device
-from .adapter_bundle import TrainedDialogs, save_adapter
+from .adapter_bundle import save_adapter
 from .callbacks import (checkpoint_adapter_callback, evaluate_at_save_callback, evaluation_event, events_callback,
                         samples_at_save_callback, share_callback)
 from .config import ConfigError, RunConfig, validate
+from .dialogs import TrainedDialogs
 from .distributed import is_main_process, world_size
 from .errors import TrainingError, is_programming_error
 from .events import EventLog, EventSink, SilentLog
@@ -48,8 +49,8 @@ from .limits import LimitError, RunCaps
 from .models import ModelError
 from .packed_attention import use_packed_attention
 from .settings import Device, ResolvedSettings, SpeedOptions, resolve
-from .tokenization import sft_datasets, tokenize_examples
-from .trainer import keep_adapter_dtypes, trained_positions_trainer, trainer_arguments, trainer_settings
+from .tokenization import tokenize_examples
+from .trainer import keep_adapter_dtypes, trainer_arguments, trainer_settings
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -60,7 +61,6 @@ if TYPE_CHECKING:
     from .callbacks import EventsCallback
     from .config import LoraSettings, TrainingConfig
     from .cpushare import CpuShare
-    from .data import Example
     from .data.preference import MethodData
     from .models import Model, ResolvedModel, Tokenizer
 
@@ -402,20 +402,12 @@ def load_data(call: _Call, setup: _Setup) -> _Data:
 
     config, run_dir = call.config, call.run_dir
     t = config.training
-    held_out: list[Example] = []
-    method_data: MethodData | None = None
-    if t.method == "sft":
-        train_ds, eval_ds, summary, dialogs, held_out = sft_datasets(config, setup.tokenizer)
-    else:  # preference and reward methods: their own data shapes and trl trainer (finetune/methods.py)
-        from .verify import sample_dialogs
-
-        train_ds, eval_ds, summary, method_data = methods.datasets(config, setup.tokenizer)
-        dialogs = TrainedDialogs(method_data.default_system_prompt,
-                                 sample_dialogs(method_data.val_examples, method_data.examples))
+    run_data = methods.get(t.method).datasets(config, setup.tokenizer)
+    train_ds, summary = run_data.train, run_data.summary
     if config.data.test_split > 0 and is_main_process():  # the run's test set, for every later evaluation
         from .evaluate import write_held_out
 
-        write_held_out(held_out, run_dir / runs.TEST_SET)
+        write_held_out(run_data.held_out, run_dir / runs.TEST_SET)
     test_source = run_test_source(run_dir, config)
     if test_source:  # a bad test file is the user's to fix before training, not after
         from .evaluate import limited, read_test_set
@@ -425,7 +417,7 @@ def load_data(call: _Call, setup: _Setup) -> _Data:
         call.halt.check_planned(_planned_steps(t, len(train_ds)))
     except LimitError as e:
         raise TrainingError(str(e)) from None
-    return _Data(train_ds, eval_ds, summary, dialogs, test_source, method_data)
+    return _Data(train_ds, run_data.eval, summary, run_data.dialogs, test_source, run_data.examples)
 
 
 def _announce(call: _Call, setup: _Setup, data: _Data) -> CpuShare | None:
@@ -469,11 +461,11 @@ def load_model(call: _Call, setup: _Setup) -> tuple[Model, LoraConfig | None, Re
     checkpointing, checkpointing_note = use_checkpointing(config, setup.device, str(setup.base.path), call.speed)
     if checkpointing_note:
         log.emit("note", message=checkpointing_note)
-    model_cfg = config.model
-    if t.method == "sft" and settings.attention == "flash_attention_2" and model_cfg.attn_implementation != settings.attention:
+    model_cfg, varlen = config.model, not methods.get(t.method).text_rows  # rows of token ids made here
+    if varlen and settings.attention == "flash_attention_2" and model_cfg.attn_implementation != settings.attention:
         model_cfg = dataclasses.replace(model_cfg, attn_implementation=settings.attention)  # varlen on CUDA
     model, _ = models.load_model(model_cfg, config.quantization, setup.device, dtype=getattr(torch, settings.model_dtype))
-    if t.method == "sft" and settings.attention == "per_sequence_sdpa":
+    if varlen and settings.attention == "per_sequence_sdpa":
         use_packed_attention(model)
     if settings.kernels == "liger":
         kernels_note = models.apply_liger_kernels(model)
@@ -496,35 +488,12 @@ def build_trainer(call: _Call, setup: _Setup, data: _Data, model: Model, peft_co
                   share: CpuShare | None) -> tuple[Trainer, EventsCallback]:
     """The method's trl trainer with the run's callbacks; returns it and the events callback, which says whether
     the run halted."""
-    from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]  # trl exports them through a lazy module
-
     config, run_dir, t = call.config, call.run_dir, call.config.training
     common = trainer_arguments(config, run_dir, data.eval is not None, checkpointing, settings, setup.device)
     callbacks, events = _callbacks(call, setup, data, settings, share)
-    trainer: Trainer
-    if t.method == "sft":
-        sft_args = SFTConfig(
-            **common,
-            # padding-free without packing: trl wants max_length=None (we truncated already)
-            max_length=None if (t.padding_free and not t.packing) else t.max_length,
-            packing=t.packing,
-            padding_free=t.padding_free,
-            dataset_num_proc=None,
-            completion_only_loss=None,
-        )
-        trainer_cls: type[SFTTrainer] = trained_positions_trainer(settings.loss) if settings.loss != "trl" else SFTTrainer
-        trainer = trainer_cls(
-            model=model,
-            args=sft_args,
-            train_dataset=data.train,
-            eval_dataset=data.eval,
-            processing_class=setup.tokenizer,
-            peft_config=peft_config,
-            callbacks=callbacks,
-        )
-    else:
-        trainer = methods.make_trainer(config, model, setup.tokenizer, common, data.train, data.eval,
-                                       peft_config, callbacks, setup.device)
+    parts = methods.TrainerParts(model, setup.tokenizer, common, data.train, data.eval, peft_config, callbacks,
+                                 setup.device, settings.loss)
+    trainer = methods.get(t.method).trainer(config, parts)
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our events replace its raw dict prints
@@ -580,9 +549,7 @@ def save_run(call: _Call, setup: _Setup, data: _Data, trainer: Trainer, out: Tra
     t, log = call.config.training, call.log
     step = trainer.state.global_step
     metrics: dict[str, Any] = {"train_loss": out.training_loss, "steps": step, "train_runtime_s": out.metrics.get("train_runtime")}
-    if t.method != "sft":
-        metrics["method"] = t.method
-        metrics.update(methods.final_metrics(t.method, trainer.state.log_history))
+    metrics.update(methods.get(t.method).run_metrics(trainer.state.log_history))
     if data.eval is not None:
         evaluated = trainer.evaluate()
         if "eval_loss" in evaluated:
@@ -614,7 +581,7 @@ def _scores_in_memory(config: RunConfig, settings: ResolvedSettings, device: str
     from .config import QuantizationConfig
     from .models import compute_dtype
 
-    if config.quantization.load_in != "none" or config.training.method != "sft":
+    if config.quantization.load_in != "none" or methods.get(config.training.method).text_rows:
         return False
     eval_dtype = compute_dtype(QuantizationConfig().compute_dtype, device) if device == "cuda" else torch.float32
     return bool(getattr(torch, settings.model_dtype) == eval_dtype)

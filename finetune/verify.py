@@ -12,16 +12,15 @@ True
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from .adapter import has_tokenizer, read_base_model, read_run_config, read_template_info
+from .dialogs import sample_dialogs
 from .errors import UserError
 from .templates import MODEL_TEMPLATE, Message, SpecialTokens, TemplateError, render, with_default_system
 
-RUN_DIALOGS = 16  # the run's own dialogs checked (validation first): enough to meet its shapes, seconds at most
 CONTEXT = 30  # characters shown on each side of the first difference
 
 PROBES: list[tuple[str, list[Message]]] = [
@@ -204,9 +203,9 @@ def run_dialogs(folder: Path, tokenizer: Any) -> tuple[list[list[Message]], str]
         return [], "the adapter has no run config: checked the built-in probes only"
     d = config.data
     source = d.source or str(sample_data(config.training.method))
-    if config.training.method != "sft":  # preference pairs, feedback or prompts: their own shapes
-        from . import methods
+    from . import methods
 
+    if methods.get(config.training.method).text_rows:  # preference pairs, feedback or prompts: their own shapes
         try:
             found = methods.load_data(config, tokenizer)
         except UserError as e:
@@ -217,15 +216,6 @@ def run_dialogs(folder: Path, tokenizer: Any) -> tuple[list[list[Message]], str]
     except UserError as e:
         return [], f"the run's data is not readable here ({str(e)[:120]}): checked the built-in probes only"
     return sample_dialogs(result.val_examples, result.examples), ""
-
-
-def sample_dialogs(val_examples: Sequence[Any], train_examples: Sequence[Any]) -> list[list[Message]]:
-    """Up to RUN_DIALOGS conversations: the validation split's, else a fixed sample of the training rows."""
-    # a method's example (finetune/data/preference.py) has its prompt as messages and its whole dialog apart
-    pool = [d for ex in (val_examples or train_examples) if (d := getattr(ex, "dialog", None) or ex.messages)]
-    if len(pool) > RUN_DIALOGS:
-        pool = random.Random(0).sample(pool, RUN_DIALOGS)
-    return pool
 
 
 def require_consistent(path: str | Path, *, action: str, ignore_mismatch: bool = False,

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from finetune.methods import METHODS
+
     p = sub.add_parser("train", help="fine-tune a model (resumes an existing --run-dir)", description=__doc__)
     p.add_argument("config", nargs="?", help="run config YAML or preset name (default: smollm2-135m-cpu; with "
                    "--method dpo|orpo|kto|grpo: smollm2-135m-<method>)")
@@ -37,7 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--template", help="prompt template (llama2, llama3, chatml, mistral, alpaca, falcon, model)")
     p.add_argument("--max-steps", type=int, help="optimizer steps (overrides epochs)")
     p.add_argument("--epochs", type=float, help="passes over the data")
-    p.add_argument("--method", choices=("sft", "dpo", "orpo", "kto", "grpo"),
+    p.add_argument("--method", choices=METHODS,
                    help="sft (default): imitate answers; dpo/orpo: preference pairs (prompt/chosen/rejected); "
                         "kto: prompt/completion/label rows; grpo: prompts scored by the rewards (rewards.* fields)")
     p.add_argument("--init-adapter", metavar="RUN_OR_ADAPTER",

@@ -159,9 +159,10 @@ def shape_for(method: str) -> str:
 
 
 def detect_method_shape(columns: Sequence[str], method: str, mapping: dict[str, str] | None = None,
-                        name: str = "data") -> Shape:
-    """The columns of the shape ``method`` trains on; ``mapping`` (canonical field -> column) overrides."""
-    shape = shape_for(method)
+                        name: str = "data", shape: str | None = None) -> Shape:
+    """The columns of the shape ``method`` trains on (``shape``: its entry's in finetune/methods.py, else
+    SHAPE_OF_METHOD's); ``mapping`` (canonical field -> column) overrides."""
+    shape = shape or shape_for(method)
     required, optional = SHAPES[shape]
     mapping = dict(mapping or {})
     known = required + optional
@@ -341,6 +342,7 @@ def format_for_method(
     hub_config: str | None = None,
     split: str = "train",
     max_bytes: int | None = None,
+    shape: str | None = None,
 ) -> MethodData:
     """Load, detect and render the data of ``method`` (dpo, orpo, kto, grpo). Bad rows are skipped and counted
     (``strict``: the first raises DataError naming its row)."""
@@ -349,8 +351,8 @@ def format_for_method(
     rows_in = len(table.rows) + len(table.broken)
     if template == MODEL_TEMPLATE and tokenizer is None:
         raise DataError(name, None, "template 'model' needs the model's tokenizer; give --model or pick a template")
-    shape = detect_method_shape(table.columns, method, columns, name)
-    how = _How(method, shape, template, tokenizer, system_prompt)
+    detected = detect_method_shape(table.columns, method, columns, name, shape)
+    how = _How(method, detected, template, tokenizer, system_prompt)
     problems: list[Problem] = list(table.broken)
     if strict and table.broken:
         p = table.broken[0]
@@ -383,6 +385,6 @@ def format_for_method(
     val: list[MethodExample] = []
     if val_fraction > 0:
         val, examples = split_off(examples, val_fraction, seed)
-    return MethodData(str(name), method, shape, rows_in, examples, val, problems,
+    return MethodData(str(name), method, detected, rows_in, examples, val, problems,
                       Counter(p.category for p in problems), system_prompt)
 

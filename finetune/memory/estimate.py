@@ -136,23 +136,22 @@ class TrainSetup:
         optional kernel package) and ``speed`` (default: the defaults) are what training passes to ``resolve``."""
         from ..settings import SpeedOptions, resolve
 
-        from ..methods import needs_reference, sequences_per_example
+        from ..methods import get
 
         r = resolve(cfg, device or device_of(gpu), speed or SpeedOptions())
         t = cfg.training
         targets = r.lora_targets if isinstance(r.lora_targets, str) else tuple(r.lora_targets)
-        grpo = t.method == "grpo"
+        m = get(t.method)  # a generating method: trl's batch counts answers, one sequence each
+        answers, generated = m.sequences(t), (t.max_completion_length if m.generates else 0)
         base = cls(
             method=r.method, weights=r.weights, double_quant=r.double_quant, batch_size=t.batch_size,
-            # grpo: a prompt plus its sampled answer; trl's batch counts answers, so one sequence per example
-            seq_len=t.max_length + (t.max_completion_length if grpo else 0), grad_accum=t.grad_accum,
+            seq_len=t.max_length + generated, grad_accum=t.grad_accum,  # a prompt plus its sampled answer
             lora_r=cfg.lora.r, lora_targets=targets,
             lora_dropout=r.lora_dropout, use_dora=cfg.lora.use_dora, precision=r.precision, optim=r.optim,
             gradient_checkpointing=r.gradient_checkpointing, attn=r.attn_implementation,
             loss=_LOSS_OF.get(r.loss, "chunked"), kernels=r.kernels,
-            tuning=t.method, sequences=1 if grpo else sequences_per_example(t.method),
-            reference=needs_reference(t.method, t.grpo_beta), generated_tokens=t.max_completion_length if grpo else 0,
-            generations=t.grpo_num_generations if grpo else 1,
+            tuning=t.method, sequences=1 if m.generates else answers, reference=m.reference(t),
+            generated_tokens=generated, generations=answers if m.generates else 1,
         )
         return base.with_(**overrides)
 

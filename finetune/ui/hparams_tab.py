@@ -180,13 +180,9 @@ def switch_label(suggests: dict[str, Any]) -> str:
 
 def method_markdown(method: str) -> str:
     """What the picked method learns from and the data it needs (shown above its fields)."""
-    from ..methods import describe
+    from ..methods import get
 
-    data = {"sft": "any supported shape (instruction/output, prompt/completion, messages, ...)",
-            "dpo": "prompt/chosen/rejected pairs", "orpo": "prompt/chosen/rejected pairs",
-            "kto": "prompt/completion/label rows (label true or false)",
-            "grpo": "prompts, with an answer column for the exact and numeric match rewards"}[method]
-    return f"**{method.upper()}**: {describe(method)}. Data: {data}."
+    return f"**{method.upper()}**: {get(method).description}. Data: {get(method).data}."
 
 
 VERDICT_ICON = {"fits": "✅", "tight": "⚠️", "does not fit": "❌"}
