@@ -52,7 +52,7 @@ SCALING_DIR = ROOT / "bench"  # the scaling CSV and PNG are results: kept in the
 RESULT_TAG = "BENCH_RESULT "
 
 # Overrides "ours" runs with on top of the RunConfig defaults. Empty: the measured winners ARE the defaults
-# (finetune/config.py, and the device-dependent choices in finetune/train.py; see bench/README-train.md).
+# (finetune/config/fields.py, and the device-dependent choices in finetune/train.py; see bench/README-train.md).
 OURS: dict[str, dict[str, object]] = {"cpu": {}, "cuda": {}}
 
 # The RunConfig defaults before this benchmark (for --variants: what the optimizations replaced).

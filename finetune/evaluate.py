@@ -265,17 +265,7 @@ def evaluate(adapter: str | Path, data: str | Path, *, model: str | None = None,
         reuse = {}
     scored_before: dict[int, dict[str, Any]] = {c["step"]: c for c in reuse.get("checkpoints") or []
                                                 if c.get("answers") is not None}
-    kept: list[Path] = []
-    if checkpoints == "all":
-        if run_dir is None:
-            raise EvalError(f"{adapter} is not a run folder, so it has no checkpoints; give the run folder "
-                            "(runs/<id>) or leave --checkpoints out")
-        kept = runs.checkpoints(run_dir)
-        if not kept:
-            # the label is the run as the caller named it (the app's run id), never the server's folder
-            raise EvalError(f"{(label or str(run_dir)).partition('@')[0]} has no saved checkpoints; train with "
-                            "training.save_steps below the run's "
-                            "steps, or leave --checkpoints out")
+    kept = _kept_checkpoints(adapter, run_dir, label) if checkpoints == "all" else []
     total = 1 + int(base) + len(kept)
 
     def tell(done: int, what: str) -> None:
@@ -315,34 +305,60 @@ def evaluate(adapter: str | Path, data: str | Path, *, model: str | None = None,
                                                  system_prompt=system_prompt, max_new_tokens=max_new_tokens)
         report["base"] = base_metrics | {"answers": base_answers}
     report["answers"] = answers
-    report["examples"] = [
-        {"row": e.row, "prompt": e.prompt, "reference": e.reference, "answer": a,
-         **({"base_answer": base_answers[i]} if base_answers is not None else {}),
-         **({"exact_match": exact_match(a, e.reference), "contains": contains(a, e.reference),
-             "f1": round(token_f1(a, e.reference), 4), "rouge_l": round(rouge_l(a, e.reference), 4)}
-            if e.reference is not None else {})}
-        for i, (e, a) in enumerate(zip(examples, answers))]
+    report["examples"] = _example_rows(examples, answers, base_answers)
     if checkpoints == "all":
         entries = []
         for i, ck in enumerate(kept):
             ck_step = checkpoint_step(ck)
             if ck_step in scored_before:
                 entries.append(scored_before[ck_step])
-                continue
-            tell(1 + int(base) + i, f"checkpoint {ck_step}")
-            ck_adapter = find_adapter_dir(ck)
-            if ck_adapter is None or ck_adapter == ck:
-                raise EvalError(f"{ck} has no adapter/ folder (saved by an older version of finetune); "
-                                "evaluate the finished run without --checkpoints all, or retrain")
-            ck_answers, ck_metrics = _answer(examples, adapter=str(ck_adapter), model=base_model, template=None,
-                                             system_prompt=None, max_new_tokens=max_new_tokens)
-            entries.append(_entry(ck, run_dir, ck_metrics, ck_answers))
+            else:
+                tell(1 + int(base) + i, f"checkpoint {ck_step}")
+                entries.append(_score_checkpoint(ck, run_dir, examples, base_model, max_new_tokens))
         report["checkpoints"] = entries
         report["best"] = {m: best_checkpoint(report, m) for m in METRICS}
     report["seconds"] = round(time.time() - started, 1)
     if write_to_run and run_dir is not None and checkpoint_step(folder) is None:  # the run's own adapter
         runs.write_eval_report(run_dir, report)
     return report
+
+
+def _kept_checkpoints(adapter: str | Path, run_dir: Path | None, label: str | None) -> list[Path]:
+    """The checkpoints a run kept, oldest first; an error when ``adapter`` is no run folder or kept none."""
+    if run_dir is None:
+        raise EvalError(f"{adapter} is not a run folder, so it has no checkpoints; give the run folder "
+                        "(runs/<id>) or leave --checkpoints out")
+    kept = runs.checkpoints(run_dir)
+    if not kept:
+        # the label is the run as the caller named it (the app's run id), never the server's folder
+        raise EvalError(f"{(label or str(run_dir)).partition('@')[0]} has no saved checkpoints; train with "
+                        "training.save_steps below the run's "
+                        "steps, or leave --checkpoints out")
+    return kept
+
+
+def _example_rows(examples: Sequence[TestExample], answers: list[str],
+                  base_answers: list[str] | None) -> list[dict[str, Any]]:
+    """The report's rows: each prompt, its reference and answers, and the answer's metrics when it has a reference."""
+    return [
+        {"row": e.row, "prompt": e.prompt, "reference": e.reference, "answer": a,
+         **({"base_answer": base_answers[i]} if base_answers is not None else {}),
+         **({"exact_match": exact_match(a, e.reference), "contains": contains(a, e.reference),
+             "f1": round(token_f1(a, e.reference), 4), "rouge_l": round(rouge_l(a, e.reference), 4)}
+            if e.reference is not None else {})}
+        for i, (e, a) in enumerate(zip(examples, answers))]
+
+
+def _score_checkpoint(ck: Path, run_dir: Path | None, examples: Sequence[TestExample], base_model: str,
+                      max_new_tokens: int) -> dict[str, Any]:
+    """One kept checkpoint's report entry: its adapter answers the test set (with its trained prompt)."""
+    ck_adapter = find_adapter_dir(ck)
+    if ck_adapter is None or ck_adapter == ck:
+        raise EvalError(f"{ck} has no adapter/ folder (saved by an older version of finetune); "
+                        "evaluate the finished run without --checkpoints all, or retrain")
+    ck_answers, ck_metrics = _answer(examples, adapter=str(ck_adapter), model=base_model, template=None,
+                                     system_prompt=None, max_new_tokens=max_new_tokens)
+    return _entry(ck, run_dir, ck_metrics, ck_answers)
 
 
 def _taken(scored: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:

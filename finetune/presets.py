@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import ConfigError, RunConfig, _load_yaml
+from .config import ConfigError, RunConfig
+from .config.reading import _load_yaml
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 DEFAULT_PRESET = "smollm2-135m-cpu"

@@ -5,8 +5,9 @@ Arithmetic only: no GPU, no weight download, no torch. Where each concept lives:
 - :mod:`.hardware`: the GPU catalog (:data:`GPUS`, :func:`get_gpu`), Hugging Face Jobs prices, ZeroGPU tiers
   and daily quota, and what "fits" means (:func:`fit_verdict`).
 - :mod:`.architecture`: a model's numbers (:class:`ModelSpec`, :func:`load_model_spec`, :func:`spec_for_config`).
-- :mod:`.estimate`: the estimator (:func:`estimate`, :func:`estimate_training`, :class:`TrainSetup`,
-  :func:`estimate_time`, :func:`estimate_inference`).
+- :mod:`.train_setup`: what is trained, as the estimator sees it (:class:`TrainSetup`, :func:`setup_for`).
+- :mod:`.estimate`: the memory estimate (:func:`estimate`, :func:`estimate_training`, :func:`estimate_inference`).
+- :mod:`.time_cost`: throughput, duration, Jobs cost and ZeroGPU quota (:func:`estimate_time`).
 - :mod:`.auto`: auto-configuration (:func:`auto_configure`, :func:`apply_plan`, :func:`configure_for`).
 
 >>> est = estimate(model="meta-llama/Llama-3.1-8B-Instruct", gpu="t4", method="qlora", seq_len=1024, batch_size=1)
@@ -22,16 +23,17 @@ from __future__ import annotations
 from .architecture import (Linear, ModelSpec, count_params, embedding_params, linear_layers, load_model_spec,
                            spec_for_config, spec_from_config, spec_from_gguf)
 from .auto import AutoPlan, apply_plan, auto_configure, configure_for
-from .estimate import (ATTENTION, COMPONENT_HELP, LOSSES, METHODS, OPTIMIZERS, THROUGHPUT_ANCHORS, WEIGHT_FORMATS,
-                       InferenceEstimate, MemoryEstimate, TimeEstimate, TrainSetup, activation_bytes,
-                       breakdown_bytes, check_setup, default_setup, device_of, estimate, estimate_inference, estimate_time, estimate_training,
-                       flops_per_token, kv_cache_bytes, layer_activation_bytes, layer_backward_transient_bytes,
-                       logits_bytes, lora_params, optimizer_bytes_per_param, setup_for, smallest_gpu, suggest,
-                       targeted_layers, tokens_per_second, trainable_params, weight_bytes)
+from .estimate import (COMPONENT_HELP, InferenceEstimate, MemoryEstimate, activation_bytes, breakdown_bytes, estimate,
+                       estimate_inference, estimate_training, kv_cache_bytes, layer_activation_bytes,
+                       layer_backward_transient_bytes, logits_bytes, lora_params, optimizer_bytes_per_param,
+                       smallest_gpu, suggest, targeted_layers, trainable_params, weight_bytes)
 from .hardware import (CATALOG_DATE, CUDA_CONTEXT_GB, GPUS, MEASURED_GPUS, SAFE_FRACTION, ZEROGPU,
                        ZEROGPU_DAILY_QUOTA_MIN, EstimateError, GiB, GpuSpec, ZeroGpuFacts, figures_source,
                        fit_verdict, forget_live_prices, get_gpu, parse_jobs_hardware, prices_source,
                        refresh_jobs_prices)
+from .time_cost import THROUGHPUT_ANCHORS, TimeEstimate, estimate_time, flops_per_token, tokens_per_second
+from .train_setup import (ATTENTION, LOSSES, METHODS, OPTIMIZERS, WEIGHT_FORMATS, TrainSetup, check_setup,
+                          default_setup, device_of, setup_for)
 
 __all__ = [
     "CATALOG_DATE", "ZEROGPU", "ZeroGpuFacts", "forget_live_prices", "parse_jobs_hardware", "prices_source",

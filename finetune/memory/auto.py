@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 from .architecture import ModelSpec, load_model_spec, spec_for_config
 from ..settings import resolve_optim
-from .estimate import (MemoryEstimate, TrainSetup, breakdown_bytes, default_setup, device_of, estimate_training,
-                       setup_for, smallest_gpu)
+from .estimate import MemoryEstimate, breakdown_bytes, estimate_training, smallest_gpu
 from .hardware import SAFE_FRACTION, EstimateError, GiB, GpuSpec, fit_verdict, get_gpu
+from .train_setup import TrainSetup, default_setup, device_of, setup_for
 
 if TYPE_CHECKING:  # imported for annotations only: the config module is light, torch is never needed
     from ..config import RunConfig

@@ -1,4 +1,4 @@
-"""Will it fit, how long: the peak GPU memory of a training step, inference memory, time and cost.
+"""Will it fit: the peak GPU memory of a training step, and of inference.
 
 Arithmetic only: no GPU, no weight download, no torch. The model's numbers come from
 :mod:`finetune.memory.architecture`, the GPU's from :mod:`finetune.memory.hardware`, and a RunConfig's
@@ -34,157 +34,26 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..config import choices
-from ..settings import AUTO_OPTIM
 from .architecture import Linear, ModelSpec, linear_layers, load_model_spec, spec_for_config  # noqa: F401 - doctests
-from .hardware import (CUDA_CONTEXT_GB, GPUS, ZEROGPU_DAILY_QUOTA_MIN, EstimateError, GiB, GpuSpec, figures_source,
+from .hardware import (CUDA_CONTEXT_GB, GPUS, EstimateError, GiB, GpuSpec, figures_source,
                        fit_verdict, get_gpu)
+# What is trained (train_setup) and how long and how much (time_cost) have their own modules; importable from here.
+from .time_cost import THROUGHPUT_ANCHORS as THROUGHPUT_ANCHORS
+from .time_cost import TimeEstimate as TimeEstimate
+from .time_cost import estimate_time as estimate_time
+from .time_cost import flops_per_token as flops_per_token
+from .time_cost import tokens_per_second as tokens_per_second
+from .train_setup import ATTENTION as ATTENTION
+from .train_setup import LOSSES as LOSSES
+from .train_setup import METHODS as METHODS
+from .train_setup import OPTIMIZERS as OPTIMIZERS
+from .train_setup import WEIGHT_FORMATS as WEIGHT_FORMATS
+from .train_setup import TrainSetup, check_setup, setup_for
+from .train_setup import default_setup as default_setup
+from .train_setup import device_of as device_of
 
 if TYPE_CHECKING:  # imported for annotations only: the config module is light, torch is never needed
     from ..config import RunConfig
-    from ..settings import Device, SpeedOptions
-
-
-# ---------------------------------------------------------------------------------------------
-# what is being trained
-
-METHODS = ("qlora", "lora", "full")
-WEIGHT_FORMATS = ("nf4", "fp4", "int8", "bf16", "fp16", "fp32")
-# The config's choices made concrete: what a user picks, and what "auto" resolves to (the fused AdamW of CPU runs
-# is reachable only that way: settings.AUTO_OPTIM)
-OPTIMIZERS = tuple(dict.fromkeys([*(o for o in choices("training.optim") if o != "auto"), *AUTO_OPTIM.values()]))
-ATTENTION = choices("model.attn_implementation")
-PRECISIONS = tuple(p for p in choices("training.precision") if p != "auto")
-LOSSES = ("chunked", "linear_chunked", "full")
-KERNELS = ("none", "liger")
-# ResolvedSettings.loss -> the estimator's loss: trl's fused head and the CPU trained-positions head are tiled by
-# tokens x vocabulary ("chunked"); ours and Liger's fused linear cross-entropy by rows ("linear_chunked")
-_LOSS_OF = {"trl": "chunked", "trained_positions": "chunked", "chunked": "linear_chunked", "liger": "linear_chunked"}
-
-
-@dataclass(frozen=True)
-class TrainSetup:
-    """The settings that decide training memory (a RunConfig reduced to them; see :meth:`from_config`)."""
-
-    method: str = "qlora"  # qlora: 4-bit base + LoRA; lora: 16-bit base + LoRA; full: every weight trains
-    weights: str = "nf4"  # base weight format: nf4/fp4 (4-bit), int8, bf16/fp16, fp32
-    double_quant: bool = True  # 4-bit: quantize the per-block scales too (~0.37 bit/param less)
-    batch_size: int = 4  # examples per micro-batch
-    seq_len: int = 1024  # tokens per example (padded/truncated length: the worst case)
-    grad_accum: int = 1  # micro-batches per optimizer step (no memory cost)
-    lora_r: int = 16
-    lora_targets: tuple[str, ...] | str = "all-linear"
-    lora_dropout: float = 0.0  # the config default (LoraSettings.dropout)
-    use_dora: bool = False
-    precision: str = "bf16"  # bf16/fp16 mixed precision, or fp32
-    optim: str = "paged_adamw_32bit"
-    gradient_checkpointing: bool = True
-    attn: str = "sdpa"
-    # Software stack. This project trains with trl >= 1.x, whose SFTTrainer scores tokens through a chunked
-    # LM head (the [tokens, vocab] logits never exist); plain transformers' loss materialises them ("full").
-    loss: str = "chunked"
-    # peft.prepare_model_for_kbit_training (called by TRL 0.x for 4/8-bit models) casts every non-quantized
-    # weight to fp32; fp32 norms then promote the whole residual stream and MLP activations to fp32.
-    kbit_upcast: bool = False
-    # Liger's RMSNorm/RoPE/SwiGLU (CUDA, liger-kernel installed: settings.resolve_kernels): a norm keeps its
-    # input and one fp32 rstd per token instead of an fp32 copy; SwiGLU keeps gate and up, not silu(gate)
-    kernels: str = "none"
-    # The training method (training.method, finetune/methods.py): sequences each example puts through the model
-    # (a preference pair: chosen and rejected), a no-grad reference pass per sequence (dpo, kto, grpo with a KL
-    # term: with LoRA the base with the adapter disabled, no second copy of the weights), and the tokens GRPO
-    # samples per answer before the training pass.
-    tuning: str = "sft"
-    sequences: int = 1
-    reference: bool = False
-    generated_tokens: int = 0
-    generations: int = 1  # grpo: answers sampled per prompt
-
-    @property
-    def tokens(self) -> int:
-        return self.batch_size * self.seq_len * self.sequences
-
-    @property
-    def quantized(self) -> bool:
-        return self.weights in ("nf4", "fp4", "int8")
-
-    def describe(self) -> str:
-        w = self.weights + ("+dq" if self.weights in ("nf4", "fp4") and self.double_quant else "")
-        parts = [f"{self.method} ({w})"]
-        if self.method != "full":
-            t = self.lora_targets if isinstance(self.lora_targets, str) else ",".join(self.lora_targets)
-            parts.append(f"r={self.lora_r} {t}")
-        parts.append(f"batch {self.batch_size} x {self.seq_len} tokens")
-        if self.grad_accum > 1:
-            parts.append(f"grad_accum {self.grad_accum}")
-        if self.tuning != "sft":
-            parts.append(f"{self.tuning}: {self.sequences} sequence(s) per example"
-                         + (", reference pass" if self.reference else "")
-                         + (f", {self.generated_tokens} sampled tokens per answer" if self.generated_tokens else ""))
-        parts.append("grad checkpointing" if self.gradient_checkpointing else "no grad checkpointing")
-        parts += [self.optim, self.attn, self.precision]
-        if self.kernels != "none":
-            parts.append(f"{self.kernels} kernels")
-        if self.loss == "linear_chunked":
-            parts.append("chunked linear cross-entropy")
-        return ", ".join(parts)
-
-    @classmethod
-    def from_config(cls, cfg: RunConfig, gpu: GpuSpec | None = None, *, device: Device | None = None,
-                    speed: SpeedOptions | None = None, **overrides: Any) -> TrainSetup:
-        """The setup a RunConfig describes on ``gpu`` (None: a bf16 GPU), its ``auto`` values resolved by
-        :func:`finetune.settings.resolve`, as training resolves them. ``device`` (default: the catalog GPU with no
-        optional kernel package) and ``speed`` (default: the defaults) are what training passes to ``resolve``."""
-        from ..settings import SpeedOptions, resolve
-
-        from ..methods import get
-
-        r = resolve(cfg, device or device_of(gpu), speed or SpeedOptions())
-        t = cfg.training
-        targets = r.lora_targets if isinstance(r.lora_targets, str) else tuple(r.lora_targets)
-        m = get(t.method)  # a generating method: trl's batch counts answers, one sequence each
-        answers, generated = m.sequences(t), (t.max_completion_length if m.generates else 0)
-        base = cls(
-            method=r.method, weights=r.weights, double_quant=r.double_quant, batch_size=t.batch_size,
-            seq_len=t.max_length + generated, grad_accum=t.grad_accum,  # a prompt plus its sampled answer
-            lora_r=cfg.lora.r, lora_targets=targets,
-            lora_dropout=r.lora_dropout, use_dora=cfg.lora.use_dora, precision=r.precision, optim=r.optim,
-            gradient_checkpointing=r.gradient_checkpointing, attn=r.attn_implementation,
-            loss=_LOSS_OF.get(r.loss, "chunked"), kernels=r.kernels,
-            tuning=t.method, sequences=1 if m.generates else answers, reference=m.reference(t),
-            generated_tokens=generated, generations=answers if m.generates else 1,
-        )
-        return base.with_(**overrides)
-
-    def with_(self, **changes: Any) -> TrainSetup:
-        """A copy with changes; changing ``method`` alone also picks its usual weight format."""
-        changes = {k: v for k, v in changes.items() if v is not None}
-        if "method" in changes and "weights" not in changes:
-            m = changes["method"]
-            if m == "qlora" and not (self.weights in ("nf4", "fp4")):
-                changes["weights"] = "nf4"
-            elif m in ("lora", "full") and self.weights in ("nf4", "fp4", "int8"):
-                changes["weights"] = self.precision if self.precision in ("bf16", "fp16") else "fp32"
-        return check_setup(dataclasses.replace(self, **changes))
-
-
-def check_setup(s: TrainSetup) -> TrainSetup:
-    """Raise EstimateError naming every invalid field; return ``s`` when valid."""
-    problems = []
-    for name, allowed in (("method", METHODS), ("weights", WEIGHT_FORMATS), ("optim", OPTIMIZERS),
-                          ("attn", ATTENTION), ("loss", LOSSES), ("kernels", KERNELS),
-                          ("precision", PRECISIONS)):
-        if getattr(s, name) not in allowed:
-            problems.append(f"{name} '{getattr(s, name)}' is not one of: {', '.join(allowed)}")
-    for name in ("batch_size", "seq_len", "grad_accum", "lora_r"):
-        if getattr(s, name) < 1:
-            problems.append(f"{name} must be >= 1, got {getattr(s, name)}")
-    if s.method == "qlora" and s.weights not in ("nf4", "fp4"):
-        problems.append(f"method qlora needs 4-bit weights (nf4 or fp4), got {s.weights}")
-    if s.method == "full" and s.quantized:
-        problems.append(f"method full cannot train {s.weights} weights; use 16-bit weights or a LoRA method")
-    if problems:
-        raise EstimateError("; ".join(problems))
-    return s
 
 
 # ---------------------------------------------------------------------------------------------
@@ -680,142 +549,6 @@ def estimate_inference(spec: ModelSpec, gpu: GpuSpec | str, *, weights: str = "b
 #    https://github.com/huggingface/peft/blob/main/method_comparison/MetaMathQA/results/lora--llama-3.2-3B-rank32.json
 # A100 reaches ~0.50 of its 312 TFLOP/s on the 7B LoRA row (0.45 used), the L40S 0.24 of 362. H100/H200 have
 # no anchor here: 0.35 assumes Hopper's 3x peak is harder to fill with eager PyTorch kernels.
-THROUGHPUT_ANCHORS = (
-    # (gpu, model, method, gradient checkpointing, batch, seq len (approx.), measured tokens/s, source)
-    ("a100-80gb", "mistralai/Mistral-7B-v0.1", "lora", True, 4, 512, 3598, "fms-acceleration a100_80gb.csv #12"),
-    ("a100-80gb", "mistralai/Mistral-7B-v0.1", "qlora", True, 4, 512, 2749, "fms-acceleration a100_80gb.csv #24"),
-    ("a100-80gb", "mistralai/Mistral-7B-v0.1", "full", True, 4, 512, 2775, "fms-acceleration a100_80gb.csv #0"),
-    ("a100-80gb", "NousResearch/Llama-2-70b-hf", "qlora", True, 4, 512, 457, "fms-acceleration a100_80gb.csv #44"),
-    ("l40s", "meta-llama/Llama-3.2-3B", "lora", False, 4, 256, 6750, "peft MetaMathQA lora--llama-3.2-3B-rank32"),
-)
-# 4-bit layers dequantize before every matmul: 2749 / 3598 tok/s on the anchors above. LLM.int8's mixed
-# matmul is slower still (0.5: an assumption, no anchor).
-_METHOD_SPEED = {"nf4": 0.76, "fp4": 0.76, "int8": 0.5}
-
-
-def flops_per_token(spec: ModelSpec, s: TrainSetup) -> float:
-    """Training FLOPs per token: forward 2 x active matmul weights + causal attention; backward repeats the
-    forward for input gradients (and again for weight gradients in full fine-tuning); checkpointing adds
-    one more forward."""
-    active = spec.num_layers * sum(ln.d_in * ln.d_out * ln.active for ln in linear_layers(spec))
-    active += spec.vocab_size * spec.hidden_size  # LM head
-    forward = 2.0 * active + 2.0 * spec.num_layers * s.seq_len * spec.q_dim
-    passes = (3 if s.method == "full" else 2) + (1 if s.gradient_checkpointing else 0) + (1 if s.reference else 0)
-    return passes * forward
-
-
-# Sampling one token at a time is memory-bound: a decoding step reaches about a tenth of a training step's
-# arithmetic rate (rough; grpo's generation dominates its step time on small models).
-DECODE_SLOWDOWN = 10.0
-
-
-def tokens_per_second(spec: ModelSpec, s: TrainSetup, gpu: GpuSpec | str) -> float:
-    """Expected training throughput (rough: +-35% on the anchors, more elsewhere).
-
-    Bigger matmuls use a GPU better: the 70B anchor reaches ~1.25x the 7B one's efficiency, hence the
-    (params / 7B) ** 0.1 size factor, clamped to [0.5, 1.3].
-    """
-    gpu = get_gpu(gpu) if isinstance(gpu, str) else gpu
-    size: float = min(1.3, max(0.5, (spec.num_params / 7e9) ** 0.1))  # float ** float is typed Any
-    eff = gpu.mfu * size * _METHOD_SPEED.get(s.weights, 1.0)
-    return gpu.tflops * 1e12 * eff / flops_per_token(spec, s)
-
-
-@dataclass
-class TimeEstimate:
-    """How long a run takes on a GPU and what it costs there."""
-
-    gpu: str
-    tokens: int  # training tokens per epoch
-    epochs: float
-    tokens_per_second: float
-    seconds: float
-    usd: float | None  # Hugging Face Jobs cost (None: no priced Jobs flavor for this GPU)
-    flavor: str | None
-    zerogpu_quota_minutes: float | None  # ZeroGPU: quota minutes the run uses
-    zerogpu_days: dict[str, float] | None  # days of daily quota, per account tier
-    note: str = ""
-
-    @property
-    def hours(self) -> float:
-        return self.seconds / 3600
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["hours"] = round(self.hours, 3)
-        d["tokens_per_second"] = round(self.tokens_per_second, 1)
-        d["seconds"] = round(self.seconds, 1)
-        d["usd"] = None if self.usd is None else round(self.usd, 2)
-        return d
-
-
-def estimate_time(spec: ModelSpec, s: TrainSetup, gpu: GpuSpec | str, tokens: int, epochs: float = 1.0) -> TimeEstimate:
-    """Duration = tokens x epochs / throughput; cost from the Jobs flavor's hourly price (billed per minute);
-    ZeroGPU quota minutes (xlarge counts double) and how many days of daily quota they take.
-
-    >>> t = estimate_time(load_model_spec(""), default_setup(get_gpu("t4")), "t4", tokens=1_000_000)
-    >>> t.usd is not None and t.seconds > 0
-    True
-    """
-    gpu = get_gpu(gpu) if isinstance(gpu, str) else gpu
-    if tokens < 0 or epochs <= 0:
-        raise EstimateError(f"tokens must be >= 0 and epochs > 0, got {tokens} and {epochs}")
-    tps = tokens_per_second(spec, s, gpu)
-    seconds = tokens * epochs * s.sequences / tps  # a preference pair trains on both its answers
-    if s.generated_tokens:
-        # grpo: every prompt (``tokens`` counts the prompts' tokens; at most seq_len - generated_tokens each) gets
-        # ``generations`` answers, each sampled token by token, then trained on with its prompt
-        answers = tokens * epochs / max(1, s.seq_len - s.generated_tokens) * s.generations
-        rate = tps * flops_per_token(spec, s)  # the training loop's FLOP/s
-        decode = flops_per_token(spec, s.with_(gradient_checkpointing=False, reference=False)) / 3 * DECODE_SLOWDOWN
-        seconds = answers * (s.seq_len / tps + s.generated_tokens * decode / rate)
-    usd = None
-    if gpu.usd_per_hour is not None:
-        usd = math.ceil(seconds / 60) * gpu.usd_per_hour / 60  # billed per started minute
-    quota = days = None
-    note = "compute time only: model download and loading add minutes"
-    if gpu.zerogpu_quota_factor:
-        quota = seconds / 60 * gpu.zerogpu_quota_factor
-        days = {tier: round(quota / per_day, 2) for tier, per_day in ZEROGPU_DAILY_QUOTA_MIN.items()}
-        note += "; ZeroGPU calls are short: the run is split into checkpointed chunks"
-    elif gpu.hf_flavor and usd is None:
-        note += f"; the {gpu.hf_flavor} Jobs price was not in the sources checked"
-    elif not gpu.hf_flavor and not gpu.is_cpu:
-        note += "; no Hugging Face Jobs flavor has this GPU"
-    return TimeEstimate(gpu.name, tokens, epochs, tps, seconds, usd, gpu.hf_flavor, quota, days, note)
-
-
-# ---------------------------------------------------------------------------------------------
-# entry points for the CLI and the UI
-
-
-def device_of(gpu: GpuSpec | None) -> Device:
-    """The training device a catalog entry stands for (None: a bf16-capable GPU)."""
-    from ..settings import Device
-
-    if gpu is None:
-        return Device("cuda", bf16=True)
-    return Device("cpu") if gpu.is_cpu else Device("cuda", bf16=gpu.bf16)
-
-
-def default_setup(gpu: GpuSpec) -> TrainSetup:
-    """The config defaults as train.py runs them on ``gpu`` (fp16 on a T4, fp32 and fused AdamW on CPU)."""
-    from ..config import RunConfig
-
-    return TrainSetup.from_config(RunConfig(), gpu)
-
-
-def setup_for(config: RunConfig | None, gpu: GpuSpec, *, method: str | None = None, batch_size: int | None = None,
-              seq_len: int | None = None) -> TrainSetup:
-    """The TrainSetup of ``config`` (or the defaults) on ``gpu``, with command-line style overrides."""
-    if config is None:
-        from ..config import RunConfig
-
-        config = RunConfig()
-    s = TrainSetup.from_config(config, gpu)
-    return s.with_(method=method, batch_size=batch_size, seq_len=seq_len)
-
-
 def estimate(config: RunConfig | None = None, *, model: str | ModelSpec | None = None, gpu: str | GpuSpec = "t4",
              method: str | None = None, batch_size: int | None = None, seq_len: int | None = None,
              allow_hub: bool = True) -> MemoryEstimate:
