@@ -341,14 +341,10 @@ class _Setup:
 
 @dataclass(frozen=True)
 class _Data:
-    """The tokenized data of the run and what comes with it."""
+    """The method's data of the run (tokenized, with its summary and dialogs) and the run's test set."""
 
-    train: Dataset
-    eval: Dataset | None
-    summary: dict[str, Any]  # the ``started`` event's ``data``, the model card's
-    dialogs: TrainedDialogs
+    run: methods.RunData
     test_source: str | None  # the run's test set, scored at each save and at the end
-    method_data: MethodData | None  # a method other than SFT: its formatted examples
 
 
 def _train(call: _Call) -> RunResult:
@@ -403,7 +399,7 @@ def load_data(call: _Call, setup: _Setup) -> _Data:
     config, run_dir = call.config, call.run_dir
     t = config.training
     run_data = methods.get(t.method).datasets(config, setup.tokenizer)
-    train_ds, summary = run_data.train, run_data.summary
+    summary = run_data.summary
     if config.data.test_split > 0 and is_main_process():  # the run's test set, for every later evaluation
         from .evaluate import write_held_out
 
@@ -414,10 +410,10 @@ def load_data(call: _Call, setup: _Setup) -> _Data:
 
         summary["test_prompts"] = len(limited(read_test_set(test_source), config.data.test_limit))
     try:  # an epochs run is planned only now, from the rows its data has
-        call.halt.check_planned(_planned_steps(t, len(train_ds)))
+        call.halt.check_planned(_planned_steps(t, len(run_data.train)))
     except LimitError as e:
         raise TrainingError(str(e)) from None
-    return _Data(train_ds, run_data.eval, summary, run_data.dialogs, test_source, run_data.examples)
+    return _Data(run_data, test_source)
 
 
 def _announce(call: _Call, setup: _Setup, data: _Data) -> CpuShare | None:
@@ -439,8 +435,8 @@ def _announce(call: _Call, setup: _Setup, data: _Data) -> CpuShare | None:
         shares_cpu=share is not None,
         resumed_from=str(setup.resume_from.relative_to(run_dir)) if setup.resume_from else None,
         init_adapter=start.label if start else None,
-        data=data.summary,
-        max_steps=_planned_steps(config.training, len(data.train)),
+        data=data.run.summary,
+        max_steps=_planned_steps(config.training, len(data.run.train)),
     )
     if start is not None and (note := _lora_note(config, start)):
         call.log.emit("note", message=note)
@@ -489,9 +485,9 @@ def build_trainer(call: _Call, setup: _Setup, data: _Data, model: Model, peft_co
     """The method's trl trainer with the run's callbacks; returns it and the events callback, which says whether
     the run halted."""
     config, run_dir, t = call.config, call.run_dir, call.config.training
-    common = trainer_arguments(config, run_dir, data.eval is not None, checkpointing, settings, setup.device)
+    common = trainer_arguments(config, run_dir, data.run.eval is not None, checkpointing, settings, setup.device)
     callbacks, events = _callbacks(call, setup, data, settings, share)
-    parts = methods.TrainerParts(model, setup.tokenizer, common, data.train, data.eval, peft_config, callbacks,
+    parts = methods.TrainerParts(model, setup.tokenizer, common, data.run.train, data.run.eval, peft_config, callbacks,
                                  setup.device, settings.loss)
     trainer = methods.get(t.method).trainer(config, parts)
     from transformers.trainer_callback import PrinterCallback
@@ -510,7 +506,7 @@ def _callbacks(call: _Call, setup: _Setup, data: _Data, settings: ResolvedSettin
     config, log, halt, device = call.config, call.log, call.halt, setup.device
     events = events_callback(log, call.run_dir, halt, config.training.method, beta=methods.beta(config))
     callbacks = [checkpoint_adapter_callback(setup.saved_config, setup.tokenizer, setup.base.name,
-                                             data.dialogs.system_prompt, data.summary, device), events,
+                                             data.run.dialogs.system_prompt, data.run.summary, device), events,
                  *([share_callback(share, log)] if share else []), *call.callbacks]
     single = is_main_process() and world_size() == 1  # a sharded model generates on every rank or none
     if data.test_source and single:
@@ -520,11 +516,11 @@ def _callbacks(call: _Call, setup: _Setup, data: _Data, settings: ResolvedSettin
                                     limit=config.data.test_limit, max_new_tokens=config.data.test_max_new_tokens,
                                     in_memory=_scores_in_memory(config, settings, device))
         callbacks.insert(2, evaluate_at_save_callback(evaluation, setup.tokenizer, log, events, halt))
-    if data.method_data is not None and single:
+    if data.run.examples is not None and single:
         # preference metrics cannot show a model whose answers degenerated: a few answers at each save can
         from .degeneration import SaveSamples, sample_prompts, sample_tokens
 
-        prompts = sample_prompts(data.method_data.val_examples or data.method_data.examples)
+        prompts = sample_prompts(data.run.examples.val_examples or data.run.examples.examples)
         if prompts:
             samples = SaveSamples(prompts, base_model=setup.base.name, quantization=config.quantization,
                                   max_new_tokens=sample_tokens([r for _, r in prompts], setup.tokenizer))
@@ -550,7 +546,7 @@ def save_run(call: _Call, setup: _Setup, data: _Data, trainer: Trainer, out: Tra
     step = trainer.state.global_step
     metrics: dict[str, Any] = {"train_loss": out.training_loss, "steps": step, "train_runtime_s": out.metrics.get("train_runtime")}
     metrics.update(methods.get(t.method).run_metrics(trainer.state.log_history))
-    if data.eval is not None:
+    if data.run.eval is not None:
         evaluated = trainer.evaluate()
         if "eval_loss" in evaluated:
             metrics["eval_loss"] = evaluated["eval_loss"]
@@ -560,7 +556,7 @@ def save_run(call: _Call, setup: _Setup, data: _Data, trainer: Trainer, out: Tra
         metrics["first_loss"], metrics["final_loss"] = losses[0], losses[-1]
     if is_main_process():
         save_adapter(trainer, setup.tokenizer, setup.saved_config, setup.base.name, call.run_dir, metrics,
-                     data.summary, setup.device, data.dialogs, log)
+                     data.run.summary, setup.device, data.run.dialogs, log)
     return metrics
 
 
