@@ -207,9 +207,12 @@ def samples_at_save_callback(samples: SaveSamples, log: EventSink, events: Event
             adapter = find_adapter_dir(checkpoint)
             if adapter is None or adapter == checkpoint:
                 return  # the checkpoint adapter callback writes adapter/ first (with the template to prompt with)
+            first = samples.baseline is None
             answers, warnings = samples.at_save(adapter)
             self.last_seconds = time.time() - began
-            log.emit("samples", step=step, samples=[a.to_json() for a in answers], warnings=warnings)
+            # the starting model's answers once, beside the first save's: what the warnings compare against
+            start = {"baseline": [a.to_json() for a in samples.baseline or []]} if first else {}
+            log.emit("samples", step=step, samples=[a.to_json() for a in answers], warnings=warnings, **start)
 
     return SamplesAtSave()
 

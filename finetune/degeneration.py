@@ -7,10 +7,12 @@ run answers a few fixed prompts of its data (greedy, :class:`SaveSamples`), :fun
 the run writes a ``samples`` event with them and its warnings, which the Train tab shows. :func:`margin_warning`
 reads the reward margin a dpo or kto step logs.
 
->>> judge([Sample("Review 1", "negative negative negative negative negative negative", ended=False),
-...        Sample("Review 2", "negative negative negative negative negative negative", ended=False),
-...        Sample("Review 3", "negative negative negative negative negative negative", ended=False)])[0]
-'3 of 3 sample answers repeat themselves (e.g. "negative negative negative negative negative negative")'
+>>> loop = "negative " * 8
+>>> judge([Sample("Review 1", loop, ended=False), Sample("Review 2", loop, ended=False),
+...        Sample("Review 3", loop, ended=False)])[0]
+'3 of 3 sample answers repeat themselves (e.g. "negative negative negative negative negative negative negat…")'
+>>> judge([Sample("Review 1", loop, ended=False)], baseline=[Sample("Review 1", loop, ended=False)])  # as it began
+[]
 >>> judge([Sample("Capital of France?", "Paris", ended=True), Sample("Capital of Peru?", "Lima", ended=True)])
 []
 """
@@ -84,27 +86,49 @@ def _short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def judge(samples: Sequence[Sample]) -> list[str]:
+def _repeating(samples: Sequence[Sample]) -> list[Sample]:
+    return [s for s in samples if len(_WORD.findall(s.answer)) >= REPEAT_MIN_WORDS and repetition(s.answer) >= REPEAT_SHARE]
+
+
+def _alike(samples: Sequence[Sample]) -> bool:
+    """Every answer nearly equal to the first (three prompts or more)."""
+    if len({s.prompt for s in samples}) < SAME_MIN:
+        return False
+    first = " ".join(samples[0].answer.lower().split())
+    return all(difflib.SequenceMatcher(None, first, " ".join(s.answer.lower().split())).ratio() >= SAME_RATIO
+               for s in samples[1:])
+
+
+def judge(samples: Sequence[Sample], baseline: Sequence[Sample] = ()) -> list[str]:
     """Warnings about a set of sample answers (none: they look like answers): answers that repeat themselves,
-    answers that no longer end, and one answer given to different prompts."""
+    answers that no longer end, and one answer given to different prompts. ``baseline``: the starting model's
+    answers to the same prompts; a problem it had as much of is not the training's doing and is not reported (a
+    small base that rambles past the token limit before training is no collapse).
+
+    >>> loop = Sample("p", "go " * 30, False)
+    >>> len(judge([loop, loop])), judge([loop, loop], baseline=[loop, loop])
+    (2, [])
+    """
     out: list[str] = []
     if not samples:
         return out
-    n = len(samples)
-    repeating = [s for s in samples if len(_WORD.findall(s.answer)) >= REPEAT_MIN_WORDS
-                 and repetition(s.answer) >= REPEAT_SHARE]
-    if repeating:
-        out.append(f"{len(repeating)} of {n} sample answers repeat themselves (e.g. \"{_short(repeating[0].answer)}\")")
-    unended = [s for s in samples if not s.ended]
-    if len(unended) >= max(1, math.ceil(UNENDED_SHARE * n)):
-        out.append(f"{len(unended)} of {n} sample answers ran to the token limit without the end token")
-    prompts = {s.prompt for s in samples}
+    n, base = len(samples), list(baseline)
+    before = f" (the starting model: {{}} of {len(base)})" if base else "{}"
+
+    def said(count: int) -> str:
+        return before.format(count) if base else ""
+
+    repeating, base_repeating = _repeating(samples), _repeating(base)
+    if repeating and len(repeating) > len(base_repeating):
+        out.append(f"{len(repeating)} of {n} sample answers repeat themselves (e.g. \"{_short(repeating[0].answer)}\")"
+                   + said(len(base_repeating)))
+    unended, base_unended = [s for s in samples if not s.ended], [s for s in base if not s.ended]
+    if len(unended) >= max(1, math.ceil(UNENDED_SHARE * n)) and len(unended) > len(base_unended):
+        out.append(f"{len(unended)} of {n} sample answers ran to the token limit without the end token"
+                   + said(len(base_unended)))
     references = {s.reference for s in samples if s.reference is not None}
     differ = len(references) != 1  # the data wants different answers (or says nothing about them)
-    first = " ".join(samples[0].answer.lower().split())
-    alike = all(difflib.SequenceMatcher(None, first, " ".join(s.answer.lower().split())).ratio() >= SAME_RATIO
-                for s in samples[1:])
-    if len(prompts) >= SAME_MIN and differ and alike:
+    if differ and _alike(samples) and not (base and _alike(base)):
         out.append(f"all {n} sample prompts got the same answer (\"{_short(samples[0].answer)}\")")
     return out
 
@@ -112,7 +136,7 @@ def judge(samples: Sequence[Sample]) -> list[str]:
 def margin_warning(method: str, metrics: dict[str, float], beta: float) -> str | None:
     """A warning when a dpo or kto step's reward margin has run past :data:`MARGIN_LIMIT` (None otherwise).
 
-    >>> margin_warning("dpo", {"rewards/margins": 19.8}, 0.1)[:38]
+    >>> margin_warning("dpo", {"rewards/margins": 19.8}, 0.1)[:37]
     'reward margin 19.8 (a log-probability'
     >>> margin_warning("dpo", {"rewards/margins": 2.1}, 0.1) is None
     True
@@ -169,17 +193,27 @@ class SaveSamples:
                  quantization: QuantizationConfig, max_new_tokens: int) -> None:
         self.prompts, self.base_model = list(prompts), base_model
         self.quantization, self.max_new_tokens = quantization, max_new_tokens
+        self.baseline: list[Sample] | None = None  # the starting model's answers, taken once at the first save
 
-    def at_save(self, adapter: Path) -> tuple[list[Sample], list[str]]:
-        """The samples of the checkpoint whose adapter folder is ``adapter``, and their warnings."""
+    def answers(self, adapter: Path | None, template_of: Path) -> list[Sample]:
+        """The prompts answered with ``adapter`` (None: the base alone), prompted with the template of the adapter
+        folder ``template_of``."""
         from .evaluate import own_random_state
         from .inference import answer_batch
 
         with own_random_state():
-            answers = answer_batch([m for m, _ in self.prompts], adapter=str(adapter), model=self.base_model,
-                                   quantization=self.quantization, max_new_tokens=self.max_new_tokens)
-        samples = [Sample(_last_user(m), a.text, a.ended, ref) for (m, ref), a in zip(self.prompts, answers)]
-        return samples, judge(samples)
+            answers = answer_batch([m for m, _ in self.prompts], adapter=str(adapter) if adapter else None,
+                                   model=self.base_model, quantization=self.quantization,
+                                   max_new_tokens=self.max_new_tokens, template_of=str(template_of))
+        return [Sample(_last_user(m), a.text, a.ended, ref) for (m, ref), a in zip(self.prompts, answers)]
+
+    def at_save(self, adapter: Path) -> tuple[list[Sample], list[str]]:
+        """The samples of the checkpoint whose adapter folder is ``adapter``, and their warnings: what its answers
+        have that the starting model's did not (``judge``)."""
+        if self.baseline is None:
+            self.baseline = self.answers(None, adapter)
+        samples = self.answers(adapter, adapter)
+        return samples, judge(samples, self.baseline)
 
 
 def _last_user(messages: Sequence[Message]) -> str:

@@ -378,10 +378,14 @@ class Answer:
 
 def answer_batch(prompts: Sequence[str | Sequence[Message]], *, adapter: str | None = None, model: str | None = None,
                  quantization: QuantizationConfig | None = None, max_new_tokens: int = 256,
-                 batch_size: int = 8) -> list[Answer]:
+                 batch_size: int = 8, template_of: str | None = None) -> list[Answer]:
     """Greedy answers as ``generate_batch`` gives them (the adapter's trained template and system prompt), each with
-    whether it ended by itself (the samples a training run judges at each save, finetune/degeneration.py)."""
+    whether it ended by itself (the samples a training run judges at each save, finetune/degeneration.py).
+    ``template_of``: the adapter folder whose template and system prompt to prompt with (default: ``adapter``'s), so
+    that the base alone (``adapter`` None) answers the prompts exactly as that adapter is asked them."""
     loaded, tpl = _prepare(model, adapter, None, quantization)
+    if template_of and template_of != adapter:
+        tpl = prompt_settings(template_of, loaded.tokenizer)
     with _lock, _adapter_context(loaded, adapter):
         if adapter:
             attach(loaded, adapter)

@@ -3,6 +3,7 @@ writes at each save, the reward margin's warning, the run state and the Train ta
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -21,6 +22,15 @@ def test_collapsed_answers_get_every_warning():
     assert warnings[0].startswith("4 of 4 sample answers repeat themselves")
     assert warnings[1] == "4 of 4 sample answers ran to the token limit without the end token"
     assert warnings[2].startswith("all 4 sample prompts got the same answer")
+    # against the starting model's answers: what training broke is said with the starting point...
+    healthy = [Sample(s.prompt, ref, True) for s, ref in zip(samples, ["positive", "negative"] * 2)]
+    against = judge(samples, healthy)
+    assert len(against) == 3 and against[0].endswith("(the starting model: 0 of 4)"), against
+    # ...and a model that answered so before training is not the training's doing
+    assert judge(samples, samples) == []
+    rambling = [Sample(s.prompt, why, False) for s, why in zip(samples, ["positive: the acting is great", "negative: "
+                "a dull plot", "positive, for the lovely music", "negative since it drags on"])]
+    assert judge(samples, rambling) == [w for w in against if "end token" not in w]
 
 
 def test_healthy_answers_get_none():
@@ -111,12 +121,31 @@ def test_a_preference_run_writes_judged_samples_at_each_save(collapsing_dpo):
     for e in samples:
         assert len(e["samples"]) == 4 and {"prompt", "answer", "ended"} <= set(e["samples"][0])
         assert e["samples"][0]["prompt"].startswith("Colour for item")
-    # the tiny random model answers with noise that runs to the token limit: judged as such
-    assert any("without the end token" in w for w in samples[-1]["warnings"]), samples[-1]
-    run = read_run(collapsing_dpo.run_dir)
-    assert run.samples_step == 4 and run.warnings and all(w.startswith("step 4: ") for w in run.warnings)
+    # the first save also records the starting model's answers; every warning is judged against them (the tiny
+    # random model's answers are noise before training as after: a warning only for what training changed)
+    baseline = [Sample(a["prompt"], a["answer"], a["ended"]) for a in samples[0]["baseline"]]
+    assert len(baseline) == 4 and "baseline" not in samples[1]
+    for e in samples:
+        answers = [Sample(a["prompt"], a["answer"], a["ended"]) for a in e["samples"]]
+        assert e["warnings"] == judge(answers, baseline) != judge(answers), e
+    page = progress_html(read_run(collapsing_dpo.run_dir).to_dict())
+    assert "id='ft-samples'" in page and "Sample answers at step 4" in page
+
+
+def test_a_samples_warning_reaches_the_run_state_and_the_train_tab(collapsing_dpo, tmp_path):
+    import shutil
+
+    from finetune.events import EventLog
+    from finetune.runs import read_run
+    from finetune.ui.train_tab import progress_html
+
+    run_dir = Path(shutil.copytree(collapsing_dpo.run_dir, tmp_path / collapsing_dpo.run_dir.name))
+    EventLog(run_dir).emit("samples", step=4, samples=[{"prompt": "p", "answer": "no no no", "ended": False}],
+                           warnings=["1 of 1 sample answers repeat themselves"])
+    run = read_run(run_dir)
+    assert run.samples_step == 4 and run.warnings == ["step 4: 1 of 1 sample answers repeat themselves"]
     page = progress_html(run.to_dict())
-    assert "id='ft-warnings'" in page and "id='ft-samples'" in page and "Sample answers at step 4" in page
+    assert "id='ft-warnings'" in page and "repeat themselves" in page
 
 
 def test_an_sft_run_writes_no_samples(tiny_model_dir, tmp_path):
