@@ -12,7 +12,7 @@ import pandas as pd
 
 from .. import service
 from ..arena import BASE, MAX_CONTENDERS
-from .common import Api, owner, page_errors, user_errors
+from .common import Api, Caller, page_errors, scoped, user_errors
 
 STANDINGS_COLUMNS = ["name", "rating", "ci_low", "ci_high", "wins", "losses", "ties", "win_rate", "votes"]
 LETTERS = string.ascii_uppercase[:MAX_CONTENDERS]
@@ -28,7 +28,6 @@ def tally_markdown(votes: int) -> str:
 
 def create_arena_panel(api: Api, base_model: gr.Textbox, temperature: gr.Slider, max_new: gr.Slider,
                        top_p: gr.Slider, rep: gr.Slider, seed: gr.Number) -> None:
-    ws = api.workspace
     gr.Markdown("### Blind A/B arena")
     with gr.Row():
         contenders = gr.Textbox(value="", label="Contenders (2 to 4, comma-separated)", scale=2,
@@ -54,33 +53,36 @@ def create_arena_panel(api: Api, base_model: gr.Textbox, temperature: gr.Slider,
 
     # -- the API -------------------------------------------------------------------------------
     @user_errors
-    def arena_battle(contenders: str, prompt: str, base_model: str = "", temperature: float = 0.0,
-                     max_new_tokens: int = 256, top_p: float = 0.9, repetition_penalty: float = 1.0, seed: int = 0,
-                     request: gr.Request | None = None, profile: gr.OAuthProfile | None = None) -> dict[str, Any]:
+    @scoped(api)
+    def arena_battle(me: Caller, contenders: str, prompt: str, base_model: str = "", temperature: float = 0.0,
+                     max_new_tokens: int = 256, top_p: float = 0.9, repetition_penalty: float = 1.0,
+                     seed: int = 0) -> dict[str, Any]:
         """Two to four contenders (comma-separated: `base`, your run ids, `ID@step` checkpoints) answer the prompt
         with the same seed and settings; returns {battle_id, answers: {A: ..., B: ...}} in a hidden order."""
         names = [c.strip() for c in (contenders or "").split(",") if c.strip()]
-        return service.arena_battle(ws, owner(request, profile), names, prompt, base_model=base_model,
-                                    temperature=float(temperature), max_new_tokens=int(max_new_tokens),
-                                    top_p=float(top_p), repetition_penalty=float(repetition_penalty), seed=int(seed))
+        return me.space.arena_battle(names, prompt, base_model=base_model, temperature=float(temperature),
+                                     max_new_tokens=int(max_new_tokens), top_p=float(top_p),
+                                     repetition_penalty=float(repetition_penalty), seed=int(seed))
 
     @user_errors
-    def arena_vote(battle_id: str, verdict: str, request: gr.Request | None = None,
-                   profile: gr.OAuthProfile | None = None) -> dict[str, Any]:
+    @scoped(api)
+    def arena_vote(me: Caller, battle_id: str, verdict: str) -> dict[str, Any]:
         """Vote on one of your battles: a letter (that answer is better), "tie" or "both_bad". Returns the vote with
         the contenders revealed and your updated standings."""
-        return service.arena_vote(ws, owner(request, profile), battle_id, verdict)
+        return me.space.arena_vote(battle_id, verdict)
 
     @user_errors
-    def arena_standings(request: gr.Request | None = None, profile: gr.OAuthProfile | None = None) -> list[dict[str, Any]]:
+    @scoped(api)
+    def arena_standings(me: Caller) -> list[dict[str, Any]]:
         """Your standings: per contender a Bradley-Terry rating (Elo scale) with its 95% bootstrap interval, wins,
         losses, ties and win rate, best first. Only your own votes count."""
-        return service.arena_standings(ws, owner(request, profile))
+        return me.space.arena_standings()
 
     @user_errors
-    def arena_export(request: gr.Request | None = None, profile: gr.OAuthProfile | None = None) -> str:
+    @scoped(api)
+    def arena_export(me: Caller) -> str:
         """Your votes as a JSON-lines file (prompt, settings, contenders in the order shown, answers, verdict)."""
-        return str(service.arena_export(ws, owner(request, profile), api.downloads / "arena"))
+        return str(me.space.arena_export(api.downloads / "arena"))
 
     # -- UI wiring -----------------------------------------------------------------------------
     @page_errors
@@ -99,9 +101,9 @@ def create_arena_panel(api: Api, base_model: gr.Textbox, temperature: gr.Slider,
         return "", f"You voted {said}: {who}.", tally_markdown(r["votes"]), standings_frame(r["standings"])
 
     @page_errors
-    def load(request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[str, pd.DataFrame]:
-        who = owner(request, profile)
-        return tally_markdown(service.arena_votes(ws, who)), standings_frame(service.arena_standings(ws, who))
+    @scoped(api)
+    def load(me: Caller) -> tuple[str, pd.DataFrame]:
+        return tally_markdown(me.space.arena_votes()), standings_frame(me.space.arena_standings())
 
     settings = [base_model, temperature, max_new, top_p, rep, seed]
     battle_btn.click(arena_battle, [contenders, aprompt, *settings], result, api_name="arena_battle",

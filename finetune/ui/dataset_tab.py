@@ -16,7 +16,7 @@ from ..data import parse_column_mapping
 from ..errors import UserError
 from ..templates import template_label
 from . import forms
-from .common import Api, owner, page_errors, user_errors
+from .common import Api, Caller, page_errors, scoped, user_errors
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -130,12 +130,11 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
         ds_push = gr.Button("⇪ Push dataset")
     ds_result = gr.Markdown()
 
-    def format_dataset(data_file: str | None = None, hub_id: str = "", hub_config: str = "", split: str = "train",
+    def format_as(me: Caller, data_file: str | None = None, hub_id: str = "", hub_config: str = "", split: str = "train",
                        template: str = "llama2", system_prompt: str = "", columns: str = "", model: str = "",
                        max_length: int = 1024, train_on: str = "assistant", keep_duplicates: bool = False,
-                       method: str = "sft", val_fraction: float = 0.0, test_split: float = 0.0,
-                       request: gr.Request | None = None,
-                       profile: gr.OAuthProfile | None = None) -> tuple[str, str, Any, pd.DataFrame, str]:
+                       method: str = "sft", val_fraction: float = 0.0,
+                       test_split: float = 0.0) -> tuple[str, str, Any, pd.DataFrame, str]:
         # (the Any is histogram's matplotlib Figure: gradio evaluates these hints, so no name imported lazily)
         """Format an uploaded file (or a Hub dataset) with a template: summary, preview, token-length
         histogram, row problems and the formatted JSONL file. ``method`` (sft, dpo, orpo, kto, grpo) picks the
@@ -151,7 +150,7 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
                 source, template=template, system_prompt=system_prompt or "", columns=parse_column_mapping(columns),
                 model=model, max_length=int(max_length or 1024), train_on=train_on or "assistant",
                 hub_config=hub_config or None, split=split or "train",
-                out_dir=api.downloads / "formatted" / _safe(owner(request, profile)),
+                out_dir=api.downloads / "formatted" / _safe(me.space.owner or ""),
                 hub_only=not data_file and api.workspace.multi_user,  # typed text is never a server path
                 keep_duplicates=bool(keep_duplicates), method=method or "sft",
                 val_fraction=float(val_fraction or 0.0), test_split=float(test_split or 0.0),
@@ -166,24 +165,21 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
         return (report["summary"], preview_html(report["examples"], caption=preview_caption(template, method or "sft")),
                 histogram(report["lengths"], max_length), probs, report["file"])
 
+    format_dataset = scoped(api)(format_as)
     api_format = user_errors(format_dataset)
 
-    @page_errors
-    def format_on_page(data_file: str | None, hub_id: str, hub_config: str, split: str, template: str,
+    def format_on_page_as(me: Caller, data_file: str | None, hub_id: str, hub_config: str, split: str, template: str,
                        system_prompt: str, columns: str, model: str, max_length: int, train_on: str,
-                       keep_duplicates: bool, method: str, val_fraction: float, test_split: float,
-                       request: gr.Request,
-                       profile: gr.OAuthProfile | None = None) -> tuple[str, str, Any, pd.DataFrame, str | None,
-                                                                        list[Any] | None, str]:
+                          keep_duplicates: bool, method: str, val_fraction: float,
+                          test_split: float) -> tuple[str, str, Any, pd.DataFrame, str | None, list[Any] | None, str]:
         """The page's format: a file that cannot be formatted clears the last file's preview, histogram, problems
         and download (they would read as this file's) and says why in the summary. Also the settings the preview
         was rendered (or refused) with, and an empty stale mark."""
         settings = [template, system_prompt, columns, model, max_length, train_on, keep_duplicates, method,
                     val_fraction, test_split]
         try:
-            return (*format_dataset(data_file, hub_id, hub_config, split, template, system_prompt, columns, model,
-                                    max_length, train_on, keep_duplicates, method, val_fraction, test_split, request,
-                                    profile), settings, "")
+            return (*format_as(me, data_file, hub_id, hub_config, split, template, system_prompt, columns, model,
+                               max_length, train_on, keep_duplicates, method, val_fraction, test_split), settings, "")
         except UserError as e:
             name = Path(data_file).name if data_file else (hub_id or "").strip()
             gr.Warning(html.escape(str(e)))
@@ -192,11 +188,13 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
                     "formatted (see above); fix it and upload again.</div>",
                     None, pd.DataFrame(columns=["row", "field", "problem", "fix"]), None, settings, "")
 
+    format_on_page = page_errors(scoped(api)(format_on_page_as))
+
     @page_errors
-    def refresh_preview(shown: list[Any] | None, data_file: str | None, hub_id: str, hub_config: str, split: str,
+    @scoped(api)
+    def refresh_preview(me: Caller, shown: list[Any] | None, data_file: str | None, hub_id: str, hub_config: str, split: str,
                         template: str, system_prompt: str, columns: str, model: str, max_length: int, train_on: str,
-                        keep_duplicates: bool, method: str, val_fraction: float, test_split: float,
-                        request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[Any, ...]:
+                        keep_duplicates: bool, method: str, val_fraction: float, test_split: float) -> tuple[Any, ...]:
         """A preview on screen follows the settings the run will use: rendered again when they changed since."""
         settings = [template, system_prompt, columns, model, max_length, train_on, keep_duplicates, method,
                     val_fraction, test_split]
@@ -204,8 +202,8 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
             return (gr.skip(),) * 7
         if settings == shown:
             return (gr.skip(),) * 6 + ("",)
-        return format_on_page(data_file, hub_id, hub_config, split, template, system_prompt, columns, model,
-                              max_length, train_on, keep_duplicates, method, val_fraction, test_split, request, profile)
+        return format_on_page_as(me, data_file, hub_id, hub_config, split, template, system_prompt, columns, model,
+                                 max_length, train_on, keep_duplicates, method, val_fraction, test_split)
 
     def stale_mark(shown: list[Any] | None, *settings: Any) -> str:
         """While a typed setting differs from the preview's, the preview says it is out of date."""
@@ -225,14 +223,15 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
         return f"Pushed to {url}"
 
     @user_errors
-    def keep_test_file(path: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
+    @scoped(api)
+    def keep_test_file(me: Caller, path: str | None) -> str:
         """An uploaded test file, checked (prompts, references) and kept in the owner's folder: its path is the
         config's data.test_source."""
         if not path:
             return ""
         from ..evaluate import read_test_set
 
-        kept = service.keep_upload(api.workspace, owner(request, profile), path)
+        kept = me.space.keep_upload(path)
         read_test_set(kept)  # a bad test file is refused now, naming the row, not when the run ends
         return str(kept.resolve())
 

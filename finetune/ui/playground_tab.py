@@ -10,7 +10,7 @@ from .. import inference, service
 from ..errors import UserError
 from ..templates import MODEL_TEMPLATE, TEMPLATE_NAMES
 from .arena_panel import create_arena_panel
-from .common import Api, owner, page_errors, user_errors
+from .common import Api, Caller, page_errors, scoped, user_errors
 from .widgets import FreeDropdown
 
 # What the page runs when it opens: a function and the components it fills.
@@ -29,13 +29,12 @@ def message_text(content: object) -> str:
     return str(content or "")
 
 
-def resolve_adapter(ws: service.Workspace, who: str, adapter: str) -> str | None:
+def resolve_adapter(space: service.OwnerSpace, adapter: str) -> str | None:
     """A run id of the caller's, a Hub repo id, or nothing (base model): the adapter folder or repo."""
-    return service.chat_models(ws, who, "", adapter)[0]
+    return space.chat_models("", adapter)[0]
 
 
 def create_playground_tab(api: Api) -> dict[str, LoadHook]:
-    ws = api.workspace
     with gr.Row():
         base_model = gr.Textbox(label="Base model", value="", placeholder="empty = the adapter's base (or the embedded SmolLM2)",
                                 info="Hub id or local folder; leave empty to use the base the adapter was trained on")
@@ -84,16 +83,16 @@ def create_playground_tab(api: Api) -> dict[str, LoadHook]:
         return turns + ([{"role": "user", "content": message}] if (message or "").strip() else [])
 
     @user_errors
-    def chat(message: str = "", history: list[Any] | None = None, base_model: str = "", adapter: str = "",
+    @scoped(api)
+    def chat(me: Caller, message: str = "", history: list[Any] | None = None, base_model: str = "", adapter: str = "",
              temperature: float = 0.7, max_new_tokens: int = 256, top_p: float = 0.9, repetition_penalty: float = 1.0,
-             seed: int = 0, system_prompt: str | None = None, template: str | None = None,
-             request: gr.Request | None = None,
-             profile: gr.OAuthProfile | None = None) -> Iterator[list[dict[str, str]]]:
+             seed: int = 0, system_prompt: str | None = None,
+             template: str | None = None) -> Iterator[list[dict[str, str]]]:
         """Chat with the base model and optional adapter; streams the growing history (messages format).
         ``system_prompt`` and ``template`` default (None or empty) to those the adapter was trained with."""
         if not (message or "").strip():
             raise gr.Error("type a message first")
-        path, base_model = service.chat_models(ws, owner(request, profile), base_model, adapter)
+        path, base_model = me.space.chat_models(base_model, adapter)
         convo = conversation(message, history)
         for partial in inference.stream_chat(convo, adapter=path, model=base_model or None,
                                              system_prompt=system_prompt or None, template=template or None,
@@ -103,15 +102,15 @@ def create_playground_tab(api: Api) -> dict[str, LoadHook]:
                                              seed=int(seed or 0)):
             yield convo + [{"role": "assistant", "content": partial}]
 
-    def compare(prompt: str = "", base_model: str = "", adapter: str = "", temperature: float = 0.0,
+    @scoped(api)
+    def compare(me: Caller, prompt: str = "", base_model: str = "", adapter: str = "", temperature: float = 0.0,
                 max_new_tokens: int = 256, seed: int = 0, system_prompt: str | None = None, template: str | None = None,
-                top_p: float = 0.9, repetition_penalty: float = 1.0, request: gr.Request | None = None,
-                profile: gr.OAuthProfile | None = None) -> tuple[str, str]:
+                top_p: float = 0.9, repetition_penalty: float = 1.0) -> tuple[str, str]:
         """The same prompt, template, system prompt and seed through the base model and through the adapter:
         (base, fine-tuned). ``system_prompt`` and ``template`` default (None or empty) to the adapter's."""
         if not (prompt or "").strip():
             raise gr.Error("type a prompt first")
-        path, base_model = service.chat_models(ws, owner(request, profile), base_model, adapter)
+        path, base_model = me.space.chat_models(base_model, adapter)
         if path is None:
             raise gr.Error("pick an adapter to compare against")
         # one loaded base, the adapter's template and system prompt for both sides, the same seed
@@ -120,12 +119,13 @@ def create_playground_tab(api: Api) -> dict[str, LoadHook]:
                                  temperature=float(temperature or 0.0), top_p=float(top_p or 0.9),
                                  repetition_penalty=float(repetition_penalty or 1.0), seed=int(seed or 0))
 
-    def exact_prompt(message: str = "", history: list[Any] | None = None, base_model: str = "", adapter: str = "",
-                     system_prompt: str | None = None, template: str | None = None, request: gr.Request | None = None,
-                     profile: gr.OAuthProfile | None = None) -> tuple[str, str]:
+    @scoped(api)
+    def exact_prompt(me: Caller, message: str = "", history: list[Any] | None = None, base_model: str = "",
+                     adapter: str = "", system_prompt: str | None = None,
+                     template: str | None = None) -> tuple[str, str]:
         """The exact text the model receives for this conversation (history + message, with the generation
         prompt) and a line with its token count, template and system prompt."""
-        path, base_model = service.chat_models(ws, owner(request, profile), base_model, adapter)
+        path, base_model = me.space.chat_models(base_model, adapter)
         p = inference.prompt_for(conversation(message, history), adapter=path, model=base_model or None,
                                  system_prompt=system_prompt or None, template=template or None)
         line = (f"**{p.token_count} tokens** · template `{p.template}` · system prompt: "
@@ -135,18 +135,20 @@ def create_playground_tab(api: Api) -> dict[str, LoadHook]:
         return p.text, line
 
     @page_errors
-    def defaults(adapter: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[str, str, str]:
+    @scoped(api)
+    def defaults(me: Caller, adapter: str) -> tuple[str, str, str]:
         """The adapter's trained system prompt and template, to prefill the fields (no warning then)."""
         try:
-            path = resolve_adapter(ws, owner(request, profile), adapter)
+            path = resolve_adapter(me.space, adapter)
             trained, system = inference.trained_defaults(path)
         except UserError:  # the chat call reports the real error
             return "", MODEL_TEMPLATE, ""
         return system, trained, ""
 
-    def template_notice(adapter: str, template: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
+    @scoped(api)
+    def template_notice(me: Caller, adapter: str, template: str) -> str:
         try:
-            path = resolve_adapter(ws, owner(request, profile), adapter)
+            path = resolve_adapter(me.space, adapter)
             trained = inference.trained_defaults(path)[0]
         except UserError:
             return ""
@@ -155,9 +157,10 @@ def create_playground_tab(api: Api) -> dict[str, LoadHook]:
                     "may give poor answers.")
         return ""
 
-    def check(base_model: str, adapter: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
+    @scoped(api)
+    def check(me: Caller, base_model: str, adapter: str) -> str:
         try:
-            path = resolve_adapter(ws, owner(request, profile), adapter)
+            path = resolve_adapter(me.space, adapter)
             if path and base_model:
                 want = inference.adapter_base(path)
                 if want and want != base_model:
@@ -166,10 +169,11 @@ def create_playground_tab(api: Api) -> dict[str, LoadHook]:
             return f"⚠️ {e}"
         return ""
 
-    def choices(request: gr.Request, profile: gr.OAuthProfile | None = None) -> gr.Dropdown:
+    @scoped(api)
+    def choices(me: Caller) -> gr.Dropdown:
         from .train_tab import finished_runs
 
-        return gr.Dropdown(choices=[""] + finished_runs(ws, owner(request, profile), checkpoints=True))
+        return gr.Dropdown(choices=[""] + finished_runs(me.space, checkpoints=True))
 
     send_event: dict[str, Any] = dict(fn=chat, inputs=[msg, chatbot, base_model, adapter, temperature, max_new, top_p, rep, seed,
                                                     system_prompt, template],

@@ -16,10 +16,9 @@ import pandas as pd
 from .. import memory, service
 from ..backends import hfjobs, zerogpu
 from ..errors import UserError
-from ..hub import MOCK_OAUTH_TOKEN
 from ..limits import RunCaps
 from ..runs import LIVE, RunState
-from .common import Api, client_address, owner, page_errors, user_errors
+from .common import Api, Caller, oauth_token, page_errors, scoped, user_errors
 from .evaluation_panel import create_evaluation_panel
 
 TABLE_COLUMNS = ["run_id", "status", "step", "max_steps", "loss", "model"]
@@ -53,13 +52,6 @@ def flavor_choices() -> list[tuple[str, str]]:
             price = f"${g.usd_per_hour:.2f}/h" if g.usd_per_hour is not None else "price not listed"
             out.append((f"{g.hf_flavor} · {g.label} {g.nominal_gb:g} GB · {price}", g.hf_flavor))
     return out
-
-
-def oauth_token(oauth: gr.OAuthToken | None) -> str | None:
-    """The signed-in user's token; None (then HF_TOKEN) when signed out or for the local mock token, which must
-    never be sent to the Hub."""
-    token = getattr(oauth, "token", None)
-    return None if not token or token == MOCK_OAUTH_TOKEN else token
 
 
 def _minutes(seconds: float) -> str:
@@ -275,42 +267,42 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
                                    elem_id="compare-plot")
     table_outputs = [runs_table, runs_pick, compare_pick, disk]
 
-    def drive_zerogpu(who: str, rid: str, progress: gr.Progress, resume: bool = False) -> Iterator[str]:
+    def drive_zerogpu(space: service.OwnerSpace, rid: str, progress: gr.Progress,
+                      resume: bool = False) -> Iterator[str]:
         """Chain the ZeroGPU calls of a run inside this request, reporting progress after each call."""
         service.check_zerogpu((zerogpu_ok, zerogpu_why))
         progress((0, None), desc="ZeroGPU: first GPU call (measures the step time)", unit="steps")
-        for state in service.train_chunks(ws, who, rid, chunk=zerogpu.train_chunk, resume=resume,
-                                          steps_per_call=zerogpu_steps_per_call):
+        for state in space.train_chunks(rid, chunk=zerogpu.train_chunk, resume=resume,
+                                        steps_per_call=zerogpu_steps_per_call):
             yield rid
             # after the yield: the progress shown while the next call trains
             step, total = state.get("step") or 0, state.get("max_steps") or None
             progress((step, total), desc=f"ZeroGPU: {state['status_text']} at step {step}", unit="steps")
 
     # -- the API -------------------------------------------------------------------------------
-    @user_errors
-    def start_training(config_yaml: str, data_file: str | None = None, backend: str = "local",
-                       flavor: str = hfjobs.DEFAULT_FLAVOR, repo_id: str = "", request: gr.Request | None = None,
-                       profile: gr.OAuthProfile | None = None, oauth: gr.OAuthToken | None = None,
-                       progress: gr.Progress = gr.Progress()) -> Iterator[str]:
+    def start_run(me: Caller, config_yaml: str, data_file: str | None = None, backend: str = "local",
+                  flavor: str = hfjobs.DEFAULT_FLAVOR, repo_id: str = "",
+                  progress: gr.Progress = gr.Progress()) -> Iterator[str]:
         """Start a training run from a config YAML (and an optional uploaded data file); returns the run id.
 
         backend: "local" (this machine; waits in the queue while another run trains), "zerogpu" (on a ZeroGPU
         Space: the call lasts until the run ends) or "hf-jobs" (a Hugging Face Job on `flavor`, pushing the
         adapter to `repo_id`; your sign-in or HF_TOKEN pays for it)."""
-        who = owner(request, profile)
-        rid = service.start(ws, who, config_yaml, backend, data_file, token=oauth_token(oauth), flavor=flavor,
-                            repo_id=repo_id, zerogpu=(zerogpu_ok, zerogpu_why), client=client_address(request))
+        rid = me.space.start(config_yaml, backend, data_file, token=me.token, flavor=flavor, repo_id=repo_id,
+                             zerogpu=(zerogpu_ok, zerogpu_why), client=me.client)
         yield rid
         if service.backend_name(backend) == "zerogpu":
-            yield from drive_zerogpu(who, rid, progress)
+            yield from drive_zerogpu(me.space, rid, progress)
+
+    start_training = user_errors(scoped(api, token=True)(start_run))
 
     @user_errors
-    def start_from_form(config_yaml: str, data_file: str | None, backend: str, flavor: str, repo_id: str,
-                        use_sample: bool, request: gr.Request, profile: gr.OAuthProfile | None = None,
-                        oauth: gr.OAuthToken | None = None, progress: gr.Progress = gr.Progress()) -> Iterator[str]:
+    @scoped(api, token=True)
+    def start_from_form(me: Caller, config_yaml: str, data_file: str | None, backend: str, flavor: str,
+                        repo_id: str, use_sample: bool, progress: gr.Progress = gr.Progress()) -> Iterator[str]:
         """The Start button: as /start_training, once the user has chosen data or confirmed the sample."""
         service.check_data_chosen(config_yaml, data_file, use_sample)
-        yield from start_training(config_yaml, data_file, backend, flavor, repo_id, request, profile, oauth, progress)
+        yield from start_run(me, config_yaml, data_file, backend, flavor, repo_id, progress)
 
     @page_errors
     def summary_view(backend: str, config_yaml: str, data_file: str | None, flavor: str) -> tuple[str, gr.Checkbox]:
@@ -322,28 +314,27 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
         return summary_markdown(s) + caps_markdown(caps, s["steps"]), gr.Checkbox(visible=s["sample"])
 
     @user_errors
-    def run_status(run_id: str, request: gr.Request | None = None, profile: gr.OAuthProfile | None = None,
-                   oauth: gr.OAuthToken | None = None) -> dict[str, Any]:
+    @scoped(api, token=True)
+    def run_status(me: Caller, run_id: str) -> dict[str, Any]:
         """The state of one of your runs: status (status_text: "queued (position N)"), step, max_steps, loss,
         eval_loss, tokens_per_s, eta_s, losses, backend, and metrics (the method's latest: reward margins, KL, rewards)."""
-        return service.run_status(ws, owner(request, profile), run_id, token=oauth_token(oauth))
+        return me.space.status(run_id, token=me.token)
 
     @user_errors
-    def stop_training(run_id: str, request: gr.Request | None = None, profile: gr.OAuthProfile | None = None,
-                      oauth: gr.OAuthToken | None = None) -> dict[str, Any]:
+    @scoped(api, token=True)
+    def stop_training(me: Caller, run_id: str) -> dict[str, Any]:
         """Stop a run: it checkpoints at its next step; a queued run leaves the queue; a Hugging Face job is
         cancelled. Returns its state."""
-        return service.stop_training(ws, owner(request, profile), run_id, token=oauth_token(oauth))
+        return me.space.stop(run_id, token=me.token)
 
     @user_errors
-    def resume_training(run_id: str, request: gr.Request | None = None, profile: gr.OAuthProfile | None = None,
-                        progress: gr.Progress = gr.Progress()) -> Iterator[str]:
+    @scoped(api)
+    def resume_training(me: Caller, run_id: str, progress: gr.Progress = gr.Progress()) -> Iterator[str]:
         """Resume a stopped, paused or interrupted run from its last checkpoint."""
-        who = owner(request, profile)
-        rid = service.resume_training(ws, who, run_id, client=client_address(request))
+        rid = me.space.resume(run_id, client=me.client)
         yield rid
-        if service.run_backend(ws, who, rid) == "zerogpu":
-            yield from drive_zerogpu(who, rid, progress, resume=True)
+        if me.space.backend(rid) == "zerogpu":
+            yield from drive_zerogpu(me.space, rid, progress, resume=True)
 
     @user_errors
     def quota_for_zerogpu(config_yaml: str, data_file: str | None = None) -> zerogpu.QuotaPreview:
@@ -352,20 +343,21 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
         return service.zerogpu_quota_for(config_yaml, data_file)
 
     @user_errors
-    def list_runs(request: gr.Request | None = None, profile: gr.OAuthProfile | None = None) -> list[dict[str, Any]]:
+    @scoped(api)
+    def list_runs(me: Caller) -> list[dict[str, Any]]:
         """Your runs, newest first, read from the run folders."""
-        return service.list_runs(ws, owner(request, profile))
+        return me.space.statuses()
 
     @user_errors
-    def push(run_id: str, repo_id: str, private: bool = True, request: gr.Request | None = None,
-             profile: gr.OAuthProfile | None = None, oauth: gr.OAuthToken | None = None) -> str:
+    @scoped(api, token=True)
+    def push(me: Caller, run_id: str, repo_id: str, private: bool = True) -> str:
         """Push a finished run's adapter (with its model card) to a Hub model repo; returns the URL."""
-        url = service.push(ws, owner(request, profile), run_id, repo_id, token=oauth_token(oauth), private=private)
+        url = me.space.push(run_id, repo_id, token=me.token, private=private)
         return f"Pushed to {url}"
 
     # -- UI wiring -----------------------------------------------------------------------------
-    def runs_frame(who: str) -> pd.DataFrame:
-        rows = service.list_runs(ws, who)
+    def runs_frame(space: service.OwnerSpace) -> pd.DataFrame:
+        rows = space.statuses()
         for r in rows:
             r["status"] = badge(r)
             if r.get("loss") is not None:
@@ -373,52 +365,53 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
         return pd.DataFrame([{k: r.get(k) for k in TABLE_COLUMNS} for r in rows], columns=TABLE_COLUMNS)
 
     @page_errors
-    def view(rid: str, request: gr.Request, profile: gr.OAuthProfile | None = None,
-             oauth: gr.OAuthToken | None = None) -> tuple[str, pd.DataFrame | None, str, gr.Timer, pd.DataFrame]:
-        who = owner(request, profile)
+    @scoped(api, token=True)
+    def view(me: Caller, rid: str) -> tuple[str, pd.DataFrame | None, str, gr.Timer, pd.DataFrame]:
         if not rid:
-            return progress_html({}), loss_frame({}), "", gr.Timer(active=False), runs_frame(who)
+            return progress_html({}), loss_frame({}), "", gr.Timer(active=False), runs_frame(me.space)
         try:
-            state = service.run_status(ws, who, rid, token=oauth_token(oauth))
-            events = service.run_events(ws, who, rid)
+            state = me.space.status(rid, token=me.token)
+            events = me.space.events(rid)
         except service.ServiceError as e:
             return (f"<div class='ft-progress'>{html.escape(str(e))}</div>", loss_frame({}), "", gr.Timer(active=False),
-                    runs_frame(who))
+                    runs_frame(me.space))
         live = state["status"] in LIVE or (state["status"] == "paused"
                                                                     and state.get("backend") == "zerogpu")
-        return progress_html(state), loss_frame(state), events_text(events), gr.Timer(active=live), runs_frame(who)
+        return progress_html(state), loss_frame(state), events_text(events), gr.Timer(active=live), runs_frame(me.space)
 
-    def latest_run(request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
+    @scoped(api)
+    def latest_run(me: Caller) -> str:
         """The run a (re)loaded page opens on: the user's newest live run, else their newest run."""
-        states = service.run_states(ws, owner(request, profile))
+        states = me.space.states()
         live = [s for s in states if s.status in LIVE]
         pick = max(live, key=lambda s: s.run_id) if live else (states[0] if states else None)
         return pick.run_id if pick else ""
 
     @page_errors
-    def table(request: gr.Request,
-              profile: gr.OAuthProfile | None = None) -> tuple[pd.DataFrame, gr.Dropdown, gr.Dropdown, str]:
-        who = owner(request, profile)
-        frame = runs_frame(who)
+    @scoped(api)
+    def table(me: Caller) -> tuple[pd.DataFrame, gr.Dropdown, gr.Dropdown, str]:
+        frame = runs_frame(me.space)
         return (frame, gr.Dropdown(choices=list(frame["run_id"])), gr.Dropdown(choices=list(frame["run_id"])),
-                service.disk_usage(ws, who))
+                me.space.disk_usage())
 
     @user_errors
-    def delete_run(run_id: str, request: gr.Request | None = None, profile: gr.OAuthProfile | None = None) -> str:
+    @scoped(api)
+    def delete_run(me: Caller, run_id: str) -> str:
         """Delete one of your runs that is not training or waiting (to free disk); returns your disk use after."""
-        return service.delete_run(ws, owner(request, profile), run_id)
+        return me.space.delete(run_id)
 
-    def compare_runs(run_ids: list[str] | None, request: gr.Request,
-                profile: gr.OAuthProfile | None = None) -> pd.DataFrame | None:
+    @scoped(api)
+    def compare_runs(me: Caller, run_ids: list[str] | None) -> pd.DataFrame | None:
         """The train loss of the chosen runs, one line per run (None: nothing chosen yet)."""
-        rows = service.loss_curves(ws, owner(request, profile), list(run_ids or []))
+        rows = me.space.loss_curves(list(run_ids or []))
         if not rows:
             return None
         return pd.DataFrame(rows, columns=["run", "step", "loss"]).astype({"step": "int64", "loss": "float64"})
 
     @user_errors
-    def download(rid: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
-        return str(service.adapter_zip(ws, owner(request, profile), rid, api.downloads / "adapters"))
+    @scoped(api)
+    def download(me: Caller, rid: str) -> str:
+        return str(me.space.adapter_zip(rid, api.downloads / "adapters"))
 
     @page_errors
     def backend_panels(name: str, config_yaml: str, data_file: str | None,
@@ -487,15 +480,15 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
             "on_load": [(summary_view, panel_inputs, [summary, use_sample]), (latest_run, [], [run_id])]}
 
 
-def finished_runs(ws: service.Workspace, who: str, checkpoints: bool = False) -> list[str]:
+def finished_runs(space: service.OwnerSpace, checkpoints: bool = False) -> list[str]:
     """The ids of the owner's runs that have an adapter; with ``checkpoints``, each followed by its usable
     checkpoints (``ID@step``)."""
     out: list[str] = []
-    for r in service.list_runs(ws, who):
+    for r in space.statuses():
         if r.get("has_adapter"):
             out.append(r["run_id"])
             if checkpoints:
-                out += service.checkpoint_choices(ws, who, r["run_id"])
+                out += space.checkpoint_choices(r["run_id"])
     return out
 
 
