@@ -32,7 +32,9 @@ class ServiceError(ValueError, UserError):
     """A request the user can fix; the message says how. Made from a library's error, it chains it: the original
     type (``RunError``, ``HubError``...) stays its ``__cause__``."""
 
+
 SIGN_IN_TO = "sign in with Hugging Face to {action}: on this shared app only your own sign-in acts on the Hub"
+
 
 def hub_token(ws: Shared, token: str | None, action: str = "push") -> str | None:
     """The token a caller's Hub action (push, job) uses. On a shared server only the caller's own sign-in token:
@@ -44,6 +46,7 @@ def hub_token(ws: Shared, token: str | None, action: str = "push") -> str | None
     if ws.multi_user and not token:
         raise ServiceError(SIGN_IN_TO.format(action=action))
     return token
+
 
 def check_config_code(ws: Shared, config: RunConfig) -> None:
     """On a shared server, refuse every setting of a run that would load code or a server folder: the model repo's
@@ -69,6 +72,7 @@ def check_config_code(ws: Shared, config: RunConfig) -> None:
     if config.rewards.judge_model.strip():
         check_model_ref(ws, config.rewards.judge_model, "rewards.judge_model")
 
+
 def check_hub_dataset_id(text: str) -> str:
     """A Hub dataset id typed by a user of a shared server: never a path on the server (``../../etc/passwd``)."""
     text = (text or "").strip()
@@ -76,10 +80,12 @@ def check_hub_dataset_id(text: str) -> str:
         raise ServiceError(f"'{text[:80]}' is not a Hub dataset id; type one like user/name, or upload the file")
     return text
 
+
 def _model_dirs() -> list[Path]:
     """Folders of models the operator of a shared server offers to every user (FINETUNE_MODEL_DIRS, separated
     by the OS path separator): the only local folders a user of a shared server may name as a model."""
     return [Path(d).resolve() for d in os.environ.get("FINETUNE_MODEL_DIRS", "").split(os.pathsep) if d.strip()]
+
 
 def check_model_ref(ws: Shared, text: str, what: str = "base model") -> str:
     """A base model or adapter named by a user of a shared server: a Hub repo id (or empty for the default), never
@@ -97,9 +103,11 @@ def check_model_ref(ws: Shared, text: str, what: str = "base model") -> str:
                            "org/name (or empty for the default)")
     return text
 
+
 def parse_config(config_yaml: str) -> RunConfig:
     cfg = RunConfig.from_yaml(config_yaml or "", source="config")
     return validate(cfg, source="config")
+
 
 BACKEND_NAMES = {"local": "local", "": "local", "zerogpu": "zerogpu", "hf-jobs": "hf-jobs", "hfjobs": "hf-jobs"}
 
@@ -111,6 +119,7 @@ def backend_name(backend: str | None) -> str:
         raise ServiceError(f"unknown backend '{backend}'; choose local, zerogpu or hf-jobs")
     return name
 
+
 def backend_of(path: Path) -> str:
     """Where a run trains: ``local`` | ``zerogpu`` | ``hf-jobs`` (recorded in its folder: runs.read_backend)."""
     try:
@@ -118,11 +127,13 @@ def backend_of(path: Path) -> str:
     except runs.RunError as e:
         raise ServiceError(str(e)) from e
 
+
 def queue_dir(ws: Shared) -> Path:
     """The machine-wide training queue: one for every owner of the workspace."""
     from .. import slots
 
     return slots.queue_dir(ws.root)
+
 
 def run_caps(ws: Shared) -> RunCaps | None:
     """How far one run may train here: the server's caps on a shared server (limits.run_caps), none on one's own."""
@@ -131,6 +142,7 @@ def run_caps(ws: Shared) -> RunCaps | None:
     except ValueError as e:  # an unreadable FINETUNE_MAX_STEPS / FINETUNE_MAX_RUN_MINUTES on the server
         raise ServiceError(str(e)) from None
 
+
 def check_zerogpu(available: tuple[bool, str]) -> None:
     """Refuse a ZeroGPU run where ZeroGPU is not offered (``available``: zerogpu.available() or the app's
     setting), saying why and what to choose instead."""
@@ -138,11 +150,13 @@ def check_zerogpu(available: tuple[bool, str]) -> None:
     if not ok:
         raise ServiceError(f"ZeroGPU is not available: {why}; choose 'This machine' or Hugging Face Jobs")
 
+
 def check_data_chosen(config_yaml: str, data_file: str | Path | None, use_sample: bool) -> None:
     """The app's Start button: a run with no dataset trains on the bundled sample only when the user said so."""
     if not data_file and not parse_config(config_yaml).data.source and not use_sample:
         raise ServiceError("no dataset chosen: upload a file or give a Hub dataset id (1 · Dataset), or tick "
                            "'Train on the bundled sample' to try the app on its city/year example")
+
 
 def push_dataset(ws: Shared, formatted: str | Path, repo_id: str, *, token: str | None = None,
                  private: bool = True) -> str:

@@ -19,6 +19,7 @@ def _training_examples(config: RunConfig, rows: int) -> int:
     (``data.val_fraction``) leave, at least one."""
     return max(1, round(rows * (1 - config.data.val_fraction) * (1 - config.data.test_split)))
 
+
 def planned_steps(config: RunConfig, rows: int | None = None) -> int | None:
     """The optimizer steps a run will take: ``training.max_steps``, else planned from the rows of its data and the
     epochs (``rows``: counted by the caller; else those of a local data file); None when unknown before it starts
@@ -39,6 +40,7 @@ def planned_steps(config: RunConfig, rows: int | None = None) -> int | None:
     examples = _training_examples(config, rows)
     return max(1, math.ceil(math.ceil(math.ceil(examples / t.batch_size) / t.grad_accum) * t.epochs))
 
+
 def zerogpu_quota(config: RunConfig, data_file: str | Path | None = None) -> QuotaPreview:
     """The ZeroGPU quota a run will use (zerogpu.quota_preview); an epochs-based run counts the rows of its data
     (the uploaded file, else a local data.source)."""
@@ -53,9 +55,11 @@ def zerogpu_quota(config: RunConfig, data_file: str | Path | None = None) -> Quo
         n_examples = _training_examples(config, len(table.rows))
     return zerogpu.quota_preview(config, n_examples)
 
+
 def zerogpu_quota_for(config_yaml: str, data_file: str | Path | None = None) -> QuotaPreview:
     """:func:`zerogpu_quota` of a config YAML."""
     return zerogpu_quota(parse_config(config_yaml), data_file)
+
 
 @dataclass(frozen=True)
 class JobCost:
@@ -63,6 +67,7 @@ class JobCost:
 
     limit_s: int
     max_usd: float | None
+
 
 def job_cost(config_yaml: str, flavor: str) -> JobCost:
     """The time limit a job of this config gets on ``flavor`` (the time estimate with a margin) and its price."""
@@ -78,39 +83,31 @@ def job_cost(config_yaml: str, flavor: str) -> JobCost:
     cost = (limit / 3600 * gpu.usd_per_hour * hfjobs.gpu_count(flavor) if gpu.usd_per_hour is not None else None)
     return JobCost(limit, cost)
 
-class RunSummary(TypedDict):
-    """What a run will use, shown before it starts (:func:`run_summary`)."""
 
-    data: str  # the file name, the Hub dataset id, or "the bundled sample"
-    sample: bool  # no dataset was chosen: the bundled sample would be used (the app asks to confirm)
+class RunPlan(TypedDict):
+    """What a run of a config would use, before it starts (:func:`run_plan`)."""
+
+    source: str  # the uploaded file's name, else data.source (a Hub id or a path); "": the bundled sample
     rows: int | None  # rows in the data file (None: a Hub dataset, counted when the run starts)
-    template: str  # templates.template_label of data.template
+    template: str  # data.template
     method: str  # training.method: sft, dpo, orpo, kto or grpo
-    model: str
+    model: str  # model.id; "": the embedded default
     steps: int | None  # training.max_steps, else planned from the rows and epochs (None: unknown yet)
-    backend: str
+    backend: str  # local, zerogpu or hf-jobs
 
-BACKEND_LABELS = {"local": "this machine", "zerogpu": "ZeroGPU", "hf-jobs": "Hugging Face Jobs"}
 
-def run_summary(config_yaml: str, data_file: str | Path | None = None, backend: str = "local",
-                flavor: str | None = None) -> RunSummary:
+def run_plan(config_yaml: str, data_file: str | Path | None = None, backend: str = "local") -> RunPlan:
     """The data (file, rows), template, method, model, steps and backend a run of this config would use."""
     from .. import data
     from ..config import sample_data
-    from ..models import EMBEDDED_REPO_ID
-    from ..templates import template_label
 
     cfg = parse_config(config_yaml)
     name = backend_name(backend)
     source = str(data_file) if data_file else cfg.data.source
-    sample = not source
     rows: int | None = None
-    if sample or Path(source).is_file():
+    if not source or Path(source).is_file():
         table = data.load_rows(source or str(sample_data(cfg.training.method)), max_bytes=data.max_upload_bytes())
         rows = len(table.rows)
-    shown = "the bundled sample (city/year extraction)" if sample else (Path(source).name if data_file else source)
     steps = planned_steps(cfg, rows) if cfg.training.max_steps > 0 or rows is not None else None
-    return {"data": shown, "sample": sample, "rows": rows,
-            "template": template_label(cfg.data.template), "method": cfg.training.method,
-            "model": cfg.model.id or f"{EMBEDDED_REPO_ID} (embedded)", "steps": steps,
-            "backend": BACKEND_LABELS[name] + (f" ({flavor})" if name == "hf-jobs" and flavor else "")}
+    return {"source": Path(source).name if data_file else source, "rows": rows, "template": cfg.data.template,
+            "method": cfg.training.method, "model": cfg.model.id, "steps": steps, "backend": name}

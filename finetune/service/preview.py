@@ -1,21 +1,26 @@
-"""The Dataset tab's preview of a formatted dataset: examples with their trained spans, token lengths, row problems
-and the formatted file."""
+"""The Dataset tab's dataset, formatted as training will: the library's result, its token lengths and the formatted
+file (what the tab shows of it is the UI's)."""
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any
 
 from ..config import DataConfig, range_problem
 from .checks import ServiceError, check_hub_dataset_id
 
+if TYPE_CHECKING:
+    from ..data.format import FormatResult
+    from ..data.preference import MethodData
+
 
 _tokenizers: dict[str, Any] = {}  # model name -> a transformers tokenizer
-
+# Concurrent requests (the app serves several at once) load a tokenizer once, one at a time: the first use of
+# transformers' lazy imports from several threads at once fails ("cannot import name 'AutoTokenizer'").
 _tokenizers_lock = threading.Lock()
 
-_tokenizers_lock = threading.Lock()
 
 def _tokenizer(model: str) -> Any:
     """Tokenizers for token statistics, kept per model name (loading one takes about a second)."""
@@ -28,17 +33,36 @@ def _tokenizer(model: str) -> Any:
             _tokenizers[model] = load_tokenizer(model)
         return _tokenizers[model]
 
+
+@dataclass(frozen=True)
+class Formatted:
+    """A dataset formatted for a preview: the library's result (``FormatResult`` for SFT, ``MethodData`` for
+    dpo/orpo/kto/grpo), the tokens of each example, the name it is shown by (a file's name, never the server's
+    upload path; or the Hub id) and the formatted JSONL file."""
+
+    method: str
+    source: str
+    result: FormatResult | MethodData
+    lengths: list[int]
+    file: Path
+
+
+def _file_name(source: str, is_file: bool) -> str:
+    name = Path(source).stem if is_file else source.replace("/", "__")
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name).lstrip(".")[:80] or "data"
+
+
 def format_preview(source: str, *, template: str, system_prompt: str = "", columns: dict[str, str] | None = None,
                    model: str = "", max_length: int = 1024, train_on: str = "assistant",
-                   hub_config: str | None = None, split: str = "train", out_dir: Path, preview_rows: int = 5,
-                   hub_only: bool = False, keep_duplicates: bool = False, method: str = "sft",
-                   val_fraction: float = 0.0, test_split: float = 0.0) -> FormatPreview:
-    """Format a dataset for the Dataset tab: summary markdown, preview examples with spans, token lengths,
-    row problems, warnings and the formatted JSONL file.
+                   hub_config: str | None = None, split: str = "train", out_dir: Path, hub_only: bool = False,
+                   keep_duplicates: bool = False, method: str = "sft", val_fraction: float = 0.0,
+                   test_split: float = 0.0) -> Formatted:
+    """Format a dataset for the Dataset tab: the examples with their trained spans, token lengths, row problems,
+    warnings, and the formatted JSONL file written into ``out_dir``.
 
     ``source`` is an uploaded file (capped at the upload limit) or a Hub id; ``hub_only`` refuses anything
     but a Hub id (text typed on a shared server). ``val_fraction`` / ``test_split``: the rows split as training
-    splits them (``data.val_fraction``, ``data.test_split``, seed 42), counted in the summary.
+    splits them (``data.val_fraction``, ``data.test_split``, seed 42).
     """
     from .. import data
 
@@ -53,8 +77,7 @@ def format_preview(source: str, *, template: str, system_prompt: str = "", colum
     is_file = Path(source).exists()
     if method != "sft":
         return _method_preview(source, method, template=template, system_prompt=system_prompt, columns=columns,
-                               tokenizer=tok, hub_config=hub_config, split=split, out_dir=out_dir,
-                               preview_rows=preview_rows, is_file=is_file)
+                               tokenizer=tok, hub_config=hub_config, split=split, out_dir=out_dir, is_file=is_file)
     try:
         settings = DataConfig(hub_config=hub_config, split=split, template=template, system_prompt=system_prompt,
                               columns=columns or {}, train_on=train_on, keep_duplicates=keep_duplicates,
@@ -68,29 +91,19 @@ def format_preview(source: str, *, template: str, system_prompt: str = "", colum
     out_dir.mkdir(parents=True, exist_ok=True)
     if is_file:
         result.source = Path(source).name  # not the server's upload path
-    name = Path(source).stem if is_file else source.replace("/", "__")
-    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in name).lstrip(".")[:80] or "data"
-    out = out_dir / f"{name}.{template}.jsonl"
+    out = out_dir / f"{_file_name(source, is_file)}.{template}.jsonl"
     data.write_jsonl(result.examples, out)
-    return {
-        "summary": data.summary_markdown(result),
-        "examples": [{"row": ex.row, "text": ex.text, "spans": [list(s) for s in ex.spans]}
-                     for ex in result.examples[:preview_rows]],
-        "lengths": list(result.lengths),
-        "problems": [[p.row, p.field, p.reason, p.fix] for p in result.problems],
-        "warnings": [f"row {p.row}: {p.reason}" for p in result.warnings],
-        "file": str(out),
-    }
+    return Formatted("sft", result.source, result, list(result.lengths), out)
+
 
 def _method_preview(source: str, method: str, *, template: str, system_prompt: str, columns: dict[str, str] | None,
-                    tokenizer: Any, hub_config: str | None, split: str, out_dir: Path, preview_rows: int,
-                    is_file: bool) -> FormatPreview:
+                    tokenizer: Any, hub_config: str | None, split: str, out_dir: Path, is_file: bool) -> Formatted:
     """:func:`format_preview` for dpo/orpo/kto/grpo data: the detected shape, and each example's prompt with its
     chosen and rejected answers (or its answer and label, or its reference) as training renders them."""
     import json
 
     from .. import data, methods
-    from ..data.preference import FeedbackExample, PairExample, PromptExample, format_for_method
+    from ..data.preference import FeedbackExample, PairExample, format_for_method
     from ..data.stats import token_lengths
 
     if method not in methods.PREFERENCE:
@@ -103,46 +116,11 @@ def _method_preview(source: str, method: str, *, template: str, system_prompt: s
         if is_file and e.file == str(source):
             raise data.DataError(Path(source).name, e.row, e.reason) from None
         raise
-    shown: list[dict[str, Any]] = []
-    for ex in result.examples[:preview_rows]:
-        if isinstance(ex, PairExample):
-            for label, answer in (("chosen", ex.chosen), ("rejected", ex.rejected)):
-                shown.append({"row": f"{ex.row} ({label})", "text": ex.prompt + answer,
-                              "spans": [[len(ex.prompt), len(ex.prompt) + len(answer)]]})
-        elif isinstance(ex, FeedbackExample):
-            shown.append({"row": f"{ex.row} ({'thumbs up' if ex.label else 'thumbs down'})",
-                          "text": ex.prompt + ex.completion,
-                          "spans": [[len(ex.prompt), len(ex.prompt) + len(ex.completion)]]})
-        elif isinstance(ex, PromptExample):
-            shown.append({"row": f"{ex.row} (reference: {ex.answer if ex.answer is not None else 'none'})",
-                          "text": ex.prompt, "spans": []})
-    name = Path(source).stem if is_file else source.replace("/", "__")
-    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in name).lstrip(".")[:80] or "data"
     out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / f"{name}.{method}.{template}.jsonl"
+    out = out_dir / f"{_file_name(source, is_file)}.{method}.{template}.jsonl"
     out.write_text("".join(json.dumps({"row": ex.row, **ex.to_json()}, ensure_ascii=False) + "\n"
                            for ex in result.examples), encoding="utf-8")
     texts = [ex.prompt + (ex.chosen if isinstance(ex, PairExample) else
                           ex.completion if isinstance(ex, FeedbackExample) else "") for ex in result.examples]
-    shown_source = Path(source).name if is_file else source
-    skipped = ", ".join(f"{n} {c}" for c, n in result.skipped.most_common())
-    summary = (f"**{method.upper()} data** from `{shown_source}`: {len(result.examples)} examples of "
-               f"{result.rows_in} rows, shape `{result.shape}`" + (f"; skipped: {skipped}" if skipped else "") +
-               ". Highlighted: the answer each example trains on.")
-    return {
-        "summary": summary,
-        "examples": shown,
-        "lengths": token_lengths(texts, tokenizer) if tokenizer is not None else [],
-        "problems": [[p.row, p.field, p.reason, p.fix] for p in result.problems],
-        "warnings": [],
-        "file": str(out),
-    }
-
-class FormatPreview(TypedDict):
-    """What the Dataset tab shows of a formatted dataset (:func:`format_preview`)."""
-    summary: str  # markdown
-    examples: list[dict[str, Any]]  # {"row": int, "text": str, "spans": [[start, end], ...]} (trained characters)
-    lengths: list[int]  # tokens per example
-    problems: list[list[Any]]  # [row, field, reason, fix] of each rejected row
-    warnings: list[str]
-    file: str  # the formatted JSONL
+    lengths = token_lengths(texts, tokenizer) if tokenizer is not None else []
+    return Formatted(method, Path(source).name if is_file else source, result, lengths, out)

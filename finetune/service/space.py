@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from ..backends.base import Backend
     from ..backends.zerogpu import ChunkResult
 
+
 UPLOADS = "uploads"
 SYNC_EVERY_S = 5.0  # a Hugging Face job's log is read at most this often per run (each read fetches the log)
 
