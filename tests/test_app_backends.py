@@ -131,7 +131,7 @@ def test_mock_oauth_token_is_never_used():
     import gradio as gr
 
     from finetune.hub import MOCK_OAUTH_TOKEN
-    from finetune.ui.train_tab import oauth_token
+    from finetune.ui.common import oauth_token
 
     assert oauth_token(gr.OAuthToken(token=MOCK_OAUTH_TOKEN, scope="", expires_at=0)) is None  # then HF_TOKEN, or a clear message
     assert oauth_token(None) is None
@@ -143,7 +143,7 @@ def test_hf_jobs_submit_status_and_cancel_keep_the_token_secret(plain_app, own_a
 
     fake = FakeJobsApi(LOG.splitlines())
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: fake)
-    monkeypatch.setattr(service, "SYNC_EVERY_S", 0.0)
+    monkeypatch.setattr(service.space, "SYNC_EVERY_S", 0.0)
     monkeypatch.setenv("SPACE_ID", "me/finetune")
     cfg = job_config("HuggingFaceTB/SmolLM2-135M-Instruct")
     cfg.training.max_steps = 40

@@ -47,22 +47,22 @@ def test_votes_are_private_to_their_owner(workspace, tmp_path):
 
     ws, run_id = workspace
     alice, bob = "user:alice", "user:bob"
-    b = service.arena_battle(ws, alice, ["base", run_id, f"{run_id}@2"], "Hello?", max_new_tokens=4, seed=7)
+    b = ws.owner_space(alice).arena_battle(["base", run_id, f"{run_id}@2"], "Hello?", max_new_tokens=4, seed=7)
     assert set(b["answers"]) == {"A", "B", "C"}
     with pytest.raises(service.ServiceError, match="no run"):
-        service.arena_battle(ws, bob, ["base", run_id], "Hello?", max_new_tokens=4)  # not bob's run
+        ws.owner_space(bob).arena_battle(["base", run_id], "Hello?", max_new_tokens=4)  # not bob's run
     with pytest.raises(Exception, match="not open"):
-        service.arena_vote(ws, bob, b["battle_id"], "A")
-    result = service.arena_vote(ws, alice, b["battle_id"], "A")
+        ws.owner_space(bob).arena_vote(b["battle_id"], "A")
+    result = ws.owner_space(alice).arena_vote(b["battle_id"], "A")
     assert result["votes"] == 1 and sorted(result["vote"]["contenders"]) == sorted(["base", run_id, f"{run_id}@2"])
     top = result["standings"][0]
     assert top["name"] == result["vote"]["contenders"][0] and top["wins"] == 2
-    assert service.arena_standings(ws, bob) == []
-    exported = service.arena_export(ws, alice, tmp_path / "dl")
+    assert ws.owner_space(bob).arena_standings() == []
+    exported = ws.owner_space(alice).arena_export(tmp_path / "dl")
     [line] = exported.read_text().splitlines()
     assert json.loads(line)["verdict"] == "A" and json.loads(line)["prompt"] == "Hello?"
     with pytest.raises(service.ServiceError, match="no votes yet"):
-        service.arena_export(ws, bob, tmp_path / "dl")
+        ws.owner_space(bob).arena_export(tmp_path / "dl")
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_browser_votes_three_times_and_sees_the_tally_change(single_user_app, br
     from finetune import service
 
     url, run_id, root = single_user_app
-    start = service.arena_votes(service.Workspace(root), None)  # the API test may have voted in this app already
+    start = service.Workspace(root).owner_space(None).arena_votes()  # the API test may have voted in this app already
     context, page = open_page(browser, url)
     try:
         page.get_by_role("tab", name="4 · Playground").click()

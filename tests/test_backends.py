@@ -219,7 +219,7 @@ def test_local_run_survives_the_app_and_resumes(tiny_model_dir, tmp_path, refere
 
     # a restarted app knows only the folder: a fresh service call and a fresh process both show the truth
     ws = service.Workspace(root)
-    assert [(r["run_id"], r["status"]) for r in service.list_runs(ws, None)] == [(run_id, "interrupted")]
+    assert [(r["run_id"], r["status"]) for r in ws.owner_space(None).statuses()] == [(run_id, "interrupted")]
     cli = subprocess.run([sys.executable, "-m", "finetune", "runs", "--runs-root", str(root), "--json"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert cli.returncode == 0, cli.stderr
@@ -227,7 +227,7 @@ def test_local_run_survives_the_app_and_resumes(tiny_model_dir, tmp_path, refere
 
     backend.resume(run_id, root)
     wait_for(lambda: runs.read_run(run_dir).status in ("finished", "failed"), 120, "the resumed run", run_dir)
-    [after] = service.list_runs(service.Workspace(root), None)
+    [after] = service.Workspace(root).owner_space(None).statuses()
     assert after["status"] == "finished" and after["step"] == 12 and after["has_adapter"]
     assert int(started_events(run_dir)[-1]["resumed_from"].rsplit("-", 1)[1]) >= 4
     assert_same_adapter(reference.adapter_dir, run_dir / "adapter")

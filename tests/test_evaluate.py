@@ -187,7 +187,7 @@ def test_a_shared_server_takes_only_the_owners_own_test_file(tmp_path):
     for bad in ("/etc/passwd", "../../etc/passwd", str(ROOT / "finetune" / "samples" / "city_year_heldout.jsonl")):
         cfg.data.test_source = bad
         with pytest.raises(service.ServiceError, match="test_source must be a test file uploaded"):
-            service.start_training(ws, "user:alice", cfg)
+            ws.owner_space("user:alice").start_config(cfg)
 
 
 def test_a_checkpoint_is_an_adapter(ok_run):

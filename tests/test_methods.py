@@ -172,7 +172,7 @@ def test_the_app_refuses_reward_code(tmp_path):
                                         f"rewards.module={tmp_path / 'evil.py'}"])
     (tmp_path / "evil.py").write_text("import os\nos.system('touch pwned')\n")
     with pytest.raises(service.ServiceError, match="rewards.module: the app does not run reward code"):
-        service.start(service.Workspace(tmp_path / "ws"), None, cfg.to_yaml())
+        service.Workspace(tmp_path / "ws").owner_space(None).start(cfg.to_yaml())
     assert not (tmp_path / "ws").exists() or not any((tmp_path / "ws").rglob("config.yaml"))
 
 
@@ -328,10 +328,10 @@ def test_a_start_adapter_of_another_base_or_outside_the_owners_runs_is_refused(t
     with pytest.raises(TrainingError, match="no adapter there"):
         train(cfg, runs_root=tmp_path / "runs")
     # the app: one of the owner's runs by its id, nothing else
-    assert service.start_adapter_path(ws, None, sft.run_id) == sft.adapter_dir.resolve()
+    assert ws.owner_space(None).start_adapter_path(sft.run_id) == sft.adapter_dir.resolve()
     for bad in (str(other), "../x", "no-such-run"):
         with pytest.raises(service.ServiceError, match="init_adapter"):
-            service.start_adapter_path(ws, None, bad)
+            ws.owner_space(None).start_adapter_path(bad)
     # a Hugging Face job cannot read it
     from finetune.backends import hfjobs
 

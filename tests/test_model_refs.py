@@ -28,4 +28,4 @@ def test_shared_server_refuses_server_folders_as_models(tmp_path, monkeypatch):
     cfg.model.id = str(other)
     cfg.training.max_steps = 1
     with pytest.raises(service.ServiceError, match="model.id"):
-        service.start_training(shared, "alice", cfg)
+        shared.owner_space("alice").start_config(cfg)

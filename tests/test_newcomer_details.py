@@ -98,13 +98,13 @@ def test_runs_report_memory_and_utilisation_and_curves_overlay(tiny_model_dir, t
 
     a = train(tiny_config(tiny_model_dir, max_steps=3, save_steps=10), runs_root=tmp_path)
     b = train(tiny_config(tiny_model_dir, max_steps=2, save_steps=10, learning_rate=1e-3), runs_root=tmp_path)
-    state = service.run_status(service.Workspace(tmp_path), None, a.run_id)
+    state = service.Workspace(tmp_path).owner_space(None).status(a.run_id)
     assert 0 < state["mem_gb"] < state["mem_total_gb"] and state["util_pct"] is not None and state["device"] == "cpu"
     html = progress_html(state)
     assert "id='ft-gauge'" in html and f"{state['mem_gb']:.1f} / {state['mem_total_gb']:.1f} GB" in html
     assert gauge_html({"mem_gb": None}) == ""
-    rows = service.loss_curves(service.Workspace(tmp_path), None, [a.run_id, b.run_id])
+    rows = service.Workspace(tmp_path).owner_space(None).loss_curves([a.run_id, b.run_id])
     assert [(r["run"], r["step"]) for r in rows] == [(a.run_id, 1), (a.run_id, 2), (a.run_id, 3),
                                                      (b.run_id, 1), (b.run_id, 2)]
     with pytest.raises(service.ServiceError, match="no run"):
-        service.loss_curves(service.Workspace(tmp_path), None, ["20990101-000000-ffffffffff"])
+        service.Workspace(tmp_path).owner_space(None).loss_curves(["20990101-000000-ffffffffff"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import doctest
 
-from finetune import service, templates
+from finetune import templates
 from finetune.presets import DEFAULT_PRESET, load_preset
 from finetune.ui import dataset_tab, hparams_tab
 from finetune.ui.hparams_tab import data_values, preset_data_choice, preset_data_note, switch_label
@@ -50,13 +50,14 @@ def test_equal_values_of_other_widget_types_are_no_choice():
 def test_this_run_names_the_template_and_the_method(tmp_path):
     cfg = load_preset("smollm2-135m-dpo")
     cfg.data.template = "llama2"
-    s = service.run_summary(cfg.to_yaml())
+    from finetune.ui.train_tab import run_summary, summary_markdown
+
+    s = run_summary(cfg.to_yaml())
     assert s["template"] == "llama2" and s["method"] == "dpo"
-    from finetune.ui.train_tab import summary_markdown
 
     line = summary_markdown(s)
     assert "template `llama2`" in line and "method DPO" in line, line
-    s = service.run_summary(load_preset(DEFAULT_PRESET).to_yaml())
+    s = run_summary(load_preset(DEFAULT_PRESET).to_yaml())
     assert s["template"] == "the model's own chat template" and s["method"] == "sft"
 
 

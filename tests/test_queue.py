@@ -87,16 +87,16 @@ def test_stopping_a_queued_run_takes_it_out_of_the_line(tmp_path, tiny_model_dir
     ws = service.Workspace(tmp_path)
     trainer = hold(f"fd = slots.acquire_slot({str(slots.queue_dir(tmp_path))!r})")
     cfg = service.parse_config(tiny_yaml(tiny_model_dir, steps=2))
-    first = service.start_training(ws, None, cfg)
-    second = service.start_training(ws, None, service.parse_config(tiny_yaml(tiny_model_dir, steps=2)))
-    states = {s["run_id"]: s for s in service.list_runs(ws, None)}
+    first = ws.owner_space(None).start_config(cfg)
+    second = ws.owner_space(None).start_config(service.parse_config(tiny_yaml(tiny_model_dir, steps=2)))
+    states = {s["run_id"]: s for s in ws.owner_space(None).statuses()}
     assert states[first]["status_text"] == "queued (position 1)"
     assert states[second]["status_text"] == "queued (position 2)"
 
-    stopped = service.stop_training(ws, None, first)
+    stopped = ws.owner_space(None).stop(first)
     assert stopped["status"] == "stopped" and "queue" in stopped["message"]
-    wait_until(lambda: service.run_status(ws, None, second)["queue_position"] == 1, 10, "second run at position 1")
-    assert service.run_status(ws, None, second)["status_text"] == "queued (position 1)"
+    wait_until(lambda: ws.owner_space(None).status(second)["queue_position"] == 1, 10, "second run at position 1")
+    assert ws.owner_space(None).status(second)["status_text"] == "queued (position 1)"
     cli = [sys.executable, "-m", "finetune"]
     listing = subprocess.run(cli + ["runs", "--runs-root", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
     assert "queued (position 1)" in listing.stdout, listing.stdout
@@ -104,7 +104,7 @@ def test_stopping_a_queued_run_takes_it_out_of_the_line(tmp_path, tiny_model_dir
     done = subprocess.run(cli + ["stop", second, "--runs-root", str(tmp_path)], cwd=ROOT, capture_output=True,
                           text=True)
     assert done.returncode == 0 and "left the training queue" in done.stdout, done.stdout + done.stderr
-    assert service.run_status(ws, None, second)["status"] == "stopped"
+    assert ws.owner_space(None).status(second)["status"] == "stopped"
     kill(trainer)
     assert slots.live_tickets(slots.queue_dir(tmp_path)) == []
     for rid in (first, second):
@@ -117,21 +117,21 @@ def test_a_queued_run_has_no_process_and_a_killed_one_frees_its_slot(tmp_path, t
     trains leaves the run interrupted with its slot free for the next."""
     ws = service.Workspace(tmp_path)
     trainer = hold(f"fd = slots.acquire_slot({str(slots.queue_dir(tmp_path))!r})")
-    rid = service.start_training(ws, None, service.parse_config(tiny_yaml(tiny_model_dir, steps=2)))
+    rid = ws.owner_space(None).start_config(service.parse_config(tiny_yaml(tiny_model_dir, steps=2)))
     run_dir = runs.run_path(rid, tmp_path)
     time.sleep(1.0)
-    assert service.run_status(ws, None, rid)["status_text"] == "queued (position 1)"
+    assert ws.owner_space(None).status(rid)["status_text"] == "queued (position 1)"
     assert [e["type"] for e in read_events(run_dir)] == ["queued"]  # no process was launched for it
     assert not any("pid" in e for e in read_events(run_dir))
     assert [p.name.split("-", 1)[1] for p in slots.pending_tickets(slots.queue_dir(tmp_path))] == [f"{rid}.json"]
 
     kill(trainer)
     pid = wait_until(lambda: next((e["pid"] for e in read_events(run_dir) if e["type"] == "launched"), None)
-                     or (service.run_status(ws, None, rid) and None), 10, "launched when the slot freed")
+                     or (ws.owner_space(None).status(rid) and None), 10, "launched when the slot freed")
     assert slots.pending_tickets(slots.queue_dir(tmp_path)) == []
     assert slots.free_slots(slots.queue_dir(tmp_path)) == 0  # the process holds the slot it was handed
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: service.run_status(ws, None, rid)["status"] == "interrupted", 10, "interrupted")
+    wait_until(lambda: ws.owner_space(None).status(rid)["status"] == "interrupted", 10, "interrupted")
     wait_until(lambda: slots.free_slots(slots.queue_dir(tmp_path)) == 1, 10, "the slot released by the kernel")
 
 
@@ -139,16 +139,16 @@ def test_second_run_waits_in_the_queue_then_trains_after_the_first(tmp_path, tin
     monkeypatch.delenv(local.THREADS_ENV, raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     ws = service.Workspace(tmp_path, multi_user=True)
-    first = service.start_training(ws, "alice", service.parse_config(tiny_yaml(tiny_model_dir, steps=2)))
-    second = service.start_training(ws, "bob", service.parse_config(tiny_yaml(tiny_model_dir, steps=2)))
-    state = service.run_status(ws, "bob", second)
+    first = ws.owner_space("alice").start_config(service.parse_config(tiny_yaml(tiny_model_dir, steps=2)))
+    second = ws.owner_space("bob").start_config(service.parse_config(tiny_yaml(tiny_model_dir, steps=2)))
+    state = ws.owner_space("bob").status(second)
     assert state["status"] == "queued" and state["queue_position"] == 1, state
     assert state["status_text"] == "queued (position 1)"
-    assert [r["status_text"] for r in service.list_runs(ws, "bob")] == ["queued (position 1)"]
+    assert [r["status_text"] for r in ws.owner_space("bob").statuses()] == ["queued (position 1)"]
 
     done = {}
     for who, rid in (("alice", first), ("bob", second)):
-        done[rid] = wait_until(lambda: (s := service.run_status(ws, who, rid))["status"] in runs.TERMINAL and s,
+        done[rid] = wait_until(lambda: (s := ws.owner_space(who).status(rid))["status"] in runs.TERMINAL and s,
                                240, f"run {rid}")
         assert done[rid]["status"] == "finished" and done[rid]["has_adapter"], done[rid]
     first_events = read_events(runs.run_path(first, ws.for_owner("alice")))

@@ -8,6 +8,7 @@ are marked; the rest take seconds each.
 from __future__ import annotations
 
 import errno
+import inspect
 import json
 import os
 import random
@@ -210,7 +211,7 @@ def test_half_written_files_never_break_reading_or_resume(tiny_model_dir, tmp_pa
     assert (state.status, state.step, Path(state.last_checkpoint).name) == ("paused", 6, "checkpoint-6")
     assert not state.has_adapter
     assert [r.run_id for r in runs.list_runs(tmp_path)] == [run_dir.name]
-    assert [r["run_id"] for r in service.list_runs(service.Workspace(tmp_path), None)] == [run_dir.name]
+    assert [r["run_id"] for r in service.Workspace(tmp_path).owner_space(None).statuses()] == [run_dir.name]
 
     resumed = train(None, run_dir)
     assert resumed.status == "finished" and resumed.step == STEPS
@@ -512,7 +513,7 @@ def test_path_traversal_in_run_ids_through_every_endpoint(app, tmp_path):
                 msg = app_error(c.predict, "hi", [], "", rid, 0.0, 8, 0.9, 1.0, 0, api_name="/chat")
                 assert "not a valid run id" in msg or "no run" in msg or "not found" in msg, (rid, msg)
             with pytest.raises(service.ServiceError, match="not a valid run id|no run"):
-                service.adapter_zip(app["ws"], who, rid, tmp_path / "zips")
+                app["ws"].owner_space(who).adapter_zip(rid, tmp_path / "zips")
     assert not (tmp_path / "zips").exists()
 
 
@@ -586,7 +587,7 @@ def test_two_clients_cannot_touch_each_others_runs_through_the_api(app, tiny_mod
         assert "no run" in app_error(bob.predict, run_id, api_name=endpoint)
     assert "sign in" in app_error(bob.predict, run_id, "bob/stolen", True, api_name="/push_adapter")
     with pytest.raises(service.ServiceError, match="no run"):  # signed in, bob still cannot push alice's run
-        service.push(app["ws"], "session:" + bob.session_hash, run_id, "bob/stolen", token=TOKEN)
+        app["ws"].owner_space("session:" + bob.session_hash).push(run_id, "bob/stolen", token=TOKEN)
     assert "no run" in app_error(bob.predict, "hi", [], "", run_id, 0.0, 8, 0.9, 1.0, 0, api_name="/chat")
     assert "no run" in app_error(bob.predict, "hi", "", run_id, 0.0, 8, 0, api_name="/compare")
     # the download button's event is not a named endpoint, but a browser calls it by index: same rule
@@ -596,14 +597,14 @@ def test_two_clients_cannot_touch_each_others_runs_through_the_api(app, tiny_mod
         assert "no run" in raw_call(app["url"], download, [run_id], bob.session_hash)
         assert raw_call(app["url"], download, [run_id], alice.session_hash).endswith("-adapter.zip")
     with pytest.raises(service.ServiceError, match="no run"):
-        service.adapter_zip(app["ws"], "session:" + bob.session_hash, run_id, tmp_path)
+        app["ws"].owner_space("session:" + bob.session_hash).adapter_zip(run_id, tmp_path)
     assert pushed == []  # nothing reached the Hub for bob
 
     # alice can do all of it
     assert alice.predict(run_id, api_name="/run_status")["status"] == "finished"
     assert "sign in" in app_error(alice.predict, run_id, "alice/mine", True, api_name="/push_adapter")  # HF_TOKEN unused
     assert pushed == []
-    assert service.push(app["ws"], "session:" + alice.session_hash, run_id, "alice/mine", token=TOKEN).endswith(
+    assert app["ws"].owner_space("session:" + alice.session_hash).push(run_id, "alice/mine", token=TOKEN).endswith(
         "alice/mine")  # with her own sign-in token
     assert pushed[0] == "alice/mine"
     assert run_id in [r["run_id"] for r in alice.predict(api_name="/list_runs")]
@@ -673,7 +674,7 @@ def test_a_whole_flow_with_a_fake_token_leaks_it_nowhere(tiny_model_dir, tmp_pat
         responses.append(c.predict("Hello", [], "", run_id, 0.0, 8, 0.9, 1.0, 0, api_name="/chat"))
         responses.append(app_error(c.predict, run_id, "not a repo", True, api_name="/push_adapter"))
         # the signed-in user's OAuth token (a Space): the push event gets it from Gradio
-        [push] = [d.fn for d in demo.fns.values() if d.name == "push" and "run_id" in str(d.fn.__wrapped__.__code__.co_varnames)]
+        [push] = [d.fn for d in demo.fns.values() if d.name == "push" and "run_id" in str(inspect.unwrap(d.fn).__code__.co_varnames)]
         responses.append(push(run_id, "me/adapter2", True, None, None, gr.OAuthToken(token=oauth_token, scope="write-repos", expires_at=2**31)))
         # an explicit token, and a Hub error message that would quote it
         responses.append(hub.push_adapter(root / run_id, "me/adapter3", token=explicit_token, api=FakeApi()))

@@ -59,7 +59,7 @@ def start_trainer(run_dir: Path) -> subprocess.Popen:
 
 
 def status(ws, rid: str) -> str:
-    return service.run_status(ws, None, rid)["status"]
+    return ws.owner_space(None).status(rid)["status"]
 
 
 def test_stop_and_resume_in_any_order_end_as_asked(tmp_path, tiny_model_dir):
@@ -76,9 +76,9 @@ def test_stop_and_resume_in_any_order_end_as_asked(tmp_path, tiny_model_dir):
     try:
         assert status(ws, rid) == "running"
         # 1. Resume before the process took the stop: the stop is withdrawn and the same process goes on.
-        service.stop_training(ws, None, rid)
+        ws.owner_space(None).stop(rid)
         assert runs.stop_requested(run_dir)
-        assert service.resume_training(ws, None, rid) == rid
+        assert ws.owner_space(None).resume(rid) == rid
         assert not runs.stop_requested(run_dir) and status(ws, rid) == "running"
         (tmp / "GO").touch()
         time.sleep(0.5)
@@ -86,10 +86,10 @@ def test_stop_and_resume_in_any_order_end_as_asked(tmp_path, tiny_model_dir):
 
         # 2. Resume after the process took the stop (it is writing its checkpoint): a new process follows it,
         # and the run reads "resuming" throughout, also after the first process has recorded "stopped".
-        service.stop_training(ws, None, rid)
+        ws.owner_space(None).stop(rid)
         wait_until(lambda: runs.stopping(run_dir, trainer.pid), 10, "the stop taken")
         assert status(ws, rid) == "running"
-        service.resume_training(ws, None, rid)
+        ws.owner_space(None).resume(rid)
         assert status(ws, rid) in ("resuming", "queued")  # queued: a slot is taken (by the stand-in's blocker)
         (tmp / "END").touch()
         trainer.wait(10)
@@ -101,19 +101,19 @@ def test_stop_and_resume_in_any_order_end_as_asked(tmp_path, tiny_model_dir):
             time.sleep(0.1)
         assert seen <= {"resuming", "queued"} and status(ws, rid) == "queued", seen  # now waits for the slot
         with pytest.raises(service.ServiceError, match="already queued"):
-            service.resume_training(ws, None, rid)  # one process per run, however often resume is asked
+            ws.owner_space(None).resume(rid)  # one process per run, however often resume is asked
 
         # 3. Stop then resume right away while it waits in the queue, then stop for good: no request is lost,
         # none is left behind, and a stop of a stopped run changes nothing.
-        stopped = service.stop_training(ws, None, rid)
+        stopped = ws.owner_space(None).stop(rid)
         assert stopped["status"] == "stopped" and "queue" in stopped["message"]
-        service.resume_training(ws, None, rid)
+        ws.owner_space(None).resume(rid)
         assert status(ws, rid) in ("resuming", "queued")
         wait_until(lambda: status(ws, rid) == "queued", 20, "queued again")
         time.sleep(1.5)
         assert status(ws, rid) == "queued"  # a stale request would have taken it out of the line
-        assert service.stop_training(ws, None, rid)["status"] == "stopped"
-        assert service.stop_training(ws, None, rid)["status"] == "stopped"
+        assert ws.owner_space(None).stop(rid)["status"] == "stopped"
+        assert ws.owner_space(None).stop(rid)["status"] == "stopped"
         assert not runs.stop_requested(run_dir)
         # each resume waited in line with no process (the slot stayed busy): two queued resumes, no launch
         assert not any(e["type"] == "launched" for e in read_events(run_dir))
@@ -151,15 +151,15 @@ def test_real_run_stop_resume_timings(tmp_path, tiny_model_dir, monkeypatch):
     resume is live until the run finishes with all its steps."""
     monkeypatch.delenv(local.THREADS_ENV, raising=False)
     ws = service.Workspace(tmp_path)
-    rid = service.start_training(ws, None, service.parse_config(tiny_yaml(tiny_model_dir, steps=40)))
-    wait_until(lambda: service.run_status(ws, None, rid)["step"] >= 2, 180, "training")
-    service.stop_training(ws, None, rid)
-    service.resume_training(ws, None, rid)
-    wait_until(lambda: service.run_status(ws, None, rid)["step"] >= 8, 180, "training on")
-    service.stop_training(ws, None, rid)
+    rid = ws.owner_space(None).start_config(service.parse_config(tiny_yaml(tiny_model_dir, steps=40)))
+    wait_until(lambda: ws.owner_space(None).status(rid)["step"] >= 2, 180, "training")
+    ws.owner_space(None).stop(rid)
+    ws.owner_space(None).resume(rid)
+    wait_until(lambda: ws.owner_space(None).status(rid)["step"] >= 8, 180, "training on")
+    ws.owner_space(None).stop(rid)
     wait_until(lambda: status(ws, rid) == "stopped", 60, "stopped")
-    service.resume_training(ws, None, rid)
-    while (s := service.run_status(ws, None, rid))["status"] not in runs.TERMINAL:
+    ws.owner_space(None).resume(rid)
+    while (s := ws.owner_space(None).status(rid))["status"] not in runs.TERMINAL:
         assert s["status"] in runs.LIVE, s
         time.sleep(0.2)
     assert s["status"] == "finished" and s["step"] == 40, s

@@ -29,37 +29,38 @@ def make_run(root, run_id: str, *, alive: bool = True, backend: str | None = "lo
 def test_list_status_and_stop_of_a_local_run(tmp_path):
     ws = service.Workspace(tmp_path)
     run_dir = make_run(tmp_path, "r1")
-    [listed] = service.list_runs(ws, None)
+    [listed] = ws.owner_space(None).statuses()
     assert listed["run_id"] == "r1" and listed["status"] == "running" and listed["backend"] == "local"
     assert "path" not in listed and "losses" not in listed
-    state = service.run_status(ws, None, "r1")
+    state = ws.owner_space(None).status("r1")
     assert state["step"] == 3 and state["losses"] == [(3, 1.25)] and "path" not in state
-    stopped = service.stop_training(ws, None, "r1")
+    stopped = ws.owner_space(None).stop("r1")
     assert runs.stop_requested(run_dir) and stopped["run_id"] == "r1"
-    assert service.resume_training(ws, None, "r1") == "r1"  # the stop, not taken yet, is withdrawn
+    assert ws.owner_space(None).resume("r1") == "r1"  # the stop, not taken yet, is withdrawn
     assert not runs.stop_requested(run_dir)
     with pytest.raises(service.ServiceError, match="already running"):
-        service.resume_training(ws, None, "r1")
+        ws.owner_space(None).resume("r1")
 
 
 def test_unknown_and_invalid_runs_are_user_errors(tmp_path):
-    ws = service.Workspace(tmp_path)
-    for action in (service.run_status, service.stop_training, service.resume_training, service.run_logs):
+    space = service.Workspace(tmp_path).owner_space(None)
+    for action in (space.status, space.stop, space.resume, space.logs):
         with pytest.raises(service.ServiceError, match="no run 'nope'"):
-            action(ws, None, "nope")
+            action("nope")
         with pytest.raises(service.ServiceError, match="not a valid run id"):
-            action(ws, None, "../etc")
+            action("../etc")
 
 
 def test_no_run_picked_is_a_user_error_for_every_run_action(tmp_path):
     """A page's run picker left empty sends None: refused with what to do (export raised an AttributeError)."""
     ws = service.Workspace(tmp_path)
+    space = ws.owner_space(None)
     for run_id in (None, ""):
-        for action in (service.adapter_path, service.run_status, service.stop_training, service.resume_training):
+        for action in (space.adapter_path, space.status, space.stop, space.resume):
             with pytest.raises(service.ServiceError, match="pick a run first"):
-                action(ws, None, run_id)
+                action(run_id)
         with pytest.raises(service.ServiceError, match="pick a run first"):
-            service.export_run(ws, None, run_id, "gguf", "q8_0", tmp_path / "out")
+            ws.owner_space(None).export(run_id, "gguf", "q8_0", tmp_path / "out")
 
 
 def test_zerogpu_run_records_its_backend_and_resumes_only_when_stopped(tmp_path):
@@ -67,17 +68,17 @@ def test_zerogpu_run_records_its_backend_and_resumes_only_when_stopped(tmp_path)
     run_id = zerogpu.start(RunConfig(), tmp_path)
     run_dir = tmp_path / run_id
     assert json.loads((run_dir / runs.BACKEND_FILE).read_text()) == {"backend": "zerogpu"}
-    assert service.run_backend(ws, None, run_id) == "zerogpu"
+    assert ws.owner_space(None).backend(run_id) == "zerogpu"
     assert isinstance(backend_for(run_dir), zerogpu.ZeroGPUBackend)
     EventLog(run_dir).emit("paused", message="quota")
-    assert service.resume_training(ws, None, run_id) == run_id  # the caller drives the GPU calls again
+    assert ws.owner_space(None).resume(run_id) == run_id  # the caller drives the GPU calls again
     EventLog(run_dir).emit("finished", step=10)
     with pytest.raises(service.ServiceError, match="is finished: nothing to resume") as refused:
-        service.resume_training(ws, None, run_id)
+        ws.owner_space(None).resume(run_id)
     assert isinstance(refused.value.__cause__, runs.RunError)  # the library's error type is kept, chained
-    service.stop_training(ws, None, run_id)
+    ws.owner_space(None).stop(run_id)
     assert runs.stop_requested(run_dir)
-    assert '"finished"' in service.run_logs(ws, None, run_id)
+    assert '"finished"' in ws.owner_space(None).logs(run_id)
 
 
 def test_a_hf_job_cannot_be_resumed(tmp_path):
@@ -86,7 +87,7 @@ def test_a_hf_job_cannot_be_resumed(tmp_path):
     (run_dir / runs.JOB_FILE).write_text(json.dumps({"job_id": "j1"}))
     assert isinstance(backend_for(run_dir), hfjobs.HFJobsBackend)
     with pytest.raises(service.ServiceError, match="cannot be resumed"):
-        service.resume_training(ws, None, "job1")
+        ws.owner_space(None).resume("job1")
 
 
 def test_old_run_folders_without_the_record_are_read_from_their_markers(tmp_path):
@@ -96,7 +97,7 @@ def test_old_run_folders_without_the_record_are_read_from_their_markers(tmp_path
     zero = make_run(tmp_path, "old-zero", backend=None)
     EventLog(zero).emit("submitted", backend="zerogpu")
     assert [runs.read_backend(d) for d in (plain, job, zero)] == ["local", "hf-jobs", "zerogpu"]
-    listed = {r["run_id"]: r["backend"] for r in service.list_runs(service.Workspace(tmp_path), None)}
+    listed = {r["run_id"]: r["backend"] for r in service.Workspace(tmp_path).owner_space(None).statuses()}
     assert listed == {"old-local": "local", "old-job": "hf-jobs", "old-zero": "zerogpu"}
     (plain / runs.BACKEND_FILE).write_text("{cut off")
     with pytest.raises(runs.RunError, match="backend.json"):

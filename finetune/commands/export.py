@@ -65,7 +65,7 @@ def adapter_ref(text: str, runs_root: str | None) -> str:
     if run_dir is None:
         return text
     if at:
-        return str(service.adapter_path(service.Workspace(run_dir.parent), None, f"{run_dir.name}@{step}"))
+        return str(service.Workspace(run_dir.parent).owner_space(None).adapter_path(f"{run_dir.name}@{step}"))
     return str(run_dir)
 
 

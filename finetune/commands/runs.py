@@ -38,7 +38,7 @@ def table(header: list[str], body: list[list[str]]) -> str:
 def run(args: argparse.Namespace) -> int:
     from finetune import runs, service
 
-    states = service.run_states(service.Workspace(runs.runs_root(args.runs_root)), None)
+    states = service.Workspace(runs.runs_root(args.runs_root)).owner_space(None).states()
     if args.json:
         for s in states:
             d = s.to_dict()

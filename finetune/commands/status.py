@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from finetune import service
 
     run_dir = resolve_run(args.run, args.runs_root)
-    state, stale = service.run_state(service.Workspace(run_dir.parent), None, run_dir.name, sync=not args.no_sync,
-                                     sync_every_s=0.0)
+    state, stale = service.Workspace(run_dir.parent).owner_space(None).state(run_dir.name, sync=not args.no_sync,
+                                                                           sync_every_s=0.0)
     if stale:  # show the last known state anyway, and why it may be stale
         print(f"warning: {stale}; showing the state last synced", file=sys.stderr)
     print(json.dumps(state.to_dict(), indent=2, ensure_ascii=False))

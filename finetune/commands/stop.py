@@ -22,13 +22,13 @@ def run(args: argparse.Namespace) -> int:
     from finetune.runs import LIVE
 
     run_dir = resolve_run(args.run, args.runs_root)
-    ws, run_id = service.Workspace(run_dir.parent), run_dir.name
-    before = service.run_state(ws, None, run_id, sync=False)[0].status
+    space, run_id = service.Workspace(run_dir.parent).owner_space(None), run_dir.name
+    before = space.state(run_id, sync=False)[0].status
     backend = service.backend_of(run_dir)
     if backend != "hf-jobs" and before not in LIVE:
         print(f"run {run_id} is {before}, not running: nothing to stop")
         return 0
-    service.stop_training(ws, None, run_id)
+    space.stop(run_id)
     if backend == "hf-jobs":
         print(f"cancelled the job of run {run_id}")
     elif before == "queued":

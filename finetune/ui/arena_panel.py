@@ -12,7 +12,7 @@ import pandas as pd
 
 from .. import service
 from ..arena import BASE, MAX_CONTENDERS
-from .common import Api, owner, page_errors, user_errors
+from .common import Api, Caller, page_errors, scoped, user_errors
 
 STANDINGS_COLUMNS = ["name", "rating", "ci_low", "ci_high", "wins", "losses", "ties", "win_rate", "votes"]
 LETTERS = string.ascii_uppercase[:MAX_CONTENDERS]
@@ -26,9 +26,57 @@ def tally_markdown(votes: int) -> str:
     return f"Your votes so far: **{votes}**" if votes else "No votes yet."
 
 
+class ArenaEndpoints:
+    """The arena's endpoints: each acts for the caller (``me``: common.Caller, as ``common.scoped`` hands it)."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+
+    def arena_battle(self, me: Caller, contenders: str, prompt: str, base_model: str = "", temperature: float = 0.0,
+                     max_new_tokens: int = 256, top_p: float = 0.9, repetition_penalty: float = 1.0,
+                     seed: int = 0) -> dict[str, Any]:
+        """Two to four contenders (comma-separated: `base`, your run ids, `ID@step` checkpoints) answer the prompt
+        with the same seed and settings; returns {battle_id, answers: {A: ..., B: ...}} in a hidden order."""
+        names = [c.strip() for c in (contenders or "").split(",") if c.strip()]
+        return me.space.arena_battle(names, prompt, base_model=base_model, temperature=float(temperature),
+                                     max_new_tokens=int(max_new_tokens), top_p=float(top_p),
+                                     repetition_penalty=float(repetition_penalty), seed=int(seed))
+
+    def arena_vote(self, me: Caller, battle_id: str, verdict: str) -> dict[str, Any]:
+        """Vote on one of your battles: a letter (that answer is better), "tie" or "both_bad". Returns the vote with
+        the contenders revealed and your updated standings."""
+        return me.space.arena_vote(battle_id, verdict)
+
+    def arena_standings(self, me: Caller) -> list[dict[str, Any]]:
+        """Your standings: per contender a Bradley-Terry rating (Elo scale) with its 95% bootstrap interval, wins,
+        losses, ties and win rate, best first. Only your own votes count."""
+        return me.space.arena_standings()
+
+    def arena_export(self, me: Caller) -> str:
+        """Your votes as a JSON-lines file (prompt, settings, contenders in the order shown, answers, verdict)."""
+        return str(me.space.arena_export(self.api.downloads / "arena"))
+
+    def load(self, me: Caller) -> tuple[str, pd.DataFrame]:
+        return tally_markdown(me.space.arena_votes()), standings_frame(me.space.arena_standings())
+
+
+def show_battle(b: dict[str, Any]) -> list[Any]:
+    answers = b.get("answers") or {}
+    out: list[Any] = [b.get("battle_id", "")]
+    out += [gr.Textbox(value=answers.get(x, ""), visible=x in answers) for x in LETTERS]
+    out += [gr.Button(visible=x in answers) for x in LETTERS]
+    return out + ["Which answer is better? The contenders are revealed after your vote."]
+
+
+def show_vote(r: dict[str, Any]) -> tuple[str, str, str, pd.DataFrame]:
+    v = r["vote"]
+    who = ", ".join(f"{x} = **{n}**" for x, n in zip(LETTERS, v["contenders"]))
+    said = {"tie": "a tie", "both_bad": "all bad"}.get(v["verdict"], f"{v['verdict']} is better")
+    return "", f"You voted {said}: {who}.", tally_markdown(r["votes"]), standings_frame(r["standings"])
+
+
 def create_arena_panel(api: Api, base_model: gr.Textbox, temperature: gr.Slider, max_new: gr.Slider,
                        top_p: gr.Slider, rep: gr.Slider, seed: gr.Number) -> None:
-    ws = api.workspace
     gr.Markdown("### Blind A/B arena")
     with gr.Row():
         contenders = gr.Textbox(value="", label="Contenders (2 to 4, comma-separated)", scale=2,
@@ -52,67 +100,20 @@ def create_arena_panel(api: Api, base_model: gr.Textbox, temperature: gr.Slider,
         export_file = gr.File(label="Votes", interactive=False)
     result = gr.JSON(visible=False)
 
-    # -- the API -------------------------------------------------------------------------------
-    @user_errors
-    def arena_battle(contenders: str, prompt: str, base_model: str = "", temperature: float = 0.0,
-                     max_new_tokens: int = 256, top_p: float = 0.9, repetition_penalty: float = 1.0, seed: int = 0,
-                     request: gr.Request | None = None, profile: gr.OAuthProfile | None = None) -> dict[str, Any]:
-        """Two to four contenders (comma-separated: `base`, your run ids, `ID@step` checkpoints) answer the prompt
-        with the same seed and settings; returns {battle_id, answers: {A: ..., B: ...}} in a hidden order."""
-        names = [c.strip() for c in (contenders or "").split(",") if c.strip()]
-        return service.arena_battle(ws, owner(request, profile), names, prompt, base_model=base_model,
-                                    temperature=float(temperature), max_new_tokens=int(max_new_tokens),
-                                    top_p=float(top_p), repetition_penalty=float(repetition_penalty), seed=int(seed))
-
-    @user_errors
-    def arena_vote(battle_id: str, verdict: str, request: gr.Request | None = None,
-                   profile: gr.OAuthProfile | None = None) -> dict[str, Any]:
-        """Vote on one of your battles: a letter (that answer is better), "tie" or "both_bad". Returns the vote with
-        the contenders revealed and your updated standings."""
-        return service.arena_vote(ws, owner(request, profile), battle_id, verdict)
-
-    @user_errors
-    def arena_standings(request: gr.Request | None = None, profile: gr.OAuthProfile | None = None) -> list[dict[str, Any]]:
-        """Your standings: per contender a Bradley-Terry rating (Elo scale) with its 95% bootstrap interval, wins,
-        losses, ties and win rate, best first. Only your own votes count."""
-        return service.arena_standings(ws, owner(request, profile))
-
-    @user_errors
-    def arena_export(request: gr.Request | None = None, profile: gr.OAuthProfile | None = None) -> str:
-        """Your votes as a JSON-lines file (prompt, settings, contenders in the order shown, answers, verdict)."""
-        return str(service.arena_export(ws, owner(request, profile), api.downloads / "arena"))
-
-    # -- UI wiring -----------------------------------------------------------------------------
-    @page_errors
-    def show_battle(b: dict[str, Any]) -> list[Any]:
-        answers = b.get("answers") or {}
-        out: list[Any] = [b.get("battle_id", "")]
-        out += [gr.Textbox(value=answers.get(x, ""), visible=x in answers) for x in LETTERS]
-        out += [gr.Button(visible=x in answers) for x in LETTERS]
-        return out + ["Which answer is better? The contenders are revealed after your vote."]
-
-    @page_errors
-    def show_vote(r: dict[str, Any]) -> tuple[str, str, str, pd.DataFrame]:
-        v = r["vote"]
-        who = ", ".join(f"{x} = **{n}**" for x, n in zip(LETTERS, v["contenders"]))
-        said = {"tie": "a tie", "both_bad": "all bad"}.get(v["verdict"], f"{v['verdict']} is better")
-        return "", f"You voted {said}: {who}.", tally_markdown(r["votes"]), standings_frame(r["standings"])
-
-    @page_errors
-    def load(request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[str, pd.DataFrame]:
-        who = owner(request, profile)
-        return tally_markdown(service.arena_votes(ws, who)), standings_frame(service.arena_standings(ws, who))
-
+    ep, mine = ArenaEndpoints(api), scoped(api)
+    arena_battle, arena_vote = user_errors(mine(ep.arena_battle)), user_errors(mine(ep.arena_vote))
+    arena_standings, arena_export = user_errors(mine(ep.arena_standings)), user_errors(mine(ep.arena_export))
+    load = page_errors(mine(ep.load))
     settings = [base_model, temperature, max_new, top_p, rep, seed]
     battle_btn.click(arena_battle, [contenders, aprompt, *settings], result, api_name="arena_battle",
-                     concurrency_limit=2).success(show_battle, result, [battle_id, *boxes, *better, reveal],
-                                                  api_visibility="private")
+                     concurrency_limit=2).success(page_errors(show_battle), result,
+                                                  [battle_id, *boxes, *better, reveal], api_visibility="private")
     verdict_box = gr.Textbox(visible=False)  # the API's vote first: it takes the endpoint name /arena_vote
     gr.Button(visible=False).click(arena_vote, [battle_id, verdict_box], result, api_name="arena_vote")
     for verdict, button in [*zip(LETTERS, better), ("tie", tie_btn), ("both_bad", bad_btn)]:
         button.click(arena_vote, [battle_id, gr.Textbox(value=verdict, visible=False)], result,
-                     api_visibility="private").success(show_vote, result, [battle_id, reveal, tally, table],
-                                                       api_visibility="private")
+                     api_visibility="private").success(page_errors(show_vote), result,
+                                                       [battle_id, reveal, tally, table], api_visibility="private")
     gr.Button(visible=False).click(arena_standings, None, result, api_name="arena_standings")
     export_btn.click(arena_export, None, export_file, api_name="arena_export")
     aprompt.submit(load, None, [tally, table], api_visibility="private")

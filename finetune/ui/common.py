@@ -16,7 +16,7 @@ import gradio as gr
 
 from .. import runs
 from ..errors import UserError, internal_message, report_internal
-from ..service import Workspace
+from ..service import OwnerSpace, Workspace
 from .owner_cookie import KEY_PATTERN, STATE_KEY
 
 if TYPE_CHECKING:
@@ -58,6 +58,15 @@ def owner(request: gr.Request | None, profile: gr.OAuthProfile | None = None) ->
         return browser
     session: str | None = getattr(request, "session_hash", None) if request is not None else None
     return "session:" + session if session else "local"
+
+
+def oauth_token(oauth: gr.OAuthToken | None) -> str | None:
+    """The signed-in user's token; None (then HF_TOKEN) when signed out or for the local mock token, which must
+    never be sent to the Hub."""
+    from ..hub import MOCK_OAUTH_TOKEN
+
+    token = getattr(oauth, "token", None)
+    return None if not token or token == MOCK_OAUTH_TOKEN else token
 
 
 def client_address(request: gr.Request | None) -> str | None:
@@ -209,3 +218,66 @@ def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
             raise user_error(e, where) from None
 
     return wrapper
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who calls an endpoint: their space (their runs only), their Hub token (None: signed out, or not asked for)
+    and their address (limits.client_address)."""
+
+    space: OwnerSpace
+    token: str | None
+    client: str | None
+
+
+_P = inspect.Parameter
+
+
+def scoped(api: Api, *, token: bool = False) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Turn a handler ``fn(caller, *args)`` into the event function gradio calls with ``args`` and the request: the
+    handler gets the caller's space once (:class:`Caller`). Gradio fills ``request``, ``profile`` and, with
+    ``token``, ``oauth`` from their type hints; the API's parameters (names, order, defaults) are the handler's
+    after ``caller``, and gradio's progress tracker (a ``gr.Progress()`` default) stays last."""
+
+    def decorate(fn: Callable[..., R]) -> Callable[..., R]:
+        params = list(inspect.signature(fn).parameters.values())[1:]
+        special = [_P("request", _P.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request | None),
+                   _P("profile", _P.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.OAuthProfile | None)]
+        if token:
+            special.append(_P("oauth", _P.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.OAuthToken | None))
+        at = next((i for i, p in enumerate(params) if isinstance(p.default, gr.Progress)), len(params))
+        signature = inspect.Signature(params[:at] + special + params[at:])
+
+        def call(args: Any, kwargs: Any) -> tuple[Caller, dict[str, Any]]:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            given = dict(bound.arguments)
+            request, profile, oauth = given.pop("request"), given.pop("profile"), given.pop("oauth", None)
+            space = api.workspace.owner_space(owner(request, profile))
+            return Caller(space, oauth_token(oauth) if token else None, client_address(request)), given
+
+        if inspect.isgeneratorfunction(fn):
+
+            def gen(*args: Any, **kwargs: Any) -> Any:
+                caller, given = call(args, kwargs)
+                yield from fn(caller, **given)
+
+            wrapper: Callable[..., Any] = gen
+        else:
+
+            def plain(*args: Any, **kwargs: Any) -> R:
+                caller, given = call(args, kwargs)
+                return fn(caller, **given)
+
+            wrapper = plain
+        for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
+            setattr(wrapper, attr, getattr(fn, attr))
+        annotations = {p.name: p.annotation for p in signature.parameters.values()}
+        if "return" in fn.__annotations__:
+            annotations["return"] = fn.__annotations__["return"]
+        wrapper.__annotations__ = annotations
+        setattr(wrapper, "__signature__", signature)
+        setattr(wrapper, "__wrapped__", fn)  # its string hints resolve in the handler's module
+        return wrapper
+
+    return decorate

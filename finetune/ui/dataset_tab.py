@@ -16,7 +16,7 @@ from ..data import parse_column_mapping
 from ..errors import UserError
 from ..templates import template_label
 from . import forms
-from .common import Api, owner, page_errors, user_errors
+from .common import Api, Caller, page_errors, scoped, user_errors
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -87,6 +87,159 @@ class DatasetTab(TypedDict):
     wire: Callable[[Sequence[Callable[..., Dependency]]], tuple[Dependency, Dependency, Dependency]]
 
 
+class FormatPreview(TypedDict):
+    """What the Dataset tab shows of a formatted dataset (:func:`preview_report`)."""
+    summary: str  # markdown
+    examples: list[dict[str, Any]]  # {"row": int, "text": str, "spans": [[start, end], ...]} (trained characters)
+    lengths: list[int]  # tokens per example
+    problems: list[list[Any]]  # [row, field, reason, fix] of each rejected row
+    warnings: list[str]
+    file: str  # the formatted JSONL
+
+
+def preview_report(f: service.Formatted, preview_rows: int = 5) -> FormatPreview:
+    """A formatted dataset as the tab shows it: the summary, the first examples with their trained spans (a
+    preference pair as its chosen and its rejected answer), token lengths, row problems, warnings and the file."""
+    from ..data import summary_markdown
+    from ..data.format import FormatResult
+    from ..data.preference import FeedbackExample, PairExample, PromptExample
+
+    problems = [[p.row, p.field, p.reason, p.fix] for p in f.result.problems]
+    if isinstance(f.result, FormatResult):
+        return {"summary": summary_markdown(f.result),
+                "examples": [{"row": ex.row, "text": ex.text, "spans": [list(s) for s in ex.spans]}
+                             for ex in f.result.examples[:preview_rows]],
+                "lengths": list(f.lengths), "problems": problems,
+                "warnings": [f"row {p.row}: {p.reason}" for p in f.result.warnings], "file": str(f.file)}
+    shown: list[dict[str, Any]] = []
+    for ex in f.result.examples[:preview_rows]:
+        if isinstance(ex, PairExample):
+            for label, answer in (("chosen", ex.chosen), ("rejected", ex.rejected)):
+                shown.append({"row": f"{ex.row} ({label})", "text": ex.prompt + answer,
+                              "spans": [[len(ex.prompt), len(ex.prompt) + len(answer)]]})
+        elif isinstance(ex, FeedbackExample):
+            shown.append({"row": f"{ex.row} ({'thumbs up' if ex.label else 'thumbs down'})",
+                          "text": ex.prompt + ex.completion,
+                          "spans": [[len(ex.prompt), len(ex.prompt) + len(ex.completion)]]})
+        elif isinstance(ex, PromptExample):
+            shown.append({"row": f"{ex.row} (reference: {ex.answer if ex.answer is not None else 'none'})",
+                          "text": ex.prompt, "spans": []})
+    skipped = ", ".join(f"{n} {c}" for c, n in f.result.skipped.most_common())
+    summary = (f"**{f.method.upper()} data** from `{f.source}`: {len(f.result.examples)} examples of "
+               f"{f.result.rows_in} rows, shape `{f.result.shape}`" + (f"; skipped: {skipped}" if skipped else "") +
+               ". Highlighted: the answer each example trains on.")
+    return {"summary": summary, "examples": shown, "lengths": list(f.lengths), "problems": problems, "warnings": [],
+            "file": str(f.file)}
+
+
+class DatasetEndpoints:
+    """The Dataset tab's endpoints and page events; those that act for a caller take ``me`` (``common.Caller``)
+    first, as ``common.scoped`` hands it."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+
+    def format_dataset(self, me: Caller, data_file: str | None = None, hub_id: str = "", hub_config: str = "",
+                       split: str = "train", template: str = "llama2", system_prompt: str = "", columns: str = "",
+                       model: str = "", max_length: int = 1024, train_on: str = "assistant",
+                       keep_duplicates: bool = False, method: str = "sft", val_fraction: float = 0.0,
+                       test_split: float = 0.0) -> tuple[str, str, Any, pd.DataFrame, str]:
+        # (the Any is histogram's matplotlib Figure: gradio evaluates these hints, so no name imported lazily)
+        """Format an uploaded file (or a Hub dataset) with a template: summary, preview, token-length
+        histogram, row problems and the formatted JSONL file. ``method`` (sft, dpo, orpo, kto, grpo) picks the
+        data shape: dpo/orpo show each prompt with its chosen and rejected answer, kto each answer with its
+        label, grpo each prompt with its reference. ``val_fraction`` and ``test_split`` split the rows as
+        training will (validation rows; the test set held out, never trained on): the summary counts each."""
+        api = self.api
+        source = data_file or (hub_id or "").strip()
+        if not source:
+            raise gr.Error("upload a file or type a Hub dataset id first")
+        model = service.check_model_ref(api.workspace, model or "")  # a shared server's folders are no tokenizers
+        try:
+            report = preview_report(service.format_preview(
+                source, template=template, system_prompt=system_prompt or "", columns=parse_column_mapping(columns),
+                model=model, max_length=int(max_length or 1024), train_on=train_on or "assistant",
+                hub_config=hub_config or None, split=split or "train",
+                out_dir=api.downloads / "formatted" / _safe(me.space.owner or ""),
+                hub_only=not data_file and api.workspace.multi_user,  # typed text is never a server path
+                keep_duplicates=bool(keep_duplicates), method=method or "sft",
+                val_fraction=float(val_fraction or 0.0), test_split=float(test_split or 0.0),
+            ))
+        except UserError as e:  # an upload's name, not where the server keeps it
+            if data_file and data_file in str(e):
+                raise service.ServiceError(str(e).replace(data_file, Path(data_file).name)) from None
+            raise
+        for w in report["warnings"][:3]:
+            gr.Warning(w)
+        probs = pd.DataFrame(report["problems"], columns=["row", "field", "problem", "fix"])
+        return (report["summary"], preview_html(report["examples"], caption=preview_caption(template, method or "sft")),
+                histogram(report["lengths"], max_length), probs, report["file"])
+
+    def format_on_page(self, me: Caller, data_file: str | None, hub_id: str, hub_config: str, split: str,
+                       template: str, system_prompt: str, columns: str, model: str, max_length: int, train_on: str,
+                       keep_duplicates: bool, method: str, val_fraction: float,
+                       test_split: float) -> tuple[str, str, Any, pd.DataFrame, str | None, list[Any] | None, str]:
+        """The page's format: a file that cannot be formatted clears the last file's preview, histogram, problems
+        and download (they would read as this file's) and says why in the summary. Also the settings the preview
+        was rendered (or refused) with, and an empty stale mark."""
+        settings = [template, system_prompt, columns, model, max_length, train_on, keep_duplicates, method,
+                    val_fraction, test_split]
+        try:
+            return (*self.format_dataset(me, data_file, hub_id, hub_config, split, template, system_prompt, columns,
+                                         model, max_length, train_on, keep_duplicates, method, val_fraction,
+                                         test_split), settings, "")
+        except UserError as e:
+            name = Path(data_file).name if data_file else (hub_id or "").strip()
+            gr.Warning(html.escape(str(e)))
+            return (f"❌ **{html.escape(name)} could not be formatted:** {html.escape(str(e))}",
+                    f"<div class='ft-preview' id='ft-preview-cleared'>No preview: {html.escape(name)} could not be "
+                    "formatted (see above); fix it and upload again.</div>",
+                    None, pd.DataFrame(columns=["row", "field", "problem", "fix"]), None, settings, "")
+
+    def refresh_preview(self, me: Caller, shown: list[Any] | None, data_file: str | None, hub_id: str,
+                        hub_config: str, split: str, template: str, system_prompt: str, columns: str, model: str,
+                        max_length: int, train_on: str, keep_duplicates: bool, method: str, val_fraction: float,
+                        test_split: float) -> tuple[Any, ...]:
+        """A preview on screen follows the settings the run will use: rendered again when they changed since."""
+        settings = [template, system_prompt, columns, model, max_length, train_on, keep_duplicates, method,
+                    val_fraction, test_split]
+        if shown is None or not (data_file or (hub_id or "").strip()):  # no preview to keep true
+            return (gr.skip(),) * 7
+        if settings == shown:
+            return (gr.skip(),) * 6 + ("",)
+        return self.format_on_page(me, data_file, hub_id, hub_config, split, template, system_prompt, columns, model,
+                                   max_length, train_on, keep_duplicates, method, val_fraction, test_split)
+
+    @staticmethod
+    def stale_mark(shown: list[Any] | None, *settings: Any) -> str:
+        """While a typed setting differs from the preview's, the preview says it is out of date."""
+        if shown is None:
+            return ""
+        changed = [name for name, now, then in zip(SETTING_NAMES, settings, shown) if now != then]
+        if not changed:
+            return ""
+        return (f"⚠️ **The preview below is out of date** ({', '.join(changed)} changed since): it is rendered again "
+                "when you leave the field, or press Format and preview.")
+
+    def push(self, file: str | None, repo_id: str, private: bool, oauth: gr.OAuthToken | None = None) -> str:
+        if not file:
+            raise gr.Error("format the dataset first")
+        url = service.push_dataset(self.api.workspace, file, repo_id, token=oauth.token if oauth else None,
+                                   private=private)
+        return f"Pushed to {url}"
+
+    def keep_test_file(self, me: Caller, path: str | None) -> str:
+        """An uploaded test file, checked (prompts, references) and kept in the owner's folder: its path is the
+        config's data.test_source."""
+        if not path:
+            return ""
+        from ..evaluate import read_test_set
+
+        kept = me.space.keep_upload(path)
+        read_test_set(kept)  # a bad test file is refused now, naming the row, not when the run ends
+        return str(kept.resolve())
+
+
 def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> DatasetTab:
     with gr.Row():
         with gr.Column():
@@ -130,113 +283,11 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
         ds_push = gr.Button("⇪ Push dataset")
     ds_result = gr.Markdown()
 
-    def format_dataset(data_file: str | None = None, hub_id: str = "", hub_config: str = "", split: str = "train",
-                       template: str = "llama2", system_prompt: str = "", columns: str = "", model: str = "",
-                       max_length: int = 1024, train_on: str = "assistant", keep_duplicates: bool = False,
-                       method: str = "sft", val_fraction: float = 0.0, test_split: float = 0.0,
-                       request: gr.Request | None = None,
-                       profile: gr.OAuthProfile | None = None) -> tuple[str, str, Any, pd.DataFrame, str]:
-        # (the Any is histogram's matplotlib Figure: gradio evaluates these hints, so no name imported lazily)
-        """Format an uploaded file (or a Hub dataset) with a template: summary, preview, token-length
-        histogram, row problems and the formatted JSONL file. ``method`` (sft, dpo, orpo, kto, grpo) picks the
-        data shape: dpo/orpo show each prompt with its chosen and rejected answer, kto each answer with its
-        label, grpo each prompt with its reference. ``val_fraction`` and ``test_split`` split the rows as
-        training will (validation rows; the test set held out, never trained on): the summary counts each."""
-        source = data_file or (hub_id or "").strip()
-        if not source:
-            raise gr.Error("upload a file or type a Hub dataset id first")
-        model = service.check_model_ref(api.workspace, model or "")  # a shared server's folders are no tokenizers
-        try:
-            report = service.format_preview(
-                source, template=template, system_prompt=system_prompt or "", columns=parse_column_mapping(columns),
-                model=model, max_length=int(max_length or 1024), train_on=train_on or "assistant",
-                hub_config=hub_config or None, split=split or "train",
-                out_dir=api.downloads / "formatted" / _safe(owner(request, profile)),
-                hub_only=not data_file and api.workspace.multi_user,  # typed text is never a server path
-                keep_duplicates=bool(keep_duplicates), method=method or "sft",
-                val_fraction=float(val_fraction or 0.0), test_split=float(test_split or 0.0),
-            )
-        except UserError as e:  # an upload's name, not where the server keeps it
-            if data_file and data_file in str(e):
-                raise service.ServiceError(str(e).replace(data_file, Path(data_file).name)) from None
-            raise
-        for w in report["warnings"][:3]:
-            gr.Warning(w)
-        probs = pd.DataFrame(report["problems"], columns=["row", "field", "problem", "fix"])
-        return (report["summary"], preview_html(report["examples"], caption=preview_caption(template, method or "sft")),
-                histogram(report["lengths"], max_length), probs, report["file"])
-
-    api_format = user_errors(format_dataset)
-
-    @page_errors
-    def format_on_page(data_file: str | None, hub_id: str, hub_config: str, split: str, template: str,
-                       system_prompt: str, columns: str, model: str, max_length: int, train_on: str,
-                       keep_duplicates: bool, method: str, val_fraction: float, test_split: float,
-                       request: gr.Request,
-                       profile: gr.OAuthProfile | None = None) -> tuple[str, str, Any, pd.DataFrame, str | None,
-                                                                        list[Any] | None, str]:
-        """The page's format: a file that cannot be formatted clears the last file's preview, histogram, problems
-        and download (they would read as this file's) and says why in the summary. Also the settings the preview
-        was rendered (or refused) with, and an empty stale mark."""
-        settings = [template, system_prompt, columns, model, max_length, train_on, keep_duplicates, method,
-                    val_fraction, test_split]
-        try:
-            return (*format_dataset(data_file, hub_id, hub_config, split, template, system_prompt, columns, model,
-                                    max_length, train_on, keep_duplicates, method, val_fraction, test_split, request,
-                                    profile), settings, "")
-        except UserError as e:
-            name = Path(data_file).name if data_file else (hub_id or "").strip()
-            gr.Warning(html.escape(str(e)))
-            return (f"❌ **{html.escape(name)} could not be formatted:** {html.escape(str(e))}",
-                    f"<div class='ft-preview' id='ft-preview-cleared'>No preview: {html.escape(name)} could not be "
-                    "formatted (see above); fix it and upload again.</div>",
-                    None, pd.DataFrame(columns=["row", "field", "problem", "fix"]), None, settings, "")
-
-    @page_errors
-    def refresh_preview(shown: list[Any] | None, data_file: str | None, hub_id: str, hub_config: str, split: str,
-                        template: str, system_prompt: str, columns: str, model: str, max_length: int, train_on: str,
-                        keep_duplicates: bool, method: str, val_fraction: float, test_split: float,
-                        request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[Any, ...]:
-        """A preview on screen follows the settings the run will use: rendered again when they changed since."""
-        settings = [template, system_prompt, columns, model, max_length, train_on, keep_duplicates, method,
-                    val_fraction, test_split]
-        if shown is None or not (data_file or (hub_id or "").strip()):  # no preview to keep true
-            return (gr.skip(),) * 7
-        if settings == shown:
-            return (gr.skip(),) * 6 + ("",)
-        return format_on_page(data_file, hub_id, hub_config, split, template, system_prompt, columns, model,
-                              max_length, train_on, keep_duplicates, method, val_fraction, test_split, request, profile)
-
-    def stale_mark(shown: list[Any] | None, *settings: Any) -> str:
-        """While a typed setting differs from the preview's, the preview says it is out of date."""
-        if shown is None:
-            return ""
-        changed = [name for name, now, then in zip(SETTING_NAMES, settings, shown) if now != then]
-        if not changed:
-            return ""
-        return (f"⚠️ **The preview below is out of date** ({', '.join(changed)} changed since): it is rendered again "
-                "when you leave the field, or press Format and preview.")
-
-    @user_errors
-    def push(file: str | None, repo_id: str, private: bool, oauth: gr.OAuthToken | None = None) -> str:
-        if not file:
-            raise gr.Error("format the dataset first")
-        url = service.push_dataset(api.workspace, file, repo_id, token=oauth.token if oauth else None, private=private)
-        return f"Pushed to {url}"
-
-    @user_errors
-    def keep_test_file(path: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
-        """An uploaded test file, checked (prompts, references) and kept in the owner's folder: its path is the
-        config's data.test_source."""
-        if not path:
-            return ""
-        from ..evaluate import read_test_set
-
-        kept = service.keep_upload(api.workspace, owner(request, profile), path)
-        read_test_set(kept)  # a bad test file is refused now, naming the row, not when the run ends
-        return str(kept.resolve())
-
-    test_upload.upload(keep_test_file, test_upload, components["data.test_source"], api_visibility="private")
+    ep = DatasetEndpoints(api)
+    mine = scoped(api)
+    format_on_page = page_errors(mine(ep.format_on_page))
+    test_upload.upload(user_errors(mine(ep.keep_test_file)), test_upload, components["data.test_source"],
+                       api_visibility="private")
 
     def wire(refresh_on: Sequence[Callable[..., Dependency]] = ()) -> tuple[Dependency, Dependency, Dependency]:
         """Connect the events once the hyperparameters tab has made the model and max_length widgets;
@@ -253,21 +304,23 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
                   components["data.test_split"]]
         outputs = [summary, preview, hist, problems, formatted]
         on_page = outputs + [shown_with, stale]
-        api_event = gr.Button(visible=False).click(api_format, inputs, outputs, api_name="format_dataset",
-                                                   concurrency_id="format_dataset", concurrency_limit=4)
+        api_event = gr.Button(visible=False).click(user_errors(mine(ep.format_dataset)), inputs, outputs,
+                                                   api_name="format_dataset", concurrency_id="format_dataset",
+                                                   concurrency_limit=4)
         fmt.click(format_on_page, inputs, on_page, api_visibility="private", concurrency_id="format_dataset",
                   concurrency_limit=4)
         # a picked setting renders the preview again at once, a typed one when the field is left
         gr.on([w.change for w in picked] + [e for w in typed for e in (w.blur, w.submit)] + list(refresh_on),
-              refresh_preview, [shown_with, *inputs], on_page, api_visibility="private", trigger_mode="always_last",
+              page_errors(mine(ep.refresh_preview)), [shown_with, *inputs], on_page, api_visibility="private",
+              trigger_mode="always_last",
               concurrency_id="format_dataset", concurrency_limit=4, show_progress="minimal")
-        gr.on([w.change for w in typed], stale_mark, [shown_with, *inputs[4:]], stale, api_visibility="private",
+        gr.on([w.change for w in typed], ep.stale_mark, [shown_with, *inputs[4:]], stale, api_visibility="private",
               show_progress="hidden")
         return (
             api_event,
             data_file.upload(format_on_page, inputs, on_page, api_visibility="private",
                              concurrency_id="format_dataset", concurrency_limit=4),
-            ds_push.click(push, [formatted, ds_repo, ds_private], ds_result, api_name="push_dataset"),
+            ds_push.click(user_errors(ep.push), [formatted, ds_repo, ds_private], ds_result, api_name="push_dataset"),
         )
 
     return {"data_file": data_file, "hub_id": hub_id, "hub_config": hub_config, "split": split, "columns": columns,

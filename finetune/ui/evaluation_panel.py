@@ -10,7 +10,7 @@ import pandas as pd
 
 from .. import service
 from ..evaluate import METRICS, SUMMARY_HEADERS, summary_table
-from .common import Api, owner, page_errors, user_errors
+from .common import Api, Caller, page_errors, scoped, user_errors
 
 
 def report_table(report: dict[str, Any] | None) -> pd.DataFrame:
@@ -52,11 +52,61 @@ def best_markdown(report: dict[str, Any] | None, run_id: str) -> str:
     return "\n\n".join(lines)
 
 
+# -- the endpoint and page events: those that act for a caller take ``me`` (common.Caller) first, as
+# common.scoped hands it; create_evaluation_panel wires them
+def evaluate(me: Caller, run_id: str, test_file: str | None = None, checkpoints: str = "all",
+             max_new_tokens: int = 256, progress: gr.Progress = gr.Progress()) -> dict[str, Any]:
+    """Evaluate one of your runs (`ID`, or `ID@step` for a checkpoint) on a test file (default: the run's
+    data.test_source): greedy answers scored by exact_match, contains, f1, rouge_l and the held-out loss, beside
+    the base model (`base`); with checkpoints="all" a `checkpoints` list per saved step. Returns the report,
+    also written into the run folder."""
+    def tell(done: int, total: int, what: str) -> None:
+        progress((done, total), desc=f"evaluating the {what}", unit="models")
+
+    return me.space.evaluate(run_id, test_file, checkpoints=checkpoints, max_new_tokens=int(max_new_tokens),
+                             progress=tell)
+
+
+def show(report: dict[str, Any] | None, rid: str) -> tuple[str, pd.DataFrame, pd.DataFrame | None]:
+    return best_markdown(report, rid.partition("@")[0]), report_table(report), metric_frame(report)
+
+
+def read(space: service.OwnerSpace, rid: str) -> dict[str, Any] | None:
+    if not rid:
+        return None
+    try:
+        return space.eval_report(rid)
+    except service.ServiceError:
+        return None
+
+
+def load(me: Caller, rid: str) -> tuple[str, pd.DataFrame, pd.DataFrame | None]:
+    return show(read(me.space, rid), rid)
+
+
+def signature(report: dict[str, Any] | None) -> str:
+    return "" if not report else repr([report.get("in_progress"), report.get("step"), report.get("seconds"),
+                                       [c.get("step") for c in report.get("checkpoints") or []]])
+
+
+def poll(me: Caller, rid: str, seen: str) -> tuple[Any, ...]:
+    """On a timer tick: the panel again only when the report changed (a checkpoint scored, the run ended)."""
+    report = read(me.space, rid)
+    now = signature(report)
+    if now == seen:
+        return gr.skip(), gr.skip(), gr.skip(), seen
+    return (*show(report, rid), now)
+
+
+def run_evaluation(me: Caller, rid: str, path: str | None, every: bool, tokens: float,
+                   progress: gr.Progress = gr.Progress()) -> dict[str, Any]:
+    return evaluate(me, rid, path, "all" if every else "none", int(tokens), progress)
+
+
 def create_evaluation_panel(api: Api, run_id: gr.Textbox, timer: gr.Timer | None = None) -> None:
     """The panel under the run's progress; ``run_id`` is the Train tab's run box (a run id or ``RUN@step``).
     ``timer``: the Train tab's timer, ticking while a run is live: the report, which a run with a test set
     rewrites at each checkpoint save, is read again when it has changed."""
-    ws = api.workspace
     with gr.Accordion("Evaluation on a test set", open=False):
         with gr.Row():
             test_file = gr.File(label="Test file (JSONL/CSV/...: prompt + reference, answer, label, completion or "
@@ -72,62 +122,17 @@ def create_evaluation_panel(api: Api, run_id: gr.Textbox, timer: gr.Timer | None
                             elem_id="eval-plot")
         report_json = gr.JSON(visible=False)
 
-    @user_errors
-    def evaluate(run_id: str, test_file: str | None = None, checkpoints: str = "all", max_new_tokens: int = 256,
-                 request: gr.Request | None = None, profile: gr.OAuthProfile | None = None,
-                 progress: gr.Progress = gr.Progress()) -> dict[str, Any]:
-        """Evaluate one of your runs (`ID`, or `ID@step` for a checkpoint) on a test file (default: the run's
-        data.test_source): greedy answers scored by exact_match, contains, f1, rouge_l and the held-out loss, beside
-        the base model (`base`); with checkpoints="all" a `checkpoints` list per saved step. Returns the report,
-        also written into the run folder."""
-        def tell(done: int, total: int, what: str) -> None:
-            progress((done, total), desc=f"evaluating the {what}", unit="models")
-
-        return service.evaluate(ws, owner(request, profile), run_id, test_file, checkpoints=checkpoints,
-                                max_new_tokens=int(max_new_tokens), progress=tell)
-
-    @page_errors
-    def show(report: dict[str, Any] | None, rid: str) -> tuple[str, pd.DataFrame, pd.DataFrame | None]:
-        return best_markdown(report, rid.partition("@")[0]), report_table(report), metric_frame(report)
-
-    def read(rid: str, request: gr.Request, profile: gr.OAuthProfile | None) -> dict[str, Any] | None:
-        if not rid:
-            return None
-        try:
-            return service.eval_report(ws, owner(request, profile), rid)
-        except service.ServiceError:
-            return None
-
-    @page_errors
-    def load(rid: str, request: gr.Request, profile: gr.OAuthProfile | None = None
-             ) -> tuple[str, pd.DataFrame, pd.DataFrame | None]:
-        return show(read(rid, request, profile), rid)
-
-    def signature(report: dict[str, Any] | None) -> str:
-        return "" if not report else repr([report.get("in_progress"), report.get("step"), report.get("seconds"),
-                                           [c.get("step") for c in report.get("checkpoints") or []]])
-
-    @page_errors
-    def poll(rid: str, seen: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[Any, ...]:
-        """On a timer tick: the panel again only when the report changed (a checkpoint scored, the run ended)."""
-        report = read(rid, request, profile)
-        now = signature(report)
-        if now == seen:
-            return gr.skip(), gr.skip(), gr.skip(), seen
-        return (*show(report, rid), now)
-
-    def run_evaluation(rid: str, path: str | None, every: bool, tokens: float, request: gr.Request,
-                       profile: gr.OAuthProfile | None = None, progress: gr.Progress = gr.Progress()) -> dict[str, Any]:
-        return evaluate(rid, path, "all" if every else "none", int(tokens), request, profile, progress)
-
-    evaluate_btn.click(run_evaluation, [run_id, test_file, all_checkpoints, max_new], report_json,
+    mine = scoped(api)
+    evaluate_as, shown = user_errors(mine(evaluate)), page_errors(show)
+    evaluate_btn.click(user_errors(mine(run_evaluation)), [run_id, test_file, all_checkpoints, max_new], report_json,
                        api_visibility="private", concurrency_limit=1).success(
-        show, [report_json, run_id], [best, table, curve], api_visibility="private")
-    run_id.change(load, run_id, [best, table, curve], api_visibility="private")
+        shown, [report_json, run_id], [best, table, curve], api_visibility="private")
+    run_id.change(page_errors(mine(load)), run_id, [best, table, curve], api_visibility="private")
     if timer is not None:
         seen = gr.State("")
-        timer.tick(poll, [run_id, seen], [best, table, curve, seen], api_visibility="private", show_progress="hidden")
+        timer.tick(page_errors(mine(poll)), [run_id, seen], [best, table, curve, seen], api_visibility="private",
+                   show_progress="hidden")
     checkpoints_box = gr.Textbox(visible=False, value="all")
     max_box = gr.Number(visible=False, value=256, precision=0)
-    gr.Button(visible=False).click(evaluate, [run_id, test_file, checkpoints_box, max_box], report_json,
+    gr.Button(visible=False).click(evaluate_as, [run_id, test_file, checkpoints_box, max_box], report_json,
                                    api_name="evaluate", concurrency_limit=1)

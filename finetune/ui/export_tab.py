@@ -9,8 +9,8 @@ import gradio as gr
 
 from .. import service
 from ..export import DEFAULT_QUANT, FORMATS, QUANTS
-from .common import Api, owner, page_errors, user_errors
-from .train_tab import finished_runs, oauth_token
+from .common import Api, Caller, page_errors, scoped, user_errors
+from .train_tab import finished_runs
 
 FORMAT_HELP = {
     "gguf": "one .gguf file of the merged model, with the trained chat template (llama.cpp, LM Studio, Ollama)",
@@ -22,7 +22,6 @@ FORMAT_HELP = {
 
 
 def create_export_tab(api: Api) -> tuple[Callable[..., gr.Dropdown], list[gr.Dropdown]]:
-    ws = api.workspace
     gr.Markdown("Take a finished run to where people run models. The trained chat template is verified first "
                 "and written into the file, so llama.cpp and Ollama prompt the model exactly as it was trained.")
     with gr.Row():
@@ -41,22 +40,21 @@ def create_export_tab(api: Api) -> tuple[Callable[..., gr.Dropdown], list[gr.Dro
     result = gr.Markdown(elem_id="export-result")
     file = gr.File(label="Download", interactive=False, elem_id="export-file")
 
-    def export_model(run: str, format: str = "gguf", quant: str = DEFAULT_QUANT, push_repo: str = "",
-                     private: bool = True, request: gr.Request | None = None,
-                     profile: gr.OAuthProfile | None = None, oauth: gr.OAuthToken | None = None,
-                     progress: gr.Progress = gr.Progress()) -> tuple[str | None, str]:
+    @scoped(api, token=True)
+    def export_model(me: Caller, run: str, format: str = "gguf", quant: str = DEFAULT_QUANT, push_repo: str = "",
+                     private: bool = True, progress: gr.Progress = gr.Progress()) -> tuple[str | None, str]:
         """Export a finished run: format gguf | lora-gguf | ollama | merged | space, quant f16 | bf16 | q8_0 | q4_0
         (GGUF types), push_repo optional (required for space). Returns the file to download and a summary."""
         def report(fraction: float, message: str) -> None:
             progress(fraction, desc=message)
 
-        out = service.export_run(ws, owner(request, profile), run, format, quant, api.downloads / "exports",
-                                 push=(push_repo or "").strip() or None, token=oauth_token(oauth), private=private,
-                                 progress=report)
+        out = me.space.export(run, format, quant, api.downloads / "exports", push=(push_repo or "").strip() or None,
+                              token=me.token, private=private, progress=report)
         return (str(out.file) if out.file else None), "```text\n" + out.summary + "\n```"
 
-    def runs(request: gr.Request, profile: gr.OAuthProfile | None = None) -> gr.Dropdown:
-        choices = finished_runs(ws, owner(request, profile))
+    @scoped(api)
+    def runs(me: Caller) -> gr.Dropdown:
+        choices = finished_runs(me.space)
         return gr.Dropdown(choices=choices, value=choices[0] if choices else None)
 
     def describe(name: str) -> str:

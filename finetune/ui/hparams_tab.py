@@ -254,63 +254,39 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def wire_config(api: Api, components: dict[str, FormWidget], hp: HparamsWidgets,
-                extra_inputs: Sequence[FormWidget | gr.File],
-                extra_to_config: Callable[Concatenate[RunConfig, ...], RunConfig],
-                on_load: list[tuple[Callable[..., Any], list[Any], list[Any]]] | None = None) -> Callable[..., SyncOutput]:
-    """Keep the YAML view and the fit verdict in sync with every widget; presets, uploads and the
-    auto-configure button fill the form. ``on_load`` receives what the page runs when it opens (the verdict)."""
-    keys = [f.key for f in forms.FORM_FIELDS]
-    widgets = [components[k] for k in keys]
-    n = len(widgets)
+class ConfigEvents:
+    """The form's events: the YAML view and fit verdict kept in sync, presets, the auto-configure button, a loaded
+    or saved config. ``extra_to_config`` lays the values after the form's (the Dataset tab's source) over a
+    config."""
 
-    def build(*values: Any) -> RunConfig:
-        return extra_to_config(forms.values_to_config(RunConfig(), list(values[:n])), *values[n:-1])
+    def __init__(self, api: Api, extra_to_config: Callable[Concatenate[RunConfig, ...], RunConfig]) -> None:
+        self.api, self.extra_to_config = api, extra_to_config
+        self.keys = [f.key for f in forms.FORM_FIELDS]
 
-    @page_errors
-    def sync(*values: Any) -> SyncOutput:
+    def build(self, *values: Any) -> RunConfig:
+        """The config of the form's values, then the extra inputs' (the last value is the GPU)."""
+        n = len(self.keys)
+        return self.extra_to_config(forms.values_to_config(RunConfig(), list(values[:n])), *values[n:-1])
+
+    def sync(self, *values: Any) -> SyncOutput:
         try:
-            cfg = build(*values)
+            cfg = self.build(*values)
         except UserError as e:  # shown next to the form, the YAML keeps its last good value
             return gr.Code(), f"⚠️ {e}", gr.Dataframe()
         verdict, table = estimate_view(cfg, values[-1])
         return cfg.to_yaml(), config_warnings_markdown(cfg) + verdict, table
 
-    inputs = widgets + list(extra_inputs) + [hp["gpu"]]
-    for w in inputs:
-        w.change(sync, inputs, [hp["config_code"], hp["verdict"], hp["breakdown"]], api_visibility="private",
-                 show_progress="hidden", trigger_mode="always_last")
-    if on_load is not None:  # the verdict, time and cost are there when the page opens
-        on_load.append((sync, inputs, [hp["config_code"], hp["verdict"], hp["breakdown"]]))
-
-    @page_errors
-    def auto_configure(*values: Any) -> list[Any]:
-        form, reason = auto_configure_form(build(*values), values[-1])
+    def auto_configure(self, *values: Any) -> list[Any]:
+        form, reason = auto_configure_form(self.build(*values), values[-1])
         gr.Info(reason)
         return form
 
-    hp["auto"].click(auto_configure, inputs, widgets, api_visibility="private")
-
-    @user_errors
-    def estimate_memory(config_yaml: str, gpu: str = "t4") -> dict[str, Any]:
-        """Peak training memory of a config on a GPU: peak_gb, breakdown (name -> GB), fits, verdict, gpu,
-        gpu_gb, explanation and suggestions."""
-        from ..memory import estimate
-
-        return estimate(RunConfig.from_yaml(config_yaml or "", source="config"), gpu=gpu).to_dict()
-
-    estimate_json = gr.JSON(visible=False)
-    gr.Button(visible=False).click(estimate_memory, [hp["config_code"], hp["gpu"]], estimate_json,
-                                   api_name="estimate_memory")
-
-    data_widgets = [components[k] for k in DATA_KEYS]
-
-    @page_errors
-    def apply_preset(name: str, baseline: dict[str, Any], *data: Any) -> list[Any]:
+    def apply_preset(self, name: str, baseline: dict[str, Any], *data: Any) -> list[Any]:
         """Fill the form with a preset; a Dataset-tab choice of the user's is kept, and the note says so (and what
         the preset changed there)."""
+        keys = self.keys
         if name == CUSTOM:  # set by a loaded config: the form is already what it should be
-            return [gr.skip()] * (len(widgets) + 3) + [{}, gr.Button(visible=False)]
+            return [gr.skip()] * (len(keys) + 3) + [{}, gr.Button(visible=False)]
         cfg = load_preset(name)
         path = preset_paths()[name]
         values = forms.config_to_values(cfg)
@@ -324,11 +300,8 @@ def wire_config(api: Api, components: dict[str, FormWidget], hp: HparamsWidgets,
         return [*values, note, intended_gpu(path), proposed, suggests,
                 gr.Button(switch_label(suggests), visible=bool(suggests))]
 
-    hp["preset"].change(apply_preset, [hp["preset"], hp["preset_data"], *data_widgets],
-                        [*widgets, hp["preset_info"], hp["gpu"], hp["preset_data"], hp["preset_suggests"],
-                         hp["preset_switch"]], api_visibility="private")
 
-    @page_errors
+    @staticmethod
     def take_suggested(suggests: dict[str, Any], name: str) -> list[Any]:
         """The switch: the preset's Dataset-tab values replace the user's that were kept."""
         paths = preset_paths()
@@ -338,21 +311,12 @@ def wire_config(api: Api, components: dict[str, FormWidget], hp: HparamsWidgets,
         return [*(suggests[k] if k in suggests else gr.skip() for k in DATA_KEYS), note, {},
                 gr.Button(visible=False)]
 
-    hp["preset_switch"].click(take_suggested, [hp["preset_suggests"], hp["preset"]],
-                              [*data_widgets, hp["preset_info"], hp["preset_suggests"], hp["preset_switch"]],
-                              api_visibility="private")
 
-    method_widgets = [components[f.key] for f in forms.METHOD_FIELDS + forms.REWARD_FIELDS]
-
-    @page_errors
+    @staticmethod
     def show_method(method: str) -> list[Any]:  # only the picked method's fields
         return [method_markdown(method), *(gr.update(visible=v) for v in forms.shown_for(method))]
 
-    components["training.method"].change(show_method, components["training.method"],
-                                         [hp["method_info"], *method_widgets], api_visibility="private")
-
-    @page_errors
-    def from_yaml(file: str, *values: Any) -> list[Any]:  # the upload's file path, then the form
+    def from_yaml(self, file: str, *values: Any) -> list[Any]:  # the upload's file path, then the form
         """Lay the uploaded (possibly partial) config over the form: what it leaves out keeps its value; the
         fields it changed are listed, and the preset reads "custom"."""
         from pathlib import Path
@@ -364,7 +328,7 @@ def wire_config(api: Api, components: dict[str, FormWidget], hp: HparamsWidgets,
             text = Path(file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError([f"cannot read the file ({e.__class__.__name__}); save it as UTF-8 text"], name) from None
-        current = build(*values)
+        current = self.build(*values)
         merged = merge_yaml(current, text, name)
         shown = {f.key for f in forms.FORM_FIELDS}
         changed = [c for c in changed_fields(current, merged) if c[0] in shown]
@@ -381,11 +345,9 @@ def wire_config(api: Api, components: dict[str, FormWidget], hp: HparamsWidgets,
         gr.Info(f"{name}: {len(changed)} field(s) changed")
         return [*forms.config_to_values(merged), CUSTOM if changed else gr.skip(), note]
 
-    hp["upload"].upload(from_yaml, [hp["upload"], *inputs], widgets + [hp["preset"], hp["preset_info"]],
-                        api_visibility="private")
 
-    def save_yaml(text: str) -> str:
-        out = api.downloads / "configs"
+    def save_yaml(self, text: str) -> str:
+        out = self.api.downloads / "configs"
         out.mkdir(parents=True, exist_ok=True)
         import hashlib
 
@@ -393,5 +355,45 @@ def wire_config(api: Api, components: dict[str, FormWidget], hp: HparamsWidgets,
         path.write_text(text, encoding="utf-8")
         return str(path)
 
-    hp["download"].click(save_yaml, hp["config_code"], hp["yaml_file"], api_visibility="private")
+
+def estimate_memory(config_yaml: str, gpu: str = "t4") -> dict[str, Any]:
+    """Peak training memory of a config on a GPU: peak_gb, breakdown (name -> GB), fits, verdict, gpu,
+    gpu_gb, explanation and suggestions."""
+    from ..memory import estimate
+
+    return estimate(RunConfig.from_yaml(config_yaml or "", source="config"), gpu=gpu).to_dict()
+
+
+def wire_config(api: Api, components: dict[str, FormWidget], hp: HparamsWidgets,
+                extra_inputs: Sequence[FormWidget | gr.File],
+                extra_to_config: Callable[Concatenate[RunConfig, ...], RunConfig],
+                on_load: list[tuple[Callable[..., Any], list[Any], list[Any]]] | None = None) -> Callable[..., SyncOutput]:
+    """Keep the YAML view and the fit verdict in sync with every widget; presets, uploads and the
+    auto-configure button fill the form. ``on_load`` receives what the page runs when it opens (the verdict)."""
+    ev = ConfigEvents(api, extra_to_config)
+    widgets = [components[k] for k in ev.keys]
+    sync = page_errors(ev.sync)
+    inputs = widgets + list(extra_inputs) + [hp["gpu"]]
+    for w in inputs:
+        w.change(sync, inputs, [hp["config_code"], hp["verdict"], hp["breakdown"]], api_visibility="private",
+                 show_progress="hidden", trigger_mode="always_last")
+    if on_load is not None:  # the verdict, time and cost are there when the page opens
+        on_load.append((sync, inputs, [hp["config_code"], hp["verdict"], hp["breakdown"]]))
+    hp["auto"].click(page_errors(ev.auto_configure), inputs, widgets, api_visibility="private")
+    estimate_json = gr.JSON(visible=False)
+    gr.Button(visible=False).click(user_errors(estimate_memory), [hp["config_code"], hp["gpu"]], estimate_json,
+                                   api_name="estimate_memory")
+    data_widgets = [components[k] for k in DATA_KEYS]
+    hp["preset"].change(page_errors(ev.apply_preset), [hp["preset"], hp["preset_data"], *data_widgets],
+                        [*widgets, hp["preset_info"], hp["gpu"], hp["preset_data"], hp["preset_suggests"],
+                         hp["preset_switch"]], api_visibility="private")
+    hp["preset_switch"].click(page_errors(ev.take_suggested), [hp["preset_suggests"], hp["preset"]],
+                              [*data_widgets, hp["preset_info"], hp["preset_suggests"], hp["preset_switch"]],
+                              api_visibility="private")
+    method_widgets = [components[f.key] for f in forms.METHOD_FIELDS + forms.REWARD_FIELDS]
+    components["training.method"].change(page_errors(ev.show_method), components["training.method"],
+                                         [hp["method_info"], *method_widgets], api_visibility="private")
+    hp["upload"].upload(page_errors(ev.from_yaml), [hp["upload"], *inputs], widgets + [hp["preset"], hp["preset_info"]],
+                        api_visibility="private")
+    hp["download"].click(ev.save_yaml, hp["config_code"], hp["yaml_file"], api_visibility="private")
     return sync

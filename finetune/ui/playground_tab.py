@@ -10,7 +10,8 @@ from .. import inference, service
 from ..errors import UserError
 from ..templates import MODEL_TEMPLATE, TEMPLATE_NAMES
 from .arena_panel import create_arena_panel
-from .common import Api, owner, page_errors, user_errors
+from .common import Api, Caller, page_errors, scoped, user_errors
+from .train_tab import finished_runs
 from .widgets import FreeDropdown
 
 # What the page runs when it opens: a function and the components it fills.
@@ -29,13 +30,109 @@ def message_text(content: object) -> str:
     return str(content or "")
 
 
-def resolve_adapter(ws: service.Workspace, who: str, adapter: str) -> str | None:
+def resolve_adapter(space: service.OwnerSpace, adapter: str) -> str | None:
     """A run id of the caller's, a Hub repo id, or nothing (base model): the adapter folder or repo."""
-    return service.chat_models(ws, who, "", adapter)[0]
+    return space.chat_models("", adapter)[0]
+
+
+# -- the endpoints and page events: those that act for a caller take ``me`` (common.Caller) first, as
+# common.scoped hands it; create_playground_tab wires them
+def conversation(message: str | None, history: list[Any] | None) -> list[dict[str, str]]:
+    turns = [{"role": m["role"], "content": message_text(m["content"])} for m in (history or [])
+             if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
+    return turns + ([{"role": "user", "content": message}] if (message or "").strip() else [])
+
+
+def chat(me: Caller, message: str = "", history: list[Any] | None = None, base_model: str = "", adapter: str = "",
+         temperature: float = 0.7, max_new_tokens: int = 256, top_p: float = 0.9, repetition_penalty: float = 1.0,
+         seed: int = 0, system_prompt: str | None = None,
+         template: str | None = None) -> Iterator[list[dict[str, str]]]:
+    """Chat with the base model and optional adapter; streams the growing history (messages format).
+    ``system_prompt`` and ``template`` default (None or empty) to those the adapter was trained with."""
+    if not (message or "").strip():
+        raise gr.Error("type a message first")
+    path, base_model = me.space.chat_models(base_model, adapter)
+    convo = conversation(message, history)
+    for partial in inference.stream_chat(convo, adapter=path, model=base_model or None,
+                                         system_prompt=system_prompt or None, template=template or None,
+                                         temperature=float(temperature if temperature is not None else 0.7),
+                                         max_new_tokens=int(max_new_tokens or 256),
+                                         top_p=float(top_p or 0.9), repetition_penalty=float(repetition_penalty or 1.0),
+                                         seed=int(seed or 0)):
+        yield convo + [{"role": "assistant", "content": partial}]
+
+
+def compare(me: Caller, prompt: str = "", base_model: str = "", adapter: str = "", temperature: float = 0.0,
+            max_new_tokens: int = 256, seed: int = 0, system_prompt: str | None = None, template: str | None = None,
+            top_p: float = 0.9, repetition_penalty: float = 1.0) -> tuple[str, str]:
+    """The same prompt, template, system prompt and seed through the base model and through the adapter:
+    (base, fine-tuned). ``system_prompt`` and ``template`` default (None or empty) to the adapter's."""
+    if not (prompt or "").strip():
+        raise gr.Error("type a prompt first")
+    path, base_model = me.space.chat_models(base_model, adapter)
+    if path is None:
+        raise gr.Error("pick an adapter to compare against")
+    # one loaded base, the adapter's template and system prompt for both sides, the same seed
+    return inference.compare(prompt, path, model=base_model or None, system_prompt=system_prompt or None,
+                             template=template or None, max_new_tokens=int(max_new_tokens or 256),
+                             temperature=float(temperature or 0.0), top_p=float(top_p or 0.9),
+                             repetition_penalty=float(repetition_penalty or 1.0), seed=int(seed or 0))
+
+
+def exact_prompt(me: Caller, message: str = "", history: list[Any] | None = None, base_model: str = "",
+                 adapter: str = "", system_prompt: str | None = None,
+                 template: str | None = None) -> tuple[str, str]:
+    """The exact text the model receives for this conversation (history + message, with the generation
+    prompt) and a line with its token count, template and system prompt."""
+    path, base_model = me.space.chat_models(base_model, adapter)
+    p = inference.prompt_for(conversation(message, history), adapter=path, model=base_model or None,
+                             system_prompt=system_prompt or None, template=template or None)
+    line = (f"**{p.token_count} tokens** · template `{p.template}` · system prompt: "
+            + (f"“{p.system_prompt}”" if p.system_prompt else "none"))
+    if p.warning:
+        line += f"\n\n⚠️ {p.warning[0].upper()}{p.warning[1:]}."
+    return p.text, line
+
+
+def defaults(me: Caller, adapter: str) -> tuple[str, str, str]:
+    """The adapter's trained system prompt and template, to prefill the fields (no warning then)."""
+    try:
+        path = resolve_adapter(me.space, adapter)
+        trained, system = inference.trained_defaults(path)
+    except UserError:  # the chat call reports the real error
+        return "", MODEL_TEMPLATE, ""
+    return system, trained, ""
+
+
+def template_notice(me: Caller, adapter: str, template: str) -> str:
+    try:
+        path = resolve_adapter(me.space, adapter)
+        trained = inference.trained_defaults(path)[0]
+    except UserError:
+        return ""
+    if template and template != trained:
+        return (f"⚠️ This adapter was trained with the `{trained}` template; prompting it with `{template}` "
+                "may give poor answers.")
+    return ""
+
+
+def check(me: Caller, base_model: str, adapter: str) -> str:
+    try:
+        path = resolve_adapter(me.space, adapter)
+        if path and base_model:
+            want = inference.adapter_base(path)
+            if want and want != base_model:
+                return f"⚠️ This adapter was trained on `{want}`, not `{base_model}`: answers may be poor."
+    except UserError as e:  # a hint only; the chat call reports the real error
+        return f"⚠️ {e}"
+    return ""
+
+
+def choices(me: Caller) -> gr.Dropdown:
+    return gr.Dropdown(choices=[""] + finished_runs(me.space, checkpoints=True))
 
 
 def create_playground_tab(api: Api) -> dict[str, LoadHook]:
-    ws = api.workspace
     with gr.Row():
         base_model = gr.Textbox(label="Base model", value="", placeholder="empty = the adapter's base (or the embedded SmolLM2)",
                                 info="Hub id or local folder; leave empty to use the base the adapter was trained on")
@@ -78,100 +175,9 @@ def create_playground_tab(api: Api) -> dict[str, LoadHook]:
 
     create_arena_panel(api, base_model, temperature, max_new, top_p, rep, seed)
 
-    def conversation(message: str | None, history: list[Any] | None) -> list[dict[str, str]]:
-        turns = [{"role": m["role"], "content": message_text(m["content"])} for m in (history or [])
-                 if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
-        return turns + ([{"role": "user", "content": message}] if (message or "").strip() else [])
-
-    @user_errors
-    def chat(message: str = "", history: list[Any] | None = None, base_model: str = "", adapter: str = "",
-             temperature: float = 0.7, max_new_tokens: int = 256, top_p: float = 0.9, repetition_penalty: float = 1.0,
-             seed: int = 0, system_prompt: str | None = None, template: str | None = None,
-             request: gr.Request | None = None,
-             profile: gr.OAuthProfile | None = None) -> Iterator[list[dict[str, str]]]:
-        """Chat with the base model and optional adapter; streams the growing history (messages format).
-        ``system_prompt`` and ``template`` default (None or empty) to those the adapter was trained with."""
-        if not (message or "").strip():
-            raise gr.Error("type a message first")
-        path, base_model = service.chat_models(ws, owner(request, profile), base_model, adapter)
-        convo = conversation(message, history)
-        for partial in inference.stream_chat(convo, adapter=path, model=base_model or None,
-                                             system_prompt=system_prompt or None, template=template or None,
-                                             temperature=float(temperature if temperature is not None else 0.7),
-                                             max_new_tokens=int(max_new_tokens or 256),
-                                             top_p=float(top_p or 0.9), repetition_penalty=float(repetition_penalty or 1.0),
-                                             seed=int(seed or 0)):
-            yield convo + [{"role": "assistant", "content": partial}]
-
-    def compare(prompt: str = "", base_model: str = "", adapter: str = "", temperature: float = 0.0,
-                max_new_tokens: int = 256, seed: int = 0, system_prompt: str | None = None, template: str | None = None,
-                top_p: float = 0.9, repetition_penalty: float = 1.0, request: gr.Request | None = None,
-                profile: gr.OAuthProfile | None = None) -> tuple[str, str]:
-        """The same prompt, template, system prompt and seed through the base model and through the adapter:
-        (base, fine-tuned). ``system_prompt`` and ``template`` default (None or empty) to the adapter's."""
-        if not (prompt or "").strip():
-            raise gr.Error("type a prompt first")
-        path, base_model = service.chat_models(ws, owner(request, profile), base_model, adapter)
-        if path is None:
-            raise gr.Error("pick an adapter to compare against")
-        # one loaded base, the adapter's template and system prompt for both sides, the same seed
-        return inference.compare(prompt, path, model=base_model or None, system_prompt=system_prompt or None,
-                                 template=template or None, max_new_tokens=int(max_new_tokens or 256),
-                                 temperature=float(temperature or 0.0), top_p=float(top_p or 0.9),
-                                 repetition_penalty=float(repetition_penalty or 1.0), seed=int(seed or 0))
-
-    def exact_prompt(message: str = "", history: list[Any] | None = None, base_model: str = "", adapter: str = "",
-                     system_prompt: str | None = None, template: str | None = None, request: gr.Request | None = None,
-                     profile: gr.OAuthProfile | None = None) -> tuple[str, str]:
-        """The exact text the model receives for this conversation (history + message, with the generation
-        prompt) and a line with its token count, template and system prompt."""
-        path, base_model = service.chat_models(ws, owner(request, profile), base_model, adapter)
-        p = inference.prompt_for(conversation(message, history), adapter=path, model=base_model or None,
-                                 system_prompt=system_prompt or None, template=template or None)
-        line = (f"**{p.token_count} tokens** · template `{p.template}` · system prompt: "
-                + (f"“{p.system_prompt}”" if p.system_prompt else "none"))
-        if p.warning:
-            line += f"\n\n⚠️ {p.warning[0].upper()}{p.warning[1:]}."
-        return p.text, line
-
-    @page_errors
-    def defaults(adapter: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[str, str, str]:
-        """The adapter's trained system prompt and template, to prefill the fields (no warning then)."""
-        try:
-            path = resolve_adapter(ws, owner(request, profile), adapter)
-            trained, system = inference.trained_defaults(path)
-        except UserError:  # the chat call reports the real error
-            return "", MODEL_TEMPLATE, ""
-        return system, trained, ""
-
-    def template_notice(adapter: str, template: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
-        try:
-            path = resolve_adapter(ws, owner(request, profile), adapter)
-            trained = inference.trained_defaults(path)[0]
-        except UserError:
-            return ""
-        if template and template != trained:
-            return (f"⚠️ This adapter was trained with the `{trained}` template; prompting it with `{template}` "
-                    "may give poor answers.")
-        return ""
-
-    def check(base_model: str, adapter: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
-        try:
-            path = resolve_adapter(ws, owner(request, profile), adapter)
-            if path and base_model:
-                want = inference.adapter_base(path)
-                if want and want != base_model:
-                    return f"⚠️ This adapter was trained on `{want}`, not `{base_model}`: answers may be poor."
-        except UserError as e:  # a hint only; the chat call reports the real error
-            return f"⚠️ {e}"
-        return ""
-
-    def choices(request: gr.Request, profile: gr.OAuthProfile | None = None) -> gr.Dropdown:
-        from .train_tab import finished_runs
-
-        return gr.Dropdown(choices=[""] + finished_runs(ws, owner(request, profile), checkpoints=True))
-
-    send_event: dict[str, Any] = dict(fn=chat, inputs=[msg, chatbot, base_model, adapter, temperature, max_new, top_p, rep, seed,
+    mine = scoped(api)
+    compare_as, exact_as = mine(compare), mine(exact_prompt)
+    send_event: dict[str, Any] = dict(fn=user_errors(mine(chat)), inputs=[msg, chatbot, base_model, adapter, temperature, max_new, top_p, rep, seed,
                                                     system_prompt, template],
                       outputs=chatbot, concurrency_limit=2)
     send.click(**send_event, api_name="chat").then(lambda: "", None, msg, api_visibility="private")
@@ -179,18 +185,19 @@ def create_playground_tab(api: Api) -> dict[str, LoadHook]:
     clear.click(lambda: [], None, chatbot, api_visibility="private")
     # the page's events leave no error badge on both outputs; the API's (hidden buttons) raise for the caller
     compare_inputs = [cprompt, base_model, adapter, temperature, max_new, seed, system_prompt, template, top_p, rep]
-    gr.Button(visible=False).click(user_errors(compare), compare_inputs, [base_out, tuned_out], api_name="compare",
+    gr.Button(visible=False).click(user_errors(compare_as), compare_inputs, [base_out, tuned_out], api_name="compare",
                                    concurrency_id="compare", concurrency_limit=2)  # first: it takes the name
-    cbtn.click(page_errors(compare, lambda _: ("", "")), compare_inputs, [base_out, tuned_out],
+    cbtn.click(page_errors(compare_as, lambda _: ("", "")), compare_inputs, [base_out, tuned_out],
                api_visibility="private", concurrency_id="compare", concurrency_limit=2)
     exact_inputs = [msg, chatbot, base_model, adapter, system_prompt, template]
-    gr.Button(visible=False).click(user_errors(exact_prompt), exact_inputs, [exact_text, exact_count],
+    gr.Button(visible=False).click(user_errors(exact_as), exact_inputs, [exact_text, exact_count],
                                    api_name="exact_prompt", concurrency_id="exact_prompt", concurrency_limit=2)
-    show.click(page_errors(exact_prompt, lambda m: ("", f"⚠️ {m}")), exact_inputs, [exact_text, exact_count],
+    show.click(page_errors(exact_as, lambda m: ("", f"⚠️ {m}")), exact_inputs, [exact_text, exact_count],
                api_visibility="private", concurrency_id="exact_prompt", concurrency_limit=2)
-    adapter.change(defaults, [adapter], [system_prompt, template, template_warning], api_visibility="private")
-    template.change(template_notice, [adapter, template], template_warning, api_visibility="private")
-    adapter.change(check, [base_model, adapter], warning, api_visibility="private")
-    base_model.blur(check, [base_model, adapter], warning, api_visibility="private")
-    refresh.click(choices, None, adapter, api_visibility="private")
-    return {"load": (choices, [adapter])}
+    adapter.change(page_errors(mine(defaults)), [adapter], [system_prompt, template, template_warning], api_visibility="private")
+    template.change(mine(template_notice), [adapter, template], template_warning, api_visibility="private")
+    check_as, choices_as = mine(check), mine(choices)
+    adapter.change(check_as, [base_model, adapter], warning, api_visibility="private")
+    base_model.blur(check_as, [base_model, adapter], warning, api_visibility="private")
+    refresh.click(choices_as, None, adapter, api_visibility="private")
+    return {"load": (choices_as, [adapter])}

@@ -16,10 +16,9 @@ import pandas as pd
 from .. import memory, service
 from ..backends import hfjobs, zerogpu
 from ..errors import UserError
-from ..hub import MOCK_OAUTH_TOKEN
 from ..limits import RunCaps
 from ..runs import LIVE, RunState
-from .common import Api, client_address, owner, page_errors, user_errors
+from .common import Api, Caller, page_errors, scoped, user_errors
 from .evaluation_panel import create_evaluation_panel
 
 TABLE_COLUMNS = ["run_id", "status", "step", "max_steps", "loss", "model"]
@@ -53,13 +52,6 @@ def flavor_choices() -> list[tuple[str, str]]:
             price = f"${g.usd_per_hour:.2f}/h" if g.usd_per_hour is not None else "price not listed"
             out.append((f"{g.hf_flavor} · {g.label} {g.nominal_gb:g} GB · {price}", g.hf_flavor))
     return out
-
-
-def oauth_token(oauth: gr.OAuthToken | None) -> str | None:
-    """The signed-in user's token; None (then HF_TOKEN) when signed out or for the local mock token, which must
-    never be sent to the Hub."""
-    token = getattr(oauth, "token", None)
-    return None if not token or token == MOCK_OAUTH_TOKEN else token
 
 
 def _minutes(seconds: float) -> str:
@@ -176,7 +168,38 @@ def loss_frame(state: dict[str, Any]) -> pd.DataFrame | None:
     return pd.DataFrame(rows, columns=["step", "loss", "series"]).astype({"step": "int64", "loss": "float64"})
 
 
-def summary_markdown(s: service.RunSummary) -> str:
+BACKEND_LABELS = {"local": "this machine", "zerogpu": "ZeroGPU", "hf-jobs": "Hugging Face Jobs"}
+
+
+class RunSummary(TypedDict):
+    """What a run will use, shown before it starts (:func:`run_summary`)."""
+
+    data: str  # the file name, the Hub dataset id, or "the bundled sample"
+    sample: bool  # no dataset was chosen: the bundled sample would be used (the app asks to confirm)
+    rows: int | None  # rows in the data file (None: a Hub dataset, counted when the run starts)
+    template: str  # templates.template_label of data.template
+    method: str  # training.method: sft, dpo, orpo, kto or grpo
+    model: str
+    steps: int | None  # training.max_steps, else planned from the rows and epochs (None: unknown yet)
+    backend: str
+
+
+def run_summary(config_yaml: str, data_file: str | None = None, backend: str = "local",
+                flavor: str | None = None) -> RunSummary:
+    """The run a Start would begin (service.run_plan), in the words the tab shows."""
+    from ..models import EMBEDDED_REPO_ID
+    from ..templates import template_label
+
+    plan = service.run_plan(config_yaml, data_file, backend)
+    sample = not plan["source"]
+    return {"data": "the bundled sample (city/year extraction)" if sample else plan["source"], "sample": sample,
+            "rows": plan["rows"], "template": template_label(plan["template"]), "method": plan["method"],
+            "model": plan["model"] or f"{EMBEDDED_REPO_ID} (embedded)", "steps": plan["steps"],
+            "backend": BACKEND_LABELS[plan["backend"]] + (f" ({flavor})" if plan["backend"] == "hf-jobs" and flavor
+                                                          else "")}
+
+
+def summary_markdown(s: RunSummary) -> str:
     """The run a Start would begin: data (rows), template, method, model, steps, backend."""
     rows = f" · {s['rows']:,} rows" if s["rows"] is not None else " (rows counted when the run starts)"
     data = f"⚠️ **no dataset chosen**: {s['data']}" if s["sample"] else f"`{s['data']}`"
@@ -214,12 +237,170 @@ class TrainTab(TypedDict):
     on_load: list[tuple[Callable[..., Any], list[gr.components.Component], list[gr.components.Component]]]
 
 
-def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zerogpu_enabled: bool | None = None,
-                     zerogpu_steps_per_call: int | None = None) -> TrainTab:
-    """``zerogpu_enabled``: offer ZeroGPU (default: detected, zerogpu.available()); ``zerogpu_steps_per_call``
-    caps the steps of each GPU call (default: planned from the measured step time)."""
-    ws = api.workspace
-    zerogpu_ok, zerogpu_why = zerogpu.available() if zerogpu_enabled is None else (zerogpu_enabled, "switched off")
+class TrainEndpoints:
+    """The Train tab's endpoints and page events. Those that act for a caller take ``me`` (``common.Caller``: their
+    space, token and address) first; the tab wraps them with ``common.scoped``, which hands it over."""
+
+    def __init__(self, api: Api, zerogpu_ok: bool, zerogpu_why: str, steps_per_call: int | None) -> None:
+        self.api, self.zerogpu_ok, self.zerogpu_why, self.steps_per_call = api, zerogpu_ok, zerogpu_why, steps_per_call
+
+    def drive_zerogpu(self, space: service.OwnerSpace, rid: str, progress: gr.Progress,
+                      resume: bool = False) -> Iterator[str]:
+        """Chain the ZeroGPU calls of a run inside this request, reporting progress after each call."""
+        service.check_zerogpu((self.zerogpu_ok, self.zerogpu_why))
+        progress((0, None), desc="ZeroGPU: first GPU call (measures the step time)", unit="steps")
+        for state in space.train_chunks(rid, chunk=zerogpu.train_chunk, resume=resume,
+                                        steps_per_call=self.steps_per_call):
+            yield rid
+            # after the yield: the progress shown while the next call trains
+            step, total = state.get("step") or 0, state.get("max_steps") or None
+            progress((step, total), desc=f"ZeroGPU: {state['status_text']} at step {step}", unit="steps")
+
+    # -- the API -------------------------------------------------------------------------------
+    def start_training(self, me: Caller, config_yaml: str, data_file: str | None = None, backend: str = "local",
+                       flavor: str = hfjobs.DEFAULT_FLAVOR, repo_id: str = "",
+                       progress: gr.Progress = gr.Progress()) -> Iterator[str]:
+        """Start a training run from a config YAML (and an optional uploaded data file); returns the run id.
+
+        backend: "local" (this machine; waits in the queue while another run trains), "zerogpu" (on a ZeroGPU
+        Space: the call lasts until the run ends) or "hf-jobs" (a Hugging Face Job on `flavor`, pushing the
+        adapter to `repo_id`; your sign-in or HF_TOKEN pays for it)."""
+        rid = me.space.start(config_yaml, backend, data_file, token=me.token, flavor=flavor, repo_id=repo_id,
+                             zerogpu=(self.zerogpu_ok, self.zerogpu_why), client=me.client)
+        yield rid
+        if service.backend_name(backend) == "zerogpu":
+            yield from self.drive_zerogpu(me.space, rid, progress)
+
+    def start_from_form(self, me: Caller, config_yaml: str, data_file: str | None, backend: str, flavor: str,
+                        repo_id: str, use_sample: bool, progress: gr.Progress = gr.Progress()) -> Iterator[str]:
+        """The Start button: as /start_training, once the user has chosen data or confirmed the sample."""
+        service.check_data_chosen(config_yaml, data_file, use_sample)
+        yield from self.start_training(me, config_yaml, data_file, backend, flavor, repo_id, progress)
+
+    def run_status(self, me: Caller, run_id: str) -> dict[str, Any]:
+        """The state of one of your runs: status (status_text: "queued (position N)"), step, max_steps, loss,
+        eval_loss, tokens_per_s, eta_s, losses, backend, and metrics (the method's latest: reward margins, KL, rewards)."""
+        return me.space.status(run_id, token=me.token)
+
+    def stop_training(self, me: Caller, run_id: str) -> dict[str, Any]:
+        """Stop a run: it checkpoints at its next step; a queued run leaves the queue; a Hugging Face job is
+        cancelled. Returns its state."""
+        return me.space.stop(run_id, token=me.token)
+
+    def resume_training(self, me: Caller, run_id: str, progress: gr.Progress = gr.Progress()) -> Iterator[str]:
+        """Resume a stopped, paused or interrupted run from its last checkpoint."""
+        rid = me.space.resume(run_id, client=me.client)
+        yield rid
+        if me.space.backend(rid) == "zerogpu":
+            yield from self.drive_zerogpu(me.space, rid, progress, resume=True)
+
+    def quota_for_zerogpu(self, config_yaml: str, data_file: str | None = None) -> zerogpu.QuotaPreview:
+        """The daily ZeroGPU quota a run would use: calls, steps_per_call, gpu_seconds, share_of_daily_quota
+        (per account tier), per_step_s (an upper bound until measured)."""
+        return service.zerogpu_quota_for(config_yaml, data_file)
+
+    def list_runs(self, me: Caller) -> list[dict[str, Any]]:
+        """Your runs, newest first, read from the run folders."""
+        return me.space.statuses()
+
+    def push(self, me: Caller, run_id: str, repo_id: str, private: bool = True) -> str:
+        """Push a finished run's adapter (with its model card) to a Hub model repo; returns the URL."""
+        url = me.space.push(run_id, repo_id, token=me.token, private=private)
+        return f"Pushed to {url}"
+
+    def delete_run(self, me: Caller, run_id: str) -> str:
+        """Delete one of your runs that is not training or waiting (to free disk); returns your disk use after."""
+        return me.space.delete(run_id)
+
+    # -- the page ------------------------------------------------------------------------------
+    def summary_view(self, backend: str, config_yaml: str, data_file: str | None,
+                     flavor: str) -> tuple[str, gr.Checkbox]:
+        try:
+            s = run_summary(config_yaml, data_file, backend, flavor)
+        except UserError as e:  # a config or data problem, with its fix (a bug is not one)
+            return f"**This run cannot start yet:** {e}", gr.Checkbox(visible=False)
+        caps = service.run_caps(self.api.workspace) if service.backend_name(backend) == "local" else None
+        return summary_markdown(s) + caps_markdown(caps, s["steps"]), gr.Checkbox(visible=s["sample"])
+
+    def view(self, me: Caller, rid: str) -> tuple[str, pd.DataFrame | None, str, gr.Timer, pd.DataFrame]:
+        if not rid:
+            return progress_html({}), loss_frame({}), "", gr.Timer(active=False), runs_frame(me.space)
+        try:
+            state = me.space.status(rid, token=me.token)
+            events = me.space.events(rid)
+        except service.ServiceError as e:
+            return (f"<div class='ft-progress'>{html.escape(str(e))}</div>", loss_frame({}), "", gr.Timer(active=False),
+                    runs_frame(me.space))
+        live = state["status"] in LIVE or (state["status"] == "paused" and state.get("backend") == "zerogpu")
+        return progress_html(state), loss_frame(state), events_text(events), gr.Timer(active=live), runs_frame(me.space)
+
+    def latest_run(self, me: Caller) -> str:
+        """The run a (re)loaded page opens on: the user's newest live run, else their newest run."""
+        states = me.space.states()
+        live = [s for s in states if s.status in LIVE]
+        pick = max(live, key=lambda s: s.run_id) if live else (states[0] if states else None)
+        return pick.run_id if pick else ""
+
+    def table(self, me: Caller) -> tuple[pd.DataFrame, gr.Dropdown, gr.Dropdown, str]:
+        frame = runs_frame(me.space)
+        return (frame, gr.Dropdown(choices=list(frame["run_id"])), gr.Dropdown(choices=list(frame["run_id"])),
+                me.space.disk_usage())
+
+    def compare_runs(self, me: Caller, run_ids: list[str] | None) -> pd.DataFrame | None:
+        """The train loss of the chosen runs, one line per run (None: nothing chosen yet)."""
+        rows = me.space.loss_curves(list(run_ids or []))
+        if not rows:
+            return None
+        return pd.DataFrame(rows, columns=["run", "step", "loss"]).astype({"step": "int64", "loss": "float64"})
+
+    def download(self, me: Caller, rid: str) -> str:
+        return str(me.space.adapter_zip(rid, self.api.downloads / "adapters"))
+
+    def backend_panels(self, name: str, config_yaml: str, data_file: str | None,
+                       flavor: str) -> tuple[gr.Group, str, gr.Group, str, str]:
+        zero, jobs = name == "zerogpu", name == "hf-jobs"
+        return (gr.Group(visible=zero), self.quota_text(config_yaml, data_file) if zero else "",
+                gr.Group(visible=jobs), jobs_text(config_yaml, flavor) if jobs else "",
+                BACKEND_INFO.get(name, LOCAL_INFO))
+
+    def quota_text(self, config_yaml: str, data_file: str | None) -> str:
+        if not self.zerogpu_ok:
+            return f"ZeroGPU is not available: {self.zerogpu_why}."
+        try:
+            est = service.zerogpu_quota_for(config_yaml, data_file)
+        except UserError as e:  # config, data or estimate errors, each with its fix (a bug is not one)
+            return f"The ZeroGPU quota of this run cannot be estimated yet: {e}"
+        return quota_markdown(est)
+
+
+def runs_frame(space: service.OwnerSpace) -> pd.DataFrame:
+    rows = space.statuses()
+    for r in rows:
+        r["status"] = badge(r)
+        if r.get("loss") is not None:
+            r["loss"] = round(r["loss"], 4)
+    return pd.DataFrame([{k: r.get(k) for k in TABLE_COLUMNS} for r in rows], columns=TABLE_COLUMNS)
+
+
+def jobs_text(config_yaml: str, flavor: str) -> str:
+    lines: list[str] = []
+    if not os.environ.get("SPACE_ID"):
+        lines.append("A job runs this app's own Space image: it is available when the app runs on a Space.")
+    try:
+        job = service.job_cost(config_yaml, flavor)
+    except UserError as e:  # config or estimate errors, each with its fix (a bug is not one)
+        lines.append(f"Time limit and cost: {e}")
+    else:
+        cost = f"at most ${job.max_usd:.2f}" if job.max_usd is not None else "price not listed"
+        lines.append(f"Time limit {job.limit_s // 60} min (the time estimate x{hfjobs.TIME_MARGIN:g} plus "
+                     f"start-up): {cost}; billed per minute actually used ({memory.prices_source()}).")
+    lines.append("Paid with your Hugging Face account: sign in (on a Space) or set HF_TOKEN; the token is sent "
+                 "to the job as a secret only.")
+    return "\n\n".join(lines)
+
+
+def _layout(api: Api, zerogpu_ok: bool, zerogpu_why: str) -> dict[str, Any]:
+    """The tab's widgets, in page order (the evaluation panel under the run's progress), by name."""
     flavors = flavor_choices()
     with gr.Row():
         backend = gr.Radio(backend_choices(zerogpu_ok, zerogpu_why), value="local", label="Where to train",
@@ -273,229 +454,77 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
                                    info="Their train loss curves, overlaid")
         compare_plot = gr.LinePlot(None, x="step", y="loss", color="run", title="Train loss by run", height=260,
                                    elem_id="compare-plot")
-    table_outputs = [runs_table, runs_pick, compare_pick, disk]
+    return dict(backend=backend, backend_help=backend_help, zerogpu_box=zerogpu_box,
+                zerogpu_quota=zerogpu_quota, jobs_box=jobs_box, flavor=flavor, jobs_repo=jobs_repo, jobs_info=jobs_info,
+                summary=summary, use_sample=use_sample, start=start, stop=stop, resume=resume, run_id=run_id,
+                progress=progress, plot=plot, timer=timer, log_box=log_box, download_btn=download_btn,
+                adapter_file=adapter_file, repo=repo, private=private, push_btn=push_btn,
+                push_result=push_result, runs_pick=runs_pick, refresh=refresh, delete_btn=delete_btn, disk=disk,
+                runs_table=runs_table, compare_pick=compare_pick, compare_plot=compare_plot)
 
-    def drive_zerogpu(who: str, rid: str, progress: gr.Progress, resume: bool = False) -> Iterator[str]:
-        """Chain the ZeroGPU calls of a run inside this request, reporting progress after each call."""
-        service.check_zerogpu((zerogpu_ok, zerogpu_why))
-        progress((0, None), desc="ZeroGPU: first GPU call (measures the step time)", unit="steps")
-        for state in service.train_chunks(ws, who, rid, chunk=zerogpu.train_chunk, resume=resume,
-                                          steps_per_call=zerogpu_steps_per_call):
-            yield rid
-            # after the yield: the progress shown while the next call trains
-            step, total = state.get("step") or 0, state.get("max_steps") or None
-            progress((step, total), desc=f"ZeroGPU: {state['status_text']} at step {step}", unit="steps")
 
-    # -- the API -------------------------------------------------------------------------------
-    @user_errors
-    def start_training(config_yaml: str, data_file: str | None = None, backend: str = "local",
-                       flavor: str = hfjobs.DEFAULT_FLAVOR, repo_id: str = "", request: gr.Request | None = None,
-                       profile: gr.OAuthProfile | None = None, oauth: gr.OAuthToken | None = None,
-                       progress: gr.Progress = gr.Progress()) -> Iterator[str]:
-        """Start a training run from a config YAML (and an optional uploaded data file); returns the run id.
-
-        backend: "local" (this machine; waits in the queue while another run trains), "zerogpu" (on a ZeroGPU
-        Space: the call lasts until the run ends) or "hf-jobs" (a Hugging Face Job on `flavor`, pushing the
-        adapter to `repo_id`; your sign-in or HF_TOKEN pays for it)."""
-        who = owner(request, profile)
-        rid = service.start(ws, who, config_yaml, backend, data_file, token=oauth_token(oauth), flavor=flavor,
-                            repo_id=repo_id, zerogpu=(zerogpu_ok, zerogpu_why), client=client_address(request))
-        yield rid
-        if service.backend_name(backend) == "zerogpu":
-            yield from drive_zerogpu(who, rid, progress)
-
-    @user_errors
-    def start_from_form(config_yaml: str, data_file: str | None, backend: str, flavor: str, repo_id: str,
-                        use_sample: bool, request: gr.Request, profile: gr.OAuthProfile | None = None,
-                        oauth: gr.OAuthToken | None = None, progress: gr.Progress = gr.Progress()) -> Iterator[str]:
-        """The Start button: as /start_training, once the user has chosen data or confirmed the sample."""
-        service.check_data_chosen(config_yaml, data_file, use_sample)
-        yield from start_training(config_yaml, data_file, backend, flavor, repo_id, request, profile, oauth, progress)
-
-    @page_errors
-    def summary_view(backend: str, config_yaml: str, data_file: str | None, flavor: str) -> tuple[str, gr.Checkbox]:
-        try:
-            s = service.run_summary(config_yaml, data_file, backend, flavor)
-        except UserError as e:  # a config or data problem, with its fix (a bug is not one)
-            return f"**This run cannot start yet:** {e}", gr.Checkbox(visible=False)
-        caps = service.run_caps(ws) if service.backend_name(backend) == "local" else None
-        return summary_markdown(s) + caps_markdown(caps, s["steps"]), gr.Checkbox(visible=s["sample"])
-
-    @user_errors
-    def run_status(run_id: str, request: gr.Request | None = None, profile: gr.OAuthProfile | None = None,
-                   oauth: gr.OAuthToken | None = None) -> dict[str, Any]:
-        """The state of one of your runs: status (status_text: "queued (position N)"), step, max_steps, loss,
-        eval_loss, tokens_per_s, eta_s, losses, backend, and metrics (the method's latest: reward margins, KL, rewards)."""
-        return service.run_status(ws, owner(request, profile), run_id, token=oauth_token(oauth))
-
-    @user_errors
-    def stop_training(run_id: str, request: gr.Request | None = None, profile: gr.OAuthProfile | None = None,
-                      oauth: gr.OAuthToken | None = None) -> dict[str, Any]:
-        """Stop a run: it checkpoints at its next step; a queued run leaves the queue; a Hugging Face job is
-        cancelled. Returns its state."""
-        return service.stop_training(ws, owner(request, profile), run_id, token=oauth_token(oauth))
-
-    @user_errors
-    def resume_training(run_id: str, request: gr.Request | None = None, profile: gr.OAuthProfile | None = None,
-                        progress: gr.Progress = gr.Progress()) -> Iterator[str]:
-        """Resume a stopped, paused or interrupted run from its last checkpoint."""
-        who = owner(request, profile)
-        rid = service.resume_training(ws, who, run_id, client=client_address(request))
-        yield rid
-        if service.run_backend(ws, who, rid) == "zerogpu":
-            yield from drive_zerogpu(who, rid, progress, resume=True)
-
-    @user_errors
-    def quota_for_zerogpu(config_yaml: str, data_file: str | None = None) -> zerogpu.QuotaPreview:
-        """The daily ZeroGPU quota a run would use: calls, steps_per_call, gpu_seconds, share_of_daily_quota
-        (per account tier), per_step_s (an upper bound until measured)."""
-        return service.zerogpu_quota_for(config_yaml, data_file)
-
-    @user_errors
-    def list_runs(request: gr.Request | None = None, profile: gr.OAuthProfile | None = None) -> list[dict[str, Any]]:
-        """Your runs, newest first, read from the run folders."""
-        return service.list_runs(ws, owner(request, profile))
-
-    @user_errors
-    def push(run_id: str, repo_id: str, private: bool = True, request: gr.Request | None = None,
-             profile: gr.OAuthProfile | None = None, oauth: gr.OAuthToken | None = None) -> str:
-        """Push a finished run's adapter (with its model card) to a Hub model repo; returns the URL."""
-        url = service.push(ws, owner(request, profile), run_id, repo_id, token=oauth_token(oauth), private=private)
-        return f"Pushed to {url}"
-
-    # -- UI wiring -----------------------------------------------------------------------------
-    def runs_frame(who: str) -> pd.DataFrame:
-        rows = service.list_runs(ws, who)
-        for r in rows:
-            r["status"] = badge(r)
-            if r.get("loss") is not None:
-                r["loss"] = round(r["loss"], 4)
-        return pd.DataFrame([{k: r.get(k) for k in TABLE_COLUMNS} for r in rows], columns=TABLE_COLUMNS)
-
-    @page_errors
-    def view(rid: str, request: gr.Request, profile: gr.OAuthProfile | None = None,
-             oauth: gr.OAuthToken | None = None) -> tuple[str, pd.DataFrame | None, str, gr.Timer, pd.DataFrame]:
-        who = owner(request, profile)
-        if not rid:
-            return progress_html({}), loss_frame({}), "", gr.Timer(active=False), runs_frame(who)
-        try:
-            state = service.run_status(ws, who, rid, token=oauth_token(oauth))
-            events = service.run_events(ws, who, rid)
-        except service.ServiceError as e:
-            return (f"<div class='ft-progress'>{html.escape(str(e))}</div>", loss_frame({}), "", gr.Timer(active=False),
-                    runs_frame(who))
-        live = state["status"] in LIVE or (state["status"] == "paused"
-                                                                    and state.get("backend") == "zerogpu")
-        return progress_html(state), loss_frame(state), events_text(events), gr.Timer(active=live), runs_frame(who)
-
-    def latest_run(request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
-        """The run a (re)loaded page opens on: the user's newest live run, else their newest run."""
-        states = service.run_states(ws, owner(request, profile))
-        live = [s for s in states if s.status in LIVE]
-        pick = max(live, key=lambda s: s.run_id) if live else (states[0] if states else None)
-        return pick.run_id if pick else ""
-
-    @page_errors
-    def table(request: gr.Request,
-              profile: gr.OAuthProfile | None = None) -> tuple[pd.DataFrame, gr.Dropdown, gr.Dropdown, str]:
-        who = owner(request, profile)
-        frame = runs_frame(who)
-        return (frame, gr.Dropdown(choices=list(frame["run_id"])), gr.Dropdown(choices=list(frame["run_id"])),
-                service.disk_usage(ws, who))
-
-    @user_errors
-    def delete_run(run_id: str, request: gr.Request | None = None, profile: gr.OAuthProfile | None = None) -> str:
-        """Delete one of your runs that is not training or waiting (to free disk); returns your disk use after."""
-        return service.delete_run(ws, owner(request, profile), run_id)
-
-    def compare_runs(run_ids: list[str] | None, request: gr.Request,
-                profile: gr.OAuthProfile | None = None) -> pd.DataFrame | None:
-        """The train loss of the chosen runs, one line per run (None: nothing chosen yet)."""
-        rows = service.loss_curves(ws, owner(request, profile), list(run_ids or []))
-        if not rows:
-            return None
-        return pd.DataFrame(rows, columns=["run", "step", "loss"]).astype({"step": "int64", "loss": "float64"})
-
-    @user_errors
-    def download(rid: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
-        return str(service.adapter_zip(ws, owner(request, profile), rid, api.downloads / "adapters"))
-
-    @page_errors
-    def backend_panels(name: str, config_yaml: str, data_file: str | None,
-                       flavor: str) -> tuple[gr.Group, str, gr.Group, str, str]:
-        zero, jobs = name == "zerogpu", name == "hf-jobs"
-        return (gr.Group(visible=zero), quota_text(config_yaml, data_file) if zero else "",
-                gr.Group(visible=jobs), jobs_text(config_yaml, flavor) if jobs else "",
-                BACKEND_INFO.get(name, LOCAL_INFO))
-
-    def quota_text(config_yaml: str, data_file: str | None) -> str:
-        if not zerogpu_ok:
-            return f"ZeroGPU is not available: {zerogpu_why}."
-        try:
-            est = service.zerogpu_quota_for(config_yaml, data_file)
-        except UserError as e:  # config, data or estimate errors, each with its fix (a bug is not one)
-            return f"The ZeroGPU quota of this run cannot be estimated yet: {e}"
-        return quota_markdown(est)
-
-    def jobs_text(config_yaml: str, flavor: str) -> str:
-        lines: list[str] = []
-        if not os.environ.get("SPACE_ID"):
-            lines.append("A job runs this app's own Space image: it is available when the app runs on a Space.")
-        try:
-            job = service.job_cost(config_yaml, flavor)
-        except UserError as e:  # config or estimate errors, each with its fix (a bug is not one)
-            lines.append(f"Time limit and cost: {e}")
-        else:
-            cost = f"at most ${job.max_usd:.2f}" if job.max_usd is not None else "price not listed"
-            lines.append(f"Time limit {job.limit_s // 60} min (the time estimate x{hfjobs.TIME_MARGIN:g} plus "
-                         f"start-up): {cost}; billed per minute actually used ({memory.prices_source()}).")
-        lines.append("Paid with your Hugging Face account: sign in (on a Space) or set HF_TOKEN; the token is sent "
-                     "to the job as a secret only.")
-        return "\n\n".join(lines)
-
-    outputs_view = [progress, plot, log_box, timer, runs_table]
-    start.click(start_from_form, [config_code, data_file, backend, flavor, jobs_repo, use_sample], run_id,
-                api_visibility="private", concurrency_limit=2).then(table, None, table_outputs,
-                                                                   api_visibility="private")
+def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zerogpu_enabled: bool | None = None,
+                     zerogpu_steps_per_call: int | None = None) -> TrainTab:
+    """``zerogpu_enabled``: offer ZeroGPU (default: detected, zerogpu.available()); ``zerogpu_steps_per_call``
+    caps the steps of each GPU call (default: planned from the measured step time)."""
+    zerogpu_ok, zerogpu_why = zerogpu.available() if zerogpu_enabled is None else (zerogpu_enabled, "switched off")
+    ep = TrainEndpoints(api, zerogpu_ok, zerogpu_why, zerogpu_steps_per_call)
+    w = _layout(api, zerogpu_ok, zerogpu_why)
+    mine, with_token = scoped(api), scoped(api, token=True)
+    run_id = w["run_id"]
+    view, table, latest_run = page_errors(with_token(ep.view)), page_errors(mine(ep.table)), mine(ep.latest_run)
+    summary_view = page_errors(ep.summary_view)
+    table_outputs = [w["runs_table"], w["runs_pick"], w["compare_pick"], w["disk"]]
+    outputs_view = [w["progress"], w["plot"], w["log_box"], w["timer"], w["runs_table"]]
+    w["start"].click(user_errors(with_token(ep.start_from_form)),
+                     [config_code, data_file, w["backend"], w["flavor"], w["jobs_repo"], w["use_sample"]], run_id,
+                     api_visibility="private", concurrency_limit=2).then(table, None, table_outputs,
+                                                                         api_visibility="private")
     # the API's start: a config with no data.source trains on the bundled sample (as the CLI does)
-    gr.Button(visible=False).click(start_training, [config_code, data_file, backend, flavor, jobs_repo], run_id,
+    gr.Button(visible=False).click(user_errors(with_token(ep.start_training)),
+                                   [config_code, data_file, w["backend"], w["flavor"], w["jobs_repo"]], run_id,
                                    api_name="start_training", concurrency_limit=2)
     run_id.change(view, run_id, outputs_view, api_visibility="private")
     status_json = gr.JSON(visible=False)
-    stop.click(stop_training, run_id, status_json, api_name="stop_training").then(view, run_id, outputs_view,
-                                                                          api_visibility="private")
-    resume.click(resume_training, run_id, run_id, api_name="resume_training", concurrency_limit=2).then(
+    w["stop"].click(user_errors(with_token(ep.stop_training)), run_id, status_json, api_name="stop_training").then(
         view, run_id, outputs_view, api_visibility="private")
-    timer.tick(view, run_id, outputs_view, api_visibility="private", show_progress="hidden")
-    runs_pick.change(lambda r: r, runs_pick, run_id, api_visibility="private")
-    refresh.click(table, None, table_outputs, api_visibility="private")
-    delete_btn.click(delete_run, run_id, disk, api_name="delete_run").then(table, None, table_outputs,
-                                                                          api_visibility="private")
-    compare_pick.change(compare_runs, compare_pick, compare_plot, api_visibility="private", show_progress="hidden")
-    download_btn.click(download, run_id, adapter_file, api_visibility="private")
-    push_btn.click(push, [run_id, repo, private], push_result, api_name="push_adapter")
-    panel_inputs = [backend, config_code, data_file, flavor]
-    panel_outputs = [zerogpu_box, zerogpu_quota, jobs_box, jobs_info, backend_help]
-    for trigger in (backend.change, config_code.change, data_file.change, flavor.change):
+    w["resume"].click(user_errors(mine(ep.resume_training)), run_id, run_id, api_name="resume_training",
+                      concurrency_limit=2).then(view, run_id, outputs_view, api_visibility="private")
+    w["timer"].tick(view, run_id, outputs_view, api_visibility="private", show_progress="hidden")
+    w["runs_pick"].change(lambda r: r, w["runs_pick"], run_id, api_visibility="private")
+    w["refresh"].click(table, None, table_outputs, api_visibility="private")
+    w["delete_btn"].click(user_errors(mine(ep.delete_run)), run_id, w["disk"], api_name="delete_run").then(
+        table, None, table_outputs, api_visibility="private")
+    w["compare_pick"].change(mine(ep.compare_runs), w["compare_pick"], w["compare_plot"], api_visibility="private",
+                             show_progress="hidden")
+    w["download_btn"].click(user_errors(mine(ep.download)), run_id, w["adapter_file"], api_visibility="private")
+    w["push_btn"].click(user_errors(with_token(ep.push)), [run_id, w["repo"], w["private"]], w["push_result"],
+                        api_name="push_adapter")
+    panel_inputs = [w["backend"], config_code, data_file, w["flavor"]]
+    panel_outputs = [w["zerogpu_box"], w["zerogpu_quota"], w["jobs_box"], w["jobs_info"], w["backend_help"]]
+    backend_panels = page_errors(ep.backend_panels)
+    for trigger in (w["backend"].change, config_code.change, data_file.change, w["flavor"].change):
         trigger(backend_panels, panel_inputs, panel_outputs, api_visibility="private", show_progress="hidden")
-        trigger(summary_view, panel_inputs, [summary, use_sample], api_visibility="private", show_progress="hidden")
+        trigger(summary_view, panel_inputs, [w["summary"], w["use_sample"]], api_visibility="private",
+                show_progress="hidden")
     # API-only endpoints (no button of their own)
-    gr.Button(visible=False).click(run_status, run_id, status_json, api_name="run_status")
-    gr.Button(visible=False).click(list_runs, None, status_json, api_name="list_runs")
-    gr.Button(visible=False).click(quota_for_zerogpu, [config_code, data_file], status_json, api_name="zerogpu_quota")
+    gr.Button(visible=False).click(user_errors(with_token(ep.run_status)), run_id, status_json, api_name="run_status")
+    gr.Button(visible=False).click(user_errors(mine(ep.list_runs)), None, status_json, api_name="list_runs")
+    gr.Button(visible=False).click(user_errors(ep.quota_for_zerogpu), [config_code, data_file], status_json,
+                                   api_name="zerogpu_quota")
     return {"run_id": run_id, "load": (table, table_outputs),
-            "on_load": [(summary_view, panel_inputs, [summary, use_sample]), (latest_run, [], [run_id])]}
+            "on_load": [(summary_view, panel_inputs, [w["summary"], w["use_sample"]]), (latest_run, [], [run_id])]}
 
 
-def finished_runs(ws: service.Workspace, who: str, checkpoints: bool = False) -> list[str]:
+def finished_runs(space: service.OwnerSpace, checkpoints: bool = False) -> list[str]:
     """The ids of the owner's runs that have an adapter; with ``checkpoints``, each followed by its usable
     checkpoints (``ID@step``)."""
     out: list[str] = []
-    for r in service.list_runs(ws, who):
+    for r in space.statuses():
         if r.get("has_adapter"):
             out.append(r["run_id"])
             if checkpoints:
-                out += service.checkpoint_choices(ws, who, r["run_id"])
+                out += space.checkpoint_choices(r["run_id"])
     return out
 
 
