@@ -128,6 +128,25 @@ def browser_secret(root: Path) -> str:
     return hashlib.sha256(f"finetune-browser-state:{Path(root).resolve()}".encode()).hexdigest()[:32]
 
 
+@dataclass
+class PushRow:
+    """A push to the Hub on the page: the repo box, the Private tick, the button, and the result under them."""
+
+    repo: gr.Textbox
+    private: gr.Checkbox
+    button: gr.Button
+    result: gr.Markdown
+
+
+def push_row(what: str, label: str, placeholder: str) -> PushRow:
+    """The widgets of a push (of ``what``: "dataset", "adapter") on one row, private by default."""
+    with gr.Row():
+        repo = gr.Textbox(value="", label=label, placeholder=placeholder, scale=3)
+        private = gr.Checkbox(value=True, label="Private")
+        button = gr.Button(f"⇪ Push {what}")
+    return PushRow(repo, private, button, gr.Markdown())
+
+
 def config_warnings_markdown(cfg: RunConfig) -> str:
     """Risky settings of a config (e.g. trust_remote_code on) as a visible warning above the fit verdict."""
     from ..config import config_warnings

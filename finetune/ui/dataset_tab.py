@@ -16,7 +16,7 @@ from ..data import parse_column_mapping
 from ..errors import UserError
 from ..templates import template_label
 from . import forms
-from .common import Api, Caller, page_errors, scoped, user_errors
+from .common import Api, Caller, page_errors, push_row, scoped, user_errors
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -277,11 +277,8 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
                                 interactive=False, wrap=True, elem_id="problems")
     with gr.Row():
         formatted = gr.File(label="Formatted JSONL (text, prompt, completion, messages)", interactive=False)
-    with gr.Row():
-        ds_repo = gr.Textbox(value="", label="Push the formatted dataset to", placeholder="you/my-dataset", scale=3)
-        ds_private = gr.Checkbox(value=True, label="Private")
-        ds_push = gr.Button("⇪ Push dataset")
-    ds_result = gr.Markdown()
+    ds = push_row("dataset", "Push the formatted dataset to", "you/my-dataset")
+    ds_repo, ds_private, ds_push, ds_result = ds.repo, ds.private, ds.button, ds.result
 
     ep = DatasetEndpoints(api)
     mine = scoped(api)

@@ -18,7 +18,7 @@ from ..backends import hfjobs, zerogpu
 from ..errors import UserError
 from ..limits import RunCaps
 from ..runs import LIVE, RunState
-from .common import Api, Caller, page_errors, scoped, user_errors
+from .common import Api, Caller, page_errors, push_row, scoped, user_errors
 from .evaluation_panel import create_evaluation_panel
 
 TABLE_COLUMNS = ["run_id", "status", "step", "max_steps", "loss", "model"]
@@ -436,11 +436,8 @@ def _layout(api: Api, zerogpu_ok: bool, zerogpu_why: str) -> dict[str, Any]:
     with gr.Row():
         download_btn = gr.Button("⬇ Download adapter (.zip)")
         adapter_file = gr.File(label="Adapter", interactive=False)
-    with gr.Row():
-        repo = gr.Textbox(value="", label="Push to Hub repo", placeholder="you/my-adapter", scale=3)
-        private = gr.Checkbox(value=True, label="Private")
-        push_btn = gr.Button("⇪ Push adapter")
-    push_result = gr.Markdown()
+    pushing = push_row("adapter", "Push to Hub repo", "you/my-adapter")
+    repo, private, push_btn, push_result = pushing.repo, pushing.private, pushing.button, pushing.result
     gr.Markdown("### Past runs")
     with gr.Row():
         runs_pick = gr.Dropdown(label="Open a run", choices=[], allow_custom_value=False, scale=3, elem_id="runs-pick")
