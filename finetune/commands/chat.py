@@ -11,15 +11,14 @@ import argparse
 import sys
 from typing import Iterable
 
+from .options import add_prompting
+
 HELP = "commands: /reset (forget the conversation), /exit (quit)"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("chat", help="chat with a base model and an adapter in the terminal", description=__doc__)
-    p.add_argument("--model", help="base model (default: the adapter's base, else the embedded default)")
-    p.add_argument("--adapter", help="a run folder, an adapter folder or a Hub repo id")
-    p.add_argument("--template", help="prompt template (default: the adapter's)")
-    p.add_argument("--system", help="system prompt (default: the one the adapter was trained with)")
+    add_prompting(p)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-p", type=float, default=0.9)

@@ -19,6 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .options import add_visibility
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from finetune.export.exporter import FORMATS
@@ -37,10 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--with-base", action="store_true", help="lora-gguf: also write the base model as GGUF")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16"), help="merged: weight dtype")
     p.add_argument("--model", help="the base model (default: the one the adapter names)")
-    vis = p.add_mutually_exclusive_group()
-    vis.add_argument("--private", dest="private", action="store_true", default=True,
-                     help="create the pushed repo as private (default)")
-    vis.add_argument("--public", dest="private", action="store_false", help="create the pushed repo as public")
+    add_visibility(p, True, "create the pushed repo as private (default)", "pushed repo")
     p.add_argument("--runs-root", help="the runs folder, to find a run by id (default: $FINETUNE_RUNS or ./runs)")
     p.add_argument("--ignore-template-mismatch", action="store_true",
                    help="export even when the adapter's chat template does not render what training rendered")

@@ -14,13 +14,12 @@ import argparse
 import json
 import sys
 
+from .options import add_prompting
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("generate", help="answer prompts with a base model and an adapter", description=__doc__)
-    p.add_argument("--model", help="base model (default: the adapter's base, else the embedded default)")
-    p.add_argument("--adapter", help="a run folder, an adapter folder or a Hub repo id")
-    p.add_argument("--template", help="prompt template (default: the adapter's)")
-    p.add_argument("--system", help="system prompt (default: the one the adapter was trained with)")
+    add_prompting(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="one user message")
     src.add_argument("--prompts", help="JSONL file of {prompt: ...} or {messages: [...]} rows")

@@ -14,16 +14,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from .options import add_visibility
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("push", help="push a run's adapter (and optionally a merged model) to the Hub",
                        description=__doc__)
     p.add_argument("run", metavar="RUN", help="run id, run folder or adapter folder")
     p.add_argument("--repo", help="Hub model repo, e.g. alice/city-year-lora (default: the run's hub.repo_id)")
-    vis = p.add_mutually_exclusive_group()
-    vis.add_argument("--private", dest="private", action="store_true", default=None,
-                     help="create the repo as private (default: the run's hub.private)")
-    vis.add_argument("--public", dest="private", action="store_false", help="create the repo as public")
+    add_visibility(p, None, "create the repo as private (default: the run's hub.private)")
     p.add_argument("--revision", help="branch to push to (created from main when missing)")
     p.add_argument("--message", default="Upload LoRA adapter with finetune", help="commit message")
     p.add_argument("--merged-repo", help="also push the merged 16-bit model to this repo")
