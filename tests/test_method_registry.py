@@ -74,7 +74,9 @@ def test_a_new_method_is_one_entry(toy):
 def test_the_preview_of_a_new_method_reads_its_entry(toy, tmp_path):
     rows = tmp_path / "pairs.jsonl"
     rows.write_text('{"prompt": "Capital of France?", "chosen": "Paris", "rejected": "Lyon"}\n', encoding="utf-8")
-    out = service.format_preview(str(rows), template="chatml", method="toy", out_dir=tmp_path / "out")
+    from finetune.ui.dataset_tab import preview_report
+
+    out = preview_report(service.format_preview(str(rows), template="chatml", method="toy", out_dir=tmp_path / "out"))
     assert out["summary"].startswith("**TOY data**") and out["examples"][0]["row"] == "1 (chosen)"
     with pytest.raises(service.ServiceError, match="not one of: sft, dpo, orpo, kto, grpo, toy"):
         service.format_preview(str(rows), template="chatml", method="nope", out_dir=tmp_path / "out")

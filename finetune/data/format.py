@@ -485,6 +485,8 @@ def format_dataset(
     shape = detect_shape(table.columns, d.columns or None, table.rows, name)
     if template == MODEL_TEMPLATE and tokenizer is None:
         raise DataError(name, None, "template 'model' needs the model's tokenizer; give --model or pick a template")
+    if SURROGATE.search(system_prompt):  # every example would carry it, and none could be written
+        raise DataError(name, None, f"the system prompt {SURROGATE_REASON}; {SURROGATE_FIX}")
 
     out = _Output(name, strict, (table.lines or {}).get, list(table.broken), keep_duplicates=d.keep_duplicates)
     fast = None if per_row else _single_turn_rows(table.rows, shape, template, tokenizer, train_on, system_prompt,

@@ -97,7 +97,7 @@ def format_preview(source: str, *, template: str, system_prompt: str = "", colum
         result.source = Path(source).name  # not the server's upload path
     out = out_dir / f"{_file_name(source, is_file)}.{template}.jsonl"
     data.write_jsonl(result.examples, out)
-    return Formatted("sft", result.source, result, list(result.lengths), out)
+    return Formatted(method, result.source, result, list(result.lengths), out)
 
 
 def _method_preview(source: str, method: str, *, template: str, system_prompt: str, columns: dict[str, str] | None,
