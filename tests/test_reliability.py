@@ -504,7 +504,7 @@ def test_path_traversal_in_run_ids_through_every_endpoint(app, tmp_path):
     who = "session:" + c.session_hash
     with writes_confined(app, c):
         for rid in TRAVERSAL_IDS:
-            for endpoint in ("/run_status", "/stop_training", "/resume_training"):
+            for endpoint in ("/run_status", "/stop_training", "/resume_training", "/delete_run"):
                 msg = app_error(c.predict, rid, api_name=endpoint)
                 assert "not a valid run id" in msg or "no run" in msg, (rid, endpoint, msg)
             msg = app_error(c.predict, rid, "me/repo", True, api_name="/push_adapter")  # anonymous: no push at all
@@ -583,7 +583,7 @@ def test_two_clients_cannot_touch_each_others_runs_through_the_api(app, tiny_mod
     assert wait_finished(alice, run_id)["status"] == "finished"
 
     assert bob.predict(api_name="/list_runs") == []
-    for endpoint in ("/run_status", "/stop_training", "/resume_training"):
+    for endpoint in ("/run_status", "/stop_training", "/resume_training", "/delete_run"):
         assert "no run" in app_error(bob.predict, run_id, api_name=endpoint)
     assert "sign in" in app_error(bob.predict, run_id, "bob/stolen", True, api_name="/push_adapter")
     with pytest.raises(service.ServiceError, match="no run"):  # signed in, bob still cannot push alice's run
