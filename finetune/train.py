@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -59,7 +58,7 @@ if TYPE_CHECKING:
     from transformers.trainer_utils import TrainOutput
 
     from .callbacks import EventsCallback
-    from .config import LoraSettings, TrainingConfig
+    from .config import LoraSettings
     from .cpushare import CpuShare
     from .data.preference import MethodData
     from .models import Model, ResolvedModel, Tokenizer
@@ -245,13 +244,6 @@ def _cpu_share(device: str) -> CpuShare | None:
     return cpushare.from_env(cpushare.cpu_cores(), concurrent)
 
 
-def _planned_steps(t: TrainingConfig, n_examples: int) -> int:
-    if t.max_steps > 0:
-        return t.max_steps
-    per_epoch = math.ceil(math.ceil(n_examples / (t.batch_size * world_size())) / t.grad_accum)  # DDP splits the data
-    return max(1, math.ceil(per_epoch * t.epochs))
-
-
 # ---------------------------------------------------------------------------------------------
 # train
 
@@ -410,7 +402,7 @@ def load_data(call: _Call, setup: _Setup) -> _Data:
 
         summary["test_prompts"] = len(limited(read_test_set(test_source), config.data.test_limit))
     try:  # an epochs run is planned only now, from the rows its data has
-        call.halt.check_planned(_planned_steps(t, len(run_data.train)))
+        call.halt.check_planned(t.steps_for(len(run_data.train), world_size()))
     except LimitError as e:
         raise TrainingError(str(e)) from None
     return _Data(run_data, test_source)
@@ -436,7 +428,7 @@ def _announce(call: _Call, setup: _Setup, data: _Data) -> CpuShare | None:
         resumed_from=str(setup.resume_from.relative_to(run_dir)) if setup.resume_from else None,
         init_adapter=start.label if start else None,
         data=data.run.summary,
-        max_steps=_planned_steps(config.training, len(data.run.train)),
+        max_steps=config.training.steps_for(len(data.run.train), world_size()),
     )
     if start is not None and (note := _lora_note(config, start)):
         call.log.emit("note", message=note)

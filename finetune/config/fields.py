@@ -8,6 +8,7 @@ True
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -262,6 +263,18 @@ class TrainingConfig:
     grpo_temperature: float = field(
         default=1.0, metadata=doc("GRPO: sampling temperature of the answers (higher: more varied groups)", min=0,
                                   exclusive="min", fix="1.0 is typical", method="grpo"))
+
+    def steps_for(self, examples: int, processes: int = 1) -> int:
+        """The optimizer steps of a run over ``examples`` training examples: ``max_steps`` when set, else the
+        epochs' (``processes`` data-parallel processes each take a share of every batch).
+
+        >>> TrainingConfig(batch_size=4, grad_accum=2, epochs=1.5).steps_for(100)
+        20
+        """
+        if self.max_steps > 0:
+            return self.max_steps
+        per_epoch = math.ceil(math.ceil(examples / (self.batch_size * processes)) / self.grad_accum)
+        return max(1, math.ceil(per_epoch * self.epochs))
 
 
 @dataclass

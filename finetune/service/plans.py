@@ -24,8 +24,6 @@ def planned_steps(config: RunConfig, rows: int | None = None) -> int | None:
     """The optimizer steps a run will take: ``training.max_steps``, else planned from the rows of its data and the
     epochs (``rows``: counted by the caller; else those of a local data file); None when unknown before it starts
     (a Hub dataset)."""
-    import math
-
     t = config.training
     if t.max_steps > 0:
         return t.max_steps
@@ -37,8 +35,7 @@ def planned_steps(config: RunConfig, rows: int | None = None) -> int | None:
         if not Path(source).is_file():
             return None
         rows = len(data.load_rows(source, max_bytes=data.max_upload_bytes()).rows)
-    examples = _training_examples(config, rows)
-    return max(1, math.ceil(math.ceil(math.ceil(examples / t.batch_size) / t.grad_accum) * t.epochs))
+    return t.steps_for(_training_examples(config, rows))
 
 
 def zerogpu_quota(config: RunConfig, data_file: str | Path | None = None) -> QuotaPreview:
