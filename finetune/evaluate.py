@@ -253,7 +253,8 @@ def evaluate(adapter: str | Path, data: str | Path, *, model: str | None = None,
     from .models import load_tokenizer
 
     if checkpoints not in ("none", "all"):
-        raise EvalError(f"--checkpoints must be 'all' or 'none', got '{checkpoints}'")
+        raise EvalError(f"--checkpoints must be 'all' or 'none', got '{checkpoints}'").in_app(
+            f"checkpoints must be 'all' or 'none', got '{checkpoints}'")
     started = time.time()
     examples = limited(read_test_set(data), limit)
     folder = adapter_dir(adapter)
@@ -331,9 +332,10 @@ def _kept_checkpoints(adapter: str | Path, run_dir: Path | None, label: str | No
     kept = runs.checkpoints(run_dir)
     if not kept:
         # the label is the run as the caller named it (the app's run id), never the server's folder
-        raise EvalError(f"{(label or str(run_dir)).partition('@')[0]} has no saved checkpoints; train with "
-                        "training.save_steps below the run's "
-                        "steps, or leave --checkpoints out")
+        said = (f"{(label or str(run_dir)).partition('@')[0]} has no saved checkpoints; train with "
+                "training.save_steps below the run's steps, or ")
+        raise EvalError(said + "leave --checkpoints out").in_app(
+            said + "untick Every kept checkpoint too (checkpoints 'none')")
     return kept
 
 
@@ -354,8 +356,9 @@ def _score_checkpoint(ck: Path, run_dir: Path | None, examples: Sequence[TestExa
     """One kept checkpoint's report entry: its adapter answers the test set (with its trained prompt)."""
     ck_adapter = find_adapter_dir(ck)
     if ck_adapter is None or ck_adapter == ck:
-        raise EvalError(f"{ck} has no adapter/ folder (saved by an older version of finetune); "
-                        "evaluate the finished run without --checkpoints all, or retrain")
+        said = "has no adapter/ folder (saved by an older version of finetune); evaluate the finished run without "
+        raise EvalError(f"{ck} {said}--checkpoints all, or retrain").in_app(  # the app: no server folder
+            f"{ck.name} {said}Every kept checkpoint too (checkpoints 'none'), or retrain")
     ck_answers, ck_metrics = _answer(examples, adapter=str(ck_adapter), model=base_model, template=None,
                                      system_prompt=None, max_new_tokens=max_new_tokens)
     return _entry(ck, run_dir, ck_metrics, ck_answers)

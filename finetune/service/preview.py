@@ -90,7 +90,7 @@ def format_preview(source: str, *, template: str, system_prompt: str = "", colum
                                      max_bytes=data.max_upload_bytes())
     except data.DataError as e:
         if is_file and e.file == str(source):  # name the file, not the server's upload path
-            raise data.DataError(Path(source).name, e.row, e.reason) from None
+            raise data.DataError(Path(source).name, e.row, e.reason, e.app_reason) from None
         raise
     out_dir.mkdir(parents=True, exist_ok=True)
     if is_file:
@@ -116,7 +116,7 @@ def _method_preview(source: str, method: str, *, template: str, system_prompt: s
                                    max_bytes=data.max_upload_bytes(), shape=methods.get(method).shape)
     except data.DataError as e:
         if is_file and e.file == str(source):
-            raise data.DataError(Path(source).name, e.row, e.reason) from None
+            raise data.DataError(Path(source).name, e.row, e.reason, e.app_reason) from None
         raise
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{_file_name(source, is_file)}.{method}.{template}.jsonl"
