@@ -250,8 +250,9 @@ class RunState:
     loss: float | None = None
     eval_loss: float | None = None
     tokens_per_s: float | None = None
-    eta_s: float | None = None
-    elapsed_s: float | None = None
+    eta_s: float | None = None  # while it trains only: measured, or the estimator's before a step is (eta_estimated)
+    eta_estimated: bool = False
+    elapsed_s: float | None = None  # training time of every process of the run (a resumed run goes on counting)
     message: str = ""
     started: float | None = None
     has_adapter: bool = False
@@ -263,6 +264,7 @@ class RunState:
     mem_gb: float | None = None  # device memory in use at the last step (gauge.Gauge), of mem_total_gb
     mem_total_gb: float | None = None
     util_pct: float | None = None  # device utilisation at the last step (CPU: 100 per busy core)
+    cpu_threads: int | None = None  # the threads a CPU run trains with (its started event): the cores it can keep busy
     pid: int | None = field(default=None, repr=False)  # the run's latest process (not shown: a server detail)
     # the latest step's method metrics (training.method other than sft: reward margins, KL, mean rewards...)
     metrics: dict[str, float] = field(default_factory=dict)
@@ -304,6 +306,7 @@ def read_run(run_dir: Path) -> RunState:
     before = "interrupted"  # the status as it would be without that launch
     sample_warnings: list[str] = []  # the latest samples' (a later healthy save clears them)
     other_warnings: dict[str, str] = {}  # the latest warning event of each kind
+    earlier_s, process_s = 0.0, 0.0  # training time of the run's earlier processes, and of the latest one
     for e in events:
         kind = e.get("type")
         if kind == "launched":  # the app started a training process for the run (backends.local)
@@ -326,15 +329,21 @@ def read_run(run_dir: Path) -> RunState:
             state.name = e.get("name", state.name)
             state.model = e.get("model", state.model)
             state.device = e.get("device", state.device) or state.device
+            state.cpu_threads = e.get("cpu_threads", state.cpu_threads)
+            earlier_s, process_s = earlier_s + process_s, 0.0  # each process counts its elapsed_s from its start
             state.max_steps = e.get("max_steps", state.max_steps) or state.max_steps
             state.status, state.message, state.queue_position = "running", "", None
             state.pid = e.get("pid")
         elif kind == "step":
             state.step = e.get("step", state.step)
             state.max_steps = e.get("max_steps", state.max_steps) or state.max_steps
-            for key in ("loss", "tokens_per_s", "eta_s", "elapsed_s", "mem_gb", "mem_total_gb", "util_pct"):
+            for key in ("loss", "tokens_per_s", "eta_s", "mem_gb", "mem_total_gb", "util_pct"):
                 if e.get(key) is not None:
                     setattr(state, key, e[key])
+            state.eta_estimated = bool(e.get("eta_estimated"))
+            if e.get("elapsed_s") is not None:
+                process_s = float(e["elapsed_s"])
+                state.elapsed_s = round(earlier_s + process_s, 2)
             if isinstance(e.get("metrics"), dict):
                 state.metrics = e["metrics"]
             if e.get("loss") is not None:
@@ -373,6 +382,8 @@ def read_run(run_dir: Path) -> RunState:
         # the process is gone without a final event: resumable
         state.status = before if pending is not None and state.status != "running" else "interrupted"
         state.queue_position = None
+    if state.status != "running":  # the time left of a run that trains no more means nothing
+        state.eta_s, state.eta_estimated = None, False
     state.has_adapter = is_adapter_dir(run_dir / ADAPTER)
     ck = last_checkpoint(run_dir)
     state.last_checkpoint = str(ck) if ck else None

@@ -490,13 +490,34 @@ def build_trainer(call: _Call, setup: _Setup, data: _Data, model: Model, peft_co
     return trainer, events
 
 
+def estimated_step_s(config: RunConfig, device: str, summary: dict[str, Any]) -> float | None:
+    """The estimator's seconds per step of a CPU run (memory.tokens_per_second on this machine's CPU, at the mean
+    tokenized length of the training rows when known, else max_length): the ETA before a step is measured. None on
+    other devices (a GPU's first step is over in seconds) or when the model's numbers cannot be read."""
+    from . import memory
+
+    if device != "cpu":
+        return None
+    t = config.training
+    rows, tokens = summary.get("train_examples"), summary.get("train_tokens")
+    seq_len = min(t.max_length, max(1, round(tokens / rows))) if rows and tokens else t.max_length
+    try:
+        cpu = memory.get_gpu("cpu")
+        spec = memory.spec_for_config(config, allow_hub=False)
+        tps = memory.tokens_per_second(spec, memory.setup_for(config, cpu, seq_len=seq_len), cpu)
+    except (memory.EstimateError, OSError, ValueError, KeyError):
+        return None
+    return t.batch_size * t.grad_accum * seq_len / tps if tps > 0 else None
+
+
 def _callbacks(call: _Call, setup: _Setup, data: _Data, settings: ResolvedSettings,
                share: CpuShare | None) -> tuple[list[TrainerCallback], EventsCallback]:
     """The run's callbacks in the order they act at a save: the checkpoint's adapter, the events (and stop
     rules), the test set scored and the preference samples answered with that adapter, the CPU share, then the
     caller's. Returns them and the events callback."""
     config, log, halt, device = call.config, call.log, call.halt, setup.device
-    events = events_callback(log, call.run_dir, halt, config.training.method, beta=methods.beta(config))
+    events = events_callback(log, call.run_dir, halt, config.training.method, beta=methods.beta(config),
+                             estimated_step_s=estimated_step_s(config, device, data.run.summary))
     callbacks = [checkpoint_adapter_callback(setup.saved_config, setup.tokenizer, setup.base.name,
                                              data.run.dialogs.system_prompt, data.run.summary, device), events,
                  *([share_callback(share, log)] if share else []), *call.callbacks]

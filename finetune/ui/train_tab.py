@@ -20,6 +20,7 @@ from ..limits import RunCaps
 from ..runs import LIVE, RunState
 from .common import Api, Caller, page_errors, push_row, scoped, user_errors
 from .evaluation_panel import create_evaluation_panel
+from .widgets import StepPlot
 
 TABLE_COLUMNS = ["run_id", "status", "step", "max_steps", "loss", "model"]
 STATUS_BADGE = {
@@ -106,9 +107,28 @@ def progress_html(state: dict[str, Any]) -> str:
         f"<div style='background:#4f46e5;width:{pct}%;height:14px;border-radius:6px'></div></div>"
         f"step <b>{step}</b> / {total or '?'} · loss <b>{'–' if loss is None else f'{loss:.4f}'}</b>"
         f" · {'–' if tps is None else f'{tps:,.0f}'} tokens/s · elapsed {_fmt_seconds(state.get('elapsed_s'))}"
-        f" · ETA {_fmt_seconds(state.get('eta_s'))}{gauge}{metrics_html(state.get('metrics') or {})}{msg}"
+        f"{eta_text(state)}{gauge}{metrics_html(state.get('metrics') or {})}{msg}"
         f"{samples_html(state.get('samples') or [], state.get('samples_step'))}</div>"
     )
+
+
+def eta_text(state: dict[str, Any]) -> str:
+    """`` · ETA 1m40s`` while the run trains (``~2m00s, estimated`` before a step is measured); empty otherwise: a
+    stopped, paused or finished run has no time left to show."""
+    if state.get("status") != "running":
+        return ""
+    eta = state.get("eta_s")
+    if eta is None:
+        return " · ETA: measuring the first steps"
+    return f" · ETA ~{_fmt_seconds(eta)} (estimated)" if state.get("eta_estimated") else f" · ETA {_fmt_seconds(eta)}"
+
+
+def cpu_text(util_pct: float, threads: int | None) -> str:
+    """The CPU a run keeps busy, in cores (``util_pct`` counts 100 per busy core): ``CPU: 1.6 of 2 cores busy``."""
+    cores = util_pct / 100
+    if threads:
+        return f"CPU: {cores:.1f} of {threads} core{'s' if threads != 1 else ''} busy ({min(100, round(util_pct / threads))}%)"
+    return f"CPU: {cores:.1f} cores busy"
 
 
 def warnings_html(warnings: list[str]) -> str:
@@ -142,7 +162,7 @@ def gauge_html(state: dict[str, Any]) -> str:
     pct = min(100, round(100 * used / total)) if total else 0
     colour = "#16a34a" if pct < 75 else "#d97706" if pct < 90 else "#dc2626"
     busy = "" if util is None else (f" · GPU {util:.0f}% busy" if state.get("device") == "cuda"
-                                    else f" · CPU {util:.0f}% (100 per core)")
+                                    else f" · {cpu_text(util, state.get('cpu_threads'))}")
     return (f"<div id='ft-gauge' style='margin-top:6px'>{device} {used:.1f} / {total or 0:.1f} GB ({pct}%){busy}"
             f"<div style='background:#eee;border-radius:6px;height:8px;margin-top:3px'>"
             f"<div style='background:{colour};width:{pct}%;height:8px;border-radius:6px'></div></div></div>")
@@ -166,6 +186,13 @@ def loss_frame(state: dict[str, Any]) -> pd.DataFrame | None:
         return None
     # explicit dtypes: an empty or object column would make the plot treat steps and losses as categories
     return pd.DataFrame(rows, columns=["step", "loss", "series"]).astype({"step": "int64", "loss": "float64"})
+
+
+def compare_frame(rows: list[dict[str, Any]]) -> pd.DataFrame | None:
+    """The loss points of several runs (run, step, loss); None with none."""
+    if not rows:
+        return None
+    return pd.DataFrame(rows, columns=["run", "step", "loss"]).astype({"step": "int64", "loss": "float64"})
 
 
 BACKEND_LABELS = {"local": "this machine", "zerogpu": "ZeroGPU", "hf-jobs": "Hugging Face Jobs"}
@@ -322,17 +349,21 @@ class TrainEndpoints:
         caps = service.run_caps(self.api.workspace) if service.backend_name(backend) == "local" else None
         return summary_markdown(s) + caps_markdown(caps, s["steps"]), gr.Checkbox(visible=s["sample"])
 
-    def view(self, me: Caller, rid: str) -> tuple[str, pd.DataFrame | None, str, gr.Timer, pd.DataFrame]:
+    def view(self, me: Caller, rid: str) -> tuple[str, pd.DataFrame | None, str, gr.Timer, pd.DataFrame,
+                                                  dict[str, Any]]:
+        """The run's progress line, loss chart (and its style, StepPlot.restyle), event log, timer and the runs."""
         if not rid:
-            return progress_html({}), loss_frame({}), "", gr.Timer(active=False), runs_frame(me.space)
+            return progress_html({}), None, "", gr.Timer(active=False), runs_frame(me.space), {}
         try:
             state = me.space.status(rid, token=me.token)
             events = me.space.events(rid)
         except service.ServiceError as e:
-            return (f"<div class='ft-progress'>{html.escape(str(e))}</div>", loss_frame({}), "", gr.Timer(active=False),
-                    runs_frame(me.space))
+            return (f"<div class='ft-progress'>{html.escape(str(e))}</div>", None, "", gr.Timer(active=False),
+                    runs_frame(me.space), {})
         live = state["status"] in LIVE or (state["status"] == "paused" and state.get("backend") == "zerogpu")
-        return progress_html(state), loss_frame(state), events_text(events), gr.Timer(active=live), runs_frame(me.space)
+        frame = loss_frame(state)
+        return (progress_html(state), frame, events_text(events), gr.Timer(active=live), runs_frame(me.space),
+                StepPlot.style(frame, "series"))
 
     def latest_run(self, me: Caller) -> str:
         """The run a (re)loaded page opens on: the user's newest live run, else their newest run."""
@@ -346,12 +377,11 @@ class TrainEndpoints:
         return (frame, gr.Dropdown(choices=list(frame["run_id"])), gr.Dropdown(choices=list(frame["run_id"])),
                 me.space.disk_usage())
 
-    def compare_runs(self, me: Caller, run_ids: list[str] | None) -> pd.DataFrame | None:
-        """The train loss of the chosen runs, one line per run (None: nothing chosen yet)."""
-        rows = me.space.loss_curves(list(run_ids or []))
-        if not rows:
-            return None
-        return pd.DataFrame(rows, columns=["run", "step", "loss"]).astype({"step": "int64", "loss": "float64"})
+    def compare_runs(self, me: Caller, run_ids: list[str] | None) -> tuple[pd.DataFrame | None, dict[str, Any]]:
+        """The train loss of the chosen runs, one line per run, and its style (StepPlot.restyle: each run in its
+        colour, named in the legend)."""
+        frame = compare_frame(me.space.loss_curves(list(run_ids or [])))
+        return frame, StepPlot.style(frame, "run")
 
     def download(self, me: Caller, rid: str) -> str:
         return str(me.space.adapter_zip(rid, self.api.downloads / "adapters"))
@@ -427,7 +457,7 @@ def _layout(api: Api, zerogpu_ok: bool, zerogpu_why: str) -> dict[str, Any]:
     run_id = gr.Textbox(value="", label="Run", interactive=False, elem_id="run-id")
     progress = gr.HTML(progress_html({}))
     with gr.Row():
-        plot = gr.LinePlot(None, x="step", y="loss", color="series", title="Loss", height=260,
+        plot = StepPlot(None, x="step", y="loss", color="series", title="Loss", height=260,
                            elem_id="loss-plot")
     timer = gr.Timer(2.0, active=False)  # ticks while the run is live: progress, loss and test-set curves
     create_evaluation_panel(api, run_id, timer)
@@ -449,7 +479,7 @@ def _layout(api: Api, zerogpu_ok: bool, zerogpu_why: str) -> dict[str, Any]:
     with gr.Accordion("Compare runs", open=False):
         compare_pick = gr.Dropdown(label="Runs to compare", choices=[], multiselect=True, elem_id="compare-runs",
                                    info="Their train loss curves, overlaid")
-        compare_plot = gr.LinePlot(None, x="step", y="loss", color="run", title="Train loss by run", height=260,
+        compare_plot = StepPlot(None, x="step", y="loss", color="run", title="Train loss by run", height=260,
                                    elem_id="compare-plot")
     return dict(backend=backend, backend_help=backend_help, zerogpu_box=zerogpu_box,
                 zerogpu_quota=zerogpu_quota, jobs_box=jobs_box, flavor=flavor, jobs_repo=jobs_repo, jobs_info=jobs_info,
@@ -472,7 +502,11 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
     view, table, latest_run = page_errors(with_token(ep.view)), page_errors(mine(ep.table)), mine(ep.latest_run)
     summary_view = page_errors(ep.summary_view)
     table_outputs = [w["runs_table"], w["runs_pick"], w["compare_pick"], w["disk"]]
-    outputs_view = [w["progress"], w["plot"], w["log_box"], w["timer"], w["runs_table"]]
+    loss_style, compare_style = gr.State({}), gr.State({})
+    outputs_view = [w["progress"], w["plot"], w["log_box"], w["timer"], w["runs_table"], loss_style]
+
+    def restyled(viewed: Any) -> None:  # the chart drawn anew when its series or axis kind changed (StepPlot)
+        viewed.then(StepPlot.restyle, loss_style, w["plot"], api_visibility="private", show_progress="hidden")
     w["start"].click(user_errors(with_token(ep.start_from_form)),
                      [config_code, data_file, w["backend"], w["flavor"], w["jobs_repo"], w["use_sample"]], run_id,
                      api_visibility="private", concurrency_limit=2).then(table, None, table_outputs,
@@ -481,19 +515,20 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
     gr.Button(visible=False).click(user_errors(with_token(ep.start_training)),
                                    [config_code, data_file, w["backend"], w["flavor"], w["jobs_repo"]], run_id,
                                    api_name="start_training", concurrency_limit=2)
-    run_id.change(view, run_id, outputs_view, api_visibility="private")
+    restyled(run_id.change(view, run_id, outputs_view, api_visibility="private"))
     status_json = gr.JSON(visible=False)
-    w["stop"].click(user_errors(with_token(ep.stop_training)), run_id, status_json, api_name="stop_training").then(
-        view, run_id, outputs_view, api_visibility="private")
-    w["resume"].click(user_errors(mine(ep.resume_training)), run_id, run_id, api_name="resume_training",
-                      concurrency_limit=2).then(view, run_id, outputs_view, api_visibility="private")
-    w["timer"].tick(view, run_id, outputs_view, api_visibility="private", show_progress="hidden")
+    restyled(w["stop"].click(user_errors(with_token(ep.stop_training)), run_id, status_json,
+                             api_name="stop_training").then(view, run_id, outputs_view, api_visibility="private"))
+    restyled(w["resume"].click(user_errors(mine(ep.resume_training)), run_id, run_id, api_name="resume_training",
+                               concurrency_limit=2).then(view, run_id, outputs_view, api_visibility="private"))
+    restyled(w["timer"].tick(view, run_id, outputs_view, api_visibility="private", show_progress="hidden"))
     w["runs_pick"].change(lambda r: r, w["runs_pick"], run_id, api_visibility="private")
     w["refresh"].click(table, None, table_outputs, api_visibility="private")
     w["delete_btn"].click(user_errors(mine(ep.delete_run)), run_id, w["disk"], api_name="delete_run").then(
         table, None, table_outputs, api_visibility="private")
-    w["compare_pick"].change(mine(ep.compare_runs), w["compare_pick"], w["compare_plot"], api_visibility="private",
-                             show_progress="hidden")
+    w["compare_pick"].change(mine(ep.compare_runs), w["compare_pick"], [w["compare_plot"], compare_style],
+                             api_visibility="private", show_progress="hidden").then(
+        StepPlot.restyle, compare_style, w["compare_plot"], api_visibility="private", show_progress="hidden")
     w["download_btn"].click(user_errors(mine(ep.download)), run_id, w["adapter_file"], api_visibility="private")
     w["push_btn"].click(user_errors(with_token(ep.push)), [run_id, w["repo"], w["private"]], w["push_result"],
                         api_name="push_adapter")
