@@ -48,8 +48,9 @@ def cli_status(run_dir: Path) -> dict:
 def assert_settled(run_dir: Path) -> str:
     """No live state without a live process: every process the run's events name is gone, and the status (as
     ``finetune status`` prints it) is not live. Returns the status."""
-    pids = {e["pid"] for e in read_events(run_dir) if isinstance(e.get("pid"), int)}
-    assert not any(runs._pid_alive(p) for p in pids - {os.getpid()}), "a process of the run still lives"
+    pids = {e["pid"] for e in read_events(run_dir) if isinstance(e.get("pid"), int)} - {os.getpid()}
+    # a process that recorded its end may take a moment to exit
+    wait_until(lambda: not any(runs._pid_alive(p) for p in pids), 30, "the run's processes to end")
     status = cli_status(run_dir)["status"]
     assert status not in runs.LIVE, status
     return status
