@@ -28,6 +28,14 @@ class DataError(ValueError, UserError):
         super().__init__(f"{file}{f':{row}' if row else ''}: {reason}")
 
 
+class ShapeError(DataError):
+    """Columns that fit none of the shapes looked for; ``columns`` are the data's (what else they may fit)."""
+
+    def __init__(self, file: str, reason: str, columns: tuple[str, ...]):
+        super().__init__(file, None, reason)
+        self.columns = columns
+
+
 @dataclass(frozen=True)
 class Problem:
     """One bad row: what is wrong and how to fix it. ``kind`` is 'error' (row skipped) or 'warning'."""
