@@ -51,8 +51,24 @@ DEFAULT_TEMPLATE_INFO: Mapping[str, Any] = MappingProxyType({"template": "model"
 
 
 def is_adapter_dir(folder: str | Path) -> bool:
-    """A folder holding a PEFT adapter (its ``adapter_config.json``)."""
-    return (Path(folder) / CONFIG_FILE).exists()
+    """A folder holding a PEFT adapter: its ``adapter_config.json`` and its weights (an adapter without weights is
+    not an adapter: see :func:`adapter_weights_missing` for the message that names the missing file)."""
+    return (Path(folder) / CONFIG_FILE).is_file() and (Path(folder) / WEIGHTS_FILE).is_file()
+
+
+def adapter_weights_missing(path: str | Path, label: str | None = None) -> str | None:
+    """When ``path`` (an adapter folder, a run or a checkpoint folder) holds an adapter whose weights file is gone
+    (its ``adapter_config.json`` without ``adapter_model.safetensors``): the message naming the missing file and the
+    fix, with ``label`` for the folder (a run id, so a server's paths stay private). None otherwise."""
+    p = Path(path)
+    for folder, shown in ((p / ADAPTER_DIR, f"{label}/{ADAPTER_DIR}" if label else str(p / ADAPTER_DIR)),
+                          (p, label or str(p))):
+        if (folder / CONFIG_FILE).is_file() and not (folder / WEIGHTS_FILE).is_file():
+            fix = ("resume the run (`finetune train --run-dir RUN`, or Resume in the app) to write it again from its "
+                   "last checkpoint, or use one of its checkpoints (RUN@STEP)" if folder.name == ADAPTER_DIR
+                   else "restore the file, or use another adapter")
+            return f"{shown}/{WEIGHTS_FILE} is missing: the adapter has no weights without it; {fix}"
+    return None
 
 
 def find_adapter_dir(path: str | Path) -> Path | None:
@@ -296,8 +312,12 @@ def refuse_unsafe_files(source: str, names: list[str]) -> None:
 
 
 def check_adapter_files(folder: str | Path, source: str | None = None) -> Path:
-    """Refuse an adapter folder holding pickles or code (named in the message); return the folder."""
+    """Refuse an adapter folder holding pickles or code (named in the message), or without its weights; return the
+    folder."""
     folder = Path(folder)
+    missing = adapter_weights_missing(folder, source)
+    if missing:
+        raise ModelError(missing)
     names = [str(f.relative_to(folder)) for f in folder.rglob("*") if f.is_file() or f.is_symlink()]
     refuse_unsafe_files(source or str(folder), [n for n in names if not n.startswith(".")])
     return folder

@@ -328,7 +328,7 @@ def _kept_checkpoints(adapter: str | Path, run_dir: Path | None, label: str | No
     if run_dir is None:
         raise EvalError(f"{adapter} is not a run folder, so it has no checkpoints; give the run folder "
                         "(runs/<id>) or leave --checkpoints out")
-    kept = runs.checkpoints(run_dir)
+    kept = runs.adapter_checkpoints(run_dir)
     if not kept:
         # the label is the run as the caller named it (the app's run id), never the server's folder
         raise EvalError(f"{(label or str(run_dir)).partition('@')[0]} has no saved checkpoints; train with "
@@ -531,7 +531,7 @@ class SaveEvaluation:
             answers, metrics = _answer(self.examples, adapter=str(folder), model=self.base_model, template=None,
                                        system_prompt=None, max_new_tokens=self.max_new_tokens)
         entry = _entry(checkpoint, self.run_dir, metrics, answers)
-        kept = {checkpoint_step(c) for c in runs.checkpoints(self.run_dir)}
+        kept = {checkpoint_step(c) for c in runs.adapter_checkpoints(self.run_dir)}
         entries = {c["step"]: c for c in self.report.get("checkpoints") or [] if c["step"] in kept}
         entries[entry["step"]] = entry  # a step saved again (a resumed run) replaces its entry
         self.report.update({

@@ -380,6 +380,11 @@ class OwnerSpace:
             return _checkpoint_adapter(run_dir, run_id, step)
         path = run_dir / ADAPTER_DIR
         if not is_adapter_dir(path):
+            from ..adapter import adapter_weights_missing
+
+            missing = adapter_weights_missing(path, f"run '{run_id}': {ADAPTER_DIR}")
+            if missing:
+                raise ServiceError(missing)
             raise ServiceError(f"run '{run_id}' has no adapter yet: it appears when the run finishes")
         return path
 
@@ -408,7 +413,7 @@ class OwnerSpace:
         from ..adapter import checkpoint_step, find_adapter_dir
 
         run_dir = self.run_dir(run_id)
-        return [f"{run_id}@{checkpoint_step(c)}" for c in runs.checkpoints(run_dir)
+        return [f"{run_id}@{checkpoint_step(c)}" for c in runs.adapter_checkpoints(run_dir)
                 if find_adapter_dir(c) not in (None, c)]
 
     def evaluate(self, run_id: str, test_file: str | Path | None, *,
@@ -608,7 +613,7 @@ class OwnerSpace:
 def _checkpoint_adapter(run_dir: Path, run_id: str, step: str) -> Path:
     from ..adapter import checkpoint_step, find_adapter_dir
 
-    kept = {checkpoint_step(c): c for c in runs.checkpoints(run_dir)}
+    kept = {checkpoint_step(c): c for c in runs.adapter_checkpoints(run_dir)}
     listed = ", ".join(f"{run_id}@{s}" for s in kept) or "none yet"
     if step == "best" or step.startswith("best-"):
         from ..evaluate import METRICS, best_checkpoint
