@@ -473,6 +473,7 @@ def read_run(run_dir: Path) -> RunState:
             state.pid, state.message = alive[-1], ""
     if state.status != "running":  # the time left of a run that trains no more means nothing
         state.eta_s, state.eta_estimated = None, False
+    state.name = config_name(run_dir) or state.name
     state.has_adapter = is_adapter_dir(run_dir / ADAPTER)
     if state.status == "finished" and not state.has_adapter:
         from .adapter import adapter_weights_missing
@@ -483,6 +484,32 @@ def read_run(run_dir: Path) -> RunState:
     ck = last_checkpoint(run_dir)
     state.last_checkpoint = str(ck) if ck else None
     return state
+
+
+_names: dict[Path, tuple[int, str]] = {}  # config.yaml -> (its mtime in ns, its name): read once per change
+
+
+def config_name(run_dir: Path) -> str:
+    """The name in a run's config (``name``, empty when none): a run is named from its start, before it trains."""
+    path = Path(run_dir) / CONFIG_FILE
+    try:
+        mtime = path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return ""
+    cached = _names.get(path)
+    if cached is None or cached[0] != mtime:
+        import yaml
+
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):  # a damaged config names nothing; its run still lists
+            data = None
+        name = data.get("name") if isinstance(data, dict) else None
+        cached = (mtime, name if isinstance(name, str) else "")
+        if len(_names) > 4096:
+            _names.clear()
+        _names[path] = cached
+    return cached[1]
 
 
 def list_runs(root: str | Path | None = None) -> list[RunState]:

@@ -55,7 +55,7 @@ def create_export_tab(api: Api) -> tuple[Callable[..., gr.Dropdown], list[gr.Dro
     @scoped(api)
     def runs(me: Caller) -> gr.Dropdown:
         choices = finished_runs(me.space)
-        return gr.Dropdown(choices=choices, value=choices[0] if choices else None)
+        return gr.Dropdown(choices=choices, value=choices[0][1] if choices else None)
 
     def describe(name: str) -> str:
         return FORMAT_HELP.get(name, "")

@@ -18,11 +18,12 @@ from ..backends import hfjobs, zerogpu
 from ..errors import UserError
 from ..limits import RunCaps
 from ..runs import LIVE, RunState
+from . import forms
 from .common import Api, Caller, page_errors, push_row, scoped, user_errors
 from .evaluation_panel import create_evaluation_panel
 from .widgets import StepPlot
 
-TABLE_COLUMNS = ["run_id", "status", "step", "max_steps", "loss", "model"]
+TABLE_COLUMNS = ["name", "run_id", "status", "step", "max_steps", "loss", "model"]
 STATUS_BADGE = {
     "running": "🟢 running", "finished": "✅ finished", "failed": "❌ failed", "stopped": "⏹ stopped",
     "paused": "⏸ paused", "interrupted": "⚠️ interrupted (resumable)", "new": "… starting", "queued": "⏳ queued",
@@ -102,7 +103,7 @@ def progress_html(state: dict[str, Any]) -> str:
     gauge = gauge_html(state)
     return (
         f"{warnings_html(state.get('warnings') or [])}"
-        f"<div class='ft-progress' id='ft-progress'><b>{state['run_id']}</b> · {badge(state)}"
+        f"<div class='ft-progress' id='ft-progress'>{_run_title(state)} · {badge(state)}"
         f"<div style='background:#eee;border-radius:6px;height:14px;margin:6px 0'>"
         f"<div style='background:#4f46e5;width:{pct}%;height:14px;border-radius:6px'></div></div>"
         f"step <b>{step}</b> / {total or '?'} · loss <b>{'–' if loss is None else f'{loss:.4f}'}</b>"
@@ -129,6 +130,18 @@ def cpu_text(util_pct: float, threads: int | None) -> str:
     if threads:
         return f"CPU: {cores:.1f} of {threads} core{'s' if threads != 1 else ''} busy ({min(100, round(util_pct / threads))}%)"
     return f"CPU: {cores:.1f} cores busy"
+
+
+def _run_title(state: dict[str, Any]) -> str:
+    """The run's name (escaped: anyone's text) and id."""
+    name = state.get("name") or ""
+    return (f"<b>{html.escape(name)}</b> <span class='ft-row'>{html.escape(state['run_id'])}</span>" if name
+            else f"<b>{html.escape(state['run_id'])}</b>")
+
+
+def run_choices(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """The runs of a runs table as picker choices: (its name and id, its id)."""
+    return [(f"{name} · {rid}" if name else rid, rid) for name, rid in zip(frame["name"], frame["run_id"])]
 
 
 def warnings_html(warnings: list[str]) -> str:
@@ -374,13 +387,17 @@ class TrainEndpoints:
 
     def table(self, me: Caller) -> tuple[pd.DataFrame, gr.Dropdown, gr.Dropdown, str]:
         frame = runs_frame(me.space)
-        return (frame, gr.Dropdown(choices=list(frame["run_id"])), gr.Dropdown(choices=list(frame["run_id"])),
+        return (frame, gr.Dropdown(choices=run_choices(frame)), gr.Dropdown(choices=run_choices(frame)),
                 me.space.disk_usage())
 
     def compare_runs(self, me: Caller, run_ids: list[str] | None) -> tuple[pd.DataFrame | None, dict[str, Any]]:
         """The train loss of the chosen runs, one line per run, and its style (StepPlot.restyle: each run in its
-        colour, named in the legend)."""
-        frame = compare_frame(me.space.loss_curves(list(run_ids or [])))
+        colour, named in the legend as in the run pickers)."""
+        rows = me.space.loss_curves(list(run_ids or []))
+        if rows:
+            names = {r["run_id"]: r.get("name") or "" for r in me.space.statuses()}
+            rows = [r | {"run": f"{names[r['run']]} · {r['run']}" if names.get(r["run"]) else r["run"]} for r in rows]
+        frame = compare_frame(rows)
         return frame, StepPlot.style(frame, "run")
 
     def download(self, me: Caller, rid: str) -> str:
@@ -429,8 +446,9 @@ def jobs_text(config_yaml: str, flavor: str) -> str:
     return "\n\n".join(lines)
 
 
-def _layout(api: Api, zerogpu_ok: bool, zerogpu_why: str) -> dict[str, Any]:
-    """The tab's widgets, in page order (the evaluation panel under the run's progress), by name."""
+def _layout(api: Api, zerogpu_ok: bool, zerogpu_why: str, components: dict[str, forms.FormWidget]) -> dict[str, Any]:
+    """The tab's widgets, in page order (the evaluation panel under the run's progress), by name; the config fields
+    of the run itself (its name) into ``components``."""
     flavors = flavor_choices()
     with gr.Row():
         backend = gr.Radio(backend_choices(zerogpu_ok, zerogpu_why), value="local", label="Where to train",
@@ -450,6 +468,9 @@ def _layout(api: Api, zerogpu_ok: bool, zerogpu_why: str) -> dict[str, Any]:
     use_sample = gr.Checkbox(False, label="Train on the bundled sample (no dataset chosen)", visible=False,
                              elem_id="use-sample", info="240 sentences with a city and a year to extract as JSON: "
                              "a quick way to try the app. Untick, and choose your data in 1 · Dataset.")
+    with gr.Row():
+        for f in forms.RUN_FIELDS:  # the run's name: in its config, the run list and the pickers
+            components[f.key] = forms.make_component(f, "")
     with gr.Row():
         start = gr.Button("▶ Start training", variant="primary", elem_id="start-training")
         stop = gr.Button("⏹ Stop", elem_id="stop-training")
@@ -474,8 +495,7 @@ def _layout(api: Api, zerogpu_ok: bool, zerogpu_why: str) -> dict[str, Any]:
         refresh = gr.Button("↻ Refresh list")
         delete_btn = gr.Button("🗑 Delete the open run", elem_id="delete-run")
     disk = gr.Markdown(elem_id="disk-usage")
-    runs_table = gr.Dataframe(headers=["run_id", "status", "step", "max_steps", "loss", "model"], interactive=False,
-                              elem_id="runs-table")
+    runs_table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, elem_id="runs-table")
     with gr.Accordion("Compare runs", open=False):
         compare_pick = gr.Dropdown(label="Runs to compare", choices=[], multiselect=True, elem_id="compare-runs",
                                    info="Their train loss curves, overlaid")
@@ -491,12 +511,14 @@ def _layout(api: Api, zerogpu_ok: bool, zerogpu_why: str) -> dict[str, Any]:
 
 
 def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zerogpu_enabled: bool | None = None,
-                     zerogpu_steps_per_call: int | None = None) -> TrainTab:
+                     zerogpu_steps_per_call: int | None = None,
+                     components: dict[str, forms.FormWidget] | None = None) -> TrainTab:
     """``zerogpu_enabled``: offer ZeroGPU (default: detected, zerogpu.available()); ``zerogpu_steps_per_call``
-    caps the steps of each GPU call (default: planned from the measured step time)."""
+    caps the steps of each GPU call (default: planned from the measured step time); ``components``: the form's
+    widgets, where the run's own fields (its name) are added."""
     zerogpu_ok, zerogpu_why = zerogpu.available() if zerogpu_enabled is None else (zerogpu_enabled, "switched off")
     ep = TrainEndpoints(api, zerogpu_ok, zerogpu_why, zerogpu_steps_per_call)
-    w = _layout(api, zerogpu_ok, zerogpu_why)
+    w = _layout(api, zerogpu_ok, zerogpu_why, {} if components is None else components)
     mine, with_token = scoped(api), scoped(api, token=True)
     run_id = w["run_id"]
     view, table, latest_run = page_errors(with_token(ep.view)), page_errors(mine(ep.table)), mine(ep.latest_run)
@@ -524,8 +546,9 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
     restyled(w["timer"].tick(view, run_id, outputs_view, api_visibility="private", show_progress="hidden"))
     w["runs_pick"].change(lambda r: r, w["runs_pick"], run_id, api_visibility="private")
     w["refresh"].click(table, None, table_outputs, api_visibility="private")
-    w["delete_btn"].click(user_errors(mine(ep.delete_run)), run_id, w["disk"], api_name="delete_run").then(
-        table, None, table_outputs, api_visibility="private")
+    deleted = w["delete_btn"].click(user_errors(mine(ep.delete_run)), run_id, w["disk"], api_name="delete_run")
+    deleted.then(table, None, table_outputs, api_visibility="private")
+    deleted.success(lambda: "", None, run_id, api_visibility="private")  # gone: the page shows no run
     w["compare_pick"].change(mine(ep.compare_runs), w["compare_pick"], [w["compare_plot"], compare_style],
                              api_visibility="private", show_progress="hidden").then(
         StepPlot.restyle, compare_style, w["compare_plot"], api_visibility="private", show_progress="hidden")
@@ -548,15 +571,16 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
             "on_load": [(summary_view, panel_inputs, [w["summary"], w["use_sample"]]), (latest_run, [], [run_id])]}
 
 
-def finished_runs(space: service.OwnerSpace, checkpoints: bool = False) -> list[str]:
-    """The ids of the owner's runs that have an adapter; with ``checkpoints``, each followed by its usable
-    checkpoints (``ID@step``)."""
-    out: list[str] = []
+def finished_runs(space: service.OwnerSpace, checkpoints: bool = False) -> list[tuple[str, str]]:
+    """The owner's runs that have an adapter as picker choices (their name and id, their id); with
+    ``checkpoints``, each followed by its usable checkpoints (``ID@step``)."""
+    out: list[tuple[str, str]] = []
     for r in space.statuses():
         if r.get("has_adapter"):
-            out.append(r["run_id"])
+            named = f"{r['name']} · " if r.get("name") else ""
+            out.append((named + r["run_id"], r["run_id"]))
             if checkpoints:
-                out += space.checkpoint_choices(r["run_id"])
+                out += [(named + c, c) for c in space.checkpoint_choices(r["run_id"])]
     return out
 
 
