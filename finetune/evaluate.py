@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from . import runs
-from .adapter import adapter_step, checkpoint_step, find_adapter_dir
+from .adapter import adapter_file_missing, adapter_step, checkpoint_step, find_adapter_dir
 from .data.detect import INPUT_SEPARATOR, cell_text, detect_shape, row_messages
 from .data.read import load_rows
 from .data.validate import DataError, RowError
@@ -353,6 +353,9 @@ def _score_checkpoint(ck: Path, run_dir: Path | None, examples: Sequence[TestExa
                       max_new_tokens: int) -> dict[str, Any]:
     """One kept checkpoint's report entry: its adapter answers the test set (with its trained prompt)."""
     ck_adapter = find_adapter_dir(ck)
+    missing = adapter_file_missing(ck, f"{ck.parent.parent.name}/{ck.parent.name}/{ck.name}")
+    if missing:
+        raise EvalError(missing)
     if ck_adapter is None or ck_adapter == ck:
         raise EvalError(f"{ck} has no adapter/ folder (saved by an older version of finetune); "
                         "evaluate the finished run without --checkpoints all, or retrain")

@@ -476,9 +476,9 @@ def read_run(run_dir: Path) -> RunState:
     state.name = config_name(run_dir) or state.name
     state.has_adapter = is_adapter_dir(run_dir / ADAPTER)
     if state.status == "finished" and not state.has_adapter:
-        from .adapter import adapter_weights_missing
+        from .adapter import adapter_file_missing
 
-        missing = adapter_weights_missing(run_dir / ADAPTER, f"{run_dir.name}/{ADAPTER}")
+        missing = adapter_file_missing(run_dir / ADAPTER, f"{run_dir.name}/{ADAPTER}")
         if missing:  # finished, but the adapter it wrote lost its weights since: say which file, and the fix
             state.message = missing
     ck = last_checkpoint(run_dir)

@@ -380,9 +380,9 @@ class OwnerSpace:
             return _checkpoint_adapter(run_dir, run_id, step)
         path = run_dir / ADAPTER_DIR
         if not is_adapter_dir(path):
-            from ..adapter import adapter_weights_missing
+            from ..adapter import adapter_file_missing
 
-            missing = adapter_weights_missing(path, f"run '{run_id}': {ADAPTER_DIR}")
+            missing = adapter_file_missing(path, f"run '{run_id}': {ADAPTER_DIR}")
             if missing:
                 raise ServiceError(missing)
             raise ServiceError(f"run '{run_id}' has no adapter yet: it appears when the run finishes")
@@ -630,6 +630,11 @@ def _checkpoint_adapter(run_dir: Path, run_id: str, step: str) -> Path:
     if not (step.isascii() and step.isdigit()) or int(step) not in kept:  # "²" is a digit to isdigit, not to int
         raise ServiceError(f"run '{run_id}' has no checkpoint '{step}'; its checkpoints: {listed}")
     folder = find_adapter_dir(kept[int(step)])
+    from ..adapter import adapter_file_missing
+
+    missing = adapter_file_missing(kept[int(step)], f"run '{run_id}': {runs.CHECKPOINTS}/checkpoint-{int(step)}")
+    if missing:
+        raise ServiceError(missing)
     if folder is None or folder == kept[int(step)]:
         raise ServiceError(f"checkpoint {step} of run '{run_id}' has no adapter folder (saved by an older "
                            "version); use the finished run")
