@@ -51,8 +51,32 @@ DEFAULT_TEMPLATE_INFO: Mapping[str, Any] = MappingProxyType({"template": "model"
 
 
 def is_adapter_dir(folder: str | Path) -> bool:
-    """A folder holding a PEFT adapter (its ``adapter_config.json``)."""
-    return (Path(folder) / CONFIG_FILE).exists()
+    """A folder holding a PEFT adapter: its ``adapter_config.json`` and its weights (an adapter without weights is
+    not an adapter: :func:`adapter_file_missing` is the message that names the missing file)."""
+    return (Path(folder) / CONFIG_FILE).is_file() and (Path(folder) / WEIGHTS_FILE).is_file()
+
+
+def adapter_file_missing(path: str | Path, label: str | None = None) -> str | None:
+    """When ``path`` (an adapter folder, a run or a checkpoint folder) holds an adapter that lost one of its two files
+    (``adapter_config.json`` or ``adapter_model.safetensors``; for a run or checkpoint, its ``adapter/`` folder
+    without either): the message naming the missing file and the fix, with ``label`` for the folder (a run id, so a
+    server's paths stay private). None when the adapter is whole or there is none at all."""
+    p = Path(path)
+    for folder, shown in ((p / ADAPTER_DIR, f"{label}/{ADAPTER_DIR}" if label else str(p / ADAPTER_DIR)),
+                          (p, label or str(p))):
+        config, weights = (folder / CONFIG_FILE).is_file(), (folder / WEIGHTS_FILE).is_file()
+        if config and weights:
+            return None
+        own = folder.name == ADAPTER_DIR and folder.is_dir() and any(folder.iterdir())  # a run's adapter/, emptied
+        if config or weights or own:
+            missing = WEIGHTS_FILE if config else CONFIG_FILE
+            what = "weights" if config else "LoRA settings"
+            fix = ("resume the run (`finetune train --run-dir RUN`, or Resume in the app) to write it again from its "
+                   "last checkpoint, or use one of its checkpoints (RUN@STEP)"
+                   if folder.name == ADAPTER_DIR and checkpoint_step(folder) is None  # a run's, not a checkpoint's
+                   else "restore the file, or use another checkpoint or adapter")
+            return f"{shown}/{missing} is missing: the adapter has no {what} without it; {fix}"
+    return None
 
 
 def find_adapter_dir(path: str | Path) -> Path | None:
@@ -296,8 +320,12 @@ def refuse_unsafe_files(source: str, names: list[str]) -> None:
 
 
 def check_adapter_files(folder: str | Path, source: str | None = None) -> Path:
-    """Refuse an adapter folder holding pickles or code (named in the message); return the folder."""
+    """Refuse an adapter folder holding pickles or code (named in the message), or without its weights; return the
+    folder."""
     folder = Path(folder)
+    missing = adapter_file_missing(folder, source)
+    if missing:
+        raise ModelError(missing)
     names = [str(f.relative_to(folder)) for f in folder.rglob("*") if f.is_file() or f.is_symlink()]
     refuse_unsafe_files(source or str(folder), [n for n in names if not n.startswith(".")])
     return folder

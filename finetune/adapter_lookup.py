@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from . import refs
-from .adapter import (ADAPTER_FILES, CONFIG_FILE, DEFAULT_TEMPLATE_INFO, check_adapter_files, find_adapter_dir,
-                      read_base_model, read_template_info, refuse_unsafe_files)
+from .adapter import (ADAPTER_FILES, CONFIG_FILE, DEFAULT_TEMPLATE_INFO, adapter_file_missing, check_adapter_files,
+                      find_adapter_dir, read_base_model, read_template_info, refuse_unsafe_files)
 from .config import ModelConfig
 from .errors import is_programming_error
 from .models import EMBEDDED_REPO_ID, ModelError
@@ -30,6 +30,9 @@ def adapter_dir(path: str | Path, revision: str | None = None) -> Path:
     ref = refs.classify(text, strict=False, revision=True)
     if ref.kind == "hub" and ref.has_namespace:
         return check_adapter_files(_download_adapter(ref.repo_id, revision or ref.revision), source=ref.repo_id)
+    missing = adapter_file_missing(path)
+    if missing:
+        raise ModelError(missing)
     if Path(path).exists() or refs.starts_like_path(text):
         raise ModelError(f"{path} holds no adapter ({CONFIG_FILE}); point at a finished run or an adapter folder")
     raise ModelError(f"'{text.partition('@')[0]}' is neither an adapter folder nor a Hub repo id (org/name)")

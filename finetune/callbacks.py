@@ -35,11 +35,16 @@ if TYPE_CHECKING:
 
 
 def events_callback(log: EventSink, run_dir: Path, halt: Halt, method: str = "sft",
-                    beta: float = 0.0) -> EventsCallback:
+                    beta: float = 0.0, estimated_step_s: float | None = None) -> EventsCallback:
     """A ``step`` event per logged step (loss, speed, ETA, the gauge, the method's metrics), ``eval`` and
     ``checkpoint`` events, and ``halt``'s rules at each step's end: a halted run saves a checkpoint and ends the
     call (``halt_reason``). ``beta``: the method's (methods.beta), which scales the reward margin a dpo or kto step
-    logs."""
+    logs.
+
+    The ETA is measured (:func:`eta_seconds`): the wall time per step since the end of the process's first step
+    (which also loads data, warms kernels up and allocates: several times a steady step), saves and their scoring
+    included. Until a step after the first is done, it is the estimator's (``estimated_step_s``, memory.time_cost;
+    the event says ``eta_estimated``), or none."""
     from transformers import TrainerCallback
 
     from .degeneration import margin_warning
@@ -50,14 +55,13 @@ def events_callback(log: EventSink, run_dir: Path, halt: Halt, method: str = "sf
             self.halt_message: str | None = None  # why, when not the user's stop or a chunk's end
             self.last_time = time.time()
             self.last_tokens = 0
-            self.first_step: int | None = None
+            self.first_done: tuple[int, float] | None = None  # (step, time) at the end of this process's first step
             self.step_times: list[float] = []
             self.gauge = Gauge()
             self.margin_warned = False  # the reward margin's warning is written once per process
 
         def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                            **kw: Any) -> None:
-            self.first_step = state.global_step
             self.last_tokens = state.num_input_tokens_seen or 0
             self.last_time = time.time()
 
@@ -66,6 +70,8 @@ def events_callback(log: EventSink, run_dir: Path, halt: Halt, method: str = "sf
             now = time.time()
             self.step_times.append(now - self.last_time)
             self.last_time = now
+            if self.first_done is None:
+                self.first_done = (state.global_step, now)
             per_step = sum(self.step_times[-5:]) / len(self.step_times[-5:])
             reason, message = halt.decide(state.global_step, state.max_steps, per_step, now, run_dir)
             if message is not None:
@@ -84,9 +90,7 @@ def events_callback(log: EventSink, run_dir: Path, halt: Halt, method: str = "sf
             now = time.time()
             elapsed = now - halt.started_at
             tokens = state.num_input_tokens_seen or 0
-            done = state.global_step - (self.first_step or 0)
-            recent = self.step_times[-10:]
-            per_step = sum(recent) / len(recent) if recent else None
+            eta, estimated = eta_seconds(state.global_step, state.max_steps, now, self.first_done, estimated_step_s)
             # int: transformers types logging_steps as float (below 1 it is a ratio); ours is a whole number >= 1
             tps = (tokens - self.last_tokens) / max(sum(self.step_times[-int(args.logging_steps):]), 1e-9)
             self.last_tokens = tokens
@@ -102,7 +106,8 @@ def events_callback(log: EventSink, run_dir: Path, halt: Halt, method: str = "sf
                 tokens_per_s=round(tps, 1),
                 tokens_seen=tokens,
                 elapsed_s=round(elapsed, 2),
-                eta_s=round(per_step * (state.max_steps - state.global_step), 1) if per_step and done else None,
+                eta_s=eta,
+                **({"eta_estimated": True} if estimated else {}),
                 **self.gauge.read(),
                 **({"metrics": metrics} if metrics is not None else {}),
             )
@@ -122,6 +127,25 @@ def events_callback(log: EventSink, run_dir: Path, halt: Halt, method: str = "sf
             log.emit("checkpoint", step=state.global_step, path=str(path.relative_to(run_dir)))
 
     return cast("EventsCallback", Events())  # Events is EventsCallback's shape, defined once transformers is imported
+
+
+def eta_seconds(step: int, max_steps: int, now: float, first_done: tuple[int, float] | None,
+                estimated_step_s: float | None = None) -> tuple[float | None, bool]:
+    """The time left at ``step`` and whether it is the estimator's: measured as the wall time per step since the end
+    of the process's first step (``first_done``: its step and time); before a later step ends, the estimated step
+    time (None: no ETA yet).
+
+    >>> eta_seconds(6, 10, 110.0, (2, 100.0))  # 4 steps in 10 s, 4 left
+    (10.0, False)
+    >>> eta_seconds(1, 10, 50.0, (1, 50.0), estimated_step_s=3.0)
+    (27.0, True)
+    """
+    left = max(0, max_steps - step)
+    if first_done is not None and step > first_done[0]:
+        return round((now - first_done[1]) / (step - first_done[0]) * left, 1), False
+    if estimated_step_s:
+        return round(estimated_step_s * left, 1), True
+    return None, False
 
 
 def checkpoint_adapter_callback(config: RunConfig, tokenizer: Tokenizer, base_name: str, system_prompt: str,

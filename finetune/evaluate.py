@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from . import runs
-from .adapter import adapter_step, checkpoint_step, find_adapter_dir
+from .adapter import adapter_file_missing, adapter_step, checkpoint_step, find_adapter_dir
 from .data.detect import INPUT_SEPARATOR, cell_text, detect_shape, row_messages
 from .data.read import load_rows
 from .data.validate import DataError, RowError
@@ -329,7 +329,7 @@ def _kept_checkpoints(adapter: str | Path, run_dir: Path | None, label: str | No
     if run_dir is None:
         raise EvalError(f"{adapter} is not a run folder, so it has no checkpoints; give the run folder "
                         "(runs/<id>) or leave --checkpoints out")
-    kept = runs.checkpoints(run_dir)
+    kept = runs.adapter_checkpoints(run_dir)
     if not kept:
         # the label is the run as the caller named it (the app's run id), never the server's folder
         said = (f"{(label or str(run_dir)).partition('@')[0]} has no saved checkpoints; train with "
@@ -355,6 +355,9 @@ def _score_checkpoint(ck: Path, run_dir: Path | None, examples: Sequence[TestExa
                       max_new_tokens: int) -> dict[str, Any]:
     """One kept checkpoint's report entry: its adapter answers the test set (with its trained prompt)."""
     ck_adapter = find_adapter_dir(ck)
+    missing = adapter_file_missing(ck, f"{ck.parent.parent.name}/{ck.parent.name}/{ck.name}")
+    if missing:
+        raise EvalError(missing)
     if ck_adapter is None or ck_adapter == ck:
         said = "has no adapter/ folder (saved by an older version of finetune); evaluate the finished run without "
         raise EvalError(f"{ck} {said}--checkpoints all, or retrain").in_app(  # the app: no server folder
@@ -534,7 +537,7 @@ class SaveEvaluation:
             answers, metrics = _answer(self.examples, adapter=str(folder), model=self.base_model, template=None,
                                        system_prompt=None, max_new_tokens=self.max_new_tokens)
         entry = _entry(checkpoint, self.run_dir, metrics, answers)
-        kept = {checkpoint_step(c) for c in runs.checkpoints(self.run_dir)}
+        kept = {checkpoint_step(c) for c in runs.adapter_checkpoints(self.run_dir)}
         entries = {c["step"]: c for c in self.report.get("checkpoints") or [] if c["step"] in kept}
         entries[entry["step"]] = entry  # a step saved again (a resumed run) replaces its entry
         self.report.update({

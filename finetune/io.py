@@ -76,6 +76,37 @@ def append_jsonl(path: Path, obj: object) -> None:
         os.close(fd)
 
 
+def pid_alive(pid: object) -> bool:
+    """Whether process ``pid`` (of this machine) lives."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_dead_partials(folder: Path, marker: str = ".partial") -> list[Path]:
+    """Remove what processes that are gone left half-written in ``folder``: hidden ``.NAME<marker><pid>`` files and
+    folders whose process no longer lives (a live one is still writing). Returns what was removed."""
+    import shutil
+
+    removed: list[Path] = []
+    for path in Path(folder).glob(f".*{marker}*"):
+        pid = path.name.rsplit(marker, 1)[-1]
+        if not pid.isdigit() or pid_alive(int(pid)):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Read a JSON-lines file, skipping a torn or malformed line instead of failing."""
     out: list[dict[str, Any]] = []

@@ -319,6 +319,31 @@ METHODS = tuple(REGISTRY)  # training.method's choices (config.py declares the s
 METRICS: dict[str, tuple[str, ...]] = {m.name: m.metrics for m in REGISTRY.values() if m.metrics}
 
 
+# The shapes whose rows judge answers (pairs of a better and a worse one, answers labelled good or bad): data of one of
+# them trains SFT wrongly (it would imitate the bad answers too, or cannot be read as SFT data at all).
+JUDGED_SHAPES = ("preference", "feedback")
+
+
+def methods_for_columns(columns: Sequence[str]) -> list[str]:
+    """The methods whose judged-answers shape (:data:`JUDGED_SHAPES`) ``columns`` carry, in the registry's order.
+
+    >>> methods_for_columns(["prompt", "chosen", "rejected"]), methods_for_columns(["prompt", "completion", "label"])
+    (['dpo', 'orpo'], ['kto'])
+    """
+    from .data import DataError
+    from .data.preference import detect_method_shape
+
+    out: list[str] = []
+    for m in REGISTRY.values():
+        if m.shape in JUDGED_SHAPES:
+            try:
+                detect_method_shape(list(columns), m.name, shape=m.shape)
+            except DataError:  # the columns lack a field of this shape: not this method's data
+                continue
+            out.append(m.name)
+    return out
+
+
 def get(name: str) -> Method:
     """The entry of ``name`` (config validation names the methods first: an unknown one here is a bug)."""
     if name not in REGISTRY:

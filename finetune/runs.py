@@ -20,7 +20,7 @@ from typing import Any, Iterator
 from .adapter import ADAPTER_DIR, is_adapter_dir
 from .errors import UserError
 from .events import EVENTS_FILE, TERMINAL, read_events
-from .io import file_lock
+from .io import file_lock, pid_alive
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINTS = "checkpoints"
@@ -29,6 +29,10 @@ STOP_FILE = "STOP"
 # A stop request taken by a process is renamed to STOPPING.<pid> (atomic: exactly one of "the process takes it"
 # and "a resume withdraws it" happens), so a resume knows whether the process will stop or go on.
 STOPPING_PREFIX = "STOPPING."
+# Events of stop requests (runs.request_stop) and of their withdrawal by a resume (runs.withdraw_stop): a process
+# waiting to train the run reads whether a stop was asked after its own launch (runs.stop_before_training).
+STOP_ASKED = "stop_asked"
+STOP_WITHDRAWN = "stop_withdrawn"
 # Held (flock) by the training process of a run for its whole life: a resumed run's process waits on it until
 # the process it follows has ended, so two processes never train one folder.
 PROCESS_LOCK = ".process.lock"
@@ -127,6 +131,32 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return [d for _, d in sorted(found)]
 
 
+def adapter_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoints usable as adapters (chat, evaluation, export, ``RUN@STEP``), oldest first: those whose
+    ``adapter/`` is intact, and the complete ones. A checkpoint that lost its optimizer or trainer state cannot be
+    resumed from, but its adapter is as good as ever."""
+    base = Path(run_dir) / CHECKPOINTS
+    found = {d for d in checkpoints(run_dir)}
+    found.update(d for d in base.glob("checkpoint-*") if d.name.rsplit("-", 1)[-1].isdigit()
+                 and is_adapter_dir(d / ADAPTER))
+    return sorted(found, key=lambda d: int(d.name.rsplit("-", 1)[-1]))
+
+
+def incomplete_checkpoints(run_dir: Path) -> dict[Path, list[str]]:
+    """The checkpoint folders a resume cannot start from, with the files each lacks (an unreadable trainer state
+    counts as missing), oldest first."""
+    complete = set(checkpoints(run_dir))
+    out: dict[Path, list[str]] = {}
+    for d in sorted((Path(run_dir) / CHECKPOINTS).glob("checkpoint-*"), key=lambda d: d.name):
+        step = d.name.rsplit("-", 1)[-1]
+        if d.is_dir() and step.isdigit() and d not in complete:
+            missing = [f for f in CHECKPOINT_FILES if not (d / f).exists()]
+            if not missing:
+                missing = ["trainer_state.json (unreadable)"]
+            out[d] = missing
+    return dict(sorted(out.items(), key=lambda kv: int(kv[0].name.rsplit("-", 1)[-1])))
+
+
 def _state_readable(checkpoint: Path) -> bool:
     """A trainer state cut off mid-write (crash, full disk) would fail the resume: skip that checkpoint."""
     try:
@@ -171,7 +201,14 @@ def read_eval_report(run_dir: Path) -> dict[str, Any] | None:
 
 
 def request_stop(run_dir: Path) -> None:
-    """Ask a running training to stop at the next step (it checkpoints first)."""
+    """Ask a running training to stop at the next step (it checkpoints first), and every process launched for the
+    run that waits to train (:func:`hold_process_lock`) to end without training.
+
+    The request is recorded as a ``stop_asked`` event first (what a waiting process reads: a stop asked after its
+    launch), then as the ``STOP`` file (what the training process takes at its next step)."""
+    from .events import EventLog
+
+    EventLog(Path(run_dir)).emit(STOP_ASKED)
     (Path(run_dir) / STOP_FILE).touch()
 
 
@@ -191,10 +228,13 @@ def claim_stop(run_dir: Path) -> bool:
 
 def withdraw_stop(run_dir: Path) -> bool:
     """Take back a stop request no process has taken yet: True when one was withdrawn (the run goes on)."""
+    from .events import EventLog
+
     try:
         (Path(run_dir) / STOP_FILE).unlink()
     except FileNotFoundError:
         return False
+    EventLog(Path(run_dir)).emit(STOP_WITHDRAWN)  # the processes waiting to train go on too
     return True
 
 
@@ -208,6 +248,50 @@ def clear_stop(run_dir: Path, requests: bool = True) -> None:
     run_dir = Path(run_dir)
     for path in list(run_dir.glob(f"{STOPPING_PREFIX}*")) + ([run_dir / STOP_FILE] if requests else []):
         path.unlink(missing_ok=True)
+
+
+def forget_stop(run_dir: Path, pid: int | None = None) -> None:
+    """Remove the stop request process ``pid`` (default: this one) took, once it has recorded its end."""
+    (Path(run_dir) / f"{STOPPING_PREFIX}{os.getpid() if pid is None else pid}").unlink(missing_ok=True)
+
+
+def record_process(run_dir: Path, resume: bool) -> None:
+    """Record this process as the run's (a ``launched`` event with its pid) before it loads or waits for anything,
+    so the run reads ``new``/``resuming`` while it lives and, should it die before training, as it was before
+    (``interrupted`` for a run that never trained), and a stop reaches it while it waits. A process the app
+    launched is recorded already (by the app, with the same pid)."""
+    from .events import EventLog
+
+    pid = os.getpid()
+    own = [e.get("type") for e in read_events(run_dir) if e.get("pid") == pid]
+    since = own[len(own) - own[::-1].index("launched"):] if "launched" in own else None
+    if since is not None and not any(t in TERMINAL or t in ("started", "paused") for t in since):
+        return  # launched by the app and recorded there; a process training the run again records itself again
+    EventLog(Path(run_dir)).emit("launched", pid=pid, resume=resume)
+
+
+def stop_before_training(run_dir: Path) -> bool:
+    """Whether this process, about to train the run, was asked to stop since it was launched (a ``stop_asked``
+    after its ``launched`` event, not withdrawn since): the request is taken, and the process should end with a
+    ``stopped`` event. A ``STOP`` file older than its launch was meant for the process it followed: it is dropped
+    (it would stop the run's next step otherwise). A process with no ``launched`` record takes a ``STOP`` file."""
+    pid = os.getpid()
+    with control(run_dir):
+        events = read_events(run_dir)
+        launches = [i for i, e in enumerate(events) if e.get("type") == "launched" and e.get("pid") == pid]
+        if not launches:
+            return claim_stop(run_dir)
+        asked = False
+        for e in events[launches[-1] + 1:]:
+            if e.get("type") == STOP_ASKED:
+                asked = True
+            elif e.get("type") == STOP_WITHDRAWN:
+                asked = False
+        if asked:
+            claim_stop(run_dir)
+            return True
+        (Path(run_dir) / STOP_FILE).unlink(missing_ok=True)
+        return False
 
 
 @contextlib.contextmanager
@@ -227,15 +311,7 @@ def hold_process_lock(run_dir: Path) -> int:
 
 
 def _pid_alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 @dataclass
@@ -250,8 +326,9 @@ class RunState:
     loss: float | None = None
     eval_loss: float | None = None
     tokens_per_s: float | None = None
-    eta_s: float | None = None
-    elapsed_s: float | None = None
+    eta_s: float | None = None  # while it trains only: measured, or the estimator's before a step is (eta_estimated)
+    eta_estimated: bool = False
+    elapsed_s: float | None = None  # training time of every process of the run (a resumed run goes on counting)
     message: str = ""
     started: float | None = None
     has_adapter: bool = False
@@ -263,6 +340,7 @@ class RunState:
     mem_gb: float | None = None  # device memory in use at the last step (gauge.Gauge), of mem_total_gb
     mem_total_gb: float | None = None
     util_pct: float | None = None  # device utilisation at the last step (CPU: 100 per busy core)
+    cpu_threads: int | None = None  # the threads a CPU run trains with (its started event): the cores it can keep busy
     pid: int | None = field(default=None, repr=False)  # the run's latest process (not shown: a server detail)
     # the latest step's method metrics (training.method other than sft: reward margins, KL, mean rewards...)
     metrics: dict[str, float] = field(default_factory=dict)
@@ -302,14 +380,20 @@ def read_run(run_dir: Path) -> RunState:
     state = RunState(run_id=run_dir.name, path=run_dir, status="new")
     pending: int | None = None  # the pid of a launched process that has not started training yet (QUEUED: none yet)
     before = "interrupted"  # the status as it would be without that launch
+    # processes launched for the run that have neither trained nor ended (pid -> resume): a resume from the command
+    # line waits for the run's process lock, several may wait at once, and any of them may train next
+    waiting: dict[int, bool] = {}
     sample_warnings: list[str] = []  # the latest samples' (a later healthy save clears them)
     other_warnings: dict[str, str] = {}  # the latest warning event of each kind
+    earlier_s, process_s = 0.0, 0.0  # training time of the run's earlier processes, and of the latest one
     for e in events:
         kind = e.get("type")
         if kind == "launched":  # the app started a training process for the run (backends.local)
             if state.status not in ("new", "resuming", "queued", "running"):
                 before = state.status
             pending = e.get("pid")
+            if isinstance(pending, int):
+                waiting[pending] = bool(e.get("resume"))
             state.status = "resuming" if e.get("resume") else "new"
             state.message, state.queue_position, state.pid = "", None, pending
         elif kind == "queued":  # waiting for a free training slot on this machine (finetune.slots)
@@ -322,19 +406,26 @@ def read_run(run_dir: Path) -> RunState:
             state.pid = e.get("pid")
         elif kind == "started":
             pending = None
+            waiting.pop(e.get("pid"), None)  # type: ignore[arg-type]
             state.started = state.started or e.get("time")
             state.name = e.get("name", state.name)
             state.model = e.get("model", state.model)
             state.device = e.get("device", state.device) or state.device
+            state.cpu_threads = e.get("cpu_threads", state.cpu_threads)
+            earlier_s, process_s = earlier_s + process_s, 0.0  # each process counts its elapsed_s from its start
             state.max_steps = e.get("max_steps", state.max_steps) or state.max_steps
             state.status, state.message, state.queue_position = "running", "", None
             state.pid = e.get("pid")
         elif kind == "step":
             state.step = e.get("step", state.step)
             state.max_steps = e.get("max_steps", state.max_steps) or state.max_steps
-            for key in ("loss", "tokens_per_s", "eta_s", "elapsed_s", "mem_gb", "mem_total_gb", "util_pct"):
+            for key in ("loss", "tokens_per_s", "eta_s", "mem_gb", "mem_total_gb", "util_pct"):
                 if e.get(key) is not None:
                     setattr(state, key, e[key])
+            state.eta_estimated = bool(e.get("eta_estimated"))
+            if e.get("elapsed_s") is not None:
+                process_s = float(e["elapsed_s"])
+                state.elapsed_s = round(earlier_s + process_s, 2)
             if isinstance(e.get("metrics"), dict):
                 state.metrics = e["metrics"]
             if e.get("loss") is not None:
@@ -353,6 +444,7 @@ def read_run(run_dir: Path) -> RunState:
         elif kind == "chunk_aborted":  # a GPU call was cut off (ZeroGPU): resumable from the last checkpoint
             state.status, state.message = "interrupted", e.get("message", "")
         elif kind in TERMINAL or kind == "paused":
+            waiting.pop(e.get("pid"), None)  # type: ignore[arg-type]
             if pending == QUEUED and e.get("queued"):
                 pass  # the queue's own verdict on a run with no process (stopped while it waited)
             elif pending is not None and e.get("pid") != pending:
@@ -373,10 +465,51 @@ def read_run(run_dir: Path) -> RunState:
         # the process is gone without a final event: resumable
         state.status = before if pending is not None and state.status != "running" else "interrupted"
         state.queue_position = None
+    if not remote and state.status not in LIVE and state.status != "finished":
+        # another process launched for the run still waits to train it: the run goes on with that one
+        alive = [pid for pid in waiting if pid != state.pid and _pid_alive(pid)]
+        if alive:
+            state.status = "resuming" if waiting[alive[-1]] else "new"
+            state.pid, state.message = alive[-1], ""
+    if state.status != "running":  # the time left of a run that trains no more means nothing
+        state.eta_s, state.eta_estimated = None, False
+    state.name = config_name(run_dir) or state.name
     state.has_adapter = is_adapter_dir(run_dir / ADAPTER)
+    if state.status == "finished" and not state.has_adapter:
+        from .adapter import adapter_file_missing
+
+        missing = adapter_file_missing(run_dir / ADAPTER, f"{run_dir.name}/{ADAPTER}")
+        if missing:  # finished, but the adapter it wrote lost its weights since: say which file, and the fix
+            state.message = missing
     ck = last_checkpoint(run_dir)
     state.last_checkpoint = str(ck) if ck else None
     return state
+
+
+_names: dict[Path, tuple[int, str]] = {}  # config.yaml -> (its mtime in ns, its name): read once per change
+
+
+def config_name(run_dir: Path) -> str:
+    """The name in a run's config (``name``, empty when none): a run is named from its start, before it trains."""
+    path = Path(run_dir) / CONFIG_FILE
+    try:
+        mtime = path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return ""
+    cached = _names.get(path)
+    if cached is None or cached[0] != mtime:
+        import yaml
+
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):  # a damaged config names nothing; its run still lists
+            data = None
+        name = data.get("name") if isinstance(data, dict) else None
+        cached = (mtime, name if isinstance(name, str) else "")
+        if len(_names) > 4096:
+            _names.clear()
+        _names[path] = cached
+    return cached[1]
 
 
 def list_runs(root: str | Path | None = None) -> list[RunState]:

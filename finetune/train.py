@@ -24,13 +24,14 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from . import methods, runs
 from .adapter import pick_device
@@ -144,13 +145,15 @@ def start_adapter(config: RunConfig, base_name: str) -> StartAdapter | None:
     """The adapter ``training.init_adapter`` names (a run folder, a checkpoint or an adapter folder; the CLI and
     the app turn ``RUN``, ``RUN@STEP`` and ``RUN@best`` into these), checked before anything loads: a LoRA adapter
     in safetensors, trained on this run's base model (``base_name``, as adapters record it). None: a fresh LoRA."""
-    from .adapter import (adapter_label, check_adapter_files, find_adapter_dir, lora_settings, lora_weights_path,
+    from .adapter import (adapter_label, adapter_file_missing, check_adapter_files, find_adapter_dir, lora_settings, lora_weights_path,
                           read_base_model, read_lora_config)
 
     text = config.training.init_adapter.strip()
     if not text:
         return None
     folder = find_adapter_dir(Path(text).expanduser())
+    if folder is None and (missing := adapter_file_missing(Path(text).expanduser())):
+        raise TrainingError(f"training.init_adapter: {missing}")
     if folder is None:
         raise TrainingError(f"training.init_adapter {text}: no adapter there (no adapter_config.json); give a "
                             "finished run, one of its checkpoints (RUN@STEP) or an adapter folder")
@@ -273,18 +276,24 @@ def train(
     """
     halt = Halt(time.time(), should_stop, until_step, time_budget_s, caps)
     config, run_dir, resuming = open_run(config, run_dir, runs_root)
+    if is_main_process() and runs.read_backend(run_dir) == "local":
+        # this process is the run's from now on: killed while it loads, the run reads interrupted, not new
+        runs.record_process(run_dir, resuming)
     log: EventSink = EventLog(run_dir, on_event) if is_main_process() else SilentLog()
     try:
         return _train(_Call(config, run_dir, resuming, log, halt, speed, callbacks or []))
     except (ConfigError, ModelError, TrainingError, runs.RunError) as e:
-        log.emit("failed", message=str(e))
+        log.emit("failed", pid=os.getpid(), message=str(e))
         raise
     except Exception as e:  # noqa: BLE001 - recorded in the run folder, then re-raised
         message = _explain(e, config)
-        log.emit("failed", message=message, error=e.__class__.__name__)
+        log.emit("failed", pid=os.getpid(), message=message, error=e.__class__.__name__)
         if message != str(e) and not is_programming_error(e):  # a bug keeps its type and traceback
             raise TrainingError(message) from e
         raise
+    finally:
+        if is_main_process():
+            runs.forget_stop(run_dir)  # the stop request it took, once its end is recorded
 
 
 def _explain(e: Exception, config: RunConfig) -> str:
@@ -341,21 +350,179 @@ class _Data:
 
 def _train(call: _Call) -> RunResult:
     """The recipe, one phase a line."""
-    if world_size() == 1 and runs.claim_stop(call.run_dir):  # asked before this process began to train
+    if world_size() == 1 and runs.stop_before_training(call.run_dir):  # asked since it was launched
         return _stopped_before_training(call)
     setup = prepare_run(call)
     data = load_data(call, setup)
+    planned = call.config.training.steps_for(len(data.run.train), world_size())
+    if call.resuming and _trained_steps(call.run_dir, setup.resume_from) >= planned:
+        return _complete(call, setup, data, planned)  # nothing to train: what is missing only
     share = _announce(call, setup, data)
     model, peft_config, settings, checkpointing = load_model(call, setup)
     trainer, events = build_trainer(call, setup, data, model, peft_config, settings, checkpointing, share)
     resume_from = setup.resume_from
-    out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    if events.halt_reason:
-        return _halted(call, trainer, events)
-    metrics = save_run(call, setup, data, trainer, out)
+    with _saving(call, setup, trainer):
+        out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        if events.halt_reason:
+            return _halted(call, trainer, events)
+        metrics = save_run(call, setup, data, trainer, out)
     step, max_steps = trainer.state.global_step, trainer.state.max_steps
     del trainer, model  # what remains to score loads the base afresh (a 4-bit base used for inference must not train)
     return finish(call, data, step, max_steps, metrics)
+
+
+def _trained_steps(run_dir: Path, resume_from: Path | None) -> int:
+    """The steps the run has trained for good: its last checkpoint's, or those of its recorded end when its
+    adapter is intact (a finished run whose last checkpoint was deleted)."""
+    from .adapter import checkpoint_step
+
+    done = (checkpoint_step(resume_from) or 0) if resume_from is not None else 0
+    finished = _last_finished(run_dir)
+    if finished is not None and _adapter_intact(run_dir):
+        done = max(done, int(finished.get("step") or 0))
+    return done
+
+
+def _last_finished(run_dir: Path) -> dict[str, Any] | None:
+    from .events import read_events
+
+    ends = [e for e in read_events(run_dir) if e.get("type") == "finished"]
+    return ends[-1] if ends else None
+
+
+def _adapter_intact(run_dir: Path) -> bool:
+    """``adapter/`` with its weights and metrics (what a finished run's save wrote last but the card)."""
+    from .adapter import METRICS_FILE, is_adapter_dir
+
+    folder = run_dir / runs.ADAPTER
+    return is_adapter_dir(folder) and (folder / METRICS_FILE).is_file()
+
+
+def _complete(call: _Call, setup: _Setup, data: _Data, planned: int) -> RunResult:
+    """A resumed run that had trained all its planned steps before this call (finished already, or killed between
+    its last checkpoint and its end, or resumed twice at once): nothing is trained again, no checkpoint is
+    written or rotated away; only what is missing is written, the ``adapter/`` from the last checkpoint and the
+    end events, and a note says so."""
+    import json
+
+    from .adapter import METRICS_FILE
+
+    run_dir, log = call.run_dir, call.log
+    finished = _last_finished(run_dir)
+    intact = _adapter_intact(run_dir)
+    if finished is not None and intact:
+        step = int(finished.get("step") or planned)
+        log.emit("note", message=f"run {run_dir.name} already finished at step {step} of {planned}: nothing to "
+                 "train (raise training.max_steps or epochs to train further)")
+        metrics = finished.get("metrics") if isinstance(finished.get("metrics"), dict) else {}
+        log.emit("finished", pid=os.getpid(), step=step, adapter=runs.ADAPTER, metrics=metrics, again=True)
+        return RunResult(run_dir.name, run_dir, "finished", step, planned, run_dir / runs.ADAPTER, dict(metrics or {}))
+    checkpoint = setup.resume_from
+    assert checkpoint is not None, "_trained_steps counts a run with neither a checkpoint nor an intact adapter as 0"
+    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    step = int(state.get("global_step") or 0)
+    missing = "the events of its end" if intact else f"its {runs.ADAPTER}/ from {checkpoint.name}"
+    log.emit("note", message=f"run {run_dir.name} had trained {step} of {planned} steps (up to {checkpoint.name}) "
+             f"before it ended: nothing to train; writing {missing}")
+    if intact:
+        metrics = json.loads((run_dir / runs.ADAPTER / METRICS_FILE).read_text(encoding="utf-8"))
+    else:
+        metrics = _adapter_from_checkpoint(call, setup, data, checkpoint, finished)
+    return finish(call, data, step, max(step, planned), metrics)
+
+
+def _adapter_from_checkpoint(call: _Call, setup: _Setup, data: _Data, checkpoint: Path,
+                             finished: dict[str, Any] | None) -> dict[str, Any]:
+    """``adapter/`` and the run's metrics from ``checkpoint`` (its weights and trainer state), trained no further."""
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    model, peft_config, settings, checkpointing = load_model(call, setup)
+    trainer, _ = build_trainer(call, setup, data, model, peft_config, settings, checkpointing, None)
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    trainer._load_from_checkpoint(str(checkpoint))
+    earlier = (finished or {}).get("metrics") or {}
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    train_loss = earlier.get("train_loss", sum(losses) / len(losses) if losses else float("nan"))
+    runtime = earlier.get("train_runtime_s")
+    out = TrainOutput(trainer.state.global_step, train_loss, {"train_runtime": runtime} if runtime is not None else {})
+    with _saving(call, setup, trainer):
+        metrics = save_run(call, setup, data, trainer, out)
+    del trainer, model
+    return metrics
+
+
+@contextlib.contextmanager
+def _saving(call: _Call, setup: _Setup, trainer: Trainer) -> Iterator[None]:
+    """Training and saving, with a failure while a checkpoint or the adapter was being written checked against the
+    free space: on a full disk, whatever the library's error says (torch's ``unexpected pos``, safetensors'
+    ``os error 28``), the half-written folder is removed (the last complete checkpoint stays) and the error says
+    how much space there is and how much the save needs."""
+    try:
+        yield
+    except DiskFullError:
+        raise  # a run file's own write: its message names the file already
+    except Exception as e:  # noqa: BLE001 - re-raised, as the disk's error when the disk is full
+        full = _disk_full(call.run_dir, e, _save_bytes(trainer, setup))
+        if full is not None:
+            raise full from e
+        raise
+
+
+def _no_space(error: BaseException | None) -> bool:
+    """Whether an error (or one it was raised from) is the disk's: ENOSPC/EDQUOT, or a library's "os error 28"."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(error)
+        if "No space left on device" in text or "os error 28" in text or "Disk quota exceeded" in text:
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def _save_bytes(trainer: Trainer, setup: _Setup) -> int:
+    """About what one checkpoint takes: the LoRA weights (fp32 bytes) four times (the checkpoint's and its adapter's
+    copy, Adam's two moments) and the tokenizer's files twice."""
+    model: Model = trainer.model  # a PeftModel: transformers types it as PreTrainedModel | Module | None
+    params = sum(int(p.numel() * p.element_size()) for p in model.parameters() if p.requires_grad)
+    base = Path(setup.base.path)
+    tokenizer = sum(f.stat().st_size for f in base.glob("tokenizer*") if f.is_file()) if base.is_dir() else 0
+    return 4 * params + 2 * tokenizer
+
+
+def _disk_full(run_dir: Path, error: Exception, estimate: int) -> TrainingError | None:
+    """The full disk's error for a failed save (None: the failure is not the disk's, or nothing was being saved).
+    A save was under way when a checkpoint newer than the last complete one is there, or an ``adapter.tmp``:
+    those are removed (they hold nothing usable and keep the disk full), then the free space decides."""
+    import shutil
+
+    from .adapter import checkpoint_step
+
+    last = runs.last_checkpoint(run_dir)
+    after = (checkpoint_step(last) or 0) if last is not None else 0
+    partial = [d for d in runs.incomplete_checkpoints(run_dir) if (checkpoint_step(d) or 0) > after]
+    tmp = [d for d in [run_dir / f"{runs.ADAPTER}.tmp",
+                       *(run_dir / runs.CHECKPOINTS).glob(f"checkpoint-*/{runs.ADAPTER}.tmp")] if d.is_dir()]
+    if not partial and not tmp and not _no_space(error):
+        return None
+    what = "the checkpoint" if partial or any(d.parent != run_dir for d in tmp) else f"the {runs.ADAPTER}/"
+    for folder in partial + tmp:
+        shutil.rmtree(folder, ignore_errors=True)
+    free = shutil.disk_usage(run_dir).free
+    need = max(_folder_bytes(last) if last is not None else 0, estimate)
+    if not _no_space(error) and free >= need:
+        return None
+    mb = 1024 * 1024
+    kept = f"the last complete checkpoint ({last.name}) is kept" if last is not None else "no checkpoint was complete yet"
+    return TrainingError(f"No space left on device under {run_dir}: {free / mb:.0f} MB free, {what} needs about "
+                         f"{max(1, round(need / mb))} MB; free space and resume (delete old runs or checkpoints): "
+                         f"{kept}")
 
 
 def _stopped_before_training(call: _Call) -> RunResult:
@@ -380,7 +547,31 @@ def prepare_run(call: _Call) -> _Setup:
         raise TrainingError("8-bit loading needs a CUDA GPU; use quantization.load_in: 4bit or none on CPU")
     tokenizer = models.load_tokenizer(config.model)
     resume_from = runs.last_checkpoint(call.run_dir) if call.resuming else None
+    if call.resuming and is_main_process():
+        _skip_incomplete(call, resume_from)
     return _Setup(device, base, start, saved_config, tokenizer, resume_from)
+
+
+def _skip_incomplete(call: _Call, resume_from: Path | None) -> None:
+    """Say which later checkpoints a resume cannot start from, and why (the files each lacks); remove those a
+    process left half-written (no intact ``adapter/`` either: nothing there is usable, and the steps are trained
+    again). A checkpoint whose adapter is intact stays: chat, evaluation and export still take it."""
+    import shutil
+
+    from .adapter import checkpoint_step, is_adapter_dir
+
+    after = checkpoint_step(resume_from) if resume_from is not None else 0
+    start = resume_from.name if resume_from is not None else "the first step"
+    for folder, missing in runs.incomplete_checkpoints(call.run_dir).items():
+        if (checkpoint_step(folder) or 0) <= (after or 0):
+            continue
+        usable = is_adapter_dir(folder / runs.ADAPTER)
+        if not usable:
+            shutil.rmtree(folder, ignore_errors=True)
+        call.log.emit("note", message=(
+            f"{runs.CHECKPOINTS}/{folder.name} lacks {', '.join(missing)}: it cannot be resumed from, so training "
+            f"resumes from {start}; " + (f"its adapter stays usable as {call.run_dir.name}@{checkpoint_step(folder)}"
+                                         if usable else "it was left half-written and is removed")))
 
 
 def load_data(call: _Call, setup: _Setup) -> _Data:
@@ -490,13 +681,34 @@ def build_trainer(call: _Call, setup: _Setup, data: _Data, model: Model, peft_co
     return trainer, events
 
 
+def estimated_step_s(config: RunConfig, device: str, summary: dict[str, Any]) -> float | None:
+    """The estimator's seconds per step of a CPU run (memory.tokens_per_second on this machine's CPU, at the mean
+    tokenized length of the training rows when known, else max_length): the ETA before a step is measured. None on
+    other devices (a GPU's first step is over in seconds) or when the model's numbers cannot be read."""
+    from . import memory
+
+    if device != "cpu":
+        return None
+    t = config.training
+    rows, tokens = summary.get("train_examples"), summary.get("train_tokens")
+    seq_len = min(t.max_length, max(1, round(tokens / rows))) if rows and tokens else t.max_length
+    try:
+        cpu = memory.get_gpu("cpu")
+        spec = memory.spec_for_config(config, allow_hub=False)
+        tps = memory.tokens_per_second(spec, memory.setup_for(config, cpu, seq_len=seq_len), cpu)
+    except (memory.EstimateError, OSError, ValueError, KeyError):
+        return None
+    return t.batch_size * t.grad_accum * seq_len / tps if tps > 0 else None
+
+
 def _callbacks(call: _Call, setup: _Setup, data: _Data, settings: ResolvedSettings,
                share: CpuShare | None) -> tuple[list[TrainerCallback], EventsCallback]:
     """The run's callbacks in the order they act at a save: the checkpoint's adapter, the events (and stop
     rules), the test set scored and the preference samples answered with that adapter, the CPU share, then the
     caller's. Returns them and the events callback."""
     config, log, halt, device = call.config, call.log, call.halt, setup.device
-    events = events_callback(log, call.run_dir, halt, config.training.method, beta=methods.beta(config))
+    events = events_callback(log, call.run_dir, halt, config.training.method, beta=methods.beta(config),
+                             estimated_step_s=estimated_step_s(config, device, data.run.summary))
     callbacks = [checkpoint_adapter_callback(setup.saved_config, setup.tokenizer, setup.base.name,
                                              data.run.dialogs.system_prompt, data.run.summary, device), events,
                  *([share_callback(share, log)] if share else []), *call.callbacks]
@@ -525,7 +737,7 @@ def _halted(call: _Call, trainer: Trainer, events: EventsCallback) -> RunResult:
     run_dir, step = call.run_dir, trainer.state.global_step
     reason = events.halt_reason
     assert reason is not None  # _train calls this only for a halted run
-    call.log.emit(reason, step=step, max_steps=trainer.state.max_steps,
+    call.log.emit(reason, pid=os.getpid(), step=step, max_steps=trainer.state.max_steps,
                   message=events.halt_message or ("stopped by the user" if reason == "stopped"
                                                   else "chunk ended at a checkpoint"),
                   **({"limit": "time"} if events.halt_message else {}))
@@ -557,7 +769,7 @@ def finish(call: _Call, data: _Data, step: int, max_steps: int, metrics: dict[st
     run_dir = call.run_dir
     if data.test_source and is_main_process():
         _evaluate_run(call.config, run_dir, data.test_source, call.log)
-    call.log.emit("finished", step=step, adapter=runs.ADAPTER, metrics=metrics)
+    call.log.emit("finished", pid=os.getpid(), step=step, adapter=runs.ADAPTER, metrics=metrics)
     return RunResult(run_dir.name, run_dir, "finished", step, max_steps, run_dir / runs.ADAPTER, metrics)
 
 
@@ -591,7 +803,7 @@ def _evaluate_run(config: RunConfig, run_dir: Path, test_source: str, log: Event
     earlier = runs.read_eval_report(run_dir)
     scored = {c["step"] for c in (earlier or {}).get("checkpoints") or []}
     log.emit("note", message=f"evaluating the adapter and its checkpoints on {Path(test_source).name}")
-    report = evaluate(run_dir, test_source, checkpoints="all" if runs.checkpoints(run_dir) else "none",
+    report = evaluate(run_dir, test_source, checkpoints="all" if runs.adapter_checkpoints(run_dir) else "none",
                       limit=config.data.test_limit, max_new_tokens=config.data.test_max_new_tokens, reuse=earlier)
     reused = (report.get("test_set") or {}).get("fingerprint") == ((earlier or {}).get("test_set") or {}).get("fingerprint")
     if not (reused and (earlier or {}).get("base")):

@@ -140,3 +140,26 @@ def test_app_module_imports_without_side_effects():
     done = subprocess.run([sys.executable, "-c", "import app, sys; assert 'gradio' not in sys.modules; print('ok')"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr
+
+
+def test_a_run_is_named_in_its_config_and_the_run_list_and_a_hostile_name_never_becomes_a_path(server, tiny_model_dir):
+    from gradio_client.exceptions import AppError
+
+    from finetune.config import RunConfig
+
+    c = client(server)
+    for hostile, said in (("../../etc", "must not contain"), ("a\nb", "one line"), ("x" * 81, "at most 80")):
+        cfg = RunConfig.from_yaml(tiny_yaml(tiny_model_dir, steps=1))
+        cfg.name = hostile
+        with pytest.raises(AppError, match=said):
+            c.predict(cfg.to_yaml(), None, "local", api_name="/start_training")
+    assert c.predict(api_name="/list_runs") == []  # nothing was started
+    cfg = RunConfig.from_yaml(tiny_yaml(tiny_model_dir, steps=1))
+    cfg.name = "Oslo <i>extractor & co"
+    run_id = c.predict(cfg.to_yaml(), None, "local", api_name="/start_training")
+    assert re.match(r"^\d{8}-\d{6}-oslo-i-extractor-co-[0-9a-f]{10}$", run_id), run_id  # letters and digits only
+    assert [(r["run_id"], r["name"]) for r in c.predict(api_name="/list_runs")] == [(run_id, cfg.name)]
+    state = wait_finished(c, run_id)
+    assert state["name"] == cfg.name
+    c.predict(run_id, api_name="/delete_run")
+    assert c.predict(api_name="/list_runs") == []

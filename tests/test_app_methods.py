@@ -44,3 +44,21 @@ def test_dataset_preview_of_pairs_and_the_refusal_of_reward_code(server, tmp_pat
     with pytest.raises(Exception, match="the app does not run reward code"):
         c.predict(cfg.to_yaml(), handle_file(str(pairs)), "local", api_name="/start_training")
     assert not list(root.rglob("config.yaml"))  # no run was created
+
+
+def test_the_api_names_the_method_of_pairs_or_labelled_answers_asked_as_sft(server, tmp_path):
+    from gradio_client import Client, handle_file
+
+    url, _ = server
+    c = Client(url, verbose=False)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "Capital of France?", "chosen": "Paris.", "rejected": "Lyon."}) + "\n")
+    with pytest.raises(Exception, match="pairs.jsonl: these are preference pairs .*pick DPO or ORPO as the method"):
+        c.predict(handle_file(str(pairs)), "", "", "train", "llama2", "", "", "", 128, "assistant", False, "sft",
+                  api_name="/format_dataset")
+    labelled = tmp_path / "labelled.jsonl"
+    labelled.write_text("".join(json.dumps({"prompt": "Capital of France?", "completion": answer, "label": good}) + "\n"
+                                for answer, good in (("Paris.", True), ("Lyon.", False))))
+    summary, *_ = c.predict(handle_file(str(labelled)), "", "", "train", "llama2", "", "", "", 128, "assistant", False,
+                            "sft", api_name="/format_dataset")
+    assert "SFT would imitate the bad answers too: pick KTO as the method" in summary, summary

@@ -174,9 +174,10 @@ def test_full_disk_while_writing_a_checkpoint_keeps_the_last_complete_one(tiny_m
 
     [run_dir] = [d for d in tmp_path.iterdir() if d.is_dir()]
     state = runs.read_run(run_dir)
-    assert state.status == "failed" and "No space left on device" in state.message
-    assert "free space (delete old runs or checkpoints) and resume" in state.message
-    assert (run_dir / "checkpoints" / "checkpoint-8").is_dir()  # the broken one is there, and ignored
+    assert state.status == "failed" and f"No space left on device under {run_dir}: " in state.message
+    assert " MB free, the checkpoint needs about " in state.message and "free space and resume" in state.message
+    assert "checkpoint-4" in state.message  # the last complete one, kept
+    assert not (run_dir / "checkpoints" / "checkpoint-8").exists()  # the half-written one is removed
     assert Path(state.last_checkpoint).name == "checkpoint-4"
     assert [r.run_id for r in runs.list_runs(tmp_path)] == [run_dir.name]
 

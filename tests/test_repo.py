@@ -101,3 +101,17 @@ def test_malformed_yaml_names_the_line(tmp_path):
     bad.write_text("lora:\n  r: [1, 2\n")
     with pytest.raises(ConfigError, match=r"(?s)broken.yaml.*line \d+"):
         RunConfig.load(bad)
+
+
+def test_every_preset_names_the_hardware_its_verdict_is_shown_for():
+    """A preset without a ``# hardware:`` line would show its fit verdict, time and cost for a T4 (the fallback):
+    a CPU preset read as a GPU run."""
+    from finetune.memory import GPUS
+    from finetune.presets import intended_gpu
+
+    for name, path in preset_paths().items():
+        named = [line for line in path.read_text().splitlines() if line.startswith("# hardware:")]
+        assert len(named) == 1, f"{name}: one '# hardware: NAME' line"
+        assert intended_gpu(path) in GPUS, name
+        if load_preset(name).quantization.load_in == "none" and not load_preset(name).model.id:
+            assert intended_gpu(path) == "cpu", f"{name}: the embedded model unquantised is a CPU preset"

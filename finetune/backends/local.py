@@ -253,6 +253,7 @@ def stop(run_id: str, root: str | Path | None = None, wait_queued_s: float = 5.0
             # no process yet: the run leaves the line now; the dispatcher drops its ticket
             EventLog(run_dir).emit("stopped", message=QUEUED_STOP, queued=True)
         elif current.status not in runs.LIVE or current.pid is None:
+            runs.clear_stop(run_dir)  # what processes that are gone left (a request none took, STOPPING.<pid>)
             return
         else:
             runs.request_stop(run_dir)

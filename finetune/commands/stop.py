@@ -26,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
     before = space.state(run_id, sync=False)[0].status
     backend = service.backend_of(run_dir)
     if backend != "hf-jobs" and before not in LIVE:
+        if backend == "local":
+            space.stop(run_id)  # changes nothing but the stop files processes that are gone left behind
         print(f"run {run_id} is {before}, not running: nothing to stop")
         return 0
     space.stop(run_id)

@@ -224,6 +224,8 @@ def _hold_run(run_dir: str) -> None:
 
     path = Path(run_dir)
     path.mkdir(parents=True, exist_ok=True)
+    # recorded before it waits: the run reads "resuming" (not as it was), and a stop reaches this process too
+    runs.record_process(path, resume=(path / runs.CONFIG_FILE).exists())
     _RUN.append(runs.hold_process_lock(path))
 
 

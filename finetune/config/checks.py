@@ -19,10 +19,15 @@ from .fields import REPORTERS, RunConfig, reporters
 from .reading import ConfigError, ConfigWarning
 
 
+MAX_NAME = 80  # characters of a run's name (its run id carries the first 40, letters and digits only)
+
+
 def rule(key: str) -> Mapping[str, Any]:
-    """The declared rule of field ``section.name``: its help, choices and range (see ``doc``)."""
+    """The declared rule of field ``section.name`` (or of ``name``, a field of the config itself): its help,
+    choices and range (see ``doc``)."""
     section, _, name = key.partition(".")
-    cls = typing.get_type_hints(RunConfig).get(section)
+    cls: Any = RunConfig if not name else typing.get_type_hints(RunConfig).get(section)
+    name = name or section
     if isinstance(cls, type) and dataclasses.is_dataclass(cls):
         for f in dataclasses.fields(cls):
             if f.name == name:
@@ -162,7 +167,9 @@ def problems(cfg: RunConfig, model_max_length: int | None = None) -> list[str]:
         )
     out += method_problems(cfg)
     need("/" not in cfg.name and "\\" not in cfg.name and ".." not in cfg.name,
-         f"name '{cfg.name}' must not contain '/', '\\' or '..'")
+         f"name '{cfg.name[:80]}' must not contain '/', '\\' or '..'")
+    need(len(cfg.name) <= MAX_NAME and cfg.name.isprintable(),
+         f"name must be one line of at most {MAX_NAME} printable characters (it names the run in the run list)")
     return out
 
 

@@ -24,8 +24,8 @@ from .detect import detect_shape, parse_column_mapping
 from .format import Example, format_dataset
 from .output import summary_lines, summary_markdown, write_jsonl
 from .read import FILE_TYPES, MAX_UPLOAD_ENV, is_hub_dataset_id, load_rows, max_upload_bytes
-from .validate import DataError
+from .validate import DataError, ShapeError
 
 # What the rest of the package, the app, the benches and the tests import from ``finetune.data``.
-__all__ = ["FILE_TYPES", "MAX_UPLOAD_ENV", "is_hub_dataset_id", "DataError", "Example", "detect_shape", "parse_column_mapping", "format_dataset", "load_rows",
+__all__ = ["FILE_TYPES", "MAX_UPLOAD_ENV", "is_hub_dataset_id", "DataError", "ShapeError", "Example", "detect_shape", "parse_column_mapping", "format_dataset", "load_rows",
            "max_upload_bytes", "summary_lines", "summary_markdown", "write_jsonl"]

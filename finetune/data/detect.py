@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from ..errors import BadInputError
 from ..templates import Message
 from .read import Row
-from .validate import DataError, RowError
+from .validate import DataError, RowError, ShapeError
 
 CANONICAL = ("instruction", "input", "output", "system", "prompt", "completion", "question", "answer",
              "messages", "conversations", "text")
@@ -106,8 +106,8 @@ def detect_shape(columns: Sequence[str], mapping: dict[str, str] | None = None, 
                         "save it with commas as .csv, or with tabs as .tsv")
     said = (f"cannot tell the data's shape from its columns ({', '.join(columns) or 'none'}); expected "
             "instruction/output, prompt/completion, question/answer, messages, conversations or text, or map yours")
-    raise DataError(name, None, said + ", e.g. --columns prompt=<column>,completion=<column>",
-                    said + " in Column mapping, e.g. prompt=<column>, completion=<column>")
+    raise ShapeError(name, said + ", e.g. --columns prompt=<column>,completion=<column>", tuple(columns),
+                     said + " in Column mapping, e.g. prompt=<column>, completion=<column>")
 
 
 TRANSCRIPT_RE = re.compile(r"###\s*(Human|Assistant)\s*:", re.I)

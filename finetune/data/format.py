@@ -98,6 +98,7 @@ class FormatResult:
     max_length: int | None = None
     system_prompt: str = ""  # the system prompt given for rows that have none
     test_examples: list[Example] = field(default_factory=list)  # held out as the test set (test_split)
+    columns: tuple[str, ...] = ()  # the data's columns (those read and the others: what else they may fit)
 
     @property
     def token_stats(self) -> dict[str, int] | None:
@@ -537,7 +538,7 @@ def format_dataset(
 
     result = FormatResult(str(name), shape, rows_in, examples, val, problems, out.warnings,
                           Counter(p.category for p in problems), max_length=max_length, system_prompt=system_prompt,
-                          test_examples=held_out)
+                          test_examples=held_out, columns=tuple(table.columns))
     if tokenizer is not None and measure_tokens:
         result.lengths = token_lengths([ex.text for ex in examples + val], tokenizer)
     return result

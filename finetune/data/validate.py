@@ -32,6 +32,14 @@ class DataError(ValueError, UserError):
             self.in_app(where + app_reason)
 
 
+class ShapeError(DataError):
+    """Columns that fit none of the shapes looked for; ``columns`` are the data's (what else they may fit)."""
+
+    def __init__(self, file: str, reason: str, columns: tuple[str, ...], app_reason: str | None = None):
+        super().__init__(file, None, reason, app_reason)
+        self.columns = columns
+
+
 @dataclass(frozen=True)
 class Problem:
     """One bad row: what is wrong and how to fix it. ``kind`` is 'error' (row skipped) or 'warning'."""

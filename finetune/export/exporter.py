@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..adapter import read_base_model, read_lora_config, read_template_info
+from ..io import remove_dead_partials
 from ..models import ModelError
 from . import gguf_file, ollama
 from .gguf_file import DEFAULT_QUANT, QUANTS, ExportError
@@ -76,6 +77,7 @@ def _check_space(target: Path, needed: int) -> None:
     """Refuse before writing when the folder lacks the space the file needs (with a 5% margin)."""
     folder = target if target.is_dir() else target.parent
     folder.mkdir(parents=True, exist_ok=True)
+    remove_dead_partials(folder)  # an export killed midway left them: their space is free again
     free = shutil.disk_usage(folder).free
     if free < needed * 1.05:
         raise ExportError(f"not enough disk space in {folder}: the export needs about {needed / 1e9:.2f} GB and "
@@ -88,6 +90,7 @@ def _check_space(target: Path, needed: int) -> None:
 def _staged(final: Path, is_dir: bool) -> Iterator[Path]:
     """A temporary path next to ``final``, renamed to it on success and removed on any failure."""
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_partials(final.parent)  # what an export killed midway left behind (it can be GBs)
     tmp = final.with_name(f".{final.name}.partial{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..config import DataConfig, range_problem
 from .checks import ServiceError, check_hub_dataset_id
@@ -45,6 +45,37 @@ class Formatted:
     result: FormatResult | MethodData
     lengths: list[int]
     file: Path
+    suggests: tuple[str, ...] = ()  # SFT asked of answers labelled good or bad: the methods that train on them
+
+
+# What judged-answer data is, by its shape (methods.JUDGED_SHAPES), in the words the hint says it with
+JUDGED_WORDS = {"preference": "these are preference pairs (a chosen and a rejected answer to each prompt)",
+                "feedback": "these are answers labelled good or bad (a label column)"}
+
+
+def method_hint(suggests: Sequence[str], sft_reads: bool) -> str:
+    """What to pick for data whose answers are judged (``suggests``: methods.methods_for_columns); ``sft_reads``:
+    SFT could read the rows (it would imitate the bad answers too).
+
+    >>> method_hint(["dpo", "orpo"], False)
+    'these are preference pairs (a chosen and a rejected answer to each prompt), not SFT data: pick DPO or ORPO as the method'
+    """
+    from .. import methods
+
+    shapes = dict.fromkeys(methods.get(m).shape for m in suggests)
+    what = " and ".join(JUDGED_WORDS.get(s, s) for s in shapes)
+    names = [m.upper() for m in suggests]
+    picks = " or ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + " or " + names[-1]
+    why = ": SFT would imitate the bad answers too" if sft_reads else ", not SFT data"
+    return f"{what}{why}: pick {picks} as the method"
+
+
+class WrongMethod(ServiceError):
+    """SFT asked of data it cannot read whose columns judge answers; ``methods``: the methods that train on them."""
+
+    def __init__(self, message: str, methods: Sequence[str]) -> None:
+        super().__init__(message)
+        self.methods = tuple(methods)
 
 
 def _file_name(source: str, is_file: bool) -> str:
@@ -89,15 +120,20 @@ def format_preview(source: str, *, template: str, system_prompt: str = "", colum
         result = data.format_dataset(source, settings, tokenizer=tok, max_length=max_length,
                                      max_bytes=data.max_upload_bytes())
     except data.DataError as e:
-        if is_file and e.file == str(source):  # name the file, not the server's upload path
-            raise data.DataError(Path(source).name, e.row, e.reason, e.app_reason) from None
+        shown = Path(source).name if is_file and e.file == str(source) else e.file  # never the server's upload path
+        fitting = methods.methods_for_columns(e.columns) if isinstance(e, data.ShapeError) else []
+        if fitting:  # pairs or labelled answers under SFT: say which method reads them
+            raise WrongMethod(f"{shown}: {method_hint(fitting, sft_reads=False)}", fitting) from None
+        if shown != e.file:
+            raise data.DataError(shown, e.row, e.reason, e.app_reason) from None
         raise
     out_dir.mkdir(parents=True, exist_ok=True)
     if is_file:
         result.source = Path(source).name  # not the server's upload path
     out = out_dir / f"{_file_name(source, is_file)}.{template}.jsonl"
     data.write_jsonl(result.examples, out)
-    return Formatted(method, result.source, result, list(result.lengths), out)
+    return Formatted(method, result.source, result, list(result.lengths), out,
+                     tuple(methods.methods_for_columns(result.columns)))
 
 
 def _method_preview(source: str, method: str, *, template: str, system_prompt: str, columns: dict[str, str] | None,

@@ -410,6 +410,11 @@ class OwnerSpace:
             return _checkpoint_adapter(run_dir, run_id, step)
         path = run_dir / ADAPTER_DIR
         if not is_adapter_dir(path):
+            from ..adapter import adapter_file_missing
+
+            missing = adapter_file_missing(path, f"run '{run_id}': {ADAPTER_DIR}")
+            if missing:
+                raise ServiceError(missing)
             raise ServiceError(f"run '{run_id}' has no adapter yet: it appears when the run finishes")
         return path
 
@@ -438,7 +443,7 @@ class OwnerSpace:
         from ..adapter import checkpoint_step, find_adapter_dir
 
         run_dir = self.run_dir(run_id)
-        return [f"{run_id}@{checkpoint_step(c)}" for c in runs.checkpoints(run_dir)
+        return [f"{run_id}@{checkpoint_step(c)}" for c in runs.adapter_checkpoints(run_dir)
                 if find_adapter_dir(c) not in (None, c)]
 
     def evaluate(self, run_id: str, test_file: str | Path | None, *,
@@ -641,7 +646,7 @@ class OwnerSpace:
 def _checkpoint_adapter(run_dir: Path, run_id: str, step: str) -> Path:
     from ..adapter import checkpoint_step, find_adapter_dir
 
-    kept = {checkpoint_step(c): c for c in runs.checkpoints(run_dir)}
+    kept = {checkpoint_step(c): c for c in runs.adapter_checkpoints(run_dir)}
     listed = ", ".join(f"{run_id}@{s}" for s in kept) or "none yet"
     if step == "best" or step.startswith("best-"):
         from ..evaluate import METRICS, best_checkpoint
@@ -658,6 +663,11 @@ def _checkpoint_adapter(run_dir: Path, run_id: str, step: str) -> Path:
     if not (step.isascii() and step.isdigit()) or int(step) not in kept:  # "²" is a digit to isdigit, not to int
         raise ServiceError(f"run '{run_id}' has no checkpoint '{step}'; its checkpoints: {listed}")
     folder = find_adapter_dir(kept[int(step)])
+    from ..adapter import adapter_file_missing
+
+    missing = adapter_file_missing(kept[int(step)], f"run '{run_id}': {runs.CHECKPOINTS}/checkpoint-{int(step)}")
+    if missing:
+        raise ServiceError(missing)
     if folder is None or folder == kept[int(step)]:
         raise ServiceError(f"checkpoint {step} of run '{run_id}' has no adapter folder (saved by an older "
                            "version); use the finished run")

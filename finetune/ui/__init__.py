@@ -86,7 +86,7 @@ def build_app(workspace: Workspace | None = None, downloads: str | Path | None =
             hp = create_hparams_tab(api, components)
         with gr.Tab("3 · Train", id="train"):
             tr = create_train_tab(api, hp["config_code"], ds["data_file"], zerogpu_enabled=zerogpu,
-                                  zerogpu_steps_per_call=zerogpu_steps_per_call)
+                                  zerogpu_steps_per_call=zerogpu_steps_per_call, components=components)
         with gr.Tab("4 · Playground", id="playground"):
             pg = create_playground_tab(api)
         with gr.Tab("5 · Export", id="export"):

@@ -11,7 +11,7 @@ import gradio as gr
 import pandas as pd
 from gradio.events import Dependency
 
-from .. import service
+from .. import methods, service
 from ..data import parse_column_mapping
 from ..errors import UserError, app_message
 from ..templates import template_label
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from ..config import RunConfig
 
 FILE_TYPES = [".csv", ".tsv", ".json", ".jsonl", ".parquet"]
+# The methods a file's columns may call for when SFT is picked (pairs: dpo, orpo; labelled answers: kto): one button each
+SUGGESTABLE = tuple(name for name, m in methods.REGISTRY.items() if m.shape in methods.JUDGED_SHAPES)
 
 
 def preview_caption(template: str, method: str) -> str:
@@ -95,6 +97,7 @@ class FormatPreview(TypedDict):
     problems: list[list[Any]]  # [row, field, reason, fix] of each rejected row
     warnings: list[str]
     file: str  # the formatted JSONL
+    suggests: list[str]  # SFT picked for answers labelled good or bad: the methods that train on them
 
 
 def preview_report(f: service.Formatted, preview_rows: int = 5) -> FormatPreview:
@@ -110,7 +113,8 @@ def preview_report(f: service.Formatted, preview_rows: int = 5) -> FormatPreview
                 "examples": [{"row": ex.row, "text": ex.text, "spans": [list(s) for s in ex.spans]}
                              for ex in f.result.examples[:preview_rows]],
                 "lengths": list(f.lengths), "problems": problems,
-                "warnings": [f"row {p.row}: {p.reason}" for p in f.result.warnings], "file": str(f.file)}
+                "warnings": [f"row {p.row}: {p.reason}" for p in f.result.warnings], "file": str(f.file),
+                "suggests": list(f.suggests)}
     shown: list[dict[str, Any]] = []
     for ex in f.result.examples[:preview_rows]:
         if isinstance(ex, PairExample):
@@ -129,7 +133,7 @@ def preview_report(f: service.Formatted, preview_rows: int = 5) -> FormatPreview
                f"{f.result.rows_in} rows, shape `{f.result.shape}`" + (f"; skipped: {skipped}" if skipped else "") +
                ". Highlighted: the answer each example trains on.")
     return {"summary": summary, "examples": shown, "lengths": list(f.lengths), "problems": problems, "warnings": [],
-            "file": str(f.file)}
+            "file": str(f.file), "suggests": list(f.suggests)}
 
 
 class DatasetEndpoints:
@@ -149,7 +153,18 @@ class DatasetEndpoints:
         histogram, row problems and the formatted JSONL file. ``method`` (sft, dpo, orpo, kto, grpo) picks the
         data shape: dpo/orpo show each prompt with its chosen and rejected answer, kto each answer with its
         label, grpo each prompt with its reference. ``val_fraction`` and ``test_split`` split the rows as
-        training will (validation rows; the test set held out, never trained on): the summary counts each."""
+        training will (validation rows; the test set held out, never trained on): the summary counts each. SFT asked
+        of preference pairs is refused with the methods that read them; of answers labelled good or bad, the summary
+        names the method that trains on the labels."""
+        shown, _ = self.formatted(me, data_file, hub_id, hub_config, split, template, system_prompt, columns, model,
+                                  max_length, train_on, keep_duplicates, method, val_fraction, test_split)
+        return shown
+
+    def formatted(self, me: Caller, data_file: str | None, hub_id: str, hub_config: str, split: str, template: str,
+                  system_prompt: str, columns: str, model: str, max_length: int, train_on: str, keep_duplicates: bool,
+                  method: str, val_fraction: float,
+                  test_split: float) -> tuple[tuple[str, str, Any, pd.DataFrame, str], list[str]]:
+        """:meth:`format_dataset`'s outputs, and the methods the data calls for (SFT picked for labelled answers)."""
         api = self.api
         source = data_file or (hub_id or "").strip()
         if not source:
@@ -172,22 +187,32 @@ class DatasetEndpoints:
             gr.Warning("<br>".join(html.escape(w) for w in report["warnings"][:3])
                        + (f"<br>… and {more} more (see the summary)" if more > 0 else ""))
         probs = pd.DataFrame(report["problems"], columns=["row", "field", "problem", "fix"])
-        return (report["summary"], preview_html(report["examples"], caption=preview_caption(template, method or "sft")),
-                histogram(report["lengths"], max_length), probs, report["file"])
+        return ((report["summary"] + suggestion_markdown(report["suggests"]),
+                 preview_html(report["examples"], caption=preview_caption(template, method or "sft")),
+                 histogram(report["lengths"], max_length), probs, report["file"]), report["suggests"])
 
     def format_on_page(self, me: Caller, data_file: str | None, hub_id: str, hub_config: str, split: str,
                        template: str, system_prompt: str, columns: str, model: str, max_length: int, train_on: str,
                        keep_duplicates: bool, method: str, val_fraction: float,
-                       test_split: float) -> tuple[str, str, Any, pd.DataFrame, str | None, list[Any] | None, str]:
+                       test_split: float) -> tuple[Any, ...]:
         """The page's format: a file that cannot be formatted clears the last file's preview, histogram, problems
         and download (they would read as this file's) and says why in the summary. Also the settings the preview
-        was rendered (or refused) with, and an empty stale mark."""
+        was rendered (or refused) with, an empty stale mark, and a button for each method the data calls for
+        (pairs or labelled answers under SFT: one click picks it, and the preview follows)."""
         settings = [template, system_prompt, columns, model, max_length, train_on, keep_duplicates, method,
                     val_fraction, test_split]
         try:
-            return (*self.format_dataset(me, data_file, hub_id, hub_config, split, template, system_prompt, columns,
-                                         model, max_length, train_on, keep_duplicates, method, val_fraction,
-                                         test_split), settings, "")
+            shown, suggests = self.formatted(me, data_file, hub_id, hub_config, split, template, system_prompt,
+                                             columns, model, max_length, train_on, keep_duplicates, method,
+                                             val_fraction, test_split)
+        except service.WrongMethod as e:  # SFT cannot read pairs: the methods that can, one click each
+            name = Path(data_file).name if data_file else (hub_id or "").strip()
+            hint = service.method_hint(e.methods, sft_reads=False)
+            return (f"💡 **{html.escape(name)}: {html.escape(hint)}** (one click below; the preview follows).",
+                    f"<div class='ft-preview' id='ft-preview-cleared'>No preview yet: pick the method for this data "
+                    "(above).</div>",
+                    None, pd.DataFrame(columns=["row", "field", "problem", "fix"]), None, settings, "",
+                    *suggestion_buttons(e.methods))
         except UserError as e:
             name = Path(data_file).name if data_file else (hub_id or "").strip()
             said = app_message(e)
@@ -195,7 +220,9 @@ class DatasetEndpoints:
             return (f"❌ **{html.escape(name)} could not be formatted:** {html.escape(said)}",
                     f"<div class='ft-preview' id='ft-preview-cleared'>No preview: {html.escape(name)} could not be "
                     "formatted (see above); fix it and upload again.</div>",
-                    None, pd.DataFrame(columns=["row", "field", "problem", "fix"]), None, settings, "")
+                    None, pd.DataFrame(columns=["row", "field", "problem", "fix"]), None, settings, "",
+                    *suggestion_buttons(()))
+        return (*shown, settings, "", *suggestion_buttons(suggests))
 
     def refresh_preview(self, me: Caller, shown: list[Any] | None, data_file: str | None, hub_id: str,
                         hub_config: str, split: str, template: str, system_prompt: str, columns: str, model: str,
@@ -204,10 +231,11 @@ class DatasetEndpoints:
         """A preview on screen follows the settings the run will use: rendered again when they changed since."""
         settings = [template, system_prompt, columns, model, max_length, train_on, keep_duplicates, method,
                     val_fraction, test_split]
+        outputs = 7 + len(SUGGESTABLE)
         if shown is None or not (data_file or (hub_id or "").strip()):  # no preview to keep true
-            return (gr.skip(),) * 7
+            return (gr.skip(),) * outputs
         if settings == shown:
-            return (gr.skip(),) * 6 + ("",)
+            return (gr.skip(),) * 6 + ("",) + (gr.skip(),) * len(SUGGESTABLE)
         return self.format_on_page(me, data_file, hub_id, hub_config, split, template, system_prompt, columns, model,
                                    max_length, train_on, keep_duplicates, method, val_fraction, test_split)
 
@@ -272,6 +300,9 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
                               file_types=FILE_TYPES, type="filepath", elem_id="test-file")
     fmt = gr.Button("Format and preview", variant="primary", elem_id="format-btn")
     summary = gr.Markdown(elem_id="format-summary")
+    with gr.Row():  # the data calls for another method than the one picked: one click picks it
+        suggest = [gr.Button(f"Use {name.upper()}", visible=False, size="sm", variant="primary",
+                             elem_id=f"use-method-{name}") for name in SUGGESTABLE]
     stale = gr.Markdown(elem_id="preview-stale")  # the settings changed since the preview below was rendered
     preview = gr.HTML(preview_html([]))
     shown_with = gr.State(None)  # the settings the preview on screen was rendered or refused with (None: none yet)
@@ -304,7 +335,9 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
                   components["data.keep_duplicates"], components["training.method"], components["data.val_fraction"],
                   components["data.test_split"]]
         outputs = [summary, preview, hist, problems, formatted]
-        on_page = outputs + [shown_with, stale]
+        on_page = outputs + [shown_with, stale, *suggest]
+        for name, button in zip(SUGGESTABLE, suggest):  # the Method picker changes: the preview follows it
+            button.click(lambda m=name: m, None, components["training.method"], api_visibility="private")
         api_event = gr.Button(visible=False).click(user_errors(mine(ep.format_dataset)), inputs, outputs,
                                                    api_name="format_dataset", concurrency_id="format_dataset",
                                                    concurrency_limit=4)
@@ -326,6 +359,18 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
 
     return {"data_file": data_file, "hub_id": hub_id, "hub_config": hub_config, "split": split, "columns": columns,
             "wire": wire}
+
+
+def suggestion_markdown(suggests: list[str]) -> str:
+    """Under a formatted SFT dataset's summary: the methods its judged answers call for (empty when none)."""
+    if not suggests:
+        return ""
+    return f"\n\n💡 **{html.escape(service.method_hint(suggests, sft_reads=True))}**."
+
+
+def suggestion_buttons(suggests: Sequence[str]) -> list[Any]:
+    """The suggestion buttons: those of ``suggests`` shown, the others hidden."""
+    return [gr.Button(visible=name in suggests) for name in SUGGESTABLE]
 
 
 # The settings a preview is rendered with, as the stale mark names them (the order of the format inputs after the

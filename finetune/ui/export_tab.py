@@ -66,7 +66,7 @@ def create_export_tab(api: Api) -> tuple[Callable[..., gr.Dropdown], list[gr.Dro
     @scoped(api)
     def runs(me: Caller) -> gr.Dropdown:
         choices = finished_runs(me.space)
-        return gr.Dropdown(choices=choices, value=choices[0] if choices else None)
+        return gr.Dropdown(choices=choices, value=choices[0][1] if choices else None)
 
     def describe(name: str, current: str) -> tuple[str, gr.Dropdown]:
         """The format's help, and the GGUF types it is written in: the type picked stays when the format takes it,

@@ -87,6 +87,11 @@ TRAIN_FIELDS = (
     Field("training.report_to", "dropdown", "Experiment tracking", ("none", "trackio", "tensorboard", "wandb", "mlflow")),
 )
 
+# The fields of the run config itself (no section): the run's name, shown in the run list and the run pickers.
+RUN_FIELDS = (
+    Field("name", "text", "Run name (optional)"),
+)
+
 # The training method and the fields only one method uses (shown when it is picked: METHOD_OF).
 METHOD_FIELDS = (
     Field("training.method", "radio", "Method"),
@@ -125,7 +130,8 @@ METHOD_OF = {**{key: meta["method"] for key, meta in rules() if "method" in meta
              **{f.key: "grpo" for f in REWARD_FIELDS}}
 LIST_FIELDS = ("lora.target_modules", "rewards.contains", "rewards.excludes")  # lists shown as "a, b"
 
-FORM_FIELDS = DATA_FIELDS + MODEL_FIELDS + QUANT_FIELDS + LORA_FIELDS + TRAIN_FIELDS + METHOD_FIELDS + REWARD_FIELDS
+FORM_FIELDS = (DATA_FIELDS + MODEL_FIELDS + QUANT_FIELDS + LORA_FIELDS + TRAIN_FIELDS + METHOD_FIELDS + REWARD_FIELDS
+               + RUN_FIELDS)
 
 
 def shown_for(method: str) -> list[bool]:
@@ -137,8 +143,8 @@ def shown_for(method: str) -> list[bool]:
 
 
 def get_value(cfg: RunConfig, key: str) -> Any:
-    section, name = key.split(".")
-    value = getattr(getattr(cfg, section), name)
+    section, _, name = key.rpartition(".")
+    value = getattr(getattr(cfg, section) if section else cfg, name)
     if key in LIST_FIELDS and isinstance(value, list):
         return ", ".join(value)
     return value
@@ -169,9 +175,10 @@ FormWidget = gr.Textbox | gr.Number | gr.Slider | gr.Checkbox | gr.Dropdown | gr
 def make_component(f: Field, value: Any, visible: bool = True, locked: str = "") -> FormWidget:
     """The widget of one config field; ``locked``: why this server keeps it at ``value`` (shown as its help, the
     widget not editable)."""
-    section, name = f.key.split(".")
-    info = locked or field_help(section, name)
-    common = dict(label=f.label, info=info, value=value, elem_id=f.key.replace(".", "-"), visible=visible)
+    section, _, name = f.key.rpartition(".")
+    info = locked or (field_help(section, name) if section else str(rule(name).get("help", "")))
+    elem_id = f.key.replace(".", "-") if section else f"run-{name}"
+    common = dict(label=f.label, info=info, value=value, elem_id=elem_id, visible=visible)
     if locked:
         common["interactive"] = False
     if f.kind == "text":

@@ -101,6 +101,7 @@ def create_hparams_tab(api: Api, components: dict[str, FormWidget]) -> HparamsWi
 CUSTOM = "custom"  # the preset shown once a loaded config has changed the form
 
 DATA_KEYS = tuple(f.key for f in forms.DATA_FIELDS)  # the fields of the Dataset tab that a preset may set
+RUN_KEYS = tuple(f.key for f in forms.RUN_FIELDS)  # the run's own fields (its name): no preset sets them
 
 
 def data_values(cfg: RunConfig) -> dict[str, Any]:
@@ -295,6 +296,8 @@ class ConfigEvents:
         for i, key in enumerate(keys):
             if key in result.values:
                 values[i] = result.values[key]
+            elif key in RUN_KEYS:  # a preset names no run: the name typed stays
+                values[i] = gr.skip()
         note = "\n\n".join(t for t in (preset_description(path), preset_data_note(result)) if t)
         suggests = {k: theirs for k, _, theirs in result.kept}
         return [*values, note, intended_gpu(path), proposed, suggests,

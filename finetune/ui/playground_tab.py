@@ -147,7 +147,7 @@ def check(me: Caller, base_model: str, adapter: str) -> str:
 
 
 def choices(me: Caller) -> gr.Dropdown:
-    return gr.Dropdown(choices=[""] + finished_runs(me.space, checkpoints=True))
+    return gr.Dropdown(choices=[("", ""), *finished_runs(me.space, checkpoints=True)])
 
 
 def create_playground_tab(api: Api) -> dict[str, LoadHook]:

@@ -18,10 +18,12 @@ from ..backends import hfjobs, zerogpu
 from ..errors import UserError, app_message
 from ..limits import RunCaps
 from ..runs import LIVE, RunState
+from . import forms
 from .common import Api, Caller, page_errors, push_row, scoped, user_errors
 from .evaluation_panel import create_evaluation_panel
+from .widgets import StepPlot
 
-TABLE_COLUMNS = ["run_id", "status", "step", "max_steps", "loss", "model"]
+TABLE_COLUMNS = ["name", "run_id", "status", "step", "max_steps", "loss", "model"]
 STATUS_BADGE = {
     "running": "🟢 running", "finished": "✅ finished", "failed": "❌ failed", "stopped": "⏹ stopped",
     "paused": "⏸ paused", "interrupted": "⚠️ interrupted (resumable)", "new": "… starting", "queued": "⏳ queued",
@@ -101,14 +103,45 @@ def progress_html(state: dict[str, Any]) -> str:
     gauge = gauge_html(state)
     return (
         f"{warnings_html(state.get('warnings') or [])}"
-        f"<div class='ft-progress' id='ft-progress'><b>{state['run_id']}</b> · {badge(state)}"
+        f"<div class='ft-progress' id='ft-progress'>{_run_title(state)} · {badge(state)}"
         f"<div style='background:#eee;border-radius:6px;height:14px;margin:6px 0'>"
         f"<div style='background:#4f46e5;width:{pct}%;height:14px;border-radius:6px'></div></div>"
         f"step <b>{step}</b> / {total or '?'} · loss <b>{'–' if loss is None else f'{loss:.4f}'}</b>"
         f" · {'–' if tps is None else f'{tps:,.0f}'} tokens/s · elapsed {_fmt_seconds(state.get('elapsed_s'))}"
-        f" · ETA {_fmt_seconds(state.get('eta_s'))}{gauge}{metrics_html(state.get('metrics') or {})}{msg}"
+        f"{eta_text(state)}{gauge}{metrics_html(state.get('metrics') or {})}{msg}"
         f"{samples_html(state.get('samples') or [], state.get('samples_step'))}</div>"
     )
+
+
+def eta_text(state: dict[str, Any]) -> str:
+    """`` · ETA 1m40s`` while the run trains (``~2m00s, estimated`` before a step is measured); empty otherwise: a
+    stopped, paused or finished run has no time left to show."""
+    if state.get("status") != "running":
+        return ""
+    eta = state.get("eta_s")
+    if eta is None:
+        return " · ETA: measuring the first steps"
+    return f" · ETA ~{_fmt_seconds(eta)} (estimated)" if state.get("eta_estimated") else f" · ETA {_fmt_seconds(eta)}"
+
+
+def cpu_text(util_pct: float, threads: int | None) -> str:
+    """The CPU a run keeps busy, in cores (``util_pct`` counts 100 per busy core): ``CPU: 1.6 of 2 cores busy``."""
+    cores = util_pct / 100
+    if threads:
+        return f"CPU: {cores:.1f} of {threads} core{'s' if threads != 1 else ''} busy ({min(100, round(util_pct / threads))}%)"
+    return f"CPU: {cores:.1f} cores busy"
+
+
+def _run_title(state: dict[str, Any]) -> str:
+    """The run's name (escaped: anyone's text) and id."""
+    name = state.get("name") or ""
+    return (f"<b>{html.escape(name)}</b> <span class='ft-row'>{html.escape(state['run_id'])}</span>" if name
+            else f"<b>{html.escape(state['run_id'])}</b>")
+
+
+def run_choices(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """The runs of a runs table as picker choices: (its name and id, its id)."""
+    return [(f"{name} · {rid}" if name else rid, rid) for name, rid in zip(frame["name"], frame["run_id"])]
 
 
 def warnings_html(warnings: list[str]) -> str:
@@ -142,7 +175,7 @@ def gauge_html(state: dict[str, Any]) -> str:
     pct = min(100, round(100 * used / total)) if total else 0
     colour = "#16a34a" if pct < 75 else "#d97706" if pct < 90 else "#dc2626"
     busy = "" if util is None else (f" · GPU {util:.0f}% busy" if state.get("device") == "cuda"
-                                    else f" · CPU {util:.0f}% (100 per core)")
+                                    else f" · {cpu_text(util, state.get('cpu_threads'))}")
     return (f"<div id='ft-gauge' style='margin-top:6px'>{device} {used:.1f} / {total or 0:.1f} GB ({pct}%){busy}"
             f"<div style='background:#eee;border-radius:6px;height:8px;margin-top:3px'>"
             f"<div style='background:{colour};width:{pct}%;height:8px;border-radius:6px'></div></div></div>")
@@ -166,6 +199,13 @@ def loss_frame(state: dict[str, Any]) -> pd.DataFrame | None:
         return None
     # explicit dtypes: an empty or object column would make the plot treat steps and losses as categories
     return pd.DataFrame(rows, columns=["step", "loss", "series"]).astype({"step": "int64", "loss": "float64"})
+
+
+def compare_frame(rows: list[dict[str, Any]]) -> pd.DataFrame | None:
+    """The loss points of several runs (run, step, loss); None with none."""
+    if not rows:
+        return None
+    return pd.DataFrame(rows, columns=["run", "step", "loss"]).astype({"step": "int64", "loss": "float64"})
 
 
 BACKEND_LABELS = {"local": "this machine", "zerogpu": "ZeroGPU", "hf-jobs": "Hugging Face Jobs"}
@@ -323,17 +363,21 @@ class TrainEndpoints:
         caps = service.run_caps(self.api.workspace) if service.backend_name(backend) == "local" else None
         return summary_markdown(s) + caps_markdown(caps, s["steps"]), gr.Checkbox(visible=s["sample"])
 
-    def view(self, me: Caller, rid: str) -> tuple[str, pd.DataFrame | None, str, gr.Timer, pd.DataFrame]:
+    def view(self, me: Caller, rid: str) -> tuple[str, pd.DataFrame | None, str, gr.Timer, pd.DataFrame,
+                                                  dict[str, Any]]:
+        """The run's progress line, loss chart (and its style, StepPlot.restyle), event log, timer and the runs."""
         if not rid:
-            return progress_html({}), loss_frame({}), "", gr.Timer(active=False), runs_frame(me.space)
+            return progress_html({}), None, "", gr.Timer(active=False), runs_frame(me.space), {}
         try:
             state = me.space.status(rid, token=me.token)
             events = me.space.events(rid)
         except service.ServiceError as e:
-            return (f"<div class='ft-progress'>{html.escape(app_message(e))}</div>", loss_frame({}), "", gr.Timer(active=False),
-                    runs_frame(me.space))
+            return (f"<div class='ft-progress'>{html.escape(app_message(e))}</div>", None, "", gr.Timer(active=False),
+                    runs_frame(me.space), {})
         live = state["status"] in LIVE or (state["status"] == "paused" and state.get("backend") == "zerogpu")
-        return progress_html(state), loss_frame(state), events_text(events), gr.Timer(active=live), runs_frame(me.space)
+        frame = loss_frame(state)
+        return (progress_html(state), frame, events_text(events), gr.Timer(active=live), runs_frame(me.space),
+                StepPlot.style(frame, "series"))
 
     def latest_run(self, me: Caller) -> str:
         """The run a (re)loaded page opens on: the user's newest live run, else their newest run."""
@@ -344,15 +388,18 @@ class TrainEndpoints:
 
     def table(self, me: Caller) -> tuple[pd.DataFrame, gr.Dropdown, gr.Dropdown, str]:
         frame = runs_frame(me.space)
-        return (frame, gr.Dropdown(choices=list(frame["run_id"])), gr.Dropdown(choices=list(frame["run_id"])),
+        return (frame, gr.Dropdown(choices=run_choices(frame)), gr.Dropdown(choices=run_choices(frame)),
                 me.space.disk_usage())
 
-    def compare_runs(self, me: Caller, run_ids: list[str] | None) -> pd.DataFrame | None:
-        """The train loss of the chosen runs, one line per run (None: nothing chosen yet)."""
+    def compare_runs(self, me: Caller, run_ids: list[str] | None) -> tuple[pd.DataFrame | None, dict[str, Any]]:
+        """The train loss of the chosen runs, one line per run, and its style (StepPlot.restyle: each run in its
+        colour, named in the legend as in the run pickers)."""
         rows = me.space.loss_curves(list(run_ids or []))
-        if not rows:
-            return None
-        return pd.DataFrame(rows, columns=["run", "step", "loss"]).astype({"step": "int64", "loss": "float64"})
+        if rows:
+            names = {r["run_id"]: r.get("name") or "" for r in me.space.statuses()}
+            rows = [r | {"run": f"{names[r['run']]} · {r['run']}" if names.get(r["run"]) else r["run"]} for r in rows]
+        frame = compare_frame(rows)
+        return frame, StepPlot.style(frame, "run")
 
     def download(self, me: Caller, rid: str) -> str:
         return str(me.space.adapter_zip(rid, self.api.downloads / "adapters"))
@@ -401,8 +448,9 @@ def jobs_text(config_yaml: str, flavor: str) -> str:
     return "\n\n".join(lines)
 
 
-def _layout(api: Api, zerogpu_ok: bool, zerogpu_why: str) -> dict[str, Any]:
-    """The tab's widgets, in page order (the evaluation panel under the run's progress), by name."""
+def _layout(api: Api, zerogpu_ok: bool, zerogpu_why: str, components: dict[str, forms.FormWidget]) -> dict[str, Any]:
+    """The tab's widgets, in page order (the evaluation panel under the run's progress), by name; the config fields
+    of the run itself (its name) into ``components``."""
     flavors = flavor_choices()
     with gr.Row():
         backend = gr.Radio(backend_choices(zerogpu_ok, zerogpu_why), value="local", label="Where to train",
@@ -423,13 +471,16 @@ def _layout(api: Api, zerogpu_ok: bool, zerogpu_why: str) -> dict[str, Any]:
                              elem_id="use-sample", info="240 sentences with a city and a year to extract as JSON: "
                              "a quick way to try the app. Untick, and choose your data in 1 · Dataset.")
     with gr.Row():
+        for f in forms.RUN_FIELDS:  # the run's name: in its config, the run list and the pickers
+            components[f.key] = forms.make_component(f, "")
+    with gr.Row():
         start = gr.Button("▶ Start training", variant="primary", elem_id="start-training")
         stop = gr.Button("⏹ Stop", elem_id="stop-training")
         resume = gr.Button("⏵ Resume", elem_id="resume-training")
     run_id = gr.Textbox(value="", label="Run", interactive=False, elem_id="run-id")
     progress = gr.HTML(progress_html({}))
     with gr.Row():
-        plot = gr.LinePlot(None, x="step", y="loss", color="series", title="Loss", height=260,
+        plot = StepPlot(None, x="step", y="loss", color="series", title="Loss", height=260,
                            elem_id="loss-plot")
     timer = gr.Timer(2.0, active=False)  # ticks while the run is live: progress, loss and test-set curves
     create_evaluation_panel(api, run_id, timer)
@@ -446,12 +497,11 @@ def _layout(api: Api, zerogpu_ok: bool, zerogpu_why: str) -> dict[str, Any]:
         refresh = gr.Button("↻ Refresh list")
         delete_btn = gr.Button("🗑 Delete the open run", elem_id="delete-run")
     disk = gr.Markdown(elem_id="disk-usage")
-    runs_table = gr.Dataframe(headers=["run_id", "status", "step", "max_steps", "loss", "model"], interactive=False,
-                              elem_id="runs-table")
+    runs_table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, elem_id="runs-table")
     with gr.Accordion("Compare runs", open=False):
         compare_pick = gr.Dropdown(label="Runs to compare", choices=[], multiselect=True, elem_id="compare-runs",
                                    info="Their train loss curves, overlaid")
-        compare_plot = gr.LinePlot(None, x="step", y="loss", color="run", title="Train loss by run", height=260,
+        compare_plot = StepPlot(None, x="step", y="loss", color="run", title="Train loss by run", height=260,
                                    elem_id="compare-plot")
     return dict(backend=backend, backend_help=backend_help, zerogpu_box=zerogpu_box,
                 zerogpu_quota=zerogpu_quota, jobs_box=jobs_box, flavor=flavor, jobs_repo=jobs_repo, jobs_info=jobs_info,
@@ -463,18 +513,24 @@ def _layout(api: Api, zerogpu_ok: bool, zerogpu_why: str) -> dict[str, Any]:
 
 
 def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zerogpu_enabled: bool | None = None,
-                     zerogpu_steps_per_call: int | None = None) -> TrainTab:
+                     zerogpu_steps_per_call: int | None = None,
+                     components: dict[str, forms.FormWidget] | None = None) -> TrainTab:
     """``zerogpu_enabled``: offer ZeroGPU (default: detected, zerogpu.available()); ``zerogpu_steps_per_call``
-    caps the steps of each GPU call (default: planned from the measured step time)."""
+    caps the steps of each GPU call (default: planned from the measured step time); ``components``: the form's
+    widgets, where the run's own fields (its name) are added."""
     zerogpu_ok, zerogpu_why = zerogpu.available() if zerogpu_enabled is None else (zerogpu_enabled, "switched off")
     ep = TrainEndpoints(api, zerogpu_ok, zerogpu_why, zerogpu_steps_per_call)
-    w = _layout(api, zerogpu_ok, zerogpu_why)
+    w = _layout(api, zerogpu_ok, zerogpu_why, {} if components is None else components)
     mine, with_token = scoped(api), scoped(api, token=True)
     run_id = w["run_id"]
     view, table, latest_run = page_errors(with_token(ep.view)), page_errors(mine(ep.table)), mine(ep.latest_run)
     summary_view = page_errors(ep.summary_view)
     table_outputs = [w["runs_table"], w["runs_pick"], w["compare_pick"], w["disk"]]
-    outputs_view = [w["progress"], w["plot"], w["log_box"], w["timer"], w["runs_table"]]
+    loss_style, compare_style = gr.State({}), gr.State({})
+    outputs_view = [w["progress"], w["plot"], w["log_box"], w["timer"], w["runs_table"], loss_style]
+
+    def restyled(viewed: Any) -> None:  # the chart drawn anew when its series or axis kind changed (StepPlot)
+        viewed.then(StepPlot.restyle, loss_style, w["plot"], api_visibility="private", show_progress="hidden")
     w["start"].click(user_errors(with_token(ep.start_from_form)),
                      [config_code, data_file, w["backend"], w["flavor"], w["jobs_repo"], w["use_sample"]], run_id,
                      api_visibility="private", concurrency_limit=2).then(table, None, table_outputs,
@@ -483,19 +539,21 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
     gr.Button(visible=False).click(user_errors(with_token(ep.start_training)),
                                    [config_code, data_file, w["backend"], w["flavor"], w["jobs_repo"]], run_id,
                                    api_name="start_training", concurrency_limit=2)
-    run_id.change(view, run_id, outputs_view, api_visibility="private")
+    restyled(run_id.change(view, run_id, outputs_view, api_visibility="private"))
     status_json = gr.JSON(visible=False)
-    w["stop"].click(user_errors(with_token(ep.stop_training)), run_id, status_json, api_name="stop_training").then(
-        view, run_id, outputs_view, api_visibility="private")
-    w["resume"].click(user_errors(mine(ep.resume_training)), run_id, run_id, api_name="resume_training",
-                      concurrency_limit=2).then(view, run_id, outputs_view, api_visibility="private")
-    w["timer"].tick(view, run_id, outputs_view, api_visibility="private", show_progress="hidden")
+    restyled(w["stop"].click(user_errors(with_token(ep.stop_training)), run_id, status_json,
+                             api_name="stop_training").then(view, run_id, outputs_view, api_visibility="private"))
+    restyled(w["resume"].click(user_errors(mine(ep.resume_training)), run_id, run_id, api_name="resume_training",
+                               concurrency_limit=2).then(view, run_id, outputs_view, api_visibility="private"))
+    restyled(w["timer"].tick(view, run_id, outputs_view, api_visibility="private", show_progress="hidden"))
     w["runs_pick"].change(lambda r: r, w["runs_pick"], run_id, api_visibility="private")
     w["refresh"].click(table, None, table_outputs, api_visibility="private")
-    w["delete_btn"].click(user_errors(mine(ep.delete_run)), run_id, w["disk"], api_name="delete_run").then(
-        table, None, table_outputs, api_visibility="private")
-    w["compare_pick"].change(mine(ep.compare_runs), w["compare_pick"], w["compare_plot"], api_visibility="private",
-                             show_progress="hidden")
+    deleted = w["delete_btn"].click(user_errors(mine(ep.delete_run)), run_id, w["disk"], api_name="delete_run")
+    deleted.then(table, None, table_outputs, api_visibility="private")
+    deleted.success(lambda: "", None, run_id, api_visibility="private")  # gone: the page shows no run
+    w["compare_pick"].change(mine(ep.compare_runs), w["compare_pick"], [w["compare_plot"], compare_style],
+                             api_visibility="private", show_progress="hidden").then(
+        StepPlot.restyle, compare_style, w["compare_plot"], api_visibility="private", show_progress="hidden")
     # a refusal (no run open, no adapter yet) is one message and an empty file box, not an error badge that stays
     # on the box after the next download works
     w["download_btn"].click(page_errors(mine(ep.download), lambda _: None), run_id, w["adapter_file"],
@@ -518,15 +576,16 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
             "on_load": [(summary_view, panel_inputs, [w["summary"], w["use_sample"]]), (latest_run, [], [run_id])]}
 
 
-def finished_runs(space: service.OwnerSpace, checkpoints: bool = False) -> list[str]:
-    """The ids of the owner's runs that have an adapter; with ``checkpoints``, each followed by its usable
-    checkpoints (``ID@step``)."""
-    out: list[str] = []
+def finished_runs(space: service.OwnerSpace, checkpoints: bool = False) -> list[tuple[str, str]]:
+    """The owner's runs that have an adapter as picker choices (their name and id, their id); with
+    ``checkpoints``, each followed by its usable checkpoints (``ID@step``)."""
+    out: list[tuple[str, str]] = []
     for r in space.statuses():
         if r.get("has_adapter"):
-            out.append(r["run_id"])
+            named = f"{r['name']} · " if r.get("name") else ""
+            out.append((named + r["run_id"], r["run_id"]))
             if checkpoints:
-                out += space.checkpoint_choices(r["run_id"])
+                out += [(named + c, c) for c in space.checkpoint_choices(r["run_id"])]
     return out
 
 

@@ -1,0 +1,141 @@
+"""The form on a newcomer's second walk, in a real browser (Debian chromium driven by Playwright): the data suggests
+its method (preference pairs under SFT: one click picks DPO or ORPO, and the preview follows the method and the
+template without pressing Format), a CPU method preset shows its verdict for the CPU, and a run is named on the
+page (its config, the run list, the pickers; never markup or a path) and deleted there with its files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from apps import launched, needs_chromium, open_page, set_text, text_of, wait_text
+
+from finetune.config import RunConfig
+
+pytestmark = needs_chromium
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    with launched(root, tmp_path_factory.mktemp("dl")) as (_, url):
+        yield url, root
+
+
+def pick(page, elem_id: str, option: str) -> None:
+    """Choose ``option`` in the dropdown ``#elem_id``."""
+    page.locator(f"#{elem_id} input").first.click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def method_is(page, method: str) -> bool:
+    """Whether the Method picker (2 · Hyperparameters) has ``method``; back on the Dataset tab after."""
+    page.get_by_role("tab", name="2 · Hyperparameters").click()
+    checked = bool(page.locator("#training-method").get_by_label(method, exact=True).is_checked())
+    page.get_by_role("tab", name="1 · Dataset").click()
+    return checked
+
+
+def test_preference_pairs_under_sft_suggest_their_method_and_the_preview_follows(app, browser, tmp_path):
+    url, _ = app
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"Is {i} even?", "chosen": "yes" if i % 2 == 0 else "no",
+                                         "rejected": "no" if i % 2 == 0 else "yes"}) + "\n" for i in range(8)),
+                     encoding="utf-8")
+    feedback = tmp_path / "thumbs.jsonl"
+    feedback.write_text("".join(json.dumps({"prompt": f"Is {i} even?", "completion": "yes", "label": i % 2 == 0})
+                                + "\n" for i in range(8)), encoding="utf-8")
+    context, page = open_page(browser, url)
+    try:
+        page.locator("#data-file input[type=file]").set_input_files(str(pairs))  # the method is SFT
+        wait_text(page, "format-summary", "preference pairs")
+        summary = text_of(page, "format-summary")
+        assert "pairs.jsonl" in summary and "pick DPO or ORPO" in summary, summary
+        assert page.locator("#use-method-dpo").is_visible() and page.locator("#use-method-orpo").is_visible()
+        assert not page.locator("#use-method-kto").is_visible()
+
+        page.locator("#use-method-dpo").click()  # one click: the method is DPO and the preview shows the pairs
+        wait_text(page, "ft-preview", "(chosen)", timeout_s=120)
+        assert "method DPO" in text_of(page, "ft-preview") and "DPO data" in text_of(page, "format-summary")
+        assert not page.locator("#use-method-dpo").is_visible()
+        assert method_is(page, "dpo")
+
+        pick(page, "data-template", "llama2")  # a template picked: rendered again, no Format pressed
+        wait_text(page, "ft-preview", "[INST] Is 0 even? [/INST]", timeout_s=120)
+        page.get_by_role("tab", name="2 · Hyperparameters").click()
+        page.locator("#training-method").get_by_label("orpo", exact=True).check()  # a method picked: the same
+        page.get_by_role("tab", name="1 · Dataset").click()
+        wait_text(page, "ft-preview", "method ORPO", timeout_s=120)
+        assert "template llama2" in text_of(page, "ft-preview")
+
+        # answers labelled good or bad read as SFT prompt/completion rows: SFT would imitate the bad ones too
+        page.get_by_role("tab", name="2 · Hyperparameters").click()
+        page.locator("#training-method").get_by_label("sft", exact=True).check()
+        page.get_by_role("tab", name="1 · Dataset").click()
+        page.locator("#data-file button[aria-label='Clear']").first.click()
+        page.locator("#data-file input[type=file]").set_input_files(str(feedback))
+        wait_text(page, "format-summary", "pick KTO")
+        assert "labelled good or bad" in text_of(page, "format-summary")
+        page.locator("#use-method-kto").click()
+        wait_text(page, "ft-preview", "thumbs up", timeout_s=120)
+        assert method_is(page, "kto") and "KTO data" in text_of(page, "format-summary")
+    finally:
+        context.close()
+
+
+def test_a_cpu_method_preset_shows_its_verdict_for_the_cpu(app, browser):
+    url, _ = app
+    context, page = open_page(browser, url)
+    try:
+        page.get_by_role("tab", name="2 · Hyperparameters").click()
+        wait_text(page, "fit-verdict", "on cpu")
+        pick(page, "preset", "smollm2-135m-dpo")
+        wait_text(page, "preset-info", "DPO on SmolLM2")
+        page.wait_for_function("() => document.querySelector('#gpu input').value === 'cpu'", timeout=30_000)
+        wait_text(page, "fit-verdict", "for 20 steps")  # the preset's own steps: its verdict, not the last one's
+        verdict = text_of(page, "fit-verdict")
+        assert "on cpu" in verdict and "no charge" in verdict, verdict
+    finally:
+        context.close()
+
+
+@pytest.mark.slow  # a real run (the tiny model, one step), about 45 s; tests/test_app.py names, lists and deletes one through the API
+def test_a_run_is_named_on_the_page_listed_by_its_name_and_deleted_with_its_files(app, browser, tiny_model_dir):
+    url, root = app
+    name = "Oslo <img src=x onerror=window.pwned=1> & co"  # anyone's text: shown as text, never markup or a path
+    context, page = open_page(browser, url)
+    try:
+        page.get_by_role("tab", name="2 · Hyperparameters").click()
+        set_text(page, "model-id", str(tiny_model_dir))
+        page.locator("button.label-wrap", has_text="Training").first.click()
+        set_text(page, "training-max_steps", "1")
+        set_text(page, "training-max_length", "64")
+        page.get_by_role("tab", name="3 · Train").click()
+        set_text(page, "run-name", name)
+        wait_text(page, "run-summary", "1 steps")
+        page.locator("#use-sample input").check()
+        page.locator("#start-training").click()
+        page.wait_for_function("() => (document.querySelector('#run-id textarea, #run-id input') || {}).value",
+                               timeout=60_000)
+        run_id = page.locator("#run-id textarea, #run-id input").first.input_value()
+        folder = next(root.rglob(run_id))  # the name's letters and digits only in the id: a folder of the owner's
+        assert run_id.split("-")[2:6] == ["oslo", "img", "src", "x"] and folder.resolve().is_relative_to(root.resolve())
+        assert RunConfig.load(folder / "config.yaml").name == name  # stored in the run's config
+        wait_text(page, "ft-progress", "finished", 180)
+        assert name in text_of(page, "ft-progress")
+        wait_text(page, "runs-table", name)
+        page.locator("#runs-pick input").first.click()
+        page.get_by_role("option", name=f"{name} · {run_id}", exact=True).wait_for(timeout=10_000)
+        page.keyboard.press("Escape")
+        assert page.evaluate("() => window.pwned") is None and page.locator("#runs-table img").count() == 0
+
+        page.locator("#delete-run").click()
+        page.wait_for_function("() => !(document.querySelector('#run-id textarea, #run-id input') || {}).value",
+                               timeout=30_000)
+        wait_text(page, "disk-usage", "MB")
+        assert not folder.exists()  # checkpoints, adapter and events with it
+        page.wait_for_function(f"() => !document.querySelector('#runs-table').innerText.includes({run_id!r})",
+                               timeout=30_000)
+        page.wait_for_selector("#ft-progress", state="detached", timeout=30_000)  # "No run selected" instead
+    finally:
+        context.close()
