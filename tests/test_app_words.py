@@ -10,6 +10,7 @@ launched app with one finished tiny run."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -159,6 +160,9 @@ def test_dataset_messages_name_the_file_in_the_apps_words_once_per_action(app, b
     unknown.write_text(UNKNOWN_COLUMNS, encoding="utf-8")
     exam = tmp_path / "exam.jsonl"
     exam.write_text('{"foo": "a"}\n', encoding="utf-8")
+    formulas = tmp_path / "sums.jsonl"
+    formulas.write_text("".join(json.dumps({"prompt": f"Add {i} and 1", "completion": f"={i}+1"}) + "\n"
+                                for i in range(3)), encoding="utf-8")
     context, page = open_page(browser, url)
     try:
         page.locator("#data-file input[type=file]").set_input_files(str(plain))
@@ -184,6 +188,17 @@ def test_dataset_messages_name_the_file_in_the_apps_words_once_per_action(app, b
                                "t.innerText.includes('no prompt column'))", timeout=60_000)
         message = " ".join(toasts(page))
         assert "exam.jsonl: no prompt column" in message and "uploads" not in message, message
+        close_toasts(page)
+
+        # three rows worth a look: one toast says them all, not "Warning (3)"
+        page.locator("#data-file button[aria-label='Clear']").first.click()
+        page.locator("#data-file input[type=file]").set_input_files(str(formulas))
+        wait_text(page, "format-summary", "warnings: 3 rows")
+        page.wait_for_selector(".toast-body.warning", timeout=30_000)
+        time.sleep(1.5)
+        shown = toasts(page)
+        assert len(shown) == 1 and not re.match(r"Warning\s*\(\d+\)", shown[0]), shown
+        assert all(f"row {i}" in shown[0] for i in (1, 2, 3)), shown
     finally:
         context.close()
 
