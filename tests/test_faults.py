@@ -478,3 +478,31 @@ def test_stop_and_resume_in_a_loop_through_the_api_ends_as_asked(tmp_path, tiny_
         demo.close()
     run_dir = runs.run_path(rid, service.Workspace(tmp_path / "runs").for_owner(None))
     assert assert_settled(run_dir) == "finished" and leftovers(run_dir) == []
+
+
+def test_a_resume_waiting_on_a_training_run_leaves_it_running(tmp_path):
+    """``train --run-dir`` while the run trains waits for it: the run reads ``running`` (with the training process),
+    ``resuming`` once that process is stopping or gone, and as it was once both are gone."""
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    log = EventLog(run_dir)
+    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    waiter = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        log.emit("launched", pid=trainer.pid, resume=False)
+        log.emit("started", pid=trainer.pid, max_steps=10)
+        log.emit("step", step=1, max_steps=10, loss=2.0)
+        log.emit("launched", pid=waiter.pid, resume=True)
+        state = runs.read_run(run_dir)
+        assert (state.status, state.pid, state.step) == ("running", trainer.pid, 1)
+        (run_dir / f"{runs.STOPPING_PREFIX}{trainer.pid}").touch()  # it took a stop: the waiting one goes on
+        assert (runs.read_run(run_dir).status, runs.read_run(run_dir).pid) == ("resuming", waiter.pid)
+        (run_dir / f"{runs.STOPPING_PREFIX}{trainer.pid}").unlink()
+        kill(trainer)
+        assert (runs.read_run(run_dir).status, runs.read_run(run_dir).pid) == ("resuming", waiter.pid)
+        kill(waiter)
+        assert runs.read_run(run_dir).status == "interrupted"
+    finally:
+        for p in (trainer, waiter):
+            if p.poll() is None:
+                kill(p)
