@@ -139,3 +139,70 @@ def test_a_run_is_named_on_the_page_listed_by_its_name_and_deleted_with_its_file
         page.wait_for_selector("#ft-progress", state="detached", timeout=30_000)  # "No run selected" instead
     finally:
         context.close()
+
+
+def dropdown_value(page, elem_id: str) -> str:
+    return str(page.locator(f"#{elem_id} input").first.input_value())
+
+
+def kept_form(root, needle: str, timeout_s: float = 30) -> None:
+    """Wait until a kept form (the owner's form.json) holds ``needle``."""
+    import time
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if any(needle in p.read_text() for p in root.rglob("form.json")):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no kept form with {needle!r}")
+
+
+def test_a_reloaded_page_keeps_the_form_and_says_so_and_another_visitor_starts_fresh(app, browser, tmp_path):
+    url, root = app
+    pairs = tmp_path / "my_pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"Is {i} even?", "chosen": "yes" if i % 2 == 0 else "no",
+                                         "rejected": "no" if i % 2 == 0 else "yes"}) + "\n" for i in range(8)),
+                     encoding="utf-8")
+    context, page = open_page(browser, url)
+    try:
+        page.locator("#data-file input[type=file]").set_input_files(str(pairs))
+        page.locator("#use-method-dpo").click()
+        page.wait_for_selector("#ft-preview mark.ft-trained", timeout=120_000)
+        pick(page, "data-template", "chatml")
+        page.get_by_role("tab", name="2 · Hyperparameters").click()
+        page.locator("button.label-wrap", has_text="Training").first.click()
+        set_text(page, "training-max_steps", "7")
+        kept_form(root, "max_steps: 7")
+
+        page.reload()
+        page.wait_for_selector("text=1 · Dataset", timeout=60_000)
+        wait_text(page, "form-restored", "back as you left it")
+        note = text_of(page, "form-restored")
+        assert "my_pairs.jsonl" in note and "chatml" in note and "DPO" in note and "7 steps" in note, note
+        assert "my_pairs.jsonl" in text_of(page, "data-file").replace("\n", "")  # the upload itself, not only its name
+        assert dropdown_value(page, "data-template") == "chatml"
+        page.get_by_role("tab", name="2 · Hyperparameters").click()
+        assert page.locator("#training-method").get_by_label("dpo", exact=True).is_checked()
+        page.locator("button.label-wrap", has_text="Training").first.click()
+        assert page.locator("#training-max_steps input").first.input_value() == "7"
+        page.get_by_role("tab", name="3 · Train").click()
+        wait_text(page, "run-summary", "my_pairs.jsonl")  # what a run would use: the restored form
+        summary = text_of(page, "run-summary")
+        assert "7 steps" in summary and "method DPO" in summary and "8 rows" in summary, summary
+
+        other, fresh = open_page(browser, url)  # another visitor (their own cookie): the preset's form
+        try:
+            fresh.wait_for_timeout(1500)
+            assert not fresh.locator("#form-restored").is_visible()
+            assert dropdown_value(fresh, "data-template") == "model"
+        finally:
+            other.close()
+
+        with page.expect_navigation(timeout=60_000):  # start over: the page opens with the preset again
+            page.locator("#form-start-over").click()
+        page.wait_for_selector("text=1 · Dataset", timeout=60_000)
+        page.wait_for_timeout(1500)
+        assert not page.locator("#form-restored").is_visible()
+        assert dropdown_value(page, "data-template") == "model"
+    finally:
+        context.close()

@@ -61,6 +61,8 @@ def without_upload_folders(text: str) -> str:
     ``data.jsonl``)."""
     return re.sub(r"(?:/[^\s/:'\"]+)*" + _KEPT.pattern, "", text)
 SYNC_EVERY_S = 5.0  # a Hugging Face job's log is read at most this often per run (each read fetches the log)
+FORM_FILE = "form.json"  # the owner's form as the page last left it (one file per owner, overwritten)
+MAX_FORM_BYTES = 64_000  # a form is a few kB of settings; a shared server keeps no more than this per owner
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,37 @@ class OwnerSpace:
     @property
     def multi_user(self) -> bool:
         return self.ws.multi_user
+
+    def save_form(self, form: dict[str, Any]) -> None:
+        """Keep the owner's form (the page's settings, key -> value) so that a reloaded page comes back to it."""
+        import json
+
+        from ..io import atomic_write_text
+
+        text = json.dumps(form, ensure_ascii=False, sort_keys=True)
+        if len(text.encode("utf-8")) > MAX_FORM_BYTES:
+            raise ServiceError(f"the form is over {MAX_FORM_BYTES // 1000} kB (a system prompt or schema that long?): "
+                               "it is not kept for the next visit; shorten it")
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.root / FORM_FILE, text)
+
+    def load_form(self) -> dict[str, Any] | None:
+        """The form :meth:`save_form` kept (None: none yet, or no longer readable: the page opens with the preset)."""
+        import json
+
+        path = self.root / FORM_FILE
+        try:
+            form = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:  # a damaged file: said, and replaced at the next save
+            raise ServiceError(f"your saved form could not be read ({e.__class__.__name__}); the page starts "
+                               "from the preset") from None
+        return form if isinstance(form, dict) else None
+
+    def forget_form(self) -> None:
+        """Drop the kept form: the next page starts from the preset."""
+        (self.root / FORM_FILE).unlink(missing_ok=True)
 
     def keep_upload(self, path: str | Path) -> Path:
         """Copy an uploaded data file into the owner's folder (uploads are temporary; runs must outlive them).

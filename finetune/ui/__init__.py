@@ -15,7 +15,8 @@ from ..config import RunConfig
 from ..data import parse_column_mapping
 from ..service import Workspace, default_workspace
 from . import forms
-from .common import BROWSER_KEY_STORAGE, Api, adopt_old_browser_runs, browser_secret
+from .common import BROWSER_KEY_STORAGE, Api, adopt_old_browser_runs, browser_secret, page_errors, scoped
+from .form_store import FormStore, form_inputs
 from .dataset_tab import create_dataset_tab
 from .export_tab import create_export_tab
 from .hparams_tab import create_hparams_tab, wire_config
@@ -80,6 +81,10 @@ def build_app(workspace: Workspace | None = None, downloads: str | Path | None =
             gr.Markdown(INTRO)
             if os.environ.get("SPACE_ID"):  # OAuth exists on Spaces only; locally HF_TOKEN is used
                 gr.LoginButton(scale=0)
+        with gr.Row():  # a reloaded page brings the form back (form_store.py) and says so
+            restored = gr.Markdown(visible=False, elem_id="form-restored")
+            start_over = gr.Button("Start over from the preset", visible=False, size="sm", scale=0,
+                                   elem_id="form-start-over")
         with gr.Tab("1 · Dataset", id="dataset"):
             ds = create_dataset_tab(api, components)
         with gr.Tab("2 · Hyperparameters", id="hparams"):
@@ -112,10 +117,22 @@ def build_app(workspace: Workspace | None = None, downloads: str | Path | None =
             return adopt_old_browser_runs(api.workspace, key, request)
 
         loaded = demo.load(adopt, old_key, old_key, api_visibility="private", show_progress="hidden")
+        # the owner's form comes back first: what the page computes when it opens (the verdict) reads it
+        source = [ds["data_file"], ds["hub_id"], ds["hub_config"], ds["split"], ds["columns"]]
+        kept: list[Any] = [*form_inputs(components), *source, hp["gpu"], hp["preset"]]
+        store = FormStore(kept, api.downloads)
+        form_back = loaded.then(page_errors(scoped(api)(store.restore)), None,
+                                [*form_inputs(components), *source, hp["gpu"], hp["preset"], restored, start_over],
+                                api_visibility="private", show_progress="hidden")
         for fn, outputs in (tr["load"], pg["load"], ex):
-            loaded.then(fn, None, outputs, api_visibility="private", show_progress="hidden")
+            form_back.then(fn, None, outputs, api_visibility="private", show_progress="hidden")
         for fn, inputs, outputs in page_load:
-            loaded.then(fn, inputs, outputs, api_visibility="private", show_progress="hidden")
+            form_back.then(fn, inputs, outputs, api_visibility="private", show_progress="hidden")
+        # kept after every change, for the next page of this owner
+        gr.on([w.change for w in kept], page_errors(scoped(api)(store.save)), set(kept), None,
+              api_visibility="private", show_progress="hidden", trigger_mode="always_last")
+        start_over.click(page_errors(scoped(api)(store.forget)), None, None, api_visibility="private").then(
+            None, None, None, js="() => { window.location.reload(); }")
     demo.queue(default_concurrency_limit=4)
     # torch/transformers/peft load in the background while the page opens (a few seconds on a CPU), once
     from .. import inference
