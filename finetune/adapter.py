@@ -52,22 +52,30 @@ DEFAULT_TEMPLATE_INFO: Mapping[str, Any] = MappingProxyType({"template": "model"
 
 def is_adapter_dir(folder: str | Path) -> bool:
     """A folder holding a PEFT adapter: its ``adapter_config.json`` and its weights (an adapter without weights is
-    not an adapter: see :func:`adapter_weights_missing` for the message that names the missing file)."""
+    not an adapter: :func:`adapter_file_missing` is the message that names the missing file)."""
     return (Path(folder) / CONFIG_FILE).is_file() and (Path(folder) / WEIGHTS_FILE).is_file()
 
 
-def adapter_weights_missing(path: str | Path, label: str | None = None) -> str | None:
-    """When ``path`` (an adapter folder, a run or a checkpoint folder) holds an adapter whose weights file is gone
-    (its ``adapter_config.json`` without ``adapter_model.safetensors``): the message naming the missing file and the
-    fix, with ``label`` for the folder (a run id, so a server's paths stay private). None otherwise."""
+def adapter_file_missing(path: str | Path, label: str | None = None) -> str | None:
+    """When ``path`` (an adapter folder, a run or a checkpoint folder) holds an adapter that lost one of its two files
+    (``adapter_config.json`` or ``adapter_model.safetensors``; for a run or checkpoint, its ``adapter/`` folder
+    without either): the message naming the missing file and the fix, with ``label`` for the folder (a run id, so a
+    server's paths stay private). None when the adapter is whole or there is none at all."""
     p = Path(path)
     for folder, shown in ((p / ADAPTER_DIR, f"{label}/{ADAPTER_DIR}" if label else str(p / ADAPTER_DIR)),
                           (p, label or str(p))):
-        if (folder / CONFIG_FILE).is_file() and not (folder / WEIGHTS_FILE).is_file():
+        config, weights = (folder / CONFIG_FILE).is_file(), (folder / WEIGHTS_FILE).is_file()
+        if config and weights:
+            return None
+        own = folder.name == ADAPTER_DIR and folder.is_dir() and any(folder.iterdir())  # a run's adapter/, emptied
+        if config or weights or own:
+            missing = WEIGHTS_FILE if config else CONFIG_FILE
+            what = "weights" if config else "LoRA settings"
             fix = ("resume the run (`finetune train --run-dir RUN`, or Resume in the app) to write it again from its "
-                   "last checkpoint, or use one of its checkpoints (RUN@STEP)" if folder.name == ADAPTER_DIR
-                   else "restore the file, or use another adapter")
-            return f"{shown}/{WEIGHTS_FILE} is missing: the adapter has no weights without it; {fix}"
+                   "last checkpoint, or use one of its checkpoints (RUN@STEP)"
+                   if folder.name == ADAPTER_DIR and checkpoint_step(folder) is None  # a run's, not a checkpoint's
+                   else "restore the file, or use another checkpoint or adapter")
+            return f"{shown}/{missing} is missing: the adapter has no {what} without it; {fix}"
     return None
 
 
@@ -315,7 +323,7 @@ def check_adapter_files(folder: str | Path, source: str | None = None) -> Path:
     """Refuse an adapter folder holding pickles or code (named in the message), or without its weights; return the
     folder."""
     folder = Path(folder)
-    missing = adapter_weights_missing(folder, source)
+    missing = adapter_file_missing(folder, source)
     if missing:
         raise ModelError(missing)
     names = [str(f.relative_to(folder)) for f in folder.rglob("*") if f.is_file() or f.is_symlink()]

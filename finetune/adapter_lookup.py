@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import refs
-from .adapter import (ADAPTER_FILES, CONFIG_FILE, DEFAULT_TEMPLATE_INFO, adapter_weights_missing, check_adapter_files,
+from .adapter import (ADAPTER_FILES, CONFIG_FILE, DEFAULT_TEMPLATE_INFO, adapter_file_missing, check_adapter_files,
                       find_adapter_dir, read_base_model, read_template_info, refuse_unsafe_files)
 from .config import ModelConfig
 from .errors import is_programming_error
@@ -30,7 +30,7 @@ def adapter_dir(path: str | Path, revision: str | None = None) -> Path:
     ref = refs.classify(text, strict=False, revision=True)
     if ref.kind == "hub" and ref.has_namespace:
         return check_adapter_files(_download_adapter(ref.repo_id, revision or ref.revision), source=ref.repo_id)
-    missing = adapter_weights_missing(path)
+    missing = adapter_file_missing(path)
     if missing:
         raise ModelError(missing)
     if Path(path).exists() or refs.starts_like_path(text):

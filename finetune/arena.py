@@ -80,7 +80,10 @@ def vote(root: Path, battle_id: str, verdict: str) -> dict[str, Any]:
     try:
         battle = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ArenaError("this battle is not open (already voted on, or not yours); start a new one") from None
+        if any(v.get("battle_id") == battle_id for v in read_votes(root)):
+            raise ArenaError("you already voted on this battle (one vote per battle); start a new one for another "
+                             "vote") from None
+        raise ArenaError("this battle is not open (not one of yours); start a new one") from None
     letters = list(string.ascii_uppercase[:len(battle["contenders"])])
     verdict = (verdict or "").strip()
     verdict = verdict.upper() if len(verdict) == 1 else verdict.lower().replace(" ", "_")
@@ -157,10 +160,15 @@ def elo(strength: float) -> float:
     return ELO_CENTER + ELO_SCALE * math.log10(strength)
 
 
+# Votes a contender needs for its interval: the bootstrap resamples the votes, and one vote resampled is always
+# that vote (a zero-width interval that reads as certainty); with two, three mixes of the same two.
+MIN_INTERVAL_VOTES = 3
+
+
 def standings(votes: Sequence[dict[str, Any]], samples: int = 200, seed: int = 0) -> list[dict[str, Any]]:
-    """Per contender: Elo-scale rating with a 95% bootstrap interval (votes resampled ``samples`` times), wins,
-    losses and ties over its pairwise games, win rate (a tie counts half), and how many votes it was in; best
-    first."""
+    """Per contender: Elo-scale rating with a 95% bootstrap interval (votes resampled ``samples`` times; ``ci_low``
+    and ``ci_high`` None while it was in fewer than ``MIN_INTERVAL_VOTES`` votes), wins, losses and ties over its
+    pairwise games, win rate (a tie counts half), and how many votes it was in; best first."""
     names = sorted({n for v in votes for n in v["contenders"]})
     if not names:
         return []
@@ -178,11 +186,12 @@ def standings(votes: Sequence[dict[str, Any]], samples: int = 200, seed: int = 0
         mine = [(s if i == n else 1 - s) for i, j, s in pairs if n in (i, j)]
         ws, ls = sum(1 for s in mine if s == 1), sum(1 for s in mine if s == 0)
         ts = len(mine) - ws - ls
-        b = sorted(boot[n])
+        in_votes = sum(1 for v in votes if n in v["contenders"])
+        b = sorted(boot[n]) if in_votes >= MIN_INTERVAL_VOTES else []  # too few: no interval, not a false one
         rows.append({"name": n, "rating": round(elo(fit[n]), 1),
                      "ci_low": round(b[int(0.025 * (len(b) - 1))], 1) if b else None,
                      "ci_high": round(b[int(math.ceil(0.975 * (len(b) - 1)))], 1) if b else None,
                      "wins": ws, "losses": ls, "ties": ts, "games": len(mine),
                      "win_rate": round((ws + 0.5 * ts) / len(mine), 4) if mine else None,
-                     "votes": sum(1 for v in votes if n in v["contenders"])})
+                     "votes": in_votes})
     return sorted(rows, key=lambda r: -r["rating"])

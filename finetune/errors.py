@@ -12,6 +12,14 @@ that keeps working):
 >>> from finetune.config import ConfigError
 >>> issubclass(ConfigError, UserError) and issubclass(ConfigError, ValueError)
 True
+
+A message is decided once, where the error is raised, in the words of each surface when they differ: the command
+line's (``--quant q4_0``: its flags) is the message, the app's (``GGUF type q4_0``: its fields, which its API
+parameters are named after) is given with :meth:`UserError.in_app`; the app shows :func:`app_message`:
+
+>>> e = UserError("pass --push OWNER/NAME").in_app("fill in Push to Hub repo (OWNER/NAME)")
+>>> str(e), app_message(e)
+('pass --push OWNER/NAME', 'fill in Push to Hub repo (OWNER/NAME)')
 """
 
 from __future__ import annotations
@@ -19,13 +27,40 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
+from typing import Self
 
 INTERNAL_LOGGER = "finetune.internal"
 internal_log = logging.getLogger(INTERNAL_LOGGER)
 
 
 class UserError(Exception):
-    """A request the user can fix; the message says how."""
+    """A request the user can fix; the message says how (``str(e)``: in the command line's words; ``app_text``: in
+    the app's, when they differ)."""
+
+    app_text: str | None = None
+
+    def in_app(self, text: str) -> Self:
+        """The same message in the app's words (its fields and API parameters, not the command line's flags)."""
+        self.app_text = text
+        return self
+
+    def renamed(self, names: dict[str, str]) -> Self:
+        """The app's message with each of ``names``' paths said as its name (an upload: the user's file name, not
+        where the server keeps it); the command line's stays as it is."""
+        text = app_message(self)
+        for path, name in sorted(names.items(), key=lambda kv: -len(kv[0])):  # the longer path first
+            if path:
+                text = text.replace(path, name)
+        if text != app_message(self):
+            self.app_text = text
+        return self
+
+
+def app_message(e: BaseException) -> str:
+    """What the app shows for the user's error ``e``: its message in the app's words when it has them, else its
+    message (else its type's name)."""
+    text = e.app_text if isinstance(e, UserError) and e.app_text else str(e)
+    return text or e.__class__.__name__
 
 
 class TrainingError(RuntimeError, UserError):

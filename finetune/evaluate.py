@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from . import runs
-from .adapter import adapter_step, checkpoint_step, find_adapter_dir
+from .adapter import adapter_file_missing, adapter_step, checkpoint_step, find_adapter_dir
 from .data.detect import INPUT_SEPARATOR, cell_text, detect_shape, row_messages
 from .data.read import load_rows
 from .data.validate import DataError, RowError
@@ -319,7 +319,8 @@ def evaluate(adapter: str | Path, data: str | Path, *, model: str | None = None,
     from .models import load_tokenizer
 
     if checkpoints not in ("none", "all"):
-        raise EvalError(f"--checkpoints must be 'all' or 'none', got '{checkpoints}'")
+        raise EvalError(f"--checkpoints must be 'all' or 'none', got '{checkpoints}'").in_app(
+            f"checkpoints must be 'all' or 'none', got '{checkpoints}'")
     started = time.time()
     examples = limited(read_test_set(data), limit)
     folder = adapter_dir(adapter)
@@ -400,9 +401,10 @@ def _kept_checkpoints(adapter: str | Path, run_dir: Path | None, label: str | No
     kept = runs.adapter_checkpoints(run_dir)
     if not kept:
         # the label is the run as the caller named it (the app's run id), never the server's folder
-        raise EvalError(f"{(label or str(run_dir)).partition('@')[0]} has no saved checkpoints; train with "
-                        "training.save_steps below the run's "
-                        "steps, or leave --checkpoints out")
+        said = (f"{(label or str(run_dir)).partition('@')[0]} has no saved checkpoints; train with "
+                "training.save_steps below the run's steps, or ")
+        raise EvalError(said + "leave --checkpoints out").in_app(
+            said + "untick Every kept checkpoint too (checkpoints 'none')")
     return kept
 
 
@@ -422,9 +424,13 @@ def _score_checkpoint(ck: Path, run_dir: Path | None, examples: Sequence[TestExa
                       max_new_tokens: int, answered: Callable[[int], None] | None = None) -> dict[str, Any]:
     """One kept checkpoint's report entry: its adapter answers the test set (with its trained prompt)."""
     ck_adapter = find_adapter_dir(ck)
+    missing = adapter_file_missing(ck, f"{ck.parent.parent.name}/{ck.parent.name}/{ck.name}")
+    if missing:
+        raise EvalError(missing)
     if ck_adapter is None or ck_adapter == ck:
-        raise EvalError(f"{ck} has no adapter/ folder (saved by an older version of finetune); "
-                        "evaluate the finished run without --checkpoints all, or retrain")
+        said = "has no adapter/ folder (saved by an older version of finetune); evaluate the finished run without "
+        raise EvalError(f"{ck} {said}--checkpoints all, or retrain").in_app(  # the app: no server folder
+            f"{ck.name} {said}Every kept checkpoint too (checkpoints 'none'), or retrain")
     ck_answers, ck_metrics = _answer(examples, adapter=str(ck_adapter), model=base_model, template=None,
                                      system_prompt=None, max_new_tokens=max_new_tokens, answered=answered)
     return _entry(ck, run_dir, ck_metrics, ck_answers)

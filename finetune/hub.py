@@ -158,10 +158,10 @@ def push_folder(folder: Path, repo_id: str, *, token: str | None = None, private
 
 def find_adapter(path: str | Path) -> Path:
     """A run's ``adapter/`` folder from a run folder or an adapter folder."""
-    from .adapter import adapter_weights_missing
+    from .adapter import adapter_file_missing
 
     folder = find_adapter_dir(path)
-    if folder is None and (missing := adapter_weights_missing(path)):
+    if folder is None and (missing := adapter_file_missing(path)):
         raise HubError(missing)
     if folder is None:
         raise HubError(f"{Path(path)} holds no adapter ({CONFIG_FILE}); push a finished run")

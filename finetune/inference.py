@@ -173,11 +173,11 @@ def attach(loaded: LoadedModel, adapter: str | Path) -> str:
                 # Weight shapes or module names that do not exist in this base: another architecture or size.
                 # peft has already injected LoRA layers into the base by then: drop it so the next call reloads.
                 _evict(loaded)
-                raise ModelError(
-                    f"the adapter {adapter} does not fit the loaded base {loaded.base_name}: it was trained on "
-                    f"{adapter_base(folder) or 'another model'} ({str(e).strip().splitlines()[0][:200]}); "
-                    "load its own base (leave the model empty, or --model with that name)"
-                ) from None
+                said = (f"the adapter {adapter} does not fit the loaded base {loaded.base_name}: it was trained on "
+                        f"{adapter_base(folder) or 'another model'} ({str(e).strip().splitlines()[0][:200]}); "
+                        "load its own base (leave ")
+                raise ModelError(said + "the model empty, or --model with that name)").in_app(
+                    said + "Base model empty, or type that name there)") from None
             loaded.model.eval()
             loaded.adapters[name] = folder
             loaded.model.set_adapter(name, inference_mode=True)  # peft's full walk, once per new adapter

@@ -235,7 +235,13 @@ def _dpo_trainer(config: RunConfig, p: TrainerParts) -> Trainer:
     from trl import DPOConfig, DPOTrainer  # type: ignore[attr-defined]
 
     t = config.training
-    dpo_args = DPOConfig(**p.common, beta=t.dpo_beta, max_length=t.max_length, dataset_num_proc=None)
+    # The SFT term (trl's "sft" loss: the chosen answers' mean token loss) beside the sigmoid preference loss: plain DPO
+    # can win the preference by pushing both answers down, and on data the base does not already answer like, its
+    # samples degenerate while its metrics look perfect (presets/smollm2-135m-dpo.yaml says what was measured).
+    sft_term = t.dpo_sft_weight > 0
+    dpo_args = DPOConfig(**p.common, beta=t.dpo_beta, max_length=t.max_length, dataset_num_proc=None,
+                         loss_type=["sigmoid", "sft"] if sft_term else ["sigmoid"],
+                         loss_weights=[1.0, t.dpo_sft_weight] if sft_term else None)
     return DPOTrainer(args=dpo_args, **p.trl_kwargs())
 
 
@@ -284,11 +290,12 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("sft", "imitate the answers of the data (instruction tuning)",
            "any supported shape (instruction/output, prompt/completion, messages, ...)", ANY_SHAPE,
            _sft_data, _sft_trainer, lambda t: "supervised fine-tuning"),
-    Method("dpo", "prefer the chosen answer over the rejected one, staying near the starting model (beta). It only "
-                  "reweighs answers the model already gives: when the base does not answer like your chosen answers, "
-                  "train SFT on them first and start DPO from that adapter (training.init_adapter), or use ORPO",
+    Method("dpo", "prefer the chosen answer over the rejected one, staying near the starting model (beta), with an "
+                  "SFT term that keeps the chosen answers likely (dpo_sft_weight; 0 is plain DPO, which only reweighs "
+                  "answers the model already gives: then train SFT on your chosen answers first and start DPO from "
+                  "that adapter, training.init_adapter, or use ORPO)",
            _PAIRS, "preference", _text_data, _dpo_trainer,
-           lambda t: f"beta={t.dpo_beta}; reference: {_reference(t)}",
+           lambda t: f"beta={t.dpo_beta}; SFT weight {t.dpo_sft_weight}; reference: {_reference(t)}",
            metrics=(*_PAIR_METRICS, "rewards/chosen", "rewards/rejected"), sequences=lambda t: 2,
            reference=lambda t: True, beta=lambda t: t.dpo_beta),
     Method("orpo", "learn the chosen answers and prefer them over the rejected ones in one pass, no reference model "

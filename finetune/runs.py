@@ -383,6 +383,7 @@ def read_run(run_dir: Path) -> RunState:
     # processes launched for the run that have neither trained nor ended (pid -> resume): a resume from the command
     # line waits for the run's process lock, several may wait at once, and any of them may train next
     waiting: dict[int, bool] = {}
+    trainer: int | None = None  # the pid of the process training the run (its "started"), until its end
     sample_warnings: list[str] = []  # the latest samples' (a later healthy save clears them)
     other_warnings: dict[str, str] = {}  # the latest warning event of each kind
     earlier_s, process_s = 0.0, 0.0  # training time of the run's earlier processes, and of the latest one
@@ -406,6 +407,7 @@ def read_run(run_dir: Path) -> RunState:
             state.pid = e.get("pid")
         elif kind == "started":
             pending = None
+            trainer = e.get("pid")
             waiting.pop(e.get("pid"), None)  # type: ignore[arg-type]
             state.started = state.started or e.get("time")
             state.name = e.get("name", state.name)
@@ -445,6 +447,8 @@ def read_run(run_dir: Path) -> RunState:
             state.status, state.message = "interrupted", e.get("message", "")
         elif kind in TERMINAL or kind == "paused":
             waiting.pop(e.get("pid"), None)  # type: ignore[arg-type]
+            if e.get("pid") in (None, trainer):
+                trainer = None
             if pending == QUEUED and e.get("queued"):
                 pass  # the queue's own verdict on a run with no process (stopped while it waited)
             elif pending is not None and e.get("pid") != pending:
@@ -465,6 +469,10 @@ def read_run(run_dir: Path) -> RunState:
         # the process is gone without a final event: resumable
         state.status = before if pending is not None and state.status != "running" else "interrupted"
         state.queue_position = None
+    if (not remote and state.status in ("new", "resuming") and trainer is not None and trainer != state.pid
+            and _pid_alive(trainer) and not stopping(run_dir, trainer)):
+        # a resume from the command line waits for the process that trains the run now (which is not stopping)
+        state.status, state.pid = "running", trainer
     if not remote and state.status not in LIVE and state.status != "finished":
         # another process launched for the run still waits to train it: the run goes on with that one
         alive = [pid for pid in waiting if pid != state.pid and _pid_alive(pid)]
@@ -476,9 +484,9 @@ def read_run(run_dir: Path) -> RunState:
     state.name = config_name(run_dir) or state.name
     state.has_adapter = is_adapter_dir(run_dir / ADAPTER)
     if state.status == "finished" and not state.has_adapter:
-        from .adapter import adapter_weights_missing
+        from .adapter import adapter_file_missing
 
-        missing = adapter_weights_missing(run_dir / ADAPTER, f"{run_dir.name}/{ADAPTER}")
+        missing = adapter_file_missing(run_dir / ADAPTER, f"{run_dir.name}/{ADAPTER}")
         if missing:  # finished, but the adapter it wrote lost its weights since: say which file, and the fix
             state.message = missing
     ck = last_checkpoint(run_dir)

@@ -145,14 +145,14 @@ def start_adapter(config: RunConfig, base_name: str) -> StartAdapter | None:
     """The adapter ``training.init_adapter`` names (a run folder, a checkpoint or an adapter folder; the CLI and
     the app turn ``RUN``, ``RUN@STEP`` and ``RUN@best`` into these), checked before anything loads: a LoRA adapter
     in safetensors, trained on this run's base model (``base_name``, as adapters record it). None: a fresh LoRA."""
-    from .adapter import (adapter_label, adapter_weights_missing, check_adapter_files, find_adapter_dir, lora_settings, lora_weights_path,
+    from .adapter import (adapter_label, adapter_file_missing, check_adapter_files, find_adapter_dir, lora_settings, lora_weights_path,
                           read_base_model, read_lora_config)
 
     text = config.training.init_adapter.strip()
     if not text:
         return None
     folder = find_adapter_dir(Path(text).expanduser())
-    if folder is None and (missing := adapter_weights_missing(Path(text).expanduser())):
+    if folder is None and (missing := adapter_file_missing(Path(text).expanduser())):
         raise TrainingError(f"training.init_adapter: {missing}")
     if folder is None:
         raise TrainingError(f"training.init_adapter {text}: no adapter there (no adapter_config.json); give a "
@@ -392,10 +392,10 @@ def _last_finished(run_dir: Path) -> dict[str, Any] | None:
 
 def _adapter_intact(run_dir: Path) -> bool:
     """``adapter/`` with its weights and metrics (what a finished run's save wrote last but the card)."""
-    from .adapter import METRICS_FILE, adapter_weights_missing
+    from .adapter import METRICS_FILE, is_adapter_dir
 
     folder = run_dir / runs.ADAPTER
-    return adapter_weights_missing(folder) is None and (folder / METRICS_FILE).is_file()
+    return is_adapter_dir(folder) and (folder / METRICS_FILE).is_file()
 
 
 def _complete(call: _Call, setup: _Setup, data: _Data, planned: int) -> RunResult:

@@ -227,7 +227,8 @@ def require_consistent(path: str | Path, *, action: str, ignore_mismatch: bool =
         return None
     result = check_template(path, revision=revision)
     if not result.ok:
-        raise TemplateMismatch(f"{result.message()}; refusing to {action} an adapter that other tools would prompt "
-                               "differently from training. Run `python -m finetune verify-template` for details, or "
-                               "override with --ignore-template-mismatch (ignore_template_mismatch=True)")
+        said = (f"{result.message()}; refusing to {action} an adapter that other tools would prompt differently from "
+                "training. Run `python -m finetune verify-template` for details, or ")
+        raise TemplateMismatch(said + "override with --ignore-template-mismatch (ignore_template_mismatch=True)").in_app(
+            said + "retrain it (the app has no override; the command line's --ignore-template-mismatch is one)")
     return result

@@ -86,7 +86,7 @@ def test_battle_hides_the_order_until_the_vote_and_votes_are_per_owner(tmp_path)
         arena.vote(alice, b["battle_id"], "D")
     record = arena.vote(alice, b["battle_id"], "b")
     assert record["answers"]["B"] == f"answer of {record['contenders'][1]}"
-    with pytest.raises(arena.ArenaError, match="not open"):
+    with pytest.raises(arena.ArenaError, match="already voted"):
         arena.vote(alice, b["battle_id"], "A")  # one vote per battle
     assert len(arena.read_votes(alice)) == 1 and arena.read_votes(bob) == []
     with pytest.raises(arena.ArenaError, match="2 to 4"):

@@ -79,26 +79,31 @@ def test_a_dpo_run_without_data_trains_on_the_sample_pairs(tiny_model_dir, tmp_p
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="measured on CPU: the old settings warn (margin 10.1 at step 18), but the "
-                   "preset's lr 1e-4 samples at step 10 already repeat more than the base's; the defaults still need "
-                   "an SFT adapter to start from or another rate")
 def test_dpo_preset_keeps_heldout_answers_where_the_old_settings_broke_them(smollm2_dir, tmp_path):
-    """The old preset (lr 1e-3, 30 steps) on the sample pairs: the run warns (degenerate samples or an exploding
-    margin). The preset now: no warning, held-out exact match and F1 within MARGIN of the base's, and the held-out
-    preference accuracy up.
+    """The old preset (plain DPO: no SFT term, lr 1e-3, 30 steps) on the sample pairs: the run warns (degenerate
+    samples or an exploding margin). The preset now (DPO with an SFT term on the chosen answers, lr 1e-4, 20 steps):
+    no warning, held-out exact match and F1 within MARGIN of the base's (or above), the held-out preference margin up,
+    and the run's own preference accuracy rising.
 
-    Measured so far (2 CPU cores shared with other work, ~2 min a step): lr 1e-3 reached training loss 0.12 and
-    margin 3.6 by step 7 (reward accuracy 1.0 from step 3) with the margin still climbing; lr 1e-4 had margin 0.04,
-    accuracy 1.0 at step 3. The base: held-out exact match 0.0, F1 0.29 (40 prompts, 40 new tokens)."""
+    Measured on CPU (2 cores, ~100 s a run): the base answers the held-out prompts in sentences (exact match 0.0,
+    F1 0.75; it already prefers every held-out chosen answer, so the held-out accuracy starts at 1.0 and the margin
+    is what can rise); the preset: exact match 0.55, F1 0.88, final reward margin 1.5, reward accuracy 0 -> 1.0.
+    The old settings: margin warning at step 18 (margin 10.1), samples degenerate."""
+    from statistics import mean
+
     from finetune.events import read_events
     from finetune.presets import load_preset
     from finetune.train import train
 
+    from test_methods_quality import margins
+
     pairs = heldout_pairs(tmp_path / "heldout_pairs.jsonl")
     base = heldout_scores(smollm2_dir, None, pairs)
+    base_margin = mean(margins(smollm2_dir, None, pairs, "model"))
 
     old = load_preset("smollm2-135m-dpo")
     old.training.learning_rate, old.training.max_steps, old.training.save_steps = 1e-3, 30, 10
+    old.training.dpo_sft_weight = 0.0
     broken = train(old, runs_root=tmp_path / "old")
     warned = [w for e in read_events(broken.run_dir) if e["type"] in ("samples", "warning")
               for w in (e.get("warnings") or ([e["message"]] if e["type"] == "warning" else []))]
@@ -109,9 +114,12 @@ def test_dpo_preset_keeps_heldout_answers_where_the_old_settings_broke_them(smol
     assert [e for e in events if e["type"] == "samples"], "no samples were written"
     assert not [e for e in events if e["type"] == "warning" or (e["type"] == "samples" and e["warnings"])]
     tuned = heldout_scores(smollm2_dir, result.adapter_dir, pairs)
-    print(f"base {base}, preset {tuned}, old settings warned: {warned[:2]}")
+    tuned_margin = mean(margins(smollm2_dir, result.adapter_dir, pairs, "model"))
+    print(f"base {base} margin {base_margin:.2f}, preset {tuned} margin {tuned_margin:.2f}, old warned: {warned[:2]}")
     assert tuned["exact_match"] >= base["exact_match"] - MARGIN and tuned["f1"] >= base["f1"] - MARGIN, (base, tuned)
-    assert tuned["pair_accuracy"] > base["pair_accuracy"], (base, tuned)
+    assert tuned["pair_accuracy"] >= base["pair_accuracy"] and tuned_margin > base_margin, (base, tuned)
+    accuracy = [e["metrics"]["rewards/accuracies"] for e in events if e["type"] == "step"]
+    assert accuracy[-1] > accuracy[0] and accuracy[-1] >= 0.75, accuracy
 
 
 def test_the_methods_say_when_to_start_from_an_sft_adapter():

@@ -40,7 +40,8 @@ def test_export_model_endpoint_returns_a_gguf_and_an_ollama_zip(app, tmp_path):
 
     with pytest.raises(AppError, match="has no adapter yet|no run"):
         client.predict("20990101-000000-0000000000", "gguf", "q8_0", "", True, api_name="/export_model")
-    with pytest.raises(AppError, match="--format space creates a Space on the Hub"):
+    with pytest.raises(AppError, match="the space format creates a Space on the Hub: give the repo to create in "
+                                       "Push to Hub repo"):
         client.predict(run.run_dir.name, "space", "q8_0", "", True, api_name="/export_model")
 
 

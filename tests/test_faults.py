@@ -239,28 +239,45 @@ def test_a_run_killed_after_its_last_checkpoint_only_writes_its_adapter(finished
 # 5. missing files are named
 
 
-def test_an_adapter_without_its_weights_is_named_and_rebuilt_by_a_resume(finished_run, tmp_path, capsys):
+@pytest.mark.parametrize("lost", [WEIGHTS_FILE, "adapter_config.json"])
+def test_an_adapter_that_lost_a_file_is_named_and_rebuilt_by_a_resume(finished_run, tmp_path, capsys, lost):
     run_dir = copy_run(finished_run, tmp_path)
-    (run_dir / "adapter" / WEIGHTS_FILE).unlink()
-    missing = f"{run_dir.name}/adapter/{WEIGHTS_FILE} is missing"
+    (run_dir / "adapter" / lost).unlink()
+    missing = f"adapter/{lost} is missing"
 
     state = cli_status(run_dir)
-    assert state["status"] == "finished" and state["has_adapter"] is False and missing in state["message"]
+    assert state["status"] == "finished" and state["has_adapter"] is False
+    assert f"{run_dir.name}/{missing}" in state["message"] and "resume the run" in state["message"]
     from finetune.adapter_lookup import adapter_dir
 
-    with pytest.raises(ModelError, match=f"adapter/{WEIGHTS_FILE} is missing"):
+    with pytest.raises(ModelError, match=missing):
         adapter_dir(run_dir)
     space = service.Workspace(run_dir.parent).owner_space(None)
-    with pytest.raises(service.ServiceError, match=f"adapter/{WEIGHTS_FILE} is missing"):
+    with pytest.raises(service.ServiceError, match=missing):
         space.adapter_path(run_dir.name)
-    assert main(["generate", "--adapter", str(run_dir), "--prompt", "hi", "--max-new-tokens", "2"]) == 2
-    err = capsys.readouterr().err
-    assert f"adapter/{WEIGHTS_FILE} is missing" in err and "Repo id" not in err and "does not fit" not in err, err
+    test_set = tmp_path / "test.jsonl"
+    test_set.write_text(json.dumps({"prompt": "hi", "reference": "hello"}) + "\n")
+    for command in (["generate", "--adapter", str(run_dir), "--prompt", "hi", "--max-new-tokens", "2"],
+                    ["eval", "--adapter", str(run_dir), "--data", str(test_set)],
+                    ["export", "--adapter", str(run_dir), "--format", "lora-gguf", "--out", str(tmp_path / "x.gguf")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert missing in err and "Repo id" not in err and "does not fit" not in err, (command, err)
 
     # the resume the message suggests writes it again from the last checkpoint, training nothing
     train(None, run_dir)
     assert runs.read_run(run_dir).has_adapter and step_events(run_dir) == [1, 2, 3, 4, 5, 6]
     assert adapter_dir(run_dir) == run_dir / "adapter"
+
+
+def test_a_checkpoint_whose_adapter_lost_its_weights_is_named(finished_run, tmp_path):
+    run_dir = copy_run(finished_run, tmp_path)
+    (run_dir / "checkpoints" / "checkpoint-4" / "adapter" / WEIGHTS_FILE).unlink()
+    space = service.Workspace(run_dir.parent).owner_space(None)
+    rid = run_dir.name
+    with pytest.raises(service.ServiceError, match=f"checkpoints/checkpoint-4/adapter/{WEIGHTS_FILE} is missing"):
+        space.adapter_path(f"{rid}@4")
+    assert space.checkpoint_choices(rid) == [f"{rid}@2", f"{rid}@6"]  # the pickers offer what works
 
 
 def test_a_checkpoint_without_its_optimizer_stays_usable_as_an_adapter(finished_run, tmp_path, tiny_model_dir):
@@ -461,3 +478,31 @@ def test_stop_and_resume_in_a_loop_through_the_api_ends_as_asked(tmp_path, tiny_
         demo.close()
     run_dir = runs.run_path(rid, service.Workspace(tmp_path / "runs").for_owner(None))
     assert assert_settled(run_dir) == "finished" and leftovers(run_dir) == []
+
+
+def test_a_resume_waiting_on_a_training_run_leaves_it_running(tmp_path):
+    """``train --run-dir`` while the run trains waits for it: the run reads ``running`` (with the training process),
+    ``resuming`` once that process is stopping or gone, and as it was once both are gone."""
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    log = EventLog(run_dir)
+    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    waiter = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        log.emit("launched", pid=trainer.pid, resume=False)
+        log.emit("started", pid=trainer.pid, max_steps=10)
+        log.emit("step", step=1, max_steps=10, loss=2.0)
+        log.emit("launched", pid=waiter.pid, resume=True)
+        state = runs.read_run(run_dir)
+        assert (state.status, state.pid, state.step) == ("running", trainer.pid, 1)
+        (run_dir / f"{runs.STOPPING_PREFIX}{trainer.pid}").touch()  # it took a stop: the waiting one goes on
+        assert (runs.read_run(run_dir).status, runs.read_run(run_dir).pid) == ("resuming", waiter.pid)
+        (run_dir / f"{runs.STOPPING_PREFIX}{trainer.pid}").unlink()
+        kill(trainer)
+        assert (runs.read_run(run_dir).status, runs.read_run(run_dir).pid) == ("resuming", waiter.pid)
+        kill(waiter)
+        assert runs.read_run(run_dir).status == "interrupted"
+    finally:
+        for p in (trainer, waiter):
+            if p.poll() is None:
+                kill(p)

@@ -219,6 +219,21 @@ def test_dpo_run_logs_its_metrics_and_resumes_to_the_same_adapter(tiny_model_dir
     assert_same_adapter(full.adapter_dir, resumed.adapter_dir)
 
 
+def test_dpo_sft_term_keeps_the_chosen_answers_likely(tiny_model_dir, tmp_path):
+    """training.dpo_sft_weight adds trl's SFT loss on the chosen answers: the same run with it raises the chosen
+    answers' log-probability (rewards/chosen: beta x their log ratio to the reference) above plain DPO's, and the
+    logged loss is the sum (above plain DPO's, which alone can fall to 0 while every answer becomes unlikely)."""
+    data = pairs_file(tmp_path / "pairs.jsonl")
+    ends = {}
+    for weight in (0.0, 1.0):
+        cfg = method_config(tiny_model_dir, data, "dpo", max_steps=4, save_steps=4, batch_size=2)
+        cfg.training.dpo_sft_weight = weight
+        steps = [e for e in read_events(train(cfg, runs_root=tmp_path / str(weight)).run_dir) if e["type"] == "step"]
+        ends[weight] = (steps[-1]["metrics"]["rewards/chosen"], steps[0]["loss"])
+    assert ends[1.0][0] > ends[0.0][0], ends
+    assert ends[1.0][1] > ends[0.0][1] + 0.5, ends  # step 1: log 2 plus the chosen answers' mean token loss
+
+
 def test_methods_step_metrics_and_per_step_counts():
     logs = {"loss": 0.5, "reward": 0.25, "rewards/exact_match/mean": 0.25, "completions/mean_length": 7.0,
             "learning_rate": 1e-4}

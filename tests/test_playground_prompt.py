@@ -73,10 +73,10 @@ def test_endpoints_take_the_documented_keyword_arguments(server):
 
 def test_omitted_arguments_use_the_adapters_trained_template_and_system_prompt(trained, sent, smollm2_tokenizer):
     c, run_id = trained
-    text, line = c.predict(message="Hi", adapter=run_id, api_name="/exact_prompt")
+    text, tokens, used = c.predict(message="Hi", adapter=run_id, api_name="/exact_prompt")
     assert text == CHATML_HI
-    assert f"**{len(smollm2_tokenizer(CHATML_HI, add_special_tokens=False)['input_ids'])} tokens**" in line
-    assert "`chatml`" in line and SYSTEM in line and "⚠️" not in line
+    assert tokens == len(smollm2_tokenizer(CHATML_HI, add_special_tokens=False)['input_ids'])
+    assert used == {"template": "chatml", "system_prompt": SYSTEM, "warning": ""}
 
     sent.clear()
     history = c.predict(message="Hi", adapter=run_id, temperature=0, max_new_tokens=8, api_name="/chat")
@@ -92,7 +92,7 @@ def test_omitted_arguments_use_the_adapters_trained_template_and_system_prompt(t
 
 def test_system_prompt_and_template_passed_by_keyword(trained, sent, smollm2_tokenizer):
     c, run_id = trained
-    text, line = c.predict(message="Hi", adapter=run_id, system_prompt="Be brief.", api_name="/exact_prompt")
+    text, _, used = c.predict(message="Hi", adapter=run_id, system_prompt="Be brief.", api_name="/exact_prompt")
     assert text == CHATML_HI.replace(SYSTEM, "Be brief.")
     sent.clear()
     c.predict(message="Hi", adapter=run_id, system_prompt="Be brief.", temperature=0, max_new_tokens=8, seed=1,
@@ -100,13 +100,13 @@ def test_system_prompt_and_template_passed_by_keyword(trained, sent, smollm2_tok
     assert sent == [text]
 
     sent.clear()
-    text, line = c.predict(message="Hi", adapter=run_id, template="llama2", api_name="/exact_prompt")
+    text, _, used = c.predict(message="Hi", adapter=run_id, template="llama2", api_name="/exact_prompt")
     from finetune.templates import render
 
     dialog = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hi"}]
     assert text == render(dialog, "llama2", smollm2_tokenizer, add_generation_prompt=True).text
     assert text == f"<|im_start|>[INST] <<SYS>>\n{SYSTEM}\n<</SYS>>\n\nHi [/INST]"  # SmolLM2's bos, not <s>
-    assert "⚠️" in line and "chatml" in line  # a template other than the trained one is flagged
+    assert used["template"] == "llama2" and "chatml" in used["warning"]  # another template than the trained one
     sent.clear()
     c.predict(prompt="Hi", adapter=run_id, template="llama2", temperature=0, max_new_tokens=8, api_name="/compare")
     assert sent == [text, text]
@@ -114,7 +114,7 @@ def test_system_prompt_and_template_passed_by_keyword(trained, sent, smollm2_tok
     # an earlier turn is part of the prompt
     history = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]},  # the Chatbot's messages format
                {"role": "assistant", "content": [{"type": "text", "text": "Hello"}]}]
-    text, _ = c.predict(message="Again", history=history, adapter=run_id, api_name="/exact_prompt")
+    text, _, _ = c.predict(message="Again", history=history, adapter=run_id, api_name="/exact_prompt")
     assert text == CHATML_HI + "Hello<|im_end|>\n<|im_start|>user\nAgain<|im_end|>\n<|im_start|>assistant\n"
 
 

@@ -239,6 +239,11 @@ class TrainingConfig:
     dpo_beta: float = field(
         default=0.1, metadata=doc("DPO: strength of the pull towards the base model (higher: stays closer to it)",
                                   min=0, exclusive="min", fix="0.1 is typical (0.01 to 0.5)", method="dpo"))
+    dpo_sft_weight: float = field(
+        default=1.0, metadata=doc("DPO: weight of an SFT term on the chosen answers (their mean token loss) added to "
+                                  "the preference loss: it keeps the chosen answers likely so the model cannot win the "
+                                  "preference by making every answer unlikely (0: plain DPO)",
+                                  min=0, fix="1.0 keeps the answers; 0 is plain DPO", method="dpo"))
     orpo_lambda: float = field(
         default=0.1, metadata=doc("ORPO: weight of the preference (odds-ratio) term added to the SFT loss",
                                   min=0, exclusive="min", fix="0.1 is typical (0.05 to 1)", method="orpo"))

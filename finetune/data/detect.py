@@ -104,9 +104,10 @@ def detect_shape(columns: Sequence[str], mapping: dict[str, str] | None = None, 
     if len(columns) == 1 and (sep := next((c for c in ";|\t," if c in columns[0]), None)):
         raise DataError(name, None, f"found one column named '{columns[0]}': the file looks {sep!r}-separated; "
                         "save it with commas as .csv, or with tabs as .tsv")
-    raise ShapeError(name, f"cannot tell the data's shape from its columns ({', '.join(columns) or 'none'}); "
-                     "expected instruction/output, prompt/completion, question/answer, messages, conversations or "
-                     "text, or map yours, e.g. --columns prompt=<column>,completion=<column>", tuple(columns))
+    said = (f"cannot tell the data's shape from its columns ({', '.join(columns) or 'none'}); expected "
+            "instruction/output, prompt/completion, question/answer, messages, conversations or text, or map yours")
+    raise ShapeError(name, said + ", e.g. --columns prompt=<column>,completion=<column>", tuple(columns),
+                     said + " in Column mapping, e.g. prompt=<column>, completion=<column>")
 
 
 TRANSCRIPT_RE = re.compile(r"###\s*(Human|Assistant)\s*:", re.I)

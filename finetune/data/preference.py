@@ -195,9 +195,10 @@ def detect_method_shape(columns: Sequence[str], method: str, mapping: dict[str, 
     missing = [f for f in required if f not in fields]
     if missing:
         example = ", ".join(f"{f}: <column>" for f in missing)
-        raise DataError(name, None, f"{method} needs {EXPECTED[shape]} columns; missing {', '.join(missing)} among the "
-                        f"columns ({', '.join(columns) or 'none'}); rename them or map yours, e.g. --set "
-                        f"data.columns='{{{example}}}'")
+        said = (f"{method} needs {EXPECTED[shape]} columns; missing {', '.join(missing)} among the columns "
+                f"({', '.join(columns) or 'none'}); rename them or map yours")
+        raise DataError(name, None, said + f", e.g. --set data.columns='{{{example}}}'",
+                        said + " in Column mapping, e.g. " + ", ".join(f"{f}=<column>" for f in missing))
     return Shape(shape, fields)
 
 

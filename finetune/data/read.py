@@ -248,6 +248,10 @@ def _read_jsonl_checked(lines: list[str], name: str) -> Table:
         rows.append(obj)
         numbers.append(i)
         columns.update(dict.fromkeys(obj))
+    if broken and not rows:  # no line is an object: the file as a whole is something else (plain text, a CSV...)
+        first = broken[0]
+        raise DataError(name, None, f"not JSON lines (line {first.row}): {first.reason}; a .jsonl file holds one JSON "
+                        'object per line, e.g. {"text": "..."} or {"prompt": "...", "completion": "..."}')
     return Table(name, list(columns), rows, numbers, broken)
 
 

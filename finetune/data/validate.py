@@ -23,16 +23,20 @@ from ..templates import CONTROL_STRINGS
 class DataError(ValueError, UserError):
     """Unusable input: ``<file>[:<row>]: <reason>`` (the reason says how to fix it)."""
 
-    def __init__(self, file: str, row: int | None, reason: str):
-        self.file, self.row, self.reason = file, row, reason
-        super().__init__(f"{file}{f':{row}' if row else ''}: {reason}")
+    def __init__(self, file: str, row: int | None, reason: str, app_reason: str | None = None):
+        """``app_reason``: the reason in the app's words, when they differ (its fields, not the CLI's flags)."""
+        self.file, self.row, self.reason, self.app_reason = file, row, reason, app_reason
+        where = f"{file}{f':{row}' if row else ''}: "
+        super().__init__(where + reason)
+        if app_reason is not None:
+            self.in_app(where + app_reason)
 
 
 class ShapeError(DataError):
     """Columns that fit none of the shapes looked for; ``columns`` are the data's (what else they may fit)."""
 
-    def __init__(self, file: str, reason: str, columns: tuple[str, ...]):
-        super().__init__(file, None, reason)
+    def __init__(self, file: str, reason: str, columns: tuple[str, ...], app_reason: str | None = None):
+        super().__init__(file, None, reason, app_reason)
         self.columns = columns
 
 

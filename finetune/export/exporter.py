@@ -63,6 +63,16 @@ class ExportResult:
         return "\n".join(lines)
 
 
+def quants_for(fmt: str) -> tuple[str, ...]:
+    """The GGUF types a format is written in: every one for a model file (gguf, ollama), f16, bf16 and q8_0 for a
+    LoRA GGUF; none for the formats without a GGUF file (merged, space).
+
+    >>> quants_for("lora-gguf")
+    ('f16', 'bf16', 'q8_0')
+    """
+    return QUANTS if fmt in ("gguf", "ollama") else gguf_file.LORA_QUANTS if fmt == "lora-gguf" else ()
+
+
 def _check_space(target: Path, needed: int) -> None:
     """Refuse before writing when the folder lacks the space the file needs (with a 5% margin)."""
     folder = target if target.is_dir() else target.parent
@@ -71,7 +81,9 @@ def _check_space(target: Path, needed: int) -> None:
     free = shutil.disk_usage(folder).free
     if free < needed * 1.05:
         raise ExportError(f"not enough disk space in {folder}: the export needs about {needed / 1e9:.2f} GB and "
-                          f"{free / 1e9:.2f} GB are free; free some space or choose another --out")
+                          f"{free / 1e9:.2f} GB are free; free some space or choose another --out").in_app(
+            f"not enough disk space on the server: the export needs about {needed / 1e9:.2f} GB and "
+            f"{free / 1e9:.2f} GB are free; delete old runs (Train tab) or pick a smaller GGUF type")
 
 
 @contextmanager
@@ -90,7 +102,9 @@ def _staged(final: Path, is_dir: bool) -> Iterator[Path]:
         _remove(tmp)
         if e.errno == errno.ENOSPC:
             raise ExportError(f"the disk holding {final.parent} filled up while writing {final.name}; nothing was "
-                              "kept. Free some space or choose another --out, then export again") from None
+                              "kept. Free some space or choose another --out, then export again").in_app(
+                f"the server's disk filled up while writing {final.name}; nothing was kept. Delete old runs (Train "
+                "tab) or pick a smaller GGUF type, then export again") from None
         raise
     except BaseException:
         _remove(tmp)
@@ -153,17 +167,23 @@ def export_model(adapter: str | Path, fmt: str = "gguf", out: str | Path | None 
     """Export an adapter (run folder, adapter folder or Hub repo) in ``fmt``; push it when ``push`` names a repo."""
     from ..verify import require_consistent
 
+    # the command line names its flags, the app its fields (Format, GGUF type, Push to Hub repo) after which the
+    # /export_model parameters are named (format, quant, push_repo)
     if fmt not in FORMATS:
-        raise ExportError(f"--format {fmt} is not one of {', '.join(FORMATS)}")
-    if fmt in ("gguf", "ollama") and quant not in QUANTS:
-        raise ExportError(f"--quant {quant} is not one of {', '.join(QUANTS)}")
-    if fmt == "lora-gguf" and quant not in gguf_file.LORA_QUANTS:
-        raise ExportError(f"a LoRA GGUF is written in {', '.join(gguf_file.LORA_QUANTS)}; --quant {quant} is for "
-                          "model files")
+        raise ExportError(f"--format {fmt} is not one of {', '.join(FORMATS)}").in_app(
+            f"format {fmt} is not one of {', '.join(FORMATS)}")
+    if fmt in ("gguf", "ollama") and quant not in quants_for(fmt):
+        raise ExportError(f"--quant {quant} is not one of {', '.join(QUANTS)}").in_app(
+            f"GGUF type {quant} is not one of {', '.join(QUANTS)}")
+    if fmt == "lora-gguf" and quant not in quants_for(fmt):
+        raise ExportError(f"a LoRA GGUF is written in {', '.join(quants_for(fmt))}; --quant {quant} is for "
+                          "model files").in_app(f"a LoRA GGUF is written in {', '.join(quants_for(fmt))}; "
+                                                f"GGUF type {quant} is for model files: pick one of those")
     if dtype not in DTYPES:
         raise ExportError(f"--dtype {dtype} is not one of {', '.join(DTYPES)}")
     if fmt == "space" and not push:
-        raise ExportError("--format space creates a Space on the Hub: pass --push OWNER/NAME")
+        raise ExportError("--format space creates a Space on the Hub: pass --push OWNER/NAME").in_app(
+            "the space format creates a Space on the Hub: give the repo to create in Push to Hub repo (OWNER/NAME)")
     if push:
         from ..hub import check_repo_id, resolve_token
 

@@ -67,8 +67,10 @@ def architecture(config: dict[str, Any]) -> Arch:
     name = str(names[0])
     if name not in ARCHITECTURES:
         supported = ", ".join(sorted(ARCHITECTURES))
-        raise ExportError(f"GGUF export does not support the architecture {name}; supported: {supported}. "
-                          "Export --format merged instead and convert it with llama.cpp's convert_hf_to_gguf.py")
+        said = f"GGUF export does not support the architecture {name}; supported: {supported}. "
+        raise ExportError(said + "Export --format merged instead and convert it with llama.cpp's "
+                          "convert_hf_to_gguf.py").in_app(said + "Export with Format merged instead and convert it "
+                                                          "with llama.cpp's convert_hf_to_gguf.py")
     gguf_name, permute = ARCHITECTURES[name]
     return Arch(name, gguf_name, permute, config)
 
@@ -250,8 +252,9 @@ def bpe_pre_tokenizer(tokenizer_json: dict[str, Any]) -> str:
             return "llama-bpe"
         if pattern == _QWEN2_SPLIT:
             return "qwen2"
-    raise ExportError(f"the tokenizer's pre-tokenizer ({json.dumps(tokenizer_json.get('pre_tokenizer'))[:200]}) has "
-                      "no llama.cpp equivalent known to this exporter; export --format merged instead")
+    said = (f"the tokenizer's pre-tokenizer ({json.dumps(tokenizer_json.get('pre_tokenizer'))[:200]}) has no llama.cpp "
+            "equivalent known to this exporter; ")
+    raise ExportError(said + "export --format merged instead").in_app(said + "export with Format merged instead")
 
 
 def _special_ids(tok: Any) -> dict[str, int]:

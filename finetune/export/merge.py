@@ -297,10 +297,10 @@ def adapter_folder(adapter: str | Path) -> Path:
     """The adapter folder of a run, an adapter folder or a Hub repo (see ``inference.adapter_dir``), refusing a
     run that has not finished (no adapter yet) with a message that says so."""
     from .. import inference
-    from ..adapter import adapter_weights_missing, find_adapter_dir
+    from ..adapter import adapter_file_missing, find_adapter_dir
 
     p = Path(adapter)
-    if p.is_dir() and find_adapter_dir(p) is None and (missing := adapter_weights_missing(p)):
+    if p.is_dir() and find_adapter_dir(p) is None and (missing := adapter_file_missing(p)):
         raise ModelError(missing)
     if p.is_dir() and find_adapter_dir(p) is None and (p / "config.yaml").exists():
         raise ModelError(f"the run {p} has no adapter yet: it has not finished; wait for it to finish "

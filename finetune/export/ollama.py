@@ -92,9 +92,10 @@ def template_for(info: Mapping[str, Any], tokenizer: Any) -> tuple[str, SpecialT
 
             if is_programming_error(e):
                 raise
-    raise ModelError("the adapter was trained with the base model's own chat template, which has no Ollama "
-                     "equivalent here; train with a named template (llama2, llama3, chatml, mistral, alpaca, falcon), "
-                     "or export --format gguf and run it with llama.cpp, which reads the Jinja template in the file")
+    said = ("the adapter was trained with the base model's own chat template, which has no Ollama equivalent here; "
+            "train with a named template (llama2, llama3, chatml, mistral, alpaca, falcon), or export ")
+    tail = " and run it with llama.cpp, which reads the Jinja template in the file"
+    raise ModelError(said + "--format gguf" + tail).in_app(said + "with Format gguf" + tail)
 
 
 def _triple_quoted(text: str, what: str) -> str:

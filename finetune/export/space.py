@@ -69,8 +69,9 @@ def stage_space(adapter_folder: Path, base_name: str, out: Path, title: str) -> 
 
     hub_base = EMBEDDED_REPO_ID if not is_hub_id(base_name) and "SmolLM2-135M" in base_name else base_name
     if not is_hub_id(hub_base):
-        raise ExportError(f"the base model {base_name} is a local folder; a Space loads its base from the Hub: "
-                          "train on a Hub model, or export --format merged and upload that model first")
+        said = f"the base model {base_name} is a local folder; a Space loads its base from the Hub: train on a Hub model, "
+        raise ExportError(said + "or export --format merged and upload that model first").in_app(
+            said + "or export with Format merged and upload that model first")
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(APP_DIR / "app.py.in", out / "app.py")
     shutil.copy(APP_DIR / "requirements.txt", out / "requirements.txt")

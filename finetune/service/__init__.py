@@ -13,11 +13,12 @@ from .checks import (BACKEND_NAMES, SIGN_IN_TO, ServiceError, Shared, backend_na
                      hub_token, parse_config, push_dataset, queue_dir, run_caps)
 from .plans import JobCost, RunPlan, job_cost, planned_steps, run_plan, zerogpu_quota, zerogpu_quota_for
 from .preview import Formatted, WrongMethod, format_preview, method_hint
-from .space import SYNC_EVERY_S, UPLOADS, ExportDownload, OwnerSpace, Workspace, default_workspace
+from .space import (SYNC_EVERY_S, UPLOADS, ExportDownload, OwnerSpace, Workspace, as_uploaded, default_workspace,
+                    kept_name)
 
 __all__ = ["BACKEND_NAMES", "SIGN_IN_TO", "SYNC_EVERY_S", "UPLOADS", "ExportDownload",
            "Formatted", "JobCost", "WrongMethod", "method_hint", "OwnerSpace", "RunPlan", "ServiceError", "Shared", "Workspace",
-           "backend_name", "backend_of", "check_config_code", "check_data_chosen", "check_hub_dataset_id",
-           "check_model_ref", "check_zerogpu", "default_workspace", "format_preview", "hub_token", "job_cost",
+           "as_uploaded", "backend_name", "backend_of", "check_config_code", "check_data_chosen", "check_hub_dataset_id",
+           "check_model_ref", "check_zerogpu", "default_workspace", "format_preview", "hub_token", "job_cost", "kept_name",
            "parse_config", "planned_steps", "push_dataset", "queue_dir", "run_caps", "run_plan", "zerogpu_quota",
            "zerogpu_quota_for"]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 from .. import limits, runs
 from ..config import RunConfig, validate
 from ..data import is_hub_dataset_id
-from ..errors import UserError
+from ..errors import UserError, app_message
 from ..limits import RunCaps
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ def backend_of(path: Path) -> str:
     try:
         return runs.read_backend(path)
     except runs.RunError as e:
-        raise ServiceError(str(e)) from e
+        raise ServiceError(str(e)).in_app(app_message(e)) from e
 
 
 def queue_dir(ws: Shared) -> Path:

@@ -125,7 +125,7 @@ def format_preview(source: str, *, template: str, system_prompt: str = "", colum
         if fitting:  # pairs or labelled answers under SFT: say which method reads them
             raise WrongMethod(f"{shown}: {method_hint(fitting, sft_reads=False)}", fitting) from None
         if shown != e.file:
-            raise data.DataError(shown, e.row, e.reason) from None
+            raise data.DataError(shown, e.row, e.reason, e.app_reason) from None
         raise
     out_dir.mkdir(parents=True, exist_ok=True)
     if is_file:
@@ -152,7 +152,7 @@ def _method_preview(source: str, method: str, *, template: str, system_prompt: s
                                    max_bytes=data.max_upload_bytes(), shape=methods.get(method).shape)
     except data.DataError as e:
         if is_file and e.file == str(source):
-            raise data.DataError(Path(source).name, e.row, e.reason) from None
+            raise data.DataError(Path(source).name, e.row, e.reason, e.app_reason) from None
         raise
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{_file_name(source, is_file)}.{method}.{template}.jsonl"

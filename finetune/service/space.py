@@ -11,8 +11,9 @@ and the app shows every run in the runs folder, CLI runs included.
 from __future__ import annotations
 
 import hashlib
-import os
 import io
+import os
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from .. import limits, runs
 from ..adapter import ADAPTER_DIR, is_adapter_dir
 from ..config import RunConfig, validate
 from ..data import is_hub_dataset_id
-from ..errors import UserError
+from ..errors import UserError, app_message
 from .checks import (ServiceError, backend_name, backend_of, check_config_code, check_model_ref,
                      check_zerogpu, hub_token, parse_config, queue_dir, run_caps)
 from .plans import planned_steps
@@ -34,6 +35,32 @@ if TYPE_CHECKING:
 
 
 UPLOADS = "uploads"
+_KEPT = re.compile(r"/" + UPLOADS + r"/[0-9a-f]{16}/")  # the folder of a kept upload, before its file name
+
+
+def kept_name(name: str) -> str:
+    """An upload's file name as it is kept: letters, digits, ``._-`` and spaces (no path, no hidden file), its
+    suffix in lower case (what the readers go by)."""
+    path = Path(name)
+    stem = re.sub(r"[^\w.\- ]", "_", path.stem).strip(" .")[:80] or "data"
+    suffix = "".join(c for c in path.suffix.lower() if c.isalnum() or c == ".")[:10]
+    return stem + suffix
+
+
+def as_uploaded(e: UserError, upload: str | Path | None, kept: Path | None = None) -> UserError:
+    """The user's error ``e`` with an upload said by its file name, not by where the server keeps it (its temporary
+    path ``upload`` and the kept copy ``kept``): what the app shows."""
+    if not upload:
+        return e
+    name = Path(upload).name
+    paths = {str(upload): name} | ({str(kept): name, str(kept.resolve()): name} if kept is not None else {})
+    return e.renamed(paths)
+
+
+def without_upload_folders(text: str) -> str:
+    """A run's message with each kept upload said by its file name (``…/uploads/<hash>/data.jsonl`` ->
+    ``data.jsonl``)."""
+    return re.sub(r"(?:/[^\s/:'\"]+)*" + _KEPT.pattern, "", text)
 SYNC_EVERY_S = 5.0  # a Hugging Face job's log is read at most this often per run (each read fetches the log)
 
 
@@ -101,7 +128,9 @@ class OwnerSpace:
     def keep_upload(self, path: str | Path) -> Path:
         """Copy an uploaded data file into the owner's folder (uploads are temporary; runs must outlive them).
 
-        The stored name is a content hash plus the original suffix: no user-chosen path ever reaches disk.
+        It is kept as ``uploads/<content hash>/<its file name>``: a run's reports and messages name the file the user
+        uploaded, and no user-chosen path reaches disk (the name is cut to letters, digits, ``._-`` and spaces, in
+        a folder of ours).
         """
         from ..data import MAX_UPLOAD_ENV, max_upload_bytes
 
@@ -119,8 +148,7 @@ class OwnerSpace:
                 raise ServiceError(str(e)) from None
         data = src.read_bytes()
         digest = hashlib.sha256(data).hexdigest()[:16]
-        suffix = "".join(c for c in src.suffix.lower() if c.isalnum() or c == ".")[:10]
-        target = self.root / UPLOADS / f"{digest}{suffix}"
+        target = self.root / UPLOADS / digest / kept_name(src.name)
         if not target.exists():
             from ..io import atomic_write_bytes
 
@@ -205,7 +233,7 @@ class OwnerSpace:
             made = _new_backend(self.ws, backend, token=token, api=api, flavor=flavor, repo_id=repo_id)
             return made.start(config, root)
         except UserError as e:  # a job that cannot be built or reached, a Hub refusal: the same error type for all
-            raise ServiceError(str(e)) from e
+            raise ServiceError(str(e)).in_app(app_message(e)) from e
         except ValueError as e:  # a bad FINETUNE_MAX_CONCURRENT_RUNS or FINETUNE_TRAIN_THREADS on the server
             raise ServiceError(str(e)) from None
 
@@ -239,6 +267,8 @@ class OwnerSpace:
         state, stale = self.state(run_id, token=token, api=api)
         out = state.to_dict()
         out.pop("path", None)  # never reveal server paths
+        if out.get("message"):  # an upload by the name the user gave it
+            out["message"] = without_upload_folders(str(out["message"]))
         out["backend"] = backend_of(state.path)
         if stale:
             out["message"] = f"cannot read the job right now ({stale}); showing its last known state"
@@ -254,7 +284,7 @@ class OwnerSpace:
             backend.stop(path)
             backend.status(path)  # a cancelled job: its end mirrored into the folder now
         except UserError as e:
-            raise ServiceError(str(e)) from e
+            raise ServiceError(str(e)).in_app(app_message(e)) from e
         return self.status(run_id)
 
     def resume(self, run_id: str, *, client: str | None = None) -> str:
@@ -274,7 +304,7 @@ class OwnerSpace:
                     return rid
             return self._backend_for(path).resume(path)
         except UserError as e:
-            raise ServiceError(str(e)) from e
+            raise ServiceError(str(e)).in_app(app_message(e)) from e
         except ValueError as e:  # a bad queue or thread setting on the server
             raise ServiceError(str(e)) from None
 
@@ -285,7 +315,7 @@ class OwnerSpace:
         try:
             return self._backend_for(path, token=token, api=api).logs(path, tail=tail)
         except UserError as e:
-            raise ServiceError(str(e)) from e
+            raise ServiceError(str(e)).in_app(app_message(e)) from e
 
     def check_download_room(self, source: Path, what: str) -> None:
         """On a shared server, a download is prepared (and kept FINETUNE_DOWNLOADS_MAX_AGE_H) only while the owner's
@@ -381,9 +411,9 @@ class OwnerSpace:
             return _checkpoint_adapter(run_dir, run_id, step)
         path = run_dir / ADAPTER_DIR
         if not is_adapter_dir(path):
-            from ..adapter import adapter_weights_missing
+            from ..adapter import adapter_file_missing
 
-            missing = adapter_weights_missing(path, f"run '{run_id}': {ADAPTER_DIR}")
+            missing = adapter_file_missing(path, f"run '{run_id}': {ADAPTER_DIR}")
             if missing:
                 raise ServiceError(missing)
             raise ServiceError(f"run '{run_id}' has no adapter yet: it appears when the run finishes")
@@ -440,8 +470,11 @@ class OwnerSpace:
         if not 0 <= max_new_tokens <= 4096:
             raise ServiceError(f"max_new_tokens must be 0 (sized from the references) or 1 to 4096, got "
                                f"{max_new_tokens}")
-        return run_evaluation(folder, data, checkpoints=checkpoints, max_new_tokens=max_new_tokens, progress=progress,
-                              label=run_id, limit=limit)
+        try:
+            return run_evaluation(folder, data, checkpoints=checkpoints, max_new_tokens=max_new_tokens,
+                                  progress=progress, label=run_id, limit=limit)
+        except UserError as e:  # a bad test file is said by the name it was uploaded with
+            raise as_uploaded(e, test_file, Path(data)) from None
 
     def eval_report(self, run_id: str) -> dict[str, Any] | None:
         """The latest evaluation report of one of the owner's runs (None when it has none)."""
@@ -593,7 +626,7 @@ class OwnerSpace:
         try:
             path = runs.run_path(run_id, self.root)
         except runs.RunError as e:
-            raise ServiceError(str(e)) from e
+            raise ServiceError(str(e)).in_app(app_message(e)) from e
         if not (path / runs.CONFIG_FILE).exists():
             raise ServiceError(f"no run '{run_id}' among your runs; pick one from the run list")
         return path
@@ -611,7 +644,7 @@ class OwnerSpace:
             return backend_for(path, queue_dir=queue_dir(self.ws), token=token, api=api, sync_every_s=every,
                                caps=run_caps(self.ws))
         except runs.RunError as e:
-            raise ServiceError(str(e)) from e
+            raise ServiceError(str(e)).in_app(app_message(e)) from e
 
 
 def _checkpoint_adapter(run_dir: Path, run_id: str, step: str) -> Path:
@@ -634,6 +667,11 @@ def _checkpoint_adapter(run_dir: Path, run_id: str, step: str) -> Path:
     if not (step.isascii() and step.isdigit()) or int(step) not in kept:  # "²" is a digit to isdigit, not to int
         raise ServiceError(f"run '{run_id}' has no checkpoint '{step}'; its checkpoints: {listed}")
     folder = find_adapter_dir(kept[int(step)])
+    from ..adapter import adapter_file_missing
+
+    missing = adapter_file_missing(kept[int(step)], f"run '{run_id}': {runs.CHECKPOINTS}/checkpoint-{int(step)}")
+    if missing:
+        raise ServiceError(missing)
     if folder is None or folder == kept[int(step)]:
         raise ServiceError(f"checkpoint {step} of run '{run_id}' has no adapter folder (saved by an older "
                            "version); use the finished run")

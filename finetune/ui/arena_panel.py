@@ -14,12 +14,20 @@ from .. import service
 from ..arena import BASE, MAX_CONTENDERS
 from .common import Api, Caller, page_errors, scoped, user_errors
 
-STANDINGS_COLUMNS = ["name", "rating", "ci_low", "ci_high", "wins", "losses", "ties", "win_rate", "votes"]
+STANDINGS_COLUMNS = ["name", "rating", "95% interval", "wins", "losses", "ties", "win_rate", "votes"]
 LETTERS = string.ascii_uppercase[:MAX_CONTENDERS]
+NEEDS_VOTES = "needs more votes"
+
+
+def interval_text(row: dict[str, Any]) -> str:
+    """A contender's 95% interval as the table shows it; none yet (arena.MIN_INTERVAL_VOTES) says so."""
+    low, high = row.get("ci_low"), row.get("ci_high")
+    return NEEDS_VOTES if low is None or high is None else f"{low:g} – {high:g}"
 
 
 def standings_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    return pd.DataFrame([{k: r.get(k) for k in STANDINGS_COLUMNS} for r in rows], columns=STANDINGS_COLUMNS)
+    return pd.DataFrame([{k: interval_text(r) if k == "95% interval" else r.get(k) for k in STANDINGS_COLUMNS}
+                         for r in rows], columns=STANDINGS_COLUMNS)
 
 
 def tally_markdown(votes: int) -> str:
@@ -72,7 +80,9 @@ def show_vote(r: dict[str, Any]) -> tuple[str, str, str, pd.DataFrame]:
     v = r["vote"]
     who = ", ".join(f"{x} = **{n}**" for x, n in zip(LETTERS, v["contenders"]))
     said = {"tie": "a tie", "both_bad": "all bad"}.get(v["verdict"], f"{v['verdict']} is better")
-    return "", f"You voted {said}: {who}.", tally_markdown(r["votes"]), standings_frame(r["standings"])
+    # the battle stays open on the page: a second vote on it is told it was voted on already
+    return (v.get("battle_id", ""), f"You voted {said}: {who}.", tally_markdown(r["votes"]),
+            standings_frame(r["standings"]))
 
 
 def create_arena_panel(api: Api, base_model: gr.Textbox, temperature: gr.Slider, max_new: gr.Slider,

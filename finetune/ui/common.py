@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, ParamSpec, TypeVar
 import gradio as gr
 
 from .. import runs
-from ..errors import UserError, internal_message, report_internal
+from ..errors import UserError, app_message, internal_message, report_internal
 from ..service import OwnerSpace, Workspace
 from .owner_cookie import KEY_PATTERN, STATE_KEY
 
@@ -155,19 +155,25 @@ def config_warnings_markdown(cfg: RunConfig) -> str:
 
 
 def user_error(e: BaseException, where: str = "") -> gr.Error:
-    """The message shown for a failed request: a UserError's own message (it says what to change); for anything
+    """The message shown for a failed request: a UserError's own message in the app's words (it says what to
+    change: ``errors.app_message``); for anything
     else (a bug of ours) ``internal error (reference N)``, its traceback logged under ``finetune.internal``."""
     if isinstance(e, gr.Error):
         return e
     if isinstance(e, UserError):
         log.info("request refused: %s: %s", e.__class__.__name__, e)
-        return gr.Error(str(e) if str(e) else e.__class__.__name__, print_exception=False)
+        return gr.Error(app_message(e), print_exception=False)  # in the app's words
     return InternalError(internal_message(report_internal(e, where)), print_exception=False)
 
 
 class InternalError(gr.Error):
     """A bug of ours as the user sees it (``internal error (reference N)``): never taken for a refusal."""
 
+
+# Runs in the browser as an action of the page starts (an event's ``js``): the toasts of the last action close, so
+# each action shows its own message once (gradio stacks toasts of one kind into one: an upload's warning and the
+# next Format's read "Warning (2)", the same message twice). The event's inputs go on unchanged.
+NEW_ACTION_JS = "(...inputs) => { document.querySelectorAll('.toast-close').forEach(b => b.click()); return inputs; }"
 
 PAGE_ERRORS = "__finetune_page_errors__"  # marks a handler wrapped by page_errors (tests/test_ui_errors.py looks)
 
@@ -183,7 +189,7 @@ def page_errors(fn: Callable[P, R], shown: Callable[[str], Any] | None = None) -
 
     def refused(e: Exception) -> Any:
         if isinstance(e, (UserError, gr.Error)) and not isinstance(e, InternalError):
-            message = str(e.message if isinstance(e, gr.Error) else e) or e.__class__.__name__
+            message = (str(e.message) or e.__class__.__name__) if isinstance(e, gr.Error) else app_message(e)
             log.info("request refused: %s: %s", e.__class__.__name__, message)
             gr.Warning(html.escape(message))
             return shown(html.escape(message)) if shown is not None else gr.skip()  # one skip: all outputs as they were

@@ -13,10 +13,10 @@ from gradio.events import Dependency
 
 from .. import methods, service
 from ..data import parse_column_mapping
-from ..errors import UserError
+from ..errors import UserError, app_message
 from ..templates import template_label
 from . import forms
-from .common import Api, Caller, page_errors, push_row, scoped, user_errors
+from .common import NEW_ACTION_JS, Api, Caller, page_errors, push_row, scoped, user_errors
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -181,11 +181,11 @@ class DatasetEndpoints:
                 val_fraction=float(val_fraction or 0.0), test_split=float(test_split or 0.0),
             ))
         except UserError as e:  # an upload's name, not where the server keeps it
-            if data_file and data_file in str(e):
-                raise service.ServiceError(str(e).replace(data_file, Path(data_file).name)) from None
-            raise
-        for w in report["warnings"][:3]:
-            gr.Warning(w)
+            raise e.renamed({data_file: Path(data_file).name} if data_file else {}) from None
+        if report["warnings"]:  # one toast for the action, however many rows (the summary lists them)
+            more = len(report["warnings"]) - 3
+            gr.Warning("<br>".join(html.escape(w) for w in report["warnings"][:3])
+                       + (f"<br>… and {more} more (see the summary)" if more > 0 else ""))
         probs = pd.DataFrame(report["problems"], columns=["row", "field", "problem", "fix"])
         return ((report["summary"] + suggestion_markdown(report["suggests"]),
                  preview_html(report["examples"], caption=preview_caption(template, method or "sft")),
@@ -215,8 +215,9 @@ class DatasetEndpoints:
                     *suggestion_buttons(e.methods))
         except UserError as e:
             name = Path(data_file).name if data_file else (hub_id or "").strip()
-            gr.Warning(html.escape(str(e)))
-            return (f"❌ **{html.escape(name)} could not be formatted:** {html.escape(str(e))}",
+            said = app_message(e)
+            gr.Warning(html.escape(said))
+            return (f"❌ **{html.escape(name)} could not be formatted:** {html.escape(said)}",
                     f"<div class='ft-preview' id='ft-preview-cleared'>No preview: {html.escape(name)} could not be "
                     "formatted (see above); fix it and upload again.</div>",
                     None, pd.DataFrame(columns=["row", "field", "problem", "fix"]), None, settings, "",
@@ -264,7 +265,10 @@ class DatasetEndpoints:
         from ..evaluate import read_test_set
 
         kept = me.space.keep_upload(path)
-        read_test_set(kept)  # a bad test file is refused now, naming the row, not when the run ends
+        try:
+            read_test_set(kept)  # a bad test file is refused now, naming the row, not when the run ends
+        except UserError as e:  # by the name the user gave it
+            raise service.as_uploaded(e, path, kept) from None
         return str(kept.resolve())
 
 
@@ -338,18 +342,18 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
                                                    api_name="format_dataset", concurrency_id="format_dataset",
                                                    concurrency_limit=4)
         fmt.click(format_on_page, inputs, on_page, api_visibility="private", concurrency_id="format_dataset",
-                  concurrency_limit=4)
+                  concurrency_limit=4, js=NEW_ACTION_JS)
         # a picked setting renders the preview again at once, a typed one when the field is left
         gr.on([w.change for w in picked] + [e for w in typed for e in (w.blur, w.submit)] + list(refresh_on),
               page_errors(mine(ep.refresh_preview)), [shown_with, *inputs], on_page, api_visibility="private",
-              trigger_mode="always_last",
+              trigger_mode="always_last", js=NEW_ACTION_JS,
               concurrency_id="format_dataset", concurrency_limit=4, show_progress="minimal")
         gr.on([w.change for w in typed], ep.stale_mark, [shown_with, *inputs[4:]], stale, api_visibility="private",
               show_progress="hidden")
         return (
             api_event,
             data_file.upload(format_on_page, inputs, on_page, api_visibility="private",
-                             concurrency_id="format_dataset", concurrency_limit=4),
+                             concurrency_id="format_dataset", concurrency_limit=4, js=NEW_ACTION_JS),
             ds_push.click(user_errors(ep.push), [formatted, ds_repo, ds_private], ds_result, api_name="push_dataset"),
         )
 

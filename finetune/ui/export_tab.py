@@ -8,7 +8,7 @@ from typing import Callable
 import gradio as gr
 
 from .. import service
-from ..export import DEFAULT_QUANT, FORMATS, QUANTS
+from ..export import DEFAULT_QUANT, FORMATS, QUANTS, quants_for
 from .common import Api, Caller, page_errors, scoped, user_errors
 from .train_tab import finished_runs
 
@@ -40,16 +40,27 @@ def create_export_tab(api: Api) -> tuple[Callable[..., gr.Dropdown], list[gr.Dro
     result = gr.Markdown(elem_id="export-result")
     file = gr.File(label="Download", interactive=False, elem_id="export-file")
 
+    def export(me: Caller, run: str, format: str, quant: str, push_repo: str, private: bool,
+               progress: gr.Progress) -> service.ExportDownload:
+        def report(fraction: float, message: str) -> None:
+            progress(fraction, desc=message)
+
+        return me.space.export(run, format, quant, api.downloads / "exports", push=(push_repo or "").strip() or None,
+                               token=me.token, private=private, progress=report)
+
     @scoped(api, token=True)
     def export_model(me: Caller, run: str, format: str = "gguf", quant: str = DEFAULT_QUANT, push_repo: str = "",
                      private: bool = True, progress: gr.Progress = gr.Progress()) -> tuple[str | None, str]:
         """Export a finished run: format gguf | lora-gguf | ollama | merged | space, quant f16 | bf16 | q8_0 | q4_0
-        (GGUF types), push_repo optional (required for space). Returns the file to download and a summary."""
-        def report(fraction: float, message: str) -> None:
-            progress(fraction, desc=message)
+        (GGUF types; a LoRA GGUF: f16 | bf16 | q8_0), push_repo optional (required for space). Returns the file to
+        download and a summary (plain text: what was written, its sizes, where it was pushed, how to run it)."""
+        out = export(me, run, format, quant, push_repo, private, progress)
+        return (str(out.file) if out.file else None), out.summary
 
-        out = me.space.export(run, format, quant, api.downloads / "exports", push=(push_repo or "").strip() or None,
-                              token=me.token, private=private, progress=report)
+    @scoped(api, token=True)
+    def export_on_page(me: Caller, run: str, format: str, quant: str, push_repo: str, private: bool,
+                       progress: gr.Progress = gr.Progress()) -> tuple[str | None, str]:
+        out = export(me, run, format, quant, push_repo, private, progress)
         return (str(out.file) if out.file else None), "```text\n" + out.summary + "\n```"
 
     @scoped(api)
@@ -57,15 +68,20 @@ def create_export_tab(api: Api) -> tuple[Callable[..., gr.Dropdown], list[gr.Dro
         choices = finished_runs(me.space)
         return gr.Dropdown(choices=choices, value=choices[0][1] if choices else None)
 
-    def describe(name: str) -> str:
-        return FORMAT_HELP.get(name, "")
+    def describe(name: str, current: str) -> tuple[str, gr.Dropdown]:
+        """The format's help, and the GGUF types it is written in: the type picked stays when the format takes it,
+        else it goes back to the default (a LoRA GGUF has no q4_0); a format without a GGUF file has none."""
+        fitting = quants_for(name)
+        value = current if current in fitting else DEFAULT_QUANT if DEFAULT_QUANT in fitting else current
+        return FORMAT_HELP.get(name, ""), gr.Dropdown(choices=list(fitting or QUANTS), value=value,
+                                                      interactive=bool(fitting))
 
-    fmt.change(describe, fmt, fmt_help, api_visibility="private")
+    fmt.change(page_errors(describe), [fmt, quant], [fmt_help, quant], api_visibility="private")
     refresh.click(runs, None, run_id, api_visibility="private")
     inputs = [run_id, fmt, quant, repo, private]
     gr.Button(visible=False).click(user_errors(export_model), inputs, [file, result], api_name="export_model",
                                    concurrency_id="export_model", concurrency_limit=1)
     # the page: a refusal clears the last export's file and says why in the result (no error badge on both)
-    export_btn.click(page_errors(export_model, lambda m: (None, f"❌ **Not exported:** {m}")), inputs, [file, result],
+    export_btn.click(page_errors(export_on_page, lambda m: (None, f"❌ **Not exported:** {m}")), inputs, [file, result],
                      api_visibility="private", concurrency_id="export_model", concurrency_limit=1)
     return runs, [run_id]

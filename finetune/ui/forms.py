@@ -97,6 +97,7 @@ METHOD_FIELDS = (
     Field("training.method", "radio", "Method"),
     Field("training.init_adapter", "text", "Start from adapter"),  # every method: not in METHOD_OF
     Field("training.dpo_beta", "number", "DPO beta"),
+    Field("training.dpo_sft_weight", "number", "DPO SFT weight"),
     Field("training.orpo_lambda", "number", "ORPO lambda"),
     Field("training.kto_beta", "number", "KTO beta"),
     Field("training.kto_desirable_weight", "number", "KTO desirable weight"),

@@ -10,7 +10,7 @@ import gradio as gr
 import pandas as pd  # loaded by gradio already; event functions' hints must resolve at runtime
 
 from ..config import RunConfig
-from ..errors import UserError
+from ..errors import UserError, app_message
 from ..presets import DEFAULT_PRESET, intended_gpu, load_preset, preset_description, preset_paths
 from . import forms
 from .common import Api, config_warnings_markdown, page_errors, user_errors
@@ -204,7 +204,7 @@ def estimate_view(cfg: RunConfig, gpu: str) -> tuple[str, pd.DataFrame]:
     try:
         est = estimate(cfg, gpu=gpu)
     except UserError as e:  # an unknown model is a hint here, not a failure (a bug is not: it propagates)
-        return f"Cannot estimate memory: {e}", pd.DataFrame(columns=["part", "GB"])
+        return f"Cannot estimate memory: {app_message(e)}", pd.DataFrame(columns=["part", "GB"])
     rows = [{"part": k.replace("_", " "), "GB": round(v, 2)} for k, v in est.breakdown.items()]
     return verdict_markdown(est) + "\n\n" + time_cost_markdown(cfg, gpu), pd.DataFrame(rows, columns=["part", "GB"])
 
@@ -273,7 +273,7 @@ class ConfigEvents:
         try:
             cfg = self.build(*values)
         except UserError as e:  # shown next to the form, the YAML keeps its last good value
-            return gr.Code(), f"⚠️ {e}", gr.Dataframe()
+            return gr.Code(), f"⚠️ {app_message(e)}", gr.Dataframe()
         verdict, table = estimate_view(cfg, values[-1])
         return cfg.to_yaml(), config_warnings_markdown(cfg) + verdict, table
 

@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 
 from .. import inference, service
-from ..errors import UserError
+from ..errors import UserError, app_message
 from ..templates import MODEL_TEMPLATE, TEMPLATE_NAMES
 from .arena_panel import create_arena_panel
 from .common import Api, Caller, page_errors, scoped, user_errors
@@ -79,14 +79,32 @@ def compare(me: Caller, prompt: str = "", base_model: str = "", adapter: str = "
                              repetition_penalty=float(repetition_penalty or 1.0), seed=int(seed or 0))
 
 
+def _exact(me: Caller, message: str, history: list[Any] | None, base_model: str, adapter: str,
+           system_prompt: str | None, template: str | None) -> inference.Prompt:
+    convo = conversation(message, history)
+    if not convo:  # nothing to render: say what the view shows, not the template's complaint
+        raise gr.Error("type a message first: the exact prompt is the conversation so far plus your message, "
+                       "as the model receives it before it answers")
+    path, base_model = me.space.chat_models(base_model, adapter)
+    return inference.prompt_for(convo, adapter=path, model=base_model or None, system_prompt=system_prompt or None,
+                                template=template or None)
+
+
 def exact_prompt(me: Caller, message: str = "", history: list[Any] | None = None, base_model: str = "",
                  adapter: str = "", system_prompt: str | None = None,
-                 template: str | None = None) -> tuple[str, str]:
+                 template: str | None = None) -> tuple[str, int, dict[str, str]]:
     """The exact text the model receives for this conversation (history + message, with the generation
-    prompt) and a line with its token count, template and system prompt."""
-    path, base_model = me.space.chat_models(base_model, adapter)
-    p = inference.prompt_for(conversation(message, history), adapter=path, model=base_model or None,
-                             system_prompt=system_prompt or None, template=template or None)
+    prompt), its number of tokens, and what rendered it: {template, system_prompt ("" = none), warning ("" unless
+    the template is not the one the adapter was trained with)}."""
+    p = _exact(me, message, history, base_model, adapter, system_prompt, template)
+    return p.text, p.token_count, {"template": p.template, "system_prompt": p.system_prompt, "warning": p.warning}
+
+
+def exact_prompt_on_page(me: Caller, message: str, history: list[Any] | None, base_model: str, adapter: str,
+                         system_prompt: str | None, template: str | None) -> tuple[str, str]:
+    """The page's view of the exact prompt: the text, and a line with its token count, template and system
+    prompt (and a warning when the template is not the trained one)."""
+    p = _exact(me, message, history, base_model, adapter, system_prompt, template)
     line = (f"**{p.token_count} tokens** · template `{p.template}` · system prompt: "
             + (f"“{p.system_prompt}”" if p.system_prompt else "none"))
     if p.warning:
@@ -124,7 +142,7 @@ def check(me: Caller, base_model: str, adapter: str) -> str:
             if want and want != base_model:
                 return f"⚠️ This adapter was trained on `{want}`, not `{base_model}`: answers may be poor."
     except UserError as e:  # a hint only; the chat call reports the real error
-        return f"⚠️ {e}"
+        return f"⚠️ {app_message(e)}"
     return ""
 
 
@@ -176,7 +194,7 @@ def create_playground_tab(api: Api) -> dict[str, LoadHook]:
     create_arena_panel(api, base_model, temperature, max_new, top_p, rep, seed)
 
     mine = scoped(api)
-    compare_as, exact_as = mine(compare), mine(exact_prompt)
+    compare_as, exact_as, exact_on_page = mine(compare), mine(exact_prompt), mine(exact_prompt_on_page)
     send_event: dict[str, Any] = dict(fn=user_errors(mine(chat)), inputs=[msg, chatbot, base_model, adapter, temperature, max_new, top_p, rep, seed,
                                                     system_prompt, template],
                       outputs=chatbot, concurrency_limit=2)
@@ -190,9 +208,12 @@ def create_playground_tab(api: Api) -> dict[str, LoadHook]:
     cbtn.click(page_errors(compare_as, lambda _: ("", "")), compare_inputs, [base_out, tuned_out],
                api_visibility="private", concurrency_id="compare", concurrency_limit=2)
     exact_inputs = [msg, chatbot, base_model, adapter, system_prompt, template]
-    gr.Button(visible=False).click(user_errors(exact_as), exact_inputs, [exact_text, exact_count],
+    # the API returns data (the text, the token count as a number, the settings used); the page formats it
+    gr.Button(visible=False).click(user_errors(exact_as), exact_inputs,
+                                   [gr.Textbox(visible=False), gr.Number(visible=False, precision=0),
+                                    gr.JSON(visible=False)],
                                    api_name="exact_prompt", concurrency_id="exact_prompt", concurrency_limit=2)
-    show.click(page_errors(exact_as, lambda m: ("", f"⚠️ {m}")), exact_inputs, [exact_text, exact_count],
+    show.click(page_errors(exact_on_page, lambda m: ("", f"⚠️ {m}")), exact_inputs, [exact_text, exact_count],
                api_visibility="private", concurrency_id="exact_prompt", concurrency_limit=2)
     adapter.change(page_errors(mine(defaults)), [adapter], [system_prompt, template, template_warning], api_visibility="private")
     template.change(mine(template_notice), [adapter, template], template_warning, api_visibility="private")

@@ -15,7 +15,7 @@ import pandas as pd
 
 from .. import memory, service
 from ..backends import hfjobs, zerogpu
-from ..errors import UserError
+from ..errors import UserError, app_message
 from ..limits import RunCaps
 from ..runs import LIVE, RunState
 from . import forms
@@ -358,7 +358,8 @@ class TrainEndpoints:
         try:
             s = run_summary(config_yaml, data_file, backend, flavor)
         except UserError as e:  # a config or data problem, with its fix (a bug is not one)
-            return f"**This run cannot start yet:** {e}", gr.Checkbox(visible=False)
+            return (f"**This run cannot start yet:** {app_message(service.as_uploaded(e, data_file))}",
+                    gr.Checkbox(visible=False))
         caps = service.run_caps(self.api.workspace) if service.backend_name(backend) == "local" else None
         return summary_markdown(s) + caps_markdown(caps, s["steps"]), gr.Checkbox(visible=s["sample"])
 
@@ -371,7 +372,7 @@ class TrainEndpoints:
             state = me.space.status(rid, token=me.token)
             events = me.space.events(rid)
         except service.ServiceError as e:
-            return (f"<div class='ft-progress'>{html.escape(str(e))}</div>", None, "", gr.Timer(active=False),
+            return (f"<div class='ft-progress'>{html.escape(app_message(e))}</div>", None, "", gr.Timer(active=False),
                     runs_frame(me.space), {})
         live = state["status"] in LIVE or (state["status"] == "paused" and state.get("backend") == "zerogpu")
         frame = loss_frame(state)
@@ -416,7 +417,8 @@ class TrainEndpoints:
         try:
             est = service.zerogpu_quota_for(config_yaml, data_file)
         except UserError as e:  # config, data or estimate errors, each with its fix (a bug is not one)
-            return f"The ZeroGPU quota of this run cannot be estimated yet: {e}"
+            said = app_message(service.as_uploaded(e, data_file))
+            return f"The ZeroGPU quota of this run cannot be estimated yet: {said}"
         return quota_markdown(est)
 
 
@@ -436,7 +438,7 @@ def jobs_text(config_yaml: str, flavor: str) -> str:
     try:
         job = service.job_cost(config_yaml, flavor)
     except UserError as e:  # config or estimate errors, each with its fix (a bug is not one)
-        lines.append(f"Time limit and cost: {e}")
+        lines.append(f"Time limit and cost: {app_message(e)}")
     else:
         cost = f"at most ${job.max_usd:.2f}" if job.max_usd is not None else "price not listed"
         lines.append(f"Time limit {job.limit_s // 60} min (the time estimate x{hfjobs.TIME_MARGIN:g} plus "
@@ -552,7 +554,10 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
     w["compare_pick"].change(page_errors(mine(ep.compare_runs)), w["compare_pick"], [w["compare_plot"], compare_style],
                              api_visibility="private", show_progress="hidden").then(
         StepPlot.restyle, compare_style, w["compare_plot"], api_visibility="private", show_progress="hidden")
-    w["download_btn"].click(user_errors(mine(ep.download)), run_id, w["adapter_file"], api_visibility="private")
+    # a refusal (no run open, no adapter yet) is one message and an empty file box, not an error badge that stays
+    # on the box after the next download works
+    w["download_btn"].click(page_errors(mine(ep.download), lambda _: None), run_id, w["adapter_file"],
+                            api_visibility="private")
     w["push_btn"].click(user_errors(with_token(ep.push)), [run_id, w["repo"], w["private"]], w["push_result"],
                         api_name="push_adapter")
     panel_inputs = [w["backend"], config_code, data_file, w["flavor"]]
