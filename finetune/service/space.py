@@ -30,6 +30,7 @@ from .plans import planned_steps
 
 if TYPE_CHECKING:
     from ..backends.base import Backend
+    from ..evaluate import EvalProgress
     from ..backends.zerogpu import ChunkResult
 
 
@@ -480,9 +481,11 @@ class OwnerSpace:
                 if find_adapter_dir(c) not in (None, c)]
 
     def evaluate(self, run_id: str, test_file: str | Path | None, *,
-                 checkpoints: str = "all", max_new_tokens: int = 256, progress: Any = None) -> dict[str, Any]:
+                 checkpoints: str = "all", max_new_tokens: int = 0,
+                 progress: Callable[[EvalProgress], None] | None = None) -> dict[str, Any]:
         """Evaluate one of the owner's runs (``ID``, ``ID@step``) on a test file (an upload, or the run's configured
-        ``data.test_source`` when none is given); the report is also written into the run folder."""
+        ``data.test_source`` when none is given); the report is also written into the run folder. ``max_new_tokens``
+        0: sized from the references (``evaluate.answer_budget``); ``progress``: as ``evaluate.evaluate``'s."""
         from ..evaluate import evaluate as run_evaluation
 
         from ..evaluate import run_test_set
@@ -497,8 +500,9 @@ class OwnerSpace:
                 raise ServiceError("give a test file (prompts and reference answers), or set one (or a held-out test "
                                    "split) in the Dataset tab before training")
             data, limit = own.source, own.limit
-        if not 1 <= max_new_tokens <= 4096:
-            raise ServiceError(f"max_new_tokens must be between 1 and 4096, got {max_new_tokens}")
+        if not 0 <= max_new_tokens <= 4096:
+            raise ServiceError(f"max_new_tokens must be 0 (sized from the references) or 1 to 4096, got "
+                               f"{max_new_tokens}")
         try:
             return run_evaluation(folder, data, checkpoints=checkpoints, max_new_tokens=max_new_tokens,
                                   progress=progress, label=run_id, limit=limit)
