@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 
 UPLOADS = "uploads"
+SYNC_EVERY_S = 5.0  # a Hugging Face job's log is read at most this often per run (each read fetches the log)
+FORM_FILE = "form.json"  # the owner's form as the page last left it (one file per owner, overwritten)
+MAX_FORM_BYTES = 64_000  # a form is a few kB of settings; a shared server keeps no more than this per owner
 _KEPT = re.compile(r"/" + UPLOADS + r"/[0-9a-f]{16}/")  # the folder of a kept upload, before its file name
 
 
@@ -61,9 +64,6 @@ def without_upload_folders(text: str) -> str:
     """A run's message with each kept upload said by its file name (``…/uploads/<hash>/data.jsonl`` ->
     ``data.jsonl``)."""
     return re.sub(r"(?:/[^\s/:'\"]+)*" + _KEPT.pattern, "", text)
-SYNC_EVERY_S = 5.0  # a Hugging Face job's log is read at most this often per run (each read fetches the log)
-FORM_FILE = "form.json"  # the owner's form as the page last left it (one file per owner, overwritten)
-MAX_FORM_BYTES = 64_000  # a form is a few kB of settings; a shared server keeps no more than this per owner
 
 
 @dataclass(frozen=True)
