@@ -562,10 +562,14 @@ class SaveEvaluation:
     """
 
     def __init__(self, run_dir: Path, data: str, *, base_model: str, in_memory: bool, limit: int = 0,
-                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> None:
+                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, tokenizer: Tokenizer | None = None) -> None:
         self.run_dir, self.data, self.base_model, self.in_memory = run_dir, data, base_model, in_memory
-        self.max_new_tokens = max_new_tokens
         self.examples = limited(read_test_set(data), limit)
+        if max_new_tokens <= 0:  # sized from the references, with the base's tokenizer (as ``evaluate`` sizes it)
+            if tokenizer is None:
+                raise EvalError("max_new_tokens 0 (sized from the references) needs the base model's tokenizer")
+            max_new_tokens = answer_budget(self.examples, tokenizer)
+        self.max_new_tokens = max_new_tokens
         self.fingerprint = test_fingerprint(self.examples, base_model, max_new_tokens)
         self.limit = limit
         earlier = runs.read_eval_report(run_dir)

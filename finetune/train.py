@@ -718,6 +718,7 @@ def _callbacks(call: _Call, setup: _Setup, data: _Data, settings: ResolvedSettin
 
         evaluation = SaveEvaluation(call.run_dir, data.test_source, base_model=setup.base.name,
                                     limit=config.data.test_limit, max_new_tokens=config.data.test_max_new_tokens,
+                                    tokenizer=setup.tokenizer,
                                     in_memory=_scores_in_memory(config, settings, device))
         callbacks.insert(2, evaluate_at_save_callback(evaluation, setup.tokenizer, log, events, halt))
     if data.run.examples is not None and single:

@@ -145,3 +145,26 @@ def test_cancel_evaluation_stops_a_running_evaluation(app, tiny_model_dir, tmp_p
     assert int(e.value.args[0].split("after ")[1].split(" ")[0]) < 192  # it stopped before the end
     [run_dir] = [p for p in root.rglob(run_id) if p.is_dir()]
     assert not (run_dir / runs.EVAL_REPORT).exists()
+
+
+def test_a_runs_own_test_set_is_answered_within_a_budget_sized_from_its_references(tiny_model_dir, tmp_path,
+                                                                                  smollm2_tokenizer):
+    from finetune.config import RunConfig
+    from finetune.evaluate import answer_budget, read_test_set
+    from finetune.train import train
+
+    test = heldout_file(tmp_path, 4)
+    cfg = RunConfig()
+    assert cfg.data.test_max_new_tokens == 0  # the default: sized from the references, not 256 tokens each
+    cfg.model.id, cfg.quantization.load_in, cfg.data.template, cfg.lora.r = str(tiny_model_dir), "none", "chatml", 4
+    cfg.data.test_source = str(test)
+    t = cfg.training
+    t.max_steps, t.batch_size, t.max_length, t.save_steps, t.gradient_checkpointing = 4, 4, 96, 2, False
+    result = train(cfg, runs_root=tmp_path / "runs")
+    report = runs.read_eval_report(result.run_dir)
+    budget = answer_budget(read_test_set(test), smollm2_tokenizer)
+    assert report["settings"]["max_new_tokens"] == budget < 256
+    # the end of the run took the checkpoints' figures (same test set, same budget): one entry each
+    assert not report.get("in_progress") and [c["step"] for c in report["checkpoints"]] == [2, 4]
+    events = runs.read_events(result.run_dir)
+    assert len([e for e in events if e["type"] == "evaluation" and e.get("step") == 2]) == 1

@@ -13,6 +13,7 @@ from .. import service
 from ..errors import UserError
 from ..evaluate import METRICS, SUMMARY_HEADERS, EvalProgress, summary_table
 from .common import Api, Caller, page_errors, scoped, user_errors
+from .widgets import StepPlot
 
 
 class EvaluationCancelled(UserError):
@@ -183,8 +184,8 @@ def create_evaluation_panel(api: Api, run_id: gr.Textbox, timer: gr.Timer | None
         status = gr.Markdown(elem_id="eval-status")
         best = gr.Markdown(best_markdown(None, ""), elem_id="eval-best")
         table = gr.Dataframe(report_table(None), interactive=False, elem_id="eval-table")
-        curve = gr.LinePlot(None, x="step", y="value", color="metric", title="Test-set metrics by step", height=260,
-                            elem_id="eval-plot")
+        curve = StepPlot(None, x="step", y="value", color="metric", title="Test-set metrics by step", height=260,
+                         elem_id="eval-plot")
         report_json = gr.JSON(visible=False)
 
     ep = EvaluationEndpoints(Cancels())
