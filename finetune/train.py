@@ -115,6 +115,7 @@ def open_run(config: RunConfig | None, run_dir: str | Path | None = None, root: 
     except OSError as e:
         raise TrainingError(f"cannot write the run folder {run_dir}: {e.strerror or e}; choose a writable --run-dir") from e
     if is_main_process():
+        runs.record_process(run_dir, resume=False)  # first: a run folder is never without its process's record
         config.save(run_dir / runs.CONFIG_FILE)
     return config, run_dir, False
 

@@ -145,8 +145,9 @@ def test_a_run_killed_while_it_loads_reads_interrupted_not_new(tmp_path, tiny_mo
     proc = subprocess.Popen([sys.executable, "-m", "finetune", "train", str(cfg_path), "--run-dir", str(run_dir),
                              "--quiet"], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        # recorded at once, before the imports and the model load
-        wait_until(lambda: (run_dir / EVENTS_FILE).exists() and read_events(run_dir), 60, "the process recorded")
+        # recorded before its config is written, before the model loads
+        wait_until(lambda: (run_dir / runs.CONFIG_FILE).exists(), 60, "the run folder")
+        assert [e["type"] for e in read_events(run_dir)][:1] == ["launched"]
         assert runs.read_run(run_dir).status == "new" and runs.read_run(run_dir).pid == proc.pid
     finally:
         proc.send_signal(signal.SIGKILL)
