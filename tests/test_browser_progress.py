@@ -156,3 +156,37 @@ def test_evaluate_shows_answers_done_and_time_left_and_cancel_stops_it(app, brow
         assert "No evaluation yet" in text_of(page, "eval-best")
     finally:
         context.close()
+
+
+def test_a_live_runs_eval_loss_is_drawn_as_soon_as_it_comes(app, browser):
+    import os
+
+    from finetune import runs
+    from finetune.config import RunConfig
+    from finetune.events import EventLog
+
+    url, root = app
+    run_dir = root / "20261207-230000-live"
+    run_dir.mkdir()
+    RunConfig().save(run_dir / runs.CONFIG_FILE)
+    runs.record_backend(run_dir, "local")
+    log = EventLog(run_dir)
+    log.emit("started", max_steps=10, pid=os.getpid(), device="cpu", cpu_threads=2)  # this process: it trains
+    for i in range(1, 4):
+        log.emit("step", step=i, max_steps=10, loss=2 - i / 10, elapsed_s=2.0 * i, eta_s=2.0 * (10 - i))
+    context, page = open_train_tab(browser, url)
+    try:
+        pick(page, "runs-pick", run_dir.name)
+        wait_text(page, "ft-progress", "ETA 0m14s")  # running: its ETA shows
+        wait_text(page, "loss-plot", "train")
+        log.emit("eval", step=3, eval_loss=1.95)
+        log.emit("step", step=4, max_steps=10, loss=1.6, elapsed_s=8.0, eta_s=12.0)
+        log.emit("eval", step=4, eval_loss=1.9)
+        wait_text(page, "loss-plot", "eval")  # the timer's next read: the legend names it, its curve is drawn
+        lines = page.locator("#loss-plot svg [aria-roledescription='line mark']")
+        page.wait_for_function("() => document.querySelectorAll(\"#loss-plot svg [aria-roledescription='line mark']\")"
+                               ".length >= 2", timeout=30_000)
+        assert lines.count() >= 2
+    finally:
+        log.emit("stopped", step=4, pid=os.getpid())
+        context.close()
