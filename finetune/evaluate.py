@@ -29,12 +29,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import re
 import string
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from . import runs
 from .adapter import adapter_file_missing, adapter_step, checkpoint_step, find_adapter_dir
@@ -57,6 +58,8 @@ PROMPT_COLUMNS = ("prompt", "question", "instruction", "query", "input", "text")
 SYSTEM_COLUMNS = ("system", "system_prompt")
 CONVERSATION_COLUMNS = ("messages", "conversations", "conversation")
 DEFAULT_MAX_NEW_TOKENS = 256  # as `finetune generate`
+MAX_AUTO_NEW_TOKENS = 1024  # the most ``answer_budget`` gives (max_new_tokens 0: sized from the references)
+CHUNK = 8  # prompts answered per batch; the progress moves after each
 
 
 class EvalError(UserError):
@@ -218,28 +221,91 @@ def scores(answers: Sequence[str], references: Sequence[str | None],
 
 
 def _answer(examples: Sequence[TestExample], *, adapter: str | None, model: str, template: str | None,
-            system_prompt: str | None, max_new_tokens: int) -> tuple[list[str], dict[str, Any]]:
+            system_prompt: str | None, max_new_tokens: int,
+            answered: Callable[[int], None] | None = None) -> tuple[list[str], dict[str, Any]]:
+    """Greedy answers and the metrics, ``CHUNK`` prompts at a time; ``answered(n)`` after each chunk (the progress,
+    which may raise to stop the evaluation there)."""
     from .inference import generate_batch, reference_losses
 
-    prompts = [e.prompt for e in examples]
-    answers = generate_batch(prompts, adapter=adapter, model=model, template=template, system_prompt=system_prompt,
-                             max_new_tokens=max_new_tokens, temperature=0.0)
-    scored = [e for e in examples if e.reference is not None]
-    losses = reference_losses([e.prompt for e in scored], [e.reference or "" for e in scored], adapter=adapter,
-                              model=model, template=template, system_prompt=system_prompt) if scored else []
+    answers: list[str] = []
+    losses: list[tuple[float, int]] = []
+    for i in range(0, len(examples), CHUNK):
+        chunk = examples[i: i + CHUNK]
+        answers += generate_batch([e.prompt for e in chunk], adapter=adapter, model=model, template=template,
+                                  system_prompt=system_prompt, max_new_tokens=max_new_tokens, temperature=0.0,
+                                  batch_size=CHUNK)
+        scored = [e for e in chunk if e.reference is not None]
+        if scored:
+            losses += reference_losses([e.prompt for e in scored], [e.reference or "" for e in scored],
+                                       adapter=adapter, model=model, template=template, system_prompt=system_prompt)
+        if answered is not None:
+            answered(len(chunk))
     return answers, scores(answers, [e.reference for e in examples], losses)
+
+
+@dataclass(frozen=True)
+class EvalProgress:
+    """Where an evaluation is: ``done`` of ``total`` answers (each prompt for each model that answers: the adapter,
+    the base, each checkpoint; figures taken from an earlier report are not counted), the model answering now
+    (``what``) and the time left, from the measured time per answer (None before the first chunk is answered)."""
+
+    done: int
+    total: int
+    what: str
+    eta_s: float | None
+
+
+class _Progress:
+    """Counts the answers of an evaluation and tells ``progress`` (an ``EvalProgress``) before each model and after
+    each chunk; ``progress`` may raise (a cancel) to stop the evaluation there."""
+
+    def __init__(self, total: int, progress: Callable[[EvalProgress], None] | None) -> None:
+        self.total, self.progress, self.done, self.what = total, progress, 0, ""
+        self.started: float | None = None
+
+    def model(self, what: str) -> Callable[[int], None]:
+        self.what = what
+        if self.started is None:
+            self.started = time.monotonic()
+        self._tell()
+        return self.answered
+
+    def answered(self, n: int) -> None:
+        self.done += n
+        self._tell()
+
+    def _tell(self) -> None:
+        if self.progress is None:
+            return
+        eta = None
+        if self.done and self.started is not None:
+            eta = round((time.monotonic() - self.started) / self.done * max(0, self.total - self.done), 1)
+        self.progress(EvalProgress(self.done, self.total, self.what, eta))
+
+
+def answer_budget(examples: Sequence[TestExample], tokenizer: Any) -> int:
+    """The max new tokens that fit the references: the longest reference in tokens plus a quarter and 8 (room for a
+    different wording and the end token), from 16 to ``MAX_AUTO_NEW_TOKENS``; ``DEFAULT_MAX_NEW_TOKENS`` with no
+    reference. A longer answer cannot match, and a model that does not stop costs every token of the budget."""
+    lengths = [len(tokenizer(e.reference, add_special_tokens=False)["input_ids"]) for e in examples
+               if e.reference is not None]
+    if not lengths:
+        return DEFAULT_MAX_NEW_TOKENS
+    return max(16, min(MAX_AUTO_NEW_TOKENS, math.ceil(max(lengths) * 1.25) + 8))
 
 
 def evaluate(adapter: str | Path, data: str | Path, *, model: str | None = None, checkpoints: str = "none",
              base: bool = True, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, write_to_run: bool = True,
-             progress: Any = None, label: str | None = None, limit: int = 0,
+             progress: Callable[[EvalProgress], None] | None = None, label: str | None = None, limit: int = 0,
              reuse: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate an adapter (run folder, adapter folder, checkpoint or Hub id) on a test file.
 
     ``checkpoints="all"``: also every kept checkpoint of the run, one ``checkpoints`` entry per step. ``base``:
     the base model's figures beside the adapter's, prompted identically. When the adapter is a run's own
-    (not one of its checkpoints) the report is also written into the run folder (``runs/<id>/eval/report.json``). ``progress(done, total, what)``
-    is called before each model is evaluated. ``label`` names the adapter in the report (default: ``adapter``
+    (not one of its checkpoints) the report is also written into the run folder (``runs/<id>/eval/report.json``).
+    ``progress(EvalProgress)`` is called before each model answers and after each chunk of ``CHUNK`` answers (the
+    answers done of all, the time left); an exception it raises (a cancel) ends the evaluation there, nothing
+    written. ``max_new_tokens`` 0: sized from the references (``answer_budget``). ``label`` names the adapter in the report (default: ``adapter``
     as given); the test file is named by its file name only. ``limit``: score the first ``limit`` rows only (0:
     all). ``reuse``: an earlier report of the same run on the same test set and settings (the one training wrote
     at each save): its base model's and checkpoints' figures are taken, not computed again, and the adapter's
@@ -261,25 +327,28 @@ def evaluate(adapter: str | Path, data: str | Path, *, model: str | None = None,
     base_model = model or adapter_base(folder)
     template, system_prompt = trained_defaults(folder)
     run_dir = runs.run_of(folder)
+    tokenizer = load_tokenizer(base_config(base_model))
+    if max_new_tokens <= 0:
+        max_new_tokens = answer_budget(examples, tokenizer)
     fingerprint = test_fingerprint(examples, base_model, max_new_tokens)
     if not reuse or (reuse.get("test_set") or {}).get("fingerprint") != fingerprint:
         reuse = {}
     scored_before: dict[int, dict[str, Any]] = {c["step"]: c for c in reuse.get("checkpoints") or []
                                                 if c.get("answers") is not None}
     kept = _kept_checkpoints(adapter, run_dir, label) if checkpoints == "all" else []
-    total = 1 + int(base) + len(kept)
-
-    def tell(done: int, what: str) -> None:
-        if progress is not None:
-            progress(done, total, what)
-
-    tell(0, "adapter")
     step = adapter_step(folder)
-    if step is not None and step in scored_before:  # a checkpoint of the same step was scored: the same weights
-        answers, metrics = _taken(scored_before[step])
+    # a checkpoint of the same step was scored: the same weights
+    own_scored = scored_before.get(step) if step is not None else None
+    base_taken = (reuse.get("base") or {}).get("answers") is not None
+    answering = (own_scored is None) + (base and not base_taken) + sum(checkpoint_step(ck) not in scored_before
+                                                                  for ck in kept)
+    tracker = _Progress(answering * len(examples), progress)
+    if own_scored is not None:
+        answers, metrics = _taken(own_scored)
     else:
         answers, metrics = _answer(examples, adapter=str(folder), model=base_model, template=None,
-                                   system_prompt=None, max_new_tokens=max_new_tokens)
+                                   system_prompt=None, max_new_tokens=max_new_tokens,
+                                   answered=tracker.model("adapter"))
     report: dict[str, Any] = {
         **metrics,
         "adapter": label or str(adapter),
@@ -294,28 +363,28 @@ def evaluate(adapter: str | Path, data: str | Path, *, model: str | None = None,
     report["prompt_format"] = {"template": template, "system_prompt": system_prompt,
                                # the tokenizer alone: when every figure was taken from ``reuse`` no model is loaded
                                "example_prompt": prompt_for(first.prompt, adapter=folder, model=base_model,
-                                                            tokenizer=load_tokenizer(base_config(base_model))).text,
+                                                            tokenizer=tokenizer).text,
                                "example_answer": answers[0], "example_reference": first.reference}
     base_answers: list[str] | None = None
     if base:
-        tell(1, "base model")
-        if (reuse.get("base") or {}).get("answers") is not None:
+        if base_taken:
             base_answers, base_metrics = _taken(reuse["base"])
         else:
             base_answers, base_metrics = _answer(examples, adapter=None, model=base_model, template=template,
-                                                 system_prompt=system_prompt, max_new_tokens=max_new_tokens)
+                                                 system_prompt=system_prompt, max_new_tokens=max_new_tokens,
+                                                 answered=tracker.model("base model"))
         report["base"] = base_metrics | {"answers": base_answers}
     report["answers"] = answers
     report["examples"] = _example_rows(examples, answers, base_answers)
     if checkpoints == "all":
         entries = []
-        for i, ck in enumerate(kept):
+        for ck in kept:
             ck_step = checkpoint_step(ck)
             if ck_step in scored_before:
                 entries.append(scored_before[ck_step])
             else:
-                tell(1 + int(base) + i, f"checkpoint {ck_step}")
-                entries.append(_score_checkpoint(ck, run_dir, examples, base_model, max_new_tokens))
+                entries.append(_score_checkpoint(ck, run_dir, examples, base_model, max_new_tokens,
+                                                 tracker.model(f"checkpoint {ck_step}")))
         report["checkpoints"] = entries
         report["best"] = {m: best_checkpoint(report, m) for m in METRICS}
     report["seconds"] = round(time.time() - started, 1)
@@ -352,7 +421,7 @@ def _example_rows(examples: Sequence[TestExample], answers: list[str],
 
 
 def _score_checkpoint(ck: Path, run_dir: Path | None, examples: Sequence[TestExample], base_model: str,
-                      max_new_tokens: int) -> dict[str, Any]:
+                      max_new_tokens: int, answered: Callable[[int], None] | None = None) -> dict[str, Any]:
     """One kept checkpoint's report entry: its adapter answers the test set (with its trained prompt)."""
     ck_adapter = find_adapter_dir(ck)
     missing = adapter_file_missing(ck, f"{ck.parent.parent.name}/{ck.parent.name}/{ck.name}")
@@ -363,7 +432,7 @@ def _score_checkpoint(ck: Path, run_dir: Path | None, examples: Sequence[TestExa
         raise EvalError(f"{ck} {said}--checkpoints all, or retrain").in_app(  # the app: no server folder
             f"{ck.name} {said}Every kept checkpoint too (checkpoints 'none'), or retrain")
     ck_answers, ck_metrics = _answer(examples, adapter=str(ck_adapter), model=base_model, template=None,
-                                     system_prompt=None, max_new_tokens=max_new_tokens)
+                                     system_prompt=None, max_new_tokens=max_new_tokens, answered=answered)
     return _entry(ck, run_dir, ck_metrics, ck_answers)
 
 
@@ -493,10 +562,14 @@ class SaveEvaluation:
     """
 
     def __init__(self, run_dir: Path, data: str, *, base_model: str, in_memory: bool, limit: int = 0,
-                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> None:
+                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, tokenizer: Tokenizer | None = None) -> None:
         self.run_dir, self.data, self.base_model, self.in_memory = run_dir, data, base_model, in_memory
-        self.max_new_tokens = max_new_tokens
         self.examples = limited(read_test_set(data), limit)
+        if max_new_tokens <= 0:  # sized from the references, with the base's tokenizer (as ``evaluate`` sizes it)
+            if tokenizer is None:
+                raise EvalError("max_new_tokens 0 (sized from the references) needs the base model's tokenizer")
+            max_new_tokens = answer_budget(self.examples, tokenizer)
+        self.max_new_tokens = max_new_tokens
         self.fingerprint = test_fingerprint(self.examples, base_model, max_new_tokens)
         self.limit = limit
         earlier = runs.read_eval_report(run_dir)

@@ -1,6 +1,7 @@
 """The event log of a run: one JSON object per line in ``runs/<id>/events.jsonl``.
 
-Types: ``started``, ``step`` (loss, lr, grad_norm, tokens_per_s, elapsed_s, eta_s), ``eval`` (eval_loss),
+Types: ``started``, ``step`` (loss, lr, grad_norm, tokens_per_s, elapsed_s since the process started, eta_s:
+measured after its first step, the estimator's before, said by ``eta_estimated``), ``eval`` (eval_loss),
 ``checkpoint`` (step, path), ``paused`` (a chunk ended at a checkpoint; resumable), ``stopped`` (the user
 asked), ``finished`` (metrics), ``failed`` (message). Every event carries ``type`` and ``time`` (unix s).
 

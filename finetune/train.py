@@ -115,6 +115,7 @@ def open_run(config: RunConfig | None, run_dir: str | Path | None = None, root: 
     except OSError as e:
         raise TrainingError(f"cannot write the run folder {run_dir}: {e.strerror or e}; choose a writable --run-dir") from e
     if is_main_process():
+        runs.record_process(run_dir, resume=False)  # first: a run folder is never without its process's record
         config.save(run_dir / runs.CONFIG_FILE)
     return config, run_dir, False
 
@@ -718,6 +719,7 @@ def _callbacks(call: _Call, setup: _Setup, data: _Data, settings: ResolvedSettin
 
         evaluation = SaveEvaluation(call.run_dir, data.test_source, base_model=setup.base.name,
                                     limit=config.data.test_limit, max_new_tokens=config.data.test_max_new_tokens,
+                                    tokenizer=setup.tokenizer,
                                     in_memory=_scores_in_memory(config, settings, device))
         callbacks.insert(2, evaluate_at_save_callback(evaluation, setup.tokenizer, log, events, halt))
     if data.run.examples is not None and single:

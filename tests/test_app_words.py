@@ -139,6 +139,11 @@ def test_evaluate_names_the_uploaded_test_file(app, client, tmp_path):
         client.predict(run.run_dir.name, handle_file(str(bad)), "none", 4, api_name="/evaluate")
     assert str(err.value).startswith("exam.jsonl: no prompt column"), err.value
 
+    good = tmp_path / "my exam.jsonl"
+    good.write_text(json.dumps({"prompt": "Hi", "reference": "Hello"}) + "\n", encoding="utf-8")
+    report = client.predict(run.run_dir.name, handle_file(str(good)), "none", 4, api_name="/evaluate")
+    assert report["data"] == "my exam.jsonl" and report["test_set"]["file"] == "my exam.jsonl", report
+
 
 # -- the page, in a real browser ------------------------------------------------------------------------------------
 
@@ -169,6 +174,11 @@ def test_dataset_messages_name_the_file_in_the_apps_words_once_per_action(app, b
         wait_text(page, "format-summary", "could not be formatted")
         summary = text_of(page, "format-summary")
         assert "notes.jsonl: not JSON lines (line 1)" in summary, summary
+        page.get_by_role("tab", name="3 · Train").click()  # what a run would use says it too, by the file's name
+        wait_text(page, "run-summary", "cannot start yet")
+        said = text_of(page, "run-summary")
+        assert "notes.jsonl: not JSON lines (line 1)" in said and "/tmp" not in said, said
+        page.get_by_role("tab", name="1 · Dataset").click()
 
         page.locator("#data-file button[aria-label='Clear']").first.click()
         page.locator("#data-file input[type=file]").set_input_files(str(unknown))

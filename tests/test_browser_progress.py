@@ -5,6 +5,7 @@ axis has whole steps, and Compare runs draws every chosen run at once, each name
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from apps import launched, needs_chromium, open_page, text_of, wait_text
@@ -52,7 +53,7 @@ def app(tmp_path_factory):
     fake_run(root, OTHER, [2.2, 1.9, 1.7, 1.3, 1.25, 1.0])
     fake_run(root, RESUMED, [2.0, 1.9, 1.8, 1.7, 1.6, 1.5, 1.4, 1.3], end="stopped", resumed_after=5)
     with launched(root, tmp_path_factory.mktemp("dl"), multi_user=False) as (_, url):
-        yield url
+        yield url, root
 
 
 def pick(page, elem_id: str, option: str) -> None:
@@ -82,7 +83,7 @@ def x_ticks(page, elem_id: str, expected: list[str], timeout_s: float = 30) -> l
 
 
 def test_a_stopped_resumed_run_shows_no_eta_its_whole_elapsed_time_and_cpu_cores(app, browser):
-    context, page = open_train_tab(browser, app)
+    context, page = open_train_tab(browser, app[0])
     try:
         pick(page, "runs-pick", RESUMED)
         wait_text(page, "ft-progress", RESUMED)
@@ -96,7 +97,7 @@ def test_a_stopped_resumed_run_shows_no_eta_its_whole_elapsed_time_and_cpu_cores
 
 
 def test_the_loss_chart_has_whole_steps(app, browser):
-    context, page = open_train_tab(browser, app)
+    context, page = open_train_tab(browser, app[0])
     try:
         pick(page, "runs-pick", SHORT)
         wait_text(page, "ft-progress", SHORT)
@@ -108,7 +109,7 @@ def test_the_loss_chart_has_whole_steps(app, browser):
 
 
 def test_compare_runs_draws_both_curves_at_once_each_named(app, browser):
-    context, page = open_train_tab(browser, app)
+    context, page = open_train_tab(browser, app[0])
     try:
         page.get_by_text("Compare runs").click()
         pick(page, "compare-runs", SHORT)
@@ -119,5 +120,39 @@ def test_compare_runs_draws_both_curves_at_once_each_named(app, browser):
         assert SHORT in legend and OTHER in legend, legend
         lines = page.locator("#compare-plot svg [aria-roledescription='line mark']")
         assert lines.count() >= 2, lines.count()
+    finally:
+        context.close()
+
+
+def test_evaluate_shows_answers_done_and_time_left_and_cancel_stops_it(app, browser, tiny_model_dir, tmp_path):
+    from test_evaluate_progress import heldout_file, tiny_run
+
+    from finetune import runs
+
+    url, root = app
+    run = tiny_run(tiny_model_dir, root)
+    context, page = open_train_tab(browser, url)
+    try:
+        pick(page, "runs-pick", run.run_id)
+        wait_text(page, "ft-progress", run.run_id)
+        page.get_by_text("Evaluation on a test set").click()
+        page.locator("#eval-test-file input[type=file]").set_input_files(str(heldout_file(tmp_path, 48)))
+        tokens = page.locator("#eval-max-new input[type=number]").first
+        assert tokens.input_value() == "0"  # sized from the references unless set
+        tokens.fill("256")  # 48 prompts x 4 models x 256 tokens: minutes, unless cancelled
+        tokens.press("Tab")
+        assert not page.locator("#evaluate-cancel").is_visible()
+        page.locator("#evaluate").click()
+        wait_text(page, "eval-table", "answers", timeout_s=60)  # the progress bar: done / total answers
+        wait_text(page, "eval-table", "left", timeout_s=120)  # and the time left, once the first answers are in
+        bar = text_of(page, "eval-table")
+        assert "/192" in bar.replace(" ", ""), bar
+        page.locator("#evaluate-cancel").click()
+        wait_text(page, "eval-status", "cancelled")
+        page.wait_for_selector("#evaluate-cancel", state="hidden", timeout=30_000)
+        assert page.locator("#evaluate").is_enabled()
+        time.sleep(3)
+        assert not (run.run_dir / runs.EVAL_REPORT).exists()  # stopped: nothing written
+        assert "No evaluation yet" in text_of(page, "eval-best")
     finally:
         context.close()

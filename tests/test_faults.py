@@ -28,7 +28,7 @@ from finetune.events import EVENTS_FILE, EventLog, read_events
 from finetune.models import ModelError
 from finetune.train import TrainingError, train
 from test_queue import kill, wait_until
-from test_train import adapter_tensors, tiny_config
+from test_train import adapter_tensors, assert_same_adapter, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
@@ -145,8 +145,9 @@ def test_a_run_killed_while_it_loads_reads_interrupted_not_new(tmp_path, tiny_mo
     proc = subprocess.Popen([sys.executable, "-m", "finetune", "train", str(cfg_path), "--run-dir", str(run_dir),
                              "--quiet"], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        # recorded at once, before the imports and the model load
-        wait_until(lambda: (run_dir / EVENTS_FILE).exists() and read_events(run_dir), 60, "the process recorded")
+        # recorded before its config is written, before the model loads
+        wait_until(lambda: (run_dir / runs.CONFIG_FILE).exists(), 60, "the run folder")
+        assert [e["type"] for e in read_events(run_dir)][:1] == ["launched"]
         assert runs.read_run(run_dir).status == "new" and runs.read_run(run_dir).pid == proc.pid
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -232,6 +233,36 @@ def test_a_run_killed_after_its_last_checkpoint_only_writes_its_adapter(finished
     assert got.keys() == want.keys() and all((got[k] == want[k]).all() for k in want)
     note = [e["message"] for e in read_events(run_dir) if e["type"] == "note"][-1]
     assert "had trained 6 of 6 steps (up to checkpoint-6)" in note and "writing its adapter/" in note
+    assert assert_settled(run_dir) == "finished"
+
+
+def test_a_checkpoint_left_half_written_by_a_kill_is_removed_and_its_steps_trained_again(finished_run, tmp_path):
+    """Killed while it wrote checkpoint-6 (its weights and part of the optimizer on disk, no state, no adapter/): the
+    resume says so, removes it, goes on from checkpoint-4 and ends with the finished run's adapter."""
+    run_dir = copy_run(finished_run, tmp_path)
+    reference = tmp_path / "reference-adapter"
+    shutil.copytree(run_dir / "adapter", reference)
+    shutil.rmtree(run_dir / "adapter")
+    half = run_dir / "checkpoints" / "checkpoint-6"
+    for name in ("trainer_state.json", "scheduler.pt", "rng_state.pth"):
+        (half / name).unlink(missing_ok=True)
+    shutil.rmtree(half / "adapter")
+    (half / "optimizer.pt").write_bytes((half / "optimizer.pt").read_bytes()[:100])
+    lines = (run_dir / EVENTS_FILE).read_text().splitlines()
+    last_step = max(i for i, line in enumerate(lines) if json.loads(line)["type"] == "step")
+    (run_dir / EVENTS_FILE).write_text("\n".join(lines[:last_step + 1]) + "\n")
+    assert assert_settled(run_dir) == "interrupted"
+    assert Path(runs.read_run(run_dir).last_checkpoint).name == "checkpoint-4"
+
+    done = train(None, run_dir)
+    assert done.status == "finished" and done.step == 6
+    notes = [e["message"] for e in read_events(run_dir) if e["type"] == "note"]
+    assert any("checkpoints/checkpoint-6 lacks trainer_state.json, scheduler.pt: it cannot be resumed from, so "
+               "training resumes from checkpoint-4; it was left half-written and is removed" in n for n in notes), notes
+    assert [e for e in read_events(run_dir) if e["type"] == "started"][-1]["resumed_from"] == \
+        "checkpoints/checkpoint-4"
+    assert (half / "trainer_state.json").exists()  # written again, whole
+    assert_same_adapter(reference, run_dir / "adapter")
     assert assert_settled(run_dir) == "finished"
 
 

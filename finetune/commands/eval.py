@@ -28,8 +28,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="all: also evaluate every kept checkpoint of the run")
     p.add_argument("--out", help="write the report (JSON) here")
     p.add_argument("--model", help="base model (default: the adapter's base)")
-    p.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default: 256; without --data: "
-                   "the run's data.test_max_new_tokens)")
+    p.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default, or 0: sized from the "
+                   "references, the longest one's tokens plus a quarter; without --data: the run's "
+                   "data.test_max_new_tokens)")
     p.add_argument("--limit", type=int, default=0, help="score the first N test rows only (default: all; "
                    "without --data: the run's data.test_limit)")
     p.add_argument("--no-base", action="store_true", help="skip the base model's figures")
@@ -38,18 +39,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from finetune.cli import UsageError
-    from finetune.evaluate import DEFAULT_MAX_NEW_TOKENS, SUMMARY_HEADERS, evaluate, run_test_set, summary_table
+    from finetune.evaluate import SUMMARY_HEADERS, evaluate, run_test_set, summary_table
     from finetune.models import ModelError
     from finetune.templates import TemplateError
 
-    if args.max_new_tokens is not None and args.max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.max_new_tokens is not None and args.max_new_tokens < 0:
+        raise UsageError(f"--max-new-tokens must be 0 (sized from the references) or more, got {args.max_new_tokens}")
     if args.limit < 0:
         raise UsageError(f"--limit must be 0 (all rows) or more, got {args.limit}")
     from finetune.commands.export import adapter_ref
 
     adapter = adapter_ref(args.adapter, args.runs_root)  # RUN@STEP: that checkpoint's adapter, as export does
-    data, limit, max_new_tokens = args.data, args.limit, args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    data, limit, max_new_tokens = args.data, args.limit, args.max_new_tokens or 0
     if not data:
         own = run_test_set(adapter)
         if own is None:

@@ -35,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"cancelled the job of run {run_id}")
     elif before == "queued":
         print(f"run {run_id} left the training queue before it started")
+    elif before in ("new", "resuming"):
+        print(f"asked run {run_id} to stop: the processes launched for it end before they train")
     else:
         print(f"asked run {run_id} to stop: it checkpoints at the end of its current step")
     return 0

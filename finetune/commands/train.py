@@ -224,8 +224,10 @@ def _hold_run(run_dir: str) -> None:
 
     path = Path(run_dir)
     path.mkdir(parents=True, exist_ok=True)
-    # recorded before it waits: the run reads "resuming" (not as it was), and a stop reaches this process too
-    runs.record_process(path, resume=(path / runs.CONFIG_FILE).exists())
+    if (path / runs.CONFIG_FILE).exists():
+        # a resume is recorded before it waits: the run reads "resuming" (not as it was), and a stop reaches it too
+        # (a new run is recorded when its folder is made, before its config is written: train.open_run)
+        runs.record_process(path, resume=True)
     _RUN.append(runs.hold_process_lock(path))
 
 

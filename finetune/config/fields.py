@@ -118,8 +118,9 @@ class DataConfig:
                                 "checkpoint save and at the end; 0 = all", min=0, note="(0 = all rows)")
     )
     test_max_new_tokens: int = field(
-        default=256, metadata=doc("Longest answer, in tokens, when the run scores its test set (greedy; a "
-                                  "reference longer than this cannot match)", min=1, max=4096)
+        default=0, metadata=doc("Longest answer, in tokens, when the run scores its test set (greedy; a reference "
+                                "longer than this cannot match); 0 = sized from the references (the longest one's "
+                                "tokens plus a quarter)", min=0, max=4096, note="(0 = from the references)")
     )
     strict: bool = field(default=False, metadata=doc("Stop at the first bad row instead of skipping it"))
     seed: int = field(default=42, metadata=doc("Seed of the train/validation/test split", min=0, max=SEED_MAX))

@@ -30,10 +30,14 @@ from .plans import planned_steps
 
 if TYPE_CHECKING:
     from ..backends.base import Backend
+    from ..evaluate import EvalProgress
     from ..backends.zerogpu import ChunkResult
 
 
 UPLOADS = "uploads"
+SYNC_EVERY_S = 5.0  # a Hugging Face job's log is read at most this often per run (each read fetches the log)
+FORM_FILE = "form.json"  # the owner's form as the page last left it (one file per owner, overwritten)
+MAX_FORM_BYTES = 64_000  # a form is a few kB of settings; a shared server keeps no more than this per owner
 _KEPT = re.compile(r"/" + UPLOADS + r"/[0-9a-f]{16}/")  # the folder of a kept upload, before its file name
 
 
@@ -60,9 +64,6 @@ def without_upload_folders(text: str) -> str:
     """A run's message with each kept upload said by its file name (``…/uploads/<hash>/data.jsonl`` ->
     ``data.jsonl``)."""
     return re.sub(r"(?:/[^\s/:'\"]+)*" + _KEPT.pattern, "", text)
-SYNC_EVERY_S = 5.0  # a Hugging Face job's log is read at most this often per run (each read fetches the log)
-FORM_FILE = "form.json"  # the owner's form as the page last left it (one file per owner, overwritten)
-MAX_FORM_BYTES = 64_000  # a form is a few kB of settings; a shared server keeps no more than this per owner
 
 
 @dataclass(frozen=True)
@@ -480,9 +481,11 @@ class OwnerSpace:
                 if find_adapter_dir(c) not in (None, c)]
 
     def evaluate(self, run_id: str, test_file: str | Path | None, *,
-                 checkpoints: str = "all", max_new_tokens: int = 256, progress: Any = None) -> dict[str, Any]:
+                 checkpoints: str = "all", max_new_tokens: int = 0,
+                 progress: Callable[[EvalProgress], None] | None = None) -> dict[str, Any]:
         """Evaluate one of the owner's runs (``ID``, ``ID@step``) on a test file (an upload, or the run's configured
-        ``data.test_source`` when none is given); the report is also written into the run folder."""
+        ``data.test_source`` when none is given); the report is also written into the run folder. ``max_new_tokens``
+        0: sized from the references (``evaluate.answer_budget``); ``progress``: as ``evaluate.evaluate``'s."""
         from ..evaluate import evaluate as run_evaluation
 
         from ..evaluate import run_test_set
@@ -497,8 +500,9 @@ class OwnerSpace:
                 raise ServiceError("give a test file (prompts and reference answers), or set one (or a held-out test "
                                    "split) in the Dataset tab before training")
             data, limit = own.source, own.limit
-        if not 1 <= max_new_tokens <= 4096:
-            raise ServiceError(f"max_new_tokens must be between 1 and 4096, got {max_new_tokens}")
+        if not 0 <= max_new_tokens <= 4096:
+            raise ServiceError(f"max_new_tokens must be 0 (sized from the references) or 1 to 4096, got "
+                               f"{max_new_tokens}")
         try:
             return run_evaluation(folder, data, checkpoints=checkpoints, max_new_tokens=max_new_tokens,
                                   progress=progress, label=run_id, limit=limit)

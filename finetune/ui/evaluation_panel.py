@@ -3,14 +3,56 @@ it as a table, each metric over the steps as a curve, and the best checkpoint pe
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from typing import Any, Callable
 
 import gradio as gr
 import pandas as pd
 
 from .. import service
-from ..evaluate import METRICS, SUMMARY_HEADERS, summary_table
+from ..errors import UserError
+from ..evaluate import METRICS, SUMMARY_HEADERS, EvalProgress, summary_table
 from .common import Api, Caller, page_errors, scoped, user_errors
+from .widgets import StepPlot
+
+
+class EvaluationCancelled(UserError):
+    """The caller cancelled their evaluation: it stopped after the answers it was giving, nothing written."""
+
+
+class Cancels:
+    """One cancel flag per owner for the evaluation they run now (the app's, shared by its sessions: an owner's own
+    key, never anything another owner can set). ``start`` gives the flag an evaluation checks at each chunk of
+    answers; ``cancel`` sets it."""
+
+    def __init__(self) -> None:
+        self._flags: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def start(self, space: service.OwnerSpace) -> threading.Event:
+        with self._lock:
+            flag = self._flags[str(space.root)] = threading.Event()
+        return flag
+
+    def cancel(self, space: service.OwnerSpace) -> bool:
+        """Set the owner's flag; False when they run no evaluation."""
+        with self._lock:
+            flag = self._flags.get(str(space.root))
+        if flag is None or flag.is_set():
+            return False
+        flag.set()
+        return True
+
+
+def _fmt_seconds(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def progress_desc(p: EvalProgress) -> str:
+    """What the progress bar says beside ``done/total answers``: who answers now and the time left."""
+    left = "measuring the time per answer" if p.eta_s is None else f"about {_fmt_seconds(p.eta_s)} left"
+    return f"Evaluating: the {p.what} answers · {left}"
 
 
 def report_table(report: dict[str, Any] | None) -> pd.DataFrame:
@@ -54,17 +96,39 @@ def best_markdown(report: dict[str, Any] | None, run_id: str) -> str:
 
 # -- the endpoint and page events: those that act for a caller take ``me`` (common.Caller) first, as
 # common.scoped hands it; create_evaluation_panel wires them
-def evaluate(me: Caller, run_id: str, test_file: str | None = None, checkpoints: str = "all",
-             max_new_tokens: int = 256, progress: gr.Progress = gr.Progress()) -> dict[str, Any]:
-    """Evaluate one of your runs (`ID`, or `ID@step` for a checkpoint) on a test file (default: the run's
-    data.test_source): greedy answers scored by exact_match, contains, f1, rouge_l and the held-out loss, beside
-    the base model (`base`); with checkpoints="all" a `checkpoints` list per saved step. Returns the report,
-    also written into the run folder."""
-    def tell(done: int, total: int, what: str) -> None:
-        progress((done, total), desc=f"evaluating the {what}", unit="models")
+class EvaluationEndpoints:
+    """The evaluation's endpoint and its cancel (``cancels``: the app's flags, one per owner)."""
 
-    return me.space.evaluate(run_id, test_file, checkpoints=checkpoints, max_new_tokens=int(max_new_tokens),
-                             progress=tell)
+    def __init__(self, cancels: Cancels) -> None:
+        self.cancels = cancels
+
+    def evaluate(self, me: Caller, run_id: str, test_file: str | None = None, checkpoints: str = "all",
+                 max_new_tokens: int = 0, progress: gr.Progress = gr.Progress()) -> dict[str, Any]:
+        """Evaluate one of your runs (`ID`, or `ID@step` for a checkpoint) on a test file (default: the run's
+        data.test_source): greedy answers scored by exact_match, contains, f1, rouge_l and the held-out loss, beside
+        the base model (`base`); with checkpoints="all" a `checkpoints` list per saved step. max_new_tokens 0: sized
+        from the references (the longest one's tokens plus a quarter). The progress says the answers done of all
+        and the time left; /cancel_evaluation stops it. Returns the report, also written into the run folder."""
+        flag = self.cancels.start(me.space)
+
+        def tell(p: EvalProgress) -> None:
+            if flag.is_set():
+                raise EvaluationCancelled(f"evaluation of {run_id} cancelled after {p.done} of {p.total} answers; "
+                                          "nothing was written")
+            progress((p.done, p.total), desc=progress_desc(p), unit="answers")
+
+        return me.space.evaluate(run_id, test_file, checkpoints=checkpoints, max_new_tokens=int(max_new_tokens),
+                                 progress=tell)
+
+    def cancel(self, me: Caller) -> str:
+        """Cancel your evaluation that is running: it stops after the answers it is giving, and writes nothing."""
+        if not self.cancels.cancel(me.space):
+            return "No evaluation of yours is running."
+        return "Evaluation cancelled: it stops after the answers it is giving; the last report stays."
+
+    def run_evaluation(self, me: Caller, rid: str, path: str | None, every: bool, tokens: float,
+                       progress: gr.Progress = gr.Progress()) -> dict[str, Any]:
+        return self.evaluate(me, rid, path, "all" if every else "none", int(tokens), progress)
 
 
 def show(report: dict[str, Any] | None, rid: str) -> tuple[str, pd.DataFrame, pd.DataFrame | None]:
@@ -98,11 +162,6 @@ def poll(me: Caller, rid: str, seen: str) -> tuple[Any, ...]:
     return (*show(report, rid), now)
 
 
-def run_evaluation(me: Caller, rid: str, path: str | None, every: bool, tokens: float,
-                   progress: gr.Progress = gr.Progress()) -> dict[str, Any]:
-    return evaluate(me, rid, path, "all" if every else "none", int(tokens), progress)
-
-
 def create_evaluation_panel(api: Api, run_id: gr.Textbox, timer: gr.Timer | None = None) -> None:
     """The panel under the run's progress; ``run_id`` is the Train tab's run box (a run id or ``RUN@step``).
     ``timer``: the Train tab's timer, ticking while a run is live: the report, which a run with a test set
@@ -113,26 +172,50 @@ def create_evaluation_panel(api: Api, run_id: gr.Textbox, timer: gr.Timer | None
                                 "output; or conversations)", file_types=[".jsonl", ".json", ".csv", ".tsv", ".parquet"],
                                 type="filepath", elem_id="eval-test-file", scale=3)
             with gr.Column(scale=1):
-                all_checkpoints = gr.Checkbox(value=True, label="Every kept checkpoint too", elem_id="eval-all")
-                max_new = gr.Slider(1, 1024, value=256, step=1, label="Max new tokens per answer")
-                evaluate_btn = gr.Button("Evaluate", variant="secondary", elem_id="evaluate")
+                all_checkpoints = gr.Checkbox(value=True, label="Every kept checkpoint too", elem_id="eval-all",
+                                              info="Each checkpoint answers every prompt too: the time grows with "
+                                              "their number")
+                max_new = gr.Slider(0, 1024, value=0, step=1, label="Max new tokens per answer",
+                                    info="0: sized from the references (the longest one's tokens plus a quarter)",
+                                    elem_id="eval-max-new")
+                with gr.Row():
+                    evaluate_btn = gr.Button("Evaluate", variant="secondary", elem_id="evaluate")
+                    cancel_btn = gr.Button("⏹ Cancel", visible=False, elem_id="evaluate-cancel")
+        status = gr.Markdown(elem_id="eval-status")
         best = gr.Markdown(best_markdown(None, ""), elem_id="eval-best")
         table = gr.Dataframe(report_table(None), interactive=False, elem_id="eval-table")
-        curve = gr.LinePlot(None, x="step", y="value", color="metric", title="Test-set metrics by step", height=260,
-                            elem_id="eval-plot")
+        curve = StepPlot(None, x="step", y="value", color="metric", title="Test-set metrics by step", height=260,
+                         elem_id="eval-plot")
         report_json = gr.JSON(visible=False)
 
+    ep = EvaluationEndpoints(Cancels())
     mine = scoped(api)
-    evaluate_as, shown = user_errors(mine(evaluate)), page_errors(show)
-    evaluate_btn.click(user_errors(mine(run_evaluation)), [run_id, test_file, all_checkpoints, max_new], report_json,
-                       api_visibility="private", concurrency_limit=1).success(
-        shown, [report_json, run_id], [best, table, curve], api_visibility="private")
+    evaluate_as, shown = user_errors(mine(ep.evaluate)), page_errors(show)
+
+    def running(on: bool) -> Callable[[], tuple[gr.Button, gr.Button]]:
+        """Evaluate and Cancel while an evaluation runs (``on``) and after."""
+        def buttons() -> tuple[gr.Button, gr.Button]:
+            return gr.Button(interactive=not on), gr.Button(visible=on)
+
+        return page_errors(buttons)
+
+    started = evaluate_btn.click(running(True), None, [evaluate_btn, cancel_btn], api_visibility="private",
+                                 show_progress="hidden").then(lambda: "", None, status, api_visibility="private",
+                                                              show_progress="hidden")
+    evaluation = started.then(user_errors(mine(ep.run_evaluation)), [run_id, test_file, all_checkpoints, max_new],
+                              report_json, api_visibility="private", concurrency_limit=1, show_progress_on=[table])
+    evaluation.then(running(False), None, [evaluate_btn, cancel_btn], api_visibility="private",
+                    show_progress="hidden")
+    evaluation.success(shown, [report_json, run_id], [best, table, curve], api_visibility="private")
+    cancel_btn.click(user_errors(mine(ep.cancel)), None, status, api_name="cancel_evaluation",
+                     cancels=[evaluation]).then(running(False), None, [evaluate_btn, cancel_btn],
+                                                api_visibility="private", show_progress="hidden")
     run_id.change(page_errors(mine(load)), run_id, [best, table, curve], api_visibility="private")
     if timer is not None:
         seen = gr.State("")
         timer.tick(page_errors(mine(poll)), [run_id, seen], [best, table, curve, seen], api_visibility="private",
                    show_progress="hidden")
     checkpoints_box = gr.Textbox(visible=False, value="all")
-    max_box = gr.Number(visible=False, value=256, precision=0)
+    max_box = gr.Number(visible=False, value=0, precision=0)
     gr.Button(visible=False).click(evaluate_as, [run_id, test_file, checkpoints_box, max_box], report_json,
                                    api_name="evaluate", concurrency_limit=1)

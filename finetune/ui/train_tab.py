@@ -551,7 +551,7 @@ def create_train_tab(api: Api, config_code: gr.Code, data_file: gr.File, *, zero
     deleted = w["delete_btn"].click(user_errors(mine(ep.delete_run)), run_id, w["disk"], api_name="delete_run")
     deleted.then(table, None, table_outputs, api_visibility="private")
     deleted.success(lambda: "", None, run_id, api_visibility="private")  # gone: the page shows no run
-    w["compare_pick"].change(mine(ep.compare_runs), w["compare_pick"], [w["compare_plot"], compare_style],
+    w["compare_pick"].change(page_errors(mine(ep.compare_runs)), w["compare_pick"], [w["compare_plot"], compare_style],
                              api_visibility="private", show_progress="hidden").then(
         StepPlot.restyle, compare_style, w["compare_plot"], api_visibility="private", show_progress="hidden")
     # a refusal (no run open, no adapter yet) is one message and an empty file box, not an error badge that stays
