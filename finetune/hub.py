@@ -236,3 +236,24 @@ def push_dataset(jsonl_file: Path, repo_id: str, **kw: Any) -> str:
             "Formatted with finetune: columns `text`, `prompt`, `completion`, `messages`.\n"
         )
         return push_folder(Path(tmp), repo_id, repo_type="dataset", **kw)
+
+
+HUB_SEARCH_MIN_CHARS = 3  # a shorter text matches half the Hub
+
+
+def search_models(text: str, limit: int = 20) -> list[str]:
+    """Text-generation model repos on the Hub whose id contains ``text``, most downloaded first; anonymous (never
+    the server's token). Raises :class:`HubError` when the Hub cannot be reached."""
+    from huggingface_hub import HfApi
+
+    text = text.strip()
+    if len(text) < HUB_SEARCH_MIN_CHARS:
+        return []
+    try:
+        found = HfApi().list_models(search=text[:100], pipeline_tag="text-generation", sort="downloads", limit=limit,
+                                    token=False)
+        return [m.id for m in found]
+    except Exception as e:  # noqa: BLE001 - the Hub's refusals and connection errors become a message; bugs raise
+        if is_programming_error(e):
+            raise
+        raise HubError(describe_error(e, text, action="search the Hub for models")) from None

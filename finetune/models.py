@@ -352,3 +352,30 @@ def load_model(cfg: ModelConfig, q: QuantizationConfig, device: str,
     if quant is None:
         model.to(device)
     return model, res
+
+
+def model_choices() -> list[tuple[str, str]]:
+    """The base models the picker offers, each once, as (label, id): the embedded default (id ""), the presets' models,
+    then the models in this machine's Hub cache (no network: what is already here)."""
+    from .presets import load_preset, preset_paths
+
+    out: dict[str, str] = {"": f"{EMBEDDED_REPO_ID} (embedded: no download)"}
+    for name in preset_paths():
+        model_id = load_preset(name).model.id
+        if model_id and model_id not in out:
+            out[model_id] = f"{model_id} (preset {name})"
+    for repo in cached_models():
+        out.setdefault(repo, f"{repo} (downloaded here)")
+    return [(label, model_id) for model_id, label in out.items()]
+
+
+def cached_models() -> list[str]:
+    """The model repos in this machine's Hub cache, sorted (none when there is no cache yet)."""
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    try:
+        info = scan_cache_dir()
+    except CacheNotFound:  # nothing downloaded yet
+        return []
+    return sorted(r.repo_id for r in info.repos if r.repo_type == "model")

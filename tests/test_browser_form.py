@@ -206,3 +206,22 @@ def test_a_reloaded_page_keeps_the_form_and_says_so_and_another_visitor_starts_f
         assert dropdown_value(page, "data-template") == "model"
     finally:
         context.close()
+
+
+def test_the_base_model_is_picked_from_a_searchable_list_or_typed(app, browser, tiny_model_dir):
+    url, _ = app
+    context, page = open_page(browser, url)
+    try:
+        page.get_by_role("tab", name="2 · Hyperparameters").click()
+        page.locator("button.label-wrap", has_text="Config (YAML)").first.click()
+        box = page.locator("#model-id input").first
+        box.click()
+        box.fill("qwen")  # filters the list: the presets' models, the embedded one, those downloaded here
+        option = page.get_by_role("option", name="Qwen/Qwen2.5-7B-Instruct (preset qwen2.5-7b-qlora)", exact=True)
+        option.click()
+        wait_text(page, "config-yaml", "id: Qwen/Qwen2.5-7B-Instruct")
+        set_text(page, "model-id", str(tiny_model_dir))  # any id or folder can still be typed
+        wait_text(page, "config-yaml", f"id: {tiny_model_dir}")
+        assert box.input_value() == str(tiny_model_dir)
+    finally:
+        context.close()

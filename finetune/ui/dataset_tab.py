@@ -325,11 +325,14 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
         """Connect the events once the hyperparameters tab has made the model and max_length widgets;
         ``refresh_on``: more events after which a preview on screen follows the form (a preset filled it)."""
         typed: list[gr.Textbox | gr.Number] = []
-        for w in (components["data.system_prompt"], columns, components["model.id"], components["training.max_length"]):
-            assert isinstance(w, (gr.Textbox, gr.Number)), f"{w} is typed into: a Textbox or a Number"
-            typed.append(w)
         picked = [components[k] for k in ("data.template", "data.train_on", "data.keep_duplicates", "training.method",
                                           "data.val_fraction", "data.test_split")]
+        for w in (components["data.system_prompt"], columns, components["model.id"], components["training.max_length"]):
+            if isinstance(w, gr.Dropdown):  # a picked value (typed text too: it counts once the field is left)
+                picked.append(w)
+            else:
+                assert isinstance(w, (gr.Textbox, gr.Number)), f"{w} is typed into: a Textbox or a Number"
+                typed.append(w)
         inputs = [data_file, hub_id, hub_config, split, components["data.template"], components["data.system_prompt"],
                   columns, components["model.id"], components["training.max_length"], components["data.train_on"],
                   components["data.keep_duplicates"], components["training.method"], components["data.val_fraction"],

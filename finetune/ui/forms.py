@@ -19,7 +19,7 @@ from ..config import RunConfig, apply_overrides, choices, field_help, parse_targ
 @dataclass(frozen=True)
 class Field:
     key: str  # section.name in RunConfig
-    kind: str  # text | number | int | slider | checkbox | dropdown | radio
+    kind: str  # text | number | int | slider | checkbox | dropdown | radio | model (models.model_choices, any text)
     label: str
     choices: tuple[str, ...] = ()  # a suggestion list of a field that declares no choices (training.report_to)
     # the widget's own range where it is narrower than the field's rule (a slider's end) or the rule spans fields
@@ -49,7 +49,7 @@ DATA_FIELDS = (
 )
 
 MODEL_FIELDS = (
-    Field("model.id", "text", "Base model"),
+    Field("model.id", "model", "Base model"),  # a searchable list that takes any typed id or folder too
     Field("model.trust_remote_code", "checkbox", "Trust remote code"),
 )
 
@@ -184,6 +184,11 @@ def make_component(f: Field, value: Any, visible: bool = True, locked: str = "")
         common["interactive"] = False
     if f.kind == "text":
         return gr.Textbox(**common, lines=1)
+    if f.kind == "model":  # the offered models (embedded, presets', downloaded here); any Hub id or folder typed
+        from ..models import model_choices
+        from .widgets import FreeDropdown
+
+        return FreeDropdown(**common, choices=model_choices(), allow_custom_value=True, filterable=True)
     minimum, maximum = f.bounds()
     if f.kind in ("number", "int"):
         return gr.Number(**common, minimum=minimum, maximum=maximum, precision=0 if f.kind == "int" else None)

@@ -73,6 +73,10 @@ def create_hparams_tab(api: Api, components: dict[str, FormWidget]) -> HparamsWi
                     with gr.Column(min_width=220):
                         components[f.key] = forms.make_component(f, forms.get_value(default, f.key),
                                                                  locked=locked.get(f.key, ""))
+    model = components["model.id"]
+    if hub_search_allowed(api) and isinstance(model, gr.Dropdown):  # the list grows with the Hub's matches as one types
+        model.key_up(page_errors(search_hub_models), None, model, api_visibility="private", show_progress="hidden",
+                     trigger_mode="always_last")
     with gr.Row():
         from ..memory import GPUS
 
@@ -96,6 +100,27 @@ def create_hparams_tab(api: Api, components: dict[str, FormWidget]) -> HparamsWi
             "verdict": verdict,
             "gpu": gpu, "auto": auto, "breakdown": breakdown,
             "download": download, "yaml_file": yaml_file, "upload": upload}
+
+
+def hub_search_allowed(api: Api) -> bool:
+    """The base-model picker searches the Hub as one types only on one's own machine, online: on a shared server a
+    visitor's typing would have the server call the Hub for them at every key (a public Space is hostile ground:
+    DESIGN.md), and offline there is no Hub to ask (the tests run offline)."""
+    from huggingface_hub import constants
+
+    return not api.workspace.multi_user and not constants.HF_HUB_OFFLINE
+
+
+def search_hub_models(key: gr.KeyUpData) -> gr.Dropdown:
+    """The picker's models, then the Hub's text-generation models whose id holds what was typed (most downloaded
+    first; anonymous, never the server's token)."""
+    from ..hub import search_models
+    from ..models import model_choices
+
+    offered = model_choices()
+    known = {model_id for _, model_id in offered}
+    found = [(m, m) for m in search_models(str(key.input_value or "")) if m not in known]
+    return gr.Dropdown(choices=offered + found)
 
 
 CUSTOM = "custom"  # the preset shown once a loaded config has changed the form
