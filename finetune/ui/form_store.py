@@ -68,7 +68,11 @@ class FormStore:
             if before.get("data_file") == data_file and before.get("kept"):
                 kept, name = before["kept"], before.get("data_name")
             else:
-                kept, name = str(me.space.keep_upload(data_file)), _safe_name(data_file)
+                name = _safe_name(data_file)
+                try:
+                    kept = str(me.space.keep_upload(data_file))
+                except ServiceError:  # over the owner's disk quota: the form is kept without its file, whose
+                    kept = None       # refusal the Start button says; the next page asks for the file again
         me.space.save_form({"version": VERSION, "config": config_yaml or "", "data_file": data_file or None,
                             "kept": kept, "data_name": name, "hub_id": hub_id or "", "hub_config": hub_config or "",
                             "split": split or "train", "columns": columns or "", "gpu": gpu or "",
