@@ -84,8 +84,10 @@ class RunResult:
 # run folder
 
 
-def open_run(config: RunConfig | None, run_dir: str | Path | None = None, root: str | Path | None = None) -> tuple[RunConfig, Path, bool]:
-    """Create a run folder (or reopen one to resume). Returns (config, folder, resuming)."""
+def open_run(config: RunConfig | None, run_dir: str | Path | None = None, root: str | Path | None = None,
+             record: bool = False) -> tuple[RunConfig, Path, bool]:
+    """Create a run folder (or reopen one to resume). Returns (config, folder, resuming). ``record``: the run trains
+    in this process, which a new folder records (``runs.record_process``) before its config is written."""
     if run_dir is not None:
         run_dir = Path(run_dir)
         saved = run_dir / runs.CONFIG_FILE
@@ -115,7 +117,8 @@ def open_run(config: RunConfig | None, run_dir: str | Path | None = None, root: 
     except OSError as e:
         raise TrainingError(f"cannot write the run folder {run_dir}: {e.strerror or e}; choose a writable --run-dir") from e
     if is_main_process():
-        runs.record_process(run_dir, resume=False)  # first: a run folder is never without its process's record
+        if record:  # first: a run folder is never without its process's record
+            runs.record_process(run_dir, resume=False)
         config.save(run_dir / runs.CONFIG_FILE)
     return config, run_dir, False
 
@@ -276,7 +279,7 @@ def train(
     with a ``stopped`` event that says so. The stop rules travel on as one :class:`Halt`.
     """
     halt = Halt(time.time(), should_stop, until_step, time_budget_s, caps)
-    config, run_dir, resuming = open_run(config, run_dir, runs_root)
+    config, run_dir, resuming = open_run(config, run_dir, runs_root, record=True)
     if is_main_process() and runs.read_backend(run_dir) == "local":
         # this process is the run's from now on: killed while it loads, the run reads interrupted, not new
         runs.record_process(run_dir, resuming)
