@@ -181,6 +181,8 @@ def test_a_reloaded_page_keeps_the_form_and_says_so_and_another_visitor_starts_f
         assert "my_pairs.jsonl" in note and "chatml" in note and "DPO" in note and "7 steps" in note, note
         assert "my_pairs.jsonl" in text_of(page, "data-file").replace("\n", "")  # the upload itself, not only its name
         assert dropdown_value(page, "data-template") == "chatml"
+        wait_text(page, "ft-preview", "method DPO", timeout_s=120)  # the data previewed again, as the run uses it
+        assert "template chatml" in text_of(page, "ft-preview") and "DPO data" in text_of(page, "format-summary")
         page.get_by_role("tab", name="2 · Hyperparameters").click()
         assert page.locator("#training-method").get_by_label("dpo", exact=True).is_checked()
         page.locator("button.label-wrap", has_text="Training").first.click()

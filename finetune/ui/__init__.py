@@ -96,7 +96,6 @@ def build_app(workspace: Workspace | None = None, downloads: str | Path | None =
             pg = create_playground_tab(api)
         with gr.Tab("5 · Export", id="export"):
             ex = create_export_tab(api)
-        ds["wire"]([hp["preset_info"].change])  # a preset (or a loaded config) fills the form: the preview follows
 
         def extra_to_config(cfg: RunConfig, hub_id: str | None, hub_config: str | None, split: str | None,
                             columns: str, data_file: str | None) -> RunConfig:
@@ -124,6 +123,8 @@ def build_app(workspace: Workspace | None = None, downloads: str | Path | None =
         form_back = loaded.then(page_errors(scoped(api)(store.restore)), None,
                                 [*form_inputs(components), *source, hp["gpu"], hp["preset"], restored, start_over],
                                 api_visibility="private", show_progress="hidden")
+        # a preset (or a loaded config) fills the form: the preview follows; a form brought back: its data previewed
+        ds["wire"]([hp["preset_info"].change], [form_back])
         for fn, outputs in (tr["load"], pg["load"], ex):
             form_back.then(fn, None, outputs, api_visibility="private", show_progress="hidden")
         for fn, inputs, outputs in page_load:

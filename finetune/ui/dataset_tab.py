@@ -86,7 +86,7 @@ class DatasetTab(TypedDict):
     hub_config: gr.Textbox
     split: gr.Textbox
     columns: gr.Textbox
-    wire: Callable[[Sequence[Callable[..., Dependency]]], tuple[Dependency, Dependency, Dependency]]
+    wire: Callable[..., tuple[Dependency, Dependency, Dependency]]
 
 
 class FormatPreview(TypedDict):
@@ -239,6 +239,15 @@ class DatasetEndpoints:
         return self.format_on_page(me, data_file, hub_id, hub_config, split, template, system_prompt, columns, model,
                                    max_length, train_on, keep_duplicates, method, val_fraction, test_split)
 
+    def render_if_data(self, me: Caller, data_file: str | None, hub_id: str, hub_config: str, split: str,
+                       template: str, system_prompt: str, columns: str, model: str, max_length: int, train_on: str,
+                       keep_duplicates: bool, method: str, val_fraction: float, test_split: float) -> tuple[Any, ...]:
+        """The page's format when data is chosen (a form brought back with its data); nothing chosen: as it was."""
+        if not (data_file or (hub_id or "").strip()):
+            return (gr.skip(),) * (7 + len(SUGGESTABLE))
+        return self.format_on_page(me, data_file, hub_id, hub_config, split, template, system_prompt, columns, model,
+                                   max_length, train_on, keep_duplicates, method, val_fraction, test_split)
+
     @staticmethod
     def stale_mark(shown: list[Any] | None, *settings: Any) -> str:
         """While a typed setting differs from the preview's, the preview says it is out of date."""
@@ -321,9 +330,11 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
     test_upload.upload(user_errors(mine(ep.keep_test_file)), test_upload, components["data.test_source"],
                        api_visibility="private")
 
-    def wire(refresh_on: Sequence[Callable[..., Dependency]] = ()) -> tuple[Dependency, Dependency, Dependency]:
+    def wire(refresh_on: Sequence[Callable[..., Dependency]] = (),
+             render_after: Sequence[Dependency] = ()) -> tuple[Dependency, Dependency, Dependency]:
         """Connect the events once the hyperparameters tab has made the model and max_length widgets;
-        ``refresh_on``: more events after which a preview on screen follows the form (a preset filled it)."""
+        ``refresh_on``: more events after which a preview on screen follows the form (a preset filled it);
+        ``render_after``: events after which the data chosen, if any, is previewed (a kept form brought back)."""
         typed: list[gr.Textbox | gr.Number] = []
         picked = [components[k] for k in ("data.template", "data.train_on", "data.keep_duplicates", "training.method",
                                           "data.val_fraction", "data.test_split")]
@@ -353,6 +364,9 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
               concurrency_id="format_dataset", concurrency_limit=4, show_progress="minimal")
         gr.on([w.change for w in typed], ep.stale_mark, [shown_with, *inputs[4:]], stale, api_visibility="private",
               show_progress="hidden")
+        for after in render_after:
+            after.then(page_errors(mine(ep.render_if_data)), inputs, on_page, api_visibility="private",
+                       concurrency_id="format_dataset", concurrency_limit=4, show_progress="minimal")
         return (
             api_event,
             data_file.upload(format_on_page, inputs, on_page, api_visibility="private",

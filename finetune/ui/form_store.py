@@ -123,7 +123,7 @@ class FormStore:
         if gone:
             note += "\n\n⚠️ The file you had uploaded is no longer on the server: upload it again in 1 · Dataset."
         elif upload or hub:
-            note += " — press **Format and preview** in 1 · Dataset to see the data again."
+            note += " (its preview is in 1 · Dataset)."
         gpu = form.get("gpu")
         preset = form.get("preset")
         return [*forms.config_to_values(cfg), upload,
