@@ -151,7 +151,14 @@ def test_evaluate_shows_answers_done_and_time_left_and_cancel_stops_it(app, brow
         wait_text(page, "eval-status", "cancelled")
         page.wait_for_selector("#evaluate-cancel", state="hidden", timeout=30_000)
         assert page.locator("#evaluate").is_enabled()
-        time.sleep(3)
+        # The app runs in this process: once the evaluation has really stopped, its CPU time stands still (a
+        # generation that went on after Cancel would keep a core busy for minutes)
+        deadline, busy = time.time() + 60, 1.0
+        while busy > 0.3 and time.time() < deadline:
+            before = time.process_time()
+            time.sleep(1)
+            busy = time.process_time() - before
+        assert busy <= 0.3, f"the evaluation kept computing after Cancel ({busy:.1f} s of CPU a second)"
         assert not (run.run_dir / runs.EVAL_REPORT).exists()  # stopped: nothing written
         assert "No evaluation yet" in text_of(page, "eval-best")
     finally:

@@ -143,6 +143,7 @@ def test_cancel_evaluation_stops_a_running_evaluation(app, tiny_model_dir, tmp_p
     with pytest.raises(AppError, match=r"cancelled after (\d+) of 192 answers; nothing was written") as e:
         job.result(timeout=120)
     assert int(e.value.args[0].split("after ")[1].split(" ")[0]) < 192  # it stopped before the end
+    assert c.predict(api_name="/cancel_evaluation") == "No evaluation of yours is running."  # it ended
     [run_dir] = [p for p in root.rglob(run_id) if p.is_dir()]
     assert not (run_dir / runs.EVAL_REPORT).exists()
 

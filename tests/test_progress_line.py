@@ -80,3 +80,14 @@ def test_progress_line_words():
     assert "ETA ~1m30s (estimated)" in running and "CPU: 1.6 of 2 cores busy (82%)" in running
     assert "ETA 1m30s" in progress_html(base | {"status": "running", "eta_s": 90.0})
     assert "ETA" not in progress_html(base | {"status": "finished", "eta_s": 90.0})
+
+
+def test_durations_read_as_people_read_them():
+    """One home for the wording of a time: the progress line's and the evaluation's clock, the estimates' rough
+    figure (its doctests)."""
+    import doctest
+
+    from finetune import durations
+
+    assert doctest.testmod(durations).failed == 0
+    assert durations.clock(-3) == "0m00s"  # a clock never runs backwards

@@ -15,6 +15,8 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
+from finetune.durations import rough
+
 if TYPE_CHECKING:
     from finetune.config import RunConfig
     from finetune.memory import AutoPlan, MemoryEstimate, ModelSpec, TimeEstimate, TrainSetup
@@ -107,14 +109,6 @@ def _human(n: float) -> str:
     return str(int(n))
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def render(est: MemoryEstimate, spec: ModelSpec, plan: AutoPlan | None = None,
            time: TimeEstimate | None = None) -> str:
     """The estimate as a plain-text table."""
@@ -145,5 +139,5 @@ def render(est: MemoryEstimate, spec: ModelSpec, plan: AutoPlan | None = None,
             days = ", ".join(f"{tier} {d:g} days" for tier, d in time.zerogpu_days.items())
             quota = f", {time.zerogpu_quota_minutes:.0f} ZeroGPU quota minutes ({days})"
         lines += ["", f"time     {time.tokens:,} tokens x {time.epochs:g} epoch(s) at ~{time.tokens_per_second:,.0f} "
-                      f"tokens/s: {_duration(time.seconds)}{cost}{quota}", f"         ({time.note})"]
+                      f"tokens/s: {rough(time.seconds)}{cost}{quota}", f"         ({time.note})"]
     return "\n".join(lines)

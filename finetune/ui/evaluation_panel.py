@@ -4,12 +4,14 @@ it as a table, each metric over the steps as a curve, and the best checkpoint pe
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import gradio as gr
 import pandas as pd
 
 from .. import service
+from ..durations import clock
 from ..errors import UserError
 from ..evaluate import METRICS, SUMMARY_HEADERS, EvalProgress, summary_table
 from .common import Api, Caller, page_errors, scoped, user_errors
@@ -21,37 +23,41 @@ class EvaluationCancelled(UserError):
 
 
 class Cancels:
-    """One cancel flag per owner for the evaluation they run now (the app's, shared by its sessions: an owner's own
-    key, never anything another owner can set). ``start`` gives the flag an evaluation checks at each chunk of
-    answers; ``cancel`` sets it."""
+    """The cancel flags of the evaluations each owner runs now (the app's, shared by its sessions: an owner's own
+    key, never anything another owner can set). ``running`` holds a flag for as long as one evaluation runs, which
+    it checks at each chunk of answers; ``cancel`` sets the flags of every evaluation the owner runs (the page's
+    and the API's alike), and finds none once they ended."""
 
     def __init__(self) -> None:
-        self._flags: dict[str, threading.Event] = {}
+        self._flags: dict[str, set[threading.Event]] = {}
         self._lock = threading.Lock()
 
-    def start(self, space: service.OwnerSpace) -> threading.Event:
+    @contextmanager
+    def running(self, space: service.OwnerSpace) -> Iterator[threading.Event]:
+        key, flag = str(space.root), threading.Event()
         with self._lock:
-            flag = self._flags[str(space.root)] = threading.Event()
-        return flag
+            self._flags.setdefault(key, set()).add(flag)
+        try:
+            yield flag
+        finally:
+            with self._lock:
+                flags = self._flags.get(key, set())
+                flags.discard(flag)
+                if not flags:
+                    self._flags.pop(key, None)
 
     def cancel(self, space: service.OwnerSpace) -> bool:
-        """Set the owner's flag; False when they run no evaluation."""
+        """Set the flags of the owner's running evaluations; False when they run none."""
         with self._lock:
-            flag = self._flags.get(str(space.root))
-        if flag is None or flag.is_set():
-            return False
-        flag.set()
-        return True
-
-
-def _fmt_seconds(s: float) -> str:
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+            flags = [f for f in self._flags.get(str(space.root), ()) if not f.is_set()]
+        for flag in flags:
+            flag.set()
+        return bool(flags)
 
 
 def progress_desc(p: EvalProgress) -> str:
     """What the progress bar says beside ``done/total answers``: who answers now and the time left."""
-    left = "measuring the time per answer" if p.eta_s is None else f"about {_fmt_seconds(p.eta_s)} left"
+    left = "measuring the time per answer" if p.eta_s is None else f"about {clock(p.eta_s)} left"
     return f"Evaluating: the {p.what} answers · {left}"
 
 
@@ -109,16 +115,15 @@ class EvaluationEndpoints:
         the base model (`base`); with checkpoints="all" a `checkpoints` list per saved step. max_new_tokens 0: sized
         from the references (the longest one's tokens plus a quarter). The progress says the answers done of all
         and the time left; /cancel_evaluation stops it. Returns the report, also written into the run folder."""
-        flag = self.cancels.start(me.space)
+        with self.cancels.running(me.space) as flag:
+            def tell(p: EvalProgress) -> None:
+                if flag.is_set():
+                    raise EvaluationCancelled(f"evaluation of {run_id} cancelled after {p.done} of {p.total} "
+                                              "answers; nothing was written")
+                progress((p.done, p.total), desc=progress_desc(p), unit="answers")
 
-        def tell(p: EvalProgress) -> None:
-            if flag.is_set():
-                raise EvaluationCancelled(f"evaluation of {run_id} cancelled after {p.done} of {p.total} answers; "
-                                          "nothing was written")
-            progress((p.done, p.total), desc=progress_desc(p), unit="answers")
-
-        return me.space.evaluate(run_id, test_file, checkpoints=checkpoints, max_new_tokens=int(max_new_tokens),
-                                 progress=tell)
+            return me.space.evaluate(run_id, test_file, checkpoints=checkpoints, max_new_tokens=int(max_new_tokens),
+                                     progress=tell)
 
     def cancel(self, me: Caller) -> str:
         """Cancel your evaluation that is running: it stops after the answers it is giving, and writes nothing."""

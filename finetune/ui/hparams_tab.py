@@ -10,6 +10,7 @@ import gradio as gr
 import pandas as pd  # loaded by gradio already; event functions' hints must resolve at runtime
 
 from ..config import RunConfig
+from ..durations import rough
 from ..errors import UserError, app_message
 from ..presets import DEFAULT_PRESET, intended_gpu, load_preset, preset_description, preset_paths
 from . import forms
@@ -234,12 +235,6 @@ def estimate_view(cfg: RunConfig, gpu: str) -> tuple[str, pd.DataFrame]:
     return verdict_markdown(est) + "\n\n" + time_cost_markdown(cfg, gpu), pd.DataFrame(rows, columns=["part", "GB"])
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
-
-
 def time_cost_markdown(cfg: RunConfig, gpu_name: str) -> str:
     """How long the run takes on ``gpu_name`` and what it costs there (Jobs price, ZeroGPU quota, or nothing on
     this machine), next to the fit verdict."""
@@ -251,7 +246,7 @@ def time_cost_markdown(cfg: RunConfig, gpu_name: str) -> str:
     gpu = memory.get_gpu(gpu_name)
     tokens = t.max_steps * t.batch_size * t.grad_accum * t.max_length  # every example at max_length: an upper bound
     est = memory.estimate_time(memory.spec_for_config(cfg), memory.setup_for(cfg, gpu), gpu, tokens)
-    took = f"⏱ **about {_duration(est.seconds)}** for {t.max_steps} steps (every example filling max_length: at most)"
+    took = f"⏱ **about {rough(est.seconds)}** for {t.max_steps} steps (every example filling max_length: at most)"
     if gpu.is_cpu:
         cost = "no charge: it trains on this machine"
     elif est.zerogpu_quota_minutes is not None:

@@ -15,6 +15,7 @@ import pandas as pd
 
 from .. import memory, service
 from ..backends import hfjobs, zerogpu
+from ..durations import clock
 from ..errors import UserError, app_message
 from ..limits import RunCaps
 from ..runs import LIVE, RunState
@@ -76,13 +77,6 @@ def quota_markdown(est: zerogpu.QuotaPreview) -> str:
     return "\n\n".join(lines)
 
 
-def _fmt_seconds(s: float | None) -> str:
-    if s is None:
-        return "–"
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
 def badge(state: dict[str, Any]) -> str:
     """``🟢 running``, ``⏳ queued (position 2)``."""
     status: str = state["status"]
@@ -107,7 +101,7 @@ def progress_html(state: dict[str, Any]) -> str:
         f"<div style='background:#eee;border-radius:6px;height:14px;margin:6px 0'>"
         f"<div style='background:#4f46e5;width:{pct}%;height:14px;border-radius:6px'></div></div>"
         f"step <b>{step}</b> / {total or '?'} · loss <b>{'–' if loss is None else f'{loss:.4f}'}</b>"
-        f" · {'–' if tps is None else f'{tps:,.0f}'} tokens/s · elapsed {_fmt_seconds(state.get('elapsed_s'))}"
+        f" · {'–' if tps is None else f'{tps:,.0f}'} tokens/s · elapsed {clock(state.get('elapsed_s'))}"
         f"{eta_text(state)}{gauge}{metrics_html(state.get('metrics') or {})}{msg}"
         f"{samples_html(state.get('samples') or [], state.get('samples_step'))}</div>"
     )
@@ -121,7 +115,7 @@ def eta_text(state: dict[str, Any]) -> str:
     eta = state.get("eta_s")
     if eta is None:
         return " · ETA: measuring the first steps"
-    return f" · ETA ~{_fmt_seconds(eta)} (estimated)" if state.get("eta_estimated") else f" · ETA {_fmt_seconds(eta)}"
+    return f" · ETA ~{clock(eta)} (estimated)" if state.get("eta_estimated") else f" · ETA {clock(eta)}"
 
 
 def cpu_text(util_pct: float, threads: int | None) -> str:
