@@ -202,7 +202,15 @@ def _text_data(config: RunConfig, tokenizer: Tokenizer) -> RunData:
 def _sft_data(config: RunConfig, tokenizer: Tokenizer) -> RunData:
     from .tokenization import sft_datasets
 
-    train_ds, eval_ds, summary, dialogs, held_out = sft_datasets(config, tokenizer)
+    from .data import DataError, ShapeError
+
+    try:
+        train_ds, eval_ds, summary, dialogs, held_out = sft_datasets(config, tokenizer)
+    except ShapeError as e:  # pairs or labelled answers asked of SFT: the error names the method that reads them
+        fitting = methods_for_columns(e.columns)
+        if not fitting:
+            raise
+        raise DataError(e.file, None, f"{method_hint(fitting, sft_reads=False)} (training.method)") from None
     return RunData(train_ds, eval_ds, summary, dialogs, held_out, None)
 
 
@@ -349,6 +357,26 @@ def methods_for_columns(columns: Sequence[str]) -> list[str]:
                 continue
             out.append(m.name)
     return out
+
+
+# What judged-answer data is, by its shape (methods.JUDGED_SHAPES), in the words the hint says it with
+JUDGED_WORDS = {"preference": "these are preference pairs (a chosen and a rejected answer to each prompt)",
+                "feedback": "these are answers labelled good or bad (a label column)"}
+
+
+def method_hint(suggests: Sequence[str], sft_reads: bool) -> str:
+    """What to pick for data whose answers are judged (``suggests``: methods.methods_for_columns); ``sft_reads``:
+    SFT could read the rows (it would imitate the bad answers too).
+
+    >>> method_hint(["dpo", "orpo"], False)
+    'these are preference pairs (a chosen and a rejected answer to each prompt), not SFT data: pick DPO or ORPO as the method'
+    """
+    shapes = dict.fromkeys(get(m).shape for m in suggests)
+    what = " and ".join(JUDGED_WORDS.get(s, s) for s in shapes)
+    names = [m.upper() for m in suggests]
+    picks = " or ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + " or " + names[-1]
+    why = ": SFT would imitate the bad answers too" if sft_reads else ", not SFT data"
+    return f"{what}{why}: pick {picks} as the method"
 
 
 def get(name: str) -> Method:

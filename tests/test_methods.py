@@ -363,3 +363,12 @@ def test_a_start_adapter_of_another_base_or_outside_the_owners_runs_is_refused(t
     assert init_adapter_path(str(other), root) == str(other.resolve())
     with pytest.raises(UsageError, match="--init-adapter no-such-run: no run or adapter folder of that name"):
         init_adapter_path("no-such-run", root)
+
+
+def test_a_run_asked_to_train_sft_on_pairs_names_the_methods_that_read_them(tmp_path, smollm2_tokenizer):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "Capital of France?", "chosen": "Paris.", "rejected": "Lyon."}) + "\n")
+    cfg = RunConfig()
+    cfg.data.source, cfg.data.template = str(pairs), "chatml"
+    with pytest.raises(DataError, match=r"preference pairs .*pick DPO or ORPO as the method \(training.method\)"):
+        methods.get("sft").datasets(cfg, smollm2_tokenizer)

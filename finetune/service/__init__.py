@@ -12,7 +12,8 @@ from .checks import (BACKEND_NAMES, SIGN_IN_TO, ServiceError, Shared, backend_na
                      check_config_code, check_data_chosen, check_hub_dataset_id, check_model_ref, check_zerogpu,
                      hub_token, parse_config, push_dataset, queue_dir, run_caps)
 from .plans import JobCost, RunPlan, job_cost, planned_steps, run_plan, zerogpu_quota, zerogpu_quota_for
-from .preview import Formatted, WrongMethod, format_preview, method_hint
+from ..methods import method_hint
+from .preview import Formatted, WrongMethod, format_preview
 from .space import (SYNC_EVERY_S, UPLOADS, ExportDownload, OwnerSpace, Workspace, as_uploaded, default_workspace,
                     kept_name)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..config import DataConfig, range_problem
+from ..methods import method_hint
 from .checks import ServiceError, check_hub_dataset_id
 
 if TYPE_CHECKING:
@@ -46,28 +47,6 @@ class Formatted:
     lengths: list[int]
     file: Path
     suggests: tuple[str, ...] = ()  # SFT asked of answers labelled good or bad: the methods that train on them
-
-
-# What judged-answer data is, by its shape (methods.JUDGED_SHAPES), in the words the hint says it with
-JUDGED_WORDS = {"preference": "these are preference pairs (a chosen and a rejected answer to each prompt)",
-                "feedback": "these are answers labelled good or bad (a label column)"}
-
-
-def method_hint(suggests: Sequence[str], sft_reads: bool) -> str:
-    """What to pick for data whose answers are judged (``suggests``: methods.methods_for_columns); ``sft_reads``:
-    SFT could read the rows (it would imitate the bad answers too).
-
-    >>> method_hint(["dpo", "orpo"], False)
-    'these are preference pairs (a chosen and a rejected answer to each prompt), not SFT data: pick DPO or ORPO as the method'
-    """
-    from .. import methods
-
-    shapes = dict.fromkeys(methods.get(m).shape for m in suggests)
-    what = " and ".join(JUDGED_WORDS.get(s, s) for s in shapes)
-    names = [m.upper() for m in suggests]
-    picks = " or ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + " or " + names[-1]
-    why = ": SFT would imitate the bad answers too" if sft_reads else ", not SFT data"
-    return f"{what}{why}: pick {picks} as the method"
 
 
 class WrongMethod(ServiceError):
