@@ -45,7 +45,9 @@ def kept_name(name: str) -> str:
     """An upload's file name as it is kept: letters, digits, ``._-`` and spaces (no path, no hidden file), its
     suffix in lower case (what the readers go by)."""
     path = Path(name)
-    stem = re.sub(r"[^\w.\- ]", "_", path.stem).strip(" .")[:80] or "data"
+    stem = re.sub(r"[^\w.\- ]", "_", path.stem).strip(" .")[:80]
+    # at most 200 bytes, whole characters: a file name holds 255 bytes, and a letter may take 4 of them
+    stem = stem.encode("utf-8")[:200].decode("utf-8", errors="ignore").strip(" .") or "data"
     suffix = "".join(c for c in path.suffix.lower() if c.isalnum() or c == ".")[:10]
     return stem + suffix
 
@@ -174,19 +176,39 @@ class OwnerSpace:
         if size > limit:
             raise ServiceError(f"{src.name} is {size / 1e6:.1f} MB, over the {limit / 1e6:g} MB upload limit; split "
                                f"it, use a Hub dataset, or raise the limit on the server ({MAX_UPLOAD_ENV})")
+        data = src.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()[:16]
+        target = self.root / UPLOADS / digest / kept_name(src.name)
+        if target.exists():  # kept already: no more room taken
+            return target
         if self.ws.multi_user:
             try:
                 limits.check_disk(self.root, size, f"uploading {src.name}")
             except ValueError as e:  # over the quota, or the quota's setting unreadable on the server
                 raise ServiceError(str(e)) from None
-        data = src.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()[:16]
-        target = self.root / UPLOADS / digest / kept_name(src.name)
-        if not target.exists():
-            from ..io import atomic_write_bytes
+        from ..io import atomic_write_bytes
 
-            atomic_write_bytes(target, data)
+        atomic_write_bytes(target, data)
         return target
+
+    def drop_upload(self, kept: str | Path) -> bool:
+        """Delete a kept upload (``keep_upload``'s path) that no run of the owner names in its config: the form's
+        file once the form moved on to another (True: deleted). Anything outside the owner's uploads is left."""
+        import shutil
+
+        folder = Path(kept).parent
+        uploads = (self.root / UPLOADS).resolve()
+        if not folder.resolve().is_relative_to(uploads) or folder.resolve() == uploads or not folder.is_dir():
+            return False
+        name = str(folder)
+        for config in self.root.glob("*/config.yaml"):
+            try:
+                if name in config.read_text(encoding="utf-8"):
+                    return False
+            except OSError:  # a run folder being deleted
+                continue
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
 
     def start(self, config_yaml: str, backend: str = "local",
               data_file: str | Path | None = None, *, token: str | None = None, flavor: str | None = None,

@@ -15,17 +15,12 @@ import gradio as gr
 
 from ..config import ConfigError, RunConfig
 from ..presets import DEFAULT_PRESET
+from ..service import kept_name
 from . import forms
 from .common import Caller
 
 VERSION = 1
 SOURCE_KEYS = ("hub_id", "hub_config", "split", "columns")  # the Dataset tab's source boxes, in this order
-
-
-def _safe_name(name: Any) -> str:
-    """An upload's file name as the page shows it again (letters, digits, ``._-`` and spaces; never a path)."""
-    text = "".join(c if c.isalnum() or c in "._- " else "_" for c in Path(str(name or "")).name).strip(" .")
-    return text[:120] or "data"
 
 
 def restored_note(cfg: RunConfig, data: str) -> str:
@@ -64,37 +59,56 @@ class FormStore:
         except ServiceError:  # a damaged kept form is replaced by this one
             before = {}
         kept, name = None, None
-        if data_file:
-            if before.get("data_file") == data_file and before.get("kept"):
-                kept, name = before["kept"], before.get("data_name")
-            else:
-                name = _safe_name(data_file)
-                try:
-                    kept = str(me.space.keep_upload(data_file))
-                except ServiceError:  # over the owner's disk quota: the form is kept without its file, whose
-                    kept = None       # refusal the Start button says; the next page asks for the file again
+        same = before.get("kept") and data_file in (before.get("data_file"), self.hand_back_path(me, before))
+        if data_file and same:  # the file kept already (or its copy handed back to a reloaded page)
+            kept, name = before["kept"], before.get("data_name")
+        elif data_file:
+            name = kept_name(Path(str(data_file)).name)
+            try:
+                kept = str(me.space.keep_upload(data_file))
+            except ServiceError:  # over the owner's disk quota: the form is kept without its file, whose
+                kept = None       # refusal the Start button says; the next page asks for the file again
+        if before.get("kept") and before["kept"] != kept:  # the form moved on: its last file goes, unless a run uses it
+            me.space.drop_upload(before["kept"])
         me.space.save_form({"version": VERSION, "config": config_yaml or "", "data_file": data_file or None,
                             "kept": kept, "data_name": name, "hub_id": hub_id or "", "hub_config": hub_config or "",
                             "split": split or "train", "columns": columns or "", "gpu": gpu or "",
                             "preset": preset or ""})
 
-    def handed_back(self, me: Caller, form: dict[str, Any]) -> str | None:
-        """The kept upload as a file the page can show again under its own name (None: none, or no longer kept)."""
-        import secrets
-        import shutil
-
-        from ..service import UPLOADS
+    def hand_back_path(self, me: Caller, form: dict[str, Any]) -> str | None:
+        """Where the form's kept upload is handed back to a page: one place per owner and file (a reload reuses it,
+        and takes no more room), under the file's own name; None: no kept upload."""
+        import hashlib
 
         kept = form.get("kept")
         if not isinstance(kept, str) or not kept:
             return None
+        owner = hashlib.sha256(str(me.space.root).encode("utf-8")).hexdigest()[:16]
+        return str(self.downloads / "forms" / owner / Path(kept).parent.name / kept_name(str(form.get("data_name"))))
+
+    def handed_back(self, me: Caller, form: dict[str, Any]) -> str | None:
+        """The kept upload as a file the page can show again under its own name (None: none, no longer kept, or no
+        room for its copy in the owner's quota)."""
+        import shutil
+
+        from ..service import UPLOADS, ServiceError
+
+        kept, out = form.get("kept"), self.hand_back_path(me, form)
+        if not isinstance(kept, str) or out is None:
+            return None
         path = Path(kept)
         if not (path.is_file() and path.resolve().is_relative_to((me.space.root / UPLOADS).resolve())):
             return None  # only the owner's own kept uploads, and only while they are there
-        out = self.downloads / "forms" / secrets.token_hex(8) / _safe_name(form.get("data_name"))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, out)
-        return str(out)
+        target = Path(out)
+        if target.is_file() and target.stat().st_size == path.stat().st_size:
+            return out
+        try:
+            me.space.check_download_room(path, "bringing back your form's file")
+        except ServiceError:
+            return None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        return out
 
     def restore(self, me: Caller) -> list[Any]:
         """The kept form into the widgets (each form field, the upload, the source boxes, GPU, preset), and the note
