@@ -411,9 +411,14 @@ def _complete(call: _Call, setup: _Setup, data: _Data, planned: int) -> RunResul
 
     from .adapter import METRICS_FILE
 
+    from .adapter import checkpoint_step
+
     run_dir, log = call.run_dir, call.log
     finished = _last_finished(run_dir)
-    intact = _adapter_intact(run_dir)
+    # the adapter/ is the run's latest unless a later checkpoint exists than the step it finished at (a run extended
+    # after it finished, killed after its new last checkpoint): then it is built again from that checkpoint
+    newest = (checkpoint_step(setup.resume_from) or 0) if setup.resume_from is not None else 0
+    intact = _adapter_intact(run_dir) and (finished is None or int(finished.get("step") or 0) >= newest)
     if finished is not None and intact:
         step = int(finished.get("step") or planned)
         log.emit("note", message=f"run {run_dir.name} already finished at step {step} of {planned}: nothing to "
@@ -506,11 +511,14 @@ def _disk_full(run_dir: Path, error: Exception, estimate: int) -> TrainingError 
     those are removed (they hold nothing usable and keep the disk full), then the free space decides."""
     import shutil
 
-    from .adapter import checkpoint_step
+    from .adapter import checkpoint_step, is_adapter_dir
 
     last = runs.last_checkpoint(run_dir)
     after = (checkpoint_step(last) or 0) if last is not None else 0
-    partial = [d for d in runs.incomplete_checkpoints(run_dir) if (checkpoint_step(d) or 0) > after]
+    # a later checkpoint than the last complete one was being written; one whose adapter/ is intact stays usable
+    # (chat, evaluation, export) and goes only when the disk is full
+    partial = [d for d in runs.incomplete_checkpoints(run_dir) if (checkpoint_step(d) or 0) > after
+               and (_no_space(error) or not is_adapter_dir(d / runs.ADAPTER))]
     tmp = [d for d in [run_dir / f"{runs.ADAPTER}.tmp",
                        *(run_dir / runs.CHECKPOINTS).glob(f"checkpoint-*/{runs.ADAPTER}.tmp")] if d.is_dir()]
     if not partial and not tmp and not _no_space(error):

@@ -46,8 +46,9 @@ def launched(runs: Path, downloads: Path, *, multi_user: bool = True, css: bool 
 
 def queue_call(url: str, fn_index: int, data: list[Any], session_hash: str, http: Any = None) -> dict[str, Any]:
     """Call an event the way a browser does, over the raw queue protocol (POST queue/join, then read the SSE
-    stream of queue/data): its ``process_completed`` message (``success``, ``output``). ``http``: an
-    ``httpx.Client`` whose cookies go with both requests (a visitor's browser); default none (a bare caller)."""
+    stream of queue/data): its ``process_completed`` message (``success``, ``output``), with the messages the event
+    showed on the way (``gr.Warning``/``gr.Info``: their texts under ``logs``). ``http``: an ``httpx.Client`` whose
+    cookies go with both requests (a visitor's browser); default none (a bare caller)."""
     import json
 
     import httpx
@@ -57,10 +58,16 @@ def queue_call(url: str, fn_index: int, data: list[Any], session_hash: str, http
     with contextlib.ExitStack() as stack:
         client = http or stack.enter_context(httpx.Client())
         client.post(f"{base}/queue/join", json=body, timeout=30).raise_for_status()
+        logs: list[str] = []
         with client.stream("GET", f"{base}/queue/data", params={"session_hash": session_hash}, timeout=60) as r:
             for line in r.iter_lines():
-                if line.startswith("data:") and (msg := json.loads(line[5:])).get("msg") == "process_completed":
-                    return dict(msg)
+                if not line.startswith("data:"):
+                    continue
+                msg = json.loads(line[5:])
+                if msg.get("msg") == "log":
+                    logs.append(str(msg.get("log")))
+                elif msg.get("msg") == "process_completed":
+                    return {**msg, "logs": logs}
     raise AssertionError("no answer")
 
 

@@ -537,3 +537,61 @@ def test_a_resume_waiting_on_a_training_run_leaves_it_running(tmp_path):
         for p in (trainer, waiter):
             if p.poll() is None:
                 kill(p)
+
+
+def test_a_run_extended_after_it_finished_and_killed_after_its_new_last_checkpoint_gets_that_adapter(finished_run,
+                                                                                                  tmp_path):
+    """Finished at step 4, extended to 6 and killed after checkpoint-6 (before its adapter/ was written): the
+    resume does not answer "already finished at step 4" with the step-4 adapter; it builds adapter/ from
+    checkpoint-6."""
+    from finetune.adapter import METRICS_FILE
+
+    run_dir = copy_run(finished_run, tmp_path)
+    want = adapter_tensors(run_dir / "adapter")  # the step-6 weights
+    metrics = (run_dir / "adapter" / METRICS_FILE).read_text()
+    shutil.rmtree(run_dir / "adapter")
+    shutil.copytree(run_dir / "checkpoints" / "checkpoint-4" / "adapter", run_dir / "adapter")  # the step-4 adapter
+    (run_dir / "adapter" / METRICS_FILE).write_text(metrics)
+    events = read_events(run_dir)
+    last_checkpoint = max(i for i, e in enumerate(events) if e["type"] == "checkpoint")
+    at_4 = next(i for i, e in enumerate(events) if e["type"] == "checkpoint" and e["step"] == 4)
+    finished_at_4 = {"type": "finished", "time": events[at_4]["time"], "step": 4, "adapter": "adapter",
+                     "metrics": {"steps": 4}, "pid": dead_pid()}
+    kept = events[:at_4 + 1] + [finished_at_4] + events[at_4 + 1:last_checkpoint + 1]
+    (run_dir / EVENTS_FILE).write_text("".join(json.dumps(e) + "\n" for e in kept))
+
+    done = train(None, run_dir)
+    assert done.status == "finished" and done.step == 6
+    got = adapter_tensors(run_dir / "adapter")
+    assert got.keys() == want.keys() and all((got[k] == want[k]).all() for k in want)
+    assert "already finished" not in [e["message"] for e in read_events(run_dir) if e["type"] == "note"][-1]
+
+
+def test_a_crash_that_is_not_the_disks_keeps_a_later_checkpoint_whose_adapter_is_intact(finished_run, tmp_path):
+    """A failure other than a full disk (out of memory, a bug) leaves a later checkpoint that lacks its optimizer but
+    holds an intact adapter: it stays for chat, evaluation and export; a full disk removes it."""
+    import errno
+
+    from finetune.train import _disk_full
+
+    run_dir = copy_run(finished_run, tmp_path)
+    later = run_dir / "checkpoints" / "checkpoint-6"
+    (later / "optimizer.pt").unlink()
+    assert _disk_full(run_dir, RuntimeError("CUDA out of memory"), 0) is None
+    assert (later / "adapter" / WEIGHTS_FILE).is_file()
+    full = _disk_full(run_dir, OSError(errno.ENOSPC, "No space left on device"), 0)
+    assert full is not None and "No space left on device" in str(full) and not later.exists()
+
+
+def test_a_visitor_sees_no_server_folder_in_a_runs_message(tmp_path):
+    """On a shared server a run's message (a full disk's names its folder) and its log say the owner's paths
+    relative to their folder; on one's own machine they stay whole."""
+    ws = service.Workspace(tmp_path / "srv" / "runs", multi_user=True)
+    space = ws.owner_space("browser:" + "f" * 24)
+    run_dir = space.root / "20261207-000000-abcd1234"
+    message = f"No space left on device under {run_dir}: 3 MB free, the checkpoint needs about 9 MB"
+    assert space.shown(message) == ("No space left on device under 20261207-000000-abcd1234: 3 MB free, the "
+                                    "checkpoint needs about 9 MB")
+    assert str(tmp_path) not in space.shown(f"{run_dir.resolve()}/checkpoints/checkpoint-4 kept")
+    single = service.Workspace(tmp_path / "mine").owner_space(None)
+    assert single.shown(f"under {single.root}/x") == f"under {single.root}/x"

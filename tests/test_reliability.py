@@ -618,6 +618,8 @@ def raw_call(url: str, fn_index: int, data: list, session_hash: str) -> str:
     if not msg.get("success"):
         return str(out.get("error"))
     value = out["data"][0]
+    if value is None and msg["logs"]:  # a page event's refusal: a message, its outputs empty
+        return " ".join(msg["logs"])
     return value["path"] if isinstance(value, dict) else str(value)
 
 

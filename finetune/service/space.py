@@ -322,8 +322,8 @@ class OwnerSpace:
         state, stale = self.state(run_id, token=token, api=api)
         out = state.to_dict()
         out.pop("path", None)  # never reveal server paths
-        if out.get("message"):  # an upload by the name the user gave it
-            out["message"] = without_upload_folders(str(out["message"]))
+        if out.get("message"):  # an upload by the name the user gave it, the server's folders unsaid
+            out["message"] = self.shown(str(out["message"]))
         out["backend"] = backend_of(state.path)
         if stale:
             out["message"] = f"cannot read the job right now ({stale}); showing its last known state"
@@ -368,9 +368,19 @@ class OwnerSpace:
         """The last ``tail`` lines of a run's output (a local process's log, a job's log, a ZeroGPU run's events)."""
         path = self.run_dir(run_id)
         try:
-            return self._backend_for(path, token=token, api=api).logs(path, tail=tail)
+            return self.shown(self._backend_for(path, token=token, api=api).logs(path, tail=tail))
         except UserError as e:
             raise ServiceError(str(e)).in_app(app_message(e)) from e
+
+    def shown(self, text: str) -> str:
+        """A run's message or log as the owner sees it: each kept upload by its file name and, on a shared server,
+        paths in the owner's folder relative to it (the server's folders are never shown to a visitor)."""
+        text = without_upload_folders(text)
+        if self.ws.multi_user:
+            for folder in sorted({str(self.root.resolve()), str(self.root), str(self.ws.root.resolve()),
+                                  str(self.ws.root)}, key=len, reverse=True):
+                text = text.replace(folder + "/", "").replace(folder, ".")
+        return text
 
     def check_download_room(self, source: Path, what: str) -> None:
         """On a shared server, a download is prepared (and kept FINETUNE_DOWNLOADS_MAX_AGE_H) only while the owner's
