@@ -330,6 +330,7 @@ class RunState:
     eta_estimated: bool = False
     elapsed_s: float | None = None  # training time of every process of the run (a resumed run goes on counting)
     message: str = ""
+    app_message: str = field(default="", repr=False)  # the message in the app's words, when it has them (the app shows it)
     started: float | None = None
     has_adapter: bool = False
     last_checkpoint: str | None = None
@@ -362,6 +363,7 @@ class RunState:
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d.pop("pid", None)
+        d.pop("app_message", None)  # the app shows it as the message (service.OwnerSpace.status)
         d["path"] = str(self.path)
         d["status_text"] = self.status_text
         return d
@@ -457,7 +459,7 @@ def read_run(run_dir: Path) -> RunState:
                 continue
             pending = None
             state.status, state.queue_position = kind, None
-            state.message = e.get("message", "")
+            state.message, state.app_message = e.get("message", ""), e.get("app_message", "")
             if kind == "finished":
                 state.step = e.get("step", state.step)
     state.warnings = sample_warnings + list(other_warnings.values())

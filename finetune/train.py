@@ -41,7 +41,7 @@ from .callbacks import (checkpoint_adapter_callback, evaluate_at_save_callback, 
 from .config import ConfigError, RunConfig, validate
 from .dialogs import TrainedDialogs
 from .distributed import is_main_process, world_size
-from .errors import TrainingError, is_programming_error
+from .errors import TrainingError, UserError, is_programming_error
 from .events import EventLog, EventSink, SilentLog
 from .halt import Halt
 from .io import DISK_FULL_FIX, DiskFullError
@@ -287,11 +287,11 @@ def train(
     try:
         return _train(_Call(config, run_dir, resuming, log, halt, speed, callbacks or []))
     except (ConfigError, ModelError, TrainingError, runs.RunError) as e:
-        log.emit("failed", pid=os.getpid(), message=str(e))
+        log.emit("failed", pid=os.getpid(), message=str(e), **_in_app(e))
         raise
     except Exception as e:  # noqa: BLE001 - recorded in the run folder, then re-raised
         message = _explain(e, config)
-        log.emit("failed", pid=os.getpid(), message=message, error=e.__class__.__name__)
+        log.emit("failed", pid=os.getpid(), message=message, error=e.__class__.__name__, **_in_app(e))
         if message != str(e) and not is_programming_error(e):  # a bug keeps its type and traceback
             raise TrainingError(message) from e
         raise
@@ -392,6 +392,11 @@ def _last_finished(run_dir: Path) -> dict[str, Any] | None:
 
     ends = [e for e in read_events(run_dir) if e.get("type") == "finished"]
     return ends[-1] if ends else None
+
+
+def _in_app(e: BaseException) -> dict[str, str]:
+    """A failed event's message in the app's words too, when the error has them (the app shows those)."""
+    return {"app_message": e.app_text} if isinstance(e, UserError) and e.app_text else {}
 
 
 def _adapter_intact(run_dir: Path) -> bool:

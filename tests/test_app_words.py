@@ -295,3 +295,26 @@ def test_adapter_download_refusal_is_a_message_without_an_error_badge(app, brows
         import shutil
 
         shutil.rmtree(failed)
+
+
+def test_a_failed_runs_message_is_in_the_apps_words_in_the_app_and_the_command_lines_in_its_status(
+        tmp_path, tiny_model_dir):
+    """A run started from the app on data whose shape needs a mapping fails in the training process: the app's
+    status says "Column mapping", the command line's status keeps its flag."""
+    from finetune import runs
+    from finetune.service import Workspace
+    from finetune.train import train
+    from test_train import tiny_config
+
+    data = tmp_path / "odd.jsonl"
+    data.write_text('{"foo": "a"}\n{"foo": "b"}\n', encoding="utf-8")
+    space = Workspace(tmp_path / "runs").owner_space(None)
+    cfg = tiny_config(tiny_model_dir, max_steps=1)
+    cfg.data.source = str(data)
+    with pytest.raises(Exception):
+        train(cfg, runs_root=space.root)
+    [state] = runs.list_runs(space.root)
+    assert state.status == "failed" and "--columns" in state.message  # the command line's status
+    shown = space.status(state.run_id)["message"]
+    assert "Column mapping" in shown and "--columns" not in shown, shown
+    assert "app_message" not in space.status(state.run_id)

@@ -322,6 +322,8 @@ class OwnerSpace:
         state, stale = self.state(run_id, token=token, api=api)
         out = state.to_dict()
         out.pop("path", None)  # never reveal server paths
+        if state.app_message:  # the failure in the app's words (its fields, not the command line's flags)
+            out["message"] = state.app_message
         if out.get("message"):  # an upload by the name the user gave it, the server's folders unsaid
             out["message"] = self.shown(str(out["message"]))
         out["backend"] = backend_of(state.path)
