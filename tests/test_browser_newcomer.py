@@ -200,7 +200,9 @@ def step_shown(page) -> int:
 
 
 @pytest.mark.slow  # two real runs (the tiny model), about 90 s
-def test_a_reloaded_page_reopens_its_own_latest_run_live_and_never_anothers(app, browser, tiny_model_dir):
+def test_a_reloaded_page_reopens_its_own_latest_run_live_and_never_anothers(app, browser, tiny_model_dir,
+                                                                            monkeypatch):
+    monkeypatch.setenv("FINETUNE_MAX_STEPS", "5000")  # long runs, stopped by the test (the shared server caps 1000)
     url, root = app
     alice, page_a = open_page(browser, url)
     bob, page_b = open_page(browser, url)
