@@ -104,6 +104,16 @@ def text_of(page: Any, elem_id: str) -> str:
     return str(page.locator(f"#{elem_id}").first.inner_text())
 
 
+def pick(page: Any, elem_id: str, option: str) -> None:
+    """Choose ``option`` in the dropdown ``#elem_id``."""
+    page.locator(f"#{elem_id} input").first.click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def dropdown_value(page: Any, elem_id: str) -> str:
+    return str(page.locator(f"#{elem_id} input").first.input_value())
+
+
 def wait_text(page: Any, elem_id: str, needle: str, timeout_s: float = 60) -> None:
     page.wait_for_function(f"() => (document.querySelector('#{elem_id}') || {{}}).innerText?.includes({needle!r})",
                            timeout=timeout_s * 1000)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from apps import launched, needs_chromium, open_page, set_text, text_of, wait_text
+from apps import dropdown_value, launched, needs_chromium, open_page, pick, set_text, text_of, wait_text
 
 from finetune.config import RunConfig
 
@@ -20,12 +20,6 @@ def app(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     with launched(root, tmp_path_factory.mktemp("dl")) as (_, url):
         yield url, root
-
-
-def pick(page, elem_id: str, option: str) -> None:
-    """Choose ``option`` in the dropdown ``#elem_id``."""
-    page.locator(f"#{elem_id} input").first.click()
-    page.get_by_role("option", name=option, exact=True).click()
 
 
 def method_is(page, method: str) -> bool:
@@ -139,10 +133,6 @@ def test_a_run_is_named_on_the_page_listed_by_its_name_and_deleted_with_its_file
         page.wait_for_selector("#ft-progress", state="detached", timeout=30_000)  # "No run selected" instead
     finally:
         context.close()
-
-
-def dropdown_value(page, elem_id: str) -> str:
-    return str(page.locator(f"#{elem_id} input").first.input_value())
 
 
 def kept_form(root, needle: str, timeout_s: float = 30) -> None:

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from apps import SAMPLE, launched, needs_chromium, open_page, text_of, wait_text
+from apps import SAMPLE, dropdown_value, launched, needs_chromium, open_page, pick, text_of, wait_text
 from finetune.presets import load_preset
 
 pytestmark = needs_chromium
@@ -19,16 +19,6 @@ pytestmark = needs_chromium
 def url(tmp_path_factory):
     with launched(tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("dl")) as (_, url):
         yield url
-
-
-def pick(page, elem_id: str, option: str) -> None:
-    """Choose ``option`` in the dropdown ``#elem_id``."""
-    page.locator(f"#{elem_id} input").first.click()
-    page.get_by_role("option", name=option, exact=True).click()
-
-
-def dropdown_value(page, elem_id: str) -> str:
-    return str(page.locator(f"#{elem_id} input").first.input_value())
 
 
 def test_a_preset_keeps_the_template_picked_in_the_dataset_tab_and_says_so(url, browser, tmp_path):

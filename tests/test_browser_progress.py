@@ -8,7 +8,7 @@ import json
 import time
 
 import pytest
-from apps import launched, needs_chromium, open_page, text_of, wait_text
+from apps import launched, needs_chromium, open_page, pick, text_of, wait_text
 
 pytestmark = needs_chromium
 
@@ -54,11 +54,6 @@ def app(tmp_path_factory):
     fake_run(root, RESUMED, [2.0, 1.9, 1.8, 1.7, 1.6, 1.5, 1.4, 1.3], end="stopped", resumed_after=5)
     with launched(root, tmp_path_factory.mktemp("dl"), multi_user=False) as (_, url):
         yield url, root
-
-
-def pick(page, elem_id: str, option: str) -> None:
-    page.locator(f"#{elem_id} input").first.click()
-    page.get_by_role("option", name=option, exact=True).click()
 
 
 def open_train_tab(browser, url):
