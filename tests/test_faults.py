@@ -428,29 +428,37 @@ def test_an_export_killed_midway_leaves_nothing_the_next_export_keeps(finished_r
     assert sorted(p.name for p in out.iterdir()) == sorted(["lora.gguf", live.name])
 
 
-def test_a_waiting_resume_killed_leaves_the_run_as_it_was(tmp_path):
+@pytest.fixture
+def sleeper():
+    """Starts a process that lives a minute (a run's process, as far as its events say); killed after the test."""
+    procs: list[subprocess.Popen] = []
+
+    def start() -> subprocess.Popen:
+        procs.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
+        return procs[-1]
+
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            kill(p)
+
+
+def test_a_waiting_resume_killed_leaves_the_run_as_it_was(tmp_path, sleeper):
     """A resume killed while it waits on the run (another resume is training it) leaves the run live while the
     one training lives, and as it was once both are gone."""
     run_dir = tmp_path / "r"
     run_dir.mkdir()
     log = EventLog(run_dir)
-    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    waiter = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        log.emit("launched", pid=trainer.pid, resume=True)
-        log.emit("started", pid=trainer.pid, max_steps=10)
-        log.emit("stopped", pid=trainer.pid, step=2, message="stopped by the user")
-        log.emit("launched", pid=waiter.pid, resume=True)
-        other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-        log.emit("launched", pid=other.pid, resume=True)
-        kill(other)  # the last resume recorded dies: the one still waiting keeps the run live
-        assert runs.read_run(run_dir).status == "resuming" and runs.read_run(run_dir).pid == waiter.pid
-        kill(waiter)
-        assert runs.read_run(run_dir).status == "stopped"
-    finally:
-        for p in (trainer, waiter):
-            if p.poll() is None:
-                kill(p)
+    trainer, waiter, other = sleeper(), sleeper(), sleeper()
+    log.emit("launched", pid=trainer.pid, resume=True)
+    log.emit("started", pid=trainer.pid, max_steps=10)
+    log.emit("stopped", pid=trainer.pid, step=2, message="stopped by the user")
+    log.emit("launched", pid=waiter.pid, resume=True)
+    log.emit("launched", pid=other.pid, resume=True)
+    kill(other)  # the last resume recorded dies: the one still waiting keeps the run live
+    assert runs.read_run(run_dir).status == "resuming" and runs.read_run(run_dir).pid == waiter.pid
+    kill(waiter)
+    assert runs.read_run(run_dir).status == "stopped"
 
 
 # =============================================================================================
@@ -511,32 +519,26 @@ def test_stop_and_resume_in_a_loop_through_the_api_ends_as_asked(tmp_path, tiny_
     assert assert_settled(run_dir) == "finished" and leftovers(run_dir) == []
 
 
-def test_a_resume_waiting_on_a_training_run_leaves_it_running(tmp_path):
+def test_a_resume_waiting_on_a_training_run_leaves_it_running(tmp_path, sleeper):
     """``train --run-dir`` while the run trains waits for it: the run reads ``running`` (with the training process),
     ``resuming`` once that process is stopping or gone, and as it was once both are gone."""
     run_dir = tmp_path / "r"
     run_dir.mkdir()
     log = EventLog(run_dir)
-    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    waiter = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        log.emit("launched", pid=trainer.pid, resume=False)
-        log.emit("started", pid=trainer.pid, max_steps=10)
-        log.emit("step", step=1, max_steps=10, loss=2.0)
-        log.emit("launched", pid=waiter.pid, resume=True)
-        state = runs.read_run(run_dir)
-        assert (state.status, state.pid, state.step) == ("running", trainer.pid, 1)
-        (run_dir / f"{runs.STOPPING_PREFIX}{trainer.pid}").touch()  # it took a stop: the waiting one goes on
-        assert (runs.read_run(run_dir).status, runs.read_run(run_dir).pid) == ("resuming", waiter.pid)
-        (run_dir / f"{runs.STOPPING_PREFIX}{trainer.pid}").unlink()
-        kill(trainer)
-        assert (runs.read_run(run_dir).status, runs.read_run(run_dir).pid) == ("resuming", waiter.pid)
-        kill(waiter)
-        assert runs.read_run(run_dir).status == "interrupted"
-    finally:
-        for p in (trainer, waiter):
-            if p.poll() is None:
-                kill(p)
+    trainer, waiter = sleeper(), sleeper()
+    log.emit("launched", pid=trainer.pid, resume=False)
+    log.emit("started", pid=trainer.pid, max_steps=10)
+    log.emit("step", step=1, max_steps=10, loss=2.0)
+    log.emit("launched", pid=waiter.pid, resume=True)
+    state = runs.read_run(run_dir)
+    assert (state.status, state.pid, state.step) == ("running", trainer.pid, 1)
+    (run_dir / f"{runs.STOPPING_PREFIX}{trainer.pid}").touch()  # it took a stop: the waiting one goes on
+    assert (runs.read_run(run_dir).status, runs.read_run(run_dir).pid) == ("resuming", waiter.pid)
+    (run_dir / f"{runs.STOPPING_PREFIX}{trainer.pid}").unlink()
+    kill(trainer)
+    assert (runs.read_run(run_dir).status, runs.read_run(run_dir).pid) == ("resuming", waiter.pid)
+    kill(waiter)
+    assert runs.read_run(run_dir).status == "interrupted"
 
 
 def test_a_run_extended_after_it_finished_and_killed_after_its_new_last_checkpoint_gets_that_adapter(finished_run,
