@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .adapter import ADAPTER_DIR, is_adapter_dir
+from .adapter import ADAPTER_DIR, checkpoint_step, is_adapter_dir
 from .errors import UserError
 from .events import EVENTS_FILE, TERMINAL, read_events
 from .io import file_lock, pid_alive
@@ -120,41 +120,32 @@ def run_path(run_id: str, root: str | Path | None = None) -> Path:
     return runs_root(root) / check_run_id(run_id)
 
 
+def _checkpoint_folders(run_dir: Path) -> list[tuple[int, Path]]:
+    """Every ``checkpoints/checkpoint-N`` folder of the run with its step, in step order (complete or not)."""
+    found = [(checkpoint_step(d), d) for d in (Path(run_dir) / CHECKPOINTS).glob("checkpoint-*") if d.is_dir()]
+    return sorted((step, d) for step, d in found if step is not None)
+
+
 def checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
-    base = Path(run_dir) / CHECKPOINTS
-    found = []
-    for d in base.glob("checkpoint-*"):
-        step = d.name.rsplit("-", 1)[-1]
-        if step.isdigit() and all((d / f).exists() for f in CHECKPOINT_FILES) and _state_readable(d):
-            found.append((int(step), d))
-    return [d for _, d in sorted(found)]
+    return [d for _, d in _checkpoint_folders(run_dir)
+            if all((d / f).exists() for f in CHECKPOINT_FILES) and _state_readable(d)]
 
 
 def adapter_checkpoints(run_dir: Path) -> list[Path]:
     """Checkpoints usable as adapters (chat, evaluation, export, ``RUN@STEP``), oldest first: those whose
     ``adapter/`` is intact, and the complete ones. A checkpoint that lost its optimizer or trainer state cannot be
     resumed from, but its adapter is as good as ever."""
-    base = Path(run_dir) / CHECKPOINTS
-    found = {d for d in checkpoints(run_dir)}
-    found.update(d for d in base.glob("checkpoint-*") if d.name.rsplit("-", 1)[-1].isdigit()
-                 and is_adapter_dir(d / ADAPTER))
-    return sorted(found, key=lambda d: int(d.name.rsplit("-", 1)[-1]))
+    complete = set(checkpoints(run_dir))
+    return [d for _, d in _checkpoint_folders(run_dir) if d in complete or is_adapter_dir(d / ADAPTER)]
 
 
 def incomplete_checkpoints(run_dir: Path) -> dict[Path, list[str]]:
     """The checkpoint folders a resume cannot start from, with the files each lacks (an unreadable trainer state
     counts as missing), oldest first."""
     complete = set(checkpoints(run_dir))
-    out: dict[Path, list[str]] = {}
-    for d in sorted((Path(run_dir) / CHECKPOINTS).glob("checkpoint-*"), key=lambda d: d.name):
-        step = d.name.rsplit("-", 1)[-1]
-        if d.is_dir() and step.isdigit() and d not in complete:
-            missing = [f for f in CHECKPOINT_FILES if not (d / f).exists()]
-            if not missing:
-                missing = ["trainer_state.json (unreadable)"]
-            out[d] = missing
-    return dict(sorted(out.items(), key=lambda kv: int(kv[0].name.rsplit("-", 1)[-1])))
+    return {d: [f for f in CHECKPOINT_FILES if not (d / f).exists()] or ["trainer_state.json (unreadable)"]
+            for _, d in _checkpoint_folders(run_dir) if d not in complete}
 
 
 def _state_readable(checkpoint: Path) -> bool:
