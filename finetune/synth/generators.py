@@ -14,6 +14,7 @@ answer each out.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
@@ -42,6 +43,15 @@ class Generator(Protocol):
              seed: int) -> list[str]: ...
 
     def rate(self, conversations: Sequence[Sequence[Message]]) -> list[float | None]: ...
+
+
+_SCORE = re.compile(r"(?<![\d.])([1-5])(?:\.\d+)?(?![\d])")
+
+
+def parse_score(reply: str) -> float | None:
+    """The first score from 1 to 5 in the judge's reply; None when it gave none."""
+    m = _SCORE.search(reply or "")
+    return float(m.group(1)) if m else None
 
 
 def expected_rating(probs: dict[str, float]) -> float | None:
@@ -163,8 +173,6 @@ class OpenAICompatible:
     def rate(self, conversations: Sequence[Sequence[Message]]) -> list[float | None]:
         """The rating from the first token's log-probabilities (``logprobs``/``top_logprobs``); a server that gives
         none is read from its reply's text."""
-        from .tasks import parse_score
-
         out = []
         for conv in conversations:
             choice = self._post(self._body(conv, max_tokens=4, temperature=0, logprobs=True,
@@ -210,8 +218,6 @@ class Providers:
                                  "model id and that you are online") from None
 
     def rate(self, conversations: Sequence[Sequence[Message]]) -> list[float | None]:
-        from .tasks import parse_score
-
         out = []
         for conv in conversations:
             reply = self._call(conv, max_tokens=4, temperature=0, logprobs=True, top_logprobs=TOP_LOGPROBS)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..templates import Message
-from .generators import Generator
+from .generators import Generator, parse_score
 from .recipe import Recipe
 from .sources import Chunk, Pair
 
@@ -142,15 +142,6 @@ def judge_prompt(recipe: Recipe, item: Item, prompt: str, answer: str) -> list[M
     return [{"role": "user", "content": (
         f"Rate the answer from 1 (bad) to 5 (excellent).\nRubric: {recipe.judge.rubric.strip()}\n\n{context}"
         f"Question: {prompt}\n\nAnswer: {answer}\n\nReply with one number from 1 to 5.")}]
-
-
-_SCORE = re.compile(r"(?<![\d.])([1-5])(?:\.\d+)?(?![\d])")
-
-
-def parse_score(reply: str) -> float | None:
-    """The first score from 1 to 5 in the judge's reply; None when it gave none."""
-    m = _SCORE.search(reply or "")
-    return float(m.group(1)) if m else None
 
 
 def output_row(recipe: Recipe, prompt: str, answer: str, rejected: str | None) -> dict[str, Any]:
