@@ -226,7 +226,7 @@ def _hold_run(run_dir: str) -> None:
     path.mkdir(parents=True, exist_ok=True)
     if (path / runs.CONFIG_FILE).exists():
         # a resume is recorded before it waits: the run reads "resuming" (not as it was), and a stop reaches it too
-        # (a new run is recorded when its folder is made, before its config is written: train.open_run)
+        # (a new run is recorded when its folder is made, before its config is written: runs.open_run)
         runs.record_process(path, resume=True)
     _RUN.append(runs.hold_process_lock(path))
 
