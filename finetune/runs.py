@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from .adapter import ADAPTER_DIR, checkpoint_step, is_adapter_dir
 from .errors import UserError
 from .events import EVENTS_FILE, TERMINAL, read_events
-from .io import file_lock, pid_alive
+from .io import file_lock, pid_alive, process_started
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -261,7 +261,7 @@ def record_process(run_dir: Path, resume: bool) -> None:
     since = own[len(own) - own[::-1].index("launched"):] if "launched" in own else None
     if since is not None and not any(t in TERMINAL or t in ("started", "paused") for t in since):
         return  # launched by the app and recorded there; a process training the run again records itself again
-    EventLog(Path(run_dir)).emit("launched", pid=pid, resume=resume)
+    EventLog(Path(run_dir)).emit("launched", **process_record(pid), resume=resume)
 
 
 def stop_before_training(run_dir: Path) -> bool:
@@ -304,8 +304,21 @@ def hold_process_lock(run_dir: Path) -> int:
     return fd
 
 
-def _pid_alive(pid: object) -> bool:
-    return pid_alive(pid)
+def _pid_alive(pid: object, started: object = None) -> bool:
+    return pid_alive(pid, started)
+
+
+def process_record(pid: int) -> dict[str, int]:
+    """A process as an event records it: its pid and when it started (``pid_started``; a reused pid is another
+    process, which :func:`read_run` does not take for the run's)."""
+    started = process_started(pid)
+    return {"pid": pid} | ({"pid_started": started} if started is not None else {})
+
+
+def _started_of(events: list[dict[str, Any]]) -> dict[int, int]:
+    """The start time recorded with each pid (the latest record of it)."""
+    return {e["pid"]: e["pid_started"] for e in events
+            if isinstance(e.get("pid"), int) and isinstance(e.get("pid_started"), int)}
 
 
 @dataclass
@@ -469,23 +482,28 @@ def _settle_liveness(run_dir: Path, events: list[dict[str, Any]], state: RunStat
     on with that one. ``before``: the status without the pending launch; ``pending``: the launched process that has
     not trained yet; ``trainer``: the process training the run; ``waiting``: processes launched to train it."""
     remote = read_backend(run_dir, events) == "hf-jobs"  # a job's liveness is the job's, not a local process's
+    started = _started_of(events)
+
+    def alive(pid: object) -> bool:
+        return _pid_alive(pid, started.get(pid)) if isinstance(pid, int) else False
+
     # a run queued by the app has no process until its turn (backends.local.dispatch): its ticket keeps it
     watched = ((state.status in ("queued", "running") or (state.status in LIVE and state.pid is not None))
                and not (state.status == "queued" and state.pid is None))
-    if watched and not remote and not _pid_alive(state.pid):
+    if watched and not remote and not alive(state.pid):
         # the process is gone without a final event: resumable
         state.status = before if pending is not None and state.status != "running" else "interrupted"
         state.queue_position = None
     if (not remote and state.status in ("new", "resuming") and trainer is not None and trainer != state.pid
-            and _pid_alive(trainer) and not stopping(run_dir, trainer)):
+            and alive(trainer) and not stopping(run_dir, trainer)):
         # a resume from the command line waits for the process that trains the run now (which is not stopping)
         state.status, state.pid = "running", trainer
     if not remote and state.status not in LIVE and state.status != "finished":
         # another process launched for the run still waits to train it: the run goes on with that one
-        alive = [pid for pid in waiting if pid != state.pid and _pid_alive(pid)]
-        if alive:
-            state.status = "resuming" if waiting[alive[-1]] else "new"
-            state.pid, state.message = alive[-1], ""
+        others = [pid for pid in waiting if pid != state.pid and alive(pid)]
+        if others:
+            state.status = "resuming" if waiting[others[-1]] else "new"
+            state.pid, state.message = others[-1], ""
     if state.status != "running":  # the time left of a run that trains no more means nothing
         state.eta_s, state.eta_estimated = None, False
 

@@ -419,7 +419,7 @@ def _announce(call: _Call, setup: _Setup, data: _Data) -> CpuShare | None:
         name=config.name,
         model=setup.base.name,
         device=setup.device,
-        pid=os.getpid(),
+        **runs.process_record(os.getpid()),
         cpu_threads=torch.get_num_threads(),
         shares_cpu=share is not None,
         resumed_from=str(setup.resume_from.relative_to(run_dir)) if setup.resume_from else None,
