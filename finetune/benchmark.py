@@ -200,7 +200,7 @@ def file_task_config(path: Path, name: str, folder: Path, tokenizer: Any) -> dic
     return cfg
 
 
-def _is_file_spec(text: str) -> bool:
+def is_file_spec(text: str) -> bool:
     return text.lower().endswith(DATA_SUFFIXES) or "/" in text or "\\" in text
 
 
@@ -224,7 +224,7 @@ def resolve_tasks(specs: Sequence[str], folder: Path, tokenizer: Any,
         raise BenchError("no task given; name lm-eval tasks (e.g. arc_easy), a bundled one "
                          f"({', '.join(bundled_tasks())}) or a test file")
     bundled = set(bundled_tasks())
-    needs_index = [s for s in specs if s not in bundled and not _is_file_spec(s)]
+    needs_index = [s for s in specs if s not in bundled and not is_file_spec(s)]
     tm = task_manager(bool(needs_index))
     taken = set(bundled) | (set(tm.all_tasks) if needs_index else set())
     out: list[BenchTask] = []
@@ -232,7 +232,7 @@ def resolve_tasks(specs: Sequence[str], folder: Path, tokenizer: Any,
         if spec in bundled:
             cfg = bundled_config(spec)
             out.append(BenchTask(spec, spec, "bundled", cfg.get("output_type") == "generate_until", cfg))
-        elif _is_file_spec(spec):
+        elif is_file_spec(spec):
             path = check_file(spec) if check_file else Path(spec)
             if not path.is_file():
                 raise BenchError(f"test file {spec} not found; give the path of a test file (prompt and reference "
@@ -409,13 +409,15 @@ class _Clock:
 
 def benchmark(adapter: str | Path, tasks: Sequence[str], *, model: str | None = None, limit: int | None = None,
               batch_size: int = 1, progress: Callable[[BenchProgress], None] | None = None,
-              write_to_run: bool = True, check_file: Callable[[str], Path] | None = None) -> dict[str, Any]:
+              write_to_run: bool = True, check_file: Callable[[str], Path] | None = None,
+              label: str | None = None) -> dict[str, Any]:
     """Benchmark an adapter (run folder, checkpoint, adapter folder or Hub id) beside its base model on lm-eval
     tasks, bundled tasks and test files (see the module's doc); ``limit``: the first N documents of each task.
 
     Returns the report: ``{"results": [{"task", "metric", "base", "adapter", "stderr_base", "stderr_adapter",
-    "delta", "beyond_noise"}, ...], "tasks": [...], "limit", "n", "model", "adapter", "seconds", ...}``. For a run
-    folder (or one of its checkpoints) it is also written to the run's ``eval/benchmark.json``.
+    "delta", "beyond_noise"}, ...], "tasks": [...], "limit", "model", "adapter", "seconds", ...}`` (``label`` names
+    the adapter, default as given; a test file is named by its file name). For a run folder (or one of its
+    checkpoints) it is also written to the run's ``eval/benchmark.json``.
 
     >>> benchmark("runs/my-run", ["general_knowledge", "data/test.jsonl"], limit=20)  # doctest: +SKIP
     """
@@ -441,11 +443,11 @@ def benchmark(adapter: str | Path, tasks: Sequence[str], *, model: str | None = 
     report: dict[str, Any] = {
         "version": REPORT_VERSION,
         "results": [r for r in compare(base["results"], tuned["results"], asked) if r["task"] in shown],
-        "tasks": [{"asked": t.asked, "task": t.name, "kind": t.kind, "generative": t.generative,
+        "tasks": [{"asked": Path(t.asked).name if t.kind == "file" else t.asked, "task": t.name, "kind": t.kind, "generative": t.generative,
                    "n": (tuned["n-samples"].get(t.name) or {}).get("effective")} for t in chosen],
         "limit": limit or None,
         "model": base_name,
-        "adapter": str(adapter),
+        "adapter": label or str(adapter),
         "step": adapter_step(folder),
         "chat_template": "the adapter's (generative tasks)",
         "noise_z": NOISE_Z,
@@ -467,3 +469,98 @@ def _harness_version() -> str:
     from importlib.metadata import version
 
     return f"lm-eval {version('lm_eval')}"
+
+
+# ---------------------------------------------------------------------------------------------
+# the time it will take, before it starts
+
+CONTEXT_TOKENS = 96  # tokens of a typical request's context (a question with its choices, or a prompt)
+ASSUMED_CHOICES = 4  # answers per multiple-choice document when the data is not read yet (lm-eval's own tasks)
+ASSUMED_GEN_TOKENS = 256  # lm-eval's default max_gen_toks
+
+
+def _local_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    files = (cfg.get("dataset_kwargs") or {}).get("data_files") or {}
+    path = Path(str(files.get(cfg.get("test_split") or "test", "")))
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def task_requests(task: BenchTask, limit: int | None) -> tuple[int | None, int, int]:
+    """``(documents, requests per document, generated tokens per document)`` of one task for the estimate;
+    documents None when unknown before lm-eval reads the data (its own tasks without a limit)."""
+    cfg = task.config or {}
+    rows = _local_rows(cfg) if task.config is not None else []
+    docs: int | None = len(rows) if task.config is not None else None
+    if limit:
+        docs = min(docs, limit) if docs is not None else limit
+    if task.generative:
+        gen = int((cfg.get("generation_kwargs") or {}).get("max_gen_toks") or ASSUMED_GEN_TOKENS)
+        return docs, 1, gen
+    choices = cfg.get("doc_to_choice")
+    first = rows[0] if rows else {}
+    n = len(first[choices]) if isinstance(choices, str) and isinstance(first.get(choices), list) else ASSUMED_CHOICES
+    return docs, n, 0
+
+
+def estimate_seconds(tasks: Sequence[BenchTask], limit: int | None, params: int, gpu: str) -> float | None:
+    """A rough duration of a benchmark (base and adapter) on ``gpu`` (``memory.hardware.GPUS``: "cpu", "t4", …):
+    every request's forward pass at the catalog's arithmetic rate, each generated token at a decoding step's (a
+    tenth of it, ``time_cost.DECODE_SLOWDOWN``); generation is counted to its token budget (a model that stops
+    early is faster). None when a task's size is unknown before its data is read (give a limit)."""
+    from .memory.hardware import get_gpu
+    from .memory.time_cost import DECODE_SLOWDOWN
+
+    spec = get_gpu(gpu)
+    rate = spec.tflops * 1e12 * spec.mfu  # FLOP/s
+    per_token = 2.0 * params / rate
+    total = 0.0
+    for task in tasks:
+        docs, requests, gen = task_requests(task, limit)
+        if docs is None:
+            return None
+        total += docs * (requests * CONTEXT_TOKENS * per_token + gen * per_token * DECODE_SLOWDOWN)
+    return 2 * total  # the base, then the adapter
+
+
+def plan(adapter: str | Path, tasks: Sequence[str], *, limit: int | None = None, gpu: str | None = None,
+         check_file: Callable[[str], Path] | None = None) -> dict[str, Any]:
+    """What a benchmark will run, without loading the model: each task (its kind, documents, requests) and the
+    rough seconds on ``gpu`` (default: this machine's device), or None when unknown before the data is read."""
+    from .adapter import has_tokenizer, pick_device
+    from .adapter_lookup import adapter_base, adapter_dir
+    from .memory.architecture import count_params, load_model_spec
+
+    folder = adapter_dir(adapter)
+    if has_tokenizer(folder):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    else:
+        from .adapter_lookup import base_config
+        from .models import load_tokenizer
+
+        tokenizer = load_tokenizer(base_config(adapter_base(folder)))
+    chosen = resolve_tasks(tasks, _scratch(), tokenizer, check_file)
+    params = count_params(load_model_spec(adapter_base(folder), allow_hub=False))
+    device = gpu or _this_hardware(pick_device())
+    rows = []
+    for t in chosen:
+        docs, requests, gen = task_requests(t, limit)
+        rows.append({"task": t.name, "kind": t.kind, "generative": t.generative, "documents": docs,
+                     "requests_per_document": requests, "max_new_tokens": gen or None})
+    return {"tasks": rows, "limit": limit or None, "params": params, "hardware": device,
+            "seconds": estimate_seconds(chosen, limit, params, device) if device else None}
+
+
+def _this_hardware(device: str) -> str | None:
+    """The catalog's name of this machine's device (``memory.hardware.GPUS``), None for a GPU it does not list."""
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    from .memory.hardware import GPUS
+
+    name = torch.cuda.get_device_name(0).lower()
+    return next((g.name for g in GPUS.values() if g.name.split("-")[0] in name and not g.is_cpu), None)

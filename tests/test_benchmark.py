@@ -167,3 +167,31 @@ def test_the_pushed_card_carries_the_benchmark_in_model_index(ok_run, benched, t
     em = next(r for r in report["results"] if r["metric"] == "exact_match")
     assert f"| ok_questions | exact_match | {em['base']:.4f} ± {em['stderr_base']:.4f} |" in card.text
     assert json.loads(files["eval_report.json"])["benchmark"] == report  # joined with the evaluation report
+
+
+HELDOUT = Path(__file__).resolve().parent.parent / "finetune" / "samples" / "city_year_heldout.jsonl"
+
+
+@pytest.mark.slow  # the embedded SmolLM2-135M: a short training, then base and adapter through lm-eval twice
+def test_the_embedded_model_and_a_trained_adapter_score_as_lm_eval_scores_them(smollm2_dir, tmp_path):
+    from finetune.benchmark import benchmark
+
+    cfg = RunConfig.load(Path(__file__).resolve().parent.parent / "presets" / "smollm2-135m-cpu.yaml")
+    t = cfg.training
+    t.max_steps, t.save_steps, t.batch_size = 8, 8, 4
+    run_dir = train(cfg, runs_root=tmp_path / "runs").run_dir
+    report = benchmark(run_dir, ["general_knowledge", str(HELDOUT)], limit=8)
+    adapter = str(run_dir / runs.ADAPTER)
+    gk = yaml.safe_load((BUNDLED_DIR / "general_knowledge.yaml").read_text())
+    gk["dataset_kwargs"]["data_files"]["test"] = str(BUNDLED_DIR / "general_knowledge.jsonl")
+    generated = run_dir / runs.BENCH_TASKS
+    rows = {(r["task"], r["metric"]): r for r in report["results"]}
+    for side, peft in (("base", None), ("adapter", adapter)):
+        want = direct(str(smollm2_dir), adapter, [gk], peft=peft, limit=8)
+        want |= direct(str(smollm2_dir), adapter, ["city_year_heldout"], peft=peft, chat=True, include=generated,
+                       limit=8)
+        for (task, metric), row in rows.items():
+            assert row[side] == want[task][f"{metric},none"], (task, metric, side)
+            assert row[f"stderr_{side}"] == want[task][f"{metric}_stderr,none"], (task, metric, side)
+    em = rows[("city_year_heldout", "exact_match")]
+    assert em["base"] == 0.0 and em["adapter"] > em["base"]  # the task was learned, in the trained template
