@@ -54,6 +54,15 @@ BACKEND_FILE = "backend.json"
 BACKEND_NAMES = ("local", "zerogpu", "hf-jobs")
 # A checkpoint is usable only when everything resume needs is on disk (the trainer writes the state last).
 CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
+# A sharded (FSDP) run's checkpoint: each process's part of the optimizer in one folder (torch.distributed.checkpoint,
+# complete once its .metadata is written) instead of optimizer.pt.
+SHARDED_OPTIMIZER = "optimizer_0/.metadata"
+
+
+def _missing_files(checkpoint: Path) -> list[str]:
+    """The files a resume needs that ``checkpoint`` lacks (a sharded checkpoint's optimizer counts as optimizer.pt)."""
+    sharded = (checkpoint / SHARDED_OPTIMIZER).exists()
+    return [f for f in CHECKPOINT_FILES if not (checkpoint / f).exists() and not (sharded and f == "optimizer.pt")]
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -129,7 +138,7 @@ def _checkpoint_folders(run_dir: Path) -> list[tuple[int, Path]]:
 def checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
     return [d for _, d in _checkpoint_folders(run_dir)
-            if all((d / f).exists() for f in CHECKPOINT_FILES) and _state_readable(d)]
+            if not _missing_files(d) and _state_readable(d)]
 
 
 def adapter_checkpoints(run_dir: Path) -> list[Path]:
@@ -144,7 +153,7 @@ def incomplete_checkpoints(run_dir: Path) -> dict[Path, list[str]]:
     """The checkpoint folders a resume cannot start from, with the files each lacks (an unreadable trainer state
     counts as missing), oldest first."""
     complete = set(checkpoints(run_dir))
-    return {d: [f for f in CHECKPOINT_FILES if not (d / f).exists()] or ["trainer_state.json (unreadable)"]
+    return {d: _missing_files(d) or ["trainer_state.json (unreadable)"]
             for _, d in _checkpoint_folders(run_dir) if d not in complete}
 
 
