@@ -92,18 +92,6 @@ def layout(model: Module, strategy: str) -> dict[str, object]:
     return {"strategy": strategy, "world_size": n, "param_bytes_per_rank": per_rank, "param_bytes_total": total}
 
 
-def local_param_bytes(model: Module) -> int:
-    """Bytes of the base model's parameters this process really holds (a sharded parameter: its local shard)."""
-    from torch.distributed.tensor import DTensor
-
-    held = 0
-    for name, p in model.named_parameters():
-        if "lora_" not in name:
-            local = p.to_local() if isinstance(p, DTensor) else p
-            held += local.numel() * local.element_size()
-    return held
-
-
 def gathered_adapter(model: Module) -> dict[str, Tensor] | None:
     """The trained (LoRA) weights of a sharded model, whole, on rank 0 (None on the others); every process must
     call it (it gathers). Only the trainable parameters travel: the frozen base stays sharded."""
