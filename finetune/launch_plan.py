@@ -226,3 +226,45 @@ def start_processes(p: LaunchPlan, config: RunConfig | None, run_dir: Path, trai
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // p.num_processes)))
     cmd = launch_command(p, str(config_file), args, python=sys.executable, port=free_port())
     return subprocess.call(cmd, env=env)
+
+
+# SkyPilot (one's own cluster or cloud): each node runs accelerate's launcher with the plan's config; SkyPilot gives
+# every node its rank ($SKYPILOT_NODE_RANK), the nodes' addresses ($SKYPILOT_NODE_IPS, the head first) and their
+# count ($SKYPILOT_NUM_NODES).
+SKYPILOT_SETUP = "pip install -r requirements.txt"  # on each node, in the synced project folder (workdir)
+
+
+def skypilot_task(config: RunConfig, p: LaunchPlan, accelerator: str, run_id: str, *,
+                  workdir: str = ".", setup: str = SKYPILOT_SETUP) -> dict[str, Any]:
+    """A SkyPilot task (``sky launch task.yaml``) that trains ``config`` on ``p.nodes`` nodes of ``p.per_node``
+    ``accelerator`` GPUs each (``A100-80GB``, ``L40S``, ``H100``...): the run config travels as base64 YAML in
+    the task's environment, the accelerate config is written on each node, and accelerate's launcher is told the
+    node's rank and the head node's address from SkyPilot's environment."""
+    import base64
+    import copy
+
+    if not accelerator.strip() or any(c in accelerator for c in " :\n"):
+        raise LaunchError(f"accelerator '{accelerator}': give one SkyPilot accelerator name, e.g. A100-80GB or L40S")
+    config = copy.deepcopy(config)  # the run as planned: its strategy and process count, not "auto"
+    config.training.distributed, config.training.num_processes = p.strategy, p.num_processes
+    config_yaml = yaml.safe_dump(accelerate_config(p), sort_keys=False)
+    run_dir = f"runs/{run_id}"
+    cmd = launch_command(p, "accelerate.yaml", ["--config-env", CONFIG_ENV, "--run-dir", run_dir, "--events-json"],
+                         multi_node=p.nodes > 1)
+    run = "\n".join([
+        "set -e",
+        'HEAD_IP="$(echo "$SKYPILOT_NODE_IPS" | head -n1)"',
+        "cat > accelerate.yaml <<'ACCELERATE'",
+        config_yaml.rstrip(),
+        "ACCELERATE",
+        shell_line(cmd).replace("$SKYPILOT_NODE_RANK", '"$SKYPILOT_NODE_RANK"').replace("$HEAD_IP", '"$HEAD_IP"'),
+    ])
+    return {
+        "name": f"finetune-{run_id}".lower()[:60],
+        "num_nodes": p.nodes,
+        "resources": {"accelerators": f"{accelerator}:{p.per_node}"},
+        "workdir": workdir,
+        "envs": {CONFIG_ENV: base64.b64encode(config.to_yaml().encode()).decode()},
+        "setup": setup,
+        "run": run + "\n",
+    }

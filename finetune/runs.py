@@ -358,6 +358,9 @@ class RunState:
     mem_total_gb: float | None = None
     util_pct: float | None = None  # device utilisation at the last step (CPU: 100 per busy core)
     cpu_threads: int | None = None  # the threads a CPU run trains with (its started event): the cores it can keep busy
+    # how the run is laid out over its processes (its started event): strategy (none | ddp | fsdp), world_size,
+    # param_bytes_per_rank (the base model's parameter bytes each process holds), param_bytes_total
+    distributed: dict[str, Any] = field(default_factory=dict)
     pid: int | None = field(default=None, repr=False)  # the run's latest process (not shown: a server detail)
     # the latest step's method metrics (training.method other than sft: reward margins, KL, mean rewards...)
     metrics: dict[str, float] = field(default_factory=dict)
@@ -432,6 +435,7 @@ def read_run(run_dir: Path) -> RunState:
             state.model = e.get("model", state.model)
             state.device = e.get("device", state.device) or state.device
             state.cpu_threads = e.get("cpu_threads", state.cpu_threads)
+            state.distributed = e.get("distributed") or state.distributed
             earlier_s, process_s = earlier_s + process_s, 0.0  # each process counts its elapsed_s from its start
             state.max_steps = e.get("max_steps", state.max_steps) or state.max_steps
             state.status, state.message, state.queue_position = "running", "", None

@@ -14,6 +14,7 @@ Slow (three runs and a resume of a 135M model on 2 processes: ~8 minutes on 2 co
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -182,17 +183,27 @@ def test_a_killed_sharded_run_resumes_to_the_uninterrupted_result(data, sharded_
     run_dir = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "finetune", "train", "--data", str(data), *ARGS, "--distributed",
                              "fsdp", "--num-processes", "2", "--set", "training.batch_size=2", "--run-dir",
-                             str(run_dir)], cwd=ROOT, env=env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             str(run_dir)], cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
     try:
         while not (run_dir / "checkpoints" / "checkpoint-2" / "adapter").exists():
             assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
             time.sleep(0.5)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both training processes, as a crash would
+        # the command, accelerate's launcher and both training processes (torch's launcher puts the training
+        # processes in sessions of their own), as a crash of the machine would
+        import psutil
+
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        for p in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.send_signal(signal.SIGKILL)
         proc.wait()
+        _, alive = psutil.wait_procs(tree, timeout=30)
+        assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
     assert not (run_dir / "adapter").exists()
+    killed_at = max(e["step"] for e in events(run_dir, "step"))
+    assert killed_at < 4
     cli("--run-dir", str(run_dir))  # resumes from checkpoint-2 with the run's own config and layout
     assert events(run_dir, "started")[-1]["resumed_from"] == "checkpoints/checkpoint-2"
     uninterrupted = sharded_measured[0]

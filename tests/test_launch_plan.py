@@ -115,3 +115,49 @@ def test_the_command_line_refuses_before_anything_starts(tmp_path, monkeypatch, 
     assert main(["train", "--distributed", "fsdp", "--run-dir", str(tmp_path / "r2")]) == 2
     assert "--num-processes" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_the_train_tab_shows_how_a_run_is_laid_out(tmp_path):
+    from finetune import runs
+    from finetune.events import EventLog
+    from finetune.ui.train_tab import progress_html
+
+    layout = {"strategy": "fsdp", "world_size": 2, "param_bytes_per_rank": [269030016, 269030016],
+              "param_bytes_total": 538060032}
+    EventLog(tmp_path).emit("started", name="r", model="m", device="cpu", pid=1, distributed=layout)
+    state = runs.read_run(tmp_path).to_dict()
+    assert state["distributed"] == layout
+    assert "2 processes, sharded (FSDP): each holds 0.27 of 0.54 GB of the base model's weights" in progress_html(state)
+    EventLog(tmp_path).emit("started", name="r", model="m", device="cpu", pid=1,
+                            distributed={"strategy": "none", "world_size": 1, "param_bytes_per_rank": [538060032],
+                                         "param_bytes_total": 538060032})
+    assert "ft-layout" not in progress_html(runs.read_run(tmp_path).to_dict())  # one process: nothing to say
+
+
+def test_the_skypilot_task_is_what_skypilot_loads(tmp_path, capsys, monkeypatch):
+    sky = pytest.importorskip("sky", reason="SkyPilot's task loader: pip install --no-deps -r requirements-skypilot.txt")
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    out = tmp_path / "task.yaml"
+    assert main(["launch", "--skypilot", "llama-3.1-70b-qlora-4xl40s", "--data", "data.jsonl", "--distributed", "auto",
+                 "--nodes", "2", "--gpus-per-node", "4", "--accelerator", "L40S", "--out", str(out)]) == 0
+    assert "sharded over 8 GPUs" in capsys.readouterr().err  # auto: a 70B QLoRA does not fit one L40S
+    task = sky.Task.from_yaml(str(out))
+    assert task.num_nodes == 2 and [r.accelerators for r in task.resources] == [{"L40S": 4}]
+    sent = RunConfig.from_yaml(base64.b64decode(task.envs[launch_plan.CONFIG_ENV]).decode())
+    assert (sent.training.distributed, sent.training.num_processes, sent.data.source) == ("fsdp", 8, "data.jsonl")
+
+    # each node writes the plan's accelerate config, then runs accelerate's launcher with its rank and the head
+    run = task.run
+    assert 'HEAD_IP="$(echo "$SKYPILOT_NODE_IPS" | head -n1)"' in run
+    config_text = run.split("<<'ACCELERATE'\n", 1)[1].split("\nACCELERATE\n", 1)[0]
+    (tmp_path / "accelerate.yaml").write_text(config_text)
+    loaded = load_config_from_file(str(tmp_path / "accelerate.yaml"))
+    assert str(loaded.distributed_type) == "DistributedType.FSDP" and loaded.num_machines == 2
+    line = run.strip().splitlines()[-1].replace('"$SKYPILOT_NODE_RANK"', "1").replace('"$HEAD_IP"', "10.0.0.1")
+    argv = line.split()
+    monkeypatch.chdir(tmp_path)  # the node's working folder, where the task wrote accelerate.yaml
+    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(argv[3:]))
+    assert (args.num_processes, args.num_machines, args.machine_rank, args.main_process_ip) == (8, 2, 1, "10.0.0.1")
+    assert args.use_fsdp and args.training_script_args[:1] == ["train"]
