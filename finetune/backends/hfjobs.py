@@ -5,8 +5,8 @@ What is sent (see :func:`job_spec`, a plain dict you can print before anything l
 - ``image``: this app's own Space image (``hf.co/spaces/<space>``: the same code and libraries as the app)
   or a Docker image with finetune installed;
 - ``command``: ``python -m finetune train --config-env FINETUNE_CONFIG_B64 --run-dir ... --events-json
-  --push-to REPO`` (``accelerate launch --multi_gpu --num_processes N -m finetune train ...`` on an N-GPU
-  flavor);
+  --push-to REPO`` (plus ``--distributed ddp|fsdp --num-processes N`` on an N-GPU flavor: the command starts
+  accelerate itself with the generated config, as on one's own machine);
 - ``env``: the run config as base64 YAML (a job has no file from here), nothing secret;
 - ``secrets``: the *name* ``HF_TOKEN`` only. :func:`request` puts the user's token there at submission, the
   one place it goes: never the command, the env, the logs, the run folder or the events;
@@ -31,7 +31,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from .. import memory, runs
 from ..hub import _scrub  # the token never leaves in a message or a log line
@@ -40,6 +40,9 @@ from ..errors import UserError, is_programming_error
 from ..events import EVENTS_FILE, TERMINAL, EventLog, read_events
 from ..io import atomic_write_json, atomic_write_text
 from ..refs import classify
+
+if TYPE_CHECKING:
+    from ..launch_plan import LaunchPlan
 
 NAME = "hf-jobs"
 TOKEN_SECRET = "HF_TOKEN"  # huggingface_hub and hub.push_adapter read the token from this variable
@@ -66,7 +69,6 @@ FLAVOR_GPUS = {
 TIME_MARGIN = 1.5
 STARTUP_S = 900
 MIN_TIMEOUT_S = 1800
-DDP_EFFICIENCY = 0.85  # N GPUs train ~0.85 N times as fast as one (gradient all-reduce each step)
 
 # Job stage -> run status when the log has no final event of its own.
 _STAGE_STATUS = {"SCHEDULING": "queued", "RUNNING": "running", "COMPLETED": "finished", "CANCELED": "stopped",
@@ -134,19 +136,41 @@ def estimate_timeout_s(config: RunConfig, flavor: str, tokens: int | None = None
                        "epoch, printed by `python -m finetune format`), set training.max_steps, or give timeout_s")
     try:
         spec = memory.spec_for_config(config)
-        est = memory.estimate_time(spec, memory.setup_for(config, gpu), gpu, total, epochs)
+        setup = memory.setup_for(config, gpu)
+        if n > 1:
+            plan = job_plan(config, flavor)
+            setup = setup.with_(strategy=plan.strategy, gpus=n, offload=plan.offload)
+        est = memory.estimate_time(spec, setup, gpu, total, epochs)
     except memory.EstimateError as e:
         raise JobError(f"cannot estimate the run's duration ({e}); give timeout_s (--timeout MINUTES)") from e
-    seconds = est.seconds / (n * DDP_EFFICIENCY) if n > 1 else est.seconds
+    seconds = est.seconds
     return max(MIN_TIMEOUT_S, math.ceil((seconds * TIME_MARGIN + STARTUP_S) / 60) * 60)
 
 
-def job_command(run_dir: str, flavor: str, repo_id: str | None) -> list[str]:
-    """The train command the job runs: one process per GPU through accelerate on multi-GPU flavors."""
+def job_plan(config: RunConfig, flavor: str) -> LaunchPlan:
+    """The layout of the run on the flavor's GPUs (``training.distributed``; ``auto``: data parallel when the run
+    fits one of them, else sharded), as the job's own ``python -m finetune train`` will plan it there."""
+    from ..launch_plan import LaunchError, plan
+
+    gpu = memory.get_gpu(FLAVOR_GPUS[check_flavor(flavor)])
+    cfg = copy.deepcopy(config)
+    cfg.training.num_processes = cfg.training.num_processes or gpu_count(flavor)
+    try:
+        fits = memory.estimate(cfg, gpu=gpu).fits if cfg.training.distributed == "auto" else None
+        return plan(cfg, gpus=gpu_count(flavor), fits_one=fits)
+    except (LaunchError, memory.EstimateError) as e:
+        raise JobError(f"flavor {flavor}: {e}") from e
+
+
+def job_command(run_dir: str, flavor: str, repo_id: str | None, config: RunConfig | None = None) -> list[str]:
+    """The train command the job runs. On a multi-GPU flavor it is the same command with ``--num-processes N``:
+    the job's ``python -m finetune train`` plans the layout and starts accelerate with the generated config,
+    as on one's own machine (``launch_plan``)."""
     n = gpu_count(flavor)
-    launcher = (["accelerate", "launch", "--multi_gpu", "--num_processes", str(n), "-m"] if n > 1
-                else ["python", "-m"])
-    cmd = launcher + ["finetune", "train", "--config-env", CONFIG_ENV, "--run-dir", run_dir, "--events-json"]
+    cmd = ["python", "-m", "finetune", "train", "--config-env", CONFIG_ENV, "--run-dir", run_dir, "--events-json"]
+    if n > 1:
+        layout = job_plan(config or RunConfig(), flavor)
+        cmd += ["--distributed", layout.strategy, "--num-processes", str(layout.num_processes)]
     return cmd + (["--push-to", repo_id] if repo_id else [])
 
 
@@ -194,7 +218,7 @@ def job_spec(config: RunConfig, flavor: str = DEFAULT_FLAVOR, repo_id: str | Non
     run_id = runs.check_run_id(run_id) if run_id else runs.new_run_id(cfg.name)
     return {
         "image": image,
-        "command": job_command(f"{run_root.rstrip('/')}/{run_id}", flavor, repo_id),
+        "command": job_command(f"{run_root.rstrip('/')}/{run_id}", flavor, repo_id, cfg),
         "env": env,
         "secrets": [TOKEN_SECRET],  # names only: request() fills in the value
         "flavor": flavor,
