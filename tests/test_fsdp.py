@@ -56,7 +56,10 @@ class Measure(TrainerCallback):
             local = p.to_local() if isinstance(p, DTensor) else p
             sharded += isinstance(p, DTensor)
             held += local.numel() * local.element_size()
-        out = {"rank": int(os.environ["RANK"]), "bytes": held, "sharded_params": sharded}
+        quantized = [m.weight for m in model.modules() if type(m).__name__ == "Linear4bit"]
+        out = {"rank": int(os.environ["RANK"]), "bytes": held, "sharded_params": sharded,
+               "quantized_params": len(quantized), "quantized_dtypes": sorted({str(p.dtype) for p in quantized}),
+               "quantized_sharded": sum(isinstance(p, DTensor) for p in quantized)}
         with open(os.path.join(sys.argv[3], f"rank{out['rank']}.json"), "w") as f:
             json.dump(out, f)
 
@@ -127,17 +130,15 @@ def one_process(data, tmp_path_factory) -> Path:
     return run_dir
 
 
-@pytest.fixture(scope="module")
-def sharded_measured(data, tmp_path_factory) -> tuple[Path, list[dict]]:
-    """An uninterrupted sharded run, its processes started with the generated accelerate config around a script
-    that adds the measuring callback to the same ``train``."""
-    from finetune.commands.train import build_config
+def measured_run(data: Path, tmp: Path, *extra: str) -> tuple[Path, list[dict]]:
+    """A sharded run whose processes are started with the generated accelerate config around a script that adds
+    the measuring callback to the same ``train``."""
     from finetune.cli import build_parser
+    from finetune.commands.train import build_config
 
-    tmp = tmp_path_factory.mktemp("measured")
     run_dir, cfg_path, script = tmp / "run", tmp / "cfg.yaml", tmp / "measure.py"
     args = build_parser().parse_args(["train", "--data", str(data), *ARGS, "--distributed", "fsdp",
-                                      "--num-processes", "2", "--set", "training.batch_size=2"])
+                                      "--num-processes", "2", "--set", "training.batch_size=2", *extra])
     cfg = build_config(args)
     assert cfg is not None
     cfg.save(cfg_path)
@@ -149,6 +150,12 @@ def sharded_measured(data, tmp_path_factory) -> tuple[Path, list[dict]]:
     done = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     return run_dir, [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def sharded_measured(data, tmp_path_factory) -> tuple[Path, list[dict]]:
+    """An uninterrupted sharded run (fp32 weights), measured in its processes."""
+    return measured_run(data, tmp_path_factory.mktemp("measured"))
 
 
 def test_each_process_holds_half_of_the_base(sharded_measured):
@@ -211,3 +218,18 @@ def test_a_killed_sharded_run_resumes_to_the_uninterrupted_result(data, sharded_
     straight = {e["step"]: e["loss"] for e in events(uninterrupted, "step")}
     assert all(abs(resumed_steps[s] - straight[s]) < LOSS_TOLERANCE for s in (3, 4)), (resumed_steps, straight)
     assert same_weights(weights(run_dir / "adapter"), weights(uninterrupted / "adapter"))
+
+
+def test_4bit_weights_shard_too(data, tmp_path):
+    """bitsandbytes' CPU backend runs QLoRA: with the 4-bit weights stored in the compute dtype, FSDP shards them
+    like any other parameter (stored as uint8 they would stay whole on every process)."""
+    run_dir, measured = measured_run(data, tmp_path, "--set", "quantization.load_in=4bit")
+    layout = events(run_dir, "started")[0]["distributed"]
+    total = layout["param_bytes_total"]
+    assert 150e6 < total < 180e6  # 4-bit linear layers (NF4 + double quant) and a 16-bit embedding
+    for rank, m in enumerate(measured):
+        assert m["quantized_params"] > 200 and m["quantized_sharded"] == m["quantized_params"], m
+        assert m["quantized_dtypes"] == ["torch.bfloat16"], m  # the compute dtype on the CPU
+        assert abs(m["bytes"] - total / 2) / total < 0.02 and m["bytes"] == layout["param_bytes_per_rank"][rank]
+    assert (run_dir / "adapter" / "adapter_model.safetensors").exists()
+    assert events(run_dir, "finished")

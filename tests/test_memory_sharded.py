@@ -128,3 +128,24 @@ def test_zerogpu_refuses_a_multi_gpu_run(tmp_path):
     with pytest.raises(UserError, match="ZeroGPU lends one GPU per call.*multi-GPU Hugging Face Jobs flavor"):
         zerogpu.start(cfg, tmp_path)
     assert not list(tmp_path.iterdir())  # refused before any run folder
+
+
+def test_every_jobs_flavor_gets_a_layout_and_the_cheapest_fitting_one_is_named():
+    from finetune.ui.hparams_tab import time_cost_markdown
+
+    cfg = load_preset(PRESET_70B)
+    cfg.training.distributed, cfg.training.num_processes = "auto", 0
+    options = m.layout_options(cfg, 10_000_000, allow_hub=False)
+    assert {o.flavor for o in options} == set(m.JOBS_FLAVORS)
+    by = {o.flavor: o for o in options}
+    assert by["l40sx1"].label == "1 GPU" and not by["l40sx1"].fits  # 48 GB of a 70B QLoRA: no room on one L40S
+    assert by["l40sx4"].label == "4 GPUs sharded" and by["l40sx4"].fits  # so auto shards it there
+    assert by["a100x4"].label == "4 GPUs data parallel"  # fits one A100 80 GB: data parallel
+    assert by["l40sx4"].usd == pytest.approx(-(-by["l40sx4"].hours * 60 // 1) * 4 * m.get_gpu("l40s").usd_per_hour / 60)
+    best = m.cheapest_layout(cfg, 10_000_000, allow_hub=False)
+    assert best is not None and best.fits
+    assert best.usd == min(o.usd for o in options if o.fits and o.usd is not None)
+    cfg.training.max_steps = 100
+    shown = time_cost_markdown(cfg, "l40s")
+    assert f"Cheapest Jobs flavor that fits: **`{m.cheapest_layout(cfg, 100 * 2 * 2 * 2048, allow_hub=False).flavor}`**" in shown
+    assert "4 GPUs sharded `l40sx4`" in shown

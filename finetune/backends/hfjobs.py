@@ -28,7 +28,6 @@ import copy
 import json
 import math
 import os
-import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -52,16 +51,7 @@ JOB_RUNS_DIR = "/tmp/finetune-runs"  # writable in any image; the job's disk is 
 DEFAULT_FLAVOR = "a10g-small"
 
 # Jobs flavor -> the GPU in memory.GPUS (for the time estimate); the count comes from the name (x2, x4, x8).
-FLAVOR_GPUS = {
-    "t4-small": "t4", "t4-medium": "t4",
-    "l4x1": "l4", "l4x4": "l4",
-    "a10g-small": "a10g", "a10g-large": "a10g", "a10g-largex2": "a10g", "a10g-largex4": "a10g",
-    "l40sx1": "l40s", "l40sx4": "l40s", "l40sx8": "l40s",
-    "a100-large": "a100-80gb", "a100x4": "a100-80gb", "a100x8": "a100-80gb",
-    "h200": "h200", "h200x2": "h200", "h200x4": "h200", "h200x8": "h200",
-    "rtx-pro-6000": "rtx-pro-6000", "rtx-pro-6000x2": "rtx-pro-6000", "rtx-pro-6000x4": "rtx-pro-6000",
-    "rtx-pro-6000x8": "rtx-pro-6000",
-}
+FLAVOR_GPUS = {flavor: gpu for flavor, (gpu, _) in memory.JOBS_FLAVORS.items()}  # the catalog's Jobs flavors
 # Timeout = estimate x TIME_MARGIN + STARTUP_S, at least MIN_TIMEOUT_S. The estimate is +-35% on its anchors
 # (memory.tokens_per_second), hence 1.5x; start-up is the image pull, the model download and its load
 # (a 7B model in 4-bit: 5-10 min). A job is billed per minute it runs, so a generous limit costs nothing
@@ -86,8 +76,7 @@ class JobError(ValueError, UserError):
 
 def gpu_count(flavor: str) -> int:
     """GPUs of a flavor: ``a10g-largex2`` -> 2, ``l4x4`` -> 4, ``l40sx1`` / ``h200`` -> 1."""
-    found = re.search(r"x(\d+)$", flavor)
-    return int(found.group(1)) if found else 1
+    return memory.JOBS_FLAVORS[check_flavor(flavor)][1]
 
 
 def check_flavor(flavor: str) -> str:
