@@ -15,7 +15,7 @@ import sys
 from .errors import UserError
 
 COMMANDS = ("format", "train", "generate", "estimate", "runs", "status", "stop", "push", "merge", "chat",
-            "verify_template", "export", "eval", "launch")
+            "verify_template", "export", "eval", "launch", "bench")
 
 
 class UsageError(UserError):

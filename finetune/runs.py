@@ -48,6 +48,8 @@ QUEUED = 0  # read_run: a run in the app's queue, with no process yet (no pid is
 # the run's test set, written when the run starts.
 TEST_SET = "test_set.jsonl"
 EVAL_REPORT = "eval/report.json"  # the latest evaluation of the run (finetune.evaluate), checkpoints included
+BENCH_REPORT = "eval/benchmark.json"  # the latest general-ability benchmark of the run (finetune.benchmark)
+BENCH_TASKS = "eval/bench_tasks"  # the lm-eval task YAML (and data) a benchmark made of the run's test files
 # A run executing on another machine (Hugging Face Jobs) records its job here; its liveness is the job's,
 # not a local process id (backends.hfjobs.sync writes the job's end into the events).
 JOB_FILE = "job.json"
@@ -201,6 +203,24 @@ def read_eval_report(run_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return report if isinstance(report, dict) else None
+
+
+def write_bench_report(run_dir: Path, report: dict[str, Any]) -> Path:
+    """Write a run's benchmark report (``eval/benchmark.json``, atomically; see ``finetune.benchmark``)."""
+    from .io import atomic_write_json
+
+    path = Path(run_dir) / BENCH_REPORT
+    atomic_write_json(path, report)
+    return path
+
+
+def read_bench_report(run_dir: Path) -> dict[str, Any] | None:
+    """The run's latest benchmark report, or None when it has none (or it is unreadable)."""
+    try:
+        report = json.loads((Path(run_dir) / BENCH_REPORT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) and isinstance(report.get("results"), list) else None
 
 
 def request_stop(run_dir: Path) -> None:

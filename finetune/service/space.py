@@ -25,12 +25,13 @@ from ..data import is_hub_dataset_id
 from ..errors import UserError, app_message
 from .checks import (ServiceError, backend_name, backend_of, check_config_code, check_model_ref, one_process_here,
                      check_zerogpu, hub_token, parse_config, queue_dir, run_caps)
-from . import arena_actions, uploads
+from . import arena_actions, bench_actions, uploads
 from .plans import planned_steps
 from .uploads import as_uploaded, without_upload_folders
 
 if TYPE_CHECKING:
     from ..backends.base import Backend
+    from ..benchmark import BenchProgress
     from ..evaluate import EvalProgress
     from ..backends.zerogpu import ChunkResult
 
@@ -471,6 +472,17 @@ class OwnerSpace:
                                   progress=progress, label=run_id, limit=limit)
         except UserError as e:  # a bad test file is said by the name it was uploaded with
             raise as_uploaded(e, test_file, Path(data)) from None
+
+    def benchmark(self, run_id: str, tasks: str | list[str], *, limit: int = 0, test_file: str | Path | None = None,
+                  progress: Callable[[BenchProgress], None] | None = None) -> dict[str, Any]:
+        """General ability of one of the owner's runs beside its base: lm-eval's tasks, the bundled ones and an
+        uploaded test file (:func:`bench_actions.run`); the report is also written into the run folder."""
+        return bench_actions.run(self, run_id, tasks, limit=limit, test_file=test_file, progress=progress)
+
+    def benchmark_plan(self, run_id: str, tasks: str | list[str], *, limit: int = 0,
+                       test_file: str | Path | None = None) -> dict[str, Any]:
+        """What a benchmark would score and its rough time on this machine (:func:`bench_actions.plan`)."""
+        return bench_actions.plan(self, run_id, tasks, limit=limit, test_file=test_file)
 
     def eval_report(self, run_id: str) -> dict[str, Any] | None:
         """The latest evaluation report of one of the owner's runs (None when it has none)."""
