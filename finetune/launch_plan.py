@@ -61,10 +61,24 @@ class LaunchPlan:
 
 
 def visible_gpus() -> int:
-    """CUDA GPUs this process sees (0 on a machine without one)."""
-    import torch
+    """CUDA GPUs this process sees (0 on a machine without one), read without importing torch when it is not yet
+    loaded (a run waiting in the queue stays a small process): the NVIDIA driver's list of GPUs, narrowed by
+    ``CUDA_VISIBLE_DEVICES``."""
+    import os
+    import sys
 
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if "torch" in sys.modules:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    driver = Path("/proc/driver/nvidia/gpus")
+    present = len(list(driver.iterdir())) if driver.is_dir() else 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None or not present:
+        return present
+    ids = [d.strip() for d in visible.split(",") if d.strip()]
+    ids = ids[:ids.index("-1")] if "-1" in ids else ids  # CUDA stops at the first invalid id
+    return min(present, len(ids))
 
 
 def fits_one_gpu(config: RunConfig, gpu: GpuSpec | str) -> bool:

@@ -233,3 +233,22 @@ def test_4bit_weights_shard_too(data, tmp_path):
         assert abs(m["bytes"] - total / 2) / total < 0.02 and m["bytes"] == layout["param_bytes_per_rank"][rank]
     assert (run_dir / "adapter" / "adapter_model.safetensors").exists()
     assert events(run_dir, "finished")
+
+
+def test_dpo_trains_sharded_like_one_process(tmp_path):
+    """DPO's reference is the base with the adapter disabled: sharded, it must still be the base (a reference equal
+    to the policy would leave every reward margin at 0). Per-step loss and rewards against one process with the
+    same global batch; each process averages its own pairs, so the tolerance is looser than SFT's token mean
+    (measured: loss 4e-4, chosen reward 0.1%)."""
+    common = ["--method", "dpo", "--max-steps", "3", "--set", "training.save_steps=3", "--set",
+              "training.warmup_ratio=0", "--quiet"]
+    cli(*common, "--distributed", "fsdp", "--num-processes", "2", "--set", "training.batch_size=2",
+        "--run-dir", str(tmp_path / "two"))
+    cli(*common, "--distributed", "none", "--set", "training.batch_size=4", "--run-dir", str(tmp_path / "one"))
+    two, one = events(tmp_path / "two", "step"), events(tmp_path / "one", "step")
+    assert [e["step"] for e in two] == [e["step"] for e in one] == [1, 2, 3]
+    for a, b in zip(two, one):
+        assert abs(a["loss"] - b["loss"]) < 2e-3, (a, b)
+        assert a["metrics"]["rewards/chosen"] == pytest.approx(b["metrics"]["rewards/chosen"], rel=0.02, abs=1e-4)
+    assert abs(two[-1]["metrics"]["rewards/margins"]) > 1e-3  # the reference is not the policy
+    assert (tmp_path / "two" / "adapter" / "adapter_model.safetensors").exists()

@@ -5,7 +5,10 @@ starts accelerate itself and keeps the config in the run folder; the refusals be
 from __future__ import annotations
 
 import base64
+import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -14,6 +17,8 @@ from finetune import launch_plan
 from finetune.cli import main
 from finetune.config import RunConfig, choices, problems
 from finetune.launch_plan import LaunchError, LaunchPlan, accelerate_config, launch_command, plan
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def config(distributed: str = "auto", n: int = 0, method: str = "sft", offload: bool = False) -> RunConfig:
@@ -161,3 +166,15 @@ def test_the_skypilot_task_is_what_skypilot_loads(tmp_path, capsys, monkeypatch)
     args, _, _ = _validate_launch_command(launch_command_parser().parse_args(argv[3:]))
     assert (args.num_processes, args.num_machines, args.machine_rank, args.main_process_ip) == (8, 2, 1, "10.0.0.1")
     assert args.use_fsdp and args.training_script_args[:1] == ["train"]
+
+
+def test_planning_a_run_loads_no_torch():
+    # a run waiting in the queue is a small process: the command line plans before it waits, without torch
+    code = ("import sys; from finetune.commands.train import build_config; from finetune.cli import build_parser; "
+            "from finetune import launch_plan; "
+            "cfg = build_config(build_parser().parse_args(['train'])); p = launch_plan.local_plan(cfg); "
+            "assert p.strategy == 'none' and p.num_processes == 1, p; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, cwd=str(ROOT))
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -149,3 +149,19 @@ def test_every_jobs_flavor_gets_a_layout_and_the_cheapest_fitting_one_is_named()
     shown = time_cost_markdown(cfg, "l40s")
     assert f"Cheapest Jobs flavor that fits: **`{m.cheapest_layout(cfg, 100 * 2 * 2 * 2048, allow_hub=False).flavor}`**" in shown
     assert "4 GPUs sharded `l40sx4`" in shown
+
+
+def test_the_estimate_command_gives_per_gpu_memory_and_the_n_gpu_flavor(capsys):
+    import json
+
+    from finetune.cli import main
+
+    args = ["estimate", "--model", "meta-llama/Llama-3.1-70B-Instruct", "--gpu", "l40s", "--tokens", "10000000", "--json"]
+    assert main(args) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert main([*args, "--gpus", "4"]) == 0
+    four = json.loads(capsys.readouterr().out)
+    assert one["setup"]["strategy"] == "none" and four["setup"]["strategy"] == "fsdp" and four["setup"]["gpus"] == 4
+    assert four["breakdown"]["weights"] == pytest.approx(one["breakdown"]["weights"] / 4, rel=0.01)
+    assert not one["fits"] and four["fits"] and four["time"]["flavor"] == "l40sx4"
+    assert four["time"]["hours"] < one["time"]["hours"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .architecture import ModelSpec, linear_layers, load_model_spec  # noqa: F401 - doctests
-from .hardware import ZEROGPU_DAILY_QUOTA_MIN, EstimateError, GpuSpec, get_gpu
+from .hardware import JOBS_FLAVORS, ZEROGPU_DAILY_QUOTA_MIN, EstimateError, GpuSpec, get_gpu
 from .train_setup import TrainSetup, default_setup  # noqa: F401 - doctests
 
 
@@ -135,7 +135,10 @@ def estimate_time(spec: ModelSpec, s: TrainSetup, gpu: GpuSpec | str, tokens: in
         note += f"; the {gpu.hf_flavor} Jobs price was not in the sources checked"
     elif not gpu.hf_flavor and not gpu.is_cpu:
         note += "; no Hugging Face Jobs flavor has this GPU"
-    return TimeEstimate(gpu.name, tokens, epochs, tps, seconds, usd, gpu.hf_flavor, quota, days, note)
+    flavor = gpu.hf_flavor
+    if s.gpus > 1:  # the Jobs flavor with that many of these GPUs (None: no such flavor)
+        flavor = next((f for f, (g, n) in JOBS_FLAVORS.items() if g == gpu.name and n == s.gpus), None)
+    return TimeEstimate(gpu.name, tokens, epochs, tps, seconds, usd, flavor, quota, days, note)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from ..adapter import ADAPTER_DIR, is_adapter_dir
 from ..config import RunConfig, validate
 from ..data import is_hub_dataset_id
 from ..errors import UserError, app_message
-from .checks import (ServiceError, backend_name, backend_of, check_config_code, check_model_ref,
+from .checks import (ServiceError, backend_name, backend_of, check_config_code, check_model_ref, one_process_here,
                      check_zerogpu, hub_token, parse_config, queue_dir, run_caps)
 from . import arena_actions, bench_actions, uploads
 from .plans import planned_steps
@@ -169,6 +169,7 @@ class OwnerSpace:
         backend = backend_name(backend)
         validate(config, source="config")
         check_config_code(self.ws, config)
+        one_process_here(self.ws, config, backend)
         if backend == "hf-jobs":
             token = hub_token(self.ws, token, "start a Hugging Face job")
         root = self.root

@@ -254,8 +254,7 @@ def time_cost_markdown(cfg: RunConfig, gpu_name: str) -> str:
         days = ", ".join(f"{k} {v:g}" for k, v in (est.zerogpu_days or {}).items())
         cost = f"{est.zerogpu_quota_minutes:.1f} min of ZeroGPU quota (days of daily quota: {days})"
     elif est.usd is not None:
-        flavor = next((f for f, (g, n) in memory.JOBS_FLAVORS.items() if g == gpu.name and n == setup.gpus),
-                      f"{setup.gpus} x {est.flavor}")  # the flavor of the run's GPU count
+        flavor = est.flavor or f"{setup.gpus} x {gpu.hf_flavor}"  # the flavor of the run's GPU count
         cost = f"**${est.usd:.2f}** on Hugging Face Jobs `{flavor}` ({memory.prices_source()})"
     else:
         cost = "no listed Hugging Face Jobs price for this GPU"
