@@ -121,30 +121,29 @@ def lm_eval_names() -> list[str]:
     return list(task_manager().all_tasks)
 
 
-def _output_types(tm: "TaskManager", name: str, seen: frozenset[str] = frozenset()) -> set[str]:
-    """The output types of a task name's leaf tasks, from lm-eval's index (no data loaded)."""
+def _leaf_configs(tm: "TaskManager", name: str, seen: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    """The configs of a task name's leaf tasks, from lm-eval's index (no data loaded)."""
     from lm_eval.tasks._index import Kind
 
     entry = tm.task_index.get(name)
     if entry is None or name in seen:
-        return set()
+        return []
     cfg = entry.cfg or {}
     if entry.kind == Kind.TASK:
-        return {str(cfg.get("output_type") or "generate_until")}
+        return [cfg]
     if entry.kind == Kind.GROUP:
         children = cfg.get("task") or []
-        children = children if isinstance(children, list) else [children]
-        out: set[str] = set()
-        for child in children:
-            if isinstance(child, dict):
-                out.add(str(child.get("output_type") or "generate_until"))
-            else:
-                out |= _output_types(tm, str(child), seen | {name})
+        out: list[dict[str, Any]] = []
+        for child in children if isinstance(children, list) else [children]:
+            out += [child] if isinstance(child, dict) else _leaf_configs(tm, str(child), seen | {name})
         return out
     if entry.kind == Kind.TAG:
-        return set().union(*(_output_types(tm, n, seen | {name}) for n, e in tm.task_index.items()
-                             if name in e.tags)) if any(name in e.tags for e in tm.task_index.values()) else set()
-    return {"generate_until"}  # a Python task class: assume it generates
+        return [c for n, e in tm.task_index.items() if name in e.tags for c in _leaf_configs(tm, n, seen | {name})]
+    return [{}]  # a Python task class: its config is its code's
+
+
+def _output_types(tm: "TaskManager", name: str) -> set[str]:
+    return {str(c.get("output_type") or "generate_until") for c in _leaf_configs(tm, name)}
 
 
 def file_task_name(path: Path, taken: set[str]) -> str:
@@ -241,6 +240,9 @@ def resolve_tasks(specs: Sequence[str], folder: Path, tokenizer: Any,
             taken.add(name)
             out.append(BenchTask(spec, name, "file", True, file_task_config(path, name, folder, tokenizer)))
         elif spec in tm.task_index:
+            if any(c.get("unsafe_code") for c in _leaf_configs(tm, spec)):
+                raise BenchError(f"{spec} scores answers by running the code the model writes; finetune does not run "
+                                 "such tasks (run lm-eval itself, in a sandbox)")
             out.append(BenchTask(spec, spec, "lm-eval", "generate_until" in _output_types(tm, spec)))
         else:
             raise unknown_task(spec, tm.all_tasks)
@@ -346,7 +348,7 @@ def run_lm_eval(lm: Any, tasks: Sequence[BenchTask], limit: int | None) -> dict[
         try:
             out = simple_evaluate(lm, tasks=chosen, task_manager=tm, limit=limit or None, log_samples=False,
                                   apply_chat_template=generative, fewshot_as_multiturn=generative)
-        except (ConnectionError, OSError) as e:
+        except ConnectionError as e:
             raise BenchError(f"the data of {', '.join(t.asked for t in tasks if t.kind == 'lm-eval')} could not be "
                              f"read ({str(e).splitlines()[0][:200]}): lm-eval's tasks download their data from the "
                              "Hugging Face Hub; on a machine without it, use the bundled tasks "

@@ -116,6 +116,11 @@ def test_unknown_task_names_are_refused_with_the_names_there_are(tmp_path):
     said = str(e.value)
     assert "unknown task 'arc_easyy'" in said and "did you mean arc_easy" in said
     assert "general_knowledge" in said and "--list-tasks" in said
+    with pytest.raises(BenchError, match="humaneval scores answers by running the code the model writes"):
+        resolve_tasks(["humaneval"], tmp_path, tokenizer=None)
+    [arc] = resolve_tasks(["arc_easy"], tmp_path, tokenizer=None)
+    [gsm] = resolve_tasks(["gsm8k"], tmp_path, tokenizer=None)
+    assert (arc.kind, arc.generative, gsm.generative) == ("lm-eval", False, True)  # the chat template for gsm8k only
 
 
 def test_a_conversation_test_file_names_the_row_it_cannot_ask(tmp_path):
