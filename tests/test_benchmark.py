@@ -200,3 +200,30 @@ def test_the_embedded_model_and_a_trained_adapter_score_as_lm_eval_scores_them(s
             assert row[f"stderr_{side}"] == want[task][f"{metric}_stderr,none"], (task, metric, side)
     em = rows[("city_year_heldout", "exact_match")]
     assert em["base"] == 0.0 and em["adapter"] > em["base"]  # the task was learned, in the trained template
+
+
+def test_a_shared_server_caps_the_documents_and_reads_only_the_test_file_uploaded(tmp_path, monkeypatch):
+    from finetune.limits import LimitError, check_bench_rows
+    from finetune.service import ServiceError, Workspace
+    from finetune.service.bench_actions import TEST_FILE, row_limit, task_list
+
+    assert check_bench_rows(100) == 100
+    for asked, said in ((0, "every document"), (101, "101 documents")):
+        with pytest.raises(LimitError, match=f"would score {said} of each task, over this server's limit of 100"):
+            check_bench_rows(asked)
+    monkeypatch.setenv("FINETUNE_MAX_BENCH_ROWS", "5")
+    with pytest.raises(LimitError, match="limit of 5 per task"):
+        check_bench_rows(6)
+    shared = Workspace(tmp_path / "shared", multi_user=True).owner_space("session:a")
+    mine = Workspace(tmp_path / "mine").owner_space(None)
+    assert row_limit(shared, 5) == 5 and row_limit(mine, 0) is None  # one's own machine: every document
+    upload = write_jsonl(tmp_path / "my_test.jsonl", OK_TEST)
+    names, check = task_list(shared, f"general_knowledge,{TEST_FILE}", str(upload))
+    kept = Path(names[1])
+    assert names[0] == "general_knowledge" and kept.name == "my_test.jsonl" and kept.is_relative_to(shared.root)
+    assert check(names[1]) == kept
+    with pytest.raises(ServiceError, match="passwd.jsonl: on this shared server a test file is one you upload"):
+        task_list(shared, "general_knowledge,/etc/passwd.jsonl", None)
+    with pytest.raises(ServiceError, match="the tasks name the test file, but none was sent"):
+        task_list(shared, TEST_FILE, None)
+    assert task_list(mine, str(upload), None)[1](str(upload)) == upload  # one's own machine reads one's paths
