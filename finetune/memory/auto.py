@@ -42,11 +42,12 @@ class AutoPlan:
     reason: str
     estimate: MemoryEstimate | None = None
     smallest_gpu: str | None = None  # when nothing fits on `gpu`: the smallest catalog GPU that works
+    gpus: int = 1  # more than 1: the run is sharded (FSDP) over this many of `gpu` (nothing fits one of them)
 
     def settings(self) -> dict[str, object]:
         return {"method": self.method, "weights": self.weights, "batch": self.batch_size,
                 "grad_accum": self.grad_accum, "gradient_checkpointing": self.gradient_checkpointing,
-                "optim": self.optim, "seq_len": self.seq_len}
+                "optim": self.optim, "seq_len": self.seq_len, "gpus": self.gpus}
 
     def to_dict(self) -> dict[str, object]:
         return {**self.settings(), "gpu": self.gpu, "fits": self.fits, "reason": self.reason,
@@ -142,6 +143,9 @@ def apply_plan(cfg: RunConfig, plan: AutoPlan) -> RunConfig:
         "training.gradient_checkpointing": plan.gradient_checkpointing,
         "training.optim": optim,
         "training.max_length": plan.seq_len,
+        # one GPU: the layout is decided where the run starts; more: sharded over them
+        "training.distributed": "fsdp" if plan.gpus > 1 else "auto",
+        "training.num_processes": plan.gpus if plan.gpus > 1 else 0,
     })
 
 
@@ -158,10 +162,31 @@ def configure_for(cfg: RunConfig, gpu: str | GpuSpec, *, allow_hub: bool = True)
     """
     card = get_gpu(gpu) if isinstance(gpu, str) else gpu
     spec = spec_for_config(cfg, allow_hub=allow_hub)
-    plan = auto_configure(spec, card, seq_len=cfg.training.max_length, base=setup_for(cfg, card))
+    base = setup_for(cfg, card).with_(strategy="none", gpus=1, offload=False)
+    plan = auto_configure(spec, card, seq_len=cfg.training.max_length, base=base)
+    if not plan.fits:
+        plan = _sharded(spec, card, cfg.training.max_length, base, plan)
     if not plan.fits:
         raise EstimateError(plan.reason)
     return apply_plan(cfg, plan), plan
+
+
+SHARDED_GPUS = (2, 4, 8)  # the GPU counts a run too big for one GPU is sharded over (one node's)
+
+
+def _sharded(spec: ModelSpec, gpu: GpuSpec, seq_len: int, base: TrainSetup, single: AutoPlan) -> AutoPlan:
+    """The plan of the fewest GPUs of ``gpu``'s kind that a run too big for one of them fits sharded (FSDP) over,
+    or ``single`` (nothing fits even on 8) with its reason."""
+    if gpu.is_cpu:
+        return single
+    for n in SHARDED_GPUS:
+        plan = auto_configure(spec, gpu, seq_len=seq_len, base=base.with_(strategy="fsdp", gpus=n))
+        if plan.fits:
+            plan.gpus = n
+            plan.reason = (f"nothing fits one {gpu.name}; sharded over {n} of them (FSDP: each holds 1/{n} of the "
+                           f"base model), per GPU: {plan.reason}")
+            return plan
+    return single
 
 
 @dataclass

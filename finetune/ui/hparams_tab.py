@@ -59,7 +59,7 @@ def create_hparams_tab(api: Api, components: dict[str, FormWidget]) -> HparamsWi
     locked = {"model.trust_remote_code": "Off on this shared app: a model repo's own code never runs on the server "
               "(train such a model with the command line on your own machine)"} if api.workspace.multi_user else {}
     sections = (("Model", forms.MODEL_FIELDS), ("Quantization", forms.QUANT_FIELDS),
-                ("LoRA", forms.LORA_FIELDS), ("Training", forms.TRAIN_FIELDS))
+                ("LoRA", forms.LORA_FIELDS), ("Training", forms.TRAIN_FIELDS), ("Several GPUs", forms.SCALE_FIELDS))
     method = default.training.method
     with gr.Accordion("Method", open=True, elem_id="method-section"):
         method_info = gr.Markdown(method_markdown(method), elem_id="method-info")
