@@ -227,3 +227,26 @@ def test_a_shared_server_caps_the_documents_and_reads_only_the_test_file_uploade
     with pytest.raises(ServiceError, match="the tasks name the test file, but none was sent"):
         task_list(shared, TEST_FILE, None)
     assert task_list(mine, str(upload), None)[1](str(upload)) == upload  # one's own machine reads one's paths
+
+
+def test_background_benchmarks_wait_for_the_apps_slot_and_one_per_owner(ok_run):
+    import time
+
+    from finetune.service import ServiceError, Workspace
+    from finetune.service.bench_actions import Jobs
+
+    space, run_id = Workspace(ok_run.run_dir.parent).owner_space(None), ok_run.run_dir.name
+    jobs = Jobs(concurrent=1)
+    with jobs.slots:  # another benchmark holds the app's one slot
+        state = jobs.start(space, run_id, "general_knowledge", limit=2)
+        time.sleep(0.5)
+        assert jobs.state(space, run_id)["progress"] == "waiting for another benchmark to finish"
+        with pytest.raises(ServiceError, match="a benchmark of yours is running"):
+            jobs.start(space, run_id, "general_knowledge", limit=2)
+    assert state["status"] == "running"
+    deadline = time.time() + 120
+    while (state := jobs.state(space, run_id))["status"] == "running":
+        assert time.time() < deadline
+        time.sleep(0.2)
+    assert state["status"] == "finished", state
+    assert [t["n"] for t in state["report"]["tasks"]] == [2] and state["report"]["adapter"] == run_id

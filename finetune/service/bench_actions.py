@@ -113,11 +113,13 @@ class Job:
 
 
 class Jobs:
-    """The app's background benchmarks, by owner folder and run: one running per owner at a time."""
+    """The app's benchmarks, by owner folder and run: one running per owner at a time, and ``concurrent`` in the
+    whole app (the page's and the API's alike: each loads a model); the others wait for a slot."""
 
-    def __init__(self) -> None:
+    def __init__(self, concurrent: int = 1) -> None:
         self._jobs: dict[tuple[str, str], Job] = {}
         self._lock = threading.Lock()
+        self.slots = threading.BoundedSemaphore(concurrent)
 
     def start(self, space: Owner, run_id: str, tasks: str | list[str], *, limit: int = 0,
               test_file: str | Path | None = None) -> dict[str, Any]:
@@ -135,8 +137,11 @@ class Jobs:
             def tell(p: "BenchProgress") -> None:
                 job.progress, job.fraction = p.line(), p.fraction
 
+            job.progress = "waiting for another benchmark to finish"
             try:
-                job.report = run(space, run_id, names, limit=limit, test_file=test_file, progress=tell)
+                with self.slots:
+                    job.progress = "loading the model"
+                    job.report = run(space, run_id, names, limit=limit, test_file=test_file, progress=tell)
                 job.status, job.fraction, job.progress = "finished", 1.0, "finished"
             except UserError as e:
                 job.status, job.error = "failed", app_message(e)

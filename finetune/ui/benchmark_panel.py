@@ -87,7 +87,10 @@ class BenchmarkEndpoints:
         def tell(p: BenchProgress) -> None:
             progress((p.done, p.total), desc=f"General ability: {p.line()}", unit="requests")
 
-        report = me.space.benchmark(run_id, task_names(tasks), limit=int(limit), test_file=test_file, progress=tell)
+        progress(0, desc="General ability: waiting for another benchmark to finish")
+        with self.jobs.slots:  # one benchmark at a time in the app, the page's and the API's
+            report = me.space.benchmark(run_id, task_names(tasks), limit=int(limit), test_file=test_file,
+                                        progress=tell)
         return summary(report), report_table(report), bars(report)
 
     def estimate_page(self, me: Caller, run_id: str, tasks: list[str], limit: float, test_file: str | None) -> str:
