@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from .. import limits, runs
 from ..config import RunConfig, validate
 from ..data import is_hub_dataset_id
 from ..errors import UserError, app_message
 from ..limits import RunCaps
-
-if TYPE_CHECKING:
-    from ..backends.zerogpu import QuotaPreview
 
 
 class Shared(Protocol):
@@ -71,6 +68,22 @@ def check_config_code(ws: Shared, config: RunConfig) -> None:
         raise ServiceError(f"model.gguf_file '{gguf[:80]}' must be a file name inside the model repo, not a path")
     if config.rewards.judge_model.strip():
         check_model_ref(ws, config.rewards.judge_model, "rewards.judge_model")
+
+
+def one_process_here(ws: Shared, config: RunConfig, backend: str) -> None:
+    """On a shared server a run on this machine trains in one process: several (``training.distributed`` ddp or
+    fsdp, ``training.num_processes`` over 1) would take more of the machine than the limits count for one run, so
+    they are refused, and ``auto`` is made ``none`` (one GPU), whatever GPUs the server has. A Hugging Face Job
+    runs on the visitor's own flavor, with as many GPUs as it has."""
+    t = config.training
+    if not ws.multi_user or backend != "local":
+        return
+    if t.distributed in ("ddp", "fsdp") or t.num_processes > 1:
+        raise ServiceError(f"training.distributed {t.distributed} / training.num_processes {t.num_processes}: this "
+                           "shared server trains each run in one process on one GPU; set training.distributed auto "
+                           "and training.num_processes 0, or train on several GPUs as a Hugging Face Job (a "
+                           "multi-GPU flavor such as l40sx4) or on your own machine")
+    t.distributed = "none"
 
 
 def check_hub_dataset_id(text: str) -> str:
