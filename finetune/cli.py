@@ -15,11 +15,7 @@ import sys
 from .errors import UserError
 
 COMMANDS = ("format", "train", "generate", "estimate", "runs", "status", "stop", "push", "merge", "chat",
-<<<<<<< HEAD
-            "verify_template", "export", "eval", "synth")
-=======
-            "verify_template", "export", "eval", "launch", "bench")
->>>>>>> main
+            "verify_template", "export", "eval", "launch", "bench", "synth")
 
 
 class UsageError(UserError):
