@@ -25,7 +25,7 @@ from ..data import is_hub_dataset_id
 from ..errors import UserError, app_message
 from .checks import (ServiceError, backend_name, backend_of, check_config_code, check_model_ref, one_process_here,
                      check_zerogpu, hub_token, parse_config, queue_dir, run_caps)
-from . import arena_actions, bench_actions, uploads
+from . import arena_actions, bench_actions, synth_actions, uploads
 from .plans import planned_steps
 from .uploads import as_uploaded, without_upload_folders
 
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from ..backends.base import Backend
     from ..benchmark import BenchProgress
     from ..evaluate import EvalProgress
+    from ..synth import Progress as SynthProgress
+    from ..synth import Summary as SynthSummary
     from ..backends.zerogpu import ChunkResult
 
 
@@ -483,6 +485,15 @@ class OwnerSpace:
                        test_file: str | Path | None = None) -> dict[str, Any]:
         """What a benchmark would score and its rough time on this machine (:func:`bench_actions.plan`)."""
         return bench_actions.plan(self, run_id, tasks, limit=limit, test_file=test_file)
+
+    def make_dataset(self, recipe_yaml: str, documents: list[str] | None = None, *, token: str | None = None,
+                     progress: Callable[[SynthProgress], None] | None = None) -> tuple[Path, SynthSummary]:
+        """A dataset made from a recipe and the owner's uploaded documents, into the owner's folder
+        (:func:`synth_actions.make`; a shared server refuses a generator URL)."""
+        from ..hub import MOCK_OAUTH_TOKEN
+
+        token = None if token == MOCK_OAUTH_TOKEN else token
+        return synth_actions.make(self, recipe_yaml, documents, token=token, on_progress=progress)
 
     def eval_report(self, run_id: str) -> dict[str, Any] | None:
         """The latest evaluation report of one of the owner's runs (None when it has none)."""

@@ -139,11 +139,15 @@ class Recipe:
                                                    "a recipe file is read)"))
 
     @classmethod
-    def from_yaml(cls, text: str, source: str | None = None) -> Recipe:
+    def from_yaml(cls, text: str, source: str | None = None, documents: list[str] | None = None) -> Recipe:
+        """``documents``: files that replace the recipe's own (the app's uploads), before it is checked."""
         try:
             data = _load_yaml(text, source)
         except ConfigError as e:
             raise RecipeError(e.problems, source) from None
+        if documents:
+            sources = data.get("sources")
+            data["sources"] = dict(sources if isinstance(sources, dict) else {}, documents=list(documents))
         return from_dict(data, source)
 
     @classmethod
