@@ -249,15 +249,16 @@ def push_adapter(adapter_dir: Path, repo_id: str, *, token: str | None = None, p
                            commit_message=commit_message, api=api)
 
 
-def push_dataset(jsonl_file: Path, repo_id: str, **kw: Any) -> str:
-    """Push a formatted JSONL file as a dataset repo (``data/train.jsonl``)."""
+def push_dataset(jsonl_file: Path, repo_id: str, *, card: str | None = None, **kw: Any) -> str:
+    """Push a formatted JSONL file as a dataset repo (``data/train.jsonl``); ``card``: its README (a made dataset's,
+    ``synth.card``), else the formatted file's."""
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "data").mkdir()
         shutil.copy(jsonl_file, Path(tmp) / "data" / "train.jsonl")
-        (Path(tmp) / "README.md").write_text(
+        (Path(tmp) / "README.md").write_text(card or (
             "---\nconfigs:\n- config_name: default\n  data_files: data/train.jsonl\ntags:\n- finetune\n---\n\n"
             "Formatted with finetune: columns `text`, `prompt`, `completion`, `messages`.\n"
-        )
+        ))
         return push_folder(Path(tmp), repo_id, repo_type="dataset", **kw)
 
 

@@ -200,3 +200,32 @@ def test_cli_flags_override_the_recipe(tmp_path):
     r = apply_flags(load_recipe("instructions-from-examples"),
                     Namespace(source=[str(seeds)], rows=None, generator=None, judge="embedded", test_set=None))
     assert read_material(r).pairs == [Pair("Say hi.", "Hi!")] and r.judge.model == "embedded"
+
+
+def test_a_made_dataset_is_pushed_with_a_card_naming_recipe_generator_and_counts(tmp_path, monkeypatch):
+    from finetune import hub
+    from finetune.service import Workspace
+    from finetune.service.checks import push_dataset
+    from finetune.synth.card import card_for
+
+    made = tmp_path / "made.jsonl"
+    made.write_text(json.dumps({"messages": [], "score": 4.0}) + "\n")
+    assert card_for(made) is None  # not made by a recipe: the formatted file's card
+    (tmp_path / "made.summary.json").write_text(json.dumps({
+        "recipe": "qa-from-documents", "task": "qa", "shape": "messages", "generator": "http://127.0.0.1:8080/v1",
+        "judge": "http://127.0.0.1:8080/v1", "made": 9, "kept": 6, "rows_asked": 6,
+        "dropped": {"near_duplicate": 2, "test_overlap": 1}, "recipe_yaml": "name: qa-from-documents\n"}))
+    pushed: dict[str, str] = {}
+
+    def fake_push(folder, repo_id, **kw):
+        pushed["card"] = (Path(folder) / "README.md").read_text()
+        pushed["rows"] = (Path(folder) / "data" / "train.jsonl").read_text()
+        return f"https://hub/{repo_id}"
+
+    monkeypatch.setattr(hub, "push_folder", fake_push)
+    push_dataset(Workspace(tmp_path / "runs"), made, "me/made", token="t")
+    card = pushed["card"]
+    assert "recipe: qa-from-documents" in card and "generator: http://127.0.0.1:8080/v1" in card
+    assert "| nearly the same prompt as an earlier row | 2 |" in card and "| the prompt overlaps the test set | 1 |" in card
+    assert "rows made: 9, kept: 6" in card and "name: qa-from-documents" in card
+    assert pushed["rows"] == made.read_text()

@@ -112,3 +112,26 @@ def test_preference_recipe_with_the_embedded_model_in_process(tmp_path):
         assert row["chosen"].strip() and row["rejected"].strip() and row["chosen"] != row["rejected"]
     formatted = format_preview(str(out), template="model", out_dir=tmp_path / "fmt", method="dpo")
     assert len(formatted.result.examples) == 2 and not getattr(formatted.result, "problems", [])
+
+
+@pytest.mark.slow  # a real recipe, a real training run and an evaluation: minutes on CPU
+def test_the_loop_closes_recipe_to_trained_adapter_evaluated_on_held_out_questions(server, tmp_path, capsys):
+    """qa-from-documents made by llama.cpp serving SmolLM2-135M, trained with the command line, and `finetune eval` on
+    the held-out questions about the same documents, the tuned adapter beside the base. The 135M generator writes
+    weak rows: the figure is recorded, not asserted to improve."""
+    made = tmp_path / "made.jsonl"
+    assert main(["synth", str(quick_recipe("qa-from-documents", tmp_path, tokens=48)), "--rows", "16",
+                 "--generator", server, "--judge", server, "--out", str(made)]) == 0
+    assert len(read_rows(made)) == 16
+    held_out = DOCS / "held-out-questions.jsonl"
+    made_prompts = {r["messages"][0]["content"] for r in read_rows(made)}
+    assert not made_prompts & {json.loads(x)["question"] for x in held_out.read_text().splitlines()}
+    run_dir = tmp_path / "run"
+    assert main(["train", "--data", str(made), "--max-steps", "40", "--run-dir", str(run_dir)]) == 0
+    report = tmp_path / "report.json"
+    assert main(["eval", "--adapter", str(run_dir), "--data", str(held_out), "--max-new-tokens", "32",
+                 "--out", str(report)]) == 0
+    result = json.loads(report.read_text())
+    printed = capsys.readouterr().out
+    print(printed[-2000:])
+    assert "adapter" in json.dumps(result) and "base" in json.dumps(result)

@@ -175,6 +175,7 @@ def push_dataset(ws: Shared, formatted: str | Path, repo_id: str, *, token: str 
                  private: bool = True) -> str:
     """Push a formatted dataset (the Dataset tab's JSONL) to a Hub dataset repo; returns the URL."""
     from ..hub import push_dataset as push_jsonl
+    from ..synth.card import card_for
 
     token = hub_token(ws, token)
-    return push_jsonl(Path(formatted), repo_id, token=token, private=private)
+    return push_jsonl(Path(formatted), repo_id, card=card_for(Path(formatted)), token=token, private=private)
