@@ -250,7 +250,19 @@ def _dpo_trainer(config: RunConfig, p: TrainerParts) -> Trainer:
     dpo_args = DPOConfig(**p.common, beta=t.dpo_beta, max_length=t.max_length, dataset_num_proc=None,
                          loss_type=["sigmoid", "sft"] if sft_term else ["sigmoid"],
                          loss_weights=[1.0, t.dpo_sft_weight] if sft_term else None)
-    return DPOTrainer(args=dpo_args, **p.trl_kwargs())
+    from .preference_trainers import dpo_supported, packed_dpo_trainer
+
+    cls = packed_dpo_trainer() if _packed_pairs(p) and dpo_supported(dpo_args) else DPOTrainer
+    return cls(args=dpo_args, **p.trl_kwargs())
+
+
+def _packed_pairs(p: TrainerParts) -> bool:
+    """Whether dpo, orpo and kto train on packed rows (finetune/preference_trainers.py: each pair's prompt once, the
+    LM head on the answers only): with every loss implementation but trl's own (``settings.resolve``'s loss), for
+    models whose logits are the plain LM head's (``loss.supports``)."""
+    from .loss import supports
+
+    return p.loss != "trl" and supports(p.model)
 
 
 def _orpo_trainer(config: RunConfig, p: TrainerParts) -> Trainer:
@@ -259,7 +271,10 @@ def _orpo_trainer(config: RunConfig, p: TrainerParts) -> Trainer:
     t = config.training
     orpo_args = ORPOConfig(**{**p.common, "include_num_input_tokens_seen": "no"}, beta=t.orpo_lambda,
                            max_length=t.max_length, dataset_num_proc=None)
-    return ORPOTrainer(args=orpo_args, **p.trl_kwargs())
+    from .preference_trainers import packed_orpo_trainer
+
+    cls = packed_orpo_trainer() if _packed_pairs(p) else ORPOTrainer
+    return cls(args=orpo_args, **p.trl_kwargs())
 
 
 def _kto_trainer(config: RunConfig, p: TrainerParts) -> Trainer:
@@ -268,7 +283,10 @@ def _kto_trainer(config: RunConfig, p: TrainerParts) -> Trainer:
     t = config.training
     kto_args = KTOConfig(**p.common, beta=t.kto_beta, desirable_weight=t.kto_desirable_weight,
                          undesirable_weight=t.kto_undesirable_weight, max_length=t.max_length, dataset_num_proc=None)
-    return KTOTrainer(args=kto_args, **p.trl_kwargs())
+    from .preference_trainers import kto_supported, packed_kto_trainer
+
+    cls = packed_kto_trainer() if _packed_pairs(p) and kto_supported(kto_args) else KTOTrainer
+    return cls(args=kto_args, **p.trl_kwargs())
 
 
 def _grpo_trainer(config: RunConfig, p: TrainerParts) -> Trainer:
