@@ -137,7 +137,7 @@ def packed_dpo_trainer() -> type[Trainer]:
     import torch.nn.functional as F
     from trl import DPOTrainer  # type: ignore[attr-defined]
 
-    class PackedDPOTrainer(DPOTrainer):  # type: ignore[misc]
+    class PackedDPOTrainer(DPOTrainer):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             a = kwargs["args"]
             _packed(kwargs["model"])
@@ -148,7 +148,7 @@ def packed_dpo_trainer() -> type[Trainer]:
 
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
-            mode = "train" if self.model.training else "eval"
+            mode = "train" if model.training else "eval"
             n = inputs["spans"].shape[0]
             tok = token_logps(model, inputs)
             logps = per_sequence(tok, inputs, 2 * n)
@@ -181,7 +181,7 @@ def packed_dpo_trainer() -> type[Trainer]:
 def packed_orpo_trainer() -> type[Trainer]:
     from trl.experimental.orpo import ORPOTrainer
 
-    class PackedORPOTrainer(ORPOTrainer):  # type: ignore[misc]
+    class PackedORPOTrainer(ORPOTrainer):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             _packed(kwargs["model"])
             kwargs["args"].remove_unused_columns = False  # the collator reads trl's tokenized columns by name
@@ -194,7 +194,8 @@ def packed_orpo_trainer() -> type[Trainer]:
             tok = token_logps(model, batch)
             nll = tok[batch["seq"] < n].neg().mean()  # every chosen token, prompt included (trl's ORPO NLL)
             mean = per_sequence(tok, batch, 2 * n, (1,)) / counts(batch, 2 * n, (1,)).clamp(min=1)
-            losses, chosen_r, rejected_r, log_odds_ratio, log_odds_chosen = self.odds_ratio_loss(mean[:n], mean[n:])
+            odds = self.odds_ratio_loss(mean[:n], mean[n:])  # type: ignore[arg-type]  # trl annotates FloatTensor
+            losses, chosen_r, rejected_r, log_odds_ratio, log_odds_chosen = odds
             loss = nll - losses.mean()
             p = "eval_" if train_eval == "eval" else ""
             metrics = {f"{p}rewards/chosen": chosen_r, f"{p}rewards/rejected": rejected_r,
@@ -225,7 +226,7 @@ def packed_kto_trainer() -> type[Trainer]:
     import torch.nn.functional as F
     from trl import KTOTrainer  # type: ignore[attr-defined]
 
-    class PackedKTOTrainer(KTOTrainer):  # type: ignore[misc]
+    class PackedKTOTrainer(KTOTrainer):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             _packed(kwargs["model"])
             kwargs["data_collator"] = PairCollator(partial(kto_pair, max_length=kwargs["args"].max_length))
@@ -235,7 +236,7 @@ def packed_kto_trainer() -> type[Trainer]:
 
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
-            mode = "train" if self.model.training else "eval"
+            mode = "train" if model.training else "eval"
             n = inputs["spans"].shape[0]
             logps = per_sequence(token_logps(model, inputs), inputs, 2 * n)
             ref = per_sequence(_reference_logps(self, inputs), inputs, 2 * n)
