@@ -123,3 +123,16 @@ def from_env(cores: int, max_concurrent: int = 1) -> CpuShare | None:
     if not raw.isdigit():
         return None
     return CpuShare(int(raw), max(1, cores // max(1, max_concurrent)))
+
+
+def for_device(device: str) -> CpuShare | None:
+    """The app's request to share the CPU (:func:`from_env`) for a run on ``device``: on CPU only, None otherwise."""
+    if device != "cpu":
+        return None
+    from . import slots
+
+    try:
+        concurrent = slots.max_concurrent()
+    except ValueError:
+        concurrent = 1
+    return from_env(cpu_cores(), concurrent)

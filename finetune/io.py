@@ -76,8 +76,19 @@ def append_jsonl(path: Path, obj: object) -> None:
         os.close(fd)
 
 
-def pid_alive(pid: object) -> bool:
-    """Whether process ``pid`` (of this machine) lives."""
+def process_started(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since the machine booted (``/proc/PID/stat``; None: unknown, or
+    not Linux). With its pid it names one process: a pid is reused once its process is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+        return int(stat[stat.rindex(")") + 2:].split()[19])  # field 22; the name in (...) may hold spaces
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def pid_alive(pid: object, started: object = None) -> bool:
+    """Whether process ``pid`` (of this machine) lives; with ``started`` (its :func:`process_started` when it was
+    recorded), whether that same process lives, not a later one given the same pid."""
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return False
     try:
@@ -85,7 +96,10 @@ def pid_alive(pid: object) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
+    if isinstance(started, int) and not isinstance(started, bool):
+        now = process_started(pid)
+        return now is None or now == started
     return True
 
 

@@ -15,12 +15,15 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .adapter import ADAPTER_DIR, checkpoint_step, is_adapter_dir
 from .errors import UserError
 from .events import EVENTS_FILE, TERMINAL, read_events
-from .io import file_lock, pid_alive
+from .io import file_lock, pid_alive, process_started
+
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINTS = "checkpoints"
@@ -258,7 +261,7 @@ def record_process(run_dir: Path, resume: bool) -> None:
     since = own[len(own) - own[::-1].index("launched"):] if "launched" in own else None
     if since is not None and not any(t in TERMINAL or t in ("started", "paused") for t in since):
         return  # launched by the app and recorded there; a process training the run again records itself again
-    EventLog(Path(run_dir)).emit("launched", pid=pid, resume=resume)
+    EventLog(Path(run_dir)).emit("launched", **process_record(pid), resume=resume)
 
 
 def stop_before_training(run_dir: Path) -> bool:
@@ -301,8 +304,21 @@ def hold_process_lock(run_dir: Path) -> int:
     return fd
 
 
-def _pid_alive(pid: object) -> bool:
-    return pid_alive(pid)
+def _pid_alive(pid: object, started: object = None) -> bool:
+    return pid_alive(pid, started)
+
+
+def process_record(pid: int) -> dict[str, int]:
+    """A process as an event records it: its pid and when it started (``pid_started``; a reused pid is another
+    process, which :func:`read_run` does not take for the run's)."""
+    started = process_started(pid)
+    return {"pid": pid} | ({"pid_started": started} if started is not None else {})
+
+
+def _started_of(events: list[dict[str, Any]]) -> dict[int, int]:
+    """The start time recorded with each pid (the latest record of it)."""
+    return {e["pid"]: e["pid_started"] for e in events
+            if isinstance(e.get("pid"), int) and isinstance(e.get("pid_started"), int)}
 
 
 @dataclass
@@ -454,26 +470,47 @@ def read_run(run_dir: Path) -> RunState:
             if kind == "finished":
                 state.step = e.get("step", state.step)
     state.warnings = sample_warnings + list(other_warnings.values())
+    _settle_liveness(run_dir, events, state, before, pending, trainer, waiting)
+    _read_outputs(run_dir, state)
+    return state
+
+
+def _settle_liveness(run_dir: Path, events: list[dict[str, Any]], state: RunState, before: str, pending: int | None,
+                     trainer: int | None, waiting: dict[int, bool]) -> None:
+    """The status the events left, checked against the processes still alive: a live status whose process is gone
+    reads as it was before that process (or ``interrupted``), a run another process trains or waits to train goes
+    on with that one. ``before``: the status without the pending launch; ``pending``: the launched process that has
+    not trained yet; ``trainer``: the process training the run; ``waiting``: processes launched to train it."""
     remote = read_backend(run_dir, events) == "hf-jobs"  # a job's liveness is the job's, not a local process's
+    started = _started_of(events)
+
+    def alive(pid: object) -> bool:
+        return _pid_alive(pid, started.get(pid)) if isinstance(pid, int) else False
+
     # a run queued by the app has no process until its turn (backends.local.dispatch): its ticket keeps it
     watched = ((state.status in ("queued", "running") or (state.status in LIVE and state.pid is not None))
                and not (state.status == "queued" and state.pid is None))
-    if watched and not remote and not _pid_alive(state.pid):
+    if watched and not remote and not alive(state.pid):
         # the process is gone without a final event: resumable
         state.status = before if pending is not None and state.status != "running" else "interrupted"
         state.queue_position = None
     if (not remote and state.status in ("new", "resuming") and trainer is not None and trainer != state.pid
-            and _pid_alive(trainer) and not stopping(run_dir, trainer)):
+            and alive(trainer) and not stopping(run_dir, trainer)):
         # a resume from the command line waits for the process that trains the run now (which is not stopping)
         state.status, state.pid = "running", trainer
     if not remote and state.status not in LIVE and state.status != "finished":
         # another process launched for the run still waits to train it: the run goes on with that one
-        alive = [pid for pid in waiting if pid != state.pid and _pid_alive(pid)]
-        if alive:
-            state.status = "resuming" if waiting[alive[-1]] else "new"
-            state.pid, state.message = alive[-1], ""
+        others = [pid for pid in waiting if pid != state.pid and alive(pid)]
+        if others:
+            state.status = "resuming" if waiting[others[-1]] else "new"
+            state.pid, state.message = others[-1], ""
     if state.status != "running":  # the time left of a run that trains no more means nothing
         state.eta_s, state.eta_estimated = None, False
+
+
+def _read_outputs(run_dir: Path, state: RunState) -> None:
+    """The run's name, its adapter (a finished run whose adapter lost its weights says which file, and the fix)
+    and its last checkpoint."""
     state.name = config_name(run_dir) or state.name
     state.has_adapter = is_adapter_dir(run_dir / ADAPTER)
     if state.status == "finished" and not state.has_adapter:
@@ -484,7 +521,6 @@ def read_run(run_dir: Path) -> RunState:
             state.message = missing
     ck = last_checkpoint(run_dir)
     state.last_checkpoint = str(ck) if ck else None
-    return state
 
 
 _names: dict[Path, tuple[int, str]] = {}  # config.yaml -> (its mtime in ns, its name): read once per change
@@ -520,3 +556,54 @@ def list_runs(root: str | Path | None = None) -> list[RunState]:
         return []
     out = [read_run(d) for d in base.iterdir() if d.is_dir() and (d / CONFIG_FILE).exists() and _ID_RE.match(d.name)]
     return sorted(out, key=lambda s: (s.started or 0, s.run_id), reverse=True)
+
+
+def open_run(config: RunConfig | None, run_dir: str | Path | None = None, root: str | Path | None = None,
+             record: bool = False) -> tuple[RunConfig, Path, bool]:
+    """Create a run folder (or reopen one to resume). Returns (config, folder, resuming). ``record``: the run trains
+    in this process, which a new folder records (``record_process``) before its config is written."""
+    from .config import RunConfig
+    from .distributed import is_main_process, world_size
+    from .errors import TrainingError
+
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        saved = run_dir / CONFIG_FILE
+        if saved.exists():
+            existing = RunConfig.load(saved)
+            if config is not None and _identity(config) != _identity(existing):
+                raise TrainingError(
+                    f"{run_dir} already holds a run with a different config; resume it without changing the "
+                    "config (only training.max_steps/epochs may grow), or use a new --run-dir"
+                )
+            if config is not None and is_main_process():  # extending a run: more steps or epochs
+                existing.training.max_steps = config.training.max_steps
+                existing.training.epochs = config.training.epochs
+                existing.save(saved)
+            return existing, run_dir, True
+    elif world_size() > 1:
+        # each process would draw its own random run id: they must share one folder
+        raise TrainingError("a multi-process run (accelerate launch) needs --run-dir so every process uses the same run folder")
+    else:
+        run_dir = runs_root(root) / new_run_id((config or RunConfig()).name)
+    config = config or RunConfig()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"  # per process: ranks probe the same folder at once
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise TrainingError(f"cannot write the run folder {run_dir}: {e.strerror or e}; choose a writable --run-dir") from e
+    if is_main_process():
+        if record:  # first: a run folder is never without its process's record
+            record_process(run_dir, resume=False)
+        config.save(run_dir / CONFIG_FILE)
+    return config, run_dir, False
+
+
+def _identity(cfg: RunConfig) -> dict[str, Any]:
+    """The parts of a config that must not change when a run is resumed."""
+    d = cfg.to_dict()
+    d["training"] = {k: v for k, v in d["training"].items() if k not in ("max_steps", "epochs")}
+    d.pop("hub", None)
+    return d

@@ -6,7 +6,8 @@ the trainer (:func:`build_trainer`), train, then save the adapter (:func:`save_r
 Where the parts live: the callbacks in ``callbacks.py``, the stop rules in ``halt.py`` (one :class:`Halt`), the
 live gauge in ``gauge.py``, tokenisation in ``tokenization.py``, the per-sequence attention in
 ``packed_attention.py``, the trainer's arguments and loss in ``trainer.py``, the ``adapter/`` bundle in
-``adapter_bundle.py``.
+``adapter_bundle.py``, the adapter a run starts from in ``start_adapter.py``, a save on a full disk in
+``save_space.py``, the run folder opened (``runs.open_run``) in ``runs.py``, the CPU share in ``cpushare.py``.
 
 The run folder is written as it goes: ``config.yaml`` first, ``events.jsonl`` line by line, checkpoints
 every ``training.save_steps`` (adapter + optimizer + scheduler + RNG + data position), ``adapter/`` at
@@ -24,14 +25,13 @@ uninterrupted one.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import methods, runs
 from .adapter import pick_device
@@ -39,7 +39,6 @@ from .adapter_bundle import save_adapter
 from .callbacks import (checkpoint_adapter_callback, evaluate_at_save_callback, evaluation_event, events_callback,
                         samples_at_save_callback, share_callback)
 from .config import ConfigError, RunConfig, validate
-from .dialogs import TrainedDialogs
 from .distributed import is_main_process, world_size
 from .errors import TrainingError, UserError, is_programming_error
 from .events import EventLog, EventSink, SilentLog
@@ -48,24 +47,23 @@ from .io import DISK_FULL_FIX, DiskFullError
 from .limits import LimitError, RunCaps
 from .models import ModelError
 from .packed_attention import use_packed_attention
+from .save_space import saving
 from .settings import Device, ResolvedSettings, SpeedOptions, resolve
+from .start_adapter import StartAdapter, lora_note, start_adapter
 from .tokenization import tokenize_examples
 from .trainer import keep_adapter_dtypes, trainer_arguments, trainer_settings
 
 if TYPE_CHECKING:
-    from datasets import Dataset
     from peft import LoraConfig
     from transformers import Trainer, TrainerCallback
     from transformers.trainer_utils import TrainOutput
 
     from .callbacks import EventsCallback
-    from .config import LoraSettings
     from .cpushare import CpuShare
-    from .data.preference import MethodData
     from .models import Model, ResolvedModel, Tokenizer
 
 # Names other modules know from here (their homes: errors, distributed, tokenization, trainer).
-__all__ = ["RunResult", "StartAdapter", "TrainingError", "is_main_process", "open_run", "resolved_settings",
+__all__ = ["RunResult", "StartAdapter", "TrainingError", "is_main_process", "resolved_settings",
            "start_adapter", "tokenize_examples", "train", "trainer_settings", "use_checkpointing", "world_size"]
 
 
@@ -78,123 +76,6 @@ class RunResult:
     max_steps: int
     adapter_dir: Path | None
     metrics: dict[str, Any]
-
-
-# ---------------------------------------------------------------------------------------------
-# run folder
-
-
-def open_run(config: RunConfig | None, run_dir: str | Path | None = None, root: str | Path | None = None,
-             record: bool = False) -> tuple[RunConfig, Path, bool]:
-    """Create a run folder (or reopen one to resume). Returns (config, folder, resuming). ``record``: the run trains
-    in this process, which a new folder records (``runs.record_process``) before its config is written."""
-    if run_dir is not None:
-        run_dir = Path(run_dir)
-        saved = run_dir / runs.CONFIG_FILE
-        if saved.exists():
-            existing = RunConfig.load(saved)
-            if config is not None and _identity(config) != _identity(existing):
-                raise TrainingError(
-                    f"{run_dir} already holds a run with a different config; resume it without changing the "
-                    "config (only training.max_steps/epochs may grow), or use a new --run-dir"
-                )
-            if config is not None and is_main_process():  # extending a run: more steps or epochs
-                existing.training.max_steps = config.training.max_steps
-                existing.training.epochs = config.training.epochs
-                existing.save(saved)
-            return existing, run_dir, True
-    elif world_size() > 1:
-        # each process would draw its own random run id: they must share one folder
-        raise TrainingError("a multi-process run (accelerate launch) needs --run-dir so every process uses the same run folder")
-    else:
-        run_dir = runs.runs_root(root) / runs.new_run_id((config or RunConfig()).name)
-    config = config or RunConfig()
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"  # per process: ranks probe the same folder at once
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise TrainingError(f"cannot write the run folder {run_dir}: {e.strerror or e}; choose a writable --run-dir") from e
-    if is_main_process():
-        if record:  # first: a run folder is never without its process's record
-            runs.record_process(run_dir, resume=False)
-        config.save(run_dir / runs.CONFIG_FILE)
-    return config, run_dir, False
-
-
-def _identity(cfg: RunConfig) -> dict[str, Any]:
-    """The parts of a config that must not change when a run is resumed."""
-    d = cfg.to_dict()
-    d["training"] = {k: v for k, v in d["training"].items() if k not in ("max_steps", "epochs")}
-    d.pop("hub", None)
-    return d
-
-
-# ---------------------------------------------------------------------------------------------
-# the adapter a run starts from
-
-
-@dataclass(frozen=True)
-class StartAdapter:
-    """``training.init_adapter`` checked: the adapter folder, how cards name it, and its LoRA settings (which the
-    run trains with: the weights only fit their own rank and layers)."""
-
-    folder: Path
-    label: str
-    lora: LoraSettings
-
-
-def start_adapter(config: RunConfig, base_name: str) -> StartAdapter | None:
-    """The adapter ``training.init_adapter`` names (a run folder, a checkpoint or an adapter folder; the CLI and
-    the app turn ``RUN``, ``RUN@STEP`` and ``RUN@best`` into these), checked before anything loads: a LoRA adapter
-    in safetensors, trained on this run's base model (``base_name``, as adapters record it). None: a fresh LoRA."""
-    from .adapter import (adapter_label, adapter_file_missing, check_adapter_files, find_adapter_dir, lora_settings, lora_weights_path,
-                          read_base_model, read_lora_config)
-
-    text = config.training.init_adapter.strip()
-    if not text:
-        return None
-    folder = find_adapter_dir(Path(text).expanduser())
-    if folder is None and (missing := adapter_file_missing(Path(text).expanduser())):
-        raise TrainingError(f"training.init_adapter: {missing}")
-    if folder is None:
-        raise TrainingError(f"training.init_adapter {text}: no adapter there (no adapter_config.json); give a "
-                            "finished run, one of its checkpoints (RUN@STEP) or an adapter folder")
-    label = adapter_label(folder)
-    check_adapter_files(folder, label)
-    lora_weights_path(folder)
-    kind = str(read_lora_config(folder).get("peft_type") or "LORA")
-    if kind.upper() != "LORA":
-        raise TrainingError(f"training.init_adapter {label} is a {kind} adapter; a run can only continue a LoRA "
-                            "adapter")
-    base = read_base_model(folder)
-    if base and not _same_model(base, base_name):
-        raise TrainingError(f"training.init_adapter {label} was trained on {base}, but this run's base model is "
-                            f"{base_name}; set model.id to {base}, or start from an adapter trained on {base_name}")
-    return StartAdapter(folder, label, lora_settings(folder))
-
-
-def _same_model(a: str, b: str) -> bool:
-    if a == b:
-        return True
-    pa, pb = Path(a).expanduser(), Path(b).expanduser()
-    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
-
-
-def _lora_note(config: RunConfig, start: StartAdapter) -> str | None:
-    """What the run does with the config's own LoRA fields when it starts from an adapter (None: they agree)."""
-    from .config import parse_target_modules
-
-    lo, own = config.lora, start.lora
-    targets = parse_target_modules(lo.target_modules)
-    same_targets = targets == "all-linear" or sorted(targets) == own.target_modules  # all-linear: peft's own list
-    if same_targets and dataclasses.replace(lo, target_modules=own.target_modules) == own:
-        return None
-    shown = ", ".join(own.target_modules) if isinstance(own.target_modules, list) else own.target_modules
-    return (f"LoRA settings come from the adapter {start.label} (r={own.r}, alpha={own.alpha:g}, "
-            f"dropout={own.dropout:g}, targets {shown}); the config's lora.* (r={lo.r}, alpha={lo.alpha:g}, "
-            f"dropout={lo.dropout:g}) are not used")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,24 +115,6 @@ def use_checkpointing(config: RunConfig, device: str, model_path: str,
 
 
 # ---------------------------------------------------------------------------------------------
-# sharing the CPU with the app that started the run
-
-
-def _cpu_share(device: str) -> CpuShare | None:
-    """The app's request to share the CPU (finetune.cpushare), on CPU only; None otherwise."""
-    if device != "cpu":
-        return None
-    from . import cpushare
-    from . import slots
-
-    try:
-        concurrent = slots.max_concurrent()
-    except ValueError:
-        concurrent = 1
-    return cpushare.from_env(cpushare.cpu_cores(), concurrent)
-
-
-# ---------------------------------------------------------------------------------------------
 # train
 
 
@@ -279,7 +142,7 @@ def train(
     with a ``stopped`` event that says so. The stop rules travel on as one :class:`Halt`.
     """
     halt = Halt(time.time(), should_stop, until_step, time_budget_s, caps)
-    config, run_dir, resuming = open_run(config, run_dir, runs_root, record=True)
+    config, run_dir, resuming = runs.open_run(config, run_dir, runs_root, record=True)
     if is_main_process() and runs.read_backend(run_dir) == "local":
         # this process is the run's from now on: killed while it loads, the run reads interrupted, not new
         runs.record_process(run_dir, resuming)
@@ -365,7 +228,7 @@ def _train(call: _Call) -> RunResult:
     model, peft_config, settings, checkpointing = load_model(call, setup)
     trainer, events = build_trainer(call, setup, data, model, peft_config, settings, checkpointing, share)
     resume_from = setup.resume_from
-    with _saving(call, setup, trainer):
+    with saving(call.run_dir, trainer, setup.base.path):
         out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         if events.halt_reason:
             return _halted(call, trainer, events)
@@ -460,86 +323,10 @@ def _adapter_from_checkpoint(call: _Call, setup: _Setup, data: _Data, checkpoint
     train_loss = earlier.get("train_loss", sum(losses) / len(losses) if losses else float("nan"))
     runtime = earlier.get("train_runtime_s")
     out = TrainOutput(trainer.state.global_step, train_loss, {"train_runtime": runtime} if runtime is not None else {})
-    with _saving(call, setup, trainer):
+    with saving(call.run_dir, trainer, setup.base.path):
         metrics = save_run(call, setup, data, trainer, out)
     del trainer, model
     return metrics
-
-
-@contextlib.contextmanager
-def _saving(call: _Call, setup: _Setup, trainer: Trainer) -> Iterator[None]:
-    """Training and saving, with a failure while a checkpoint or the adapter was being written checked against the
-    free space: on a full disk, whatever the library's error says (torch's ``unexpected pos``, safetensors'
-    ``os error 28``), the half-written folder is removed (the last complete checkpoint stays) and the error says
-    how much space there is and how much the save needs."""
-    try:
-        yield
-    except DiskFullError:
-        raise  # a run file's own write: its message names the file already
-    except Exception as e:  # noqa: BLE001 - re-raised, as the disk's error when the disk is full
-        full = _disk_full(call.run_dir, e, _save_bytes(trainer, setup))
-        if full is not None:
-            raise full from e
-        raise
-
-
-def _no_space(error: BaseException | None) -> bool:
-    """Whether an error (or one it was raised from) is the disk's: ENOSPC/EDQUOT, or a library's "os error 28"."""
-    seen = 0
-    while error is not None and seen < 10:
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        text = str(error)
-        if "No space left on device" in text or "os error 28" in text or "Disk quota exceeded" in text:
-            return True
-        error, seen = error.__cause__ or error.__context__, seen + 1
-    return False
-
-
-def _folder_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-
-
-def _save_bytes(trainer: Trainer, setup: _Setup) -> int:
-    """About what one checkpoint takes: the LoRA weights (fp32 bytes) four times (the checkpoint's and its adapter's
-    copy, Adam's two moments) and the tokenizer's files twice."""
-    model: Model = trainer.model  # a PeftModel: transformers types it as PreTrainedModel | Module | None
-    params = sum(int(p.numel() * p.element_size()) for p in model.parameters() if p.requires_grad)
-    base = Path(setup.base.path)
-    tokenizer = sum(f.stat().st_size for f in base.glob("tokenizer*") if f.is_file()) if base.is_dir() else 0
-    return 4 * params + 2 * tokenizer
-
-
-def _disk_full(run_dir: Path, error: Exception, estimate: int) -> TrainingError | None:
-    """The full disk's error for a failed save (None: the failure is not the disk's, or nothing was being saved).
-    A save was under way when a checkpoint newer than the last complete one is there, or an ``adapter.tmp``:
-    those are removed (they hold nothing usable and keep the disk full), then the free space decides."""
-    import shutil
-
-    from .adapter import checkpoint_step, is_adapter_dir
-
-    last = runs.last_checkpoint(run_dir)
-    after = (checkpoint_step(last) or 0) if last is not None else 0
-    # a later checkpoint than the last complete one was being written; one whose adapter/ is intact stays usable
-    # (chat, evaluation, export) and goes only when the disk is full
-    partial = [d for d in runs.incomplete_checkpoints(run_dir) if (checkpoint_step(d) or 0) > after
-               and (_no_space(error) or not is_adapter_dir(d / runs.ADAPTER))]
-    tmp = [d for d in [run_dir / f"{runs.ADAPTER}.tmp",
-                       *(run_dir / runs.CHECKPOINTS).glob(f"checkpoint-*/{runs.ADAPTER}.tmp")] if d.is_dir()]
-    if not partial and not tmp and not _no_space(error):
-        return None
-    what = "the checkpoint" if partial or any(d.parent != run_dir for d in tmp) else f"the {runs.ADAPTER}/"
-    for folder in partial + tmp:
-        shutil.rmtree(folder, ignore_errors=True)
-    free = shutil.disk_usage(run_dir).free
-    need = max(_folder_bytes(last) if last is not None else 0, estimate)
-    if not _no_space(error) and free >= need:
-        return None
-    mb = 1024 * 1024
-    kept = f"the last complete checkpoint ({last.name}) is kept" if last is not None else "no checkpoint was complete yet"
-    return TrainingError(f"No space left on device under {run_dir}: {free / mb:.0f} MB free, {what} needs about "
-                         f"{max(1, round(need / mb))} MB; free space and resume (delete old runs or checkpoints): "
-                         f"{kept}")
 
 
 def _stopped_before_training(call: _Call) -> RunResult:
@@ -622,7 +409,9 @@ def _announce(call: _Call, setup: _Setup, data: _Data) -> CpuShare | None:
     import torch
 
     config, run_dir, start = call.config, call.run_dir, setup.start
-    share = _cpu_share(setup.device)
+    from .cpushare import for_device
+
+    share = for_device(setup.device)
     if share is not None:
         torch.set_num_threads(share.most)
     call.log.emit(
@@ -630,7 +419,7 @@ def _announce(call: _Call, setup: _Setup, data: _Data) -> CpuShare | None:
         name=config.name,
         model=setup.base.name,
         device=setup.device,
-        pid=os.getpid(),
+        **runs.process_record(os.getpid()),
         cpu_threads=torch.get_num_threads(),
         shares_cpu=share is not None,
         resumed_from=str(setup.resume_from.relative_to(run_dir)) if setup.resume_from else None,
@@ -638,7 +427,7 @@ def _announce(call: _Call, setup: _Setup, data: _Data) -> CpuShare | None:
         data=data.run.summary,
         max_steps=config.training.steps_for(len(data.run.train), world_size()),
     )
-    if start is not None and (note := _lora_note(config, start)):
+    if start is not None and (note := lora_note(config, start)):
         call.log.emit("note", message=note)
     return share
 

@@ -574,14 +574,14 @@ def test_a_crash_that_is_not_the_disks_keeps_a_later_checkpoint_whose_adapter_is
     holds an intact adapter: it stays for chat, evaluation and export; a full disk removes it."""
     import errno
 
-    from finetune.train import _disk_full
+    from finetune.save_space import disk_full
 
     run_dir = copy_run(finished_run, tmp_path)
     later = run_dir / "checkpoints" / "checkpoint-6"
     (later / "optimizer.pt").unlink()
-    assert _disk_full(run_dir, RuntimeError("CUDA out of memory"), 0) is None
+    assert disk_full(run_dir, RuntimeError("CUDA out of memory"), 0) is None
     assert (later / "adapter" / WEIGHTS_FILE).is_file()
-    full = _disk_full(run_dir, OSError(errno.ENOSPC, "No space left on device"), 0)
+    full = disk_full(run_dir, OSError(errno.ENOSPC, "No space left on device"), 0)
     assert full is not None and "No space left on device" in str(full) and not later.exists()
 
 

@@ -140,3 +140,35 @@ def test_the_checker_finds_a_cycle_and_an_upward_import():
     src = "def f():\n    from . import service\n    from .backends import local\n"
     assert imports_of("finetune.probe", src, False, known) == {
         "finetune.service", "finetune.backends", "finetune.backends.local"}
+
+
+MAX_MODULE_LINES = 700
+MAX_FUNCTION_LINES = 100
+
+
+def sizes_over(modules: dict[str, Path], max_module: int, max_function: int) -> list[str]:
+    """The modules over ``max_module`` lines and the functions or methods over ``max_function`` lines."""
+    found = []
+    for name, path in sorted(modules.items()):
+        source = path.read_text(encoding="utf-8")
+        lines = source.count("\n")
+        if lines > max_module:
+            found.append(f"{name}: {lines} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno is not None:
+                length = node.end_lineno - node.lineno + 1
+                if length > max_function:
+                    found.append(f"{name}.{node.name}: {length} lines")
+    return found
+
+
+def test_no_module_or_function_too_long_to_read():
+    assert sizes_over(all_modules(), MAX_MODULE_LINES, MAX_FUNCTION_LINES) == []
+
+
+def test_the_size_check_finds_a_long_module_and_a_long_function(tmp_path):
+    long_function = "def f():\n" + "    x = 1\n" * 100
+    (tmp_path / "a.py").write_text(long_function + "\n" * 600)
+    (tmp_path / "b.py").write_text("def g():\n    return 1\n")
+    found = sizes_over({"a": tmp_path / "a.py", "b": tmp_path / "b.py"}, 700, 100)
+    assert found == ["a: 701 lines", "a.f: 101 lines"]

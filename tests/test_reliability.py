@@ -143,7 +143,7 @@ def test_full_disk_while_writing_events_keeps_the_run_readable_and_resumable(tin
     lines = (run_dir / EVENTS_FILE).read_bytes().splitlines()
     assert all(json.loads(line) for line in lines)  # no torn line: a failed write writes nothing
     # the training process has exited (here: the call returned) without a final event
-    monkeypatch.setattr(runs, "_pid_alive", lambda pid: False)
+    monkeypatch.setattr(runs, "_pid_alive", lambda pid, started=None: False)
     state = runs.read_run(run_dir)
     assert state.status == "interrupted" and state.step == 5
     assert Path(state.last_checkpoint).name == "checkpoint-4"

@@ -164,3 +164,24 @@ def test_real_run_stop_resume_timings(tmp_path, tiny_model_dir, monkeypatch):
         time.sleep(0.2)
     assert s["status"] == "finished" and s["step"] == 40, s
     assert not runs.stop_requested(runs.run_path(rid, ws.for_owner(None)))
+
+
+def test_a_pid_reused_by_another_process_does_not_keep_the_run_live(tmp_path):
+    """After a restart of the machine (or long enough), a dead run's pid may belong to another process: the start
+    time recorded with the pid tells them apart."""
+    from finetune.io import process_started
+
+    me = os.getpid()
+    run_dir = tmp_path / "r1"
+    run_dir.mkdir()
+    (run_dir / runs.CONFIG_FILE).write_text("name: r1\n")
+    started = process_started(me)
+    assert isinstance(started, int)
+    EventLog(run_dir).emit("started", pid=me, pid_started=started, max_steps=10)
+    assert runs.read_run(run_dir).status == "running"  # this very process: live
+    other = tmp_path / "r2"
+    other.mkdir()
+    (other / runs.CONFIG_FILE).write_text("name: r2\n")
+    EventLog(other).emit("started", pid=me, pid_started=started - 1, max_steps=10)  # the pid's earlier owner
+    assert runs.read_run(other).status == "interrupted"
+    assert runs.process_record(me) == {"pid": me, "pid_started": started}

@@ -214,7 +214,7 @@ def _spawn(run_dir: Path, queue_dir: Path | None, slot: int | None, resume: bool
     finally:
         log.close()
     # Live at once ("new" or "resuming", with the process's pid), before the process has written anything.
-    EventLog(run_dir).emit("launched", pid=proc.pid, resume=resume)
+    EventLog(run_dir).emit("launched", **runs.process_record(proc.pid), resume=resume)
     # Reap the process when it ends: an unreaped (zombie) child still answers kill(pid, 0), so a crashed run
     # would read as "running" for as long as the app lives. Its slot is then free: the line moves on.
     threading.Thread(target=_reap, args=(proc, run_dir, queue_dir), name=f"reap-{run_dir.name}", daemon=True).start()

@@ -264,10 +264,8 @@ def run_chunked(config: RunConfig | None, run_dir: Path, *, chunk: Callable[[str
     >>> for state in run_chunked(cfg, Path("runs/demo")):  # doctest: +SKIP
     ...     print(state["status"], state["step"], "/", state["max_steps"])
     """
-    from ..train import open_run
-
     chunk = chunk or train_chunk
-    config, run_dir, _ = open_run(config, run_dir)
+    config, run_dir, _ = runs.open_run(config, run_dir)
     log = EventLog(run_dir)
     aborts = 0
     for _ in range(max_calls):

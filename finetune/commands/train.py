@@ -226,7 +226,7 @@ def _hold_run(run_dir: str) -> None:
     path.mkdir(parents=True, exist_ok=True)
     if (path / runs.CONFIG_FILE).exists():
         # a resume is recorded before it waits: the run reads "resuming" (not as it was), and a stop reaches it too
-        # (a new run is recorded when its folder is made, before its config is written: train.open_run)
+        # (a new run is recorded when its folder is made, before its config is written: runs.open_run)
         runs.record_process(path, resume=True)
     _RUN.append(runs.hold_process_lock(path))
 
@@ -250,7 +250,7 @@ def wait_in_queue(args: argparse.Namespace) -> bool:
                   else slots.enqueue(args.queue_dir, run_dir.name))
         log = EventLog(run_dir)
         slot = slots.wait_for_slot(args.queue_dir, ticket, should_stop=lambda: runs.claim_stop(run_dir),
-                                   on_position=lambda n: log.emit("queued", position=n, pid=os.getpid()))
+                                   on_position=lambda n: log.emit("queued", position=n, **runs.process_record(os.getpid())))
     except ValueError as e:  # a bad FINETUNE_MAX_CONCURRENT_RUNS
         raise UsageError(str(e)) from e
     if slot is None:

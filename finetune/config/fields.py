@@ -383,7 +383,8 @@ class RunConfig:
 
 
 
-# The trackers trl's trainer reports to (transformers 5.23 integrations), by their report_to names.
+# The trackers trl's trainer reports to (transformers 5.23 integrations), by their report_to names; the form offers
+# the first five (any other can be typed).
 REPORTERS = ("none", "trackio", "tensorboard", "wandb", "mlflow", "comet_ml", "clearml", "dagshub", "dvclive",
              "neptune", "swanlab", "codecarbon", "azure_ml", "flyte", "kubeflow")
 

@@ -373,9 +373,6 @@ def _write_planned(writer: Any, planned: list[_Planned], tensors: Iterator[tuple
 
 
 def _plan(writer: Any, arch: Arch, shapes: dict[str, tuple[int, ...]], quant: str) -> list[_Planned]:
-    import numpy as np
-    from gguf import GGMLQuantizationType as Q
-
     names = _TensorNames(arch)
     planned = []
     for hf_name, shape in shapes.items():
@@ -444,7 +441,6 @@ def write_lora(updates: dict[str, LoraUpdate], config: dict[str, Any], alpha: fl
     llama.cpp scales each pair by ``alpha / rank``; an update whose own scale differs (rsLoRA, per-module
     alpha) has the difference folded into its B matrix, so every pair applies exactly its trained update.
     """
-    import numpy as np
     import torch
 
     if quant not in LORA_QUANTS:

@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from .. import limits, runs
 from ..config import RunConfig, validate
 from ..data import is_hub_dataset_id
 from ..errors import UserError, app_message
 from ..limits import RunCaps
-
-if TYPE_CHECKING:
-    from ..backends.zerogpu import QuotaPreview
 
 
 class Shared(Protocol):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,9 @@ from ..data import is_hub_dataset_id
 from ..errors import UserError, app_message
 from .checks import (ServiceError, backend_name, backend_of, check_config_code, check_model_ref,
                      check_zerogpu, hub_token, parse_config, queue_dir, run_caps)
+from . import arena_actions, uploads
 from .plans import planned_steps
+from .uploads import as_uploaded, without_upload_folders
 
 if TYPE_CHECKING:
     from ..backends.base import Backend
@@ -34,40 +35,9 @@ if TYPE_CHECKING:
     from ..backends.zerogpu import ChunkResult
 
 
-UPLOADS = "uploads"
 SYNC_EVERY_S = 5.0  # a Hugging Face job's log is read at most this often per run (each read fetches the log)
 FORM_FILE = "form.json"  # the owner's form as the page last left it (one file per owner, overwritten)
 MAX_FORM_BYTES = 64_000  # a form is a few kB of settings; a shared server keeps no more than this per owner
-_KEPT = re.compile(r"/" + UPLOADS + r"/[0-9a-f]{16}/")  # the folder of a kept upload, before its file name
-
-
-def kept_name(name: str) -> str:
-    """An upload's file name as it is kept: letters, digits, ``._-`` and spaces (no path, no hidden file), its
-    suffix in lower case (what the readers go by)."""
-    path = Path(name)
-    stem = re.sub(r"[^\w.\- ]", "_", path.stem).strip(" .")[:80]
-    # at most 200 bytes, whole characters: a file name holds 255 bytes, and a letter may take 4 of them
-    stem = stem.encode("utf-8")[:200].decode("utf-8", errors="ignore").strip(" .") or "data"
-    suffix = "".join(c for c in path.suffix.lower() if c.isalnum() or c == ".")[:10]
-    return stem + suffix
-
-
-def as_uploaded(e: UserError, upload: str | Path | None, kept: Path | None = None) -> UserError:
-    """The user's error ``e`` with an upload said by its file name, not by where the server keeps it (its temporary
-    path ``upload`` and the kept copy ``kept``): what the app shows."""
-    if not upload:
-        return e
-    name = Path(upload).name
-    paths = {str(upload): name} | ({str(kept): name, str(kept.resolve()): name} if kept is not None else {})
-    return e.renamed(paths)
-
-
-def without_upload_folders(text: str) -> str:
-    """A run's message with each kept upload said by its file name (``…/uploads/<hash>/data.jsonl`` ->
-    ``data.jsonl``)."""
-    return re.sub(r"(?:/[^\s/:'\"]+)*" + _KEPT.pattern, "", text)
-
-
 @dataclass(frozen=True)
 class Workspace:
     """Where one owner's runs live."""
@@ -161,54 +131,12 @@ class OwnerSpace:
         (self.root / FORM_FILE).unlink(missing_ok=True)
 
     def keep_upload(self, path: str | Path) -> Path:
-        """Copy an uploaded data file into the owner's folder (uploads are temporary; runs must outlive them).
-
-        It is kept as ``uploads/<content hash>/<its file name>``: a run's reports and messages name the file the user
-        uploaded, and no user-chosen path reaches disk (the name is cut to letters, digits, ``._-`` and spaces, in
-        a folder of ours).
-        """
-        from ..data import MAX_UPLOAD_ENV, max_upload_bytes
-
-        src = Path(path)
-        if not src.is_file():
-            raise ServiceError(f"the uploaded file {src.name} is gone; upload it again")
-        size, limit = src.stat().st_size, max_upload_bytes()
-        if size > limit:
-            raise ServiceError(f"{src.name} is {size / 1e6:.1f} MB, over the {limit / 1e6:g} MB upload limit; split "
-                               f"it, use a Hub dataset, or raise the limit on the server ({MAX_UPLOAD_ENV})")
-        data = src.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()[:16]
-        target = self.root / UPLOADS / digest / kept_name(src.name)
-        if target.exists():  # kept already: no more room taken
-            return target
-        if self.ws.multi_user:
-            try:
-                limits.check_disk(self.root, size, f"uploading {src.name}")
-            except ValueError as e:  # over the quota, or the quota's setting unreadable on the server
-                raise ServiceError(str(e)) from None
-        from ..io import atomic_write_bytes
-
-        atomic_write_bytes(target, data)
-        return target
+        """Copy an uploaded data file into the owner's folder (:func:`uploads.keep_upload`)."""
+        return uploads.keep_upload(self.root, path, shared=self.ws.multi_user)
 
     def drop_upload(self, kept: str | Path) -> bool:
-        """Delete a kept upload (``keep_upload``'s path) that no run of the owner names in its config: the form's
-        file once the form moved on to another (True: deleted). Anything outside the owner's uploads is left."""
-        import shutil
-
-        folder = Path(kept).parent
-        uploads = (self.root / UPLOADS).resolve()
-        if not folder.resolve().is_relative_to(uploads) or folder.resolve() == uploads or not folder.is_dir():
-            return False
-        name = str(folder)
-        for config in self.root.glob("*/config.yaml"):
-            try:
-                if name in config.read_text(encoding="utf-8"):
-                    return False
-            except OSError:  # a run folder being deleted
-                continue
-        shutil.rmtree(folder, ignore_errors=True)
-        return True
+        """Delete a kept upload no run of the owner names (:func:`uploads.drop_upload`; True: deleted)."""
+        return uploads.drop_upload(self.root, kept)
 
     def start(self, config_yaml: str, backend: str = "local",
               data_file: str | Path | None = None, *, token: str | None = None, flavor: str | None = None,
@@ -614,78 +542,29 @@ class OwnerSpace:
             file = Path(archive)
         return ExportDownload(file, result.summary().replace(str(work) + "/", ""), result.url)
 
-    def _contender(self, name: str) -> str | None:
-        """The adapter folder a contender names (None: the base model)."""
-        from ..arena import BASE
-
-        return None if name == BASE else str(self.adapter_path(name))
-
     def arena_battle(self, contenders: list[str], prompt: str, *, base_model: str = "",
                      temperature: float = 0.0, max_new_tokens: int = 256, top_p: float = 0.9,
                      repetition_penalty: float = 1.0, seed: int = 0) -> dict[str, Any]:
-        """Two to four of ``base`` and the owner's runs / checkpoints (``ID``, ``ID@step``) answer ``prompt`` with the
-        same seed and settings, each adapter with its own trained template (the base with the first adapter's);
-        returns ``{"battle_id", "answers": {"A": ..., ...}}`` in a hidden shuffled order."""
-        from .. import arena, inference
-
-        names = [c.strip() for c in contenders if c and c.strip()]
-        folders = {n: self._contender(n) for n in dict.fromkeys(names)}
-        adapters = [f for f in folders.values() if f]
-        if not adapters and len(names) >= arena.MIN_CONTENDERS:
-            raise ServiceError("pick at least one of your runs or checkpoints besides the base model")
-        base_model = check_model_ref(self.ws, base_model)
-        base = base_model or (inference.adapter_base(adapters[0]) if adapters else "")
-        template, system = inference.trained_defaults(adapters[0]) if adapters else ("", "")
-        settings = {"temperature": temperature, "max_new_tokens": max_new_tokens, "top_p": top_p,
-                    "repetition_penalty": repetition_penalty, "seed": seed, "base_model": base}
-
-        def answer(name: str) -> str:
-            folder = folders[name]
-            kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                      repetition_penalty=repetition_penalty, seed=seed)
-            if folder is None:
-                return inference.generate_batch([prompt], model=base, template=template, system_prompt=system, **kw)[0]
-            return inference.generate_batch([prompt], adapter=folder, model=base_model or None, **kw)[0]
-
-        return arena.start_battle(self.root, names, prompt, answer, settings)
+        """Two to four contenders answer ``prompt`` in a hidden order (:func:`arena_actions.battle`)."""
+        return arena_actions.battle(self, contenders, prompt, base_model=base_model, temperature=temperature,
+                                    max_new_tokens=max_new_tokens, top_p=top_p,
+                                    repetition_penalty=repetition_penalty, seed=seed)
 
     def arena_vote(self, battle_id: str, verdict: str) -> dict[str, Any]:
-        """Record a vote (a letter, ``tie`` or ``both_bad``) on one of the owner's open battles: ``{"vote": the
-        record with the contenders revealed, "votes": the owner's vote count, "standings": their updated
-        standings}``."""
-        from .. import arena
-
-        root = self.root
-        record = arena.vote(root, battle_id, verdict)
-        votes = arena.read_votes(root)
-        return {"vote": record, "votes": len(votes), "standings": arena.standings(votes)}
+        """Record a vote on one of the owner's open battles (:func:`arena_actions.vote`)."""
+        return arena_actions.vote(self, battle_id, verdict)
 
     def arena_votes(self) -> int:
         """How many votes the owner has cast."""
-        from .. import arena
-
-        return len(arena.read_votes(self.root))
+        return arena_actions.votes(self)
 
     def arena_standings(self) -> list[dict[str, Any]]:
-        """The owner's arena standings: rating with a 95% interval, wins, losses, ties, win rate, best first."""
-        from .. import arena
-
-        return arena.standings(arena.read_votes(self.root))
+        """The owner's arena standings, best first (:func:`arena_actions.standings`)."""
+        return arena_actions.standings(self)
 
     def arena_export(self, out_dir: Path) -> Path:
         """A copy of the owner's votes (JSON lines) to download."""
-        from .. import arena
-
-        src = arena.votes_file(self.root)
-        if not src.exists():
-            raise ServiceError("no votes yet: start a battle and vote first")
-        self.check_download_room(src, "exporting the votes")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        import secrets
-
-        target = out_dir / f"arena-votes-{secrets.token_hex(8)}.jsonl"  # unguessable: the downloads folder is shared
-        target.write_bytes(src.read_bytes())
-        return target
+        return arena_actions.export(self, out_dir)
 
     def run_dir(self, run_id: str | None) -> Path:
         if not run_id:  # a page's run picker left empty (None)

@@ -10,7 +10,6 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from .. import service
 from ..arena import BASE, MAX_CONTENDERS
 from .common import Api, Caller, page_errors, scoped, user_errors
 

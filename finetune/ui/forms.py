@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from ..config import RunConfig, apply_overrides, choices, field_help, parse_target_modules, rule, rules
+from ..config import REPORTERS, RunConfig, apply_overrides, choices, field_help, parse_target_modules, rule, rules
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ TRAIN_FIELDS = (
     Field("training.eval_steps", "int", "Eval every (steps)"),
     Field("training.save_steps", "int", "Checkpoint every (steps)"),
     Field("training.seed", "int", "Seed"),
-    Field("training.report_to", "dropdown", "Experiment tracking", ("none", "trackio", "tensorboard", "wandb", "mlflow")),
+    Field("training.report_to", "dropdown", "Experiment tracking", REPORTERS[:5]),  # the common ones; any typed
 )
 
 # The fields of the run config itself (no section): the run's name, shown in the run list and the run pickers.
