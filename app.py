@@ -33,5 +33,6 @@ if __name__ == "__main__":
         css=CSS,
         # Gradio refuses a larger upload before storing it (FINETUNE_MAX_UPLOAD_MB, default 200)
         max_file_size=max_upload_bytes(),
-        **launch_options(workspace),  # the owner cookie that keeps anonymous visitors apart
+        # the owner cookie that keeps anonymous visitors apart; the endpoints as MCP tools for agents
+        **launch_options(workspace, mcp=True),
     )

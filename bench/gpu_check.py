@@ -20,6 +20,7 @@ Parts, one top-level section of ``gpu_check.json`` each (plus ``device``):
   tests/test_train.py.
 - ``inference``: the Playground's 4-bit load and generation tokens/s, an adapter switch against a base reload.
 - ``flow``: the embedded SmolLM2 (on CUDA): format, train, generate, merge, export; each step timed.
+- ``sharded`` (2+ GPUs, else it says why it skipped): FSDP vs DDP over every GPU (bench/sharded_check.py).
 
 Each part runs in its own ``try``: a failing part records its error and the others still run. The JSON and the
 Markdown are rewritten after every part, so an interrupted run keeps what it measured. A part that would start
@@ -46,9 +47,10 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_throughput as tt  # noqa: E402 - the bench's data generator, recipe, probe and workers
+import sharded_check  # noqa: E402 - the sharded part
 from harness import Stopwatch, device_name, length_summary, ratio  # noqa: E402
 
-PARTS = ("throughput", "estimator", "resume", "inference", "flow")
+PARTS = ("throughput", "estimator", "resume", "inference", "flow", "sharded")
 # tests/test_train.py SAME_ADAPTER_ATOL: the largest LoRA weight difference of a resumed run from an
 # uninterrupted one (a run one step short differs by ~1e-3); tests/test_gpu_check.py keeps them equal
 RESUME_ATOL = 2e-4
@@ -64,7 +66,7 @@ SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "resume": ("ok", "seconds", "error", "model", "steps", "calls", "max_abs_diff", "tolerance", "same_adapter"),
     "inference": ("ok", "seconds", "error", "model", "load_s", "new_tokens", "tokens_per_s", "adapter_switch_s",
                   "base_reload_s", "switch_vs_reload"),
-    "flow": ("ok", "seconds", "error", "model", "steps"),
+    "flow": ("ok", "seconds", "error", "model", "steps"), "sharded": sharded_check.SECTION_KEYS,
 }
 RATIO_KEYS = ("tokens_per_s", "peak_vram_gb", "loss")
 ESTIMATE_KEYS = ("name", "lora_r", "seq_len", "batch_size", "predicted_peak_gb", "measured_peak_gb", "peak_ratio",
@@ -227,7 +229,7 @@ def markdown(r: dict[str, Any]) -> str:
     b = r["budget"]
     lines += ["", f"Total {_f(b.get('total_s'))} s of a {_f(b.get('budget_s'))} s budget"
               + (f"; skipped: {', '.join(b['skipped'])}" if b.get("skipped") else "") + "."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + sharded_check.markdown(r["sharded"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -614,10 +616,11 @@ def part_flow(ctx: Context, sec: dict[str, Any]) -> None:
 
 PART_FUNCS: dict[str, Callable[[Context, dict[str, Any]], None]] = {
     "throughput": part_throughput, "estimator": part_estimator, "resume": part_resume,
-    "inference": part_inference, "flow": part_flow,
-}
+    "inference": part_inference, "flow": part_flow, "sharded": lambda ctx, sec: sharded_check.part_sharded(
+        ctx, sec, ctx.model_dir, lambda: data_files(ctx, "sharded", 64, 32, 1000, 300, ctx.seed), ctx.gpu)}
 # seconds a part needs on an H100/H200 (planning the budget: a part that would not finish is skipped)
-PART_NEEDS_S = {"throughput": 150, "estimator": 100, "resume": 30, "inference": 45, "flow": 40}
+PART_NEEDS_S = {"throughput": 150, "estimator": 100, "resume": 30, "inference": 45, "flow": 40,
+                "sharded": sharded_check.NEEDS_S}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from .dialogs import TrainedDialogs
 from .events import EventSink
 
 if TYPE_CHECKING:
+    from torch import Tensor
     from transformers import Trainer
 
     from .models import Model, Tokenizer
@@ -22,7 +23,8 @@ if TYPE_CHECKING:
 
 def save_adapter(trainer: Trainer, tokenizer: Tokenizer, config: RunConfig, base_name: str, run_dir: Path,
                  metrics: dict[str, Any], data_summary: dict[str, Any], device: str,
-                 dialogs: TrainedDialogs | None = None, log: EventSink | None = None) -> Path:
+                 dialogs: TrainedDialogs | None = None, log: EventSink | None = None,
+                 weights: dict[str, Tensor] | None = None) -> Path:
     """Write ``adapter/``: a plain PEFT adapter plus the template, config, metrics and a model card.
 
     The tokenizer carries the trained template as its chat template; the adapter is then checked with
@@ -37,7 +39,8 @@ def save_adapter(trainer: Trainer, tokenizer: Tokenizer, config: RunConfig, base
     model: Model = trainer.model  # a PeftModel: transformers types it as PreTrainedModel | Module | None
     model.peft_config["default"].base_model_name_or_path = base_name
     # the trained adapter only: a run that started from an adapter also holds trl's frozen copy of it ("ref")
-    model.save_pretrained(tmp, safe_serialization=True, selected_adapters=["default"])
+    # ``weights``: a sharded run's LoRA weights gathered whole on this process (distributed.gathered_adapter)
+    model.save_pretrained(tmp, safe_serialization=True, selected_adapters=["default"], state_dict=weights)
     system = dialogs.system_prompt if dialogs is not None else None
     write_tokenizer(tmp, config, tokenizer, system)
     write_run_files(tmp, config, tokenizer, metrics, system)

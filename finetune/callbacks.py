@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 from . import methods
 from .adapter import find_adapter_dir
 from .config import RunConfig
-from .distributed import is_main_process, rank0_decides
+from .distributed import gathered_adapter, is_main_process, rank0_decides, sharded
 from .events import EventSink
 from .gauge import Gauge
 from .halt import Halt
@@ -159,11 +159,17 @@ def checkpoint_adapter_callback(config: RunConfig, tokenizer: Tokenizer, base_na
     from .card import write_model_card
 
     class CheckpointAdapter(TrainerCallback):
-        def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
-            if not is_main_process():
-                return
+        def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    model: Model | None = None, **kw: Any) -> None:
             assert args.output_dir is not None  # train() sets it
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if sharded():  # the checkpoint holds shards: the adapter's weights are gathered (every process takes part)
+                assert model is not None  # the trainer passes it
+                weights = gathered_adapter(model)
+                if weights is not None:
+                    model.save_pretrained(path, state_dict=weights, safe_serialization=True, selected_adapters=["default"])
+            if not is_main_process():
+                return
             losses = [h["loss"] for h in state.log_history if "loss" in h]
             metrics = {"steps": state.global_step, **({"first_loss": losses[0], "final_loss": losses[-1]} if losses else {})}
             folder = write_checkpoint_adapter(path, config, tokenizer, base_name, metrics, system_prompt)

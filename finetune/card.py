@@ -433,3 +433,74 @@ def add_evaluation(card: str, report: dict[str, Any], name: str, step: int | Non
     marker = "## How to use"
     body = body.replace(marker, section + marker, 1) if marker in body else body.rstrip("\n") + "\n\n" + section
     return front + body
+
+
+# ---------------------------------------------------------------------------------------------
+# general-ability benchmarks (finetune.benchmark's report)
+
+HARNESS = {"name": "lm-evaluation-harness", "url": "https://github.com/EleutherAI/lm-evaluation-harness"}
+
+
+def benchmark_results(bench: dict[str, Any]) -> list[dict[str, Any]]:
+    """``model-index`` results of a benchmark: one per task, the adapter's value of each metric (the name says
+    the filter, the type is lm-eval's metric name)."""
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for row in bench.get("results") or []:
+        if row.get("adapter") is None:
+            continue
+        metric = str(row["metric"])
+        by_task.setdefault(str(row["task"]), []).append(
+            {"type": metric.split(" ", 1)[0], "value": round(float(row["adapter"]), 4), "name": f"{metric} (lm-eval)"})
+    return [{"task": {"type": "text-generation", "name": "Text Generation"},
+             "dataset": {"name": task, "type": task}, "metrics": metrics, "source": dict(HARNESS)}
+            for task, metrics in by_task.items()]
+
+
+BENCH_HEADERS = ("task", "metric", "base", "adapter", "delta", "beyond noise")
+
+
+def _bench_value(v: float | None, stderr: float | None = None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4f}" + (f" ± {stderr:.4f}" if stderr is not None else "")
+
+
+def benchmark_rows(bench: dict[str, Any]) -> list[list[str]]:
+    """A benchmark report as text rows (base and adapter with their standard errors): the card's, the README's and
+    the command line's table."""
+    return [[r["task"], r["metric"], _bench_value(r["base"], r["stderr_base"]),
+             _bench_value(r["adapter"], r["stderr_adapter"]), "-" if r["delta"] is None else f"{r['delta']:+.4f}",
+             {True: "yes", False: "no", None: "-"}[r["beyond_noise"]]] for r in bench.get("results") or []]
+
+
+def benchmark_markdown(bench: dict[str, Any]) -> str:
+    """A benchmark report as a Markdown table."""
+    lines = ["| " + " | ".join(BENCH_HEADERS) + " |", "|---|---|---:|---:|---:|---|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in benchmark_rows(bench)])
+
+
+def benchmark_section(bench: dict[str, Any]) -> list[str]:
+    """The card's "General ability" section: each task and metric, base vs adapter with lm-eval's standard errors."""
+    n = ", ".join(f"{t['task']} {t['n']}" for t in bench.get("tasks") or [])
+    return ["## General ability", "",
+            f"Measured with `python -m finetune bench` ({bench.get('harness', 'lm-eval')}) on the base model with the "
+            "adapter disabled and with it enabled; ± is lm-eval's standard error, and a difference beyond "
+            f"{bench.get('noise_z', 1.96)} combined standard errors is marked. Documents per task: {n}.", "",
+            benchmark_markdown(bench)]
+
+
+def add_benchmark(card: str, bench: dict[str, Any], name: str) -> str:
+    """A card with a benchmark added: its results appended to ``model-index`` (after the evaluation's, if any) and
+    the "General ability" section before "How to use"."""
+    head, sep, body = card[4:].partition("\n---\n") if card.startswith("---\n") else ("", "", card)
+    meta = yaml.safe_load(head) if head else {}
+    meta = meta if isinstance(meta, dict) else {}
+    index = meta.get("model-index") or [{"name": name, "results": []}]
+    index[0]["results"] = [r for r in index[0].get("results") or [] if r.get("source") != HARNESS]
+    index[0]["results"] += benchmark_results(bench)
+    meta["model-index"] = index
+    front = "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip() + "\n---\n"
+    section = "\n".join(benchmark_section(bench)) + "\n\n"
+    marker = "## How to use"
+    body = body.replace(marker, section + marker, 1) if marker in body else body.rstrip("\n") + "\n\n" + section
+    return front + body

@@ -15,7 +15,7 @@ import sys
 from .errors import UserError
 
 COMMANDS = ("format", "train", "generate", "estimate", "runs", "status", "stop", "push", "merge", "chat",
-            "verify_template", "export", "eval")
+            "verify_template", "export", "eval", "launch", "bench", "synth")
 
 
 class UsageError(UserError):

@@ -11,6 +11,7 @@ huggingface_hub calls only, never logged, stored or written into a file, and scr
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -203,6 +204,27 @@ def stage_evaluation(src: Path, dst: Path, repo_id: str) -> bool:
     return True
 
 
+def stage_benchmark(src: Path, dst: Path, repo_id: str) -> bool:
+    """Put the run's benchmark (``runs/<id>/eval/benchmark.json``, see ``finetune.benchmark``) on a staged card:
+    ``model-index`` results, the "General ability" table, and the pushed evaluation report's ``benchmark``. False
+    when the run has no benchmark of this adapter's step."""
+    from .adapter import adapter_step
+    from .card import EVAL_REPORT_FILE, add_benchmark
+    from .io import atomic_write_json
+    from .runs import read_bench_report, run_of
+
+    run_dir = run_of(src)
+    bench = read_bench_report(run_dir) if run_dir is not None else None
+    card = dst / "README.md"
+    if bench is None or not card.exists() or bench.get("step") != adapter_step(src):
+        return False
+    card.write_text(add_benchmark(card.read_text(encoding="utf-8"), bench, repo_id.split("/")[-1]), encoding="utf-8")
+    report_file = dst / EVAL_REPORT_FILE
+    report = json.loads(report_file.read_text(encoding="utf-8")) if report_file.exists() else {}
+    atomic_write_json(report_file, {**report, "benchmark": bench})  # joined with the run's evaluation
+    return True
+
+
 def push_adapter(adapter_dir: Path, repo_id: str, *, token: str | None = None, private: bool = True,
                  revision: str | None = None, commit_message: str = "Upload LoRA adapter with finetune",
                  api: HfApi | None = None) -> str:
@@ -222,19 +244,21 @@ def push_adapter(adapter_dir: Path, repo_id: str, *, token: str | None = None, p
         staged = Path(tmp) / "adapter"
         stage_card(folder, staged, repo_id)
         stage_evaluation(folder, staged, repo_id)
+        stage_benchmark(folder, staged, repo_id)
         return push_folder(staged, repo_id, repo_type="model", token=token, private=private, revision=revision,
                            commit_message=commit_message, api=api)
 
 
-def push_dataset(jsonl_file: Path, repo_id: str, **kw: Any) -> str:
-    """Push a formatted JSONL file as a dataset repo (``data/train.jsonl``)."""
+def push_dataset(jsonl_file: Path, repo_id: str, *, card: str | None = None, **kw: Any) -> str:
+    """Push a formatted JSONL file as a dataset repo (``data/train.jsonl``); ``card``: its README (a made dataset's,
+    ``synth.card``), else the formatted file's."""
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "data").mkdir()
         shutil.copy(jsonl_file, Path(tmp) / "data" / "train.jsonl")
-        (Path(tmp) / "README.md").write_text(
+        (Path(tmp) / "README.md").write_text(card or (
             "---\nconfigs:\n- config_name: default\n  data_files: data/train.jsonl\ntags:\n- finetune\n---\n\n"
             "Formatted with finetune: columns `text`, `prompt`, `completion`, `messages`.\n"
-        )
+        ))
         return push_folder(Path(tmp), repo_id, repo_type="dataset", **kw)
 
 

@@ -437,6 +437,39 @@ def answers_with(loaded: LoadedModel, prompts: Sequence[str | Sequence[Message]]
     return out
 
 
+def choice_probabilities(prompts: Sequence[str | Sequence[Message]], choices: Sequence[str], *, model: str = "",
+                         batch_size: int = 8) -> list[list[float]]:
+    """For each prompt, the probability that the model's answer starts with each of ``choices`` (single tokens, e.g.
+    the digits of a 1-5 rating): the next-token distribution after the prompt, as the model's own chat template
+    renders it. A judge reads its score from these (the expected rating), not from a reply a small model may word
+    any way it likes.
+
+    >>> choice_probabilities(["Rate 1 to 5: ..."], ["1", "2", "3", "4", "5"])  # doctest: +SKIP
+    [[0.02, 0.05, 0.21, 0.48, 0.24]]
+    """
+    import torch
+
+    loaded, tpl = _prepare(model, None, None, None)
+    tok = loaded.tokenizer
+    ids = [tok.convert_tokens_to_ids(c) if c in tok.get_vocab() else None for c in choices]
+    texts = [build_prompt([{"role": "user", "content": p}] if isinstance(p, str) else p, tpl, tok) for p in prompts]
+    out: list[list[float]] = []
+    side = tok.padding_side
+    with _lock, _adapter_context(loaded, None):
+        _fit_threads(loaded)
+        tok.padding_side = "left"  # the next token follows the right edge of every row
+        try:
+            with torch.no_grad():
+                for i in range(0, len(texts), batch_size):
+                    enc = tok(texts[i: i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+                    enc = {k: v.to(loaded.model.device) for k, v in enc.items()}
+                    probs = torch.softmax(loaded.model(**enc).logits[:, -1, :].float(), dim=-1)
+                    out += [[float(row[t]) if isinstance(t, int) else 0.0 for t in ids] for row in probs]
+        finally:
+            tok.padding_side = side
+    return out
+
+
 def compare(
     prompt: str | Sequence[Message],
     adapter: str | Path,

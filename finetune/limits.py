@@ -34,6 +34,7 @@ MAX_STEPS_ENV = "FINETUNE_MAX_STEPS"
 MAX_MINUTES_ENV = "FINETUNE_MAX_RUN_MINUTES"
 DISK_ENV = "FINETUNE_OWNER_DISK_MB"
 DOWNLOADS_AGE_ENV = "FINETUNE_DOWNLOADS_MAX_AGE_H"
+BENCH_ROWS_ENV = "FINETUNE_MAX_BENCH_ROWS"
 TRUST_FORWARDED_ENV = "FINETUNE_TRUST_FORWARDED"
 
 DEFAULT_RUNS_PER_VISITOR = 3
@@ -41,6 +42,7 @@ DEFAULT_MAX_STEPS = 1000  # a few minutes to an hour on a small GPU: enough to t
 DEFAULT_MAX_MINUTES = 60.0
 DEFAULT_DISK_MB = 2000.0  # a few small adapters with their checkpoints, or one 1B merge
 DEFAULT_DOWNLOADS_AGE_H = 24.0
+DEFAULT_BENCH_ROWS = 100  # documents per task of one visitor's benchmark: minutes on a small GPU, not an hour
 
 LEDGER_DIR = ".visitors"  # under the workspace root, beside the users' folders: one file per local run
 BIGGEST_SHOWN = 3  # runs named in a disk refusal
@@ -73,6 +75,23 @@ def owner_disk_bytes() -> int:
     """``$FINETUNE_OWNER_DISK_MB`` (default 2000): the disk one owner's folder may fill, in bytes."""
     return int(_number(DISK_ENV, DEFAULT_DISK_MB, "the megabytes one owner's runs and uploads may fill "
                        "(e.g. 2000)", 1) * 1e6)
+
+
+def bench_rows() -> int:
+    """``$FINETUNE_MAX_BENCH_ROWS`` (default 100): the documents per task a visitor's benchmark may score."""
+    return int(_number(BENCH_ROWS_ENV, DEFAULT_BENCH_ROWS, "the documents per task one benchmark may score "
+                       "(e.g. 100)", 1))
+
+
+def check_bench_rows(limit: int) -> int:
+    """The row limit of a visitor's benchmark: ``limit`` when within this server's, else a refusal (0, every
+    document, is over it)."""
+    cap = bench_rows()
+    if limit <= 0 or limit > cap:
+        asked = "every document" if limit <= 0 else f"{limit:,} documents"
+        raise LimitError(f"limit: this benchmark would score {asked} of each task, over this server's limit of {cap:,} "
+                         f"per task ({BENCH_ROWS_ENV}); set limit to {cap:,} or less")
+    return limit
 
 
 def downloads_max_age_s() -> float:

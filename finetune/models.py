@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from .config import LoraSettings, ModelConfig, QuantizationConfig
+from .distributed import sharded
 from .errors import UserError
 from .refs import classify
 
@@ -252,8 +253,12 @@ def compute_dtype(name: str, device: str) -> torch.dtype:
     return dtype
 
 
-def bnb_config(q: QuantizationConfig, device: str = "cpu") -> BitsAndBytesConfig | None:
-    """BitsAndBytesConfig for 4-bit (QLoRA: NF4 + double quant) or 8-bit; None for 16/32-bit weights."""
+def bnb_config(q: QuantizationConfig, device: str = "cpu", sharded: bool = False) -> BitsAndBytesConfig | None:
+    """BitsAndBytesConfig for 4-bit (QLoRA: NF4 + double quant) or 8-bit; None for 16/32-bit weights.
+
+    ``sharded`` (FSDP-QLoRA): the packed 4-bit weights are stored in the compute dtype instead of uint8, so FSDP
+    shards them with the other parameters (a uint8 weight cannot be a sharded parameter: accelerate would leave it
+    whole on every GPU)."""
     if q.load_in == "none":
         return None
     from transformers import BitsAndBytesConfig
@@ -265,6 +270,7 @@ def bnb_config(q: QuantizationConfig, device: str = "cpu") -> BitsAndBytesConfig
         bnb_4bit_quant_type=q.quant_type,  # transformers defaults to fp4: QLoRA wants nf4
         bnb_4bit_use_double_quant=q.double_quant,  # ~0.37 bit/param saved on the constants
         bnb_4bit_compute_dtype=compute_dtype(q.compute_dtype, device),
+        **({"bnb_4bit_quant_storage": compute_dtype(q.compute_dtype, device)} if sharded else {}),
     )
 
 
@@ -339,10 +345,11 @@ def load_model(cfg: ModelConfig, q: QuantizationConfig, device: str,
         dtype=dtype or (compute_dtype(q.compute_dtype, device) if device == "cuda" else torch.float32),
     )
     _refuse_pickle_only(res)
-    quant = bnb_config(q, device)
+    quant = bnb_config(q, device, sharded=sharded())
     if quant is not None:
         kwargs["quantization_config"] = quant
-        # a quantized model cannot be moved after loading: under DDP each process loads onto its own GPU
+        # a quantized model cannot be moved after loading: under DDP and FSDP each process loads onto its own GPU
+        # (FSDP then keeps only its shard of each block)
         gpu = int(os.environ.get("LOCAL_RANK", "0"))
         kwargs["device_map"] = {"": gpu} if device == "cuda" else {"": "cpu"}
     try:

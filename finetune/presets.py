@@ -29,9 +29,12 @@ def default_preset(method: str | None = None) -> str:
     return DEFAULT_PRESET
 
 
+RECIPES = "recipes"  # presets/recipes/ holds data recipes (finetune/synth), not run presets
+
+
 def preset_paths(root: Path = PRESETS_DIR) -> dict[str, Path]:
-    """Every preset below ``root`` (recursively), by file stem."""
-    return {p.stem: p for p in sorted(root.rglob("*.yaml"))}
+    """Every preset below ``root`` (recursively), by file stem; the data recipes in ``recipes/`` are not presets."""
+    return {p.stem: p for p in sorted(root.rglob("*.yaml")) if p.relative_to(root).parts[0] != RECIPES}
 
 
 def preset_names() -> list[str]:

@@ -48,6 +48,8 @@ QUEUED = 0  # read_run: a run in the app's queue, with no process yet (no pid is
 # the run's test set, written when the run starts.
 TEST_SET = "test_set.jsonl"
 EVAL_REPORT = "eval/report.json"  # the latest evaluation of the run (finetune.evaluate), checkpoints included
+BENCH_REPORT = "eval/benchmark.json"  # the latest general-ability benchmark of the run (finetune.benchmark)
+BENCH_TASKS = "eval/bench_tasks"  # the lm-eval task YAML (and data) a benchmark made of the run's test files
 # A run executing on another machine (Hugging Face Jobs) records its job here; its liveness is the job's,
 # not a local process id (backends.hfjobs.sync writes the job's end into the events).
 JOB_FILE = "job.json"
@@ -57,6 +59,15 @@ BACKEND_FILE = "backend.json"
 BACKEND_NAMES = ("local", "zerogpu", "hf-jobs")
 # A checkpoint is usable only when everything resume needs is on disk (the trainer writes the state last).
 CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
+# A sharded (FSDP) run's checkpoint: each process's part of the optimizer in one folder (torch.distributed.checkpoint,
+# complete once its .metadata is written) instead of optimizer.pt.
+SHARDED_OPTIMIZER = "optimizer_0/.metadata"
+
+
+def _missing_files(checkpoint: Path) -> list[str]:
+    """The files a resume needs that ``checkpoint`` lacks (a sharded checkpoint's optimizer counts as optimizer.pt)."""
+    sharded = (checkpoint / SHARDED_OPTIMIZER).exists()
+    return [f for f in CHECKPOINT_FILES if not (checkpoint / f).exists() and not (sharded and f == "optimizer.pt")]
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -132,7 +143,7 @@ def _checkpoint_folders(run_dir: Path) -> list[tuple[int, Path]]:
 def checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
     return [d for _, d in _checkpoint_folders(run_dir)
-            if all((d / f).exists() for f in CHECKPOINT_FILES) and _state_readable(d)]
+            if not _missing_files(d) and _state_readable(d)]
 
 
 def adapter_checkpoints(run_dir: Path) -> list[Path]:
@@ -147,7 +158,7 @@ def incomplete_checkpoints(run_dir: Path) -> dict[Path, list[str]]:
     """The checkpoint folders a resume cannot start from, with the files each lacks (an unreadable trainer state
     counts as missing), oldest first."""
     complete = set(checkpoints(run_dir))
-    return {d: [f for f in CHECKPOINT_FILES if not (d / f).exists()] or ["trainer_state.json (unreadable)"]
+    return {d: _missing_files(d) or ["trainer_state.json (unreadable)"]
             for _, d in _checkpoint_folders(run_dir) if d not in complete}
 
 
@@ -192,6 +203,24 @@ def read_eval_report(run_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return report if isinstance(report, dict) else None
+
+
+def write_bench_report(run_dir: Path, report: dict[str, Any]) -> Path:
+    """Write a run's benchmark report (``eval/benchmark.json``, atomically; see ``finetune.benchmark``)."""
+    from .io import atomic_write_json
+
+    path = Path(run_dir) / BENCH_REPORT
+    atomic_write_json(path, report)
+    return path
+
+
+def read_bench_report(run_dir: Path) -> dict[str, Any] | None:
+    """The run's latest benchmark report, or None when it has none (or it is unreadable)."""
+    try:
+        report = json.loads((Path(run_dir) / BENCH_REPORT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) and isinstance(report.get("results"), list) else None
 
 
 def request_stop(run_dir: Path) -> None:
@@ -349,6 +378,9 @@ class RunState:
     mem_total_gb: float | None = None
     util_pct: float | None = None  # device utilisation at the last step (CPU: 100 per busy core)
     cpu_threads: int | None = None  # the threads a CPU run trains with (its started event): the cores it can keep busy
+    # how the run is laid out over its processes (its started event): strategy (none | ddp | fsdp), world_size,
+    # param_bytes_per_rank (the base model's parameter bytes each process holds), param_bytes_total
+    distributed: dict[str, Any] = field(default_factory=dict)
     pid: int | None = field(default=None, repr=False)  # the run's latest process (not shown: a server detail)
     # the latest step's method metrics (training.method other than sft: reward margins, KL, mean rewards...)
     metrics: dict[str, float] = field(default_factory=dict)
@@ -423,6 +455,7 @@ def read_run(run_dir: Path) -> RunState:
             state.model = e.get("model", state.model)
             state.device = e.get("device", state.device) or state.device
             state.cpu_threads = e.get("cpu_threads", state.cpu_threads)
+            state.distributed = e.get("distributed") or state.distributed
             earlier_s, process_s = earlier_s + process_s, 0.0  # each process counts its elapsed_s from its start
             state.max_steps = e.get("max_steps", state.max_steps) or state.max_steps
             state.status, state.message, state.queue_position = "running", "", None

@@ -39,7 +39,7 @@ from .adapter_bundle import save_adapter
 from .callbacks import (checkpoint_adapter_callback, evaluate_at_save_callback, evaluation_event, events_callback,
                         samples_at_save_callback, share_callback)
 from .config import ConfigError, RunConfig, validate
-from .distributed import is_main_process, world_size
+from .distributed import gathered_adapter, is_main_process, layout, shard_on_cpu, sharded, world_size
 from .errors import TrainingError, UserError, is_programming_error
 from .events import EventLog, EventSink, SilentLog
 from .halt import Halt
@@ -224,8 +224,9 @@ def _train(call: _Call) -> RunResult:
     planned = call.config.training.steps_for(len(data.run.train), world_size())
     if call.resuming and _trained_steps(call.run_dir, setup.resume_from) >= planned:
         return _complete(call, setup, data, planned)  # nothing to train: what is missing only
-    share = _announce(call, setup, data)
+    share = _cpu_share(setup)
     model, peft_config, settings, checkpointing = load_model(call, setup)
+    _announce(call, setup, data, model, share)
     trainer, events = build_trainer(call, setup, data, model, peft_config, settings, checkpointing, share)
     resume_from = setup.resume_from
     with saving(call.run_dir, trainer, setup.base.path):
@@ -403,17 +404,24 @@ def load_data(call: _Call, setup: _Setup) -> _Data:
     return _Data(run_data, test_source)
 
 
-def _announce(call: _Call, setup: _Setup, data: _Data) -> CpuShare | None:
-    """Take the CPU share the app asks for, then the ``started`` event (and the note on an adapter's LoRA
-    settings). Returns the share, which a callback follows."""
+def _cpu_share(setup: _Setup) -> CpuShare | None:
+    """Take the CPU share the app asks for; returns it, which a callback follows."""
     import torch
 
-    config, run_dir, start = call.config, call.run_dir, setup.start
     from .cpushare import for_device
 
     share = for_device(setup.device)
     if share is not None:
         torch.set_num_threads(share.most)
+    return share
+
+
+def _announce(call: _Call, setup: _Setup, data: _Data, model: Model, share: CpuShare | None) -> None:
+    """The ``started`` event, with how the run is laid out over its processes (``distributed``: the bytes of the
+    base model's parameters each holds), and the note on an adapter's LoRA settings."""
+    import torch
+
+    config, run_dir, start = call.config, call.run_dir, setup.start
     call.log.emit(
         "started",
         name=config.name,
@@ -426,10 +434,10 @@ def _announce(call: _Call, setup: _Setup, data: _Data) -> CpuShare | None:
         init_adapter=start.label if start else None,
         data=data.run.summary,
         max_steps=config.training.steps_for(len(data.run.train), world_size()),
+        distributed=layout(model, "fsdp" if sharded() else "ddp" if world_size() > 1 else "none"),
     )
     if start is not None and (note := lora_note(config, start)):
         call.log.emit("note", message=note)
-    return share
 
 
 def load_model(call: _Call, setup: _Setup) -> tuple[Model, LoraConfig | None, ResolvedSettings, bool]:
@@ -482,6 +490,7 @@ def build_trainer(call: _Call, setup: _Setup, data: _Data, model: Model, peft_co
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our events replace its raw dict prints
+    shard_on_cpu(trainer)  # gloo processes of a sharded run: accelerate's FSDP on the CPU too
     if setup.resume_from is not None:
         keep_adapter_dtypes(trainer)
     return trainer, events
@@ -565,9 +574,10 @@ def save_run(call: _Call, setup: _Setup, data: _Data, trainer: Trainer, out: Tra
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     if losses:
         metrics["first_loss"], metrics["final_loss"] = losses[0], losses[-1]
+    weights = gathered_adapter(trainer.model_wrapped) if sharded() else None  # every process takes part in it
     if is_main_process():
         save_adapter(trainer, setup.tokenizer, setup.saved_config, setup.base.name, call.run_dir, metrics,
-                     data.run.summary, setup.device, data.run.dialogs, log)
+                     data.run.summary, setup.device, data.run.dialogs, log, weights=weights)
     return metrics
 
 

@@ -20,24 +20,25 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--
 VIEWPORT = {"width": 1400, "height": 1000}
 
 
-def launch(runs: Path, downloads: Path, *, multi_user: bool = True, css: bool = True,
+def launch(runs: Path, downloads: Path, *, multi_user: bool = True, css: bool = True, mcp: bool = False,
            **options: Any) -> tuple[Any, str]:
-    """The app on a free local port over the runs folder ``runs``: (demo, url); the caller closes it."""
+    """The app on a free local port over the runs folder ``runs``: (demo, url); the caller closes it. ``mcp``: with
+    its MCP server (at ``url + "gradio_api/mcp/"``)."""
     from finetune.service import Workspace
     from finetune.ui import CSS, build_app, launch_options
 
     workspace = Workspace(runs, multi_user=multi_user)
     demo = build_app(workspace, downloads, **options)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True,
-                            **({"css": CSS} if css else {}), **launch_options(workspace))
+                            **({"css": CSS} if css else {}), **launch_options(workspace, mcp=mcp))
     return demo, url
 
 
 @contextlib.contextmanager
-def launched(runs: Path, downloads: Path, *, multi_user: bool = True, css: bool = True,
+def launched(runs: Path, downloads: Path, *, multi_user: bool = True, css: bool = True, mcp: bool = False,
              **options: Any) -> Iterator[tuple[Any, str]]:
     """As ``launch``, closed afterwards."""
-    demo, url = launch(runs, downloads, multi_user=multi_user, css=css, **options)
+    demo, url = launch(runs, downloads, multi_user=multi_user, css=css, mcp=mcp, **options)
     try:
         yield demo, url
     finally:

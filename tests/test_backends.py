@@ -291,9 +291,11 @@ def test_job_spec_flavor_timeout_command_and_secret():
     big = hfjobs.job_spec(cfg, "t4-small", None, space_id="me/finetune", tokens=40_000_000)
     assert big["timeout"] > spec["timeout"] and "--push-to" not in big["command"]
 
-    # two GPUs: one process each through accelerate, and a shorter limit for the same work
+    # two GPUs: the same train command, told the layout (the run fits one A10G: data parallel), which starts one
+    # process per GPU through accelerate itself; a shorter limit for the same work
     two = hfjobs.job_spec(cfg, "a10g-largex2", "me/x", space_id="me/finetune", tokens=40_000_000)
-    assert two["command"][:6] == ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "-m"]
+    assert two["command"][:4] == ["python", "-m", "finetune", "train"]
+    assert two["command"][-6:-2] == ["--distributed", "ddp", "--num-processes", "2"]
     one = hfjobs.job_spec(cfg, "a10g-large", "me/x", space_id="me/finetune", tokens=40_000_000)
     assert two["timeout"] < one["timeout"]
 

@@ -89,3 +89,12 @@ def test_only_and_out_are_options_and_a_bad_part_is_refused(tmp_path):
     with pytest.raises(SystemExit):
         check.main(["--dry-run", "--only", "nonsense", "--out", str(tmp_path)])
     assert not (tmp_path / "gpu_check.json").exists()
+
+
+def test_the_sharded_part_says_why_it_skips_without_two_gpus(dry_run):
+    _, out = dry_run
+    sec = json.loads((out / "gpu_check.json").read_text())["sharded"]
+    assert sec["ok"] is True and sec["gpus"] == 0
+    assert sec["skipped"] == "needs 2 or more CUDA GPUs; this machine has 0 (dry run: CPU)"
+    assert set(sec["fsdp"]) == set(sec["ddp"]) == {"per_gpu_peak_gb", "tokens_per_s", "final_loss"}
+    assert "skipped: needs 2 or more CUDA GPUs" in (out / "gpu_check.md").read_text()

@@ -61,4 +61,25 @@ def test_auto_configure_button_gives_a_config_or_a_refusal_for_every_gpu(auto_ha
 def test_every_preset_is_covered():
     from finetune.presets import PRESETS_DIR
 
-    assert len(PRESETS) == len(list(PRESETS_DIR.rglob("*.yaml"))) >= 6
+    assert len(PRESETS) == len([p for p in PRESETS_DIR.rglob("*.yaml") if "recipes" not in p.parts]) >= 6
+
+
+def test_auto_configure_shards_a_run_too_big_for_one_gpu_over_the_fewest_that_hold_it(auto_handler):
+    """The 70B preset fits no single L40S (48 GB): the button proposes it sharded over two of them, into the form's
+    Several GPUs fields; on one 80 GB GPU it stays one process."""
+    from finetune.memory import estimate_training, get_gpu, setup_for, spec_for_config
+    from finetune.ui import forms
+
+    fn, inputs = auto_handler
+    cfg = load_preset("llama-3.1-70b-qlora-4xl40s")
+    form = forms.config_to_values(cfg)
+    extras = [c.value for c in inputs[len(form):-1]]
+    out = validate(forms.values_to_config(RunConfig(), fn(*form, *extras, "l40s")))
+    assert (out.training.distributed, out.training.num_processes) == ("fsdp", 2)
+    l40s = get_gpu("l40s")
+    spec = spec_for_config(out, allow_hub=False)
+    one = setup_for(out, l40s).with_(strategy="none", gpus=1)
+    assert not estimate_training(spec, one, l40s, advise=False).fits  # why it is sharded
+    assert estimate_training(spec, setup_for(out, l40s), l40s, advise=False).fits  # and that two hold it
+    big = validate(forms.values_to_config(RunConfig(), fn(*form, *extras, "a100-80gb")))
+    assert (big.training.distributed, big.training.num_processes) == ("auto", 0)

@@ -226,6 +226,9 @@ def test_no_visitor_makes_the_server_run_a_model_repos_code_or_load_a_server_fol
                        rewards__judge_weight=1.0)
     refused(lambda: start(grpo), "judge_model", "not a Hub repo id")
     refused(lambda: start(config_yaml(training__init_adapter=str(world["run"]))), "init_adapter")
+    # several training processes (a share of the machine per process) are not a visitor's to ask for
+    refused(lambda: start(config_yaml(training__distributed="fsdp", training__num_processes=64)),
+            "training.num_processes 64", "one process", "Hugging Face Job")
     # a run folder that asks for remote code (written by an older version) is not resumed
     rid = own_run(shared["runs"], c, world["run"], model__trust_remote_code=True)
     refused(lambda: c.predict(rid, api_name="/resume_training"), "trust_remote_code")

@@ -5,8 +5,8 @@ What is sent (see :func:`job_spec`, a plain dict you can print before anything l
 - ``image``: this app's own Space image (``hf.co/spaces/<space>``: the same code and libraries as the app)
   or a Docker image with finetune installed;
 - ``command``: ``python -m finetune train --config-env FINETUNE_CONFIG_B64 --run-dir ... --events-json
-  --push-to REPO`` (``accelerate launch --multi_gpu --num_processes N -m finetune train ...`` on an N-GPU
-  flavor);
+  --push-to REPO`` (plus ``--distributed ddp|fsdp --num-processes N`` on an N-GPU flavor: the command starts
+  accelerate itself with the generated config, as on one's own machine);
 - ``env``: the run config as base64 YAML (a job has no file from here), nothing secret;
 - ``secrets``: the *name* ``HF_TOKEN`` only. :func:`request` puts the user's token there at submission, the
   one place it goes: never the command, the env, the logs, the run folder or the events;
@@ -28,10 +28,9 @@ import copy
 import json
 import math
 import os
-import re
 import time
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from .. import memory, runs
 from ..hub import _scrub  # the token never leaves in a message or a log line
@@ -41,6 +40,9 @@ from ..events import EVENTS_FILE, TERMINAL, EventLog, read_events
 from ..io import atomic_write_json, atomic_write_text
 from ..refs import classify
 
+if TYPE_CHECKING:
+    from ..launch_plan import LaunchPlan
+
 NAME = "hf-jobs"
 TOKEN_SECRET = "HF_TOKEN"  # huggingface_hub and hub.push_adapter read the token from this variable
 CONFIG_ENV = "FINETUNE_CONFIG_B64"
@@ -49,16 +51,7 @@ JOB_RUNS_DIR = "/tmp/finetune-runs"  # writable in any image; the job's disk is 
 DEFAULT_FLAVOR = "a10g-small"
 
 # Jobs flavor -> the GPU in memory.GPUS (for the time estimate); the count comes from the name (x2, x4, x8).
-FLAVOR_GPUS = {
-    "t4-small": "t4", "t4-medium": "t4",
-    "l4x1": "l4", "l4x4": "l4",
-    "a10g-small": "a10g", "a10g-large": "a10g", "a10g-largex2": "a10g", "a10g-largex4": "a10g",
-    "l40sx1": "l40s", "l40sx4": "l40s", "l40sx8": "l40s",
-    "a100-large": "a100-80gb", "a100x4": "a100-80gb", "a100x8": "a100-80gb",
-    "h200": "h200", "h200x2": "h200", "h200x4": "h200", "h200x8": "h200",
-    "rtx-pro-6000": "rtx-pro-6000", "rtx-pro-6000x2": "rtx-pro-6000", "rtx-pro-6000x4": "rtx-pro-6000",
-    "rtx-pro-6000x8": "rtx-pro-6000",
-}
+FLAVOR_GPUS = {flavor: gpu for flavor, (gpu, _) in memory.JOBS_FLAVORS.items()}  # the catalog's Jobs flavors
 # Timeout = estimate x TIME_MARGIN + STARTUP_S, at least MIN_TIMEOUT_S. The estimate is +-35% on its anchors
 # (memory.tokens_per_second), hence 1.5x; start-up is the image pull, the model download and its load
 # (a 7B model in 4-bit: 5-10 min). A job is billed per minute it runs, so a generous limit costs nothing
@@ -66,7 +59,6 @@ FLAVOR_GPUS = {
 TIME_MARGIN = 1.5
 STARTUP_S = 900
 MIN_TIMEOUT_S = 1800
-DDP_EFFICIENCY = 0.85  # N GPUs train ~0.85 N times as fast as one (gradient all-reduce each step)
 
 # Job stage -> run status when the log has no final event of its own.
 _STAGE_STATUS = {"SCHEDULING": "queued", "RUNNING": "running", "COMPLETED": "finished", "CANCELED": "stopped",
@@ -84,8 +76,7 @@ class JobError(ValueError, UserError):
 
 def gpu_count(flavor: str) -> int:
     """GPUs of a flavor: ``a10g-largex2`` -> 2, ``l4x4`` -> 4, ``l40sx1`` / ``h200`` -> 1."""
-    found = re.search(r"x(\d+)$", flavor)
-    return int(found.group(1)) if found else 1
+    return memory.JOBS_FLAVORS[check_flavor(flavor)][1]
 
 
 def check_flavor(flavor: str) -> str:
@@ -134,19 +125,41 @@ def estimate_timeout_s(config: RunConfig, flavor: str, tokens: int | None = None
                        "epoch, printed by `python -m finetune format`), set training.max_steps, or give timeout_s")
     try:
         spec = memory.spec_for_config(config)
-        est = memory.estimate_time(spec, memory.setup_for(config, gpu), gpu, total, epochs)
+        setup = memory.setup_for(config, gpu)
+        if n > 1:
+            plan = job_plan(config, flavor)
+            setup = setup.with_(strategy=plan.strategy, gpus=n, offload=plan.offload)
+        est = memory.estimate_time(spec, setup, gpu, total, epochs)
     except memory.EstimateError as e:
         raise JobError(f"cannot estimate the run's duration ({e}); give timeout_s (--timeout MINUTES)") from e
-    seconds = est.seconds / (n * DDP_EFFICIENCY) if n > 1 else est.seconds
+    seconds = est.seconds
     return max(MIN_TIMEOUT_S, math.ceil((seconds * TIME_MARGIN + STARTUP_S) / 60) * 60)
 
 
-def job_command(run_dir: str, flavor: str, repo_id: str | None) -> list[str]:
-    """The train command the job runs: one process per GPU through accelerate on multi-GPU flavors."""
+def job_plan(config: RunConfig, flavor: str) -> LaunchPlan:
+    """The layout of the run on the flavor's GPUs (``training.distributed``; ``auto``: data parallel when the run
+    fits one of them, else sharded), as the job's own ``python -m finetune train`` will plan it there."""
+    from ..launch_plan import LaunchError, plan
+
+    gpu = memory.get_gpu(FLAVOR_GPUS[check_flavor(flavor)])
+    cfg = copy.deepcopy(config)
+    cfg.training.num_processes = cfg.training.num_processes or gpu_count(flavor)
+    try:
+        fits = memory.estimate(cfg, gpu=gpu).fits if cfg.training.distributed == "auto" else None
+        return plan(cfg, gpus=gpu_count(flavor), fits_one=fits)
+    except (LaunchError, memory.EstimateError) as e:
+        raise JobError(f"flavor {flavor}: {e}") from e
+
+
+def job_command(run_dir: str, flavor: str, repo_id: str | None, config: RunConfig | None = None) -> list[str]:
+    """The train command the job runs. On a multi-GPU flavor it is the same command with ``--num-processes N``:
+    the job's ``python -m finetune train`` plans the layout and starts accelerate with the generated config,
+    as on one's own machine (``launch_plan``)."""
     n = gpu_count(flavor)
-    launcher = (["accelerate", "launch", "--multi_gpu", "--num_processes", str(n), "-m"] if n > 1
-                else ["python", "-m"])
-    cmd = launcher + ["finetune", "train", "--config-env", CONFIG_ENV, "--run-dir", run_dir, "--events-json"]
+    cmd = ["python", "-m", "finetune", "train", "--config-env", CONFIG_ENV, "--run-dir", run_dir, "--events-json"]
+    if n > 1:
+        layout = job_plan(config or RunConfig(), flavor)
+        cmd += ["--distributed", layout.strategy, "--num-processes", str(layout.num_processes)]
     return cmd + (["--push-to", repo_id] if repo_id else [])
 
 
@@ -194,7 +207,7 @@ def job_spec(config: RunConfig, flavor: str = DEFAULT_FLAVOR, repo_id: str | Non
     run_id = runs.check_run_id(run_id) if run_id else runs.new_run_id(cfg.name)
     return {
         "image": image,
-        "command": job_command(f"{run_root.rstrip('/')}/{run_id}", flavor, repo_id),
+        "command": job_command(f"{run_root.rstrip('/')}/{run_id}", flavor, repo_id, cfg),
         "env": env,
         "secrets": [TOKEN_SECRET],  # names only: request() fills in the value
         "flavor": flavor,

@@ -63,7 +63,14 @@ def available() -> tuple[bool, str]:
 
 def start(config: RunConfig, root: str | Path | None = None, run_id: str | None = None) -> str:
     """Create the run folder of a ZeroGPU run (config and a ``submitted`` event); the app then drives its GPU
-    calls with :func:`run_chunked`. Returns the run id."""
+    calls with :func:`run_chunked`. Returns the run id. A run laid out over several GPUs is refused: a ZeroGPU
+    call holds one GPU."""
+    t = config.training
+    if t.distributed in ("ddp", "fsdp") or t.num_processes > 1:
+        raise BadInputError(
+            f"ZeroGPU lends one GPU per call, and this run asks for several (training.distributed {t.distributed}, "
+            f"training.num_processes {t.num_processes}); set training.distributed none (or auto) and "
+            "training.num_processes 0 here, or train on a multi-GPU Hugging Face Jobs flavor (e.g. a100x4, l40sx4)")
     run_id = runs.check_run_id(run_id) if run_id else runs.new_run_id(config.name)
     run_dir = runs.run_path(run_id, root)
     run_dir.mkdir(parents=True, exist_ok=False)

@@ -34,6 +34,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--seq-len", type=int, help="tokens per example (default: training.max_length)")
     p.add_argument("--batch", type=int, help="micro-batch size; with --auto the effective batch to reach")
     p.add_argument("--auto", action="store_true", help="choose the settings that fit the GPU")
+    p.add_argument("--gpus", type=int, help="GPUs the run is laid out over (memory is per GPU; time and cost for all)")
+    p.add_argument("--distributed", choices=("ddp", "fsdp"),
+                   help="with --gpus: ddp (every GPU holds the whole model) or fsdp (sharded; default)")
+    p.add_argument("--offload", action="store_true", help="fsdp: the shards in CPU RAM")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--tokens", type=int, help="training tokens per epoch: adds duration and cost")
     p.add_argument("--epochs", type=float, help="epochs for --tokens (default: training.epochs)")
@@ -76,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
             est = memory.estimate_training(spec, plan_setup(base, plan), gpu)
         else:
             setup = memory.setup_for(cfg, gpu, method=args.method, batch_size=args.batch, seq_len=args.seq_len)
+            if args.gpus is not None:  # the layout asked for here replaces the config's
+                strategy = "none" if args.gpus == 1 else (args.distributed or "fsdp")
+                setup = setup.with_(strategy=strategy, gpus=args.gpus, offload=args.offload)
             est = memory.estimate_training(spec, setup, gpu)
         time = None
         if args.tokens:

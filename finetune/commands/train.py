@@ -52,6 +52,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--test-split", type=float, metavar="FRACTION",
                    help="hold out this fraction of the rows (0 to 0.5) as the test set, scored at each checkpoint "
                    "save and when the run ends (data.test_split)")
+    p.add_argument("--distributed", choices=("auto", "none", "ddp", "fsdp"),
+                   help="several GPUs: auto (default: data parallel when the model fits one GPU, else sharded), none, "
+                        "ddp (data parallel), fsdp (sharded: each GPU holds 1/N of the model); the command starts "
+                        "accelerate itself and keeps its config in the run folder (training.distributed)")
+    p.add_argument("--num-processes", type=int, metavar="N",
+                   help="training processes, one per GPU (default: every visible GPU; training.num_processes)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config field, e.g. lora.r=64")
     p.add_argument("--run-dir", help="the run folder (default: runs/<new id>); an existing one is resumed")
     p.add_argument("--runs-root", help="where new run folders go (default: $FINETUNE_RUNS or ./runs)")
@@ -94,7 +100,8 @@ def build_config(args: argparse.Namespace) -> RunConfig | None:
     for flag, key in (("model", "model.id"), ("data", "data.source"), ("template", "data.template"),
                       ("max_steps", "training.max_steps"), ("epochs", "training.epochs"),
                       ("method", "training.method"), ("test_split", "data.test_split"),
-                      ("init_adapter", "training.init_adapter")):
+                      ("init_adapter", "training.init_adapter"), ("distributed", "training.distributed"),
+                      ("num_processes", "training.num_processes")):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -179,12 +186,14 @@ def run(args: argparse.Namespace) -> int:
     from finetune.errors import UserError
     from finetune.models import ModelError
     from finetune.runs import RunError
-    from finetune.train import TrainingError, is_main_process, train
+    from finetune.train import TrainingError, is_main_process, train, world_size
 
     if args.push_to:
         _check_repo(args.push_to)
     if args.backend == "hf-jobs":
         return submit_job(args)
+    if world_size() == 1 and (code := launch_if_planned(args)) is not None:
+        return code
     if args.run_dir and is_main_process():
         _hold_run(args.run_dir)
     if args.queue_slot_fd is not None:
@@ -210,6 +219,40 @@ def run(args: argparse.Namespace) -> int:
         push(result, args.push_to, printer)
     print(result.run_dir)
     return 0 if result.status in ("finished", "paused", "stopped") else 1
+
+
+def launch_if_planned(args: argparse.Namespace) -> int | None:
+    """A run planned over several processes (``training.distributed``, ``num_processes``): start them through
+    accelerate with the generated config and return their exit status; None: train in this process."""
+    from pathlib import Path
+
+    from finetune import launch_plan, runs
+    from finetune.cli import UsageError
+    from finetune.config import ConfigError, RunConfig, validate
+
+    try:
+        cfg = build_config(args)
+        if cfg is not None:
+            validate(cfg)  # a refusal (a method that cannot train sharded...) comes before anything starts
+        plan = launch_plan.local_plan(cfg if cfg is not None else RunConfig.load(Path(args.run_dir) / runs.CONFIG_FILE))
+    except (ConfigError, launch_plan.LaunchError) as e:
+        raise UsageError(str(e).replace("\n", " ")) from e
+    if not plan.launched:
+        return None
+    run_dir = Path(args.run_dir) if args.run_dir else runs.runs_root(args.runs_root) / runs.new_run_id(
+        (cfg or RunConfig()).name)
+    if args.queue_dir and args.queue_slot_fd is None:
+        args.run_dir = str(run_dir)
+        if not wait_in_queue(args):
+            return 0
+    if not args.quiet:
+        print(f"{plan.reason}: accelerate starts {plan.num_processes} processes "
+              f"({run_dir / launch_plan.ACCELERATE_CONFIG})", file=sys.stderr)
+    flags = [*(["--quiet"] if args.quiet else []), *(["--events-json"] if args.events_json else []),
+             *(["--push-to", args.push_to] if args.push_to else []),
+             *(["--step-cap", str(args.step_cap)] if args.step_cap is not None else []),
+             *(["--time-limit", str(args.time_limit)] if args.time_limit is not None else [])]
+    return launch_plan.start_processes(plan, cfg, run_dir, flags)
 
 
 _SLOT: list[int] = []  # the queue slot this process trains in: held (open) until the process ends

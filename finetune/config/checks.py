@@ -166,11 +166,27 @@ def problems(cfg: RunConfig, model_max_length: int | None = None) -> list[str]:
             f"hub.repo_id '{cfg.hub.repo_id}' must look like user/name",
         )
     out += method_problems(cfg)
+    need(t.distributed != "fsdp" or t.method in SHARDED_METHODS,
+         f"training.distributed fsdp: {t.method} cannot train sharded ({UNSHARDED_WHY.get(t.method, '')}); use "
+         f"training.distributed ddp or none, or training.method {' or '.join(SHARDED_METHODS)}")
+    need(not t.fsdp_offload or t.distributed in ("fsdp", "auto"),
+         f"training.fsdp_offload keeps the shards of a sharded run in CPU RAM; training.distributed {t.distributed} "
+         "does not shard: set training.distributed fsdp, or training.fsdp_offload false")
     need("/" not in cfg.name and "\\" not in cfg.name and ".." not in cfg.name,
          f"name '{cfg.name[:80]}' must not contain '/', '\\' or '..'")
     need(len(cfg.name) <= MAX_NAME and cfg.name.isprintable(),
          f"name must be one line of at most {MAX_NAME} printable characters (it names the run in the run list)")
     return out
+
+
+# The methods a sharded (FSDP) run trains, and why the others are refused before anything loads.
+SHARDED_METHODS = ("sft", "dpo")
+UNSHARDED_WHY = {
+    "grpo": "it samples answers at every step, and a sharded model generates only with every process gathering each "
+            "layer in step, which trl's GRPO does not do for a PEFT model",
+    "orpo": "its trainer is not run sharded by this app's tests",
+    "kto": "its trainer is not run sharded by this app's tests",
+}
 
 
 def method_problems(cfg: RunConfig) -> list[str]:

@@ -229,6 +229,26 @@ class TrainingConfig:
         metadata=doc("Start from this LoRA adapter instead of a fresh one (a run, RUN@STEP, RUN@best, or an adapter "
                      "folder; same base model; its own LoRA settings are used): e.g. SFT first, then DPO or GRPO"),
     )
+    # -- several GPUs: how one run is laid out over its processes (finetune/launch_plan.py) ------------------
+    distributed: str = field(
+        default="auto",
+        metadata=doc("How the run uses several GPUs (the command line starts accelerate with a generated config)",
+                     choices={
+                         "auto": "one GPU when there is one; data parallel when the model fits one GPU, else sharded",
+                         "none": "one process",
+                         "ddp": "data parallel: every GPU holds the whole model and trains its share of each batch "
+                                "(faster, fits no bigger model)",
+                         "fsdp": "sharded (FSDP): each GPU holds 1/N of the base model's weights, so a model no "
+                                 "single GPU holds trains (a 70B base on 2x 80 GB)"}),
+    )
+    num_processes: int = field(
+        default=0, metadata=doc("Training processes, one per GPU (0 = every visible GPU); the batch size is per "
+                                "process, so the global batch is batch x accumulation x processes",
+                                min=0, ceiling=1024, note="(0 = every visible GPU)"))
+    fsdp_offload: bool = field(
+        default=False, metadata=doc("Sharded runs: keep the weight shards in CPU RAM between uses (less GPU memory: "
+                                    "a 70B QLoRA on 2 GPUs needs about 20 GB each instead of 36; several times "
+                                    "slower)"))
     # -- the method, and the fields of each method other than sft (finetune/methods.py) ----------------------
     method: str = field(
         default="sft",

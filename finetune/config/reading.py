@@ -38,11 +38,13 @@ def _show(value: Any) -> str:
 class ConfigError(ValueError, UserError):
     """One or more problems in a config; ``problems`` lists each as 'field: what is wrong; the fix'."""
 
+    what = "config"  # what the file is, in the message's head
+
     def __init__(self, problems: list[str], source: str | None = None):
         self.problems = list(problems)
         self.source = source
         where = f"{source}: " if source else ""
-        head = f"{where}{len(self.problems)} problem(s) in the config"
+        head = f"{where}{len(self.problems)} problem(s) in the {self.what}"
         super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in self.problems))
 
 

@@ -22,20 +22,21 @@ from __future__ import annotations
 
 from .architecture import (Linear, ModelSpec, count_params, embedding_params, linear_layers, load_model_spec,
                            spec_for_config, spec_from_config, spec_from_gguf)
-from .auto import AutoPlan, apply_plan, auto_configure, configure_for
-from .estimate import (COMPONENT_HELP, InferenceEstimate, MemoryEstimate, activation_bytes, breakdown_bytes, estimate,
+from .auto import AutoPlan, LayoutOption, apply_plan, auto_configure, cheapest_layout, configure_for, layout_options
+from .estimate import (COMPONENT_HELP, block_weight_bytes, offloaded_bytes, InferenceEstimate, MemoryEstimate, activation_bytes, breakdown_bytes, estimate,
                        estimate_inference, estimate_training, kv_cache_bytes, layer_activation_bytes,
                        layer_backward_transient_bytes, logits_bytes, lora_params, optimizer_bytes_per_param,
                        smallest_gpu, suggest, targeted_layers, trainable_params, weight_bytes)
-from .hardware import (CATALOG_DATE, CUDA_CONTEXT_GB, GPUS, MEASURED_GPUS, SAFE_FRACTION, ZEROGPU,
+from .hardware import (JOBS_FLAVORS, flavor_price, CATALOG_DATE, CUDA_CONTEXT_GB, GPUS, MEASURED_GPUS, SAFE_FRACTION, ZEROGPU,
                        ZEROGPU_DAILY_QUOTA_MIN, EstimateError, GiB, GpuSpec, ZeroGpuFacts, figures_source,
                        fit_verdict, forget_live_prices, get_gpu, parse_jobs_hardware, prices_source,
                        refresh_jobs_prices)
-from .time_cost import THROUGHPUT_ANCHORS, TimeEstimate, estimate_time, flops_per_token, tokens_per_second
+from .time_cost import PARALLEL_EFFICIENCY, THROUGHPUT_ANCHORS, TimeEstimate, parallel_speedup, estimate_time, flops_per_token, tokens_per_second
 from .train_setup import (ATTENTION, LOSSES, METHODS, OPTIMIZERS, WEIGHT_FORMATS, TrainSetup, check_setup,
                           default_setup, device_of, setup_for)
 
 __all__ = [
+    "JOBS_FLAVORS", "LayoutOption", "cheapest_layout", "flavor_price", "layout_options", "PARALLEL_EFFICIENCY", "block_weight_bytes", "offloaded_bytes", "parallel_speedup",
     "CATALOG_DATE", "ZEROGPU", "ZeroGpuFacts", "forget_live_prices", "parse_jobs_hardware", "prices_source",
     "refresh_jobs_prices", "ATTENTION", "COMPONENT_HELP", "CUDA_CONTEXT_GB", "GPUS", "LOSSES", "METHODS", "OPTIMIZERS", "SAFE_FRACTION",
     "THROUGHPUT_ANCHORS", "WEIGHT_FORMATS", "ZEROGPU_DAILY_QUOTA_MIN", "AutoPlan", "EstimateError", "GiB", "GpuSpec",

@@ -1,7 +1,9 @@
 """Auto-configuration: the method, micro-batch, accumulation, checkpointing and optimizer that fit a GPU.
 
 :func:`auto_configure` (-> :class:`AutoPlan`), :func:`apply_plan` writes a plan into a config, and
-:func:`configure_for` does both for a RunConfig (the Hyperparameters tab's "Auto-configure" button).
+:func:`configure_for` does both for a RunConfig (the Hyperparameters tab's "Auto-configure" button);
+:func:`layout_options` / :func:`cheapest_layout`: "1 GPU", "N GPUs data parallel" or "N GPUs sharded" on each
+Hugging Face Jobs flavor, and the cheapest one the run fits.
 
 >>> plan = auto_configure("mistralai/Mistral-7B-v0.1", "t4", seq_len=1024)
 >>> plan.method
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING
 from .architecture import ModelSpec, load_model_spec, spec_for_config
 from ..settings import resolve_optim
 from .estimate import MemoryEstimate, breakdown_bytes, estimate_training, smallest_gpu
+from .time_cost import estimate_time
 from .hardware import SAFE_FRACTION, EstimateError, GiB, GpuSpec, fit_verdict, get_gpu
 from .train_setup import TrainSetup, default_setup, device_of, setup_for
 
@@ -39,11 +42,12 @@ class AutoPlan:
     reason: str
     estimate: MemoryEstimate | None = None
     smallest_gpu: str | None = None  # when nothing fits on `gpu`: the smallest catalog GPU that works
+    gpus: int = 1  # more than 1: the run is sharded (FSDP) over this many of `gpu` (nothing fits one of them)
 
     def settings(self) -> dict[str, object]:
         return {"method": self.method, "weights": self.weights, "batch": self.batch_size,
                 "grad_accum": self.grad_accum, "gradient_checkpointing": self.gradient_checkpointing,
-                "optim": self.optim, "seq_len": self.seq_len}
+                "optim": self.optim, "seq_len": self.seq_len, "gpus": self.gpus}
 
     def to_dict(self) -> dict[str, object]:
         return {**self.settings(), "gpu": self.gpu, "fits": self.fits, "reason": self.reason,
@@ -139,6 +143,9 @@ def apply_plan(cfg: RunConfig, plan: AutoPlan) -> RunConfig:
         "training.gradient_checkpointing": plan.gradient_checkpointing,
         "training.optim": optim,
         "training.max_length": plan.seq_len,
+        # one GPU: the layout is decided where the run starts; more: sharded over them
+        "training.distributed": "fsdp" if plan.gpus > 1 else "auto",
+        "training.num_processes": plan.gpus if plan.gpus > 1 else 0,
     })
 
 
@@ -155,7 +162,76 @@ def configure_for(cfg: RunConfig, gpu: str | GpuSpec, *, allow_hub: bool = True)
     """
     card = get_gpu(gpu) if isinstance(gpu, str) else gpu
     spec = spec_for_config(cfg, allow_hub=allow_hub)
-    plan = auto_configure(spec, card, seq_len=cfg.training.max_length, base=setup_for(cfg, card))
+    base = setup_for(cfg, card).with_(strategy="none", gpus=1, offload=False)
+    plan = auto_configure(spec, card, seq_len=cfg.training.max_length, base=base)
+    if not plan.fits:
+        plan = _sharded(spec, card, cfg.training.max_length, base, plan)
     if not plan.fits:
         raise EstimateError(plan.reason)
     return apply_plan(cfg, plan), plan
+
+
+SHARDED_GPUS = (2, 4, 8)  # the GPU counts a run too big for one GPU is sharded over (one node's)
+
+
+def _sharded(spec: ModelSpec, gpu: GpuSpec, seq_len: int, base: TrainSetup, single: AutoPlan) -> AutoPlan:
+    """The plan of the fewest GPUs of ``gpu``'s kind that a run too big for one of them fits sharded (FSDP) over,
+    or ``single`` (nothing fits even on 8) with its reason."""
+    if gpu.is_cpu:
+        return single
+    for n in SHARDED_GPUS:
+        plan = auto_configure(spec, gpu, seq_len=seq_len, base=base.with_(strategy="fsdp", gpus=n))
+        if plan.fits:
+            plan.gpus = n
+            plan.reason = (f"nothing fits one {gpu.name}; sharded over {n} of them (FSDP: each holds 1/{n} of the "
+                           f"base model), per GPU: {plan.reason}")
+            return plan
+    return single
+
+
+@dataclass
+class LayoutOption:
+    """One way to run a config on Hugging Face Jobs: a flavor, its GPUs and how the run is laid out over them."""
+
+    flavor: str
+    gpu: str
+    gpus: int
+    strategy: str  # none | ddp | fsdp
+    peak_gb: float  # per GPU
+    fits: bool
+    usd: float | None  # the run's cost (None: no price known, or no size to time)
+    hours: float | None
+
+    @property
+    def label(self) -> str:
+        """``1 GPU``, ``4 GPUs data parallel``, ``4 GPUs sharded``."""
+        return "1 GPU" if self.gpus == 1 else f"{self.gpus} GPUs {'data parallel' if self.strategy == 'ddp' else 'sharded'}"
+
+
+def layout_options(cfg: RunConfig, tokens: int | None = None, *, allow_hub: bool = True) -> list[LayoutOption]:
+    """Every Jobs GPU flavor with the layout ``auto`` takes there (one GPU; several: data parallel when the run fits
+    one of them, else sharded), its per-GPU peak, and the run's time and cost for ``tokens`` training tokens (all
+    processes together); the fitting ones first, cheapest first."""
+    from .hardware import JOBS_FLAVORS, flavor_price
+
+    spec = spec_for_config(cfg, allow_hub=allow_hub)
+    out = []
+    for flavor, (name, n) in JOBS_FLAVORS.items():
+        gpu = get_gpu(name)
+        one = setup_for(cfg, gpu).with_(strategy="none", gpus=1, offload=False)
+        single = estimate_training(spec, one, gpu, advise=False)
+        setup = one if n == 1 else one.with_(strategy="ddp" if single.fits else "fsdp", gpus=n)
+        est = single if n == 1 else estimate_training(spec, setup, gpu, advise=False)
+        hours = usd = None
+        if tokens:
+            hours = estimate_time(spec, setup, gpu, tokens).hours
+            price = flavor_price(flavor)
+            usd = None if price is None else math.ceil(hours * 60) * price / 60
+        out.append(LayoutOption(flavor, name, n, setup.strategy, est.peak_gb, est.fits, usd, hours))
+    return sorted(out, key=lambda o: (not o.fits, o.usd if o.usd is not None else math.inf, o.gpus))
+
+
+def cheapest_layout(cfg: RunConfig, tokens: int, *, allow_hub: bool = True) -> LayoutOption | None:
+    """The cheapest Jobs flavor on which the run fits (None: none fits, or no price is known)."""
+    fitting = [o for o in layout_options(cfg, tokens, allow_hub=allow_hub) if o.fits and o.usd is not None]
+    return fitting[0] if fitting else None

@@ -16,6 +16,9 @@ The peak of a training step is the sum of
   logits         the vocabulary projection and the loss (fp32 log-softmax unless the loss is chunked)
   cuda_context   CUDA context and kernel workspaces, outside the allocator
   fragmentation  memory the caching allocator keeps reserved but cannot reuse
+On several GPUs (``TrainSetup.strategy``), per GPU: data parallel adds its gradient buckets; FSDP divides
+weights, adapters, gradients and optimizer states by the GPU count (all of them to CPU RAM with offload) and
+adds the gathered blocks (:func:`block_weight_bytes`).
 (see :func:`estimate_training`). ``bench/README-memory.md`` compares the result with published peaks.
 
 API: :func:`estimate` (a RunConfig on a GPU -> :class:`MemoryEstimate`: verdict, breakdown, explanation,
@@ -266,6 +269,9 @@ COMPONENT_HELP = {
     "logits": "the vocabulary projection and the loss; large for 128k+ vocabularies unless chunked",
     "cuda_context": "CUDA context and kernel workspaces, outside PyTorch's allocator",
     "fragmentation": "memory PyTorch's caching allocator holds but cannot reuse (~10% of activations)",
+    "ddp_buckets": "data parallel: a second copy of the trainable gradients, averaged across the GPUs",
+    "gathered_blocks": "sharded: the block being computed and the next one, gathered whole from every GPU's "
+                       "shard, and the LM head",
     "adapter": "LoRA weights loaded next to the base model",
     "kv_cache": "keys and values of every layer for the whole context",
 }
@@ -346,7 +352,42 @@ def breakdown_bytes(spec: ModelSpec, s: TrainSetup, gpu: GpuSpec) -> dict[str, f
     }
     if s.reference:  # dpo, kto, grpo with a KL term: a second copy of the weights only without an adapter to
         parts["reference_model"] = weight_bytes(spec, s) if s.method == "full" else 0.0  # disable (full tuning)
+    if s.strategy == "ddp":  # DDP's gradient buckets: a second copy of the trainable gradients, for the all-reduce
+        parts["ddp_buckets"] = parts["gradients"]
+    elif s.strategy == "fsdp":
+        _shard(parts, spec, s)
     return parts
+
+
+def block_weight_bytes(spec: ModelSpec, s: TrainSetup) -> float:
+    """One decoder block's base weights (its linear layers at ``s.weights``, its norms 16-bit): what FSDP gathers
+    whole on every GPU while the block computes."""
+    linear = sum(ln.d_in * ln.d_out * ln.copies for ln in linear_layers(spec))
+    return linear * _bytes_per_quantized_param(s.weights, s.double_quant and s.method != "full") + \
+        _norm_count(spec) * spec.hidden_size * (4 if s.kbit_upcast and s.quantized else 2)
+
+
+def _shard(parts: dict[str, float], spec: ModelSpec, s: TrainSetup) -> None:
+    """FSDP on ``s.gpus`` GPUs (FULL_SHARD, a unit per block): weights, adapters, their gradients and optimizer
+    states are split evenly, 1/gpus on each; the block being computed and the next one (prefetched) are gathered
+    whole, and so is the LM head, kept from the end of forward into backward. ``offload``: the shards, the
+    adapters' gradients and the optimizer step live in CPU RAM, so only the gathered blocks and the activations
+    stay on the GPU."""
+    n = s.gpus
+    for key in ("weights", "lora", "gradients", "optimizer", "reference_model"):
+        if key in parts:
+            parts[key] = 0.0 if s.offload else parts[key] / n
+    head = spec.vocab_size * spec.hidden_size * (4 if s.kbit_upcast and s.quantized else 2)
+    parts["gathered_blocks"] = 2 * block_weight_bytes(spec, s) + head
+
+
+def offloaded_bytes(spec: ModelSpec, s: TrainSetup) -> float:
+    """CPU RAM one process of an offloaded FSDP run holds: its shard of the weights, adapters, gradients and
+    optimizer states (0 without offload)."""
+    if not s.offload:
+        return 0.0
+    whole = breakdown_bytes(spec, s.with_(strategy="none", gpus=1, offload=False), get_gpu("a100-80gb"))
+    return sum(whole[k] for k in ("weights", "lora", "gradients", "optimizer")) / s.gpus
 
 
 

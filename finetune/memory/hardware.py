@@ -90,6 +90,29 @@ GPUS: dict[str, GpuSpec] = {
 }
 
 
+# Hugging Face Jobs GPU flavors (huggingface_hub's JobHardware names): flavor -> (catalog GPU, GPUs). A flavor of
+# N GPUs costs its live listed price, else N times its GPU's one-GPU price.
+JOBS_FLAVORS: dict[str, tuple[str, int]] = {
+    "t4-small": ("t4", 1), "t4-medium": ("t4", 1), "l4x1": ("l4", 1), "l4x4": ("l4", 4),
+    "a10g-small": ("a10g", 1), "a10g-large": ("a10g", 1), "a10g-largex2": ("a10g", 2), "a10g-largex4": ("a10g", 4),
+    "l40sx1": ("l40s", 1), "l40sx4": ("l40s", 4), "l40sx8": ("l40s", 8),
+    "a100-large": ("a100-80gb", 1), "a100x4": ("a100-80gb", 4), "a100x8": ("a100-80gb", 8),
+    "h200": ("h200", 1), "h200x2": ("h200", 2), "h200x4": ("h200", 4), "h200x8": ("h200", 8),
+    "rtx-pro-6000": ("rtx-pro-6000", 1), "rtx-pro-6000x2": ("rtx-pro-6000", 2), "rtx-pro-6000x4": ("rtx-pro-6000", 4),
+    "rtx-pro-6000x8": ("rtx-pro-6000", 8),
+}
+
+
+def flavor_price(flavor: str) -> float | None:
+    """USD per hour of a Jobs flavor: the live listing's, else its GPUs' offline one-GPU price times their count
+    (None: no price known)."""
+    if flavor in _live_prices:
+        return _live_prices[flavor]
+    name, n = JOBS_FLAVORS[flavor]
+    one = get_gpu(name).usd_per_hour
+    return None if one is None else one * n
+
+
 @dataclass(frozen=True)
 class ZeroGpuFacts:
     """ZeroGPU as it is on CATALOG_DATE."""

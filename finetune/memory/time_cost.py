@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .architecture import ModelSpec, linear_layers, load_model_spec  # noqa: F401 - doctests
-from .hardware import ZEROGPU_DAILY_QUOTA_MIN, EstimateError, GpuSpec, get_gpu
+from .hardware import JOBS_FLAVORS, ZEROGPU_DAILY_QUOTA_MIN, EstimateError, GpuSpec, get_gpu
 from .train_setup import TrainSetup, default_setup  # noqa: F401 - doctests
 
 
@@ -27,6 +27,21 @@ THROUGHPUT_ANCHORS = (
 # 4-bit layers dequantize before every matmul: 2749 / 3598 tok/s on the anchors above. LLM.int8's mixed
 # matmul is slower still (0.5: an assumption, no anchor).
 _METHOD_SPEED = {"nf4": 0.76, "fp4": 0.76, "int8": 0.5}
+
+
+# Several GPUs: N GPUs train about EFFICIENCY x N times as fast as one. Data parallel all-reduces the (LoRA)
+# gradients once a step; FSDP also gathers every block's weights twice a step (forward, and the recomputation
+# in backward), which overlaps with compute only in part. Offloading the shards to CPU RAM moves every block
+# over PCIe each pass. Assumptions to be replaced by measurements (bench/gpu_check.py --sharded), no anchor yet.
+PARALLEL_EFFICIENCY = {"none": 1.0, "ddp": 0.85, "fsdp": 0.8}
+OFFLOAD_SPEED = 0.35
+
+
+def parallel_speedup(s: TrainSetup) -> float:
+    """How many times one GPU's throughput the ``s.gpus`` GPUs of ``s.strategy`` reach."""
+    if s.strategy == "none":
+        return 1.0
+    return s.gpus * PARALLEL_EFFICIENCY[s.strategy] * (OFFLOAD_SPEED if s.offload else 1.0)
 
 
 def flops_per_token(spec: ModelSpec, s: TrainSetup) -> float:
@@ -46,7 +61,8 @@ DECODE_SLOWDOWN = 10.0
 
 
 def tokens_per_second(spec: ModelSpec, s: TrainSetup, gpu: GpuSpec | str) -> float:
-    """Expected training throughput (rough: +-35% on the anchors, more elsewhere).
+    """Expected training throughput of the run on all its GPUs (rough: +-35% on the anchors, more elsewhere;
+    several GPUs: :func:`parallel_speedup`).
 
     Bigger matmuls use a GPU better: the 70B anchor reaches ~1.25x the 7B one's efficiency, hence the
     (params / 7B) ** 0.1 size factor, clamped to [0.5, 1.3].
@@ -54,7 +70,7 @@ def tokens_per_second(spec: ModelSpec, s: TrainSetup, gpu: GpuSpec | str) -> flo
     gpu = get_gpu(gpu) if isinstance(gpu, str) else gpu
     size: float = min(1.3, max(0.5, (spec.num_params / 7e9) ** 0.1))  # float ** float is typed Any
     eff = gpu.mfu * size * _METHOD_SPEED.get(s.weights, 1.0)
-    return gpu.tflops * 1e12 * eff / flops_per_token(spec, s)
+    return gpu.tflops * 1e12 * eff / flops_per_token(spec, s) * parallel_speedup(s)
 
 
 @dataclass
@@ -86,7 +102,8 @@ class TimeEstimate:
 
 
 def estimate_time(spec: ModelSpec, s: TrainSetup, gpu: GpuSpec | str, tokens: int, epochs: float = 1.0) -> TimeEstimate:
-    """Duration = tokens x epochs / throughput; cost from the Jobs flavor's hourly price (billed per minute);
+    """Duration = tokens x epochs / throughput; cost from the Jobs flavor's hourly price (billed per minute;
+    ``s.gpus`` GPUs cost that many times one);
     ZeroGPU quota minutes (xlarge counts double) and how many days of daily quota they take.
 
     >>> t = estimate_time(load_model_spec(""), default_setup(get_gpu("t4")), "t4", tokens=1_000_000)
@@ -107,7 +124,7 @@ def estimate_time(spec: ModelSpec, s: TrainSetup, gpu: GpuSpec | str, tokens: in
         seconds = answers * (s.seq_len / tps + s.generated_tokens * decode / rate)
     usd = None
     if gpu.usd_per_hour is not None:
-        usd = math.ceil(seconds / 60) * gpu.usd_per_hour / 60  # billed per started minute
+        usd = math.ceil(seconds / 60) * gpu.usd_per_hour * s.gpus / 60  # billed per started minute
     quota = days = None
     note = "compute time only: model download and loading add minutes"
     if gpu.zerogpu_quota_factor:
@@ -118,7 +135,10 @@ def estimate_time(spec: ModelSpec, s: TrainSetup, gpu: GpuSpec | str, tokens: in
         note += f"; the {gpu.hf_flavor} Jobs price was not in the sources checked"
     elif not gpu.hf_flavor and not gpu.is_cpu:
         note += "; no Hugging Face Jobs flavor has this GPU"
-    return TimeEstimate(gpu.name, tokens, epochs, tps, seconds, usd, gpu.hf_flavor, quota, days, note)
+    flavor = gpu.hf_flavor
+    if s.gpus > 1:  # the Jobs flavor with that many of these GPUs (None: no such flavor)
+        flavor = next((f for f, (g, n) in JOBS_FLAVORS.items() if g == gpu.name and n == s.gpus), None)
+    return TimeEstimate(gpu.name, tokens, epochs, tps, seconds, usd, flavor, quota, days, note)
 
 
 # ---------------------------------------------------------------------------------------------

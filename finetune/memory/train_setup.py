@@ -30,6 +30,7 @@ ATTENTION = choices("model.attn_implementation")
 PRECISIONS = tuple(p for p in choices("training.precision") if p != "auto")
 LOSSES = ("chunked", "linear_chunked", "full")
 KERNELS = ("none", "liger")
+STRATEGIES = tuple(c for c in choices("training.distributed") if c != "auto")  # none, ddp, fsdp
 # ResolvedSettings.loss -> the estimator's loss: trl's fused head and the CPU trained-positions head are tiled by
 # tokens x vocabulary ("chunked"); ours and Liger's fused linear cross-entropy by rows ("linear_chunked")
 _LOSS_OF = {"trl": "chunked", "trained_positions": "chunked", "chunked": "linear_chunked", "liger": "linear_chunked"}
@@ -71,6 +72,12 @@ class TrainSetup:
     reference: bool = False
     generated_tokens: int = 0
     generations: int = 1  # grpo: answers sampled per prompt
+    # Several GPUs (training.distributed, finetune/launch_plan.py): none (one GPU), ddp (every GPU holds the whole
+    # model) or fsdp (each of the ``gpus`` holds 1/gpus of the weights, adapters and optimizer states, and gathers
+    # one block's weights at a time); ``offload``: FSDP keeps its shards in CPU RAM. Figures are per GPU.
+    strategy: str = "none"
+    gpus: int = 1
+    offload: bool = False
 
     @property
     def tokens(self) -> int:
@@ -93,6 +100,9 @@ class TrainSetup:
             parts.append(f"{self.tuning}: {self.sequences} sequence(s) per example"
                          + (", reference pass" if self.reference else "")
                          + (f", {self.generated_tokens} sampled tokens per answer" if self.generated_tokens else ""))
+        if self.strategy != "none":
+            parts.append(f"{self.gpus} GPUs " + ("data parallel" if self.strategy == "ddp" else "sharded (FSDP)"
+                                                  + (", shards offloaded to CPU" if self.offload else "")))
         parts.append("grad checkpointing" if self.gradient_checkpointing else "no grad checkpointing")
         parts += [self.optim, self.attn, self.precision]
         if self.kernels != "none":
@@ -125,6 +135,7 @@ class TrainSetup:
             loss=_LOSS_OF.get(r.loss, "chunked"), kernels=r.kernels,
             tuning=t.method, sequences=1 if m.generates else answers, reference=m.reference(t),
             generated_tokens=generated, generations=answers if m.generates else 1,
+            **_layout(cfg),
         )
         return base.with_(**overrides)
 
@@ -140,6 +151,15 @@ class TrainSetup:
         return check_setup(dataclasses.replace(self, **changes))
 
 
+def _layout(cfg: RunConfig) -> dict[str, Any]:
+    """The strategy, GPU count and offload a config names explicitly (``auto`` and a count of 0 depend on the
+    machine: the estimate is of one GPU until the caller says how many)."""
+    t = cfg.training
+    if t.distributed in STRATEGIES and t.distributed != "none" and t.num_processes > 1:
+        return {"strategy": t.distributed, "gpus": t.num_processes, "offload": t.distributed == "fsdp" and t.fsdp_offload}
+    return {}
+
+
 def check_setup(s: TrainSetup) -> TrainSetup:
     """Raise EstimateError naming every invalid field; return ``s`` when valid."""
     problems = []
@@ -148,7 +168,13 @@ def check_setup(s: TrainSetup) -> TrainSetup:
                           ("precision", PRECISIONS)):
         if getattr(s, name) not in allowed:
             problems.append(f"{name} '{getattr(s, name)}' is not one of: {', '.join(allowed)}")
-    for name in ("batch_size", "seq_len", "grad_accum", "lora_r"):
+    if s.strategy not in STRATEGIES:
+        problems.append(f"strategy '{s.strategy}' is not one of: {', '.join(STRATEGIES)}")
+    elif s.strategy != "none" and s.gpus < 2:
+        problems.append(f"strategy {s.strategy} needs 2 or more GPUs, got {s.gpus}")
+    if s.offload and s.strategy != "fsdp":
+        problems.append("offload keeps the shards of a sharded (fsdp) run in CPU RAM; use strategy fsdp")
+    for name in ("batch_size", "seq_len", "grad_accum", "lora_r", "gpus"):
         if getattr(s, name) < 1:
             problems.append(f"{name} must be >= 1, got {getattr(s, name)}")
     if s.method == "qlora" and s.weights not in ("nf4", "fp4"):

@@ -70,6 +70,22 @@ def check_config_code(ws: Shared, config: RunConfig) -> None:
         check_model_ref(ws, config.rewards.judge_model, "rewards.judge_model")
 
 
+def one_process_here(ws: Shared, config: RunConfig, backend: str) -> None:
+    """On a shared server a run on this machine trains in one process: several (``training.distributed`` ddp or
+    fsdp, ``training.num_processes`` over 1) would take more of the machine than the limits count for one run, so
+    they are refused, and ``auto`` is made ``none`` (one GPU), whatever GPUs the server has. A Hugging Face Job
+    runs on the visitor's own flavor, with as many GPUs as it has."""
+    t = config.training
+    if not ws.multi_user or backend != "local":
+        return
+    if t.distributed in ("ddp", "fsdp") or t.num_processes > 1:
+        raise ServiceError(f"training.distributed {t.distributed} / training.num_processes {t.num_processes}: this "
+                           "shared server trains each run in one process on one GPU; set training.distributed auto "
+                           "and training.num_processes 0, or train on several GPUs as a Hugging Face Job (a "
+                           "multi-GPU flavor such as l40sx4) or on your own machine")
+    t.distributed = "none"
+
+
 def check_hub_dataset_id(text: str) -> str:
     """A Hub dataset id typed by a user of a shared server: never a path on the server (``../../etc/passwd``)."""
     text = (text or "").strip()
@@ -159,6 +175,7 @@ def push_dataset(ws: Shared, formatted: str | Path, repo_id: str, *, token: str 
                  private: bool = True) -> str:
     """Push a formatted dataset (the Dataset tab's JSONL) to a Hub dataset repo; returns the URL."""
     from ..hub import push_dataset as push_jsonl
+    from ..synth.card import card_for
 
     token = hub_token(ws, token)
-    return push_jsonl(Path(formatted), repo_id, token=token, private=private)
+    return push_jsonl(Path(formatted), repo_id, card=card_for(Path(formatted)), token=token, private=private)

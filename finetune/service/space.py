@@ -23,15 +23,18 @@ from ..adapter import ADAPTER_DIR, is_adapter_dir
 from ..config import RunConfig, validate
 from ..data import is_hub_dataset_id
 from ..errors import UserError, app_message
-from .checks import (ServiceError, backend_name, backend_of, check_config_code, check_model_ref,
+from .checks import (ServiceError, backend_name, backend_of, check_config_code, check_model_ref, one_process_here,
                      check_zerogpu, hub_token, parse_config, queue_dir, run_caps)
-from . import arena_actions, uploads
+from . import arena_actions, bench_actions, synth_actions, uploads
 from .plans import planned_steps
 from .uploads import as_uploaded, without_upload_folders
 
 if TYPE_CHECKING:
     from ..backends.base import Backend
+    from ..benchmark import BenchProgress
     from ..evaluate import EvalProgress
+    from ..synth import Progress as SynthProgress
+    from ..synth import Summary as SynthSummary
     from ..backends.zerogpu import ChunkResult
 
 
@@ -168,6 +171,7 @@ class OwnerSpace:
         backend = backend_name(backend)
         validate(config, source="config")
         check_config_code(self.ws, config)
+        one_process_here(self.ws, config, backend)
         if backend == "hf-jobs":
             token = hub_token(self.ws, token, "start a Hugging Face job")
         root = self.root
@@ -470,6 +474,26 @@ class OwnerSpace:
                                   progress=progress, label=run_id, limit=limit)
         except UserError as e:  # a bad test file is said by the name it was uploaded with
             raise as_uploaded(e, test_file, Path(data)) from None
+
+    def benchmark(self, run_id: str, tasks: str | list[str], *, limit: int = 0, test_file: str | Path | None = None,
+                  progress: Callable[[BenchProgress], None] | None = None) -> dict[str, Any]:
+        """General ability of one of the owner's runs beside its base: lm-eval's tasks, the bundled ones and an
+        uploaded test file (:func:`bench_actions.run`); the report is also written into the run folder."""
+        return bench_actions.run(self, run_id, tasks, limit=limit, test_file=test_file, progress=progress)
+
+    def benchmark_plan(self, run_id: str, tasks: str | list[str], *, limit: int = 0,
+                       test_file: str | Path | None = None) -> dict[str, Any]:
+        """What a benchmark would score and its rough time on this machine (:func:`bench_actions.plan`)."""
+        return bench_actions.plan(self, run_id, tasks, limit=limit, test_file=test_file)
+
+    def make_dataset(self, recipe_yaml: str, documents: list[str] | None = None, *, token: str | None = None,
+                     progress: Callable[[SynthProgress], None] | None = None) -> tuple[Path, SynthSummary]:
+        """A dataset made from a recipe and the owner's uploaded documents, into the owner's folder
+        (:func:`synth_actions.make`; a shared server refuses a generator URL)."""
+        from ..hub import MOCK_OAUTH_TOKEN
+
+        token = None if token == MOCK_OAUTH_TOKEN else token
+        return synth_actions.make(self, recipe_yaml, documents, token=token, on_progress=progress)
 
     def eval_report(self, run_id: str) -> dict[str, Any] | None:
         """The latest evaluation report of one of the owner's runs (None when it has none)."""

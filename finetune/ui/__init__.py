@@ -52,14 +52,19 @@ def _read_live_prices() -> None:
         logging.getLogger("finetune.ui").info("Jobs prices: %s; %s", e, memory.prices_source())
 
 
-def launch_options(workspace: Workspace) -> dict[str, Any]:
+def launch_options(workspace: Workspace, *, mcp: bool = False) -> dict[str, Any]:
     """What every ``launch()`` of the app passes (app.py and the tests): the owner cookie's middleware, whose
-    secret lives in the workspace root (read on the first request)."""
+    secret lives in the workspace root (read on the first request). ``mcp``: also serve the API's endpoints as MCP
+    tools (gradio's MCP server at ``/gradio_api/mcp/``; each tool described by its endpoint's docstring), under the
+    same owners and limits (an MCP client names its owner with the ``X-Finetune-Key`` header: ``common.key_owner``)."""
     from starlette.middleware import Middleware
 
     from .owner_cookie import OwnerCookie
 
-    return {"app_kwargs": {"middleware": [Middleware(OwnerCookie, root=workspace.root)]}}
+    options: dict[str, Any] = {"app_kwargs": {"middleware": [Middleware(OwnerCookie, root=workspace.root)]}}
+    if mcp:
+        options["mcp_server"] = True
+    return options
 
 
 def build_app(workspace: Workspace | None = None, downloads: str | Path | None = None, *,

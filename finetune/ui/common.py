@@ -47,13 +47,47 @@ def browser_owner(request: gr.Request | None) -> str | None:
     return "browser:" + key if isinstance(key, str) and KEY_PATTERN.match(key) else None
 
 
+# An API or MCP client may name its owner itself: a secret of its choosing in this header, the same on every call
+# (an MCP client's configuration, a script's gradio_client headers). Whoever knows the secret is that owner.
+OWNER_KEY_HEADER = "x-finetune-key"
+OWNER_KEY_CHARS = (24, 256)  # a shorter secret could be guessed
+MCP_CALLER_HEADER = ("x-gradio-user", "mcp")  # gradio's MCP server calls the app's API with this header
+
+
+class OwnerKeyError(UserError):
+    """An owner key that cannot name an owner (too short, too long); or an MCP call on a shared server without one."""
+
+
+def _header(request: gr.Request | None, name: str) -> str | None:
+    headers = getattr(request, "headers", None) if request is not None else None
+    value = headers.get(name) if headers is not None else None
+    return value.strip() if isinstance(value, str) else None
+
+
+def key_owner(request: gr.Request | None) -> str | None:
+    """The owner a client names with its ``X-Finetune-Key`` header (its secret, hashed), else None."""
+    key = _header(request, OWNER_KEY_HEADER)
+    if not key:
+        return None
+    low, high = OWNER_KEY_CHARS
+    if not low <= len(key) <= high:
+        raise OwnerKeyError(f"the X-Finetune-Key header must be {low} to {high} characters (a secret of your choosing, "
+                            f"the same on every call), got {len(key)}")
+    return "key:" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
+def through_mcp(request: gr.Request | None) -> bool:
+    """Whether the call came through gradio's MCP server (whose calls all share one session)."""
+    return _header(request, MCP_CALLER_HEADER[0]) == MCP_CALLER_HEADER[1]
+
+
 def owner(request: gr.Request | None, profile: gr.OAuthProfile | None = None) -> str:
-    """The signed-in user on a Space, else the browser (its owner cookie, kept across reloads), else the session
-    (gradio_client)."""
+    """The signed-in user on a Space, else the browser (its owner cookie, kept across reloads), else the key a
+    client names (``X-Finetune-Key``), else the session (gradio_client)."""
     username: str | None = getattr(profile, "username", None) if profile is not None else None
     if username:
         return "user:" + username
-    browser = browser_owner(request)
+    browser = browser_owner(request) or key_owner(request)
     if browser:
         return browser
     session: str | None = getattr(request, "session_hash", None) if request is not None else None
@@ -278,7 +312,13 @@ def scoped(api: Api, *, token: bool = False) -> Callable[[Callable[..., R]], Cal
             bound.apply_defaults()
             given = dict(bound.arguments)
             request, profile, oauth = given.pop("request"), given.pop("profile"), given.pop("oauth", None)
-            space = api.workspace.owner_space(owner(request, profile))
+            who = owner(request, profile)
+            if api.workspace.multi_user and through_mcp(request) and who.startswith("session:"):
+                # every MCP call arrives in the MCP server's one session: without a key, agents would share runs
+                raise OwnerKeyError("an MCP client names its owner on this shared server: add the header "
+                                    "X-Finetune-Key with a secret of your choosing (24 characters or more) to the "
+                                    "client's configuration, the same on every call")
+            space = api.workspace.owner_space(who)
             return Caller(space, oauth_token(oauth) if token else None, client_address(request)), given
 
         if inspect.isgeneratorfunction(fn):

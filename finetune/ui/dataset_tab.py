@@ -16,6 +16,7 @@ from ..data import parse_column_mapping
 from ..errors import UserError, app_message
 from ..templates import template_label
 from . import forms
+from .make_dataset import create_make_dataset_section
 from .common import NEW_ACTION_JS, Api, Caller, page_errors, push_row, scoped, user_errors
 
 if TYPE_CHECKING:
@@ -323,6 +324,7 @@ def create_dataset_tab(api: Api, components: dict[str, forms.FormWidget]) -> Dat
         formatted = gr.File(label="Formatted JSONL (text, prompt, completion, messages)", interactive=False)
     ds = push_row("dataset", "Push the formatted dataset to", "you/my-dataset")
     ds_repo, ds_private, ds_push, ds_result = ds.repo, ds.private, ds.button, ds.result
+    create_make_dataset_section(api)
 
     ep = DatasetEndpoints(api)
     mine = scoped(api)

@@ -14,6 +14,7 @@ from .. import service
 from ..durations import clock
 from ..errors import UserError
 from ..evaluate import METRICS, SUMMARY_HEADERS, EvalProgress, summary_table
+from .benchmark_panel import create_benchmark_panel
 from .common import Api, Caller, page_errors, scoped, user_errors
 from .widgets import StepPlot
 
@@ -224,3 +225,4 @@ def create_evaluation_panel(api: Api, run_id: gr.Textbox, timer: gr.Timer | None
     max_box = gr.Number(visible=False, value=0, precision=0)
     gr.Button(visible=False).click(evaluate_as, [run_id, test_file, checkpoints_box, max_box], report_json,
                                    api_name="evaluate", concurrency_limit=1)
+    create_benchmark_panel(api, run_id)

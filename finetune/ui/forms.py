@@ -87,6 +87,13 @@ TRAIN_FIELDS = (
     Field("training.report_to", "dropdown", "Experiment tracking", REPORTERS[:5]),  # the common ones; any typed
 )
 
+# How a run is laid out over several GPUs (finetune/launch_plan.py): one GPU, data parallel or sharded.
+SCALE_FIELDS = (
+    Field("training.distributed", "radio", "Several GPUs"),
+    Field("training.num_processes", "int", "GPUs (processes)"),
+    Field("training.fsdp_offload", "checkbox", "Sharded: offload to CPU RAM"),
+)
+
 # The fields of the run config itself (no section): the run's name, shown in the run list and the run pickers.
 RUN_FIELDS = (
     Field("name", "text", "Run name (optional)"),
@@ -131,7 +138,8 @@ METHOD_OF = {**{key: meta["method"] for key, meta in rules() if "method" in meta
              **{f.key: "grpo" for f in REWARD_FIELDS}}
 LIST_FIELDS = ("lora.target_modules", "rewards.contains", "rewards.excludes")  # lists shown as "a, b"
 
-FORM_FIELDS = (DATA_FIELDS + MODEL_FIELDS + QUANT_FIELDS + LORA_FIELDS + TRAIN_FIELDS + METHOD_FIELDS + REWARD_FIELDS
+FORM_FIELDS = (DATA_FIELDS + MODEL_FIELDS + QUANT_FIELDS + LORA_FIELDS + TRAIN_FIELDS + SCALE_FIELDS + METHOD_FIELDS
+               + REWARD_FIELDS
                + RUN_FIELDS)
 
 

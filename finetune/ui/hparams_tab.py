@@ -59,7 +59,7 @@ def create_hparams_tab(api: Api, components: dict[str, FormWidget]) -> HparamsWi
     locked = {"model.trust_remote_code": "Off on this shared app: a model repo's own code never runs on the server "
               "(train such a model with the command line on your own machine)"} if api.workspace.multi_user else {}
     sections = (("Model", forms.MODEL_FIELDS), ("Quantization", forms.QUANT_FIELDS),
-                ("LoRA", forms.LORA_FIELDS), ("Training", forms.TRAIN_FIELDS))
+                ("LoRA", forms.LORA_FIELDS), ("Training", forms.TRAIN_FIELDS), ("Several GPUs", forms.SCALE_FIELDS))
     method = default.training.method
     with gr.Accordion("Method", open=True, elem_id="method-section"):
         method_info = gr.Markdown(method_markdown(method), elem_id="method-info")
@@ -244,8 +244,9 @@ def time_cost_markdown(cfg: RunConfig, gpu_name: str) -> str:
     if t.max_steps <= 0:
         return "⏱ Time and cost: set training.max_steps for an estimate (an epochs-based run depends on the data)."
     gpu = memory.get_gpu(gpu_name)
-    tokens = t.max_steps * t.batch_size * t.grad_accum * t.max_length  # every example at max_length: an upper bound
-    est = memory.estimate_time(memory.spec_for_config(cfg), memory.setup_for(cfg, gpu), gpu, tokens)
+    setup = memory.setup_for(cfg, gpu)  # on several GPUs (training.distributed), each process trains its batches
+    tokens = t.max_steps * t.batch_size * t.grad_accum * t.max_length * setup.gpus  # every example at max_length
+    est = memory.estimate_time(memory.spec_for_config(cfg), setup, gpu, tokens)
     took = f"⏱ **about {rough(est.seconds)}** for {t.max_steps} steps (every example filling max_length: at most)"
     if gpu.is_cpu:
         cost = "no charge: it trains on this machine"
@@ -253,10 +254,27 @@ def time_cost_markdown(cfg: RunConfig, gpu_name: str) -> str:
         days = ", ".join(f"{k} {v:g}" for k, v in (est.zerogpu_days or {}).items())
         cost = f"{est.zerogpu_quota_minutes:.1f} min of ZeroGPU quota (days of daily quota: {days})"
     elif est.usd is not None:
-        cost = f"**${est.usd:.2f}** on Hugging Face Jobs `{est.flavor}` ({memory.prices_source()})"
+        flavor = est.flavor or f"{setup.gpus} x {gpu.hf_flavor}"  # the flavor of the run's GPU count
+        cost = f"**${est.usd:.2f}** on Hugging Face Jobs `{flavor}` ({memory.prices_source()})"
     else:
         cost = "no listed Hugging Face Jobs price for this GPU"
-    return f"{took} · 💲 {cost}"
+    return f"{took} · 💲 {cost}" + layouts_markdown(cfg, tokens)
+
+
+def layouts_markdown(cfg: RunConfig, tokens: int) -> str:
+    """The cheapest Hugging Face Jobs flavor the run fits, and the cheapest of each layout ("1 GPU", "N GPUs data
+    parallel", "N GPUs sharded") with its memory per GPU and cost (memory.layout_options)."""
+    from .. import memory
+
+    options = [o for o in memory.layout_options(cfg, tokens) if o.fits and o.usd is not None]
+    if not options:
+        return "\n\n🧮 No Hugging Face Jobs flavor fits this run, even sharded over 8 GPUs."
+    best: dict[str, memory.LayoutOption] = {}
+    for o in options:  # cheapest first: the first of each kind
+        best.setdefault(o.strategy, o)
+    kinds = " · ".join(f"{o.label} `{o.flavor}`: {o.peak_gb:.1f} GB per GPU, ${o.usd:.2f}" for o in best.values())
+    top = options[0]
+    return f"\n\n🧮 Cheapest Jobs flavor that fits: **`{top.flavor}`** ({top.label}). Layouts: {kinds}"
 
 
 def auto_configure_form(cfg: RunConfig, gpu: str) -> tuple[list[Any], str]:

@@ -102,7 +102,8 @@ def progress_html(state: dict[str, Any]) -> str:
         f"<div style='background:#4f46e5;width:{pct}%;height:14px;border-radius:6px'></div></div>"
         f"step <b>{step}</b> / {total or '?'} · loss <b>{'–' if loss is None else f'{loss:.4f}'}</b>"
         f" · {'–' if tps is None else f'{tps:,.0f}'} tokens/s · elapsed {clock(state.get('elapsed_s'))}"
-        f"{eta_text(state)}{gauge}{metrics_html(state.get('metrics') or {})}{msg}"
+        f"{eta_text(state)}{layout_html(state.get('distributed') or {})}{gauge}"
+        f"{metrics_html(state.get('metrics') or {})}{msg}"
         f"{samples_html(state.get('samples') or [], state.get('samples_step'))}</div>"
     )
 
@@ -158,6 +159,22 @@ def samples_html(samples: list[dict[str, Any]], step: int | None) -> str:
         f"</code>{'' if s.get('ended', True) else ' (no end token)'}</li>" for s in samples)
     return (f"<details class='ft-samples' id='ft-samples' style='margin-top:6px'><summary>Sample answers at step "
             f"{step}</summary><ul style='margin:4px 0'>{rows}</ul></details>")
+
+
+LAYOUT_WORDS = {"ddp": "data parallel", "fsdp": "sharded (FSDP)"}
+
+
+def layout_html(layout: dict[str, Any]) -> str:
+    """How a run of several processes is laid out (its started event): ``2 processes, sharded (FSDP): each holds
+    0.27 of 0.54 GB of the base model's weights``; empty for a run of one process."""
+    n = layout.get("world_size") or 1
+    if n < 2 or layout.get("strategy") not in LAYOUT_WORDS:
+        return ""
+    per_rank, total = layout.get("param_bytes_per_rank") or [], layout.get("param_bytes_total") or 0
+    held = (f"each holds {max(per_rank) / 1e9:.2f} of {total / 1e9:.2f} GB of the base model's weights"
+            if per_rank and total else "")
+    return (f"<div id='ft-layout' style='margin-top:6px'>{n} processes, {LAYOUT_WORDS[layout['strategy']]}"
+            f"{': ' + held if held else ''}</div>")
 
 
 def gauge_html(state: dict[str, Any]) -> str:
