@@ -56,6 +56,52 @@ CHUNK = 16  # requests per model call; the progress moves (and a cancel is heard
 REPORT_VERSION = 1
 
 
+class BenchPaused(Exception):
+    """A benchmark ended between two parts because its time budget ran out (a ZeroGPU call's end): the parts made
+    so far are kept, and the same benchmark called again goes on from the next one."""
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The scores of a benchmark's parts (one task on one side, base or adapter), each kept in ``folder`` as it is
+    made, so that a benchmark run in several calls (ZeroGPU) scores every part once. ``key`` names the benchmark
+    (adapter, tasks, limit): parts of another one are not taken."""
+
+    folder: Path
+    key: str
+
+    def _file(self, side: str, task: str) -> Path:
+        import hashlib
+
+        digest = hashlib.sha256(f"{self.key}|{side}|{task}".encode()).hexdigest()[:16]
+        return self.folder / f"{side}-{digest}.json"
+
+    def get(self, side: str, task: str) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads(self._file(side, task).read_text(encoding="utf-8")))
+        except (OSError, ValueError):  # not made yet, or cut off while written (then made again)
+            return None
+
+    def put(self, side: str, task: str, scores: dict[str, Any]) -> None:
+        from .io import atomic_write_text
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self._file(side, task), json.dumps(scores, default=_plain))
+
+
+def _plain(value: Any) -> Any:
+    """A value of lm-eval's results as JSON: numpy's numbers as numbers, anything else as its text."""
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def _merge(scores: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    merged: dict[str, Any] = {"results": {}, "group_subtasks": {}, "n-samples": {}, "versions": {}}
+    for one in scores:
+        for key in merged:
+            merged[key].update(one.get(key) or {})
+    return merged
+
+
 class BenchError(UserError):
     """A benchmark that cannot run as asked (unknown task, unreadable test file, data out of reach)."""
 
@@ -412,14 +458,16 @@ class _Clock:
 def benchmark(adapter: str | Path, tasks: Sequence[str], *, model: str | None = None, limit: int | None = None,
               batch_size: int = 1, progress: Callable[[BenchProgress], None] | None = None,
               write_to_run: bool = True, check_file: Callable[[str], Path] | None = None,
-              label: str | None = None) -> dict[str, Any]:
+              label: str | None = None, parts: Parts | None = None, budget_s: float | None = None) -> dict[str, Any]:
     """Benchmark an adapter (run folder, checkpoint, adapter folder or Hub id) beside its base model on lm-eval
     tasks, bundled tasks and test files (see the module's doc); ``limit``: the first N documents of each task.
 
     Returns the report: ``{"results": [{"task", "metric", "base", "adapter", "stderr_base", "stderr_adapter",
     "delta", "beyond_noise"}, ...], "tasks": [...], "limit", "model", "adapter", "seconds", ...}`` (``label`` names
     the adapter, default as given; a test file is named by its file name). For a run folder (or one of its
-    checkpoints) it is also written to the run's ``eval/benchmark.json``.
+    checkpoints) it is also written to the run's ``eval/benchmark.json``. With ``parts`` each task is scored on
+    each side on its own and kept as it is made; with ``budget_s`` too, a part that would start after that many
+    seconds raises :class:`BenchPaused` instead (called again, it goes on from there: ZeroGPU's chunked calls).
 
     >>> benchmark("runs/my-run", ["general_knowledge", "data/test.jsonl"], limit=20)  # doctest: +SKIP
     """
@@ -436,10 +484,13 @@ def benchmark(adapter: str | Path, tasks: Sequence[str], *, model: str | None = 
     calls = 2 * (int(any(t.generative for t in chosen)) + int(any(not t.generative for t in chosen)))
     clock = _Clock(calls, progress)
     lm = _counting_lm(peft_model, tokenizer, batch_size, clock.tick)
-    with peft_model.disable_adapter():
-        base = run_lm_eval(lm, chosen, limit)
-    clock.side = "adapter"
-    tuned = run_lm_eval(lm, chosen, limit)
+    if parts is None:
+        with peft_model.disable_adapter():
+            base = run_lm_eval(lm, chosen, limit)
+        clock.side = "adapter"
+        tuned = run_lm_eval(lm, chosen, limit)
+    else:
+        base, tuned = _by_parts(peft_model, lm, chosen, limit, parts, clock, budget_s, started)
     asked = [t.name for t in chosen]
     shown = _shown_tasks(tuned, asked)
     report: dict[str, Any] = {
@@ -459,6 +510,30 @@ def benchmark(adapter: str | Path, tasks: Sequence[str], *, model: str | None = 
     if run_dir is not None and write_to_run:
         runs.write_bench_report(run_dir, report)
     return report
+
+
+def _by_parts(peft_model: Any, lm: Any, chosen: Sequence[BenchTask], limit: int | None, parts: Parts, clock: _Clock,
+             budget_s: float | None, started: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both sides' scores, one (side, task) part at a time: a kept part is taken as made, a missing one is scored
+    and kept; past ``budget_s`` seconds since ``started`` the next missing part raises :class:`BenchPaused`
+    (after one part at least: every call moves on)."""
+    import contextlib
+
+    sides: dict[str, list[dict[str, Any]]] = {"base": [], "adapter": []}
+    made = 0  # parts scored in this call: at least one is, whatever the budget, so every call moves on
+    for side in sides:
+        clock.side = side
+        for task in chosen:
+            done = parts.get(side, task.name)
+            if done is None:
+                if made and budget_s is not None and time.monotonic() - started > budget_s:
+                    raise BenchPaused(f"paused before {task.name} on the {side}")
+                made += 1
+                with peft_model.disable_adapter() if side == "base" else contextlib.nullcontext():
+                    done = run_lm_eval(lm, [task], limit)
+                parts.put(side, task.name, done)
+            sides[side].append(done)
+    return _merge(sides["base"]), _merge(sides["adapter"])
 
 
 def _scratch() -> Path:

@@ -20,14 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .config import RunConfig, choices
+from .config import RunConfig
 from .config.checks import SHARDED_METHODS, UNSHARDED_WHY
 from .errors import UserError
 
 if TYPE_CHECKING:
     from .memory import GpuSpec
 
-STRATEGIES = tuple(c for c in choices("training.distributed") if c != "auto")  # none, ddp, fsdp
+from .memory.train_setup import STRATEGIES  # none, ddp, fsdp: training.distributed's choices but auto
+
 ACCELERATE_CONFIG = "accelerate.yaml"  # the generated accelerate config, in the run folder
 MASTER_PORT = 29500
 
@@ -81,11 +82,15 @@ def visible_gpus() -> int:
     return min(present, len(ids))
 
 
-def fits_one_gpu(config: RunConfig, gpu: GpuSpec | str) -> bool:
-    """The estimator's verdict: does the whole run fit one ``gpu`` (then data parallel is enough)?"""
+def fits_one_gpu(config: RunConfig, gpu: GpuSpec | str, *, allow_hub: bool = False) -> bool | None:
+    """The estimator's verdict: does the whole run fit one ``gpu`` (then data parallel is enough)? None: the model
+    could not be estimated (its config unreachable)."""
     from . import memory
 
-    return memory.estimate(config, gpu=gpu, allow_hub=False).fits
+    try:
+        return memory.estimate(config, gpu=gpu, allow_hub=allow_hub).fits
+    except (memory.EstimateError, OSError):
+        return None
 
 
 def plan(config: RunConfig, gpus: int, fits_one: bool | None = None, nodes: int = 1) -> LaunchPlan:
@@ -115,6 +120,10 @@ def plan(config: RunConfig, gpus: int, fits_one: bool | None = None, nodes: int 
         raise LaunchError(f"training.distributed {strategy} needs 2 or more processes and {max(gpus, 0)} GPU(s) are "
                           "visible; set training.num_processes (--num-processes) to 2 or more, or training.distributed "
                           "none")
+    if gpus > 0 and n > gpus * nodes:
+        raise LaunchError(f"training.num_processes {n} is more than the {gpus * nodes} GPU(s) there (one process per "
+                          f"GPU); set training.num_processes (--num-processes) to {gpus * nodes} or less, or 0 for "
+                          "every GPU")
     if n % nodes:
         raise LaunchError(f"training.num_processes {n} is not a multiple of the {nodes} nodes; give every node the "
                           "same number of GPUs")
@@ -125,7 +134,7 @@ def accelerate_config(p: LaunchPlan) -> dict[str, Any]:
     """The accelerate config of a plan (what `accelerate config` would write). FSDP: version 2, one unit per
     transformer block (accelerate takes the blocks from the model's ``_no_split_modules``), full sharding
     (parameters freed again after each block's forward), RAM-efficient loading (rank 0 reads the weights, the
-    others receive their shards), sharded checkpoints (each process writes its own part, which a resume reads
+    others receive their shards; accelerate turns it off for 4-bit weights, which every process loads whole), sharded checkpoints (each process writes its own part, which a resume reads
     back), and the optional CPU offload of the shards. Mixed precision stays the trainer's (``no`` here)."""
     out: dict[str, Any] = {
         "compute_environment": "LOCAL_MACHINE",
@@ -199,9 +208,9 @@ def local_gpu() -> GpuSpec:
     from . import memory
 
     props = torch.cuda.get_device_properties(0)
-    for spec in memory.GPUS.values():
-        if spec.label.lower() in props.name.lower() or props.name.lower() in spec.label.lower():
-            return spec
+    named = [spec for spec in memory.GPUS.values() if spec.label.lower() in props.name.lower()]
+    if named:  # the longest name the board's contains: "NVIDIA L40S" is an L40S, not an L4
+        return max(named, key=lambda spec: len(spec.label))
     gb = props.total_memory / memory.GiB
     return dataclasses.replace(memory.get_gpu("a100-80gb"), name="local", label=props.name, nominal_gb=round(gb),
                                usable_gb=gb, hf_flavor=None, usd_per_hour=None)
@@ -214,7 +223,10 @@ def local_plan(config: RunConfig) -> LaunchPlan:
     t = config.training
     fits = None
     if t.distributed == "auto" and (t.num_processes or gpus) > 1 and gpus:
-        fits = fits_one_gpu(config, local_gpu())
+        fits = fits_one_gpu(config, local_gpu(), allow_hub=True)
+        if fits is None:  # no estimate of the model: one GPU, as before several were planned
+            return LaunchPlan("none", 1, 1, False, "one process: the model could not be estimated to plan several "
+                              "GPUs; set training.distributed ddp or fsdp to use them")
     return plan(config, gpus, fits)
 
 
@@ -226,6 +238,7 @@ def start_processes(p: LaunchPlan, config: RunConfig | None, run_dir: Path, trai
     status. ``config`` (None: the run folder's own, for a resume) reaches the processes as base64 YAML in
     ``$FINETUNE_RUN_CONFIG``; ``train_args`` are the other flags of the train command."""
     import base64
+    import copy
     import os
     import subprocess
     import sys
@@ -234,6 +247,9 @@ def start_processes(p: LaunchPlan, config: RunConfig | None, run_dir: Path, trai
     env = dict(os.environ)
     args = ["--run-dir", str(run_dir), *train_args]
     if config is not None:
+        # the layout planned here is the run's: a resume elsewhere keeps it (a sharded checkpoint resumes sharded)
+        config = copy.deepcopy(config)
+        config.training.distributed, config.training.num_processes = p.strategy, p.num_processes
         env[CONFIG_ENV] = base64.b64encode(config.to_yaml().encode()).decode()
         args = ["--config-env", CONFIG_ENV, *args]
     if visible_gpus() == 0:  # gloo processes on the CPU share its cores instead of each taking all of them
@@ -279,6 +295,8 @@ def skypilot_task(config: RunConfig, p: LaunchPlan, accelerator: str, run_id: st
         "resources": {"accelerators": f"{accelerator}:{p.per_node}"},
         "workdir": workdir,
         "envs": {CONFIG_ENV: base64.b64encode(config.to_yaml().encode()).decode()},
+        # a gated base model (Llama) downloads with the user's token, given at launch: `sky launch --secret HF_TOKEN`
+        "secrets": {"HF_TOKEN": None},
         "setup": setup,
         "run": run + "\n",
     }

@@ -250,7 +250,19 @@ def _dpo_trainer(config: RunConfig, p: TrainerParts) -> Trainer:
     dpo_args = DPOConfig(**p.common, beta=t.dpo_beta, max_length=t.max_length, dataset_num_proc=None,
                          loss_type=["sigmoid", "sft"] if sft_term else ["sigmoid"],
                          loss_weights=[1.0, t.dpo_sft_weight] if sft_term else None)
-    return DPOTrainer(args=dpo_args, **p.trl_kwargs())
+    from .preference_trainers import dpo_supported, packed_dpo_trainer
+
+    cls = packed_dpo_trainer() if _packed_pairs(p) and dpo_supported(dpo_args) else DPOTrainer
+    return cls(args=dpo_args, **p.trl_kwargs())
+
+
+def _packed_pairs(p: TrainerParts) -> bool:
+    """Whether dpo, orpo and kto train on packed rows (finetune/preference_trainers.py: each pair's prompt once, the
+    LM head on the answers only): with every loss implementation but trl's own (``settings.resolve``'s loss), for
+    models whose logits are the plain LM head's (``loss.supports``)."""
+    from .loss import supports
+
+    return p.loss != "trl" and supports(p.model)
 
 
 def _orpo_trainer(config: RunConfig, p: TrainerParts) -> Trainer:
@@ -259,7 +271,10 @@ def _orpo_trainer(config: RunConfig, p: TrainerParts) -> Trainer:
     t = config.training
     orpo_args = ORPOConfig(**{**p.common, "include_num_input_tokens_seen": "no"}, beta=t.orpo_lambda,
                            max_length=t.max_length, dataset_num_proc=None)
-    return ORPOTrainer(args=orpo_args, **p.trl_kwargs())
+    from .preference_trainers import packed_orpo_trainer
+
+    cls = packed_orpo_trainer() if _packed_pairs(p) else ORPOTrainer
+    return cls(args=orpo_args, **p.trl_kwargs())
 
 
 def _kto_trainer(config: RunConfig, p: TrainerParts) -> Trainer:
@@ -268,7 +283,10 @@ def _kto_trainer(config: RunConfig, p: TrainerParts) -> Trainer:
     t = config.training
     kto_args = KTOConfig(**p.common, beta=t.kto_beta, desirable_weight=t.kto_desirable_weight,
                          undesirable_weight=t.kto_undesirable_weight, max_length=t.max_length, dataset_num_proc=None)
-    return KTOTrainer(args=kto_args, **p.trl_kwargs())
+    from .preference_trainers import kto_supported, packed_kto_trainer
+
+    cls = packed_kto_trainer() if _packed_pairs(p) and kto_supported(kto_args) else KTOTrainer
+    return cls(args=kto_args, **p.trl_kwargs())
 
 
 def _grpo_trainer(config: RunConfig, p: TrainerParts) -> Trainer:
@@ -281,9 +299,31 @@ def _grpo_trainer(config: RunConfig, p: TrainerParts) -> Trainer:
     grpo_args = GRPOConfig(**{**p.common, "include_num_input_tokens_seen": "no"},
                            num_generations=t.grpo_num_generations, max_completion_length=t.max_completion_length,
                            beta=t.grpo_beta, temperature=t.grpo_temperature, reward_weights=weights,
-                           log_completions=False)
+                           log_completions=False, **grpo_sampler(t, p.device))
     reward_funcs: list[Any] = list(funcs)  # trl's annotation wants list[float | None] returns (invariant)
     return GRPOTrainer(reward_funcs=reward_funcs, args=grpo_args, **p.trl_kwargs())
+
+
+def grpo_sampler(t: TrainingConfig, device: str) -> dict[str, Any]:
+    """GRPOConfig's sampling arguments: vLLM in the training process (trl's colocate mode) when
+    ``training.grpo_vllm`` is on, which needs a CUDA GPU and the vllm package; else none (generate, KV cache).
+
+    >>> grpo_sampler(TrainingConfig(), "cpu")
+    {}
+    """
+    import importlib.util
+
+    from .errors import UserError
+
+    if not t.grpo_vllm:
+        return {}
+    if device != "cuda":
+        raise UserError(f"training.grpo_vllm samples with vLLM, which needs a CUDA GPU (this run trains on {device}): "
+                        "set training.grpo_vllm to false")
+    if importlib.util.find_spec("vllm") is None:
+        raise UserError("training.grpo_vllm needs the vllm package (pip install vllm, in the version trl supports), "
+                        "or set training.grpo_vllm to false")
+    return {"use_vllm": True, "vllm_mode": "colocate"}
 
 
 def _reference(t: TrainingConfig) -> str:
@@ -325,7 +365,7 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
            "prompts, with an answer column for the exact and numeric match rewards", "prompts", _text_data,
            _grpo_trainer,
            lambda t: f"{t.grpo_num_generations} answers per prompt, up to {t.max_completion_length} tokens, "
-                     f"KL beta={t.grpo_beta}",
+                     f"KL beta={t.grpo_beta}" + ("; sampled with vLLM" if t.grpo_vllm else ""),
            metrics=("reward", "reward_std", "completions/mean_length", "kl"), reward_means=True,
            sequences=lambda t: t.grpo_num_generations, generates=True, reference=lambda t: t.grpo_beta > 0,
            beta=lambda t: t.grpo_beta),

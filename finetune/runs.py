@@ -49,6 +49,7 @@ QUEUED = 0  # read_run: a run in the app's queue, with no process yet (no pid is
 TEST_SET = "test_set.jsonl"
 EVAL_REPORT = "eval/report.json"  # the latest evaluation of the run (finetune.evaluate), checkpoints included
 BENCH_REPORT = "eval/benchmark.json"  # the latest general-ability benchmark of the run (finetune.benchmark)
+BENCH_PARTS = "eval/bench_parts"  # a benchmark's scores part by part (task x base|adapter), kept as made on ZeroGPU
 BENCH_TASKS = "eval/bench_tasks"  # the lm-eval task YAML (and data) a benchmark made of the run's test files
 # A run executing on another machine (Hugging Face Jobs) records its job here; its liveness is the job's,
 # not a local process id (backends.hfjobs.sync writes the job's end into the events).

@@ -250,3 +250,58 @@ def test_background_benchmarks_wait_for_the_apps_slot_and_one_per_owner(ok_run):
         time.sleep(0.2)
     assert state["status"] == "finished", state
     assert [t["n"] for t in state["report"]["tasks"]] == [2] and state["report"]["adapter"] == run_id
+
+
+def test_a_benchmark_in_zerogpu_calls_scores_each_part_once_and_reports_as_one_call(ok_run, benched, tmp_path,
+                                                                                     monkeypatch):
+    """On ZeroGPU a benchmark runs in GPU calls of its own, one (task, side) part after another, each kept as made:
+    a call that runs out of time pauses after its first part, a call cut off from outside is followed by the next,
+    no part is scored twice, and the report is the one a single call makes."""
+    from finetune import benchmark as bench
+    from finetune.backends import zerogpu
+
+    report, _ = benched
+    test_file = tmp_path / "ok_questions.jsonl"
+    write_jsonl(test_file, OK_TEST)
+    scored: list[str] = []
+    real = bench.run_lm_eval
+
+    def counting(lm, tasks, limit):
+        scored.extend(t.name for t in tasks)
+        return real(lm, tasks, limit)
+
+    monkeypatch.setattr(bench, "run_lm_eval", counting)
+    calls: list[str] = []
+
+    def chunk(*args):
+        if len(calls) == 2:  # the third call is cut off from outside
+            calls.append("aborted")
+            raise RuntimeError("GPU task aborted")
+        out = zerogpu.bench_chunk(*args[:-1], 0)  # no time left after the first part: every call pauses
+        calls.append(out["status"])
+        return out
+
+    parts = tmp_path / "parts"
+    got = zerogpu.run_bench_chunked(str(ok_run.run_dir), ["general_knowledge", str(test_file)], 4, parts,
+                                    label="ok", chunk=chunk)
+    assert calls == ["paused", "paused", "aborted", "paused", "finished"]
+    assert sorted(scored) == sorted(["general_knowledge", "ok_questions"] * 2)  # each task on each side, once
+    assert len(list(parts.glob("*.json"))) == 4
+    assert got["results"] == report["results"] and got["adapter"] == "ok"
+
+
+def test_on_zerogpu_the_service_benchmarks_in_gpu_calls_with_the_servers_checks_first(ok_run, tmp_path, monkeypatch):
+    from finetune.backends import zerogpu
+    from finetune.service import ServiceError, Workspace
+
+    asked: list[tuple] = []
+    monkeypatch.setattr(zerogpu, "available", lambda: (True, ""))
+    monkeypatch.setattr(zerogpu, "run_bench_chunked",
+                        lambda adapter, tasks, limit, parts, label: asked.append((tasks, limit, parts, label)) or {})
+    space = Workspace(ok_run.run_dir.parent).owner_space(None)
+    space.benchmark(ok_run.run_id, "general_knowledge", limit=3)
+    assert asked == [(["general_knowledge"], 3, ok_run.run_dir / runs.BENCH_PARTS, ok_run.run_id)]
+    shared = Workspace(tmp_path / "shared", multi_user=True).owner_space("session:a")
+    with pytest.raises(ServiceError):  # another owner's run: refused before any GPU call
+        shared.benchmark(ok_run.run_id, "general_knowledge", limit=3)
+    assert len(asked) == 1

@@ -54,6 +54,8 @@ def test_a_layout_that_cannot_run_is_refused_with_the_fix():
         plan(config(method="grpo"), gpus=2, fits_one=False)
     with pytest.raises(LaunchError, match="multiple of the 2 nodes"):
         plan(config("fsdp", n=3), gpus=2, nodes=2)
+    with pytest.raises(LaunchError, match="more than the 2 GPU"):
+        plan(config("fsdp", n=8), gpus=2)  # one process per GPU: ranks past the GPUs would fail after loading
     found = problems(config("fsdp", n=2, method="grpo"))
     assert any(p.startswith("training.distributed fsdp: grpo cannot train sharded") and "ddp or none" in p
                for p in found)
@@ -166,6 +168,34 @@ def test_the_skypilot_task_is_what_skypilot_loads(tmp_path, capsys, monkeypatch)
     args, _, _ = _validate_launch_command(launch_command_parser().parse_args(argv[3:]))
     assert (args.num_processes, args.num_machines, args.machine_rank, args.main_process_ip) == (8, 2, 1, "10.0.0.1")
     assert args.use_fsdp and args.training_script_args[:1] == ["train"]
+    # the token of a gated base model is a secret given at launch (`sky launch --secret HF_TOKEN`), never in the file
+    written = yaml.safe_load(out.read_text())
+    assert written["secrets"] == {"HF_TOKEN": None} and "HF_TOKEN" not in written["envs"]
+    given = sky.Task.from_yaml_config(written, secrets_overrides=[("HF_TOKEN", "hf_test")])
+    assert list(given.secrets) == ["HF_TOKEN"]
+
+
+def test_this_machines_gpu_is_the_catalog_entry_whose_whole_name_it_carries(monkeypatch):
+    import torch
+
+    from finetune import memory
+
+    class Props:
+        total_memory = 48 * memory.GiB
+
+    for board, expected in (("NVIDIA L40S", "l40s"), ("NVIDIA L4", "l4")):
+        Props.name = board
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: Props)
+        assert launch_plan.local_gpu().name == expected, board
+
+
+def test_auto_without_an_estimate_of_the_model_trains_one_process(monkeypatch):
+    monkeypatch.setattr(launch_plan, "visible_gpus", lambda: 4)
+    monkeypatch.setattr(launch_plan, "local_gpu", lambda: "a100-80gb")
+    cfg = config()
+    cfg.model.id = "someone/a-model-nobody-can-read"
+    p = launch_plan.local_plan(cfg)
+    assert (p.strategy, p.num_processes) == ("none", 1) and "could not be estimated" in p.reason
 
 
 def test_planning_a_run_loads_no_torch():

@@ -322,6 +322,72 @@ def run_chunked(config: RunConfig | None, run_dir: Path, *, chunk: Callable[[str
     yield runs.read_run(run_dir).to_dict()
 
 
+# A benchmark (finetune.benchmark) on ZeroGPU: the same chunked GPU calls, one (task, side) part after another,
+# each part kept in the run folder as it is made, so a call cut off goes on from the next part in the next call.
+BENCH_CALL_S = 300  # each benchmark call asks for this much GPU time (parts are a task on one side: short)
+
+
+class BenchChunk(TypedDict):
+    """What one benchmark GPU call returns (plain values: it crosses the ZeroGPU worker boundary)."""
+    status: str  # paused | finished
+    report: dict[str, Any] | None
+
+
+def _bench_duration(adapter: str, tasks: list[str], limit: int | None, parts_dir: str, label: str,
+                    duration_s: int) -> int:
+    return duration_s
+
+
+def _bench_gpu(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    return spaces.GPU(duration=_bench_duration)(fn) if spaces is not None else fn
+
+
+@_bench_gpu
+def bench_chunk(adapter: str, tasks: list[str], limit: int | None, parts_dir: str, label: str,
+                duration_s: int) -> BenchChunk:
+    """One ZeroGPU call of a benchmark: score the parts not yet kept in ``parts_dir`` until the call's time is
+    nearly spent (then ``paused``), or the whole report (``finished``)."""
+    from ..benchmark import BenchPaused, Parts, benchmark
+
+    parts = Parts(Path(parts_dir), bench_key(adapter, tasks, limit))
+    try:
+        report = benchmark(adapter, tasks, limit=limit, label=label, parts=parts, budget_s=duration_s * MARGIN)
+    except BenchPaused:
+        return {"status": "paused", "report": None}
+    return {"status": "finished", "report": report}
+
+
+def bench_key(adapter: str, tasks: list[str], limit: int | None) -> str:
+    """What names one benchmark's parts: the adapter, the tasks and the limit."""
+    import json
+
+    return json.dumps([adapter, list(tasks), limit])
+
+
+def run_bench_chunked(adapter: str, tasks: list[str], limit: int | None, parts_dir: Path, *, label: str,
+                      chunk: Callable[..., BenchChunk] | None = None, max_calls: int = 50,
+                      max_aborts: int = 3, call_s: int = BENCH_CALL_S) -> dict[str, Any]:
+    """Chain benchmark GPU calls (``bench_chunk``) until the report is made; a call cut off from outside is
+    followed by the next one (up to ``max_aborts`` in a row), an error a retry cannot fix is raised at once."""
+    from ..benchmark import BenchError
+
+    chunk = chunk or bench_chunk
+    aborts = 0
+    for _ in range(max_calls):
+        try:
+            out = chunk(adapter, list(tasks), limit, str(parts_dir), label, call_s)
+        except Exception as e:  # noqa: BLE001 - "GPU task aborted" and worker crashes look alike from here
+            if _permanent(e) or isinstance(e, BenchError) or aborts >= max_aborts:
+                raise
+            aborts += 1
+            continue
+        aborts = 0
+        if out["status"] == "finished" and out["report"] is not None:
+            return out["report"]
+    raise BenchError(f"the benchmark did not finish in {max_calls} GPU calls; run it again to go on from the parts "
+                     "made (or lower the limit)")
+
+
 class ZeroGPUBackend:
     """The :class:`~finetune.backends.base.Backend` of a ZeroGPU Space. ``start`` and ``resume`` prepare the run
     folder; the app then drives the GPU calls with :func:`run_chunked` inside its own request."""

@@ -289,6 +289,10 @@ class TrainingConfig:
     grpo_temperature: float = field(
         default=1.0, metadata=doc("GRPO: sampling temperature of the answers (higher: more varied groups)", min=0,
                                   exclusive="min", fix="1.0 is typical", method="grpo"))
+    grpo_vllm: bool = field(
+        default=False, metadata=doc("GRPO: sample the answers with vLLM on the training GPU (trl's colocate mode; needs "
+                                    "a CUDA GPU and the vllm package; off: transformers' generate with its KV cache)",
+                                    method="grpo"))
 
     def steps_for(self, examples: int, processes: int = 1) -> int:
         """The optimizer steps of a run over ``examples`` training examples: ``max_steps`` when set, else the

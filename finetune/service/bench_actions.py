@@ -81,7 +81,15 @@ def run(space: Owner, run_id: str, tasks: str | list[str], *, limit: int = 0, te
 
     folder = space.adapter_path(run_id)
     names, check_file = task_list(space, tasks, test_file)
-    return benchmark(folder, names, limit=row_limit(space, limit), progress=progress, check_file=check_file,
+    rows = row_limit(space, limit)
+    from ..backends import zerogpu
+
+    if zerogpu.available()[0]:  # in GPU calls of their own, part by part (the names were checked above)
+        from .. import runs
+
+        parts = space.run_dir(run_id.partition("@")[0]) / runs.BENCH_PARTS
+        return zerogpu.run_bench_chunked(str(folder), names, rows, parts, label=run_id)
+    return benchmark(folder, names, limit=rows, progress=progress, check_file=check_file,
                      label=run_id)  # the run as the owner names it, never a server folder
 
 
