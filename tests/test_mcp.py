@@ -45,18 +45,10 @@ def text(result: Any) -> str:
 
 def start_tiny_run(url: str, model_dir: Path, key: str | None) -> tuple[Any, str]:
     from gradio_client import Client
+    from test_app import tiny_yaml
 
-    from finetune.config import RunConfig
-
-    cfg = RunConfig()
-    cfg.model.id = str(model_dir)
-    cfg.quantization.load_in = "none"
-    cfg.data.template = "model"
-    cfg.lora.r = 4
-    t = cfg.training
-    t.max_steps, t.batch_size, t.max_length, t.save_steps, t.gradient_checkpointing = 1, 4, 64, 1, False
     c = Client(url, verbose=False, headers={"X-Finetune-Key": key} if key else None)
-    return c, c.predict(cfg.to_yaml(), None, "local", api_name="/start_training")
+    return c, c.predict(tiny_yaml(model_dir, steps=1), None, "local", api_name="/start_training")
 
 
 def finished_tiny_run(url: str, model_dir: Path, key: str | None) -> tuple[Any, str]:

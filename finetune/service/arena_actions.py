@@ -4,23 +4,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from .checks import ServiceError, Shared, check_model_ref
-
-
-class Owner(Protocol):
-    """What the arena needs of an owner's space (``space.OwnerSpace``)."""
-
-    @property
-    def root(self) -> Path: ...
-
-    @property
-    def ws(self) -> Shared: ...
-
-    def adapter_path(self, run_id: str | None) -> Path: ...
-
-    def check_download_room(self, source: Path, what: str) -> None: ...
+from .checks import Owner, ServiceError, check_model_ref
 
 
 def _contender(space: Owner, name: str) -> str | None:

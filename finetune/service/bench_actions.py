@@ -7,31 +7,15 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import UserError, app_message
-from .checks import ServiceError, Shared
+from .checks import Owner, ServiceError
 
 if TYPE_CHECKING:
     from ..benchmark import BenchProgress
 
 TEST_FILE = "test file"  # the task name of the test file sent with a benchmark (the app's upload)
-
-
-class Owner(Protocol):
-    """What a benchmark needs of an owner's space (``space.OwnerSpace``)."""
-
-    @property
-    def root(self) -> Path: ...
-
-    @property
-    def ws(self) -> Shared: ...
-
-    def adapter_path(self, run_id: str | None) -> Path: ...
-
-    def run_dir(self, run_id: str | None) -> Path: ...
-
-    def keep_upload(self, path: str | Path) -> Path: ...
 
 
 def task_list(space: Owner, tasks: str | list[str], test_file: str | Path | None) -> tuple[list[str], Callable[[str], Path]]:

@@ -25,6 +25,25 @@ class Shared(Protocol):
     def multi_user(self) -> bool: ...
 
 
+class Owner(Protocol):
+    """What an action module (``arena_actions``, ``bench_actions``, ``synth_actions``) needs of an owner's space:
+    ``space.OwnerSpace`` is one, and the modules need not import it (it imports them)."""
+
+    @property
+    def root(self) -> Path: ...
+
+    @property
+    def ws(self) -> Shared: ...
+
+    def adapter_path(self, run_id: str | None) -> Path: ...
+
+    def run_dir(self, run_id: str | None) -> Path: ...
+
+    def keep_upload(self, path: str | Path) -> Path: ...
+
+    def check_download_room(self, source: Path, what: str) -> None: ...
+
+
 class ServiceError(ValueError, UserError):
     """A request the user can fix; the message says how. Made from a library's error, it chains it: the original
     type (``RunError``, ``HubError``...) stays its ``__cause__``."""

@@ -6,23 +6,13 @@ documents are uploaded with the request) or runs without the visitor's own token
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 from ..synth import Progress, Recipe, Summary, kind_of, make_dataset
-from .checks import ServiceError, Shared, check_hub_dataset_id, check_model_ref
+from .checks import Owner, ServiceError, Shared, check_hub_dataset_id, check_model_ref
 
 MADE_DIR = "made"  # <owner root>/made/<recipe name>.jsonl
 SHARED_MAX_ROWS = 200  # rows one request may make on a shared server
-
-
-class Owner(Protocol):
-    @property
-    def root(self) -> Path: ...
-
-    @property
-    def ws(self) -> Shared: ...
-
-    def keep_upload(self, path: str | Path) -> Path: ...
 
 
 def check_recipe(ws: Shared, recipe: Recipe) -> None:
