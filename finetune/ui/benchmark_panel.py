@@ -140,7 +140,7 @@ def create_benchmark_panel(api: Api, run_id: gr.Textbox) -> None:
     for changed in (tasks.change, limit.change, test_file.change, run_id.change):
         changed(page_errors(mine(ep.estimate_page)), inputs, estimate, api_visibility="private",
                 show_progress="hidden")
-    run_btn.click(user_errors(mine(ep.run_page)), inputs, [said, table, chart], api_visibility="private",
+    run_btn.click(page_errors(mine(ep.run_page)), inputs, [said, table, chart], api_visibility="private",
                   concurrency_limit=1, show_progress_on=[table])
     run_id.change(page_errors(mine(ep.load)), run_id, [said, table, chart], api_visibility="private")
     tasks_box = gr.Textbox(visible=False, value="general_knowledge")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..synth import Progress, bundled_recipes
-from .common import NEW_ACTION_JS, Api, Caller, scoped, user_errors
+from .common import NEW_ACTION_JS, Api, Caller, page_errors, scoped, user_errors
 
 HELP = ("No dataset yet? A recipe turns documents (.txt, .md, .html, .pdf) or a few examples into training rows: "
         "questions and answers from each chunk, instructions in the style of your examples, or preference pairs. "
@@ -39,5 +39,10 @@ def create_make_dataset_section(api: Api) -> None:
         go = gr.Button("Make the dataset", elem_id="make-go")
         made = gr.File(label="Made dataset (JSONL: messages or prompt/chosen/rejected, plus score)", interactive=False)
         summary = gr.Markdown(elem_id="make-summary")
-    go.click(user_errors(scoped(api, token=True)(make_dataset)), [recipe, documents], [made, summary],
-             api_name="make_dataset", concurrency_id="make_dataset", concurrency_limit=1, js=NEW_ACTION_JS)
+    mine = scoped(api, token=True)
+    # the endpoint first (it takes the name), then the page's button (a refusal: one message, the outputs kept),
+    # sharing one queue
+    gr.Button(visible=False).click(user_errors(mine(make_dataset)), [recipe, documents], [made, summary],
+                                   api_name="make_dataset", concurrency_id="make_dataset", concurrency_limit=1)
+    go.click(page_errors(mine(make_dataset)), [recipe, documents], [made, summary], api_visibility="private",
+             concurrency_id="make_dataset", concurrency_limit=1, js=NEW_ACTION_JS)
