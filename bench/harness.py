@@ -100,3 +100,37 @@ def length_summary(lengths: list[int]) -> dict[str, float]:
 
     return {"n": len(s), "min": s[0], "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": s[-1],
             "mean": round(sum(s) / len(s), 1)}
+
+
+RESULT_TAG = "BENCH_RESULT "  # the line a worker prints its result JSON on
+
+
+def run_worker(script: str | Path, spec: dict[str, Any], *, prefix: str,
+               timeout_s: float | None = None) -> dict[str, Any]:
+    """Run one side of a benchmark in a fresh process (``script --worker spec.json``, offline, quiet) and return the
+    result it printed after ``RESULT_TAG``, with ``process_s`` (the process's wall time) added."""
+    import json
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        spec = {**spec, "work_dir": tmp}
+        path = Path(tmp) / "spec.json"
+        path.write_text(json.dumps(spec))
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+               "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+        started = time.perf_counter()
+        try:
+            proc = subprocess.run([sys.executable, str(Path(script).resolve()), "--worker", str(path)],
+                                  capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=timeout_s)
+        except subprocess.TimeoutExpired as e:
+            tail = "\n".join(str(e.stderr or "").splitlines()[-20:])
+            raise RuntimeError(f"{spec['side']} worker ran past {timeout_s:.0f} s and was stopped:\n{tail}") from None
+        took = time.perf_counter() - started
+    lines = [x for x in proc.stdout.splitlines() if x.startswith(RESULT_TAG)]
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
+        raise RuntimeError(f"{spec['side']} worker failed (exit {proc.returncode}):\n{tail}")
+    result: dict[str, Any] = json.loads(lines[-1][len(RESULT_TAG):])
+    result["process_s"] = round(took, 1)
+    return result

@@ -32,17 +32,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, device_name, ratio, resolve_device  # noqa: E402
+from harness import RESULT_TAG, device_name, ratio, resolve_device, run_worker  # noqa: E402
 
-RESULT_TAG = "BENCH_RESULT "
 METHODS = ("dpo", "orpo", "kto", "grpo")
 
 
@@ -299,22 +296,8 @@ def tokens_per_step(spec: dict[str, Any]) -> float:
 
 
 def run_side(spec: dict[str, Any], verbose: bool) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="bench-method-") as tmp:
-        spec = {**spec, "work_dir": tmp}
-        path = Path(tmp) / "spec.json"
-        path.write_text(json.dumps(spec))
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-               "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
-        started = time.perf_counter()
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(path)],
-                              capture_output=True, text=True, env=env, cwd=str(ROOT))
-        took = time.perf_counter() - started
-    lines = [x for x in proc.stdout.splitlines() if x.startswith(RESULT_TAG)]
-    if proc.returncode != 0 or not lines:
-        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
-        raise RuntimeError(f"{spec['side']} worker failed (exit {proc.returncode}):\n{tail}")
-    result: dict[str, Any] = json.loads(lines[-1][len(RESULT_TAG):])
-    result["process_s"] = round(took, 1)
+    result = run_worker(__file__, spec, prefix="bench-method-")
+    took = result["process_s"]
     if verbose:
         print(f"  {spec['side']:<8} {result['s_per_step']} s/step, loss {result['loss_at_n']}, "
               f"peak {result['peak_memory_mb']} MB, load {result['loadavg'][0]} ({took:.0f} s)", file=sys.stderr)

@@ -39,17 +39,14 @@ import math
 import os
 import random
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import OUT, ROOT, device_name, length_summary, ratio, resolve_device, sync  # noqa: E402
+from harness import OUT, RESULT_TAG, ROOT, device_name, length_summary, ratio, resolve_device, run_worker, sync  # noqa: E402
 
 SCALING_DIR = ROOT / "bench"  # the scaling CSV and PNG are results: kept in the repository
-RESULT_TAG = "BENCH_RESULT "
 
 # Overrides "ours" runs with on top of the RunConfig defaults. Empty: the measured winners ARE the defaults
 # (finetune/config/fields.py, and the device-dependent choices in finetune/train.py; see bench/README-train.md).
@@ -567,26 +564,8 @@ def _lifetime_rss() -> float:
 
 
 def run_side(spec: dict, verbose: bool, timeout_s: float | None = None) -> dict:
-    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        spec = {**spec, "work_dir": tmp}
-        path = Path(tmp) / "spec.json"
-        path.write_text(json.dumps(spec))
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-               "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
-        started = time.perf_counter()
-        try:
-            proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(path)],
-                                  capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=timeout_s)
-        except subprocess.TimeoutExpired as e:
-            tail = "\n".join(str(e.stderr or "").splitlines()[-20:])
-            raise RuntimeError(f"{spec['side']} worker ran past {timeout_s:.0f} s and was stopped:\n{tail}") from None
-        took = time.perf_counter() - started
-    lines = [x for x in proc.stdout.splitlines() if x.startswith(RESULT_TAG)]
-    if proc.returncode != 0 or not lines:
-        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
-        raise RuntimeError(f"{spec['side']} worker failed (exit {proc.returncode}):\n{tail}")
-    result = json.loads(lines[-1][len(RESULT_TAG):])
-    result["process_s"] = round(took, 1)
+    result = run_worker(__file__, spec, prefix="bench-train-", timeout_s=timeout_s)
+    took = result["process_s"]
     if verbose:
         print(f"  {spec['side']:<9} {spec.get('label', ''):<28} done in {took:.0f} s "
               f"({result['tokens_per_s']} tok/s, peak {result['peak_memory_mb']} MB)", file=sys.stderr)
